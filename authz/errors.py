@@ -1,0 +1,54 @@
+"""The contract's error vocabulary: a machine code plus a message safe to show the caller."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+
+class ErrorCode(StrEnum):
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    FORBIDDEN = "FORBIDDEN"
+    RATE_LIMITED = "RATE_LIMITED"
+    QUOTA_EXCEEDED = "QUOTA_EXCEEDED"
+    BAD_USER_INPUT = "BAD_USER_INPUT"
+    NOT_FOUND = "NOT_FOUND"
+    CONFLICT = "CONFLICT"
+    OPERATION_TOO_COMPLEX = "OPERATION_TOO_COMPLEX"
+    INTERNAL = "INTERNAL"
+
+
+class GatewayError(Exception):
+    """An expected refusal: never masked, never a 500."""
+
+    code: ErrorCode = ErrorCode.INTERNAL
+
+    def __init__(self, message: str, *, code: ErrorCode | None = None, **extensions: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.extensions = extensions
+
+
+class Unauthenticated(GatewayError):
+    code = ErrorCode.UNAUTHENTICATED
+
+
+class Forbidden(GatewayError):
+    code = ErrorCode.FORBIDDEN
+
+
+class NotFound(GatewayError):
+    code = ErrorCode.NOT_FOUND
+
+
+class BadUserInput(GatewayError):
+    code = ErrorCode.BAD_USER_INPUT
+
+
+class Conflict(GatewayError):
+    code = ErrorCode.CONFLICT
+
+
+INVALID_CREDENTIALS = "Invalid credentials."

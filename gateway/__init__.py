@@ -1,0 +1,1 @@
+"""The edge: settings, `create_app()`, middleware, HTTP routes and the `portcullis` command."""

@@ -1,0 +1,162 @@
+"""The `portcullis` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import secrets
+import sys
+
+from pydantic import ValidationError
+
+from gateway.settings import Environment, InsecureSettingsError, Settings
+
+DEMO_ORG = "acme"
+DEMO_OWNER = "owner@acme.test"
+DEMO_PASSWORD = "portcullis-demo"
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except (InsecureSettingsError, ValidationError) as exc:
+        sys.exit(f"portcullis: {exc}")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    _settings()  # refuse insecure configuration before binding a port
+    uvicorn.run(
+        "gateway.app:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
+        loop="uvloop", http="httptools", proxy_headers=False, server_header=False, access_log=False,
+    )
+    return 0
+
+
+def cmd_migrate(_: argparse.Namespace) -> int:
+    from store.migrate import upgrade
+
+    settings = _settings()
+    upgrade(settings.database_url)
+    print("database migrated")
+    return 0
+
+
+def cmd_schema(_: argparse.Namespace) -> int:
+    from schema import export_sdl
+
+    sys.stdout.write(export_sdl())
+    return 0
+
+
+async def _provision(settings: Settings, *, slug: str, name: str, plan: str, email: str,
+                     password: str | None) -> tuple[bool, bool]:
+    """(organization created, owner user created)."""
+    from authz.errors import Conflict
+    from identity.passwords import HashParameters, PasswordHasherService
+    from resolvers.provisioning import create_tenant
+    from store.db import Database
+
+    hasher = PasswordHasherService(HashParameters(
+        settings.password_hash_memory_kib, settings.password_hash_time_cost, settings.password_hash_parallelism,
+    ))
+    db = Database(settings.database_url)
+    try:
+        async with db.transaction() as session:
+            try:
+                result = await create_tenant(
+                    session, slug=slug, name=name, plan=plan, owner_email=email,
+                    password_hash=await hasher.hash(password) if password else None,
+                )
+            except Conflict:
+                return False, False
+        return True, result.user_created
+    finally:
+        await db.dispose()
+
+
+def cmd_bootstrap(args: argparse.Namespace) -> int:
+    from authz.errors import GatewayError
+
+    settings = _settings()
+    password = secrets.token_urlsafe(18)
+    try:
+        org_created, user_created = asyncio.run(_provision(
+            settings, slug=args.org, name=args.name, plan=args.plan.lower(), email=args.admin_email,
+            password=password,
+        ))
+    except GatewayError as exc:
+        print(f"portcullis: {exc.message}", file=sys.stderr)
+        return 2
+    if not org_created:
+        print(f"portcullis: an organization with the slug {args.org!r} already exists", file=sys.stderr)
+        return 1
+    print(f"organization {args.org} created (plan {args.plan.lower()})")
+    if user_created:
+        print(f"owner {args.admin_email} created; one-time password (shown once, change it after signing in):")
+        print(password)
+    else:
+        print(f"existing user {args.admin_email} is now the owner; their password is unchanged")
+    return 0
+
+
+def cmd_seed_demo(_: argparse.Namespace) -> int:
+    settings = _settings()
+    if settings.env is not Environment.DEV:
+        print("portcullis: seed-demo runs only with PORTCULLIS_ENV=dev", file=sys.stderr)
+        return 2
+    org_created, _ = asyncio.run(_provision(
+        settings, slug=DEMO_ORG, name="Acme Corporation", plan="professional", email=DEMO_OWNER,
+        password=DEMO_PASSWORD,
+    ))
+    if org_created:
+        print(f"demo tenant {DEMO_ORG} created: sign in as {DEMO_OWNER} / {DEMO_PASSWORD}")
+    else:
+        print(f"demo tenant {DEMO_ORG} already exists")
+    return 0
+
+
+def cmd_keys_generate(_: argparse.Namespace) -> int:
+    from identity.tokens import generate_private_key_pem
+
+    sys.stdout.write(generate_private_key_pem())
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="portcullis", description="GraphQL API gateway with edge authentication")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the gateway with uvicorn")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--workers", type=int, default=1)
+    s.set_defaults(func=cmd_serve)
+
+    sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)
+    sub.add_parser("schema", help="print the GraphQL SDL").set_defaults(func=cmd_schema)
+
+    b = sub.add_parser("bootstrap", help="create a tenant and its owner")
+    b.add_argument("--org", required=True)
+    b.add_argument("--name", required=True)
+    b.add_argument("--plan", default="free", choices=["free", "starter", "professional", "enterprise",
+                                                      "FREE", "STARTER", "PROFESSIONAL", "ENTERPRISE"])
+    b.add_argument("--admin-email", required=True)
+    b.set_defaults(func=cmd_bootstrap)
+
+    sub.add_parser("seed-demo", help="create the demo tenant (dev only)").set_defaults(func=cmd_seed_demo)
+
+    k = sub.add_parser("keys", help="signing keys")
+    ksub = k.add_subparsers(dest="keys_command", required=True)
+    ksub.add_parser("generate", help="print a new RSA signing key (PEM)").set_defaults(func=cmd_keys_generate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,154 @@
+"""Configuration: one pydantic-settings class, read once and handed to `create_app(settings)`.
+
+Every variable has the prefix `PORTCULLIS_` and may also come from a `.env` file. The defaults serve
+the embedded mode on a laptop; `PORTCULLIS_ENV=prod` refuses to start on any default secret.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEV_PEPPER = "dev-only-api-key-pepper-change-me"
+DEV_COOKIE_SECRET = "dev-only-cookie-secret-change-me"
+DEV_KEY_FILE = Path(".portcullis/dev-signing-key.pem")
+
+
+class Environment(StrEnum):
+    DEV = "dev"
+    TEST = "test"
+    PROD = "prod"
+
+
+class InsecureSettingsError(RuntimeError):
+    pass
+
+
+def _split(value: object) -> object:
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PORTCULLIS_", env_file=".env", extra="ignore")
+
+    env: Environment = Environment.DEV
+    database_url: str = "sqlite:///./portcullis.db"
+    database_pool_size: int = Field(default=10, ge=1, le=200)
+    redis_url: str | None = None
+
+    # Token signing: the current RSA private key (PEM, or a file holding it) and previous keys, whose
+    # tokens stay valid until they expire. See docs/configuration.md, "Rotating the signing key".
+    signing_key: SecretStr | None = None
+    signing_key_file: Path | None = None
+    previous_signing_key_files: Annotated[list[Path], NoDecode] = Field(default_factory=list)
+    issuer: str = "portcullis"
+    audience: str = "portcullis-api"
+    access_token_ttl_seconds: int = Field(default=900, ge=60, le=3600)
+    access_token_max_lifetime_seconds: int = Field(default=3600, ge=60, le=86_400)
+    session_absolute_lifetime_seconds: int = Field(default=14 * 86_400, ge=300)
+    refresh_token_idle_seconds: int = Field(default=7 * 86_400, ge=300)
+    session_cache_ttl_seconds: float = Field(default=30.0, ge=0, le=300)
+
+    api_key_pepper: SecretStr = SecretStr(DEV_PEPPER)
+    cookie_secret: SecretStr = SecretStr(DEV_COOKIE_SECRET)
+
+    # argon2id parameters (OWASP: m=19 MiB, t=2, p=1)
+    password_hash_memory_kib: int = Field(default=19_456, ge=1024)
+    password_hash_time_cost: int = Field(default=2, ge=1)
+    password_hash_parallelism: int = Field(default=1, ge=1)
+
+    lockout_threshold: int = Field(default=5, ge=1)
+    lockout_window_seconds: int = Field(default=900, ge=60)
+    lockout_base_seconds: int = Field(default=60, ge=1)
+    lockout_max_seconds: int = Field(default=900, ge=1)
+    lockout_account_ceiling: int = Field(default=50, ge=1)
+
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    graphiql: bool | None = None
+    introspection: bool | None = None
+    field_suggestions: bool | None = None
+    reject_unauthorized: bool = False
+
+    demo_seed: bool = True
+    log_level: str = "INFO"
+
+    @field_validator("trusted_proxies", "previous_signing_key_files", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        return _split(value)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            ipaddress.ip_network(cidr, strict=False)
+        return value
+
+    @model_validator(mode="after")
+    def _refuse_default_secrets(self) -> Settings:
+        if self.env is not Environment.PROD:
+            return self
+        problems = []
+        if self.signing_key is None and self.signing_key_file is None:
+            problems.append("PORTCULLIS_SIGNING_KEY (or _FILE) is not set")
+        if self.signing_key_file is not None and self.signing_key_file.resolve() == DEV_KEY_FILE.resolve():
+            problems.append("PORTCULLIS_SIGNING_KEY_FILE points at the development key")
+        if self.api_key_pepper.get_secret_value() in ("", DEV_PEPPER) or len(
+            self.api_key_pepper.get_secret_value()
+        ) < 32:
+            problems.append("PORTCULLIS_API_KEY_PEPPER is missing, the default, or shorter than 32 characters")
+        if self.cookie_secret.get_secret_value() in ("", DEV_COOKIE_SECRET) or len(
+            self.cookie_secret.get_secret_value()
+        ) < 32:
+            problems.append("PORTCULLIS_COOKIE_SECRET is missing, the default, or shorter than 32 characters")
+        if problems:
+            raise InsecureSettingsError("refusing to start in prod: " + "; ".join(problems))
+        return self
+
+    @property
+    def is_prod(self) -> bool:
+        return self.env is Environment.PROD
+
+    @property
+    def graphiql_enabled(self) -> bool:
+        return (not self.is_prod) if self.graphiql is None else self.graphiql and not self.is_prod
+
+    @property
+    def anonymous_introspection(self) -> bool:
+        return (not self.is_prod) if self.introspection is None else self.introspection
+
+    @property
+    def suggestions_enabled(self) -> bool:
+        return (not self.is_prod) if self.field_suggestions is None else self.field_suggestions
+
+    def signing_key_pems(self) -> tuple[str, list[str]]:
+        """The current key and the previous ones; a dev key is created on first use outside prod."""
+        if self.signing_key is not None:
+            current = self.signing_key.get_secret_value()
+        elif self.signing_key_file is not None:
+            current = self.signing_key_file.read_text()
+        else:
+            current = _dev_key()
+        previous = [p.read_text() for p in self.previous_signing_key_files]
+        return current, previous
+
+
+def _dev_key() -> str:
+    from identity.tokens import generate_private_key_pem
+
+    if DEV_KEY_FILE.exists():
+        return DEV_KEY_FILE.read_text()
+    DEV_KEY_FILE.parent.mkdir(parents=True, exist_ok=True)
+    pem = generate_private_key_pem()
+    DEV_KEY_FILE.touch(mode=0o600)
+    DEV_KEY_FILE.write_text(pem)
+    return pem

@@ -1,0 +1,73 @@
+"""Turns a verified credential into the request's `Principal`, once, at the edge."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from authz import AuthMethod, Principal, PrincipalKind, permissions_for_role
+from identity.sessions import SessionCache, SessionInfo, load_session
+from identity.tokens import AccessTokens, TokenError
+from store.db import Database
+
+
+class AuthenticationError(Exception):
+    """The credential is not acceptable; `reason` goes to logs and audit, never to the caller."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def principal_for_session(
+    info: SessionInfo, *, client_ip: str | None, request_id: str | None
+) -> Principal:
+    return Principal(
+        kind=PrincipalKind.USER,
+        subject_id=info.user_id,
+        organization_id=info.organization_id,
+        roles=(info.role,),
+        permissions=permissions_for_role(info.role),
+        auth_method=AuthMethod(info.auth_method),
+        session_id=info.session_id,
+        plan=info.plan,
+        client_ip=client_ip,
+        request_id=request_id,
+    )
+
+
+class Authenticator:
+    def __init__(
+        self, tokens: AccessTokens, sessions: SessionCache, db: Database, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.tokens = tokens
+        self.sessions = sessions
+        self.db = db
+        self.clock = clock
+
+    async def session_info(self, session_id: str) -> SessionInfo | None:
+        info = self.sessions.get(session_id)
+        if info is not None:
+            return info
+        epoch = self.sessions.epoch
+        now = datetime.fromtimestamp(self.clock(), UTC).replace(tzinfo=None)
+        async with self.db.session() as db:
+            info = await load_session(db, session_id, now)
+        if info is not None:
+            self.sessions.put(info, epoch)
+        return info
+
+    async def bearer(self, token: str, *, client_ip: str | None, request_id: str | None) -> Principal:
+        try:
+            claims = self.tokens.verify(token)
+        except TokenError as exc:
+            raise AuthenticationError(f"token: {exc.reason}") from None
+        info = await self.session_info(claims.session_id)
+        if info is None:
+            raise AuthenticationError("session ended")
+        if info.user_id != claims.subject or info.organization_id != claims.organization_id:
+            raise AuthenticationError("token does not match its session")
+        if info.expires_at.replace(tzinfo=UTC).timestamp() <= self.clock():
+            raise AuthenticationError("session expired")
+        return principal_for_session(info, client_ip=client_ip, request_id=request_id)

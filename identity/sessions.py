@@ -1,0 +1,226 @@
+"""Signed-in sessions, refresh-token families and the per-process session cache.
+
+An access token names its session (`sid`); the session decides whether the token still counts. The
+cache keeps what a request needs (user, organization, role, plan) for a short time and is emptied for a
+session the moment any process revokes it (see `revocation`). A value loaded while a revocation was
+in flight is never stored, so a revoked session cannot be resurrected by a slow read.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from identity.tokens import hash_opaque_token, new_refresh_token
+from store.models import (
+    AuthSession,
+    Membership,
+    Organization,
+    RefreshToken,
+    RefreshTokenFamily,
+    User,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    session_id: str
+    user_id: str
+    organization_id: str
+    role: str
+    plan: str
+    auth_method: str
+    expires_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SessionPolicy:
+    absolute_lifetime_seconds: int = 14 * 24 * 3600
+    refresh_idle_seconds: int = 7 * 24 * 3600
+
+
+def _naive_utc(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC).replace(tzinfo=None)
+
+
+class SessionCache:
+    def __init__(self, ttl_seconds: float = 30.0, max_entries: int = 50_000,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl_seconds
+        self.max_entries = max_entries
+        self.clock = clock
+        self._entries: dict[str, tuple[float, SessionInfo]] = {}
+        self.epoch = 0
+
+    def get(self, session_id: str) -> SessionInfo | None:
+        entry = self._entries.get(session_id)
+        if entry is None:
+            return None
+        if self.clock() > entry[0]:
+            self._entries.pop(session_id, None)
+            return None
+        return entry[1]
+
+    def put(self, info: SessionInfo, epoch: int) -> None:
+        if epoch != self.epoch:
+            return
+        if len(self._entries) >= self.max_entries:
+            self._entries.clear()
+        self._entries[info.session_id] = (self.clock() + self.ttl, info)
+
+    def invalidate(self, session_ids: list[str]) -> None:
+        self.epoch += 1
+        if "*" in session_ids:
+            self._entries.clear()
+            return
+        for sid in session_ids:
+            self._entries.pop(sid, None)
+
+
+async def load_session(db: AsyncSession, session_id: str, now: datetime) -> SessionInfo | None:
+    """The session if it still counts: not revoked, not expired, user active and still a member."""
+    row = (
+        await db.execute(
+            select(
+                AuthSession.id, AuthSession.user_id, AuthSession.organization_id, AuthSession.auth_method,
+                AuthSession.expires_at, Membership.role, Organization.plan,
+            )
+            .join(User, User.id == AuthSession.user_id)  # type: ignore[arg-type]
+            .join(
+                Membership,
+                (Membership.user_id == AuthSession.user_id)  # type: ignore[arg-type]
+                & (Membership.organization_id == AuthSession.organization_id),
+            )
+            .join(Organization, Organization.id == AuthSession.organization_id)  # type: ignore[arg-type]
+            .where(
+                AuthSession.id == session_id,
+                AuthSession.revoked_at.is_(None),  # type: ignore[union-attr]
+                AuthSession.expires_at > now,  # type: ignore[arg-type]
+                User.is_active.is_(True),  # type: ignore[attr-defined]
+            )
+        )
+    ).first()
+    if row is None:
+        return None
+    return SessionInfo(
+        session_id=row[0], user_id=row[1], organization_id=row[2], auth_method=row[3],
+        expires_at=row[4], role=row[5], plan=row[6],
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedSession:
+    session: AuthSession
+    refresh_token: str
+
+
+async def create_session(
+    db: AsyncSession, *, user_id: str, organization_id: str, auth_method: str, client_ip: str | None,
+    user_agent: str | None, policy: SessionPolicy, now: datetime,
+) -> IssuedSession:
+    session = AuthSession(
+        organization_id=organization_id, user_id=user_id, auth_method=auth_method, client_ip=client_ip,
+        user_agent=(user_agent or "")[:256] or None, created_at=now, last_seen_at=now,
+        expires_at=now + timedelta(seconds=policy.absolute_lifetime_seconds),
+    )
+    family = RefreshTokenFamily(
+        organization_id=organization_id, session_id=session.id, user_id=user_id, created_at=now
+    )
+    db.add(session)
+    await db.flush()
+    db.add(family)
+    await db.flush()
+    token = await _add_refresh_token(db, family, session, policy, now)
+    return IssuedSession(session=session, refresh_token=token)
+
+
+async def _add_refresh_token(
+    db: AsyncSession, family: RefreshTokenFamily, session: AuthSession, policy: SessionPolicy, now: datetime
+) -> str:
+    token = new_refresh_token()
+    expires = min(now + timedelta(seconds=policy.refresh_idle_seconds), session.expires_at)
+    db.add(
+        RefreshToken(
+            organization_id=family.organization_id, family_id=family.id,
+            token_hash=hash_opaque_token(token), created_at=now, expires_at=expires,
+        )
+    )
+    await db.flush()
+    return token
+
+
+class RefreshError(Exception):
+    def __init__(self, reason: str, revoked_session_id: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.revoked_session_id = revoked_session_id
+
+
+async def rotate_refresh_token(
+    db: AsyncSession, token: str, *, policy: SessionPolicy, now: datetime
+) -> tuple[AuthSession, str]:
+    """Spend a refresh token and issue its successor in the same family.
+
+    Presenting a token that was already spent means it was stolen or replayed: the whole family and
+    its session are revoked (`RefreshError` with `revoked_session_id`). The caller commits the
+    revocation even though the request fails.
+    """
+    row = (
+        await db.execute(
+            select(RefreshToken, RefreshTokenFamily, AuthSession)
+            .join(RefreshTokenFamily, RefreshTokenFamily.id == RefreshToken.family_id)  # type: ignore[arg-type]
+            .join(AuthSession, AuthSession.id == RefreshTokenFamily.session_id)  # type: ignore[arg-type]
+            .where(RefreshToken.token_hash == hash_opaque_token(token))
+        )
+    ).first()
+    if row is None:
+        raise RefreshError("unknown")
+    rt, family, session = row
+    if family.revoked_at is not None or session.revoked_at is not None:
+        raise RefreshError("revoked")
+    spent = await db.execute(
+        update(RefreshToken)
+        .where(RefreshToken.id == rt.id, RefreshToken.used_at.is_(None))  # type: ignore[arg-type,union-attr]
+        .values(used_at=now)
+    )
+    if (getattr(spent, "rowcount", 0) or 0) != 1:
+        await revoke_sessions(db, [session.id], reason="refresh_reuse", now=now)
+        raise RefreshError("reused", revoked_session_id=session.id)
+    if rt.expires_at <= now or session.expires_at <= now:
+        raise RefreshError("expired")
+    session.last_seen_at = now
+    db.add(session)
+    new_token = await _add_refresh_token(db, family, session, policy, now)
+    return session, new_token
+
+
+async def revoke_sessions(db: AsyncSession, session_ids: list[str], *, reason: str, now: datetime) -> None:
+    if not session_ids:
+        return
+    await db.execute(
+        update(AuthSession)
+        .where(AuthSession.id.in_(session_ids), AuthSession.revoked_at.is_(None))  # type: ignore[attr-defined,union-attr]
+        .values(revoked_at=now, revoked_reason=reason)
+    )
+    await db.execute(
+        update(RefreshTokenFamily)
+        .where(
+            RefreshTokenFamily.session_id.in_(session_ids),  # type: ignore[attr-defined]
+            RefreshTokenFamily.revoked_at.is_(None),  # type: ignore[union-attr]
+        )
+        .values(revoked_at=now, revoked_reason=reason)
+    )
+
+
+async def active_session_ids(db: AsyncSession, user_id: str, *, except_id: str | None = None) -> list[str]:
+    stmt = select(AuthSession.id).where(
+        AuthSession.user_id == user_id, AuthSession.revoked_at.is_(None)  # type: ignore[union-attr]
+    )
+    if except_id is not None:
+        stmt = stmt.where(AuthSession.id != except_id)
+    return list((await db.execute(stmt)).scalars().all())

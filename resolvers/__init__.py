@@ -1,0 +1,1 @@
+"""Service functions, one module per domain. They take `(db, principal, ...)`, never commit."""

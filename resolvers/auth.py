@@ -1,0 +1,202 @@
+"""Password login, refresh, logout, password change and unlock.
+
+Every way a login can fail (unknown email, wrong password, inactive user, not a member of the named
+organization, locked) answers the same `UNAUTHENTICATED` error after about the same time.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy import select
+
+from authz import AuthMethod, Principal, PrincipalKind
+from authz.errors import INVALID_CREDENTIALS, BadUserInput, NotFound, Unauthenticated
+from identity.lockout import email_key
+from identity.passwords import MAX_BYTES, PasswordPolicyError, check_policy
+from identity.sessions import (
+    RefreshError,
+    active_session_ids,
+    create_session,
+    load_session,
+    revoke_sessions,
+    rotate_refresh_token,
+)
+from identity.tokens import AccessClaims
+from resolvers.deps import RequestContext
+from store.models import Membership, Organization, User
+
+log = logging.getLogger("portcullis.auth")
+
+MAX_EMAIL_LENGTH = 320
+MAX_REFRESH_TOKEN_LENGTH = 128
+
+
+@dataclass(frozen=True, slots=True)
+class AuthResult:
+    access_token: str
+    claims: AccessClaims
+    refresh_token: str
+    user: User
+    organization: Organization
+
+
+def _check_credentials_shape(email: str, password: str) -> None:
+    if len(email) > MAX_EMAIL_LENGTH:
+        raise BadUserInput(f"email must be at most {MAX_EMAIL_LENGTH} characters")
+    if len(password.encode("utf-8", "surrogatepass")) > MAX_BYTES:
+        raise BadUserInput("password is too long")
+
+
+async def _membership(ctx: RequestContext, user: User, organization_slug: str | None) -> Membership | None:
+    db = await ctx.db()
+    stmt = select(Membership).where(Membership.user_id == user.id)
+    if organization_slug is not None:
+        stmt = stmt.join(Organization, Organization.id == Membership.organization_id).where(  # type: ignore[arg-type]
+            Organization.slug == organization_slug
+        )
+    stmt = stmt.order_by(Membership.created_at, Membership.id)  # type: ignore[arg-type]
+    return (await db.execute(stmt.limit(1))).scalars().first()
+
+
+async def login(
+    ctx: RequestContext, email: str, password: str, organization_slug: str | None = None
+) -> AuthResult:
+    _check_credentials_shape(email, password)
+    services, principal = ctx.services, ctx.principal
+    attempt = await services.throttle.begin(email, principal.client_ip)
+    if not attempt.allowed:
+        await services.hasher.burn()
+        log.info("authn_login_fail", extra={"reason": attempt.reason, "request_id": principal.request_id})
+        raise Unauthenticated(INVALID_CREDENTIALS)
+
+    db = await ctx.db()
+    user = (await db.execute(select(User).where(User.email_key == email_key(email)))).scalar_one_or_none()
+    usable = user is not None and user.is_active and user.password_hash is not None
+    ok = await services.hasher.verify(user.password_hash if usable and user else None, password)
+    membership = await _membership(ctx, user, organization_slug) if ok and user is not None else None
+    if not ok or user is None or membership is None:
+        locked = await services.throttle.failed(attempt)
+        log.info("authn_login_lock" if locked else "authn_login_fail",
+                 extra={"request_id": principal.request_id})
+        raise Unauthenticated(INVALID_CREDENTIALS)
+
+    await services.throttle.succeeded(attempt)
+    now = services.now()
+    assert user.password_hash is not None
+    if services.hasher.needs_rehash(user.password_hash):
+        user.password_hash = await services.hasher.hash(password)
+    user.last_login_at = now
+    db.add(user)
+    org = await db.get(Organization, membership.organization_id)
+    assert org is not None
+    issued = await create_session(
+        db, user_id=user.id, organization_id=org.id, auth_method=AuthMethod.PASSWORD.value,
+        client_ip=principal.client_ip, user_agent=ctx.user_agent, policy=services.session_policy, now=now,
+    )
+    token, claims = services.tokens.issue(subject=user.id, organization_id=org.id, session_id=issued.session.id)
+    log.info("authn_login_success", extra={"request_id": principal.request_id, "user_id": user.id})
+    return AuthResult(token, claims, issued.refresh_token, user, org)
+
+
+async def refresh(ctx: RequestContext, refresh_token: str | None) -> AuthResult:
+    services = ctx.services
+    if not refresh_token or len(refresh_token) > MAX_REFRESH_TOKEN_LENGTH:
+        raise Unauthenticated("Invalid refresh token.")
+    now = services.now()
+    failure: RefreshError | None = None
+    # An authentication event: it commits on its own, so a detected reuse stays revoked.
+    async with services.db.transaction() as db:
+        try:
+            session, new_token = await rotate_refresh_token(
+                db, refresh_token, policy=services.session_policy, now=now
+            )
+        except RefreshError as exc:
+            failure = exc
+        else:
+            info = await load_session(db, session.id, now)
+            if info is None:
+                failure = RefreshError("session no longer valid")
+    if failure is not None:
+        if failure.revoked_session_id is not None:
+            log.warning("authn_token_reuse", extra={"session_id": failure.revoked_session_id})
+            await services.revocations.publish([failure.revoked_session_id])
+        raise Unauthenticated("Invalid refresh token.")
+    db = await ctx.db()
+    user = await db.get(User, session.user_id)
+    org = await db.get(Organization, session.organization_id)
+    assert user is not None and org is not None
+    token, claims = services.tokens.issue(subject=user.id, organization_id=org.id, session_id=session.id)
+    return AuthResult(token, claims, new_token, user, org)
+
+
+def _require_user(principal: Principal) -> tuple[str, str]:
+    if principal.kind is not PrincipalKind.USER or principal.subject_id is None or principal.session_id is None:
+        raise Unauthenticated("Authentication required.")
+    return principal.subject_id, principal.session_id
+
+
+async def logout(ctx: RequestContext) -> bool:
+    _, session_id = _require_user(ctx.principal)
+    db = await ctx.db()
+    await revoke_sessions(db, [session_id], reason="logout", now=ctx.services.now())
+
+    async def announce() -> None:
+        await ctx.services.revocations.publish([session_id])
+
+    ctx.after_commit.append(announce)
+    return True
+
+
+async def change_password(ctx: RequestContext, current_password: str, new_password: str) -> bool:
+    user_id, session_id = _require_user(ctx.principal)
+    _check_credentials_shape("", current_password)
+    services = ctx.services
+    db = await ctx.db()
+    user = await db.get(User, user_id)
+    if user is None:
+        raise Unauthenticated("Authentication required.")
+    attempt = await services.throttle.begin(user.email, ctx.principal.client_ip)
+    if not attempt.allowed:
+        await services.hasher.burn()
+        raise Unauthenticated(INVALID_CREDENTIALS)
+    if not await services.hasher.verify(user.password_hash, current_password):
+        await services.throttle.failed(attempt)
+        raise Unauthenticated(INVALID_CREDENTIALS)
+    await services.throttle.succeeded(attempt)
+    try:
+        check_policy(new_password, email=user.email)
+    except PasswordPolicyError as exc:
+        raise BadUserInput(str(exc), field="newPassword") from None
+    if await services.hasher.verify(user.password_hash, new_password):
+        raise BadUserInput("the new password must differ from the current one", field="newPassword")
+    user.password_hash = await services.hasher.hash(new_password)
+    user.password_changed_at = services.now()
+    db.add(user)
+    others = await active_session_ids(db, user_id, except_id=session_id)
+    await revoke_sessions(db, others, reason="password_changed", now=services.now())
+
+    async def announce() -> None:
+        await services.revocations.publish(others)
+
+    ctx.after_commit.append(announce)
+    return True
+
+
+async def unlock_user(ctx: RequestContext, user_id: str) -> bool:
+    """Clear every login counter of a member of the caller's organization."""
+    org_id = ctx.principal.organization_id
+    db = await ctx.db()
+    row = (
+        await db.execute(
+            select(User)
+            .join(Membership, Membership.user_id == User.id)  # type: ignore[arg-type]
+            .where(Membership.organization_id == org_id, User.id == user_id)
+        )
+    ).scalar_one_or_none()
+    if row is None:
+        raise NotFound("User not found.")
+    await ctx.services.throttle.unlock(row.email)
+    log.info("authn_login_unlock", extra={"user_id": row.id, "request_id": ctx.principal.request_id})
+    return True

@@ -1,0 +1,87 @@
+"""What the service functions need from the running application, built once in `create_app`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from authz import Principal
+
+from identity.authentication import Authenticator
+from identity.lockout import LoginThrottle
+from identity.passwords import PasswordHasherService
+from identity.revocation import RevocationBus
+from identity.sessions import SessionCache, SessionPolicy
+from identity.tokens import AccessTokens
+from store.db import Database
+
+
+@dataclass
+class Services:
+    db: Database
+    hasher: PasswordHasherService
+    throttle: LoginThrottle
+    tokens: AccessTokens
+    sessions: SessionCache
+    session_policy: SessionPolicy
+    authenticator: Authenticator
+    revocations: RevocationBus
+    redis: object | None = None
+    clock: Callable[[], float] = field(default=time.time)
+
+    def now(self) -> datetime:
+        return datetime.fromtimestamp(self.clock(), UTC).replace(tzinfo=None)
+
+
+class RequestContext:
+    """One per GraphQL request: the principal, the services and the request's unit of work.
+
+    The database session is opened on first use and committed once, by the schema's unit-of-work
+    extension, when the operation ends without error; anything that must happen only after that
+    commit (telling other processes about a revocation) is queued in `after_commit`.
+    """
+
+    def __init__(self, services: Services, principal: Principal, *, request: Any = None,
+                 response: Any = None, user_agent: str | None = None) -> None:
+        self.services = services
+        self.principal = principal
+        self.request = request
+        self.response = response
+        self.user_agent = user_agent
+        self.after_commit: list[Callable[[], Awaitable[None]]] = []
+        self._db: AsyncSession | None = None
+
+    async def db(self) -> AsyncSession:
+        if self._db is None:
+            self._db = self.services.db.session()
+        return self._db
+
+    @property
+    def db_opened(self) -> bool:
+        return self._db is not None
+
+    async def finish(self, *, commit: bool) -> None:
+        session, self._db = self._db, None
+        if session is None:
+            if commit:
+                await self._run_after_commit()
+            return
+        try:
+            if commit:
+                await session.commit()
+            else:
+                await session.rollback()
+        finally:
+            await session.close()
+        if commit:
+            await self._run_after_commit()
+
+    async def _run_after_commit(self) -> None:
+        hooks, self.after_commit = self.after_commit, []
+        for hook in hooks:
+            await hook()

@@ -1,0 +1,62 @@
+"""The composition root: every domain's types merged into one schema, with its extensions."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import strawberry
+from graphql import GraphQLError
+from strawberry.extensions import ParserCache, ValidationCache
+from strawberry.schema.config import StrawberryConfig
+from strawberry.tools import merge_types
+from strawberry.types import ExecutionContext
+
+from authz.errors import GatewayError
+from schema.auth import AuthMutation
+from schema.extensions import ErrorShaping, IntrospectionGuard, UnitOfWork
+from schema.organizations import OrganizationQuery
+from schema.users import UserQuery
+
+log = logging.getLogger("portcullis.graphql")
+
+Query = merge_types("Query", (UserQuery, OrganizationQuery))
+Mutation = merge_types("Mutation", (AuthMutation,))
+
+
+class PortcullisSchema(strawberry.Schema):
+    def process_errors(
+        self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
+    ) -> None:
+        # Expected refusals and invalid documents are the caller's business; only the unexpected is
+        # logged, with its traceback and the request id (never the variables).
+        for error in errors:
+            original = error.original_error
+            if original is None or isinstance(original, GatewayError):
+                continue
+            rid = getattr(getattr(execution_context and execution_context.context, "principal", None),
+                          "request_id", None)
+            log.error("unexpected error in %s", ".".join(map(str, error.path or [])) or "operation",
+                      exc_info=original, extra={"request_id": rid})
+
+
+def build_schema(
+    *, anonymous_introspection: bool = True, field_suggestions: bool = True, cache_size: int = 1024
+) -> PortcullisSchema:
+    extensions: list[Any] = [
+        ErrorShaping,
+        UnitOfWork,
+        lambda: IntrospectionGuard(allow_anonymous=anonymous_introspection),
+        lambda: ParserCache(maxsize=cache_size),
+        lambda: ValidationCache(maxsize=cache_size),
+    ]
+    return PortcullisSchema(
+        query=Query,
+        mutation=Mutation,
+        extensions=extensions,
+        config=StrawberryConfig(disable_field_suggestions=not field_suggestions),
+    )
+
+
+def export_sdl() -> str:
+    return build_schema().as_str() + "\n"

@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import strawberry
+
+from authz import Permission
+from resolvers import auth as service
+from resolvers.auth import AuthResult
+from schema.context import Info
+from schema.directives import authenticated, requires_scopes
+from schema.organizations import Organization
+from schema.users import User
+
+
+@strawberry.type
+class AuthPayload:
+    access_token: str
+    expires_at: datetime
+    refresh_token: str
+    user: User
+    organization: Organization
+
+    @classmethod
+    def from_result(cls, r: AuthResult) -> AuthPayload:
+        return cls(
+            access_token=r.access_token,
+            expires_at=datetime.fromtimestamp(r.claims.expires_at, UTC),
+            refresh_token=r.refresh_token,
+            user=User.from_row(r.user),
+            organization=Organization.from_row(r.organization),
+        )
+
+
+@strawberry.type
+class AuthMutation:
+    @strawberry.mutation(description="Sign in with a password; public.")
+    async def login(
+        self, info: Info, email: str, password: str, organization: str | None = None,
+        totp: str | None = None,
+    ) -> AuthPayload:
+        return AuthPayload.from_result(await service.login(info.context, email, password, organization))
+
+    @strawberry.mutation(description="Spend a refresh token for a new access token and refresh token; public.")
+    async def refresh_token(self, info: Info, refresh_token: str | None = None) -> AuthPayload:
+        return AuthPayload.from_result(await service.refresh(info.context, refresh_token))
+
+    @strawberry.mutation(description="End the current session.", **authenticated())
+    async def logout(self, info: Info) -> bool:
+        return await service.logout(info.context)
+
+    @strawberry.mutation(description="Change the password; ends the user's other sessions.", **authenticated())
+    async def change_password(self, info: Info, current_password: str, new_password: str) -> bool:
+        return await service.change_password(info.context, current_password, new_password)
+
+    @strawberry.mutation(
+        description="Clear a member's failed-login counters and locks.",
+        **requires_scopes(Permission.MEMBERS_MANAGE),
+    )
+    async def unlock_user(self, info: Info, user_id: strawberry.ID) -> bool:
+        return await service.unlock_user(info.context, str(user_id))

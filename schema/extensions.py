@@ -1,0 +1,83 @@
+"""Schema extensions that wrap every operation: error shaping, the unit of work, introspection."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from graphql import GraphQLError
+from graphql.validation import NoSchemaIntrospectionCustomRule
+from strawberry.extensions import SchemaExtension
+
+from authz.errors import ErrorCode, GatewayError
+
+log = logging.getLogger("portcullis.graphql")
+
+MASKED_MESSAGE = "Unexpected error."
+
+
+def _request_id(context: Any) -> str | None:
+    principal = getattr(context, "principal", None)
+    return getattr(principal, "request_id", None)
+
+
+def shape_error(error: GraphQLError, request_id: str | None) -> GraphQLError:
+    """Every error leaves with `extensions.code`; anything unexpected is masked."""
+    original = error.original_error
+    if isinstance(original, GatewayError):
+        return GraphQLError(
+            original.message, nodes=error.nodes, source=error.source, positions=error.positions,
+            path=error.path, extensions={"code": original.code.value, **original.extensions},
+        )
+    if original is None:
+        extensions = dict(error.extensions or {})
+        extensions.setdefault("code", ErrorCode.BAD_USER_INPUT.value)
+        return GraphQLError(
+            error.message, nodes=error.nodes, source=error.source, positions=error.positions,
+            path=error.path, extensions=extensions,
+        )
+    return GraphQLError(
+        MASKED_MESSAGE, nodes=error.nodes, source=error.source, positions=error.positions, path=error.path,
+        extensions={"code": ErrorCode.INTERNAL.value, "requestId": request_id},
+    )
+
+
+class ErrorShaping(SchemaExtension):
+    def on_operation(self) -> Iterator[None]:
+        yield
+        result = self.execution_context.result
+        if result is not None and result.errors:
+            rid = _request_id(self.execution_context.context)
+            result.errors = [shape_error(e, rid) for e in result.errors]
+
+
+class UnitOfWork(SchemaExtension):
+    """Commits the request's database session once, when the operation ends without error."""
+
+    async def on_operation(self) -> AsyncIterator[None]:  # type: ignore[override]
+        yield
+        ctx = self.execution_context.context
+        result = self.execution_context.result
+        ok = result is not None and not result.errors
+        try:
+            await ctx.finish(commit=ok)
+        except Exception as exc:
+            log.exception("commit failed", extra={"request_id": _request_id(ctx)})
+            if result is not None:
+                result.data = None
+                result.errors = [GraphQLError("commit failed", original_error=exc)]
+
+
+class IntrospectionGuard(SchemaExtension):
+    """Refuses `__schema` and `__type` to anonymous callers when introspection is off for them."""
+
+    def __init__(self, *, allow_anonymous: bool) -> None:
+        self.allow_anonymous = allow_anonymous
+
+    def on_operation(self) -> Iterator[None]:
+        principal = self.execution_context.context.principal
+        if not self.allow_anonymous and not principal.is_authenticated:
+            rules = self.execution_context.validation_rules
+            self.execution_context.validation_rules = (*rules, NoSchemaIntrospectionCustomRule)
+        yield

@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+from datetime import datetime
+
+import strawberry
+
+from authz import Permission
+from resolvers import users as service
+from schema.context import Info
+from schema.directives import authenticated
+from schema.organizations import Organization, utc
+from store.models import User as UserRow
+
+
+@strawberry.type(name="User")
+class User:
+    id: strawberry.ID
+    email: str
+    name: str | None
+    mfa_enabled: bool
+    last_login_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: UserRow) -> User:
+        return cls(
+            id=strawberry.ID(row.id), email=row.email, name=row.name, mfa_enabled=row.mfa_enabled,
+            last_login_at=utc(row.last_login_at) if row.last_login_at else None,
+        )
+
+
+@strawberry.type
+class Viewer:
+    user: User
+    organization: Organization
+    role: str
+    permissions: list[str]
+    auth_method: str
+
+
+def _permission_names(perms: frozenset[Permission]) -> list[str]:
+    return sorted(p.value for p in perms)
+
+
+@strawberry.type
+class UserQuery:
+    @strawberry.field(description="Who the caller is, in which organization, with which permissions.",
+                      **authenticated())
+    async def me(self, info: Info) -> Viewer:
+        ctx = info.context
+        p = ctx.principal
+        user, org = await service.get_viewer(await ctx.db(), p)
+        return Viewer(
+            user=User.from_row(user),
+            organization=Organization.from_row(org),
+            role=p.roles[0] if p.roles else "",
+            permissions=_permission_names(p.effective_permissions),
+            auth_method=p.auth_method.value,
+        )
+
+    @strawberry.field(description="The caller's effective permissions.", **authenticated())
+    def permissions(self, info: Info) -> list[str]:
+        return _permission_names(info.context.principal.effective_permissions)

@@ -1,0 +1,133 @@
+"""SQLModel tables. Every tenant-owned row carries `organization_id`.
+
+Identifiers are random UUID strings, so an id reveals neither a count nor an order.
+Times are stored as naive UTC (`utcnow()`), the one convention both SQLite and PostgreSQL keep.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+from sqlalchemy import Column, DateTime, Index, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def _ts(*, nullable: bool = False, index: bool = False) -> Column[datetime]:
+    return Column(DateTime(timezone=False), nullable=nullable, index=index)
+
+
+class Organization(SQLModel, table=True):
+    __tablename__ = "organizations"
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    slug: str = Field(max_length=63, unique=True)
+    name: str = Field(max_length=200)
+    plan: str = Field(default="free", max_length=20)
+    parent_id: str | None = Field(default=None, foreign_key="organizations.id", index=True, max_length=36)
+    billing_email: str | None = Field(default=None, max_length=320)
+    require_mfa: bool = Field(default=False)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+
+
+class User(SQLModel, table=True):
+    __tablename__ = "users"
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    email: str = Field(max_length=320)
+    # casefolded email: the unique key, so `Alice@X` and `alice@x` are one account
+    email_key: str = Field(max_length=320, unique=True)
+    name: str | None = Field(default=None, max_length=200)
+    password_hash: str | None = Field(default=None, max_length=255)
+    is_active: bool = Field(default=True)
+    mfa_enabled: bool = Field(default=False)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+    last_login_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    password_changed_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+
+
+class Membership(SQLModel, table=True):
+    __tablename__ = "memberships"
+    __table_args__ = (UniqueConstraint("organization_id", "user_id", name="uq_memberships_org_user"),)
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    organization_id: str = Field(foreign_key="organizations.id", index=True, max_length=36)
+    user_id: str = Field(foreign_key="users.id", index=True, max_length=36)
+    role: str = Field(max_length=63)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+
+
+class AuthSession(SQLModel, table=True):
+    """A signed-in session: what access tokens point at (`sid`) and what logout ends."""
+
+    __tablename__ = "auth_sessions"
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    organization_id: str = Field(foreign_key="organizations.id", index=True, max_length=36)
+    user_id: str = Field(foreign_key="users.id", index=True, max_length=36)
+    auth_method: str = Field(max_length=20)
+    client_ip: str | None = Field(default=None, max_length=45)
+    user_agent: str | None = Field(default=None, max_length=256)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+    last_seen_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+    expires_at: datetime = Field(sa_column=_ts())
+    revoked_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True, index=True))
+    revoked_reason: str | None = Field(default=None, max_length=40)
+
+
+class RefreshTokenFamily(SQLModel, table=True):
+    """The chain of refresh tokens descending from one login; reuse of any retired member revokes it."""
+
+    __tablename__ = "refresh_token_families"
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    organization_id: str = Field(foreign_key="organizations.id", index=True, max_length=36)
+    session_id: str = Field(foreign_key="auth_sessions.id", unique=True, max_length=36)
+    user_id: str = Field(foreign_key="users.id", index=True, max_length=36)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+    revoked_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    revoked_reason: str | None = Field(default=None, max_length=40)
+
+
+class RefreshToken(SQLModel, table=True):
+    __tablename__ = "refresh_tokens"
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    organization_id: str = Field(foreign_key="organizations.id", index=True, max_length=36)
+    family_id: str = Field(foreign_key="refresh_token_families.id", index=True, max_length=36)
+    # sha256 of the opaque token; the token itself is never stored
+    token_hash: str = Field(max_length=64, unique=True)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+    expires_at: datetime = Field(sa_column=_ts())
+    used_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+
+
+class LoginThrottle(SQLModel, table=True):
+    """Failure counters for password logins, one row per key (`acct:<email>` or `pair:<email>|<ip>`).
+
+    Not tenant data: a login attempt happens before any tenant is known.
+    """
+
+    __tablename__ = "login_throttle"
+    __table_args__ = (Index("ix_login_throttle_account", "account_key"),)
+
+    key: str = Field(primary_key=True, max_length=400)
+    account_key: str = Field(max_length=320)
+    failures: int = Field(default=0)
+    window_started_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+    locked_until: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    lock_count: int = Field(default=0)
+    last_success_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+
+
+TENANT_TABLES: frozenset[str] = frozenset(
+    {"memberships", "auth_sessions", "refresh_token_families", "refresh_tokens"}
+)
