@@ -1,0 +1,45 @@
+# Portcullis: every target works on a fresh machine with Python 3.11+.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PORT ?= 8000
+HOST ?= 127.0.0.1
+
+.PHONY: serve test lint bench install dev-install schema clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(VENV)/.installed $@
+
+install: $(VENV)/.installed
+dev-install: $(VENV)/.dev-installed
+
+serve: install
+	PORTCULLIS_ENV=$${PORTCULLIS_ENV:-dev} $(BIN)/portcullis migrate
+	@if [ "$${PORTCULLIS_ENV:-dev}" = "dev" ]; then PORTCULLIS_ENV=dev $(BIN)/portcullis seed-demo; fi
+	PORTCULLIS_ENV=$${PORTCULLIS_ENV:-dev} $(BIN)/portcullis serve --host $(HOST) --port $(PORT)
+
+test: dev-install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: dev-install
+	$(BIN)/ruff check .
+	$(BIN)/mypy authz identity
+	$(BIN)/mypy gateway schema resolvers store
+
+bench: dev-install
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+schema: install
+	$(BIN)/portcullis schema > schema.graphql
+
+clean:
+	rm -rf $(VENV) portcullis.db portcullis.db-wal portcullis.db-shm

@@ -1,0 +1,231 @@
+"""Shared fixtures: the suite runs once on SQLite and once on PostgreSQL.
+
+Without a PostgreSQL or Redis, the tests that need one are skipped with the reason; with
+PORTCULLIS_TEST_REQUIRE_SERVICES=1 (CI) that is a failure instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import create_engine, text
+from sqlmodel import SQLModel
+
+from gateway.app import create_app
+from gateway.settings import Settings
+from identity.passwords import HashParameters, PasswordHasherService
+from identity.tokens import generate_private_key_pem
+from resolvers.provisioning import create_tenant
+from store.db import Database
+from store.migrate import upgrade
+from tests.services import ServiceUnavailable, postgres_server, redis_server
+
+REQUIRE = os.environ.get("PORTCULLIS_TEST_REQUIRE_SERVICES") == "1"
+CLIENT_IP = "203.0.113.7"
+PASSWORD = "correct horse battery staple"
+FAST_HASH = HashParameters(memory_kib=1024, time_cost=1, parallelism=1)
+
+
+def unavailable(reason: str) -> None:
+    if REQUIRE:
+        pytest.fail(f"required service unavailable: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def signing_key() -> str:
+    return generate_private_key_pem()
+
+
+@pytest.fixture(scope="session")
+def postgres_admin_url() -> Iterator[str]:
+    given = os.environ.get("PORTCULLIS_TEST_DATABASE_URL")
+    if given:
+        yield given
+        return
+    try:
+        with postgres_server() as url:
+            yield url
+    except ServiceUnavailable as exc:
+        unavailable(str(exc))
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    given = os.environ.get("PORTCULLIS_TEST_REDIS_URL")
+    if given:
+        yield given
+        return
+    try:
+        with redis_server() as url:
+            yield url
+    except ServiceUnavailable as exc:
+        unavailable(str(exc))
+
+
+def _fresh_postgres_database(admin_url: str) -> str:
+    name = f"portcullis_test_{uuid.uuid4().hex[:10]}"
+    engine = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+    base, _, _ = admin_url.rpartition("/")
+    return f"{base}/{name}"
+
+
+@pytest.fixture(scope="session")
+def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'portcullis.db'}"
+    upgrade(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+def postgresql_url(postgres_admin_url: str) -> str:
+    url = _fresh_postgres_database(postgres_admin_url)
+    upgrade(url)
+    return url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    url: str = request.getfixturevalue(f"{request.param}_url")
+    yield url
+    _truncate(url)
+
+
+def _truncate(url: str) -> None:
+    from store.db import install_sqlite_pragmas, is_sqlite, sync_url
+
+    engine = create_engine(sync_url(url))
+    if is_sqlite(url):
+        install_sqlite_pragmas(engine)
+    tables = [t.name for t in reversed(SQLModel.metadata.sorted_tables)]
+    with engine.begin() as conn:
+        if is_sqlite(url):
+            for name in tables:
+                conn.execute(text(f'DELETE FROM "{name}"'))
+        else:
+            conn.execute(text("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " CASCADE"))
+    engine.dispose()
+
+
+def make_settings(database_url: str, signing_key: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "env": "test",
+        "database_url": database_url,
+        "signing_key": signing_key,
+        "password_hash_memory_kib": FAST_HASH.memory_kib,
+        "password_hash_time_cost": FAST_HASH.time_cost,
+        "password_hash_parallelism": FAST_HASH.parallelism,
+        "log_level": "DEBUG",
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@pytest.fixture
+def settings(database_url: str, signing_key: str) -> Settings:
+    return make_settings(database_url, signing_key)
+
+
+@contextlib.asynccontextmanager
+async def running(app: Any, client_ip: str = CLIENT_IP) -> AsyncIterator[httpx.AsyncClient]:
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, client=(client_ip, 40000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            yield client
+
+
+@pytest.fixture
+async def app(settings: Settings) -> AsyncIterator[Any]:
+    application = create_app(settings)
+    async with running(application) as client:
+        application.state.client = client
+        yield application
+
+
+@pytest.fixture
+def client(app: Any) -> httpx.AsyncClient:
+    return app.state.client  # type: ignore[no-any-return]
+
+
+@dataclass
+class Tenant:
+    org_id: str
+    slug: str
+    user_id: str
+    email: str
+    password: str
+
+
+async def make_tenant(
+    database_url: str, *, slug: str = "acme", email: str = "owner@acme.test", password: str = PASSWORD,
+    plan: str = "professional", role: str | None = None, parent_id: str | None = None,
+) -> Tenant:
+    hasher = PasswordHasherService(FAST_HASH)
+    db = Database(database_url)
+    try:
+        async with db.transaction() as session:
+            result = await create_tenant(
+                session, slug=slug, name=slug.title(), plan=plan, owner_email=email,
+                password_hash=hasher.hash_sync(password),
+            )
+            if parent_id is not None:
+                result.organization.parent_id = parent_id
+                session.add(result.organization)
+            if role is not None:
+                from sqlalchemy import update
+
+                from store.models import Membership
+
+                await session.execute(
+                    update(Membership)
+                    .where(Membership.user_id == result.owner.id)  # type: ignore[arg-type]
+                    .values(role=role)
+                )
+        return Tenant(result.organization.id, slug, result.owner.id, email, password)
+    finally:
+        await db.dispose()
+
+
+@pytest.fixture
+async def tenant(database_url: str) -> Tenant:
+    return await make_tenant(database_url)
+
+
+async def gql(
+    client: httpx.AsyncClient, query: str, variables: dict[str, Any] | None = None, *,
+    token: str | None = None, headers: dict[str, str] | None = None,
+) -> httpx.Response:
+    h = dict(headers or {})
+    if token is not None:
+        h["Authorization"] = f"Bearer {token}"
+    return await client.post("/graphql", json={"query": query, "variables": variables or {}}, headers=h)
+
+
+LOGIN = """
+mutation Login($email: String!, $password: String!, $org: String) {
+  login(email: $email, password: $password, organization: $org) {
+    accessToken refreshToken expiresAt user { id email } organization { id slug }
+  }
+}
+"""
+
+
+async def login(client: httpx.AsyncClient, t: Tenant, password: str | None = None) -> dict[str, Any]:
+    r = await gql(client, LOGIN, {"email": t.email, "password": password or t.password})
+    body = r.json()
+    assert body.get("data") and body["data"]["login"], body
+    return body["data"]["login"]  # type: ignore[no-any-return]
+
+
+def error_codes(body: dict[str, Any]) -> list[str]:
+    return [e["extensions"]["code"] for e in body.get("errors", [])]

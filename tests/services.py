@@ -1,0 +1,120 @@
+"""PostgreSQL and Redis for the tests: the ones named by PORTCULLIS_TEST_DATABASE_URL /
+PORTCULLIS_TEST_REDIS_URL, or our own, started on free loopback ports from the binaries on PATH."""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+
+class ServiceUnavailable(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return
+        time.sleep(0.05)
+    raise ServiceUnavailable(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+def _pg_bindir() -> Path | None:
+    found = shutil.which("pg_ctl")
+    if found:
+        return Path(os.path.realpath(found)).parent
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+    return Path(candidates[-1]).parent if candidates else None
+
+
+def _as_user() -> list[str]:
+    """PostgreSQL refuses to run as root: drop to the `postgres` (or `nobody`) account."""
+    if os.geteuid() != 0:
+        return []
+    for name in ("postgres", "nobody"):
+        with contextlib.suppress(KeyError):
+            pwd.getpwnam(name)
+            return ["runuser", "-u", name, "--"]
+    raise ServiceUnavailable("running as root and no unprivileged account to run PostgreSQL")
+
+
+@contextlib.contextmanager
+def postgres_server() -> Iterator[str]:
+    bindir = _pg_bindir()
+    if bindir is None:
+        raise ServiceUnavailable("no PostgreSQL binaries (pg_ctl) on PATH or in /usr/lib/postgresql")
+    prefix = _as_user()
+    base = Path(tempfile.mkdtemp(prefix="portcullis-pg-"))
+    data, sock = base / "data", base / "sock"
+    sock.mkdir()
+    if prefix:
+        user = prefix[2]
+        pw = pwd.getpwnam(user)
+        for p in (base, sock):
+            os.chown(p, pw.pw_uid, pw.pw_gid)
+    port = free_port()
+    try:
+        subprocess.run(
+            [*prefix, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
+             "--no-sync", "-E", "UTF8", "--locale=C"],
+            check=True, capture_output=True, timeout=120,
+        )
+        opts = (f"-p {port} -k {sock} -h 127.0.0.1 -c fsync=off -c full_page_writes=off "
+                "-c synchronous_commit=off -c max_connections=200")
+        subprocess.run(
+            [*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-o", opts, "-l", str(base / "log"), "-w",
+             "-t", "60", "start"],
+            check=True, capture_output=True, timeout=90,
+        )
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+        out = getattr(exc, "stderr", b"") or b""
+        shutil.rmtree(base, ignore_errors=True)
+        raise ServiceUnavailable(f"PostgreSQL did not start: {out.decode(errors='replace')[-500:]}") from exc
+    try:
+        _wait_port(port)
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+                       capture_output=True, timeout=60, check=False)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[str]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise ServiceUnavailable("no redis-server on PATH")
+    port = free_port()
+    workdir = tempfile.mkdtemp(prefix="portcullis-redis-")
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", workdir, "--daemonize", "no"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_port(port)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
