@@ -13,7 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import select as sa_select
+from sqlalchemy import update
+from sqlmodel import col, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from identity.tokens import hash_opaque_token, new_refresh_token
@@ -86,22 +88,23 @@ async def load_session(db: AsyncSession, session_id: str, now: datetime) -> Sess
     """The session if it still counts: not revoked, not expired, user active and still a member."""
     row = (
         await db.execute(
-            select(
-                AuthSession.id, AuthSession.user_id, AuthSession.organization_id, AuthSession.auth_method,
-                AuthSession.expires_at, Membership.role, Organization.plan,
+            sa_select(
+                col(AuthSession.id), col(AuthSession.user_id), col(AuthSession.organization_id),
+                col(AuthSession.auth_method), col(AuthSession.expires_at), col(Membership.role),
+                col(Organization.plan),
             )
-            .join(User, User.id == AuthSession.user_id)  # type: ignore[arg-type]
+            .join(User, col(User.id) == col(AuthSession.user_id))
             .join(
                 Membership,
-                (Membership.user_id == AuthSession.user_id)  # type: ignore[arg-type]
-                & (Membership.organization_id == AuthSession.organization_id),
+                (col(Membership.user_id) == col(AuthSession.user_id))
+                & (col(Membership.organization_id) == col(AuthSession.organization_id)),
             )
-            .join(Organization, Organization.id == AuthSession.organization_id)  # type: ignore[arg-type]
+            .join(Organization, col(Organization.id) == col(AuthSession.organization_id))
             .where(
-                AuthSession.id == session_id,
-                AuthSession.revoked_at.is_(None),  # type: ignore[union-attr]
-                AuthSession.expires_at > now,  # type: ignore[arg-type]
-                User.is_active.is_(True),  # type: ignore[attr-defined]
+                col(AuthSession.id) == session_id,
+                col(AuthSession.revoked_at).is_(None),
+                col(AuthSession.expires_at) > now,
+                col(User.is_active).is_(True),
             )
         )
     ).first()
@@ -173,9 +176,9 @@ async def rotate_refresh_token(
     row = (
         await db.execute(
             select(RefreshToken, RefreshTokenFamily, AuthSession)
-            .join(RefreshTokenFamily, RefreshTokenFamily.id == RefreshToken.family_id)  # type: ignore[arg-type]
-            .join(AuthSession, AuthSession.id == RefreshTokenFamily.session_id)  # type: ignore[arg-type]
-            .where(RefreshToken.token_hash == hash_opaque_token(token))
+            .join(RefreshTokenFamily, col(RefreshTokenFamily.id) == col(RefreshToken.family_id))
+            .join(AuthSession, col(AuthSession.id) == col(RefreshTokenFamily.session_id))
+            .where(col(RefreshToken.token_hash) == hash_opaque_token(token))
         )
     ).first()
     if row is None:
@@ -185,7 +188,7 @@ async def rotate_refresh_token(
         raise RefreshError("revoked")
     spent = await db.execute(
         update(RefreshToken)
-        .where(RefreshToken.id == rt.id, RefreshToken.used_at.is_(None))  # type: ignore[arg-type,union-attr]
+        .where(col(RefreshToken.id) == rt.id, col(RefreshToken.used_at).is_(None))
         .values(used_at=now)
     )
     if (getattr(spent, "rowcount", 0) or 0) != 1:
@@ -204,14 +207,14 @@ async def revoke_sessions(db: AsyncSession, session_ids: list[str], *, reason: s
         return
     await db.execute(
         update(AuthSession)
-        .where(AuthSession.id.in_(session_ids), AuthSession.revoked_at.is_(None))  # type: ignore[attr-defined,union-attr]
+        .where(col(AuthSession.id).in_(session_ids), col(AuthSession.revoked_at).is_(None))
         .values(revoked_at=now, revoked_reason=reason)
     )
     await db.execute(
         update(RefreshTokenFamily)
         .where(
-            RefreshTokenFamily.session_id.in_(session_ids),  # type: ignore[attr-defined]
-            RefreshTokenFamily.revoked_at.is_(None),  # type: ignore[union-attr]
+            col(RefreshTokenFamily.session_id).in_(session_ids),
+            col(RefreshTokenFamily.revoked_at).is_(None),
         )
         .values(revoked_at=now, revoked_reason=reason)
     )
@@ -219,8 +222,8 @@ async def revoke_sessions(db: AsyncSession, session_ids: list[str], *, reason: s
 
 async def active_session_ids(db: AsyncSession, user_id: str, *, except_id: str | None = None) -> list[str]:
     stmt = select(AuthSession.id).where(
-        AuthSession.user_id == user_id, AuthSession.revoked_at.is_(None)  # type: ignore[union-attr]
+        col(AuthSession.user_id) == user_id, col(AuthSession.revoked_at).is_(None)
     )
     if except_id is not None:
-        stmt = stmt.where(AuthSession.id != except_id)
+        stmt = stmt.where(col(AuthSession.id) != except_id)
     return list((await db.execute(stmt)).scalars().all())
