@@ -11,7 +11,6 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from authz import Principal
-
 from identity.authentication import Authenticator
 from identity.lockout import LoginThrottle
 from identity.passwords import PasswordHasherService

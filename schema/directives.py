@@ -17,7 +17,6 @@ from strawberry.types import Info
 
 from authz import Permission, Requirement, decide
 from authz.errors import ErrorCode, Forbidden, Unauthenticated
-
 from schema.enums import Plan
 
 
