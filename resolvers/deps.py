@@ -30,7 +30,7 @@ class Services:
     session_policy: SessionPolicy
     authenticator: Authenticator
     revocations: RevocationBus
-    redis: object | None = None
+    redis: Any = None
     clock: Callable[[], float] = field(default=time.time)
 
     def now(self) -> datetime:

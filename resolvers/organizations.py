@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlmodel import col, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from authz import Principal
@@ -29,7 +29,7 @@ async def get_organization(db: AsyncSession, principal: Principal, slug: str | N
         return org
     if len(slug) > 63:
         raise NotFound(NOT_FOUND)
-    org = (await db.execute(select(Organization).where(Organization.slug == slug))).scalar_one_or_none()
+    org = (await db.execute(select(Organization).where(col(Organization.slug) == slug))).scalar_one_or_none()
     if org is None or (org.id != own and org.id not in await subtree_ids(db, own)):
         raise NotFound(NOT_FOUND)
     return org
@@ -47,6 +47,6 @@ async def list_children(db: AsyncSession, principal: Principal, org: Organizatio
     if org.id not in await subtree_ids(db, _tenant(principal)):
         raise NotFound(NOT_FOUND)
     rows = await db.execute(
-        select(Organization).where(Organization.parent_id == org.id).order_by(Organization.slug)
+        select(Organization).where(col(Organization.parent_id) == org.id).order_by(col(Organization.slug))
     )
     return list(rows.scalars().all())

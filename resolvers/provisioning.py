@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlmodel import col, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from authz import BuiltinRole
@@ -40,11 +40,11 @@ async def create_tenant(
     db: AsyncSession, *, slug: str, name: str, plan: str, owner_email: str, password_hash: str | None,
 ) -> Provisioned:
     validate_tenant(slug, name, plan, owner_email)
-    if (await db.execute(select(Organization.id).where(Organization.slug == slug))).first():
+    if (await db.execute(select(col(Organization.id)).where(col(Organization.slug) == slug))).first():
         raise Conflict(f"an organization with the slug {slug!r} already exists")
     org = Organization(slug=slug, name=name.strip(), plan=plan)
     db.add(org)
-    user = (await db.execute(select(User).where(User.email_key == email_key(owner_email)))).scalar_one_or_none()
+    user = (await db.execute(select(User).where(col(User.email_key) == email_key(owner_email)))).scalar_one_or_none()
     created = user is None
     if user is None:
         user = User(email=owner_email.strip(), email_key=email_key(owner_email), password_hash=password_hash)
