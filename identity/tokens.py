@@ -35,8 +35,9 @@ ACCESS_TYP = "at+jwt"
 MAX_TOKEN_BYTES = 8 * 1024
 FORBIDDEN_HEADERS = frozenset({"crit", "jku", "x5u", "jwk", "x5c", "zip", "enc"})
 REQUIRED_CLAIMS = ("exp", "iat", "iss", "aud", "sub", "jti")
-_SEGMENT = re.compile(r"^[A-Za-z0-9_-]+$")
-_SIGNATURE = re.compile(r"^[A-Za-z0-9_-]*$")
+# matched with `fullmatch`: `$` would also accept a trailing newline, which base64 decoding then drops
+_SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
+_SIGNATURE = re.compile(r"[A-Za-z0-9_-]*")
 
 
 class TokenError(Exception):
@@ -181,6 +182,7 @@ class AccessTokens:
             "exp": claims.expires_at,
         }
         key = self.keys.current
+        assert key.signer is not None
         token = jwt.encode(
             payload, key.signer, algorithm=ALGORITHM, headers={"kid": key.kid, "typ": ACCESS_TYP}
         )
@@ -206,9 +208,10 @@ class AccessTokens:
         parts = token.split(".")
         if len(parts) != 3:
             raise TokenError("malformed")
-        if not (_SEGMENT.match(parts[0]) and _SEGMENT.match(parts[1]) and _SIGNATURE.match(parts[2])):
+        head, body, signature = parts
+        if not (_SEGMENT.fullmatch(head) and _SEGMENT.fullmatch(body) and _SIGNATURE.fullmatch(signature)):
             raise TokenError("malformed")
-        if not parts[2]:
+        if not signature:
             raise TokenError("no signature")
         try:
             header = jws.get_unverified_header(token)
@@ -273,10 +276,11 @@ class AccessTokens:
             raise TokenError("not yet valid")
         if exp - iat > self.max_lifetime or exp <= iat:
             raise TokenError("lifetime too long")
-        sub, org, sid, jti = payload.get("sub"), payload.get("org"), payload.get("sid"), payload.get("jti")
-        if not all(isinstance(v, str) and v for v in (sub, org, sid, jti)):
+        names = ("sub", "org", "sid", "jti")
+        values = [v for v in (payload.get(n) for n in names) if isinstance(v, str) and v]
+        if len(values) != len(names):
             raise TokenError("missing subject, organization or session")
-        assert isinstance(sub, str) and isinstance(org, str) and isinstance(sid, str) and isinstance(jti, str)
+        sub, org, sid, jti = values
         return AccessClaims(
             subject=sub, organization_id=org, session_id=sid, jti=jti, issued_at=iat, expires_at=exp
         )
