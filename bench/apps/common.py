@@ -1,0 +1,31 @@
+"""What every baseline shares: the benchmark query and reading the organization row."""
+
+from __future__ import annotations
+
+import os
+
+from sqlalchemy import select
+
+from store.db import Database
+from store.models import Organization
+
+QUERY = "{ organization { id slug name plan } }"
+SLUG = "acme"
+DATABASE_URL_VARIABLE = "BENCH_DATABASE_URL"
+
+_database: Database | None = None
+
+
+def database() -> Database:
+    """One engine per process, opened on first use from the URL the harness hands in."""
+    global _database
+    if _database is None:
+        _database = Database(os.environ[DATABASE_URL_VARIABLE])
+    return _database
+
+
+async def read_organization() -> Organization:
+    """The organization row by slug, in a session of its own (the same engine kind as the gateway)."""
+    async with database().session() as session:
+        result = await session.execute(select(Organization).where(Organization.slug == SLUG))
+        return result.scalar_one()

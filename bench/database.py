@@ -1,0 +1,49 @@
+"""The benchmark database: one SQLite file, migrated, holding the demo tenant and its owner."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+
+from gateway.cli import DEMO_ORG, DEMO_OWNER, DEMO_PASSWORD
+from identity.passwords import HashParameters, PasswordHasherService
+from resolvers.provisioning import create_tenant
+from store.db import Database
+from store.migrate import upgrade
+
+DEMO_NAME = "Acme Corporation"
+DEMO_PLAN = "professional"
+
+
+@dataclass(frozen=True)
+class BenchDatabase:
+    url: str
+    organization_id: str
+
+
+async def _seed(url: str) -> str:
+    hasher = PasswordHasherService(HashParameters())
+    db = Database(url)
+    try:
+        async with db.transaction() as session:
+            provisioned = await create_tenant(
+                session, slug=DEMO_ORG, name=DEMO_NAME, plan=DEMO_PLAN, owner_email=DEMO_OWNER,
+                password_hash=await hasher.hash(DEMO_PASSWORD),
+            )
+            return provisioned.organization.id
+    finally:
+        await db.dispose()
+
+
+def prepare(directory: Path) -> BenchDatabase:
+    """Create, migrate and seed `bench.db` in `directory`."""
+    url = f"sqlite:///{directory / 'bench.db'}"
+    upgrade(url)
+    return BenchDatabase(url=url, organization_id=asyncio.run(_seed(url)))
+
+
+def expected_response(db: BenchDatabase) -> dict[str, object]:
+    """The answer every server must give to the benchmark query."""
+    organization = {"id": db.organization_id, "slug": DEMO_ORG, "name": DEMO_NAME, "plan": DEMO_PLAN.upper()}
+    return {"data": {"organization": organization}}

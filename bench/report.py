@@ -1,0 +1,73 @@
+"""Medians over runs, the results table, the gateway's ratios to each baseline and the target check."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Iterable
+
+from bench.load import Measurement
+
+GATEWAY = "gateway"
+TARGET_BASELINE = "strawberry-cached"
+TARGET_CONNECTIONS = 32
+TARGET_THROUGHPUT_RATIO = 0.75
+TARGET_P99_RATIO = 1.5
+
+Results = dict[tuple[str, int], Measurement]
+
+
+def median(runs: list[Measurement]) -> Measurement:
+    return Measurement(
+        statistics.median(m.requests_per_second for m in runs),
+        statistics.median(m.p50_ms for m in runs),
+        statistics.median(m.p99_ms for m in runs),
+    )
+
+
+def table(results: Results, servers: Iterable[str], connections: Iterable[int]) -> list[str]:
+    lines = [f"{'server':<20} {'conns':>5} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8}"]
+    for name in servers:
+        for c in connections:
+            m = results.get((name, c))
+            if m is not None:
+                lines.append(f"{name:<20} {c:>5} {m.requests_per_second:>10.1f} {m.p50_ms:>8.2f} {m.p99_ms:>8.2f}")
+    return lines
+
+
+def ratios(results: Results, servers: Iterable[str], connections: Iterable[int]) -> list[str]:
+    lines = ["gateway / baseline     conns  throughput   p99"]
+    for name in servers:
+        if name == GATEWAY:
+            continue
+        for c in connections:
+            gateway, baseline = results.get((GATEWAY, c)), results.get((name, c))
+            if gateway is None or baseline is None:
+                continue
+            throughput = gateway.requests_per_second / baseline.requests_per_second
+            p99 = gateway.p99_ms / baseline.p99_ms
+            lines.append(f"{name:<22} {c:>5} {throughput:>10.2f}x {p99:>6.2f}x")
+    return lines if len(lines) > 1 else []
+
+
+def _verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def _check(label: str, value: float, limit: float, ok: Callable[[float, float], bool]) -> str:
+    return f"  {label:<44} {value:>5.2f} (limit {limit:.2f})  {_verdict(ok(value, limit))}"
+
+
+def target(results: Results) -> list[str]:
+    gateway = results.get((GATEWAY, TARGET_CONNECTIONS))
+    baseline = results.get((TARGET_BASELINE, TARGET_CONNECTIONS))
+    header = f"target at {TARGET_CONNECTIONS} connections, against {TARGET_BASELINE}:"
+    if gateway is None or baseline is None:
+        return [header, f"  not measured (needs {GATEWAY} and {TARGET_BASELINE} at {TARGET_CONNECTIONS})"]
+    throughput = gateway.requests_per_second / baseline.requests_per_second
+    p99 = gateway.p99_ms / baseline.p99_ms
+    return [
+        header,
+        _check("throughput gateway/baseline >= 0.75", throughput, TARGET_THROUGHPUT_RATIO,
+               lambda v, limit: v >= limit),
+        _check("p99 gateway/baseline <= 1.50", p99, TARGET_P99_RATIO, lambda v, limit: v <= limit),
+    ]

@@ -1,0 +1,173 @@
+"""The four servers under test and the life of one uvicorn process serving one of them."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.apps.common import DATABASE_URL_VARIABLE, QUERY
+
+REPO = Path(__file__).resolve().parent.parent
+HOST = "127.0.0.1"
+START_TIMEOUT_SECONDS = 30.0
+STOP_TIMEOUT_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    name: str
+    factory: str
+    description: str
+    authenticated: bool = False
+
+
+SERVERS = (
+    ServerSpec("gateway", "gateway.app:create_app", "the Portcullis gateway", authenticated=True),
+    ServerSpec("strawberry-default", "bench.apps.strawberry_app:default_app",
+               "strawberry.asgi.GraphQL, no extensions"),
+    ServerSpec("strawberry-cached", "bench.apps.strawberry_app:cached_app",
+               "strawberry.asgi.GraphQL with ParserCache and ValidationCache"),
+    ServerSpec("graphql-core", "bench.apps.graphql_core_app:create_app",
+               "Starlette + graphql.execute with a validated-document cache"),
+)
+SERVER_NAMES = tuple(s.name for s in SERVERS)
+
+
+class BenchError(RuntimeError):
+    """Something broke: a server did not start, answered wrongly, or the load generator failed."""
+
+
+@dataclass
+class RunningServer:
+    spec: ServerSpec
+    port: int
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}/graphql"
+
+    def log_tail(self, lines: int = 30) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def pin_to(cpu: int | None) -> object:
+    """A `preexec_fn` that pins the child to one CPU, or None when pinning is off or unsupported."""
+    if cpu is None or not hasattr(os, "sched_setaffinity"):
+        return None
+    return lambda: os.sched_setaffinity(0, {cpu})
+
+
+def uvicorn_command(spec: ServerSpec, port: int) -> list[str]:
+    return [
+        sys.executable, "-m", "uvicorn", spec.factory, "--factory", "--app-dir", str(REPO),
+        "--host", HOST, "--port", str(port), "--workers", "1", "--loop", "uvloop", "--http", "httptools",
+        "--no-access-log", "--log-level", "warning",
+    ]
+
+
+def server_environment(database_url: str, signing_key: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PORTCULLIS_")}
+    env.update({
+        "PORTCULLIS_ENV": "test",
+        "PORTCULLIS_DATABASE_URL": database_url,
+        "PORTCULLIS_SIGNING_KEY": signing_key,
+        DATABASE_URL_VARIABLE: database_url,
+        "PYTHONUNBUFFERED": "1",
+    })
+    return env
+
+
+def post_json(url: str, body: dict[str, object], token: str | None = None,
+              timeout: float = 10.0) -> tuple[int, dict[str, object]]:
+    headers = {"content-type": "application/json"}
+    if token is not None:
+        headers["authorization"] = f"Bearer {token}"
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
+def wait_until_listening(server: RunningServer) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise BenchError(f"{server.spec.name} exited with {server.process.returncode}:\n{server.log_tail()}")
+        with contextlib.suppress(OSError), socket.create_connection((HOST, server.port), timeout=0.5):
+            return
+        time.sleep(0.05)
+    raise BenchError(f"{server.spec.name} did not listen within {START_TIMEOUT_SECONDS:.0f}s:\n{server.log_tail()}")
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=STOP_TIMEOUT_SECONDS)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@contextlib.contextmanager
+def running(spec: ServerSpec, *, env: dict[str, str], workdir: Path, cpu: int | None) -> Iterator[RunningServer]:
+    """Start one server, yield it once it listens, and always stop it."""
+    port = free_port()
+    log_path = workdir / f"{spec.name}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            uvicorn_command(spec, port), cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, preexec_fn=pin_to(cpu),  # type: ignore[arg-type]
+        )
+    server = RunningServer(spec, port, process, log_path)
+    try:
+        wait_until_listening(server)
+        yield server
+    finally:
+        stop(process)
+
+
+LOGIN = (
+    "mutation Login($email: String!, $password: String!, $organization: String) "
+    "{ login(email: $email, password: $password, organization: $organization) { accessToken } }"
+)
+
+
+def login(server: RunningServer, email: str, password: str, organization: str) -> str:
+    """An access token for the gateway, from its own `login` mutation."""
+    variables = {"email": email, "password": password, "organization": organization}
+    status, body = post_json(server.url, {"query": LOGIN, "variables": variables}, timeout=30.0)
+    data = body.get("data")
+    if status != 200 or not isinstance(data, dict) or not data.get("login"):
+        raise BenchError(f"login failed with {status}: {body}\n{server.log_tail()}")
+    return str(data["login"]["accessToken"])
+
+
+def check_answer(server: RunningServer, token: str | None, expected: dict[str, object]) -> None:
+    status, body = post_json(server.url, {"query": QUERY}, token)
+    if status != 200 or body != expected:
+        raise BenchError(f"{server.spec.name} answered {status} {body}, expected 200 {expected}\n"
+                         f"{server.log_tail()}")
