@@ -23,10 +23,22 @@ def _settings() -> Settings:
         sys.exit(f"portcullis: {exc}")
 
 
+def _check_signing_keys(settings: Settings) -> None:
+    """A signing key that does not load (not a PEM, not RSA, under 2048 bits, an unreadable file)
+    stops the command with one line, before any worker starts and fails with a traceback."""
+    from identity.tokens import KeyRing
+
+    try:
+        KeyRing(*settings.signing_key_pems())
+    except (OSError, ValueError, TypeError) as exc:
+        sys.exit(f"portcullis: refusing to start: unusable signing key: {exc}")
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    _settings()  # refuse insecure configuration before binding a port
+    settings = _settings()  # refuse insecure configuration before binding a port
+    _check_signing_keys(settings)
     uvicorn.run(
         "gateway.app:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
         loop="uvloop", http="httptools", proxy_headers=False, server_header=False, access_log=False,
@@ -106,7 +118,7 @@ def cmd_seed_demo(_: argparse.Namespace) -> int:
     if settings.env is not Environment.DEV:
         print("portcullis: seed-demo runs only with PORTCULLIS_ENV=dev", file=sys.stderr)
         return 2
-    org_created, _ = asyncio.run(_provision(
+    org_created, _owner_created = asyncio.run(_provision(
         settings, slug=DEMO_ORG, name="Acme Corporation", plan="professional", email=DEMO_OWNER,
         password=DEMO_PASSWORD,
     ))

@@ -3,19 +3,25 @@ error shapes for HTTP-level refusals, 400 for documents that never executed, orj
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from typing import Any
 
 import orjson
+from cross_web import HTTPException
 from starlette.requests import Request
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 from strawberry.asgi import GraphQL
 from strawberry.http import GraphQLHTTPResponse, process_result
-from cross_web import HTTPException
 from strawberry.types import ExecutionResult
 
 from authz import anonymous
-from gateway.middleware import graphql_error, send_json
+from authz.errors import ErrorCode
+from gateway.middleware import BodyTooLarge, graphql_error, send_json
 from resolvers.deps import RequestContext, Services
+from schema.extensions import MASKED_MESSAGE, shape_error
+
+log = logging.getLogger("portcullis.graphql")
 
 
 class GraphQLView(GraphQL):
@@ -29,12 +35,45 @@ class GraphQLView(GraphQL):
             await send_json(send, 400, graphql_error("Unsupported protocol.", "BAD_USER_INPUT"))
             return
         request = Request(scope=scope, receive=receive)
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
         try:
-            response = await self.run(request)
-        except HTTPException as exc:
-            await send_json(send, exc.status_code, graphql_error(exc.reason, "BAD_USER_INPUT"))
-            return
-        await response(scope, receive, send)
+            try:
+                response = await self.run(request)
+            except HTTPException as exc:
+                await send_json(send, exc.status_code, graphql_error(exc.reason, "BAD_USER_INPUT"))
+                return
+            finally:
+                await self._release(scope)
+            await response(scope, receive, tracking_send)
+        except BodyTooLarge:
+            raise  # the body limit answers this one
+        except Exception as exc:
+            # Anything that escapes the schema still leaves as the contract's INTERNAL error, through
+            # the edge (request id, security headers), never as a bare 500 page.
+            if started:
+                raise
+            rid = scope.get("state", {}).get("request_id")
+            log.error("unexpected error in the GraphQL view", exc_info=exc, extra={"request_id": rid})
+            await send_json(send, 500, graphql_error(MASKED_MESSAGE, ErrorCode.INTERNAL.value, requestId=rid))
+
+    @staticmethod
+    async def _release(scope: Scope) -> None:
+        """The request's database session never outlives the request. The unit of work closes it;
+        when something bypassed that (a schema extension failing on its way in, which strawberry
+        does not unwind), whatever it holds is rolled back here, before the response leaves."""
+        ctx = scope.get("state", {}).get("graphql_context")
+        if ctx is not None and ctx.db_opened:
+            log.warning("request session left open; rolled back",
+                        extra={"request_id": scope.get("state", {}).get("request_id")})
+            with contextlib.suppress(Exception):
+                await ctx.finish(commit=False)
 
     async def get_context(self, request: Any, response: Any) -> RequestContext:  # type: ignore[override]
         state = request.scope.get("state", {})
@@ -45,13 +84,32 @@ class GraphQLView(GraphQL):
         state["graphql_context"] = ctx
         return ctx
 
-    async def process_result(self, request: Request, result: ExecutionResult) -> GraphQLHTTPResponse:  # type: ignore[override]
+    async def process_result(self, request: Request, result: ExecutionResult) -> GraphQLHTTPResponse:
+        state = request.scope.get("state", {})
+        if result.errors:
+            # The schema's ErrorShaping misses errors raised around the operation (a syntax error
+            # raised by the parser cache, an extension failing); shaping is idempotent, so every
+            # error is shaped once more here, at the boundary.
+            result.errors = [shape_error(e, state.get("request_id")) for e in result.errors]
         data = process_result(result)
         if result.data is None and result.errors and all(e.path is None for e in result.errors):
-            ctx = request.scope.get("state", {}).get("graphql_context")
-            if ctx is not None and ctx.response is not None:
-                ctx.response.status_code = 400
+            # Nothing executed (or the whole operation failed): no `data` entry, and an HTTP status
+            # that says so, unless an extension already chose one.
+            data.pop("data", None)
+            internal = any((e.extensions or {}).get("code") == ErrorCode.INTERNAL.value for e in result.errors)
+            ctx = state.get("graphql_context")
+            if ctx is not None and ctx.response is not None and ctx.response.status_code in (None, 200):
+                ctx.response.status_code = 500 if internal else 400
         return data
 
-    def encode_json(self, data: object) -> bytes:  # type: ignore[override]
+    def decode_json(self, data: str | bytes) -> object:
+        try:
+            value = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise HTTPException(400, "Unable to parse request body as JSON") from exc
+        if not isinstance(value, dict | list):
+            raise HTTPException(400, "The request body must be a JSON object.")
+        return value
+
+    def encode_json(self, data: object) -> bytes:
         return orjson.dumps(data)

@@ -37,3 +37,7 @@ def configure_logging(level: str = "INFO") -> None:
         root.addHandler(handler)
     root.setLevel(level.upper())
     root.propagate = True
+    # Database drivers trace statements with their parameters (password hashes, token hashes) at
+    # DEBUG: they never log below WARNING, whatever the root level.
+    for name in ("aiosqlite", "sqlalchemy.engine", "psycopg"):
+        logging.getLogger(name).setLevel(logging.WARNING)

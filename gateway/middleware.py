@@ -20,7 +20,8 @@ from identity.authentication import AuthenticationError, Authenticator
 log = logging.getLogger("portcullis.edge")
 
 _SHORT_TOKEN = re.compile(r"^[A-Za-z0-9._\-]{8,64}$")
-_BEARER = re.compile(r"^Bearer ([A-Za-z0-9\-._~+/]+=*)$")
+# RFC 6750 b64token; `\Z`, not `$`, which would also match before a trailing newline
+_BEARER = re.compile(r"^Bearer ([A-Za-z0-9\-._~+/]+=*)\Z")
 SESSION_COOKIE = "__Host-portcullis"
 
 
@@ -33,11 +34,12 @@ def _header(scope: Scope, name: bytes) -> list[bytes]:
 
 
 def valid_request_id(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-        return len(value) <= 36
-    except ValueError:
-        return bool(_SHORT_TOKEN.match(value))
+    """A canonical UUID or a short token of letters, digits, `.`, `_` and `-` (8 to 64 of them).
+
+    `uuid.UUID` alone is too lenient (it takes `urn:`, braces and stray dashes), and `$` would let a
+    trailing newline through: the whole value must match.
+    """
+    return _SHORT_TOKEN.fullmatch(value) is not None
 
 
 class RequestIdMiddleware:
@@ -102,7 +104,7 @@ class SecurityHeadersMiddleware:
         await self.app(scope, receive, send_with_headers)
 
 
-class _BodyTooLarge(Exception):
+class BodyTooLarge(Exception):
     pass
 
 
@@ -155,7 +157,7 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise _BodyTooLarge
+                    raise BodyTooLarge
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -166,7 +168,7 @@ class BodyLimitMiddleware:
 
         try:
             await self.app(scope, counting_receive, tracking_send)
-        except _BodyTooLarge:
+        except BodyTooLarge:
             if not started:
                 await self._too_large(send)
 
@@ -191,7 +193,7 @@ class ClientAddress:
 
     def __call__(self, scope: Scope) -> str | None:
         client = scope.get("client")
-        peer = client[0] if client else None
+        peer: str | None = str(client[0]) if client else None
         if peer is None or not self.trusted or not self._is_trusted(peer):
             return peer
         hops: list[str] = []
@@ -215,6 +217,8 @@ class AuthenticationMiddleware:
     """
 
     PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/.well-known/jwks.json", "/metrics"})
+    # "Bearer " and the largest token the verifier takes (8 KiB): anything longer is refused unparsed
+    MAX_AUTHORIZATION_BYTES = len("Bearer ") + 8 * 1024
 
     def __init__(self, app: ASGIApp, *, authenticator: Authenticator, client_address: ClientAddress,
                  on_failure: Any = None) -> None:
@@ -259,6 +263,8 @@ class AuthenticationMiddleware:
         if presented > 1:
             raise AuthenticationError("more than one credential")
         if authorization:
+            if len(authorization[0]) > self.MAX_AUTHORIZATION_BYTES:
+                raise AuthenticationError("authorization header too large")
             value = authorization[0].decode("latin-1")
             match = _BEARER.match(value)
             if match is None:

@@ -15,8 +15,8 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select as sa_select
 from sqlalchemy import update
-from sqlmodel import col, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col, select
 
 from identity.tokens import hash_opaque_token, new_refresh_token
 from store.models import (

@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col, select
 
 from authz import AuthMethod, Principal, PrincipalKind
 from authz.errors import INVALID_CREDENTIALS, BadUserInput, NotFound, Unauthenticated
@@ -42,40 +43,58 @@ class AuthResult:
     organization: Organization
 
 
-def _check_credentials_shape(email: str, password: str) -> None:
+def _check_credentials_shape(email: str, password: str, organization_slug: str | None = None) -> None:
     if len(email) > MAX_EMAIL_LENGTH:
         raise BadUserInput(f"email must be at most {MAX_EMAIL_LENGTH} characters")
+    # PostgreSQL text cannot hold NUL: refuse it here, by shape alone, rather than fail in the database.
+    if "\x00" in email:
+        raise BadUserInput("email must not contain a NUL character")
+    if organization_slug is not None and (len(organization_slug) > 63 or "\x00" in organization_slug):
+        raise BadUserInput("not a valid organization slug")
     if len(password.encode("utf-8", "surrogatepass")) > MAX_BYTES:
         raise BadUserInput("password is too long")
 
 
-async def _membership(ctx: RequestContext, user: User, organization_slug: str | None) -> Membership | None:
-    db = await ctx.db()
-    stmt = select(Membership).where(Membership.user_id == user.id)
+async def _membership(db: AsyncSession, user: User, organization_slug: str | None) -> Membership | None:
+    stmt = select(Membership).where(col(Membership.user_id) == user.id)
     if organization_slug is not None:
-        stmt = stmt.join(Organization, Organization.id == Membership.organization_id).where(  # type: ignore[arg-type]
-            Organization.slug == organization_slug
+        stmt = stmt.join(Organization, col(Organization.id) == col(Membership.organization_id)).where(
+            col(Organization.slug) == organization_slug
         )
-    stmt = stmt.order_by(Membership.created_at, Membership.id)  # type: ignore[arg-type]
+    stmt = stmt.order_by(col(Membership.created_at), col(Membership.id))
     return (await db.execute(stmt.limit(1))).scalars().first()
+
+
+async def _find_user(ctx: RequestContext, email: str) -> User | None:
+    # A short read of its own: no connection is held during the argon2 run or while the throttle
+    # takes another one, so concurrent logins cannot exhaust the pool waiting on each other.
+    async with ctx.services.db.transaction() as db:
+        return (await db.execute(select(User).where(col(User.email_key) == email_key(email)))).scalar_one_or_none()
 
 
 async def login(
     ctx: RequestContext, email: str, password: str, organization_slug: str | None = None
 ) -> AuthResult:
-    _check_credentials_shape(email, password)
+    _check_credentials_shape(email, password, organization_slug)
     services, principal = ctx.services, ctx.principal
     attempt = await services.throttle.begin(email, principal.client_ip)
     if not attempt.allowed:
+        # The same work as a checked failure (lookup, one argon2 run, recording), so a refused
+        # attempt answers in the same time as a wrong password (C-112).
+        await _find_user(ctx, email)
         await services.hasher.burn()
-        log.info("authn_login_fail", extra={"reason": attempt.reason, "request_id": principal.request_id})
+        locked = await services.throttle.failed(attempt)
+        log.info("authn_login_lock" if locked else "authn_login_fail",
+                 extra={"reason": attempt.reason, "request_id": principal.request_id})
         raise Unauthenticated(INVALID_CREDENTIALS)
 
-    db = await ctx.db()
-    user = (await db.execute(select(User).where(User.email_key == email_key(email)))).scalar_one_or_none()
+    user = await _find_user(ctx, email)
     usable = user is not None and user.is_active and user.password_hash is not None
     ok = await services.hasher.verify(user.password_hash if usable and user else None, password)
-    membership = await _membership(ctx, user, organization_slug) if ok and user is not None else None
+    membership = None
+    if ok and user is not None:
+        async with services.db.transaction() as lookup:
+            membership = await _membership(lookup, user, organization_slug)
     if not ok or user is None or membership is None:
         locked = await services.throttle.failed(attempt)
         log.info("authn_login_lock" if locked else "authn_login_fail",
@@ -84,7 +103,10 @@ async def login(
 
     await services.throttle.succeeded(attempt)
     now = services.now()
-    assert user.password_hash is not None
+    db = await ctx.db()
+    user = await db.get(User, user.id)
+    if user is None or user.password_hash is None:
+        raise Unauthenticated(INVALID_CREDENTIALS)
     if services.hasher.needs_rehash(user.password_hash):
         user.password_hash = await services.hasher.hash(password)
     user.last_login_at = now
@@ -117,16 +139,20 @@ async def refresh(ctx: RequestContext, refresh_token: str | None) -> AuthResult:
         else:
             info = await load_session(db, session.id, now)
             if info is None:
-                failure = RefreshError("session no longer valid")
+                # deactivated user, membership gone, or past its lifetime: the session ends here
+                await revoke_sessions(db, [session.id], reason="no_longer_valid", now=now)
+                failure = RefreshError("session no longer valid", revoked_session_id=session.id)
     if failure is not None:
         if failure.revoked_session_id is not None:
-            log.warning("authn_token_reuse", extra={"session_id": failure.revoked_session_id})
+            if failure.reason == "reused":
+                log.warning("authn_token_reuse", extra={"session_id": failure.revoked_session_id})
             await services.revocations.publish([failure.revoked_session_id])
         raise Unauthenticated("Invalid refresh token.")
     db = await ctx.db()
     user = await db.get(User, session.user_id)
     org = await db.get(Organization, session.organization_id)
-    assert user is not None and org is not None
+    if user is None or org is None:
+        raise Unauthenticated("Invalid refresh token.")
     token, claims = services.tokens.issue(subject=user.id, organization_id=org.id, session_id=session.id)
     return AuthResult(token, claims, new_token, user, org)
 
@@ -191,8 +217,8 @@ async def unlock_user(ctx: RequestContext, user_id: str) -> bool:
     row = (
         await db.execute(
             select(User)
-            .join(Membership, Membership.user_id == User.id)  # type: ignore[arg-type]
-            .where(Membership.organization_id == org_id, User.id == user_id)
+            .join(Membership, col(Membership.user_id) == col(User.id))
+            .where(col(Membership.organization_id) == org_id, col(User.id) == user_id)
         )
     ).scalar_one_or_none()
     if row is None:

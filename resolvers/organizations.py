@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from sqlmodel import col, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col, select
 
 from authz import Principal
 from authz.errors import NotFound, Unauthenticated

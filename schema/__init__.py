@@ -43,13 +43,10 @@ class PortcullisSchema(strawberry.Schema):
 def build_schema(
     *, anonymous_introspection: bool = True, field_suggestions: bool = True, cache_size: int = 1024
 ) -> PortcullisSchema:
-    extensions: list[Any] = [
-        ErrorShaping,
-        UnitOfWork,
-        lambda: IntrospectionGuard(allow_anonymous=anonymous_introspection),
-        lambda: ParserCache(maxsize=cache_size),
-        lambda: ValidationCache(maxsize=cache_size),
-    ]
+    extensions: list[Any] = [ErrorShaping, UnitOfWork]
+    if not anonymous_introspection:
+        extensions.append(IntrospectionGuard)
+    extensions += [lambda: ParserCache(maxsize=cache_size), lambda: ValidationCache(maxsize=cache_size)]
     return PortcullisSchema(
         query=Query,
         mutation=Mutation,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -55,9 +56,16 @@ class ErrorShaping(SchemaExtension):
 class UnitOfWork(SchemaExtension):
     """Commits the request's database session once, when the operation ends without error."""
 
-    async def on_operation(self) -> AsyncIterator[None]:  # type: ignore[override]
-        yield
+    async def on_operation(self) -> AsyncIterator[None]:
         ctx = self.execution_context.context
+        try:
+            yield
+        except BaseException:
+            # Something raised through the operation (another extension, a cancelled request):
+            # whatever was written is rolled back and the connection goes back to the pool.
+            with contextlib.suppress(Exception):
+                await ctx.finish(commit=False)
+            raise
         result = self.execution_context.result
         ok = result is not None and not result.errors
         try:
@@ -70,14 +78,11 @@ class UnitOfWork(SchemaExtension):
 
 
 class IntrospectionGuard(SchemaExtension):
-    """Refuses `__schema` and `__type` to anonymous callers when introspection is off for them."""
-
-    def __init__(self, *, allow_anonymous: bool) -> None:
-        self.allow_anonymous = allow_anonymous
+    """Refuses `__schema` and `__type` to anonymous callers (installed when introspection is off for them)."""
 
     def on_operation(self) -> Iterator[None]:
         principal = self.execution_context.context.principal
-        if not self.allow_anonymous and not principal.is_authenticated:
+        if not principal.is_authenticated:
             rules = self.execution_context.validation_rules
             self.execution_context.validation_rules = (*rules, NoSchemaIntrospectionCustomRule)
         yield

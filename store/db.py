@@ -63,7 +63,8 @@ class Database:
     def __init__(self, url: str, *, pool_size: int = 10, echo: bool = False) -> None:
         self.url = url
         self.sqlite = is_sqlite(url)
-        kwargs: dict[str, Any] = {"echo": echo}
+        # parameters (password and token hashes, emails) never appear in error messages or logs
+        kwargs: dict[str, Any] = {"echo": echo, "hide_parameters": True}
         if self.sqlite:
             if make_url(url).database in (None, "", ":memory:"):
                 raise DatabaseURLError("an in-memory SQLite database cannot be shared; use a file path")

@@ -223,7 +223,8 @@ mutation Login($email: String!, $password: String!, $org: String) {
 async def login(client: httpx.AsyncClient, t: Tenant, password: str | None = None) -> dict[str, Any]:
     r = await gql(client, LOGIN, {"email": t.email, "password": password or t.password})
     body = r.json()
-    assert body.get("data") and body["data"]["login"], body
+    assert body.get("data"), body
+    assert body["data"]["login"], body
     return body["data"]["login"]  # type: ignore[no-any-return]
 
 

@@ -1,0 +1,161 @@
+"""Shared mode: several gateway processes on one PostgreSQL and one Redis. A logout through one
+process is honoured by the others within a second, even where they had the session cached."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway.app import create_app
+from tests.conftest import FAST_HASH, Tenant, _truncate, gql, login, make_settings, make_tenant, running
+from tests.services import free_port
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis]
+
+ME = "{ me { user { email } organization { slug } } }"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+async def shared_tenant(postgresql_url: str, redis_url: str) -> AsyncIterator[Tenant]:
+    slug = f"shared-{uuid.uuid4().hex[:8]}"
+    try:
+        yield await make_tenant(postgresql_url, slug=slug, email=f"owner@{slug}.test")
+    finally:
+        _truncate(postgresql_url)
+
+
+async def wait_until_refused(client: httpx.AsyncClient, token: str, within: float = 1.0) -> float:
+    started = time.monotonic()
+    while True:
+        r = await gql(client, ME, token=token)
+        elapsed = time.monotonic() - started
+        if r.status_code == 401:
+            return elapsed
+        assert r.status_code == 200, r.text
+        assert elapsed < within, f"still accepted {elapsed:.2f}s after logout"
+        await asyncio.sleep(0.02)
+
+
+async def test_logout_reaches_the_other_process(
+    postgresql_url: str, redis_url: str, signing_key: str, shared_tenant: Tenant
+) -> None:
+    one = create_app(make_settings(postgresql_url, signing_key, redis_url=redis_url))
+    two = create_app(make_settings(postgresql_url, signing_key, redis_url=redis_url))
+    async with running(one) as c1, running(two) as c2:
+        auth = await login(c1, shared_tenant)
+        token = auth["accessToken"]
+        for _ in range(2):  # the second answer comes from app two's session cache
+            r = await gql(c2, ME, token=token)
+            assert r.json()["data"]["me"]["organization"]["slug"] == shared_tenant.slug
+        assert two.state.services.sessions.get(_session_id(token)) is not None
+
+        assert (await gql(c1, "mutation { logout }", token=token)).json() == {"data": {"logout": True}}
+        assert (await gql(c1, ME, token=token)).status_code == 401
+        await wait_until_refused(c2, token)
+
+
+async def test_tokens_work_across_processes(
+    postgresql_url: str, redis_url: str, signing_key: str, shared_tenant: Tenant
+) -> None:
+    """Both processes share the signing key and the database: a session from one is good on the other,
+    and a refresh token issued by one is spent on the other, once."""
+    one = create_app(make_settings(postgresql_url, signing_key, redis_url=redis_url))
+    two = create_app(make_settings(postgresql_url, signing_key, redis_url=redis_url))
+    refresh = "mutation($t: String) { refreshToken(refreshToken: $t) { accessToken refreshToken } }"
+    async with running(one) as c1, running(two) as c2:
+        auth = await login(c1, shared_tenant)
+        rotated = (await gql(c2, refresh, {"t": auth["refreshToken"]})).json()["data"]["refreshToken"]
+        assert (await gql(c1, ME, token=rotated["accessToken"])).status_code == 200
+        reused = (await gql(c1, refresh, {"t": auth["refreshToken"]})).json()
+        assert reused["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
+        await wait_until_refused(c2, rotated["accessToken"])
+
+
+def _session_id(token: str) -> str:
+    from jose import jwt
+
+    return str(jwt.get_unverified_claims(token)["sid"])
+
+
+# -- real processes -----------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def gateway_processes(count: int, env: dict[str, str], cwd: Path) -> Iterator[list[str]]:
+    procs: list[subprocess.Popen[bytes]] = []
+    urls: list[str] = []
+    logs: list[Path] = []
+    try:
+        for i in range(count):
+            port = free_port()
+            log = cwd / f"gateway-{i}.log"
+            logs.append(log)
+            with log.open("wb") as out:
+                procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "uvicorn", "gateway.app:create_app", "--factory",
+                     "--host", "127.0.0.1", "--port", str(port), "--no-access-log"],
+                    env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+                ))
+            urls.append(f"http://127.0.0.1:{port}")
+        deadline = time.monotonic() + 30
+        for proc, url, log in zip(procs, urls, logs, strict=True):
+            while True:
+                if proc.poll() is not None:
+                    pytest.fail(f"gateway exited with {proc.returncode}: {log.read_text()[-2000:]}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                        break
+                if time.monotonic() > deadline:
+                    pytest.fail(f"gateway at {url} not ready: {log.read_text()[-2000:]}")
+                time.sleep(0.05)
+        yield urls
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.mark.slow
+async def test_logout_across_uvicorn_processes(
+    postgresql_url: str, redis_url: str, signing_key: str, shared_tenant: Tenant, tmp_path: Path
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PORTCULLIS_")}
+    env.update({
+        "PORTCULLIS_ENV": "test",
+        "PORTCULLIS_DATABASE_URL": postgresql_url,
+        "PORTCULLIS_REDIS_URL": redis_url,
+        "PORTCULLIS_SIGNING_KEY": signing_key,
+        "PORTCULLIS_PASSWORD_HASH_MEMORY_KIB": str(FAST_HASH.memory_kib),
+        "PORTCULLIS_PASSWORD_HASH_TIME_COST": str(FAST_HASH.time_cost),
+        "PYTHONPATH": str(ROOT),
+    })
+    with gateway_processes(2, env, tmp_path) as (url1, url2):
+        async with httpx.AsyncClient(base_url=url1) as c1, httpx.AsyncClient(base_url=url2) as c2:
+            auth = await login(c1, shared_tenant)
+            token = auth["accessToken"]
+            for _ in range(2):
+                r = await gql(c2, ME, token=token)
+                assert r.status_code == 200, r.text
+                assert r.json()["data"]["me"]["user"]["email"] == shared_tenant.email
+                assert r.headers["x-request-id"]
+            logout: Any = await gql(c1, "mutation { logout }", token=token)
+            assert logout.json() == {"data": {"logout": True}}
+            await wait_until_refused(c2, token)
+            assert (await gql(c1, ME, token=token)).status_code == 401
