@@ -87,9 +87,8 @@ class GraphQLView(GraphQL):
     async def process_result(self, request: Request, result: ExecutionResult) -> GraphQLHTTPResponse:
         state = request.scope.get("state", {})
         if result.errors:
-            # The schema's ErrorShaping misses errors raised around the operation (a syntax error
-            # raised by the parser cache, an extension failing); shaping is idempotent, so every
-            # error is shaped once more here, at the boundary.
+            # Shaped here, at the boundary, so that errors raised around the operation (a syntax
+            # error from the parser cache, an extension failing) get their code like the others.
             result.errors = [shape_error(e, state.get("request_id")) for e in result.errors]
         data = process_result(result)
         if result.data is None and result.errors and all(e.path is None for e in result.errors):

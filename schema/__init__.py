@@ -14,7 +14,7 @@ from strawberry.types import ExecutionContext
 
 from authz.errors import GatewayError
 from schema.auth import AuthMutation
-from schema.extensions import ErrorShaping, IntrospectionGuard, UnitOfWork
+from schema.extensions import IntrospectionGuard, UnitOfWork
 from schema.organizations import OrganizationQuery
 from schema.users import UserQuery
 
@@ -43,7 +43,7 @@ class PortcullisSchema(strawberry.Schema):
 def build_schema(
     *, anonymous_introspection: bool = True, field_suggestions: bool = True, cache_size: int = 1024
 ) -> PortcullisSchema:
-    extensions: list[Any] = [ErrorShaping, UnitOfWork]
+    extensions: list[Any] = [UnitOfWork]
     if not anonymous_introspection:
         extensions.append(IntrospectionGuard)
     extensions += [lambda: ParserCache(maxsize=cache_size), lambda: ValidationCache(maxsize=cache_size)]

@@ -1,4 +1,4 @@
-"""Schema extensions that wrap every operation: error shaping, the unit of work, introspection."""
+"""Error shaping, and the schema extensions that wrap every operation: the unit of work, introspection."""
 
 from __future__ import annotations
 
@@ -42,15 +42,6 @@ def shape_error(error: GraphQLError, request_id: str | None) -> GraphQLError:
         MASKED_MESSAGE, nodes=error.nodes, source=error.source, positions=error.positions, path=error.path,
         extensions={"code": ErrorCode.INTERNAL.value, "requestId": request_id},
     )
-
-
-class ErrorShaping(SchemaExtension):
-    def on_operation(self) -> Iterator[None]:
-        yield
-        result = self.execution_context.result
-        if result is not None and result.errors:
-            rid = _request_id(self.execution_context.context)
-            result.errors = [shape_error(e, rid) for e in result.errors]
 
 
 class UnitOfWork(SchemaExtension):
