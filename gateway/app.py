@@ -106,6 +106,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     schema = build_schema(
         anonymous_introspection=settings.anonymous_introspection,
         field_suggestions=settings.suggestions_enabled,
+        reject_unauthorized=settings.reject_unauthorized,
     )
     registry = CollectorRegistry()
     auth_failures = Counter(

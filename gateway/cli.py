@@ -129,6 +129,28 @@ def cmd_seed_demo(_: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_authz_report(args: argparse.Namespace) -> int:
+    import json
+
+    from schema import build_schema
+    from schema.authorization import field_table
+
+    rows = field_table(build_schema().authorizer)
+    if args.format == "json":
+        print(json.dumps(rows, indent=2))
+    else:
+        width = max(len(f"{r['type']}.{r['field']}") for r in rows)
+        rule_width = max(len(r["rule"]) for r in rows)
+        print(f"{'field':<{width}}  {'rule':<{rule_width}}  roles")
+        for r in rows:
+            print(f"{r['type'] + '.' + r['field']:<{width}}  {r['rule']:<{rule_width}}  {', '.join(r['roles'])}")
+    unruled = [f"{r['type']}.{r['field']}" for r in rows if r["rule"] == "UNRULED"]
+    if unruled:
+        print(f"portcullis: fields without a rule: {', '.join(unruled)}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_keys_generate(_: argparse.Namespace) -> int:
     from identity.tokens import generate_private_key_pem
 
@@ -158,6 +180,10 @@ def parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_bootstrap)
 
     sub.add_parser("seed-demo", help="create the demo tenant (dev only)").set_defaults(func=cmd_seed_demo)
+
+    a = sub.add_parser("authz-report", help="every schema field with its rule and the built-in roles allowed")
+    a.add_argument("--format", choices=["table", "json"], default="table")
+    a.set_defaults(func=cmd_authz_report)
 
     k = sub.add_parser("keys", help="signing keys")
     ksub = k.add_subparsers(dest="keys_command", required=True)

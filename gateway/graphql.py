@@ -95,9 +95,9 @@ class GraphQLView(GraphQL):
             # Nothing executed (or the whole operation failed): no `data` entry, and an HTTP status
             # that says so, unless an extension already chose one.
             data.pop("data", None)
-            internal = any((e.extensions or {}).get("code") == ErrorCode.INTERNAL.value for e in result.errors)
             ctx = state.get("graphql_context")
             if ctx is not None and ctx.response is not None and ctx.response.status_code in (None, 200):
+                internal = any((e.extensions or {}).get("code") == ErrorCode.INTERNAL.value for e in result.errors)
                 ctx.response.status_code = 500 if internal else 400
         return data
 

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from authz import AuthMethod, Principal, PrincipalKind, permissions_for_role
+from authz import AuthMethod, Principal, PrincipalKind
 from identity.sessions import SessionCache, SessionInfo, load_session
 from identity.tokens import AccessTokens, TokenError
 from store.db import Database
@@ -28,7 +28,7 @@ def principal_for_session(
         subject_id=info.user_id,
         organization_id=info.organization_id,
         roles=(info.role,),
-        permissions=permissions_for_role(info.role),
+        permissions=info.permissions,
         auth_method=AuthMethod(info.auth_method),
         session_id=info.session_id,
         plan=info.plan,

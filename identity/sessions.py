@@ -1,9 +1,11 @@
 """Signed-in sessions, refresh-token families and the per-process session cache.
 
 An access token names its session (`sid`); the session decides whether the token still counts. The
-cache keeps what a request needs (user, organization, role, plan) for a short time and is emptied for a
-session the moment any process revokes it (see `revocation`). A value loaded while a revocation was
-in flight is never stored, so a revoked session cannot be resurrected by a slow read.
+cache keeps what a request needs (user, organization, role, the role's permissions, plan) for a short
+time and is emptied the moment any process announces a change (see `revocation`): for one session (its
+id), for every session of a user (`user:<id>`, after a role change) or of an organization (`org:<id>`,
+after a custom role changed). A value loaded while such an announcement was in flight is never stored,
+so a revoked session or a withdrawn permission cannot be resurrected by a slow read.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
+from authz import Permission, RoleDefinition, is_builtin_role, is_permission, resolve_permissions
 from identity.tokens import hash_opaque_token, new_refresh_token
 from store.models import (
     AuthSession,
@@ -25,8 +28,23 @@ from store.models import (
     Organization,
     RefreshToken,
     RefreshTokenFamily,
+    Role,
     User,
 )
+from store.scoping import tenant_select
+
+USER_KEY = "user:"
+ORG_KEY = "org:"
+
+
+def user_key(user_id: str) -> str:
+    """The revocation key that drops every cached session of a user."""
+    return USER_KEY + user_id
+
+
+def org_key(organization_id: str) -> str:
+    """The revocation key that drops every cached session in an organization."""
+    return ORG_KEY + organization_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +56,7 @@ class SessionInfo:
     plan: str
     auth_method: str
     expires_at: datetime
+    permissions: frozenset[Permission] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,13 +94,46 @@ class SessionCache:
             self._entries.clear()
         self._entries[info.session_id] = (self.clock() + self.ttl, info)
 
-    def invalidate(self, session_ids: list[str]) -> None:
+    def invalidate(self, keys: list[str]) -> None:
+        """Drop sessions by id, every session of `user:<id>` or `org:<id>`, or everything (`*`)."""
         self.epoch += 1
-        if "*" in session_ids:
+        if "*" in keys:
             self._entries.clear()
             return
-        for sid in session_ids:
+        users = {k.removeprefix(USER_KEY) for k in keys if k.startswith(USER_KEY)}
+        orgs = {k.removeprefix(ORG_KEY) for k in keys if k.startswith(ORG_KEY)}
+        for sid in keys:
             self._entries.pop(sid, None)
+        if users or orgs:
+            stale = [
+                sid for sid, (_, info) in self._entries.items()
+                if info.user_id in users or info.organization_id in orgs
+            ]
+            for sid in stale:
+                self._entries.pop(sid, None)
+
+
+def role_definition(row: Role) -> RoleDefinition:
+    """A stored custom role as `authz` sees it; a permission name no longer in the vocabulary grants nothing."""
+    return RoleDefinition(
+        name=row.name,
+        permissions=frozenset(Permission(p) for p in row.permissions if is_permission(p)),
+        inherits=tuple(row.inherits),
+        description=row.description,
+    )
+
+
+async def load_custom_roles(db: AsyncSession, organization_id: str) -> dict[str, RoleDefinition]:
+    """Every custom role of one organization, by name."""
+    rows = await db.execute(tenant_select(Role, organization_id))
+    return {row.name: role_definition(row) for row in rows.scalars().all()}
+
+
+async def role_permissions(db: AsyncSession, organization_id: str, role: str) -> frozenset[Permission]:
+    """What a member holding `role` in the organization may do; an unknown role grants nothing."""
+    if is_builtin_role(role):
+        return resolve_permissions(role, {})
+    return resolve_permissions(role, await load_custom_roles(db, organization_id))
 
 
 async def load_session(db: AsyncSession, session_id: str, now: datetime) -> SessionInfo | None:
@@ -113,6 +165,7 @@ async def load_session(db: AsyncSession, session_id: str, now: datetime) -> Sess
     return SessionInfo(
         session_id=row[0], user_id=row[1], organization_id=row[2], auth_method=row[3],
         expires_at=row[4], role=row[5], plan=row[6],
+        permissions=await role_permissions(db, row[2], row[5]),
     )
 
 
@@ -220,10 +273,14 @@ async def revoke_sessions(db: AsyncSession, session_ids: list[str], *, reason: s
     )
 
 
-async def active_session_ids(db: AsyncSession, user_id: str, *, except_id: str | None = None) -> list[str]:
+async def active_session_ids(
+    db: AsyncSession, user_id: str, *, except_id: str | None = None, organization_id: str | None = None
+) -> list[str]:
     stmt = select(AuthSession.id).where(
         col(AuthSession.user_id) == user_id, col(AuthSession.revoked_at).is_(None)
     )
     if except_id is not None:
         stmt = stmt.where(col(AuthSession.id) != except_id)
+    if organization_id is not None:
+        stmt = stmt.where(col(AuthSession.organization_id) == organization_id)
     return list((await db.execute(stmt)).scalars().all())

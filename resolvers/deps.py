@@ -53,6 +53,8 @@ class RequestContext:
         self.response = response
         self.user_agent = user_agent
         self.after_commit: list[Callable[[], Awaitable[None]]] = []
+        # field nodes this operation may not resolve, decided before execution (schema.authorization)
+        self.denied_fields: dict[int, Any] | None = None
         self._db: AsyncSession | None = None
 
     async def db(self) -> AsyncSession:

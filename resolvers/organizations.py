@@ -1,16 +1,46 @@
-"""Organizations: the caller's own tenant and the ones below it."""
+"""Organizations: the caller's own tenant and the ones below it.
+
+A new organization is always a child of the caller's, and its creator becomes its owner. Slugs are
+unique across all tenants, so a taken slug answers the same CONFLICT whoever holds it (C-105): the
+answer never says whether the holder is in the caller's tenant. A plan other than FREE costs money,
+so choosing one needs `plan:manage` in the caller's organization.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
-from authz import Principal
-from authz.errors import NotFound, Unauthenticated
-from store.models import Organization
+from authz import BuiltinRole, Permission, Principal, PrincipalKind
+from authz.errors import BadUserInput, Conflict, Forbidden, NotFound, Unauthenticated
+from resolvers.provisioning import EMAIL, PLANS, SLUG
+from store.models import Membership, Organization
 from store.scoping import subtree_ids
 
 NOT_FOUND = "Organization not found."
+SLUG_TAKEN = "slug is taken"
+MAX_NAME_LENGTH = 200
+MAX_EMAIL_LENGTH = 320
+
+
+@dataclass(frozen=True, slots=True)
+class NewOrganization:
+    slug: str
+    name: str
+    plan: str = "free"
+    billing_email: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OrganizationChanges:
+    """`None` leaves a setting as it is; an empty billing email clears it."""
+
+    name: str | None = None
+    billing_email: str | None = None
+    require_mfa: bool | None = None
 
 
 def _tenant(principal: Principal) -> str:
@@ -50,3 +80,60 @@ async def list_children(db: AsyncSession, principal: Principal, org: Organizatio
         select(Organization).where(col(Organization.parent_id) == org.id).order_by(col(Organization.slug))
     )
     return list(rows.scalars().all())
+
+
+def _name(name: str) -> str:
+    cleaned = name.strip()
+    if not cleaned or len(cleaned) > MAX_NAME_LENGTH or "\x00" in cleaned:
+        raise BadUserInput(f"name must be 1-{MAX_NAME_LENGTH} characters", field="name")
+    return cleaned
+
+
+def _billing_email(email: str | None, field: str) -> str | None:
+    if email is None or not email.strip():
+        return None
+    email = email.strip()
+    if len(email) > MAX_EMAIL_LENGTH or "\x00" in email or not EMAIL.match(email):
+        raise BadUserInput("not a valid email address", field=field)
+    return email
+
+
+async def create_organization(db: AsyncSession, principal: Principal, new: NewOrganization) -> Organization:
+    parent_id = _tenant(principal)
+    if principal.kind is not PrincipalKind.USER or principal.subject_id is None:
+        raise Forbidden("Only a signed-in user can create an organization: its creator becomes its owner.")
+    if len(new.slug) > 63 or not SLUG.match(new.slug):
+        raise BadUserInput("slug must be 1-63 lowercase letters, digits or hyphens", field="slug")
+    name = _name(new.name)
+    if new.plan not in PLANS:
+        raise BadUserInput(f"plan must be one of {', '.join(PLANS)}", field="plan")
+    billing_email = _billing_email(new.billing_email, "billingEmail")
+    if new.plan != PLANS[0] and Permission.PLAN_MANAGE not in principal.effective_permissions:
+        raise Forbidden("Choosing a paid plan needs plan:manage.", requiredScopes=[[Permission.PLAN_MANAGE.value]])
+    if (await db.execute(select(col(Organization.id)).where(col(Organization.slug) == new.slug))).first():
+        raise Conflict(SLUG_TAKEN, field="slug")
+    org = Organization(slug=new.slug, name=name, plan=new.plan, parent_id=parent_id, billing_email=billing_email)
+    db.add(org)
+    try:
+        await db.flush()
+    except IntegrityError:
+        # the same slug taken by a concurrent request
+        raise Conflict(SLUG_TAKEN, field="slug") from None
+    db.add(Membership(organization_id=org.id, user_id=principal.subject_id, role=BuiltinRole.OWNER.value))
+    await db.flush()
+    return org
+
+
+async def update_organization(db: AsyncSession, principal: Principal, changes: OrganizationChanges) -> Organization:
+    org = await db.get(Organization, _tenant(principal))
+    if org is None:
+        raise NotFound(NOT_FOUND)
+    if changes.name is not None:
+        org.name = _name(changes.name)
+    if changes.billing_email is not None:
+        org.billing_email = _billing_email(changes.billing_email, "billingEmail")
+    if changes.require_mfa is not None:
+        org.require_mfa = changes.require_mfa
+    db.add(org)
+    await db.flush()
+    return org

@@ -14,17 +14,22 @@ from strawberry.types import ExecutionContext
 
 from authz.errors import GatewayError
 from schema.auth import AuthMutation
+from schema.authorization import Authorization, Authorizer
 from schema.extensions import IntrospectionGuard, UnitOfWork
-from schema.organizations import OrganizationQuery
+from schema.members import MemberMutation
+from schema.organizations import OrganizationMutation, OrganizationQuery
+from schema.roles import RoleMutation, RoleQuery
 from schema.users import UserQuery
 
 log = logging.getLogger("portcullis.graphql")
 
-Query = merge_types("Query", (UserQuery, OrganizationQuery))
-Mutation = merge_types("Mutation", (AuthMutation,))
+Query = merge_types("Query", (UserQuery, OrganizationQuery, RoleQuery))
+Mutation = merge_types("Mutation", (AuthMutation, OrganizationMutation, MemberMutation, RoleMutation))
 
 
 class PortcullisSchema(strawberry.Schema):
+    authorizer: Authorizer
+
     def process_errors(
         self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
     ) -> None:
@@ -41,18 +46,28 @@ class PortcullisSchema(strawberry.Schema):
 
 
 def build_schema(
-    *, anonymous_introspection: bool = True, field_suggestions: bool = True, cache_size: int = 1024
+    *, anonymous_introspection: bool = True, field_suggestions: bool = True, reject_unauthorized: bool = False,
+    cache_size: int = 1024,
 ) -> PortcullisSchema:
     extensions: list[Any] = [UnitOfWork]
     if not anonymous_introspection:
         extensions.append(IntrospectionGuard)
     extensions += [lambda: ParserCache(maxsize=cache_size), lambda: ValidationCache(maxsize=cache_size)]
-    return PortcullisSchema(
+    # decides after the validation cache has validated (hooks enter in list order); the authorizer
+    # needs the built schema, so the factory reads it from the schema once it exists
+    built: list[PortcullisSchema] = []
+    extensions.append(
+        lambda: Authorization(authorizer=built[0].authorizer, reject_unauthorized=reject_unauthorized)
+    )
+    schema = PortcullisSchema(
         query=Query,
         mutation=Mutation,
         extensions=extensions,
         config=StrawberryConfig(disable_field_suggestions=not field_suggestions),
     )
+    schema.authorizer = Authorizer(schema._schema)
+    built.append(schema)
+    return schema
 
 
 def export_sdl() -> str:

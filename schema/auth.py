@@ -6,6 +6,7 @@ import strawberry
 
 from authz import Permission
 from resolvers import auth as service
+from resolvers import members as members_service
 from resolvers.auth import AuthResult
 from schema.context import Info
 from schema.directives import authenticated, requires_scopes
@@ -40,6 +41,10 @@ class AuthMutation:
         totp: str | None = None,
     ) -> AuthPayload:
         return AuthPayload.from_result(await service.login(info.context, email, password, organization))
+
+    @strawberry.mutation(description="Set a new member's password with their invitation token and sign in; public.")
+    async def accept_invitation(self, info: Info, token: str, password: str) -> AuthPayload:
+        return AuthPayload.from_result(await members_service.accept_invitation(info.context, token, password))
 
     @strawberry.mutation(description="Spend a refresh token for a new access token and refresh token; public.")
     async def refresh_token(self, info: Info, refresh_token: str | None = None) -> AuthPayload:

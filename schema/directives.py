@@ -15,7 +15,7 @@ from strawberry.extensions import FieldExtension
 from strawberry.schema_directive import Location
 from strawberry.types import Info
 
-from authz import Permission, Requirement, decide
+from authz import Decision, Permission, Requirement, decide
 from authz.errors import ErrorCode, Forbidden, Unauthenticated
 from schema.enums import Plan
 
@@ -65,25 +65,44 @@ class ListSize:
     require_one_slicing_argument: bool = True
 
 
+def denial_error(principal: Any, decision: Decision) -> Exception:
+    """The error a denied field resolves with: who is missing what."""
+    if not principal.is_authenticated:
+        return Unauthenticated("Authentication required.")
+    extensions: dict[str, Any] = {}
+    if decision.required_scopes:
+        extensions["requiredScopes"] = [list(g) for g in decision.required_scopes]
+    if decision.required_plan:
+        extensions["requiredPlan"] = decision.required_plan.upper()
+    return Forbidden("You are not allowed to access this field.", code=ErrorCode.FORBIDDEN, **extensions)
+
+
 class Guard(FieldExtension):
-    """Refuses a field before its resolver runs when `authz.decide` says no."""
+    """Stands in front of a guarded field's resolver.
+
+    The decision itself is taken once per operation, before execution, by the `Authorization`
+    extension (see `schema.authorization`), which leaves the denied field nodes in the context; here
+    a denied field raises instead of resolving, so its resolver never runs. Executed without that
+    extension (a direct `schema.execute` in a script), the guard decides on its own: it never allows
+    by default.
+    """
 
     def __init__(self, requirement: Requirement) -> None:
         super().__init__()
         self.requirement = requirement
 
     def _check(self, info: Info) -> None:
-        decision = decide(info.context.principal, self.requirement)
-        if decision:
+        ctx = info.context
+        denied = getattr(ctx, "denied_fields", None)
+        if denied is None:
+            decision = decide(ctx.principal, self.requirement)
+            if not decision:
+                raise denial_error(ctx.principal, decision)
             return
-        if not info.context.principal.is_authenticated:
-            raise Unauthenticated("Authentication required.")
-        extensions: dict[str, Any] = {}
-        if decision.required_scopes:
-            extensions["requiredScopes"] = [list(g) for g in decision.required_scopes]
-        if decision.required_plan:
-            extensions["requiredPlan"] = decision.required_plan.upper()
-        raise Forbidden("You are not allowed to access this field.", code=ErrorCode.FORBIDDEN, **extensions)
+        if denied:
+            found = denied.get(id(info._raw_info.field_nodes[0]))
+            if found is not None:
+                raise denial_error(ctx.principal, found)
 
     def resolve(self, next_: Callable[..., Any], source: Any, info: Info, **kwargs: Any) -> Any:
         self._check(info)
@@ -99,13 +118,33 @@ class Guard(FieldExtension):
         return result
 
 
+def _rule(directives: list[Any], requirement: Requirement) -> dict[str, Any]:
+    return {"directives": directives, "extensions": [Guard(requirement)]}
+
+
 def authenticated() -> dict[str, Any]:
-    return {"directives": [Authenticated()], "extensions": [Guard(Requirement())]}
+    return _rule([Authenticated()], Requirement())
 
 
 def requires_scopes(*groups: tuple[Permission, ...] | Permission) -> dict[str, Any]:
     normalized = tuple(g if isinstance(g, tuple) else (g,) for g in groups)
-    return {
-        "directives": [RequiresScopes(scopes=[[p.value for p in g] for g in normalized])],
-        "extensions": [Guard(Requirement.scopes(*normalized))],
-    }
+    return _rule(
+        [RequiresScopes(scopes=[[p.value for p in g] for g in normalized])], Requirement.scopes(*normalized)
+    )
+
+
+def requires_plan(plan: Plan, *groups: tuple[Permission, ...] | Permission) -> dict[str, Any]:
+    """`@requiresPlan` (with `@requiresScopes` when permissions are named too)."""
+    normalized = tuple(g if isinstance(g, tuple) else (g,) for g in groups)
+    directives: list[Any] = [RequiresPlan(plan=plan)]
+    if normalized:
+        directives.insert(0, RequiresScopes(scopes=[[p.value for p in g] for g in normalized]))
+    return _rule(directives, Requirement(authenticated=True, any_of=normalized, plan=plan.value))
+
+
+def requirement_of(field: Any) -> Requirement | None:
+    """The rule a Strawberry field carries, read from its guard; None when it has none."""
+    for extension in getattr(field, "extensions", None) or ():
+        if isinstance(extension, Guard):
+            return extension.requirement
+    return None

@@ -1,15 +1,21 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Annotated
 
 import strawberry
 
 from authz import Permission
+from resolvers import members as members_service
 from resolvers import organizations as service
+from resolvers.organizations import NewOrganization, OrganizationChanges
 from schema.context import Info
 from schema.directives import authenticated, requires_scopes
 from schema.enums import Plan
 from store.models import Organization as OrganizationRow
+
+if TYPE_CHECKING:
+    from schema.members import MembershipConnection
 
 
 def utc(value: datetime) -> datetime:
@@ -48,6 +54,36 @@ class Organization:
     def billing_email(self) -> str | None:
         return self.row.billing_email
 
+    @strawberry.field(
+        description="Members of the caller's own organization, oldest first; `first` is 1 to 100.",
+        **requires_scopes(Permission.MEMBERS_READ),
+    )
+    async def members(
+        self, info: Info, first: int | None = 50, after: str | None = None
+    ) -> Annotated[MembershipConnection, strawberry.lazy("schema.members")]:
+        from schema.members import MembershipConnection
+
+        ctx = info.context
+        page = await members_service.list_members(
+            await ctx.db(), ctx.principal, self.row.id, 50 if first is None else first, after
+        )
+        return MembershipConnection.from_page(page)
+
+
+@strawberry.input
+class CreateOrganizationInput:
+    slug: str
+    name: str
+    plan: Plan | None = Plan.FREE
+    billing_email: str | None = None
+
+
+@strawberry.input
+class UpdateOrganizationInput:
+    name: str | None = None
+    billing_email: str | None = strawberry.field(default=None, description="An empty string clears it.")
+    require_mfa: bool | None = None
+
 
 @strawberry.type
 class OrganizationQuery:
@@ -57,3 +93,26 @@ class OrganizationQuery:
     async def organization(self, info: Info, slug: str | None = None) -> Organization | None:
         ctx = info.context
         return Organization.from_row(await service.get_organization(await ctx.db(), ctx.principal, slug))
+
+
+@strawberry.type
+class OrganizationMutation:
+    @strawberry.mutation(
+        description="Create an organization below the caller's; the caller becomes its owner.",
+        **requires_scopes(Permission.ORGANIZATIONS_CREATE),
+    )
+    async def create_organization(self, info: Info, input: CreateOrganizationInput) -> Organization:
+        ctx = info.context
+        new = NewOrganization(slug=input.slug, name=input.name, plan=(input.plan or Plan.FREE).value,
+                              billing_email=input.billing_email)
+        return Organization.from_row(await service.create_organization(await ctx.db(), ctx.principal, new))
+
+    @strawberry.mutation(
+        description="Change the caller's organization's name, billing email or MFA requirement.",
+        **requires_scopes(Permission.ORGANIZATION_UPDATE),
+    )
+    async def update_organization(self, info: Info, input: UpdateOrganizationInput) -> Organization:
+        ctx = info.context
+        changes = OrganizationChanges(name=input.name, billing_email=input.billing_email,
+                                      require_mfa=input.require_mfa)
+        return Organization.from_row(await service.update_organization(await ctx.db(), ctx.principal, changes))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 
-from sqlalchemy import Column, DateTime, Index, UniqueConstraint
+from sqlalchemy import JSON, Column, DateTime, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -128,6 +128,37 @@ class LoginThrottle(SQLModel, table=True):
     last_success_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
 
 
+class Role(SQLModel, table=True):
+    """A tenant's custom role: its own permissions plus those of the roles it inherits (names)."""
+
+    __tablename__ = "roles"
+    __table_args__ = (UniqueConstraint("organization_id", "name", name="uq_roles_org_name"),)
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    organization_id: str = Field(foreign_key="organizations.id", index=True, max_length=36)
+    name: str = Field(max_length=63)
+    description: str | None = Field(default=None, max_length=500)
+    permissions: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    inherits: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+
+
+class Invitation(SQLModel, table=True):
+    """The one-time token that lets a member added by email set a password; only its sha256 is kept."""
+
+    __tablename__ = "invitations"
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    organization_id: str = Field(foreign_key="organizations.id", index=True, max_length=36)
+    user_id: str = Field(foreign_key="users.id", index=True, max_length=36)
+    membership_id: str = Field(foreign_key="memberships.id", index=True, max_length=36)
+    token_hash: str = Field(max_length=64, unique=True)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+    expires_at: datetime = Field(sa_column=_ts())
+    used_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+
+
 TENANT_TABLES: frozenset[str] = frozenset(
-    {"memberships", "auth_sessions", "refresh_token_families", "refresh_tokens"}
+    {"memberships", "auth_sessions", "refresh_token_families", "refresh_tokens", "roles", "invitations"}
 )

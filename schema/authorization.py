@@ -1,0 +1,252 @@
+"""Field authorization, decided once per operation before anything executes.
+
+At schema build time every field's rule is read from its directive (through the guard the directive
+helpers attach) into a map `(type, field) -> Requirement`. For each operation, the selection set is
+walked through fragments, inline fragments, aliases and abstract types; every selected field whose
+rule `authz.decide` refuses is recorded. The walk's outcome depends only on the document and on what
+the principal holds, so it is cached per (document, permission set, plan).
+
+Denied fields then resolve to `null` with a `FORBIDDEN` error at their path, and the rest executes; or,
+with `reject_unauthorized`, the whole operation is refused before execution (Apollo Router's
+`reject_unauthorized`). A field selected through an interface must satisfy the interface's rule and
+the rule of every implementation, since any of them may answer.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from graphql import (
+    DocumentNode,
+    FieldNode,
+    FragmentDefinitionNode,
+    FragmentSpreadNode,
+    GraphQLError,
+    GraphQLInterfaceType,
+    GraphQLNamedType,
+    GraphQLObjectType,
+    GraphQLSchema,
+    InlineFragmentNode,
+    OperationDefinitionNode,
+    SelectionSetNode,
+    get_named_type,
+)
+from strawberry.extensions import SchemaExtension
+
+from authz import Decision, Principal, Requirement, decide
+from schema.directives import denial_error, requirement_of
+
+RuleMap = Mapping[tuple[str, str], Requirement]
+
+
+def collect_rules(schema: GraphQLSchema) -> dict[tuple[str, str], Requirement]:
+    rules: dict[tuple[str, str], Requirement] = {}
+    for type_name, gtype in schema.type_map.items():
+        if type_name.startswith("__") or not isinstance(gtype, GraphQLObjectType | GraphQLInterfaceType):
+            continue
+        for field_name, field in gtype.fields.items():
+            definition = (field.extensions or {}).get("strawberry-definition")
+            requirement = requirement_of(definition) if definition is not None else None
+            if requirement is not None:
+                rules[(type_name, field_name)] = requirement
+    return rules
+
+
+def _combine(requirements: list[Requirement]) -> Requirement | None:
+    """All of several rules at once (interface and implementations): AND of their alternatives."""
+    if not requirements:
+        return None
+    if len(requirements) == 1:
+        return requirements[0]
+    groups: tuple[tuple[Any, ...], ...] = ((),)
+    plan = None
+    for r in requirements:
+        if r.any_of:
+            groups = tuple(tuple(dict.fromkeys(g + h)) for g in groups for h in r.any_of)
+        plan = r.plan or plan
+    return Requirement(authenticated=True, any_of=groups if groups != ((),) else (), plan=plan)
+
+
+@dataclass(frozen=True)
+class OperationDecisions:
+    document: DocumentNode  # held so that the node ids below stay unique while cached
+    denied: dict[int, Decision]
+    denied_paths: tuple[tuple[str, ...], ...]
+
+
+class Authorizer:
+    def __init__(self, schema: GraphQLSchema, cache_size: int = 2048) -> None:
+        self.schema = schema
+        self.rules = collect_rules(schema)
+        self._cache: OrderedDict[tuple[Any, ...], OperationDecisions] = OrderedDict()
+        self._cache_size = cache_size
+
+    def requirement(self, parent: GraphQLNamedType, field_name: str) -> Requirement | None:
+        if isinstance(parent, GraphQLInterfaceType):
+            found = [self.rules[(parent.name, field_name)]] if (parent.name, field_name) in self.rules else []
+            for impl in self.schema.get_implementations(parent).objects:
+                if (impl.name, field_name) in self.rules:
+                    found.append(self.rules[(impl.name, field_name)])
+            return _combine(found)
+        return self.rules.get((parent.name, field_name))
+
+    def decide_operation(
+        self, document: DocumentNode, operation_name: str | None, principal: Principal
+    ) -> OperationDecisions:
+        key = (id(document), operation_name, principal.is_authenticated, principal.effective_permissions,
+               principal.plan)
+        cached = self._cache.get(key)
+        if cached is not None and cached.document is document:
+            self._cache.move_to_end(key)
+            return cached
+        decisions = self._walk_document(document, operation_name, principal)
+        self._cache[key] = decisions
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return decisions
+
+    def _walk_document(
+        self, document: DocumentNode, operation_name: str | None, principal: Principal
+    ) -> OperationDecisions:
+        operation: OperationDefinitionNode | None = None
+        fragments: dict[str, FragmentDefinitionNode] = {}
+        for definition in document.definitions:
+            if isinstance(definition, FragmentDefinitionNode):
+                fragments[definition.name.value] = definition
+            elif isinstance(definition, OperationDefinitionNode) and (
+                operation_name is None or (definition.name and definition.name.value == operation_name)
+            ):
+                operation = operation or definition
+        denied: dict[int, Decision] = {}
+        paths: list[tuple[str, ...]] = []
+        if operation is not None:
+            root = self.schema.get_root_type(operation.operation)
+            if root is None:
+                return OperationDecisions(document, denied, ())
+            self._walk(operation.selection_set, root, (), fragments, principal, denied, paths, frozenset())
+        return OperationDecisions(document, denied, tuple(paths))
+
+    def _walk(
+        self, selection_set: SelectionSetNode, parent: GraphQLNamedType, path: tuple[str, ...],
+        fragments: dict[str, FragmentDefinitionNode], principal: Principal, denied: dict[int, Decision],
+        paths: list[tuple[str, ...]], visiting: frozenset[str],
+    ) -> None:
+        for selection in selection_set.selections:
+            if isinstance(selection, FieldNode):
+                self._field(selection, parent, path, fragments, principal, denied, paths, visiting)
+            elif isinstance(selection, InlineFragmentNode):
+                target = (self.schema.get_type(selection.type_condition.name.value)
+                          if selection.type_condition else parent)
+                if target is not None:
+                    self._walk(selection.selection_set, target, path, fragments, principal, denied, paths,
+                               visiting)
+            elif isinstance(selection, FragmentSpreadNode):
+                name = selection.name.value
+                fragment = fragments.get(name)
+                if fragment is None or name in visiting:
+                    continue
+                target = self.schema.get_type(fragment.type_condition.name.value)
+                if target is not None:
+                    self._walk(fragment.selection_set, target, path, fragments, principal, denied, paths,
+                               visiting | {name})
+
+    def _field(
+        self, node: FieldNode, parent: GraphQLNamedType, path: tuple[str, ...],
+        fragments: dict[str, FragmentDefinitionNode], principal: Principal, denied: dict[int, Decision],
+        paths: list[tuple[str, ...]], visiting: frozenset[str],
+    ) -> None:
+        name = node.name.value
+        if name.startswith("__") or not isinstance(parent, GraphQLObjectType | GraphQLInterfaceType):
+            return
+        field = parent.fields.get(name)
+        if field is None:
+            return
+        here = (*path, node.alias.value if node.alias else name)
+        requirement = self.requirement(parent, name)
+        if requirement is not None:
+            decision = decide(principal, requirement)
+            if not decision:
+                denied[id(node)] = decision
+                paths.append(here)
+                return
+        if node.selection_set is not None:
+            self._walk(node.selection_set, get_named_type(field.type), here, fragments, principal, denied,
+                       paths, visiting)
+
+    def report(self) -> Iterator[tuple[str, str, Requirement | None]]:
+        for type_name, gtype in sorted(self.schema.type_map.items()):
+            if type_name.startswith("__") or not isinstance(gtype, GraphQLObjectType | GraphQLInterfaceType):
+                continue
+            for field_name in gtype.fields:
+                yield type_name, field_name, self.rules.get((type_name, field_name))
+
+
+class Authorization(SchemaExtension):
+    """Takes every field decision of the operation before execution (runs after validation)."""
+
+    def __init__(self, *, authorizer: Authorizer, reject_unauthorized: bool = False) -> None:
+        self.authorizer = authorizer
+        self.reject_unauthorized = reject_unauthorized
+
+    def on_validate(self) -> Iterator[None]:
+        ec = self.execution_context
+        document = ec.graphql_document
+        if document is not None and not ec.pre_execution_errors:
+            ctx = ec.context
+            decisions = self.authorizer.decide_operation(document, ec.operation_name, ctx.principal)
+            ctx.denied_fields = decisions.denied
+            if decisions.denied and self.reject_unauthorized:
+                errors = []
+                for node_id, path in zip(decisions.denied, decisions.denied_paths, strict=True):
+                    exc = denial_error(ctx.principal, decisions.denied[node_id])
+                    errors.append(GraphQLError(str(exc), path=list(path), original_error=exc))
+                ec.pre_execution_errors = errors
+                response = getattr(ctx, "response", None)
+                if response is not None:
+                    response.status_code = 403  # a valid credential refused by policy
+        yield
+
+
+# Root fields without a rule, on purpose: they are how a caller obtains a credential.
+PUBLIC_ROOT_FIELDS: frozenset[tuple[str, str]] = frozenset(
+    {("Mutation", "login"), ("Mutation", "refreshToken"), ("Mutation", "acceptInvitation")}
+)
+
+
+def describe(requirement: Requirement | None) -> str:
+    if requirement is None:
+        return ""
+    parts = []
+    if requirement.any_of:
+        parts.append("@requiresScopes(" + " | ".join(" & ".join(p.value for p in g) for g in requirement.any_of) + ")")
+    if requirement.plan:
+        parts.append(f"@requiresPlan({requirement.plan.upper()})")
+    return " ".join(parts) or "@authenticated"
+
+
+def field_table(authorizer: Authorizer) -> list[dict[str, Any]]:
+    """Every field of the schema with its rule and the built-in roles it admits (`authz-report`)."""
+    from authz import AuthMethod, PrincipalKind, permissions_for_role
+    from authz.roles import ROLE_ORDER
+
+    roots = {t.name for t in (authorizer.schema.query_type, authorizer.schema.mutation_type) if t is not None}
+    rows = []
+    for type_name, field_name, requirement in authorizer.report():
+        if requirement is not None:
+            rule = describe(requirement)
+            allowed = [
+                role.value for role in ROLE_ORDER
+                if decide(Principal(kind=PrincipalKind.USER, permissions=permissions_for_role(role.value),
+                                    auth_method=AuthMethod.PASSWORD, plan="enterprise"), requirement)
+            ]
+        elif (type_name, field_name) in PUBLIC_ROOT_FIELDS:
+            rule, allowed = "public", ["anonymous", *(r.value for r in ROLE_ORDER)]
+        elif type_name in roots:
+            rule, allowed = "UNRULED", []
+        else:
+            rule, allowed = "as its parent field", []
+        rows.append({"type": type_name, "field": field_name, "rule": rule, "roles": allowed})
+    return rows

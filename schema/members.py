@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+from datetime import datetime
+
+import strawberry
+
+from authz import Permission
+from resolvers import members as service
+from resolvers.members import AddedMember, Member, MemberPage
+from schema.context import Info
+from schema.directives import requires_scopes
+from schema.organizations import utc
+from schema.users import User
+
+
+@strawberry.type(name="Membership")
+class Membership:
+    id: strawberry.ID
+    user: User
+    role: str
+    created_at: datetime
+
+    @classmethod
+    def from_member(cls, m: Member) -> Membership:
+        return cls(id=strawberry.ID(m.membership.id), user=User.from_row(m.user), role=m.membership.role,
+                   created_at=utc(m.membership.created_at))
+
+
+@strawberry.type
+class PageInfo:
+    has_next_page: bool
+    end_cursor: str | None
+
+
+@strawberry.type
+class MembershipEdge:
+    cursor: str
+    node: Membership
+
+
+@strawberry.type
+class MembershipConnection:
+    edges: list[MembershipEdge]
+    page_info: PageInfo
+
+    @classmethod
+    def from_page(cls, page: MemberPage) -> MembershipConnection:
+        return cls(
+            edges=[MembershipEdge(cursor=e.cursor, node=Membership.from_member(e.member)) for e in page.edges],
+            page_info=PageInfo(has_next_page=page.has_next_page, end_cursor=page.end_cursor),
+        )
+
+
+@strawberry.type
+class MemberAdded:
+    membership: Membership
+    invitation_token: str | None = strawberry.field(
+        description="Set only when the user is new: shown once, single use, expires in 7 days."
+    )
+
+    @classmethod
+    def from_result(cls, r: AddedMember) -> MemberAdded:
+        return cls(membership=Membership.from_member(r.member), invitation_token=r.invitation_token)
+
+
+@strawberry.type
+class MemberMutation:
+    @strawberry.mutation(description="Add a member by email; a new email gets an invitation token.",
+                         **requires_scopes(Permission.MEMBERS_MANAGE))
+    async def add_member(self, info: Info, email: str, role: str) -> MemberAdded:
+        return MemberAdded.from_result(await service.add_member(info.context, email, role))
+
+    @strawberry.mutation(description="Change a member's role; it applies from the member's next request.",
+                         **requires_scopes(Permission.MEMBERS_MANAGE))
+    async def update_member_role(self, info: Info, membership_id: strawberry.ID, role: str) -> Membership:
+        return Membership.from_member(await service.update_member_role(info.context, str(membership_id), role))
+
+    @strawberry.mutation(description="Remove a member and end their sessions in this organization.",
+                         **requires_scopes(Permission.MEMBERS_MANAGE))
+    async def remove_member(self, info: Info, membership_id: strawberry.ID) -> bool:
+        return await service.remove_member(info.context, str(membership_id))
