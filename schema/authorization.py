@@ -38,6 +38,7 @@ from strawberry.extensions import SchemaExtension
 
 from authz import Decision, Principal, Requirement, decide
 from schema.directives import denial_error, requirement_of
+from schema.introspection import IntrospectionFilter, introspection_fields
 
 RuleMap = Mapping[tuple[str, str], Requirement]
 
@@ -75,12 +76,15 @@ class OperationDecisions:
     document: DocumentNode  # held so that the node ids below stay unique while cached
     denied: dict[int, Decision]
     denied_paths: tuple[tuple[str, ...], ...]
+    operation: OperationDefinitionNode | None = None
+    introspection: tuple[FieldNode, ...] = ()
 
 
 class Authorizer:
     def __init__(self, schema: GraphQLSchema, cache_size: int = 2048) -> None:
         self.schema = schema
         self.rules = collect_rules(schema)
+        self.introspection = IntrospectionFilter(schema, self.rules)
         self._cache: OrderedDict[tuple[Any, ...], OperationDecisions] = OrderedDict()
         self._cache_size = cache_size
 
@@ -122,12 +126,13 @@ class Authorizer:
                 operation = operation or definition
         denied: dict[int, Decision] = {}
         paths: list[tuple[str, ...]] = []
-        if operation is not None:
-            root = self.schema.get_root_type(operation.operation)
-            if root is None:
-                return OperationDecisions(document, denied, ())
+        if operation is None:
+            return OperationDecisions(document, denied, ())
+        root = self.schema.get_root_type(operation.operation)
+        if root is not None:
             self._walk(operation.selection_set, root, (), fragments, principal, denied, paths, frozenset())
-        return OperationDecisions(document, denied, tuple(paths))
+        return OperationDecisions(document, denied, tuple(paths), operation,
+                                  tuple(introspection_fields(document, operation)))
 
     def _walk(
         self, selection_set: SelectionSetNode, parent: GraphQLNamedType, path: tuple[str, ...],
@@ -191,12 +196,15 @@ class Authorization(SchemaExtension):
         self.authorizer = authorizer
         self.reject_unauthorized = reject_unauthorized
 
+    decisions: OperationDecisions | None = None
+
     def on_validate(self) -> Iterator[None]:
         ec = self.execution_context
         document = ec.graphql_document
         if document is not None and not ec.pre_execution_errors:
             ctx = ec.context
             decisions = self.authorizer.decide_operation(document, ec.operation_name, ctx.principal)
+            self.decisions = decisions
             ctx.denied_fields = decisions.denied
             if decisions.denied and self.reject_unauthorized:
                 errors = []
@@ -208,6 +216,22 @@ class Authorization(SchemaExtension):
                 if response is not None:
                     response.status_code = 403  # a valid credential refused by policy
         yield
+
+    def on_execute(self) -> Iterator[None]:
+        yield
+        decisions = self.decisions
+        result = self.execution_context.result
+        if decisions is None or not decisions.introspection or decisions.operation is None or result is None:
+            return
+        data, errors = self.authorizer.introspection.answer(
+            decisions.document, decisions.operation, list(decisions.introspection),
+            self.execution_context.context.principal, self.execution_context.variables,
+        )
+        if result.data is not None:
+            for key, value in data.items():
+                result.data[key] = value
+        if errors:
+            result.errors = [*(result.errors or ()), *errors]
 
 
 # Root fields without a rule, on purpose: they are how a caller obtains a credential.
