@@ -142,6 +142,11 @@ def requires_plan(plan: Plan, *groups: tuple[Permission, ...] | Permission) -> d
     return _rule(directives, Requirement(authenticated=True, any_of=normalized, plan=plan.value))
 
 
+def scoped(rule: dict[str, Any]) -> dict[str, Any]:
+    """Adds `@scoped` to a rule: the field's result is the caller's organization subtree."""
+    return {**rule, "directives": [*rule["directives"], Scoped()]}
+
+
 def requirement_of(field: Any) -> Requirement | None:
     """The rule a Strawberry field carries, read from its guard; None when it has none."""
     for extension in getattr(field, "extensions", None) or ():

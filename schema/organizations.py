@@ -10,7 +10,7 @@ from resolvers import members as members_service
 from resolvers import organizations as service
 from resolvers.organizations import NewOrganization, OrganizationChanges
 from schema.context import Info
-from schema.directives import authenticated, requires_scopes
+from schema.directives import Scoped, authenticated, requires_scopes, scoped
 from schema.enums import Plan
 from store.models import Organization as OrganizationRow
 
@@ -44,7 +44,7 @@ class Organization:
         row = await service.get_parent(await ctx.db(), ctx.principal, self.row)
         return Organization.from_row(row) if row else None
 
-    @strawberry.field
+    @strawberry.field(directives=[Scoped()])
     async def children(self, info: Info) -> list[Organization]:
         ctx = info.context
         rows = await service.list_children(await ctx.db(), ctx.principal, self.row)
@@ -88,7 +88,7 @@ class UpdateOrganizationInput:
 @strawberry.type
 class OrganizationQuery:
     @strawberry.field(
-        description="The caller's organization, or one below it by slug.", **authenticated()
+        description="The caller's organization, or one below it by slug.", **scoped(authenticated())
     )
     async def organization(self, info: Info, slug: str | None = None) -> Organization | None:
         ctx = info.context
