@@ -115,3 +115,16 @@ async def test_reject_unauthorized_refuses_the_whole_operation(
         # what the caller may see still answers in full
         ok = await gql(client, "{ organization { slug } }", token=auth["accessToken"])
         assert ok.json() == {"data": {"organization": {"slug": "initech"}}}
+
+
+async def test_same_document_across_tenants_and_roles_shares_nothing(client, tenant: Tenant, viewer: Tenant) -> None:
+    """C-108: the same query from tenant A's owner, then tenant B's viewer: B gets only B, under B's rules."""
+    query = "{ organization { slug billingEmail } }"
+    a = await login(client, tenant)
+    b = await login(client, viewer)
+    for _ in range(2):
+        first = (await gql(client, query, token=a["accessToken"])).json()
+        second = (await gql(client, query, token=b["accessToken"])).json()
+        assert first == {"data": {"organization": {"slug": "acme", "billingEmail": None}}}
+        assert second["data"] == {"organization": {"slug": "initech", "billingEmail": None}}
+        assert second["errors"][0]["extensions"] == FORBIDDEN_BILLING
