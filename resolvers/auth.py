@@ -26,11 +26,11 @@ from identity.sessions import (
 )
 from identity.tokens import AccessClaims
 from resolvers.deps import RequestContext
+from resolvers.provisioning import MAX_EMAIL_LENGTH
 from store.models import Membership, Organization, User
 
 log = logging.getLogger("portcullis.auth")
 
-MAX_EMAIL_LENGTH = 320
 MAX_REFRESH_TOKEN_LENGTH = 128
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -41,6 +40,7 @@ from identity.sessions import (
 from identity.tokens import hash_opaque_token
 from resolvers.auth import AuthResult
 from resolvers.deps import RequestContext
+from resolvers.provisioning import checked_email
 from resolvers.roles import announce_after_commit, check_can_grant, require_role, tenant_of
 from store.models import Invitation, Membership, Organization, User
 from store.scoping import tenant_filter, tenant_select
@@ -52,8 +52,6 @@ INVITATION_TTL = timedelta(days=7)
 MAX_INVITATION_TOKEN_LENGTH = 128
 MAX_PAGE_SIZE = 100
 MAX_CURSOR_LENGTH = 200
-EMAIL = re.compile(r"[^@\s\x00]{1,64}@[^@\s\x00]{1,255}")
-MAX_EMAIL_LENGTH = 320
 CURSOR_VERSION = "m1"
 
 
@@ -144,13 +142,6 @@ async def list_members(
 # -- adding and inviting ------------------------------------------------------------------------------
 
 
-def _check_email(email: str) -> str:
-    email = email.strip()
-    if len(email) > MAX_EMAIL_LENGTH or not EMAIL.fullmatch(email):
-        raise BadUserInput("not a valid email address", field="email")
-    return email
-
-
 def _check_role_shape(role: str) -> None:
     if not role or len(role) > 63 or "\x00" in role:
         raise BadUserInput("Unknown role.", field="role")
@@ -163,7 +154,7 @@ def new_invitation_token() -> str:
 async def add_member(ctx: RequestContext, email: str, role: str) -> AddedMember:
     principal = ctx.principal
     org_id = tenant_of(principal)
-    email = _check_email(email)
+    email = checked_email(email)
     _check_role_shape(role)
     db = await ctx.db()
     custom = await require_role(db, org_id, role)

@@ -16,14 +16,13 @@ from sqlmodel import col, select
 
 from authz import BuiltinRole, Permission, Principal, PrincipalKind
 from authz.errors import BadUserInput, Conflict, Forbidden, NotFound, Unauthenticated
-from resolvers.provisioning import EMAIL, PLANS, SLUG
+from resolvers.provisioning import PLANS, SLUG, checked_email
 from store.models import Membership, Organization
 from store.scoping import subtree_ids
 
 NOT_FOUND = "Organization not found."
 SLUG_TAKEN = "slug is taken"
 MAX_NAME_LENGTH = 200
-MAX_EMAIL_LENGTH = 320
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,10 +91,7 @@ def _name(name: str) -> str:
 def _billing_email(email: str | None, field: str) -> str | None:
     if email is None or not email.strip():
         return None
-    email = email.strip()
-    if len(email) > MAX_EMAIL_LENGTH or "\x00" in email or not EMAIL.match(email):
-        raise BadUserInput("not a valid email address", field=field)
-    return email
+    return checked_email(email, field)
 
 
 async def create_organization(db: AsyncSession, principal: Principal, new: NewOrganization) -> Organization:

@@ -14,7 +14,16 @@ from identity.lockout import email_key
 from store.models import Membership, Organization, User
 
 SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
-EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}$")
+EMAIL = re.compile(r"[^@\s\x00]{1,64}@[^@\s\x00]{1,255}")
+MAX_EMAIL_LENGTH = 320
+
+
+def checked_email(email: str, field: str = "email") -> str:
+    """The address, trimmed; BAD_USER_INPUT when it is not one."""
+    email = email.strip()
+    if len(email) > MAX_EMAIL_LENGTH or not EMAIL.fullmatch(email):
+        raise BadUserInput("not a valid email address", field=field)
+    return email
 PLANS = ("free", "starter", "professional", "enterprise")
 
 
@@ -32,8 +41,7 @@ def validate_tenant(slug: str, name: str, plan: str, email: str) -> None:
         raise BadUserInput("name must be 1-200 characters", field="name")
     if plan not in PLANS:
         raise BadUserInput(f"plan must be one of {', '.join(PLANS)}", field="plan")
-    if not EMAIL.match(email) or len(email) > 320:
-        raise BadUserInput("not a valid email address", field="email")
+    checked_email(email)
 
 
 async def create_tenant(

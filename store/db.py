@@ -20,24 +20,23 @@ class DatabaseURLError(ValueError):
     pass
 
 
-def async_url(url: str) -> str:
+def _with_driver(url: str, sqlite_driver: str) -> str:
     parsed = make_url(url)
     backend = parsed.get_backend_name()
     if backend == "sqlite":
-        return parsed.set(drivername="sqlite+aiosqlite").render_as_string(hide_password=False)
+        return parsed.set(drivername=sqlite_driver).render_as_string(hide_password=False)
     if backend == "postgresql":
+        # psycopg 3 serves both the asyncio and the blocking engine
         return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
     raise DatabaseURLError(f"unsupported database backend {backend!r}: use sqlite:// or postgresql+psycopg://")
+
+
+def async_url(url: str) -> str:
+    return _with_driver(url, "sqlite+aiosqlite")
 
 
 def sync_url(url: str) -> str:
-    parsed = make_url(url)
-    backend = parsed.get_backend_name()
-    if backend == "sqlite":
-        return parsed.set(drivername="sqlite").render_as_string(hide_password=False)
-    if backend == "postgresql":
-        return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
-    raise DatabaseURLError(f"unsupported database backend {backend!r}: use sqlite:// or postgresql+psycopg://")
+    return _with_driver(url, "sqlite")
 
 
 def is_sqlite(url: str) -> bool:
