@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import inspect
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -37,6 +40,32 @@ class Services:
         return datetime.fromtimestamp(self.clock(), UTC).replace(tzinfo=None)
 
 
+class _OneAtATime:
+    """The request's session, used by one resolver at a time.
+
+    Sibling fields of a query resolve concurrently (`{ me { organization { id } } organization { children
+    { id } members { edges { cursor } } } }`), while an AsyncSession refuses overlapping operations
+    ("concurrent operations are not permitted"). Every awaited call on the session waits its turn; the
+    synchronous ones (`add`) pass straight through.
+    """
+
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+        self._lock = asyncio.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._session, name)
+        if not inspect.iscoroutinefunction(attr):
+            return attr
+
+        @functools.wraps(attr)
+        async def in_turn(*args: Any, **kwargs: Any) -> Any:
+            async with self._lock:
+                return await attr(*args, **kwargs)
+
+        return in_turn
+
+
 class RequestContext:
     """One per GraphQL request: the principal, the services and the request's unit of work.
 
@@ -56,18 +85,20 @@ class RequestContext:
         # field nodes this operation may not resolve, decided before execution (schema.authorization)
         self.denied_fields: dict[int, Any] | None = None
         self._db: AsyncSession | None = None
+        self._db_in_turn: _OneAtATime | None = None
 
     async def db(self) -> AsyncSession:
         if self._db is None:
             self._db = self.services.db.session()
-        return self._db
+            self._db_in_turn = _OneAtATime(self._db)
+        return cast(AsyncSession, self._db_in_turn)
 
     @property
     def db_opened(self) -> bool:
         return self._db is not None
 
     async def finish(self, *, commit: bool) -> None:
-        session, self._db = self._db, None
+        session, self._db, self._db_in_turn = self._db, None, None
         if session is None:
             if commit:
                 await self._run_after_commit()
