@@ -1,14 +1,18 @@
 """The Portcullis benchmark: what a small authenticated GraphQL query costs through the gateway.
 
 `python -m bench` prepares one SQLite database with the demo tenant, then starts, one at a time, the
-gateway and three baselines that answer the same query from the same row:
+servers of each scenario, each answering its scenario's query from the same row:
 
-- `gateway`: `gateway.app:create_app`, with its edge middleware, Bearer authentication and extensions;
-- `strawberry-default`: a bare Strawberry ASGI app, as Strawberry's documentation shows it;
-- `strawberry-cached`: the same app with Strawberry's `ParserCache` and `ValidationCache`;
-- `graphql-core`: a Starlette endpoint calling `graphql.execute` with a cache of validated documents.
+- scenario `basic`, `{ organization { id slug name plan } }`:
+  - `gateway`: `gateway.app:create_app`, with its edge middleware, Bearer authentication and extensions;
+  - `strawberry-default`: a bare Strawberry ASGI app, as Strawberry's documentation shows it;
+  - `strawberry-cached`: the same app with Strawberry's `ParserCache` and `ValidationCache`;
+  - `graphql-core`: a Starlette endpoint calling `graphql.execute` with a cache of validated documents.
+- scenario `guarded`, the same query with `billingEmail`, a field that requires `billing:read`:
+  - `gateway`, as above;
+  - `gateway-unenforced`: the same gateway built with field authorization switched off.
 
 Each server runs as its own uvicorn process (one worker, uvloop, httptools) and is loaded by `wrk` at one
-and at 32 connections; the result is throughput, median and 99th-percentile latency per server, and the
-gateway's ratios to each baseline.
+and at 32 connections; the result is throughput, median and 99th-percentile latency per server, the
+gateway's ratios to each baseline, and what field authorization adds to the gateway's latency.
 """

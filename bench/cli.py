@@ -6,6 +6,7 @@ import argparse
 import os
 import platform
 import shutil
+import signal
 import sys
 import tempfile
 from collections import defaultdict
@@ -13,7 +14,16 @@ from pathlib import Path
 
 from bench import database, load, report, servers
 from bench.load import Measurement
-from bench.servers import SERVER_NAMES, SERVERS, BenchError, RunningServer, ServerSpec
+from bench.servers import (
+    SCENARIO_NAMES,
+    SCENARIOS,
+    SERVER_NAMES,
+    SERVERS,
+    BenchError,
+    RunningServer,
+    Scenario,
+    ServerSpec,
+)
 from identity.tokens import generate_private_key_pem
 
 DEFAULT_DURATION = 10
@@ -46,14 +56,25 @@ def _positive(value: str) -> int:
     return number
 
 
+def _scenarios(value: str) -> list[str]:
+    if value == "all":
+        return list(SCENARIO_NAMES)
+    if value not in SCENARIO_NAMES:
+        raise argparse.ArgumentTypeError(f"unknown scenario {value!r}; choose from {', '.join(SCENARIO_NAMES)}, all")
+    return [value]
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("--scenario", type=_scenarios, default=list(SCENARIO_NAMES), metavar="basic|guarded|all",
+                   help="basic: the gateway against three baselines; guarded: a field that requires a "
+                        "permission, with and without field authorization; all (default): both")
     p.add_argument("--duration", type=_positive, default=DEFAULT_DURATION, help="seconds per wrk run (10)")
     p.add_argument("--warmup", type=int, default=DEFAULT_WARMUP, help="seconds of warm-up per server (3)")
     p.add_argument("--connections", type=_counts, default=_counts(DEFAULT_CONNECTIONS),
                    help="comma-separated connection counts (1,32)")
     p.add_argument("--only", type=_names, default=list(SERVER_NAMES),
-                   help=f"comma-separated servers among {', '.join(SERVER_NAMES)}")
+                   help=f"restrict each scenario to these servers, among {', '.join(SERVER_NAMES)}")
     p.add_argument("--runs", type=_positive, default=1, help="repeat every measurement and take the median")
     p.add_argument("--no-pin", action="store_true", help="do not pin the server and wrk to separate CPUs")
     return p
@@ -78,31 +99,48 @@ class Bench:
         self.workdir = workdir
         self.server_cpu, self.wrk_cpu = cpus(not args.no_pin)
         self.db = database.prepare(workdir)
-        self.expected = database.expected_response(self.db)
+        self.expected = {
+            "basic": database.expected_response(self.db),
+            "guarded": database.expected_guarded_response(self.db),
+        }
         self.env = servers.server_environment(self.db.url, generate_private_key_pem())
 
-    def measure_all(self) -> report.Results:
-        runs: dict[tuple[str, int], list[Measurement]] = defaultdict(list)
-        specs = [s for s in SERVERS if s.name in self.args.only]
-        for run in range(1, self.args.runs + 1):
-            for spec in specs:
-                for connections, measurement in self.measure_server(spec, run):
-                    runs[(spec.name, connections)].append(measurement)
-        return {key: report.median(values) for key, values in runs.items()}
+    def scenarios(self) -> list[tuple[Scenario, list[ServerSpec]]]:
+        """The chosen scenarios, each with its servers (restricted by `--only`); empty ones left out."""
+        chosen = []
+        for scenario in SCENARIOS:
+            specs = [s for s in SERVERS if s.name in scenario.servers and s.name in self.args.only]
+            if scenario.name in self.args.scenario and specs:
+                chosen.append((scenario, specs))
+        return chosen
 
-    def measure_server(self, spec: ServerSpec, run: int) -> list[tuple[int, Measurement]]:
+    def measure_all(self) -> dict[str, report.Results]:
+        runs: dict[tuple[str, str, int], list[Measurement]] = defaultdict(list)
+        for run in range(1, self.args.runs + 1):
+            for scenario, specs in self.scenarios():
+                # every other run in reverse order, so that a drift of the machine favours no server
+                for spec in specs if run % 2 else reversed(specs):
+                    for connections, measurement in self.measure_server(scenario, spec, run):
+                        runs[(scenario.name, spec.name, connections)].append(measurement)
+        results: dict[str, report.Results] = defaultdict(dict)
+        for (scenario_name, name, connections), values in runs.items():
+            results[scenario_name][(name, connections)] = report.median(values)
+        return results
+
+    def measure_server(self, scenario: Scenario, spec: ServerSpec, run: int) -> list[tuple[int, Measurement]]:
+        expected = self.expected[scenario.name]
         with servers.running(spec, env=self.env, workdir=self.workdir, cpu=self.server_cpu) as server:
             token = self._token(server)
-            servers.check_answer(server, token, self.expected)
-            script = load.write_script(self.workdir / f"{spec.name}.lua", token)
+            servers.check_answer(server, token, scenario.query, expected)
+            script = load.write_script(self.workdir / f"{scenario.name}-{spec.name}.lua", scenario.query, token)
             self._wrk(server, script, max(self.args.connections), self.args.warmup)
             measured = []
             for connections in self.args.connections:
                 m = load.parse(self._wrk(server, script, connections, self.args.duration))
-                log(f"run {run}/{self.args.runs} {spec.name:<20} c={connections:<3} "
+                log(f"run {run}/{self.args.runs} {scenario.name:<8} {spec.name:<20} c={connections:<3} "
                     f"{m.requests_per_second:>9.1f} req/s  p50 {m.p50_ms:.2f} ms  p99 {m.p99_ms:.2f} ms")
                 measured.append((connections, m))
-            servers.check_answer(server, token, self.expected)
+            servers.check_answer(server, token, scenario.query, expected)
             return measured
 
     def _token(self, server: RunningServer) -> str | None:
@@ -119,21 +157,35 @@ class Bench:
         return output
 
 
-def print_report(args: argparse.Namespace, bench: Bench, results: report.Results) -> None:
+def print_report(args: argparse.Namespace, bench: Bench, results: dict[str, report.Results]) -> None:
     where = (f"server on CPU {bench.server_cpu}, wrk on CPU {bench.wrk_cpu}" if bench.server_cpu is not None
              else "unpinned")
     print(f"\nPortcullis bench: {os.cpu_count()} CPUs, Python {platform.python_version()}, {where}; "
           f"wrk -t1 -d{args.duration}s, median of {args.runs} run(s)")
-    print(f"query: {load.QUERY}\n")
-    for block in (report.table(results, args.only, args.connections),
-                  report.ratios(results, args.only, args.connections),
-                  report.target(results)):
-        if block:
-            print("\n".join(block) + "\n")
+    for scenario, specs in bench.scenarios():
+        names = [s.name for s in specs]
+        scenario_results = results.get(scenario.name, {})
+        print(f"\nscenario {scenario.name}: {scenario.description}\nquery: {scenario.query}\n")
+        if scenario.name == "guarded":
+            blocks = (report.table(scenario_results, names, args.connections),
+                      report.authorization_ratios(scenario_results, args.connections),
+                      report.authorization_target(scenario_results, args.connections))
+        else:
+            blocks = (report.table(scenario_results, names, args.connections),
+                      report.ratios(scenario_results, names, args.connections),
+                      report.target(scenario_results))
+        for block in blocks:
+            if block:
+                print("\n".join(block) + "\n")
+
+
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds, so the server being measured is stopped too
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     wrk = shutil.which("wrk")
     if wrk is None:
         print(load.WRK_MISSING, file=sys.stderr)

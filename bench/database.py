@@ -14,6 +14,7 @@ from store.migrate import upgrade
 
 DEMO_NAME = "Acme Corporation"
 DEMO_PLAN = "professional"
+DEMO_BILLING_EMAIL = "billing@acme.test"
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,8 @@ async def _seed(url: str) -> str:
                 session, slug=DEMO_ORG, name=DEMO_NAME, plan=DEMO_PLAN, owner_email=DEMO_OWNER,
                 password_hash=await hasher.hash(DEMO_PASSWORD),
             )
+            # a value rather than null, so that an answer from a denied field cannot pass for it
+            provisioned.organization.billing_email = DEMO_BILLING_EMAIL
             return provisioned.organization.id
     finally:
         await db.dispose()
@@ -46,4 +49,11 @@ def prepare(directory: Path) -> BenchDatabase:
 def expected_response(db: BenchDatabase) -> dict[str, object]:
     """The answer every server must give to the benchmark query."""
     organization = {"id": db.organization_id, "slug": DEMO_ORG, "name": DEMO_NAME, "plan": DEMO_PLAN.upper()}
+    return {"data": {"organization": organization}}
+
+
+def expected_guarded_response(db: BenchDatabase) -> dict[str, object]:
+    """The answer to the guarded query: the same organization with its billing email, and no error."""
+    organization = {"id": db.organization_id, "slug": DEMO_ORG, "name": DEMO_NAME, "plan": DEMO_PLAN.upper(),
+                    "billingEmail": DEMO_BILLING_EMAIL}
     return {"data": {"organization": organization}}

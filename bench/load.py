@@ -8,7 +8,6 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.apps.common import QUERY
 from bench.servers import BenchError, pin_to
 
 WRK_MISSING = "wrk not found: install wrk: apt-get install wrk"
@@ -35,11 +34,11 @@ def lua_string(value: str) -> str:
     return f"[{'=' * level}[{value}]{'=' * level}]"
 
 
-def write_script(path: Path, token: str | None) -> Path:
-    """A wrk script POSTing the benchmark query, with the Bearer token when there is one."""
+def write_script(path: Path, query: str, token: str | None) -> Path:
+    """A wrk script POSTing `query`, with the Bearer token when there is one."""
     lines = [
         'wrk.method = "POST"',
-        f"wrk.body = {lua_string(json.dumps({'query': QUERY}))}",
+        f"wrk.body = {lua_string(json.dumps({'query': query}))}",
         'wrk.headers["Content-Type"] = "application/json"',
     ]
     if token is not None:

@@ -1,4 +1,4 @@
-"""Medians over runs, the results table, the gateway's ratios to each baseline and the target check."""
+"""Medians over runs, the results tables, the ratios and the target checks of both scenarios."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ TARGET_BASELINE = "strawberry-cached"
 TARGET_CONNECTIONS = 32
 TARGET_THROUGHPUT_RATIO = 0.75
 TARGET_P99_RATIO = 1.5
+UNENFORCED = "gateway-unenforced"
+TARGET_AUTHORIZATION_P50_RATIO = 1.05
 
 Results = dict[tuple[str, int], Measurement]
 
@@ -71,3 +73,32 @@ def target(results: Results) -> list[str]:
                lambda v, limit: v >= limit),
         _check("p99 gateway/baseline <= 1.50", p99, TARGET_P99_RATIO, lambda v, limit: v <= limit),
     ]
+
+
+def authorization_ratios(results: Results, connections: Iterable[int]) -> list[str]:
+    """The gateway over the same build without field authorization (above 1: what authorization adds)."""
+    lines = [f"{'gateway / ' + UNENFORCED:<30} {'conns':>5} {'throughput':>11} {'p50':>7} {'p99':>7}"]
+    for c in connections:
+        enforced, unenforced = results.get((GATEWAY, c)), results.get((UNENFORCED, c))
+        if enforced is None or unenforced is None:
+            continue
+        throughput = enforced.requests_per_second / unenforced.requests_per_second
+        lines.append(f"{'':<30} {c:>5} {throughput:>10.3f}x {enforced.p50_ms / unenforced.p50_ms:>6.3f}x "
+                     f"{enforced.p99_ms / unenforced.p99_ms:>6.3f}x")
+    return lines if len(lines) > 1 else []
+
+
+def authorization_target(results: Results, connections: Iterable[int]) -> list[str]:
+    limit = TARGET_AUTHORIZATION_P50_RATIO
+    header = f"target: authorization adds at most {limit - 1:.0%} to p50 ({GATEWAY} / {UNENFORCED}):"
+    lines = [header]
+    for c in connections:
+        enforced, unenforced = results.get((GATEWAY, c)), results.get((UNENFORCED, c))
+        if enforced is None or unenforced is None:
+            continue
+        ratio = enforced.p50_ms / unenforced.p50_ms
+        label = f"p50 at {c} connection{'s' if c != 1 else ''}: {enforced.p50_ms:.2f} / {unenforced.p50_ms:.2f} ms"
+        lines.append(f"  {label:<44} {ratio:>5.3f} ({ratio - 1:+.1%}, limit {limit:.2f})  {_verdict(ratio <= limit)}")
+    if len(lines) == 1:
+        lines.append(f"  not measured (needs {GATEWAY} and {UNENFORCED})")
+    return lines

@@ -1,4 +1,4 @@
-"""The four servers under test and the life of one uvicorn process serving one of them."""
+"""The servers under test, the scenarios that group them, and the life of one uvicorn process."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.apps.common import DATABASE_URL_VARIABLE, QUERY
+from bench.apps.common import DATABASE_URL_VARIABLE, GUARDED_QUERY, QUERY
 
 REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -33,6 +33,8 @@ class ServerSpec:
 
 SERVERS = (
     ServerSpec("gateway", "gateway.app:create_app", "the Portcullis gateway", authenticated=True),
+    ServerSpec("gateway-unenforced", "bench.apps.gateway_unenforced:create_app",
+               "the same gateway with field authorization switched off", authenticated=True),
     ServerSpec("strawberry-default", "bench.apps.strawberry_app:default_app",
                "strawberry.asgi.GraphQL, no extensions"),
     ServerSpec("strawberry-cached", "bench.apps.strawberry_app:cached_app",
@@ -41,6 +43,23 @@ SERVERS = (
                "Starlette + graphql.execute with a validated-document cache"),
 )
 SERVER_NAMES = tuple(s.name for s in SERVERS)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    query: str
+    servers: tuple[str, ...]
+    description: str
+
+
+SCENARIOS = (
+    Scenario("basic", QUERY, ("gateway", "strawberry-default", "strawberry-cached", "graphql-core"),
+             "the gateway against three baselines"),
+    Scenario("guarded", GUARDED_QUERY, ("gateway", "gateway-unenforced"),
+             "a field that requires billing:read, with and without field authorization"),
+)
+SCENARIO_NAMES = tuple(s.name for s in SCENARIOS)
 
 
 class BenchError(RuntimeError):
@@ -88,7 +107,8 @@ def uvicorn_command(spec: ServerSpec, port: int) -> list[str]:
 def server_environment(database_url: str, signing_key: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PORTCULLIS_")}
     env.update({
-        "PORTCULLIS_ENV": "test",
+        # not "test": the test environment skips the gc.freeze() the gateway does at start-up in service
+        "PORTCULLIS_ENV": "dev",
         "PORTCULLIS_DATABASE_URL": database_url,
         "PORTCULLIS_SIGNING_KEY": signing_key,
         DATABASE_URL_VARIABLE: database_url,
@@ -166,8 +186,9 @@ def login(server: RunningServer, email: str, password: str, organization: str) -
     return str(data["login"]["accessToken"])
 
 
-def check_answer(server: RunningServer, token: str | None, expected: dict[str, object]) -> None:
-    status, body = post_json(server.url, {"query": QUERY}, token)
+def check_answer(server: RunningServer, token: str | None, query: str, expected: dict[str, object]) -> None:
+    """The exact expected JSON (hence no `errors` entry), with status 200."""
+    status, body = post_json(server.url, {"query": query}, token)
     if status != 200 or body != expected:
         raise BenchError(f"{server.spec.name} answered {status} {body}, expected 200 {expected}\n"
                          f"{server.log_tail()}")

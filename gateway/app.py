@@ -99,7 +99,8 @@ def build_services(settings: Settings) -> Services:
     )
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
+def create_app(settings: Settings | None = None, *, enforce_authorization: bool = True) -> Starlette:
+    """The gateway. `enforce_authorization=False` exists only for the benchmark (see `build_schema`)."""
     settings = settings or Settings()
     configure_logging(settings.log_level)
     services = build_services(settings)
@@ -107,6 +108,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         anonymous_introspection=settings.anonymous_introspection,
         field_suggestions=settings.suggestions_enabled,
         reject_unauthorized=settings.reject_unauthorized,
+        enforce_authorization=enforce_authorization,
     )
     registry = CollectorRegistry()
     auth_failures = Counter(

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import strawberry
 from graphql import GraphQLError
-from strawberry.extensions import ParserCache, ValidationCache
+from strawberry.extensions import ParserCache, SchemaExtension, ValidationCache
 from strawberry.schema.config import StrawberryConfig
 from strawberry.tools import merge_types
 from strawberry.types import ExecutionContext
@@ -45,9 +46,22 @@ class PortcullisSchema(strawberry.Schema):
                       exc_info=original, extra={"request_id": rid})
 
 
+class AuthorizationNotEnforced(SchemaExtension):
+    """Lets every field through: each operation starts with no denied field, so guards never refuse.
+
+    It exists only to measure what authorization costs (`make bench`, scenario `guarded`), by standing
+    in for `Authorization` in an otherwise identical build. Nothing in the settings or the environment
+    selects it: only `build_schema(enforce_authorization=False)`, called from code, does.
+    """
+
+    def on_operation(self) -> Iterator[None]:
+        self.execution_context.context.denied_fields = {}
+        yield
+
+
 def build_schema(
     *, anonymous_introspection: bool = True, field_suggestions: bool = True, reject_unauthorized: bool = False,
-    cache_size: int = 1024,
+    cache_size: int = 1024, enforce_authorization: bool = True,
 ) -> PortcullisSchema:
     extensions: list[Any] = [UnitOfWork]
     if not anonymous_introspection:
@@ -56,9 +70,12 @@ def build_schema(
     # decides after the validation cache has validated (hooks enter in list order); the authorizer
     # needs the built schema, so the factory reads it from the schema once it exists
     built: list[PortcullisSchema] = []
-    extensions.append(
-        lambda: Authorization(authorizer=built[0].authorizer, reject_unauthorized=reject_unauthorized)
-    )
+    if enforce_authorization:
+        extensions.append(
+            lambda: Authorization(authorizer=built[0].authorizer, reject_unauthorized=reject_unauthorized)
+        )
+    else:
+        extensions.append(AuthorizationNotEnforced)
     schema = PortcullisSchema(
         query=Query,
         mutation=Mutation,

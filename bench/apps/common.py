@@ -1,4 +1,4 @@
-"""What every baseline shares: the benchmark query and reading the organization row."""
+"""What every baseline shares: the benchmark queries and reading the organization row."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from store.db import Database
 from store.models import Organization
 
 QUERY = "{ organization { id slug name plan } }"
+# the same query with a field that requires `billing:read` (the demo owner holds it)
+GUARDED_QUERY = "{ organization { id slug name plan billingEmail } }"
 SLUG = "acme"
 DATABASE_URL_VARIABLE = "BENCH_DATABASE_URL"
 
