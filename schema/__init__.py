@@ -61,8 +61,9 @@ class AuthorizationNotEnforced(SchemaExtension):
 
 def build_schema(
     *, anonymous_introspection: bool = True, field_suggestions: bool = True, reject_unauthorized: bool = False,
-    cache_size: int = 1024, enforce_authorization: bool = True,
+    cache_size: int = 1024, enforce_authorization: bool = True, query: Any = None, mutation: Any = None,
 ) -> PortcullisSchema:
+    """The gateway's schema (`query`/`mutation` replace the root types, for tests of the machinery)."""
     extensions: list[Any] = [UnitOfWork]
     if not anonymous_introspection:
         extensions.append(IntrospectionGuard)
@@ -77,8 +78,8 @@ def build_schema(
     else:
         extensions.append(AuthorizationNotEnforced)
     schema = PortcullisSchema(
-        query=Query,
-        mutation=Mutation,
+        query=query or Query,
+        mutation=mutation or Mutation,
         extensions=extensions,
         config=StrawberryConfig(disable_field_suggestions=not field_suggestions),
     )

@@ -32,28 +32,67 @@ from graphql import (
     InlineFragmentNode,
     OperationDefinitionNode,
     SelectionSetNode,
+    default_field_resolver,
     get_named_type,
 )
 from strawberry.extensions import SchemaExtension
 
 from authz import Decision, Principal, Requirement, decide
-from schema.directives import denial_error, requirement_of
+from schema.directives import denial_error, requirement_from_directives, requirement_of
 from schema.introspection import IntrospectionFilter, introspection_fields
 
 RuleMap = Mapping[tuple[str, str], Requirement]
 
 
-def collect_rules(schema: GraphQLSchema) -> dict[tuple[str, str], Requirement]:
+def type_rule(schema: GraphQLSchema, gtype: GraphQLNamedType) -> Requirement | None:
+    """The rule written on a type (Apollo's semantics: every field returning the type requires it).
+
+    For an interface, the rules of the interface and of every implementation apply together, since
+    any of them may answer.
+    """
+    def own(t: GraphQLNamedType) -> Requirement | None:
+        definition = (t.extensions or {}).get("strawberry-definition")
+        return requirement_from_directives(getattr(definition, "directives", None))
+
+    found = [own(gtype)]
+    if isinstance(gtype, GraphQLInterfaceType):
+        found.extend(own(impl) for impl in schema.get_implementations(gtype).objects)
+    return _combine([r for r in found if r is not None])
+
+
+def collect_rules(schema: GraphQLSchema) -> tuple[dict[tuple[str, str], Requirement], set[tuple[str, str]]]:
+    """Every field's effective rule (its own and its return type's), and the fields whose rule comes
+    at least partly from their return type."""
     rules: dict[tuple[str, str], Requirement] = {}
+    from_types: set[tuple[str, str]] = set()
     for type_name, gtype in schema.type_map.items():
         if type_name.startswith("__") or not isinstance(gtype, GraphQLObjectType | GraphQLInterfaceType):
             continue
         for field_name, field in gtype.fields.items():
             definition = (field.extensions or {}).get("strawberry-definition")
-            requirement = requirement_of(definition) if definition is not None else None
-            if requirement is not None:
-                rules[(type_name, field_name)] = requirement
-    return rules
+            own = requirement_of(definition) if definition is not None else None
+            inherited = type_rule(schema, get_named_type(field.type))
+            combined = _combine([r for r in (own, inherited) if r is not None])
+            if combined is not None:
+                rules[(type_name, field_name)] = combined
+            if inherited is not None:
+                from_types.add((type_name, field_name))
+    return rules, from_types
+
+
+def _guarded_resolver(resolve: Any, requirement: Requirement) -> Any:
+    """A resolver that refuses first, for fields guarded by their return type's rule."""
+
+    def guarded(source: Any, info: Any, **kwargs: Any) -> Any:
+        ctx = info.context
+        denied = getattr(ctx, "denied_fields", None)
+        decision = decide(ctx.principal, requirement) if denied is None else denied.get(id(info.field_nodes[0]))
+        if decision is not None and not decision:
+            raise denial_error(ctx.principal, decision)
+        return resolve(source, info, **kwargs) if resolve is not None else default_field_resolver(source, info,
+                                                                                                   **kwargs)
+
+    return guarded
 
 
 def _combine(requirements: list[Requirement]) -> Requirement | None:
@@ -83,7 +122,12 @@ class OperationDecisions:
 class Authorizer:
     def __init__(self, schema: GraphQLSchema, cache_size: int = 2048) -> None:
         self.schema = schema
-        self.rules = collect_rules(schema)
+        self.rules, from_types = collect_rules(schema)
+        for type_name, field_name in from_types:
+            parent = schema.type_map[type_name]
+            assert isinstance(parent, GraphQLObjectType | GraphQLInterfaceType)
+            field = parent.fields[field_name]
+            field.resolve = _guarded_resolver(field.resolve, self.rules[(type_name, field_name)])
         self.introspection = IntrospectionFilter(schema, self.rules)
         self._cache: OrderedDict[tuple[Any, ...], OperationDecisions] = OrderedDict()
         self._cache_size = cache_size

@@ -147,6 +147,21 @@ def scoped(rule: dict[str, Any]) -> dict[str, Any]:
     return {**rule, "directives": [*rule["directives"], Scoped()]}
 
 
+def requirement_from_directives(directives: Any) -> Requirement | None:
+    """The rule stated by authorization directives written on a type or an interface."""
+    found = [d for d in directives or () if isinstance(d, Authenticated | RequiresScopes | RequiresPlan)]
+    if not found:
+        return None
+    any_of: tuple[tuple[Permission, ...], ...] = ()
+    plan = None
+    for d in found:
+        if isinstance(d, RequiresScopes):
+            any_of = tuple(tuple(Permission(p) for p in group) for group in d.scopes)
+        elif isinstance(d, RequiresPlan):
+            plan = d.plan.value
+    return Requirement(authenticated=True, any_of=any_of, plan=plan)
+
+
 def requirement_of(field: Any) -> Requirement | None:
     """The rule a Strawberry field carries, read from its guard; None when it has none."""
     for extension in getattr(field, "extensions", None) or ():

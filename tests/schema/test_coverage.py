@@ -78,16 +78,3 @@ def test_report_matches_the_rules_in_force() -> None:
         "@requiresScopes(members:manage)"
     }
 
-
-def test_authorization_directives_sit_on_fields_only() -> None:
-    """Rules are enforced per field; a directive put on a type would print without being enforced."""
-    from schema.directives import Authenticated, RequiresPlan, RequiresScopes
-
-    schema = build_schema()
-    offenders = []
-    for name, gtype in schema._schema.type_map.items():
-        definition = (gtype.extensions or {}).get("strawberry-definition")
-        for directive in getattr(definition, "directives", None) or ():
-            if isinstance(directive, Authenticated | RequiresScopes | RequiresPlan):
-                offenders.append(name)
-    assert offenders == [], "put the rule on the fields that return the type instead"
