@@ -52,3 +52,7 @@ class Conflict(GatewayError):
 
 
 INVALID_CREDENTIALS = "Invalid credentials."
+
+
+class QuotaExceeded(GatewayError):
+    code = ErrorCode.QUOTA_EXCEEDED

@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.graphql import GraphQLView
+from gateway.limits import KeyRateLimiter, LocalMovingWindow, RedisMovingWindow
 from gateway.logs import configure_logging
 from gateway.middleware import (
     AuthenticationMiddleware,
@@ -25,6 +26,7 @@ from gateway.middleware import (
     SecurityHeadersMiddleware,
 )
 from gateway.settings import Environment, Settings
+from identity.api_keys import ApiKeyCache, ApiKeyVerifier, LastUsedRecorder
 from identity.authentication import Authenticator
 from identity.lockout import LockoutPolicy, LoginThrottle
 from identity.passwords import HashParameters, PasswordHasherService
@@ -66,6 +68,9 @@ def build_services(settings: Settings) -> Services:
         bus = LocalRevocationBus()
     sessions = SessionCache(ttl_seconds=settings.session_cache_ttl_seconds)
     bus.subscribe(sessions.invalidate)
+    key_cache = ApiKeyCache(ttl_seconds=settings.api_key_cache_ttl_seconds)
+    bus.subscribe(key_cache.invalidate)
+    key_limiter: KeyRateLimiter = RedisMovingWindow(redis) if redis is not None else LocalMovingWindow()
     hasher = PasswordHasherService(
         HashParameters(
             memory_kib=settings.password_hash_memory_kib,
@@ -93,9 +98,18 @@ def build_services(settings: Settings) -> Services:
             absolute_lifetime_seconds=settings.session_absolute_lifetime_seconds,
             refresh_idle_seconds=settings.refresh_token_idle_seconds,
         ),
-        authenticator=Authenticator(tokens, sessions, db),
+        authenticator=Authenticator(
+            tokens, sessions, db,
+            api_keys=ApiKeyVerifier(db, settings.api_key_pepper.get_secret_value().encode(), settings.env.value,
+                                    key_cache),
+        ),
         revocations=bus,
         redis=redis,
+        api_key_cache=key_cache,
+        key_limiter=key_limiter,
+        last_used=LastUsedRecorder(db, interval_seconds=settings.api_key_last_used_interval_seconds),
+        api_key_env=settings.env.value,
+        api_key_pepper=settings.api_key_pepper.get_secret_value().encode(),
     )
 
 
@@ -147,6 +161,8 @@ def create_app(settings: Settings | None = None, *, enforce_authorization: bool 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         await services.revocations.start()
+        if services.last_used is not None:
+            services.last_used.start()
         if settings.env is not Environment.TEST:
             # start-up objects live for the whole process: keep them out of every collection (p99)
             gc.collect()
@@ -154,6 +170,8 @@ def create_app(settings: Settings | None = None, *, enforce_authorization: bool 
         try:
             yield {"services": services}
         finally:
+            if services.last_used is not None:
+                await services.last_used.stop()
             await services.revocations.stop()
             if services.redis is not None:
                 await services.redis.aclose()
@@ -177,6 +195,8 @@ def create_app(settings: Settings | None = None, *, enforce_authorization: bool 
             authenticator=services.authenticator,
             client_address=ClientAddress(settings.trusted_proxies),
             on_failure=lambda _reason: auth_failures.inc(),
+            key_limiter=services.key_limiter,
+            last_used=services.last_used,
         ),
     ]
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)

@@ -151,6 +151,107 @@ def cmd_authz_report(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _api_key_command(settings: Settings, args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from sqlalchemy import select
+    from sqlmodel import col
+
+    from authz import BuiltinRole
+    from authz.errors import BadUserInput, GatewayError
+    from resolvers import api_keys
+    from store.db import Database
+    from store.models import ApiKey, Membership, Organization
+    from store.scoping import tenant_select
+
+    db = Database(settings.database_url)
+    pepper = settings.api_key_pepper.get_secret_value().encode()
+    try:
+        async with db.transaction() as session:
+            org = (await session.execute(
+                select(Organization).where(col(Organization.slug) == args.org)
+            )).scalar_one_or_none()
+            if org is None:
+                print(f"portcullis: no organization {args.org!r}", file=sys.stderr)
+                return 1
+            if args.api_key_command == "list":
+                rows = (await session.execute(
+                    tenant_select(ApiKey, org.id).order_by(col(ApiKey.created_at))
+                )).scalars().all()
+                for k in rows:
+                    state = "revoked" if k.revoked_at else "active"
+                    print(f"{k.id}  ptc_{k.env}_{k.prefix}  {state}  {k.name}  {','.join(k.scopes)}")
+                return 0
+            if args.api_key_command == "revoke":
+                key = (await session.execute(
+                    tenant_select(ApiKey, org.id).where(col(ApiKey.id) == args.id)
+                )).scalar_one_or_none()
+                if key is None:
+                    print("portcullis: API key not found", file=sys.stderr)
+                    return 1
+                key.revoked_at = key.revoked_at or datetime.now(UTC).replace(tzinfo=None)
+                key.previous_secret_hash = None
+                session.add(key)
+                await session.commit()
+                await _announce(settings, key.id)
+                print(f"revoked {key.id}")
+                return 0
+            # create: the key acts for the organization's first owner
+            owner = (await session.execute(
+                tenant_select(Membership, org.id).where(col(Membership.role) == BuiltinRole.OWNER.value)
+                .order_by(col(Membership.created_at))
+            )).scalars().first()
+            if owner is None:
+                print("portcullis: the organization has no owner", file=sys.stderr)
+                return 1
+            try:
+                scopes = api_keys._scopes(args.scope)
+                allowed = api_keys._cidrs(args.allowed_ip)
+                now = datetime.now(UTC).replace(tzinfo=None)
+                expires = api_keys._naive(datetime.fromisoformat(args.expires_at)) if args.expires_at else None
+                if expires is not None and expires <= now:
+                    raise BadUserInput("expiresAt must be in the future")
+                locked = await api_keys._lock_organization(session, org.id)
+                await api_keys._check_quota(session, locked)
+            except GatewayError as exc:
+                print(f"portcullis: {exc.message}", file=sys.stderr)
+                return 2
+            except ValueError as exc:
+                print(f"portcullis: {exc}", file=sys.stderr)
+                return 2
+            issued = api_keys.issue_key(
+                pepper, settings.env.value, organization_id=org.id, created_by=owner.user_id,
+                name=api_keys._name(args.name), scopes=scopes, allowed_ips=allowed, rate_limit_per_minute=None,
+                expires_at=expires, now=now,
+            )
+            session.add(issued.key)
+        print(f"API key {issued.key.id} created; its secret (shown once, store it now):")
+        print(issued.secret)
+        return 0
+    finally:
+        await db.dispose()
+
+
+async def _announce(settings: Settings, key_id: str) -> None:
+    """Shared mode: every running gateway drops the key now rather than after its cache TTL."""
+    if not settings.redis_url:
+        return
+    from redis.asyncio import Redis
+
+    from identity.api_keys import apikey_key
+    from identity.revocation import CHANNEL
+
+    redis = Redis.from_url(settings.redis_url)
+    try:
+        await redis.publish(CHANNEL, apikey_key(key_id))
+    finally:
+        await redis.aclose()
+
+
+def cmd_api_key(args: argparse.Namespace) -> int:
+    return asyncio.run(_api_key_command(_settings(), args))
+
+
 def cmd_keys_generate(_: argparse.Namespace) -> int:
     from identity.tokens import generate_private_key_pem
 
@@ -184,6 +285,21 @@ def parser() -> argparse.ArgumentParser:
     a = sub.add_parser("authz-report", help="every schema field with its rule and the built-in roles allowed")
     a.add_argument("--format", choices=["table", "json"], default="table")
     a.set_defaults(func=cmd_authz_report)
+
+    ak = sub.add_parser("api-key", help="create, list and revoke API keys")
+    aksub = ak.add_subparsers(dest="api_key_command", required=True)
+    c = aksub.add_parser("create", help="create a key acting for the organization's owner; prints the secret once")
+    c.add_argument("--org", required=True)
+    c.add_argument("--name", required=True)
+    c.add_argument("--scope", nargs="+", required=True)
+    c.add_argument("--expires-at")
+    c.add_argument("--allowed-ip", nargs="*", default=[])
+    lst = aksub.add_parser("list", help="list an organization's keys (never their secrets)")
+    lst.add_argument("--org", required=True)
+    r = aksub.add_parser("revoke", help="revoke a key")
+    r.add_argument("--org", required=True)
+    r.add_argument("id")
+    ak.set_defaults(func=cmd_api_key)
 
     k = sub.add_parser("keys", help="signing keys")
     ksub = k.add_subparsers(dest="keys_command", required=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import math
 import re
 import uuid
 from collections.abc import Iterable
@@ -15,6 +16,8 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from authz import Principal, anonymous
+from gateway.limits import KeyRateLimiter
+from identity.api_keys import ApiKeyInfo, ApiKeyRejected, LastUsedRecorder
 from identity.authentication import AuthenticationError, Authenticator
 
 log = logging.getLogger("portcullis.edge")
@@ -22,6 +25,9 @@ log = logging.getLogger("portcullis.edge")
 _SHORT_TOKEN = re.compile(r"^[A-Za-z0-9._\-]{8,64}$")
 # RFC 6750 b64token; `\Z`, not `$`, which would also match before a trailing newline
 _BEARER = re.compile(r"^Bearer ([A-Za-z0-9\-._~+/]+=*)\Z")
+_APIKEY = re.compile(r"^ApiKey ([\x21-\x7e]+)\Z")
+# credentials never travel in a URL (ASVS 5.0 14.2.1): these parameters are refused outright
+_URL_CREDENTIALS = frozenset({b"api_key", b"apikey", b"access_token", b"token", b"key"})
 SESSION_COOKIE = "__Host-portcullis"
 
 
@@ -209,11 +215,35 @@ class ClientAddress:
         return hops[0] if hops else peer
 
 
+class Refused(Exception):
+    """A valid credential refused by policy at the edge (403, 429)."""
+
+    def __init__(self, status: int, message: str, code: str, reason: str,
+                 headers: Iterable[tuple[bytes, bytes]] = (), **extensions: Any) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.body = graphql_error(message, code, **extensions)
+        self.reason = reason
+        self.headers = list(headers)
+
+
+def _credentials_in_url(scope: Scope) -> bool:
+    query: bytes = scope.get("query_string") or b""
+    if not query:
+        return False
+    for part in query.split(b"&"):
+        name = part.split(b"=", 1)[0].lower()
+        if name in _URL_CREDENTIALS:
+            return True
+    return False
+
+
 class AuthenticationMiddleware:
     """Builds the request's `Principal` from exactly one credential, or answers 401.
 
     Two credentials, a malformed one, or one that does not verify is refused outright: the
-    request never continues as anonymous.
+    request never continues as anonymous. An API key is then held to its own policy: a valid key
+    from an address outside its allowlist is 403, over its per-minute limit 429.
     """
 
     PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/.well-known/jwks.json", "/metrics"})
@@ -221,11 +251,14 @@ class AuthenticationMiddleware:
     MAX_AUTHORIZATION_BYTES = len("Bearer ") + 8 * 1024
 
     def __init__(self, app: ASGIApp, *, authenticator: Authenticator, client_address: ClientAddress,
-                 on_failure: Any = None) -> None:
+                 on_failure: Any = None, key_limiter: KeyRateLimiter | None = None,
+                 last_used: LastUsedRecorder | None = None) -> None:
         self.app = app
         self.authenticator = authenticator
         self.client_address = client_address
         self.on_failure = on_failure
+        self.key_limiter = key_limiter
+        self.last_used = last_used
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.PUBLIC_PATHS:
@@ -237,6 +270,10 @@ class AuthenticationMiddleware:
         state["client_ip"] = ip
         try:
             principal = await self._authenticate(scope, ip, rid)
+        except Refused as exc:
+            log.info("authz_fail", extra={"reason": exc.reason, "request_id": rid, "client_ip": ip})
+            await send_json(send, exc.status, exc.body, headers=exc.headers)
+            return
         except AuthenticationError as exc:
             log.info("authn_token_invalid", extra={"reason": exc.reason, "request_id": rid, "client_ip": ip})
             if self.on_failure is not None:
@@ -250,6 +287,9 @@ class AuthenticationMiddleware:
         await self.app(scope, receive, send)
 
     async def _authenticate(self, scope: Scope, ip: str | None, rid: str | None) -> Principal:
+        if _credentials_in_url(scope):
+            # C-077: refused even when valid; the value itself is never logged
+            raise AuthenticationError("credential in the query string")
         authorization = _header(scope, b"authorization")
         api_keys = _header(scope, b"x-api-key")
         cookie = any(
@@ -267,9 +307,37 @@ class AuthenticationMiddleware:
                 raise AuthenticationError("authorization header too large")
             value = authorization[0].decode("latin-1")
             match = _BEARER.match(value)
+            if match is not None:
+                return await self.authenticator.bearer(match.group(1), client_ip=ip, request_id=rid)
+            match = _APIKEY.match(value)
             if match is None:
                 raise AuthenticationError("malformed authorization header")
-            return await self.authenticator.bearer(match.group(1), client_ip=ip, request_id=rid)
+            return await self._api_key(match.group(1), ip, rid)
         if api_keys:
-            raise AuthenticationError("api keys are not accepted by this gateway")
+            if len(api_keys[0]) > self.MAX_AUTHORIZATION_BYTES:
+                raise AuthenticationError("api key header too large")
+            return await self._api_key(api_keys[0].decode("latin-1"), ip, rid)
         raise AuthenticationError("session cookies are not accepted by this gateway")
+
+    async def _api_key(self, presented: str, ip: str | None, rid: str | None) -> Principal:
+        try:
+            info = await self.authenticator.api_key(presented)
+        except ApiKeyRejected as exc:
+            raise AuthenticationError(exc.reason) from None
+        if not info.allows(ip):
+            raise Refused(403, "This API key is not allowed from this address.", "FORBIDDEN",
+                          "api key: address outside its allowlist")
+        await self._check_rate(info)
+        if self.last_used is not None:
+            self.last_used.record(info.key_id)
+        return info.principal(client_ip=ip, request_id=rid)
+
+    async def _check_rate(self, info: ApiKeyInfo) -> None:
+        limit = info.rate_limit_per_minute
+        if limit is None or self.key_limiter is None:
+            return
+        wait = await self.key_limiter.hit("apikey:" + info.key_id, limit, 60.0)
+        if wait is not None:
+            retry = max(1, math.ceil(wait))
+            raise Refused(429, "Rate limit exceeded for this API key.", "RATE_LIMITED", "api key: rate limited",
+                          headers=[(b"retry-after", str(retry).encode())], retryAfter=retry)

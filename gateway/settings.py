@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     session_cache_ttl_seconds: float = Field(default=30.0, ge=0, le=300)
 
     api_key_pepper: SecretStr = SecretStr(DEV_PEPPER)
+    # how long a verified API key is trusted without a database read; revocation does not wait for it
+    api_key_cache_ttl_seconds: float = Field(default=10.0, ge=0, le=60)
+    api_key_last_used_interval_seconds: float = Field(default=60.0, ge=1, le=3600)
     cookie_secret: SecretStr = SecretStr(DEV_COOKIE_SECRET)
 
     # argon2id parameters (OWASP: m=19 MiB, t=2, p=1)

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from authz import AuthMethod, Principal, PrincipalKind
+from identity.api_keys import ApiKeyInfo, ApiKeyRejected, ApiKeyVerifier
 from identity.sessions import SessionCache, SessionInfo, load_session
 from identity.tokens import AccessTokens, TokenError
 from store.db import Database
@@ -39,8 +40,10 @@ def principal_for_session(
 
 class Authenticator:
     def __init__(
-        self, tokens: AccessTokens, sessions: SessionCache, db: Database, clock: Callable[[], float] = time.time
+        self, tokens: AccessTokens, sessions: SessionCache, db: Database, clock: Callable[[], float] = time.time,
+        api_keys: ApiKeyVerifier | None = None,
     ) -> None:
+        self.api_keys = api_keys
         self.tokens = tokens
         self.sessions = sessions
         self.db = db
@@ -71,3 +74,9 @@ class Authenticator:
         if info.expires_at.replace(tzinfo=UTC).timestamp() <= self.clock():
             raise AuthenticationError("session expired")
         return principal_for_session(info, client_ip=client_ip, request_id=request_id)
+
+    async def api_key(self, presented: str) -> ApiKeyInfo:
+        """The verified key; `ApiKeyRejected` for anything that does not authenticate."""
+        if self.api_keys is None:
+            raise ApiKeyRejected("api keys are not configured")
+        return await self.api_keys.verify(presented)

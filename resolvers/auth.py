@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
 from authz import AuthMethod, Principal, PrincipalKind
-from authz.errors import INVALID_CREDENTIALS, BadUserInput, NotFound, Unauthenticated
+from authz.errors import INVALID_CREDENTIALS, BadUserInput, Forbidden, NotFound, Unauthenticated
 from identity.lockout import email_key
 from identity.passwords import MAX_BYTES, PasswordPolicyError, check_policy
 from identity.sessions import (
@@ -75,6 +75,7 @@ async def _find_user(ctx: RequestContext, email: str) -> User | None:
 async def login(
     ctx: RequestContext, email: str, password: str, organization_slug: str | None = None
 ) -> AuthResult:
+    refuse_api_keys(ctx.principal)
     _check_credentials_shape(email, password, organization_slug)
     services, principal = ctx.services, ctx.principal
     attempt = await services.throttle.begin(email, principal.client_ip)
@@ -123,6 +124,7 @@ async def login(
 
 
 async def refresh(ctx: RequestContext, refresh_token: str | None) -> AuthResult:
+    refuse_api_keys(ctx.principal)
     services = ctx.services
     if not refresh_token or len(refresh_token) > MAX_REFRESH_TOKEN_LENGTH:
         raise Unauthenticated("Invalid refresh token.")
@@ -157,7 +159,14 @@ async def refresh(ctx: RequestContext, refresh_token: str | None) -> AuthResult:
     return AuthResult(token, claims, new_token, user, org)
 
 
+def refuse_api_keys(principal: Principal) -> None:
+    """C-123: an API key never signs in, refreshes, or changes a password (also refused before execution)."""
+    if principal.kind is PrincipalKind.API_KEY:
+        raise Forbidden("An API key cannot sign in or mint tokens.")
+
+
 def _require_user(principal: Principal) -> tuple[str, str]:
+    refuse_api_keys(principal)
     if principal.kind is not PrincipalKind.USER or principal.subject_id is None or principal.session_id is None:
         raise Unauthenticated("Authentication required.")
     return principal.subject_id, principal.session_id

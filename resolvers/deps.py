@@ -14,6 +14,7 @@ from typing import Any, cast
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from authz import Principal
+from identity.api_keys import ApiKeyCache, LastUsedRecorder
 from identity.authentication import Authenticator
 from identity.lockout import LoginThrottle
 from identity.passwords import PasswordHasherService
@@ -34,6 +35,11 @@ class Services:
     authenticator: Authenticator
     revocations: RevocationBus
     redis: Any = None
+    api_key_cache: ApiKeyCache | None = None
+    key_limiter: Any = None
+    last_used: LastUsedRecorder | None = None
+    api_key_env: str = "dev"
+    api_key_pepper: bytes = b""
     clock: Callable[[], float] = field(default=time.time)
 
     def now(self) -> datetime:

@@ -38,7 +38,7 @@ from identity.sessions import (
     user_key,
 )
 from identity.tokens import hash_opaque_token
-from resolvers.auth import AuthResult
+from resolvers.auth import AuthResult, refuse_api_keys
 from resolvers.deps import RequestContext
 from resolvers.provisioning import checked_email
 from resolvers.roles import announce_after_commit, check_can_grant, require_role, tenant_of
@@ -195,6 +195,7 @@ async def accept_invitation(ctx: RequestContext, token: str, password: str) -> A
 
     Public, so not tenant-scoped: the token itself is the credential, like a refresh token.
     """
+    refuse_api_keys(ctx.principal)
     if not token or len(token) > MAX_INVITATION_TOKEN_LENGTH or "\x00" in token:
         raise Unauthenticated(INVALID_INVITATION)
     services = ctx.services

@@ -14,6 +14,7 @@ from strawberry.tools import merge_types
 from strawberry.types import ExecutionContext
 
 from authz.errors import GatewayError
+from schema.api_keys import ApiKeyMutation
 from schema.auth import AuthMutation
 from schema.authorization import Authorization, Authorizer
 from schema.extensions import IntrospectionGuard, UnitOfWork
@@ -25,7 +26,7 @@ from schema.users import UserQuery
 log = logging.getLogger("portcullis.graphql")
 
 Query = merge_types("Query", (UserQuery, OrganizationQuery, RoleQuery))
-Mutation = merge_types("Mutation", (AuthMutation, OrganizationMutation, MemberMutation, RoleMutation))
+Mutation = merge_types("Mutation", (AuthMutation, OrganizationMutation, MemberMutation, RoleMutation, ApiKeyMutation))
 
 
 class PortcullisSchema(strawberry.Schema):

@@ -37,11 +37,18 @@ from graphql import (
 )
 from strawberry.extensions import SchemaExtension
 
-from authz import Decision, Principal, Requirement, decide
+from authz import Decision, Principal, PrincipalKind, Requirement, decide
 from schema.directives import denial_error, requirement_from_directives, requirement_of
 from schema.introspection import IntrospectionFilter, introspection_fields
 
 RuleMap = Mapping[tuple[str, str], Requirement]
+
+# An API key never mints or ends sessions (C-123): these root mutations are refused to any key,
+# whatever its scopes; the vocabulary has no scope that grants them.
+KEY_REFUSED_MUTATIONS: frozenset[str] = frozenset(
+    {"login", "refreshToken", "acceptInvitation", "logout", "changePassword"}
+)
+_KEY_REFUSAL = Decision(allowed=False, reason="an API key cannot sign in or mint tokens")
 
 
 def type_rule(schema: GraphQLSchema, gtype: GraphQLNamedType) -> Requirement | None:
@@ -144,8 +151,7 @@ class Authorizer:
     def decide_operation(
         self, document: DocumentNode, operation_name: str | None, principal: Principal
     ) -> OperationDecisions:
-        key = (id(document), operation_name, principal.is_authenticated, principal.effective_permissions,
-               principal.plan)
+        key = (id(document), operation_name, principal.kind, principal.effective_permissions, principal.plan)
         cached = self._cache.get(key)
         if cached is not None and cached.document is document:
             self._cache.move_to_end(key)
@@ -214,6 +220,11 @@ class Authorizer:
         if field is None:
             return
         here = (*path, node.alias.value if node.alias else name)
+        if (not path and principal.kind is PrincipalKind.API_KEY and name in KEY_REFUSED_MUTATIONS
+                and parent is self.schema.mutation_type):
+            denied[id(node)] = _KEY_REFUSAL
+            paths.append(here)
+            return
         requirement = self.requirement(parent, name)
         if requirement is not None:
             decision = decide(principal, requirement)
@@ -250,7 +261,10 @@ class Authorization(SchemaExtension):
             decisions = self.authorizer.decide_operation(document, ec.operation_name, ctx.principal)
             self.decisions = decisions
             ctx.denied_fields = decisions.denied
-            if decisions.denied and self.reject_unauthorized:
+            # a key's mutation is all or nothing: any refused field refuses the operation (C-119)
+            key_mutation = (ctx.principal.kind is PrincipalKind.API_KEY and decisions.operation is not None
+                            and decisions.operation.operation.value == "mutation")
+            if decisions.denied and (self.reject_unauthorized or key_mutation):
                 errors = []
                 for node_id, path in zip(decisions.denied, decisions.denied_paths, strict=True):
                     exc = denial_error(ctx.principal, decisions.denied[node_id])

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Annotated
 import strawberry
 
 from authz import Permission
+from resolvers import api_keys as api_keys_service
 from resolvers import members as members_service
 from resolvers import organizations as service
 from resolvers.organizations import NewOrganization, OrganizationChanges
@@ -15,6 +16,7 @@ from schema.enums import Plan
 from store.models import Organization as OrganizationRow
 
 if TYPE_CHECKING:
+    from schema.api_keys import ApiKey
     from schema.members import MembershipConnection
 
 
@@ -68,6 +70,15 @@ class Organization:
             await ctx.db(), ctx.principal, self.row.id, 50 if first is None else first, after
         )
         return MembershipConnection.from_page(page)
+
+    @strawberry.field(description="The organization's API keys, oldest first; never their secrets.",
+                      **requires_scopes(Permission.APIKEYS_READ))
+    async def api_keys(self, info: Info) -> list[Annotated[ApiKey, strawberry.lazy("schema.api_keys")]]:
+        from schema.api_keys import ApiKey
+
+        ctx = info.context
+        rows = await api_keys_service.list_api_keys(await ctx.db(), ctx.principal, self.row.id)
+        return [ApiKey.from_row(r) for r in rows]
 
 
 @strawberry.input

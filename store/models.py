@@ -159,6 +159,33 @@ class Invitation(SQLModel, table=True):
     used_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
 
 
+class ApiKey(SQLModel, table=True):
+    """An integration's key. Only HMAC-SHA256(pepper, secret) is kept; `prefix` finds the row and is shown.
+
+    During a rotation's grace period the previous secret's hash stays in `previous_secret_hash` until
+    `previous_expires_at`.
+    """
+
+    __tablename__ = "api_keys"
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    organization_id: str = Field(foreign_key="organizations.id", index=True, max_length=36)
+    created_by: str = Field(foreign_key="users.id", index=True, max_length=36)
+    name: str = Field(max_length=100)
+    env: str = Field(max_length=8)
+    prefix: str = Field(max_length=16, unique=True)
+    secret_hash: str = Field(max_length=64)
+    previous_secret_hash: str | None = Field(default=None, max_length=64)
+    previous_expires_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    scopes: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    allowed_ips: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    rate_limit_per_minute: int | None = Field(default=None)
+    expires_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    last_used_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    revoked_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+
+
 TENANT_TABLES: frozenset[str] = frozenset(
-    {"memberships", "auth_sessions", "refresh_token_families", "refresh_tokens", "roles", "invitations"}
+    {"memberships", "auth_sessions", "refresh_token_families", "refresh_tokens", "roles", "invitations", "api_keys"}
 )

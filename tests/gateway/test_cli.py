@@ -214,3 +214,28 @@ def test_unknown_command(capsys) -> None:
     with pytest.raises(SystemExit) as exc:
         cli.main(["frobnicate"])
     assert exc.value.code == 2
+
+
+async def test_api_key_create_list_revoke(env, database_url: str, signing_key: str, capsys) -> None:
+    from tests.conftest import make_tenant
+
+    await make_tenant(database_url, slug="cli", email="owner@cli.test")
+    created = ["api-key", "create", "--org", "cli", "--name", "deploy", "--scope", "organization:read",
+               "--allowed-ip", "127.0.0.1/32"]
+    assert await asyncio.to_thread(cli.main, created) == 0
+    lines = capsys.readouterr().out.splitlines()
+    key_id, secret = lines[0].split()[2], lines[1]
+    assert secret.startswith("ptc_dev_")
+    assert await asyncio.to_thread(cli.main, ["api-key", "list", "--org", "cli"]) == 0
+    listed = capsys.readouterr().out
+    assert key_id in listed
+    assert "active" in listed
+    assert secret not in listed
+    app = create_app(make_settings(database_url, signing_key, env="dev"))
+    async with running(app, client_ip="127.0.0.1") as client:
+        assert (await gql(client, "{ organization { slug } }", headers={"X-API-Key": secret})).status_code == 200
+        assert await asyncio.to_thread(cli.main, ["api-key", "revoke", "--org", "cli", key_id]) == 0
+        app.state.services.api_key_cache.invalidate(["*"])  # embedded mode has no bus outside the process
+        assert (await gql(client, "{ organization { slug } }", headers={"X-API-Key": secret})).status_code == 401
+    unknown = ["api-key", "create", "--org", "cli", "--name", "x", "--scope", "nope:read"]
+    assert await asyncio.to_thread(cli.main, unknown) == 2

@@ -1,0 +1,243 @@
+"""API keys of the caller's organization: creating, listing, rotating and revoking.
+
+A key's scopes are permissions of the vocabulary that its creator holds when creating it; it then acts
+for its creator (see `identity.api_keys`). Rotating hands out the key's power again, so it needs the
+caller to hold the key's scopes too; revoking does not.
+
+The plan's API_KEYS limit counts keys not revoked. Creation takes the organization's write lock first
+(`SELECT … FOR UPDATE` on PostgreSQL; on SQLite a no-op write that takes the database's single writer
+lock), so concurrent creations at the boundary admit exactly as many keys as the plan allows.
+
+Revocation and rotation announce `apikey:<id>` after the commit, so every process drops the key from
+its cache at once.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import func, update
+from sqlalchemy import select as sa_select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
+
+from authz import Permission, Principal, PrincipalKind, RoleError, parse_permissions
+from authz.errors import BadUserInput, Forbidden, NotFound, QuotaExceeded
+from identity.api_keys import apikey_key, env_label, hash_secret, new_prefix, new_secret, parse
+from resolvers.deps import RequestContext
+from resolvers.roles import announce_after_commit, tenant_of
+from store.models import ApiKey, Organization
+from store.scoping import tenant_filter, tenant_select
+
+API_KEY_NOT_FOUND = "API key not found."
+MAX_NAME_LENGTH = 100
+MAX_SCOPES = 32
+MAX_ALLOWED_IPS = 32
+MAX_RATE_LIMIT = 1_000_000
+MAX_GRACE_SECONDS = 7 * 24 * 3600
+# the contract's plan table, API_KEYS column (None: unlimited)
+PLAN_API_KEYS: dict[str, int | None] = {"free": 2, "starter": 10, "professional": 50, "enterprise": None}
+
+
+@dataclass(frozen=True, slots=True)
+class NewApiKey:
+    name: str
+    scopes: list[str]
+    expires_at: datetime | None = None
+    allowed_ips: list[str] | None = None
+    rate_limit_per_minute: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedKey:
+    key: ApiKey
+    secret: str
+
+
+def _name(name: str) -> str:
+    name = name.strip()
+    if not name or len(name) > MAX_NAME_LENGTH or "\x00" in name:
+        raise BadUserInput(f"name must be 1 to {MAX_NAME_LENGTH} characters", field="name")
+    return name
+
+
+def _scopes(names: list[str]) -> frozenset[Permission]:
+    if not names:
+        raise BadUserInput("a key needs at least one scope", field="scopes")
+    if len(names) > MAX_SCOPES:
+        raise BadUserInput(f"a key has at most {MAX_SCOPES} scopes", field="scopes")
+    try:
+        return parse_permissions(names)
+    except RoleError as exc:
+        raise BadUserInput(exc.message, field="scopes") from None
+
+
+def _cidrs(values: list[str] | None) -> list[str]:
+    values = values or []
+    if len(values) > MAX_ALLOWED_IPS:
+        raise BadUserInput(f"at most {MAX_ALLOWED_IPS} networks", field="allowedIps")
+    networks = []
+    for value in values:
+        try:
+            networks.append(str(ipaddress.ip_network(value.strip(), strict=False)))
+        except ValueError:
+            raise BadUserInput("allowedIps must be IP addresses or CIDR networks", field="allowedIps") from None
+    return sorted(set(networks))
+
+
+def _naive(value: datetime) -> datetime:
+    return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo is not None else value
+
+
+def _check_within(principal: Principal, scopes: frozenset[Permission], message: str) -> None:
+    missing = sorted(p.value for p in scopes - principal.effective_permissions)
+    if missing:
+        raise Forbidden(message, requiredScopes=[missing])
+
+
+async def _creator_id(db: AsyncSession, principal: Principal, org_id: str) -> str:
+    """The user a new key acts for: the caller, or the creator of the key the caller uses."""
+    if principal.kind is not PrincipalKind.API_KEY:
+        assert principal.subject_id is not None
+        return principal.subject_id
+    row = (
+        await db.execute(tenant_select(ApiKey, org_id).where(col(ApiKey.id) == principal.subject_id))
+    ).scalar_one_or_none()
+    if row is None:
+        raise NotFound(API_KEY_NOT_FOUND)
+    return row.created_by
+
+
+async def _lock_organization(db: AsyncSession, org_id: str) -> Organization:
+    if db.get_bind().dialect.name == "sqlite":
+        # the first write of the transaction takes SQLite's one writer lock until the commit
+        await db.execute(update(Organization).where(col(Organization.id) == org_id).values(plan=Organization.plan))
+    org = (
+        await db.execute(sa_select(Organization).where(col(Organization.id) == org_id).with_for_update())
+    ).scalar_one_or_none()
+    if org is None:
+        raise NotFound("Organization not found.")
+    return org
+
+
+async def _check_quota(db: AsyncSession, org: Organization) -> None:
+    limit = PLAN_API_KEYS.get(org.plan, 0)
+    if limit is None:
+        return
+    active = (
+        await db.execute(
+            sa_select(func.count()).select_from(ApiKey)
+            .where(tenant_filter(ApiKey, org.id), col(ApiKey.revoked_at).is_(None))
+        )
+    ).scalar_one()
+    if active >= limit:
+        raise QuotaExceeded(f"The {org.plan} plan allows {limit} API keys.", resource="API_KEYS", limit=limit)
+
+
+async def create_api_key(ctx: RequestContext, new: NewApiKey) -> IssuedKey:
+    principal = ctx.principal
+    org_id = tenant_of(principal)
+    name = _name(new.name)
+    scopes = _scopes(new.scopes)
+    _check_within(principal, scopes, "You cannot give a key scopes you do not hold.")
+    allowed = _cidrs(new.allowed_ips)
+    now = ctx.services.now()
+    expires = _naive(new.expires_at) if new.expires_at is not None else None
+    if expires is not None and expires <= now:
+        raise BadUserInput("expiresAt must be in the future", field="expiresAt")
+    rate = new.rate_limit_per_minute
+    if rate is not None and not 1 <= rate <= MAX_RATE_LIMIT:
+        raise BadUserInput(f"rateLimitPerMinute must be between 1 and {MAX_RATE_LIMIT}", field="rateLimitPerMinute")
+    db = await ctx.db()
+    org = await _lock_organization(db, org_id)
+    await _check_quota(db, org)
+    creator = await _creator_id(db, principal, org_id)
+    issued = issue_key(
+        ctx.services.api_key_pepper, ctx.services.api_key_env, organization_id=org_id, created_by=creator,
+        name=name, scopes=scopes, allowed_ips=allowed, rate_limit_per_minute=rate, expires_at=expires, now=now,
+    )
+    db.add(issued.key)
+    await db.flush()
+    return issued
+
+
+def issue_key(pepper: bytes, env: str, *, organization_id: str, created_by: str, name: str,
+              scopes: frozenset[Permission], allowed_ips: list[str], rate_limit_per_minute: int | None,
+              expires_at: datetime | None, now: datetime) -> IssuedKey:
+    """A new key row and its secret (also used by the CLI)."""
+    label = env_label(env)
+    prefix = new_prefix()
+    secret = new_secret(label, prefix)
+    key = ApiKey(
+        organization_id=organization_id, created_by=created_by, name=name, env=label, prefix=prefix,
+        secret_hash=hash_secret(pepper, parse(secret).secret), scopes=sorted(p.value for p in scopes),
+        allowed_ips=allowed_ips, rate_limit_per_minute=rate_limit_per_minute, expires_at=expires_at, created_at=now,
+    )
+    return IssuedKey(key, secret)
+
+
+async def list_api_keys(db: AsyncSession, principal: Principal, organization_id: str) -> list[ApiKey]:
+    """The caller's own organization's keys, oldest first; never a secret."""
+    org_id = tenant_of(principal)
+    if organization_id != org_id:
+        raise Forbidden("You are not allowed to access this field.", requiredScopes=[["apikeys:read"]])
+    rows = await db.execute(tenant_select(ApiKey, org_id).order_by(col(ApiKey.created_at), col(ApiKey.id)))
+    return list(rows.scalars().all())
+
+
+async def _key(db: AsyncSession, org_id: str, key_id: str, *, lock: bool = False) -> ApiKey:
+    """A key of the caller's organization; another tenant's id answers like a random one (C-109)."""
+    if not key_id or len(key_id) > 36 or "\x00" in key_id:
+        raise NotFound(API_KEY_NOT_FOUND)
+    stmt = tenant_select(ApiKey, org_id).where(col(ApiKey.id) == key_id)
+    if lock:
+        stmt = stmt.with_for_update()
+    row = (await db.execute(stmt)).scalar_one_or_none()
+    if row is None:
+        raise NotFound(API_KEY_NOT_FOUND)
+    return row
+
+
+async def rotate_api_key(ctx: RequestContext, key_id: str, grace_period_seconds: int) -> IssuedKey:
+    """A new secret for the key; the current one keeps working for `grace_period_seconds` (0: stops now).
+    A secret still in an earlier rotation's grace period stops at once."""
+    principal = ctx.principal
+    org_id = tenant_of(principal)
+    if not 0 <= grace_period_seconds <= MAX_GRACE_SECONDS:
+        raise BadUserInput(f"gracePeriodSeconds must be between 0 and {MAX_GRACE_SECONDS}",
+                           field="gracePeriodSeconds")
+    db = await ctx.db()
+    key = await _key(db, org_id, key_id, lock=True)
+    if key.revoked_at is not None:
+        raise NotFound(API_KEY_NOT_FOUND)
+    _check_within(principal, frozenset(Permission(s) for s in key.scopes),
+                  "You cannot rotate a key with scopes you do not hold.")
+    now = ctx.services.now()
+    secret = new_secret(key.env, key.prefix)
+    if grace_period_seconds > 0:
+        key.previous_secret_hash = key.secret_hash
+        key.previous_expires_at = now + timedelta(seconds=grace_period_seconds)
+    else:
+        key.previous_secret_hash = None
+        key.previous_expires_at = None
+    key.secret_hash = hash_secret(ctx.services.api_key_pepper, parse(secret).secret)
+    db.add(key)
+    await db.flush()
+    announce_after_commit(ctx, [apikey_key(key.id)])
+    return IssuedKey(key, secret)
+
+
+async def revoke_api_key(ctx: RequestContext, key_id: str) -> ApiKey:
+    org_id = tenant_of(ctx.principal)
+    db = await ctx.db()
+    key = await _key(db, org_id, key_id, lock=True)
+    if key.revoked_at is None:
+        key.revoked_at = ctx.services.now()
+        key.previous_secret_hash = None
+        key.previous_expires_at = None
+        db.add(key)
+        await db.flush()
+    announce_after_commit(ctx, [apikey_key(key.id)])
+    return key

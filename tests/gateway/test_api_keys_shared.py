@@ -1,0 +1,132 @@
+"""API keys in shared mode: processes on one PostgreSQL and one Redis.
+
+C-118 across instances: a key revoked through one process is refused by the others within a second;
+a rotated key's old secret stops on every process at the end of its grace period; the key's own
+per-minute limit is counted once for all processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gateway.app import create_app
+from tests.conftest import FAST_HASH, Tenant, _truncate, error_codes, gql, login, make_settings, make_tenant, running
+from tests.gateway.test_shared_mode import ROOT, gateway_processes
+from tests.schema.test_api_keys import ORG, REVOKE, ROTATE, new_key, with_key
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis]
+
+
+@pytest.fixture
+async def shared_tenant(postgresql_url: str, redis_url: str) -> AsyncIterator[Tenant]:
+    slug = f"keys-{uuid.uuid4().hex[:8]}"
+    try:
+        yield await make_tenant(postgresql_url, slug=slug, email=f"owner@{slug}.test")
+    finally:
+        _truncate(postgresql_url)
+
+
+async def refused_within(client: httpx.AsyncClient, key: str, within: float = 1.0) -> float:
+    started = time.monotonic()
+    while True:
+        r = await gql(client, ORG, headers=with_key(key))
+        elapsed = time.monotonic() - started
+        if r.status_code == 401:
+            return elapsed
+        assert r.status_code == 200, r.text
+        assert elapsed < within, f"key still accepted {elapsed:.2f}s later"
+        await asyncio.sleep(0.02)
+
+
+async def test_c118_revocation_reaches_the_other_app(
+    postgresql_url: str, redis_url: str, signing_key: str, shared_tenant: Tenant
+) -> None:
+    one = create_app(make_settings(postgresql_url, signing_key, redis_url=redis_url))
+    two = create_app(make_settings(postgresql_url, signing_key, redis_url=redis_url))
+    async with running(one) as c1, running(two) as c2:
+        token = (await login(c1, shared_tenant))["accessToken"]
+        key_id, key = await new_key(c1, token)
+        for _ in range(2):  # the second answer comes from app two's cache
+            assert (await gql(c2, ORG, headers=with_key(key))).status_code == 200
+        assert (await gql(c1, REVOKE, {"id": key_id}, token=token)).json()["data"]["revokeApiKey"]["revokedAt"]
+        await refused_within(c2, key)
+
+
+async def test_rotation_grace_ends_on_both_apps(
+    postgresql_url: str, redis_url: str, signing_key: str, shared_tenant: Tenant
+) -> None:
+    one = create_app(make_settings(postgresql_url, signing_key, redis_url=redis_url))
+    two = create_app(make_settings(postgresql_url, signing_key, redis_url=redis_url))
+    async with running(one) as c1, running(two) as c2:
+        token = (await login(c1, shared_tenant))["accessToken"]
+        key_id, old = await new_key(c1, token)
+        assert (await gql(c2, ORG, headers=with_key(old))).status_code == 200
+        new = (await gql(c1, ROTATE, {"id": key_id, "g": 1}, token=token)).json()["data"]["rotateApiKey"]["secret"]
+        for c in (c1, c2):
+            assert (await gql(c, ORG, headers=with_key(old))).status_code == 200
+            assert (await gql(c, ORG, headers=with_key(new))).status_code == 200
+        await asyncio.sleep(1.05)
+        for c in (c1, c2):
+            assert (await gql(c, ORG, headers=with_key(old))).status_code == 401
+            assert (await gql(c, ORG, headers=with_key(new))).status_code == 200
+
+
+async def test_key_rate_limit_is_shared_between_apps(
+    postgresql_url: str, redis_url: str, signing_key: str, shared_tenant: Tenant
+) -> None:
+    one = create_app(make_settings(postgresql_url, signing_key, redis_url=redis_url))
+    two = create_app(make_settings(postgresql_url, signing_key, redis_url=redis_url))
+    async with running(one) as c1, running(two) as c2:
+        token = (await login(c1, shared_tenant))["accessToken"]
+        _, key = await new_key(c1, token, rateLimitPerMinute=4)
+        statuses = [(await gql(c, ORG, headers=with_key(key))).status_code for c in (c1, c2, c1, c2, c1, c2)]
+        assert statuses == [200, 200, 200, 200, 429, 429]
+        r = await gql(c2, ORG, headers=with_key(key))
+        assert int(r.headers["retry-after"]) >= 1
+        assert error_codes(r.json()) == ["RATE_LIMITED"]
+
+
+@pytest.mark.slow
+async def test_api_keys_across_uvicorn_processes(
+    postgresql_url: str, redis_url: str, signing_key: str, shared_tenant: Tenant, tmp_path: Path
+) -> None:
+    """Two real gateway processes: revoked through 1, refused by 2 within one second; a rotated key's old
+    secret stops working on both at the end of the grace period."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PORTCULLIS_")}
+    env.update({
+        "PORTCULLIS_ENV": "test",
+        "PORTCULLIS_DATABASE_URL": postgresql_url,
+        "PORTCULLIS_REDIS_URL": redis_url,
+        "PORTCULLIS_SIGNING_KEY": signing_key,
+        "PORTCULLIS_PASSWORD_HASH_MEMORY_KIB": str(FAST_HASH.memory_kib),
+        "PORTCULLIS_PASSWORD_HASH_TIME_COST": str(FAST_HASH.time_cost),
+        "PYTHONPATH": str(ROOT),
+    })
+    with gateway_processes(2, env, tmp_path) as (url1, url2):
+        async with httpx.AsyncClient(base_url=url1) as c1, httpx.AsyncClient(base_url=url2) as c2:
+            token = (await login(c1, shared_tenant))["accessToken"]
+            key_id, key = await new_key(c1, token)
+            for _ in range(2):
+                assert (await gql(c2, ORG, headers=with_key(key))).status_code == 200
+            assert (await gql(c1, REVOKE, {"id": key_id}, token=token)).status_code == 200
+            await refused_within(c2, key)
+            assert (await gql(c1, ORG, headers=with_key(key))).status_code == 401
+
+            rotating_id, old = await new_key(c1, token, name="rotating")
+            for c in (c1, c2):
+                assert (await gql(c, ORG, headers=with_key(old))).status_code == 200
+            rotated = (await gql(c1, ROTATE, {"id": rotating_id, "g": 2}, token=token)).json()
+            new = rotated["data"]["rotateApiKey"]["secret"]
+            for c in (c1, c2):
+                assert (await gql(c, ORG, headers=with_key(old))).status_code == 200
+            await asyncio.sleep(2.05)
+            for c in (c1, c2):
+                assert (await gql(c, ORG, headers=with_key(old))).status_code == 401
+                assert (await gql(c, ORG, headers=with_key(new))).status_code == 200
