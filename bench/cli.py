@@ -66,7 +66,7 @@ def _scenarios(value: str) -> list[str]:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    p.add_argument("--scenario", type=_scenarios, default=list(SCENARIO_NAMES), metavar="basic|guarded|all",
+    p.add_argument("--scenario", type=_scenarios, default=list(SCENARIO_NAMES), metavar="basic|guarded|apikey|all",
                    help="basic: the gateway against three baselines; guarded: a field that requires a "
                         "permission, with and without field authorization; all (default): both")
     p.add_argument("--duration", type=_positive, default=DEFAULT_DURATION, help="seconds per wrk run (10)")
@@ -102,6 +102,7 @@ class Bench:
         self.expected = {
             "basic": database.expected_response(self.db),
             "guarded": database.expected_guarded_response(self.db),
+            "apikey": database.expected_response(self.db),
         }
         self.env = servers.server_environment(self.db.url, generate_private_key_pem())
 
@@ -130,9 +131,10 @@ class Bench:
     def measure_server(self, scenario: Scenario, spec: ServerSpec, run: int) -> list[tuple[int, Measurement]]:
         expected = self.expected[scenario.name]
         with servers.running(spec, env=self.env, workdir=self.workdir, cpu=self.server_cpu) as server:
-            token = self._token(server)
-            servers.check_answer(server, token, scenario.query, expected)
-            script = load.write_script(self.workdir / f"{scenario.name}-{spec.name}.lua", scenario.query, token)
+            credential = self._credential(server)
+            servers.check_answer(server, credential, scenario.query, expected)
+            script = load.write_script(self.workdir / f"{scenario.name}-{spec.name}.lua", scenario.query,
+                                       credential)
             self._wrk(server, script, max(self.args.connections), self.args.warmup)
             measured = []
             for connections in self.args.connections:
@@ -140,13 +142,16 @@ class Bench:
                 log(f"run {run}/{self.args.runs} {scenario.name:<8} {spec.name:<20} c={connections:<3} "
                     f"{m.requests_per_second:>9.1f} req/s  p50 {m.p50_ms:.2f} ms  p99 {m.p99_ms:.2f} ms")
                 measured.append((connections, m))
-            servers.check_answer(server, token, scenario.query, expected)
+            servers.check_answer(server, credential, scenario.query, expected)
             return measured
 
-    def _token(self, server: RunningServer) -> str | None:
-        if not server.spec.authenticated:
+    def _credential(self, server: RunningServer) -> servers.Credential | None:
+        if server.spec.credential is None:
             return None
-        return servers.login(server, database.DEMO_OWNER, database.DEMO_PASSWORD, database.DEMO_ORG)
+        token = servers.login(server, database.DEMO_OWNER, database.DEMO_PASSWORD, database.DEMO_ORG)
+        if server.spec.credential == "apikey":
+            return ("x-api-key", servers.create_api_key(server, token))
+        return ("authorization", f"Bearer {token}")
 
     def _wrk(self, server: RunningServer, script: Path, connections: int, seconds: int) -> str:
         if seconds <= 0:
@@ -170,6 +175,9 @@ def print_report(args: argparse.Namespace, bench: Bench, results: dict[str, repo
             blocks = (report.table(scenario_results, names, args.connections),
                       report.authorization_ratios(scenario_results, args.connections),
                       report.authorization_target(scenario_results, args.connections))
+        elif scenario.name == "apikey":
+            blocks = (report.table(scenario_results, names, args.connections),
+                      report.api_key_target(scenario_results, args.connections))
         else:
             blocks = (report.table(scenario_results, names, args.connections),
                       report.ratios(scenario_results, names, args.connections),

@@ -34,15 +34,16 @@ def lua_string(value: str) -> str:
     return f"[{'=' * level}[{value}]{'=' * level}]"
 
 
-def write_script(path: Path, query: str, token: str | None) -> Path:
-    """A wrk script POSTing `query`, with the Bearer token when there is one."""
+def write_script(path: Path, query: str, credential: tuple[str, str] | None) -> Path:
+    """A wrk script POSTing `query`, with the credential header when there is one."""
     lines = [
         'wrk.method = "POST"',
         f"wrk.body = {lua_string(json.dumps({'query': query}))}",
         'wrk.headers["Content-Type"] = "application/json"',
     ]
-    if token is not None:
-        lines.append(f'wrk.headers["Authorization"] = {lua_string("Bearer " + token)}')
+    if credential is not None:
+        # spaces inside the brackets: `[[[` would open a long string
+        lines.append(f"wrk.headers[ {lua_string(credential[0])} ] = {lua_string(credential[1])}")
     path.write_text("\n".join(lines) + "\n")
     return path
 

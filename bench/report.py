@@ -14,6 +14,8 @@ TARGET_THROUGHPUT_RATIO = 0.75
 TARGET_P99_RATIO = 1.5
 UNENFORCED = "gateway-unenforced"
 TARGET_AUTHORIZATION_P50_RATIO = 1.05
+API_KEY = "gateway-apikey"
+TARGET_API_KEY_THROUGHPUT_RATIO = 0.95
 
 Results = dict[tuple[str, int], Measurement]
 
@@ -101,4 +103,21 @@ def authorization_target(results: Results, connections: Iterable[int]) -> list[s
         lines.append(f"  {label:<44} {ratio:>5.3f} ({ratio - 1:+.1%}, limit {limit:.2f})  {_verdict(ratio <= limit)}")
     if len(lines) == 1:
         lines.append(f"  not measured (needs {GATEWAY} and {UNENFORCED})")
+    return lines
+
+
+def api_key_target(results: Results, connections: Iterable[int]) -> list[str]:
+    """API-key requests against Bearer-token requests of the same gateway and query."""
+    limit = TARGET_API_KEY_THROUGHPUT_RATIO
+    lines = [f"target: API-key throughput at least {limit:.0%} of the Bearer scenario ({API_KEY} / {GATEWAY}):"]
+    for c in connections:
+        key, bearer = results.get((API_KEY, c)), results.get((GATEWAY, c))
+        if key is None or bearer is None:
+            continue
+        ratio = key.requests_per_second / bearer.requests_per_second
+        label = (f"req/s at {c} connection{'s' if c != 1 else ''}: {key.requests_per_second:.0f} / "
+                 f"{bearer.requests_per_second:.0f}; p50 {key.p50_ms:.2f} / {bearer.p50_ms:.2f} ms")
+        lines.append(f"  {label:<62} {ratio:>5.3f} (limit {limit:.2f})  {_verdict(ratio >= limit)}")
+    if len(lines) == 1:
+        lines.append(f"  not measured (needs {GATEWAY} and {API_KEY})")
     return lines

@@ -28,13 +28,16 @@ class ServerSpec:
     name: str
     factory: str
     description: str
-    authenticated: bool = False
+    # how each request authenticates: None, "bearer" (an access token) or "apikey" (X-API-Key)
+    credential: str | None = None
 
 
 SERVERS = (
-    ServerSpec("gateway", "gateway.app:create_app", "the Portcullis gateway", authenticated=True),
+    ServerSpec("gateway", "gateway.app:create_app", "the Portcullis gateway", credential="bearer"),
     ServerSpec("gateway-unenforced", "bench.apps.gateway_unenforced:create_app",
-               "the same gateway with field authorization switched off", authenticated=True),
+               "the same gateway with field authorization switched off", credential="bearer"),
+    ServerSpec("gateway-apikey", "gateway.app:create_app",
+               "the same gateway, every request authenticated by an API key", credential="apikey"),
     ServerSpec("strawberry-default", "bench.apps.strawberry_app:default_app",
                "strawberry.asgi.GraphQL, no extensions"),
     ServerSpec("strawberry-cached", "bench.apps.strawberry_app:cached_app",
@@ -58,6 +61,8 @@ SCENARIOS = (
              "the gateway against three baselines"),
     Scenario("guarded", GUARDED_QUERY, ("gateway", "gateway-unenforced"),
              "a field that requires billing:read, with and without field authorization"),
+    Scenario("apikey", QUERY, ("gateway", "gateway-apikey"),
+             "the same query authenticated by a Bearer token and by an API key"),
 )
 SCENARIO_NAMES = tuple(s.name for s in SCENARIOS)
 
@@ -117,11 +122,14 @@ def server_environment(database_url: str, signing_key: str) -> dict[str, str]:
     return env
 
 
-def post_json(url: str, body: dict[str, object], token: str | None = None,
+Credential = tuple[str, str]  # one request header: name, value
+
+
+def post_json(url: str, body: dict[str, object], credential: Credential | None = None,
               timeout: float = 10.0) -> tuple[int, dict[str, object]]:
     headers = {"content-type": "application/json"}
-    if token is not None:
-        headers["authorization"] = f"Bearer {token}"
+    if credential is not None:
+        headers[credential[0]] = credential[1]
     request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
@@ -186,9 +194,24 @@ def login(server: RunningServer, email: str, password: str, organization: str) -
     return str(data["login"]["accessToken"])
 
 
-def check_answer(server: RunningServer, token: str | None, query: str, expected: dict[str, object]) -> None:
+CREATE_KEY = (
+    'mutation { createApiKey(input: {name: "bench", scopes: ["organization:read"]}) { secret } }'
+)
+
+
+def create_api_key(server: RunningServer, token: str) -> str:
+    """An API key of the demo tenant, created through the gateway's own `createApiKey`."""
+    status, body = post_json(server.url, {"query": CREATE_KEY}, ("authorization", f"Bearer {token}"), timeout=30.0)
+    data = body.get("data")
+    if status != 200 or not isinstance(data, dict) or not data.get("createApiKey"):
+        raise BenchError(f"createApiKey failed with {status}: {body}\n{server.log_tail()}")
+    return str(data["createApiKey"]["secret"])
+
+
+def check_answer(server: RunningServer, credential: Credential | None, query: str,
+                 expected: dict[str, object]) -> None:
     """The exact expected JSON (hence no `errors` entry), with status 200."""
-    status, body = post_json(server.url, {"query": query}, token)
+    status, body = post_json(server.url, {"query": query}, credential)
     if status != 200 or body != expected:
         raise BenchError(f"{server.spec.name} answered {status} {body}, expected 200 {expected}\n"
                          f"{server.log_tail()}")
