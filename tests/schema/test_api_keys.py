@@ -1,4 +1,5 @@
-"""API keys over HTTP, embedded mode (SQLite and PostgreSQL): lifecycle, edge checks and bad inputs.
+"""API keys over HTTP, in embedded mode and in shared mode (Redis for the key cache's invalidations and
+the per-key limit), each on SQLite and PostgreSQL: lifecycle, edge checks and bad inputs.
 
 Security cases: C-077, C-109, C-118 to C-123 (../shared/design/security.md)."""
 
@@ -18,6 +19,7 @@ from gateway.app import create_app
 from identity import api_keys as api_keys_module
 from identity.api_keys import LastUsedRecorder, checksum, parse
 from store.db import install_sqlite_pragmas, is_sqlite, sync_url
+from gateway.settings import Settings
 from tests.conftest import Tenant, error_codes, gql, login, make_settings, make_tenant, running
 
 CREATE = """mutation($input: CreateApiKeyInput!) {
@@ -59,6 +61,14 @@ async def new_key(client: httpx.AsyncClient, token: str, **fields: Any) -> tuple
 
 def with_key(key: str) -> dict[str, str]:
     return {"X-API-Key": key}
+
+
+@pytest.fixture(params=["embedded", "shared"])
+def settings(request: pytest.FixtureRequest, database_url: str, signing_key: str) -> Settings:
+    """Every test here runs without and with Redis."""
+    if request.param == "shared":
+        return make_settings(database_url, signing_key, redis_url=request.getfixturevalue("redis_url"))
+    return make_settings(database_url, signing_key)
 
 
 @pytest.fixture
