@@ -16,10 +16,10 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from gateway.app import create_app
+from gateway.settings import Settings
 from identity import api_keys as api_keys_module
 from identity.api_keys import LastUsedRecorder, checksum, parse
 from store.db import install_sqlite_pragmas, is_sqlite, sync_url
-from gateway.settings import Settings
 from tests.conftest import Tenant, error_codes, gql, login, make_settings, make_tenant, running
 
 CREATE = """mutation($input: CreateApiKeyInput!) {
