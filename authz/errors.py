@@ -56,3 +56,15 @@ INVALID_CREDENTIALS = "Invalid credentials."
 
 class QuotaExceeded(GatewayError):
     code = ErrorCode.QUOTA_EXCEEDED
+
+
+class OperationTooComplex(GatewayError):
+    """An operation over one of its plan's static limits, refused before anything executes."""
+
+    code = ErrorCode.OPERATION_TOO_COMPLEX
+
+    def __init__(self, limit: str, maximum: int, measured: int) -> None:
+        super().__init__(
+            f"The operation's {limit.replace('_', ' ')} is {measured}; this plan allows at most {maximum}.",
+            limit=limit, maximum=maximum, measured=measured,
+        )

@@ -90,6 +90,8 @@ class RequestContext:
         self.after_commit: list[Callable[[], Awaitable[None]]] = []
         # field nodes this operation may not resolve, decided before execution (schema.authorization)
         self.denied_fields: dict[int, Any] | None = None
+        # the operation's static cost, computed before execution (schema.limits.cost)
+        self.operation_cost: int | None = None
         self._db: AsyncSession | None = None
         self._db_in_turn: _OneAtATime | None = None
 

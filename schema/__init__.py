@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import strawberry
@@ -17,7 +17,9 @@ from authz.errors import GatewayError
 from schema.api_keys import ApiKeyMutation
 from schema.auth import AuthMutation
 from schema.authorization import Authorization, Authorizer
+from schema.enums import Plan
 from schema.extensions import IntrospectionGuard, UnitOfWork
+from schema.limits import DEFAULT_LIST_SIZE, PLAN_LIMITS, CostModel, OperationLimits, TokenLimit, document_limits
 from schema.members import MemberMutation
 from schema.organizations import OrganizationMutation, OrganizationQuery
 from schema.roles import RoleMutation, RoleQuery
@@ -31,6 +33,7 @@ Mutation = merge_types("Mutation", (AuthMutation, OrganizationMutation, MemberMu
 
 class PortcullisSchema(strawberry.Schema):
     authorizer: Authorizer
+    cost_model: CostModel
 
     def process_errors(
         self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
@@ -63,15 +66,22 @@ class AuthorizationNotEnforced(SchemaExtension):
 def build_schema(
     *, anonymous_introspection: bool = True, field_suggestions: bool = True, reject_unauthorized: bool = False,
     cache_size: int = 1024, enforce_authorization: bool = True, query: Any = None, mutation: Any = None,
+    operation_limits: Mapping[Plan, OperationLimits] = PLAN_LIMITS, default_list_size: int = DEFAULT_LIST_SIZE,
 ) -> PortcullisSchema:
     """The gateway's schema (`query`/`mutation` replace the root types, for tests of the machinery)."""
     extensions: list[Any] = [UnitOfWork]
     if not anonymous_introspection:
         extensions.append(IntrospectionGuard)
-    extensions += [lambda: ParserCache(maxsize=cache_size), lambda: ValidationCache(maxsize=cache_size)]
-    # decides after the validation cache has validated (hooks enter in list order); the authorizer
-    # needs the built schema, so the factory reads it from the schema once it exists
+    # the token limit decides before the parser cache parses; the other limits after the validation
+    # cache has validated, and before authorization (hooks enter in list order). The cost model and
+    # the authorizer need the built schema, so their factories read it once it exists.
     built: list[PortcullisSchema] = []
+    extensions += [
+        lambda: TokenLimit(table=operation_limits),
+        lambda: ParserCache(maxsize=cache_size),
+        lambda: ValidationCache(maxsize=cache_size),
+        *document_limits(operation_limits, lambda: built[0].cost_model),
+    ]
     if enforce_authorization:
         extensions.append(
             lambda: Authorization(authorizer=built[0].authorizer, reject_unauthorized=reject_unauthorized)
@@ -85,6 +95,7 @@ def build_schema(
         config=StrawberryConfig(disable_field_suggestions=not field_suggestions),
     )
     schema.authorizer = Authorizer(schema._schema)
+    schema.cost_model = CostModel(schema._schema, default_list_size=default_list_size)
     built.append(schema)
     return schema
 

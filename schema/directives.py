@@ -142,6 +142,11 @@ def requires_plan(plan: Plan, *groups: tuple[Permission, ...] | Permission) -> d
     return _rule(directives, Requirement(authenticated=True, any_of=normalized, plan=plan.value))
 
 
+def list_size(rule: dict[str, Any], **size: Any) -> dict[str, Any]:
+    """Adds `@listSize` to a rule: how many items the field's cost counts (schema.limits.cost)."""
+    return {**rule, "directives": [*rule["directives"], ListSize(**size)]}
+
+
 def scoped(rule: dict[str, Any]) -> dict[str, Any]:
     """Adds `@scoped` to a rule: the field's result is the caller's organization subtree."""
     return {**rule, "directives": [*rule["directives"], Scoped()]}

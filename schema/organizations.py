@@ -11,7 +11,7 @@ from resolvers import members as members_service
 from resolvers import organizations as service
 from resolvers.organizations import NewOrganization, OrganizationChanges
 from schema.context import Info
-from schema.directives import Scoped, authenticated, requires_scopes, scoped
+from schema.directives import ListSize, Scoped, authenticated, list_size, requires_scopes, scoped
 from schema.enums import Plan
 from store.models import Organization as OrganizationRow
 
@@ -46,7 +46,7 @@ class Organization:
         row = await service.get_parent(await ctx.db(), ctx.principal, self.row)
         return Organization.from_row(row) if row else None
 
-    @strawberry.field(directives=[Scoped()])
+    @strawberry.field(directives=[Scoped(), ListSize(assumed_size=10)])
     async def children(self, info: Info) -> list[Organization]:
         ctx = info.context
         rows = await service.list_children(await ctx.db(), ctx.principal, self.row)
@@ -58,7 +58,8 @@ class Organization:
 
     @strawberry.field(
         description="Members of the caller's own organization, oldest first; `first` is 1 to 100.",
-        **requires_scopes(Permission.MEMBERS_READ),
+        **list_size(requires_scopes(Permission.MEMBERS_READ), slicing_arguments=["first"], assumed_size=50,
+                    sized_fields=["edges"]),
     )
     async def members(
         self, info: Info, first: int | None = 50, after: str | None = None
@@ -72,7 +73,7 @@ class Organization:
         return MembershipConnection.from_page(page)
 
     @strawberry.field(description="The organization's API keys, oldest first; never their secrets.",
-                      **requires_scopes(Permission.APIKEYS_READ))
+                      **list_size(requires_scopes(Permission.APIKEYS_READ), assumed_size=50))
     async def api_keys(self, info: Info) -> list[Annotated[ApiKey, strawberry.lazy("schema.api_keys")]]:
         from schema.api_keys import ApiKey
 

@@ -6,7 +6,7 @@ from authz import Permission
 from resolvers import roles as service
 from resolvers.roles import RoleSpec, RoleView
 from schema.context import Info
-from schema.directives import requires_scopes
+from schema.directives import list_size, requires_scopes
 
 
 @strawberry.type(name="Role")
@@ -38,7 +38,7 @@ class RoleInput:
 @strawberry.type
 class RoleQuery:
     @strawberry.field(description="The built-in roles and the organization's custom roles.",
-                      **requires_scopes(Permission.ROLES_READ))
+                      **list_size(requires_scopes(Permission.ROLES_READ), assumed_size=20))
     async def roles(self, info: Info) -> list[Role]:
         ctx = info.context
         return [Role.from_view(v) for v in await service.list_roles(await ctx.db(), ctx.principal)]

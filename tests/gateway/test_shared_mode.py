@@ -61,7 +61,9 @@ async def test_logout_reaches_the_other_process(
             assert r.json()["data"]["me"]["organization"]["slug"] == shared_tenant.slug
         assert two.state.services.sessions.get(_session_id(token)) is not None
 
-        assert (await gql(c1, "mutation { logout }", token=token)).json() == {"data": {"logout": True}}
+        assert (await gql(c1, "mutation { logout }", token=token)).json() == {
+            "data": {"logout": True}, "extensions": {"cost": {"requested": 10}}
+        }
         assert (await gql(c1, ME, token=token)).status_code == 401
         await wait_until_refused(c2, token)
 
@@ -156,6 +158,6 @@ async def test_logout_across_uvicorn_processes(
                 assert r.json()["data"]["me"]["user"]["email"] == shared_tenant.email
                 assert r.headers["x-request-id"]
             logout: Any = await gql(c1, "mutation { logout }", token=token)
-            assert logout.json() == {"data": {"logout": True}}
+            assert logout.json() == {"data": {"logout": True}, "extensions": {"cost": {"requested": 10}}}
             await wait_until_refused(c2, token)
             assert (await gql(c1, ME, token=token)).status_code == 401

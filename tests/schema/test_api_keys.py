@@ -398,7 +398,7 @@ async def test_key_follows_its_creator_and_dies_with_their_membership(
     assert error_codes(narrowed) == ["FORBIDDEN"]
     removed = await gql(client, "mutation($id: ID!) { removeMember(membershipId: $id) }", {"id": first_membership},
                         token=second_token)
-    assert removed.json() == {"data": {"removeMember": True}}
+    assert removed.json() == {"data": {"removeMember": True}, "extensions": {"cost": {"requested": 10}}}
     assert (await gql(client, ORG, headers=with_key(key))).status_code == 401
 
 

@@ -191,7 +191,7 @@ async def test_anonymous_introspection_refused_in_prod(prod_client, query: str) 
 async def test_typename_allowed_in_prod(prod_client) -> None:
     """C-010: `__typename` is not introspection of the schema."""
     r = await gql(prod_client, "{ __typename }")
-    assert r.json() == {"data": {"__typename": "Query"}}
+    assert r.json() == {"data": {"__typename": "Query"}, "extensions": {"cost": {"requested": 0}}}
 
 
 async def test_authenticated_introspection_in_prod(database_url: str, signing_key: str, tenant: Tenant) -> None:

@@ -37,7 +37,7 @@ async def test_fields_the_caller_cannot_use_are_absent(client, tenant: Tenant, v
 async def test_types_the_caller_cannot_reach_are_absent(client, viewer: Tenant) -> None:
     auth = await login(client, viewer)
     body = (await gql(client, TYPE_FIELDS, {"n": "Role"}, token=auth["accessToken"])).json()
-    assert body == {"data": {"__type": None}}
+    assert body == {"data": {"__type": None}, "extensions": {"cost": {"requested": 0}}}
     schema = (await gql(client, "{ __schema { types { name } } }", token=auth["accessToken"])).json()
     type_names = {t["name"] for t in schema["data"]["__schema"]["types"]}
     assert "Organization" in type_names
@@ -64,3 +64,14 @@ async def test_anonymous_sees_only_the_public_door(client) -> None:
     schema = body["data"]["__schema"]
     assert schema["queryType"]["fields"] == []
     assert {f["name"] for f in schema["mutationType"]["fields"]} == {"login", "refreshToken", "acceptInvitation"}
+
+
+async def test_tools_standard_introspection_query_fits_the_limits(client, viewer: Tenant) -> None:
+    """GraphiQL's and code generators' introspection query nests deeper than the depth limit allows for
+    data; introspection is bounded by the schema itself and answers within every plan's limits."""
+    from graphql import get_introspection_query
+
+    for token in (None, (await login(client, viewer))["accessToken"]):
+        r = await gql(client, get_introspection_query(descriptions=True), token=token)
+        assert r.status_code == 200, r.json()
+        assert r.json()["data"]["__schema"]["queryType"]["name"] == "Query"
