@@ -117,6 +117,37 @@ def _truncate(url: str) -> None:
     engine.dispose()
 
 
+def sql(url: str, statement: str, **params: Any) -> list[Any]:
+    """Run one statement on the test database outside the application (to look at or alter rows)."""
+    from store.db import install_sqlite_pragmas, is_sqlite, sync_url
+
+    engine = create_engine(sync_url(url))
+    if is_sqlite(url):
+        install_sqlite_pragmas(engine)
+    try:
+        with engine.begin() as conn:
+            result = conn.execute(text(statement), params)
+            return list(result.all()) if result.returns_rows else []
+    finally:
+        engine.dispose()
+
+
+async def refused_within(request: Any, within: float = 1.0) -> float:
+    """Poll `request()` (an awaitable HTTP call) until it answers 401; the seconds that took."""
+    import asyncio
+    import time
+
+    started = time.monotonic()
+    while True:
+        r = await request()
+        elapsed = time.monotonic() - started
+        if r.status_code == 401:
+            return elapsed
+        assert r.status_code == 200, r.text
+        assert elapsed < within, f"still accepted {elapsed:.2f}s later"
+        await asyncio.sleep(0.02)
+
+
 def make_settings(database_url: str, signing_key: str, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "env": "test",

@@ -13,14 +13,12 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, text
 
 from gateway.app import create_app
 from gateway.settings import Settings
 from identity import api_keys as api_keys_module
 from identity.api_keys import LastUsedRecorder, checksum, parse
-from store.db import install_sqlite_pragmas, is_sqlite, sync_url
-from tests.conftest import Tenant, error_codes, gql, login, make_settings, make_tenant, running
+from tests.conftest import Tenant, error_codes, gql, login, make_settings, make_tenant, running, sql
 
 CREATE = """mutation($input: CreateApiKeyInput!) {
   createApiKey(input: $input) { secret apiKey { id name prefix scopes allowedIps rateLimitPerMinute expiresAt } }
@@ -33,16 +31,6 @@ UNAUTHENTICATED_BODY = {"errors": [{"message": "Invalid or missing credentials."
                                     "extensions": {"code": "UNAUTHENTICATED"}}]}
 
 
-def sql(url: str, statement: str, **params: Any) -> list[Any]:
-    engine = create_engine(sync_url(url))
-    if is_sqlite(url):
-        install_sqlite_pragmas(engine)
-    try:
-        with engine.begin() as conn:
-            result = conn.execute(text(statement), params)
-            return list(result.all()) if result.returns_rows else []
-    finally:
-        engine.dispose()
 
 
 async def create_key(client: httpx.AsyncClient, token: str, **fields: Any) -> dict[str, Any]:

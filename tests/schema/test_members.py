@@ -8,10 +8,8 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, text
 
-from store.db import install_sqlite_pragmas, is_sqlite, sync_url
-from tests.conftest import LOGIN, PASSWORD, Tenant, error_codes, gql, login, make_tenant
+from tests.conftest import LOGIN, PASSWORD, Tenant, error_codes, gql, login, make_tenant, sql
 
 ADD = """
 mutation($email: String!, $role: String!) {
@@ -35,16 +33,6 @@ query($first: Int, $after: String) {
 NEW_PASSWORD = "a long enough new passphrase"
 
 
-def sql(url: str, statement: str, **params: Any) -> list[Any]:
-    engine = create_engine(sync_url(url))
-    if is_sqlite(url):
-        install_sqlite_pragmas(engine)
-    try:
-        with engine.begin() as conn:
-            result = conn.execute(text(statement), params)
-            return list(result.all()) if result.returns_rows else []
-    finally:
-        engine.dispose()
 
 
 def role_of(url: str, membership_id: str) -> str | None:
