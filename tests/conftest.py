@@ -232,6 +232,16 @@ async def tenant(database_url: str) -> Tenant:
     return await make_tenant(database_url)
 
 
+@pytest.fixture
+async def shared_tenant(postgresql_url: str, redis_url: str) -> AsyncIterator[Tenant]:
+    """A tenant on the shared PostgreSQL, for tests that run several apps on it with Redis."""
+    slug = f"shared-{uuid.uuid4().hex[:8]}"
+    try:
+        yield await make_tenant(postgresql_url, slug=slug, email=f"owner@{slug}.test")
+    finally:
+        _truncate(postgresql_url)
+
+
 async def gql(
     client: httpx.AsyncClient, query: str, variables: dict[str, Any] | None = None, *,
     token: str | None = None, headers: dict[str, str] | None = None,

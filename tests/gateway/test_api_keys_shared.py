@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -19,12 +17,10 @@ from gateway.app import create_app
 from tests.conftest import (
     FAST_HASH,
     Tenant,
-    _truncate,
     error_codes,
     gql,
     login,
     make_settings,
-    make_tenant,
     refused_within,
     running,
 )
@@ -32,15 +28,6 @@ from tests.gateway.test_shared_mode import ROOT, gateway_processes
 from tests.schema.test_api_keys import ORG, REVOKE, ROTATE, new_key, with_key
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
-
-
-@pytest.fixture
-async def shared_tenant(postgresql_url: str, redis_url: str) -> AsyncIterator[Tenant]:
-    slug = f"keys-{uuid.uuid4().hex[:8]}"
-    try:
-        yield await make_tenant(postgresql_url, slug=slug, email=f"owner@{slug}.test")
-    finally:
-        _truncate(postgresql_url)
 
 
 async def test_c118_revocation_reaches_the_other_app(

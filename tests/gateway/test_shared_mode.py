@@ -8,8 +8,7 @@ import os
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,22 +16,13 @@ import httpx
 import pytest
 
 from gateway.app import create_app
-from tests.conftest import FAST_HASH, Tenant, _truncate, gql, login, make_settings, make_tenant, refused_within, running
+from tests.conftest import FAST_HASH, Tenant, gql, login, make_settings, refused_within, running
 from tests.services import free_port
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
 ME = "{ me { user { email } organization { slug } } }"
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-async def shared_tenant(postgresql_url: str, redis_url: str) -> AsyncIterator[Tenant]:
-    slug = f"shared-{uuid.uuid4().hex[:8]}"
-    try:
-        yield await make_tenant(postgresql_url, slug=slug, email=f"owner@{slug}.test")
-    finally:
-        _truncate(postgresql_url)
 
 
 async def test_logout_reaches_the_other_process(
