@@ -25,6 +25,7 @@ from sqlmodel import col
 
 from authz import Permission, Principal, PrincipalKind, RoleError, parse_permissions
 from authz.errors import BadUserInput, Forbidden, NotFound, QuotaExceeded
+from authz.plans import QuotaResource, effective_limits
 from identity.api_keys import apikey_key, env_label, hash_secret, new_prefix, new_secret, parse
 from resolvers.deps import RequestContext
 from resolvers.roles import announce_after_commit, tenant_of
@@ -37,8 +38,6 @@ MAX_SCOPES = 32
 MAX_ALLOWED_IPS = 32
 MAX_RATE_LIMIT = 1_000_000
 MAX_GRACE_SECONDS = 7 * 24 * 3600
-# the contract's plan table, API_KEYS column (None: unlimited)
-PLAN_API_KEYS: dict[str, int | None] = {"free": 2, "starter": 10, "professional": 50, "enterprise": None}
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +122,7 @@ async def _lock_organization(db: AsyncSession, org_id: str) -> Organization:
 
 
 async def _check_quota(db: AsyncSession, org: Organization) -> None:
-    limit = PLAN_API_KEYS.get(org.plan, 0)
+    limit = effective_limits(org.plan, org.limit_overrides)[QuotaResource.API_KEYS]
     if limit is None:
         return
     active = (

@@ -16,7 +16,8 @@ from sqlmodel import col, select
 
 from authz import BuiltinRole, Permission, Principal, PrincipalKind
 from authz.errors import BadUserInput, Conflict, Forbidden, NotFound, Unauthenticated
-from resolvers.provisioning import PLANS, SLUG, checked_email
+from authz.plans import PLANS
+from resolvers.provisioning import SLUG, checked_email
 from store.models import Membership, Organization
 from store.scoping import subtree_ids
 

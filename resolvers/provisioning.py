@@ -10,6 +10,7 @@ from sqlmodel import col, select
 
 from authz import BuiltinRole
 from authz.errors import BadUserInput, Conflict
+from authz.plans import PLANS
 from identity.lockout import email_key
 from store.models import Membership, Organization, User
 
@@ -24,7 +25,6 @@ def checked_email(email: str, field: str = "email") -> str:
     if len(email) > MAX_EMAIL_LENGTH or not EMAIL.fullmatch(email):
         raise BadUserInput("not a valid email address", field=field)
     return email
-PLANS = ("free", "starter", "professional", "enterprise")
 
 
 @dataclass(frozen=True, slots=True)

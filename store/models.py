@@ -7,9 +7,10 @@ Times are stored as naive UTC (`utcnow()`), the one convention both SQLite and P
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Index, UniqueConstraint
+from sqlalchemy import JSON, Column, Date, DateTime, Index, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -35,6 +36,8 @@ class Organization(SQLModel, table=True):
     parent_id: str | None = Field(default=None, foreign_key="organizations.id", index=True, max_length=36)
     billing_email: str | None = Field(default=None, max_length=320)
     require_mfa: bool = Field(default=False)
+    # per-organization overrides of the plan's limits: QuotaResource name -> int, or null for unlimited
+    limit_overrides: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
 
 
@@ -186,6 +189,122 @@ class ApiKey(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
 
 
+class UsageDaily(SQLModel, table=True):
+    """Requests and cost admitted per tenant and UTC day, in total and per subject (an API key or a user).
+
+    `subject_type` is `total`, `api_key`, `user` or `anonymous`; `subject_id` is empty for `total`.
+    """
+
+    __tablename__ = "usage_daily"
+
+    organization_id: str = Field(foreign_key="organizations.id", primary_key=True, max_length=36)
+    day: date = Field(sa_column=Column(Date, primary_key=True))
+    subject_type: str = Field(primary_key=True, max_length=16)
+    subject_id: str = Field(default="", primary_key=True, max_length=36)
+    requests: int = Field(default=0)
+    cost: int = Field(default=0)
+    rate_limited: int = Field(default=0)
+
+
+class AuditEntry(SQLModel, table=True):
+    """One audit event. Entries of one chain (a tenant's id, or `platform` for events outside any tenant)
+    are numbered without gaps and linked: `hash` = sha256(previous_hash + canonical JSON of the entry).
+
+    Append-only: nothing in the application updates or deletes a row.
+    """
+
+    __tablename__ = "audit_log"
+    __table_args__ = (UniqueConstraint("chain", "sequence", name="uq_audit_log_chain_sequence"),)
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    chain: str = Field(max_length=36)
+    sequence: int
+    organization_id: str | None = Field(default=None, max_length=36)
+    at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+    actor_type: str = Field(max_length=20)
+    actor_id: str | None = Field(default=None, max_length=64)
+    action: str = Field(max_length=64)
+    resource_type: str | None = Field(default=None, max_length=40)
+    resource_id: str | None = Field(default=None, max_length=64)
+    result: str = Field(max_length=10)
+    request_id: str = Field(max_length=64)
+    ip: str | None = Field(default=None, max_length=45)
+    user_agent: str | None = Field(default=None, max_length=256)
+    details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    previous_hash: str = Field(max_length=64)
+    hash: str = Field(max_length=64)
+
+
+class AuditChainHead(SQLModel, table=True):
+    """The head of each chain; locking this row serializes appends to the chain."""
+
+    __tablename__ = "audit_chain_heads"
+
+    chain: str = Field(primary_key=True, max_length=36)
+    sequence: int = Field(default=0)
+    hash: str = Field(max_length=64)
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+
+
+class Report(SQLModel, table=True):
+    """A generated report: its parameters, a summary, and the digest of its canonical content."""
+
+    __tablename__ = "reports"
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    organization_id: str = Field(foreign_key="organizations.id", index=True, max_length=36)
+    kind: str = Field(max_length=20)
+    period_start: datetime = Field(sa_column=_ts())
+    period_end: datetime = Field(sa_column=_ts())
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts(index=True))
+    created_by_type: str = Field(max_length=20)
+    created_by_id: str | None = Field(default=None, max_length=64)
+    parameters: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    summary: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    row_count: int = Field(default=0)
+    digest: str = Field(max_length=64)
+
+
+class SsoConnection(SQLModel, table=True):
+    """A tenant's identity provider (`kind` = `oidc` or `saml`). The OIDC client secret is stored
+    encrypted (`client_secret_encrypted`) and never returned; protocol details live in `config`."""
+
+    __tablename__ = "sso_connections"
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    organization_id: str = Field(foreign_key="organizations.id", index=True, max_length=36)
+    kind: str = Field(max_length=10)
+    enabled: bool = Field(default=True)
+    issuer: str | None = Field(default=None, max_length=500)
+    entity_id: str | None = Field(default=None, max_length=500)
+    client_id: str | None = Field(default=None, max_length=255)
+    client_secret_encrypted: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    config: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    role_mapping: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    default_role: str = Field(default="viewer", max_length=63)
+    allowed_domains: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    jit_provisioning: bool = Field(default=True)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+    updated_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+
+
+class SsoIdentity(SQLModel, table=True):
+    """A user's identity at an IdP, keyed by (issuer, subject): never by email."""
+
+    __tablename__ = "sso_identities"
+    __table_args__ = (UniqueConstraint("issuer", "subject", name="uq_sso_identities_issuer_subject"),)
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    organization_id: str = Field(foreign_key="organizations.id", index=True, max_length=36)
+    connection_id: str = Field(foreign_key="sso_connections.id", index=True, max_length=36)
+    user_id: str = Field(foreign_key="users.id", index=True, max_length=36)
+    issuer: str = Field(max_length=500)
+    subject: str = Field(max_length=255)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+    last_login_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+
+
 TENANT_TABLES: frozenset[str] = frozenset(
-    {"memberships", "auth_sessions", "refresh_token_families", "refresh_tokens", "roles", "invitations", "api_keys"}
+    {"memberships", "auth_sessions", "refresh_token_families", "refresh_tokens", "roles", "invitations", "api_keys",
+     "usage_daily", "reports", "sso_connections", "sso_identities"}
 )

@@ -1,0 +1,64 @@
+"""The plans and the limits each grants (the contract's plan table), overridable per organization.
+
+Pure data and functions: the quota enforcement in `resolvers/`, the admission step at the edge and the
+`portcullis org limits` command all read a tenant's limits through `effective_limits`. A limit of None
+means unlimited; an override of 0 is a real limit (nothing is admitted), not "unset".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import StrEnum
+from types import MappingProxyType
+
+
+class QuotaResource(StrEnum):
+    MEMBERS = "MEMBERS"
+    API_KEYS = "API_KEYS"
+    REQUESTS_PER_MINUTE = "REQUESTS_PER_MINUTE"
+    REQUESTS_PER_DAY = "REQUESTS_PER_DAY"
+    COST_PER_MINUTE = "COST_PER_MINUTE"
+    REPORTS_PER_MONTH = "REPORTS_PER_MONTH"
+    CHILD_ORGANIZATIONS = "CHILD_ORGANIZATIONS"
+
+
+PLANS: tuple[str, ...] = ("free", "starter", "professional", "enterprise")
+
+Limits = Mapping[QuotaResource, int | None]
+
+_R = QuotaResource
+
+
+def _row(members: int | None, api_keys: int | None, rpm: int | None, rpd: int | None, cpm: int | None,
+         reports: int | None, children: int | None) -> Limits:
+    return MappingProxyType({
+        _R.MEMBERS: members, _R.API_KEYS: api_keys, _R.REQUESTS_PER_MINUTE: rpm, _R.REQUESTS_PER_DAY: rpd,
+        _R.COST_PER_MINUTE: cpm, _R.REPORTS_PER_MONTH: reports, _R.CHILD_ORGANIZATIONS: children,
+    })
+
+
+PLAN_LIMITS: Mapping[str, Limits] = MappingProxyType({
+    "free": _row(3, 2, 60, 1_000, 1_000, 5, 0),
+    "starter": _row(10, 10, 600, 10_000, 10_000, 50, 2),
+    "professional": _row(50, 50, 6_000, 100_000, 100_000, 500, 10),
+    "enterprise": _row(None, None, 60_000, None, 1_000_000, None, None),
+})
+
+
+def parse_overrides(raw: Mapping[str, object] | None) -> dict[QuotaResource, int | None]:
+    """Stored overrides (resource name -> int or None), keeping only well-formed entries."""
+    out: dict[QuotaResource, int | None] = {}
+    for name, value in (raw or {}).items():
+        if name not in QuotaResource.__members__:
+            continue
+        if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 0):
+            out[QuotaResource(name)] = value
+    return out
+
+
+def effective_limits(plan: str, overrides: Mapping[str, object] | None = None) -> dict[QuotaResource, int | None]:
+    """The tenant's limits: its plan's row with its own overrides on top (unknown plans get nothing)."""
+    base = PLAN_LIMITS.get(plan)
+    limits: dict[QuotaResource, int | None] = dict(base) if base is not None else dict.fromkeys(QuotaResource, 0)
+    limits.update(parse_overrides(overrides))
+    return limits
