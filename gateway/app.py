@@ -31,6 +31,7 @@ from identity.authentication import Authenticator
 from identity.lockout import LockoutPolicy, LoginThrottle
 from identity.passwords import HashParameters, PasswordHasherService
 from identity.revocation import LocalRevocationBus, RedisRevocationBus, RevocationBus
+from identity.secrets import SecretBox
 from identity.sessions import SessionCache, SessionPolicy
 from identity.tokens import AccessTokens, KeyRing
 from resolvers.deps import Services
@@ -108,6 +109,8 @@ def build_services(settings: Settings) -> Services:
         api_key_cache=key_cache,
         key_limiter=key_limiter,
         last_used=LastUsedRecorder(db, interval_seconds=settings.api_key_last_used_interval_seconds),
+        secrets=SecretBox(settings.data_encryption_key.get_secret_value(),
+                          [k.get_secret_value() for k in settings.previous_data_encryption_keys]),
         api_key_env=settings.env.value,
         api_key_pepper=settings.api_key_pepper.get_secret_value().encode(),
     )

@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEV_PEPPER = "dev-only-api-key-pepper-change-me"
 DEV_COOKIE_SECRET = "dev-only-cookie-secret-change-me"
+DEV_DATA_KEY = "dev-only-data-encryption-key-change-me"
 DEV_KEY_FILE = Path(".portcullis/dev-signing-key.pem")
 
 
@@ -61,6 +62,9 @@ class Settings(BaseSettings):
     api_key_cache_ttl_seconds: float = Field(default=10.0, ge=0, le=60)
     api_key_last_used_interval_seconds: float = Field(default=60.0, ge=1, le=3600)
     cookie_secret: SecretStr = SecretStr(DEV_COOKIE_SECRET)
+    # encrypts the secrets kept for reading back (OIDC client secrets, TOTP seeds); previous keys still decrypt
+    data_encryption_key: SecretStr = SecretStr(DEV_DATA_KEY)
+    previous_data_encryption_keys: Annotated[list[SecretStr], NoDecode] = Field(default_factory=list)
 
     # argon2id parameters (OWASP: m=19 MiB, t=2, p=1)
     password_hash_memory_kib: int = Field(default=19_456, ge=1024)
@@ -84,7 +88,7 @@ class Settings(BaseSettings):
     demo_seed: bool = True
     log_level: str = "INFO"
 
-    @field_validator("trusted_proxies", "previous_signing_key_files", mode="before")
+    @field_validator("trusted_proxies", "previous_signing_key_files", "previous_data_encryption_keys", mode="before")
     @classmethod
     def _comma_list(cls, value: object) -> object:
         return _split(value)
@@ -113,6 +117,10 @@ class Settings(BaseSettings):
             self.cookie_secret.get_secret_value()
         ) < 32:
             problems.append("PORTCULLIS_COOKIE_SECRET is missing, the default, or shorter than 32 characters")
+        if self.data_encryption_key.get_secret_value() in ("", DEV_DATA_KEY) or len(
+            self.data_encryption_key.get_secret_value()
+        ) < 32:
+            problems.append("PORTCULLIS_DATA_ENCRYPTION_KEY is missing, the default, or shorter than 32 characters")
         if problems:
             raise InsecureSettingsError("refusing to start in prod: " + "; ".join(problems))
         return self

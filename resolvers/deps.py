@@ -19,8 +19,10 @@ from identity.authentication import Authenticator
 from identity.lockout import LoginThrottle
 from identity.passwords import PasswordHasherService
 from identity.revocation import RevocationBus
+from identity.secrets import SecretBox
 from identity.sessions import SessionCache, SessionPolicy
 from identity.tokens import AccessTokens
+from resolvers.budgets import RateBudgets
 from store.db import Database
 
 
@@ -37,6 +39,8 @@ class Services:
     redis: Any = None
     api_key_cache: ApiKeyCache | None = None
     key_limiter: Any = None
+    budgets: RateBudgets | None = None
+    secrets: SecretBox | None = None
     last_used: LastUsedRecorder | None = None
     api_key_env: str = "dev"
     api_key_pepper: bytes = b""

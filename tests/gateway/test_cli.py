@@ -76,6 +76,7 @@ def test_seed_demo_refused_outside_dev(env, database_url: str, capsys, environme
         env.setenv("PORTCULLIS_SIGNING_KEY", signing_key)
         env.setenv("PORTCULLIS_API_KEY_PEPPER", "p" * 40)
         env.setenv("PORTCULLIS_COOKIE_SECRET", "c" * 40)
+        env.setenv("PORTCULLIS_DATA_ENCRYPTION_KEY", "d" * 40)
     assert cli.main(["seed-demo"]) != 0
     assert "PORTCULLIS_ENV=dev" in capsys.readouterr().err
     assert counts(database_url) == (0, 0, 0)

@@ -17,7 +17,7 @@ from store.models import AuthSession
 from tests.conftest import LOGIN, Tenant, error_codes, gql, make_settings, running
 from tests.services import free_port
 
-PROD_SECRETS = {"api_key_pepper": "p" * 40, "cookie_secret": "c" * 40}
+PROD_SECRETS = {"api_key_pepper": "p" * 40, "cookie_secret": "c" * 40, "data_encryption_key": "d" * 40}
 MIB = 1024 * 1024
 
 

@@ -12,10 +12,10 @@ import pytest
 
 from gateway import cli
 from gateway.app import create_app
-from gateway.settings import DEV_COOKIE_SECRET, DEV_PEPPER, Environment, InsecureSettingsError, Settings
+from gateway.settings import DEV_COOKIE_SECRET, DEV_DATA_KEY, DEV_PEPPER, Environment, InsecureSettingsError, Settings
 from tests.conftest import make_settings, running
 
-GOOD = {"api_key_pepper": "p" * 40, "cookie_secret": "c" * 40}
+GOOD = {"api_key_pepper": "p" * 40, "cookie_secret": "c" * 40, "data_encryption_key": "d" * 40}
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -66,6 +66,8 @@ def test_prod_cannot_turn_graphiql_on(signing_key: str) -> None:
         ({"api_key_pepper": "too-short-a-pepper"}, "PORTCULLIS_API_KEY_PEPPER"),
         ({"cookie_secret": DEV_COOKIE_SECRET}, "PORTCULLIS_COOKIE_SECRET"),
         ({"cookie_secret": "x" * 31}, "PORTCULLIS_COOKIE_SECRET"),
+        ({"data_encryption_key": DEV_DATA_KEY}, "PORTCULLIS_DATA_ENCRYPTION_KEY"),
+        ({"data_encryption_key": "k" * 31}, "PORTCULLIS_DATA_ENCRYPTION_KEY"),
         ({"signing_key_file": ".portcullis/dev-signing-key.pem", "signing_key": None}, "development key"),
     ],
 )
@@ -80,7 +82,8 @@ def test_prod_names_every_problem() -> None:
     with pytest.raises(InsecureSettingsError) as exc:
         Settings(_env_file=None, env="prod")  # type: ignore[call-arg]
     message = str(exc.value)
-    for name in ("PORTCULLIS_SIGNING_KEY", "PORTCULLIS_API_KEY_PEPPER", "PORTCULLIS_COOKIE_SECRET"):
+    for name in ("PORTCULLIS_SIGNING_KEY", "PORTCULLIS_API_KEY_PEPPER", "PORTCULLIS_COOKIE_SECRET",
+                 "PORTCULLIS_DATA_ENCRYPTION_KEY"):
         assert name in message
 
 
@@ -127,6 +130,7 @@ def test_dotenv_file(tmp_path: Path, signing_key: str) -> None:
         f"PORTCULLIS_SIGNING_KEY_FILE={key_file}\n"
         f"PORTCULLIS_API_KEY_PEPPER={'q' * 40}\n"
         f"PORTCULLIS_COOKIE_SECRET={'r' * 40}\n"
+        f"PORTCULLIS_DATA_ENCRYPTION_KEY={'s' * 40}\n"
         "PORTCULLIS_MAX_BODY_BYTES=2048\n"
     )
     s = Settings()
@@ -212,6 +216,7 @@ def test_serve_refuses_an_unusable_signing_key(monkeypatch: pytest.MonkeyPatch, 
     monkeypatch.setenv("PORTCULLIS_SIGNING_KEY", _weak_key() if key == "weak" else key)
     monkeypatch.setenv("PORTCULLIS_API_KEY_PEPPER", "p" * 40)
     monkeypatch.setenv("PORTCULLIS_COOKIE_SECRET", "c" * 40)
+    monkeypatch.setenv("PORTCULLIS_DATA_ENCRYPTION_KEY", "d" * 40)
     with pytest.raises(SystemExit) as exc:
         cli.main(["serve"])
     assert "signing key" in str(exc.value.code)
@@ -234,6 +239,7 @@ def test_serve_starts_with_proper_prod_settings(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setenv("PORTCULLIS_SIGNING_KEY", signing_key)
     monkeypatch.setenv("PORTCULLIS_API_KEY_PEPPER", "p" * 40)
     monkeypatch.setenv("PORTCULLIS_COOKIE_SECRET", "c" * 40)
+    monkeypatch.setenv("PORTCULLIS_DATA_ENCRYPTION_KEY", "d" * 40)
     assert cli.main(["serve", "--port", "8123", "--host", "127.0.0.1"]) == 0
     [(args, kwargs)] = started
     assert args == ("gateway.app:create_app",)

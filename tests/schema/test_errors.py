@@ -13,7 +13,7 @@ from gateway.app import create_app
 from gateway.graphql import GraphQLView
 from tests.conftest import Tenant, error_codes, gql, login, make_settings, running
 
-PROD_SECRETS = {"api_key_pepper": "p" * 40, "cookie_secret": "c" * 40}
+PROD_SECRETS = {"api_key_pepper": "p" * 40, "cookie_secret": "c" * 40, "data_encryption_key": "d" * 40}
 ME = "{ me { user { email } } }"
 SCHEMA_TYPES = "{ __schema { types { name } } }"
 TYPE_FIELDS = '{ __type(name: "User") { fields { name } } }'
