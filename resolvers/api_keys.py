@@ -4,9 +4,8 @@ A key's scopes are permissions of the vocabulary that its creator holds when cre
 for its creator (see `identity.api_keys`). Rotating hands out the key's power again, so it needs the
 caller to hold the key's scopes too; revoking does not.
 
-The plan's API_KEYS limit counts keys not revoked. Creation takes the organization's write lock first
-(`SELECT … FOR UPDATE` on PostgreSQL; on SQLite a no-op write that takes the database's single writer
-lock), so concurrent creations at the boundary admit exactly as many keys as the plan allows.
+The plan's API_KEYS limit counts keys not revoked; creation checks it with `resolvers.quotas.check_quota`,
+which serializes concurrent creations so that exactly as many keys as the limit allows get through.
 
 Revocation and rotation announce `apikey:<id>` after the commit, so every process drops the key from
 its cache at once.
@@ -18,19 +17,18 @@ import ipaddress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import func, update
-from sqlalchemy import select as sa_select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from authz import Permission, Principal, PrincipalKind, RoleError, parse_permissions
-from authz.errors import BadUserInput, Forbidden, NotFound, QuotaExceeded
-from authz.plans import QuotaResource, effective_limits
+from authz.errors import BadUserInput, Forbidden, NotFound
+from authz.plans import QuotaResource
 from identity.api_keys import apikey_key, env_label, hash_secret, new_prefix, new_secret, parse
 from resolvers.deps import RequestContext
+from resolvers.quotas import check_quota
 from resolvers.roles import announce_after_commit, tenant_of
-from store.models import ApiKey, Organization
-from store.scoping import tenant_filter, tenant_select
+from store.models import ApiKey
+from store.scoping import tenant_select
 
 API_KEY_NOT_FOUND = "API key not found."
 MAX_NAME_LENGTH = 100
@@ -109,32 +107,6 @@ async def _creator_id(db: AsyncSession, principal: Principal, org_id: str) -> st
     return row.created_by
 
 
-async def _lock_organization(db: AsyncSession, org_id: str) -> Organization:
-    if db.get_bind().dialect.name == "sqlite":
-        # the first write of the transaction takes SQLite's one writer lock until the commit
-        await db.execute(update(Organization).where(col(Organization.id) == org_id).values(plan=Organization.plan))
-    org = (
-        await db.execute(sa_select(Organization).where(col(Organization.id) == org_id).with_for_update())
-    ).scalar_one_or_none()
-    if org is None:
-        raise NotFound("Organization not found.")
-    return org
-
-
-async def _check_quota(db: AsyncSession, org: Organization) -> None:
-    limit = effective_limits(org.plan, org.limit_overrides)[QuotaResource.API_KEYS]
-    if limit is None:
-        return
-    active = (
-        await db.execute(
-            sa_select(func.count()).select_from(ApiKey)
-            .where(tenant_filter(ApiKey, org.id), col(ApiKey.revoked_at).is_(None))
-        )
-    ).scalar_one()
-    if active >= limit:
-        raise QuotaExceeded(f"The {org.plan} plan allows {limit} API keys.", resource="API_KEYS", limit=limit)
-
-
 async def create_api_key(ctx: RequestContext, new: NewApiKey) -> IssuedKey:
     principal = ctx.principal
     org_id = tenant_of(principal)
@@ -150,8 +122,7 @@ async def create_api_key(ctx: RequestContext, new: NewApiKey) -> IssuedKey:
     if rate is not None and not 1 <= rate <= MAX_RATE_LIMIT:
         raise BadUserInput(f"rateLimitPerMinute must be between 1 and {MAX_RATE_LIMIT}", field="rateLimitPerMinute")
     db = await ctx.db()
-    org = await _lock_organization(db, org_id)
-    await _check_quota(db, org)
+    await check_quota(db, org_id, QuotaResource.API_KEYS)
     creator = await _creator_id(db, principal, org_id)
     issued = issue_key(
         ctx.services.api_key_pepper, ctx.services.api_key_env, organization_id=org_id, created_by=creator,

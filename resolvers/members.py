@@ -7,6 +7,9 @@ A role change or a removal takes effect on the member's very next request, on ev
 commit, `user:<id>` is announced so cached sessions reload their permissions, and a removed member's
 sessions in the organization are revoked outright.
 
+Adding a member counts against the plan's MEMBERS quota (every membership, invited or not), checked
+with `resolvers.quotas.check_quota` so that concurrent additions at the limit admit exactly the limit.
+
 Invitations: adding an email nobody uses yet creates the user without a password and returns a one-time
 token (256 bits, only its sha256 stored, valid 7 days) that `acceptInvitation` spends to set the password
 and sign in. An unknown, spent or expired token all answer the same UNAUTHENTICATED error.
@@ -28,6 +31,7 @@ from sqlmodel import col
 
 from authz import AuthMethod, BuiltinRole, Principal
 from authz.errors import BadUserInput, Conflict, Forbidden, NotFound, Unauthenticated
+from authz.plans import QuotaResource
 from identity.lockout import email_key
 from identity.passwords import MAX_BYTES, PasswordPolicyError, check_policy
 from identity.sessions import (
@@ -41,6 +45,7 @@ from identity.tokens import hash_opaque_token
 from resolvers.auth import AuthResult, refuse_api_keys
 from resolvers.deps import RequestContext
 from resolvers.provisioning import checked_email
+from resolvers.quotas import check_quota
 from resolvers.roles import announce_after_commit, check_can_grant, require_role, tenant_of
 from store.models import Invitation, Membership, Organization, User
 from store.scoping import tenant_filter, tenant_select
@@ -170,6 +175,7 @@ async def add_member(ctx: RequestContext, email: str, role: str) -> AddedMember:
             raise Conflict("This user is already a member.")
     else:
         user = User(email=email, email_key=email_key(email), password_hash=None, created_at=now)
+    await check_quota(db, org_id, QuotaResource.MEMBERS)
     membership = Membership(organization_id=org_id, user_id=user.id, role=role, created_at=now)
     try:
         if created:

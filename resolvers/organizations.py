@@ -3,7 +3,14 @@
 A new organization is always a child of the caller's, and its creator becomes its owner. Slugs are
 unique across all tenants, so a taken slug answers the same CONFLICT whoever holds it (C-105): the
 answer never says whether the holder is in the caller's tenant. A plan other than FREE costs money,
-so choosing one needs `plan:manage` in the caller's organization.
+so choosing one needs `plan:manage` in the caller's organization. Each new child counts against the
+parent's CHILD_ORGANIZATIONS quota (its direct children).
+
+`changePlan` switches the caller's own organization to another plan; its limits apply to the very next
+request. A plan whose limits are below what the organization already uses deletes nothing: creations are
+refused until usage is back under the limit. The organization's limit overrides stay on top of the new
+plan. After the commit, `org:<id>` is announced so every process reloads the cached sessions and
+limits that carry the plan.
 """
 
 from __future__ import annotations
@@ -16,8 +23,12 @@ from sqlmodel import col, select
 
 from authz import BuiltinRole, Permission, Principal, PrincipalKind
 from authz.errors import BadUserInput, Conflict, Forbidden, NotFound, Unauthenticated
-from authz.plans import PLANS
+from authz.plans import PLANS, QuotaResource
+from identity.sessions import org_key
+from resolvers.deps import RequestContext
 from resolvers.provisioning import SLUG, checked_email
+from resolvers.quotas import check_quota, lock_organization
+from resolvers.roles import announce_after_commit
 from store.models import Membership, Organization
 from store.scoping import subtree_ids
 
@@ -107,6 +118,7 @@ async def create_organization(db: AsyncSession, principal: Principal, new: NewOr
     billing_email = _billing_email(new.billing_email, "billingEmail")
     if new.plan != PLANS[0] and Permission.PLAN_MANAGE not in principal.effective_permissions:
         raise Forbidden("Choosing a paid plan needs plan:manage.", requiredScopes=[[Permission.PLAN_MANAGE.value]])
+    await check_quota(db, parent_id, QuotaResource.CHILD_ORGANIZATIONS)
     if (await db.execute(select(col(Organization.id)).where(col(Organization.slug) == new.slug))).first():
         raise Conflict(SLUG_TAKEN, field="slug")
     org = Organization(slug=new.slug, name=name, plan=new.plan, parent_id=parent_id, billing_email=billing_email)
@@ -133,4 +145,18 @@ async def update_organization(db: AsyncSession, principal: Principal, changes: O
         org.require_mfa = changes.require_mfa
     db.add(org)
     await db.flush()
+    return org
+
+
+async def change_plan(ctx: RequestContext, plan: str) -> Organization:
+    if plan not in PLANS:
+        raise BadUserInput(f"plan must be one of {', '.join(PLANS)}", field="plan")
+    org_id = _tenant(ctx.principal)
+    db = await ctx.db()
+    org = await lock_organization(db, org_id)
+    if org.plan != plan:
+        org.plan = plan
+        db.add(org)
+        await db.flush()
+        announce_after_commit(ctx, [org_key(org.id)])
     return org

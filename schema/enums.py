@@ -4,6 +4,8 @@ from enum import Enum
 
 import strawberry
 
+from authz import plans
+
 
 @strawberry.enum
 class Plan(Enum):
@@ -11,3 +13,6 @@ class Plan(Enum):
     STARTER = "starter"
     PROFESSIONAL = "professional"
     ENTERPRISE = "enterprise"
+
+
+QuotaResource = strawberry.enum(plans.QuotaResource, name="QuotaResource")

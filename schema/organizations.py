@@ -9,6 +9,7 @@ from authz import Permission
 from resolvers import api_keys as api_keys_service
 from resolvers import members as members_service
 from resolvers import organizations as service
+from resolvers import quotas as quotas_service
 from resolvers.organizations import NewOrganization, OrganizationChanges
 from schema.context import Info
 from schema.directives import ListSize, Scoped, authenticated, list_size, requires_scopes, scoped
@@ -18,6 +19,7 @@ from store.models import Organization as OrganizationRow
 if TYPE_CHECKING:
     from schema.api_keys import ApiKey
     from schema.members import MembershipConnection
+    from schema.quotas import Quota
 
 
 def utc(value: datetime) -> datetime:
@@ -71,6 +73,20 @@ class Organization:
             await ctx.db(), ctx.principal, self.row.id, 50 if first is None else first, after
         )
         return MembershipConnection.from_page(page)
+
+    @strawberry.field(
+        description="The organization's limits and their use, in QuotaResource order. The rate rows "
+                    "(requests and cost) are listed when the gateway's admission step counts them.",
+        **list_size(requires_scopes(Permission.QUOTAS_READ), assumed_size=7),
+    )
+    async def quotas(self, info: Info) -> list[Annotated[Quota, strawberry.lazy("schema.quotas")]]:
+        from schema.quotas import Quota
+
+        ctx = info.context
+        rows = await quotas_service.organization_quotas(
+            await ctx.db(), ctx.principal, self.row, budgets=ctx.services.budgets, now=ctx.services.now()
+        )
+        return [Quota.from_usage(r) for r in rows]
 
     @strawberry.field(description="The organization's API keys, oldest first; never their secrets.",
                       **list_size(requires_scopes(Permission.APIKEYS_READ), assumed_size=50))
@@ -128,3 +144,11 @@ class OrganizationMutation:
         changes = OrganizationChanges(name=input.name, billing_email=input.billing_email,
                                       require_mfa=input.require_mfa)
         return Organization.from_row(await service.update_organization(await ctx.db(), ctx.principal, changes))
+
+    @strawberry.mutation(
+        description="Switch the caller's organization to another plan; its limits apply at once. A plan below "
+                    "current usage deletes nothing: further creations are refused until usage is under the limit.",
+        **requires_scopes(Permission.PLAN_MANAGE),
+    )
+    async def change_plan(self, info: Info, plan: Plan) -> Organization:
+        return Organization.from_row(await service.change_plan(info.context, plan.value))
