@@ -15,4 +15,6 @@ class Plan(Enum):
     ENTERPRISE = "enterprise"
 
 
-QuotaResource = strawberry.enum(plans.QuotaResource, name="QuotaResource")
+# the resource names of authz.plans, registered as the GraphQL enum (strawberry.enum marks the class itself)
+QuotaResource = plans.QuotaResource
+strawberry.enum(QuotaResource, name="QuotaResource")

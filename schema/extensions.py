@@ -31,7 +31,9 @@ def shape_error(error: GraphQLError, request_id: str | None) -> GraphQLError:
             original.message, nodes=error.nodes, source=error.source, positions=error.positions,
             path=error.path, extensions={"code": original.code.value, **original.extensions},
         )
-    if original is None:
+    if original is None or isinstance(original, GraphQLError):
+        # a document or variable the caller got wrong (an unknown enum value in a variable carries the
+        # coercion's own GraphQLError as its original error)
         extensions = dict(error.extensions or {})
         extensions.setdefault("code", ErrorCode.BAD_USER_INPUT.value)
         return GraphQLError(
