@@ -159,7 +159,9 @@ async def _api_key_command(settings: Settings, args: argparse.Namespace) -> int:
 
     from authz import BuiltinRole
     from authz.errors import BadUserInput, GatewayError
+    from authz.plans import QuotaResource
     from resolvers import api_keys
+    from resolvers.quotas import check_quota
     from store.db import Database
     from store.models import ApiKey, Membership, Organization
     from store.scoping import tenant_select
@@ -211,8 +213,7 @@ async def _api_key_command(settings: Settings, args: argparse.Namespace) -> int:
                 expires = api_keys._naive(datetime.fromisoformat(args.expires_at)) if args.expires_at else None
                 if expires is not None and expires <= now:
                     raise BadUserInput("expiresAt must be in the future")
-                locked = await api_keys._lock_organization(session, org.id)
-                await api_keys._check_quota(session, locked)
+                await check_quota(session, org.id, QuotaResource.API_KEYS)
             except GatewayError as exc:
                 print(f"portcullis: {exc.message}", file=sys.stderr)
                 return 2
@@ -234,22 +235,117 @@ async def _api_key_command(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _announce(settings: Settings, key_id: str) -> None:
     """Shared mode: every running gateway drops the key now rather than after its cache TTL."""
+    from identity.api_keys import apikey_key
+
+    await _publish(settings, apikey_key(key_id))
+
+
+async def _publish(settings: Settings, key: str) -> None:
+    """Shared mode: tell every running gateway, over Redis, which cached entries are stale."""
     if not settings.redis_url:
         return
     from redis.asyncio import Redis
 
-    from identity.api_keys import apikey_key
     from identity.revocation import CHANNEL
 
     redis = Redis.from_url(settings.redis_url)
     try:
-        await redis.publish(CHANNEL, apikey_key(key_id))
+        await redis.publish(CHANNEL, key)
     finally:
         await redis.aclose()
 
 
 def cmd_api_key(args: argparse.Namespace) -> int:
     return asyncio.run(_api_key_command(_settings(), args))
+
+
+MAX_LIMIT = 2**31 - 1  # a GraphQL Int
+
+
+def parse_limit_settings(values: list[str]) -> dict[str, int | None]:
+    """`RESOURCE=N|unlimited` settings as stored overrides (resource name -> int, None for unlimited).
+    ValueError names the first bad one."""
+    from authz.plans import QuotaResource
+
+    out: dict[str, int | None] = {}
+    for value in values:
+        name, sep, raw = value.partition("=")
+        resource = name.strip().upper()
+        if not sep or not resource:
+            raise ValueError(f"{value!r}: expected RESOURCE=N or RESOURCE=unlimited")
+        if resource not in QuotaResource.__members__:
+            raise ValueError(f"unknown resource {name.strip()!r}; one of {', '.join(QuotaResource.__members__)}")
+        raw = raw.strip()
+        if raw.lower() == "unlimited":
+            out[resource] = None
+            continue
+        if not raw.isascii() or not raw.isdigit():
+            raise ValueError(f"{resource}: the limit must be a whole number from 0 to {MAX_LIMIT}, or unlimited "
+                             f"(got {raw!r})")
+        limit = int(raw)
+        if limit > MAX_LIMIT:
+            raise ValueError(f"{resource}: the limit must be a whole number from 0 to {MAX_LIMIT}, or unlimited")
+        out[resource] = limit
+    return out
+
+
+def _limit_text(limit: int | None) -> str:
+    return "unlimited" if limit is None else f"{limit:,}"
+
+
+async def _org_limits_command(settings: Settings, args: argparse.Namespace, changes: dict[str, int | None]) -> int:
+    from sqlalchemy import select
+    from sqlmodel import col
+
+    from authz.plans import PLAN_LIMITS, QuotaResource, effective_limits, parse_overrides
+    from identity.sessions import org_key
+    from resolvers.quotas import COUNTED, count_used, lock_organization
+    from store.db import Database
+    from store.models import Organization
+
+    db = Database(settings.database_url)
+    try:
+        async with db.transaction() as session:
+            found = (await session.execute(
+                select(col(Organization.id)).where(col(Organization.slug) == args.slug)
+            )).scalar_one_or_none()
+            if found is None:
+                print(f"portcullis: no organization {args.slug!r}", file=sys.stderr)
+                return 1
+            changing = args.reset or bool(changes)
+            if changing:
+                org = await lock_organization(session, found)
+                overrides = {} if args.reset else dict(org.limit_overrides or {})
+                overrides.update(changes)
+                org.limit_overrides = overrides
+                session.add(org)
+                await session.flush()
+            else:
+                org = (await session.execute(select(Organization).where(col(Organization.id) == found))).scalar_one()
+            used = await count_used(session, org.id)
+        if changing:
+            await _publish(settings, org_key(org.id))
+    finally:
+        await db.dispose()
+    plan = PLAN_LIMITS.get(org.plan, {})
+    own = parse_overrides(org.limit_overrides)
+    limits = effective_limits(org.plan, org.limit_overrides)
+    print(f"organization {org.slug} (plan {org.plan})")
+    print(f"{'resource':<22}{'plan':>12}{'override':>12}{'limit':>12}{'used':>10}")
+    for r in QuotaResource:
+        override = _limit_text(own[r]) if r in own else "-"
+        count = str(used[r]) if r in COUNTED else "-"
+        print(f"{r.value:<22}{_limit_text(plan.get(r)):>12}{override:>12}{_limit_text(limits[r]):>12}{count:>10}")
+    return 0
+
+
+def cmd_org_limits(args: argparse.Namespace) -> int:
+    try:
+        changes = parse_limit_settings(args.set or [])
+    except ValueError as exc:
+        print(f"portcullis: {exc}; nothing changed", file=sys.stderr)
+        return 2
+    return asyncio.run(_org_limits_command(_settings(), args, changes))
 
 
 def cmd_keys_generate(_: argparse.Namespace) -> int:
@@ -300,6 +396,19 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--org", required=True)
     r.add_argument("id")
     ak.set_defaults(func=cmd_api_key)
+
+    o = sub.add_parser("org", help="a tenant's settings kept by the operator")
+    osub = o.add_subparsers(dest="org_command", required=True)
+    lim = osub.add_parser(
+        "limits", help="show, override or reset one tenant's plan limits",
+        description="Without options, shows the tenant's limits. --set overrides limits of its plan "
+                    "(RESOURCE is a QuotaResource name; 0 is a real limit, unlimited lifts it); --reset "
+                    "removes every override first.",
+    )
+    lim.add_argument("slug")
+    lim.add_argument("--set", nargs="+", action="extend", metavar="RESOURCE=N|unlimited")
+    lim.add_argument("--reset", action="store_true", help="back to the plan's limits")
+    lim.set_defaults(func=cmd_org_limits)
 
     k = sub.add_parser("keys", help="signing keys")
     ksub = k.add_subparsers(dest="keys_command", required=True)
