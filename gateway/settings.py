@@ -26,6 +26,11 @@ class Environment(StrEnum):
     PROD = "prod"
 
 
+class OnRedisError(StrEnum):
+    CLOSED = "closed"
+    OPEN = "open"
+
+
 class InsecureSettingsError(RuntimeError):
     pass
 
@@ -76,6 +81,14 @@ class Settings(BaseSettings):
     lockout_base_seconds: int = Field(default=60, ge=1)
     lockout_max_seconds: int = Field(default=900, ge=1)
     lockout_account_ceiling: int = Field(default=50, ge=1)
+
+    # admission (docs/limits.md): what tenant limits do when Redis fails (login limits always fail closed)
+    limits_on_redis_error: OnRedisError = OnRedisError.CLOSED
+    anonymous_requests_per_minute: int = Field(default=60, ge=0)
+    login_attempts_per_account_per_minute: int = Field(default=10, ge=1)
+    login_attempts_per_address_per_minute: int = Field(default=30, ge=1)
+    limits_cache_ttl_seconds: float = Field(default=300.0, ge=0, le=3600)
+    usage_flush_seconds: float = Field(default=10.0, ge=0.05, le=3600)
 
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)

@@ -271,3 +271,20 @@ async def login(client: httpx.AsyncClient, t: Tenant, password: str | None = Non
 
 def error_codes(body: dict[str, Any]) -> list[str]:
     return [e["extensions"]["code"] for e in body.get("errors", [])]
+
+
+class cost_of(dict):
+    """`extensions.cost` of a response that requested `n`: compares `requested` exactly and only checks
+    that the budget fields (`remaining`, `resetAt`) are there, since they move with every request."""
+
+    def __init__(self, requested: int) -> None:
+        super().__init__(requested=requested)
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, dict) and other.get("requested") == self["requested"]
+                and "remaining" in other and "resetAt" in other and len(other) == 3)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    __hash__ = None  # type: ignore[assignment]
