@@ -17,12 +17,13 @@ import logging
 from datetime import date
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from gateway.windows import USAGE_KEY, WindowStore
 from store.db import Database
-from store.models import UsageDaily
+from store.models import Organization, UsageDaily
 
 log = logging.getLogger("portcullis.usage")
 
@@ -97,7 +98,15 @@ class UsageFlusher:
         async with self.db.transaction() as session:
             insert: Any = sqlite_insert if self.db.sqlite else pg_insert
             table = UsageDaily.__table__  # type: ignore[attr-defined]
+            orgs = {org for org, _, _, _ in rows}
+            known = set((await session.execute(
+                select(Organization.id).where(Organization.id.in_(orgs))  # type: ignore[attr-defined]
+            )).scalars())
+            if known != orgs:
+                log.warning("usage of %d deleted organization(s) dropped", len(orgs - known))
             for (org, day, subject_type, subject_id), values in sorted(rows.items()):
+                if org not in known:
+                    continue
                 stmt = insert(table).values(organization_id=org, day=day, subject_type=subject_type,
                                             subject_id=subject_id, **values)
                 stmt = stmt.on_conflict_do_update(
