@@ -34,11 +34,11 @@ from sqlmodel import col, select
 
 from authz import Principal, PrincipalKind
 from authz.plans import QuotaResource, effective_limits
+from gateway.windows import Limit, LimitState, Outcome, StoreUnavailable, WindowStore, retry_seconds
 from identity.lockout import email_key
 from resolvers.budgets import RATE_RESOURCES, BudgetState
 from store.db import Database
 from store.models import Organization
-from gateway.windows import Limit, LimitState, Outcome, StoreUnavailable, WindowStore, retry_seconds
 
 log = logging.getLogger("portcullis.admission")
 

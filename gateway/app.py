@@ -15,8 +15,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway.graphql import GraphQLView
 from gateway.admission import Admission, AdmissionPolicy, OrgLimitCache
+from gateway.graphql import GraphQLView
 from gateway.logs import configure_logging
 from gateway.middleware import (
     AdmissionMiddleware,

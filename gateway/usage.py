@@ -17,9 +17,9 @@ import logging
 from datetime import date
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlmodel import col, select
 
 from gateway.windows import USAGE_KEY, WindowStore
 from store.db import Database
@@ -100,7 +100,7 @@ class UsageFlusher:
             table = UsageDaily.__table__  # type: ignore[attr-defined]
             orgs = {org for org, _, _, _ in rows}
             known = set((await session.execute(
-                select(Organization.id).where(Organization.id.in_(orgs))  # type: ignore[attr-defined]
+                select(col(Organization.id)).where(col(Organization.id).in_(orgs))
             )).scalars())
             if known != orgs:
                 log.warning("usage of %d deleted organization(s) dropped", len(orgs - known))

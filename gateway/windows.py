@@ -110,7 +110,7 @@ class LocalWindows:
         for b in sorted(w[2]):
             freed += w[2][b]
             if freed >= need:
-                return max(1, (b + 1) * g + limit.window * 1000 - now)
+                return max(1, int((b + 1) * g + limit.window * 1000 - now))
         return limit.window * 1000
 
     async def take(self, limits: Sequence[Limit], *, spend: bool = True,

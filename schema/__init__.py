@@ -19,8 +19,8 @@ from schema.auth import AuthMutation
 from schema.authorization import Authorization, Authorizer
 from schema.enums import Plan
 from schema.extensions import IntrospectionGuard, UnitOfWork
-from schema.limits.admission import Admission
 from schema.limits import DEFAULT_LIST_SIZE, PLAN_LIMITS, CostModel, OperationLimits, TokenLimit, document_limits
+from schema.limits.admission import Admission
 from schema.members import MemberMutation
 from schema.organizations import OrganizationMutation, OrganizationQuery
 from schema.rate_limits import RateLimitQuery

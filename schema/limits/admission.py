@@ -153,13 +153,15 @@ class Admission(SchemaExtension):
                 ec.result.errors = errors
 
     def _explanation(self, cost: int, operation: OperationDefinitionNode | None) -> dict[str, Any]:
-        from schema.authorization import denial_error
+        from schema.directives import denial_error
 
         ctx = self.execution_context.context
         denied = []
         paths = getattr(ctx, "denied_paths", None) or ()
         for reason, path in zip((ctx.denied_fields or {}).values(), paths, strict=False):
             exc = denial_error(ctx.principal, reason)
+            if not isinstance(exc, GatewayError):
+                continue
             denied.append({"path": list(path), "code": exc.code.value, "message": exc.message, **exc.extensions})
         decision = self.decision
         limits = []

@@ -157,7 +157,8 @@ async def test_c003_each_aliased_login_is_one_attempt(database_url: str, signing
 async def test_c003_login_behind_fragments_counts_too(database_url: str, signing_key: str, tenant: Tenant) -> None:
     app = create_app(make_settings(database_url, signing_key, login_attempts_per_account_per_minute=2))
     async with running(app) as client:
-        doc = (f'mutation {{ ...L ... on Mutation {{ b: login(email: "{tenant.email}", password: "x") {{ accessToken }} }} }}'
+        doc = (f'mutation {{ ...L ... on Mutation {{ b: login(email: "{tenant.email}", password: "x") '
+               "{ accessToken } } }"
                f' fragment L on Mutation {{ a: login(email: "{tenant.email}", password: "y") {{ accessToken }}'
                f' c: login(email: "{tenant.email}", password: "z") {{ accessToken }} }}')
         assert_rate_limited(await gql(client, doc), "login-account")
