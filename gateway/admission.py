@@ -142,6 +142,7 @@ class Admission:
         self.policy = policy
         self.shared = shared
         self.clock = clock
+        self._day_from, self._day = 0.0, ""
         self.on_refused: Callable[[str], None] = lambda _name: None
         self.on_store_error: Callable[[str], None] = lambda _outcome: None
 
@@ -182,7 +183,11 @@ class Admission:
         org = principal.organization_id
         if org is None:
             return []
-        day = datetime.fromtimestamp(self.clock(), UTC).date().isoformat()
+        now = self.clock()
+        if not self._day_from <= now < self._day_from + DAY:
+            self._day_from = now - now % DAY
+            self._day = datetime.fromtimestamp(now, UTC).date().isoformat()
+        day = self._day
         kind = principal.kind.value if principal.subject_id else "anonymous"
         return [f"{day}|{org}|total||", f"{day}|{org}|{kind}|{principal.subject_id or ''}|"]
 

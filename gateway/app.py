@@ -64,9 +64,12 @@ def build_services(settings: Settings) -> Services:
     redis: Any = None
     bus: RevocationBus
     if settings.redis_url:
-        from redis.asyncio import Redis
+        from redis.asyncio import BlockingConnectionPool, Redis
 
-        redis = Redis.from_url(settings.redis_url)
+        # a request waits for a free connection rather than failing when more are in flight than the
+        # pool holds: admission would otherwise answer 503 under a burst
+        redis = Redis.from_pool(BlockingConnectionPool.from_url(
+            settings.redis_url, max_connections=settings.redis_max_connections, timeout=5))
         bus = RedisRevocationBus(redis)
     else:
         bus = LocalRevocationBus()

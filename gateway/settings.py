@@ -48,6 +48,7 @@ class Settings(BaseSettings):
     database_url: str = "sqlite:///./portcullis.db"
     database_pool_size: int = Field(default=10, ge=1, le=200)
     redis_url: str | None = None
+    redis_max_connections: int = Field(default=100, ge=2, le=10_000)
 
     # Token signing: the current RSA private key (PEM, or a file holding it) and previous keys, whose
     # tokens stay valid until they expire. See docs/configuration.md, "Rotating the signing key".

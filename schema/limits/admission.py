@@ -22,6 +22,7 @@ from graphql import (
     GraphQLError,
     InlineFragmentNode,
     OperationDefinitionNode,
+    OperationType,
     SelectionSetNode,
     StringValueNode,
     VariableNode,
@@ -128,7 +129,7 @@ class Admission(SchemaExtension):
         accounts: list[str] = []
         valid = document is not None and not ec.pre_execution_errors
         operation = get_operation_ast(document, ec.operation_name) if document is not None else None
-        if valid and operation is not None:
+        if valid and operation is not None and operation.operation is OperationType.MUTATION:
             accounts = login_accounts(operation, fragments_of(document), ec.variables)  # type: ignore[arg-type]
         cost = (ctx.operation_cost or 0) if valid else 0
         await self._admit(cost=cost, accounts=accounts)
