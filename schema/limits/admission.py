@@ -4,7 +4,8 @@ The last step before execution (after the operation limits, the cost and the fie
 request, its cost and its login attempts are taken from the caller's budgets in one call to the
 gateway's admission object (`ctx.services.admission`, one round trip), which answers admitted, 429
 (`RATE_LIMITED` with `extensions.retryAfter`, `Retry-After` and the `RateLimit` headers) or 503.
-An operation refused before validation (a syntax error) is counted when it ends, at no cost.
+An operation refused before validation (a syntax error, the token limit) is counted as it fails, at
+no cost.
 
 `X-Portcullis-Explain: 1` turns the operation into a dry run: nothing executes and no cost is spent
 (the request itself counts); `extensions.explain` reports the cost, the fields the caller would be
@@ -144,14 +145,20 @@ class Admission(SchemaExtension):
         yield
 
     async def on_operation(self) -> AsyncIterator[None]:
-        yield
-        if self.decision is None and self.execution_context.graphql_document is None:
-            # never reached validation (a syntax error): still a request
-            await self._admit(cost=0, accounts=[])
-            ec = self.execution_context
-            if self.decision is not None and not self.decision.admitted and ec.result is not None:
-                errors = ec.pre_execution_errors or []
-                ec.result.errors = errors
+        try:
+            yield
+        except Exception as exc:
+            # refused before validation (a syntax error, the token limit), which strawberry raises
+            # through the operation: still a request, counted at no cost
+            if self.decision is None:
+                await self._admit(cost=0, accounts=[])
+                decision = self.decision
+                if decision is not None and not decision.admitted:
+                    errors = self.execution_context.pre_execution_errors or []
+                    original = errors[0].original_error if errors else None
+                    if isinstance(original, GatewayError):
+                        raise original from exc
+            raise
 
     def _explanation(self, cost: int, operation: OperationDefinitionNode | None) -> dict[str, Any]:
         from schema.directives import denial_error

@@ -319,3 +319,12 @@ async def test_public_routes_are_not_limited(database_url: str, signing_key: str
         assert (await gql(client, "{ __typename }")).status_code == 429
         for _ in range(3):
             assert (await client.get(path)).status_code == 200
+
+
+async def test_a_document_that_does_not_parse_still_counts(database_url: str, signing_key: str) -> None:
+    app = create_app(make_settings(database_url, signing_key, anonymous_requests_per_minute=2))
+    async with running(app) as client:
+        assert (await gql(client, "{ broken")).status_code == 400
+        assert (await gql(client, "{ __typename }")).status_code == 200
+        r = await gql(client, "{ broken")
+        assert_rate_limited(r, "address")
