@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import shutil
@@ -66,9 +67,11 @@ def _scenarios(value: str) -> list[str]:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    p.add_argument("--scenario", type=_scenarios, default=list(SCENARIO_NAMES), metavar="basic|guarded|apikey|all",
+    p.add_argument("--scenario", type=_scenarios, default=list(SCENARIO_NAMES),
+                   metavar="basic|guarded|apikey|admission|all",
                    help="basic: the gateway against three baselines; guarded: a field that requires a "
-                        "permission, with and without field authorization; all (default): both")
+                        "permission, with and without field authorization; apikey: Bearer against API key; "
+                        "admission: shared mode (Redis) with and without admission; all (default): every one")
     p.add_argument("--duration", type=_positive, default=DEFAULT_DURATION, help="seconds per wrk run (10)")
     p.add_argument("--warmup", type=int, default=DEFAULT_WARMUP, help="seconds of warm-up per server (3)")
     p.add_argument("--connections", type=_counts, default=_counts(DEFAULT_CONNECTIONS),
@@ -103,8 +106,13 @@ class Bench:
             "basic": database.expected_response(self.db),
             "guarded": database.expected_guarded_response(self.db),
             "apikey": database.expected_response(self.db),
+            "admission": database.expected_response(self.db),
         }
         self.env = servers.server_environment(self.db.url, generate_private_key_pem())
+        self.redis_url: str | None = None  # set by `main` when a chosen server runs in shared mode
+
+    def needs_redis(self) -> bool:
+        return any(spec.redis for _, specs in self.scenarios() for spec in specs)
 
     def scenarios(self) -> list[tuple[Scenario, list[ServerSpec]]]:
         """The chosen scenarios, each with its servers (restricted by `--only`); empty ones left out."""
@@ -130,7 +138,12 @@ class Bench:
 
     def measure_server(self, scenario: Scenario, spec: ServerSpec, run: int) -> list[tuple[int, Measurement]]:
         expected = self.expected[scenario.name]
-        with servers.running(spec, env=self.env, workdir=self.workdir, cpu=self.server_cpu) as server:
+        env = dict(self.env)
+        if spec.redis:
+            if self.redis_url is None:
+                raise BenchError(f"{spec.name} needs Redis")
+            env["PORTCULLIS_REDIS_URL"] = self.redis_url
+        with servers.running(spec, env=env, workdir=self.workdir, cpu=self.server_cpu) as server:
             credential = self._credential(server)
             servers.check_answer(server, credential, scenario.query, expected)
             script = load.write_script(self.workdir / f"{scenario.name}-{spec.name}.lua", scenario.query,
@@ -171,10 +184,14 @@ def print_report(args: argparse.Namespace, bench: Bench, results: dict[str, repo
         names = [s.name for s in specs]
         scenario_results = results.get(scenario.name, {})
         print(f"\nscenario {scenario.name}: {scenario.description}\nquery: {scenario.query}\n")
+        blocks: tuple[list[str], ...]
         if scenario.name == "guarded":
             blocks = (report.table(scenario_results, names, args.connections),
                       report.authorization_ratios(scenario_results, args.connections),
                       report.authorization_target(scenario_results, args.connections))
+        elif scenario.name == "admission":
+            blocks = (report.table(scenario_results, names, args.connections),
+                      report.admission_target(scenario_results, args.connections))
         elif scenario.name == "apikey":
             blocks = (report.table(scenario_results, names, args.connections),
                       report.api_key_target(scenario_results, args.connections))
@@ -201,7 +218,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="portcullis-bench-") as tmp:
             bench = Bench(args, wrk, Path(tmp))
-            results = bench.measure_all()
+            with contextlib.ExitStack() as stack:
+                if bench.needs_redis():
+                    from bench.redis_server import redis_server
+
+                    bench.redis_url = stack.enter_context(redis_server())
+                results = bench.measure_all()
             print_report(args, bench, results)
     except BenchError as error:
         print(f"bench: {error}", file=sys.stderr)

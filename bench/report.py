@@ -16,6 +16,10 @@ UNENFORCED = "gateway-unenforced"
 TARGET_AUTHORIZATION_P50_RATIO = 1.05
 API_KEY = "gateway-apikey"
 TARGET_API_KEY_THROUGHPUT_RATIO = 0.95
+ADMISSION = "gateway-redis"
+NO_ADMISSION = "gateway-redis-noadmission"
+TARGET_ADMISSION_THROUGHPUT_RATIO = 0.80
+TARGET_ADMISSION_ADDED_P50_MS = 0.4
 
 Results = dict[tuple[str, int], Measurement]
 
@@ -120,4 +124,25 @@ def api_key_target(results: Results, connections: Iterable[int]) -> list[str]:
         lines.append(f"  {label:<62} {ratio:>5.3f} (limit {limit:.2f})  {_verdict(ratio >= limit)}")
     if len(lines) == 1:
         lines.append(f"  not measured (needs {GATEWAY} and {API_KEY})")
+    return lines
+
+
+def admission_target(results: Results, connections: Iterable[int]) -> list[str]:
+    """Shared mode with admission against the same build without it: throughput kept, p50 added."""
+    ratio_limit, added_limit = TARGET_ADMISSION_THROUGHPUT_RATIO, TARGET_ADMISSION_ADDED_P50_MS
+    lines = [f"target: admission keeps {ratio_limit:.0%} of the throughput and adds at most {added_limit:.1f} ms "
+             f"to p50 ({ADMISSION} / {NO_ADMISSION}):"]
+    for c in connections:
+        on, off = results.get((ADMISSION, c)), results.get((NO_ADMISSION, c))
+        if on is None or off is None:
+            continue
+        ratio = on.requests_per_second / off.requests_per_second
+        added = on.p50_ms - off.p50_ms
+        label = f"req/s at {c} connection{'s' if c != 1 else ''}: {on.requests_per_second:.0f} / " \
+                f"{off.requests_per_second:.0f}"
+        lines.append(f"  {label:<44} {ratio:>5.3f} (limit {ratio_limit:.2f})  {_verdict(ratio >= ratio_limit)}")
+        label = f"p50 at {c} connection{'s' if c != 1 else ''}: {on.p50_ms:.2f} - {off.p50_ms:.2f} ms"
+        lines.append(f"  {label:<44} {added:>+5.2f} (limit {added_limit:.2f})  {_verdict(added <= added_limit)}")
+    if len(lines) == 1:
+        lines.append(f"  not measured (needs {ADMISSION} and {NO_ADMISSION})")
     return lines

@@ -30,6 +30,8 @@ class ServerSpec:
     description: str
     # how each request authenticates: None, "bearer" (an access token) or "apikey" (X-API-Key)
     credential: str | None = None
+    # served in shared mode: the harness starts a Redis server and hands its URL in
+    redis: bool = False
 
 
 SERVERS = (
@@ -38,6 +40,11 @@ SERVERS = (
                "the same gateway with field authorization switched off", credential="bearer"),
     ServerSpec("gateway-apikey", "gateway.app:create_app",
                "the same gateway, every request authenticated by an API key", credential="apikey"),
+    ServerSpec("gateway-redis", "gateway.app:create_app",
+               "the gateway in shared mode (Redis): admission takes one EVALSHA per request",
+               credential="bearer", redis=True),
+    ServerSpec("gateway-redis-noadmission", "bench.apps.gateway_no_admission:create_app",
+               "the same gateway on the same Redis with admission left out", credential="bearer", redis=True),
     ServerSpec("strawberry-default", "bench.apps.strawberry_app:default_app",
                "strawberry.asgi.GraphQL, no extensions"),
     ServerSpec("strawberry-cached", "bench.apps.strawberry_app:cached_app",
@@ -63,6 +70,8 @@ SCENARIOS = (
              "a field that requires billing:read, with and without field authorization"),
     Scenario("apikey", QUERY, ("gateway", "gateway-apikey"),
              "the same query authenticated by a Bearer token and by an API key"),
+    Scenario("admission", QUERY, ("gateway-redis", "gateway-redis-noadmission"),
+             "the full admission path in shared mode (Redis), with and without admission"),
 )
 SCENARIO_NAMES = tuple(s.name for s in SCENARIOS)
 

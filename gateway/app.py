@@ -15,17 +15,20 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from gateway.admission import Admission, AdmissionPolicy, OrgLimitCache
 from gateway.graphql import GraphQLView
-from gateway.limits import KeyRateLimiter, LocalMovingWindow, RedisMovingWindow
 from gateway.logs import configure_logging
 from gateway.middleware import (
+    AdmissionMiddleware,
     AuthenticationMiddleware,
     BodyLimitMiddleware,
     ClientAddress,
     RequestIdMiddleware,
     SecurityHeadersMiddleware,
 )
-from gateway.settings import Environment, Settings
+from gateway.settings import Environment, OnRedisError, Settings
+from gateway.usage import UsageFlusher
+from gateway.windows import LocalWindows, RedisWindows, WindowStore
 from identity.api_keys import ApiKeyCache, ApiKeyVerifier, LastUsedRecorder
 from identity.authentication import Authenticator
 from identity.lockout import LockoutPolicy, LoginThrottle
@@ -61,9 +64,12 @@ def build_services(settings: Settings) -> Services:
     redis: Any = None
     bus: RevocationBus
     if settings.redis_url:
-        from redis.asyncio import Redis
+        from redis.asyncio import BlockingConnectionPool, Redis
 
-        redis = Redis.from_url(settings.redis_url)
+        # a request waits for a free connection rather than failing when more are in flight than the
+        # pool holds: admission would otherwise answer 503 under a burst
+        redis = Redis.from_pool(BlockingConnectionPool.from_url(
+            settings.redis_url, max_connections=settings.redis_max_connections, timeout=5))
         bus = RedisRevocationBus(redis)
     else:
         bus = LocalRevocationBus()
@@ -71,7 +77,19 @@ def build_services(settings: Settings) -> Services:
     bus.subscribe(sessions.invalidate)
     key_cache = ApiKeyCache(ttl_seconds=settings.api_key_cache_ttl_seconds)
     bus.subscribe(key_cache.invalidate)
-    key_limiter: KeyRateLimiter = RedisMovingWindow(redis) if redis is not None else LocalMovingWindow()
+    windows: WindowStore = RedisWindows(redis) if redis is not None else LocalWindows()
+    org_limits = OrgLimitCache(db, ttl_seconds=settings.limits_cache_ttl_seconds)
+    bus.subscribe(org_limits.invalidate)
+    admission = Admission(
+        windows, org_limits,
+        AdmissionPolicy(
+            anonymous_per_minute=settings.anonymous_requests_per_minute,
+            login_per_account_per_minute=settings.login_attempts_per_account_per_minute,
+            login_per_address_per_minute=settings.login_attempts_per_address_per_minute,
+            fail_open=settings.limits_on_redis_error is OnRedisError.OPEN,
+        ),
+        shared=redis is not None,
+    )
     hasher = PasswordHasherService(
         HashParameters(
             memory_kib=settings.password_hash_memory_kib,
@@ -107,7 +125,9 @@ def build_services(settings: Settings) -> Services:
         revocations=bus,
         redis=redis,
         api_key_cache=key_cache,
-        key_limiter=key_limiter,
+        admission=admission,
+        budgets=admission,
+        usage=UsageFlusher(db, windows, redis, interval_seconds=settings.usage_flush_seconds),
         last_used=LastUsedRecorder(db, interval_seconds=settings.api_key_last_used_interval_seconds),
         secrets=SecretBox(settings.data_encryption_key.get_secret_value(),
                           [k.get_secret_value() for k in settings.previous_data_encryption_keys]),
@@ -116,11 +136,15 @@ def build_services(settings: Settings) -> Services:
     )
 
 
-def create_app(settings: Settings | None = None, *, enforce_authorization: bool = True) -> Starlette:
-    """The gateway. `enforce_authorization=False` exists only for the benchmark (see `build_schema`)."""
+def create_app(settings: Settings | None = None, *, enforce_authorization: bool = True,
+               admission: bool = True) -> Starlette:
+    """The gateway. `enforce_authorization=False` and `admission=False` exist only for the benchmark
+    (`make bench` measures what each costs against an otherwise identical build)."""
     settings = settings or Settings()
     configure_logging(settings.log_level)
     services = build_services(settings)
+    if not admission:
+        services.admission = None
     schema = build_schema(
         anonymous_introspection=settings.anonymous_introspection,
         field_suggestions=settings.suggestions_enabled,
@@ -132,6 +156,17 @@ def create_app(settings: Settings | None = None, *, enforce_authorization: bool 
         "portcullis_authentication_failures", "Requests refused at the edge for their credential",
         registry=registry,
     )
+    rate_limited = Counter(
+        "portcullis_rate_limited", "Requests refused by admission, by the limit that refused them",
+        ["limit"], registry=registry,
+    )
+    limiter_errors = Counter(
+        "portcullis_rate_limiter_errors", "Requests admitted or refused without the limiter (Redis failed)",
+        ["outcome"], registry=registry,
+    )
+    if services.admission is not None:
+        services.admission.on_refused = lambda name: rate_limited.labels(name).inc()
+        services.admission.on_store_error = lambda outcome: limiter_errors.labels(outcome).inc()
 
     async def healthz(_: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -166,6 +201,8 @@ def create_app(settings: Settings | None = None, *, enforce_authorization: bool 
         await services.revocations.start()
         if services.last_used is not None:
             services.last_used.start()
+        if services.usage is not None:
+            services.usage.start()
         if settings.env is not Environment.TEST:
             # start-up objects live for the whole process: keep them out of every collection (p99)
             gc.collect()
@@ -173,6 +210,8 @@ def create_app(settings: Settings | None = None, *, enforce_authorization: bool 
         try:
             yield {"services": services}
         finally:
+            if services.usage is not None:
+                await services.usage.stop()
             if services.last_used is not None:
                 await services.last_used.stop()
             await services.revocations.stop()
@@ -198,9 +237,9 @@ def create_app(settings: Settings | None = None, *, enforce_authorization: bool 
             authenticator=services.authenticator,
             client_address=ClientAddress(settings.trusted_proxies),
             on_failure=lambda _reason: auth_failures.inc(),
-            key_limiter=services.key_limiter,
             last_used=services.last_used,
         ),
+        Middleware(AdmissionMiddleware, admission=services.admission),
     ]
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
     app.state.settings = settings

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import math
 import re
 import uuid
 from collections.abc import Iterable
@@ -16,8 +15,7 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from authz import Principal, anonymous
-from gateway.limits import KeyRateLimiter
-from identity.api_keys import ApiKeyInfo, ApiKeyRejected, LastUsedRecorder
+from identity.api_keys import ApiKeyRejected, LastUsedRecorder
 from identity.authentication import AuthenticationError, Authenticator
 
 log = logging.getLogger("portcullis.edge")
@@ -243,7 +241,8 @@ class AuthenticationMiddleware:
 
     Two credentials, a malformed one, or one that does not verify is refused outright: the
     request never continues as anonymous. An API key is then held to its own policy: a valid key
-    from an address outside its allowlist is 403, over its per-minute limit 429.
+    from an address outside its allowlist is 403; its own per-minute limit is left in the scope
+    (`api_key_rate_limit`) for admission, which counts it with the tenant's limits.
     """
 
     PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/.well-known/jwks.json", "/metrics"})
@@ -251,13 +250,11 @@ class AuthenticationMiddleware:
     MAX_AUTHORIZATION_BYTES = len("Bearer ") + 8 * 1024
 
     def __init__(self, app: ASGIApp, *, authenticator: Authenticator, client_address: ClientAddress,
-                 on_failure: Any = None, key_limiter: KeyRateLimiter | None = None,
-                 last_used: LastUsedRecorder | None = None) -> None:
+                 on_failure: Any = None, last_used: LastUsedRecorder | None = None) -> None:
         self.app = app
         self.authenticator = authenticator
         self.client_address = client_address
         self.on_failure = on_failure
-        self.key_limiter = key_limiter
         self.last_used = last_used
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -269,7 +266,7 @@ class AuthenticationMiddleware:
         ip = self.client_address(scope)
         state["client_ip"] = ip
         try:
-            principal = await self._authenticate(scope, ip, rid)
+            principal = await self._authenticate(scope, state, ip, rid)
         except Refused as exc:
             log.info("authz_fail", extra={"reason": exc.reason, "request_id": rid, "client_ip": ip})
             await send_json(send, exc.status, exc.body, headers=exc.headers)
@@ -286,7 +283,8 @@ class AuthenticationMiddleware:
         state["principal"] = principal
         await self.app(scope, receive, send)
 
-    async def _authenticate(self, scope: Scope, ip: str | None, rid: str | None) -> Principal:
+    async def _authenticate(self, scope: Scope, state: dict[str, Any], ip: str | None,
+                            rid: str | None) -> Principal:
         if _credentials_in_url(scope):
             # C-077: refused even when valid; the value itself is never logged
             raise AuthenticationError("credential in the query string")
@@ -312,14 +310,15 @@ class AuthenticationMiddleware:
             match = _APIKEY.match(value)
             if match is None:
                 raise AuthenticationError("malformed authorization header")
-            return await self._api_key(match.group(1), ip, rid)
+            return await self._api_key(match.group(1), state, ip, rid)
         if api_keys:
             if len(api_keys[0]) > self.MAX_AUTHORIZATION_BYTES:
                 raise AuthenticationError("api key header too large")
-            return await self._api_key(api_keys[0].decode("latin-1"), ip, rid)
+            return await self._api_key(api_keys[0].decode("latin-1"), state, ip, rid)
         raise AuthenticationError("session cookies are not accepted by this gateway")
 
-    async def _api_key(self, presented: str, ip: str | None, rid: str | None) -> Principal:
+    async def _api_key(self, presented: str, state: dict[str, Any], ip: str | None,
+                       rid: str | None) -> Principal:
         try:
             info = await self.authenticator.api_key(presented)
         except ApiKeyRejected as exc:
@@ -327,17 +326,37 @@ class AuthenticationMiddleware:
         if not info.allows(ip):
             raise Refused(403, "This API key is not allowed from this address.", "FORBIDDEN",
                           "api key: address outside its allowlist")
-        await self._check_rate(info)
+        state["api_key_rate_limit"] = info.rate_limit_per_minute
         if self.last_used is not None:
             self.last_used.record(info.key_id)
         return info.principal(client_ip=ip, request_id=rid)
 
-    async def _check_rate(self, info: ApiKeyInfo) -> None:
-        limit = info.rate_limit_per_minute
-        if limit is None or self.key_limiter is None:
+
+class AdmissionMiddleware:
+    """Admits every tenant route other than `/graphql` at no cost (GraphQL is admitted in the schema,
+    once its cost is known; see gateway/admission.py). Public routes pass through unlimited."""
+
+    def __init__(self, app: ASGIApp, *, admission: Any, graphql_path: str = "/graphql") -> None:
+        self.app = app
+        self.admission = admission
+        self.graphql_path = graphql_path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (scope["type"] != "http" or self.admission is None or scope["path"] == self.graphql_path
+                or scope["path"] in AuthenticationMiddleware.PUBLIC_PATHS
+                or scope["path"].startswith("/.well-known/")):
+            await self.app(scope, receive, send)
             return
-        wait = await self.key_limiter.hit("apikey:" + info.key_id, limit, 60.0)
-        if wait is not None:
-            retry = max(1, math.ceil(wait))
-            raise Refused(429, "Rate limit exceeded for this API key.", "RATE_LIMITED", "api key: rate limited",
-                          headers=[(b"retry-after", str(retry).encode())], retryAfter=retry)
+        state = _state(scope)
+        principal = state.get("principal") or anonymous(state.get("client_ip"), state.get("request_id"))
+        decision = await self.admission.admit(principal, key_rate_limit=state.get("api_key_rate_limit"))
+        if not decision.admitted:
+            if decision.status == 429:
+                body = graphql_error(f"Rate limit exceeded; retry in {decision.retry_after} s.", "RATE_LIMITED",
+                                     retryAfter=decision.retry_after)
+            else:
+                body = graphql_error("The rate limiter is unavailable; retry shortly.", "INTERNAL",
+                                     retryAfter=decision.retry_after)
+            await send_json(send, decision.status, body, headers=decision.headers())
+            return
+        await self.app(scope, receive, send)

@@ -26,6 +26,11 @@ class Environment(StrEnum):
     PROD = "prod"
 
 
+class OnRedisError(StrEnum):
+    CLOSED = "closed"
+    OPEN = "open"
+
+
 class InsecureSettingsError(RuntimeError):
     pass
 
@@ -43,6 +48,7 @@ class Settings(BaseSettings):
     database_url: str = "sqlite:///./portcullis.db"
     database_pool_size: int = Field(default=10, ge=1, le=200)
     redis_url: str | None = None
+    redis_max_connections: int = Field(default=100, ge=2, le=10_000)
 
     # Token signing: the current RSA private key (PEM, or a file holding it) and previous keys, whose
     # tokens stay valid until they expire. See docs/configuration.md, "Rotating the signing key".
@@ -76,6 +82,14 @@ class Settings(BaseSettings):
     lockout_base_seconds: int = Field(default=60, ge=1)
     lockout_max_seconds: int = Field(default=900, ge=1)
     lockout_account_ceiling: int = Field(default=50, ge=1)
+
+    # admission (docs/limits.md): what tenant limits do when Redis fails (login limits always fail closed)
+    limits_on_redis_error: OnRedisError = OnRedisError.CLOSED
+    anonymous_requests_per_minute: int = Field(default=60, ge=0)
+    login_attempts_per_account_per_minute: int = Field(default=10, ge=1)
+    login_attempts_per_address_per_minute: int = Field(default=30, ge=1)
+    limits_cache_ttl_seconds: float = Field(default=300.0, ge=0, le=3600)
+    usage_flush_seconds: float = Field(default=10.0, ge=0.05, le=3600)
 
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)

@@ -38,8 +38,10 @@ class Services:
     revocations: RevocationBus
     redis: Any = None
     api_key_cache: ApiKeyCache | None = None
-    key_limiter: Any = None
+    # the admission step (gateway/admission.py): `admit(principal, ...)` -> a decision; None when off
+    admission: Any = None
     budgets: RateBudgets | None = None
+    usage: Any = None
     secrets: SecretBox | None = None
     last_used: LastUsedRecorder | None = None
     api_key_env: str = "dev"
@@ -96,6 +98,10 @@ class RequestContext:
         self.denied_fields: dict[int, Any] | None = None
         # the operation's static cost, computed before execution (schema.limits.cost)
         self.operation_cost: int | None = None
+        # the paths of the denied fields (schema.authorization), for an explained operation
+        self.denied_paths: list[Any] | None = None
+        # the admission decision taken before execution (schema.limits.admission)
+        self.admission: Any = None
         self._db: AsyncSession | None = None
         self._db_in_turn: _OneAtATime | None = None
 

@@ -20,14 +20,16 @@ from schema.authorization import Authorization, Authorizer
 from schema.enums import Plan
 from schema.extensions import IntrospectionGuard, UnitOfWork
 from schema.limits import DEFAULT_LIST_SIZE, PLAN_LIMITS, CostModel, OperationLimits, TokenLimit, document_limits
+from schema.limits.admission import Admission
 from schema.members import MemberMutation
 from schema.organizations import OrganizationMutation, OrganizationQuery
+from schema.rate_limits import RateLimitQuery
 from schema.roles import RoleMutation, RoleQuery
 from schema.users import UserQuery
 
 log = logging.getLogger("portcullis.graphql")
 
-Query = merge_types("Query", (UserQuery, OrganizationQuery, RoleQuery))
+Query = merge_types("Query", (UserQuery, OrganizationQuery, RoleQuery, RateLimitQuery))
 Mutation = merge_types("Mutation", (AuthMutation, OrganizationMutation, MemberMutation, RoleMutation, ApiKeyMutation))
 
 
@@ -88,6 +90,8 @@ def build_schema(
         )
     else:
         extensions.append(AuthorizationNotEnforced)
+    # last before execution: the request, its cost and its login attempts, in one round trip
+    extensions.append(Admission)
     schema = PortcullisSchema(
         query=query or Query,
         mutation=mutation or Mutation,

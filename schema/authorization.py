@@ -261,6 +261,7 @@ class Authorization(SchemaExtension):
             decisions = self.authorizer.decide_operation(document, ec.operation_name, ctx.principal)
             self.decisions = decisions
             ctx.denied_fields = decisions.denied
+            ctx.denied_paths = decisions.denied_paths
             # a key's mutation is all or nothing: any refused field refuses the operation (C-119)
             key_mutation = (ctx.principal.kind is PrincipalKind.API_KEY and decisions.operation is not None
                             and decisions.operation.operation.value == "mutation")

@@ -157,6 +157,11 @@ def make_settings(database_url: str, signing_key: str, **overrides: Any) -> Sett
         "password_hash_time_cost": FAST_HASH.time_cost,
         "password_hash_parallelism": FAST_HASH.parallelism,
         "log_level": "DEBUG",
+        # the suite logs in and calls anonymously far more often than a person, from one address and
+        # (in shared mode) on one Redis: the tests of these limits set them low themselves
+        "anonymous_requests_per_minute": 100_000,
+        "login_attempts_per_account_per_minute": 100_000,
+        "login_attempts_per_address_per_minute": 100_000,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
@@ -271,3 +276,20 @@ async def login(client: httpx.AsyncClient, t: Tenant, password: str | None = Non
 
 def error_codes(body: dict[str, Any]) -> list[str]:
     return [e["extensions"]["code"] for e in body.get("errors", [])]
+
+
+class cost_of(dict):
+    """`extensions.cost` of a response that requested `n`: compares `requested` exactly and only checks
+    that the budget fields (`remaining`, `resetAt`) are there, since they move with every request."""
+
+    def __init__(self, requested: int) -> None:
+        super().__init__(requested=requested)
+
+    def __eq__(self, other: object) -> bool:
+        return (isinstance(other, dict) and other.get("requested") == self["requested"]
+                and "remaining" in other and "resetAt" in other and len(other) == 3)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    __hash__ = None  # type: ignore[assignment]

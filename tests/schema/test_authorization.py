@@ -8,7 +8,7 @@ import pytest
 
 from gateway.app import create_app
 from schema import auth as auth_schema
-from tests.conftest import Tenant, error_codes, gql, login, make_settings, make_tenant, running
+from tests.conftest import Tenant, cost_of, error_codes, gql, login, make_settings, make_tenant, running
 
 FORBIDDEN_BILLING = {"code": "FORBIDDEN", "requiredScopes": [["billing:read"]]}
 
@@ -51,7 +51,7 @@ async def test_denied_field_is_null_with_forbidden_at_its_path(
 async def test_a_permitted_caller_gets_the_field(client, tenant: Tenant) -> None:
     auth = await login(client, tenant)
     body = (await gql(client, "{ organization { b: billingEmail } }", token=auth["accessToken"])).json()
-    assert body == {"data": {"organization": {"b": None}}, "extensions": {"cost": {"requested": 1}}}
+    assert body == {"data": {"organization": {"b": None}}, "extensions": {"cost": cost_of(1)}}
 
 
 async def test_denied_resolver_never_runs(client, viewer: Tenant, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -114,7 +114,7 @@ async def test_reject_unauthorized_refuses_the_whole_operation(
         assert calls == []
         # what the caller may see still answers in full
         ok = await gql(client, "{ organization { slug } }", token=auth["accessToken"])
-        assert ok.json() == {"data": {"organization": {"slug": "initech"}}, "extensions": {"cost": {"requested": 1}}}
+        assert ok.json() == {"data": {"organization": {"slug": "initech"}}, "extensions": {"cost": cost_of(1)}}
 
 
 async def test_same_document_across_tenants_and_roles_shares_nothing(client, tenant: Tenant, viewer: Tenant) -> None:
@@ -126,6 +126,6 @@ async def test_same_document_across_tenants_and_roles_shares_nothing(client, ten
         first = (await gql(client, query, token=a["accessToken"])).json()
         second = (await gql(client, query, token=b["accessToken"])).json()
         assert first == {"data": {"organization": {"slug": "acme", "billingEmail": None}},
-                         "extensions": {"cost": {"requested": 1}}}
+                         "extensions": {"cost": cost_of(1)}}
         assert second["data"] == {"organization": {"slug": "initech", "billingEmail": None}}
         assert second["errors"][0]["extensions"] == FORBIDDEN_BILLING

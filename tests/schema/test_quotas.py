@@ -305,3 +305,21 @@ async def test_downgrade_below_usage_keeps_rows_and_refuses_the_next_creation(
     for key_id in keys[:3]:
         created((await gql(client, REVOKE_KEY, {"id": key_id}, token=token)).json())
     created(await create_key(client, token, "again"))
+
+
+async def test_quotas_report_every_resource_including_the_rate_budgets(client: httpx.AsyncClient,
+                                                                       tenant: Tenant) -> None:
+    token = await token_of(client, tenant)
+    first = await quotas(client, token)
+    assert list(first) == [r.value for r in QuotaResource]
+    second = await quotas(client, token)
+    # each admitted request is counted in the minute and the day; reading quotas spends nothing more
+    minute, day = second["REQUESTS_PER_MINUTE"], second["REQUESTS_PER_DAY"]
+    assert (minute["limit"], day["limit"]) == (6_000, 100_000)
+    assert minute["used"] == first["REQUESTS_PER_MINUTE"]["used"] + 1
+    assert day["used"] == first["REQUESTS_PER_DAY"]["used"] + 1
+    assert minute["remaining"] == 6_000 - minute["used"]
+    cost = second["COST_PER_MINUTE"]
+    assert cost["limit"] == 100_000 and cost["used"] > first["COST_PER_MINUTE"]["used"]
+    for row in (minute, day, cost):
+        assert datetime.fromisoformat(row["resetsAt"]) > datetime.now(UTC)

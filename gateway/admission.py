@@ -1,0 +1,242 @@
+"""Admission: which limits a request spends, taken in one round trip, and what a refusal looks like.
+
+Where it runs. A GraphQL request's cost is known only once its document is parsed and validated, and
+the cost must be debited in the same round trip as the request limits. So for `/graphql` admission
+runs inside the schema, as the last step before execution (`schema.limits.admission.Admission`, in
+`on_validate` after the operation limits, the cost and the field decisions), and calls
+`Admission.admit_operation`; a request that never reaches validation (a syntax error) is counted
+when its operation ends, at no cost. Every other tenant route is admitted at the edge
+(`AdmissionMiddleware`), at no cost. `/healthz`, `/readyz`, `/metrics` and `/.well-known/` are not
+limited.
+
+What a request spends, all in one `WindowStore.take` (one EVALSHA in shared mode):
+- a caller of a tenant: the tenant's REQUESTS_PER_MINUTE, REQUESTS_PER_DAY and COST_PER_MINUTE
+  (`authz.plans.effective_limits`: the plan's row and the organization's overrides; an unlimited
+  resource is not counted), and an API key's own `rateLimitPerMinute`;
+- an anonymous caller: the per-address limit (`anonymous_requests_per_minute`);
+- each `login` field of the document (aliases included): one attempt against the account it names
+  and one against the caller's address.
+
+When the store fails: login limits fail closed (503); the others follow `limits_on_redis_error`
+(closed: 503; open: admitted), logged and counted, never replaced by a per-process count.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlmodel import col, select
+
+from authz import Principal, PrincipalKind
+from authz.plans import QuotaResource, effective_limits
+from gateway.windows import Limit, LimitState, Outcome, StoreUnavailable, WindowStore, retry_seconds
+from identity.lockout import email_key
+from resolvers.budgets import RATE_RESOURCES, BudgetState
+from store.db import Database
+from store.models import Organization
+
+log = logging.getLogger("portcullis.admission")
+
+MINUTE, DAY = 60, 86_400
+_WINDOWS = {
+    QuotaResource.REQUESTS_PER_MINUTE: ("tenant-minute", "m", MINUTE),
+    QuotaResource.REQUESTS_PER_DAY: ("tenant-day", "d", DAY),
+    QuotaResource.COST_PER_MINUTE: ("tenant-cost", "c", MINUTE),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionPolicy:
+    anonymous_per_minute: int = 60
+    login_per_account_per_minute: int = 10
+    login_per_address_per_minute: int = 30
+    fail_open: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What the gateway answers: admitted (with the tenant's cost budget), 429 or 503."""
+
+    status: int  # 200, 429 or 503
+    retry_after: int = 0
+    refused_by: Limit | None = None
+    states: tuple[LimitState, ...] = ()
+    now_ms: int = 0
+
+    @property
+    def admitted(self) -> bool:
+        return self.status == 200
+
+    def state(self, name: str) -> LimitState | None:
+        for s in self.states:
+            if s.limit.name == name:
+                return s
+        return None
+
+    def cost_extension(self, requested: int) -> dict[str, Any]:
+        """`extensions.cost`: the operation's cost, and what is left of the tenant's cost budget."""
+        s = self.state("tenant-cost")
+        if s is None:
+            return {"requested": requested, "remaining": None, "resetAt": None}
+        return {"requested": requested, "remaining": s.remaining, "resetAt": iso(s.reset_ms)}
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """`Retry-After`, and the refusing limit as `RateLimit-Policy` and `RateLimit`
+        (draft-ietf-httpapi-ratelimit-headers)."""
+        out = [(b"retry-after", str(self.retry_after).encode())]
+        limit = self.refused_by
+        if limit is not None:
+            remaining = next((s.remaining for s in self.states if s.limit is limit), 0)
+            out.append((b"ratelimit-policy", f'"{limit.name}";q={limit.amount};w={limit.window}'.encode()))
+            out.append((b"ratelimit", f'"{limit.name}";r={remaining};t={self.retry_after}'.encode()))
+        return out
+
+
+def iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")
+
+
+class OrgLimitCache:
+    """Each organization's effective limits, read from the database once and kept until the revocation
+    bus says "org:<id>" (or "*"); a TTL bounds how long a lost message could keep a stale entry."""
+
+    def __init__(self, db: Database, ttl_seconds: float = 300.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.db = db
+        self.ttl = ttl_seconds
+        self.clock = clock
+        self._entries: dict[str, tuple[float, str, dict[QuotaResource, int | None]]] = {}
+
+    def invalidate(self, keys: list[str]) -> None:
+        for key in keys:
+            if key == "*":
+                self._entries.clear()
+            elif key.startswith("org:"):
+                self._entries.pop(key[4:], None)
+
+    async def get(self, organization_id: str) -> tuple[str, dict[QuotaResource, int | None]]:
+        entry = self._entries.get(organization_id)
+        now = self.clock()
+        if entry is not None and entry[0] > now:
+            return entry[1], entry[2]
+        async with self.db.transaction() as session:
+            row = (await session.execute(
+                select(Organization.plan, Organization.limit_overrides)
+                .where(col(Organization.id) == organization_id)
+            )).first()
+        plan, overrides = (row[0], row[1]) if row is not None else ("", {})
+        limits = effective_limits(plan, overrides)
+        self._entries[organization_id] = (now + self.ttl, plan, limits)
+        return plan, limits
+
+
+class Admission:
+    def __init__(self, store: WindowStore, orgs: OrgLimitCache, policy: AdmissionPolicy, *,
+                 shared: bool, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.orgs = orgs
+        self.policy = policy
+        self.shared = shared
+        self.clock = clock
+        self._day_from, self._day = 0.0, ""
+        self.on_refused: Callable[[str], None] = lambda _name: None
+        self.on_store_error: Callable[[str], None] = lambda _outcome: None
+
+    async def tenant_limits(self, organization_id: str, *, cost: int = 0) -> list[Limit]:
+        _, limits = await self.orgs.get(organization_id)
+        out = []
+        for resource, (name, suffix, window) in _WINDOWS.items():
+            amount = limits.get(resource)
+            if amount is None:
+                continue
+            weight = cost if resource is QuotaResource.COST_PER_MINUTE else 1
+            out.append(Limit(name, f"t:{organization_id}:{suffix}", amount, window, weight))
+        return out
+
+    async def limits_for(self, principal: Principal, *, key_rate_limit: int | None = None, cost: int = 0,
+                         login_accounts: Sequence[str] = ()) -> list[Limit]:
+        limits: list[Limit] = []
+        if principal.organization_id is not None:
+            limits += await self.tenant_limits(principal.organization_id, cost=cost)
+            if principal.kind is PrincipalKind.API_KEY and key_rate_limit is not None:
+                limits.append(Limit("api-key", f"k:{principal.subject_id}", key_rate_limit, MINUTE))
+        else:
+            limits.append(Limit("address", f"ip:{principal.client_ip or 'unknown'}",
+                                self.policy.anonymous_per_minute, MINUTE))
+        if login_accounts:
+            per_account: dict[str, int] = {}
+            for account in login_accounts:
+                k = email_key(account)
+                per_account[k] = per_account.get(k, 0) + 1
+            for account, n in per_account.items():
+                limits.append(Limit("login-account", f"la:{account}", self.policy.login_per_account_per_minute,
+                                    MINUTE, n))
+            limits.append(Limit("login-address", f"li:{principal.client_ip or 'unknown'}",
+                                self.policy.login_per_address_per_minute, MINUTE, len(login_accounts)))
+        return limits
+
+    def _usage(self, principal: Principal) -> list[str]:
+        org = principal.organization_id
+        if org is None:
+            return []
+        now = self.clock()
+        if not self._day_from <= now < self._day_from + DAY:
+            self._day_from = now - now % DAY
+            self._day = datetime.fromtimestamp(now, UTC).date().isoformat()
+        day = self._day
+        kind = principal.kind.value if principal.subject_id else "anonymous"
+        return [f"{day}|{org}|total||", f"{day}|{org}|{kind}|{principal.subject_id or ''}|"]
+
+    async def admit(self, principal: Principal, *, key_rate_limit: int | None = None, cost: int = 0,
+                    login_accounts: Sequence[str] = (), spend: bool = True, spend_cost: bool = True) -> Decision:
+        """Takes every limit of the request at once. `spend_cost=False` counts the request but not its
+        cost (an explained operation, which does not execute)."""
+        limits = await self.limits_for(principal, key_rate_limit=key_rate_limit,
+                                       cost=cost if spend_cost else 0, login_accounts=login_accounts)
+        if not limits:
+            return Decision(200)
+        try:
+            outcome: Outcome = await self.store.take(limits, spend=spend, usage=self._usage(principal) if spend else (),
+                                                     cost=cost if spend_cost else 0)
+        except StoreUnavailable as exc:
+            closed = bool(login_accounts) or not self.policy.fail_open
+            log.error("admission store unavailable; request %s", "refused" if closed else "admitted",
+                      extra={"request_id": principal.request_id, "error": str(exc)})
+            self.on_store_error("refused" if closed else "admitted")
+            return Decision(503, retry_after=1) if closed else Decision(200)
+        if outcome.admitted:
+            return Decision(200, states=outcome.states, now_ms=outcome.now_ms)
+        refused_by = outcome.refused_by
+        if refused_by is not None:
+            self.on_refused(refused_by.name)
+        return Decision(429, retry_after=retry_seconds(outcome.retry_ms), refused_by=refused_by,
+                        states=outcome.states, now_ms=outcome.now_ms)
+
+    async def budgets(self, organization_id: str,
+                      limits: Mapping[QuotaResource, int | None]) -> dict[QuotaResource, BudgetState]:
+        """`RateBudgets`: the tenant's three rate budgets, read without spending."""
+        counted = []
+        for resource, (name, suffix, window) in _WINDOWS.items():
+            amount = limits.get(resource)
+            if amount is not None:
+                counted.append((resource, Limit(name, f"t:{organization_id}:{suffix}", amount, window, 0)))
+        states: dict[str, LimitState] = {}
+        now_ms = int(self.clock() * 1000)
+        if counted:
+            outcome = await self.store.take([limit for _, limit in counted], spend=False)
+            now_ms = outcome.now_ms
+            states = {s.limit.name: s for s in outcome.states}
+        out: dict[QuotaResource, BudgetState] = {}
+        for resource in RATE_RESOURCES:
+            s = states.get(_WINDOWS[resource][0])
+            if s is None:
+                reset = datetime.fromtimestamp(now_ms / 1000, UTC).replace(tzinfo=None)
+                out[resource] = BudgetState(limit=None, used=0, remaining=None, reset_at=reset)
+            else:
+                reset = datetime.fromtimestamp(s.reset_ms / 1000, UTC).replace(tzinfo=None)
+                out[resource] = BudgetState(limit=s.limit.amount, used=s.used, remaining=s.remaining, reset_at=reset)
+        return out

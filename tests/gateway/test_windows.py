@@ -1,0 +1,148 @@
+"""The moving windows themselves: the boundary schedules of security.md §6.3 on a simulated clock, a
+property over random weighted schedules, all-or-nothing across limits, and the same on a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.windows import Limit, LocalWindows, RedisWindows
+from tests.gateway.test_admission_shared import max_in_any_window
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def weighted_max_in_any_window(hits: list[tuple[int, int]], window_ms: int) -> int:
+    hits = sorted(hits)
+    best, start, total = 0, 0, 0
+    for t, w in hits:
+        total += w
+        while t - hits[start][0] >= window_ms:
+            total -= hits[start][1]
+            start += 1
+        best = max(best, total)
+    return best
+
+
+async def run_schedule(schedule: list[float], limit: Limit) -> list[int]:
+    clock = Clock()
+    base = clock.now
+    windows = LocalWindows(clock)
+    admitted = []
+    for at in schedule:
+        clock.now = base + at
+        outcome = await windows.take([limit])
+        if outcome.admitted:
+            admitted.append(outcome.now_ms)
+    return admitted
+
+
+async def test_c079_boundary_schedule_one() -> None:
+    """1 hit at 0 s, 9 at 59.9 s, 10 at 60.1 s, 10 at 60.2 s against 10 a minute (fixed windows admit 19
+    in one 60 s span here)."""
+    schedule = [0.0] + [59.9] * 9 + [60.1] * 10 + [60.2] * 10
+    admitted = await run_schedule(schedule, Limit("m", "k", 10, 60))
+    assert max_in_any_window(admitted, 60_000) <= 10
+    assert len(admitted) >= 10
+
+
+async def test_c079_boundary_schedule_two() -> None:
+    """10 at 59.99 s, then one every 0.5 s from 60 s (a sliding-window counter admits 12 in a span here)."""
+    schedule = [59.99] * 10 + [60 + 0.5 * i for i in range(240)]
+    admitted = await run_schedule(schedule, Limit("m", "k", 10, 60))
+    assert max_in_any_window(admitted, 60_000) <= 10
+    assert len(admitted) >= 20  # and it keeps admitting as the window moves
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    amount=st.integers(min_value=0, max_value=30),
+    hits=st.lists(st.tuples(st.floats(min_value=0, max_value=200, allow_nan=False), st.integers(0, 8)),
+                  max_size=120),
+)
+def test_no_window_ever_holds_more_than_the_amount(amount: int, hits: list[tuple[float, int]]) -> None:
+    async def run() -> list[tuple[int, int]]:
+        clock = Clock()
+        base = clock.now
+        windows = LocalWindows(clock)
+        admitted = []
+        for at, weight in sorted(hits):
+            clock.now = base + at
+            outcome = await windows.take([Limit("c", "k", amount, 10, weight)])
+            if outcome.admitted:
+                admitted.append((outcome.now_ms, weight))
+        return admitted
+
+    admitted = asyncio.run(run())
+    assert weighted_max_in_any_window(admitted, 10_000) <= amount
+
+
+async def test_all_or_nothing_and_weights_locally() -> None:
+    clock = Clock()
+    windows = LocalWindows(clock)
+    cost = Limit("cost", "c", 12, 60, 5)
+    requests = Limit("req", "r", 100, 60)
+    assert (await windows.take([requests, cost])).admitted
+    assert (await windows.take([requests, cost])).admitted
+    refused = await windows.take([requests, cost])
+    assert not refused.admitted
+    assert refused.refused_by == cost
+    assert 60_000 <= refused.retry_ms <= 60_500
+    assert [s.used for s in refused.states] == [2, 10]  # the refused request spent nothing
+    clock.now += 61
+    assert [s.used for s in (await windows.take([requests, cost])).states] == [1, 5]
+
+
+@pytest.fixture
+async def redis_windows(redis_url: str) -> AsyncIterator[RedisWindows]:
+    from redis.asyncio import BlockingConnectionPool, Redis
+
+    redis = Redis.from_pool(BlockingConnectionPool.from_url(redis_url, max_connections=20))
+    try:
+        yield RedisWindows(redis, prefix=f"test:{uuid.uuid4().hex}:")
+    finally:
+        await redis.aclose()
+
+
+@pytest.mark.redis
+async def test_redis_all_or_nothing_weights_and_server_time(redis_windows: RedisWindows) -> None:
+    cost = Limit("cost", "c", 12, 60, 5)
+    requests = Limit("req", "r", 100, 60)
+    first = await redis_windows.take([requests, cost])
+    assert first.admitted
+    seconds, micros = await redis_windows.redis.time()
+    assert abs(first.now_ms - (seconds * 1000 + micros // 1000)) < 1000  # the Redis server's clock
+    assert (await redis_windows.take([requests, cost])).admitted
+    refused = await redis_windows.take([requests, cost])
+    assert not refused.admitted
+    assert refused.refused_by == cost
+    assert 59_000 <= refused.retry_ms <= 60_500
+    assert [s.used for s in refused.states] == [2, 10]
+    peek = await redis_windows.take([Limit("req", "r", 100, 60, 0)], spend=False)
+    assert [s.used for s in peek.states] == [2]
+
+
+@pytest.mark.redis
+async def test_redis_concurrent_takes_admit_exactly_the_amount(redis_windows: RedisWindows) -> None:
+    limit = Limit("m", "k", 50, 60)
+    outcomes = await asyncio.gather(*(redis_windows.take([limit]) for _ in range(200)))
+    assert sum(o.admitted for o in outcomes) == 50
+
+
+@pytest.mark.redis
+async def test_redis_zero_limit_refuses_with_the_window(redis_windows: RedisWindows) -> None:
+    outcome = await redis_windows.take([Limit("m", "z", 0, 60)])
+    assert not outcome.admitted
+    assert outcome.retry_ms == 60_000
+    assert outcome.states[0].remaining == 0
