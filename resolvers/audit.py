@@ -1,0 +1,119 @@
+"""Reading the audit log and verifying its chains.
+
+A tenant's reader (`audit:read`) sees its own organization's chain; the platform operator
+(`platform:audit:read`) reads every chain, the `platform` one included. Pages are newest first, keyset
+on (at, id), each filter served by an index that ends in that order (migration 0005).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import and_, or_
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col, select
+
+from authz import Permission, Principal
+from authz.errors import BadUserInput, Unauthenticated
+from store import audit
+from store.audit import ACTIONS, AuditResult, CursorError
+from store.models import AuditEntry
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 200
+MAX_FILTER_LENGTH = 64
+
+
+@dataclass(frozen=True, slots=True)
+class AuditFilter:
+    actor_id: str | None = None
+    action: str | None = None
+    resource_type: str | None = None
+    resource_id: str | None = None
+    result: str | None = None
+    request_id: str | None = None
+    start: datetime | None = None
+    end: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEdge:
+    cursor: str
+    entry: AuditEntry
+
+
+@dataclass(frozen=True, slots=True)
+class AuditPage:
+    edges: list[AuditEdge]
+    has_next_page: bool
+    end_cursor: str | None
+
+
+def _naive_utc(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo is not None else moment
+
+
+def _check_filter(f: AuditFilter) -> None:
+    for name in ("actor_id", "action", "resource_type", "resource_id", "result", "request_id"):
+        value = getattr(f, name)
+        if value is not None and (len(value) > MAX_FILTER_LENGTH or "\x00" in value):
+            raise BadUserInput(f"filter.{name} is not valid", field=f"filter.{name}")
+    if f.action is not None and f.action not in ACTIONS:
+        raise BadUserInput("filter.action is not a known audit action", field="filter.action")
+    if f.result is not None and f.result not in {r.value for r in AuditResult}:
+        raise BadUserInput("filter.result must be success, denied or error", field="filter.result")
+    if f.start is not None and f.end is not None and _naive_utc(f.start) >= _naive_utc(f.end):
+        raise BadUserInput("filter.from must be before filter.to", field="filter.from")
+
+
+def readable_chain(principal: Principal) -> str | None:
+    """The one chain the caller may read, or None for every chain (the platform operator)."""
+    if Permission.PLATFORM_AUDIT_READ in principal.effective_permissions:
+        return None
+    if principal.organization_id is None:
+        raise Unauthenticated("Authentication required.")
+    return principal.organization_id
+
+
+async def list_entries(
+    db: AsyncSession, principal: Principal, f: AuditFilter | None, first: int | None = DEFAULT_PAGE_SIZE,
+    after: str | None = None,
+) -> AuditPage:
+    f = f or AuditFilter()
+    size = DEFAULT_PAGE_SIZE if first is None else first
+    if not 1 <= size <= MAX_PAGE_SIZE:
+        raise BadUserInput(f"first must be between 1 and {MAX_PAGE_SIZE}", field="first")
+    _check_filter(f)
+    chain = readable_chain(principal)
+    stmt = select(AuditEntry)
+    # the audit log is chained per tenant: its tenant column is `chain` (the organization's id)
+    if chain is not None:
+        stmt = stmt.where(col(AuditEntry.chain) == chain)
+    for name in ("actor_id", "action", "resource_type", "resource_id", "result", "request_id"):
+        value = getattr(f, name)
+        if value is not None:
+            stmt = stmt.where(getattr(AuditEntry, name) == value)
+    if f.start is not None:
+        stmt = stmt.where(col(AuditEntry.at) >= _naive_utc(f.start))
+    if f.end is not None:
+        stmt = stmt.where(col(AuditEntry.at) < _naive_utc(f.end))
+    if after is not None:
+        try:
+            at, ident = audit.decode_cursor(after)
+        except CursorError:
+            raise BadUserInput("after is not a valid cursor", field="after") from None
+        stmt = stmt.where(or_(col(AuditEntry.at) < at, and_(col(AuditEntry.at) == at, col(AuditEntry.id) < ident)))
+    stmt = stmt.order_by(col(AuditEntry.at).desc(), col(AuditEntry.id).desc()).limit(size + 1)
+    rows = list((await db.execute(stmt)).scalars().all())
+    edges = [AuditEdge(audit.encode_cursor(e), e) for e in rows[:size]]
+    return AuditPage(edges, len(rows) > size, edges[-1].cursor if edges else None)
+
+
+async def verify_chains(
+    db: AsyncSession, principal: Principal, start: datetime | None = None, end: datetime | None = None
+) -> audit.VerificationReport:
+    if start is not None and end is not None and _naive_utc(start) >= _naive_utc(end):
+        raise BadUserInput("from must be before to", field="from")
+    chain = readable_chain(principal)
+    return await audit.verify(db, chains=None if chain is None else [chain], start=start, end=end)
