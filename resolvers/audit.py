@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import and_, or_
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -18,7 +19,7 @@ from authz import Permission, Principal
 from authz.errors import BadUserInput, Unauthenticated
 from store import audit
 from store.audit import ACTIONS, AuditResult, CursorError
-from store.models import AuditEntry
+from store.models import ApiKey, AuditEntry, Membership, Organization, Report
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
@@ -117,3 +118,27 @@ async def verify_chains(
         raise BadUserInput("from must be before to", field="from")
     chain = readable_chain(principal)
     return await audit.verify(db, chains=None if chain is None else [chain], start=start, end=end)
+
+
+async def owning_tenants(db: AsyncSession, resource_type: str, value: str) -> set[str]:
+    """The organizations that hold `value` (an id, or a slug): to tell an id of another tenant from one
+    that does not exist, for the audit log only; the caller's answer stays NOT_FOUND either way.
+
+    # tenant-scope: deliberately across tenants, and nothing found here reaches the caller
+    """
+    if not value or len(value) > 64 or "\x00" in value:
+        return set()
+    stmt: Any
+    if resource_type == "api_key":
+        stmt = select(col(ApiKey.organization_id)).where(col(ApiKey.id) == value)
+    elif resource_type == "membership":
+        stmt = select(col(Membership.organization_id)).where(col(Membership.id) == value)
+    elif resource_type == "user":
+        stmt = select(col(Membership.organization_id)).where(col(Membership.user_id) == value)
+    elif resource_type == "report":
+        stmt = select(col(Report.organization_id)).where(col(Report.id) == value)
+    elif resource_type == "organization":
+        stmt = select(col(Organization.id)).where(col(Organization.slug) == value)
+    else:
+        return set()
+    return {str(v) for v in (await db.execute(stmt.limit(10))).scalars().all()}

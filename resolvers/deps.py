@@ -23,7 +23,7 @@ from identity.secrets import SecretBox
 from identity.sessions import SessionCache, SessionPolicy
 from identity.tokens import AccessTokens
 from resolvers.budgets import RateBudgets
-from store.audit import ActorType, AuditEvent, AuditResult, AuditTrail, RateLimitAudit
+from store.audit import PLATFORM_CHAIN, ActorType, AuditEvent, AuditResult, AuditTrail, RateLimitAudit
 from store.db import Database
 
 
@@ -116,11 +116,15 @@ class RequestContext:
                     resource_id: str | None = None, details: dict[str, Any] | None = None,
                     organization_id: str | None = None, actor_id: str | None = None) -> AuditEvent:
         """An entry about this request: who (the principal, or `actor_id` for a caller not yet
-        authenticated), from where, under which request id, in the principal's tenant by default."""
+        authenticated), from where, under which request id, in the principal's tenant by default
+        (`organization_id=PLATFORM_CHAIN` for an event outside any tenant)."""
         p = self.principal
+        if organization_id is None:
+            organization_id = p.organization_id
+        elif organization_id == PLATFORM_CHAIN:
+            organization_id = None
         return AuditEvent(
-            action=action, result=result,
-            organization_id=organization_id if organization_id is not None else p.organization_id,
+            action=action, result=result, organization_id=organization_id,
             actor_type=ActorType(p.kind.value) if p.is_authenticated else ActorType.ANONYMOUS,
             actor_id=actor_id if actor_id is not None else p.subject_id,
             resource_type=resource_type, resource_id=resource_id, request_id=p.request_id, ip=p.client_ip,

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import strawberry
-from graphql import FieldNode, OperationDefinitionNode
+from graphql import FieldNode, OperationDefinitionNode, VariableNode
 from strawberry.scalars import JSON
 from strawberry.types import ExecutionContext
 
@@ -58,6 +58,9 @@ FIELD_ACTIONS: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
     "disableTotp": (A.AUTHN_MFA_DISABLE, "user", (A.AUTHN_MFA_FAIL,)),
 }
 
+# mutations that anonymous callers may call: their failures are recorded
+PUBLIC_FIELDS = frozenset({"login", "refreshToken", "acceptInvitation"})
+
 # a refusal of the caller (denied) rather than a failure (error)
 _DENIED_CODES = frozenset({ErrorCode.UNAUTHENTICATED, ErrorCode.FORBIDDEN, ErrorCode.NOT_FOUND,
                            ErrorCode.QUOTA_EXCEEDED, ErrorCode.RATE_LIMITED})
@@ -85,6 +88,73 @@ class OperationAudit:
 def _covered(recorded: set[str], field_name: str) -> bool:
     action, _, also = FIELD_ACTIONS.get(field_name, (A.MUTATION, None, ()))
     return action in recorded or not recorded.isdisjoint(also)
+
+
+# root field -> (the argument naming the object, its resource type): a NOT_FOUND there may be an id of
+# another tenant, recorded as `authz_cross_tenant` (the answer stays NOT_FOUND)
+LOOKUP_ARGUMENTS: dict[str, tuple[str, str]] = {
+    "rotateApiKey": ("id", "api_key"), "revokeApiKey": ("id", "api_key"),
+    "updateMemberRole": ("membershipId", "membership"), "removeMember": ("membershipId", "membership"),
+    "unlockUser": ("userId", "user"), "report": ("id", "report"), "organization": ("slug", "organization"),
+}
+
+
+def _root_fields(ec: ExecutionContext) -> list[FieldNode]:
+    document = ec.graphql_document
+    if document is None:
+        return []
+    operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
+    if ec.operation_name is not None:
+        operations = [o for o in operations if o.name is not None and o.name.value == ec.operation_name]
+    if len(operations) != 1:
+        return []
+    return [s for s in operations[0].selection_set.selections if isinstance(s, FieldNode)]
+
+
+def _argument(node: FieldNode, name: str, variables: dict[str, Any] | None) -> str | None:
+    for arg in node.arguments or ():
+        if arg.name.value == name:
+            value = arg.value
+            if isinstance(value, VariableNode):
+                found = (variables or {}).get(value.name.value)
+                return found if isinstance(found, str) else None
+            return getattr(value, "value", None) if isinstance(getattr(value, "value", None), str) else None
+    return None
+
+
+async def _cross_tenant(ctx: Any, ec: ExecutionContext, errors: list[Any], out: OperationAudit) -> None:
+    not_found = {str(e.path[0]) for e in errors if e.path and isinstance(e.original_error, GatewayError)
+                 and e.original_error.code is ErrorCode.NOT_FOUND}
+    own = ctx.principal.organization_id
+    if not not_found or own is None:
+        return
+    probes = []
+    for node in _root_fields(ec):
+        key = node.alias.value if node.alias else node.name.value
+        lookup = LOOKUP_ARGUMENTS.get(node.name.value)
+        if key in not_found and lookup is not None:
+            value = _argument(node, lookup[0], ec.variables)
+            if value:
+                probes.append((node.name.value, lookup[1], value))
+    if not probes:
+        return
+    async with ctx.services.db.transaction() as db:
+        for field_name, resource_type, value in probes:
+            owners = await service.owning_tenants(db, resource_type, value)
+            if owners and own not in owners:
+                # this replaces the field's plain failure entry: one row for the attempt
+                out.on_their_own = [e for e in out.on_their_own if (e.details or {}).get("field") != field_name]
+                out.on_their_own.append(ctx.audit_event(
+                    A.AUTHZ_CROSS_TENANT, result=AuditResult.DENIED, resource_type=resource_type,
+                    resource_id=value[:64], details={"field": field_name},
+                ))
+
+
+async def add_cross_tenant(ctx: Any, ec: ExecutionContext, out: OperationAudit) -> None:
+    """Once the request's work is over: which NOT_FOUND answers were ids of another tenant."""
+    result = ec.result
+    if result is not None and result.errors and ctx.principal.is_authenticated:
+        await _cross_tenant(ctx, ec, list(result.errors), out)
 
 
 def operation_events(ctx: Any, ec: ExecutionContext) -> OperationAudit:
@@ -119,6 +189,8 @@ def operation_events(ctx: Any, ec: ExecutionContext) -> OperationAudit:
             by_key.setdefault(str(e.path[0]), e)
     for node in fields:
         name = node.name.value
+        if not ctx.principal.is_authenticated and name not in PUBLIC_FIELDS:
+            continue  # refused before it could act; anonymous callers do not get to fill the log
         error = by_key.get(node.alias.value if node.alias else name)
         if error is None or _covered(ctx.audited_now, name):
             continue  # succeeded and rolled back with a failing sibling, or its failure is recorded
@@ -130,7 +202,7 @@ def operation_events(ctx: Any, ec: ExecutionContext) -> OperationAudit:
         out.on_their_own.append(ctx.audit_event(
             action, resource_type=resource_type,
             result=AuditResult.DENIED if code in _DENIED_CODES else AuditResult.ERROR,
-            details={"field": name, "code": code.value},
+            details={"field": name, "errorCode": code.value},
         ))
     return out
 

@@ -12,7 +12,7 @@ from graphql.validation import NoSchemaIntrospectionCustomRule
 from strawberry.extensions import SchemaExtension
 
 from authz.errors import ErrorCode, GatewayError
-from schema.audit import operation_events
+from schema.audit import add_cross_tenant, operation_events
 from store import audit
 
 log = logging.getLogger("portcullis.graphql")
@@ -72,11 +72,13 @@ class UnitOfWork(SchemaExtension):
             log.exception("commit failed", extra={"request_id": _request_id(ctx)})
             with contextlib.suppress(Exception):
                 await ctx.finish(commit=False)
+            ok = False
             if result is not None:
                 result.data = None
                 result.errors = [GraphQLError("commit failed", original_error=exc)]
-        if events is not None and events.on_their_own:
+        if events is not None and not ok:
             try:
+                await add_cross_tenant(ctx, self.execution_context, events)
                 await ctx.services.audit.record(*events.on_their_own)
             except Exception:
                 log.exception("audit entries not written", extra={"request_id": _request_id(ctx)})

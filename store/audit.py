@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import re
 import unicodedata
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -526,6 +527,7 @@ class RateLimitAudit:
         self.redis = redis
         self.clock = clock or time.time
         self._pending: dict[tuple[str, str, int], _Refusals] = {}
+        self._task: Any = None
 
     @staticmethod
     def _redis_key(chain: str, key: str, minute: int) -> str:
@@ -551,6 +553,30 @@ class RateLimitAudit:
             self._pending[slot] = _Refusals(1, event)
         else:
             pending.count += 1
+
+    def start(self, interval_seconds: float = 10.0) -> None:
+        import asyncio
+
+        async def run() -> None:
+            while True:
+                await asyncio.sleep(interval_seconds)
+                try:
+                    await self.flush()
+                except Exception:
+                    logging.getLogger("portcullis.audit").exception("rate-limit audit entries not written")
+
+        self._task = asyncio.get_running_loop().create_task(run())
+
+    async def stop(self) -> None:
+        import asyncio
+        import contextlib
+
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.flush(everything=True)
 
     async def flush(self, *, everything: bool = False) -> int:
         """Write the finished minutes; the number of entries written."""
