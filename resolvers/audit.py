@@ -55,11 +55,15 @@ def _naive_utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo is not None else moment
 
 
+_FILTER_FIELDS = {"actor_id": "actorId", "action": "action", "resource_type": "resourceType",
+                  "resource_id": "resourceId", "result": "result", "request_id": "requestId"}
+
+
 def _check_filter(f: AuditFilter) -> None:
-    for name in ("actor_id", "action", "resource_type", "resource_id", "result", "request_id"):
+    for name, label in _FILTER_FIELDS.items():
         value = getattr(f, name)
         if value is not None and (len(value) > MAX_FILTER_LENGTH or "\x00" in value):
-            raise BadUserInput(f"filter.{name} is not valid", field=f"filter.{name}")
+            raise BadUserInput(f"filter.{label} is not valid", field=f"filter.{label}")
     if f.action is not None and f.action not in ACTIONS:
         raise BadUserInput("filter.action is not a known audit action", field="filter.action")
     if f.result is not None and f.result not in {r.value for r in AuditResult}:

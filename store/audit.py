@@ -557,6 +557,9 @@ class RateLimitAudit:
     def start(self, interval_seconds: float = 10.0) -> None:
         import asyncio
 
+        if self._task is not None and not self._task.done():
+            return
+
         async def run() -> None:
             while True:
                 await asyncio.sleep(interval_seconds)
