@@ -7,6 +7,7 @@ on (at, id), each filter served by an index that ends in that order (migration 0
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -17,6 +18,7 @@ from sqlmodel import col, select
 
 from authz import Permission, Principal
 from authz.errors import BadUserInput, Unauthenticated
+from identity.tokens import KeyRing, TokenError, sign_document, verify_document
 from store import audit
 from store.audit import ACTIONS, AuditResult, CursorError
 from store.models import ApiKey, AuditEntry, Membership, Organization, Report
@@ -146,3 +148,43 @@ async def owning_tenants(db: AsyncSession, resource_type: str, value: str) -> se
     else:
         return set()
     return {str(v) for v in (await db.execute(stmt.limit(10))).scalars().all()}
+
+
+# --- checkpoints: chain heads signed and kept outside the database ------------------------------
+
+CHECKPOINT_FORMAT = "portcullis-audit-checkpoint/1"
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+async def checkpoint(db: AsyncSession, keys: KeyRing, *, now: datetime) -> dict[str, Any]:
+    """Each chain's head (sequence, hash), recomputed from the entries, signed with the gateway's key.
+
+    Refused while a chain does not verify: a checkpoint vouches for what it records."""
+    heads, report = await audit.heads(db, verified=True)
+    if report is not None and not report.ok:
+        raise CheckpointError(f"the audit log does not verify (first broken sequence "
+                              f"{report.first_broken_sequence}); no checkpoint written")
+    document = {
+        "format": CHECKPOINT_FORMAT, "createdAt": audit.iso(now),
+        "heads": [{"chain": h.chain, "sequence": h.sequence, "hash": h.hash}
+                  for h in sorted(heads, key=lambda h: h.chain)],
+    }
+    return {**document, "signature": sign_document(keys, document)}
+
+
+def read_checkpoint(keys: KeyRing, text: str) -> list[audit.ChainHead]:
+    """The heads of a checkpoint file, as signed: the readable copy beside the signature is ignored."""
+    try:
+        signature = json.loads(text)["signature"]
+        document = verify_document(keys, signature)
+    except (ValueError, KeyError, TypeError, TokenError) as exc:
+        raise CheckpointError(f"not a valid signed checkpoint: {exc}") from None
+    if document.get("format") != CHECKPOINT_FORMAT or not isinstance(document.get("heads"), list):
+        raise CheckpointError("not a valid signed checkpoint: unknown format")
+    try:
+        return [audit.ChainHead(str(h["chain"]), int(h["sequence"]), str(h["hash"])) for h in document["heads"]]
+    except (KeyError, TypeError, ValueError):
+        raise CheckpointError("not a valid signed checkpoint: malformed heads") from None
