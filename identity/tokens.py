@@ -326,7 +326,8 @@ def verify_document(keys: KeyRing, token: str) -> dict[str, Any]:
     if not isinstance(header, dict) or header.get("alg") != ALGORITHM or header.get("typ") != CHECKPOINT_TYP \
             or FORBIDDEN_HEADERS & header.keys():
         raise TokenError("not a checkpoint signature")
-    key = keys.get(header.get("kid")) if isinstance(header.get("kid"), str) else None
+    kid = header.get("kid")
+    key = keys.get(kid) if isinstance(kid, str) else None
     if key is None:
         raise TokenError("unknown kid")
     try:
