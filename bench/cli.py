@@ -68,10 +68,11 @@ def _scenarios(value: str) -> list[str]:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     p.add_argument("--scenario", type=_scenarios, default=list(SCENARIO_NAMES),
-                   metavar="basic|guarded|apikey|admission|all",
+                   metavar="basic|guarded|apikey|admission|audited|all",
                    help="basic: the gateway against three baselines; guarded: a field that requires a "
                         "permission, with and without field authorization; apikey: Bearer against API key; "
-                        "admission: shared mode (Redis) with and without admission; all (default): every one")
+                        "admission: shared mode (Redis) with and without admission; audited: an audited "
+                        "mutation; all (default): every one")
     p.add_argument("--duration", type=_positive, default=DEFAULT_DURATION, help="seconds per wrk run (10)")
     p.add_argument("--warmup", type=int, default=DEFAULT_WARMUP, help="seconds of warm-up per server (3)")
     p.add_argument("--connections", type=_counts, default=_counts(DEFAULT_CONNECTIONS),
@@ -107,6 +108,7 @@ class Bench:
             "guarded": database.expected_guarded_response(self.db),
             "apikey": database.expected_response(self.db),
             "admission": database.expected_response(self.db),
+            "audited": database.expected_audited_response(self.db),
         }
         self.env = servers.server_environment(self.db.url, generate_private_key_pem())
         self.redis_url: str | None = None  # set by `main` when a chosen server runs in shared mode
@@ -192,6 +194,10 @@ def print_report(args: argparse.Namespace, bench: Bench, results: dict[str, repo
         elif scenario.name == "admission":
             blocks = (report.table(scenario_results, names, args.connections),
                       report.admission_target(scenario_results, args.connections))
+        elif scenario.name == "audited":
+            entries, ok = database.audit_entries(bench.db)
+            blocks = (report.table(scenario_results, names, args.connections),
+                      [f"audit entries written: {entries}; chains verify: {'yes' if ok else 'NO'}"])
         elif scenario.name == "apikey":
             blocks = (report.table(scenario_results, names, args.connections),
                       report.api_key_target(scenario_results, args.connections))

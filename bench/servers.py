@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.apps.common import DATABASE_URL_VARIABLE, GUARDED_QUERY, QUERY
+from bench.apps.common import AUDITED_MUTATION, DATABASE_URL_VARIABLE, GUARDED_QUERY, QUERY
 
 REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -72,6 +72,8 @@ SCENARIOS = (
              "the same query authenticated by a Bearer token and by an API key"),
     Scenario("admission", QUERY, ("gateway-redis", "gateway-redis-noadmission"),
              "the full admission path in shared mode (Redis), with and without admission"),
+    Scenario("audited", AUDITED_MUTATION, ("gateway",),
+             "a mutation whose change and audit entry (hash chain, head row locked) commit in one transaction"),
 )
 SCENARIO_NAMES = tuple(s.name for s in SCENARIOS)
 

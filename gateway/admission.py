@@ -37,6 +37,7 @@ from authz.plans import QuotaResource, effective_limits
 from gateway.windows import Limit, LimitState, Outcome, StoreUnavailable, WindowStore, retry_seconds
 from identity.lockout import email_key
 from resolvers.budgets import RATE_RESOURCES, BudgetState
+from store.audit import ActorType, AuditAction, AuditEvent, RateLimitAudit
 from store.db import Database
 from store.models import Organization
 
@@ -145,6 +146,8 @@ class Admission:
         self._day_from, self._day = 0.0, ""
         self.on_refused: Callable[[str], None] = lambda _name: None
         self.on_store_error: Callable[[str], None] = lambda _outcome: None
+        # refusals are audited, counted per (tenant, limit key, minute): one entry, not one per request
+        self.refusals: RateLimitAudit | None = None
 
     async def tenant_limits(self, organization_id: str, *, cost: int = 0) -> list[Limit]:
         _, limits = await self.orgs.get(organization_id)
@@ -213,8 +216,24 @@ class Admission:
         refused_by = outcome.refused_by
         if refused_by is not None:
             self.on_refused(refused_by.name)
+            await self._audit_refusal(principal, refused_by)
         return Decision(429, retry_after=retry_seconds(outcome.retry_ms), refused_by=refused_by,
                         states=outcome.states, now_ms=outcome.now_ms)
+
+    async def _audit_refusal(self, principal: Principal, limit: Limit) -> None:
+        if self.refusals is None:
+            return
+        actor = (ActorType.API_KEY if principal.kind is PrincipalKind.API_KEY
+                 else ActorType.USER if principal.subject_id else ActorType.ANONYMOUS)
+        event = AuditEvent(action=AuditAction.EXCESS_RATE_LIMIT_EXCEEDED, organization_id=principal.organization_id,
+                           actor_type=actor, actor_id=principal.subject_id, request_id=principal.request_id,
+                           ip=principal.client_ip, details={"limit": limit.name, "per": limit.amount,
+                                                            "windowSeconds": limit.window})
+        try:
+            await self.refusals.refused(event, key=limit.key)
+        except Exception:  # the refusal stands; only its audit count is lost, and that is logged
+            log.exception("rate-limit refusal not counted for the audit log",
+                          extra={"request_id": principal.request_id})
 
     async def budgets(self, organization_id: str,
                       limits: Mapping[QuotaResource, int | None]) -> dict[QuotaResource, BudgetState]:

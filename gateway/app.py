@@ -143,6 +143,8 @@ def create_app(settings: Settings | None = None, *, enforce_authorization: bool 
     settings = settings or Settings()
     configure_logging(settings.log_level)
     services = build_services(settings)
+    if services.admission is not None:
+        services.admission.refusals = services.rate_limit_audit
     if not admission:
         services.admission = None
     schema = build_schema(
@@ -203,6 +205,7 @@ def create_app(settings: Settings | None = None, *, enforce_authorization: bool 
             services.last_used.start()
         if services.usage is not None:
             services.usage.start()
+        services.rate_limit_audit.start()
         if settings.env is not Environment.TEST:
             # start-up objects live for the whole process: keep them out of every collection (p99)
             gc.collect()
@@ -214,6 +217,8 @@ def create_app(settings: Settings | None = None, *, enforce_authorization: bool 
                 await services.usage.stop()
             if services.last_used is not None:
                 await services.last_used.stop()
+            with contextlib.suppress(Exception):
+                await services.rate_limit_audit.stop()
             await services.revocations.stop()
             if services.redis is not None:
                 await services.redis.aclose()
@@ -238,6 +243,8 @@ def create_app(settings: Settings | None = None, *, enforce_authorization: bool 
             client_address=ClientAddress(settings.trusted_proxies),
             on_failure=lambda _reason: auth_failures.inc(),
             last_used=services.last_used,
+            audit=services.audit,
+            rate_limit_audit=services.rate_limit_audit,
         ),
         Middleware(AdmissionMiddleware, admission=services.admission),
     ]

@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     env: Environment = Environment.DEV
     database_url: str = "sqlite:///./portcullis.db"
     database_pool_size: int = Field(default=10, ge=1, le=200)
+    # PostgreSQL: `portcullis migrate` connects with this URL (the tables' owner) when set, then grants
+    # the role of `database_url` what the application needs; the audit table gets INSERT and SELECT only
+    migration_database_url: str | None = None
     redis_url: str | None = None
     redis_max_connections: int = Field(default=100, ge=2, le=10_000)
 

@@ -29,6 +29,7 @@ from resolvers.deps import RequestContext
 from resolvers.provisioning import SLUG, checked_email
 from resolvers.quotas import check_quota, lock_organization
 from resolvers.roles import announce_after_commit
+from store.audit import AuditAction, changes
 from store.models import Membership, Organization
 from store.scoping import subtree_ids
 
@@ -154,9 +155,12 @@ async def change_plan(ctx: RequestContext, plan: str) -> Organization:
     org_id = _tenant(ctx.principal)
     db = await ctx.db()
     org = await lock_organization(db, org_id)
-    if org.plan != plan:
+    old = org.plan
+    if old != plan:
         org.plan = plan
         db.add(org)
         await db.flush()
         announce_after_commit(ctx, [org_key(org.id)])
+    ctx.audit(AuditAction.PLAN_CHANGED, resource_type="organization", resource_id=org.id,
+              details={"changes": changes({"plan": old}, {"plan": plan})})
     return org
