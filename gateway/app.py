@@ -25,6 +25,7 @@ from gateway.middleware import (
     RequestIdMiddleware,
     SecurityHeadersMiddleware,
 )
+from gateway.reports import ReportDownloads
 from gateway.settings import Environment, Settings
 from identity.api_keys import ApiKeyCache, ApiKeyVerifier, LastUsedRecorder
 from identity.authentication import Authenticator
@@ -187,6 +188,7 @@ def create_app(settings: Settings | None = None, *, enforce_authorization: bool 
         Route("/readyz", readyz),
         Route("/.well-known/jwks.json", jwks),
         Route("/metrics", metrics),
+        Route("/reports/{name}", ReportDownloads(services), methods=["GET"]),
     ]
     middleware = [
         Middleware(RequestIdMiddleware),

@@ -22,13 +22,15 @@ from schema.extensions import IntrospectionGuard, UnitOfWork
 from schema.limits import DEFAULT_LIST_SIZE, PLAN_LIMITS, CostModel, OperationLimits, TokenLimit, document_limits
 from schema.members import MemberMutation
 from schema.organizations import OrganizationMutation, OrganizationQuery
+from schema.reports import ReportMutation, ReportQuery
 from schema.roles import RoleMutation, RoleQuery
 from schema.users import UserQuery
 
 log = logging.getLogger("portcullis.graphql")
 
-Query = merge_types("Query", (UserQuery, OrganizationQuery, RoleQuery))
-Mutation = merge_types("Mutation", (AuthMutation, OrganizationMutation, MemberMutation, RoleMutation, ApiKeyMutation))
+Query = merge_types("Query", (UserQuery, OrganizationQuery, RoleQuery, ReportQuery))
+Mutation = merge_types("Mutation", (AuthMutation, OrganizationMutation, MemberMutation, RoleMutation, ApiKeyMutation,
+                                    ReportMutation))
 
 
 class PortcullisSchema(strawberry.Schema):

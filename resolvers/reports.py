@@ -1,0 +1,337 @@
+"""Reports: generating one from the database for a time range, finding it again, downloading it.
+
+A report's content is written once, at generation, into `report_rows` (one canonical JSON array per
+row, in chunks) and never regenerated: ACCESS and COMPLIANCE describe the organization as it stood when
+the report was made, which the live tables no longer show a week later. The downloads are built from
+those stored lines, byte for byte the same each time, so the digests computed while writing them
+(`digest`: sha256 of the JSON download, `csv_digest`: of the CSV download) verify against any later
+download. Neither generation nor download holds more than one chunk of rows in memory.
+
+Generation takes the organization's write lock first (`SELECT … FOR UPDATE` on PostgreSQL; on SQLite a
+no-op write that takes the database's single writer lock), then counts the reports created this UTC
+month: concurrent generations at the REPORTS_PER_MONTH boundary admit exactly the limit.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import csv
+import hashlib
+import io
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from sqlalchemy import func, insert, update
+from sqlalchemy import select as sa_select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
+
+from authz import Principal
+from authz.errors import BadUserInput, Forbidden, NotFound, QuotaExceeded
+from authz.plans import QuotaResource, effective_limits
+from resolvers.deps import RequestContext
+from resolvers.report_builders import BUILDERS, COLUMNS, Cell, Period, iso
+from resolvers.roles import tenant_of
+from store.db import Database
+from store.models import Organization, Report, ReportRow
+from store.scoping import tenant_filter, tenant_select
+
+REPORT_NOT_FOUND = "Report not found."
+KINDS = ("USAGE", "SECURITY", "ACCESS", "COMPLIANCE")
+# How far back a report may start, per plan (days before now): what each plan keeps of its usage and
+# audit history for reporting. Documented in docs/reports.md.
+REPORT_RETENTION_DAYS: dict[str, int] = {"free": 30, "starter": 90, "professional": 365, "enterprise": 1095}
+# `to` may lie a little ahead of the clock (a period "until the end of today")
+MAX_FUTURE = timedelta(days=1)
+CHUNK = 500
+MAX_PAGE_SIZE = 100
+MAX_CURSOR_LENGTH = 200
+CURSOR_VERSION = "r1"
+# a CSV cell starting with one of these is read as a formula by spreadsheets (OWASP, "CSV Injection")
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def naive_utc(value: datetime) -> datetime:
+    return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo is not None else value
+
+
+def _dumps(value: Any) -> bytes:
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+
+
+# -- rendering: the JSON and CSV downloads ---------------------------------------------------------
+
+
+def json_head(report: Report, columns: Sequence[str]) -> bytes:
+    meta = {"id": report.id, "kind": report.kind, "organizationId": report.organization_id,
+            "from": iso(report.period_start), "to": iso(report.period_end), "createdAt": iso(report.created_at)}
+    return b'{"report":' + _dumps(meta) + b',"columns":' + _dumps(list(columns)) + b',"rows":['
+
+
+def json_tail(summary: dict[str, Any]) -> bytes:
+    return b'],"summary":' + _dumps(summary) + b"}"
+
+
+def csv_cell(value: Cell) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if value.startswith(FORMULA_PREFIXES):
+        return "'" + value
+    return value
+
+
+def csv_line(values: Sequence[Cell]) -> bytes:
+    out = io.StringIO()
+    csv.writer(out).writerow([csv_cell(v) for v in values])
+    return out.getvalue().encode()
+
+
+def columns_of(kind: str) -> tuple[str, ...]:
+    return COLUMNS[kind]
+
+
+# -- generation -----------------------------------------------------------------------------------
+
+
+class RowWriter:
+    """Appends a report's rows in chunks, hashing the JSON and CSV downloads as they will be served."""
+
+    def __init__(self, db: AsyncSession, report: Report, columns: Sequence[str]) -> None:
+        self.db = db
+        self.report = report
+        self.width = len(columns)
+        self.count = 0
+        self._pending: list[dict[str, Any]] = []
+        self._json = hashlib.sha256(json_head(report, columns))
+        self._csv = hashlib.sha256(csv_line(list(columns)))
+
+    async def add(self, *values: Cell) -> None:
+        assert len(values) == self.width, values
+        line = orjson.dumps(list(values))
+        self._json.update(b"," + line if self.count else line)
+        self._csv.update(csv_line(values))
+        self._pending.append({"report_id": self.report.id, "seq": self.count,
+                              "organization_id": self.report.organization_id, "line": line.decode()})
+        self.count += 1
+        if len(self._pending) >= CHUNK:
+            await self.flush()
+
+    async def flush(self) -> None:
+        if self._pending:
+            await self.db.execute(insert(ReportRow), self._pending)
+            self._pending = []
+
+    async def finish(self, summary: dict[str, Any]) -> None:
+        await self.flush()
+        summary = {**summary, "rowCount": self.count}
+        self._json.update(json_tail(summary))
+        self.report.summary = summary
+        self.report.row_count = self.count
+        self.report.digest = self._json.hexdigest()
+        self.report.csv_digest = self._csv.hexdigest()
+        self.db.add(self.report)
+        await self.db.flush()
+
+
+def _kind(kind: str) -> str:
+    if kind not in KINDS:
+        raise BadUserInput(f"kind must be one of {', '.join(KINDS)}", field="kind")
+    return kind
+
+
+def _check_range(start: datetime, end: datetime, now: datetime) -> None:
+    if start >= end:
+        raise BadUserInput("from must be before to", field="from")
+    if end > now + MAX_FUTURE:
+        raise BadUserInput("to must not lie more than a day ahead", field="to")
+
+
+def check_retention(plan: str, start: datetime, now: datetime) -> None:
+    days = REPORT_RETENTION_DAYS.get(plan, 0)
+    if start < now - timedelta(days=days):
+        raise BadUserInput(f"The {plan} plan keeps {days} days of history: from must be within them.",
+                           field="from", retentionDays=days)
+
+
+async def _lock_organization(db: AsyncSession, org_id: str) -> Organization:
+    if db.get_bind().dialect.name == "sqlite":
+        # the first write of the transaction takes SQLite's one writer lock until the commit
+        await db.execute(update(Organization).where(col(Organization.id) == org_id).values(plan=Organization.plan))
+    org = (
+        await db.execute(sa_select(Organization).where(col(Organization.id) == org_id).with_for_update())
+    ).scalar_one_or_none()
+    if org is None:
+        raise NotFound("Organization not found.")
+    return org
+
+
+def month_start(now: datetime) -> datetime:
+    return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+async def reports_this_month(db: AsyncSession, organization_id: str, now: datetime) -> int:
+    return int((
+        await db.execute(
+            sa_select(func.count()).select_from(Report)
+            .where(tenant_filter(Report, organization_id), col(Report.created_at) >= month_start(now))
+        )
+    ).scalar_one())
+
+
+async def _check_quota(db: AsyncSession, org: Organization, now: datetime) -> None:
+    limit = effective_limits(org.plan, org.limit_overrides)[QuotaResource.REPORTS_PER_MONTH]
+    if limit is None:
+        return
+    if await reports_this_month(db, org.id, now) >= limit:
+        raise QuotaExceeded(f"The {org.plan} plan allows {limit} reports a month.",
+                            resource=QuotaResource.REPORTS_PER_MONTH.value, limit=limit)
+
+
+async def generate_report(ctx: RequestContext, kind: str, start: datetime, end: datetime) -> Report:
+    principal = ctx.principal
+    org_id = tenant_of(principal)
+    kind = _kind(kind)
+    now = ctx.services.now()
+    start, end = naive_utc(start), naive_utc(end)
+    _check_range(start, end, now)
+    db = await ctx.db()
+    org = await _lock_organization(db, org_id)
+    check_retention(org.plan, start, now)
+    await _check_quota(db, org, now)
+    report = Report(
+        organization_id=org_id, kind=kind, period_start=start, period_end=end, created_at=now,
+        created_by_type=principal.kind.value, created_by_id=principal.subject_id,
+        parameters={"kind": kind, "from": iso(start), "to": iso(end), "plan": org.plan},
+        summary={}, row_count=0, digest="",
+    )
+    db.add(report)
+    await db.flush()
+    writer = RowWriter(db, report, COLUMNS[kind])
+    summary = await BUILDERS[kind](db, org, Period(start, end, now), writer)
+    await writer.finish(summary)
+    return report
+
+
+# -- reading --------------------------------------------------------------------------------------
+
+
+def _check_id(report_id: str) -> None:
+    if not report_id or len(report_id) > 36 or "\x00" in report_id:
+        raise NotFound(REPORT_NOT_FOUND)
+
+
+async def get_report(db: AsyncSession, principal: Principal, report_id: str) -> Report:
+    """One of the caller's organization's reports; another tenant's id answers like a random one."""
+    org_id = tenant_of(principal)
+    _check_id(report_id)
+    row = (await db.execute(tenant_select(Report, org_id).where(col(Report.id) == report_id))).scalar_one_or_none()
+    if row is None:
+        raise NotFound(REPORT_NOT_FOUND)
+    return row
+
+
+@dataclass(frozen=True, slots=True)
+class ReportEdge:
+    cursor: str
+    report: Report
+
+
+@dataclass(frozen=True, slots=True)
+class ReportPage:
+    edges: list[ReportEdge]
+    has_next_page: bool
+    end_cursor: str | None
+
+
+def encode_cursor(r: Report) -> str:
+    raw = f"{CURSOR_VERSION}|{r.created_at.isoformat()}|{r.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        if len(cursor) > MAX_CURSOR_LENGTH:
+            raise ValueError(cursor)
+        raw = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True).decode()
+        version, created, ident = raw.split("|")
+        if version != CURSOR_VERSION or not ident or len(ident) > 36:
+            raise ValueError(raw)
+        at = datetime.fromisoformat(created)
+        if at.tzinfo is not None:
+            raise ValueError(raw)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise BadUserInput("after is not a valid cursor", field="after") from None
+    return at, ident
+
+
+async def list_reports(
+    db: AsyncSession, principal: Principal, organization_id: str, first: int = 20, after: str | None = None
+) -> ReportPage:
+    """One page of the caller's organization's reports, newest first (keyset on created_at, id)."""
+    org_id = tenant_of(principal)
+    if organization_id != org_id:
+        raise Forbidden("You are not allowed to access this field.", requiredScopes=[["reports:read"]])
+    if not 1 <= first <= MAX_PAGE_SIZE:
+        raise BadUserInput(f"first must be between 1 and {MAX_PAGE_SIZE}", field="first")
+    stmt = tenant_select(Report, org_id)
+    if after is not None:
+        at, ident = decode_cursor(after)
+        stmt = stmt.where(
+            (col(Report.created_at) < at) | ((col(Report.created_at) == at) & (col(Report.id) < ident))
+        )
+    stmt = stmt.order_by(col(Report.created_at).desc(), col(Report.id).desc()).limit(first + 1)
+    rows = list((await db.execute(stmt)).scalars().all())
+    edges = [ReportEdge(encode_cursor(r), r) for r in rows[:first]]
+    return ReportPage(edges, len(rows) > first, edges[-1].cursor if edges else None)
+
+
+async def find_report(database: Database, principal: Principal, report_id: str) -> Report:
+    """`get_report` on a session of its own (for the downloads, outside any GraphQL request)."""
+    async with database.session() as db:
+        return await get_report(db, principal, report_id)
+
+
+async def stored_lines(database: Database, report: Report) -> AsyncIterator[list[str]]:
+    """The report's rows in order, one chunk at a time, each chunk read on a short session of its own
+    (a slow download holds no connection between chunks)."""
+    last = -1
+    while True:
+        async with database.session() as db:
+            lines = list((
+                await db.execute(
+                    sa_select(col(ReportRow.line))
+                    .where(tenant_filter(ReportRow, report.organization_id),
+                           col(ReportRow.report_id) == report.id, col(ReportRow.seq) > last)
+                    .order_by(col(ReportRow.seq)).limit(CHUNK)
+                )
+            ).scalars().all())
+        if not lines:
+            return
+        yield lines
+        last += len(lines)
+        if len(lines) < CHUNK:
+            return
+
+
+async def json_download(database: Database, report: Report) -> AsyncIterator[bytes]:
+    yield json_head(report, columns_of(report.kind))
+    first = True
+    async for lines in stored_lines(database, report):
+        chunk = ",".join(lines).encode()
+        yield chunk if first else b"," + chunk
+        first = False
+    yield json_tail(report.summary)
+
+
+async def csv_download(database: Database, report: Report) -> AsyncIterator[bytes]:
+    yield csv_line(list(columns_of(report.kind)))
+    async for lines in stored_lines(database, report):
+        yield b"".join(csv_line(orjson.loads(line)) for line in lines)
