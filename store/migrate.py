@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Connection
 
 from store.db import install_sqlite_pragmas, is_sqlite, sync_url
@@ -23,8 +24,37 @@ def alembic_config(url: str, connection: Connection | None = None) -> Config:
     return cfg
 
 
-def upgrade(url: str, revision: str = "head") -> None:
+def upgrade(url: str, revision: str = "head", *, app_role: str | None = None) -> None:
+    """Migrate as the URL's role (the tables' owner); then, on PostgreSQL with `app_role`, give the
+    application's role what it needs and no more (see `grant_app_role`)."""
     command.upgrade(alembic_config(url), revision)
+    if app_role and not is_sqlite(url):
+        grant_app_role(url, app_role)
+
+
+_ROLE_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+def grant_app_role(url: str, role: str) -> None:
+    """Read and write every table, except the audit log: INSERT and SELECT only, so the application
+    can neither change nor remove an entry (the table's trigger is the second layer). Idempotent; run
+    after every migration, so tables added later are covered too."""
+    if not _ROLE_NAME.fullmatch(role):
+        raise ValueError(f"not a plain role name: {role!r}")
+    engine = create_engine(sync_url(url))
+    try:
+        with engine.begin() as conn:
+            for statement in (
+                f'GRANT USAGE ON SCHEMA public TO "{role}"',
+                f'GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO "{role}"',
+                f'GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO "{role}"',
+                f'REVOKE UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER ON audit_log FROM "{role}"',
+                f'REVOKE ALL ON alembic_version FROM "{role}"',
+                f'GRANT SELECT ON alembic_version TO "{role}"',
+            ):
+                conn.execute(text(statement))
+    finally:
+        engine.dispose()
 
 
 def current_revision(url: str) -> str | None:

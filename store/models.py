@@ -214,7 +214,17 @@ class AuditEntry(SQLModel, table=True):
     """
 
     __tablename__ = "audit_log"
-    __table_args__ = (UniqueConstraint("chain", "sequence", name="uq_audit_log_chain_sequence"),)
+    __table_args__ = (
+        UniqueConstraint("chain", "sequence", name="uq_audit_log_chain_sequence"),
+        # keyset pages, newest first: one index per filter, each ending in the page order (at, id)
+        Index("ix_audit_log_chain_at", "chain", "at", "id"),
+        Index("ix_audit_log_chain_action_at", "chain", "action", "at", "id"),
+        Index("ix_audit_log_chain_actor_at", "chain", "actor_id", "at", "id"),
+        Index("ix_audit_log_chain_resource_at", "chain", "resource_type", "resource_id", "at", "id"),
+        Index("ix_audit_log_chain_result_at", "chain", "result", "at", "id"),
+        Index("ix_audit_log_request_id", "request_id"),
+        Index("ix_audit_log_at", "at", "id"),
+    )
 
     id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
     chain: str = Field(max_length=36)

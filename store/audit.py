@@ -1,0 +1,487 @@
+"""The audit writer and verifier: one append-only table, one hash chain per tenant.
+
+Each tenant's entries (`chain` = the organization id, or `platform` for events outside any tenant) are
+numbered 1, 2, 3, ... without gaps, and linked:
+
+    hash_n = sha256(hash_{n-1} + canonical_json(entry_n))      hash_0 = "0" * 64
+
+where the canonical JSON holds every stored field of the entry except `id` and the hashes (sorted keys,
+no whitespace, ASCII only, times as UTC ISO 8601 with microseconds and a `Z`). Appends to one chain are
+serialized by locking the chain's head row (`audit_chain_heads`) inside the appending transaction, so
+concurrent requests, in one process or many, never fork a chain. The head row is written last and
+committed with the entry: an entry whose transaction rolls back leaves no trace, not even a gap.
+
+The verifier recomputes each chain from its first entry and names the first sequence where the stored
+chain disagrees with itself (a changed row, a missing row, an inserted row). A truncated tail, or a
+chain rewritten from scratch, agrees with itself: only a checkpoint kept outside the database (the
+signed heads `portcullis audit checkpoint` writes) reveals it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import unicodedata
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
+
+from store.models import AuditChainHead, AuditEntry, new_id, utcnow
+
+GENESIS_HASH = "0" * 64
+PLATFORM_CHAIN = "platform"
+
+
+class AuditResult(StrEnum):
+    SUCCESS = "success"
+    DENIED = "denied"
+    ERROR = "error"
+
+
+class ActorType(StrEnum):
+    ANONYMOUS = "anonymous"
+    USER = "user"
+    API_KEY = "api_key"
+    SYSTEM = "system"
+
+
+class AuditAction(StrEnum):
+    """The event vocabulary (OWASP Logging Vocabulary names where one exists)."""
+
+    # authentication
+    AUTHN_LOGIN_SUCCESS = "authn_login_success"
+    AUTHN_LOGIN_FAIL = "authn_login_fail"
+    AUTHN_LOGIN_LOCK = "authn_login_lock"
+    AUTHN_LOGIN_UNLOCK = "authn_login_unlock"
+    AUTHN_TOKEN_REFRESH = "authn_token_refresh"
+    AUTHN_TOKEN_REUSE = "authn_token_reuse"
+    AUTHN_LOGOUT = "authn_logout"
+    AUTHN_SSO_SUCCESS = "authn_sso_success"
+    AUTHN_SSO_FAIL = "authn_sso_fail"
+    AUTHN_MFA_ENROLL = "authn_mfa_enroll"
+    AUTHN_MFA_FAIL = "authn_mfa_fail"
+    AUTHN_MFA_DISABLE = "authn_mfa_disable"
+    AUTHN_PASSWORD_CHANGE = "authn_password_change"
+    AUTHN_INVITATION_ACCEPTED = "authn_invitation_accepted"
+    # API keys
+    APIKEY_CREATED = "apikey_created"
+    APIKEY_ROTATED = "apikey_rotated"
+    APIKEY_REVOKED = "apikey_revoked"
+    APIKEY_USE_DENIED = "apikey_use_denied"
+    # authorization
+    AUTHZ_FAIL = "authz_fail"
+    AUTHZ_CROSS_TENANT = "authz_cross_tenant"
+    AUTHZ_CHANGE = "authz_change"
+    PRIVILEGE_ROLE_CREATED = "privilege_role_created"
+    PRIVILEGE_PERMISSIONS_CHANGED = "privilege_permissions_changed"
+    PRIVILEGE_ROLE_DELETED = "privilege_role_deleted"
+    # tenants and members
+    ORG_CREATED = "org_created"
+    ORG_UPDATED = "org_updated"
+    PLAN_CHANGED = "plan_changed"
+    USER_CREATED = "user_created"
+    MEMBER_ADDED = "member_added"
+    MEMBER_REMOVED = "member_removed"
+    SSO_CONFIGURED = "sso_configured"
+    REPORT_GENERATED = "report_generated"
+    # limits
+    EXCESS_RATE_LIMIT_EXCEEDED = "excess_rate_limit_exceeded"
+    # a mutation the vocabulary does not name yet (recorded all the same)
+    MUTATION = "mutation"
+
+
+ACTIONS: frozenset[str] = frozenset(a.value for a in AuditAction)
+
+# Column limits (store.models.AuditEntry); a value is truncated to them, never refused.
+LIMITS = {"actor_type": 20, "actor_id": 64, "action": 64, "resource_type": 40, "resource_id": 64,
+          "result": 10, "request_id": 64, "ip": 45, "user_agent": 256}
+MAX_DETAIL_STRING = 1000
+MAX_DETAIL_ITEMS = 50
+MAX_DETAIL_DEPTH = 4
+REDACTED = "[redacted]"
+
+# Keys whose values are never written to an entry, whatever the caller passes (C-095).
+_SECRET_KEY = re.compile(
+    r"pass(word)?|secret|token|api_?key|private|credential|authorization|cookie|otp|totp|recovery|"
+    r"pepper|signature|assertion|saml_?response|(^|_)code$|^code",
+    re.IGNORECASE,
+)
+# Strings that look like credentials wherever they appear: JWTs, our API keys, bearer values.
+_SECRET_VALUE = re.compile(
+    r"eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*|\b(ptc|gw)_[a-z]+_[A-Za-z0-9_]{6,}|"
+    r"(?i:bearer)\s+\S+"
+)
+
+
+def clean_text(value: object, limit: int) -> str:
+    """One line of printable text: control characters (newlines, ANSI escapes) and invalid UTF-8 become
+    visible escapes, NUL included (PostgreSQL text cannot hold it), then the result is cut to `limit`."""
+    text = value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else str(value)
+    out: list[str] = []
+    for ch in text:
+        code = ord(ch)
+        if 0xD800 <= code <= 0xDFFF:
+            out.append(f"\\u{code:04x}")
+        elif unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp"):
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+        else:
+            out.append(ch)
+        if len(out) > limit:
+            break
+    return "".join(out)[:limit]
+
+
+def _optional(value: object, limit: int) -> str | None:
+    return None if value is None else clean_text(value, limit)
+
+
+def clean_details(value: Any, depth: int = 0) -> Any:
+    """JSON-safe, bounded and free of secrets: what may go into `details`."""
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, float):
+        return value if value == value and value not in (float("inf"), float("-inf")) else None
+    if isinstance(value, datetime):
+        return iso(value)
+    if isinstance(value, StrEnum):
+        return value.value
+    if isinstance(value, str | bytes):
+        text = clean_text(value, MAX_DETAIL_STRING)
+        return _SECRET_VALUE.sub(REDACTED, text)
+    if depth >= MAX_DETAIL_DEPTH:
+        return "[nested]"
+    if isinstance(value, Mapping):
+        cleaned: dict[str, Any] = {}
+        for i, (k, v) in enumerate(value.items()):
+            if i >= MAX_DETAIL_ITEMS:
+                cleaned["_truncated"] = True
+                break
+            key = clean_text(k, 64)
+            cleaned[key] = REDACTED if _SECRET_KEY.search(key) else clean_details(v, depth + 1)
+        return cleaned
+    if isinstance(value, list | tuple | set | frozenset):
+        items = sorted(value, key=str) if isinstance(value, set | frozenset) else list(value)
+        return [clean_details(v, depth + 1) for v in items[:MAX_DETAIL_ITEMS]]
+    return clean_text(value, MAX_DETAIL_STRING)
+
+
+def changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The fields that differ, as `{"field": {"old": ..., "new": ...}}` (for `details["changes"]`)."""
+    return {k: {"old": old.get(k), "new": new.get(k)} for k in sorted(set(old) | set(new))
+            if old.get(k) != new.get(k)}
+
+
+def iso(moment: datetime) -> str:
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return moment.isoformat(timespec="microseconds") + "Z"
+
+
+@dataclass(slots=True)
+class AuditEvent:
+    """An entry before it is chained: what happened, to what, by whom, with what outcome."""
+
+    action: str
+    result: str = AuditResult.SUCCESS
+    organization_id: str | None = None
+    actor_type: str = ActorType.SYSTEM
+    actor_id: str | None = None
+    resource_type: str | None = None
+    resource_id: str | None = None
+    request_id: str | None = None
+    ip: str | None = None
+    user_agent: str | None = None
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def chain(self) -> str:
+        return self.organization_id or PLATFORM_CHAIN
+
+
+def canonical_json(entry: AuditEntry) -> str:
+    body = {
+        "chain": entry.chain, "sequence": entry.sequence, "organization_id": entry.organization_id,
+        "at": iso(entry.at), "actor_type": entry.actor_type, "actor_id": entry.actor_id,
+        "action": entry.action, "resource_type": entry.resource_type, "resource_id": entry.resource_id,
+        "result": entry.result, "request_id": entry.request_id, "ip": entry.ip,
+        "user_agent": entry.user_agent, "details": entry.details,
+    }
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
+def entry_hash(previous_hash: str, entry: AuditEntry) -> str:
+    return hashlib.sha256((previous_hash + canonical_json(entry)).encode("ascii")).hexdigest()
+
+
+def build_entry(event: AuditEvent, *, sequence: int, previous_hash: str, at: datetime) -> AuditEntry:
+    if event.result not in AuditResult.__members__.values():
+        raise ValueError(f"unknown audit result {event.result!r}")
+    entry = AuditEntry(
+        id=new_id(), chain=event.chain, sequence=sequence, organization_id=event.organization_id, at=at,
+        actor_type=clean_text(event.actor_type, LIMITS["actor_type"]),
+        actor_id=_optional(event.actor_id, LIMITS["actor_id"]),
+        action=clean_text(event.action, LIMITS["action"]),
+        resource_type=_optional(event.resource_type, LIMITS["resource_type"]),
+        resource_id=_optional(event.resource_id, LIMITS["resource_id"]),
+        result=str(event.result),
+        request_id=clean_text(event.request_id or "-", LIMITS["request_id"]),
+        ip=_optional(event.ip, LIMITS["ip"]),
+        user_agent=_optional(event.user_agent, LIMITS["user_agent"]),
+        details=clean_details(dict(event.details)),
+        previous_hash=previous_hash, hash="",
+    )
+    # what the database will give back: JSON round trip of the details
+    entry.details = json.loads(json.dumps(entry.details, allow_nan=False))
+    entry.hash = entry_hash(previous_hash, entry)
+    return entry
+
+
+async def _lock_head(session: AsyncSession, chain: str) -> tuple[int, str]:
+    """Create the chain's head row if needed, then hold it locked until the transaction ends.
+
+    On SQLite the insert is itself a write, so the transaction holds the database's write lock from
+    here on; on PostgreSQL the `FOR UPDATE` row lock serializes appenders of one chain only.
+    """
+    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    table = AuditChainHead.__table__  # type: ignore[attr-defined]
+    await session.execute(
+        insert(table).values(chain=chain, sequence=0, hash=GENESIS_HASH, updated_at=utcnow())
+        .on_conflict_do_nothing(index_elements=["chain"])
+    )
+    row = (
+        await session.execute(
+            select(col(AuditChainHead.sequence), col(AuditChainHead.hash))
+            .where(col(AuditChainHead.chain) == chain).with_for_update()
+        )
+    ).one()
+    return int(row[0]), str(row[1])
+
+
+async def append(session: AsyncSession, events: Iterable[AuditEvent], *, now: datetime | None = None
+                 ) -> list[AuditEntry]:
+    """Chain and insert `events` in the session's transaction; they commit (or roll back) with it.
+
+    Call it last in a unit of work, just before the commit: the chain head stays locked until then.
+    """
+    by_chain: dict[str, list[AuditEvent]] = {}
+    for event in events:
+        by_chain.setdefault(event.chain, []).append(event)
+    written: list[AuditEntry] = []
+    # one lock order for every transaction: no deadlock between two that append to the same two chains
+    for chain in sorted(by_chain):
+        sequence, previous = await _lock_head(session, chain)
+        at = now or utcnow()
+        entries = []
+        for event in by_chain[chain]:
+            sequence += 1
+            entry = build_entry(event, sequence=sequence, previous_hash=previous, at=at)
+            previous = entry.hash
+            entries.append(entry)
+        session.add_all(entries)
+        await session.flush()
+        await session.execute(
+            update(AuditChainHead).where(col(AuditChainHead.chain) == chain)
+            .values(sequence=sequence, hash=previous, updated_at=utcnow())
+        )
+        written.extend(entries)
+    return written
+
+
+# --- verification ------------------------------------------------------------------------------
+
+
+@dataclass
+class ChainReport:
+    chain: str
+    checked: int = 0
+    head_sequence: int = 0
+    head_hash: str = GENESIS_HASH
+    first_broken_sequence: int | None = None
+    problems: list[str] = field(default_factory=list)
+    gaps: list[tuple[int, int]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.first_broken_sequence is None and not self.problems
+
+    def _broken(self, sequence: int, problem: str) -> None:
+        if self.first_broken_sequence is None or sequence < self.first_broken_sequence:
+            self.first_broken_sequence = sequence
+        if len(self.problems) < 20:
+            self.problems.append(problem)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"chain": self.chain, "ok": self.ok, "checked": self.checked, "headSequence": self.head_sequence,
+                "headHash": self.head_hash, "firstBrokenSequence": self.first_broken_sequence,
+                "gaps": [list(g) for g in self.gaps], "problems": self.problems}
+
+
+@dataclass
+class VerificationReport:
+    chains: dict[str, ChainReport] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.chains.values())
+
+    @property
+    def checked(self) -> int:
+        return sum(c.checked for c in self.chains.values())
+
+    @property
+    def first_broken_sequence(self) -> int | None:
+        broken = [c.first_broken_sequence for c in self.chains.values() if c.first_broken_sequence is not None]
+        return min(broken) if broken else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "checked": self.checked, "firstBrokenSequence": self.first_broken_sequence,
+                "chains": [c.as_dict() for c in sorted(self.chains.values(), key=lambda c: c.chain)]}
+
+
+class ChainVerifier:
+    """Fed one chain's entries in sequence order; `start_sequence`/`start_hash` resume from a trusted
+    point (1 and the genesis hash for a whole chain; for a partial range, the first entry's own link)."""
+
+    def __init__(self, chain: str, *, whole: bool = True) -> None:
+        self.report = ChainReport(chain)
+        self._whole = whole
+        self._expected_sequence: int | None = 1 if whole else None
+        self._previous: str | None = GENESIS_HASH if whole else None
+
+    def feed(self, entry: AuditEntry) -> None:
+        r = self.report
+        r.checked += 1
+        seq = entry.sequence
+        if self._expected_sequence is not None and seq != self._expected_sequence:
+            if seq > self._expected_sequence:
+                r.gaps.append((self._expected_sequence, seq - 1))
+                r._broken(self._expected_sequence,
+                          f"sequence gap: {self._expected_sequence}..{seq - 1} missing before {seq}")
+            else:
+                r._broken(seq, f"sequence {seq} out of order or duplicated")
+        if self._previous is not None and entry.previous_hash != self._previous:
+            r._broken(seq, f"sequence {seq}: previous_hash does not match the hash of the entry before it")
+        recomputed = entry_hash(entry.previous_hash, entry)
+        if recomputed != entry.hash:
+            r._broken(seq, f"sequence {seq}: content does not match its hash")
+        self._expected_sequence = seq + 1
+        # continue from the stored hash, so one edited row is reported once, not for every row after it
+        self._previous = entry.hash
+        r.head_sequence, r.head_hash = seq, entry.hash
+
+    def against_head(self, sequence: int, hash_: str, source: str) -> None:
+        """Compare with a head recorded elsewhere (the head row, or a checkpoint)."""
+        r = self.report
+        if sequence > r.head_sequence:
+            r._broken(r.head_sequence + 1,
+                      f"chain ends at {r.head_sequence} but the {source} records sequence {sequence}: "
+                      "entries were removed from the end")
+        elif sequence == r.head_sequence and hash_ != r.head_hash:
+            r._broken(sequence, f"head hash at {sequence} differs from the {source}")
+
+
+@dataclass(frozen=True, slots=True)
+class ChainHead:
+    chain: str
+    sequence: int
+    hash: str
+
+
+async def _stream(session: AsyncSession, stmt: Any) -> AsyncIterator[AuditEntry]:
+    result = await session.stream(stmt.execution_options(yield_per=2000))
+    async for partition in result.scalars().partitions():
+        for entry in partition:
+            yield entry
+
+
+async def verify(
+    session: AsyncSession, *, chains: Iterable[str] | None = None, checkpoint: Iterable[ChainHead] = (),
+    start: datetime | None = None, end: datetime | None = None,
+) -> VerificationReport:
+    """Recompute the chains (all of them, or `chains`) and compare them with their head rows and with
+    `checkpoint` (heads recorded outside the database). With `start`/`end`, only the entries in that
+    time range are checked, each linked to the one before it."""
+    report = VerificationReport()
+    whole = start is None and end is None
+    wanted = None if chains is None else sorted(set(chains))
+    stmt = select(AuditEntry).order_by(col(AuditEntry.chain), col(AuditEntry.sequence))
+    if wanted is not None:
+        stmt = stmt.where(col(AuditEntry.chain).in_(wanted))
+    if start is not None:
+        stmt = stmt.where(col(AuditEntry.at) >= _naive(start))
+    if end is not None:
+        stmt = stmt.where(col(AuditEntry.at) < _naive(end))
+    verifiers: dict[str, ChainVerifier] = {}
+    current: ChainVerifier | None = None
+    async for entry in _stream(session, stmt):
+        if current is None or current.report.chain != entry.chain:
+            current = verifiers[entry.chain] = ChainVerifier(entry.chain, whole=whole)
+        current.feed(entry)
+        session.expunge(entry)
+    if whole:
+        head_stmt = select(AuditChainHead)
+        if wanted is not None:
+            head_stmt = head_stmt.where(col(AuditChainHead.chain).in_(wanted))
+        for head in (await session.execute(head_stmt)).scalars():
+            v = verifiers.setdefault(head.chain, ChainVerifier(head.chain))
+            v.against_head(head.sequence, head.hash, "chain head row")
+        for point in checkpoint:
+            if wanted is not None and point.chain not in wanted:
+                continue
+            v = verifiers.setdefault(point.chain, ChainVerifier(point.chain))
+            v.against_head(point.sequence, point.hash, "checkpoint")
+    if wanted is not None:
+        for chain in wanted:
+            verifiers.setdefault(chain, ChainVerifier(chain))
+    report.chains = {c: v.report for c, v in verifiers.items()}
+    return report
+
+
+async def heads(session: AsyncSession, *, verified: bool = True) -> tuple[list[ChainHead], VerificationReport | None]:
+    """Each chain's head as the entries themselves give it (recomputed when `verified`)."""
+    if verified:
+        report = await verify(session)
+        return [ChainHead(c.chain, c.head_sequence, c.head_hash) for c in report.chains.values()
+                if c.head_sequence > 0], report
+    rows = (await session.execute(select(AuditChainHead))).scalars()
+    return [ChainHead(h.chain, h.sequence, h.hash) for h in rows], None
+
+
+def _naive(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo is not None else moment
+
+
+# --- cursors -----------------------------------------------------------------------------------
+
+
+class CursorError(ValueError):
+    pass
+
+
+def encode_cursor(entry: AuditEntry) -> str:
+    raw = f"{iso(entry.at)}|{entry.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    if not cursor or len(cursor) > 200:
+        raise CursorError("not a valid cursor")
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+        at_text, entry_id = raw.split("|", 1)
+        if not at_text.endswith("Z") or not re.fullmatch(r"[0-9a-f-]{36}", entry_id):
+            raise ValueError
+        at = datetime.fromisoformat(at_text[:-1])
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CursorError("not a valid cursor") from exc
+    return at, entry_id

@@ -1,0 +1,296 @@
+"""The audit writer and verifier on both backends: chains per tenant, append-only tables, and the
+tampering the verifier must name (C-089 to C-095)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import datetime
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import DBAPIError
+
+from store import audit
+from store.audit import AuditEvent, ChainHead
+from store.db import Database, is_sqlite, sync_url
+from store.migrate import upgrade
+from store.models import new_id
+from tests.conftest import _fresh_postgres_database, sql
+
+
+def event(org: str | None, action: str = "org_updated", **kw: Any) -> AuditEvent:
+    values: dict[str, Any] = {"actor_type": "user", "actor_id": "u-1", "request_id": "req-1",
+                              "ip": "203.0.113.7", "resource_type": "organization", "resource_id": org}
+    values.update(kw)
+    return AuditEvent(action=action, organization_id=org, **values)
+
+
+async def write(url: str, *events: AuditEvent) -> list[Any]:
+    db = Database(url)
+    try:
+        async with db.transaction() as session:
+            return await audit.append(session, events)
+    finally:
+        await db.dispose()
+
+
+async def verify(url: str, **kw: Any) -> audit.VerificationReport:
+    db = Database(url)
+    try:
+        async with db.transaction() as session:
+            return await audit.verify(session, **kw)
+    finally:
+        await db.dispose()
+
+
+def as_owner(url: str, statement: str, **params: Any) -> None:
+    """Out-of-band change by the database's owner, past the append-only triggers."""
+    engine = create_engine(sync_url(url))
+    try:
+        with engine.begin() as conn:
+            if is_sqlite(url):
+                triggers = conn.execute(text(
+                    "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'audit_log'"
+                )).all()
+                for name, _ in triggers:
+                    conn.execute(text(f'DROP TRIGGER "{name}"'))
+                conn.execute(text(statement), params)
+                for _, ddl in triggers:
+                    conn.execute(text(ddl))
+            else:
+                conn.execute(text("SET LOCAL session_replication_role = replica"))
+                conn.execute(text(statement), params)
+    finally:
+        engine.dispose()
+
+
+async def test_each_tenant_has_its_own_contiguous_chain(database_url: str) -> None:
+    a, b = new_id(), new_id()
+    await write(database_url, event(a), event(b), event(a))
+    await write(database_url, event(a, "member_added"), event(None, "authn_login_fail"))
+    rows = sql(database_url, "SELECT chain, sequence, previous_hash, hash FROM audit_log ORDER BY chain, sequence")
+    by_chain: dict[str, list[int]] = {}
+    for chain, seq, _, _ in rows:
+        by_chain.setdefault(chain, []).append(seq)
+    assert by_chain == {a: [1, 2, 3], b: [1], "platform": [1]}
+    first = [r for r in rows if r[0] == a]
+    assert first[0][2] == audit.GENESIS_HASH
+    assert [r[2] for r in first[1:]] == [r[3] for r in first[:-1]]
+    report = await verify(database_url)
+    assert report.ok
+    assert report.checked == 5
+    assert report.chains[a].head_sequence == 3
+    assert sql(database_url, "SELECT sequence, hash FROM audit_chain_heads WHERE chain = :c", c=a) == [
+        (3, first[-1][3])
+    ]
+
+
+async def test_a_rolled_back_append_leaves_no_entry_and_no_gap(database_url: str) -> None:
+    org = new_id()
+    await write(database_url, event(org))
+    db = Database(database_url)
+
+    async def failing_mutation() -> None:
+        async with db.transaction() as session:
+            await audit.append(session, [event(org)])
+            raise RuntimeError("the mutation failed")
+
+    try:
+        with pytest.raises(RuntimeError):
+            await failing_mutation()
+    finally:
+        await db.dispose()
+    await write(database_url, event(org))
+    assert sql(database_url, "SELECT sequence FROM audit_log WHERE chain = :c ORDER BY sequence", c=org) == [
+        (1,), (2,)
+    ]
+    assert (await verify(database_url)).ok
+
+
+async def test_concurrent_appends_never_fork_a_chain(database_url: str) -> None:
+    org = new_id()
+    db = Database(database_url, pool_size=10)
+    try:
+        async def one(i: int) -> None:
+            async with db.transaction() as session:
+                await audit.append(session, [event(org, details={"i": i})])
+
+        await asyncio.gather(*(one(i) for i in range(40)))
+    finally:
+        await db.dispose()
+    rows = sql(database_url, "SELECT sequence, previous_hash FROM audit_log WHERE chain = :c", c=org)
+    assert sorted(r[0] for r in rows) == list(range(1, 41))
+    assert len({r[1] for r in rows}) == 40
+    assert (await verify(database_url)).ok
+
+
+async def test_the_database_refuses_update_and_delete(database_url: str) -> None:
+    """The trigger layer, met even by the tables' owner (C-089, second layer)."""
+    org = new_id()
+    await write(database_url, event(org))
+    for statement in ("UPDATE audit_log SET action = 'x' WHERE sequence = 1", "DELETE FROM audit_log"):
+        with pytest.raises(DBAPIError, match="append-only"):
+            sql(database_url, statement)
+    if not is_sqlite(database_url):
+        with pytest.raises(DBAPIError, match="append-only") as caught:
+            sql(database_url, "TRUNCATE audit_log")
+        assert getattr(caught.value.orig, "sqlstate", None) == "23514"  # check_violation
+    assert sql(database_url, "SELECT action FROM audit_log") == [("org_updated",)]
+
+
+@pytest.fixture
+def roles_url(postgres_admin_url: str) -> Any:
+    """A database whose tables belong to an owner role, migrated as that owner, used by an app role."""
+    url = _fresh_postgres_database(postgres_admin_url)
+    suffix = new_id()[:8]
+    owner, app = f"owner_{suffix}", f"app_{suffix}"
+    for statement in (f'CREATE ROLE "{owner}" LOGIN', f'CREATE ROLE "{app}" LOGIN',
+                      f'ALTER DATABASE "{url.rsplit("/", 1)[1]}" OWNER TO "{owner}"',
+                      f'ALTER SCHEMA public OWNER TO "{owner}"'):
+        sql(url, statement)
+    base, _, name = url.rpartition("/")
+    host = base.split("@", 1)[1]
+    owner_url = f"postgresql+psycopg://{owner}@{host}/{name}"
+    app_url = f"postgresql+psycopg://{app}@{host}/{name}"
+    upgrade(owner_url, app_role=app)
+    return owner_url, app_url, url
+
+
+async def test_c089_the_app_role_may_only_insert_and_select(roles_url: Any) -> None:
+    owner_url, app_url, superuser_url = roles_url
+    org = new_id()
+    await write(app_url, event(org), event(org))
+    assert (await verify(app_url)).ok
+    for statement in ("UPDATE audit_log SET action = 'x' WHERE sequence = 1", "DELETE FROM audit_log",
+                      "TRUNCATE audit_log"):
+        with pytest.raises(DBAPIError) as caught:
+            sql(app_url, statement)
+        assert caught.value.orig.sqlstate == "42501", statement  # type: ignore[union-attr]
+    assert sql(superuser_url, "SELECT count(*), min(action) FROM audit_log") == [(2, "org_updated")]
+    # with the privilege granted by mistake, the trigger still refuses
+    app = app_url.split("//", 1)[1].split("@", 1)[0]
+    sql(owner_url, f'GRANT UPDATE, DELETE ON audit_log TO "{app}"')
+    with pytest.raises(DBAPIError) as caught:
+        sql(app_url, "UPDATE audit_log SET action = 'x' WHERE sequence = 1")
+    assert caught.value.orig.sqlstate == "23514"  # type: ignore[union-attr]
+    # the rest of the schema works for the app role
+    sql(app_url, "INSERT INTO audit_chain_heads (chain, sequence, hash, updated_at) VALUES ('z', 0, '0', now())")
+    sql(app_url, "UPDATE audit_chain_heads SET sequence = 1 WHERE chain = 'z'")
+    sql(app_url, "DELETE FROM audit_chain_heads WHERE chain = 'z'")
+
+
+async def test_c090_an_edited_entry_is_named(database_url: str) -> None:
+    org = new_id()
+    await write(database_url, *(event(org, details={"n": i}) for i in range(6)))
+    as_owner(database_url, "UPDATE audit_log SET details = :d WHERE chain = :c AND sequence = 4",
+             d=json.dumps({"n": 99}), c=org)
+    report = await verify(database_url)
+    assert not report.ok
+    assert report.chains[org].first_broken_sequence == 4
+    assert report.first_broken_sequence == 4
+    assert any("content does not match" in p for p in report.chains[org].problems)
+
+
+async def test_c090_a_recomputed_hash_still_breaks_the_next_link(database_url: str) -> None:
+    org = new_id()
+    entries = await write(database_url, *(event(org) for _ in range(5)))
+    forged = entries[2]
+    forged.action = "authn_login_success"
+    forged.hash = audit.entry_hash(forged.previous_hash, forged)
+    as_owner(database_url, "UPDATE audit_log SET action = :a, hash = :h WHERE id = :i",
+             a=forged.action, h=forged.hash, i=forged.id)
+    report = await verify(database_url)
+    assert report.chains[org].first_broken_sequence == 4
+
+
+async def test_c091_a_deleted_entry_is_a_gap_and_a_broken_link(database_url: str) -> None:
+    org = new_id()
+    await write(database_url, *(event(org) for _ in range(6)))
+    as_owner(database_url, "DELETE FROM audit_log WHERE chain = :c AND sequence = 3", c=org)
+    chain = (await verify(database_url)).chains[org]
+    assert chain.first_broken_sequence == 3
+    assert chain.gaps == [(3, 3)]
+    assert any(p.startswith("sequence 4: previous_hash") for p in chain.problems)
+
+
+async def test_c092_truncation_is_found_against_a_checkpoint_only(database_url: str) -> None:
+    org = new_id()
+    await write(database_url, *(event(org) for _ in range(15)))
+    head_hash = sql(database_url, "SELECT hash FROM audit_log WHERE chain = :c AND sequence = 15", c=org)[0][0]
+    checkpoint = [ChainHead(org, 15, head_hash)]
+    # an owner who removes the last ten rows and makes the head row agree
+    as_owner(database_url, "DELETE FROM audit_log WHERE chain = :c AND sequence > 5", c=org)
+    new_head = sql(database_url, "SELECT hash FROM audit_log WHERE chain = :c AND sequence = 5", c=org)[0][0]
+    as_owner(database_url, "UPDATE audit_chain_heads SET sequence = 5, hash = :h WHERE chain = :c",
+             h=new_head, c=org)
+    # without a checkpoint the shortened chain is consistent: truncation is undetectable
+    assert (await verify(database_url)).ok
+    report = await verify(database_url, checkpoint=checkpoint)
+    chain = report.chains[org]
+    assert not report.ok
+    assert chain.first_broken_sequence == 6
+    assert any("checkpoint records sequence 15" in p for p in chain.problems)
+
+
+async def test_truncation_without_touching_the_head_row_is_found(database_url: str) -> None:
+    org = new_id()
+    await write(database_url, *(event(org) for _ in range(4)))
+    as_owner(database_url, "DELETE FROM audit_log WHERE chain = :c AND sequence = 4", c=org)
+    assert (await verify(database_url)).chains[org].first_broken_sequence == 4
+
+
+async def test_c094_injection_is_stored_escaped_and_bounded(database_url: str) -> None:
+    org = new_id()
+    forged = "alice\n2026-01-01 INFO authn_login_success admin"
+    await write(database_url, event(
+        org, "authn_login_fail", actor_id=forged, user_agent="\x1b[2J" + "A" * 10_000,
+        details={"email": forged, "raw": b"\xff\xfe bad utf-8", "ansi": "\x1b[31mred"},
+    ))
+    actor, agent, details = sql(database_url, "SELECT actor_id, user_agent, details FROM audit_log")[0]
+    assert "\n" not in actor
+    assert actor.startswith("alice\\x0a2026")
+    assert len(agent) == 256
+    assert agent.startswith("\\x1b[2J")
+    stored = details if isinstance(details, dict) else json.loads(details)
+    assert "\n" not in stored["email"]
+    assert "\x1b" not in stored["ansi"]
+    assert stored["raw"].startswith("\\xff\\xfe")
+    assert (await verify(database_url)).ok
+
+
+async def test_c095_secrets_never_reach_the_details(database_url: str) -> None:
+    org = new_id()
+    jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl"
+    await write(database_url, event(org, details={
+        "password": "P@ss-123-canary", "new": {"clientSecret": "canary-secret", "name": "ok"},
+        "note": f"token {jwt} and key gw_live_canary0123456789", "refresh_token": "canary-refresh",
+    }))
+    dump = json.dumps(sql(database_url, "SELECT * FROM audit_log"), default=str)
+    for canary in ("P@ss-123-canary", "canary-secret", jwt, "gw_live_canary", "canary-refresh"):
+        assert canary not in dump
+    details = sql(database_url, "SELECT details FROM audit_log")[0][0]
+    stored = details if isinstance(details, dict) else json.loads(details)
+    assert stored["new"] == {"clientSecret": "[redacted]", "name": "ok"}
+    assert stored["password"] == stored["refresh_token"] == "[redacted]"
+
+
+async def test_time_range_verification_checks_links_inside_the_range(database_url: str) -> None:
+    org = new_id()
+    await write(database_url, *(event(org) for _ in range(3)))
+    report = await verify(database_url, start=datetime(2000, 1, 1))
+    assert report.ok
+    assert report.checked == 3
+
+
+def test_cursors_round_trip_and_refuse_garbage() -> None:
+    from store.models import AuditEntry
+
+    entry = AuditEntry(id=new_id(), chain="c", sequence=1, at=datetime(2026, 1, 2, 3, 4, 5, 6),
+                       actor_type="user", action="x", result="success", request_id="r", previous_hash="",
+                       hash="")
+    assert audit.decode_cursor(audit.encode_cursor(entry)) == (entry.at, entry.id)
+    for bad in ("", "x", "!!!!", "Zm9vfGJhcg", "a" * 300):
+        with pytest.raises(audit.CursorError):
+            audit.decode_cursor(bad)
