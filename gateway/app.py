@@ -188,7 +188,7 @@ def create_app(settings: Settings | None = None, *, enforce_authorization: bool 
         Route("/readyz", readyz),
         Route("/.well-known/jwks.json", jwks),
         Route("/metrics", metrics),
-        Route("/reports/{name}", ReportDownloads(services), methods=["GET"]),
+        Route("/reports/{name}", ReportDownloads(services).download, methods=["GET"]),
     ]
     middleware = [
         Middleware(RequestIdMiddleware),

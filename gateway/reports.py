@@ -57,7 +57,7 @@ class ReportDownloads:
     def __init__(self, services: Services) -> None:
         self.services = services
 
-    async def __call__(self, request: Request) -> Response:
+    async def download(self, request: Request) -> Response:
         name: str = request.path_params["name"]
         report_id, _, fmt = name.rpartition(".")
         if fmt not in FORMATS:

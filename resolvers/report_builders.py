@@ -22,6 +22,7 @@ from sqlmodel import col
 from authz import BUILTIN_ROLE_PERMISSIONS, BuiltinRole, resolve_permissions
 from authz.plans import QuotaResource, effective_limits
 from identity.sessions import load_custom_roles
+from store.audit import verify
 from store.models import ApiKey, AuditEntry, Membership, Organization, Report, UsageDaily, User
 from store.scoping import tenant_filter, tenant_select
 
@@ -220,7 +221,8 @@ async def build_usage(db: AsyncSession, org: Organization, period: Period, out: 
 
 
 def _security_events(org_id: str, period: Period, actions: Sequence[str]) -> ColumnElement[bool]:
-    return and_(col(AuditEntry.organization_id) == org_id, col(AuditEntry.at) >= period.start,
+    # a tenant's entries form its chain (store.audit): `chain` is its organization_id, and indexed
+    return and_(col(AuditEntry.chain) == org_id, col(AuditEntry.at) >= period.start,
                 col(AuditEntry.at) < period.end, col(AuditEntry.action).in_(list(actions)))
 
 
@@ -370,7 +372,7 @@ async def _check(out: Writer, results: list[dict[str, Any]], check: str, passed:
 async def _last_rotations(db: AsyncSession, org_id: str) -> dict[str, datetime]:
     rows = await db.execute(
         sa_select(col(AuditEntry.resource_id), func.max(col(AuditEntry.at)))
-        .where(col(AuditEntry.organization_id) == org_id, col(AuditEntry.action) == "apikey_rotated",
+        .where(col(AuditEntry.chain) == org_id, col(AuditEntry.action) == "apikey_rotated",
                col(AuditEntry.result) == "success", col(AuditEntry.resource_id).is_not(None))
         .group_by(col(AuditEntry.resource_id))
     )
@@ -441,13 +443,12 @@ async def build_compliance(db: AsyncSession, org: Organization, period: Period, 
 
 
 async def _audit_chain(db: AsyncSession, org_id: str, period: Period) -> tuple[bool, str, list[Evidence]]:
-    from store.audit import verify_chain
-
-    result = await verify_chain(db, org_id)
-    if result.ok:
-        return True, f"{result.checked} entries verified, chain intact", []
-    return False, f"chain broken at sequence {result.first_broken_sequence}", [
-        Evidence("audit_log", str(result.first_broken_sequence), None, "first entry whose hash does not verify")
+    """The organization's whole chain recomputed and compared with its head row (store.audit)."""
+    report = (await verify(db, chains=[org_id])).chains[org_id]
+    if report.ok:
+        return True, f"{report.checked} entries verified up to sequence {report.head_sequence}", []
+    return False, f"chain broken at sequence {report.first_broken_sequence}", [
+        Evidence("audit_log", str(report.first_broken_sequence), None, problem) for problem in report.problems
     ]
 
 

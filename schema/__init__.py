@@ -44,7 +44,7 @@ class PortcullisSchema(strawberry.Schema):
         # logged, with its traceback and the request id (never the variables).
         for error in errors:
             original = error.original_error
-            if original is None or isinstance(original, GatewayError):
+            if original is None or isinstance(original, GatewayError | GraphQLError):
                 continue
             rid = getattr(getattr(execution_context and execution_context.context, "principal", None),
                           "request_id", None)

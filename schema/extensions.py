@@ -31,7 +31,8 @@ def shape_error(error: GraphQLError, request_id: str | None) -> GraphQLError:
             original.message, nodes=error.nodes, source=error.source, positions=error.positions,
             path=error.path, extensions={"code": original.code.value, **original.extensions},
         )
-    if original is None:
+    if original is None or isinstance(original, GraphQLError):
+        # a GraphQLError wrapping another: a variable's value the schema refused (an unknown enum value)
         extensions = dict(error.extensions or {})
         extensions.setdefault("code", ErrorCode.BAD_USER_INPUT.value)
         return GraphQLError(
