@@ -26,6 +26,7 @@ GENERATE = """mutation($kind: ReportKind!, $from: DateTime!, $to: DateTime!) {
   generateReport(kind: $kind, from: $from, to: $to) { id kind from to createdAt digest summary csvUrl jsonUrl htmlUrl }
 }"""
 REPORT = "query($id: ID!) { report(id: $id) { id kind digest summary } }"
+CREATE_KEY = "mutation($input: CreateApiKeyInput!) { createApiKey(input: $input) { secret apiKey { id } } }"
 LIST = """query($first: Int, $after: String) { organization { reports(first: $first, after: $after) {
   edges { cursor node { id kind } } pageInfo { hasNextPage endCursor } } } }"""
 
@@ -78,6 +79,12 @@ async def generated(client: httpx.AsyncClient, token: str, kind: str, start: dat
     body = await generate(client, token, kind, start or now() - timedelta(days=7), end or now())
     assert body.get("data"), body
     return body["data"]["generateReport"]  # type: ignore[no-any-return]
+
+
+async def create_key(client: httpx.AsyncClient, token: str, name: str, scope: str) -> dict[str, Any]:
+    r = await gql(client, CREATE_KEY, {"input": {"name": name, "scopes": [scope]}}, token=token)
+    assert r.json().get("data"), r.json()
+    return r.json()["data"]["createApiKey"]  # type: ignore[no-any-return]
 
 
 def auth(token: str) -> dict[str, str]:
@@ -163,9 +170,7 @@ async def test_security_report_counts_each_category_with_its_top_sources(
 async def test_access_report_lists_roles_members_keys_and_members_without_mfa(
     client: httpx.AsyncClient, tenant: Tenant, owner_token: str, database_url: str
 ) -> None:
-    r = await gql(client, """mutation { createApiKey(input: {name: "ci", scopes: ["reports:read"]}) { apiKey { id } } }""",
-                  token=owner_token)
-    key_id = r.json()["data"]["createApiKey"]["apiKey"]["id"]
+    key_id = (await create_key(client, owner_token, "ci", "reports:read"))["apiKey"]["id"]
     report = await generated(client, owner_token, "ACCESS")
     body = await download_json(client, owner_token, report)
     members = rows_of(body, "member")
@@ -180,16 +185,15 @@ async def test_access_report_lists_roles_members_keys_and_members_without_mfa(
     ]
     assert [m["subject_id"] for m in rows_of(body, "member_without_mfa")] == [tenant.user_id]
     roles = {r["name"]: r["count"] for r in rows_of(body, "role")}
-    assert roles["owner"] == 1 and roles["viewer"] == 0
+    assert roles["owner"] == 1
+    assert roles["viewer"] == 0
     assert report["summary"]["mfaCoveragePercent"] == "0.00"
 
 
 async def test_compliance_report_maps_each_check_to_its_controls_with_the_rows_behind_it(
     client: httpx.AsyncClient, tenant: Tenant, owner_token: str, database_url: str
 ) -> None:
-    r = await gql(client, """mutation { createApiKey(input: {name: "old", scopes: ["reports:read"]}) { apiKey { id } } }""",
-                  token=owner_token)
-    key_id = r.json()["data"]["createApiKey"]["apiKey"]["id"]
+    key_id = (await create_key(client, owner_token, "old", "reports:read"))["apiKey"]["id"]
     old = datetime.now(UTC).replace(tzinfo=None) - timedelta(days=120)
     sql(database_url, "UPDATE api_keys SET created_at = :at WHERE id = :id", at=old, id=key_id)
     await write_audit(database_url, AuditEvent(action="plan_changed", organization_id=tenant.org_id, request_id="r"))
@@ -200,8 +204,10 @@ async def test_compliance_report_maps_each_check_to_its_controls_with_the_rows_b
     assert checks["dormant_accounts"]["status"] == "attention"  # the key, unused for 120 days
     assert checks["key_rotation_age"]["status"] == "attention"
     assert checks["audit_chain"]["status"] == "pass"
-    assert checks["mfa_coverage"]["soc2"] == ["CC6.1"] and checks["mfa_coverage"]["iso27001"] == ["A.5.17"]
-    assert checks["audit_chain"]["soc2"] == ["CC7.2"] and checks["audit_chain"]["iso27001"] == ["A.8.15"]
+    assert checks["mfa_coverage"]["soc2"] == ["CC6.1"]
+    assert checks["mfa_coverage"]["iso27001"] == ["A.5.17"]
+    assert checks["audit_chain"]["soc2"] == ["CC7.2"]
+    assert checks["audit_chain"]["iso27001"] == ["A.8.15"]
     body = await download_json(client, owner_token, first)
     evidence = {(e["check"], e["subject_id"]) for e in rows_of(body, "evidence")}
     assert {("mfa_coverage", tenant.user_id), ("dormant_accounts", key_id), ("key_rotation_age", key_id)} <= evidence
@@ -264,9 +270,7 @@ async def test_reports_are_listed_newest_first_with_opaque_cursors(
 async def test_html_view_draws_an_escaped_svg_chart_under_a_strict_csp(
     client: httpx.AsyncClient, tenant: Tenant, owner_token: str, database_url: str
 ) -> None:
-    r = await gql(client, "mutation($n: String!) { createApiKey(input: {name: $n, scopes: [\"reports:read\"]}) "
-                  "{ apiKey { id } } }", {"n": "x<script>alert(1)</script>"}, token=owner_token)
-    key_id = r.json()["data"]["createApiKey"]["apiKey"]["id"]
+    key_id = (await create_key(client, owner_token, "x<script>alert(1)</script>", "reports:read"))["apiKey"]["id"]
     bulk(database_url, USAGE_ROW, [usage(tenant.org_id, now().date() - timedelta(days=1), "api_key", key_id, 5)])
     report = await generated(client, owner_token, "USAGE")
     r = await client.get(report["htmlUrl"], headers=auth(owner_token))
@@ -274,9 +278,11 @@ async def test_html_view_draws_an_escaped_svg_chart_under_a_strict_csp(
     assert r.headers["content-type"].startswith("text/html")
     csp = r.headers["content-security-policy"]
     assert csp.startswith("default-src 'none'; style-src 'sha256-")
-    assert "script-src" not in csp and "unsafe-inline" not in csp
+    assert "script-src" not in csp
+    assert "unsafe-inline" not in csp
     assert r.headers.get_list("content-security-policy") == [csp]
-    assert "<svg" in r.text and "<rect" in r.text
+    assert "<svg" in r.text
+    assert "<rect" in r.text
     assert "<script" not in r.text
     assert "x&lt;script&gt;alert(1)&lt;/script&gt;" in r.text
 
@@ -286,10 +292,13 @@ def test_the_chart_escapes_its_labels_and_scales_its_bars() -> None:
         {"label": "</text><script>x</script>", "value": 10, "tone": "attention"},
         {"label": "half", "value": 5, "tone": "nope"},
     ]})
-    assert "<script" not in svg and "&lt;/text&gt;&lt;script&gt;" in svg and "&lt;b&gt;t&lt;/b&gt;" in svg
+    assert "<script" not in svg
+    assert "&lt;/text&gt;&lt;script&gt;" in svg
+    assert "&lt;b&gt;t&lt;/b&gt;" in svg
     widths = [int(w) for w in re.findall(r'<rect [^>]*width="(\d+)"', svg)]
     assert widths == [400, 200]
-    assert 'fill="#d9822b"' in svg and 'fill="#3b6fb6"' in svg
+    assert 'fill="#d9822b"' in svg
+    assert 'fill="#3b6fb6"' in svg
 
 
 # -- bad inputs -----------------------------------------------------------------------------------
@@ -354,9 +363,7 @@ async def test_a_download_without_reports_read_is_403(
     client: httpx.AsyncClient, owner_token: str, database_url: str
 ) -> None:
     report = await generated(client, owner_token, "ACCESS")
-    r = await gql(client, """mutation { createApiKey(input: {name: "ro", scopes: ["organization:read"]}) { secret } }""",
-                  token=owner_token)
-    key = r.json()["data"]["createApiKey"]["secret"]
+    key = (await create_key(client, owner_token, "ro", "organization:read"))["secret"]
     for url in (report["csvUrl"], report["jsonUrl"], report["htmlUrl"]):
         r = await client.get(url, headers={"X-API-Key": key})
         assert r.status_code == 403
@@ -401,9 +408,7 @@ async def test_csv_cells_starting_with_formula_characters_are_neutralized(
 ) -> None:
     names = ["=HYPERLINK(\"http://evil.test\")", "+1+1", "-2+3", "@SUM(A1)", "plain"]
     for name in names:
-        r = await gql(client, "mutation($n: String!) { createApiKey(input: {name: $n, scopes: [\"reports:read\"]}) "
-                      "{ apiKey { id } } }", {"n": name}, token=owner_token)
-        assert r.json().get("data"), r.json()
+        await create_key(client, owner_token, name, "reports:read")
     report = await generated(client, owner_token, "ACCESS")
     c = await client.get(report["csvUrl"], headers=auth(owner_token))
     rows = list(csv.DictReader(io.StringIO(c.text)))
@@ -452,7 +457,8 @@ async def test_a_huge_range_is_written_and_downloaded_in_chunks(
 
     for url, digest in ((report["jsonUrl"], report["digest"]), (report["csvUrl"], None)):
         messages = await raw_get(url)
-        assert messages[0]["type"] == "http.response.start" and messages[0]["status"] == 200
+        assert messages[0]["type"] == "http.response.start"
+        assert messages[0]["status"] == 200
         assert not any(k == b"content-length" for k, _ in messages[0]["headers"])
         bodies = [m for m in messages if m["type"] == "http.response.body"]
         chunks = [m["body"] for m in bodies if m["body"]]
