@@ -262,8 +262,15 @@ async def build_security(db: AsyncSession, org: Organization, period: Period, ou
                               source, n)
                 if source_type == "ip":
                     top[category].append({"ip": source, "count": n})
+    # every refusal by the admission step is counted in usage_daily; the audit log may keep fewer of them
+    refused = (await db.execute(
+        sa_select(func.coalesce(func.sum(col(UsageDaily.rate_limited)), 0))
+        .where(tenant_filter(UsageDaily, org.id), col(UsageDaily.subject_type) == "total",
+               col(UsageDaily.day) >= period.first_day, col(UsageDaily.day) <= period.last_day)
+    )).scalar_one()
     return {
         "events": sum(totals.values()),
+        "rateLimitedRequests": int(refused),
         "byCategory": {c: totals[c] for c in SECURITY_CATEGORIES},
         "topSources": {c: top[c][:3] for c in SECURITY_CATEGORIES},
         "eventsPerDay": chart("Security events per day", "events", day_bars(per_day, period)),

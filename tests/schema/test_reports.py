@@ -154,10 +154,12 @@ async def test_security_report_counts_each_category_with_its_top_sources(
         ev("authz_fail", "198.51.100.2", "denied"), ev("excess_rate_limit_exceeded", "192.0.2.1", "denied"),
         ev("authn_login_success", "203.0.113.9", "success"),  # not a security event
     )
+    bulk(database_url, USAGE_ROW, [usage(tenant.org_id, now().date(), "total", "", 100, 0, 7)])
     report = await generated(client, owner_token, "SECURITY", now() - timedelta(days=1), now() + timedelta(hours=1))
     summary = report["summary"]
     assert summary["byCategory"] == {"failed_login": 5, "lockout": 1, "token_reuse": 1, "denied_permission": 1,
                                      "rate_limited": 1}
+    assert summary["rateLimitedRequests"] == 7
     assert summary["topSources"]["failed_login"] == [{"ip": "203.0.113.9", "count": 4},
                                                      {"ip": "198.51.100.2", "count": 1}]
     body = await download_json(client, owner_token, report)
@@ -247,6 +249,20 @@ async def test_downloads_verify_against_the_digests(
     parsed = list(csv.reader(io.StringIO(c.text)))
     assert parsed[0] == r.json()["columns"]
     assert len(parsed) - 1 == len(r.json()["rows"]) == r.json()["summary"]["rowCount"] == 5
+
+
+async def test_a_report_keeps_what_it_saw_when_the_organization_changes(
+    client: httpx.AsyncClient, tenant: Tenant, owner_token: str, database_url: str
+) -> None:
+    key_id = (await create_key(client, owner_token, "before", "reports:read"))["apiKey"]["id"]
+    report = await generated(client, owner_token, "ACCESS")
+    before = (await client.get(report["jsonUrl"], headers=auth(owner_token))).content
+    await gql(client, "mutation($id: ID!) { revokeApiKey(id: $id) { id } }", {"id": key_id}, token=owner_token)
+    await create_key(client, owner_token, "after", "reports:read")
+    after = (await client.get(report["jsonUrl"], headers=auth(owner_token))).content
+    assert after == before
+    assert hashlib.sha256(after).hexdigest() == report["digest"]
+    assert [(k["name"], k["status"]) for k in rows_of(json.loads(after), "api_key")] == [("before", "active")]
 
 
 async def test_reports_are_listed_newest_first_with_opaque_cursors(
