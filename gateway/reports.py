@@ -106,9 +106,11 @@ def bar_chart(chart: dict[str, Any]) -> str:
     for i, bar in enumerate(bars):
         value = int(bar.get("value") or 0)
         y = top + i * row_h
-        w = round(bar_w * value / peak)
+        tone = str(bar.get("tone"))
+        # a verdict stays visible in its colour even with no rows behind it
+        w = max(round(bar_w * value / peak), 4 if tone in ("pass", "attention") else 0)
         label = escape(str(bar.get("label", "")))
-        fill = TONES.get(str(bar.get("tone")), TONES["normal"])
+        fill = TONES.get(tone, TONES["normal"])
         parts.append(f'<text x="{label_w - 8}" y="{y + 14}" text-anchor="end">{label}</text>')
         parts.append(f'<rect x="{label_w}" y="{y + 3}" width="{w}" height="{row_h - 6}" fill="{fill}">'
                      f"<title>{label}: {value} {unit}</title></rect>")

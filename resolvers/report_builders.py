@@ -444,7 +444,7 @@ async def build_compliance(db: AsyncSession, org: Organization, period: Period, 
     return {
         "checks": results, "passed": len(results) - len(attention), "attention": attention,
         "chart": chart("Evidence rows per check", "rows",
-                       [{"label": r["check"].replace("_", " "), "value": r["evidence"],
+                       [{"label": f"{r['check'].replace('_', ' ')}: {r['status']}", "value": r["evidence"],
                          "tone": "pass" if r["status"] == "pass" else "attention"} for r in results]),
     }
 
