@@ -21,6 +21,7 @@ from store import audit
 from store.audit import AuditEvent
 from store.db import Database, install_sqlite_pragmas, is_sqlite, sync_url
 from tests.conftest import Tenant, error_codes, gql, login, make_tenant, sql
+from tests.store.test_audit import as_owner
 
 GENERATE = """mutation($kind: ReportKind!, $from: DateTime!, $to: DateTime!) {
   generateReport(kind: $kind, from: $from, to: $to) { id kind from to createdAt digest summary csvUrl jsonUrl htmlUrl }
@@ -222,6 +223,21 @@ async def test_compliance_report_maps_each_check_to_its_controls_with_the_rows_b
     assert checks["access_review"]["status"] == "pass"
     body = await download_json(client, owner_token, second)
     assert ("access_review", access["id"]) in {(e["check"], e["subject_id"]) for e in rows_of(body, "evidence")}
+
+
+async def test_compliance_flags_a_tampered_audit_chain(
+    client: httpx.AsyncClient, tenant: Tenant, owner_token: str, database_url: str
+) -> None:
+    await write_audit(database_url, *[AuditEvent(action="plan_changed", organization_id=tenant.org_id,
+                                                 request_id=f"r{i}") for i in range(3)])
+    as_owner(database_url, "UPDATE audit_log SET request_id = 'forged' WHERE chain = :c AND sequence = 2",
+             c=tenant.org_id)
+    report = await generated(client, owner_token, "COMPLIANCE")
+    checks = {c["check"]: c for c in report["summary"]["checks"]}
+    assert checks["audit_chain"]["status"] == "attention"
+    assert checks["audit_chain"]["detail"] == "chain broken at sequence 2"
+    body = await download_json(client, owner_token, report)
+    assert next(e["subject_id"] for e in rows_of(body, "evidence") if e["check"] == "audit_chain") == "2"
 
 
 # -- downloads ------------------------------------------------------------------------------------
