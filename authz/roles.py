@@ -49,7 +49,8 @@ def _cumulative() -> dict[str, frozenset[Permission]]:
     for role in ROLE_ORDER:
         acc = acc | _OWN[role]
         result[role.value] = acc
-    result[PLATFORM_ROLE] = PLATFORM_PERMISSIONS
+    # the operator reads and verifies the audit log of every tenant (`platform:audit:read` widens the scope)
+    result[PLATFORM_ROLE] = PLATFORM_PERMISSIONS | {_P.AUDIT_READ, _P.AUDIT_VERIFY}
     return result
 
 

@@ -66,9 +66,11 @@ def _scenarios(value: str) -> list[str]:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    p.add_argument("--scenario", type=_scenarios, default=list(SCENARIO_NAMES), metavar="basic|guarded|apikey|all",
+    p.add_argument("--scenario", type=_scenarios, default=list(SCENARIO_NAMES),
+                   metavar="basic|guarded|apikey|audited|all",
                    help="basic: the gateway against three baselines; guarded: a field that requires a "
-                        "permission, with and without field authorization; all (default): both")
+                        "permission, with and without field authorization; apikey: Bearer against API key; "
+                        "audited: an audited mutation; all (default): every one")
     p.add_argument("--duration", type=_positive, default=DEFAULT_DURATION, help="seconds per wrk run (10)")
     p.add_argument("--warmup", type=int, default=DEFAULT_WARMUP, help="seconds of warm-up per server (3)")
     p.add_argument("--connections", type=_counts, default=_counts(DEFAULT_CONNECTIONS),
@@ -103,6 +105,7 @@ class Bench:
             "basic": database.expected_response(self.db),
             "guarded": database.expected_guarded_response(self.db),
             "apikey": database.expected_response(self.db),
+            "audited": database.expected_audited_response(self.db),
         }
         self.env = servers.server_environment(self.db.url, generate_private_key_pem())
 
@@ -171,10 +174,15 @@ def print_report(args: argparse.Namespace, bench: Bench, results: dict[str, repo
         names = [s.name for s in specs]
         scenario_results = results.get(scenario.name, {})
         print(f"\nscenario {scenario.name}: {scenario.description}\nquery: {scenario.query}\n")
+        blocks: tuple[list[str], ...]
         if scenario.name == "guarded":
             blocks = (report.table(scenario_results, names, args.connections),
                       report.authorization_ratios(scenario_results, args.connections),
                       report.authorization_target(scenario_results, args.connections))
+        elif scenario.name == "audited":
+            entries, ok = database.audit_entries(bench.db)
+            blocks = (report.table(scenario_results, names, args.connections),
+                      [f"audit entries written: {entries}; chains verify: {'yes' if ok else 'NO'}"])
         elif scenario.name == "apikey":
             blocks = (report.table(scenario_results, names, args.connections),
                       report.api_key_target(scenario_results, args.connections))

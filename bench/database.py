@@ -52,6 +52,32 @@ def expected_response(db: BenchDatabase) -> dict[str, object]:
     return {"data": {"organization": organization}}
 
 
+def expected_audited_response(db: BenchDatabase) -> dict[str, object]:
+    """The answer to the audited mutation: the organization, renamed to the name it already has."""
+    organization = {"id": db.organization_id, "slug": DEMO_ORG, "name": DEMO_NAME, "plan": DEMO_PLAN.upper()}
+    return {"data": {"updateOrganization": organization}}
+
+
+def audit_entries(db: BenchDatabase) -> tuple[int, bool]:
+    """How many entries the audited mutation left, and whether the chains verify."""
+    from store import audit
+    from store.models import AuditEntry
+
+    async def count() -> tuple[int, bool]:
+        from sqlalchemy import func, select
+
+        database = Database(db.url)
+        try:
+            async with database.transaction() as session:
+                n = (await session.execute(select(func.count()).select_from(AuditEntry)
+                                           .where(AuditEntry.action == "org_updated"))).scalar_one()  # type: ignore[arg-type]
+                return int(n), (await audit.verify(session)).ok
+        finally:
+            await database.dispose()
+
+    return asyncio.run(count())
+
+
 def expected_guarded_response(db: BenchDatabase) -> dict[str, object]:
     """The answer to the guarded query: the same organization with its billing email, and no error."""
     organization = {"id": db.organization_id, "slug": DEMO_ORG, "name": DEMO_NAME, "plan": DEMO_PLAN.upper(),

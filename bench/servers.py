@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.apps.common import DATABASE_URL_VARIABLE, GUARDED_QUERY, QUERY
+from bench.apps.common import AUDITED_MUTATION, DATABASE_URL_VARIABLE, GUARDED_QUERY, QUERY
 
 REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -63,6 +63,8 @@ SCENARIOS = (
              "a field that requires billing:read, with and without field authorization"),
     Scenario("apikey", QUERY, ("gateway", "gateway-apikey"),
              "the same query authenticated by a Bearer token and by an API key"),
+    Scenario("audited", AUDITED_MUTATION, ("gateway",),
+             "a mutation whose change and audit entry (hash chain, head row locked) commit in one transaction"),
 )
 SCENARIO_NAMES = tuple(s.name for s in SCENARIOS)
 

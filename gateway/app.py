@@ -167,6 +167,7 @@ def create_app(settings: Settings | None = None, *, enforce_authorization: bool 
         await services.revocations.start()
         if services.last_used is not None:
             services.last_used.start()
+        services.rate_limit_audit.start()
         if settings.env is not Environment.TEST:
             # start-up objects live for the whole process: keep them out of every collection (p99)
             gc.collect()
@@ -176,6 +177,8 @@ def create_app(settings: Settings | None = None, *, enforce_authorization: bool 
         finally:
             if services.last_used is not None:
                 await services.last_used.stop()
+            with contextlib.suppress(Exception):
+                await services.rate_limit_audit.stop()
             await services.revocations.stop()
             if services.redis is not None:
                 await services.redis.aclose()
@@ -202,6 +205,8 @@ def create_app(settings: Settings | None = None, *, enforce_authorization: bool 
             on_failure=lambda _reason: auth_failures.inc(),
             key_limiter=services.key_limiter,
             last_used=services.last_used,
+            audit=services.audit,
+            rate_limit_audit=services.rate_limit_audit,
         ),
     ]
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import secrets
 import sys
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -47,12 +48,89 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(_: argparse.Namespace) -> int:
+    from sqlalchemy.engine import make_url
+
+    from store.db import is_sqlite
     from store.migrate import upgrade
 
     settings = _settings()
+    if settings.migration_database_url and not is_sqlite(settings.database_url):
+        # migrate as the owner; the application's role (the one in PORTCULLIS_DATABASE_URL) gets its grants
+        app_role = make_url(settings.database_url).username
+        upgrade(settings.migration_database_url, app_role=app_role)
+        print(f"database migrated; privileges granted to {app_role}")
+        return 0
     upgrade(settings.database_url)
     print("database migrated")
     return 0
+
+
+async def _audit_in_database(settings: Settings, keys: Any, checkpoint_heads: list[Any] | None) -> Any:
+    """The checkpoint document (when `checkpoint_heads` is None) or the verification report."""
+    from datetime import UTC, datetime
+
+    from resolvers.audit import checkpoint
+    from store import audit
+    from store.db import Database
+
+    db = Database(settings.database_url)
+    try:
+        async with db.transaction() as session:
+            if checkpoint_heads is None:
+                return await checkpoint(session, keys, now=datetime.now(UTC))
+            return await audit.verify(session, checkpoint=checkpoint_heads)
+    finally:
+        await db.dispose()
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from identity.tokens import KeyRing
+    from resolvers.audit import CheckpointError, read_checkpoint
+
+    settings = _settings()
+    keys = KeyRing(*settings.signing_key_pems())
+    if args.audit_command == "checkpoint":
+        try:
+            document = asyncio.run(_audit_in_database(settings, keys, None))
+        except CheckpointError as exc:
+            print(f"portcullis: {exc}", file=sys.stderr)
+            return 1
+        out = Path(args.out)
+        if out.is_dir():
+            stamp = document["createdAt"].replace("-", "").replace(":", "").replace(".", "")
+            out = out / f"audit-checkpoint-{stamp}.json"
+        out.write_text(json.dumps(document, indent=2) + "\n")
+        print(f"checkpoint of {len(document['heads'])} chain(s) written to {out}")
+        return 0
+    points = []
+    if args.checkpoint:
+        path = Path(args.checkpoint)
+        if path.is_dir():
+            found = sorted(path.glob("audit-checkpoint-*.json"))
+            if not found:
+                print(f"portcullis: no checkpoint in {path}", file=sys.stderr)
+                return 2
+            path = found[-1]
+        try:
+            points = read_checkpoint(keys, path.read_text())
+        except (OSError, CheckpointError) as exc:
+            print(f"portcullis: {exc}", file=sys.stderr)
+            return 2
+    report = asyncio.run(_audit_in_database(settings, keys, points))
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        for chain in sorted(report.chains.values(), key=lambda c: c.chain):
+            state = "ok" if chain.ok else f"BROKEN at sequence {chain.first_broken_sequence}"
+            print(f"{chain.chain}: {chain.checked} entries, head {chain.head_sequence}: {state}")
+            for problem in chain.problems:
+                print(f"  {problem}")
+        print(f"{'ok' if report.ok else 'FAILED'}: {report.checked} entries in {len(report.chains)} chain(s)"
+              + (f", checked against {len(points)} checkpointed head(s)" if points else ""))
+    return 0 if report.ok else 1
 
 
 def cmd_schema(_: argparse.Namespace) -> int:
@@ -300,6 +378,15 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--org", required=True)
     r.add_argument("id")
     ak.set_defaults(func=cmd_api_key)
+
+    au = sub.add_parser("audit", help="verify the audit log's hash chains; write signed checkpoints")
+    ausub = au.add_subparsers(dest="audit_command", required=True)
+    v = ausub.add_parser("verify", help="recompute every chain; exit 1 when one is broken")
+    v.add_argument("--checkpoint", help="a checkpoint file (or a directory: its latest) to check truncation against")
+    v.add_argument("--json", action="store_true", help="the full report as JSON")
+    cp = ausub.add_parser("checkpoint", help="write each chain's head, signed with the gateway's key")
+    cp.add_argument("--out", required=True, help="a file, or a directory to add a new file to")
+    au.set_defaults(func=cmd_audit)
 
     k = sub.add_parser("keys", help="signing keys")
     ksub = k.add_subparsers(dest="keys_command", required=True)

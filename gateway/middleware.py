@@ -19,6 +19,7 @@ from authz import Principal, anonymous
 from gateway.limits import KeyRateLimiter
 from identity.api_keys import ApiKeyInfo, ApiKeyRejected, LastUsedRecorder
 from identity.authentication import AuthenticationError, Authenticator
+from store.audit import ActorType, AuditAction, AuditEvent, AuditResult, AuditTrail, RateLimitAudit
 
 log = logging.getLogger("portcullis.edge")
 
@@ -227,6 +228,13 @@ class Refused(Exception):
         self.body = graphql_error(message, code, **extensions)
         self.reason = reason
         self.headers = list(headers)
+        self.audit: AuditEvent | None = None
+
+
+def _key_event(info: ApiKeyInfo, action: str, ip: str | None, rid: str | None, details: dict[str, Any]) -> AuditEvent:
+    return AuditEvent(action=action, result=AuditResult.DENIED, organization_id=info.organization_id,
+                      actor_type=ActorType.API_KEY, actor_id=info.key_id, resource_type="api_key",
+                      resource_id=info.key_id, request_id=rid, ip=ip, details=details)
 
 
 def _credentials_in_url(scope: Scope) -> bool:
@@ -254,8 +262,11 @@ class AuthenticationMiddleware:
 
     def __init__(self, app: ASGIApp, *, authenticator: Authenticator, client_address: ClientAddress,
                  on_failure: Any = None, key_limiter: KeyRateLimiter | None = None,
-                 last_used: LastUsedRecorder | None = None) -> None:
+                 last_used: LastUsedRecorder | None = None, audit: AuditTrail | None = None,
+                 rate_limit_audit: RateLimitAudit | None = None) -> None:
         self.app = app
+        self.audit = audit
+        self.rate_limit_audit = rate_limit_audit
         self.authenticator = authenticator
         self.client_address = client_address
         self.on_failure = on_failure
@@ -274,6 +285,7 @@ class AuthenticationMiddleware:
             principal = await self._authenticate(scope, ip, rid)
         except Refused as exc:
             log.info("authz_fail", extra={"reason": exc.reason, "request_id": rid, "client_ip": ip})
+            await self._audit_refusal(scope, exc)
             await send_json(send, exc.status, exc.body, headers=exc.headers)
             return
         except AuthenticationError as exc:
@@ -287,6 +299,22 @@ class AuthenticationMiddleware:
             return
         state["principal"] = principal
         await self.app(scope, receive, send)
+
+    async def _audit_refusal(self, scope: Scope, exc: Refused) -> None:
+        """A valid key refused by its own policy: `apikey_use_denied`, or a counted rate-limit refusal."""
+        event = exc.audit
+        if event is None or self.audit is None:
+            return
+        agent = _header(scope, b"user-agent")
+        event.user_agent = agent[0].decode("latin-1") if agent else None
+        try:
+            if event.action == AuditAction.EXCESS_RATE_LIMIT_EXCEEDED:
+                if self.rate_limit_audit is not None:
+                    await self.rate_limit_audit.refused(event, key=f"api_key:{event.resource_id}")
+            else:
+                await self.audit.record(event)
+        except Exception:
+            log.exception("audit entry not written", extra={"request_id": event.request_id})
 
     async def _authenticate(self, scope: Scope, ip: str | None, rid: str | None) -> Principal:
         if _credentials_in_url(scope):
@@ -327,9 +355,16 @@ class AuthenticationMiddleware:
         except ApiKeyRejected as exc:
             raise AuthenticationError(exc.reason) from None
         if not info.allows(ip):
-            raise Refused(403, "This API key is not allowed from this address.", "FORBIDDEN",
-                          "api key: address outside its allowlist")
-        await self._check_rate(info)
+            refused = Refused(403, "This API key is not allowed from this address.", "FORBIDDEN",
+                              "api key: address outside its allowlist")
+            refused.audit = _key_event(info, AuditAction.APIKEY_USE_DENIED, ip, rid,
+                                       {"reason": "address outside the key's allowlist"})
+            raise refused
+        try:
+            await self._check_rate(info)
+        except Refused as refused:
+            refused.audit = _key_event(info, AuditAction.EXCESS_RATE_LIMIT_EXCEEDED, ip, rid, {})
+            raise
         if self.last_used is not None:
             self.last_used.record(info.key_id)
         return info.principal(client_ip=ip, request_id=rid)

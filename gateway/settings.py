@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     env: Environment = Environment.DEV
     database_url: str = "sqlite:///./portcullis.db"
     database_pool_size: int = Field(default=10, ge=1, le=200)
+    # PostgreSQL: `portcullis migrate` connects with this URL (the tables' owner) when set, then grants
+    # the role of `database_url` what the application needs; the audit table gets INSERT and SELECT only
+    migration_database_url: str | None = None
     redis_url: str | None = None
 
     # Token signing: the current RSA private key (PEM, or a file holding it) and previous keys, whose

@@ -303,3 +303,38 @@ def new_refresh_token() -> str:
 
 def hash_opaque_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+CHECKPOINT_TYP = "portcullis-audit-checkpoint"
+
+
+def sign_document(keys: KeyRing, document: dict[str, Any]) -> str:
+    """A compact JWS (RS256, the current key, typ `portcullis-audit-checkpoint`) over the document's
+    canonical JSON: how audit checkpoints are signed outside the database."""
+    key = keys.current
+    assert key.signer is not None
+    payload = json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+    return str(jws.sign(payload, key.signer, headers={"kid": key.kid, "typ": CHECKPOINT_TYP}, algorithm=ALGORITHM))
+
+
+def verify_document(keys: KeyRing, token: str) -> dict[str, Any]:
+    """The document `sign_document` signed, if one of the ring's keys (current or previous) did."""
+    try:
+        header = jws.get_unverified_header(token)
+    except (JOSEError, ValueError, TypeError):
+        raise TokenError("malformed") from None
+    if not isinstance(header, dict) or header.get("alg") != ALGORITHM or header.get("typ") != CHECKPOINT_TYP \
+            or FORBIDDEN_HEADERS & header.keys():
+        raise TokenError("not a checkpoint signature")
+    kid = header.get("kid")
+    key = keys.get(kid) if isinstance(kid, str) else None
+    if key is None:
+        raise TokenError("unknown kid")
+    try:
+        payload = jws.verify(token, key.verifier, algorithms=[ALGORITHM])
+        document = json.loads(payload)
+    except (JOSEError, ValueError, TypeError):
+        raise TokenError("invalid signature") from None
+    if not isinstance(document, dict):
+        raise TokenError("not a document")
+    return document

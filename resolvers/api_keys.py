@@ -29,6 +29,7 @@ from authz.plans import QuotaResource, effective_limits
 from identity.api_keys import apikey_key, env_label, hash_secret, new_prefix, new_secret, parse
 from resolvers.deps import RequestContext
 from resolvers.roles import announce_after_commit, tenant_of
+from store.audit import AuditAction
 from store.models import ApiKey, Organization
 from store.scoping import tenant_filter, tenant_select
 
@@ -159,6 +160,9 @@ async def create_api_key(ctx: RequestContext, new: NewApiKey) -> IssuedKey:
     )
     db.add(issued.key)
     await db.flush()
+    ctx.audit(AuditAction.APIKEY_CREATED, resource_type="api_key", resource_id=issued.key.id,
+              details={"name": name, "prefix": issued.key.prefix, "scopes": issued.key.scopes,
+                       "allowedIps": allowed, "rateLimitPerMinute": rate, "expiresAt": expires})
     return issued
 
 
@@ -225,6 +229,8 @@ async def rotate_api_key(ctx: RequestContext, key_id: str, grace_period_seconds:
     db.add(key)
     await db.flush()
     announce_after_commit(ctx, [apikey_key(key.id)])
+    ctx.audit(AuditAction.APIKEY_ROTATED, resource_type="api_key", resource_id=key.id,
+              details={"prefix": key.prefix, "gracePeriodSeconds": grace_period_seconds})
     return IssuedKey(key, secret)
 
 
@@ -239,4 +245,5 @@ async def revoke_api_key(ctx: RequestContext, key_id: str) -> ApiKey:
         db.add(key)
         await db.flush()
     announce_after_commit(ctx, [apikey_key(key.id)])
+    ctx.audit(AuditAction.APIKEY_REVOKED, resource_type="api_key", resource_id=key.id, details={"prefix": key.prefix})
     return key

@@ -27,7 +27,8 @@ from identity.sessions import (
 from identity.tokens import AccessClaims
 from resolvers.deps import RequestContext
 from resolvers.provisioning import MAX_EMAIL_LENGTH
-from store.models import Membership, Organization, User
+from store.audit import PLATFORM_CHAIN, AuditAction, AuditResult
+from store.models import AuthSession, Membership, Organization, User
 
 log = logging.getLogger("portcullis.auth")
 
@@ -82,11 +83,12 @@ async def login(
     if not attempt.allowed:
         # The same work as a checked failure (lookup, one argon2 run, recording), so a refused
         # attempt answers in the same time as a wrong password (C-112).
-        await _find_user(ctx, email)
+        found = await _find_user(ctx, email)
         await services.hasher.burn()
         locked = await services.throttle.failed(attempt)
         log.info("authn_login_lock" if locked else "authn_login_fail",
                  extra={"reason": attempt.reason, "request_id": principal.request_id})
+        await _audit_failure(ctx, email, found, organization_slug, locked=locked, reason=attempt.reason)
         raise Unauthenticated(INVALID_CREDENTIALS)
 
     user = await _find_user(ctx, email)
@@ -100,6 +102,9 @@ async def login(
         locked = await services.throttle.failed(attempt)
         log.info("authn_login_lock" if locked else "authn_login_fail",
                  extra={"request_id": principal.request_id})
+        reason = "no_membership" if ok else ("inactive" if user is not None and not usable else "bad_password")
+        await _audit_failure(ctx, email, user, organization_slug, locked=locked,
+                             reason="unknown_user" if user is None else reason)
         raise Unauthenticated(INVALID_CREDENTIALS)
 
     await services.throttle.succeeded(attempt)
@@ -120,7 +125,34 @@ async def login(
     )
     token, claims = services.tokens.issue(subject=user.id, organization_id=org.id, session_id=issued.session.id)
     log.info("authn_login_success", extra={"request_id": principal.request_id, "user_id": user.id})
+    # committed with the session it opens: there is no success entry for a session that never was
+    ctx.audit(AuditAction.AUTHN_LOGIN_SUCCESS, organization_id=org.id, actor_id=user.id, resource_type="session",
+              resource_id=issued.session.id, details={"method": AuthMethod.PASSWORD.value})
     return AuthResult(token, claims, issued.refresh_token, user, org)
+
+
+async def _audit_failure(ctx: RequestContext, email: str, user: User | None, organization_slug: str | None, *,
+                         locked: bool, reason: str | None) -> None:
+    """`authn_login_fail` (and `authn_login_lock` when this failure locked the account from this
+    address) in the user's organization's chain, or the platform's for an unknown email."""
+    org_id = None
+    if user is not None:
+        async with ctx.services.db.transaction() as lookup:
+            membership = await _membership(lookup, user, organization_slug)
+            if membership is None and organization_slug is not None:
+                membership = await _membership(lookup, user, None)
+        org_id = membership.organization_id if membership is not None else None
+    common: dict[str, object] = {
+        "organization_id": org_id or PLATFORM_CHAIN, "actor_id": user.id if user is not None else None,
+        "resource_type": "user", "resource_id": user.id if user is not None else None,
+        "result": AuditResult.DENIED,
+    }
+    details = {"email": email[:MAX_EMAIL_LENGTH], "reason": reason or "bad_password", "method": "password"}
+    events = [ctx.audit_event(AuditAction.AUTHN_LOGIN_FAIL, details=details, **common)]  # type: ignore[arg-type]
+    if locked:
+        events.append(ctx.audit_event(AuditAction.AUTHN_LOGIN_LOCK, details=details, **common))  # type: ignore[arg-type]
+    ctx.audited_now.update(e.action for e in events)
+    await ctx.services.audit.record(*events)
 
 
 async def refresh(ctx: RequestContext, refresh_token: str | None) -> AuthResult:
@@ -149,6 +181,7 @@ async def refresh(ctx: RequestContext, refresh_token: str | None) -> AuthResult:
             if failure.reason == "reused":
                 log.warning("authn_token_reuse", extra={"session_id": failure.revoked_session_id})
             await services.revocations.publish([failure.revoked_session_id])
+        await _audit_refresh_failure(ctx, failure)
         raise Unauthenticated("Invalid refresh token.")
     db = await ctx.db()
     user = await db.get(User, session.user_id)
@@ -156,7 +189,25 @@ async def refresh(ctx: RequestContext, refresh_token: str | None) -> AuthResult:
     if user is None or org is None:
         raise Unauthenticated("Invalid refresh token.")
     token, claims = services.tokens.issue(subject=user.id, organization_id=org.id, session_id=session.id)
+    await ctx.audit_now(AuditAction.AUTHN_TOKEN_REFRESH, organization_id=org.id, actor_id=user.id,
+                        resource_type="session", resource_id=session.id)
     return AuthResult(token, claims, new_token, user, org)
+
+
+async def _audit_refresh_failure(ctx: RequestContext, failure: RefreshError) -> None:
+    """A reused refresh token is `authn_token_reuse` in its session's tenant; any other refused
+    refresh token is a denied `authn_token_refresh` (in the platform chain when it names no session)."""
+    session_id = failure.revoked_session_id
+    org_id, user_id = None, None
+    if session_id is not None:
+        async with ctx.services.db.transaction() as db:
+            row = await db.get(AuthSession, session_id)  # tenant-scope: the session the token belonged to
+            if row is not None:
+                org_id, user_id = row.organization_id, row.user_id
+    action = AuditAction.AUTHN_TOKEN_REUSE if failure.reason == "reused" else AuditAction.AUTHN_TOKEN_REFRESH
+    await ctx.audit_now(action, result=AuditResult.DENIED, organization_id=org_id or PLATFORM_CHAIN,
+                        actor_id=user_id, resource_type="session", resource_id=session_id,
+                        details={"reason": failure.reason})
 
 
 def refuse_api_keys(principal: Principal) -> None:
@@ -176,6 +227,7 @@ async def logout(ctx: RequestContext) -> bool:
     _, session_id = _require_user(ctx.principal)
     db = await ctx.db()
     await revoke_sessions(db, [session_id], reason="logout", now=ctx.services.now())
+    ctx.audit(AuditAction.AUTHN_LOGOUT, resource_type="session", resource_id=session_id)
 
     async def announce() -> None:
         await ctx.services.revocations.publish([session_id])
@@ -232,6 +284,8 @@ async def unlock_user(ctx: RequestContext, user_id: str) -> bool:
     ).scalar_one_or_none()
     if row is None:
         raise NotFound("User not found.")
-    await ctx.services.throttle.unlock(row.email)
+    cleared = await ctx.services.throttle.unlock(row.email)
     log.info("authn_login_unlock", extra={"user_id": row.id, "request_id": ctx.principal.request_id})
+    ctx.audit(AuditAction.AUTHN_LOGIN_UNLOCK, resource_type="user", resource_id=row.id,
+              details={"counters_cleared": cleared})
     return True

@@ -23,6 +23,7 @@ from identity.secrets import SecretBox
 from identity.sessions import SessionCache, SessionPolicy
 from identity.tokens import AccessTokens
 from resolvers.budgets import RateBudgets
+from store.audit import PLATFORM_CHAIN, ActorType, AuditEvent, AuditResult, AuditTrail, RateLimitAudit
 from store.db import Database
 
 
@@ -45,6 +46,14 @@ class Services:
     api_key_env: str = "dev"
     api_key_pepper: bytes = b""
     clock: Callable[[], float] = field(default=time.time)
+    audit: AuditTrail = None  # type: ignore[assignment]
+    rate_limit_audit: RateLimitAudit = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.audit is None:
+            self.audit = AuditTrail(self.db)
+        if self.rate_limit_audit is None:
+            self.rate_limit_audit = RateLimitAudit(self.audit, redis=self.redis, clock=self.clock)
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), UTC).replace(tzinfo=None)
@@ -98,6 +107,43 @@ class RequestContext:
         self.operation_cost: int | None = None
         self._db: AsyncSession | None = None
         self._db_in_turn: _OneAtATime | None = None
+        # entries that commit with the unit of work (`audit`), and every action recorded either way
+        self.audit_events: list[AuditEvent] = []
+        self.audited_actions: set[str] = set()
+        self.audited_now: set[str] = set()
+
+    def audit_event(self, action: str, *, result: str = AuditResult.SUCCESS, resource_type: str | None = None,
+                    resource_id: str | None = None, details: dict[str, Any] | None = None,
+                    organization_id: str | None = None, actor_id: str | None = None) -> AuditEvent:
+        """An entry about this request: who (the principal, or `actor_id` for a caller not yet
+        authenticated), from where, under which request id, in the principal's tenant by default
+        (`organization_id=PLATFORM_CHAIN` for an event outside any tenant)."""
+        p = self.principal
+        if organization_id is None:
+            organization_id = p.organization_id
+        elif organization_id == PLATFORM_CHAIN:
+            organization_id = None
+        return AuditEvent(
+            action=action, result=result, organization_id=organization_id,
+            actor_type=ActorType(p.kind.value) if p.is_authenticated else ActorType.ANONYMOUS,
+            actor_id=actor_id if actor_id is not None else p.subject_id,
+            resource_type=resource_type, resource_id=resource_id, request_id=p.request_id, ip=p.client_ip,
+            user_agent=self.user_agent, details=details or {},
+        )
+
+    def audit(self, action: str, **fields: Any) -> None:
+        """Record `action` in the request's transaction: it commits with the mutation, or not at all.
+
+        Arguments as for `audit_event`; `details` holds what changed (`store.audit.changes(old, new)`),
+        never a secret."""
+        self.audit_events.append(self.audit_event(action, **fields))
+        self.audited_actions.add(action)
+
+    async def audit_now(self, action: str, **fields: Any) -> None:
+        """Record `action` in a transaction of its own, committed now, whatever becomes of the request
+        (authentication events, denials)."""
+        self.audited_now.add(action)
+        await self.services.audit.record(self.audit_event(action, **fields))
 
     async def db(self) -> AsyncSession:
         if self._db is None:

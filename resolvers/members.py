@@ -42,6 +42,7 @@ from resolvers.auth import AuthResult, refuse_api_keys
 from resolvers.deps import RequestContext
 from resolvers.provisioning import checked_email
 from resolvers.roles import announce_after_commit, check_can_grant, require_role, tenant_of
+from store.audit import AuditAction, changes
 from store.models import Invitation, Membership, Organization, User
 from store.scoping import tenant_filter, tenant_select
 
@@ -187,6 +188,10 @@ async def add_member(ctx: RequestContext, email: str, role: str) -> AddedMember:
             token_hash=hash_opaque_token(token), created_at=now, expires_at=now + INVITATION_TTL,
         ))
         await db.flush()
+    if created:
+        ctx.audit(AuditAction.USER_CREATED, resource_type="user", resource_id=user.id, details={"invited": True})
+    ctx.audit(AuditAction.MEMBER_ADDED, resource_type="membership", resource_id=membership.id,
+              details={"userId": user.id, "role": role, "newUser": created})
     return AddedMember(Member(membership, user), token)
 
 
@@ -247,6 +252,9 @@ async def accept_invitation(ctx: RequestContext, token: str, password: str) -> A
         client_ip=ctx.principal.client_ip, user_agent=ctx.user_agent, policy=services.session_policy, now=now,
     )
     access, claims = services.tokens.issue(subject=user.id, organization_id=org.id, session_id=issued.session.id)
+    ctx.audit(AuditAction.AUTHN_INVITATION_ACCEPTED, organization_id=org.id, actor_id=user.id,
+              resource_type="session", resource_id=issued.session.id,
+              details={"membershipId": invitation.membership_id})
     return AuthResult(access, claims, issued.refresh_token, user, org)
 
 
@@ -297,6 +305,8 @@ async def update_member_role(ctx: RequestContext, membership_id: str, role: str)
         return member
     if membership.role == BuiltinRole.OWNER.value:
         await _keep_an_owner(db, org_id)
+    ctx.audit(AuditAction.AUTHZ_CHANGE, resource_type="membership", resource_id=membership.id,
+              details={"userId": membership.user_id, "changes": changes({"role": membership.role}, {"role": role})})
     membership.role = role
     db.add(membership)
     await db.flush()
@@ -323,4 +333,6 @@ async def remove_member(ctx: RequestContext, membership_id: str) -> bool:
     ended = await active_session_ids(db, membership.user_id, organization_id=org_id)
     await revoke_sessions(db, ended, reason="membership_removed", now=ctx.services.now())
     announce_after_commit(ctx, [*ended, user_key(membership.user_id)])
+    ctx.audit(AuditAction.MEMBER_REMOVED, resource_type="membership", resource_id=membership.id,
+              details={"userId": membership.user_id, "role": membership.role})
     return True

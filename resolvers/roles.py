@@ -36,6 +36,7 @@ from authz import (
 from authz.errors import BadUserInput, Conflict, Forbidden, NotFound, Unauthenticated
 from identity.sessions import load_custom_roles, org_key
 from resolvers.deps import RequestContext
+from store.audit import AuditAction, changes
 from store.models import Membership, Role
 from store.scoping import tenant_filter, tenant_select
 
@@ -190,6 +191,9 @@ async def create_role(ctx: RequestContext, spec: RoleSpec) -> RoleView:
         created_at=now, updated_at=now,
     ))
     await _flush(db)
+    ctx.audit(AuditAction.PRIVILEGE_ROLE_CREATED, resource_type="role", resource_id=definition.name,
+              details={"permissions": list(_sorted_names(definition.permissions)),
+                       "inherits": list(definition.inherits)})
     return _custom_view(definition)
 
 
@@ -205,6 +209,11 @@ async def update_role(ctx: RequestContext, name: str, spec: RoleSpec) -> RoleVie
     creator = principal.effective_permissions
     check_can_grant(creator, [name], custom, "You cannot change a role with permissions you do not hold.")
     _check(definition, custom, creator)
+    before = {"description": row.description, "permissions": list(row.permissions), "inherits": list(row.inherits)}
+    after = {"description": definition.description, "permissions": list(_sorted_names(definition.permissions)),
+             "inherits": list(definition.inherits)}
+    ctx.audit(AuditAction.PRIVILEGE_PERMISSIONS_CHANGED, resource_type="role", resource_id=name,
+              details={"changes": changes(before, after)})
     row.description = definition.description
     row.permissions = list(_sorted_names(definition.permissions))
     row.inherits = list(definition.inherits)
@@ -237,4 +246,6 @@ async def delete_role(ctx: RequestContext, name: str) -> bool:
     await db.delete(row)
     await db.flush()
     announce_after_commit(ctx, [org_key(org_id)])
+    ctx.audit(AuditAction.PRIVILEGE_ROLE_DELETED, resource_type="role", resource_id=name,
+              details={"permissions": list(row.permissions)})
     return True

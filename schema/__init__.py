@@ -15,6 +15,7 @@ from strawberry.types import ExecutionContext
 
 from authz.errors import GatewayError
 from schema.api_keys import ApiKeyMutation
+from schema.audit import AuditQuery
 from schema.auth import AuthMutation
 from schema.authorization import Authorization, Authorizer
 from schema.enums import Plan
@@ -28,7 +29,7 @@ from schema.users import UserQuery
 
 log = logging.getLogger("portcullis.graphql")
 
-Query = merge_types("Query", (UserQuery, OrganizationQuery, RoleQuery, ReportQuery))
+Query = merge_types("Query", (UserQuery, OrganizationQuery, RoleQuery, AuditQuery, ReportQuery))
 Mutation = merge_types("Mutation", (AuthMutation, OrganizationMutation, MemberMutation, RoleMutation, ApiKeyMutation,
                                     ReportMutation))
 

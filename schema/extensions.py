@@ -12,6 +12,8 @@ from graphql.validation import NoSchemaIntrospectionCustomRule
 from strawberry.extensions import SchemaExtension
 
 from authz.errors import ErrorCode, GatewayError
+from schema.audit import add_cross_tenant, operation_events
+from store import audit
 
 log = logging.getLogger("portcullis.graphql")
 
@@ -46,7 +48,8 @@ def shape_error(error: GraphQLError, request_id: str | None) -> GraphQLError:
 
 
 class UnitOfWork(SchemaExtension):
-    """Commits the request's database session once, when the operation ends without error."""
+    """Commits the request's database session once, when the operation ends without error, with the
+    operation's audit entries; if they cannot be written, nothing is committed."""
 
     async def on_operation(self) -> AsyncIterator[None]:
         ctx = self.execution_context.context
@@ -60,13 +63,26 @@ class UnitOfWork(SchemaExtension):
             raise
         result = self.execution_context.result
         ok = result is not None and not result.errors
+        # what the operation leaves in the audit log (schema.audit): a mutation's entries commit with it
+        events = operation_events(ctx, self.execution_context) if hasattr(ctx, "audit_events") else None
         try:
+            if ok and events is not None and events.with_commit:
+                await audit.append(await ctx.db(), events.with_commit)
             await ctx.finish(commit=ok)
         except Exception as exc:
             log.exception("commit failed", extra={"request_id": _request_id(ctx)})
+            with contextlib.suppress(Exception):
+                await ctx.finish(commit=False)
+            ok = False
             if result is not None:
                 result.data = None
                 result.errors = [GraphQLError("commit failed", original_error=exc)]
+        if events is not None and not ok:
+            try:
+                await add_cross_tenant(ctx, self.execution_context, events)
+                await ctx.services.audit.record(*events.on_their_own)
+            except Exception:
+                log.exception("audit entries not written", extra={"request_id": _request_id(ctx)})
 
 
 class IntrospectionGuard(SchemaExtension):

@@ -13,6 +13,8 @@ from resolvers.organizations import NewOrganization, OrganizationChanges
 from schema.context import Info
 from schema.directives import ListSize, Scoped, authenticated, list_size, requires_scopes, scoped
 from schema.enums import Plan
+from store.audit import AuditAction
+from store.audit import changes as audit_changes
 from store.models import Organization as OrganizationRow
 
 if TYPE_CHECKING:
@@ -135,7 +137,10 @@ class OrganizationMutation:
         ctx = info.context
         new = NewOrganization(slug=input.slug, name=input.name, plan=(input.plan or Plan.FREE).value,
                               billing_email=input.billing_email)
-        return Organization.from_row(await service.create_organization(await ctx.db(), ctx.principal, new))
+        row = await service.create_organization(await ctx.db(), ctx.principal, new)
+        ctx.audit(AuditAction.ORG_CREATED, resource_type="organization", resource_id=row.id,
+                  details={"slug": row.slug, "name": row.name, "plan": row.plan, "parentId": row.parent_id})
+        return Organization.from_row(row)
 
     @strawberry.mutation(
         description="Change the caller's organization's name, billing email or MFA requirement.",
@@ -145,4 +150,13 @@ class OrganizationMutation:
         ctx = info.context
         changes = OrganizationChanges(name=input.name, billing_email=input.billing_email,
                                       require_mfa=input.require_mfa)
-        return Organization.from_row(await service.update_organization(await ctx.db(), ctx.principal, changes))
+        db = await ctx.db()
+        before = _audited_fields(await service.get_organization(db, ctx.principal))
+        row = await service.update_organization(db, ctx.principal, changes)
+        ctx.audit(AuditAction.ORG_UPDATED, resource_type="organization", resource_id=row.id,
+                  details={"changes": audit_changes(before, _audited_fields(row))})
+        return Organization.from_row(row)
+
+
+def _audited_fields(row: OrganizationRow) -> dict[str, object]:
+    return {"name": row.name, "billingEmail": row.billing_email, "requireMfa": row.require_mfa}

@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import re
 import unicodedata
 from collections.abc import AsyncIterator, Iterable, Mapping
@@ -485,3 +486,117 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     except (ValueError, UnicodeDecodeError) as exc:
         raise CursorError("not a valid cursor") from exc
     return at, entry_id
+
+
+# --- writing outside a request's unit of work ----------------------------------------------------
+
+
+class AuditTrail:
+    """Entries that commit on their own: authentication events, denials and failures, which happen in
+    requests that roll back or write nothing. Built once per process (`Services.audit`)."""
+
+    def __init__(self, db: Any) -> None:
+        self.db = db
+
+    async def record(self, *events: AuditEvent) -> list[AuditEntry]:
+        if not events:
+            return []
+        async with self.db.transaction() as session:
+            return await append(session, events)
+
+
+@dataclass
+class _Refusals:
+    count: int
+    first: AuditEvent
+
+
+class RateLimitAudit:
+    """Rate-limit refusals, one entry per (tenant, key, minute) with the count, not one per request.
+
+    `refused(...)` only counts, in memory; `flush()` writes the minutes that have ended (and, with
+    `everything=True` at shutdown, the current one too). Each process writes its own counts; in shared
+    mode with Redis the counts of every process are added up under one key per (tenant, key, minute)
+    and written by the process that saw the minute's first refusal, so one row per minute remains.
+    """
+
+    def __init__(self, trail: AuditTrail, *, redis: Any = None, clock: Any = None) -> None:
+        import time
+
+        self.trail = trail
+        self.redis = redis
+        self.clock = clock or time.time
+        self._pending: dict[tuple[str, str, int], _Refusals] = {}
+        self._task: Any = None
+
+    @staticmethod
+    def _redis_key(chain: str, key: str, minute: int) -> str:
+        return f"portcullis:audit:ratelimit:{{{chain}}}:{key}:{minute}"
+
+    async def refused(self, event: AuditEvent, *, key: str) -> None:
+        """Count one refused request. `key` names the limited thing (`tenant`, `api_key:<id>`,
+        `ip:<address>`); `event` carries who and where (its action and result are set here)."""
+        event.action, event.result = AuditAction.EXCESS_RATE_LIMIT_EXCEEDED, AuditResult.DENIED
+        minute = int(self.clock() // 60)
+        slot = (event.chain, clean_text(key, 120), minute)
+        if self.redis is not None:
+            rkey = self._redis_key(*slot)
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.incr(rkey)
+            pipe.expire(rkey, 600)
+            total, _ = await pipe.execute()
+            if int(total) == 1:
+                self._pending[slot] = _Refusals(0, event)
+            return
+        pending = self._pending.get(slot)
+        if pending is None:
+            self._pending[slot] = _Refusals(1, event)
+        else:
+            pending.count += 1
+
+    def start(self, interval_seconds: float = 10.0) -> None:
+        import asyncio
+
+        if self._task is not None and not self._task.done():
+            return
+
+        async def run() -> None:
+            while True:
+                await asyncio.sleep(interval_seconds)
+                try:
+                    await self.flush()
+                except Exception:
+                    logging.getLogger("portcullis.audit").exception("rate-limit audit entries not written")
+
+        self._task = asyncio.get_running_loop().create_task(run())
+
+    async def stop(self) -> None:
+        import asyncio
+        import contextlib
+
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.flush(everything=True)
+
+    async def flush(self, *, everything: bool = False) -> int:
+        """Write the finished minutes; the number of entries written."""
+        current = int(self.clock() // 60)
+        due = [s for s in self._pending if everything or s[2] < current]
+        events = []
+        for slot in sorted(due, key=lambda s: (s[2], s[0], s[1])):
+            pending = self._pending.pop(slot)
+            count = pending.count
+            if self.redis is not None:
+                count = int(await self.redis.getdel(self._redis_key(*slot)) or 0)
+                if count == 0:
+                    continue
+            event = pending.first
+            started = datetime.fromtimestamp(slot[2] * 60, UTC)
+            event.details = {**dict(event.details), "key": slot[1], "refused": count, "minute": iso(started)}
+            events.append(event)
+        if events:
+            await self.trail.record(*events)
+        return len(events)

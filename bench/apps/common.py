@@ -12,6 +12,8 @@ from store.models import Organization
 QUERY = "{ organization { id slug name plan } }"
 # the same query with a field that requires `billing:read` (the demo owner holds it)
 GUARDED_QUERY = "{ organization { id slug name plan billingEmail } }"
+# a mutation that changes nothing visible and is audited: the update and its hash-chained entry commit together
+AUDITED_MUTATION = 'mutation { updateOrganization(input: {name: "Acme Corporation"}) { id slug name plan } }'
 SLUG = "acme"
 DATABASE_URL_VARIABLE = "BENCH_DATABASE_URL"
 

@@ -45,7 +45,9 @@ from tests.conftest import Tenant, error_codes, gql, login, make_tenant
 
 PLAN = "professional"
 MEMBER_PASSWORD = "a long enough member passphrase"
-BOOKKEEPING_TABLES = frozenset({"auth_sessions", "refresh_tokens", "refresh_token_families", "login_throttle"})
+# the audit log records A's probes in A's own chain (authz_cross_tenant): B's chain stays untouched
+BOOKKEEPING_TABLES = frozenset({"auth_sessions", "refresh_tokens", "refresh_token_families", "login_throttle",
+                                "audit_log", "audit_chain_heads"})
 BOOKKEEPING_COLUMNS = frozenset({("users", "last_login_at")})
 KNOWN_ID_FIELDS = frozenset(
     {("Mutation", "unlockUser"), ("Mutation", "updateMemberRole"), ("Mutation", "removeMember")}
@@ -322,6 +324,8 @@ def grouped_rows(url: str, roots: dict[str, str]) -> dict[str, dict[str, list[di
         for row in rows:
             if table == "organizations":
                 g = org_group(row["id"])
+            elif table == "audit_chain_heads":
+                g = org_group(row["chain"])
             elif "organization_id" in row:
                 g = org_group(row["organization_id"])
             elif table == "users":

@@ -1,0 +1,190 @@
+"""Reading the audit log and verifying its chains.
+
+A tenant's reader (`audit:read`) sees its own organization's chain; the platform operator
+(`platform:audit:read`) reads every chain, the `platform` one included. Pages are newest first, keyset
+on (at, id), each filter served by an index that ends in that order (migration 0005).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import and_, or_
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col, select
+
+from authz import Permission, Principal
+from authz.errors import BadUserInput, Unauthenticated
+from identity.tokens import KeyRing, TokenError, sign_document, verify_document
+from store import audit
+from store.audit import ACTIONS, AuditResult, CursorError
+from store.models import ApiKey, AuditEntry, Membership, Organization, Report
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 200
+MAX_FILTER_LENGTH = 64
+
+
+@dataclass(frozen=True, slots=True)
+class AuditFilter:
+    actor_id: str | None = None
+    action: str | None = None
+    resource_type: str | None = None
+    resource_id: str | None = None
+    result: str | None = None
+    request_id: str | None = None
+    start: datetime | None = None
+    end: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEdge:
+    cursor: str
+    entry: AuditEntry
+
+
+@dataclass(frozen=True, slots=True)
+class AuditPage:
+    edges: list[AuditEdge]
+    has_next_page: bool
+    end_cursor: str | None
+
+
+def _naive_utc(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo is not None else moment
+
+
+_FILTER_FIELDS = {"actor_id": "actorId", "action": "action", "resource_type": "resourceType",
+                  "resource_id": "resourceId", "result": "result", "request_id": "requestId"}
+
+
+def _check_filter(f: AuditFilter) -> None:
+    for name, label in _FILTER_FIELDS.items():
+        value = getattr(f, name)
+        if value is not None and (len(value) > MAX_FILTER_LENGTH or "\x00" in value):
+            raise BadUserInput(f"filter.{label} is not valid", field=f"filter.{label}")
+    if f.action is not None and f.action not in ACTIONS:
+        raise BadUserInput("filter.action is not a known audit action", field="filter.action")
+    if f.result is not None and f.result not in {r.value for r in AuditResult}:
+        raise BadUserInput("filter.result must be success, denied or error", field="filter.result")
+    if f.start is not None and f.end is not None and _naive_utc(f.start) >= _naive_utc(f.end):
+        raise BadUserInput("filter.from must be before filter.to", field="filter.from")
+
+
+def readable_chain(principal: Principal) -> str | None:
+    """The one chain the caller may read, or None for every chain (the platform operator)."""
+    if Permission.PLATFORM_AUDIT_READ in principal.effective_permissions:
+        return None
+    if principal.organization_id is None:
+        raise Unauthenticated("Authentication required.")
+    return principal.organization_id
+
+
+async def list_entries(
+    db: AsyncSession, principal: Principal, f: AuditFilter | None, first: int | None = DEFAULT_PAGE_SIZE,
+    after: str | None = None,
+) -> AuditPage:
+    f = f or AuditFilter()
+    size = DEFAULT_PAGE_SIZE if first is None else first
+    if not 1 <= size <= MAX_PAGE_SIZE:
+        raise BadUserInput(f"first must be between 1 and {MAX_PAGE_SIZE}", field="first")
+    _check_filter(f)
+    chain = readable_chain(principal)
+    stmt = select(AuditEntry)
+    # the audit log is chained per tenant: its tenant column is `chain` (the organization's id)
+    if chain is not None:
+        stmt = stmt.where(col(AuditEntry.chain) == chain)
+    for name in ("actor_id", "action", "resource_type", "resource_id", "result", "request_id"):
+        value = getattr(f, name)
+        if value is not None:
+            stmt = stmt.where(getattr(AuditEntry, name) == value)
+    if f.start is not None:
+        stmt = stmt.where(col(AuditEntry.at) >= _naive_utc(f.start))
+    if f.end is not None:
+        stmt = stmt.where(col(AuditEntry.at) < _naive_utc(f.end))
+    if after is not None:
+        try:
+            at, ident = audit.decode_cursor(after)
+        except CursorError:
+            raise BadUserInput("after is not a valid cursor", field="after") from None
+        stmt = stmt.where(or_(col(AuditEntry.at) < at, and_(col(AuditEntry.at) == at, col(AuditEntry.id) < ident)))
+    stmt = stmt.order_by(col(AuditEntry.at).desc(), col(AuditEntry.id).desc()).limit(size + 1)
+    rows = list((await db.execute(stmt)).scalars().all())
+    edges = [AuditEdge(audit.encode_cursor(e), e) for e in rows[:size]]
+    return AuditPage(edges, len(rows) > size, edges[-1].cursor if edges else None)
+
+
+async def verify_chains(
+    db: AsyncSession, principal: Principal, start: datetime | None = None, end: datetime | None = None
+) -> audit.VerificationReport:
+    if start is not None and end is not None and _naive_utc(start) >= _naive_utc(end):
+        raise BadUserInput("from must be before to", field="from")
+    chain = readable_chain(principal)
+    return await audit.verify(db, chains=None if chain is None else [chain], start=start, end=end)
+
+
+async def owning_tenants(db: AsyncSession, resource_type: str, value: str) -> set[str]:
+    """The organizations that hold `value` (an id, or a slug): to tell an id of another tenant from one
+    that does not exist, for the audit log only; the caller's answer stays NOT_FOUND either way.
+
+    # tenant-scope: deliberately across tenants, and nothing found here reaches the caller
+    """
+    if not value or len(value) > 64 or "\x00" in value:
+        return set()
+    stmt: Any
+    if resource_type == "api_key":
+        stmt = select(col(ApiKey.organization_id)).where(col(ApiKey.id) == value)
+    elif resource_type == "membership":
+        stmt = select(col(Membership.organization_id)).where(col(Membership.id) == value)
+    elif resource_type == "user":
+        stmt = select(col(Membership.organization_id)).where(col(Membership.user_id) == value)
+    elif resource_type == "report":
+        stmt = select(col(Report.organization_id)).where(col(Report.id) == value)
+    elif resource_type == "organization":
+        stmt = select(col(Organization.id)).where(col(Organization.slug) == value)
+    else:
+        return set()
+    return {str(v) for v in (await db.execute(stmt.limit(10))).scalars().all()}
+
+
+# --- checkpoints: chain heads signed and kept outside the database ------------------------------
+
+CHECKPOINT_FORMAT = "portcullis-audit-checkpoint/1"
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+async def checkpoint(db: AsyncSession, keys: KeyRing, *, now: datetime) -> dict[str, Any]:
+    """Each chain's head (sequence, hash), recomputed from the entries, signed with the gateway's key.
+
+    Refused while a chain does not verify: a checkpoint vouches for what it records."""
+    heads, report = await audit.heads(db, verified=True)
+    if report is not None and not report.ok:
+        raise CheckpointError(f"the audit log does not verify (first broken sequence "
+                              f"{report.first_broken_sequence}); no checkpoint written")
+    document = {
+        "format": CHECKPOINT_FORMAT, "createdAt": audit.iso(now),
+        "heads": [{"chain": h.chain, "sequence": h.sequence, "hash": h.hash}
+                  for h in sorted(heads, key=lambda h: h.chain)],
+    }
+    return {**document, "signature": sign_document(keys, document)}
+
+
+def read_checkpoint(keys: KeyRing, text: str) -> list[audit.ChainHead]:
+    """The heads of a checkpoint file, as signed: the readable copy beside the signature is ignored."""
+    try:
+        signature = json.loads(text)["signature"]
+        document = verify_document(keys, signature)
+    except (ValueError, KeyError, TypeError, TokenError) as exc:
+        raise CheckpointError(f"not a valid signed checkpoint: {exc}") from None
+    if document.get("format") != CHECKPOINT_FORMAT or not isinstance(document.get("heads"), list):
+        raise CheckpointError("not a valid signed checkpoint: unknown format")
+    try:
+        return [audit.ChainHead(str(h["chain"]), int(h["sequence"]), str(h["hash"])) for h in document["heads"]]
+    except (KeyError, TypeError, ValueError):
+        raise CheckpointError("not a valid signed checkpoint: malformed heads") from None

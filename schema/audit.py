@@ -1,0 +1,307 @@
+"""The audit log in the schema: `auditLogs`, `verifyAuditChain`, and what every operation records.
+
+Every executed mutation root field leaves an entry, whether or not its resolver records one: the unit
+of work (`schema.extensions.UnitOfWork`) asks `operation_events` what to write. A resolver that
+records the field's action itself (`ctx.audit(...)`, with the resource and the changed values) covers
+the field; otherwise a plain entry names the field. A field that fails is recorded as `denied` or
+`error` in a transaction of its own, after the request's work has been rolled back; FORBIDDEN errors
+anywhere in an operation add one `authz_fail` entry listing the refused paths.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import strawberry
+from graphql import FieldNode, OperationDefinitionNode, VariableNode
+from strawberry.scalars import JSON
+from strawberry.types import ExecutionContext
+
+from authz import Permission
+from authz.errors import ErrorCode, GatewayError
+from resolvers import audit as service
+from resolvers.audit import AuditFilter
+from schema.context import Info
+from schema.directives import list_size, requires_scopes
+from schema.members import PageInfo
+from store.audit import AuditAction as A
+from store.audit import AuditEvent, AuditResult
+from store.models import AuditEntry
+
+# root mutation field -> (its action, the resource type it acts on, actions that also cover it)
+FIELD_ACTIONS: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
+    "login": (A.AUTHN_LOGIN_SUCCESS, "user", (A.AUTHN_LOGIN_FAIL, A.AUTHN_LOGIN_LOCK, A.AUTHN_MFA_FAIL)),
+    "refreshToken": (A.AUTHN_TOKEN_REFRESH, "session", (A.AUTHN_TOKEN_REUSE,)),
+    "logout": (A.AUTHN_LOGOUT, "session", ()),
+    "acceptInvitation": (A.AUTHN_INVITATION_ACCEPTED, "user", ()),
+    "changePassword": (A.AUTHN_PASSWORD_CHANGE, "user", (A.AUTHN_LOGIN_FAIL, A.AUTHN_LOGIN_LOCK)),
+    "unlockUser": (A.AUTHN_LOGIN_UNLOCK, "user", ()),
+    "createOrganization": (A.ORG_CREATED, "organization", ()),
+    "updateOrganization": (A.ORG_UPDATED, "organization", ()),
+    "changePlan": (A.PLAN_CHANGED, "organization", ()),
+    "addMember": (A.MEMBER_ADDED, "membership", (A.USER_CREATED,)),
+    "updateMemberRole": (A.AUTHZ_CHANGE, "membership", ()),
+    "removeMember": (A.MEMBER_REMOVED, "membership", ()),
+    "createRole": (A.PRIVILEGE_ROLE_CREATED, "role", ()),
+    "updateRole": (A.PRIVILEGE_PERMISSIONS_CHANGED, "role", ()),
+    "deleteRole": (A.PRIVILEGE_ROLE_DELETED, "role", ()),
+    "createApiKey": (A.APIKEY_CREATED, "api_key", ()),
+    "rotateApiKey": (A.APIKEY_ROTATED, "api_key", ()),
+    "revokeApiKey": (A.APIKEY_REVOKED, "api_key", ()),
+    "configureOidc": (A.SSO_CONFIGURED, "sso_connection", ()),
+    "configureSaml": (A.SSO_CONFIGURED, "sso_connection", ()),
+    "generateReport": (A.REPORT_GENERATED, "report", ()),
+    "enrollTotp": (A.AUTHN_MFA_ENROLL, "user", (A.AUTHN_MFA_FAIL,)),
+    "confirmTotp": (A.AUTHN_MFA_ENROLL, "user", (A.AUTHN_MFA_FAIL,)),
+    "disableTotp": (A.AUTHN_MFA_DISABLE, "user", (A.AUTHN_MFA_FAIL,)),
+}
+
+# mutations that anonymous callers may call: their failures are recorded
+PUBLIC_FIELDS = frozenset({"login", "refreshToken", "acceptInvitation"})
+
+# a refusal of the caller (denied) rather than a failure (error)
+_DENIED_CODES = frozenset({ErrorCode.UNAUTHENTICATED, ErrorCode.FORBIDDEN, ErrorCode.NOT_FOUND,
+                           ErrorCode.QUOTA_EXCEEDED, ErrorCode.RATE_LIMITED})
+
+
+def _mutation_fields(ec: ExecutionContext) -> list[FieldNode]:
+    document = ec.graphql_document
+    if document is None:
+        return []
+    operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
+    if ec.operation_name is not None:
+        operations = [o for o in operations if o.name is not None and o.name.value == ec.operation_name]
+    if len(operations) != 1 or operations[0].operation.value != "mutation":
+        return []
+    return [s for s in operations[0].selection_set.selections
+            if isinstance(s, FieldNode) and not s.name.value.startswith("__")]
+
+
+@dataclass
+class OperationAudit:
+    with_commit: list[AuditEvent]  # written in the request's transaction, just before it commits
+    on_their_own: list[AuditEvent]  # written after a rollback, or whatever the outcome
+
+
+def _covered(recorded: set[str], field_name: str) -> bool:
+    action, _, also = FIELD_ACTIONS.get(field_name, (A.MUTATION, None, ()))
+    return action in recorded or not recorded.isdisjoint(also)
+
+
+# root field -> (the argument naming the object, its resource type): a NOT_FOUND there may be an id of
+# another tenant, recorded as `authz_cross_tenant` (the answer stays NOT_FOUND)
+LOOKUP_ARGUMENTS: dict[str, tuple[str, str]] = {
+    "rotateApiKey": ("id", "api_key"), "revokeApiKey": ("id", "api_key"),
+    "updateMemberRole": ("membershipId", "membership"), "removeMember": ("membershipId", "membership"),
+    "unlockUser": ("userId", "user"), "report": ("id", "report"), "organization": ("slug", "organization"),
+}
+
+
+def _root_fields(ec: ExecutionContext) -> list[FieldNode]:
+    document = ec.graphql_document
+    if document is None:
+        return []
+    operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
+    if ec.operation_name is not None:
+        operations = [o for o in operations if o.name is not None and o.name.value == ec.operation_name]
+    if len(operations) != 1:
+        return []
+    return [s for s in operations[0].selection_set.selections if isinstance(s, FieldNode)]
+
+
+def _argument(node: FieldNode, name: str, variables: dict[str, Any] | None) -> str | None:
+    for arg in node.arguments or ():
+        if arg.name.value == name:
+            value = arg.value
+            if isinstance(value, VariableNode):
+                found = (variables or {}).get(value.name.value)
+                return found if isinstance(found, str) else None
+            return getattr(value, "value", None) if isinstance(getattr(value, "value", None), str) else None
+    return None
+
+
+async def _cross_tenant(ctx: Any, ec: ExecutionContext, errors: list[Any], out: OperationAudit) -> None:
+    not_found = {str(e.path[0]) for e in errors if e.path and isinstance(e.original_error, GatewayError)
+                 and e.original_error.code is ErrorCode.NOT_FOUND}
+    own = ctx.principal.organization_id
+    if not not_found or own is None:
+        return
+    probes = []
+    for node in _root_fields(ec):
+        key = node.alias.value if node.alias else node.name.value
+        lookup = LOOKUP_ARGUMENTS.get(node.name.value)
+        if key in not_found and lookup is not None:
+            value = _argument(node, lookup[0], ec.variables)
+            if value:
+                probes.append((node.name.value, lookup[1], value))
+    if not probes:
+        return
+    async with ctx.services.db.transaction() as db:
+        for field_name, resource_type, value in probes:
+            owners = await service.owning_tenants(db, resource_type, value)
+            if owners and own not in owners:
+                # this replaces the field's plain failure entry: one row for the attempt
+                out.on_their_own = [e for e in out.on_their_own if (e.details or {}).get("field") != field_name]
+                out.on_their_own.append(ctx.audit_event(
+                    A.AUTHZ_CROSS_TENANT, result=AuditResult.DENIED, resource_type=resource_type,
+                    resource_id=value[:64], details={"field": field_name},
+                ))
+
+
+async def add_cross_tenant(ctx: Any, ec: ExecutionContext, out: OperationAudit) -> None:
+    """Once the request's work is over: which NOT_FOUND answers were ids of another tenant."""
+    result = ec.result
+    if result is not None and result.errors and ctx.principal.is_authenticated:
+        await _cross_tenant(ctx, ec, list(result.errors), out)
+
+
+def operation_events(ctx: Any, ec: ExecutionContext) -> OperationAudit:
+    result = ec.result
+    errors = list(result.errors or []) if result is not None else []
+    out = OperationAudit([], [])
+    forbidden = [e for e in errors if isinstance(e.original_error, GatewayError)
+                 and e.original_error.code is ErrorCode.FORBIDDEN]
+    if forbidden and ctx.principal.is_authenticated and A.AUTHZ_FAIL not in ctx.audited_now:
+        required = sorted({str(e.original_error.extensions.get("requiredScopes"))  # type: ignore[union-attr]
+                           for e in forbidden} - {"None"})
+        out.on_their_own.append(ctx.audit_event(
+            A.AUTHZ_FAIL, result=AuditResult.DENIED,
+            details={"paths": [".".join(map(str, e.path or ["operation"])) for e in forbidden][:20],
+                     "requiredScopes": required[:10]},
+        ))
+    executed = result is not None and (result.data is not None or any(e.path for e in errors))
+    fields = _mutation_fields(ec) if executed else []
+    if not errors:
+        out.with_commit = list(ctx.audit_events)
+        recorded = ctx.audited_actions | ctx.audited_now
+        for node in fields:
+            name = node.name.value
+            if not _covered(recorded, name):
+                action, resource_type, _ = FIELD_ACTIONS.get(name, (A.MUTATION, None, ()))
+                out.with_commit.append(ctx.audit_event(action, resource_type=resource_type,
+                                                       details={"field": name}))
+        return out
+    by_key: dict[str, Any] = {}
+    for e in errors:
+        if e.path:
+            by_key.setdefault(str(e.path[0]), e)
+    for node in fields:
+        name = node.name.value
+        if not ctx.principal.is_authenticated and name not in PUBLIC_FIELDS:
+            continue  # refused before it could act; anonymous callers do not get to fill the log
+        error = by_key.get(node.alias.value if node.alias else name)
+        if error is None or _covered(ctx.audited_now, name):
+            continue  # succeeded and rolled back with a failing sibling, or its failure is recorded
+        original = error.original_error
+        code = original.code if isinstance(original, GatewayError) else ErrorCode.INTERNAL
+        if code is ErrorCode.FORBIDDEN:
+            continue  # the authz_fail entry names it
+        action, resource_type, _ = FIELD_ACTIONS.get(name, (A.MUTATION, None, ()))
+        out.on_their_own.append(ctx.audit_event(
+            action, resource_type=resource_type,
+            result=AuditResult.DENIED if code in _DENIED_CODES else AuditResult.ERROR,
+            details={"field": name, "errorCode": code.value},
+        ))
+    return out
+
+
+# --- types -------------------------------------------------------------------------------------
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+@strawberry.type(name="AuditLogEntry")
+class AuditLogEntry:
+    id: strawberry.ID
+    sequence: int
+    at: datetime
+    actor_type: str
+    actor_id: str | None
+    action: str
+    resource_type: str | None
+    resource_id: str | None
+    result: str
+    request_id: str
+    ip: str | None
+    details: JSON | None
+    hash: str
+    previous_hash: str
+
+    @classmethod
+    def from_row(cls, e: AuditEntry) -> AuditLogEntry:
+        return cls(id=strawberry.ID(e.id), sequence=e.sequence, at=_utc(e.at), actor_type=e.actor_type,
+                   actor_id=e.actor_id, action=e.action, resource_type=e.resource_type,
+                   resource_id=e.resource_id, result=e.result, request_id=e.request_id, ip=e.ip,
+                   details=e.details, hash=e.hash, previous_hash=e.previous_hash)  # type: ignore[arg-type]
+
+
+@strawberry.type
+class AuditLogEdge:
+    cursor: str
+    node: AuditLogEntry
+
+
+@strawberry.type(name="AuditLogConnection")
+class AuditLogConnection:
+    edges: list[AuditLogEdge]
+    page_info: PageInfo
+
+
+@strawberry.type(name="AuditChainVerification")
+class AuditChainVerification:
+    ok: bool
+    checked: int
+    first_broken_sequence: int | None
+
+
+@strawberry.input(name="AuditLogFilter")
+class AuditLogFilter:
+    actor_id: str | None = None
+    action: str | None = None
+    resource_type: str | None = None
+    resource_id: str | None = None
+    result: str | None = None
+    request_id: str | None = None
+    from_: datetime | None = strawberry.field(default=None, name="from")
+    to: datetime | None = None
+
+
+@strawberry.type
+class AuditQuery:
+    @strawberry.field(
+        description="The audit log of the caller's organization (every organization's for the platform "
+                    "operator), newest first; `first` is 1 to 200.",
+        **list_size(requires_scopes(Permission.AUDIT_READ), slicing_arguments=["first"], assumed_size=50,
+                    sized_fields=["edges"]),
+    )
+    async def audit_logs(self, info: Info, filter: AuditLogFilter | None = None, first: int | None = 50,
+                         after: str | None = None) -> AuditLogConnection:
+        ctx = info.context
+        f = None
+        if filter is not None:
+            f = AuditFilter(actor_id=filter.actor_id, action=filter.action, resource_type=filter.resource_type,
+                            resource_id=filter.resource_id, result=filter.result, request_id=filter.request_id,
+                            start=filter.from_, end=filter.to)
+        page = await service.list_entries(await ctx.db(), ctx.principal, f, first, after)
+        return AuditLogConnection(
+            edges=[AuditLogEdge(cursor=e.cursor, node=AuditLogEntry.from_row(e.entry)) for e in page.edges],
+            page_info=PageInfo(has_next_page=page.has_next_page, end_cursor=page.end_cursor),
+        )
+
+    @strawberry.field(
+        description="Recompute the hash chain of the caller's organization (every chain for the platform "
+                    "operator), within the time range if one is given.",
+        **requires_scopes(Permission.AUDIT_VERIFY),
+    )
+    async def verify_audit_chain(
+        self, info: Info, from_: Annotated[datetime | None, strawberry.argument(name="from")] = None,
+        to: datetime | None = None,
+    ) -> AuditChainVerification:
+        ctx = info.context
+        report = await service.verify_chains(await ctx.db(), ctx.principal, from_, to)
+        return AuditChainVerification(ok=report.ok, checked=report.checked,
+                                      first_broken_sequence=report.first_broken_sequence)
