@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 from html import escape
 from typing import Any
 
@@ -23,9 +24,11 @@ from starlette.responses import Response, StreamingResponse
 from authz import Permission, Principal, anonymous
 from authz.errors import NotFound
 from gateway.middleware import graphql_error
-from resolvers.deps import Services
-from resolvers.reports import csv_download, find_report, json_download
+from resolvers.deps import RequestContext, Services
+from resolvers.reports import audit_refused_download, csv_download, find_report, json_download
 from store.models import Report
+
+log = logging.getLogger("portcullis.reports")
 
 FORMATS = {"csv": "text/csv; charset=utf-8", "json": "application/json", "html": "text/html; charset=utf-8"}
 STYLE = (
@@ -67,11 +70,13 @@ class ReportDownloads:
         if not principal.is_authenticated:
             return _error(401, "Invalid or missing credentials.", "UNAUTHENTICATED")
         if Permission.REPORTS_READ not in principal.effective_permissions:
+            await self._audit(request, principal, report_id, forbidden=True)
             return _error(403, "You are not allowed to read reports.", "FORBIDDEN",
                           requiredScopes=[[Permission.REPORTS_READ.value]])
         try:
             report = await find_report(self.services.db, principal, report_id)
         except NotFound as exc:
+            await self._audit(request, principal, report_id, forbidden=False)
             return _error(404, exc.message, "NOT_FOUND")
         if fmt == "html":
             return Response(render_page(report), media_type=FORMATS[fmt],
@@ -82,6 +87,17 @@ class ReportDownloads:
         if digest:
             headers["repr-digest"] = _repr_digest(digest)
         return StreamingResponse(stream(self.services.db, report), media_type=FORMATS[fmt], headers=headers)
+
+
+    async def _audit(self, request: Request, principal: Principal, report_id: str, *, forbidden: bool) -> None:
+        ua = request.headers.get("user-agent")
+        ctx = RequestContext(self.services, principal, user_agent=ua[:256] if ua else None)
+        try:
+            await audit_refused_download(ctx, report_id, forbidden=forbidden)
+        except Exception:
+            # the refusal stands either way; a lost entry is logged, never turned into a 500
+            log.exception("audit entry for a refused download not written",
+                          extra={"request_id": principal.request_id})
 
 
 # -- the page -------------------------------------------------------------------------------------

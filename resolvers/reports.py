@@ -33,9 +33,11 @@ from sqlmodel import col
 from authz import Principal
 from authz.errors import BadUserInput, Forbidden, NotFound, QuotaExceeded
 from authz.plans import QuotaResource, effective_limits
+from resolvers.audit import owning_tenants
 from resolvers.deps import RequestContext
 from resolvers.report_builders import BUILDERS, COLUMNS, Cell, Period, iso
 from resolvers.roles import tenant_of
+from store.audit import AuditAction, AuditResult
 from store.db import Database
 from store.models import Organization, Report, ReportRow
 from store.scoping import tenant_filter, tenant_select
@@ -217,6 +219,9 @@ async def generate_report(ctx: RequestContext, kind: str, start: datetime, end: 
     writer = RowWriter(db, report, COLUMNS[kind])
     summary = await BUILDERS[kind](db, org, Period(start, end, now), writer)
     await writer.finish(summary)
+    ctx.audit(AuditAction.REPORT_GENERATED, resource_type="report", resource_id=report.id,
+              details={"kind": kind, "from": iso(start), "to": iso(end), "rows": report.row_count,
+                       "digest": report.digest})
     return report
 
 
@@ -297,6 +302,20 @@ async def find_report(database: Database, principal: Principal, report_id: str) 
     """`get_report` on a session of its own (for the downloads, outside any GraphQL request)."""
     async with database.session() as db:
         return await get_report(db, principal, report_id)
+
+
+async def audit_refused_download(ctx: RequestContext, report_id: str, *, forbidden: bool) -> None:
+    """A download refused for want of `reports:read`, or for an id of another tenant (which the caller
+    was told does not exist): recorded on its own, like the GraphQL refusals (schema.audit)."""
+    if forbidden:
+        await ctx.audit_now(AuditAction.AUTHZ_FAIL, result=AuditResult.DENIED, resource_type="report",
+                            details={"paths": ["GET /reports"], "requiredScopes": ["reports:read"]})
+        return
+    async with ctx.services.db.session() as db:
+        owners = await owning_tenants(db, "report", report_id)
+    if owners - {ctx.principal.organization_id}:
+        await ctx.audit_now(AuditAction.AUTHZ_CROSS_TENANT, result=AuditResult.DENIED, resource_type="report",
+                            resource_id=report_id)
 
 
 async def stored_lines(database: Database, report: Report) -> AsyncIterator[list[str]]:

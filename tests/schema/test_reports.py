@@ -102,6 +102,10 @@ def rows_of(body: dict[str, Any], section: str) -> list[dict[str, Any]]:
     return [dict(zip(body["columns"], row, strict=True)) for row in body["rows"] if row[0] == section]
 
 
+def report_org(url: str, report_id: str) -> str:
+    return str(sql(url, "SELECT organization_id FROM reports WHERE id = :id", id=report_id)[0][0])
+
+
 @pytest.fixture
 async def owner_token(client: httpx.AsyncClient, tenant: Tenant) -> str:
     return (await login(client, tenant))["accessToken"]  # type: ignore[no-any-return]
@@ -278,6 +282,11 @@ async def test_a_report_keeps_what_it_saw_when_the_organization_changes(
     after = (await client.get(report["jsonUrl"], headers=auth(owner_token))).content
     assert after == before
     assert hashlib.sha256(after).hexdigest() == report["digest"]
+    entries = sql(database_url, "SELECT resource_id, details FROM audit_log WHERE action = 'report_generated'")
+    assert [e[0] for e in entries] == [report["id"]]
+    details = entries[0][1] if isinstance(entries[0][1], dict) else json.loads(entries[0][1])
+    assert details["digest"] == report["digest"]
+    assert details["kind"] == "ACCESS"
     assert [(k["name"], k["status"]) for k in rows_of(json.loads(after), "api_key")] == [("before", "active")]
 
 
@@ -375,6 +384,9 @@ async def test_another_tenants_report_answers_like_a_missing_one(
         assert a.status_code == b.status_code == 404
         assert a.json() == b.json() == {"errors": [{"message": "Report not found.",
                                                     "extensions": {"code": "NOT_FOUND"}}]}
+    crossed = sql(database_url, "SELECT resource_id, result FROM audit_log WHERE chain = :c AND action = "
+                  "'authz_cross_tenant'", c=tenant.org_id)
+    assert crossed == [(theirs["id"], "denied")] * 3  # the missing id is no one's: nothing recorded
     a = (await gql(client, REPORT, {"id": theirs["id"]}, token=owner_token)).json()
     b = (await gql(client, REPORT, {"id": missing}, token=owner_token)).json()
     assert a["data"] == b["data"] == {"report": None}
@@ -401,6 +413,9 @@ async def test_a_download_without_reports_read_is_403(
         assert r.status_code == 403
         assert error_codes(r.json()) == ["FORBIDDEN"]
         assert r.json()["errors"][0]["extensions"]["requiredScopes"] == [["reports:read"]]
+    denied = sql(database_url, "SELECT actor_type, resource_type FROM audit_log WHERE chain = :c AND action = "
+                 "'authz_fail'", c=report_org(database_url, report["id"]))
+    assert denied == [("api_key", "report")] * 3
     viewer = await make_tenant(database_url, slug="view", email="viewer@view.test", role="viewer")
     token = (await login(client, viewer))["accessToken"]
     assert (await client.get(report["jsonUrl"], headers=auth(token))).status_code == 403
