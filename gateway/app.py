@@ -26,6 +26,7 @@ from gateway.middleware import (
     RequestIdMiddleware,
     SecurityHeadersMiddleware,
 )
+from gateway.reports import ReportDownloads
 from gateway.settings import Environment, OnRedisError, Settings
 from gateway.usage import UsageFlusher
 from gateway.windows import LocalWindows, RedisWindows, WindowStore
@@ -231,6 +232,7 @@ def create_app(settings: Settings | None = None, *, enforce_authorization: bool 
         Route("/readyz", readyz),
         Route("/.well-known/jwks.json", jwks),
         Route("/metrics", metrics),
+        Route("/reports/{name}", ReportDownloads(services).download, methods=["GET"]),
     ]
     middleware = [
         Middleware(RequestIdMiddleware),

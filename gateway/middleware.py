@@ -100,7 +100,9 @@ class SecurityHeadersMiddleware:
                 is_html = any(k == b"content-type" and v.startswith(b"text/html") for k, v in headers)
                 csp = (b"content-security-policy", self.html_csp) if is_html and self.html_csp else _STRICT_CSP
                 headers.extend(self.static)
-                headers.append(csp)
+                if not any(k == b"content-security-policy" for k, _ in headers):
+                    # a page may bring its own, stricter policy (the report pages)
+                    headers.append(csp)
                 if not any(k == b"cache-control" for k, _ in headers):
                     headers.append((b"cache-control", b"no-store"))
                 message["headers"] = headers

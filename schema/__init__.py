@@ -25,13 +25,15 @@ from schema.limits.admission import Admission
 from schema.members import MemberMutation
 from schema.organizations import OrganizationMutation, OrganizationQuery
 from schema.rate_limits import RateLimitQuery
+from schema.reports import ReportMutation, ReportQuery
 from schema.roles import RoleMutation, RoleQuery
 from schema.users import UserQuery
 
 log = logging.getLogger("portcullis.graphql")
 
-Query = merge_types("Query", (UserQuery, OrganizationQuery, RoleQuery, RateLimitQuery, AuditQuery))
-Mutation = merge_types("Mutation", (AuthMutation, OrganizationMutation, MemberMutation, RoleMutation, ApiKeyMutation))
+Query = merge_types("Query", (UserQuery, OrganizationQuery, RoleQuery, RateLimitQuery, AuditQuery, ReportQuery))
+Mutation = merge_types("Mutation", (AuthMutation, OrganizationMutation, MemberMutation, RoleMutation, ApiKeyMutation,
+                                    ReportMutation))
 
 
 class PortcullisSchema(strawberry.Schema):

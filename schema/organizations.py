@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from schema.api_keys import ApiKey
     from schema.members import MembershipConnection
     from schema.quotas import Quota
+    from schema.reports import ReportConnection
 
 
 def utc(value: datetime) -> datetime:
@@ -98,6 +99,23 @@ class Organization:
         ctx = info.context
         rows = await api_keys_service.list_api_keys(await ctx.db(), ctx.principal, self.row.id)
         return [ApiKey.from_row(r) for r in rows]
+
+    @strawberry.field(
+        description="The organization's reports, newest first; `first` is 1 to 100.",
+        **list_size(requires_scopes(Permission.REPORTS_READ), slicing_arguments=["first"], assumed_size=20,
+                    sized_fields=["edges"]),
+    )
+    async def reports(
+        self, info: Info, first: int | None = 20, after: str | None = None
+    ) -> Annotated[ReportConnection, strawberry.lazy("schema.reports")]:
+        from resolvers import reports as reports_service
+        from schema.reports import ReportConnection
+
+        ctx = info.context
+        page = await reports_service.list_reports(
+            await ctx.db(), ctx.principal, self.row.id, 20 if first is None else first, after
+        )
+        return ReportConnection.from_page(page)
 
 
 @strawberry.input

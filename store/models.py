@@ -272,7 +272,20 @@ class Report(SQLModel, table=True):
     parameters: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     summary: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     row_count: int = Field(default=0)
+    # sha256 (hex) of the JSON download and of the CSV download, byte for byte
     digest: str = Field(max_length=64)
+    csv_digest: str = Field(default="", max_length=64)
+
+
+class ReportRow(SQLModel, table=True):
+    """One row of a generated report, kept as the canonical JSON array the downloads are built from."""
+
+    __tablename__ = "report_rows"
+
+    report_id: str = Field(foreign_key="reports.id", primary_key=True, max_length=36)
+    seq: int = Field(primary_key=True)
+    organization_id: str = Field(foreign_key="organizations.id", index=True, max_length=36)
+    line: str = Field(sa_column=Column(Text, nullable=False))
 
 
 class SsoConnection(SQLModel, table=True):
@@ -316,5 +329,5 @@ class SsoIdentity(SQLModel, table=True):
 
 TENANT_TABLES: frozenset[str] = frozenset(
     {"memberships", "auth_sessions", "refresh_token_families", "refresh_tokens", "roles", "invitations", "api_keys",
-     "usage_daily", "reports", "sso_connections", "sso_identities"}
+     "usage_daily", "reports", "report_rows", "sso_connections", "sso_identities"}
 )

@@ -1,0 +1,322 @@
+"""Reports: generating one from the database for a time range, finding it again, downloading it.
+
+A report's content is written once, at generation, into `report_rows` (one canonical JSON array per
+row, in chunks) and never regenerated: ACCESS and COMPLIANCE describe the organization as it stood when
+the report was made, which the live tables no longer show a week later. The downloads are built from
+those stored lines, byte for byte the same each time, so the digests computed while writing them
+(`digest`: sha256 of the JSON download, `csv_digest`: of the CSV download) verify against any later
+download. Neither generation nor download holds more than one chunk of rows in memory.
+
+Generation takes the organization's write lock first (`resolvers.quotas`), then counts the reports
+created this UTC month: concurrent generations at the REPORTS_PER_MONTH boundary admit exactly the limit.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import csv
+import hashlib
+import io
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from sqlalchemy import insert
+from sqlalchemy import select as sa_select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
+
+from authz import Principal
+from authz.errors import BadUserInput, Forbidden, NotFound
+from authz.plans import QuotaResource
+from resolvers.audit import owning_tenants
+from resolvers.deps import RequestContext
+from resolvers.quotas import check_quota, lock_organization
+from resolvers.report_builders import BUILDERS, COLUMNS, Cell, Period, iso
+from resolvers.roles import tenant_of
+from store.audit import AuditAction, AuditResult
+from store.db import Database
+from store.models import Report, ReportRow
+from store.scoping import tenant_filter, tenant_select
+
+REPORT_NOT_FOUND = "Report not found."
+KINDS = ("USAGE", "SECURITY", "ACCESS", "COMPLIANCE")
+# How far back a report may start, per plan (days before now): what each plan keeps of its usage and
+# audit history for reporting. Documented in docs/reports.md.
+REPORT_RETENTION_DAYS: dict[str, int] = {"free": 30, "starter": 90, "professional": 365, "enterprise": 1095}
+# `to` may lie a little ahead of the clock (a period "until the end of today")
+MAX_FUTURE = timedelta(days=1)
+CHUNK = 500
+MAX_PAGE_SIZE = 100
+MAX_CURSOR_LENGTH = 200
+CURSOR_VERSION = "r1"
+# a CSV cell starting with one of these is read as a formula by spreadsheets (OWASP, "CSV Injection")
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def naive_utc(value: datetime) -> datetime:
+    return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo is not None else value
+
+
+def _dumps(value: Any) -> bytes:
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+
+
+# -- rendering: the JSON and CSV downloads ---------------------------------------------------------
+
+
+def json_head(report: Report, columns: Sequence[str]) -> bytes:
+    meta = {"id": report.id, "kind": report.kind, "organizationId": report.organization_id,
+            "from": iso(report.period_start), "to": iso(report.period_end), "createdAt": iso(report.created_at)}
+    return b'{"report":' + _dumps(meta) + b',"columns":' + _dumps(list(columns)) + b',"rows":['
+
+
+def json_tail(summary: dict[str, Any]) -> bytes:
+    return b'],"summary":' + _dumps(summary) + b"}"
+
+
+def csv_cell(value: Cell) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if value.startswith(FORMULA_PREFIXES):
+        return "'" + value
+    return value
+
+
+def csv_line(values: Sequence[Cell]) -> bytes:
+    out = io.StringIO()
+    csv.writer(out).writerow([csv_cell(v) for v in values])
+    return out.getvalue().encode()
+
+
+def columns_of(kind: str) -> tuple[str, ...]:
+    return COLUMNS[kind]
+
+
+# -- generation -----------------------------------------------------------------------------------
+
+
+class RowWriter:
+    """Appends a report's rows in chunks, hashing the JSON and CSV downloads as they will be served."""
+
+    def __init__(self, db: AsyncSession, report: Report, columns: Sequence[str]) -> None:
+        self.db = db
+        self.report = report
+        self.width = len(columns)
+        self.count = 0
+        self._pending: list[dict[str, Any]] = []
+        self._json = hashlib.sha256(json_head(report, columns))
+        self._csv = hashlib.sha256(csv_line(list(columns)))
+
+    async def add(self, *values: Cell) -> None:
+        assert len(values) == self.width, values
+        line = orjson.dumps(list(values))
+        self._json.update(b"," + line if self.count else line)
+        self._csv.update(csv_line(values))
+        self._pending.append({"report_id": self.report.id, "seq": self.count,
+                              "organization_id": self.report.organization_id, "line": line.decode()})
+        self.count += 1
+        if len(self._pending) >= CHUNK:
+            await self.flush()
+
+    async def flush(self) -> None:
+        if self._pending:
+            await self.db.execute(insert(ReportRow), self._pending)
+            self._pending = []
+
+    async def finish(self, summary: dict[str, Any]) -> None:
+        await self.flush()
+        summary = {**summary, "rowCount": self.count}
+        self._json.update(json_tail(summary))
+        self.report.summary = summary
+        self.report.row_count = self.count
+        self.report.digest = self._json.hexdigest()
+        self.report.csv_digest = self._csv.hexdigest()
+        self.db.add(self.report)
+        await self.db.flush()
+
+
+def _kind(kind: str) -> str:
+    if kind not in KINDS:
+        raise BadUserInput(f"kind must be one of {', '.join(KINDS)}", field="kind")
+    return kind
+
+
+def _check_range(start: datetime, end: datetime, now: datetime) -> None:
+    if start >= end:
+        raise BadUserInput("from must be before to", field="from")
+    if end > now + MAX_FUTURE:
+        raise BadUserInput("to must not lie more than a day ahead", field="to")
+
+
+def check_retention(plan: str, start: datetime, now: datetime) -> None:
+    days = REPORT_RETENTION_DAYS.get(plan, 0)
+    if start < now - timedelta(days=days):
+        raise BadUserInput(f"The {plan} plan keeps {days} days of history: from must be within them.",
+                           field="from", retentionDays=days)
+
+
+async def generate_report(ctx: RequestContext, kind: str, start: datetime, end: datetime) -> Report:
+    principal = ctx.principal
+    org_id = tenant_of(principal)
+    kind = _kind(kind)
+    now = ctx.services.now()
+    start, end = naive_utc(start), naive_utc(end)
+    _check_range(start, end, now)
+    db = await ctx.db()
+    org = await lock_organization(db, org_id)
+    check_retention(org.plan, start, now)
+    await check_quota(db, org_id, QuotaResource.REPORTS_PER_MONTH, now=now)
+    report = Report(
+        organization_id=org_id, kind=kind, period_start=start, period_end=end, created_at=now,
+        created_by_type=principal.kind.value, created_by_id=principal.subject_id,
+        parameters={"kind": kind, "from": iso(start), "to": iso(end), "plan": org.plan},
+        summary={}, row_count=0, digest="",
+    )
+    db.add(report)
+    await db.flush()
+    writer = RowWriter(db, report, COLUMNS[kind])
+    summary = await BUILDERS[kind](db, org, Period(start, end, now), writer)
+    await writer.finish(summary)
+    ctx.audit(AuditAction.REPORT_GENERATED, resource_type="report", resource_id=report.id,
+              details={"kind": kind, "from": iso(start), "to": iso(end), "rows": report.row_count,
+                       "digest": report.digest})
+    return report
+
+
+# -- reading --------------------------------------------------------------------------------------
+
+
+def _check_id(report_id: str) -> None:
+    if not report_id or len(report_id) > 36 or "\x00" in report_id:
+        raise NotFound(REPORT_NOT_FOUND)
+
+
+async def get_report(db: AsyncSession, principal: Principal, report_id: str) -> Report:
+    """One of the caller's organization's reports; another tenant's id answers like a random one."""
+    org_id = tenant_of(principal)
+    _check_id(report_id)
+    row = (await db.execute(tenant_select(Report, org_id).where(col(Report.id) == report_id))).scalar_one_or_none()
+    if row is None:
+        raise NotFound(REPORT_NOT_FOUND)
+    return row
+
+
+@dataclass(frozen=True, slots=True)
+class ReportEdge:
+    cursor: str
+    report: Report
+
+
+@dataclass(frozen=True, slots=True)
+class ReportPage:
+    edges: list[ReportEdge]
+    has_next_page: bool
+    end_cursor: str | None
+
+
+def encode_cursor(r: Report) -> str:
+    raw = f"{CURSOR_VERSION}|{r.created_at.isoformat()}|{r.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        if len(cursor) > MAX_CURSOR_LENGTH:
+            raise ValueError(cursor)
+        raw = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True).decode()
+        version, created, ident = raw.split("|")
+        if version != CURSOR_VERSION or not ident or len(ident) > 36:
+            raise ValueError(raw)
+        at = datetime.fromisoformat(created)
+        if at.tzinfo is not None:
+            raise ValueError(raw)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise BadUserInput("after is not a valid cursor", field="after") from None
+    return at, ident
+
+
+async def list_reports(
+    db: AsyncSession, principal: Principal, organization_id: str, first: int = 20, after: str | None = None
+) -> ReportPage:
+    """One page of the caller's organization's reports, newest first (keyset on created_at, id)."""
+    org_id = tenant_of(principal)
+    if organization_id != org_id:
+        raise Forbidden("You are not allowed to access this field.", requiredScopes=[["reports:read"]])
+    if not 1 <= first <= MAX_PAGE_SIZE:
+        raise BadUserInput(f"first must be between 1 and {MAX_PAGE_SIZE}", field="first")
+    stmt = tenant_select(Report, org_id)
+    if after is not None:
+        at, ident = decode_cursor(after)
+        stmt = stmt.where(
+            (col(Report.created_at) < at) | ((col(Report.created_at) == at) & (col(Report.id) < ident))
+        )
+    stmt = stmt.order_by(col(Report.created_at).desc(), col(Report.id).desc()).limit(first + 1)
+    rows = list((await db.execute(stmt)).scalars().all())
+    edges = [ReportEdge(encode_cursor(r), r) for r in rows[:first]]
+    return ReportPage(edges, len(rows) > first, edges[-1].cursor if edges else None)
+
+
+async def find_report(database: Database, principal: Principal, report_id: str) -> Report:
+    """`get_report` on a session of its own (for the downloads, outside any GraphQL request)."""
+    async with database.session() as db:
+        return await get_report(db, principal, report_id)
+
+
+async def audit_refused_download(ctx: RequestContext, report_id: str, *, forbidden: bool) -> None:
+    """A download refused for want of `reports:read`, or for an id of another tenant (which the caller
+    was told does not exist): recorded on its own, like the GraphQL refusals (schema.audit)."""
+    if forbidden:
+        await ctx.audit_now(AuditAction.AUTHZ_FAIL, result=AuditResult.DENIED, resource_type="report",
+                            details={"paths": ["GET /reports"], "requiredScopes": ["reports:read"]})
+        return
+    async with ctx.services.db.session() as db:
+        owners = await owning_tenants(db, "report", report_id)
+    if owners - {ctx.principal.organization_id}:
+        await ctx.audit_now(AuditAction.AUTHZ_CROSS_TENANT, result=AuditResult.DENIED, resource_type="report",
+                            resource_id=report_id)
+
+
+async def stored_lines(database: Database, report: Report) -> AsyncIterator[list[str]]:
+    """The report's rows in order, one chunk at a time, each chunk read on a short session of its own
+    (a slow download holds no connection between chunks)."""
+    last = -1
+    while True:
+        async with database.session() as db:
+            lines = list((
+                await db.execute(
+                    sa_select(col(ReportRow.line))
+                    .where(tenant_filter(ReportRow, report.organization_id),
+                           col(ReportRow.report_id) == report.id, col(ReportRow.seq) > last)
+                    .order_by(col(ReportRow.seq)).limit(CHUNK)
+                )
+            ).scalars().all())
+        if not lines:
+            return
+        yield lines
+        last += len(lines)
+        if len(lines) < CHUNK:
+            return
+
+
+async def json_download(database: Database, report: Report) -> AsyncIterator[bytes]:
+    yield json_head(report, columns_of(report.kind))
+    first = True
+    async for lines in stored_lines(database, report):
+        chunk = ",".join(lines).encode()
+        yield chunk if first else b"," + chunk
+        first = False
+    yield json_tail(report.summary)
+
+
+async def csv_download(database: Database, report: Report) -> AsyncIterator[bytes]:
+    yield csv_line(list(columns_of(report.kind)))
+    async for lines in stored_lines(database, report):
+        yield b"".join(csv_line(orjson.loads(line)) for line in lines)
