@@ -35,6 +35,7 @@ def principal_for_session(
         plan=info.plan,
         client_ip=client_ip,
         request_id=request_id,
+        mfa_enrollment_required=info.mfa_enrollment_required,
     )
 
 

@@ -22,6 +22,7 @@ from identity.revocation import RevocationBus
 from identity.secrets import SecretBox
 from identity.sessions import SessionCache, SessionPolicy
 from identity.tokens import AccessTokens
+from identity.totp import TotpService
 from resolvers.budgets import RateBudgets
 from store.db import Database
 
@@ -42,6 +43,7 @@ class Services:
     budgets: RateBudgets | None = None
     secrets: SecretBox | None = None
     last_used: LastUsedRecorder | None = None
+    totp: TotpService | None = None
     api_key_env: str = "dev"
     api_key_pepper: bytes = b""
     clock: Callable[[], float] = field(default=time.time)

@@ -21,6 +21,7 @@ from schema.enums import Plan
 from schema.extensions import IntrospectionGuard, UnitOfWork
 from schema.limits import DEFAULT_LIST_SIZE, PLAN_LIMITS, CostModel, OperationLimits, TokenLimit, document_limits
 from schema.members import MemberMutation
+from schema.mfa import MfaMutation
 from schema.organizations import OrganizationMutation, OrganizationQuery
 from schema.roles import RoleMutation, RoleQuery
 from schema.users import UserQuery
@@ -28,7 +29,9 @@ from schema.users import UserQuery
 log = logging.getLogger("portcullis.graphql")
 
 Query = merge_types("Query", (UserQuery, OrganizationQuery, RoleQuery))
-Mutation = merge_types("Mutation", (AuthMutation, OrganizationMutation, MemberMutation, RoleMutation, ApiKeyMutation))
+Mutation = merge_types(
+    "Mutation", (AuthMutation, OrganizationMutation, MemberMutation, RoleMutation, ApiKeyMutation, MfaMutation)
+)
 
 
 class PortcullisSchema(strawberry.Schema):
