@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from sqlalchemy import update
 from sqlmodel import col
 
-from authz import PrincipalKind
+from authz import AuthMethod, PrincipalKind
 from authz.errors import INVALID_CREDENTIALS, BadUserInput, Conflict, Forbidden, Unauthenticated
-from identity.sessions import active_session_ids, revoke_sessions, user_key
+from identity.sessions import active_session_ids, org_key, revoke_sessions, user_key
 from identity.totp import (
     Code,
     CodeFormatError,
@@ -43,12 +43,14 @@ from identity.totp import (
     verify_code,
 )
 from resolvers.deps import RequestContext, Services
+from resolvers.roles import announce_after_commit
 from store.models import User
 
 log = logging.getLogger("portcullis.auth")
 
 MFA_REQUIRED = "MFA_REQUIRED"
 MFA_INVALID = "MFA_INVALID"
+MFA_ENROLLMENT_REQUIRED = "MFA_ENROLLMENT_REQUIRED"
 INVALID_CODE = "Invalid two-factor code."
 
 
@@ -128,13 +130,29 @@ async def _end_other_sessions(ctx: RequestContext, user: User, reason: str) -> N
     session_id = ctx.principal.session_id
     others = await active_session_ids(db, user.id, except_id=session_id)
     await revoke_sessions(db, others, reason=reason, now=ctx.services.now())
+    # the user's cached sessions (this one included) are reloaded: the enrollment restriction of an
+    # organization that requires MFA follows `mfa_enabled` at once
+    announce_after_commit(ctx, [*others, user_key(user.id)])
 
-    async def announce() -> None:
-        # the user's cached sessions (this one included) are reloaded: the enrollment restriction
-        # of an organization that requires MFA follows `mfa_enabled` at once
-        await ctx.services.revocations.publish([*others, user_key(user.id)])
 
-    ctx.after_commit.append(announce)
+async def check_can_require(ctx: RequestContext) -> None:
+    """Requiring MFA needs it of the one requiring it (a password user without TOTP would lock their own
+    session into enrollment). SSO sessions and API keys are not asked."""
+    p = ctx.principal
+    if p.kind is not PrincipalKind.USER or p.auth_method is not AuthMethod.PASSWORD or p.subject_id is None:
+        return
+    user = await (await ctx.db()).get(User, p.subject_id)
+    if user is None or not user.mfa_enabled:
+        raise Forbidden("Enable two-factor authentication on your own account before requiring it.",
+                        reason=MFA_ENROLLMENT_REQUIRED)
+
+
+def requirement_changed(ctx: RequestContext) -> None:
+    """After `requireMfa` changed: every process reloads the organization's sessions, so the enrollment
+    restriction applies (or lifts) at once for sessions already open."""
+    org_id = ctx.principal.organization_id
+    if org_id is not None:
+        announce_after_commit(ctx, [org_key(org_id)])
 
 
 async def enroll_totp(ctx: RequestContext) -> TotpEnrollment:

@@ -8,6 +8,7 @@ import strawberry
 from authz import Permission
 from resolvers import api_keys as api_keys_service
 from resolvers import members as members_service
+from resolvers import mfa as mfa_service
 from resolvers import organizations as service
 from resolvers.organizations import NewOrganization, OrganizationChanges
 from schema.context import Info
@@ -127,4 +128,9 @@ class OrganizationMutation:
         ctx = info.context
         changes = OrganizationChanges(name=input.name, billing_email=input.billing_email,
                                       require_mfa=input.require_mfa)
-        return Organization.from_row(await service.update_organization(await ctx.db(), ctx.principal, changes))
+        if input.require_mfa:
+            await mfa_service.check_can_require(ctx)
+        org = await service.update_organization(await ctx.db(), ctx.principal, changes)
+        if input.require_mfa is not None:
+            mfa_service.requirement_changed(ctx)
+        return Organization.from_row(org)

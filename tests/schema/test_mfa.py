@@ -449,7 +449,8 @@ async def test_require_mfa_restricts_a_password_session_to_enrollment(client, te
     sql(database_url, "UPDATE organizations SET require_mfa = :on", on=True)
     auth = await login(client, tenant)  # signing in works
     token = auth["accessToken"]
-    assert (await gql(client, ME, token=token)).json()["data"]["me"]["user"]["mfaEnabled"] is False
+    me = (await gql(client, "{ me { user { mfaEnabled } permissions } }", token=token)).json()["data"]["me"]
+    assert me == {"user": {"mfaEnabled": False}, "permissions": []}
     denied = (await gql(client, ORG, token=token)).json()
     assert denied["data"] == {"organization": None}
     assert denied["errors"][0]["extensions"] == {"code": "FORBIDDEN", "reason": "MFA_ENROLLMENT_REQUIRED"}
@@ -492,3 +493,36 @@ async def test_logs_never_carry_a_code_or_seed(client, tenant: Tenant, clock: Cl
     assert "authn_mfa_fail" in text
     for secret in (e.secret, wrong, e.recovery[1], e.recovery[1].replace("-", "")):
         assert secret not in text
+
+
+UPDATE_ORG = "mutation($on: Boolean) { updateOrganization(input: {requireMfa: $on}) { slug } }"
+ADD_MEMBER = 'mutation { addMember(email: "new@acme.test", role: "viewer") { invitationToken } }'
+ACCEPT = "mutation($t: String!, $p: String!) { acceptInvitation(token: $t, password: $p) { accessToken } }"
+
+
+async def test_turning_require_mfa_on_restricts_open_sessions_at_once(client, tenant: Tenant, clock: Clock,
+                                                                      database_url: str) -> None:
+    """An enrolled owner turns requireMfa on: an unenrolled member's open session is restricted on its
+    next request, and a member who joins through an invitation starts restricted."""
+    e = await enroll(client, tenant, clock)
+    invitation = (await gql(client, ADD_MEMBER, token=e.token)).json()["data"]["addMember"]["invitationToken"]
+    member = (await gql(client, ACCEPT, {"t": invitation, "p": "a long and unusual passphrase"})).json()
+    member_token = member["data"]["acceptInvitation"]["accessToken"]
+    assert (await gql(client, ORG, token=member_token)).json()["data"] == {"organization": {"slug": "acme"}}
+    assert (await gql(client, UPDATE_ORG, {"on": True}, token=e.token)).json()["data"]
+    denied = (await gql(client, ORG, token=member_token)).json()
+    assert denied["errors"][0]["extensions"]["reason"] == "MFA_ENROLLMENT_REQUIRED"
+    # the enrolled owner is not restricted
+    assert (await gql(client, ORG, token=e.token)).json()["data"] == {"organization": {"slug": "acme"}}
+    # and turning it off lifts the restriction at once
+    assert (await gql(client, UPDATE_ORG, {"on": False}, token=e.token)).json()["data"]
+    assert (await gql(client, ORG, token=member_token)).json()["data"] == {"organization": {"slug": "acme"}}
+
+
+async def test_an_admin_without_mfa_cannot_require_it(client, tenant: Tenant, database_url: str) -> None:
+    token = (await login(client, tenant))["accessToken"]
+    body = (await gql(client, UPDATE_ORG, {"on": True}, token=token)).json()
+    assert body["errors"][0]["extensions"] == {"code": "FORBIDDEN", "reason": "MFA_ENROLLMENT_REQUIRED"}
+    assert sql(database_url, "SELECT require_mfa FROM organizations")[0][0] in (False, 0)
+    # turning it off (or leaving it off) needs nothing
+    assert (await gql(client, UPDATE_ORG, {"on": False}, token=token)).json()["data"]
