@@ -43,10 +43,11 @@ from schema.introspection import IntrospectionFilter, introspection_fields
 
 RuleMap = Mapping[tuple[str, str], Requirement]
 
-# An API key never mints or ends sessions (C-123): these root mutations are refused to any key,
-# whatever its scopes; the vocabulary has no scope that grants them.
+# An API key never mints or ends sessions (C-123), nor has a second factor: these root mutations are
+# refused to any key, whatever its scopes; the vocabulary has no scope that grants them.
 KEY_REFUSED_MUTATIONS: frozenset[str] = frozenset(
-    {"login", "refreshToken", "acceptInvitation", "logout", "changePassword"}
+    {"login", "refreshToken", "acceptInvitation", "logout", "changePassword", "enrollTotp", "confirmTotp",
+     "disableTotp"}
 )
 _KEY_REFUSAL = Decision(allowed=False, reason="an API key cannot sign in or mint tokens")
 

@@ -526,3 +526,15 @@ async def test_an_admin_without_mfa_cannot_require_it(client, tenant: Tenant, da
     assert sql(database_url, "SELECT require_mfa FROM organizations")[0][0] in (False, 0)
     # turning it off (or leaving it off) needs nothing
     assert (await gql(client, UPDATE_ORG, {"on": False}, token=token)).json()["data"]
+
+
+async def test_an_api_key_has_no_second_factor(client, tenant: Tenant, database_url: str) -> None:
+    token = (await login(client, tenant))["accessToken"]
+    made = (await gql(client, 'mutation { createApiKey(input: {name: "ci", scopes: ["organization:read"]}) '
+                              "{ secret } }", token=token)).json()
+    key = made["data"]["createApiKey"]["secret"]
+    for document in (ENROLL, 'mutation { confirmTotp(code: "123456") }', 'mutation { disableTotp(code: "123456") }'):
+        r = await gql(client, document, headers={"X-API-Key": key})
+        assert r.status_code == 403, r.text
+        assert error_codes(r.json()) == ["FORBIDDEN"]
+    assert sql(database_url, "SELECT totp_pending_secret_encrypted FROM users") == [(None,)]
