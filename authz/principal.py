@@ -39,6 +39,9 @@ class Principal:
     plan: str | None = None
     client_ip: str | None = None
     request_id: str | None = None
+    # a password session in an organization that requires MFA, of a user without it: only enrollment
+    # (and `me`, `logout`) is allowed until the user confirms a TOTP device
+    mfa_enrollment_required: bool = False
 
     @property
     def is_authenticated(self) -> bool:

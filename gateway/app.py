@@ -38,6 +38,7 @@ from identity.revocation import LocalRevocationBus, RedisRevocationBus, Revocati
 from identity.secrets import SecretBox
 from identity.sessions import SessionCache, SessionPolicy
 from identity.tokens import AccessTokens, KeyRing
+from identity.totp import TotpService
 from resolvers.deps import Services
 from schema import build_schema
 from store.db import Database
@@ -132,6 +133,11 @@ def build_services(settings: Settings) -> Services:
         last_used=LastUsedRecorder(db, interval_seconds=settings.api_key_last_used_interval_seconds),
         secrets=SecretBox(settings.data_encryption_key.get_secret_value(),
                           [k.get_secret_value() for k in settings.previous_data_encryption_keys]),
+        totp=TotpService(
+            SecretBox(settings.data_encryption_key.get_secret_value(),
+                      [k.get_secret_value() for k in settings.previous_data_encryption_keys], purpose="totp"),
+            settings.api_key_pepper.get_secret_value().encode(),
+        ),
         api_key_env=settings.env.value,
         api_key_pepper=settings.api_key_pepper.get_secret_value().encode(),
     )

@@ -29,12 +29,14 @@ def principal_for_session(
         subject_id=info.user_id,
         organization_id=info.organization_id,
         roles=(info.role,),
-        permissions=info.permissions,
+        # a session restricted to MFA enrollment holds no permission at all, whatever path asks
+        permissions=frozenset() if info.mfa_enrollment_required else info.permissions,
         auth_method=AuthMethod(info.auth_method),
         session_id=info.session_id,
         plan=info.plan,
         client_ip=client_ip,
         request_id=request_id,
+        mfa_enrollment_required=info.mfa_enrollment_required,
     )
 
 

@@ -20,7 +20,7 @@ from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
-from authz import Permission, RoleDefinition, is_builtin_role, is_permission, resolve_permissions
+from authz import AuthMethod, Permission, RoleDefinition, is_builtin_role, is_permission, resolve_permissions
 from identity.tokens import hash_opaque_token, new_refresh_token
 from store.models import (
     AuthSession,
@@ -57,6 +57,7 @@ class SessionInfo:
     auth_method: str
     expires_at: datetime
     permissions: frozenset[Permission] = frozenset()
+    mfa_enrollment_required: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +144,7 @@ async def load_session(db: AsyncSession, session_id: str, now: datetime) -> Sess
             sa_select(
                 col(AuthSession.id), col(AuthSession.user_id), col(AuthSession.organization_id),
                 col(AuthSession.auth_method), col(AuthSession.expires_at), col(Membership.role),
-                col(Organization.plan),
+                col(Organization.plan), col(Organization.require_mfa), col(User.mfa_enabled),
             )
             .join(User, col(User.id) == col(AuthSession.user_id))
             .join(
@@ -166,6 +167,8 @@ async def load_session(db: AsyncSession, session_id: str, now: datetime) -> Sess
         session_id=row[0], user_id=row[1], organization_id=row[2], auth_method=row[3],
         expires_at=row[4], role=row[5], plan=row[6],
         permissions=await role_permissions(db, row[2], row[5]),
+        # SSO sessions are exempt: the identity provider is where their second factor is enforced
+        mfa_enrollment_required=bool(row[7]) and not row[8] and row[3] == AuthMethod.PASSWORD.value,
     )
 
 

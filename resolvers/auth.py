@@ -25,6 +25,7 @@ from identity.sessions import (
     rotate_refresh_token,
 )
 from identity.tokens import AccessClaims
+from resolvers import mfa
 from resolvers.deps import RequestContext
 from resolvers.provisioning import MAX_EMAIL_LENGTH
 from store.audit import PLATFORM_CHAIN, AuditAction, AuditResult
@@ -74,10 +75,12 @@ async def _find_user(ctx: RequestContext, email: str) -> User | None:
 
 
 async def login(
-    ctx: RequestContext, email: str, password: str, organization_slug: str | None = None
+    ctx: RequestContext, email: str, password: str, organization_slug: str | None = None,
+    totp: str | None = None,
 ) -> AuthResult:
     refuse_api_keys(ctx.principal)
     _check_credentials_shape(email, password, organization_slug)
+    code = mfa.parse(totp, "totp")
     services, principal = ctx.services, ctx.principal
     attempt = await services.throttle.begin(email, principal.client_ip)
     if not attempt.allowed:
@@ -106,6 +109,12 @@ async def login(
         await _audit_failure(ctx, email, user, organization_slug, locked=locked,
                              reason="unknown_user" if user is None else reason)
         raise Unauthenticated(INVALID_CREDENTIALS)
+    # the second factor is asked for (and its absence told) only once the password was right
+    refusal = await mfa.check_login_code(ctx, user, code, membership.organization_id)
+    if refusal is not None:
+        if await services.throttle.failed(attempt):
+            log.info("authn_login_lock", extra={"request_id": principal.request_id})
+        raise mfa.refuse(refusal)
 
     await services.throttle.succeeded(attempt)
     now = services.now()

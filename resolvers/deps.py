@@ -22,6 +22,7 @@ from identity.revocation import RevocationBus
 from identity.secrets import SecretBox
 from identity.sessions import SessionCache, SessionPolicy
 from identity.tokens import AccessTokens
+from identity.totp import TotpService
 from resolvers.budgets import RateBudgets
 from store.audit import PLATFORM_CHAIN, ActorType, AuditEvent, AuditResult, AuditTrail, RateLimitAudit
 from store.db import Database
@@ -45,6 +46,7 @@ class Services:
     usage: Any = None
     secrets: SecretBox | None = None
     last_used: LastUsedRecorder | None = None
+    totp: TotpService | None = None
     api_key_env: str = "dev"
     api_key_pepper: bytes = b""
     clock: Callable[[], float] = field(default=time.time)

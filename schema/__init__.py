@@ -23,6 +23,7 @@ from schema.extensions import IntrospectionGuard, UnitOfWork
 from schema.limits import DEFAULT_LIST_SIZE, PLAN_LIMITS, CostModel, OperationLimits, TokenLimit, document_limits
 from schema.limits.admission import Admission
 from schema.members import MemberMutation
+from schema.mfa import MfaMutation
 from schema.organizations import OrganizationMutation, OrganizationQuery
 from schema.rate_limits import RateLimitQuery
 from schema.reports import ReportMutation, ReportQuery
@@ -33,7 +34,7 @@ log = logging.getLogger("portcullis.graphql")
 
 Query = merge_types("Query", (UserQuery, OrganizationQuery, RoleQuery, RateLimitQuery, AuditQuery, ReportQuery))
 Mutation = merge_types("Mutation", (AuthMutation, OrganizationMutation, MemberMutation, RoleMutation, ApiKeyMutation,
-                                    ReportMutation))
+                                    ReportMutation, MfaMutation))
 
 
 class PortcullisSchema(strawberry.Schema):

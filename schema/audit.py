@@ -53,7 +53,7 @@ FIELD_ACTIONS: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
     "configureOidc": (A.SSO_CONFIGURED, "sso_connection", ()),
     "configureSaml": (A.SSO_CONFIGURED, "sso_connection", ()),
     "generateReport": (A.REPORT_GENERATED, "report", ()),
-    "enrollTotp": (A.AUTHN_MFA_ENROLL, "user", (A.AUTHN_MFA_FAIL,)),
+    "enrollTotp": (A.AUTHN_MFA_ENROLL_STARTED, "user", ()),
     "confirmTotp": (A.AUTHN_MFA_ENROLL, "user", (A.AUTHN_MFA_FAIL,)),
     "disableTotp": (A.AUTHN_MFA_DISABLE, "user", (A.AUTHN_MFA_FAIL,)),
 }

@@ -35,12 +35,12 @@ class AuthPayload:
 
 @strawberry.type
 class AuthMutation:
-    @strawberry.mutation(description="Sign in with a password; public.")
+    @strawberry.mutation(description="Sign in with a password (and `totp`, the second factor, once enrolled); public.")
     async def login(
         self, info: Info, email: str, password: str, organization: str | None = None,
         totp: str | None = None,
     ) -> AuthPayload:
-        return AuthPayload.from_result(await service.login(info.context, email, password, organization))
+        return AuthPayload.from_result(await service.login(info.context, email, password, organization, totp))
 
     @strawberry.mutation(description="Set a new member's password with their invitation token and sign in; public.")
     async def accept_invitation(self, info: Info, token: str, password: str) -> AuthPayload:

@@ -38,17 +38,25 @@ from graphql import (
 from strawberry.extensions import SchemaExtension
 
 from authz import Decision, Principal, PrincipalKind, Requirement, decide
-from schema.directives import denial_error, requirement_from_directives, requirement_of
+from schema.directives import MFA_ENROLLMENT_REQUIRED, denial_error, requirement_from_directives, requirement_of
 from schema.introspection import IntrospectionFilter, introspection_fields
 
 RuleMap = Mapping[tuple[str, str], Requirement]
 
-# An API key never mints or ends sessions (C-123): these root mutations are refused to any key,
-# whatever its scopes; the vocabulary has no scope that grants them.
+# An API key never mints or ends sessions (C-123), nor has a second factor: these root mutations are
+# refused to any key, whatever its scopes; the vocabulary has no scope that grants them.
 KEY_REFUSED_MUTATIONS: frozenset[str] = frozenset(
-    {"login", "refreshToken", "acceptInvitation", "logout", "changePassword"}
+    {"login", "refreshToken", "acceptInvitation", "logout", "changePassword", "enrollTotp", "confirmTotp",
+     "disableTotp"}
 )
 _KEY_REFUSAL = Decision(allowed=False, reason="an API key cannot sign in or mint tokens")
+
+# What a session that must enroll a second factor first may do (requireMfa, docs/authentication.md).
+MFA_ENROLLMENT_ROOT_FIELDS: frozenset[tuple[str, str]] = frozenset(
+    {("Query", "me"), ("Mutation", "enrollTotp"), ("Mutation", "confirmTotp"), ("Mutation", "logout"),
+     ("Mutation", "login"), ("Mutation", "refreshToken"), ("Mutation", "acceptInvitation")}
+)
+_MFA_ENROLLMENT_REFUSAL = Decision(allowed=False, reason=MFA_ENROLLMENT_REQUIRED)
 
 
 def type_rule(schema: GraphQLSchema, gtype: GraphQLNamedType) -> Requirement | None:
@@ -151,7 +159,8 @@ class Authorizer:
     def decide_operation(
         self, document: DocumentNode, operation_name: str | None, principal: Principal
     ) -> OperationDecisions:
-        key = (id(document), operation_name, principal.kind, principal.effective_permissions, principal.plan)
+        key = (id(document), operation_name, principal.kind, principal.effective_permissions, principal.plan,
+               principal.mfa_enrollment_required)
         cached = self._cache.get(key)
         if cached is not None and cached.document is document:
             self._cache.move_to_end(key)
@@ -223,6 +232,10 @@ class Authorizer:
         if (not path and principal.kind is PrincipalKind.API_KEY and name in KEY_REFUSED_MUTATIONS
                 and parent is self.schema.mutation_type):
             denied[id(node)] = _KEY_REFUSAL
+            paths.append(here)
+            return
+        if not path and principal.mfa_enrollment_required and (parent.name, name) not in MFA_ENROLLMENT_ROOT_FIELDS:
+            denied[id(node)] = _MFA_ENROLLMENT_REFUSAL
             paths.append(here)
             return
         requirement = self.requirement(parent, name)

@@ -65,10 +65,16 @@ class ListSize:
     require_one_slicing_argument: bool = True
 
 
+MFA_ENROLLMENT_REQUIRED = "MFA_ENROLLMENT_REQUIRED"
+
+
 def denial_error(principal: Any, decision: Decision) -> Exception:
     """The error a denied field resolves with: who is missing what."""
     if not principal.is_authenticated:
         return Unauthenticated("Authentication required.")
+    if decision.reason == MFA_ENROLLMENT_REQUIRED:
+        return Forbidden("Your organization requires two-factor authentication: enroll with enrollTotp and "
+                         "confirmTotp first.", reason=MFA_ENROLLMENT_REQUIRED)
     extensions: dict[str, Any] = {}
     if decision.required_scopes:
         extensions["requiredScopes"] = [list(g) for g in decision.required_scopes]

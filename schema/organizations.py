@@ -8,6 +8,7 @@ import strawberry
 from authz import Permission
 from resolvers import api_keys as api_keys_service
 from resolvers import members as members_service
+from resolvers import mfa as mfa_service
 from resolvers import organizations as service
 from resolvers import quotas as quotas_service
 from resolvers.organizations import NewOrganization, OrganizationChanges
@@ -166,9 +167,13 @@ class OrganizationMutation:
         ctx = info.context
         changes = OrganizationChanges(name=input.name, billing_email=input.billing_email,
                                       require_mfa=input.require_mfa)
+        if input.require_mfa:
+            await mfa_service.check_can_require(ctx)
         db = await ctx.db()
         before = _audited_fields(await service.get_organization(db, ctx.principal))
         row = await service.update_organization(db, ctx.principal, changes)
+        if input.require_mfa is not None:
+            mfa_service.requirement_changed(ctx)
         ctx.audit(AuditAction.ORG_UPDATED, resource_type="organization", resource_id=row.id,
                   details={"changes": audit_changes(before, _audited_fields(row))})
         return Organization.from_row(row)

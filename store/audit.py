@@ -69,6 +69,7 @@ class AuditAction(StrEnum):
     AUTHN_SSO_SUCCESS = "authn_sso_success"
     AUTHN_SSO_FAIL = "authn_sso_fail"
     AUTHN_MFA_ENROLL = "authn_mfa_enroll"
+    AUTHN_MFA_ENROLL_STARTED = "authn_mfa_enroll_started"
     AUTHN_MFA_FAIL = "authn_mfa_fail"
     AUTHN_MFA_DISABLE = "authn_mfa_disable"
     AUTHN_PASSWORD_CHANGE = "authn_password_change"

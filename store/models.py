@@ -55,6 +55,11 @@ class User(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
     last_login_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
     password_changed_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    # TOTP (identity/totp.py): the seeds are encrypted (SecretBox, purpose "totp"); the last accepted
+    # time step refuses a code's replay within its window
+    totp_secret_encrypted: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    totp_pending_secret_encrypted: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
+    totp_last_used_step: int | None = Field(default=None)
 
 
 class Membership(SQLModel, table=True):
@@ -110,6 +115,22 @@ class RefreshToken(SQLModel, table=True):
     token_hash: str = Field(max_length=64, unique=True)
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
     expires_at: datetime = Field(sa_column=_ts())
+    used_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+
+
+class MfaRecoveryCode(SQLModel, table=True):
+    """One single-use recovery code of a user with TOTP enabled; only HMAC-SHA256(pepper, code) is kept.
+
+    Not tenant data: a user's second factor is the same in every organization the user belongs to.
+    """
+
+    __tablename__ = "mfa_recovery_codes"
+    __table_args__ = (UniqueConstraint("user_id", "code_hash", name="uq_mfa_recovery_codes_user_hash"),)
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    user_id: str = Field(foreign_key="users.id", index=True, max_length=36)
+    code_hash: str = Field(max_length=64)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
     used_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
 
 

@@ -97,6 +97,8 @@ async def test_create_needs_organizations_create(client, database_url, tenant: T
 
 async def test_update_own_organization(client, database_url, tenant: Tenant) -> None:
     token = await owner_token(client, tenant)
+    # requiring MFA needs it of the owner first (tests/schema/test_mfa.py)
+    sql(database_url, "UPDATE users SET mfa_enabled = :on", on=True)
     body = (await gql(client, UPDATE, {"input": {"name": "  Acme Corp ", "billingEmail": "billing@acme.test",
                                                  "requireMfa": True}}, token=token)).json()
     assert body["data"]["updateOrganization"] == {
