@@ -50,19 +50,21 @@ Starter = Callable[[Request, Organization, SsoConnection, str], Awaitable[Respon
 
 
 def safe_return_to(value: str | None, allowed_paths: Sequence[str]) -> str:
-    """`value` when it is a relative path under one of the allowed prefixes, else the first prefix (C-051)."""
+    """`value` when it is a relative path under one of the allowed prefixes, else the first prefix (C-051).
+
+    Checked on the raw value, not on what `urlsplit` makes of it (which strips leading spaces and
+    control characters): one leading `/`, then only URL path characters, no `.`/`..` segment.
+    """
     default = allowed_paths[0]
     if not value or len(value) > 1000:
         return default
-    parts = urlsplit(value)
-    if parts.scheme or parts.netloc or parts.fragment or not _PATH_CHARS.match(parts.path):
+    path, _, query = value.partition("?")
+    if not _PATH_CHARS.match(path) or path.startswith("//") or (query and not _QUERY_CHARS.match(query)):
         return default
-    if parts.path.startswith("//") or "\\" in value or any(seg in ("..", ".") for seg in parts.path.split("/")):
-        return default
-    if parts.query and not _QUERY_CHARS.match(parts.query):
+    if urlsplit(value).netloc or any(seg in ("..", ".") for seg in path.split("/")):
         return default
     for prefix in allowed_paths:
-        if prefix == "/" or parts.path == prefix or parts.path.startswith(prefix.rstrip("/") + "/"):
+        if prefix == "/" or path == prefix or path.startswith(prefix.rstrip("/") + "/"):
             return value
     return default
 

@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode
 
 import uvicorn
 from joserfc import jwt
@@ -107,7 +107,7 @@ class RogueProvider:
         return RedirectResponse(f"{params['redirect_uri']}?{urlencode(query)}", status_code=302)
 
     async def token(self, request: Request) -> Response:
-        form = dict(await request.form())
+        form = {k: v[0] for k, v in parse_qs((await request.body()).decode()).items()}
         self.token_requests.append({**form, "authorization": request.headers.get("authorization", "")})
         code = form.get("code", "")
         if code not in self.codes or code in self.used_codes:
