@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from authlib.integrations.starlette_client import OAuth, StarletteOAuth2App
+from authlib.integrations.starlette_client import OAuth, StarletteIntegration, StarletteOAuth2App
 from starlette.requests import Request
 
 from identity.sso import ExternalIdentity
@@ -163,8 +164,13 @@ class _RelyingPartyApp(StarletteOAuth2App):  # type: ignore[misc]
     jwks_fetches: int = 0
 
 
+class _Integration(StarletteIntegration):  # type: ignore[misc]
+    expires_in = 600  # state, nonce and verifier live at most 10 minutes (security.md C-040)
+
+
 class _OAuth(OAuth):  # type: ignore[misc]
     oauth2_client_cls = _RelyingPartyApp
+    framework_integration_cls = _Integration
 
 
 @dataclass
@@ -189,7 +195,8 @@ class OidcRelyingParty:
 
     def __post_init__(self) -> None:
         self._oauth = _OAuth(cache=self.store)
-        self._oauth.framework_integration_cls.expires_in = self.state_ttl_seconds
+        # Authlib logs the PKCE verifier at DEBUG: never, whatever the gateway's own level
+        logging.getLogger("authlib").setLevel(max(logging.INFO, logging.getLogger("authlib").level))
 
     def _new_app(self, config: OidcConnectionConfig) -> _RelyingPartyApp:
         # registering under a name already used replaces nothing in Authlib: drop the old one first

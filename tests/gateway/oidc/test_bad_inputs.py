@@ -52,7 +52,8 @@ def assert_refused(r: httpx.Response, caplog: pytest.LogCaptureFixture, reason: 
     assert r.status_code == status, r.text
     assert r.headers["content-type"].startswith("text/html")
     assert "Sign-in failed" in r.text
-    assert session_cookie(r) is None and csrf_cookie(r) is None
+    assert session_cookie(r) is None
+    assert csrf_cookie(r) is None
     assert "location" not in r.headers
     assert reason in failure_reasons(caplog), failure_reasons(caplog)
 
@@ -135,7 +136,9 @@ async def test_c042_pkce_s256_with_a_matching_verifier(gw: Gateway, rogue: Rogue
     assert 43 <= len(verifier) <= 128
     expected = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
     assert auth["code_challenge"] == expected
-    assert auth["nonce"] and auth["state"] and auth["response_type"] == "code"
+    assert auth["nonce"]
+    assert auth["state"]
+    assert auth["response_type"] == "code"
 
 
 # -- C-043: nonce -----------------------------------------------------------------------------------
@@ -355,7 +358,9 @@ async def test_c052_error_callback_reflects_nothing(gw: Gateway, rogue: RoguePro
     r = await gw.browser.get(CALLBACK, params={"error": "access_denied", "state": state,
                                                "error_description": "<script>alert(1)</script>"})
     assert_refused(r, caplog, "oidc_provider_error")
-    assert "<script" not in r.text and "access_denied" not in r.text and "alert" not in r.text
+    assert "<script" not in r.text
+    assert "access_denied" not in r.text
+    assert "alert" not in r.text
     assert counts(database_url) == before
 
 

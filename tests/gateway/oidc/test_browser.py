@@ -11,7 +11,6 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -44,10 +43,15 @@ def serving(app: Any, port: int) -> Iterator[None]:
         thread.join(timeout=20)
 
 
-@pytest.mark.slow
-async def test_browser_signs_in_queries_and_logs_out(sqlite_url: str, signing_key: str) -> None:
-    if not Path(CHROMIUM).exists():
+@pytest.fixture
+def chromium() -> str:
+    if not os.path.exists(CHROMIUM):
         unavailable(f"no Chromium at {CHROMIUM} (Debian package chromium; .ci/run installs it)")
+    return CHROMIUM
+
+
+@pytest.mark.slow
+async def test_browser_signs_in_queries_and_logs_out(sqlite_url: str, signing_key: str, chromium: str) -> None:
     from playwright.async_api import async_playwright
 
     port = free_port()
@@ -75,7 +79,7 @@ async def test_browser_signs_in_queries_and_logs_out(sqlite_url: str, signing_ke
                                             "scopes": ["openid", "email", "profile", "groups"]}}})
                 assert r.json().get("data"), r.text
             async with async_playwright() as pw:
-                browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True,
+                browser = await pw.chromium.launch(executable_path=chromium, headless=True,
                                                    args=["--no-sandbox", "--disable-dev-shm-usage"])
                 try:
                     # the landing page stands in for the frontend: the gateway's own strict CSP
@@ -89,7 +93,9 @@ async def test_browser_signs_in_queries_and_logs_out(sqlite_url: str, signing_ke
                     await page.wait_for_url(f"{gateway}/healthz", timeout=20_000)
                     cookies = {c["name"]: c for c in await page.context.cookies(gateway)}
                     session = cookies["__Host-portcullis"]
-                    assert session["httpOnly"] and session["secure"] and session["sameSite"] == "Lax"
+                    assert session["httpOnly"]
+                    assert session["secure"]
+                    assert session["sameSite"] == "Lax"
                     result = await page.evaluate("""async () => {
                         const csrf = document.cookie.split('; ').find(c => c.startsWith('__Host-portcullis-csrf='))
                             .split('=')[1];

@@ -9,14 +9,18 @@ from tests.conftest import CLIENT_IP, error_codes, gql, login, make_tenant, sql
 from tests.gateway.oidc.conftest import GATEWAY, Gateway, configure, configure_rogue
 from tests.idp.rogue_op import CLIENT_ID, CLIENT_SECRET, RogueProvider
 
-CONNECTIONS = "{ organization { ssoConnections { id kind enabled issuer defaultRole jitProvisioning allowedDomains } } }"
+CONNECTIONS = """
+{ organization { ssoConnections { id kind enabled issuer defaultRole jitProvisioning allowedDomains } } }
+"""
 
 
 async def test_connection_is_listed_without_its_secret(gw: Gateway, rogue: RogueProvider, database_url: str) -> None:
     body = await configure_rogue(gw, rogue, allowedDomains=["Acme.Test", "acme.test"], defaultRole="analyst")
     created = body["data"]["configureOidc"]
-    assert created["kind"] == "oidc" and created["issuer"] == rogue.issuer
-    assert created["allowedDomains"] == ["acme.test"] and created["defaultRole"] == "analyst"
+    assert created["kind"] == "oidc"
+    assert created["issuer"] == rogue.issuer
+    assert created["allowedDomains"] == ["acme.test"]
+    assert created["defaultRole"] == "analyst"
     api = httpx.AsyncClient(transport=httpx.ASGITransport(app=gw.app, client=(CLIENT_IP, 40000)), base_url=GATEWAY)
     async with api:
         listed = (await gql(api, CONNECTIONS, token=gw.owner_token)).json()

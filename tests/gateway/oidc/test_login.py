@@ -38,7 +38,10 @@ async def test_first_login_provisions_the_user_and_sets_the_cookie(gw: Gateway, 
     assert r.status_code == 303, r.text
     assert r.headers["location"] == "/app/dashboard"
     cookie = next(v for v in r.headers.get_list("set-cookie") if v.startswith("__Host-portcullis="))
-    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Path=/" in cookie and "Domain" not in cookie
+    assert "HttpOnly" in cookie
+    assert "SameSite=Lax" in cookie
+    assert "Path=/" in cookie
+    assert "Domain" not in cookie
     csrf = csrf_cookie(r)
     assert csrf
     rows = sql(database_url, "SELECT u.email, m.role, i.issuer, i.subject FROM users u "
