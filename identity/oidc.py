@@ -103,6 +103,8 @@ class TransactionStore:
     spent once even when two requests race for it.
     """
 
+    MAX_LOCAL_ENTRIES = 20_000
+
     def __init__(self, redis: Any = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.redis = redis
         self.clock = clock
@@ -124,8 +126,11 @@ class TransactionStore:
             await self.redis.set(key, value, ex=ttl)
             return
         now = self.clock()
-        if len(self._local) > 10_000:
-            self._local = {k: v for k, v in self._local.items() if v[0] > now}
+        if len(self._local) >= self.MAX_LOCAL_ENTRIES:
+            live = sorted((v[0], k) for k, v in self._local.items() if v[0] > now)
+            # still full of live entries (a flood of started sign-ins): the oldest half goes
+            keep = live[len(live) // 2:] if len(live) >= self.MAX_LOCAL_ENTRIES else live
+            self._local = {k: self._local[k] for _, k in keep}
         self._local[key] = (now + ttl, value)
 
     async def delete(self, key: str) -> None:
@@ -149,6 +154,7 @@ class _RelyingPartyApp(StarletteOAuth2App):  # type: ignore[misc]
 
     refetch_interval: float = 60.0
     last_forced_refetch: float | None = None
+    jwks_fetches: int = 0
 
     async def fetch_jwk_set(self, force: bool = False) -> Any:
         if force:
@@ -160,8 +166,6 @@ class _RelyingPartyApp(StarletteOAuth2App):  # type: ignore[misc]
         elif "jwks" not in self.server_metadata:
             self.jwks_fetches += 1
         return await super().fetch_jwk_set(force=force)
-
-    jwks_fetches: int = 0
 
 
 class _Integration(StarletteIntegration):  # type: ignore[misc]

@@ -91,3 +91,28 @@ def test_issuer_urls(issuer: str, dev_ok: bool, prod_ok: bool) -> None:
         except ValueError:
             accepted = False
         assert accepted is expected, (issuer, allow)
+
+
+async def test_transaction_store_values_are_taken_once_and_expire() -> None:
+    from identity.oidc import TransactionStore
+
+    now = [1000.0]
+    store = TransactionStore(clock=lambda: now[0])
+    await store.set("k", "v", 10)
+    assert await store.get("k") == "v"
+    assert await store.take("k") == "v"
+    assert await store.take("k") is None
+    await store.set("k", "v", 10)
+    now[0] += 11
+    assert await store.take("k") is None
+
+
+async def test_transaction_store_stays_bounded() -> None:
+    from identity.oidc import TransactionStore
+
+    store = TransactionStore()
+    store.MAX_LOCAL_ENTRIES = 100  # type: ignore[misc]
+    for i in range(1000):
+        await store.set(f"k{i}", "v", 600)
+    assert len(store._local) <= 100
+    assert await store.get("k999") == "v"
