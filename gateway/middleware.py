@@ -264,14 +264,17 @@ class AuthenticationMiddleware:
         self.last_used = last_used
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (scope["type"] != "http" or scope["path"] in self.PUBLIC_PATHS
-                or scope["path"].startswith(self.SIGN_IN_PREFIXES)):
+        if scope["type"] != "http" or scope["path"] in self.PUBLIC_PATHS:
             await self.app(scope, receive, send)
             return
         state = _state(scope)
         rid = state.get("request_id")
         ip = self.client_address(scope)
         state["client_ip"] = ip
+        if scope["path"].startswith(self.SIGN_IN_PREFIXES):
+            state["principal"] = anonymous(client_ip=ip, request_id=rid)
+            await self.app(scope, receive, send)
+            return
         try:
             principal = await self._authenticate(scope, ip, rid)
         except Refused as exc:

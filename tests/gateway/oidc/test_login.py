@@ -153,3 +153,25 @@ def _past(minutes: int = 1) -> Any:
     from datetime import UTC, datetime, timedelta
 
     return datetime.now(UTC).replace(tzinfo=None) - timedelta(minutes=minutes)
+
+
+async def test_two_session_cookies_are_401(gw: Gateway, node_issuer: str) -> None:
+    await configure_node(gw, node_issuer)
+    value = session_cookie(await sign_in(gw))
+    gw.browser.cookies.clear()
+    r = await gw.browser.get(f"{GATEWAY}/graphql", params={"query": ME},
+                             headers={"Cookie": f"__Host-portcullis={value}; __Host-portcullis={value}"})
+    assert r.status_code == 401
+
+
+async def test_a_dead_cookie_does_not_stop_signing_in_again(gw: Gateway, node_issuer: str) -> None:
+    await configure_node(gw, node_issuer)
+    r = await sign_in(gw)
+    csrf = csrf_cookie(r)
+    assert (await gw.browser.post(f"{GATEWAY}/auth/logout", headers={"X-CSRF-Token": csrf or ""})).status_code == 200
+    dead = session_cookie(r)
+    gw.browser.cookies.set("__Host-portcullis", dead or "", domain="testserver.local")
+    assert (await query(gw, ME, method="GET")).status_code == 401  # the browser does send the dead cookie
+    again = await sign_in(gw)
+    assert again.status_code == 303
+    assert session_cookie(again) not in (None, dead)
