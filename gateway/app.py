@@ -28,11 +28,14 @@ from gateway.middleware import (
 )
 from gateway.reports import ReportDownloads
 from gateway.settings import Environment, OnRedisError, Settings
+from gateway.sso import sso_routes
 from gateway.usage import UsageFlusher
 from gateway.windows import LocalWindows, RedisWindows, WindowStore
 from identity.api_keys import ApiKeyCache, ApiKeyVerifier, LastUsedRecorder
 from identity.authentication import Authenticator
+from identity.browser_sessions import BrowserSessionPolicy, BrowserSessions
 from identity.lockout import LockoutPolicy, LoginThrottle
+from identity.oidc import OidcRelyingParty, TransactionStore
 from identity.passwords import HashParameters, PasswordHasherService
 from identity.revocation import LocalRevocationBus, RedisRevocationBus, RevocationBus
 from identity.secrets import SecretBox
@@ -109,6 +112,13 @@ def build_services(settings: Settings) -> Services:
             account_ceiling=settings.lockout_account_ceiling,
         ),
     )
+    browser = BrowserSessions(
+        settings.cookie_secret.get_secret_value(),
+        BrowserSessionPolicy(idle_seconds=settings.browser_session_idle_seconds,
+                             absolute_seconds=settings.browser_session_absolute_seconds),
+        secure=settings.session_cookie_secure,
+    )
+    data_keys = [k.get_secret_value() for k in settings.previous_data_encryption_keys]
     return Services(
         db=db,
         hasher=hasher,
@@ -120,7 +130,7 @@ def build_services(settings: Settings) -> Services:
             refresh_idle_seconds=settings.refresh_token_idle_seconds,
         ),
         authenticator=Authenticator(
-            tokens, sessions, db,
+            tokens, sessions, db, browser=browser,
             api_keys=ApiKeyVerifier(db, settings.api_key_pepper.get_secret_value().encode(), settings.env.value,
                                     key_cache),
         ),
@@ -140,6 +150,14 @@ def build_services(settings: Settings) -> Services:
         ),
         api_key_env=settings.env.value,
         api_key_pepper=settings.api_key_pepper.get_secret_value().encode(),
+        oidc=OidcRelyingParty(
+            TransactionStore(redis), allow_loopback_http=not settings.is_prod,
+            http_timeout_seconds=settings.oidc_http_timeout_seconds,
+            jwks_refetch_interval_seconds=settings.oidc_jwks_refetch_interval_seconds,
+            state_ttl_seconds=settings.sso_state_ttl_seconds,
+        ),
+        oidc_secrets=SecretBox(settings.data_encryption_key.get_secret_value(), data_keys, purpose="oidc"),
+        browser=browser,
     )
 
 
@@ -239,6 +257,7 @@ def create_app(settings: Settings | None = None, *, enforce_authorization: bool 
         Route("/.well-known/jwks.json", jwks),
         Route("/metrics", metrics),
         Route("/reports/{name}", ReportDownloads(services).download, methods=["GET"]),
+        *sso_routes(settings, services),
     ]
     middleware = [
         Middleware(RequestIdMiddleware),

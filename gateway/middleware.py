@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from authz import Principal, anonymous
 from identity.api_keys import ApiKeyInfo, ApiKeyRejected, LastUsedRecorder
 from identity.authentication import AuthenticationError, Authenticator
+from identity.browser_sessions import CSRF_HEADER, SESSION_COOKIE
 from store.audit import ActorType, AuditAction, AuditEvent, AuditResult, AuditTrail, RateLimitAudit
 
 log = logging.getLogger("portcullis.edge")
@@ -27,7 +28,7 @@ _BEARER = re.compile(r"^Bearer ([A-Za-z0-9\-._~+/]+=*)\Z")
 _APIKEY = re.compile(r"^ApiKey ([\x21-\x7e]+)\Z")
 # credentials never travel in a URL (ASVS 5.0 14.2.1): these parameters are refused outright
 _URL_CREDENTIALS = frozenset({b"api_key", b"apikey", b"access_token", b"token", b"key"})
-SESSION_COOKIE = "__Host-portcullis"
+_SAFE_METHODS = frozenset({"GET", "HEAD"})
 
 
 def _state(scope: Scope) -> dict[str, Any]:
@@ -256,6 +257,8 @@ class AuthenticationMiddleware:
     """
 
     PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/.well-known/jwks.json", "/metrics"})
+    # single sign-on starts and ends here: a stale cookie must not stand in the way of signing in again
+    SIGN_IN_PREFIXES = ("/auth/sso/", "/auth/oidc/", "/auth/saml/")
     # "Bearer " and the largest token the verifier takes (8 KiB): anything longer is refused unparsed
     MAX_AUTHORIZATION_BYTES = len("Bearer ") + 8 * 1024
 
@@ -278,6 +281,10 @@ class AuthenticationMiddleware:
         rid = state.get("request_id")
         ip = self.client_address(scope)
         state["client_ip"] = ip
+        if scope["path"].startswith(self.SIGN_IN_PREFIXES):
+            state["principal"] = anonymous(client_ip=ip, request_id=rid)
+            await self.app(scope, receive, send)
+            return
         try:
             principal = await self._authenticate(scope, state, ip, rid)
         except Refused as exc:
@@ -320,12 +327,13 @@ class AuthenticationMiddleware:
             raise AuthenticationError("credential in the query string")
         authorization = _header(scope, b"authorization")
         api_keys = _header(scope, b"x-api-key")
-        cookie = any(
-            part.strip().startswith(SESSION_COOKIE + "=")
+        cookies = [
+            part.strip()[len(SESSION_COOKIE) + 1:]
             for value in _header(scope, b"cookie")
             for part in value.decode("latin-1").split(";")
-        )
-        presented = len(authorization) + len(api_keys) + (1 if cookie else 0)
+            if part.strip().startswith(SESSION_COOKIE + "=")
+        ]
+        presented = len(authorization) + len(api_keys) + len(cookies)
         if presented == 0:
             return anonymous(client_ip=ip, request_id=rid)
         if presented > 1:
@@ -345,7 +353,20 @@ class AuthenticationMiddleware:
             if len(api_keys[0]) > self.MAX_AUTHORIZATION_BYTES:
                 raise AuthenticationError("api key header too large")
             return await self._api_key(api_keys[0].decode("latin-1"), state, ip, rid)
-        raise AuthenticationError("session cookies are not accepted by this gateway")
+        return await self._cookie(scope, cookies[0], ip, rid)
+
+    async def _cookie(self, scope: Scope, cookie: str, ip: str | None, rid: str | None) -> Principal:
+        session_id = self.authenticator.cookie_session_id(cookie)
+        if scope["method"] not in _SAFE_METHODS:
+            # a cookie rides along on cross-site requests; the CSRF token cannot (contract: every
+            # mutation and every non-GET request with the session cookie carries X-CSRF-Token)
+            presented = _header(scope, CSRF_HEADER.encode())
+            browser = self.authenticator.browser
+            if len(presented) != 1 or browser is None or not browser.csrf_ok(
+                session_id, presented[0].decode("latin-1")
+            ):
+                raise Refused(403, "Missing or invalid CSRF token.", "FORBIDDEN", "cookie: csrf token")
+        return await self.authenticator.cookie(session_id, client_ip=ip, request_id=rid)
 
     async def _api_key(self, presented: str, state: dict[str, Any], ip: str | None,
                        rid: str | None) -> Principal:

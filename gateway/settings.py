@@ -102,10 +102,23 @@ class Settings(BaseSettings):
     field_suggestions: bool | None = None
     reject_unauthorized: bool = False
 
+    # Single sign-on and browser sessions (docs/sso.md). The public URL is the gateway's origin as browsers
+    # and identity providers reach it: the OIDC redirect URI is built from it, never from the Host header.
+    public_url: str = "http://127.0.0.1:8000"
+    # relative path prefixes a browser may be sent back to after SSO (`return_to`); the first is the default
+    frontend_return_paths: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["/"])
+    browser_session_idle_seconds: int = Field(default=30 * 60, ge=60, le=86_400)
+    browser_session_absolute_seconds: int = Field(default=12 * 3600, ge=300, le=30 * 86_400)
+    session_cookie_secure: bool = True
+    oidc_http_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+    oidc_jwks_refetch_interval_seconds: float = Field(default=60.0, ge=0, le=3600)
+    sso_state_ttl_seconds: int = Field(default=600, ge=60, le=600)
+
     demo_seed: bool = True
     log_level: str = "INFO"
 
-    @field_validator("trusted_proxies", "previous_signing_key_files", "previous_data_encryption_keys", mode="before")
+    @field_validator("trusted_proxies", "previous_signing_key_files", "previous_data_encryption_keys",
+                     "frontend_return_paths", mode="before")
     @classmethod
     def _comma_list(cls, value: object) -> object:
         return _split(value)
@@ -116,6 +129,26 @@ class Settings(BaseSettings):
         for cidr in value:
             ipaddress.ip_network(cidr, strict=False)
         return value
+
+    @field_validator("frontend_return_paths")
+    @classmethod
+    def _return_paths(cls, value: list[str]) -> list[str]:
+        for path in value:
+            if not path.startswith("/") or path.startswith("//") or "\\" in path or "?" in path or "#" in path:
+                raise ValueError(f"frontend return paths are relative paths starting with one '/': {path!r}")
+        if not value:
+            raise ValueError("at least one frontend return path is needed")
+        return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
+            raise ValueError("the public URL is an origin, like https://gateway.example.com")
+        return value.rstrip("/")
 
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> Settings:
@@ -138,6 +171,8 @@ class Settings(BaseSettings):
             self.data_encryption_key.get_secret_value()
         ) < 32:
             problems.append("PORTCULLIS_DATA_ENCRYPTION_KEY is missing, the default, or shorter than 32 characters")
+        if not self.session_cookie_secure:
+            problems.append("PORTCULLIS_SESSION_COOKIE_SECURE must stay true")
         if problems:
             raise InsecureSettingsError("refusing to start in prod: " + "; ".join(problems))
         return self

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
 from authz import AuthMethod, Principal, PrincipalKind
 from identity.api_keys import ApiKeyInfo, ApiKeyRejected, ApiKeyVerifier
-from identity.sessions import SessionCache, SessionInfo, load_session
+from identity.browser_sessions import BrowserSessions
+from identity.sessions import SessionCache, SessionInfo, load_session, touch_session
 from identity.tokens import AccessTokens, TokenError
 from store.db import Database
 
@@ -43,9 +45,10 @@ def principal_for_session(
 class Authenticator:
     def __init__(
         self, tokens: AccessTokens, sessions: SessionCache, db: Database, clock: Callable[[], float] = time.time,
-        api_keys: ApiKeyVerifier | None = None,
+        api_keys: ApiKeyVerifier | None = None, browser: BrowserSessions | None = None,
     ) -> None:
         self.api_keys = api_keys
+        self.browser = browser
         self.tokens = tokens
         self.sessions = sessions
         self.db = db
@@ -75,6 +78,35 @@ class Authenticator:
             raise AuthenticationError("token does not match its session")
         if info.expires_at.replace(tzinfo=UTC).timestamp() <= self.clock():
             raise AuthenticationError("session expired")
+        return principal_for_session(info, client_ip=client_ip, request_id=request_id)
+
+    def cookie_session_id(self, cookie: str) -> str:
+        """The session a session cookie names; `AuthenticationError` when its MAC does not verify."""
+        if self.browser is None:
+            raise AuthenticationError("session cookies are not configured")
+        session_id = self.browser.session_id(cookie)
+        if session_id is None:
+            raise AuthenticationError("cookie: malformed or not ours")
+        return session_id
+
+    async def cookie(self, session_id: str, *, client_ip: str | None, request_id: str | None) -> Principal:
+        """The principal of a browser session (idle and absolute timeouts), its last activity kept fresh."""
+        assert self.browser is not None
+        info = await self.session_info(session_id)
+        if info is None:
+            raise AuthenticationError("session ended")
+        now = datetime.fromtimestamp(self.clock(), UTC).replace(tzinfo=None)
+        if info.expires_at <= now:
+            raise AuthenticationError("session expired")
+        policy = self.browser.policy
+        last_seen = info.last_seen_at or now
+        if policy.idle_expired(last_seen, now):
+            raise AuthenticationError("session idle")
+        if policy.needs_touch(last_seen, now):
+            epoch = self.sessions.epoch
+            async with self.db.transaction() as db:
+                await touch_session(db, session_id, now)
+            self.sessions.put(dataclasses.replace(info, last_seen_at=now), epoch)
         return principal_for_session(info, client_ip=client_ip, request_id=request_id)
 
     async def api_key(self, presented: str) -> ApiKeyInfo:

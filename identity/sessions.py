@@ -58,6 +58,7 @@ class SessionInfo:
     expires_at: datetime
     permissions: frozenset[Permission] = frozenset()
     mfa_enrollment_required: bool = False
+    last_seen_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +146,7 @@ async def load_session(db: AsyncSession, session_id: str, now: datetime) -> Sess
                 col(AuthSession.id), col(AuthSession.user_id), col(AuthSession.organization_id),
                 col(AuthSession.auth_method), col(AuthSession.expires_at), col(Membership.role),
                 col(Organization.plan), col(Organization.require_mfa), col(User.mfa_enabled),
+                col(AuthSession.last_seen_at),
             )
             .join(User, col(User.id) == col(AuthSession.user_id))
             .join(
@@ -169,6 +171,7 @@ async def load_session(db: AsyncSession, session_id: str, now: datetime) -> Sess
         permissions=await role_permissions(db, row[2], row[5]),
         # SSO sessions are exempt: the identity provider is where their second factor is enforced
         mfa_enrollment_required=bool(row[7]) and not row[8] and row[3] == AuthMethod.PASSWORD.value,
+        last_seen_at=row[9],
     )
 
 
@@ -196,6 +199,25 @@ async def create_session(
     await db.flush()
     token = await _add_refresh_token(db, family, session, policy, now)
     return IssuedSession(session=session, refresh_token=token)
+
+
+async def create_browser_session(
+    db: AsyncSession, *, user_id: str, organization_id: str, auth_method: str, client_ip: str | None,
+    user_agent: str | None, lifetime_seconds: int, now: datetime,
+) -> AuthSession:
+    """A session held by a browser's cookie: no refresh token, it lives as long as the cookie."""
+    session = AuthSession(
+        organization_id=organization_id, user_id=user_id, auth_method=auth_method, client_ip=client_ip,
+        user_agent=(user_agent or "")[:256] or None, created_at=now, last_seen_at=now,
+        expires_at=now + timedelta(seconds=lifetime_seconds),
+    )
+    db.add(session)
+    await db.flush()
+    return session
+
+
+async def touch_session(db: AsyncSession, session_id: str, now: datetime) -> None:
+    await db.execute(update(AuthSession).where(col(AuthSession.id) == session_id).values(last_seen_at=now))
 
 
 async def _add_refresh_token(

@@ -16,7 +16,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from authz import Principal
 from identity.api_keys import ApiKeyCache, LastUsedRecorder
 from identity.authentication import Authenticator
+from identity.browser_sessions import BrowserSessions
 from identity.lockout import LoginThrottle
+from identity.oidc import OidcRelyingParty
 from identity.passwords import PasswordHasherService
 from identity.revocation import RevocationBus
 from identity.secrets import SecretBox
@@ -49,6 +51,9 @@ class Services:
     totp: TotpService | None = None
     api_key_env: str = "dev"
     api_key_pepper: bytes = b""
+    oidc: OidcRelyingParty | None = None
+    oidc_secrets: SecretBox | None = None
+    browser: BrowserSessions | None = None
     clock: Callable[[], float] = field(default=time.time)
     audit: AuditTrail = None  # type: ignore[assignment]
     rate_limit_audit: RateLimitAudit = None  # type: ignore[assignment]

@@ -28,13 +28,14 @@ from schema.organizations import OrganizationMutation, OrganizationQuery
 from schema.rate_limits import RateLimitQuery
 from schema.reports import ReportMutation, ReportQuery
 from schema.roles import RoleMutation, RoleQuery
+from schema.sso import SsoMutation
 from schema.users import UserQuery
 
 log = logging.getLogger("portcullis.graphql")
 
 Query = merge_types("Query", (UserQuery, OrganizationQuery, RoleQuery, RateLimitQuery, AuditQuery, ReportQuery))
 Mutation = merge_types("Mutation", (AuthMutation, OrganizationMutation, MemberMutation, RoleMutation, ApiKeyMutation,
-                                    ReportMutation, MfaMutation))
+                                    ReportMutation, MfaMutation, SsoMutation))
 
 
 class PortcullisSchema(strawberry.Schema):

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from schema.members import MembershipConnection
     from schema.quotas import Quota
     from schema.reports import ReportConnection
+    from schema.sso import SsoConnection
 
 
 def utc(value: datetime) -> datetime:
@@ -117,6 +118,15 @@ class Organization:
             await ctx.db(), ctx.principal, self.row.id, 20 if first is None else first, after
         )
         return ReportConnection.from_page(page)
+    @strawberry.field(description="The organization's single sign-on connections; never their secrets.",
+                      **list_size(requires_scopes(Permission.SSO_READ), assumed_size=2))
+    async def sso_connections(self, info: Info) -> list[Annotated[SsoConnection, strawberry.lazy("schema.sso")]]:
+        from resolvers.sso import list_connections
+        from schema.sso import SsoConnection
+
+        ctx = info.context
+        rows = await list_connections(await ctx.db(), ctx.principal, self.row.id)
+        return [SsoConnection.from_row(r) for r in rows]
 
 
 @strawberry.input

@@ -1,0 +1,178 @@
+"""Browser routes of single sign-on: start (`/auth/sso/{org_slug}`), the OIDC callback, logout.
+
+The SSO transaction (Authlib's `state` marker) lives in a short-lived signed cookie of its own,
+`__Host-portcullis-sso`, only on these routes; the values it points to are kept server side and spent
+once. Every failure answers the same plain page, reflecting nothing the request carried, sets no
+session cookie and writes no user; its reason goes to `record_sso_event`.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from urllib.parse import urlsplit
+
+from starlette.middleware import Middleware
+from starlette.middleware.sessions import SessionMiddleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from authz import PrincipalKind
+from gateway.middleware import graphql_error
+from gateway.settings import Settings
+from identity.browser_sessions import BrowserSessions
+from identity.oidc import OidcError
+from resolvers.deps import Services
+from resolvers.sso import (
+    SsoLogin,
+    SsoLoginError,
+    complete_sso_login,
+    connection_for_organization,
+    end_browser_session,
+    get_connection_by_id,
+    oidc_config,
+    record_sso_event,
+)
+from store.audit import AuditAction
+from store.models import Organization, SsoConnection
+
+log = logging.getLogger("portcullis.sso")
+
+SSO_TRANSACTION_COOKIE = "__Host-portcullis-sso"
+OIDC_CALLBACK_PATH = "/auth/oidc/callback"
+_PATH_CHARS = re.compile(r"^/[A-Za-z0-9\-._~!$&'()*+,;=:@%/]*$")
+_QUERY_CHARS = re.compile(r"^[A-Za-z0-9\-._~!$&'()*+,;=:@%/?]*$")
+
+# A protocol's way to start a login for a connection, by `SsoConnection.kind` (SAML passes "saml").
+Starter = Callable[[Request, Organization, SsoConnection, str], Awaitable[Response]]
+
+
+def safe_return_to(value: str | None, allowed_paths: Sequence[str]) -> str:
+    """`value` when it is a relative path under one of the allowed prefixes, else the first prefix (C-051).
+
+    Checked on the raw value, not on what `urlsplit` makes of it (which strips leading spaces and
+    control characters): one leading `/`, then only URL path characters, no `.`/`..` segment.
+    """
+    default = allowed_paths[0]
+    if not value or len(value) > 1000:
+        return default
+    path, _, query = value.partition("?")
+    if not _PATH_CHARS.match(path) or path.startswith("//") or (query and not _QUERY_CHARS.match(query)):
+        return default
+    if urlsplit(value).netloc or any(seg in ("..", ".") for seg in path.split("/")):
+        return default
+    for prefix in allowed_paths:
+        if prefix == "/" or path == prefix or path.startswith(prefix.rstrip("/") + "/"):
+            return value
+    return default
+
+
+def finish_browser_login(browser: BrowserSessions, login: SsoLogin, return_to: str | None,
+                         allowed_paths: Sequence[str]) -> Response:
+    """The browser's way back after any successful SSO: a 303 to `return_to` (if allowed) with the cookies."""
+    response = RedirectResponse(safe_return_to(return_to, allowed_paths), status_code=303)
+    for value in browser.set_cookie_headers(login.session.id):
+        response.headers.append("set-cookie", value)
+    return response
+
+
+def sso_failure_page(request: Request, status: int = 400) -> Response:
+    """The one page every failed sign-in gets: nothing from the request but the (validated) request id."""
+    rid = html.escape(str(request.scope.get("state", {}).get("request_id") or ""))
+    body = (
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Sign-in failed</title></head><body>"
+        "<h1>Sign-in failed</h1><p>Single sign-on could not be completed. Start again from your "
+        "application, or ask your administrator to check the organization's SSO connection.</p>"
+        f"<p>Reference: <code>{rid}</code></p></body></html>"
+    )
+    return HTMLResponse(body, status_code=status)
+
+
+def sso_routes(settings: Settings, services: Services,
+               starters: Mapping[str, Starter] | None = None) -> list[Route]:
+    allowed_paths = list(settings.frontend_return_paths)
+    redirect_uri = settings.public_url + OIDC_CALLBACK_PATH
+    transaction_cookie = [Middleware(
+        SessionMiddleware, secret_key=settings.cookie_secret.get_secret_value(),
+        session_cookie=SSO_TRANSACTION_COOKIE, max_age=settings.sso_state_ttl_seconds, path="/",
+        same_site="lax", https_only=settings.session_cookie_secure,
+    )]
+
+    def context(request: Request) -> dict[str, str | None]:
+        state = request.scope.get("state", {})
+        ua = request.headers.get("user-agent")
+        return {"client_ip": state.get("client_ip") or (request.client.host if request.client else None),
+                "user_agent": ua[:256] if ua else None, "request_id": state.get("request_id")}
+
+    async def failed(request: Request, reason: str, *, protocol: str = "oidc", organization_id: str | None = None,
+                     connection_id: str | None = None, status: int = 400) -> Response:
+        await record_sso_event(services.audit, AuditAction.AUTHN_SSO_FAIL, reason=reason, protocol=protocol,
+                               organization_id=organization_id, connection_id=connection_id, **context(request))
+        return sso_failure_page(request, status)
+
+    async def start_oidc(request: Request, org: Organization, connection: SsoConnection, return_to: str) -> Response:
+        assert services.oidc is not None
+        try:
+            url = await services.oidc.begin(request, oidc_config(services, connection), redirect_uri=redirect_uri,
+                                            return_to=return_to)
+        except OidcError as exc:
+            return await failed(request, exc.reason, organization_id=org.id, connection_id=connection.id, status=502)
+        return RedirectResponse(url, status_code=302)
+
+    by_kind: dict[str, Starter] = {"oidc": start_oidc, **(starters or {})}
+
+    async def start(request: Request) -> Response:
+        slug = request.path_params["org_slug"]
+        found = await connection_for_organization(services, slug)
+        if found is None:
+            return await failed(request, "sso_not_configured", status=404)
+        org, connection = found
+        starter = by_kind.get(connection.kind)
+        if starter is None:
+            return await failed(request, "sso_protocol_unavailable", protocol=connection.kind, organization_id=org.id,
+                          connection_id=connection.id, status=404)
+        return await starter(request, org, connection, safe_return_to(request.query_params.get("return_to"),
+                                                                      allowed_paths))
+
+    async def oidc_callback(request: Request) -> Response:
+        rp = services.oidc
+        if rp is None or services.browser is None:
+            return await failed(request, "sso_unconfigured", status=404)
+        org_id = connection_id = None
+        try:
+            pending = await rp.take_pending(request.query_params.get("state"))
+            connection = await get_connection_by_id(services, pending.connection_id)
+            if connection is None:
+                raise SsoLoginError("sso_connection_missing")
+            org_id, connection_id = connection.organization_id, connection.id
+            if not connection.enabled:
+                raise SsoLoginError("sso_connection_disabled")
+            identity = await rp.finish(request, oidc_config(services, connection))
+            login = await complete_sso_login(services, connection, identity, **context(request))
+        except (OidcError, SsoLoginError) as exc:
+            return await failed(request, exc.reason, organization_id=org_id, connection_id=connection_id)
+        except Exception:
+            log.exception("unexpected error in the OIDC callback",
+                          extra={"request_id": request.scope.get("state", {}).get("request_id")})
+            return await failed(request, "sso_internal_error", organization_id=org_id, connection_id=connection_id)
+        return finish_browser_login(services.browser, login, pending.return_to, allowed_paths)
+
+    async def logout(request: Request) -> Response:
+        principal = request.scope.get("state", {}).get("principal")
+        if principal is None or principal.kind is not PrincipalKind.USER or principal.session_id is None:
+            return JSONResponse(graphql_error("Authentication required.", "UNAUTHENTICATED"), status_code=401)
+        await end_browser_session(services, principal)
+        response = JSONResponse({"loggedOut": True})
+        if services.browser is not None:
+            for value in services.browser.clear_cookie_headers():
+                response.headers.append("set-cookie", value)
+        return response
+
+    return [
+        Route("/auth/sso/{org_slug}", start, methods=["GET"], middleware=transaction_cookie),
+        Route(OIDC_CALLBACK_PATH, oidc_callback, methods=["GET"], middleware=transaction_cookie),
+        Route("/auth/logout", logout, methods=["POST"]),
+    ]
