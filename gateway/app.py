@@ -25,6 +25,7 @@ from gateway.middleware import (
     RequestIdMiddleware,
     SecurityHeadersMiddleware,
 )
+from gateway.saml import SamlLogin, SamlRoutes
 from gateway.settings import Environment, Settings
 from identity.api_keys import ApiKeyCache, ApiKeyVerifier, LastUsedRecorder
 from identity.authentication import Authenticator
@@ -116,8 +117,11 @@ def build_services(settings: Settings) -> Services:
     )
 
 
-def create_app(settings: Settings | None = None, *, enforce_authorization: bool = True) -> Starlette:
-    """The gateway. `enforce_authorization=False` exists only for the benchmark (see `build_schema`)."""
+def create_app(
+    settings: Settings | None = None, *, enforce_authorization: bool = True, saml_login: SamlLogin | None = None,
+) -> Starlette:
+    """The gateway. `enforce_authorization=False` exists only for the benchmark (see `build_schema`).
+    `saml_login` signs in the user of a validated SAML assertion (see `gateway.saml`)."""
     settings = settings or Settings()
     configure_logging(settings.log_level)
     services = build_services(settings)
@@ -187,6 +191,7 @@ def create_app(settings: Settings | None = None, *, enforce_authorization: bool 
         Route("/readyz", readyz),
         Route("/.well-known/jwks.json", jwks),
         Route("/metrics", metrics),
+        *SamlRoutes(settings, services, saml_login).routes(),
     ]
     middleware = [
         Middleware(RequestIdMiddleware),

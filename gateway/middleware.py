@@ -247,6 +247,8 @@ class AuthenticationMiddleware:
     """
 
     PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/.well-known/jwks.json", "/metrics"})
+    # sign-in flows run anonymously, whatever credential the browser still carries
+    SIGN_IN_PREFIXES = ("/auth/sso/", "/auth/saml/")
     # "Bearer " and the largest token the verifier takes (8 KiB): anything longer is refused unparsed
     MAX_AUTHORIZATION_BYTES = len("Bearer ") + 8 * 1024
 
@@ -268,6 +270,9 @@ class AuthenticationMiddleware:
         rid = state.get("request_id")
         ip = self.client_address(scope)
         state["client_ip"] = ip
+        if scope["path"].startswith(self.SIGN_IN_PREFIXES):
+            await self.app(scope, receive, send)
+            return
         try:
             principal = await self._authenticate(scope, ip, rid)
         except Refused as exc:

@@ -10,6 +10,7 @@ import ipaddress
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -77,6 +78,12 @@ class Settings(BaseSettings):
     lockout_max_seconds: int = Field(default=900, ge=1)
     lockout_account_ceiling: int = Field(default=50, ge=1)
 
+    # where browsers and identity providers reach this gateway; SSO URLs (SAML ACS, SP entity id) derive
+    # from it, never from the request's Host header
+    public_url: str = "http://localhost:8000"
+    # the paths `return_to` may name after an SSO login (prefixes; "/" allows any relative path)
+    sso_return_paths: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["/"])
+
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
@@ -88,10 +95,27 @@ class Settings(BaseSettings):
     demo_seed: bool = True
     log_level: str = "INFO"
 
-    @field_validator("trusted_proxies", "previous_signing_key_files", "previous_data_encryption_keys", mode="before")
+    @field_validator("trusted_proxies", "previous_signing_key_files", "previous_data_encryption_keys",
+                     "sso_return_paths", mode="before")
     @classmethod
     def _comma_list(cls, value: object) -> object:
         return _split(value)
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+            raise ValueError("public_url must be an http(s) URL without query or fragment")
+        return value.rstrip("/")
+
+    @field_validator("sso_return_paths")
+    @classmethod
+    def _return_paths(cls, value: list[str]) -> list[str]:
+        for path in value:
+            if not path.startswith("/") or path.startswith("//") or "\\" in path:
+                raise ValueError("sso_return_paths holds relative paths starting with a single /")
+        return value
 
     @field_validator("trusted_proxies")
     @classmethod

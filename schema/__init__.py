@@ -23,12 +23,14 @@ from schema.limits import DEFAULT_LIST_SIZE, PLAN_LIMITS, CostModel, OperationLi
 from schema.members import MemberMutation
 from schema.organizations import OrganizationMutation, OrganizationQuery
 from schema.roles import RoleMutation, RoleQuery
+from schema.saml import SamlMutation
 from schema.users import UserQuery
 
 log = logging.getLogger("portcullis.graphql")
 
 Query = merge_types("Query", (UserQuery, OrganizationQuery, RoleQuery))
-Mutation = merge_types("Mutation", (AuthMutation, OrganizationMutation, MemberMutation, RoleMutation, ApiKeyMutation))
+Mutation = merge_types("Mutation", (AuthMutation, OrganizationMutation, MemberMutation, RoleMutation, ApiKeyMutation,
+                                       SamlMutation))
 
 
 class PortcullisSchema(strawberry.Schema):

@@ -18,6 +18,7 @@ from store.models import Organization as OrganizationRow
 if TYPE_CHECKING:
     from schema.api_keys import ApiKey
     from schema.members import MembershipConnection
+    from schema.sso import SsoConnection
 
 
 def utc(value: datetime) -> datetime:
@@ -80,6 +81,16 @@ class Organization:
         ctx = info.context
         rows = await api_keys_service.list_api_keys(await ctx.db(), ctx.principal, self.row.id)
         return [ApiKey.from_row(r) for r in rows]
+
+    @strawberry.field(description="The organization's identity providers; never a secret.",
+                      **list_size(requires_scopes(Permission.SSO_READ), assumed_size=5))
+    async def sso_connections(self, info: Info) -> list[Annotated[SsoConnection, strawberry.lazy("schema.sso")]]:
+        from resolvers import saml as saml_service
+        from schema.sso import SsoConnection
+
+        ctx = info.context
+        rows = await saml_service.list_sso_connections(await ctx.db(), ctx.principal, self.row.id)
+        return [SsoConnection.from_row(r) for r in rows]
 
 
 @strawberry.input
