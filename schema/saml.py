@@ -35,8 +35,8 @@ class SamlMutation:
     async def configure_saml(self, info: Info, input: SamlConnectionInput) -> SsoConnection:
         spec = SamlConnectionSpec(
             idp_metadata_xml=input.idp_metadata_xml,
-            email_attribute=input.email_attribute or "email",
-            groups_attribute=input.groups_attribute or "groups",
+            email_attribute="email" if input.email_attribute is None else input.email_attribute,
+            groups_attribute="groups" if input.groups_attribute is None else input.groups_attribute,
             role_mapping=input.role_mapping or {},
             default_role=input.default_role or "viewer",
             allowed_domains=list(input.allowed_domains or []),
