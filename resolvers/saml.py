@@ -97,7 +97,7 @@ async def configure_saml(ctx: RequestContext, spec: SamlConnectionSpec) -> SsoCo
         "groups_attribute": _attribute(spec.groups_attribute, "groupsAttribute"),
         "name_attribute": "name",
     }
-    values = {
+    values: dict[str, Any] = {
         "enabled": spec.enabled, "entity_id": metadata.entity_id, "issuer": metadata.entity_id, "config": config,
         "role_mapping": await _role_mapping(db, org_id, spec.role_mapping), "default_role": spec.default_role,
         "allowed_domains": _domains(spec.allowed_domains), "jit_provisioning": spec.jit_provisioning,

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any, cast
+
 import strawberry
 from strawberry.scalars import JSON
 
@@ -37,7 +40,7 @@ class SamlMutation:
             idp_metadata_xml=input.idp_metadata_xml,
             email_attribute="email" if input.email_attribute is None else input.email_attribute,
             groups_attribute="groups" if input.groups_attribute is None else input.groups_attribute,
-            role_mapping=input.role_mapping or {},
+            role_mapping=cast(Mapping[str, Any], input.role_mapping or {}),
             default_role=input.default_role or "viewer",
             allowed_domains=list(input.allowed_domains or []),
             jit_provisioning=True if input.jit_provisioning is None else input.jit_provisioning,
