@@ -700,3 +700,16 @@ async def test_without_a_sign_in_step_nothing_signs_in(database_url: str, signin
             if getattr(endpoint, "__name__", "") == "acs":
                 endpoint.__self__.login = None
         assert_refused(sso, await sso.post(sso.idp.respond(await sso.start())), status=503)
+
+
+async def test_sign_in_routes_ignore_a_stale_credential(sso: Sso) -> None:
+    """A browser still carrying an expired session can sign in again: the SSO routes run anonymously."""
+    r = await sso.client.get("/auth/sso/acme", headers={"Authorization": "Bearer expired.or.garbage"})
+    assert r.status_code == 302
+    url = r.headers["location"]
+    r = await sso.client.post("/auth/saml/acme/acs", data={"SAMLResponse": b64(sso.idp.respond(url))},
+                              headers={"Cookie": "__Host-portcullis=stale; " + "__Host-portcullis-saml="
+                                       + (sso.client.cookies.get("__Host-portcullis-saml") or "")})
+    assert r.status_code == 303
+    # everywhere else that credential is still refused
+    assert (await sso.client.get("/graphql", headers={"Authorization": "Bearer expired.or.garbage"})).status_code == 401
