@@ -713,3 +713,18 @@ async def test_sign_in_routes_ignore_a_stale_credential(sso: Sso) -> None:
     assert r.status_code == 303
     # everywhere else that credential is still refused
     assert (await sso.client.get("/graphql", headers={"Authorization": "Bearer expired.or.garbage"})).status_code == 401
+
+
+async def test_a_login_started_for_one_organization_cannot_finish_at_another(
+    sso: Sso, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="portcullis.saml")
+    beta = await make_tenant(sso.database_url, slug="beta", email="owner@beta.test")
+    token = (await login(sso.client, beta))["accessToken"]
+    body = (await gql(sso.client, CONFIGURE, {"input": {"idpMetadataXml": sso.idp.metadata}}, token=token)).json()
+    assert body["data"]["configureSaml"]["kind"] == "saml"
+    root = parse(sso.idp.respond(await sso.start()))
+    root.set("Destination", f"{PUBLIC_URL}/auth/saml/beta/acs")
+    r = await sso.client.post("/auth/saml/beta/acs", data={"SAMLResponse": b64(to_text(root))})
+    assert_refused(sso, r)
+    assert refusal_codes(caplog) == [("saml_no_pending_request", None)]
