@@ -27,6 +27,7 @@ from gateway.middleware import (
     SecurityHeadersMiddleware,
 )
 from gateway.reports import ReportDownloads
+from gateway.saml import SamlLogin, SamlRoutes
 from gateway.settings import Environment, OnRedisError, Settings
 from gateway.sso import sso_routes
 from gateway.usage import UsageFlusher
@@ -162,9 +163,10 @@ def build_services(settings: Settings) -> Services:
 
 
 def create_app(settings: Settings | None = None, *, enforce_authorization: bool = True,
-               admission: bool = True) -> Starlette:
+               admission: bool = True, saml_login: SamlLogin | None = None) -> Starlette:
     """The gateway. `enforce_authorization=False` and `admission=False` exist only for the benchmark
-    (`make bench` measures what each costs against an otherwise identical build)."""
+    (`make bench` measures what each costs against an otherwise identical build). `saml_login` replaces
+    what signs in the user of a validated SAML assertion (see `gateway.saml`)."""
     settings = settings or Settings()
     configure_logging(settings.log_level)
     services = build_services(settings)
@@ -250,6 +252,7 @@ def create_app(settings: Settings | None = None, *, enforce_authorization: bool 
             await services.db.dispose()
 
     graphql = GraphQLView(schema, services, graphiql=settings.graphiql_enabled)
+    saml_routes = SamlRoutes(settings, services, saml_login)
     routes = [
         Route("/graphql", graphql, methods=["GET", "POST"]),
         Route("/healthz", healthz),
@@ -257,7 +260,8 @@ def create_app(settings: Settings | None = None, *, enforce_authorization: bool 
         Route("/.well-known/jwks.json", jwks),
         Route("/metrics", metrics),
         Route("/reports/{name}", ReportDownloads(services).download, methods=["GET"]),
-        *sso_routes(settings, services),
+        *saml_routes.routes(),
+        *sso_routes(settings, services, starters={"saml": saml_routes.begin}),
     ]
     middleware = [
         Middleware(RequestIdMiddleware),
@@ -279,4 +283,5 @@ def create_app(settings: Settings | None = None, *, enforce_authorization: bool 
     app.state.settings = settings
     app.state.services = services
     app.state.schema = schema
+    app.state.saml_routes = saml_routes
     return app

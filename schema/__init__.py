@@ -28,6 +28,7 @@ from schema.organizations import OrganizationMutation, OrganizationQuery
 from schema.rate_limits import RateLimitQuery
 from schema.reports import ReportMutation, ReportQuery
 from schema.roles import RoleMutation, RoleQuery
+from schema.saml import SamlMutation
 from schema.sso import SsoMutation
 from schema.users import UserQuery
 
@@ -35,7 +36,7 @@ log = logging.getLogger("portcullis.graphql")
 
 Query = merge_types("Query", (UserQuery, OrganizationQuery, RoleQuery, RateLimitQuery, AuditQuery, ReportQuery))
 Mutation = merge_types("Mutation", (AuthMutation, OrganizationMutation, MemberMutation, RoleMutation, ApiKeyMutation,
-                                    ReportMutation, MfaMutation, SsoMutation))
+                                    ReportMutation, MfaMutation, SsoMutation, SamlMutation))
 
 
 class PortcullisSchema(strawberry.Schema):

@@ -118,6 +118,7 @@ class Organization:
             await ctx.db(), ctx.principal, self.row.id, 20 if first is None else first, after
         )
         return ReportConnection.from_page(page)
+
     @strawberry.field(description="The organization's single sign-on connections; never their secrets.",
                       **list_size(requires_scopes(Permission.SSO_READ), assumed_size=2))
     async def sso_connections(self, info: Info) -> list[Annotated[SsoConnection, strawberry.lazy("schema.sso")]]:

@@ -1,3 +1,5 @@
+"""The SSO connection type (OIDC and SAML connections alike) and the OIDC configuration mutation."""
+
 from __future__ import annotations
 
 from typing import Any
