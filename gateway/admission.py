@@ -4,8 +4,8 @@ Where it runs. A GraphQL request's cost is known only once its document is parse
 the cost must be debited in the same round trip as the request limits. So for `/graphql` admission
 runs inside the schema, as the last step before execution (`schema.limits.admission.Admission`, in
 `on_validate` after the operation limits, the cost and the field decisions), and calls
-`Admission.admit_operation`; a request that never reaches validation (a syntax error) is counted
-when its operation ends, at no cost. Every other tenant route is admitted at the edge
+`Admission.admit`; a request that never reaches validation (a syntax error, the token limit) is
+counted as it fails, at no cost. Every other tenant route is admitted at the edge
 (`AdmissionMiddleware`), at no cost. `/healthz`, `/readyz`, `/metrics` and `/.well-known/` are not
 limited.
 
