@@ -9,7 +9,8 @@ counted as it fails, at no cost. Every other tenant route is admitted at the edg
 (`AdmissionMiddleware`), at no cost. `/healthz`, `/readyz`, `/metrics` and `/.well-known/` are not
 limited.
 
-What a request spends, all in one `WindowStore.take` (one EVALSHA in shared mode):
+What a request spends, all in one `WindowStore.take` (one EVALSHA in shared mode; the day's usage is
+counted in the process, `gateway/usage.py`):
 - a caller of a tenant: the tenant's REQUESTS_PER_MINUTE, REQUESTS_PER_DAY and COST_PER_MINUTE
   (`authz.plans.effective_limits`: the plan's row and the organization's overrides; an unlimited
   resource is not counted), and an API key's own `rateLimitPerMinute`;
@@ -34,6 +35,7 @@ from sqlmodel import col, select
 
 from authz import Principal, PrincipalKind
 from authz.plans import QuotaResource, effective_limits
+from gateway.usage import UsageCounter
 from gateway.windows import Limit, LimitState, Outcome, StoreUnavailable, WindowStore, retry_seconds
 from identity.lockout import email_key
 from resolvers.budgets import RATE_RESOURCES, BudgetState
@@ -142,6 +144,7 @@ class Admission:
         self.policy = policy
         self.shared = shared
         self.clock = clock
+        self.usage = UsageCounter()
         self._day_from, self._day = 0.0, ""
         self.on_refused: Callable[[str], None] = lambda _name: None
         self.on_store_error: Callable[[str], None] = lambda _outcome: None
@@ -200,14 +203,15 @@ class Admission:
         if not limits:
             return Decision(200)
         try:
-            outcome: Outcome = await self.store.take(limits, spend=spend, usage=self._usage(principal) if spend else (),
-                                                     cost=cost if spend_cost else 0)
+            outcome: Outcome = await self.store.take(limits, spend=spend)
         except StoreUnavailable as exc:
             closed = bool(login_accounts) or not self.policy.fail_open
             log.error("admission store unavailable; request %s", "refused" if closed else "admitted",
                       extra={"request_id": principal.request_id, "error": str(exc)})
             self.on_store_error("refused" if closed else "admitted")
             return Decision(503, retry_after=1) if closed else Decision(200)
+        if spend:
+            self.usage.add(self._usage(principal), admitted=outcome.admitted, cost=cost if spend_cost else 0)
         if outcome.admitted:
             return Decision(200, states=outcome.states, now_ms=outcome.now_ms)
         refused_by = outcome.refused_by
