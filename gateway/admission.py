@@ -24,6 +24,7 @@ When the store fails: login limits fail closed (503); the others follow `limits_
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -173,7 +174,8 @@ class Admission:
         if login_accounts:
             per_account: dict[str, int] = {}
             for account in login_accounts:
-                k = email_key(account)
+                # the account's counter is named by a digest: no address in Redis, and a bounded key
+                k = hashlib.sha256(email_key(account).encode("utf-8", "surrogatepass")).hexdigest()[:32]
                 per_account[k] = per_account.get(k, 0) + 1
             for account, n in per_account.items():
                 limits.append(Limit("login-account", f"la:{account}", self.policy.login_per_account_per_minute,
