@@ -4,12 +4,13 @@ Where it runs. A GraphQL request's cost is known only once its document is parse
 the cost must be debited in the same round trip as the request limits. So for `/graphql` admission
 runs inside the schema, as the last step before execution (`schema.limits.admission.Admission`, in
 `on_validate` after the operation limits, the cost and the field decisions), and calls
-`Admission.admit_operation`; a request that never reaches validation (a syntax error) is counted
-when its operation ends, at no cost. Every other tenant route is admitted at the edge
+`Admission.admit`; a request that never reaches validation (a syntax error, the token limit) is
+counted as it fails, at no cost. Every other tenant route is admitted at the edge
 (`AdmissionMiddleware`), at no cost. `/healthz`, `/readyz`, `/metrics` and `/.well-known/` are not
 limited.
 
-What a request spends, all in one `WindowStore.take` (one EVALSHA in shared mode):
+What a request spends, all in one `WindowStore.take` (one EVALSHA in shared mode; the day's usage is
+counted in the process, `gateway/usage.py`):
 - a caller of a tenant: the tenant's REQUESTS_PER_MINUTE, REQUESTS_PER_DAY and COST_PER_MINUTE
   (`authz.plans.effective_limits`: the plan's row and the organization's overrides; an unlimited
   resource is not counted), and an API key's own `rateLimitPerMinute`;
@@ -23,6 +24,7 @@ When the store fails: login limits fail closed (503); the others follow `limits_
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -34,6 +36,7 @@ from sqlmodel import col, select
 
 from authz import Principal, PrincipalKind
 from authz.plans import QuotaResource, effective_limits
+from gateway.usage import UsageCounter
 from gateway.windows import Limit, LimitState, Outcome, StoreUnavailable, WindowStore, retry_seconds
 from identity.lockout import email_key
 from resolvers.budgets import RATE_RESOURCES, BudgetState
@@ -99,7 +102,7 @@ class Decision:
 
 
 def iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class OrgLimitCache:
@@ -143,6 +146,7 @@ class Admission:
         self.policy = policy
         self.shared = shared
         self.clock = clock
+        self.usage = UsageCounter()
         self._day_from, self._day = 0.0, ""
         self.on_refused: Callable[[str], None] = lambda _name: None
         self.on_store_error: Callable[[str], None] = lambda _outcome: None
@@ -173,7 +177,8 @@ class Admission:
         if login_accounts:
             per_account: dict[str, int] = {}
             for account in login_accounts:
-                k = email_key(account)
+                # the account's counter is named by a digest: no address in Redis, and a bounded key
+                k = hashlib.sha256(email_key(account).encode("utf-8", "surrogatepass")).hexdigest()[:32]
                 per_account[k] = per_account.get(k, 0) + 1
             for account, n in per_account.items():
                 limits.append(Limit("login-account", f"la:{account}", self.policy.login_per_account_per_minute,
@@ -203,14 +208,15 @@ class Admission:
         if not limits:
             return Decision(200)
         try:
-            outcome: Outcome = await self.store.take(limits, spend=spend, usage=self._usage(principal) if spend else (),
-                                                     cost=cost if spend_cost else 0)
+            outcome: Outcome = await self.store.take(limits, spend=spend)
         except StoreUnavailable as exc:
             closed = bool(login_accounts) or not self.policy.fail_open
             log.error("admission store unavailable; request %s", "refused" if closed else "admitted",
                       extra={"request_id": principal.request_id, "error": str(exc)})
             self.on_store_error("refused" if closed else "admitted")
             return Decision(503, retry_after=1) if closed else Decision(200)
+        if spend:
+            self.usage.add(self._usage(principal), admitted=outcome.admitted, cost=cost if spend_cost else 0)
         if outcome.admitted:
             return Decision(200, states=outcome.states, now_ms=outcome.now_ms)
         refused_by = outcome.refused_by

@@ -140,7 +140,7 @@ def build_services(settings: Settings) -> Services:
         api_key_cache=key_cache,
         admission=admission,
         budgets=admission,
-        usage=UsageFlusher(db, windows, redis, interval_seconds=settings.usage_flush_seconds),
+        usage=UsageFlusher(db, admission.usage, interval_seconds=settings.usage_flush_seconds),
         last_used=LastUsedRecorder(db, interval_seconds=settings.api_key_last_used_interval_seconds),
         secrets=SecretBox(settings.data_encryption_key.get_secret_value(),
                           [k.get_secret_value() for k in settings.previous_data_encryption_keys]),

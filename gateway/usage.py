@@ -1,12 +1,12 @@
 """Daily usage per tenant, for reports: admitted requests, their cost and refusals, written to `usage_daily`.
 
-Admission counts each request in the same round trip that admits it (`gateway/windows.py`): in the
-process in embedded mode, in one Redis hash in shared mode. `UsageFlusher` moves those counts to the
-database every `usage_flush_seconds`, adding them to the rows of (organization, UTC day, subject).
-In shared mode any process may flush: a script takes the hash and deletes it atomically, so each count
-is added once. A flush whose database write fails puts its counts back.
+Admission counts each request it decides in the process (`UsageCounter`, a dictionary: no round trip
+of its own). `UsageFlusher` adds those counts to the database every `usage_flush_seconds` and at
+shutdown, to the rows of (organization, UTC day, subject); each process adds only what it counted, so
+any number of processes sum up exactly. A flush whose database write fails keeps its counts for the
+next one; a process that dies loses at most the counts of its last interval.
 
-A counter field is `<day>|<org>|<subject_type>|<subject_id>|<r|c|l>` (requests, cost, rate limited).
+A counter is `<day>|<org>|<subject_type>|<subject_id>|<r|c|l>` (requests, cost, rate limited).
 """
 
 from __future__ import annotations
@@ -21,17 +21,11 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import col, select
 
-from gateway.windows import USAGE_KEY, WindowStore
 from store.db import Database
 from store.models import Organization, UsageDaily
 
 log = logging.getLogger("portcullis.usage")
 
-_TAKE = """
-local all = redis.call('HGETALL', KEYS[1])
-redis.call('DEL', KEYS[1])
-return all
-"""
 _COLUMNS = {"r": "requests", "c": "cost", "l": "rate_limited"}
 
 
@@ -51,37 +45,39 @@ def rows_of(counters: dict[str, int]) -> dict[tuple[str, date, str, str], dict[s
     return rows
 
 
+class UsageCounter:
+    def __init__(self) -> None:
+        self._counts: dict[str, int] = {}
+
+    def add(self, prefixes: list[str], *, admitted: bool, cost: int) -> None:
+        counts = self._counts
+        for prefix in prefixes:
+            if admitted:
+                counts[prefix + "r"] = counts.get(prefix + "r", 0) + 1
+                if cost:
+                    counts[prefix + "c"] = counts.get(prefix + "c", 0) + cost
+            else:
+                counts[prefix + "l"] = counts.get(prefix + "l", 0) + 1
+
+    def drain(self) -> dict[str, int]:
+        drained, self._counts = self._counts, {}
+        return drained
+
+    def restore(self, counts: dict[str, int]) -> None:
+        for k, v in counts.items():
+            self._counts[k] = self._counts.get(k, 0) + v
+
+
 class UsageFlusher:
-    def __init__(self, db: Database, store: WindowStore, redis: Any = None, interval_seconds: float = 10.0) -> None:
+    def __init__(self, db: Database, counter: UsageCounter, interval_seconds: float = 10.0) -> None:
         self.db = db
-        self.store = store
-        self.redis = redis
+        self.counter = counter
         self.interval = interval_seconds
-        self._take = redis.register_script(_TAKE) if redis is not None else None
         self._task: asyncio.Task[None] | None = None
-
-    async def _drain(self) -> dict[str, int]:
-        if self._take is None:
-            return self.store.drain_usage_local() or {}
-        raw = await self._take(keys=[USAGE_KEY])
-        it = iter(raw)
-        return {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in zip(it, it, strict=True)}
-
-    async def _restore(self, counters: dict[str, int]) -> None:
-        if self.redis is None:
-            local = getattr(self.store, "_usage", None)
-            if isinstance(local, dict):
-                for k, v in counters.items():
-                    local[k] = local.get(k, 0) + v
-            return
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for k, v in counters.items():
-                pipe.hincrby(USAGE_KEY, k, v)
-            await pipe.execute()
 
     async def flush(self) -> int:
         """Writes what was counted since the last flush; the number of rows touched."""
-        counters = await self._drain()
+        counters = self.counter.drain()
         rows = rows_of(counters)
         if not rows:
             return 0
@@ -89,8 +85,7 @@ class UsageFlusher:
             await self._write(rows)
         except Exception:
             log.exception("usage flush failed; counts kept for the next one")
-            with contextlib.suppress(Exception):
-                await self._restore(counters)
+            self.counter.restore(counters)
             return 0
         return len(rows)
 

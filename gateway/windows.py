@@ -10,8 +10,7 @@ memory: a tenant's 60,000 requests per minute are at most 121 counters.
 
 Two stores with one algorithm: `LocalWindows` (one process, embedded mode) and `RedisWindows`, one
 Lua script per request (a single EVALSHA) that reads the time from the Redis server (`TIME`), so every
-process shares one clock and one count, and the check and the spend are atomic. The script also adds
-the request to the day's usage counters (see `gateway/usage.py`).
+process shares one clock and one count, and the check and the spend are atomic.
 """
 
 from __future__ import annotations
@@ -63,15 +62,8 @@ class StoreUnavailable(Exception):
 
 
 class WindowStore(Protocol):
-    async def take(self, limits: Sequence[Limit], *, spend: bool = True,
-                   usage: Sequence[str] = (), cost: int = 0) -> Outcome:
-        """Admit when every limit has room for its weight, then spend them all; `spend=False` only reads.
-
-        `usage` are counter prefixes of the day's usage (added once per request: requests, cost, refusals)."""
-        ...
-
-    def drain_usage_local(self) -> dict[str, int] | None:
-        """Embedded mode: the usage counters accumulated since the last call (shared mode: None)."""
+    async def take(self, limits: Sequence[Limit], *, spend: bool = True) -> Outcome:
+        """Admit when every limit has room for its weight, then spend them all; `spend=False` only reads."""
         ...
 
 
@@ -81,7 +73,6 @@ class LocalWindows:
         self.max_keys = max_keys
         # key -> [head bucket, sum, {bucket: count}, expires_ms]
         self._windows: dict[str, list[Any]] = {}
-        self._usage: dict[str, int] = {}
 
     def _window(self, limit: Limit, now: int) -> list[Any]:
         w = self._windows.get(limit.key)
@@ -113,8 +104,7 @@ class LocalWindows:
                 return max(1, int((b + 1) * g + limit.window * 1000 - now))
         return limit.window * 1000
 
-    async def take(self, limits: Sequence[Limit], *, spend: bool = True,
-                   usage: Sequence[str] = (), cost: int = 0) -> Outcome:
+    async def take(self, limits: Sequence[Limit], *, spend: bool = True) -> Outcome:
         now = int(self.clock() * 1000)
         windows = [self._window(limit, now) for limit in limits]
         retry, refused_by = 0, None
@@ -132,40 +122,26 @@ class LocalWindows:
                     w[2][cur] = w[2].get(cur, 0) + limit.weight
                     w[1] += limit.weight
                     w[3] = now + limit.window * 1000 + g
-            for prefix in usage:
-                if admitted:
-                    self._usage[prefix + "r"] = self._usage.get(prefix + "r", 0) + 1
-                    if cost:
-                        self._usage[prefix + "c"] = self._usage.get(prefix + "c", 0) + cost
-                else:
-                    self._usage[prefix + "l"] = self._usage.get(prefix + "l", 0) + 1
         states = tuple(
             LimitState(limit, w[1], (min(w[2]) + 1) * limit.bucket_ms + limit.window * 1000 if w[2] else now)
             for limit, w in zip(limits, windows, strict=True)
         )
         return Outcome(admitted, now, retry, refused_by, states)
 
-    def drain_usage_local(self) -> dict[str, int] | None:
-        drained, self._usage = self._usage, {}
-        return drained
 
-
-# KEYS: the limits' counters, then the usage hash. ARGV: n, spend (1/0), cost, m, then per limit
-# (amount, window ms, bucket ms, weight), then m usage prefixes. Hash fields: h (head bucket),
-# s (sum), and one field per bucket id.
+# KEYS: the limits' counters. ARGV: n, spend (1/0), then per limit (amount, window ms, bucket ms,
+# weight). Hash fields: h (head bucket), s (sum), and one field per bucket id.
 _SCRIPT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local n = tonumber(ARGV[1])
 local spend = ARGV[2] == '1'
-local cost = tonumber(ARGV[3])
-local m = tonumber(ARGV[4])
 local admitted = 1
 local retry = 0
 local refused = 0
 local st = {}
 for i = 1, n do
-  local a = 4 + (i - 1) * 4
+  local a = 2 + (i - 1) * 4
   local amount = tonumber(ARGV[a + 1])
   local window = tonumber(ARGV[a + 2])
   local g = tonumber(ARGV[a + 3])
@@ -238,23 +214,8 @@ for i = 1, n do
   out[#out + 1] = s
   out[#out + 1] = reset
 end
-if spend and m > 0 then
-  local usage = KEYS[n + 1]
-  for j = 1, m do
-    local prefix = ARGV[4 + 4 * n + j]
-    if admitted == 1 then
-      redis.call('HINCRBY', usage, prefix .. 'r', 1)
-      if cost > 0 then redis.call('HINCRBY', usage, prefix .. 'c', cost) end
-    else
-      redis.call('HINCRBY', usage, prefix .. 'l', 1)
-    end
-  end
-end
 return out
 """
-
-USAGE_KEY = "portcullis:usage:pending"
-
 
 class RedisWindows:
     def __init__(self, redis: Any, prefix: str = "portcullis:rl:") -> None:
@@ -262,15 +223,11 @@ class RedisWindows:
         self.prefix = prefix
         self._script = redis.register_script(_SCRIPT)
 
-    async def take(self, limits: Sequence[Limit], *, spend: bool = True,
-                   usage: Sequence[str] = (), cost: int = 0) -> Outcome:
+    async def take(self, limits: Sequence[Limit], *, spend: bool = True) -> Outcome:
         keys = [self.prefix + limit.key for limit in limits]
-        args: list[Any] = [len(limits), 1 if spend else 0, cost, len(usage)]
+        args: list[Any] = [len(limits), 1 if spend else 0]
         for limit in limits:
             args += [limit.amount, limit.window * 1000, limit.bucket_ms, limit.weight]
-        if usage:
-            keys.append(USAGE_KEY)
-            args += list(usage)
         try:
             raw = await self._script(keys=keys, args=args)
         except Exception as exc:
@@ -281,9 +238,6 @@ class RedisWindows:
             LimitState(limit, values[4 + 2 * i], values[5 + 2 * i]) for i, limit in enumerate(limits)
         )
         return Outcome(admitted == 1, now, retry, limits[refused - 1] if refused else None, states)
-
-    def drain_usage_local(self) -> dict[str, int] | None:
-        return None
 
 
 def retry_seconds(retry_ms: int) -> int:

@@ -45,9 +45,10 @@ from tests.conftest import Tenant, error_codes, gql, login, make_tenant
 
 PLAN = "professional"
 MEMBER_PASSWORD = "a long enough member passphrase"
+# what a sign-in or any request writes (usage_daily: each request's usage, flushed in the background);
 # the audit log records A's probes in A's own chain (authz_cross_tenant): B's chain stays untouched
 BOOKKEEPING_TABLES = frozenset({"auth_sessions", "refresh_tokens", "refresh_token_families", "login_throttle",
-                                "audit_log", "audit_chain_heads"})
+                                "usage_daily", "audit_log", "audit_chain_heads"})
 BOOKKEEPING_COLUMNS = frozenset({("users", "last_login_at")})
 KNOWN_ID_FIELDS = frozenset(
     {("Mutation", "unlockUser"), ("Mutation", "updateMemberRole"), ("Mutation", "removeMember")}
@@ -484,11 +485,12 @@ def random_id(_: str) -> str:
     return str(uuid.uuid4())
 
 
-def answer(body: dict[str, Any]) -> dict[str, Any]:
-    """The response without what the tenant's cost budget says (it shrinks with every request)."""
+def without_budget(body: dict[str, Any]) -> dict[str, Any]:
+    """The body without what is left of the caller's own cost budget, which moves with every request and
+    says nothing about the id asked for."""
     cost = body.get("extensions", {}).get("cost")
-    if cost is not None:
-        body["extensions"]["cost"] = {"requested": cost["requested"]}
+    if isinstance(cost, dict):
+        body["extensions"]["cost"] = {"requested": cost.get("requested")}
     return body
 
 
@@ -496,7 +498,7 @@ async def run(client: httpx.AsyncClient, target: Target, id_value: Callable[[str
               **kwargs: Any) -> tuple[dict[str, Any], int]:
     query, variables = document(target, [arguments(s, id_value) for s in target.steps], wide=True)
     response = await gql(client, query, variables, token=token, **kwargs)
-    return answer(response.json()), response.status_code
+    return without_budget(response.json()), response.status_code
 
 
 def value_at(data: Any, path: list[str]) -> Any:
@@ -598,13 +600,13 @@ async def test_string_keys_of_b_answer_like_unknown_ones(client, database_url: s
         for name, query, variables, b_keys, unknown in cases:
             root = "Query" if name == "organization" else "Mutation"
             denial = expected_denial(principal, (root, name))
-            baseline = answer((await gql(client, query, variables(unknown), token=token)).json())
+            baseline = without_budget((await gql(client, query, variables(unknown), token=token)).json())
             if denial is None:
                 assert error_codes(baseline) == ["NOT_FOUND"], (who, name, baseline)
             else:
                 assert [e["extensions"] for e in baseline["errors"]] == [denial], (who, name, baseline)
             for key in b_keys:
-                body = answer((await gql(client, query, variables(key), token=token)).json())
+                body = without_budget((await gql(client, query, variables(key), token=token)).json())
                 assert body == baseline, (who, name, key, body)
     # A's own child answers, so the NOT_FOUND above is about B, not about slugs in general
     body = (await gql(client, NOT_FOUND_ORG, {"s": world.a.child_slug}, token=world.a.tokens["viewer"])).json()
@@ -626,9 +628,9 @@ async def test_tenant_headers_and_query_parameters_are_ignored(client, database_
     b_org = world.b.tenant.org_id
     b_membership = world.b_ids["memberships"][0]
     remove = "mutation($m: ID!) { removeMember(membershipId: $m) }"
-    plain = answer((await gql(client, TENANT_VIEW, token=owner)).json())
+    plain = without_budget((await gql(client, TENANT_VIEW, token=owner)).json())
     assert plain["data"]["organization"]["id"] == world.a.tenant.org_id, plain
-    plain_remove = answer((await gql(client, remove, {"m": b_membership}, token=owner)).json())
+    plain_remove = without_budget((await gql(client, remove, {"m": b_membership}, token=owner)).json())
     assert error_codes(plain_remove) == ["NOT_FOUND"]
     before = tenant_hashes(database_url, world.roots, bookkeeping_for=["A"])
     variants: list[tuple[str, dict[str, str]]] = [("/graphql", {h: b_org}) for h in TENANT_HEADERS]
@@ -638,7 +640,7 @@ async def test_tenant_headers_and_query_parameters_are_ignored(client, database_
         for query, variables, expected in ((TENANT_VIEW, {}, plain), (remove, {"m": b_membership}, plain_remove)):
             response = await client.post(url, json={"query": query, "variables": variables},
                                          headers={**headers, "Authorization": f"Bearer {owner}"})
-            body = answer(response.json())
+            body = without_budget(response.json())
             assert body == expected, (url, headers, body)
             assert not [s for s in world.b_secrets if s in response.text], (url, headers)
     assert tenant_hashes(database_url, world.roots, bookkeeping_for=["A"]) == before
