@@ -127,6 +127,8 @@ def clean_text(value: object, limit: int) -> str:
     """One line of printable text: control characters (newlines, ANSI escapes) and invalid UTF-8 become
     visible escapes, NUL included (PostgreSQL text cannot hold it), then the result is cut to `limit`."""
     text = value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else str(value)
+    if text.isprintable():  # no control, format, separator (but space) or surrogate character
+        return text[:limit]
     out: list[str] = []
     for ch in text:
         code = ord(ch)
