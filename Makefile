@@ -36,6 +36,8 @@ lint: dev-install
 	$(BIN)/mypy gateway schema resolvers store
 
 bench: dev-install
+	@command -v wrk >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; } \
+		|| echo "wrk is missing and cannot be installed without root: apt-get install wrk" >&2
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 schema: install

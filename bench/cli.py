@@ -197,6 +197,7 @@ def print_report(args: argparse.Namespace, bench: Bench, results: dict[str, repo
         elif scenario.name == "audited":
             entries, ok = database.audit_entries(bench.db)
             blocks = (report.table(scenario_results, names, args.connections),
+                      report.audit_target(scenario_results, args.connections),
                       [f"audit entries written: {entries}; chains verify: {'yes' if ok else 'NO'}"])
         elif scenario.name == "apikey":
             blocks = (report.table(scenario_results, names, args.connections),

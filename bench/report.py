@@ -20,6 +20,9 @@ ADMISSION = "gateway-redis"
 NO_ADMISSION = "gateway-redis-noadmission"
 TARGET_ADMISSION_THROUGHPUT_RATIO = 0.80
 TARGET_ADMISSION_ADDED_P50_MS = 0.4
+AUDITED = "gateway"
+UNAUDITED = "gateway-noaudit"
+TARGET_AUDIT_P50_RATIO = 1.15
 
 Results = dict[tuple[str, int], Measurement]
 
@@ -124,6 +127,29 @@ def api_key_target(results: Results, connections: Iterable[int]) -> list[str]:
         lines.append(f"  {label:<62} {ratio:>5.3f} (limit {limit:.2f})  {_verdict(ratio >= limit)}")
     if len(lines) == 1:
         lines.append(f"  not measured (needs {GATEWAY} and {API_KEY})")
+    return lines
+
+
+def audit_target(results: Results, connections: Iterable[int]) -> list[str]:
+    """The audited mutation against the same build writing no entry: what the entry adds to p50."""
+    lines = [f"target: the audit entry adds at most {TARGET_AUDIT_P50_RATIO - 1:.0%} to the mutation's p50 at one "
+             f"connection ({AUDITED} / {UNAUDITED}):"]
+    for c in connections:
+        on, off = results.get((AUDITED, c)), results.get((UNAUDITED, c))
+        if on is None or off is None:
+            continue
+        ratio = on.p50_ms / off.p50_ms
+        label = f"p50 at {c} connection{'s' if c != 1 else ''}: {on.p50_ms:.2f} / {off.p50_ms:.2f} ms"
+        if c == 1:
+            lines.append(f"  {label:<44} {ratio:>5.3f} (limit {TARGET_AUDIT_P50_RATIO:.2f})  "
+                         f"{_verdict(ratio <= TARGET_AUDIT_P50_RATIO)}")
+        else:
+            lines.append(f"  {label:<44} {ratio:>5.3f} (queueing; the target is at 1 connection)")
+        throughput = on.requests_per_second / off.requests_per_second
+        lines.append(f"  req/s at {c} connection{'s' if c != 1 else ''}: {on.requests_per_second:.0f} / "
+                     f"{off.requests_per_second:.0f} = {throughput:.3f}")
+    if len(lines) == 1:
+        lines.append(f"  not measured (needs {AUDITED} and {UNAUDITED})")
     return lines
 
 

@@ -45,6 +45,8 @@ SERVERS = (
                credential="bearer", redis=True),
     ServerSpec("gateway-redis-noadmission", "bench.apps.gateway_no_admission:create_app",
                "the same gateway on the same Redis with admission left out", credential="bearer", redis=True),
+    ServerSpec("gateway-noaudit", "bench.apps.gateway_no_audit:create_app",
+               "the same gateway with the operations' audit entries left out", credential="bearer"),
     ServerSpec("strawberry-default", "bench.apps.strawberry_app:default_app",
                "strawberry.asgi.GraphQL, no extensions"),
     ServerSpec("strawberry-cached", "bench.apps.strawberry_app:cached_app",
@@ -72,8 +74,9 @@ SCENARIOS = (
              "the same query authenticated by a Bearer token and by an API key"),
     Scenario("admission", QUERY, ("gateway-redis", "gateway-redis-noadmission"),
              "the full admission path in shared mode (Redis), with and without admission"),
-    Scenario("audited", AUDITED_MUTATION, ("gateway",),
-             "a mutation whose change and audit entry (hash chain, head row locked) commit in one transaction"),
+    Scenario("audited", AUDITED_MUTATION, ("gateway", "gateway-noaudit"),
+             "a mutation whose change and audit entry (hash chain, head row locked) commit in one transaction, "
+             "against the same build writing no audit entry"),
 )
 SCENARIO_NAMES = tuple(s.name for s in SCENARIOS)
 

@@ -163,10 +163,11 @@ def build_services(settings: Settings) -> Services:
 
 
 def create_app(settings: Settings | None = None, *, enforce_authorization: bool = True,
-               admission: bool = True, saml_login: SamlLogin | None = None) -> Starlette:
-    """The gateway. `enforce_authorization=False` and `admission=False` exist only for the benchmark
-    (`make bench` measures what each costs against an otherwise identical build). `saml_login` replaces
-    what signs in the user of a validated SAML assertion (see `gateway.saml`)."""
+               admission: bool = True, record_audit: bool = True,
+               saml_login: SamlLogin | None = None) -> Starlette:
+    """The gateway. `enforce_authorization=False`, `admission=False` and `record_audit=False` exist only
+    for the benchmark (`make bench` measures what each costs against an otherwise identical build).
+    `saml_login` replaces what signs in the user of a validated SAML assertion (see `gateway.saml`)."""
     settings = settings or Settings()
     configure_logging(settings.log_level)
     services = build_services(settings)
@@ -179,6 +180,7 @@ def create_app(settings: Settings | None = None, *, enforce_authorization: bool 
         field_suggestions=settings.suggestions_enabled,
         reject_unauthorized=settings.reject_unauthorized,
         enforce_authorization=enforce_authorization,
+        record_audit=record_audit,
     )
     registry = CollectorRegistry()
     auth_failures = Counter(

@@ -75,9 +75,11 @@ def build_schema(
     *, anonymous_introspection: bool = True, field_suggestions: bool = True, reject_unauthorized: bool = False,
     cache_size: int = 1024, enforce_authorization: bool = True, query: Any = None, mutation: Any = None,
     operation_limits: Mapping[Plan, OperationLimits] = PLAN_LIMITS, default_list_size: int = DEFAULT_LIST_SIZE,
+    record_audit: bool = True,
 ) -> PortcullisSchema:
     """The gateway's schema (`query`/`mutation` replace the root types, for tests of the machinery)."""
-    extensions: list[Any] = [UnitOfWork]
+    # `record_audit=False` only for the benchmark, which measures what the audit log costs
+    extensions: list[Any] = [UnitOfWork if record_audit else lambda: UnitOfWork(record_audit=False)]
     if not anonymous_introspection:
         extensions.append(IntrospectionGuard)
     # the token limit decides before the parser cache parses; the other limits after the validation

@@ -50,7 +50,14 @@ def shape_error(error: GraphQLError, request_id: str | None) -> GraphQLError:
 
 class UnitOfWork(SchemaExtension):
     """Commits the request's database session once, when the operation ends without error, with the
-    operation's audit entries; if they cannot be written, nothing is committed."""
+    operation's audit entries; if they cannot be written, nothing is committed.
+
+    `record_audit=False` exists only to measure what the audit log costs (`make bench`, scenario
+    `audited`): nothing in the settings selects it, only `build_schema(record_audit=False)` from code."""
+
+    def __init__(self, *, record_audit: bool = True, execution_context: Any = None) -> None:
+        super().__init__(execution_context=execution_context)
+        self.record_audit = record_audit
 
     async def on_operation(self) -> AsyncIterator[None]:
         ctx = self.execution_context.context
@@ -65,7 +72,8 @@ class UnitOfWork(SchemaExtension):
         result = self.execution_context.result
         ok = result is not None and not result.errors
         # what the operation leaves in the audit log (schema.audit): a mutation's entries commit with it
-        events = operation_events(ctx, self.execution_context) if hasattr(ctx, "audit_events") else None
+        events = (operation_events(ctx, self.execution_context)
+                  if self.record_audit and hasattr(ctx, "audit_events") else None)
         try:
             if ok and events is not None and events.with_commit:
                 await audit.append(await ctx.db(), events.with_commit)

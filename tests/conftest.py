@@ -215,7 +215,10 @@ class Tenant:
 async def make_tenant(
     database_url: str, *, slug: str = "acme", email: str = "owner@acme.test", password: str = PASSWORD,
     plan: str = "professional", role: str | None = None, parent_id: str | None = None,
+    limits: dict[str, int | None] | None = None,
 ) -> Tenant:
+    """A tenant and its owner; `limits` overrides the plan's limits (QuotaResource name -> int, None for
+    unlimited), as `portcullis org limits --set` does."""
     hasher = PasswordHasherService(FAST_HASH)
     db = Database(database_url)
     try:
@@ -226,6 +229,9 @@ async def make_tenant(
             )
             if parent_id is not None:
                 result.organization.parent_id = parent_id
+                session.add(result.organization)
+            if limits is not None:
+                result.organization.limit_overrides = dict(limits)
                 session.add(result.organization)
             if role is not None:
                 from sqlalchemy import update
