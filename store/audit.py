@@ -3,13 +3,23 @@
 Each tenant's entries (`chain` = the organization id, or `platform` for events outside any tenant) are
 numbered 1, 2, 3, ... without gaps, and linked:
 
-    hash_n = sha256(hash_{n-1} + canonical_json(entry_n))      hash_0 = "0" * 64
+    hash_n = sha256(hash_{n-1} + "|" + n + "|" + canonical_json(entry_n))      hash_0 = "0" * 64
 
-where the canonical JSON holds every stored field of the entry except `id` and the hashes (sorted keys,
-no whitespace, ASCII only, times as UTC ISO 8601 with microseconds and a `Z`). Appends to one chain are
-serialized by locking the chain's head row (`audit_chain_heads`) inside the appending transaction, so
-concurrent requests, in one process or many, never fork a chain. The head row is written last and
-committed with the entry: an entry whose transaction rolls back leaves no trace, not even a gap.
+(the sha256 of the UTF-8 text, in lowercase hex; `n` in decimal) where the canonical JSON holds every
+stored field of the entry except `id`, `sequence` and the hashes (sorted keys, no whitespace, ASCII only,
+times as UTC ISO 8601 with microseconds and a `Z`). It is derived from the row's own columns, so the
+verifier recomputes it from what is stored.
+
+An entry is appended by ONE statement, `INSERT INTO audit_log ... SELECT ... FROM audit_chain_heads`,
+which reads the chain's head row (its sequence and hash), numbers the entry, and computes the hash in
+the database (PostgreSQL's `sha256`; on SQLite the `portcullis_sha256` function store.db registers on
+each connection). A trigger on audit_log (migration 0008) then advances the head row in the same
+statement. On PostgreSQL the SELECT locks the head row (`FOR UPDATE`), so concurrent appenders of one
+chain, in one process or many, wait for each other and each reads the head its predecessor left; on
+SQLite the insert takes the database's write lock. Only the first entry of a chain costs more: the head
+row does not exist yet, so the insert adds nothing, the head row is created and the insert repeated.
+Everything runs in the caller's transaction: an entry whose transaction rolls back leaves no trace, not
+even a gap.
 
 The verifier recomputes each chain from its first entry and names the first sequence where the stored
 chain disagrees with itself (a changed row, a missing row, an inserted row). A truncated tail, or a
@@ -31,11 +41,12 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import String, Text, bindparam, cast, func, insert, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
+from store.db import SQLITE_SHA256
 from store.models import AuditChainHead, AuditEntry, new_id, utcnow
 
 GENESIS_HASH = "0" * 64
@@ -212,8 +223,9 @@ class AuditEvent:
 
 
 def canonical_json(entry: AuditEntry) -> str:
+    """The entry's stored fields but `id`, `sequence` and the hashes, as the chain hashes them."""
     body = {
-        "chain": entry.chain, "sequence": entry.sequence, "organization_id": entry.organization_id,
+        "chain": entry.chain, "organization_id": entry.organization_id,
         "at": iso(entry.at), "actor_type": entry.actor_type, "actor_id": entry.actor_id,
         "action": entry.action, "resource_type": entry.resource_type, "resource_id": entry.resource_id,
         "result": entry.result, "request_id": entry.request_id, "ip": entry.ip,
@@ -222,8 +234,13 @@ def canonical_json(entry: AuditEntry) -> str:
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
 
 
+def link_hash(previous_hash: str, sequence: int, body: str) -> str:
+    """sha256(previous_hash | sequence | body), hex: the same text the append statement hashes in SQL."""
+    return hashlib.sha256(f"{previous_hash}|{sequence}|{body}".encode()).hexdigest()
+
+
 def entry_hash(previous_hash: str, entry: AuditEntry) -> str:
-    return hashlib.sha256((previous_hash + canonical_json(entry)).encode("ascii")).hexdigest()
+    return link_hash(previous_hash, entry.sequence, canonical_json(entry))
 
 
 def build_entry(event: AuditEvent, *, sequence: int, previous_hash: str, at: datetime) -> AuditEntry:
@@ -249,55 +266,75 @@ def build_entry(event: AuditEvent, *, sequence: int, previous_hash: str, at: dat
     return entry
 
 
-async def _lock_head(session: AsyncSession, chain: str) -> tuple[int, str]:
-    """Create the chain's head row if needed, then hold it locked until the transaction ends.
+# the columns the append statement binds (everything but the chain links, which come from the head row)
+_BOUND = ("id", "chain", "organization_id", "at", "actor_type", "actor_id", "action", "resource_type",
+          "resource_id", "result", "request_id", "ip", "user_agent", "details")
+_APPEND: dict[str, Any] = {}
 
-    On SQLite the insert is itself a write, so the transaction holds the database's write lock from
-    here on; on PostgreSQL the `FOR UPDATE` row lock serializes appenders of one chain only.
-    """
-    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+
+def _append_statement(dialect: str) -> Any:
+    """INSERT INTO audit_log (...) SELECT :id, ..., h.sequence + 1, h.hash, <hash> FROM audit_chain_heads h
+    WHERE h.chain = :chain [FOR UPDATE] RETURNING sequence, previous_hash, hash (built once per dialect)."""
+    stmt = _APPEND.get(dialect)
+    if stmt is not None:
+        return stmt
+    log_table = AuditEntry.__table__  # type: ignore[attr-defined]
+    heads_table = AuditChainHead.__table__  # type: ignore[attr-defined]
+    sequence = heads_table.c.sequence + 1
+    text_ = (heads_table.c.hash + literal("|") + cast(sequence, Text) + literal("|")
+             + bindparam("body", type_=Text))
+    if dialect == "postgresql":
+        digest = func.encode(func.sha256(func.convert_to(text_, literal("UTF8"))), literal("hex"))
+    else:
+        digest = getattr(func, SQLITE_SHA256)(text_, type_=String)
+    columns = [bindparam(name, type_=log_table.c[name].type) for name in _BOUND]
+    source = (select(*columns, sequence, heads_table.c.hash, digest)
+              .where(heads_table.c.chain == bindparam("chain_key", type_=heads_table.c.chain.type)))
+    if dialect == "postgresql":
+        source = source.with_for_update()
+    stmt = (insert(log_table).from_select([*_BOUND, "sequence", "previous_hash", "hash"], source)
+            .returning(log_table.c.sequence, log_table.c.previous_hash, log_table.c.hash))
+    _APPEND[dialect] = stmt
+    return stmt
+
+
+async def _create_head(session: AsyncSession, dialect: str, chain: str) -> None:
+    """The chain's head row at the genesis, unless another transaction has just created it."""
+    insert_ = postgresql.insert if dialect == "postgresql" else sqlite.insert
     table = AuditChainHead.__table__  # type: ignore[attr-defined]
     await session.execute(
-        insert(table).values(chain=chain, sequence=0, hash=GENESIS_HASH, updated_at=utcnow())
+        insert_(table).values(chain=chain, sequence=0, hash=GENESIS_HASH, updated_at=utcnow())
         .on_conflict_do_nothing(index_elements=["chain"])
     )
-    row = (
-        await session.execute(
-            select(col(AuditChainHead.sequence), col(AuditChainHead.hash))
-            .where(col(AuditChainHead.chain) == chain).with_for_update()
-        )
-    ).one()
-    return int(row[0]), str(row[1])
 
 
 async def append(session: AsyncSession, events: Iterable[AuditEvent], *, now: datetime | None = None
                  ) -> list[AuditEntry]:
     """Chain and insert `events` in the session's transaction; they commit (or roll back) with it.
 
-    Call it last in a unit of work, just before the commit: the chain head stays locked until then.
+    One statement per entry (two more for a chain's very first entry). Call it last in a unit of work,
+    just before the commit: on PostgreSQL the chain's head row stays locked until then.
     """
     by_chain: dict[str, list[AuditEvent]] = {}
     for event in events:
         by_chain.setdefault(event.chain, []).append(event)
+    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
+    stmt = _append_statement(dialect)
     written: list[AuditEntry] = []
     # one lock order for every transaction: no deadlock between two that append to the same two chains
     for chain in sorted(by_chain):
-        sequence, previous = await _lock_head(session, chain)
         at = now or utcnow()
-        entries = []
         for event in by_chain[chain]:
-            sequence += 1
-            entry = build_entry(event, sequence=sequence, previous_hash=previous, at=at)
-            previous = entry.hash
-            entries.append(entry)
-        session.add_all(entries)
-        await session.flush()
-        await session.execute(
-            update(AuditChainHead).where(col(AuditChainHead.chain) == chain)
-            .values(sequence=sequence, hash=previous, updated_at=utcnow())
-        )
-        written.extend(entries)
+            entry = build_entry(event, sequence=0, previous_hash=GENESIS_HASH, at=at)
+            params = {name: getattr(entry, name) for name in _BOUND}
+            params["chain_key"] = chain
+            params["body"] = canonical_json(entry)
+            row = (await session.execute(stmt, params)).first()
+            if row is None:  # the chain's first entry: no head row yet
+                await _create_head(session, dialect, chain)
+                row = (await session.execute(stmt, params)).one()
+            entry.sequence, entry.previous_hash, entry.hash = int(row[0]), str(row[1]), str(row[2])
+            written.append(entry)
     return written
 
 

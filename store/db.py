@@ -7,6 +7,7 @@ migrations and the CLI the synchronous one.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -43,7 +44,17 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
+SQLITE_SHA256 = "portcullis_sha256"
+
+
+def sha256_hex(value: str | None) -> str | None:
+    """sha256 of a text's UTF-8 bytes, in lowercase hex: what PostgreSQL's
+    `encode(sha256(convert_to(value, 'UTF8')), 'hex')` gives, for SQLite (the audit chain's hash)."""
+    return None if value is None else hashlib.sha256(value.encode("utf-8")).hexdigest()
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.create_function(SQLITE_SHA256, 1, sha256_hex, deterministic=True)
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")

@@ -229,7 +229,8 @@ class UsageDaily(SQLModel, table=True):
 
 class AuditEntry(SQLModel, table=True):
     """One audit event. Entries of one chain (a tenant's id, or `platform` for events outside any tenant)
-    are numbered without gaps and linked: `hash` = sha256(previous_hash + canonical JSON of the entry).
+    are numbered without gaps and linked: `hash` = sha256(previous_hash | sequence | canonical JSON of the
+    entry's other fields), see store.audit.
 
     Append-only: nothing in the application updates or deletes a row.
     """

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
+from sqlalchemy import event as event_module
 from sqlalchemy.exc import DBAPIError
 
 from store import audit
@@ -84,6 +85,37 @@ async def test_each_tenant_has_its_own_contiguous_chain(database_url: str) -> No
     assert report.chains[a].head_sequence == 3
     assert sql(database_url, "SELECT sequence, hash FROM audit_chain_heads WHERE chain = :c", c=a) == [
         (3, first[-1][3])
+    ]
+
+
+async def test_an_append_is_one_statement_once_the_chain_has_a_head(database_url: str) -> None:
+    """The entry is numbered, linked and hashed in the database, and the head row moves by trigger."""
+    org = new_id()
+    await write(database_url, event(org))  # the chain's first entry also creates its head row
+    db = Database(database_url)
+    statements: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(statement)
+
+    event_module.listen(db.engine.sync_engine, "before_cursor_execute", count)
+    try:
+        async with db.transaction() as session:
+            entries = await audit.append(session, [event(org, details={"n": 2})])
+    finally:
+        await db.dispose()
+    appends = [s for s in statements if "audit_log" in s or "audit_chain_heads" in s]
+    assert len(appends) == 1
+    assert appends[0].lstrip().upper().startswith("INSERT INTO AUDIT_LOG")
+    stored = sql(database_url, "SELECT sequence, previous_hash, hash FROM audit_log WHERE chain = :c "
+                               "ORDER BY sequence", c=org)
+    assert [r[0] for r in stored] == [1, 2]
+    assert stored[1][1] == stored[0][2]
+    assert (entries[0].sequence, entries[0].previous_hash, entries[0].hash) == stored[1]
+    # the database's hash is the one the verifier recomputes
+    assert stored[1][2] == audit.link_hash(stored[0][2], 2, audit.canonical_json(entries[0]))
+    assert sql(database_url, "SELECT sequence, hash FROM audit_chain_heads WHERE chain = :c", c=org) == [
+        (2, stored[1][2])
     ]
 
 
