@@ -243,7 +243,10 @@ def entry_hash(previous_hash: str, entry: AuditEntry) -> str:
     return link_hash(previous_hash, entry.sequence, canonical_json(entry))
 
 
-def build_entry(event: AuditEvent, *, sequence: int, previous_hash: str, at: datetime) -> AuditEntry:
+def build_entry(event: AuditEvent, *, sequence: int, previous_hash: str, at: datetime,
+                hashed: bool = True) -> AuditEntry:
+    """The entry to store, its values cleaned and bounded; `hashed=False` leaves `hash` empty (the append
+    statement computes it in the database)."""
     if event.result not in AuditResult.__members__.values():
         raise ValueError(f"unknown audit result {event.result!r}")
     entry = AuditEntry(
@@ -262,7 +265,8 @@ def build_entry(event: AuditEvent, *, sequence: int, previous_hash: str, at: dat
     )
     # what the database will give back: JSON round trip of the details
     entry.details = json.loads(json.dumps(entry.details, allow_nan=False))
-    entry.hash = entry_hash(previous_hash, entry)
+    if hashed:
+        entry.hash = entry_hash(previous_hash, entry)
     return entry
 
 
@@ -325,7 +329,7 @@ async def append(session: AsyncSession, events: Iterable[AuditEvent], *, now: da
     for chain in sorted(by_chain):
         at = now or utcnow()
         for event in by_chain[chain]:
-            entry = build_entry(event, sequence=0, previous_hash=GENESIS_HASH, at=at)
+            entry = build_entry(event, sequence=0, previous_hash=GENESIS_HASH, at=at, hashed=False)
             params = {name: getattr(entry, name) for name in _BOUND}
             params["chain_key"] = chain
             params["body"] = canonical_json(entry)
