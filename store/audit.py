@@ -222,16 +222,19 @@ class AuditEvent:
         return self.organization_id or PLATFORM_CHAIN
 
 
+_CANONICAL = ("chain", "organization_id", "actor_type", "actor_id", "action", "resource_type", "resource_id",
+              "result", "request_id", "ip", "user_agent", "details")
+
+
+def _canonical(values: Mapping[str, Any]) -> str:
+    body = {name: values[name] for name in _CANONICAL}
+    body["at"] = iso(values["at"])
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
 def canonical_json(entry: AuditEntry) -> str:
     """The entry's stored fields but `id`, `sequence` and the hashes, as the chain hashes them."""
-    body = {
-        "chain": entry.chain, "organization_id": entry.organization_id,
-        "at": iso(entry.at), "actor_type": entry.actor_type, "actor_id": entry.actor_id,
-        "action": entry.action, "resource_type": entry.resource_type, "resource_id": entry.resource_id,
-        "result": entry.result, "request_id": entry.request_id, "ip": entry.ip,
-        "user_agent": entry.user_agent, "details": entry.details,
-    }
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return _canonical({name: getattr(entry, name) for name in (*_CANONICAL, "at")})
 
 
 def link_hash(previous_hash: str, sequence: int, body: str) -> str:
@@ -243,31 +246,32 @@ def entry_hash(previous_hash: str, entry: AuditEntry) -> str:
     return link_hash(previous_hash, entry.sequence, canonical_json(entry))
 
 
-def build_entry(event: AuditEvent, *, sequence: int, previous_hash: str, at: datetime,
-                hashed: bool = True) -> AuditEntry:
-    """The entry to store, its values cleaned and bounded; `hashed=False` leaves `hash` empty (the append
-    statement computes it in the database)."""
+def _values(event: AuditEvent, at: datetime) -> dict[str, Any]:
+    """The entry's columns but the chain links, cleaned and bounded."""
     if event.result not in AuditResult.__members__.values():
         raise ValueError(f"unknown audit result {event.result!r}")
-    entry = AuditEntry(
-        id=new_id(), chain=event.chain, sequence=sequence, organization_id=event.organization_id, at=at,
-        actor_type=clean_text(event.actor_type, LIMITS["actor_type"]),
-        actor_id=_optional(event.actor_id, LIMITS["actor_id"]),
-        action=clean_text(event.action, LIMITS["action"]),
-        resource_type=_optional(event.resource_type, LIMITS["resource_type"]),
-        resource_id=_optional(event.resource_id, LIMITS["resource_id"]),
-        result=str(event.result),
-        request_id=clean_text(event.request_id or "-", LIMITS["request_id"]),
-        ip=_optional(event.ip, LIMITS["ip"]),
-        user_agent=_optional(event.user_agent, LIMITS["user_agent"]),
-        details=clean_details(dict(event.details)),
-        previous_hash=previous_hash, hash="",
-    )
-    # what the database will give back: JSON round trip of the details
-    entry.details = json.loads(json.dumps(entry.details, allow_nan=False))
-    if hashed:
-        entry.hash = entry_hash(previous_hash, entry)
-    return entry
+    details = clean_details(dict(event.details))
+    return {
+        "id": new_id(), "chain": event.chain, "organization_id": event.organization_id, "at": at,
+        "actor_type": clean_text(event.actor_type, LIMITS["actor_type"]),
+        "actor_id": _optional(event.actor_id, LIMITS["actor_id"]),
+        "action": clean_text(event.action, LIMITS["action"]),
+        "resource_type": _optional(event.resource_type, LIMITS["resource_type"]),
+        "resource_id": _optional(event.resource_id, LIMITS["resource_id"]),
+        "result": str(event.result),
+        "request_id": clean_text(event.request_id or "-", LIMITS["request_id"]),
+        "ip": _optional(event.ip, LIMITS["ip"]),
+        "user_agent": _optional(event.user_agent, LIMITS["user_agent"]),
+        # what the database will give back: JSON round trip of the details
+        "details": json.loads(json.dumps(details, allow_nan=False)),
+    }
+
+
+def build_entry(event: AuditEvent, *, sequence: int, previous_hash: str, at: datetime) -> AuditEntry:
+    """The entry to store, its values cleaned and bounded, linked to `previous_hash`."""
+    values = _values(event, at)
+    return AuditEntry(**values, sequence=sequence, previous_hash=previous_hash,
+                      hash=link_hash(previous_hash, sequence, _canonical(values)))
 
 
 # the columns the append statement binds (everything but the chain links, which come from the head row)
@@ -329,16 +333,15 @@ async def append(session: AsyncSession, events: Iterable[AuditEvent], *, now: da
     for chain in sorted(by_chain):
         at = now or utcnow()
         for event in by_chain[chain]:
-            entry = build_entry(event, sequence=0, previous_hash=GENESIS_HASH, at=at, hashed=False)
-            params = {name: getattr(entry, name) for name in _BOUND}
+            params = _values(event, at)
             params["chain_key"] = chain
-            params["body"] = canonical_json(entry)
+            params["body"] = _canonical(params)
             row = (await session.execute(stmt, params)).first()
             if row is None:  # the chain's first entry: no head row yet
                 await _create_head(session, dialect, chain)
                 row = (await session.execute(stmt, params)).one()
-            entry.sequence, entry.previous_hash, entry.hash = int(row[0]), str(row[1]), str(row[2])
-            written.append(entry)
+            del params["chain_key"], params["body"]
+            written.append(AuditEntry(**params, sequence=int(row[0]), previous_hash=str(row[1]), hash=str(row[2])))
     return written
 
 
