@@ -20,7 +20,8 @@ from authz import Permission, Principal
 from authz.errors import BadUserInput, Unauthenticated
 from identity.tokens import KeyRing, TokenError, sign_document, verify_document
 from store import audit
-from store.audit import ACTIONS, AuditResult, CursorError
+from store.audit import ACTIONS, AuditResult
+from store.cursors import CursorError
 from store.models import ApiKey, AuditEntry, Membership, Organization, Report
 
 DEFAULT_PAGE_SIZE = 50

@@ -17,8 +17,6 @@ and sign in. An unknown, spent or expired token all answer the same UNAUTHENTICA
 
 from __future__ import annotations
 
-import base64
-import binascii
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -48,6 +46,7 @@ from resolvers.provisioning import checked_email
 from resolvers.quotas import check_quota
 from resolvers.roles import announce_after_commit, check_can_grant, require_role, tenant_of
 from store.audit import AuditAction, changes
+from store.cursors import CursorError, decode_position, encode_position
 from store.models import Invitation, Membership, Organization, User
 from store.scoping import tenant_filter, tenant_select
 
@@ -57,7 +56,6 @@ INVITATION_PREFIX = "pti_"
 INVITATION_TTL = timedelta(days=7)
 MAX_INVITATION_TOKEN_LENGTH = 128
 MAX_PAGE_SIZE = 100
-MAX_CURSOR_LENGTH = 200
 CURSOR_VERSION = "m1"
 
 
@@ -90,25 +88,15 @@ class AddedMember:
 
 
 def encode_cursor(m: Membership) -> str:
-    raw = f"{CURSOR_VERSION}|{m.created_at.isoformat()}|{m.id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return encode_position(CURSOR_VERSION, m.created_at, m.id)
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
     """The (created_at, id) position after which the next page starts; BAD_USER_INPUT if not ours."""
     try:
-        if len(cursor) > MAX_CURSOR_LENGTH:
-            raise ValueError(cursor)
-        raw = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True).decode()
-        version, created, ident = raw.split("|")
-        if version != CURSOR_VERSION or not ident or len(ident) > 36:
-            raise ValueError(raw)
-        at = datetime.fromisoformat(created)
-        if at.tzinfo is not None:
-            raise ValueError(raw)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
+        return decode_position(cursor, CURSOR_VERSION)
+    except CursorError:
         raise BadUserInput("after is not a valid cursor", field="after") from None
-    return at, ident
 
 
 def check_page_size(first: int) -> int:

@@ -13,8 +13,6 @@ created this UTC month: concurrent generations at the REPORTS_PER_MONTH boundary
 
 from __future__ import annotations
 
-import base64
-import binascii
 import csv
 import hashlib
 import io
@@ -38,6 +36,7 @@ from resolvers.quotas import check_quota, lock_organization
 from resolvers.report_builders import BUILDERS, COLUMNS, Cell, Period, iso
 from resolvers.roles import tenant_of
 from store.audit import AuditAction, AuditResult
+from store.cursors import CursorError, decode_position, encode_position
 from store.db import Database
 from store.models import Report, ReportRow
 from store.scoping import tenant_filter, tenant_select
@@ -51,7 +50,6 @@ REPORT_RETENTION_DAYS: dict[str, int] = {"free": 30, "starter": 90, "professiona
 MAX_FUTURE = timedelta(days=1)
 CHUNK = 500
 MAX_PAGE_SIZE = 100
-MAX_CURSOR_LENGTH = 200
 CURSOR_VERSION = "r1"
 # a CSV cell starting with one of these is read as a formula by spreadsheets (OWASP, "CSV Injection")
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
@@ -223,24 +221,15 @@ class ReportPage:
 
 
 def encode_cursor(r: Report) -> str:
-    raw = f"{CURSOR_VERSION}|{r.created_at.isoformat()}|{r.id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return encode_position(CURSOR_VERSION, r.created_at, r.id)
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """The (created_at, id) position after which the next page starts; BAD_USER_INPUT if not ours."""
     try:
-        if len(cursor) > MAX_CURSOR_LENGTH:
-            raise ValueError(cursor)
-        raw = base64.b64decode(cursor + "=" * (-len(cursor) % 4), altchars=b"-_", validate=True).decode()
-        version, created, ident = raw.split("|")
-        if version != CURSOR_VERSION or not ident or len(ident) > 36:
-            raise ValueError(raw)
-        at = datetime.fromisoformat(created)
-        if at.tzinfo is not None:
-            raise ValueError(raw)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
+        return decode_position(cursor, CURSOR_VERSION)
+    except CursorError:
         raise BadUserInput("after is not a valid cursor", field="after") from None
-    return at, ident
 
 
 async def list_reports(

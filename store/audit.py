@@ -29,7 +29,6 @@ signed heads `portcullis audit checkpoint` writes) reveals it.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import logging
@@ -46,6 +45,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
+from store.cursors import decode_position, encode_position
 from store.db import SQLITE_SHA256
 from store.models import AuditChainHead, AuditEntry, new_id, utcnow
 
@@ -512,27 +512,16 @@ def _naive(moment: datetime) -> datetime:
 # --- cursors -----------------------------------------------------------------------------------
 
 
-class CursorError(ValueError):
-    pass
+CURSOR_VERSION = "a1"
 
 
 def encode_cursor(entry: AuditEntry) -> str:
-    raw = f"{iso(entry.at)}|{entry.id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return encode_position(CURSOR_VERSION, entry.at, entry.id)
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    if not cursor or len(cursor) > 200:
-        raise CursorError("not a valid cursor")
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
-        at_text, entry_id = raw.split("|", 1)
-        if not at_text.endswith("Z") or not re.fullmatch(r"[0-9a-f-]{36}", entry_id):
-            raise ValueError
-        at = datetime.fromisoformat(at_text[:-1])
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CursorError("not a valid cursor") from exc
-    return at, entry_id
+    """The (at, id) after which the next page starts; `CursorError` when the cursor is not ours."""
+    return decode_position(cursor, CURSOR_VERSION)
 
 
 # --- writing outside a request's unit of work ----------------------------------------------------

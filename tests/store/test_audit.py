@@ -317,6 +317,7 @@ async def test_time_range_verification_checks_links_inside_the_range(database_ur
 
 
 def test_cursors_round_trip_and_refuse_garbage() -> None:
+    from store.cursors import CursorError
     from store.models import AuditEntry
 
     entry = AuditEntry(id=new_id(), chain="c", sequence=1, at=datetime(2026, 1, 2, 3, 4, 5, 6),
@@ -324,5 +325,5 @@ def test_cursors_round_trip_and_refuse_garbage() -> None:
                        hash="")
     assert audit.decode_cursor(audit.encode_cursor(entry)) == (entry.at, entry.id)
     for bad in ("", "x", "!!!!", "Zm9vfGJhcg", "a" * 300):
-        with pytest.raises(audit.CursorError):
+        with pytest.raises(CursorError):
             audit.decode_cursor(bad)
