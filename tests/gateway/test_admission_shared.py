@@ -22,7 +22,6 @@ import pytest
 
 from gateway.app import create_app
 from tests.conftest import (
-    FAST_HASH,
     LOGIN,
     Tenant,
     error_codes,
@@ -34,7 +33,7 @@ from tests.conftest import (
     sql,
 )
 from tests.gateway.test_admission import ORG, assert_rate_limited, set_limits
-from tests.gateway.test_shared_mode import ROOT, gateway_processes
+from tests.gateway.test_shared_mode import ROOT, gateway_env, gateway_processes
 from tests.services import redis_server
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
@@ -61,17 +60,7 @@ async def test_c078_three_processes_admit_exactly_the_limit(
     postgresql_url: str, redis_url: str, signing_key: str, shared_tenant: Tenant, tmp_path: Path
 ) -> None:
     other = await make_tenant(postgresql_url, slug=f"b-{shared_tenant.slug}", email=f"b@{shared_tenant.slug}.test")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PORTCULLIS_")}
-    env.update({
-        "PORTCULLIS_ENV": "test",
-        "PORTCULLIS_DATABASE_URL": postgresql_url,
-        "PORTCULLIS_REDIS_URL": redis_url,
-        "PORTCULLIS_SIGNING_KEY": signing_key,
-        "PORTCULLIS_PASSWORD_HASH_MEMORY_KIB": str(FAST_HASH.memory_kib),
-        "PORTCULLIS_PASSWORD_HASH_TIME_COST": str(FAST_HASH.time_cost),
-        "PORTCULLIS_LOG_LEVEL": "WARNING",
-        "PYTHONPATH": str(ROOT),
-    })
+    env = gateway_env(postgresql_url, redis_url, signing_key, LOG_LEVEL="WARNING")
     sql(postgresql_url, "UPDATE organizations SET limit_overrides = CAST(:v AS JSON) WHERE id = :id",
         v=json.dumps({"REQUESTS_PER_MINUTE": 50}), id=shared_tenant.org_id)
     with gateway_processes(3, env, tmp_path) as urls:

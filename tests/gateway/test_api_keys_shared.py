@@ -7,7 +7,6 @@ per-minute limit is counted once for all processes."""
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 
 import httpx
@@ -15,7 +14,6 @@ import pytest
 
 from gateway.app import create_app
 from tests.conftest import (
-    FAST_HASH,
     Tenant,
     error_codes,
     gql,
@@ -24,7 +22,7 @@ from tests.conftest import (
     refused_within,
     running,
 )
-from tests.gateway.test_shared_mode import ROOT, gateway_processes
+from tests.gateway.test_shared_mode import gateway_env, gateway_processes
 from tests.schema.test_api_keys import ORG, REVOKE, ROTATE, new_key, with_key
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
@@ -84,16 +82,7 @@ async def test_api_keys_across_uvicorn_processes(
 ) -> None:
     """Two real gateway processes: revoked through 1, refused by 2 within one second; a rotated key's old
     secret stops working on both at the end of the grace period."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PORTCULLIS_")}
-    env.update({
-        "PORTCULLIS_ENV": "test",
-        "PORTCULLIS_DATABASE_URL": postgresql_url,
-        "PORTCULLIS_REDIS_URL": redis_url,
-        "PORTCULLIS_SIGNING_KEY": signing_key,
-        "PORTCULLIS_PASSWORD_HASH_MEMORY_KIB": str(FAST_HASH.memory_kib),
-        "PORTCULLIS_PASSWORD_HASH_TIME_COST": str(FAST_HASH.time_cost),
-        "PYTHONPATH": str(ROOT),
-    })
+    env = gateway_env(postgresql_url, redis_url, signing_key)
     with gateway_processes(2, env, tmp_path) as (url1, url2):
         async with httpx.AsyncClient(base_url=url1) as c1, httpx.AsyncClient(base_url=url2) as c2:
             token = (await login(c1, shared_tenant))["accessToken"]

@@ -6,7 +6,6 @@ the verifier names the first broken sequence each time."""
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +17,8 @@ from store.audit import ChainHead
 from store.db import Database
 from store.migrate import upgrade
 from store.models import new_id
-from tests.conftest import FAST_HASH, _fresh_postgres_database, gql, login, make_tenant, sql
-from tests.gateway.test_shared_mode import ROOT, gateway_processes
+from tests.conftest import _fresh_postgres_database, gql, login, make_tenant, sql
+from tests.gateway.test_shared_mode import gateway_env, gateway_processes
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
@@ -62,13 +61,7 @@ async def test_c093_two_processes_two_hundred_mutations_one_chain_each(
     upgrade(owner_url, app_role=app_role)
     tenants = [await make_tenant(app_url, slug=f"t{i}", email=f"owner@t{i}.test") for i in range(2)]
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PORTCULLIS_")}
-    env.update({
-        "PORTCULLIS_ENV": "test", "PORTCULLIS_DATABASE_URL": app_url, "PORTCULLIS_REDIS_URL": redis_url,
-        "PORTCULLIS_SIGNING_KEY": signing_key, "PORTCULLIS_DATABASE_POOL_SIZE": "20",
-        "PORTCULLIS_PASSWORD_HASH_MEMORY_KIB": str(FAST_HASH.memory_kib),
-        "PORTCULLIS_PASSWORD_HASH_TIME_COST": str(FAST_HASH.time_cost), "PYTHONPATH": str(ROOT),
-    })
+    env = gateway_env(app_url, redis_url, signing_key, DATABASE_POOL_SIZE="20")
     with gateway_processes(2, env, tmp_path) as urls:
         limits = httpx.Limits(max_connections=100)
         async with httpx.AsyncClient(base_url=urls[0], limits=limits, timeout=60) as c1, \

@@ -71,6 +71,24 @@ def _session_id(token: str) -> str:
 # -- real processes -----------------------------------------------------------------------------------
 
 
+def gateway_env(database_url: str, redis_url: str, signing_key: str, **extra: str) -> dict[str, str]:
+    """The environment of a gateway process in shared mode: this one's, minus its own PORTCULLIS_ settings,
+    plus the shared database and Redis, the test signing key and fast password hashing; `extra` names
+    further settings without their prefix (`LOG_LEVEL="WARNING"`)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PORTCULLIS_")}
+    env.update({
+        "PORTCULLIS_ENV": "test",
+        "PORTCULLIS_DATABASE_URL": database_url,
+        "PORTCULLIS_REDIS_URL": redis_url,
+        "PORTCULLIS_SIGNING_KEY": signing_key,
+        "PORTCULLIS_PASSWORD_HASH_MEMORY_KIB": str(FAST_HASH.memory_kib),
+        "PORTCULLIS_PASSWORD_HASH_TIME_COST": str(FAST_HASH.time_cost),
+        "PYTHONPATH": str(ROOT),
+        **{f"PORTCULLIS_{name}": value for name, value in extra.items()},
+    })
+    return env
+
+
 @contextlib.contextmanager
 def gateway_processes(count: int, env: dict[str, str], cwd: Path) -> Iterator[list[str]]:
     procs: list[subprocess.Popen[bytes]] = []
@@ -115,16 +133,7 @@ def gateway_processes(count: int, env: dict[str, str], cwd: Path) -> Iterator[li
 async def test_logout_across_uvicorn_processes(
     postgresql_url: str, redis_url: str, signing_key: str, shared_tenant: Tenant, tmp_path: Path
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PORTCULLIS_")}
-    env.update({
-        "PORTCULLIS_ENV": "test",
-        "PORTCULLIS_DATABASE_URL": postgresql_url,
-        "PORTCULLIS_REDIS_URL": redis_url,
-        "PORTCULLIS_SIGNING_KEY": signing_key,
-        "PORTCULLIS_PASSWORD_HASH_MEMORY_KIB": str(FAST_HASH.memory_kib),
-        "PORTCULLIS_PASSWORD_HASH_TIME_COST": str(FAST_HASH.time_cost),
-        "PYTHONPATH": str(ROOT),
-    })
+    env = gateway_env(postgresql_url, redis_url, signing_key)
     with gateway_processes(2, env, tmp_path) as (url1, url2):
         async with httpx.AsyncClient(base_url=url1) as c1, httpx.AsyncClient(base_url=url2) as c2:
             auth = await login(c1, shared_tenant)
