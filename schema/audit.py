@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import strawberry
-from graphql import FieldNode, OperationDefinitionNode, VariableNode
+from graphql import FieldNode, OperationType, VariableNode, get_operation_ast
 from strawberry.scalars import JSON
 from strawberry.types import ExecutionContext
 
@@ -66,16 +66,13 @@ _DENIED_CODES = frozenset({ErrorCode.UNAUTHENTICATED, ErrorCode.FORBIDDEN, Error
                            ErrorCode.QUOTA_EXCEEDED, ErrorCode.RATE_LIMITED})
 
 
-def _mutation_fields(ec: ExecutionContext) -> list[FieldNode]:
+def _root_fields(ec: ExecutionContext, *, mutation_only: bool = False) -> list[FieldNode]:
+    """The root fields of the operation that ran (none when the document names no single operation)."""
     document = ec.graphql_document
-    if document is None:
+    operation = get_operation_ast(document, ec.operation_name) if document is not None else None
+    if operation is None or (mutation_only and operation.operation is not OperationType.MUTATION):
         return []
-    operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
-    if ec.operation_name is not None:
-        operations = [o for o in operations if o.name is not None and o.name.value == ec.operation_name]
-    if len(operations) != 1 or operations[0].operation.value != "mutation":
-        return []
-    return [s for s in operations[0].selection_set.selections
+    return [s for s in operation.selection_set.selections
             if isinstance(s, FieldNode) and not s.name.value.startswith("__")]
 
 
@@ -97,18 +94,6 @@ LOOKUP_ARGUMENTS: dict[str, tuple[str, str]] = {
     "updateMemberRole": ("membershipId", "membership"), "removeMember": ("membershipId", "membership"),
     "unlockUser": ("userId", "user"), "report": ("id", "report"), "organization": ("slug", "organization"),
 }
-
-
-def _root_fields(ec: ExecutionContext) -> list[FieldNode]:
-    document = ec.graphql_document
-    if document is None:
-        return []
-    operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
-    if ec.operation_name is not None:
-        operations = [o for o in operations if o.name is not None and o.name.value == ec.operation_name]
-    if len(operations) != 1:
-        return []
-    return [s for s in operations[0].selection_set.selections if isinstance(s, FieldNode)]
 
 
 def _argument(node: FieldNode, name: str, variables: dict[str, Any] | None) -> str | None:
@@ -172,7 +157,7 @@ def operation_events(ctx: Any, ec: ExecutionContext) -> OperationAudit:
                      "requiredScopes": required[:10]},
         ))
     executed = result is not None and (result.data is not None or any(e.path for e in errors))
-    fields = _mutation_fields(ec) if executed else []
+    fields = _root_fields(ec, mutation_only=True) if executed else []
     if not errors:
         out.with_commit = list(ctx.audit_events)
         recorded = ctx.audited_actions | ctx.audited_now
