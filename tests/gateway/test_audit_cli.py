@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,29 @@ from identity.tokens import generate_private_key_pem
 from store.models import new_id
 from tests.conftest import LOGIN, _fresh_postgres_database, gql, make_settings, make_tenant, running, sql
 from tests.store.test_audit import as_owner, event, write
+
+
+@dataclass(frozen=True)
+class OwnedDatabase:
+    owner: str
+    app_role: str
+    owner_url: str
+    app_url: str
+
+
+def owned_database(postgres_admin_url: str) -> OwnedDatabase:
+    """A fresh PostgreSQL database owned by a new role, with a second role for the application (which
+    migrations grant only what it may do): the deployment docs/deployment.md describes."""
+    url = _fresh_postgres_database(postgres_admin_url)
+    suffix = new_id()[:8]
+    owner, app_role = f"owner_{suffix}", f"app_{suffix}"
+    base, _, name = url.rpartition("/")
+    host = base.split("@", 1)[1]
+    for statement in (f'CREATE ROLE "{owner}" LOGIN', f'CREATE ROLE "{app_role}" LOGIN',
+                      f'ALTER DATABASE "{name}" OWNER TO "{owner}"', f'ALTER SCHEMA public OWNER TO "{owner}"'):
+        sql(url, statement)
+    return OwnedDatabase(owner, app_role, f"postgresql+psycopg://{owner}@{host}/{name}",
+                         f"postgresql+psycopg://{app_role}@{host}/{name}")
 
 
 async def run(args: list[str]) -> int:
@@ -115,16 +139,8 @@ async def test_migrate_as_owner_and_run_as_the_app_role(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, postgres_admin_url: str, signing_key: str, capsys
 ) -> None:
     """The owner migrates; the application's role runs the gateway and cannot change the audit log (C-089)."""
-    url = _fresh_postgres_database(postgres_admin_url)
-    suffix = new_id()[:8]
-    owner, app_role = f"owner_{suffix}", f"app_{suffix}"
-    base, _, name = url.rpartition("/")
-    host = base.split("@", 1)[1]
-    for statement in (f'CREATE ROLE "{owner}" LOGIN', f'CREATE ROLE "{app_role}" LOGIN',
-                      f'ALTER DATABASE "{name}" OWNER TO "{owner}"', f'ALTER SCHEMA public OWNER TO "{owner}"'):
-        sql(url, statement)
-    owner_url = f"postgresql+psycopg://{owner}@{host}/{name}"
-    app_url = f"postgresql+psycopg://{app_role}@{host}/{name}"
+    roles = owned_database(postgres_admin_url)
+    owner, app_role, owner_url, app_url = roles.owner, roles.app_role, roles.owner_url, roles.app_url
     for var in list(os.environ):
         if var.startswith("PORTCULLIS_"):
             monkeypatch.delenv(var)

@@ -16,8 +16,8 @@ from store import audit
 from store.audit import ChainHead
 from store.db import Database
 from store.migrate import upgrade
-from store.models import new_id
-from tests.conftest import _fresh_postgres_database, gql, login, make_tenant, sql
+from tests.conftest import gql, login, make_tenant, sql
+from tests.gateway.test_audit_cli import owned_database
 from tests.gateway.test_shared_mode import gateway_env, gateway_processes
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
@@ -48,16 +48,8 @@ def as_table_owner(url: str, statement: str, **params: Any) -> None:
 async def test_c093_two_processes_two_hundred_mutations_one_chain_each(
     postgres_admin_url: str, redis_url: str, signing_key: str, tmp_path: Path
 ) -> None:
-    url = _fresh_postgres_database(postgres_admin_url)
-    suffix = new_id()[:8]
-    owner, app_role = f"owner_{suffix}", f"app_{suffix}"
-    base, _, name = url.rpartition("/")
-    host = base.split("@", 1)[1]
-    for statement in (f'CREATE ROLE "{owner}" LOGIN', f'CREATE ROLE "{app_role}" LOGIN',
-                      f'ALTER DATABASE "{name}" OWNER TO "{owner}"', f'ALTER SCHEMA public OWNER TO "{owner}"'):
-        sql(url, statement)
-    owner_url = f"postgresql+psycopg://{owner}@{host}/{name}"
-    app_url = f"postgresql+psycopg://{app_role}@{host}/{name}"
+    roles = owned_database(postgres_admin_url)
+    owner_url, app_url, app_role = roles.owner_url, roles.app_url, roles.app_role
     upgrade(owner_url, app_role=app_role)
     tenants = [await make_tenant(app_url, slug=f"t{i}", email=f"owner@t{i}.test") for i in range(2)]
 
