@@ -46,7 +46,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from store.cursors import decode_position, encode_position
-from store.db import SQLITE_SHA256
+from store.db import SQLITE_SHA256, transaction_connection
 from store.models import AuditChainHead, AuditEntry, new_id, utcnow
 
 GENESIS_HASH = "0" * 64
@@ -262,8 +262,8 @@ def _values(event: AuditEvent, at: datetime) -> dict[str, Any]:
         "request_id": clean_text(event.request_id or "-", LIMITS["request_id"]),
         "ip": _optional(event.ip, LIMITS["ip"]),
         "user_agent": _optional(event.user_agent, LIMITS["user_agent"]),
-        # what the database will give back: JSON round trip of the details
-        "details": json.loads(json.dumps(details, allow_nan=False)),
+        # clean_details gives JSON values only (str keys, lists, finite numbers): what the database gives back
+        "details": details,
     }
 
 
@@ -316,18 +316,85 @@ async def _create_head(session: AsyncSession, dialect: str, chain: str) -> None:
     )
 
 
-async def append(session: AsyncSession, events: Iterable[AuditEvent], *, now: datetime | None = None
-                 ) -> list[AuditEntry]:
+class _DriverAppend:
+    """The append statement compiled once per dialect and run on the driver connection under the
+    session's transaction: one call (aiosqlite's `execute_fetchall`: the statement and its RETURNING rows
+    in one trip to the connection's thread, where SQLAlchemy's cursor takes four; psycopg's `execute`:
+    one round trip without SQLAlchemy's execution layer). The values go through the bind processors
+    SQLAlchemy would apply (SQLite's DATETIME text, the JSON of the details), so the row reads back
+    exactly as it would have."""
+
+    def __init__(self, stmt: Any, dialect: Any) -> None:
+        compiled = stmt.compile(dialect=dialect)
+        self.sql = str(compiled)
+        self.positional = compiled.positiontup is not None
+        names = list(compiled.positiontup) if compiled.positiontup is not None else list(compiled.binds)
+        # the statement's own literals ("|", the 1 of sequence + 1); everything else comes with the entry
+        self.constants = {name: compiled.binds[name].effective_value for name in names
+                          if name not in (*_BOUND, "chain_key", "body")}
+        self.binds = [(name, compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect))
+                      for name in names]
+
+    def parameters(self, values: Mapping[str, Any]) -> list[Any] | dict[str, Any]:
+        out = [(name, process(value) if process is not None else value)
+               for name, process in self.binds
+               for value in (values[name] if name in values else self.constants[name],)]
+        return [value for _, value in out] if self.positional else dict(out)
+
+    async def run(self, driver: Any, values: Mapping[str, Any]) -> Any:
+        """(sequence, previous_hash, hash), or None when the chain has no head row yet."""
+        if hasattr(driver, "execute_fetchall"):  # aiosqlite
+            rows = await driver.execute_fetchall(self.sql, self.parameters(values))
+        else:  # psycopg
+            rows = await (await driver.execute(self.sql, self.parameters(values))).fetchall()
+        return rows[0] if rows else None
+
+
+_DRIVER_APPEND: dict[tuple[str, str, str], _DriverAppend] = {}
+_DRIVERS = ("aiosqlite", "psycopg")
+
+
+async def _driver(session: AsyncSession) -> Any:
+    """The driver connection (aiosqlite or psycopg) under the session's transaction, or None."""
+    connection = transaction_connection(session)
+    if connection is None:
+        connection = (await session.connection()).sync_connection
+    # the transaction's connection is checked out and live: reading its DBAPI connection does no I/O
+    driver = connection.connection.driver_connection if connection is not None else None
+    return driver if type(driver).__module__.split(".")[0] in _DRIVERS else None
+
+
+async def _insert(session: AsyncSession, dialect: str, params: dict[str, Any]) -> Any:
+    """The append statement for one entry: its (sequence, previous_hash, hash), or None without a head row."""
+    stmt = _append_statement(dialect)
+    driver = await _driver(session)
+    bound = session.bind.dialect if session.bind is not None else None
+    if driver is not None and bound is not None:
+        key = (bound.name, bound.driver, bound.paramstyle)
+        prepared = _DRIVER_APPEND.get(key)
+        if prepared is None:
+            prepared = _DRIVER_APPEND[key] = _DriverAppend(stmt, bound)
+        return await prepared.run(driver, params)
+    return (await session.execute(stmt, params)).first()
+
+
+async def append(session: AsyncSession, events: Iterable[AuditEvent], *, now: datetime | None = None,
+                 entries: bool = True) -> list[AuditEntry]:
     """Chain and insert `events` in the session's transaction; they commit (or roll back) with it.
 
     One statement per entry (two more for a chain's very first entry). Call it last in a unit of work,
-    just before the commit: on PostgreSQL the chain's head row stays locked until then.
+    just before the commit: on PostgreSQL the chain's head row stays locked until then. Returns the
+    entries as stored, unless `entries=False` (writers that do not read them skip building them).
     """
     by_chain: dict[str, list[AuditEvent]] = {}
     for event in events:
         by_chain.setdefault(event.chain, []).append(event)
+    if not by_chain:
+        return []
     dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
-    stmt = _append_statement(dialect)
+    # what the unit of work has pending goes first, as it would before a statement through the session
+    if session.new or session.dirty or session.deleted:
+        await session.flush()
     written: list[AuditEntry] = []
     # one lock order for every transaction: no deadlock between two that append to the same two chains
     for chain in sorted(by_chain):
@@ -336,12 +403,16 @@ async def append(session: AsyncSession, events: Iterable[AuditEvent], *, now: da
             params = _values(event, at)
             params["chain_key"] = chain
             params["body"] = _canonical(params)
-            row = (await session.execute(stmt, params)).first()
+            row = await _insert(session, dialect, params)
             if row is None:  # the chain's first entry: no head row yet
                 await _create_head(session, dialect, chain)
-                row = (await session.execute(stmt, params)).one()
-            del params["chain_key"], params["body"]
-            written.append(AuditEntry(**params, sequence=int(row[0]), previous_hash=str(row[1]), hash=str(row[2])))
+                row = await _insert(session, dialect, params)
+                if row is None:
+                    raise RuntimeError(f"audit chain {chain!r} has no head row")
+            if entries:
+                del params["chain_key"], params["body"]
+                written.append(AuditEntry(**params, sequence=int(row[0]), previous_hash=str(row[1]),
+                                          hash=str(row[2])))
     return written
 
 
@@ -534,11 +605,11 @@ class AuditTrail:
     def __init__(self, db: Any) -> None:
         self.db = db
 
-    async def record(self, *events: AuditEvent) -> list[AuditEntry]:
+    async def record(self, *events: AuditEvent) -> None:
         if not events:
-            return []
+            return
         async with self.db.transaction() as session:
-            return await append(session, events)
+            await append(session, events, entries=False)
 
 
 @dataclass

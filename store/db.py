@@ -13,8 +13,9 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import event, text
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import Session, SessionTransaction
 
 
 class DatabaseURLError(ValueError):
@@ -67,6 +68,27 @@ def install_sqlite_pragmas(engine: Engine) -> None:
     event.listen(engine, "connect", _sqlite_pragmas)
 
 
+_CONNECTION = "portcullis.connection"
+
+
+class TrackedSession(Session):
+    """The sessions' synchronous core: remembers the connection its transaction runs on, so that code
+    holding the session can reach that connection without another trip through the async layer."""
+
+
+@event.listens_for(TrackedSession, "after_begin")
+def _remember_connection(session: Session, _transaction: SessionTransaction, connection: Connection) -> None:
+    session.info[_CONNECTION] = connection
+
+
+def transaction_connection(session: AsyncSession) -> Connection | None:
+    """The connection of the session's open transaction, or None when it has not touched the database yet."""
+    connection = session.sync_session.info.get(_CONNECTION)
+    if connection is None or connection.closed or not session.in_transaction():
+        return None
+    return connection  # type: ignore[no-any-return]
+
+
 class Database:
     """Owns the async engine and hands out sessions; opened and closed by the app's lifespan."""
 
@@ -79,6 +101,10 @@ class Database:
             if make_url(url).database in (None, "", ":memory:"):
                 raise DatabaseURLError("an in-memory SQLite database cannot be shared; use a file path")
             kwargs["connect_args"] = {"timeout": 30}
+            # the most recently used connection first: SQLite empties a connection's page cache whenever
+            # another connection has written since its last transaction, so taking turns would start
+            # every transaction cold
+            kwargs["pool_use_lifo"] = True
         else:
             kwargs["pool_size"] = pool_size
             kwargs["max_overflow"] = pool_size
@@ -86,7 +112,8 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(async_url(url), **kwargs)
         if self.sqlite:
             install_sqlite_pragmas(self.engine.sync_engine)
-        self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False, autoflush=True)
+        self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False, autoflush=True,
+                                               sync_session_class=TrackedSession)
 
     def session(self) -> AsyncSession:
         return self.sessionmaker()
