@@ -81,6 +81,12 @@ def parser() -> argparse.ArgumentParser:
                    help=f"restrict each scenario to these servers, among {', '.join(SERVER_NAMES)}")
     p.add_argument("--runs", type=_positive, default=1, help="repeat every measurement and take the median")
     p.add_argument("--no-pin", action="store_true", help="do not pin the server and wrk to separate CPUs")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--postgres", action="store_true",
+                       help="serve every scenario from a throwaway PostgreSQL of the benchmark's own (default "
+                            "durability; needs the PostgreSQL server binaries) instead of a SQLite file")
+    where.add_argument("--database-url", metavar="URL",
+                       help="serve every scenario from this empty PostgreSQL database (migrated and seeded here)")
     return p
 
 
@@ -97,12 +103,12 @@ def log(message: str) -> None:
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace, wrk: str, workdir: Path) -> None:
+    def __init__(self, args: argparse.Namespace, wrk: str, workdir: Path, database_url: str | None = None) -> None:
         self.args = args
         self.wrk = wrk
         self.workdir = workdir
         self.server_cpu, self.wrk_cpu = cpus(not args.no_pin)
-        self.db = database.prepare(workdir)
+        self.db = database.prepare(workdir, database_url)
         self.expected = {
             "basic": database.expected_response(self.db),
             "guarded": database.expected_guarded_response(self.db),
@@ -149,7 +155,7 @@ class Bench:
             credential = self._credential(server)
             servers.check_answer(server, credential, scenario.query, expected)
             script = load.write_script(self.workdir / f"{scenario.name}-{spec.name}.lua", scenario.query,
-                                       credential)
+                                       credential, scenario.alternate)
             self._wrk(server, script, max(self.args.connections), self.args.warmup)
             measured = []
             for connections in self.args.connections:
@@ -180,12 +186,14 @@ class Bench:
 def print_report(args: argparse.Namespace, bench: Bench, results: dict[str, report.Results]) -> None:
     where = (f"server on CPU {bench.server_cpu}, wrk on CPU {bench.wrk_cpu}" if bench.server_cpu is not None
              else "unpinned")
+    store = "PostgreSQL" if bench.db.url.startswith("postgresql") else "SQLite"
     print(f"\nPortcullis bench: {os.cpu_count()} CPUs, Python {platform.python_version()}, {where}; "
-          f"wrk -t1 -d{args.duration}s, median of {args.runs} run(s)")
+          f"wrk -t1 -d{args.duration}s, median of {args.runs} run(s); database: {store}")
     for scenario, specs in bench.scenarios():
         names = [s.name for s in specs]
         scenario_results = results.get(scenario.name, {})
-        print(f"\nscenario {scenario.name}: {scenario.description}\nquery: {scenario.query}\n")
+        alternating = f"\n   alternating with: {scenario.alternate}" if scenario.alternate else ""
+        print(f"\nscenario {scenario.name}: {scenario.description}\nquery: {scenario.query}{alternating}\n")
         blocks: tuple[list[str], ...]
         if scenario.name == "guarded":
             blocks = (report.table(scenario_results, names, args.connections),
@@ -223,8 +231,9 @@ def main(argv: list[str] | None = None) -> int:
         print(load.WRK_MISSING, file=sys.stderr)
         return 2
     try:
-        with tempfile.TemporaryDirectory(prefix="portcullis-bench-") as tmp:
-            bench = Bench(args, wrk, Path(tmp))
+        with tempfile.TemporaryDirectory(prefix="portcullis-bench-") as tmp, contextlib.ExitStack() as databases:
+            url = databases.enter_context(database.temporary_postgres()) if args.postgres else args.database_url
+            bench = Bench(args, wrk, Path(tmp), url)
             with contextlib.ExitStack() as stack:
                 if bench.needs_redis():
                     from bench.redis_server import redis_server

@@ -1,8 +1,12 @@
-"""The benchmark database: one SQLite file, migrated, holding the demo tenant and its owner."""
+"""The benchmark database, migrated, holding the demo tenant and its owner: a SQLite file (the embedded
+default), or PostgreSQL (`--postgres`: a throwaway server of the benchmark's own; `--database-url`: an
+empty database of yours)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,9 +48,10 @@ async def _seed(url: str) -> str:
         await db.dispose()
 
 
-def prepare(directory: Path) -> BenchDatabase:
-    """Create, migrate and seed `bench.db` in `directory`."""
-    url = f"sqlite:///{directory / 'bench.db'}"
+def prepare(directory: Path, url: str | None = None) -> BenchDatabase:
+    """Migrate and seed the benchmark database: `url` (an empty PostgreSQL database), or by default a new
+    SQLite file `bench.db` in `directory`."""
+    url = url or f"sqlite:///{directory / 'bench.db'}"
     upgrade(url)
     return BenchDatabase(url=url, organization_id=asyncio.run(_seed(url)))
 
@@ -58,7 +63,8 @@ def expected_response(db: BenchDatabase) -> dict[str, object]:
 
 
 def expected_audited_response(db: BenchDatabase) -> dict[str, object]:
-    """The answer to the audited mutation: the organization, renamed to the name it already has."""
+    """The answer to the audited mutation (checked before and after the load): the organization under its
+    seeded name, whichever of the two names the load left it with."""
     organization = {"id": db.organization_id, "slug": DEMO_ORG, "name": DEMO_NAME, "plan": DEMO_PLAN.upper()}
     return {"data": {"updateOrganization": organization}}
 
@@ -88,3 +94,24 @@ def expected_guarded_response(db: BenchDatabase) -> dict[str, object]:
     organization = {"id": db.organization_id, "slug": DEMO_ORG, "name": DEMO_NAME, "plan": DEMO_PLAN.upper(),
                     "billingEmail": DEMO_BILLING_EMAIL}
     return {"data": {"organization": organization}}
+
+
+@contextlib.contextmanager
+def temporary_postgres() -> Iterator[str]:
+    """A throwaway PostgreSQL with its default durability (fsync and synchronous commit on), holding an
+    empty database `bench`. Needs the PostgreSQL server binaries (Debian: apt-get install postgresql)."""
+    from sqlalchemy import create_engine, text
+
+    from bench.servers import BenchError
+    from tests.services import ServiceUnavailable, postgres_server
+
+    with contextlib.ExitStack() as stack:
+        try:
+            admin = stack.enter_context(postgres_server(durable=True))
+        except ServiceUnavailable as error:
+            raise BenchError(f"--postgres: {error}") from error
+        engine = create_engine(admin, isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.execute(text("CREATE DATABASE bench"))
+        engine.dispose()
+        yield admin.rsplit("/", 1)[0] + "/bench"

@@ -34,8 +34,9 @@ def lua_string(value: str) -> str:
     return f"[{'=' * level}[{value}]{'=' * level}]"
 
 
-def write_script(path: Path, query: str, credential: tuple[str, str] | None) -> Path:
-    """A wrk script POSTing `query`, with the credential header when there is one."""
+def write_script(path: Path, query: str, credential: tuple[str, str] | None, alternate: str | None = None) -> Path:
+    """A wrk script POSTing `query`, with the credential header when there is one; with `alternate`, every
+    other request posts that one instead (a mutation that changes a row back and forth)."""
     lines = [
         'wrk.method = "POST"',
         f"wrk.body = {lua_string(json.dumps({'query': query}))}",
@@ -44,6 +45,15 @@ def write_script(path: Path, query: str, credential: tuple[str, str] | None) -> 
     if credential is not None:
         # spaces inside the brackets: `[[[` would open a long string
         lines.append(f"wrk.headers[ {lua_string(credential[0])} ] = {lua_string(credential[1])}")
+    if alternate is not None:
+        lines += [
+            f"local bodies = {{ wrk.body, {lua_string(json.dumps({'query': alternate}))} }}",
+            "local n = 0",
+            "request = function()",
+            "  n = n + 1",
+            "  return wrk.format(nil, nil, nil, bodies[n % 2 + 1])",
+            "end",
+        ]
     path.write_text("\n".join(lines) + "\n")
     return path
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.apps.common import AUDITED_MUTATION, DATABASE_URL_VARIABLE, GUARDED_QUERY, QUERY
+from bench.apps.common import AUDITED_MUTATION, AUDITED_MUTATION_ALTERNATE, DATABASE_URL_VARIABLE, GUARDED_QUERY, QUERY
 
 REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -63,6 +63,8 @@ class Scenario:
     query: str
     servers: tuple[str, ...]
     description: str
+    # when set, the load alternates `query` with this one, request by request
+    alternate: str | None = None
 
 
 SCENARIOS = (
@@ -75,8 +77,9 @@ SCENARIOS = (
     Scenario("admission", QUERY, ("gateway-redis", "gateway-redis-noadmission"),
              "the full admission path in shared mode (Redis), with and without admission"),
     Scenario("audited", AUDITED_MUTATION, ("gateway", "gateway-noaudit"),
-             "a mutation whose change and audit entry (hash chain, head row locked) commit in one transaction, "
-             "against the same build writing no audit entry"),
+             "a mutation that renames the organization (back and forth, so every request updates the row) and "
+             "commits its audit entry (hash chain, head row locked) in the same transaction, against the same "
+             "build writing no audit entry", alternate=AUDITED_MUTATION_ALTERNATE),
 )
 SCENARIO_NAMES = tuple(s.name for s in SCENARIOS)
 

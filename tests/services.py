@@ -55,7 +55,9 @@ def _as_user() -> list[str]:
 
 
 @contextlib.contextmanager
-def postgres_server() -> Iterator[str]:
+def postgres_server(*, durable: bool = False) -> Iterator[str]:
+    """A throwaway PostgreSQL on a free port. Tests run it without fsync; `durable=True` keeps the
+    server's default durability (fsync, synchronous commit), as the benchmark measures it."""
     bindir = _pg_bindir()
     if bindir is None:
         raise ServiceUnavailable("no PostgreSQL binaries (pg_ctl) on PATH or in /usr/lib/postgresql")
@@ -75,8 +77,9 @@ def postgres_server() -> Iterator[str]:
              "--no-sync", "-E", "UTF8", "--locale=C"],
             check=True, capture_output=True, timeout=120,
         )
-        opts = (f"-p {port} -k {sock} -h 127.0.0.1 -c fsync=off -c full_page_writes=off "
-                "-c synchronous_commit=off -c max_connections=200")
+        opts = f"-p {port} -k {sock} -h 127.0.0.1 -c max_connections=200"
+        if not durable:
+            opts += " -c fsync=off -c full_page_writes=off -c synchronous_commit=off"
         subprocess.run(
             [*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-o", opts, "-l", str(base / "log"), "-w",
              "-t", "60", "start"],

@@ -12,8 +12,10 @@ from store.models import Organization
 QUERY = "{ organization { id slug name plan } }"
 # the same query with a field that requires `billing:read` (the demo owner holds it)
 GUARDED_QUERY = "{ organization { id slug name plan billingEmail } }"
-# a mutation that changes nothing visible and is audited: the update and its hash-chained entry commit together
+# an audited mutation that really changes a row: the load alternates it with AUDITED_MUTATION_ALTERNATE, so every
+# request updates the organization and (when audited) appends its hash-chained entry in the same transaction
 AUDITED_MUTATION = 'mutation { updateOrganization(input: {name: "Acme Corporation"}) { id slug name plan } }'
+AUDITED_MUTATION_ALTERNATE = 'mutation { updateOrganization(input: {name: "Acme Corp."}) { id slug name plan } }'
 SLUG = "acme"
 DATABASE_URL_VARIABLE = "BENCH_DATABASE_URL"
 
