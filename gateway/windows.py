@@ -129,37 +129,53 @@ class LocalWindows:
         return Outcome(admitted, now, retry, refused_by, states)
 
 
-# KEYS: the limits' counters. ARGV: n, spend (1/0), then per limit (amount, window ms, bucket ms,
-# weight). Hash fields: h (head bucket), s (sum), and one field per bucket id.
+# KEYS: the limits' counters. ARGV: spend (1/0), then per limit (amount, window ms, bucket ms, weight).
+# Hash fields: h (the head: the oldest bucket still counted), s (the sum of the buckets), and one field
+# per bucket id holding its count. Whenever s > 0 the head is a bucket that exists, so the time at which
+# the oldest counted hit stops counting is (h + 1) * g + window, with no scan. A limit costs one HMGET
+# (h, s and the current bucket) and, when it spends, one HSET; the expiry is set when a bucket is
+# created (the key lives until its newest bucket stops counting); HGET/HDEL only as the head moves on.
 _SCRIPT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local n = tonumber(ARGV[1])
-local spend = ARGV[2] == '1'
+local spend = ARGV[1] == '1'
+local n = #KEYS
 local admitted = 1
 local retry = 0
 local refused = 0
 local st = {}
 for i = 1, n do
-  local a = 2 + (i - 1) * 4
+  local a = 1 + (i - 1) * 4
   local amount = tonumber(ARGV[a + 1])
   local window = tonumber(ARGV[a + 2])
   local g = tonumber(ARGV[a + 3])
   local weight = tonumber(ARGV[a + 4])
   local key = KEYS[i]
   local cur = math.floor(now / g)
-  local hs = redis.call('HMGET', key, 'h', 's')
+  local curf = tostring(cur)
+  local hs = redis.call('HMGET', key, 'h', 's', curf)
   local h = tonumber(hs[1]) or cur
   local s = tonumber(hs[2]) or 0
+  local c = tonumber(hs[3])
   local changed = false
-  while h < cur and (h + 1) * g + window <= now do
-    local c = redis.call('HGET', key, tostring(h))
-    if c then
-      s = s - tonumber(c)
-      redis.call('HDEL', key, tostring(h))
-    end
-    h = h + 1
+  if h < cur and (h + 1) * g + window <= now then
+    -- the head no longer counts: drop buckets until one counts (or none is left)
     changed = true
+    repeat
+      local f = tostring(h)
+      local x = redis.call('HGET', key, f)
+      if x then
+        s = s - tonumber(x)
+        redis.call('HDEL', key, f)
+      end
+      h = h + 1
+    until h >= cur or s <= 0 or (h + 1) * g + window > now
+    if s > 0 then
+      -- keep the head on a bucket that exists
+      while h < cur and not redis.call('HGET', key, tostring(h)) do
+        h = h + 1
+      end
+    end
   end
   if s < 0 then s = 0 end
   if s + weight > amount then
@@ -169,9 +185,9 @@ for i = 1, n do
       local freed = 0
       local b = h
       while b <= cur do
-        local c = redis.call('HGET', key, tostring(b))
-        if c then
-          freed = freed + tonumber(c)
+        local x = redis.call('HGET', key, tostring(b))
+        if x then
+          freed = freed + tonumber(x)
           if freed >= need then
             wait = (b + 1) * g + window - now
             break
@@ -187,30 +203,24 @@ for i = 1, n do
     end
     admitted = 0
   end
-  st[i] = {key, window, g, weight, cur, h, s, changed}
+  st[i] = {key, window, g, weight, cur, curf, c, h, s, changed}
 end
 local out = {admitted, now, retry, refused}
 for i = 1, n do
-  local key, window, g, weight, cur, h, s, changed = unpack(st[i])
+  local key, window, g, weight, cur, curf, c, h, s, changed = unpack(st[i])
   if spend and admitted == 1 and weight > 0 then
-    redis.call('HINCRBY', key, tostring(cur), weight)
+    -- nothing counted yet, or a clock that stepped back: the new bucket is the oldest
+    if s == 0 or cur < h then h = cur end
     s = s + weight
-    redis.call('HSET', key, 'h', tostring(h), 's', tostring(s))
-    redis.call('PEXPIRE', key, window + g)
+    redis.call('HSET', key, curf, tostring((c or 0) + weight), 'h', tostring(h), 's', tostring(s))
+    if not c then
+      redis.call('PEXPIREAT', key, (cur + 1) * g + window)
+    end
   elseif changed then
     redis.call('HSET', key, 'h', tostring(h), 's', tostring(s))
   end
   local reset = now
-  if s > 0 then
-    local b = h
-    while b <= cur do
-      if redis.call('HEXISTS', key, tostring(b)) == 1 then
-        reset = (b + 1) * g + window
-        break
-      end
-      b = b + 1
-    end
-  end
+  if s > 0 then reset = (h + 1) * g + window end
   out[#out + 1] = s
   out[#out + 1] = reset
 end
@@ -225,7 +235,7 @@ class RedisWindows:
 
     async def take(self, limits: Sequence[Limit], *, spend: bool = True) -> Outcome:
         keys = [self.prefix + limit.key for limit in limits]
-        args: list[Any] = [len(limits), 1 if spend else 0]
+        args: list[Any] = [1 if spend else 0]
         for limit in limits:
             args += [limit.amount, limit.window * 1000, limit.bucket_ms, limit.weight]
         try:

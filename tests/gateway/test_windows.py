@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import gateway.windows as windows_module
 from gateway.windows import Limit, LocalWindows, RedisWindows
 from tests.gateway.test_admission_shared import max_in_any_window
 
@@ -146,3 +147,54 @@ async def test_redis_zero_limit_refuses_with_the_window(redis_windows: RedisWind
     assert not outcome.admitted
     assert outcome.retry_ms == 60_000
     assert outcome.states[0].remaining == 0
+
+
+# The script on a simulated clock: the same text with its one `TIME` read replaced by the last ARGV, so
+# a schedule can be replayed against the in-process windows, which are the reference.
+_TIME = ("local t = redis.call('TIME')\n"
+         "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n")
+assert _TIME in windows_module._SCRIPT
+_SIMULATED = windows_module._SCRIPT.replace(_TIME, "local now = tonumber(ARGV[#ARGV])\n")
+
+_LIMITS = (
+    st.tuples(st.sampled_from(["a", "b", "c"]), st.integers(0, 30), st.sampled_from([1, 2, 10]), st.integers(0, 8))
+)
+
+
+@pytest.mark.redis
+@settings(max_examples=60, deadline=None)
+@given(steps=st.lists(
+    st.tuples(st.integers(0, 2_500), st.lists(_LIMITS, min_size=1, max_size=3, unique_by=lambda x: x[0]),
+              st.booleans()),
+    max_size=60,
+))
+def test_redis_script_agrees_with_the_local_windows(
+    redis_url: str, steps: list[tuple[int, list[tuple[str, int, int, int]], bool]]
+) -> None:
+    """Random schedules of weighted, multi-limit takes (and reads): the script answers exactly what
+    `LocalWindows` answers, to the admission, the retry time, the refusing limit, each count and
+    each reset time."""
+    import redis as sync_redis
+
+    client = sync_redis.Redis.from_url(redis_url)
+    try:
+        script = client.register_script(_SIMULATED)
+        prefix = f"test:{uuid.uuid4().hex}:"
+        seconds, _ = client.time()
+        now_ms = (seconds + 86_400) * 1000  # ahead of the server's clock: no key expires meanwhile
+        local = LocalWindows(lambda: (now_ms + 0.5) / 1000)
+        for delta, specs, spend in steps:
+            now_ms += delta
+            # amounts and windows belong to the key: vary them per key, not per take
+            limits = [Limit(name, f"{name}{amount}w{window}", amount, window, weight)
+                      for name, amount, window, weight in specs]
+            expected = asyncio.run(local.take(limits, spend=spend))
+            args: list[int] = [1 if spend else 0]
+            for limit in limits:
+                args += [limit.amount, limit.window * 1000, limit.bucket_ms, limit.weight]
+            raw = [int(v) for v in script(keys=[prefix + limit.key for limit in limits], args=[*args, now_ms])]
+            refused = limits.index(expected.refused_by) + 1 if expected.refused_by is not None else 0
+            assert raw[:4] == [int(expected.admitted), expected.now_ms, expected.retry_ms, refused]
+            assert raw[4:] == [v for s in expected.states for v in (s.used, s.reset_ms)]
+    finally:
+        client.close()
