@@ -9,17 +9,23 @@ Unlike a log of timestamps, a bucketed window takes weights (the cost of an oper
 memory: a tenant's 60,000 requests per minute are at most 121 counters.
 
 Two stores with one algorithm: `LocalWindows` (one process, embedded mode) and `RedisWindows`, one
-Lua script per request (a single EVALSHA) that reads the time from the Redis server (`TIME`), so every
-process shares one clock and one count, and the check and the spend are atomic.
+Lua script per request (a single EVALSHA, sent on connections the store keeps for itself) that reads
+the time from the Redis server (`TIME`), so every process shares one clock and one count, and the check
+and the spend are atomic.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hashlib
 import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+from redis.exceptions import NoScriptError
 
 BUCKETS_PER_WINDOW = 120
 
@@ -226,28 +232,136 @@ for i = 1, n do
 end
 return out
 """
+# the name Redis gives the script (EVALSHA), not a security measure
+_SHA = hashlib.sha1(_SCRIPT.encode(), usedforsecurity=False).hexdigest().encode()
+
+
+def _command(*parts: bytes) -> bytes:
+    """One command in the Redis protocol (RESP): an array of bulk strings."""
+    out = [b"*%d\r\n" % len(parts)]
+    for part in parts:
+        out.append(b"$%d\r\n%s\r\n" % (len(part), part))
+    return b"".join(out)
+
+
+_SCRIPT_LOAD = _command(b"SCRIPT", b"LOAD", _SCRIPT.encode())
+
 
 class RedisWindows:
-    def __init__(self, redis: Any, prefix: str = "portcullis:rl:") -> None:
+    """The windows in Redis: one EVALSHA per take, on connections of its own.
+
+    The store keeps a free list of redis-py connections made with the client's connection settings
+    (address, credentials, TLS, socket timeouts, hiredis parsing), at most the pool's
+    `max_connections` of them. A take holds one connection for its one round trip and nobody else uses
+    it meanwhile; a connection that failed or whose take was cancelled mid-command is closed, never
+    reused. Waiting for a free connection is bounded by the pool's `timeout` (5 s otherwise). Every
+    failure is `StoreUnavailable`; NOSCRIPT (a restarted or flushed Redis) loads the script and sends
+    the take once more, on the same connection.
+    """
+
+    def __init__(self, redis: Any, prefix: str = "portcullis:rl:", *, max_connections: int | None = None) -> None:
         self.redis = redis
         self.prefix = prefix
-        self._script = redis.register_script(_SCRIPT)
+        pool = redis.connection_pool
+        self._connection_class = pool.connection_class
+        self._connection_kwargs = dict(pool.connection_kwargs)
+        self.max_connections = max_connections or min(getattr(pool, "max_connections", 100) or 100, 10_000)
+        timeout = getattr(pool, "timeout", None)
+        self._wait_timeout: float = timeout if isinstance(timeout, int | float) else 5.0
+        self._slots = asyncio.Semaphore(self.max_connections)
+        self._free: list[Any] = []
+        self._closed = False
 
     async def take(self, limits: Sequence[Limit], *, spend: bool = True) -> Outcome:
-        keys = [self.prefix + limit.key for limit in limits]
-        args: list[Any] = [1 if spend else 0]
-        for limit in limits:
-            args += [limit.amount, limit.window * 1000, limit.bucket_ms, limit.weight]
         try:
-            raw = await self._script(keys=keys, args=args)
+            parts = [b"EVALSHA", _SHA, b"%d" % len(limits)]
+            prefix = self.prefix
+            for limit in limits:
+                parts.append((prefix + limit.key).encode())
+            parts.append(b"1" if spend else b"0")
+            for limit in limits:
+                parts += (b"%d" % limit.amount, b"%d" % (limit.window * 1000), b"%d" % limit.bucket_ms,
+                          b"%d" % limit.weight)
+            raw = await self._call(_command(*parts))
+            values = [int(v) for v in raw]
+        except StoreUnavailable:
+            raise
         except Exception as exc:
             raise StoreUnavailable(type(exc).__name__) from exc
-        values = [int(v) for v in raw]
         admitted, now, retry, refused = values[0], values[1], values[2], values[3]
         states = tuple(
             LimitState(limit, values[4 + 2 * i], values[5 + 2 * i]) for i, limit in enumerate(limits)
         )
         return Outcome(admitted == 1, now, retry, limits[refused - 1] if refused else None, states)
+
+    async def _call(self, command: bytes) -> Any:
+        slots = self._slots
+        if slots.locked():
+            try:
+                async with asyncio.timeout(self._wait_timeout):
+                    await slots.acquire()
+            except TimeoutError:
+                raise StoreUnavailable("no free Redis connection") from None
+        else:
+            await slots.acquire()
+        connection = None
+        try:
+            if self._closed:
+                raise StoreUnavailable("closed")
+            free = self._free
+            while free:
+                candidate = free.pop()
+                # closed by the server meanwhile, or holding bytes nobody asked for: not reusable
+                if await _reusable(candidate):
+                    connection = candidate
+                    break
+                await _drop(candidate)
+            if connection is None:
+                connection = self._connection_class(**self._connection_kwargs)
+                await connection.connect()
+            try:
+                reply = await _roundtrip(connection, command)
+            except NoScriptError:
+                await _roundtrip(connection, _SCRIPT_LOAD)
+                reply = await _roundtrip(connection, command)
+            # the reply was read whole: the connection is clean
+            if self._closed:
+                await _drop(connection)
+            else:
+                free.append(connection)
+            connection = None
+            return reply
+        finally:
+            if connection is not None:  # failed or cancelled mid-command: its state is unknown
+                await _drop(connection)
+            slots.release()
+
+    async def aclose(self) -> None:
+        """Closes the free connections; one in use is closed when its take ends."""
+        self._closed = True
+        free, self._free = self._free, []
+        for connection in free:
+            await _drop(connection)
+
+
+async def _roundtrip(connection: Any, command: bytes) -> Any:
+    """Sends one command and reads its reply; an error reply raises its `ResponseError` (the connection
+    stays clean)."""
+    await connection.send_packed_command(command, check_health=False)
+    return await connection.read_response()
+
+
+async def _reusable(connection: Any) -> bool:
+    """Still connected, and nothing waiting to be read (a closed socket reads as end of file)."""
+    try:
+        return bool(connection.is_connected and not await connection.can_read())
+    except Exception:
+        return False
+
+
+async def _drop(connection: Any) -> None:
+    with contextlib.suppress(Exception):
+        await connection.disconnect(nowait=True)
 
 
 def retry_seconds(retry_ms: int) -> int:
