@@ -136,15 +136,17 @@ class LocalWindows:
 
 
 # KEYS: the limits' counters. ARGV: spend (1/0), then per limit (amount, window ms, bucket ms, weight).
-# Hash fields: h (the head: the oldest bucket still counted), s (the sum of the buckets), and one field
-# per bucket id holding its count. Whenever s > 0 the head is a bucket that exists, so the time at which
-# the oldest counted hit stops counting is (h + 1) * g + window, with no scan. A limit costs one HMGET
-# (h, s and the current bucket) and, when it spends, one HSET; the expiry is set when a bucket is
-# created (the key lives until its newest bucket stops counting); HGET/HDEL only as the head moves on.
+# Hash fields: h (the head: the oldest bucket still counted), s (the sum of the buckets), one field per
+# bucket id holding its count, and in a window of many buckets t (a marker that keeps the hash a table).
+# Whenever s > 0 the head is a bucket that exists, so the time at which the oldest counted hit stops
+# counting is (h + 1) * g + window, with no scan. A limit costs one HMGET (h, s and the current bucket)
+# and, when it spends, one HSET; the expiry is set when a bucket is created (the key lives until its
+# newest bucket stops counting); HGET/HDEL only as the head moves on.
 _SCRIPT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local spend = ARGV[1] == '1'
+local TABLE = 'a moving window of counters, kept as a hash table so that a field is found directly'
 local n = #KEYS
 local admitted = 1
 local retry = 0
@@ -218,8 +220,18 @@ for i = 1, n do
     -- nothing counted yet, or a clock that stepped back: the new bucket is the oldest
     if s == 0 or cur < h then h = cur end
     s = s + weight
-    redis.call('HSET', key, curf, tostring((c or 0) + weight), 'h', tostring(h), 's', tostring(s))
-    if not c then
+    if c then
+      redis.call('HSET', key, curf, tostring(c + weight), 'h', tostring(h), 's', tostring(s))
+    else
+      -- a new bucket: the key lives until it stops counting
+      if cur - h >= 32 then
+        -- a window of many buckets is kept as a hash table (a value longer than the default
+        -- hash-max-listpack-value), whose fields are found directly: as a listpack, each lookup would
+        -- scan up to 120 buckets. A window of few buckets stays a (smaller) listpack.
+        redis.call('HSET', key, curf, tostring(weight), 'h', tostring(h), 's', tostring(s), 't', TABLE)
+      else
+        redis.call('HSET', key, curf, tostring(weight), 'h', tostring(h), 's', tostring(s))
+      end
       redis.call('PEXPIREAT', key, (cur + 1) * g + window)
     end
   elseif changed then
