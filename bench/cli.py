@@ -118,6 +118,8 @@ class Bench:
         }
         self.env = servers.server_environment(self.db.url, generate_private_key_pem())
         self.redis_url: str | None = None  # set by `main` when a chosen server runs in shared mode
+        # the bench's Redis shares wrk's CPU, never the gateway's: another service, as on another host
+        self.redis_cpu = self.wrk_cpu
 
     def needs_redis(self) -> bool:
         return any(spec.redis for _, specs in self.scenarios() for spec in specs)
@@ -187,6 +189,8 @@ def print_report(args: argparse.Namespace, bench: Bench, results: dict[str, repo
     where = (f"server on CPU {bench.server_cpu}, wrk on CPU {bench.wrk_cpu}" if bench.server_cpu is not None
              else "unpinned")
     store = "PostgreSQL" if bench.db.url.startswith("postgresql") else "SQLite"
+    if bench.redis_url is not None:
+        where += f", Redis on CPU {bench.redis_cpu}" if bench.redis_cpu is not None else ", Redis unpinned"
     print(f"\nPortcullis bench: {os.cpu_count()} CPUs, Python {platform.python_version()}, {where}; "
           f"wrk -t1 -d{args.duration}s, median of {args.runs} run(s); database: {store}")
     for scenario, specs in bench.scenarios():
@@ -238,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
                 if bench.needs_redis():
                     from bench.redis_server import redis_server
 
-                    bench.redis_url = stack.enter_context(redis_server())
+                    bench.redis_url = stack.enter_context(redis_server(cpu=bench.redis_cpu))
                 results = bench.measure_all()
             print_report(args, bench, results)
     except BenchError as error:

@@ -1,4 +1,7 @@
-"""A Redis server of the benchmark's own, on a free loopback port, for the shared-mode scenario."""
+"""A Redis server of the benchmark's own, on a free loopback port, for the shared-mode scenario.
+
+Pinned, when the bench pins, to the CPU that is not the gateway's (wrk's): Redis is another service, as it
+would be on another host, and an unpinned server moves the results with wherever the scheduler puts it."""
 
 from __future__ import annotations
 
@@ -10,11 +13,11 @@ import tempfile
 import time
 from collections.abc import Iterator
 
-from bench.servers import HOST, BenchError, free_port, stop
+from bench.servers import HOST, BenchError, free_port, pin_to, stop
 
 
 @contextlib.contextmanager
-def redis_server() -> Iterator[str]:
+def redis_server(cpu: int | None = None) -> Iterator[str]:
     binary = shutil.which("redis-server")
     if binary is None:
         raise BenchError("the admission scenario needs redis-server on PATH (Debian: apt-get install redis-server)")
@@ -23,6 +26,7 @@ def redis_server() -> Iterator[str]:
     process = subprocess.Popen(
         [binary, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no", "--dir", workdir],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+        preexec_fn=pin_to(cpu),  # type: ignore[arg-type]
     )
     try:
         deadline = time.monotonic() + 10

@@ -171,6 +171,8 @@ def create_app(settings: Settings | None = None, *, enforce_authorization: bool 
     settings = settings or Settings()
     configure_logging(settings.log_level)
     services = build_services(settings)
+    # the window store keeps Redis connections of its own: closed with the client at shutdown
+    windows = services.admission.store if services.admission is not None else None
     if services.admission is not None:
         services.admission.refusals = services.rate_limit_audit
     if not admission:
@@ -249,6 +251,8 @@ def create_app(settings: Settings | None = None, *, enforce_authorization: bool 
             with contextlib.suppress(Exception):
                 await services.rate_limit_audit.stop()
             await services.revocations.stop()
+            if isinstance(windows, RedisWindows):
+                await windows.aclose()
             if services.redis is not None:
                 await services.redis.aclose()
             await services.db.dispose()

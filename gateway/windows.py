@@ -9,17 +9,23 @@ Unlike a log of timestamps, a bucketed window takes weights (the cost of an oper
 memory: a tenant's 60,000 requests per minute are at most 121 counters.
 
 Two stores with one algorithm: `LocalWindows` (one process, embedded mode) and `RedisWindows`, one
-Lua script per request (a single EVALSHA) that reads the time from the Redis server (`TIME`), so every
-process shares one clock and one count, and the check and the spend are atomic.
+Lua script per request (a single EVALSHA, sent on connections the store keeps for itself) that reads
+the time from the Redis server (`TIME`), so every process shares one clock and one count, and the check
+and the spend are atomic.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hashlib
 import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+from redis.exceptions import NoScriptError
 
 BUCKETS_PER_WINDOW = 120
 
@@ -129,37 +135,55 @@ class LocalWindows:
         return Outcome(admitted, now, retry, refused_by, states)
 
 
-# KEYS: the limits' counters. ARGV: n, spend (1/0), then per limit (amount, window ms, bucket ms,
-# weight). Hash fields: h (head bucket), s (sum), and one field per bucket id.
+# KEYS: the limits' counters. ARGV: spend (1/0), then per limit (amount, window ms, bucket ms, weight).
+# Hash fields: h (the head: the oldest bucket still counted), s (the sum of the buckets), one field per
+# bucket id holding its count, and in a window of many buckets t (a marker that keeps the hash a table).
+# Whenever s > 0 the head is a bucket that exists, so the time at which the oldest counted hit stops
+# counting is (h + 1) * g + window, with no scan. A limit costs one HMGET (h, s and the current bucket)
+# and, when it spends, one HSET; the expiry is set when a bucket is created (the key lives until its
+# newest bucket stops counting); HGET/HDEL only as the head moves on.
 _SCRIPT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local n = tonumber(ARGV[1])
-local spend = ARGV[2] == '1'
+local spend = ARGV[1] == '1'
+local TABLE = 'a moving window of counters, kept as a hash table so that a field is found directly'
+local n = #KEYS
 local admitted = 1
 local retry = 0
 local refused = 0
 local st = {}
 for i = 1, n do
-  local a = 2 + (i - 1) * 4
+  local a = 1 + (i - 1) * 4
   local amount = tonumber(ARGV[a + 1])
   local window = tonumber(ARGV[a + 2])
   local g = tonumber(ARGV[a + 3])
   local weight = tonumber(ARGV[a + 4])
   local key = KEYS[i]
   local cur = math.floor(now / g)
-  local hs = redis.call('HMGET', key, 'h', 's')
+  local curf = tostring(cur)
+  local hs = redis.call('HMGET', key, 'h', 's', curf)
   local h = tonumber(hs[1]) or cur
   local s = tonumber(hs[2]) or 0
+  local c = tonumber(hs[3])
   local changed = false
-  while h < cur and (h + 1) * g + window <= now do
-    local c = redis.call('HGET', key, tostring(h))
-    if c then
-      s = s - tonumber(c)
-      redis.call('HDEL', key, tostring(h))
-    end
-    h = h + 1
+  if h < cur and (h + 1) * g + window <= now then
+    -- the head no longer counts: drop buckets until one counts (or none is left)
     changed = true
+    repeat
+      local f = tostring(h)
+      local x = redis.call('HGET', key, f)
+      if x then
+        s = s - tonumber(x)
+        redis.call('HDEL', key, f)
+      end
+      h = h + 1
+    until h >= cur or s <= 0 or (h + 1) * g + window > now
+    if s > 0 then
+      -- keep the head on a bucket that exists
+      while h < cur and not redis.call('HGET', key, tostring(h)) do
+        h = h + 1
+      end
+    end
   end
   if s < 0 then s = 0 end
   if s + weight > amount then
@@ -169,9 +193,9 @@ for i = 1, n do
       local freed = 0
       local b = h
       while b <= cur do
-        local c = redis.call('HGET', key, tostring(b))
-        if c then
-          freed = freed + tonumber(c)
+        local x = redis.call('HGET', key, tostring(b))
+        if x then
+          freed = freed + tonumber(x)
           if freed >= need then
             wait = (b + 1) * g + window - now
             break
@@ -187,57 +211,169 @@ for i = 1, n do
     end
     admitted = 0
   end
-  st[i] = {key, window, g, weight, cur, h, s, changed}
+  st[i] = {key, window, g, weight, cur, curf, c, h, s, changed}
 end
 local out = {admitted, now, retry, refused}
 for i = 1, n do
-  local key, window, g, weight, cur, h, s, changed = unpack(st[i])
+  local key, window, g, weight, cur, curf, c, h, s, changed = unpack(st[i])
   if spend and admitted == 1 and weight > 0 then
-    redis.call('HINCRBY', key, tostring(cur), weight)
+    -- nothing counted yet, or a clock that stepped back: the new bucket is the oldest
+    if s == 0 or cur < h then h = cur end
     s = s + weight
-    redis.call('HSET', key, 'h', tostring(h), 's', tostring(s))
-    redis.call('PEXPIRE', key, window + g)
+    if c then
+      redis.call('HSET', key, curf, tostring(c + weight), 'h', tostring(h), 's', tostring(s))
+    else
+      -- a new bucket: the key lives until it stops counting
+      if cur - h >= 32 then
+        -- a window of many buckets is kept as a hash table (a value longer than the default
+        -- hash-max-listpack-value), whose fields are found directly: as a listpack, each lookup would
+        -- scan up to 120 buckets. A window of few buckets stays a (smaller) listpack.
+        redis.call('HSET', key, curf, tostring(weight), 'h', tostring(h), 's', tostring(s), 't', TABLE)
+      else
+        redis.call('HSET', key, curf, tostring(weight), 'h', tostring(h), 's', tostring(s))
+      end
+      redis.call('PEXPIREAT', key, (cur + 1) * g + window)
+    end
   elseif changed then
     redis.call('HSET', key, 'h', tostring(h), 's', tostring(s))
   end
   local reset = now
-  if s > 0 then
-    local b = h
-    while b <= cur do
-      if redis.call('HEXISTS', key, tostring(b)) == 1 then
-        reset = (b + 1) * g + window
-        break
-      end
-      b = b + 1
-    end
-  end
+  if s > 0 then reset = (h + 1) * g + window end
   out[#out + 1] = s
   out[#out + 1] = reset
 end
 return out
 """
+# the name Redis gives the script (EVALSHA), not a security measure
+_SHA = hashlib.sha1(_SCRIPT.encode(), usedforsecurity=False).hexdigest().encode()
+
+
+def _command(*parts: bytes) -> bytes:
+    """One command in the Redis protocol (RESP): an array of bulk strings."""
+    out = [b"*%d\r\n" % len(parts)]
+    for part in parts:
+        out.append(b"$%d\r\n%s\r\n" % (len(part), part))
+    return b"".join(out)
+
+
+_SCRIPT_LOAD = _command(b"SCRIPT", b"LOAD", _SCRIPT.encode())
+
 
 class RedisWindows:
-    def __init__(self, redis: Any, prefix: str = "portcullis:rl:") -> None:
+    """The windows in Redis: one EVALSHA per take, on connections of its own.
+
+    The store keeps a free list of redis-py connections made with the client's connection settings
+    (address, credentials, TLS, socket timeouts, hiredis parsing), at most the pool's
+    `max_connections` of them. A take holds one connection for its one round trip and nobody else uses
+    it meanwhile; a connection that failed or whose take was cancelled mid-command is closed, never
+    reused. Waiting for a free connection is bounded by the pool's `timeout` (5 s otherwise). Every
+    failure is `StoreUnavailable`; NOSCRIPT (a restarted or flushed Redis) loads the script and sends
+    the take once more, on the same connection.
+    """
+
+    def __init__(self, redis: Any, prefix: str = "portcullis:rl:", *, max_connections: int | None = None) -> None:
         self.redis = redis
         self.prefix = prefix
-        self._script = redis.register_script(_SCRIPT)
+        pool = redis.connection_pool
+        self._connection_class = pool.connection_class
+        self._connection_kwargs = dict(pool.connection_kwargs)
+        self.max_connections = max_connections or min(getattr(pool, "max_connections", 100) or 100, 10_000)
+        timeout = getattr(pool, "timeout", None)
+        self._wait_timeout: float = timeout if isinstance(timeout, int | float) else 5.0
+        self._slots = asyncio.Semaphore(self.max_connections)
+        self._free: list[Any] = []
+        self._closed = False
 
     async def take(self, limits: Sequence[Limit], *, spend: bool = True) -> Outcome:
-        keys = [self.prefix + limit.key for limit in limits]
-        args: list[Any] = [len(limits), 1 if spend else 0]
-        for limit in limits:
-            args += [limit.amount, limit.window * 1000, limit.bucket_ms, limit.weight]
         try:
-            raw = await self._script(keys=keys, args=args)
+            parts = [b"EVALSHA", _SHA, b"%d" % len(limits)]
+            prefix = self.prefix
+            for limit in limits:
+                parts.append((prefix + limit.key).encode())
+            parts.append(b"1" if spend else b"0")
+            for limit in limits:
+                parts += (b"%d" % limit.amount, b"%d" % (limit.window * 1000), b"%d" % limit.bucket_ms,
+                          b"%d" % limit.weight)
+            raw = await self._call(_command(*parts))
+            values = [int(v) for v in raw]
+        except StoreUnavailable:
+            raise
         except Exception as exc:
             raise StoreUnavailable(type(exc).__name__) from exc
-        values = [int(v) for v in raw]
         admitted, now, retry, refused = values[0], values[1], values[2], values[3]
         states = tuple(
             LimitState(limit, values[4 + 2 * i], values[5 + 2 * i]) for i, limit in enumerate(limits)
         )
         return Outcome(admitted == 1, now, retry, limits[refused - 1] if refused else None, states)
+
+    async def _call(self, command: bytes) -> Any:
+        slots = self._slots
+        if slots.locked():
+            try:
+                async with asyncio.timeout(self._wait_timeout):
+                    await slots.acquire()
+            except TimeoutError:
+                raise StoreUnavailable("no free Redis connection") from None
+        else:
+            await slots.acquire()
+        connection = None
+        try:
+            if self._closed:
+                raise StoreUnavailable("closed")
+            free = self._free
+            while free:
+                candidate = free.pop()
+                # closed by the server meanwhile, or holding bytes nobody asked for: not reusable
+                if await _reusable(candidate):
+                    connection = candidate
+                    break
+                await _drop(candidate)
+            if connection is None:
+                connection = self._connection_class(**self._connection_kwargs)
+                await connection.connect()
+            try:
+                reply = await _roundtrip(connection, command)
+            except NoScriptError:
+                await _roundtrip(connection, _SCRIPT_LOAD)
+                reply = await _roundtrip(connection, command)
+            # the reply was read whole: the connection is clean
+            if self._closed:
+                await _drop(connection)
+            else:
+                free.append(connection)
+            connection = None
+            return reply
+        finally:
+            if connection is not None:  # failed or cancelled mid-command: its state is unknown
+                await _drop(connection)
+            slots.release()
+
+    async def aclose(self) -> None:
+        """Closes the free connections; one in use is closed when its take ends."""
+        self._closed = True
+        free, self._free = self._free, []
+        for connection in free:
+            await _drop(connection)
+
+
+async def _roundtrip(connection: Any, command: bytes) -> Any:
+    """Sends one command and reads its reply; an error reply raises its `ResponseError` (the connection
+    stays clean)."""
+    await connection.send_packed_command(command, check_health=False)
+    return await connection.read_response()
+
+
+async def _reusable(connection: Any) -> bool:
+    """Still connected, and nothing waiting to be read (a closed socket reads as end of file)."""
+    try:
+        return bool(connection.is_connected and not await connection.can_read())
+    except Exception:
+        return False
+
+
+async def _drop(connection: Any) -> None:
+    with contextlib.suppress(Exception):
+        await connection.disconnect(nowait=True)
 
 
 def retry_seconds(retry_ms: int) -> int:

@@ -106,6 +106,7 @@ _BURST = textwrap.dedent("""
                 outcome = await windows.take([limit])
                 if outcome.admitted:
                     admitted.append(outcome.now_ms)
+        await windows.aclose()
         await redis.aclose()
         print(json.dumps(admitted))
 

@@ -4,15 +4,23 @@ property over random weighted schedules, all-or-nothing across limits, and the s
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import shutil
+import socket
+import subprocess
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.windows import Limit, LocalWindows, RedisWindows
+import gateway.windows as windows_module
+from gateway.windows import Limit, LocalWindows, RedisWindows, StoreUnavailable
 from tests.gateway.test_admission_shared import max_in_any_window
+from tests.services import free_port
 
 
 class Clock:
@@ -109,9 +117,11 @@ async def redis_windows(redis_url: str) -> AsyncIterator[RedisWindows]:
     from redis.asyncio import BlockingConnectionPool, Redis
 
     redis = Redis.from_pool(BlockingConnectionPool.from_url(redis_url, max_connections=20))
+    windows = RedisWindows(redis, prefix=f"test:{uuid.uuid4().hex}:")
     try:
-        yield RedisWindows(redis, prefix=f"test:{uuid.uuid4().hex}:")
+        yield windows
     finally:
+        await windows.aclose()
         await redis.aclose()
 
 
@@ -146,3 +156,177 @@ async def test_redis_zero_limit_refuses_with_the_window(redis_windows: RedisWind
     assert not outcome.admitted
     assert outcome.retry_ms == 60_000
     assert outcome.states[0].remaining == 0
+
+
+# The script on a simulated clock: the same text with its one `TIME` read replaced by the last ARGV, so
+# a schedule can be replayed against the in-process windows, which are the reference.
+_TIME = ("local t = redis.call('TIME')\n"
+         "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n")
+assert _TIME in windows_module._SCRIPT
+_SIMULATED = windows_module._SCRIPT.replace(_TIME, "local now = tonumber(ARGV[#ARGV])\n")
+
+_LIMITS = (
+    st.tuples(st.sampled_from(["a", "b", "c"]), st.integers(0, 30), st.sampled_from([1, 2, 10]), st.integers(0, 8))
+)
+
+
+@pytest.mark.redis
+@settings(max_examples=60, deadline=None)
+@given(steps=st.lists(
+    st.tuples(st.integers(0, 2_500), st.lists(_LIMITS, min_size=1, max_size=3, unique_by=lambda x: x[0]),
+              st.booleans()),
+    max_size=60,
+))
+def test_redis_script_agrees_with_the_local_windows(
+    redis_url: str, steps: list[tuple[int, list[tuple[str, int, int, int]], bool]]
+) -> None:
+    """Random schedules of weighted, multi-limit takes (and reads): the script answers exactly what
+    `LocalWindows` answers, to the admission, the retry time, the refusing limit, each count and
+    each reset time."""
+    import redis as sync_redis
+
+    client = sync_redis.Redis.from_url(redis_url)
+    try:
+        script = client.register_script(_SIMULATED)
+        prefix = f"test:{uuid.uuid4().hex}:"
+        seconds, _ = client.time()
+        now_ms = (seconds + 86_400) * 1000  # ahead of the server's clock: no key expires meanwhile
+        local = LocalWindows(lambda: (now_ms + 0.5) / 1000)
+        for delta, specs, spend in steps:
+            now_ms += delta
+            # amounts and windows belong to the key: vary them per key, not per take
+            limits = [Limit(name, f"{name}{amount}w{window}", amount, window, weight)
+                      for name, amount, window, weight in specs]
+            expected = asyncio.run(local.take(limits, spend=spend))
+            args: list[int] = [1 if spend else 0]
+            for limit in limits:
+                args += [limit.amount, limit.window * 1000, limit.bucket_ms, limit.weight]
+            raw = [int(v) for v in script(keys=[prefix + limit.key for limit in limits], args=[*args, now_ms])]
+            refused = limits.index(expected.refused_by) + 1 if expected.refused_by is not None else 0
+            assert raw[:4] == [int(expected.admitted), expected.now_ms, expected.retry_ms, refused]
+            assert raw[4:] == [v for s in expected.states for v in (s.used, s.reset_ms)]
+    finally:
+        client.close()
+
+
+@pytest.mark.redis
+async def test_redis_concurrent_takes_share_few_connections_exactly(redis_url: str) -> None:
+    """More takes in flight than connections: they wait their turn, each reads its own reply, and the
+    counts are exact."""
+    from redis.asyncio import Redis
+
+    redis = Redis.from_url(redis_url)
+    windows = RedisWindows(redis, prefix=f"test:{uuid.uuid4().hex}:", max_connections=4)
+    try:
+        shared = Limit("m", "shared", 120, 60)
+        # each take also spends its own key by its own weight: a reply read by the wrong take shows
+        outcomes = await asyncio.gather(*(
+            windows.take([shared, Limit("own", f"own{i}", 1000, 60, i + 1)]) for i in range(300)
+        ))
+        assert sum(o.admitted for o in outcomes) == 120
+        for i, outcome in enumerate(outcomes):
+            assert outcome.states[1].used == (i + 1 if outcome.admitted else 0)
+        assert len(windows._free) <= 4
+    finally:
+        await windows.aclose()
+        await redis.aclose()
+
+
+_BUSY = """
+local t = redis.call('TIME')
+local until_us = tonumber(t[1]) * 1000000 + tonumber(t[2]) + tonumber(ARGV[1])
+repeat t = redis.call('TIME') until tonumber(t[1]) * 1000000 + tonumber(t[2]) >= until_us
+return 1
+"""
+
+
+@pytest.mark.redis
+async def test_redis_takes_cancelled_mid_command_poison_nothing(redis_url: str) -> None:
+    """Takes cancelled while their command is in Redis (held up by a busy script) or while they wait
+    for a connection: their connections are closed, never reused, and every later take reads its own
+    reply."""
+    from redis.asyncio import Redis
+
+    redis = Redis.from_url(redis_url)
+    windows = RedisWindows(redis, prefix=f"test:{uuid.uuid4().hex}:", max_connections=6)
+    try:
+        await windows.take([Limit("m", "warm", 10, 60)])
+        busy = asyncio.create_task(redis.eval(_BUSY, 0, 300_000))
+        await asyncio.sleep(0.05)
+        pending = [asyncio.create_task(windows.take([Limit("m", f"cancelled{i}", 1000, 60, i + 1)]))
+                   for i in range(20)]
+        await asyncio.sleep(0.05)  # six sent and waiting for Redis, fourteen waiting for a connection
+        for task in pending:
+            task.cancel()
+        assert await busy == 1
+        for task in pending:
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        assert windows._free == [] or all(c.is_connected for c in windows._free)
+        assert not windows._slots.locked()
+        outcomes = await asyncio.gather(*(
+            windows.take([Limit("own", f"after{i}", 1000, 60, i + 1)]) for i in range(100)
+        ))
+        assert [o.states[0].used for o in outcomes] == [i + 1 for i in range(100)]
+        assert len(windows._free) <= 6
+    finally:
+        await windows.aclose()
+        await redis.aclose()
+
+
+@pytest.mark.redis
+async def test_redis_script_flushed_is_loaded_again(redis_windows: RedisWindows) -> None:
+    limit = Limit("m", "k", 10, 60)
+    assert (await redis_windows.take([limit])).states[0].used == 1
+    await redis_windows.redis.script_flush()
+    assert (await redis_windows.take([limit])).states[0].used == 2  # NOSCRIPT: loaded, sent once more
+    assert (await redis_windows.redis.script_exists(windows_module._SHA.decode())) == [True]
+    assert (await redis_windows.take([limit])).states[0].used == 3
+
+
+@contextlib.contextmanager
+def _redis_on(port: int, workdir: Path) -> Iterator[None]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("no redis-server on PATH")
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                break
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+        yield
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.mark.redis
+async def test_redis_down_is_unavailable_then_recovers(tmp_path: Path) -> None:
+    """Redis stops: every take fails with StoreUnavailable (nothing hangs, nothing is counted in the
+    process); Redis comes back (empty, without the script): takes work again."""
+    from redis.asyncio import BlockingConnectionPool, Redis
+
+    port = free_port()
+    redis = Redis.from_pool(BlockingConnectionPool.from_url(
+        f"redis://127.0.0.1:{port}/0", max_connections=4, timeout=5, socket_timeout=2, socket_connect_timeout=2))
+    windows = RedisWindows(redis, prefix="test:restart:")
+    limit = Limit("m", "k", 100, 60)
+    try:
+        with _redis_on(port, tmp_path):
+            outcomes = await asyncio.gather(*(windows.take([limit]) for _ in range(8)))
+            assert sorted(o.states[0].used for o in outcomes) == list(range(1, 9))
+        for _ in range(3):
+            with pytest.raises(StoreUnavailable):
+                await windows.take([limit])
+        with _redis_on(port, tmp_path):
+            assert (await windows.take([limit])).states[0].used == 1
+            outcomes = await asyncio.gather(*(windows.take([limit]) for _ in range(8)))
+            assert sorted(o.states[0].used for o in outcomes) == list(range(2, 10))
+    finally:
+        await windows.aclose()
+        await redis.aclose()
