@@ -336,9 +336,10 @@ class _DriverAppend:
                       for name in names]
 
     def parameters(self, values: Mapping[str, Any]) -> list[Any] | dict[str, Any]:
-        out = [(name, process(value) if process is not None else value)
-               for name, process in self.binds
-               for value in (values[name] if name in values else self.constants[name],)]
+        out: list[tuple[str, Any]] = []
+        for name, process in self.binds:
+            value = values[name] if name in values else self.constants[name]
+            out.append((name, process(value) if process is not None else value))
         return [value for _, value in out] if self.positional else dict(out)
 
     async def run(self, driver: Any, values: Mapping[str, Any]) -> Any:
