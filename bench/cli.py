@@ -25,10 +25,12 @@ from bench.servers import (
     Scenario,
     ServerSpec,
 )
+from gateway.cli import DEMO_ORG, DEMO_OWNER, DEMO_PASSWORD
 from identity.tokens import generate_private_key_pem
 
 DEFAULT_DURATION = 10
 DEFAULT_WARMUP = 3
+DEFAULT_SLICE = 1
 DEFAULT_CONNECTIONS = "1,32"
 
 
@@ -73,7 +75,10 @@ def parser() -> argparse.ArgumentParser:
                         "permission, with and without field authorization; apikey: Bearer against API key; "
                         "admission: shared mode (Redis) with and without admission; audited: an audited "
                         "mutation; all (default): every one")
-    p.add_argument("--duration", type=_positive, default=DEFAULT_DURATION, help="seconds per wrk run (10)")
+    p.add_argument("--duration", type=_positive, default=DEFAULT_DURATION,
+                   help="seconds of load per server and connection count (10)")
+    p.add_argument("--slice", type=_positive, default=DEFAULT_SLICE,
+                   help="the servers of a scenario take turns under load for this many seconds at a time (1)")
     p.add_argument("--warmup", type=int, default=DEFAULT_WARMUP, help="seconds of warm-up per server (3)")
     p.add_argument("--connections", type=_counts, default=_counts(DEFAULT_CONNECTIONS),
                    help="comma-separated connection counts (1,32)")
@@ -121,6 +126,7 @@ class Bench:
         }
         self.env = servers.server_environment(self.db.url, generate_private_key_pem())
         self.redis_url: str | None = None  # set by `main` when a chosen server runs in shared mode
+        self._credentials: dict[str, servers.Credential | None] = {}
         # the gateway's CPU by default: at one connection the gateway waits for each reply, and Redis runs in
         # that wait; on the other CPU every call first wakes an idle CPU (a cost of the machine, not of
         # admission), and at 32 connections Redis's work is charged to the gateway's CPU, the safe side
@@ -142,41 +148,59 @@ class Bench:
         runs: dict[tuple[str, str, int], list[Measurement]] = defaultdict(list)
         for run in range(1, self.args.runs + 1):
             for scenario, specs in self.scenarios():
-                # every other run in reverse order, so that a drift of the machine favours no server
-                for spec in specs if run % 2 else reversed(specs):
-                    for connections, measurement in self.measure_server(scenario, spec, run):
-                        runs[(scenario.name, spec.name, connections)].append(measurement)
+                for (name, connections), measurement in self.measure_scenario(scenario, specs, run).items():
+                    runs[(scenario.name, name, connections)].append(measurement)
         results: dict[str, report.Results] = defaultdict(dict)
         for (scenario_name, name, connections), values in runs.items():
             results[scenario_name][(name, connections)] = report.median(values)
         return results
 
-    def measure_server(self, scenario: Scenario, spec: ServerSpec, run: int) -> list[tuple[int, Measurement]]:
+    def measure_scenario(self, scenario: Scenario, specs: list[ServerSpec], run: int) -> report.Results:
+        """All of a scenario's servers side by side, loaded in turn for one slice at a time (in the reverse
+        order every other slice), so that whatever the machine does meanwhile falls on each of them alike;
+        each server's slices are then merged into one measurement."""
         expected = self.expected[scenario.name]
+        slices = max(1, self.args.duration // self.args.slice)
+        with contextlib.ExitStack() as stack:
+            loaded: list[tuple[RunningServer, Path]] = []
+            for spec in specs:
+                server = stack.enter_context(servers.running(spec, env=self._environment(spec),
+                                                             workdir=self.workdir, cpu=self.server_cpu))
+                credential = self._credential(server)
+                servers.check_answer(server, credential, scenario.query, expected)
+                script = load.write_script(self.workdir / f"{scenario.name}-{spec.name}.lua", scenario.query,
+                                           credential, scenario.alternate)
+                loaded.append((server, script))
+                self._credentials[spec.name] = credential
+            for server, script in loaded:
+                self._wrk(server, script, max(self.args.connections), self.args.warmup)
+            measured: report.Results = {}
+            for connections in self.args.connections:
+                samples: dict[str, list[load.Sample]] = defaultdict(list)
+                for index in range(slices):
+                    for server, script in loaded if index % 2 == 0 else reversed(loaded):
+                        output = self._wrk(server, script, connections, self.args.slice)
+                        samples[server.spec.name].append(load.parse(output))
+                for server, _ in loaded:
+                    m = measured[(server.spec.name, connections)] = load.combine(samples[server.spec.name])
+                    log(f"run {run}/{self.args.runs} {scenario.name:<9} {server.spec.name:<26} c={connections:<3} "
+                        f"{m.requests_per_second:>9.1f} req/s  p50 {m.p50_ms:.2f} ms  p99 {m.p99_ms:.2f} ms")
+            for server, _ in loaded:
+                servers.check_answer(server, self._credentials[server.spec.name], scenario.query, expected)
+            return measured
+
+    def _environment(self, spec: ServerSpec) -> dict[str, str]:
         env = dict(self.env)
         if spec.redis:
             if self.redis_url is None:
                 raise BenchError(f"{spec.name} needs Redis")
             env["PORTCULLIS_REDIS_URL"] = self.redis_url
-        with servers.running(spec, env=env, workdir=self.workdir, cpu=self.server_cpu) as server:
-            credential = self._credential(server)
-            servers.check_answer(server, credential, scenario.query, expected)
-            script = load.write_script(self.workdir / f"{scenario.name}-{spec.name}.lua", scenario.query,
-                                       credential, scenario.alternate)
-            self._wrk(server, script, max(self.args.connections), self.args.warmup)
-            measured = []
-            for connections in self.args.connections:
-                m = load.parse(self._wrk(server, script, connections, self.args.duration))
-                log(f"run {run}/{self.args.runs} {scenario.name:<8} {spec.name:<20} c={connections:<3} "
-                    f"{m.requests_per_second:>9.1f} req/s  p50 {m.p50_ms:.2f} ms  p99 {m.p99_ms:.2f} ms")
-                measured.append((connections, m))
-            servers.check_answer(server, credential, scenario.query, expected)
-            return measured
+        return env
 
     def _credential(self, server: RunningServer) -> servers.Credential | None:
         if server.spec.credential is None:
             return None
-        token = servers.login(server, database.DEMO_OWNER, database.DEMO_PASSWORD, database.DEMO_ORG)
+        token = servers.login(server, DEMO_OWNER, DEMO_PASSWORD, DEMO_ORG)
         if server.spec.credential == "apikey":
             return ("x-api-key", servers.create_api_key(server, token))
         return ("authorization", f"Bearer {token}")
@@ -196,8 +220,10 @@ def print_report(args: argparse.Namespace, bench: Bench, results: dict[str, repo
     store = "PostgreSQL" if bench.db.url.startswith("postgresql") else "SQLite"
     if bench.redis_url is not None:
         where += f", Redis on CPU {bench.redis_cpu}" if bench.redis_cpu is not None else ", Redis unpinned"
+    slices = max(1, args.duration // args.slice)
     print(f"\nPortcullis bench: {os.cpu_count()} CPUs, Python {platform.python_version()}, {where}; "
-          f"wrk -t1 -d{args.duration}s, median of {args.runs} run(s); database: {store}")
+          f"wrk -t1, each server {slices} x {args.slice}s in turns with the others, median of {args.runs} "
+          f"run(s); database: {store}")
     for scenario, specs in bench.scenarios():
         names = [s.name for s in specs]
         scenario_results = results.get(scenario.name, {})

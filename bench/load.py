@@ -5,15 +5,15 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench.servers import BenchError, pin_to
 
 WRK_MISSING = "wrk not found: install wrk: apt-get install wrk"
-_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
-_REQUESTS_PER_SECOND = re.compile(r"^Requests/sec:\s+([\d.]+)\s*$", re.MULTILINE)
-_PERCENTILE = r"^\s+{}%\s+([\d.]+)(us|ms|s|m)\s*$"
+_SAMPLE = re.compile(r"^portcullis-sample requests=(\d+) duration_us=(\d+) latency_us=([\d:, ]*)$", re.MULTILINE)
 _TOTAL = re.compile(r"^\s+(\d+) requests in ", re.MULTILINE)
 _NON_2XX = re.compile(r"Non-2xx or 3xx responses:\s+(\d+)")
 _SOCKET_ERRORS = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
@@ -24,6 +24,29 @@ class Measurement:
     requests_per_second: float
     p50_ms: float
     p99_ms: float
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One wrk run: how many requests completed, over how long, and every latency (microseconds: count)."""
+
+    requests: int
+    duration_us: int
+    latencies: Counter[int]
+
+
+# wrk's `done` hook prints the run's whole latency histogram, so that runs can be merged exactly
+_DONE = """
+done = function(summary, latency, requests)
+  local parts = {}
+  for i = 1, #latency do
+    local value, count = latency(i)
+    parts[#parts + 1] = string.format("%d:%d", value, count)
+  end
+  io.write(string.format("portcullis-sample requests=%d duration_us=%d latency_us=%s\\n",
+                         summary.requests, summary.duration, table.concat(parts, ",")))
+end
+"""
 
 
 def lua_string(value: str) -> str:
@@ -54,24 +77,17 @@ def write_script(path: Path, query: str, credential: tuple[str, str] | None, alt
             "  return wrk.format(nil, nil, nil, bodies[n % 2 + 1])",
             "end",
         ]
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text("\n".join(lines) + "\n" + _DONE)
     return path
 
 
 def run_wrk(wrk: str, url: str, script: Path, *, connections: int, seconds: int, cpu: int | None) -> str:
-    command = [wrk, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url]
+    command = [wrk, "-t1", f"-c{connections}", f"-d{seconds}s", "-s", str(script), url]
     completed = subprocess.run(command, capture_output=True, text=True, check=False,
-                               preexec_fn=pin_to(cpu), timeout=seconds + 60)  # type: ignore[arg-type]
+                               preexec_fn=pin_to(cpu), timeout=seconds + 60)
     if completed.returncode != 0:
         raise BenchError(f"wrk failed ({completed.returncode}): {completed.stderr or completed.stdout}")
     return completed.stdout
-
-
-def _milliseconds(output: str, percentile: int) -> float:
-    match = re.search(_PERCENTILE.format(percentile), output, re.MULTILINE)
-    if match is None:
-        raise BenchError(f"no {percentile}th percentile in wrk's report:\n{output}")
-    return float(match.group(1)) * _UNITS[match.group(2)]
 
 
 def check_responses(output: str) -> None:
@@ -87,9 +103,38 @@ def check_responses(output: str) -> None:
         raise BenchError(f"wrk completed no request:\n{output}")
 
 
-def parse(output: str) -> Measurement:
+def parse(output: str) -> Sample:
     check_responses(output)
-    rps = _REQUESTS_PER_SECOND.search(output)
-    if rps is None:
-        raise BenchError(f"no Requests/sec in wrk's report:\n{output}")
-    return Measurement(float(rps.group(1)), _milliseconds(output, 50), _milliseconds(output, 99))
+    match = _SAMPLE.search(output)
+    if match is None:
+        raise BenchError(f"no latency histogram in wrk's report:\n{output}")
+    latencies: Counter[int] = Counter()
+    for pair in filter(None, match.group(3).split(",")):
+        value, count = pair.split(":")
+        latencies[int(value)] += int(count)
+    return Sample(int(match.group(1)), int(match.group(2)), latencies)
+
+
+def percentile(latencies: Counter[int], p: float) -> float:
+    """The smallest latency (microseconds) that at least p percent of the requests did not exceed."""
+    total = sum(latencies.values())
+    rank = max(1, -(-total * p // 100))  # ceil without floats drifting at the boundaries
+    seen = 0
+    for value in sorted(latencies):
+        seen += latencies[value]
+        if seen >= rank:
+            return float(value)
+    raise BenchError("percentile of an empty histogram")
+
+
+def combine(samples: Iterable[Sample]) -> Measurement:
+    """Runs of one server merged as if they were one: every request counted once, percentiles over all."""
+    samples = list(samples)
+    latencies: Counter[int] = Counter()
+    for sample in samples:
+        latencies.update(sample.latencies)
+    requests = sum(s.requests for s in samples)
+    seconds = sum(s.duration_us for s in samples) / 1e6
+    if requests == 0 or seconds <= 0:
+        raise BenchError("no request was measured")
+    return Measurement(requests / seconds, percentile(latencies, 50) / 1000, percentile(latencies, 99) / 1000)

@@ -26,7 +26,7 @@ def redis_server(cpu: int | None = None) -> Iterator[str]:
     process = subprocess.Popen(
         [binary, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no", "--dir", workdir],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-        preexec_fn=pin_to(cpu),  # type: ignore[arg-type]
+        preexec_fn=pin_to(cpu),
     )
     try:
         deadline = time.monotonic() + 10

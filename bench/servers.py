@@ -11,7 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,7 +111,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def pin_to(cpu: int | None) -> object:
+def pin_to(cpu: int | None) -> Callable[[], None] | None:
     """A `preexec_fn` that pins the child to one CPU, or None when pinning is off or unsupported."""
     if cpu is None or not hasattr(os, "sched_setaffinity"):
         return None
@@ -185,7 +185,7 @@ def running(spec: ServerSpec, *, env: dict[str, str], workdir: Path, cpu: int | 
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             uvicorn_command(spec, port), cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, preexec_fn=pin_to(cpu),  # type: ignore[arg-type]
+            stdin=subprocess.DEVNULL, preexec_fn=pin_to(cpu),
         )
     server = RunningServer(spec, port, process, log_path)
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from sqlalchemy import select
+from sqlmodel import col
 
 from store.db import Database
 from store.models import Organization
@@ -33,5 +34,5 @@ def database() -> Database:
 async def read_organization() -> Organization:
     """The organization row by slug, in a session of its own (the same engine kind as the gateway)."""
     async with database().session() as session:
-        result = await session.execute(select(Organization).where(Organization.slug == SLUG))
+        result = await session.execute(select(Organization).where(col(Organization.slug) == SLUG))
         return result.scalar_one()

@@ -42,4 +42,4 @@ def default_app() -> GraphQL:
 
 def cached_app() -> GraphQL:
     """The same app with the parser and validation caches."""
-    return GraphQL(strawberry.Schema(query=Query, extensions=[ParserCache(), ValidationCache()]))
+    return GraphQL(strawberry.Schema(query=Query, extensions=[ParserCache, ValidationCache]))
