@@ -83,15 +83,22 @@ class _OneAtATime:
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._session, name)
-        if not inspect.iscoroutinefunction(attr):
-            return attr
+        if name not in _SESSION_COROUTINES:
+            return attr  # properties are read anew each time; `add` and the like pass straight through
 
         @functools.wraps(attr)
         async def in_turn(*args: Any, **kwargs: Any) -> Any:
             async with self._lock:
                 return await attr(*args, **kwargs)
 
+        self.__dict__[name] = in_turn  # made once per request: the next lookup finds it directly
         return in_turn
+
+
+# AsyncSession's coroutine methods (execute, flush, commit, ...): the ones that wait their turn
+_SESSION_COROUTINES = frozenset(
+    name for name in dir(AsyncSession) if inspect.iscoroutinefunction(getattr(AsyncSession, name, None))
+)
 
 
 class RequestContext:

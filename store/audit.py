@@ -336,10 +336,10 @@ class _DriverAppend:
                       for name in names]
 
     def parameters(self, values: Mapping[str, Any]) -> list[Any] | dict[str, Any]:
-        out: list[tuple[str, Any]] = []
-        for name, process in self.binds:
-            value = values[name] if name in values else self.constants[name]
-            out.append((name, process(value) if process is not None else value))
+        constants = self.constants
+        out = [(name, value if process is None else process(value))
+               for name, process in self.binds
+               for value in (values[name] if name in values else constants[name],)]
         return [value for _, value in out] if self.positional else dict(out)
 
     async def run(self, driver: Any, values: Mapping[str, Any]) -> Any:
@@ -353,30 +353,36 @@ class _DriverAppend:
 
 _DRIVER_APPEND: dict[tuple[str, str, str], _DriverAppend] = {}
 _DRIVERS = ("aiosqlite", "psycopg")
+_DRIVER_TYPES: dict[type, bool] = {}  # driver connection class: one this module can talk to directly
 
 
-async def _driver(session: AsyncSession) -> Any:
-    """The driver connection (aiosqlite or psycopg) under the session's transaction, or None."""
+def _driver(session: AsyncSession) -> Any:
+    """The driver connection (aiosqlite or psycopg) under the session's open transaction, or None."""
     connection = transaction_connection(session)
     if connection is None:
-        connection = (await session.connection()).sync_connection
+        return None
     # the transaction's connection is checked out and live: reading its DBAPI connection does no I/O
-    driver = connection.connection.driver_connection if connection is not None else None
-    return driver if type(driver).__module__.split(".")[0] in _DRIVERS else None
+    driver = connection.connection.driver_connection
+    kind = type(driver)
+    known = _DRIVER_TYPES.get(kind)
+    if known is None:
+        known = _DRIVER_TYPES[kind] = kind.__module__.split(".")[0] in _DRIVERS
+    return driver if known else None
 
 
-async def _insert(session: AsyncSession, dialect: str, params: dict[str, Any]) -> Any:
+async def _insert(session: AsyncSession, dialect: Any, params: dict[str, Any]) -> Any:
     """The append statement for one entry: its (sequence, previous_hash, hash), or None without a head row."""
-    stmt = _append_statement(dialect)
-    driver = await _driver(session)
-    bound = session.bind.dialect if session.bind is not None else None
-    if driver is not None and bound is not None:
-        key = (bound.name, bound.driver, bound.paramstyle)
+    driver = _driver(session)
+    if driver is None:
+        await session.connection()  # begins the transaction, so that the driver call joins it
+        driver = _driver(session)
+    if driver is not None:
+        key = (dialect.name, dialect.driver, dialect.paramstyle)
         prepared = _DRIVER_APPEND.get(key)
         if prepared is None:
-            prepared = _DRIVER_APPEND[key] = _DriverAppend(stmt, bound)
+            prepared = _DRIVER_APPEND[key] = _DriverAppend(_append_statement(dialect.name), dialect)
         return await prepared.run(driver, params)
-    return (await session.execute(stmt, params)).first()
+    return (await session.execute(_append_statement(dialect.name), params)).first()
 
 
 async def append(session: AsyncSession, events: Iterable[AuditEvent], *, now: datetime | None = None,
@@ -392,9 +398,13 @@ async def append(session: AsyncSession, events: Iterable[AuditEvent], *, now: da
         by_chain.setdefault(event.chain, []).append(event)
     if not by_chain:
         return []
-    dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
+    bind = session.bind
+    if bind is None:
+        raise RuntimeError("the audit log needs a session bound to the database")
+    dialect = bind.dialect
     # what the unit of work has pending goes first, as it would before a statement through the session
-    if session.new or session.dirty or session.deleted:
+    pending = session.sync_session
+    if pending.new or pending.dirty or pending.deleted:
         await session.flush()
     written: list[AuditEntry] = []
     # one lock order for every transaction: no deadlock between two that append to the same two chains
@@ -406,7 +416,7 @@ async def append(session: AsyncSession, events: Iterable[AuditEvent], *, now: da
             params["body"] = _canonical(params)
             row = await _insert(session, dialect, params)
             if row is None:  # the chain's first entry: no head row yet
-                await _create_head(session, dialect, chain)
+                await _create_head(session, dialect.name, chain)
                 row = await _insert(session, dialect, params)
                 if row is None:
                     raise RuntimeError(f"audit chain {chain!r} has no head row")
