@@ -290,6 +290,17 @@ async def login(client: httpx.AsyncClient, t: Tenant, password: str | None = Non
     return body["data"]["login"]  # type: ignore[no-any-return]
 
 
+@contextlib.asynccontextmanager
+async def shared_apps(database_url: str, redis_url: str, signing_key: str,
+                      tenant: Tenant) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient, str, Any, Any]]:
+    """Two gateway apps in shared mode on one database and one Redis, as two processes would be: their
+    clients, an access token of `tenant` from the first, and the apps themselves (c1, c2, token, one, two)."""
+    one = create_app(make_settings(database_url, signing_key, redis_url=redis_url))
+    two = create_app(make_settings(database_url, signing_key, redis_url=redis_url))
+    async with running(one) as c1, running(two) as c2:
+        yield c1, c2, (await login(c1, tenant))["accessToken"], one, two
+
+
 def error_codes(body: dict[str, Any]) -> list[str]:
     return [e["extensions"]["code"] for e in body.get("errors", [])]
 

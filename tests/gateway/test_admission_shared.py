@@ -30,6 +30,7 @@ from tests.conftest import (
     make_settings,
     make_tenant,
     running,
+    shared_apps,
     sql,
 )
 from tests.gateway.test_admission import ORG, assert_rate_limited, set_limits
@@ -141,10 +142,7 @@ def test_c079_c084_boundary_bursts_from_skewed_processes(redis_url: str, tmp_pat
 async def test_c085_downgrade_reaches_the_other_process(
     postgresql_url: str, redis_url: str, signing_key: str, shared_tenant: Tenant
 ) -> None:
-    one = create_app(make_settings(postgresql_url, signing_key, redis_url=redis_url))
-    two = create_app(make_settings(postgresql_url, signing_key, redis_url=redis_url))
-    async with running(one) as c1, running(two) as c2:
-        token = (await login(c1, shared_tenant))["accessToken"]
+    async with shared_apps(postgresql_url, redis_url, signing_key, shared_tenant) as (c1, c2, token, one, _):
         await set_limits(one, postgresql_url, shared_tenant.org_id, {"REQUESTS_PER_MINUTE": 10})
         await asyncio.sleep(0.2)
         for c in (c1, c2, c1, c2, c1, c2):
@@ -161,10 +159,7 @@ async def test_c085_downgrade_reaches_the_other_process(
 async def test_usage_is_counted_once_across_processes(
     postgresql_url: str, redis_url: str, signing_key: str, shared_tenant: Tenant
 ) -> None:
-    one = create_app(make_settings(postgresql_url, signing_key, redis_url=redis_url))
-    two = create_app(make_settings(postgresql_url, signing_key, redis_url=redis_url))
-    async with running(one) as c1, running(two) as c2:
-        token = (await login(c1, shared_tenant))["accessToken"]
+    async with shared_apps(postgresql_url, redis_url, signing_key, shared_tenant) as (c1, c2, token, one, two):
         for c in (c1, c2, c1, c2, c2):
             assert (await gql(c, ORG, token=token)).status_code == 200
         await one.state.services.usage.flush()
@@ -177,11 +172,8 @@ async def test_usage_is_counted_once_across_processes(
 async def test_rate_limit_field_in_shared_mode(
     postgresql_url: str, redis_url: str, signing_key: str, shared_tenant: Tenant
 ) -> None:
-    one = create_app(make_settings(postgresql_url, signing_key, redis_url=redis_url))
-    two = create_app(make_settings(postgresql_url, signing_key, redis_url=redis_url))
     query = "{ rateLimit { requestsPerMinute { limit remaining } } }"
-    async with running(one) as c1, running(two) as c2:
-        token = (await login(c1, shared_tenant))["accessToken"]
+    async with shared_apps(postgresql_url, redis_url, signing_key, shared_tenant) as (c1, c2, token, *_):
         seen = [(await gql(c, query, token=token)).json()["data"]["rateLimit"]["requestsPerMinute"]
                 for c in (c1, c2, c1)]
         assert seen == [{"limit": 6_000, "remaining": 6_000 - n} for n in (1, 2, 3)]

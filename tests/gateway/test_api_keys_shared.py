@@ -12,15 +12,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.app import create_app
 from tests.conftest import (
     Tenant,
     error_codes,
     gql,
     login,
-    make_settings,
     refused_within,
-    running,
+    shared_apps,
 )
 from tests.gateway.test_shared_mode import gateway_env, gateway_processes
 from tests.schema.test_api_keys import ORG, REVOKE, ROTATE, new_key, with_key
@@ -31,10 +29,7 @@ pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 async def test_c118_revocation_reaches_the_other_app(
     postgresql_url: str, redis_url: str, signing_key: str, shared_tenant: Tenant
 ) -> None:
-    one = create_app(make_settings(postgresql_url, signing_key, redis_url=redis_url))
-    two = create_app(make_settings(postgresql_url, signing_key, redis_url=redis_url))
-    async with running(one) as c1, running(two) as c2:
-        token = (await login(c1, shared_tenant))["accessToken"]
+    async with shared_apps(postgresql_url, redis_url, signing_key, shared_tenant) as (c1, c2, token, *_):
         key_id, key = await new_key(c1, token)
         for _ in range(2):  # the second answer comes from app two's cache
             assert (await gql(c2, ORG, headers=with_key(key))).status_code == 200
@@ -45,10 +40,7 @@ async def test_c118_revocation_reaches_the_other_app(
 async def test_rotation_grace_ends_on_both_apps(
     postgresql_url: str, redis_url: str, signing_key: str, shared_tenant: Tenant
 ) -> None:
-    one = create_app(make_settings(postgresql_url, signing_key, redis_url=redis_url))
-    two = create_app(make_settings(postgresql_url, signing_key, redis_url=redis_url))
-    async with running(one) as c1, running(two) as c2:
-        token = (await login(c1, shared_tenant))["accessToken"]
+    async with shared_apps(postgresql_url, redis_url, signing_key, shared_tenant) as (c1, c2, token, *_):
         key_id, old = await new_key(c1, token)
         assert (await gql(c2, ORG, headers=with_key(old))).status_code == 200
         new = (await gql(c1, ROTATE, {"id": key_id, "g": 1}, token=token)).json()["data"]["rotateApiKey"]["secret"]
@@ -64,10 +56,7 @@ async def test_rotation_grace_ends_on_both_apps(
 async def test_key_rate_limit_is_shared_between_apps(
     postgresql_url: str, redis_url: str, signing_key: str, shared_tenant: Tenant
 ) -> None:
-    one = create_app(make_settings(postgresql_url, signing_key, redis_url=redis_url))
-    two = create_app(make_settings(postgresql_url, signing_key, redis_url=redis_url))
-    async with running(one) as c1, running(two) as c2:
-        token = (await login(c1, shared_tenant))["accessToken"]
+    async with shared_apps(postgresql_url, redis_url, signing_key, shared_tenant) as (c1, c2, token, *_):
         _, key = await new_key(c1, token, rateLimitPerMinute=4)
         statuses = [(await gql(c, ORG, headers=with_key(key))).status_code for c in (c1, c2, c1, c2, c1, c2)]
         assert statuses == [200, 200, 200, 200, 429, 429]

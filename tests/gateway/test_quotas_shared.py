@@ -7,8 +7,7 @@ import asyncio
 
 import pytest
 
-from gateway.app import create_app
-from tests.conftest import Tenant, error_codes, gql, login, make_settings, running
+from tests.conftest import Tenant, error_codes, gql, shared_apps
 from tests.schema.test_quotas import CHANGE_PLAN, DEEP
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
@@ -17,10 +16,7 @@ pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 async def test_change_plan_reaches_the_other_process(
     postgresql_url: str, redis_url: str, signing_key: str, shared_tenant: Tenant
 ) -> None:
-    one = create_app(make_settings(postgresql_url, signing_key, redis_url=redis_url))
-    two = create_app(make_settings(postgresql_url, signing_key, redis_url=redis_url))
-    async with running(one) as c1, running(two) as c2:
-        token = (await login(c1, shared_tenant))["accessToken"]
+    async with shared_apps(postgresql_url, redis_url, signing_key, shared_tenant) as (c1, c2, token, *_):
         downgraded = (await gql(c1, CHANGE_PLAN, {"plan": "FREE"}, token=token)).json()
         assert downgraded["data"]["changePlan"]["plan"] == "FREE"
         # process two caches the session with the FREE plan: depth 11 is over FREE's 10
