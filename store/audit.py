@@ -34,6 +34,7 @@ import json
 import logging
 import re
 import unicodedata
+import weakref
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -317,7 +318,7 @@ async def _create_head(session: AsyncSession, dialect: str, chain: str) -> None:
 
 
 class _DriverAppend:
-    """The append statement compiled once per dialect and run on the driver connection under the
+    """The append statement compiled once per engine (its dialect) and run on the driver connection under the
     session's transaction: one call (aiosqlite's `execute_fetchall`: the statement and its RETURNING rows
     in one trip to the connection's thread, where SQLAlchemy's cursor takes four; psycopg's `execute`:
     one round trip without SQLAlchemy's execution layer). The values go through the bind processors
@@ -351,7 +352,8 @@ class _DriverAppend:
         return rows[0] if rows else None
 
 
-_DRIVER_APPEND: dict[tuple[str, str, str], _DriverAppend] = {}
+# per dialect object, i.e. per engine: the bind processors are that engine's (its JSON serializer, say)
+_DRIVER_APPEND: weakref.WeakKeyDictionary[Any, _DriverAppend] = weakref.WeakKeyDictionary()
 _DRIVERS = ("aiosqlite", "psycopg")
 _DRIVER_TYPES: dict[type, bool] = {}  # driver connection class: one this module can talk to directly
 
@@ -377,10 +379,9 @@ async def _insert(session: AsyncSession, dialect: Any, params: dict[str, Any]) -
         await session.connection()  # begins the transaction, so that the driver call joins it
         driver = _driver(session)
     if driver is not None:
-        key = (dialect.name, dialect.driver, dialect.paramstyle)
-        prepared = _DRIVER_APPEND.get(key)
+        prepared = _DRIVER_APPEND.get(dialect)
         if prepared is None:
-            prepared = _DRIVER_APPEND[key] = _DriverAppend(_append_statement(dialect.name), dialect)
+            prepared = _DRIVER_APPEND[dialect] = _DriverAppend(_append_statement(dialect.name), dialect)
         return await prepared.run(driver, params)
     return (await session.execute(_append_statement(dialect.name), params)).first()
 

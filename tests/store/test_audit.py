@@ -12,10 +12,11 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy import event as event_module
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from store import audit
 from store.audit import AuditEvent, ChainHead
-from store.db import Database, is_sqlite, sync_url
+from store.db import Database, TrackedSession, async_url, install_sqlite_pragmas, is_sqlite, sync_url
 from store.migrate import upgrade
 from store.models import new_id
 from tests.conftest import _fresh_postgres_database, sql
@@ -86,6 +87,30 @@ async def test_each_tenant_has_its_own_contiguous_chain(database_url: str) -> No
     assert sql(database_url, "SELECT sequence, hash FROM audit_chain_heads WHERE chain = :c", c=a) == [
         (3, first[-1][3])
     ]
+
+
+async def test_each_engine_appends_with_its_own_bind_processors(database_url: str) -> None:
+    """The prepared append belongs to its engine: an engine built with its own JSON serializer writes its
+    entries' details with it, and another engine's entries never are."""
+    org = new_id()
+    await write(database_url, event(org))
+    plain = Database(database_url)
+    custom = create_async_engine(async_url(database_url), json_serializer=lambda value: json.dumps(value, indent=1))
+    if plain.sqlite:
+        install_sqlite_pragmas(custom.sync_engine)
+    sessions = async_sessionmaker(custom, sync_session_class=TrackedSession)
+    try:
+        for new_session in (plain.session, sessions, plain.session):
+            async with new_session() as session:
+                await audit.append(session, [event(org, details={"n": 2})])
+                await session.commit()
+    finally:
+        await plain.dispose()
+        await custom.dispose()
+    texts = [r[0] for r in sql(database_url, "SELECT CAST(details AS TEXT) FROM audit_log WHERE chain = :c "
+                                             "ORDER BY sequence", c=org)]
+    assert [json.loads(t) for t in texts[1:]] == [{"n": 2}] * 3
+    assert ["\n" in t for t in texts[1:]] == [False, True, False]
 
 
 async def test_an_append_is_one_statement_once_the_chain_has_a_head(database_url: str) -> None:
