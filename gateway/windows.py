@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from redis.exceptions import NoScriptError
+import hiredis
 
 BUCKETS_PER_WINDOW = 120
 
@@ -262,13 +262,15 @@ _SCRIPT_LOAD = _command(b"SCRIPT", b"LOAD", _SCRIPT.encode())
 class RedisWindows:
     """The windows in Redis: one EVALSHA per take, on connections of its own.
 
-    The store keeps a free list of redis-py connections made with the client's connection settings
-    (address, credentials, TLS, socket timeouts, hiredis parsing), at most the pool's
-    `max_connections` of them. A take holds one connection for its one round trip and nobody else uses
-    it meanwhile; a connection that failed or whose take was cancelled mid-command is closed, never
-    reused. Waiting for a free connection is bounded by the pool's `timeout` (5 s otherwise). Every
-    failure is `StoreUnavailable`; NOSCRIPT (a restarted or flushed Redis) loads the script and sends
-    the take once more, on the same connection.
+    Each connection is opened by redis-py with the client's settings (address, credentials, database,
+    TLS, connect timeout, protocol version), then taken over (`_Link`): the take writes its command on the
+    transport and hiredis parses the reply as it arrives, with no stream, lock or task in between. The
+    store keeps a free list of them, at most the pool's `max_connections`. A take holds one connection
+    for its one round trip and nobody else uses it meanwhile; a connection that failed, timed out
+    (`socket_timeout`), was closed by the server, sent bytes nobody asked for, or whose take was
+    cancelled mid-command is closed, never reused. Waiting for a free connection is bounded by the
+    pool's `timeout` (5 s otherwise). Every failure is `StoreUnavailable`; NOSCRIPT (a restarted or
+    flushed Redis) loads the script and sends the take once more, on the same connection.
     """
 
     def __init__(self, redis: Any, prefix: str = "portcullis:rl:", *, max_connections: int | None = None) -> None:
@@ -281,7 +283,8 @@ class RedisWindows:
         timeout = getattr(pool, "timeout", None)
         self._wait_timeout: float = timeout if isinstance(timeout, int | float) else 5.0
         self._slots = asyncio.Semaphore(self.max_connections)
-        self._free: list[Any] = []
+        self._reply_timeout: float | None = self._connection_kwargs.get("socket_timeout")
+        self._free: list[_Link] = []
         self._closed = False
 
     async def take(self, limits: Sequence[Limit], *, spend: bool = True) -> Outcome:
@@ -316,64 +319,126 @@ class RedisWindows:
                 raise StoreUnavailable("no free Redis connection") from None
         else:
             await slots.acquire()
-        connection = None
+        link: _Link | None = None
         try:
             if self._closed:
                 raise StoreUnavailable("closed")
             free = self._free
             while free:
                 candidate = free.pop()
-                # closed by the server meanwhile, or holding bytes nobody asked for: not reusable
-                if await _reusable(candidate):
-                    connection = candidate
+                if candidate.usable:
+                    link = candidate
                     break
-                await _drop(candidate)
-            if connection is None:
-                connection = self._connection_class(**self._connection_kwargs)
-                await connection.connect()
-            try:
-                reply = await _roundtrip(connection, command)
-            except NoScriptError:
-                await _roundtrip(connection, _SCRIPT_LOAD)
-                reply = await _roundtrip(connection, command)
+                candidate.close()
+            if link is None:
+                link = await self._open()
+            reply = await link.call(command, self._reply_timeout)
+            if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT"):
+                await link.call(_SCRIPT_LOAD, self._reply_timeout)
+                reply = await link.call(command, self._reply_timeout)
+            if isinstance(reply, hiredis.ReplyError):
+                raise StoreUnavailable(f"Redis answered an error: {str(reply)[:200]}")
             # the reply was read whole: the connection is clean
             if self._closed:
-                await _drop(connection)
+                link.close()
             else:
-                free.append(connection)
-            connection = None
+                free.append(link)
+            link = None
             return reply
         finally:
-            if connection is not None:  # failed or cancelled mid-command: its state is unknown
-                await _drop(connection)
+            if link is not None:  # failed or cancelled mid-command: its state is unknown
+                link.close()
             slots.release()
+
+    async def _open(self) -> _Link:
+        """A new connection: redis-py connects, authenticates and selects the database, then hands the
+        transport over."""
+        connection = self._connection_class(**self._connection_kwargs)
+        await connection.connect()
+        try:
+            return _Link(connection)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await connection.disconnect(nowait=True)
+            raise
 
     async def aclose(self) -> None:
         """Closes the free connections; one in use is closed when its take ends."""
         self._closed = True
         free, self._free = self._free, []
-        for connection in free:
-            await _drop(connection)
+        for link in free:
+            link.close()
 
 
-async def _roundtrip(connection: Any, command: bytes) -> Any:
-    """Sends one command and reads its reply; an error reply raises its `ResponseError` (the connection
-    stays clean)."""
-    await connection.send_packed_command(command, check_health=False)
-    return await connection.read_response()
+class _Link(asyncio.Protocol):
+    """One connection to Redis, taken over from redis-py once it has connected: the transport's protocol
+    becomes this object, which hands each reply (parsed by hiredis) to the one take waiting for it.
+    Anything else that arrives (a reply nobody waits for, the server closing) breaks the link."""
 
+    def __init__(self, connection: Any) -> None:
+        # redis-py's stream, whose transport carries the handshake just made: the link owns it from now on
+        # (and closes it through the writer), and the redis-py connection no longer refers to it
+        self._writer: asyncio.StreamWriter = connection._writer
+        connection._writer = connection._reader = None
+        self._transport: asyncio.Transport = self._writer.transport
+        self._reader = hiredis.Reader()
+        self._waiter: asyncio.Future[Any] | None = None
+        self._broken = False
+        self._transport.set_protocol(self)
 
-async def _reusable(connection: Any) -> bool:
-    """Still connected, and nothing waiting to be read (a closed socket reads as end of file)."""
-    try:
-        return bool(connection.is_connected and not await connection.can_read())
-    except Exception:
+    @property
+    def usable(self) -> bool:
+        return not self._broken and self._waiter is None and not self._transport.is_closing()
+
+    async def call(self, command: bytes, reply_timeout: float | None) -> Any:
+        """Writes one command and waits for its reply (an error reply is returned, not raised)."""
+        if not self.usable:
+            raise ConnectionError("the Redis connection is closed")
+        loop = asyncio.get_running_loop()
+        self._waiter = waiter = loop.create_future()
+        self._transport.write(command)
+        if reply_timeout is None:
+            return await waiter
+        expiry = loop.call_later(reply_timeout, _expire, waiter)
+        try:
+            return await waiter
+        finally:
+            expiry.cancel()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._reader.feed(data)
+            while (reply := self._reader.gets()) is not False:
+                waiter, self._waiter = self._waiter, None
+                if waiter is None:  # nobody asked: the stream is out of step
+                    self.close()
+                    return
+                if not waiter.done():
+                    waiter.set_result(reply)
+        except hiredis.ProtocolError as exc:
+            self._fail(ConnectionError(f"unreadable reply from Redis: {exc}"))
+
+    def eof_received(self) -> bool:
+        self._fail(ConnectionError("Redis closed the connection"))
         return False
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(ConnectionError("the Redis connection was lost") if exc is None else exc)
 
-async def _drop(connection: Any) -> None:
-    with contextlib.suppress(Exception):
-        await connection.disconnect(nowait=True)
+    def _fail(self, exc: Exception) -> None:
+        self._broken = True
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+        self._writer.close()
+
+    def close(self) -> None:
+        self._fail(ConnectionError("the Redis connection was closed"))
+
+
+def _expire(waiter: asyncio.Future[Any]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError("Redis did not answer in time"))
 
 
 def retry_seconds(retry_ms: int) -> int:
