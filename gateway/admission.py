@@ -24,6 +24,7 @@ When the store fails: login limits fail closed (503); the others follow `limits_
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import time
@@ -47,6 +48,7 @@ from store.models import Organization
 log = logging.getLogger("portcullis.admission")
 
 MINUTE, DAY = 60, 86_400
+_TENANT_LIMITS_CACHE = 4096
 _WINDOWS = {
     QuotaResource.REQUESTS_PER_MINUTE: ("tenant-minute", "m", MINUTE),
     QuotaResource.REQUESTS_PER_DAY: ("tenant-day", "d", DAY),
@@ -101,7 +103,10 @@ class Decision:
         return out
 
 
+@functools.lru_cache(maxsize=256)
 def iso(ms: int) -> str:
+    """A millisecond timestamp as ISO 8601 UTC (`...T12:00:00.500Z`). Reset times repeat from one request to
+    the next until their bucket moves on, so the few recent ones are kept formatted."""
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
@@ -147,6 +152,7 @@ class Admission:
         self.shared = shared
         self.clock = clock
         self.usage = UsageCounter()
+        self._tenant_limits: dict[tuple[str, int], tuple[Mapping[QuotaResource, int | None], tuple[Limit, ...]]] = {}
         self._day_from, self._day = 0.0, ""
         self.on_refused: Callable[[str], None] = lambda _name: None
         self.on_store_error: Callable[[str], None] = lambda _outcome: None
@@ -155,6 +161,12 @@ class Admission:
 
     async def tenant_limits(self, organization_id: str, *, cost: int = 0) -> list[Limit]:
         _, limits = await self.orgs.get(organization_id)
+        # the same tenant limits and cost come back request after request: built once per (limits, cost),
+        # and built anew when the organization's limits are read again (a new dict)
+        key = (organization_id, cost)
+        built = self._tenant_limits.get(key)
+        if built is not None and built[0] is limits:
+            return list(built[1])
         out = []
         for resource, (name, suffix, window) in _WINDOWS.items():
             amount = limits.get(resource)
@@ -162,6 +174,9 @@ class Admission:
                 continue
             weight = cost if resource is QuotaResource.COST_PER_MINUTE else 1
             out.append(Limit(name, f"t:{organization_id}:{suffix}", amount, window, weight))
+        if len(self._tenant_limits) >= _TENANT_LIMITS_CACHE:
+            self._tenant_limits.pop(next(iter(self._tenant_limits)))
+        self._tenant_limits[key] = (limits, tuple(out))
         return out
 
     async def limits_for(self, principal: Principal, *, key_rate_limit: int | None = None, cost: int = 0,
