@@ -330,3 +330,28 @@ async def test_redis_down_is_unavailable_then_recovers(tmp_path: Path) -> None:
     finally:
         await windows.aclose()
         await redis.aclose()
+
+
+async def _until_unusable(link: windows_module._Link) -> None:
+    for _ in range(200):
+        if not link.usable:
+            return
+        await asyncio.sleep(0.01)
+    pytest.fail("the connection is still taken for usable")
+
+
+async def test_redis_connection_out_of_step_or_closed_is_replaced(redis_windows: RedisWindows) -> None:
+    """A reply no take asked for, or the server closing the connection, retires it: the next take runs on
+    a new one, and counts once."""
+    limit = Limit("m", "k", 10, 60)
+    assert (await redis_windows.take([limit])).states[0].used == 1
+    (link,) = redis_windows._free
+    link._transport.write(b"*1\r\n$4\r\nPING\r\n")  # its PONG reaches a connection nobody waits on
+    await _until_unusable(link)
+    assert (await redis_windows.take([limit])).states[0].used == 2
+    (second,) = redis_windows._free
+    assert second is not link
+    await redis_windows.redis.client_kill_filter(_type="normal", skipme=True)  # Redis drops the store's connection
+    await _until_unusable(second)
+    assert (await redis_windows.take([limit])).states[0].used == 3
+    assert redis_windows._free[0] is not second
