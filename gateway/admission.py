@@ -28,7 +28,7 @@ import functools
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -110,6 +110,17 @@ def iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+@dataclass(slots=True)
+class Early:
+    """A take `Admission.begin` has sent, with what it was sent for; `Admission.finish` decides it."""
+
+    principal: Principal
+    key_rate_limit: int | None
+    cost: int
+    pending: Awaitable[Outcome]
+    decision: Decision | None = None
+
+
 class OrgLimitCache:
     """Each organization's effective limits, read from the database once and kept until the revocation
     bus says "org:<id>" (or "*"); a TTL bounds how long a lost message could keep a stale entry."""
@@ -126,6 +137,13 @@ class OrgLimitCache:
                 self._entries.clear()
             elif key.startswith("org:"):
                 self._entries.pop(key[4:], None)
+
+    def peek(self, organization_id: str) -> dict[QuotaResource, int | None] | None:
+        """The organization's limits if they are at hand (read, and not yet due to be read again)."""
+        entry = self._entries.get(organization_id)
+        if entry is not None and entry[0] > self.clock():
+            return entry[2]
+        return None
 
     async def get(self, organization_id: str) -> tuple[str, dict[QuotaResource, int | None]]:
         entry = self._entries.get(organization_id)
@@ -161,12 +179,15 @@ class Admission:
 
     async def tenant_limits(self, organization_id: str, *, cost: int = 0) -> list[Limit]:
         _, limits = await self.orgs.get(organization_id)
+        return list(self._built(organization_id, limits, cost))
+
+    def _built(self, organization_id: str, limits: Mapping[QuotaResource, int | None], cost: int) -> tuple[Limit, ...]:
         # the same tenant limits and cost come back request after request: built once per (limits, cost),
         # and built anew when the organization's limits are read again (a new dict)
         key = (organization_id, cost)
         built = self._tenant_limits.get(key)
         if built is not None and built[0] is limits:
-            return list(built[1])
+            return built[1]
         out = []
         for resource, (name, suffix, window) in _WINDOWS.items():
             amount = limits.get(resource)
@@ -177,7 +198,7 @@ class Admission:
         if len(self._tenant_limits) >= _TENANT_LIMITS_CACHE:
             self._tenant_limits.pop(next(iter(self._tenant_limits)))
         self._tenant_limits[key] = (limits, tuple(out))
-        return out
+        return tuple(out)
 
     async def limits_for(self, principal: Principal, *, key_rate_limit: int | None = None, cost: int = 0,
                          login_accounts: Sequence[str] = ()) -> list[Limit]:
@@ -222,16 +243,52 @@ class Admission:
                                        cost=cost if spend_cost else 0, login_accounts=login_accounts)
         if not limits:
             return Decision(200)
+        return await self._decide(principal, self.store.take(limits, spend=spend), closed=bool(login_accounts),
+                                  spend=spend, cost=cost if spend_cost else 0)
+
+    def begin(self, principal: Principal, *, key_rate_limit: int | None = None, cost: int = 0) -> Early | None:
+        """Sends a tenant caller's take now, before the operation reaches validation, when everything it
+        needs is at hand without waiting: the organization's limits already read, the operation's cost
+        known in advance (`cost`), a free connection to the shared store. The round trip then runs while
+        the operation is parsed, validated and measured; `finish` gives the decision, the same one `admit`
+        would give with the same arguments. None: nothing was sent (embedded mode, limits not read yet,
+        no free connection), and the caller admits the usual way."""
+        begin = getattr(self.store, "begin", None)
+        organization_id = principal.organization_id
+        if begin is None or organization_id is None:
+            return None
+        limits = self.orgs.peek(organization_id)
+        if limits is None:
+            return None
+        taken = list(self._built(organization_id, limits, cost))
+        if principal.kind is PrincipalKind.API_KEY and key_rate_limit is not None:
+            taken.append(Limit("api-key", f"k:{principal.subject_id}", key_rate_limit, MINUTE))
+        if not taken:
+            return None
+        pending = begin(taken)
+        if pending is None:
+            return None
+        return Early(principal, key_rate_limit, cost, pending)
+
+    async def finish(self, early: Early) -> Decision:
+        """The decision of a take sent by `begin` (awaited once; later calls give the same decision)."""
+        if early.decision is None:
+            early.decision = await self._decide(early.principal, early.pending, closed=False, spend=True,
+                                                cost=early.cost)
+        return early.decision
+
+    async def _decide(self, principal: Principal, taking: Awaitable[Outcome], *, closed: bool, spend: bool,
+                      cost: int) -> Decision:
         try:
-            outcome: Outcome = await self.store.take(limits, spend=spend)
+            outcome: Outcome = await taking
         except StoreUnavailable as exc:
-            closed = bool(login_accounts) or not self.policy.fail_open
+            closed = closed or not self.policy.fail_open
             log.error("admission store unavailable; request %s", "refused" if closed else "admitted",
                       extra={"request_id": principal.request_id, "error": str(exc)})
             self.on_store_error("refused" if closed else "admitted")
             return Decision(503, retry_after=1) if closed else Decision(200)
         if spend:
-            self.usage.add(self._usage(principal), admitted=outcome.admitted, cost=cost if spend_cost else 0)
+            self.usage.add(self._usage(principal), admitted=outcome.admitted, cost=cost)
         if outcome.admitted:
             return Decision(200, states=outcome.states, now_ms=outcome.now_ms)
         refused_by = outcome.refused_by

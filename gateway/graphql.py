@@ -20,6 +20,7 @@ from authz.errors import ErrorCode
 from gateway.middleware import BodyTooLarge, graphql_error, send_json
 from resolvers.deps import RequestContext, Services
 from schema.extensions import MASKED_MESSAGE, shape_error
+from schema.limits.admission import begin_early
 
 log = logging.getLogger("portcullis.graphql")
 
@@ -74,6 +75,26 @@ class GraphQLView(GraphQL):
                         extra={"request_id": scope.get("state", {}).get("request_id")})
             with contextlib.suppress(Exception):
                 await ctx.finish(commit=False)
+
+    async def execute_single(self, request: Any, request_adapter: Any, sub_response: Any, context: Any,
+                             root_value: Any, request_data: Any) -> Any:
+        admission = self.services.admission
+        if admission is not None:
+            # an operation whose cost is known in advance has its admission sent now, and Redis answers
+            # while the operation is parsed and validated (schema.limits.admission)
+            begin_early(admission, getattr(self.schema, "known_costs", None), request, context,
+                        request_data.query, request_data.operation_name)
+        try:
+            return await super().execute_single(request, request_adapter, sub_response, context, root_value,
+                                                request_data)
+        finally:
+            early = getattr(context, "early_admission", None)
+            if early is not None:
+                # the operation ended before its admission step read the decision: the request still
+                # counts (the take is done), as one refused before validation does
+                context.early_admission = None
+                with contextlib.suppress(Exception):
+                    await admission.finish(early)
 
     async def get_context(self, request: Any, response: Any) -> RequestContext:  # type: ignore[override]
         state = request.scope.get("state", {})

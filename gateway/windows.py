@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -282,43 +283,133 @@ class RedisWindows:
         self.max_connections = max_connections or min(getattr(pool, "max_connections", 100) or 100, 10_000)
         timeout = getattr(pool, "timeout", None)
         self._wait_timeout: float = timeout if isinstance(timeout, int | float) else 5.0
-        self._slots = asyncio.Semaphore(self.max_connections)
+        self._slots = _Slots(self.max_connections)
         self._reply_timeout: float | None = self._connection_kwargs.get("socket_timeout")
         self._free: list[_Link] = []
         self._closed = False
 
+    def _command(self, limits: Sequence[Limit], spend: bool) -> bytes:
+        parts = [b"EVALSHA", _SHA, b"%d" % len(limits)]
+        prefix = self.prefix
+        for limit in limits:
+            parts.append((prefix + limit.key).encode())
+        parts.append(b"1" if spend else b"0")
+        for limit in limits:
+            parts += (b"%d" % limit.amount, b"%d" % (limit.window * 1000), b"%d" % limit.bucket_ms,
+                      b"%d" % limit.weight)
+        return _command(*parts)
+
+    @staticmethod
+    def _outcome(limits: Sequence[Limit], raw: Any) -> Outcome:
+        try:
+            values = [int(v) for v in raw]
+            admitted, now, retry, refused = values[0], values[1], values[2], values[3]
+            states = tuple(
+                LimitState(limit, values[4 + 2 * i], values[5 + 2 * i]) for i, limit in enumerate(limits)
+            )
+        except Exception as exc:
+            raise StoreUnavailable(f"unexpected reply from Redis ({type(exc).__name__})") from exc
+        return Outcome(admitted == 1, now, retry, limits[refused - 1] if refused else None, states)
+
     async def take(self, limits: Sequence[Limit], *, spend: bool = True) -> Outcome:
         try:
-            parts = [b"EVALSHA", _SHA, b"%d" % len(limits)]
-            prefix = self.prefix
-            for limit in limits:
-                parts.append((prefix + limit.key).encode())
-            parts.append(b"1" if spend else b"0")
-            for limit in limits:
-                parts += (b"%d" % limit.amount, b"%d" % (limit.window * 1000), b"%d" % limit.bucket_ms,
-                          b"%d" % limit.weight)
-            raw = await self._call(_command(*parts))
-            values = [int(v) for v in raw]
+            raw = await self._call(self._command(limits, spend))
         except StoreUnavailable:
             raise
         except Exception as exc:
             raise StoreUnavailable(type(exc).__name__) from exc
-        admitted, now, retry, refused = values[0], values[1], values[2], values[3]
-        states = tuple(
-            LimitState(limit, values[4 + 2 * i], values[5 + 2 * i]) for i, limit in enumerate(limits)
-        )
-        return Outcome(admitted == 1, now, retry, limits[refused - 1] if refused else None, states)
+        return self._outcome(limits, raw)
+
+    def begin(self, limits: Sequence[Limit], *, spend: bool = True) -> asyncio.Future[Outcome] | None:
+        """Sends the take at once, on a free connection, and returns the future of its outcome; None
+        (nothing sent) when no connection is free, and the caller takes the usual way.
+
+        The command is written before this returns, so Redis works on it while the caller goes on with
+        other work; the reply is read by the connection's own callback, whether or not anyone still
+        waits for the future (a caller cancelled meanwhile leaves a clean connection behind)."""
+        if self._closed or not self._free or not self._slots.try_take():
+            return None
+        link = None
+        free = self._free
+        while free:
+            candidate = free.pop()
+            if candidate.usable:
+                link = candidate
+                break
+            candidate.close()
+        if link is None:
+            self._slots.give()
+            return None
+        loop = asyncio.get_running_loop()
+        outcome: asyncio.Future[Outcome] = loop.create_future()
+        command = self._command(limits, spend)
+        waiter = link.send(command)
+        expiry = (loop.call_later(self._reply_timeout, _expire, waiter)
+                  if self._reply_timeout is not None else None)
+
+        def replied(waiter: asyncio.Future[Any]) -> None:
+            if expiry is not None:
+                expiry.cancel()
+            if waiter.cancelled() or waiter.exception() is not None:
+                link.close()
+                self._slots.give()
+                exc = None if waiter.cancelled() else waiter.exception()
+                _settle(outcome, error=StoreUnavailable(type(exc).__name__ if exc else "cancelled"))
+                return
+            reply = waiter.result()
+            if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT"):
+                # a restarted or flushed Redis: load the script and send once more, the usual way
+                task = loop.create_task(self._again(link, command, limits))
+                task.add_done_callback(lambda t: _settle(outcome, task=t))
+                return
+            self._release(link)
+            if isinstance(reply, hiredis.ReplyError):
+                _settle(outcome, error=StoreUnavailable(f"Redis answered an error: {str(reply)[:200]}"))
+                return
+            try:
+                result = self._outcome(limits, reply)
+            except StoreUnavailable as exc:
+                _settle(outcome, error=exc)
+                return
+            _settle(outcome, value=result)
+
+        waiter.add_done_callback(replied)
+        return outcome
+
+    async def _again(self, link: _Link, command: bytes, limits: Sequence[Limit]) -> Outcome:
+        """After NOSCRIPT on a connection `begin` holds: the script loaded, the take sent again."""
+        released = False
+        try:
+            await link.call(_SCRIPT_LOAD, self._reply_timeout)
+            reply = await link.call(command, self._reply_timeout)
+            self._release(link)  # the reply was read whole
+            released = True
+        except Exception as exc:
+            raise StoreUnavailable(type(exc).__name__) from exc
+        finally:
+            if not released:
+                link.close()
+                self._slots.give()
+        if isinstance(reply, hiredis.ReplyError):
+            raise StoreUnavailable(f"Redis answered an error: {str(reply)[:200]}")
+        return self._outcome(limits, reply)
+
+    def _release(self, link: _Link) -> None:
+        """A connection whose reply was read whole goes back to the free list (or is closed, after `aclose`)."""
+        if self._closed:
+            link.close()
+        else:
+            self._free.append(link)
+        self._slots.give()
 
     async def _call(self, command: bytes) -> Any:
         slots = self._slots
-        if slots.locked():
+        if not slots.try_take():
             try:
                 async with asyncio.timeout(self._wait_timeout):
-                    await slots.acquire()
+                    await slots.take()
             except TimeoutError:
                 raise StoreUnavailable("no free Redis connection") from None
-        else:
-            await slots.acquire()
         link: _Link | None = None
         try:
             if self._closed:
@@ -339,16 +430,13 @@ class RedisWindows:
             if isinstance(reply, hiredis.ReplyError):
                 raise StoreUnavailable(f"Redis answered an error: {str(reply)[:200]}")
             # the reply was read whole: the connection is clean
-            if self._closed:
-                link.close()
-            else:
-                free.append(link)
-            link = None
+            released, link = link, None
+            self._release(released)
             return reply
         finally:
             if link is not None:  # failed or cancelled mid-command: its state is unknown
                 link.close()
-            slots.release()
+                slots.give()
 
     async def _open(self) -> _Link:
         """A new connection: redis-py connects, authenticates and selects the database, then hands the
@@ -390,13 +478,18 @@ class _Link(asyncio.Protocol):
     def usable(self) -> bool:
         return not self._broken and self._waiter is None and not self._transport.is_closing()
 
-    async def call(self, command: bytes, reply_timeout: float | None) -> Any:
-        """Writes one command and waits for its reply (an error reply is returned, not raised)."""
+    def send(self, command: bytes) -> asyncio.Future[Any]:
+        """Writes one command now; the future gets its reply (an error reply is a value, not raised)."""
         if not self.usable:
             raise ConnectionError("the Redis connection is closed")
-        loop = asyncio.get_running_loop()
-        self._waiter = waiter = loop.create_future()
+        self._waiter = waiter = asyncio.get_running_loop().create_future()
         self._transport.write(command)
+        return waiter
+
+    async def call(self, command: bytes, reply_timeout: float | None) -> Any:
+        """Writes one command and waits for its reply (an error reply is returned, not raised)."""
+        waiter = self.send(command)
+        loop = asyncio.get_running_loop()
         if reply_timeout is None:
             return await waiter
         expiry = loop.call_later(reply_timeout, _expire, waiter)
@@ -434,6 +527,64 @@ class _Link(asyncio.Protocol):
 
     def close(self) -> None:
         self._fail(ConnectionError("the Redis connection was closed"))
+
+
+class _Slots:
+    """How many more connections may be in use: taken at once when one is left, else waited for in turn.
+    A slot given back goes straight to the longest waiter, so one taken at once never jumps the queue."""
+
+    def __init__(self, count: int) -> None:
+        self._left = count
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    def locked(self) -> bool:
+        return self._left <= 0
+
+    def try_take(self) -> bool:
+        if self._left > 0:
+            self._left -= 1
+            return True
+        return False
+
+    async def take(self) -> None:
+        if self.try_take():
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self.give()  # handed a slot just as the wait ended: pass it on
+            else:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+            raise
+
+    def give(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._left += 1
+
+
+def _settle(outcome: asyncio.Future[Any], *, value: Any = None, error: BaseException | None = None,
+            task: asyncio.Task[Any] | None = None) -> None:
+    """Completes `outcome` unless its caller has given up on it (cancelled)."""
+    if task is not None:
+        if task.cancelled():
+            error = StoreUnavailable("cancelled")
+        else:
+            error = task.exception()
+            value = None if error is not None else task.result()
+    if outcome.done():
+        return
+    if error is not None:
+        outcome.set_exception(error)
+    else:
+        outcome.set_result(value)
 
 
 def _expire(waiter: asyncio.Future[Any]) -> None:

@@ -121,6 +121,11 @@ class RequestContext:
         self.denied_fields: dict[int, Any] | None = None
         # the operation's static cost, computed before execution (schema.limits.cost)
         self.operation_cost: int | None = None
+        # whether that cost read no variable (the same operation always costs the same)
+        self.operation_cost_fixed = False
+        # the operation's `schema.limits.admission.operation_key`, and a take sent before it was parsed
+        self.operation_key: Any = None
+        self.early_admission: Any = None
         # the paths of the denied fields (schema.authorization), for an explained operation
         self.denied_paths: list[Any] | None = None
         # the admission decision taken before execution (schema.limits.admission)

@@ -21,7 +21,7 @@ from schema.authorization import Authorization, Authorizer
 from schema.enums import Plan
 from schema.extensions import IntrospectionGuard, UnitOfWork
 from schema.limits import DEFAULT_LIST_SIZE, PLAN_LIMITS, CostModel, OperationLimits, TokenLimit, document_limits
-from schema.limits.admission import Admission
+from schema.limits.admission import Admission, KnownCosts
 from schema.members import MemberMutation
 from schema.mfa import MfaMutation
 from schema.organizations import OrganizationMutation, OrganizationQuery
@@ -42,6 +42,7 @@ Mutation = merge_types("Mutation", (AuthMutation, OrganizationMutation, MemberMu
 class PortcullisSchema(strawberry.Schema):
     authorizer: Authorizer
     cost_model: CostModel
+    known_costs: KnownCosts
 
     def process_errors(
         self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
@@ -108,6 +109,7 @@ def build_schema(
     )
     schema.authorizer = Authorizer(schema._schema)
     schema.cost_model = CostModel(schema._schema, default_list_size=default_list_size)
+    schema.known_costs = KnownCosts(cache_size)
     built.append(schema)
     return schema
 

@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -355,3 +356,118 @@ async def test_redis_connection_out_of_step_or_closed_is_replaced(redis_windows:
     await _until_unusable(second)
     assert (await redis_windows.take([limit])).states[0].used == 3
     assert redis_windows._free[0] is not second
+
+
+@pytest.mark.redis
+async def test_begin_sends_at_once_on_a_free_connection(redis_windows: RedisWindows) -> None:
+    """`begin` writes the take before it returns and counts exactly like `take`; with no free connection
+    it sends nothing and says so (None)."""
+    limit = Limit("m", "k", 10, 60)
+    assert redis_windows.begin([limit]) is None  # no connection opened yet: nothing sent
+    assert (await redis_windows.take([limit])).states[0].used == 1
+    pending = redis_windows.begin([limit])
+    assert pending is not None
+    assert redis_windows._free == []  # the one connection carries the command
+    outcome = await pending
+    assert outcome.admitted and outcome.states[0].used == 2
+    assert len(redis_windows._free) == 1
+    # a refusal comes back the same way, and spends nothing
+    full = Limit("m", "k", 2, 60)
+    refused = await redis_windows.begin([full])  # type: ignore[misc]
+    assert not refused.admitted and refused.refused_by == full and refused.states[0].used == 2
+
+
+@pytest.mark.redis
+async def test_begin_and_take_together_count_exactly(redis_url: str) -> None:
+    """Takes sent early and takes sent the usual way, many at once on few connections: each reads its own
+    reply, and exactly the amount is admitted."""
+    from redis.asyncio import Redis
+
+    redis = Redis.from_url(redis_url)
+    windows = RedisWindows(redis, prefix=f"test:{uuid.uuid4().hex}:", max_connections=4)
+    try:
+        await asyncio.gather(*(windows.take([Limit("own", f"warm{i}", 10, 60)]) for i in range(4)))
+        shared = Limit("m", "shared", 120, 60)
+        waiting: list[Any] = []
+        early = 0
+        for i in range(300):
+            limits = [shared, Limit("own", f"own{i}", 1000, 60, i + 1)]
+            pending = windows.begin(limits) if i % 2 == 0 else None
+            if pending is None:
+                waiting.append(windows.take(limits))
+            else:
+                early += 1
+                waiting.append(pending)
+        outcomes = await asyncio.gather(*waiting)
+        assert early >= 2  # some went early, the rest waited for a connection the usual way
+        assert sum(o.admitted for o in outcomes) == 120
+        for i, outcome in enumerate(outcomes):
+            assert outcome.states[1].used == (i + 1 if outcome.admitted else 0)
+        assert len(windows._free) <= 4 and not windows._slots.locked()
+    finally:
+        await windows.aclose()
+        await redis.aclose()
+
+
+@pytest.mark.redis
+async def test_begin_after_a_script_flush_loads_it_again(redis_windows: RedisWindows) -> None:
+    limit = Limit("m", "k", 10, 60)
+    assert (await redis_windows.take([limit])).states[0].used == 1
+    await redis_windows.redis.script_flush()
+    pending = redis_windows.begin([limit])
+    assert pending is not None
+    assert (await pending).states[0].used == 2  # NOSCRIPT: loaded, sent once more
+    assert (await redis_windows.take([limit])).states[0].used == 3
+    assert len(redis_windows._free) == 1
+
+
+@pytest.mark.redis
+async def test_begin_whose_caller_gives_up_leaves_a_clean_connection(redis_windows: RedisWindows) -> None:
+    """A caller cancelled while its early take is in Redis: the reply is still read, the connection goes
+    back clean, and the next take reads its own reply. A connection Redis drops fails the take
+    (StoreUnavailable), and the next one runs on a new connection."""
+    limit = Limit("m", "k", 10, 60)
+    await redis_windows.take([limit])
+    pending = redis_windows.begin([limit])
+    assert pending is not None
+    waiting = asyncio.ensure_future(pending)
+    await asyncio.sleep(0)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    for _ in range(200):
+        if redis_windows._free:
+            break
+        await asyncio.sleep(0.01)
+    (link,) = redis_windows._free
+    assert link.usable
+    assert (await redis_windows.take([limit])).states[0].used == 3  # the cancelled take counted once
+    (link,) = redis_windows._free
+    await redis_windows.redis.client_kill_filter(_type="normal", skipme=True)
+    await _until_unusable(link)
+    assert redis_windows.begin([limit]) is None  # the only free connection is gone: nothing sent
+    assert (await redis_windows.take([limit])).states[0].used == 4
+
+
+@pytest.mark.redis
+async def test_begin_when_redis_stops_answering_is_unavailable(tmp_path: Path) -> None:
+    from redis.asyncio import Redis
+
+    port = free_port()
+    with _redis_on(port, tmp_path):
+        redis = Redis.from_url(f"redis://127.0.0.1:{port}/0", socket_timeout=0.5)
+        windows = RedisWindows(redis, prefix="t:")
+        try:
+            await windows.take([Limit("m", "k", 10, 60)])
+            busy = asyncio.create_task(redis.eval(_BUSY, 0, 1_500_000))  # Redis busy for 1.5 s
+            await asyncio.sleep(0.05)
+            pending = windows.begin([Limit("m", "k", 10, 60)])
+            assert pending is not None
+            with pytest.raises(StoreUnavailable):
+                await pending
+            assert not windows._slots.locked() and windows._free == []
+            with contextlib.suppress(Exception):
+                await busy
+        finally:
+            await windows.aclose()
+            await redis.aclose()
