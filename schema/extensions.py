@@ -76,7 +76,8 @@ class UnitOfWork(SchemaExtension):
                   if self.record_audit and hasattr(ctx, "audit_events") else None)
         try:
             if ok and events is not None and events.with_commit:
-                await audit.append(await ctx.db(), events.with_commit, entries=False)
+                # on SQLite the last entry and the COMMIT go to the database together
+                await audit.append(await ctx.db(), events.with_commit, entries=False, commit=True)
             await ctx.finish(commit=ok)
         except Exception as exc:
             log.exception("commit failed", extra={"request_id": _request_id(ctx)})

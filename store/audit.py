@@ -343,13 +343,26 @@ class _DriverAppend:
                for value in (values[name] if name in values else constants[name],)]
         return [value for _, value in out] if self.positional else dict(out)
 
-    async def run(self, driver: Any, values: Mapping[str, Any]) -> Any:
-        """(sequence, previous_hash, hash), or None when the chain has no head row yet."""
+    async def run(self, driver: Any, values: Mapping[str, Any], *, commit: bool = False) -> Any:
+        """(sequence, previous_hash, hash), or None when the chain has no head row yet. `commit`: on
+        aiosqlite, the transaction commits in the same trip when the entry was written (see `append`)."""
         if hasattr(driver, "execute_fetchall"):  # aiosqlite
+            if commit and hasattr(driver, "_execute"):
+                return await driver._execute(_append_and_commit, driver, self.sql, self.parameters(values))
             rows = await driver.execute_fetchall(self.sql, self.parameters(values))
         else:  # psycopg
             rows = await (await driver.execute(self.sql, self.parameters(values))).fetchall()
         return rows[0] if rows else None
+
+
+def _append_and_commit(driver: Any, sql: str, parameters: Any) -> Any:
+    """On aiosqlite's connection thread: the append statement, then COMMIT if it wrote the entry."""
+    connection = driver._conn
+    rows = connection.execute(sql, parameters).fetchall()
+    if not rows:
+        return None
+    connection.commit()
+    return rows[0]
 
 
 # per dialect object, i.e. per engine: the bind processors are that engine's (its JSON serializer, say)
@@ -372,8 +385,9 @@ def _driver(session: AsyncSession) -> Any:
     return driver if known else None
 
 
-async def _insert(session: AsyncSession, dialect: Any, params: dict[str, Any]) -> Any:
-    """The append statement for one entry: its (sequence, previous_hash, hash), or None without a head row."""
+async def _insert(session: AsyncSession, dialect: Any, params: dict[str, Any], *, commit: bool = False) -> Any:
+    """The append statement for one entry: its (sequence, previous_hash, hash), or None without a head row
+    (`commit`: see `append`)."""
     driver = _driver(session)
     if driver is None:
         await session.connection()  # begins the transaction, so that the driver call joins it
@@ -382,17 +396,22 @@ async def _insert(session: AsyncSession, dialect: Any, params: dict[str, Any]) -
         prepared = _DRIVER_APPEND.get(dialect)
         if prepared is None:
             prepared = _DRIVER_APPEND[dialect] = _DriverAppend(_append_statement(dialect.name), dialect)
-        return await prepared.run(driver, params)
+        return await prepared.run(driver, params, commit=commit)
     return (await session.execute(_append_statement(dialect.name), params)).first()
 
 
 async def append(session: AsyncSession, events: Iterable[AuditEvent], *, now: datetime | None = None,
-                 entries: bool = True) -> list[AuditEntry]:
+                 entries: bool = True, commit: bool = False) -> list[AuditEntry]:
     """Chain and insert `events` in the session's transaction; they commit (or roll back) with it.
 
     One statement per entry (two more for a chain's very first entry). Call it last in a unit of work,
     just before the commit: on PostgreSQL the chain's head row stays locked until then. Returns the
     entries as stored, unless `entries=False` (writers that do not read them skip building them).
+
+    `commit=True` says the caller commits right after: on SQLite the transaction then commits in the
+    same trip to the connection's thread as the last entry, once it is written, and the session's
+    `commit()` that follows has nothing left to send (see `store.db.skip_idle_transaction_ends`). The
+    caller must commit after it, never roll back; if the append fails, nothing was committed.
     """
     by_chain: dict[str, list[AuditEvent]] = {}
     for event in events:
@@ -408,6 +427,7 @@ async def append(session: AsyncSession, events: Iterable[AuditEvent], *, now: da
     if pending.new or pending.dirty or pending.deleted:
         await session.flush()
     written: list[AuditEntry] = []
+    last = by_chain[max(by_chain)][-1]
     # one lock order for every transaction: no deadlock between two that append to the same two chains
     for chain in sorted(by_chain):
         at = now or utcnow()
@@ -415,10 +435,10 @@ async def append(session: AsyncSession, events: Iterable[AuditEvent], *, now: da
             params = _values(event, at)
             params["chain_key"] = chain
             params["body"] = _canonical(params)
-            row = await _insert(session, dialect, params)
+            row = await _insert(session, dialect, params, commit=commit and event is last)
             if row is None:  # the chain's first entry: no head row yet
                 await _create_head(session, dialect.name, chain)
-                row = await _insert(session, dialect, params)
+                row = await _insert(session, dialect, params, commit=commit and event is last)
                 if row is None:
                     raise RuntimeError(f"audit chain {chain!r} has no head row")
             if entries:

@@ -68,6 +68,38 @@ def install_sqlite_pragmas(engine: Engine) -> None:
     event.listen(engine, "connect", _sqlite_pragmas)
 
 
+def holds_transaction(driver_connection: Any) -> bool:
+    """Whether an aiosqlite connection has a transaction open (sqlite3's `in_transaction`); a closed one
+    has none."""
+    try:
+        return bool(driver_connection.in_transaction)
+    except ValueError:  # aiosqlite: "no active connection"
+        return False
+
+
+def skip_idle_transaction_ends(engine: AsyncEngine) -> None:
+    """COMMIT and ROLLBACK reach an aiosqlite connection only when it has a transaction open.
+
+    sqlite3 itself does nothing for either when no transaction is open (a read, which SQLite runs in a
+    transaction of its own, a commit already made), but through aiosqlite each is still a trip to the
+    connection's thread and back: a session that only read, committed and then closed (the pool's
+    rollback at check-in) paid two such trips for nothing. Whether a transaction is open is read on
+    the connection itself, between two of its calls, when nothing else runs on it."""
+    dialect = engine.sync_engine.dialect
+    commit, rollback = dialect.do_commit, dialect.do_rollback
+
+    def do_commit(dbapi_connection: Any) -> None:
+        if holds_transaction(dialect.get_driver_connection(dbapi_connection)):
+            commit(dbapi_connection)
+
+    def do_rollback(dbapi_connection: Any) -> None:
+        if holds_transaction(dialect.get_driver_connection(dbapi_connection)):
+            rollback(dbapi_connection)
+
+    setattr(dialect, "do_commit", do_commit)  # noqa: B010  (this engine's dialect object only)
+    setattr(dialect, "do_rollback", do_rollback)  # noqa: B010
+
+
 _CONNECTION = "portcullis.connection"
 
 
@@ -112,6 +144,7 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(async_url(url), **kwargs)
         if self.sqlite:
             install_sqlite_pragmas(self.engine.sync_engine)
+            skip_idle_transaction_ends(self.engine)
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False, autoflush=True,
                                                sync_session_class=TrackedSession)
 

@@ -163,6 +163,93 @@ async def test_an_append_is_one_statement_once_the_chain_has_a_head(database_url
     ]
 
 
+def _count_trips(driver: Any) -> list[str]:
+    """What goes to aiosqlite's connection thread, one name per trip (on PostgreSQL: nothing is counted)."""
+    trips: list[str] = []
+    if hasattr(driver, "_execute"):
+        execute = driver._execute
+
+        async def counted(fn: Any, *args: Any, **kwargs: Any) -> Any:
+            trips.append(getattr(fn, "__name__", repr(fn)))
+            return await execute(fn, *args, **kwargs)
+
+        driver._execute = counted
+    return trips
+
+
+async def test_an_append_that_commits_takes_the_commit_along(database_url: str) -> None:
+    """`commit=True`: on SQLite the last entry and the COMMIT go to the connection's thread in one trip, and
+    the session's commit and close that follow send nothing more; on PostgreSQL the session commits as
+    usual. Either way the entries are stored, chained and verified."""
+    org, other = new_id(), new_id()
+    await write(database_url, event(org), event(other))
+    db = Database(database_url)
+    try:
+        session = db.session()
+        try:
+            raw = await (await session.connection()).get_raw_connection()
+            trips = _count_trips(raw.driver_connection)
+            await audit.append(session, [event(org, details={"n": 2}), event(other, details={"n": 2})],
+                               entries=False, commit=True)
+            after_append = list(trips)
+            await session.commit()
+        finally:
+            await session.close()
+        after_close = list(trips)
+    finally:
+        await db.dispose()
+    if db.sqlite:
+        # one entry the usual way, the last one with the commit; then nothing: no COMMIT, no pool ROLLBACK
+        assert after_append == ["_execute_fetchall", "_append_and_commit"]
+        assert after_close == after_append
+    stored = sql(database_url, "SELECT chain, sequence FROM audit_log WHERE chain IN (:a, :b) ORDER BY chain, "
+                               "sequence", a=org, b=other)
+    assert sorted(tuple(r) for r in stored) == sorted([(org, 1), (org, 2), (other, 1), (other, 2)])
+    assert (await verify(database_url)).ok
+
+
+async def test_an_append_that_commits_commits_nothing_when_its_entry_is_refused(database_url: str) -> None:
+    """The one trip that carries the COMMIT: if the entry's statement fails, nothing of the transaction is
+    committed (the mutation's own write and the entries before it included), and the chain has no gap."""
+    org, marker = new_id(), new_id()  # marker: a write of the same transaction (a head row of its own)
+    await write(database_url, event(org))
+    if is_sqlite(database_url):
+        sql(database_url, "CREATE TRIGGER test_refuse_entry BEFORE INSERT ON audit_log "
+                          "WHEN NEW.action = 'refused_by_the_database' BEGIN SELECT RAISE(ABORT, 'refused'); END")
+    else:
+        sql(database_url, "CREATE OR REPLACE FUNCTION test_refuse_entry() RETURNS trigger LANGUAGE plpgsql AS $$ "
+                          "BEGIN IF NEW.action = 'refused_by_the_database' THEN RAISE EXCEPTION 'refused'; END IF; "
+                          "RETURN NEW; END $$")
+        sql(database_url, "CREATE TRIGGER test_refuse_entry BEFORE INSERT ON audit_log FOR EACH ROW "
+                          "EXECUTE FUNCTION test_refuse_entry()")
+    db = Database(database_url)
+    try:
+        session = db.session()
+        try:
+            await session.execute(text("INSERT INTO audit_chain_heads (chain, sequence, hash, updated_at) "
+                                       "VALUES (:c, 0, :h, CURRENT_TIMESTAMP)"), {"c": marker, "h": "0" * 64})
+            # the driver's own error (the append goes to the driver connection, not through SQLAlchemy)
+            with pytest.raises(Exception, match="refused"):
+                await audit.append(session, [event(org, details={"n": 2}),
+                                             event(org, action="refused_by_the_database")],
+                                   entries=False, commit=True)
+            await session.rollback()
+        finally:
+            await session.close()
+    finally:
+        await db.dispose()
+        if is_sqlite(database_url):
+            sql(database_url, "DROP TRIGGER test_refuse_entry")
+        else:
+            sql(database_url, "DROP TRIGGER test_refuse_entry ON audit_log")
+            sql(database_url, "DROP FUNCTION test_refuse_entry()")
+    assert sql(database_url, "SELECT sequence FROM audit_log WHERE chain = :c", c=org) == [(1,)]
+    assert sql(database_url, "SELECT count(*) FROM audit_chain_heads WHERE chain = :c", c=marker) == [(0,)]
+    await write(database_url, event(org))
+    assert [r[0] for r in sql(database_url, "SELECT sequence FROM audit_log WHERE chain = :c ORDER BY sequence",
+                                c=org)] == [1, 2]
+
+
 async def test_a_rolled_back_append_leaves_no_entry_and_no_gap(database_url: str) -> None:
     org = new_id()
     await write(database_url, event(org))

@@ -1,0 +1,67 @@
+"""The engines' own behaviour: on SQLite, COMMIT and ROLLBACK reach the connection only when it holds a
+transaction; what a session leaves uncommitted is still rolled back when it is closed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import text
+
+from store.db import Database
+from store.models import new_id
+from tests.conftest import sql
+from tests.store.test_audit import _count_trips
+
+
+async def _trips_of(db: Database, work: Any) -> list[str]:
+    session = db.session()
+    try:
+        raw = await (await session.connection()).get_raw_connection()
+        trips = _count_trips(raw.driver_connection)
+        await work(session)
+    finally:
+        await session.close()
+    return list(trips)
+
+
+async def test_a_session_that_only_read_sends_no_commit_or_rollback(database_url: str) -> None:
+    db = Database(database_url)
+    try:
+        async def read(session: Any) -> None:
+            assert (await session.execute(text("SELECT 1"))).scalar() == 1
+            await session.commit()
+
+        trips = await _trips_of(db, read)
+        if db.sqlite:
+            assert "commit" not in trips and "rollback" not in trips
+    finally:
+        await db.dispose()
+
+
+async def test_a_write_commits_once_and_an_uncommitted_one_is_rolled_back_at_close(database_url: str) -> None:
+    """A session that wrote commits with one COMMIT; a session closed with its write uncommitted is
+    rolled back when its connection goes back to the pool, and holds no lock afterwards."""
+    kept, dropped = new_id(), new_id()
+    insert = text("INSERT INTO audit_chain_heads (chain, sequence, hash, updated_at) "
+                  "VALUES (:c, 0, :h, CURRENT_TIMESTAMP)")
+    db = Database(database_url)
+    try:
+        async def write_and_commit(session: Any) -> None:
+            await session.execute(insert, {"c": kept, "h": "0" * 64})
+            await session.commit()
+
+        async def write_and_leave(session: Any) -> None:
+            await session.execute(insert, {"c": dropped, "h": "0" * 64})
+
+        committed = await _trips_of(db, write_and_commit)
+        left = await _trips_of(db, write_and_leave)
+        if db.sqlite:
+            assert committed.count("commit") == 1 and "rollback" not in committed
+            assert left.count("rollback") == 1  # the pool's reset, since a transaction was open
+        # nothing of the abandoned write remains, and a new writer is not kept waiting
+        async with db.transaction() as session:
+            await session.execute(insert, {"c": new_id(), "h": "0" * 64})
+    finally:
+        await db.dispose()
+    rows = sql(database_url, "SELECT chain FROM audit_chain_heads WHERE chain IN (:a, :b)", a=kept, b=dropped)
+    assert [r[0] for r in rows] == [kept]
