@@ -193,7 +193,8 @@ async def test_an_operation_admitted_before_is_taken_before_it_is_parsed(
         remaining = []
         for _ in range(3):
             r = await gql(c1, ORG, token=token)
-            assert r.status_code == 200 and r.json()["data"]["organization"]["slug"] == shared_tenant.slug
+            assert r.status_code == 200
+            assert r.json()["data"]["organization"]["slug"] == shared_tenant.slug
             remaining.append(r.json()["extensions"]["cost"]["remaining"])
         assert sent == [True, True]  # the first was admitted the usual way, and its cost remembered
         assert remaining[0] - remaining[1] == remaining[1] - remaining[2] == 1  # the cost, once each
@@ -207,7 +208,8 @@ async def test_an_operation_admitted_before_is_taken_before_it_is_parsed(
             assert r.json()["extensions"]["cost"]["requested"] == 2 + n
         # an explained operation spends no cost: never sent early
         r = await gql(c1, ORG, token=token, headers={"X-Portcullis-Explain": "1"})
-        assert r.status_code == 200 and r.json()["extensions"]["explain"]["cost"] == 1
+        assert r.status_code == 200
+        assert r.json()["extensions"]["explain"]["cost"] == 1
         assert sent == [True, True]
 
         # a refusal through the early take: 429 with its headers, nothing executed

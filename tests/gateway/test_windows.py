@@ -369,12 +369,15 @@ async def test_begin_sends_at_once_on_a_free_connection(redis_windows: RedisWind
     assert pending is not None
     assert redis_windows._free == []  # the one connection carries the command
     outcome = await pending
-    assert outcome.admitted and outcome.states[0].used == 2
+    assert outcome.admitted
+    assert outcome.states[0].used == 2
     assert len(redis_windows._free) == 1
     # a refusal comes back the same way, and spends nothing
     full = Limit("m", "k", 2, 60)
     refused = await redis_windows.begin([full])  # type: ignore[misc]
-    assert not refused.admitted and refused.refused_by == full and refused.states[0].used == 2
+    assert not refused.admitted
+    assert refused.refused_by == full
+    assert refused.states[0].used == 2
 
 
 @pytest.mark.redis
@@ -403,7 +406,8 @@ async def test_begin_and_take_together_count_exactly(redis_url: str) -> None:
         assert sum(o.admitted for o in outcomes) == 120
         for i, outcome in enumerate(outcomes):
             assert outcome.states[1].used == (i + 1 if outcome.admitted else 0)
-        assert len(windows._free) <= 4 and not windows._slots.locked()
+        assert len(windows._free) <= 4
+        assert not windows._slots.locked()
     finally:
         await windows.aclose()
         await redis.aclose()
@@ -465,7 +469,8 @@ async def test_begin_when_redis_stops_answering_is_unavailable(tmp_path: Path) -
             assert pending is not None
             with pytest.raises(StoreUnavailable):
                 await pending
-            assert not windows._slots.locked() and windows._free == []
+            assert not windows._slots.locked()
+            assert windows._free == []
             with contextlib.suppress(Exception):
                 await busy
         finally:

@@ -33,7 +33,8 @@ async def test_a_session_that_only_read_sends_no_commit_or_rollback(database_url
 
         trips = await _trips_of(db, read)
         if db.sqlite:
-            assert "commit" not in trips and "rollback" not in trips
+            assert "commit" not in trips
+            assert "rollback" not in trips
     finally:
         await db.dispose()
 
@@ -56,7 +57,8 @@ async def test_a_write_commits_once_and_an_uncommitted_one_is_rolled_back_at_clo
         committed = await _trips_of(db, write_and_commit)
         left = await _trips_of(db, write_and_leave)
         if db.sqlite:
-            assert committed.count("commit") == 1 and "rollback" not in committed
+            assert committed.count("commit") == 1
+            assert "rollback" not in committed
             assert left.count("rollback") == 1  # the pool's reset, since a transaction was open
         # nothing of the abandoned write remains, and a new writer is not kept waiting
         async with db.transaction() as session:
