@@ -7,7 +7,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 import re
-import uuid
 from collections.abc import Iterable
 from typing import Any
 
@@ -19,6 +18,7 @@ from identity.api_keys import ApiKeyInfo, ApiKeyRejected, LastUsedRecorder
 from identity.authentication import AuthenticationError, Authenticator
 from identity.browser_sessions import CSRF_HEADER, SESSION_COOKIE
 from store.audit import ActorType, AuditAction, AuditEvent, AuditResult, AuditTrail, RateLimitAudit
+from store.models import new_ordered_id
 
 log = logging.getLogger("portcullis.edge")
 
@@ -62,7 +62,8 @@ class RequestIdMiddleware:
             candidate = given[0].decode("latin-1")
             if valid_request_id(candidate):
                 rid = candidate
-        rid = rid or str(uuid.uuid4())
+        # made here: ordered by time (UUIDv7), so the audit log's index of request ids grows at its end
+        rid = rid or new_ordered_id()
         _state(scope)["request_id"] = rid
         raw = rid.encode()
 

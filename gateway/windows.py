@@ -411,6 +411,7 @@ class RedisWindows:
             except TimeoutError:
                 raise StoreUnavailable("no free Redis connection") from None
         link: _Link | None = None
+        released = False
         try:
             if self._closed:
                 raise StoreUnavailable("closed")
@@ -430,12 +431,14 @@ class RedisWindows:
             if isinstance(reply, hiredis.ReplyError):
                 raise StoreUnavailable(f"Redis answered an error: {str(reply)[:200]}")
             # the reply was read whole: the connection is clean
-            released, link = link, None
-            self._release(released)
+            clean, link = link, None
+            self._release(clean)
+            released = True
             return reply
         finally:
             if link is not None:  # failed or cancelled mid-command: its state is unknown
                 link.close()
+            if not released:
                 slots.give()
 
     async def _open(self) -> _Link:

@@ -48,7 +48,7 @@ from sqlmodel import col
 
 from store.cursors import decode_position, encode_position
 from store.db import SQLITE_SHA256, transaction_connection
-from store.models import AuditChainHead, AuditEntry, new_id, utcnow
+from store.models import AuditChainHead, AuditEntry, new_ordered_id, utcnow
 
 GENESIS_HASH = "0" * 64
 PLATFORM_CHAIN = "platform"
@@ -253,7 +253,7 @@ def _values(event: AuditEvent, at: datetime) -> dict[str, Any]:
         raise ValueError(f"unknown audit result {event.result!r}")
     details = clean_details(dict(event.details))
     return {
-        "id": new_id(), "chain": event.chain, "organization_id": event.organization_id, "at": at,
+        "id": new_ordered_id(), "chain": event.chain, "organization_id": event.organization_id, "at": at,
         "actor_type": clean_text(event.actor_type, LIMITS["actor_type"]),
         "actor_id": _optional(event.actor_id, LIMITS["actor_id"]),
         "action": clean_text(event.action, LIMITS["action"]),

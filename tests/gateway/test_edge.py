@@ -3,6 +3,7 @@ GraphQL endpoint accepts, GraphiQL, and the health probes."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -90,9 +91,12 @@ async def test_two_request_ids_are_replaced(edge) -> None:
 
 async def test_generated_request_ids_differ(edge) -> None:
     a = (await edge.get("/healthz")).headers["x-request-id"]
+    await asyncio.sleep(0.002)
     b = (await edge.get("/healthz")).headers["x-request-id"]
     assert a != b
-    uuid.UUID(a)
+    # made by the gateway: version 7, ordered by time (the audit log indexes them at the end)
+    assert uuid.UUID(a).version == uuid.UUID(b).version == 7
+    assert a < b
     uuid.UUID(b)
 
 

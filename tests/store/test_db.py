@@ -3,12 +3,14 @@ transaction; what a session leaves uncommitted is still rolled back when it is c
 
 from __future__ import annotations
 
+import time
+import uuid
 from typing import Any
 
 from sqlalchemy import text
 
 from store.db import Database
-from store.models import new_id
+from store.models import new_id, new_ordered_id
 from tests.conftest import sql
 from tests.store.test_audit import _count_trips
 
@@ -67,3 +69,19 @@ async def test_a_write_commits_once_and_an_uncommitted_one_is_rolled_back_at_clo
         await db.dispose()
     rows = sql(database_url, "SELECT chain FROM audit_chain_heads WHERE chain IN (:a, :b)", a=kept, b=dropped)
     assert [r[0] for r in rows] == [kept]
+
+
+def test_ordered_ids_are_version_7_uuids_in_time_order() -> None:
+    before = time.time_ns() // 1_000_000
+    ids = [new_ordered_id() for _ in range(2_000)]
+    after = time.time_ns() // 1_000_000
+    assert len(set(ids)) == len(ids)
+    for value in ids[:50]:
+        parsed = uuid.UUID(value)
+        assert str(parsed) == value
+        assert parsed.version == 7
+        assert parsed.variant == uuid.RFC_4122
+        assert before <= int(value.replace("-", "")[:12], 16) <= after
+    time.sleep(0.002)
+    later = new_ordered_id()
+    assert all(later > value for value in ids)  # a later millisecond sorts after, as text too
