@@ -128,9 +128,8 @@ class Bench:
         self.env = servers.server_environment(self.db.url, generate_private_key_pem())
         self.redis_url: str | None = None  # set by `main` when a chosen server runs in shared mode
         self._credentials: dict[str, servers.Credential | None] = {}
-        # the gateway's CPU by default: at one connection the gateway waits for each reply, and Redis runs in
-        # that wait; on the other CPU every call first wakes an idle CPU (a cost of the machine, not of
-        # admission), and at 32 connections Redis's work is charged to the gateway's CPU, the safe side
+        # wrk's CPU by default, which wrk leaves mostly idle at these rates: Redis works beside the gateway, as on
+        # a host of its own; `--redis-cpu server` charges Redis's own work to the gateway's CPU instead
         self.redis_cpu = self.server_cpu if args.redis_cpu == "server" else self.wrk_cpu
 
     def needs_redis(self) -> bool:

@@ -283,7 +283,7 @@ def create_app(settings: Settings | None = None, *, enforce_authorization: bool 
             audit=services.audit,
             rate_limit_audit=services.rate_limit_audit,
         ),
-        Middleware(AdmissionMiddleware, admission=services.admission),
+        Middleware(AdmissionMiddleware, admission=services.admission, known_costs=schema.known_costs),
     ]
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
     app.state.settings = settings

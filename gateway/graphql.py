@@ -52,6 +52,7 @@ class GraphQLView(GraphQL):
                 return
             finally:
                 await self._release(scope)
+                await self._finish_early(scope)
             await response(scope, receive, tracking_send)
         except BodyTooLarge:
             raise  # the body limit answers this one
@@ -63,6 +64,14 @@ class GraphQLView(GraphQL):
             rid = scope.get("state", {}).get("request_id")
             log.error("unexpected error in the GraphQL view", exc_info=exc, extra={"request_id": rid})
             await send_json(send, 500, graphql_error(MASKED_MESSAGE, ErrorCode.INTERNAL.value, requestId=rid))
+
+    async def _finish_early(self, scope: Scope) -> None:
+        """A take the edge sent for a request the view refused before the operation started (a body it
+        could not read as an operation): the request still counts, as one refused before validation."""
+        sent = scope.get("state", {}).pop("early_admission", None)
+        if sent is not None and self.services.admission is not None:
+            with contextlib.suppress(Exception):
+                await self.services.admission.finish(sent[1])
 
     @staticmethod
     async def _release(scope: Scope) -> None:

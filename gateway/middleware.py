@@ -17,6 +17,7 @@ from authz import Principal, anonymous
 from identity.api_keys import ApiKeyInfo, ApiKeyRejected, LastUsedRecorder
 from identity.authentication import AuthenticationError, Authenticator
 from identity.browser_sessions import CSRF_HEADER, SESSION_COOKIE
+from schema.limits.admission import operation_key
 from store.audit import ActorType, AuditAction, AuditEvent, AuditResult, AuditTrail, RateLimitAudit
 from store.models import new_ordered_id
 
@@ -83,6 +84,11 @@ _SECURITY_HEADERS = [
 ]
 _STRICT_CSP = (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'")
 _HSTS = (b"strict-transport-security", b"max-age=31536000; includeSubDomains")
+
+
+def _json_content(scope: Scope) -> bool:
+    content_type = _header(scope, b"content-type")
+    return len(content_type) == 1 and content_type[0].split(b";")[0].strip().lower() == b"application/json"
 
 
 class SecurityHeadersMiddleware:
@@ -389,15 +395,27 @@ class AuthenticationMiddleware:
 
 class AdmissionMiddleware:
     """Admits every tenant route other than `/graphql` at no cost (GraphQL is admitted in the schema,
-    once its cost is known; see gateway/admission.py). Public routes pass through unlimited."""
+    once its cost is known; see gateway/admission.py). Public routes pass through unlimited.
 
-    def __init__(self, app: ASGIApp, *, admission: Any, graphql_path: str = "/graphql") -> None:
+    For `/graphql`, a tenant caller's POST of an operation whose cost is known in advance (`known_costs`,
+    see schema/limits/admission.py) has its take sent here, as soon as the body is read, so that Redis
+    answers while the request goes through routing, the view and the operation's checks; the admission
+    step reads the decision (`state["early_admission"]`)."""
+
+    def __init__(self, app: ASGIApp, *, admission: Any, graphql_path: str = "/graphql",
+                 known_costs: Any = None) -> None:
         self.app = app
         self.admission = admission
         self.graphql_path = graphql_path
+        self.known_costs = known_costs
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (scope["type"] != "http" or self.admission is None or scope["path"] == self.graphql_path
+        if scope["type"] == "http" and scope["path"] == self.graphql_path:
+            if self.admission is not None and self.known_costs is not None and scope["method"] == "POST":
+                receive = await self._begin_early(scope, receive)
+            await self.app(scope, receive, send)
+            return
+        if (scope["type"] != "http" or self.admission is None
                 or scope["path"] in AuthenticationMiddleware.PUBLIC_PATHS
                 or scope["path"].startswith("/.well-known/")):
             await self.app(scope, receive, send)
@@ -415,3 +433,57 @@ class AdmissionMiddleware:
             await send_json(send, decision.status, body, headers=decision.headers())
             return
         await self.app(scope, receive, send)
+
+    async def _begin_early(self, scope: Scope, receive: Receive) -> Receive:
+        """Reads the body (the view reads it again from what this returns) and, for an operation of a known
+        cost, sends the caller's take now."""
+        state = _state(scope)
+        principal = state.get("principal")
+        if (principal is None or principal.organization_id is None or not _json_content(scope)
+                or _header(scope, b"x-portcullis-explain")):
+            return receive
+        chunks: list[bytes] = []
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                # the client went away: the view sees that for itself
+                pending = [message]
+                break
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                pending = []
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                if not pending:
+                    return {"type": "http.request", "body": body, "more_body": False}
+            if pending:
+                return pending.pop(0)
+            return await receive()
+
+        if pending:
+            return replay
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return replay  # the view answers it
+        # only a body the view will run as one operation (what it refuses before the operation starts, it
+        # refuses uncounted, and a batch is refused anyway)
+        if (not isinstance(data, dict) or not isinstance(data.get("query"), str)
+                or not isinstance(data.get("variables"), dict | None)
+                or not isinstance(data.get("extensions"), dict | None)):
+            return replay
+        name = data.get("operationName")
+        key = operation_key(data["query"], name if isinstance(name, str) else None, "POST", principal)
+        cost = self.known_costs.get(key)
+        if cost is not None:
+            early = self.admission.begin(principal, key_rate_limit=state.get("api_key_rate_limit"), cost=cost)
+            if early is not None:
+                state["early_admission"] = (key, early)
+        return replay
+

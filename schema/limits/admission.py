@@ -118,8 +118,10 @@ class KnownCosts:
 
 def begin_early(admission: Any, known: KnownCosts | None, request: Any, context: Any, query: Any,
                 operation_name: Any) -> None:
-    """Sends the take of an operation whose cost is known (`KnownCosts`) now, before the operation is
-    parsed; the Admission step reads its decision (`context.early_admission`)."""
+    """Names the operation (`context.operation_key`) and finds its take if the edge has sent it already
+    (gateway.middleware.AdmissionMiddleware, as soon as the body was read); else sends it now if the
+    operation's cost is known (`KnownCosts`). The Admission step reads its decision
+    (`context.early_admission`)."""
     if admission is None or known is None or not isinstance(query, str) or request is None:
         return
     principal = context.principal
@@ -128,6 +130,11 @@ def begin_early(admission: Any, known: KnownCosts | None, request: Any, context:
     key = operation_key(query, operation_name if isinstance(operation_name, str) else None, request.method,
                         principal)
     context.operation_key = key
+    sent = request.scope.get("state", {}).pop("early_admission", None)
+    if sent is not None:
+        # sent for the key of the same body the view reads; the take is done and counts this request
+        context.early_admission = sent[1]
+        return
     cost = known.get(key)
     if cost is None:
         return

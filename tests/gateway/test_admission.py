@@ -328,3 +328,55 @@ async def test_a_document_that_does_not_parse_still_counts(database_url: str, si
         assert (await gql(client, "{ __typename }")).status_code == 200
         r = await gql(client, "{ broken")
         assert_rate_limited(r, "address")
+
+
+async def test_the_edge_reads_a_split_body_once_and_hands_it_on_whole() -> None:
+    """The admission middleware reads a GraphQL body to send a known operation's take early: the app
+    behind it still reads the whole body (however it arrived), then whatever the client sends next."""
+    from authz import Principal, PrincipalKind
+    from gateway.middleware import AdmissionMiddleware
+    from schema.limits.admission import KnownCosts, operation_key
+
+    principal = Principal(kind=PrincipalKind.USER, subject_id="u", organization_id="o", plan="free")
+    body = json.dumps({"query": ORG, "operationName": None, "variables": {}}).encode()
+    known = KnownCosts()
+    known.remember(operation_key(ORG, None, "POST", principal), 1)
+    sent: list[tuple[Any, int]] = []
+
+    class Admission:
+        def begin(self, who: Any, *, key_rate_limit: Any, cost: int) -> str:
+            sent.append((who, cost))
+            return "early"
+
+    seen: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope["state"].get("early_admission"))
+        seen.append(await receive())
+        seen.append(await receive())
+
+    async def run(chunks: list[bytes], content_type: bytes = b"application/json") -> list[Any]:
+        messages = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1}
+                    for i, c in enumerate(chunks)] + [{"type": "http.disconnect"}]
+
+        async def receive() -> Any:
+            return messages.pop(0)
+
+        seen.clear()
+        scope = {"type": "http", "path": "/graphql", "method": "POST", "headers": [(b"content-type", content_type)],
+                 "state": {"principal": principal}}
+        await AdmissionMiddleware(app, admission=Admission(), known_costs=known)(scope, receive, None)
+        return list(seen)
+
+    early, first, after = await run([body[:7], body[7:20], body[20:]])
+    assert first == {"type": "http.request", "body": body, "more_body": False}
+    assert after == {"type": "http.disconnect"}
+    assert early == (operation_key(ORG, None, "POST", principal), "early")
+    assert sent == [(principal, 1)]
+    # not JSON by its content type, or not one operation: nothing sent, the body handed on untouched
+    for chunks, content_type in (([body], b"text/plain"), ([b"[" + body + b"]"], b"application/json"),
+                                 ([b"{not json"], b"application/json")):
+        early, first, _ = await run(chunks, content_type)
+        assert early is None
+        assert first["body"] == b"".join(chunks)
+    assert len(sent) == 1

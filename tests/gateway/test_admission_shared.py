@@ -197,6 +197,11 @@ async def test_an_operation_admitted_before_is_taken_before_it_is_parsed(
             assert r.json()["data"]["organization"]["slug"] == shared_tenant.slug
             remaining.append(r.json()["extensions"]["cost"]["remaining"])
         assert sent == [True, True]  # the first was admitted the usual way, and its cost remembered
+        # a body the view refuses before the operation starts is not sent early, and not counted
+        bad = await c1.post("/graphql", json={"query": ORG, "variables": "not an object"},
+                            headers={"Authorization": f"Bearer {token}"})
+        assert bad.status_code == 400
+        assert sent == [True, True]
         assert remaining[0] - remaining[1] == remaining[1] - remaining[2] == 1  # the cost, once each
         rate = (await gql(c2, "{ rateLimit { requestsPerMinute { remaining } } }", token=token)).json()
         assert rate["data"]["rateLimit"]["requestsPerMinute"]["remaining"] == 6_000 - 4
