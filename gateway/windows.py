@@ -329,14 +329,7 @@ class RedisWindows:
         waits for the future (a caller cancelled meanwhile leaves a clean connection behind)."""
         if self._closed or not self._free or not self._slots.try_take():
             return None
-        link = None
-        free = self._free
-        while free:
-            candidate = free.pop()
-            if candidate.usable:
-                link = candidate
-                break
-            candidate.close()
+        link = self._free_link()
         if link is None:
             self._slots.give()
             return None
@@ -394,6 +387,16 @@ class RedisWindows:
             raise StoreUnavailable(f"Redis answered an error: {str(reply)[:200]}")
         return self._outcome(limits, reply)
 
+    def _free_link(self) -> _Link | None:
+        """The most recently freed connection that is still usable (the others found on the way are closed)."""
+        free = self._free
+        while free:
+            candidate = free.pop()
+            if candidate.usable:
+                return candidate
+            candidate.close()
+        return None
+
     def _release(self, link: _Link) -> None:
         """A connection whose reply was read whole goes back to the free list (or is closed, after `aclose`)."""
         if self._closed:
@@ -415,13 +418,7 @@ class RedisWindows:
         try:
             if self._closed:
                 raise StoreUnavailable("closed")
-            free = self._free
-            while free:
-                candidate = free.pop()
-                if candidate.usable:
-                    link = candidate
-                    break
-                candidate.close()
+            link = self._free_link()
             if link is None:
                 link = await self._open()
             reply = await link.call(command, self._reply_timeout)

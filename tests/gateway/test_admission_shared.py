@@ -202,6 +202,19 @@ async def test_an_operation_admitted_before_is_taken_before_it_is_parsed(
                             headers={"Authorization": f"Bearer {token}"})
         assert bad.status_code == 400
         assert sent == [True, True]
+
+        # a body over the limit, sent in chunks with no declared length, is read at the edge and refused there
+        async def chunks() -> Any:
+            yield b'{"query": "{ organization { slug } }", "pad": "'
+            for _ in range(40):
+                yield b"x" * 32 * 1024
+            yield b'"}'
+
+        big = await c1.post("/graphql", content=chunks(), headers={"Authorization": f"Bearer {token}",
+                                                                   "Content-Type": "application/json"})
+        assert big.status_code == 413
+        assert error_codes(big.json()) == ["BAD_USER_INPUT"]
+        assert sent == [True, True]
         assert remaining[0] - remaining[1] == remaining[1] - remaining[2] == 1  # the cost, once each
         rate = (await gql(c2, "{ rateLimit { requestsPerMinute { remaining } } }", token=token)).json()
         assert rate["data"]["rateLimit"]["requestsPerMinute"]["remaining"] == 6_000 - 4
