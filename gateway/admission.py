@@ -115,7 +115,6 @@ class Early:
     """A take `Admission.begin` has sent, with what it was sent for; `Admission.finish` decides it."""
 
     principal: Principal
-    key_rate_limit: int | None
     cost: int
     pending: Awaitable[Outcome]
     decision: Decision | None = None
@@ -268,7 +267,7 @@ class Admission:
         pending = begin(taken)
         if pending is None:
             return None
-        return Early(principal, key_rate_limit, cost, pending)
+        return Early(principal, cost, pending)
 
     async def finish(self, early: Early) -> Decision:
         """The decision of a take sent by `begin` (awaited once; later calls give the same decision)."""

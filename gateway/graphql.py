@@ -20,7 +20,7 @@ from authz.errors import ErrorCode
 from gateway.middleware import BodyTooLarge, graphql_error, send_json
 from resolvers.deps import RequestContext, Services
 from schema.extensions import MASKED_MESSAGE, shape_error
-from schema.limits.admission import begin_early
+from schema.limits.admission import pick_up_early
 
 log = logging.getLogger("portcullis.graphql")
 
@@ -69,7 +69,7 @@ class GraphQLView(GraphQL):
         """A take the edge sent for a request the view refused before the operation started (a body it
         could not read as an operation): the request still counts, as one refused before validation."""
         sent = scope.get("state", {}).pop("early_admission", None)
-        if sent is not None and self.services.admission is not None:
+        if sent is not None and sent[1] is not None and self.services.admission is not None:
             with contextlib.suppress(Exception):
                 await self.services.admission.finish(sent[1])
 
@@ -87,23 +87,18 @@ class GraphQLView(GraphQL):
 
     async def execute_single(self, request: Any, request_adapter: Any, sub_response: Any, context: Any,
                              root_value: Any, request_data: Any) -> Any:
-        admission = self.services.admission
-        if admission is not None:
-            # an operation whose cost is known in advance has its admission sent now, and Redis answers
-            # while the operation is parsed and validated (schema.limits.admission)
-            begin_early(admission, getattr(self.schema, "known_costs", None), request, context,
-                        request_data.query, request_data.operation_name)
+        pick_up_early(request, context)  # the take the edge sent for this operation, if it did
         try:
             return await super().execute_single(request, request_adapter, sub_response, context, root_value,
                                                 request_data)
         finally:
             early = getattr(context, "early_admission", None)
-            if early is not None:
+            if early is not None and self.services.admission is not None:
                 # the operation ended before its admission step read the decision: the request still
                 # counts (the take is done), as one refused before validation does
                 context.early_admission = None
                 with contextlib.suppress(Exception):
-                    await admission.finish(early)
+                    await self.services.admission.finish(early)
 
     async def get_context(self, request: Any, response: Any) -> RequestContext:  # type: ignore[override]
         state = request.scope.get("state", {})

@@ -443,30 +443,23 @@ class AdmissionMiddleware:
                 or _header(scope, b"x-portcullis-explain")):
             return receive
         chunks: list[bytes] = []
+        queued: list[Message] = []
         while True:
             message = await receive()
-            if message["type"] != "http.request":
-                # the client went away: the view sees that for itself
-                pending = [message]
+            if message["type"] != "http.request":  # the client went away: the view sees that for itself
+                queued.append(message)
                 break
             chunks.append(message.get("body", b""))
             if not message.get("more_body", False):
-                pending = []
                 break
         body = b"".join(chunks)
-        replayed = False
+        if not queued:
+            queued.append({"type": "http.request", "body": body, "more_body": False})
 
         async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                if not pending:
-                    return {"type": "http.request", "body": body, "more_body": False}
-            if pending:
-                return pending.pop(0)
-            return await receive()
+            return queued.pop(0) if queued else await receive()
 
-        if pending:
+        if queued[0]["type"] != "http.request":
             return replay
         try:
             data = orjson.loads(body)
@@ -481,9 +474,9 @@ class AdmissionMiddleware:
         name = data.get("operationName")
         key = operation_key(data["query"], name if isinstance(name, str) else None, "POST", principal)
         cost = self.known_costs.get(key)
-        if cost is not None:
-            early = self.admission.begin(principal, key_rate_limit=state.get("api_key_rate_limit"), cost=cost)
-            if early is not None:
-                state["early_admission"] = (key, early)
+        early = None if cost is None else self.admission.begin(
+            principal, key_rate_limit=state.get("api_key_rate_limit"), cost=cost)
+        # the key goes along either way: the admission step remembers the cost under it
+        state["early_admission"] = (key, early)
         return replay
 

@@ -9,12 +9,12 @@ no cost.
 
 The round trip can start earlier. An operation whose cost is known in advance (`KnownCosts`: the same
 document, operation, HTTP method, permissions and plan were admitted before, valid, at a cost that
-read no variable, with no `login` field) has its take sent by the GraphQL view before the operation is
-parsed (`Admission.begin` in gateway/admission.py); Redis answers while the operation goes through the
-caches, the operation limits and the field decisions, and this step then reads the decision. Every
-check before it depends only on what the key holds, so the decision is the one this step would have
-taken; should the cost it measures differ all the same, the early take stands (the request is counted
-once, at the cost it was sent with).
+read no variable, with no `login` field) has its take sent at the edge as soon as its body is read
+(gateway.middleware.AdmissionMiddleware, `Admission.begin` in gateway/admission.py); Redis answers
+while the request goes through the view, the caches, the operation limits and the field decisions, and
+this step then reads the decision. Every check before it depends only on what the key holds, so the
+decision is the one this step would have taken; should the cost it measures differ all the same, the
+early take stands (the request is counted once, at the cost it was sent with).
 
 `X-Portcullis-Explain: 1` turns the operation into a dry run: nothing executes and no cost is spent
 (the request itself counts); `extensions.explain` reports the cost, the fields the caller would be
@@ -116,31 +116,13 @@ class KnownCosts:
         costs[key] = cost
 
 
-def begin_early(admission: Any, known: KnownCosts | None, request: Any, context: Any, query: Any,
-                operation_name: Any) -> None:
-    """Names the operation (`context.operation_key`) and finds its take if the edge has sent it already
-    (gateway.middleware.AdmissionMiddleware, as soon as the body was read); else sends it now if the
-    operation's cost is known (`KnownCosts`). The Admission step reads its decision
-    (`context.early_admission`)."""
-    if admission is None or known is None or not isinstance(query, str) or request is None:
-        return
-    principal = context.principal
-    if principal.organization_id is None or request.headers.get(EXPLAIN_HEADER) is not None:
-        return
-    key = operation_key(query, operation_name if isinstance(operation_name, str) else None, request.method,
-                        principal)
-    context.operation_key = key
-    sent = request.scope.get("state", {}).pop("early_admission", None)
+def pick_up_early(request: Any, context: Any) -> None:
+    """Hands the operation's key and the take the edge may have sent for it (`state["early_admission"]`,
+    gateway.middleware.AdmissionMiddleware) to the request's context, where the Admission step reads
+    the decision and remembers the cost."""
+    sent = request.scope.get("state", {}).pop("early_admission", None) if request is not None else None
     if sent is not None:
-        # sent for the key of the same body the view reads; the take is done and counts this request
-        context.early_admission = sent[1]
-        return
-    cost = known.get(key)
-    if cost is None:
-        return
-    state = request.scope.get("state", {})
-    context.early_admission = admission.begin(principal, key_rate_limit=state.get("api_key_rate_limit"),
-                                              cost=cost)
+        context.operation_key, context.early_admission = sent
 
 
 class Admission(SchemaExtension):
