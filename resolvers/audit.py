@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, or_
+from sqlalchemy import and_, or_, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
@@ -22,7 +22,7 @@ from identity.tokens import KeyRing, TokenError, sign_document, verify_document
 from store import audit
 from store.audit import ACTIONS, AuditResult
 from store.cursors import CursorError
-from store.models import ApiKey, AuditEntry, Membership, Organization, Report
+from store.models import UNSUCCESSFUL, ApiKey, AuditEntry, Membership, Organization, Report
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
@@ -102,6 +102,9 @@ async def list_entries(
         value = getattr(f, name)
         if value is not None:
             stmt = stmt.where(getattr(AuditEntry, name) == value)
+    if f.result is not None and f.result != AuditResult.SUCCESS:
+        # the predicate of the partial index that holds these entries (store.models.UNSUCCESSFUL)
+        stmt = stmt.where(text(UNSUCCESSFUL))
     if f.start is not None:
         stmt = stmt.where(col(AuditEntry.at) >= _naive_utc(f.start))
     if f.end is not None:

@@ -118,6 +118,9 @@ ACTIONS: frozenset[str] = frozenset(a.value for a in AuditAction)
 # Column limits (store.models.AuditEntry); a value is truncated to them, never refused.
 LIMITS = {"actor_type": 20, "actor_id": 64, "action": 64, "resource_type": 40, "resource_id": 64,
           "result": 10, "request_id": 64, "ip": 45, "user_agent": 256}
+_ACTOR_TYPE, _ACTOR_ID, _ACTION, _RESOURCE_TYPE, _RESOURCE_ID, _REQUEST_ID, _IP, _USER_AGENT = (
+    LIMITS[name] for name in ("actor_type", "actor_id", "action", "resource_type", "resource_id", "request_id",
+                              "ip", "user_agent"))
 MAX_DETAIL_STRING = 1000
 MAX_DETAIL_ITEMS = 50
 MAX_DETAIL_DEPTH = 4
@@ -160,8 +163,45 @@ def _optional(value: object, limit: int) -> str | None:
     return None if value is None else clean_text(value, limit)
 
 
+def _clean_detail_text(value: str | bytes) -> str:
+    if type(value) is str and value.isprintable():
+        text = value[:MAX_DETAIL_STRING]
+    else:
+        text = clean_text(value, MAX_DETAIL_STRING)
+    return _SECRET_VALUE.sub(REDACTED, text)
+
+
+# key -> whether it names a secret: the keys of `details` come from a small set, checked once each
+_SECRET_KEYS: dict[str, bool] = {}
+
+
+def _secret_key(key: str) -> bool:
+    known = _SECRET_KEYS.get(key)
+    if known is None:
+        known = _SECRET_KEY.search(key) is not None
+        if len(_SECRET_KEYS) < 4096:
+            _SECRET_KEYS[key] = known
+    return known
+
+
+def _clean_mapping(value: Mapping[Any, Any], depth: int) -> dict[str, Any]:
+    cleaned: dict[str, Any] = {}
+    for i, (k, v) in enumerate(value.items()):
+        if i >= MAX_DETAIL_ITEMS:
+            cleaned["_truncated"] = True
+            break
+        key = k[:64] if type(k) is str and k.isprintable() else clean_text(k, 64)
+        cleaned[key] = REDACTED if _secret_key(key) else clean_details(v, depth + 1)
+    return cleaned
+
+
 def clean_details(value: Any, depth: int = 0) -> Any:
     """JSON-safe, bounded and free of secrets: what may go into `details`."""
+    kind = type(value)
+    if kind is str:  # the common cases first, by exact type
+        return _clean_detail_text(value)
+    if kind is dict:
+        return "[nested]" if depth >= MAX_DETAIL_DEPTH else _clean_mapping(value, depth)
     if value is None or isinstance(value, bool | int):
         return value
     if isinstance(value, float):
@@ -171,19 +211,11 @@ def clean_details(value: Any, depth: int = 0) -> Any:
     if isinstance(value, StrEnum):
         return value.value
     if isinstance(value, str | bytes):
-        text = clean_text(value, MAX_DETAIL_STRING)
-        return _SECRET_VALUE.sub(REDACTED, text)
+        return _clean_detail_text(value)
     if depth >= MAX_DETAIL_DEPTH:
         return "[nested]"
     if isinstance(value, Mapping):
-        cleaned: dict[str, Any] = {}
-        for i, (k, v) in enumerate(value.items()):
-            if i >= MAX_DETAIL_ITEMS:
-                cleaned["_truncated"] = True
-                break
-            key = clean_text(k, 64)
-            cleaned[key] = REDACTED if _SECRET_KEY.search(key) else clean_details(v, depth + 1)
-        return cleaned
+        return _clean_mapping(value, depth)
     if isinstance(value, list | tuple | set | frozenset):
         items = sorted(value, key=str) if isinstance(value, set | frozenset) else list(value)
         return [clean_details(v, depth + 1) for v in items[:MAX_DETAIL_ITEMS]]
@@ -227,10 +259,14 @@ _CANONICAL = ("chain", "organization_id", "actor_type", "actor_id", "action", "r
               "result", "request_id", "ip", "user_agent", "details")
 
 
+# sorted keys, no whitespace, ASCII only, no NaN: one encoder for every entry
+_CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
 def _canonical(values: Mapping[str, Any]) -> str:
     body = {name: values[name] for name in _CANONICAL}
     body["at"] = iso(values["at"])
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return _CANONICAL_JSON.encode(body)
 
 
 def canonical_json(entry: AuditEntry) -> str:
@@ -247,24 +283,38 @@ def entry_hash(previous_hash: str, entry: AuditEntry) -> str:
     return link_hash(previous_hash, entry.sequence, canonical_json(entry))
 
 
+_RESULTS = frozenset(r.value for r in AuditResult)
+
+
+def _text(value: object, limit: int) -> str:
+    return value[:limit] if type(value) is str and value.isprintable() else clean_text(value, limit)
+
+
+def _optional_text(value: object, limit: int) -> str | None:
+    if value is None:
+        return None
+    return value[:limit] if type(value) is str and value.isprintable() else clean_text(value, limit)
+
+
 def _values(event: AuditEvent, at: datetime) -> dict[str, Any]:
     """The entry's columns but the chain links, cleaned and bounded."""
-    if event.result not in AuditResult.__members__.values():
-        raise ValueError(f"unknown audit result {event.result!r}")
-    details = clean_details(dict(event.details))
+    result = event.result
+    if result not in _RESULTS:
+        raise ValueError(f"unknown audit result {result!r}")
     return {
-        "id": new_ordered_id(), "chain": event.chain, "organization_id": event.organization_id, "at": at,
-        "actor_type": clean_text(event.actor_type, LIMITS["actor_type"]),
-        "actor_id": _optional(event.actor_id, LIMITS["actor_id"]),
-        "action": clean_text(event.action, LIMITS["action"]),
-        "resource_type": _optional(event.resource_type, LIMITS["resource_type"]),
-        "resource_id": _optional(event.resource_id, LIMITS["resource_id"]),
-        "result": str(event.result),
-        "request_id": clean_text(event.request_id or "-", LIMITS["request_id"]),
-        "ip": _optional(event.ip, LIMITS["ip"]),
-        "user_agent": _optional(event.user_agent, LIMITS["user_agent"]),
+        "id": new_ordered_id(), "chain": event.organization_id or PLATFORM_CHAIN,
+        "organization_id": event.organization_id, "at": at,
+        "actor_type": _text(event.actor_type, _ACTOR_TYPE),
+        "actor_id": _optional_text(event.actor_id, _ACTOR_ID),
+        "action": _text(event.action, _ACTION),
+        "resource_type": _optional_text(event.resource_type, _RESOURCE_TYPE),
+        "resource_id": _optional_text(event.resource_id, _RESOURCE_ID),
+        "result": str(result),
+        "request_id": _text(event.request_id or "-", _REQUEST_ID),
+        "ip": _optional_text(event.ip, _IP),
+        "user_agent": _optional_text(event.user_agent, _USER_AGENT),
         # clean_details gives JSON values only (str keys, lists, finite numbers): what the database gives back
-        "details": details,
+        "details": clean_details(dict(event.details)),
     }
 
 
@@ -337,11 +387,10 @@ class _DriverAppend:
                       for name in names]
 
     def parameters(self, values: Mapping[str, Any]) -> list[Any] | dict[str, Any]:
-        constants = self.constants
-        out = [(name, value if process is None else process(value))
-               for name, process in self.binds
-               for value in (values[name] if name in values else constants[name],)]
-        return [value for _, value in out] if self.positional else dict(out)
+        merged = {**self.constants, **values}
+        if self.positional:
+            return [merged[name] if process is None else process(merged[name]) for name, process in self.binds]
+        return {name: merged[name] if process is None else process(merged[name]) for name, process in self.binds}
 
     async def run(self, driver: Any, values: Mapping[str, Any], *, commit: bool = False) -> Any:
         """(sequence, previous_hash, hash), or None when the chain has no head row yet. `commit`: on

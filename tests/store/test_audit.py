@@ -458,3 +458,87 @@ def test_cursors_round_trip_and_refuse_garbage() -> None:
     for bad in ("", "x", "!!!!", "Zm9vfGJhcg", "a" * 300):
         with pytest.raises(CursorError):
             audit.decode_cursor(bad)
+
+
+async def test_entries_keep_their_chains_through_the_change_of_key_and_back(tmp_path: Any, request: Any) -> None:
+    """Migration 0010 makes (chain, sequence) the primary key (SQLite rebuilds the table): every entry
+    survives it, and its downgrade, with its chain intact; the key still refuses a second entry at a
+    sequence, and the append-only triggers are back after the rebuild."""
+    for backend in ("sqlite", "postgresql"):
+        if backend == "sqlite":
+            url = f"sqlite:///{tmp_path / 'rekey.db'}"
+        else:
+            url = _fresh_postgres_database(request.getfixturevalue("postgres_admin_url"))
+        upgrade(url, "0009")
+        a, b = new_id(), new_id()
+        await write(url, event(a), event(b), event(a, "member_added"))
+        await write(url, event(a, details={"changes": {"name": {"old": "x", "new": "y"}}}))
+        before = sql(url, "SELECT id, chain, sequence, hash FROM audit_log ORDER BY chain, sequence")
+        for revision in ("head", "0009", "head"):
+            if revision == "head":
+                upgrade(url)
+            else:
+                _downgrade(url, revision)
+            assert sql(url, "SELECT id, chain, sequence, hash FROM audit_log ORDER BY chain, sequence") == before
+            assert (await verify(url)).ok
+        await write(url, event(a))  # the chain goes on from its head
+        assert [r[0] for r in sql(url, "SELECT sequence FROM audit_log WHERE chain = :c ORDER BY sequence", c=a)] == \
+            [1, 2, 3, 4]
+        engine = create_engine(sync_url(url))
+        try:
+            with pytest.raises(DBAPIError, match=r"(?i)unique|duplicate"), engine.begin() as conn:
+                conn.execute(text("INSERT INTO audit_log SELECT * FROM audit_log WHERE chain = :c AND sequence = 1"),
+                             {"c": a})
+            with pytest.raises(DBAPIError, match="append-only"), engine.begin() as conn:
+                conn.execute(text("DELETE FROM audit_log WHERE chain = :c"), {"c": a})
+        finally:
+            engine.dispose()
+
+
+def _downgrade(url: str, revision: str) -> None:
+    from alembic import command
+
+    from store.migrate import alembic_config
+
+    command.downgrade(alembic_config(url), revision)
+
+
+async def test_a_filter_on_results_that_did_not_succeed_reads_the_partial_index(sqlite_url: str) -> None:
+    """`result: denied` (and `error`) pages through the index that holds only unsuccessful entries; `success`,
+    most of every chain, through the chain's own index. On SQLite the query must carry the partial index's
+    predicate for the planner to take it."""
+    from sqlalchemy import event as sa_event
+
+    from authz import Permission, Principal, PrincipalKind
+    from resolvers.audit import AuditFilter, list_entries
+
+    org = new_id()
+    await write(sqlite_url, event(org), event(org, "authz_fail", result="denied"), event(org, result="error"))
+    principal = Principal(kind=PrincipalKind.USER, subject_id="u-1", organization_id=org,
+                          permissions=frozenset({Permission.AUDIT_READ}))
+    db = Database(sqlite_url)
+    plans: dict[str, str] = {}
+    try:
+        for wanted in ("denied", "error", "success"):
+            seen: list[tuple[str, Any]] = []
+
+            def keep(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+                if "FROM audit_log" in statement:
+                    seen.append((statement, parameters))  # noqa: B023  (read before the next round)
+
+            sa_event.listen(db.engine.sync_engine, "before_cursor_execute", keep)
+            try:
+                async with db.session() as session:
+                    page = await list_entries(session, principal, AuditFilter(result=wanted))
+                    assert [e.entry.result for e in page.edges] == [wanted]
+                    statement, parameters = seen[-1]
+                    conn = await session.connection()
+                    rows = (await conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters)).all()
+                    plans[wanted] = " ".join(str(r[-1]) for r in rows)
+            finally:
+                sa_event.remove(db.engine.sync_engine, "before_cursor_execute", keep)
+    finally:
+        await db.dispose()
+    assert "ix_audit_log_chain_unsuccessful_at" in plans["denied"]
+    assert "ix_audit_log_chain_unsuccessful_at" in plans["error"]
+    assert "ix_audit_log_chain_at" in plans["success"]
