@@ -78,6 +78,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=30000")
+    # statement journals (an audit entry's INSERT fires a trigger, so its statement keeps one) and
+    # transient tables stay in memory instead of spilling to a temporary file created and unlinked
+    cursor.execute("PRAGMA temp_store=MEMORY")
     cursor.close()
 
 

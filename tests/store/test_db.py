@@ -85,3 +85,17 @@ def test_ordered_ids_are_version_7_uuids_in_time_order() -> None:
     time.sleep(0.002)
     later = new_ordered_id()
     assert all(later > value for value in ids)  # a later millisecond sorts after, as text too
+
+
+async def test_sqlite_connections_keep_temporary_data_in_memory(sqlite_url: str) -> None:
+    """Every SQLite connection of the gateway: WAL, commits without fsync (synchronous=NORMAL), foreign keys
+    on, and temporary data in memory: the statement journal of an audit entry's INSERT (it fires a
+    trigger) never spills to a file created and unlinked in the temporary directory."""
+    db = Database(sqlite_url)
+    try:
+        async with db.session() as session:
+            values = [(await session.execute(text(f"PRAGMA {name}"))).scalar()
+                      for name in ("journal_mode", "synchronous", "foreign_keys", "temp_store")]
+        assert values == ["wal", 1, 1, 2]
+    finally:
+        await db.dispose()
