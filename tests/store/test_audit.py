@@ -542,3 +542,21 @@ async def test_a_filter_on_results_that_did_not_succeed_reads_the_partial_index(
     assert "ix_audit_log_chain_unsuccessful_at" in plans["denied"]
     assert "ix_audit_log_chain_unsuccessful_at" in plans["error"]
     assert "ix_audit_log_chain_at" in plans["success"]
+
+
+async def test_the_first_entry_of_a_chain_can_carry_the_commit(database_url: str) -> None:
+    """A chain's very first entry, written with `commit=True`: its head row is created on the way, and the
+    transaction's other writes commit with it."""
+    org, marker = new_id(), new_id()  # marker: a write of the same transaction (a head row of its own)
+    db = Database(database_url)
+    try:
+        async with db.session() as session:
+            await session.execute(text("INSERT INTO audit_chain_heads (chain, sequence, hash, updated_at) "
+                                       "VALUES (:c, 0, :h, CURRENT_TIMESTAMP)"), {"c": marker, "h": "0" * 64})
+            await audit.append(session, [event(org)], entries=False, commit=True)
+            await session.commit()
+    finally:
+        await db.dispose()
+    assert sql(database_url, "SELECT sequence FROM audit_log WHERE chain = :c", c=org) == [(1,)]
+    assert sql(database_url, "SELECT count(*) FROM audit_chain_heads WHERE chain = :c", c=marker) == [(1,)]
+    assert (await verify(database_url)).ok
