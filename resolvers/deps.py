@@ -132,6 +132,10 @@ class RequestContext:
         self.admission: Any = None
         self._db: AsyncSession | None = None
         self._db_in_turn: _OneAtATime | None = None
+        # a mutation: its unit of work waits for the writers' turn before it opens its session (SQLite)
+        self.writes = False
+        self._turn: asyncio.Lock | None = None
+        self._opening: asyncio.Lock | None = None
         # entries that commit with the unit of work (`audit`), and every action recorded either way
         self.audit_events: list[AuditEvent] = []
         self.audited_actions: set[str] = set()
@@ -172,9 +176,34 @@ class RequestContext:
 
     async def db(self) -> AsyncSession:
         if self._db is None:
-            self._db = self.services.db.session()
-            self._db_in_turn = _OneAtATime(self._db)
+            if self.writes:
+                await self._open_in_turn()
+            else:
+                self._open()
         return cast(AsyncSession, self._db_in_turn)
+
+    def _open(self) -> None:
+        self._db = self.services.db.session()
+        self._db_in_turn = _OneAtATime(self._db)
+
+    async def _open_in_turn(self) -> None:
+        # resolvers of one request may ask at once: the first waits for the turn, the others for the first
+        if self._opening is None:
+            self._opening = asyncio.Lock()
+        async with self._opening:
+            if self._db is not None:
+                return
+            turn = self.services.db.writers_turn()
+            if turn is not None:
+                await turn.acquire()
+                self._turn = turn
+            self._open()
+
+    def release_turn(self) -> None:
+        """Give the writers' turn back (once the unit of work has committed or rolled back)."""
+        turn, self._turn = self._turn, None
+        if turn is not None:
+            turn.release()
 
     @property
     def db_opened(self) -> bool:
@@ -183,6 +212,7 @@ class RequestContext:
     async def finish(self, *, commit: bool) -> None:
         session, self._db, self._db_in_turn = self._db, None, None
         if session is None:
+            self.release_turn()
             if commit:
                 await self._run_after_commit()
             return
@@ -192,7 +222,10 @@ class RequestContext:
             else:
                 await session.rollback()
         finally:
-            await session.close()
+            try:
+                await session.close()
+            finally:
+                self.release_turn()
         if commit:
             await self._run_after_commit()
 

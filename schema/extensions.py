@@ -10,6 +10,7 @@ from typing import Any
 from graphql import GraphQLError
 from graphql.validation import NoSchemaIntrospectionCustomRule
 from strawberry.extensions import SchemaExtension
+from strawberry.types.graphql import OperationType
 
 from authz.errors import ErrorCode, GatewayError
 from schema.audit import add_cross_tenant, operation_events
@@ -59,16 +60,30 @@ class UnitOfWork(SchemaExtension):
         super().__init__(execution_context=execution_context)
         self.record_audit = record_audit
 
+    def on_validate(self) -> Iterator[None]:
+        # a mutation's unit of work takes the writers' turn when it opens its session (store.db)
+        ctx = self.execution_context.context
+        if hasattr(ctx, "writes"):
+            ctx.writes = self.execution_context.operation_type is OperationType.MUTATION
+        yield
+
     async def on_operation(self) -> AsyncIterator[None]:
         ctx = self.execution_context.context
         try:
-            yield
-        except BaseException:
-            # Something raised through the operation (another extension, a cancelled request):
-            # whatever was written is rolled back and the connection goes back to the pool.
-            with contextlib.suppress(Exception):
-                await ctx.finish(commit=False)
-            raise
+            try:
+                yield
+            except BaseException:
+                # Something raised through the operation (another extension, a cancelled request):
+                # whatever was written is rolled back and the connection goes back to the pool.
+                with contextlib.suppress(Exception):
+                    await ctx.finish(commit=False)
+                raise
+            await self._end(ctx)
+        finally:
+            if hasattr(ctx, "release_turn"):
+                ctx.release_turn()  # whatever happened on the way, the next writer's turn comes
+
+    async def _end(self, ctx: Any) -> None:
         result = self.execution_context.result
         ok = result is not None and not result.errors
         # what the operation leaves in the audit log (schema.audit): a mutation's entries commit with it

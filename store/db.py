@@ -7,6 +7,7 @@ migrations and the CLI the synchronous one.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import importlib
 from collections.abc import AsyncIterator
@@ -167,6 +168,23 @@ class Database:
             skip_idle_transaction_ends(self.engine)
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False, autoflush=True,
                                                sync_session_class=TrackedSession)
+        self._writers: asyncio.Lock | None = None
+        self._writers_loop: asyncio.AbstractEventLoop | None = None
+
+    def writers_turn(self) -> asyncio.Lock | None:
+        """On SQLite, the turn a unit of work that will write waits for (None on PostgreSQL).
+
+        SQLite lets one transaction write at a time and makes the others poll for its lock with growing
+        sleeps (`busy_timeout`), so under many concurrent writers some wait far longer than their turn,
+        seconds at 32 connections, while newcomers take the lock between their polls. An embedded gateway
+        is one process: its writing units of work (mutations) queue here instead, first come first served,
+        and reach SQLite one after the other. (One lock per event loop: the loop the gateway serves on.)"""
+        if not self.sqlite:
+            return None
+        loop = asyncio.get_running_loop()
+        if self._writers is None or self._writers_loop is not loop:
+            self._writers, self._writers_loop = asyncio.Lock(), loop
+        return self._writers
 
     def session(self) -> AsyncSession:
         return self.sessionmaker()

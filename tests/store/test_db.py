@@ -99,3 +99,45 @@ async def test_sqlite_connections_keep_temporary_data_in_memory(sqlite_url: str)
         assert values == ["wal", 1, 1, 2]
     finally:
         await db.dispose()
+
+
+async def test_writing_units_of_work_take_turns_on_sqlite(database_url: str) -> None:
+    """On SQLite a mutation's unit of work waits for the writers' turn before it opens its session, first
+    come first served (rather than polling for SQLite's lock with growing sleeps); it gives the turn back
+    when it ends, committed or not. Readers never wait, resolvers of one request share the turn, and
+    PostgreSQL, where writers of different rows do not wait for each other, has no turn at all."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from authz import anonymous
+    from resolvers.deps import RequestContext
+
+    db = Database(database_url)
+    services: Any = SimpleNamespace(db=db)
+
+    def context(writes: bool) -> RequestContext:
+        ctx = RequestContext(services, anonymous())
+        ctx.writes = writes
+        return ctx
+
+    try:
+        first, second, reader = context(True), context(True), context(False)
+        # two resolvers of the first request ask at once: one session, one turn
+        one, two = await asyncio.gather(first.db(), first.db())
+        assert one is two
+        waiting = asyncio.ensure_future(second.db())
+        await asyncio.sleep(0.05)
+        assert waiting.done() is not db.sqlite  # on SQLite: waits for the first to end
+        await asyncio.wait_for(reader.db(), 1)  # a reader does not wait
+        await reader.finish(commit=False)
+        await first.finish(commit=False)  # rolled back: the turn is given back all the same
+        await asyncio.wait_for(waiting, 1)
+        await (await second.db()).execute(text("SELECT 1"))
+        await second.finish(commit=True)
+        if db.sqlite:
+            turn = db.writers_turn()
+            assert turn is not None and not turn.locked()
+        else:
+            assert db.writers_turn() is None
+    finally:
+        await db.dispose()
