@@ -378,6 +378,8 @@ class _DriverAppend:
     def __init__(self, stmt: Any, dialect: Any) -> None:
         compiled = stmt.compile(dialect=dialect)
         self.sql = str(compiled)
+        # the same statement without its RETURNING clause (the same parameters, in the same order)
+        self.sql_unreturned = self.sql.rsplit(" RETURNING ", 1)[0]
         self.positional = compiled.positiontup is not None
         names = list(compiled.positiontup) if compiled.positiontup is not None else list(compiled.binds)
         # the statement's own literals ("|", the 1 of sequence + 1); everything else comes with the entry
@@ -392,26 +394,36 @@ class _DriverAppend:
             return [merged[name] if process is None else process(merged[name]) for name, process in self.binds]
         return {name: merged[name] if process is None else process(merged[name]) for name, process in self.binds}
 
-    async def run(self, driver: Any, values: Mapping[str, Any], *, commit: bool = False) -> Any:
+    async def run(self, driver: Any, values: Mapping[str, Any], *, commit: bool = False,
+                  returning: bool = True) -> Any:
         """(sequence, previous_hash, hash), or None when the chain has no head row yet. `commit`: on
-        aiosqlite, the transaction commits in the same trip when the entry was written (see `append`)."""
+        aiosqlite, the transaction commits in the same trip when the entry was written (see `append`);
+        there, without `returning`, the statement returns no row and the answer is only whether it wrote
+        one (SQLite then keeps no table of the rows to return)."""
         if hasattr(driver, "execute_fetchall"):  # aiosqlite
             if commit and hasattr(driver, "_execute"):
-                return await driver._execute(_append_and_commit, driver, self.sql, self.parameters(values))
+                sql = self.sql if returning else self.sql_unreturned
+                return await driver._execute(_append_and_commit, driver, sql, self.parameters(values), returning)
             rows = await driver.execute_fetchall(self.sql, self.parameters(values))
         else:  # psycopg
             rows = await (await driver.execute(self.sql, self.parameters(values))).fetchall()
         return rows[0] if rows else None
 
 
-def _append_and_commit(driver: Any, sql: str, parameters: Any) -> Any:
+def _append_and_commit(driver: Any, sql: str, parameters: Any, returning: bool) -> Any:
     """On aiosqlite's connection thread: the append statement, then COMMIT if it wrote the entry."""
     connection = driver._conn
-    rows = connection.execute(sql, parameters).fetchall()
-    if not rows:
+    cursor = connection.execute(sql, parameters)
+    if returning:
+        rows = cursor.fetchall()
+        if not rows:
+            return None
+        connection.commit()
+        return rows[0]
+    if cursor.rowcount != 1:
         return None
     connection.commit()
-    return rows[0]
+    return True
 
 
 # per dialect object, i.e. per engine: the bind processors are that engine's (its JSON serializer, say)
@@ -434,9 +446,10 @@ def _driver(session: AsyncSession) -> Any:
     return driver if known else None
 
 
-async def _insert(session: AsyncSession, dialect: Any, params: dict[str, Any], *, commit: bool = False) -> Any:
+async def _insert(session: AsyncSession, dialect: Any, params: dict[str, Any], *, commit: bool = False,
+                  returning: bool = True) -> Any:
     """The append statement for one entry: its (sequence, previous_hash, hash), or None without a head row
-    (`commit`: see `append`)."""
+    (`commit`: see `append`; without `returning`, a true value instead of the row when it was written)."""
     driver = _driver(session)
     if driver is None:
         await session.connection()  # begins the transaction, so that the driver call joins it
@@ -445,7 +458,7 @@ async def _insert(session: AsyncSession, dialect: Any, params: dict[str, Any], *
         prepared = _DRIVER_APPEND.get(dialect)
         if prepared is None:
             prepared = _DRIVER_APPEND[dialect] = _DriverAppend(_append_statement(dialect.name), dialect)
-        return await prepared.run(driver, params, commit=commit)
+        return await prepared.run(driver, params, commit=commit, returning=returning)
     return (await session.execute(_append_statement(dialect.name), params)).first()
 
 
@@ -484,10 +497,10 @@ async def append(session: AsyncSession, events: Iterable[AuditEvent], *, now: da
             params = _values(event, at)
             params["chain_key"] = chain
             params["body"] = _canonical(params)
-            row = await _insert(session, dialect, params, commit=commit and event is last)
+            row = await _insert(session, dialect, params, commit=commit and event is last, returning=entries)
             if row is None:  # the chain's first entry: no head row yet
                 await _create_head(session, dialect.name, chain)
-                row = await _insert(session, dialect, params, commit=commit and event is last)
+                row = await _insert(session, dialect, params, commit=commit and event is last, returning=entries)
                 if row is None:
                     raise RuntimeError(f"audit chain {chain!r} has no head row")
             if entries:

@@ -136,7 +136,8 @@ async def test_writing_units_of_work_take_turns_on_sqlite(database_url: str) -> 
         await second.finish(commit=True)
         if db.sqlite:
             turn = db.writers_turn()
-            assert turn is not None and not turn.locked()
+            assert turn is not None
+            assert not turn.locked()
         else:
             assert db.writers_turn() is None
     finally:
