@@ -249,25 +249,36 @@ async def change_password(ctx: RequestContext, current_password: str, new_passwo
     user_id, session_id = _require_user(ctx.principal)
     _check_credentials_shape("", current_password)
     services = ctx.services
-    db = await ctx.db()
-    user = await db.get(User, user_id)
-    if user is None:
+    # The checks and the three argon2 runs come before the unit of work opens its session (a short read
+    # of its own first): on SQLite that session takes the writers' turn, which no other mutation should
+    # wait for while a password is hashed.
+    async with services.db.transaction() as read:
+        found = await read.get(User, user_id)
+    if found is None:
         raise Unauthenticated("Authentication required.")
-    attempt = await services.throttle.begin(user.email, ctx.principal.client_ip)
+    email, current_hash = found.email, found.password_hash
+    attempt = await services.throttle.begin(email, ctx.principal.client_ip)
     if not attempt.allowed:
         await services.hasher.burn()
         raise Unauthenticated(INVALID_CREDENTIALS)
-    if not await services.hasher.verify(user.password_hash, current_password):
+    if not await services.hasher.verify(current_hash, current_password):
         await services.throttle.failed(attempt)
         raise Unauthenticated(INVALID_CREDENTIALS)
     await services.throttle.succeeded(attempt)
     try:
-        check_policy(new_password, email=user.email)
+        check_policy(new_password, email=email)
     except PasswordPolicyError as exc:
         raise BadUserInput(str(exc), field="newPassword") from None
-    if await services.hasher.verify(user.password_hash, new_password):
+    if await services.hasher.verify(current_hash, new_password):
         raise BadUserInput("the new password must differ from the current one", field="newPassword")
-    user.password_hash = await services.hasher.hash(new_password)
+    new_hash = await services.hasher.hash(new_password)
+    db = await ctx.db()
+    user = await db.get(User, user_id, with_for_update=True)  # PostgreSQL: a concurrent change waits here
+    if user is None or user.password_hash != current_hash:
+        # changed (or removed) by another request while this one hashed: the password it was given is
+        # no longer the current one
+        raise Unauthenticated(INVALID_CREDENTIALS)
+    user.password_hash = new_hash
     user.password_changed_at = services.now()
     db.add(user)
     others = await active_session_ids(db, user_id, except_id=session_id)

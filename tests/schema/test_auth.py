@@ -82,6 +82,26 @@ async def test_change_password_ends_other_sessions(client, tenant: Tenant) -> No
     assert (await gql(client, LOGIN, {"email": tenant.email, "password": new})).json()["data"]["login"]
 
 
+async def test_concurrent_password_changes_one_wins(client, tenant: Tenant) -> None:
+    """Two changes from two sessions at once, both given the current password: the hashing happens before
+    either writes, so one commits and the other, finding the password changed under it, is refused; the
+    winner's new password is the one that signs in."""
+    import asyncio
+
+    first, second = await login(client, tenant), await login(client, tenant)
+    news = ["first new passphrase 2026", "second new passphrase 2026"]
+    answers = await asyncio.gather(*(
+        gql(client, CHANGE, {"c": tenant.password, "n": n}, token=auth["accessToken"])
+        for auth, n in zip((first, second), news, strict=True)))
+    won = [n for n, r in zip(news, answers, strict=True) if (r.json().get("data") or {}).get("changePassword")]
+    lost = [r for r in answers if not (r.json().get("data") or {}).get("changePassword")]
+    assert len(won) == 1
+    assert error_codes(lost[0].json()) == ["UNAUTHENTICATED"]
+    for password in [tenant.password, *news]:
+        r = await gql(client, LOGIN, {"email": tenant.email, "password": password})
+        assert bool((r.json().get("data") or {}).get("login")) is (password == won[0]), password
+
+
 async def test_change_password_needs_the_current_password(client, tenant: Tenant) -> None:
     auth = await login(client, tenant)
     r = await gql(client, CHANGE, {"c": "not the password at all", "n": "another good passphrase"},
