@@ -36,7 +36,7 @@ from identity.sso import ExternalIdentity
 from resolvers.deps import RequestContext, Services
 from resolvers.roles import check_can_grant, require_role, tenant_of
 from store.audit import ActorType, AuditAction, AuditEvent, AuditResult, AuditTrail
-from store.models import AuthSession, Membership, Organization, SsoConnection, SsoIdentity, User
+from store.models import AuthSession, Membership, Organization, SsoConnection, SsoIdentity, User, new_id
 from store.scoping import tenant_select
 
 log = logging.getLogger("portcullis.sso")
@@ -165,22 +165,19 @@ async def configure_oidc(ctx: RequestContext, spec: OidcSpec) -> SsoConnection:
     mapping = _checked_mapping(spec.role_mapping)
     domains = _checked_domains(spec.allowed_domains)
     scopes = list(dict.fromkeys(spec.scopes))
-    db = await ctx.db()
-    custom = await require_role(db, org_id, spec.default_role)
+    # the roles are read, and the provider asked, before the unit of work opens its session: on SQLite that
+    # session takes the writers' turn, which no other mutation should wait for while an IdP answers
+    async with ctx.services.db.transaction() as read:
+        custom = await require_role(read, org_id, spec.default_role)
     for role in mapping.values():
         if not is_builtin_role(role) and role not in custom:
             raise BadUserInput(f"roleMapping names an unknown role: {role[:63]!r}", field="roleMapping")
     check_can_grant(principal.effective_permissions, [spec.default_role, *mapping.values()], custom,
                     "SSO cannot grant a role with permissions you do not hold.")
-    existing = (
-        await db.execute(tenant_select(SsoConnection, org_id).where(col(SsoConnection.kind) == "oidc"))
-    ).scalars().first()
-    now = ctx.services.now()
-    row = existing or SsoConnection(organization_id=org_id, kind="oidc", created_at=now)
     try:
         # C-049 at configuration time: the discovery document must load and name this very issuer
         await rp.check_provider(OidcConnectionConfig(
-            connection_id="check-" + row.id, version="", issuer=spec.issuer, client_id=spec.client_id,
+            connection_id="check-" + new_id(), version="", issuer=spec.issuer, client_id=spec.client_id,
             client_secret=spec.client_secret, scopes=tuple(scopes),
         ))
     except OidcError as exc:
@@ -188,6 +185,12 @@ async def configure_oidc(ctx: RequestContext, spec: OidcSpec) -> SsoConnection:
         raise BadUserInput(
             "the issuer's discovery document could not be loaded, or names another issuer", field="issuer"
         ) from None
+    db = await ctx.db()
+    existing = (
+        await db.execute(tenant_select(SsoConnection, org_id).where(col(SsoConnection.kind) == "oidc"))
+    ).scalars().first()
+    now = ctx.services.now()
+    row = existing or SsoConnection(organization_id=org_id, kind="oidc", created_at=now)
     row.enabled = spec.enabled
     row.issuer = spec.issuer
     row.client_id = spec.client_id
