@@ -20,7 +20,7 @@ from authz import Permission, Principal
 from authz.errors import BadUserInput, Unauthenticated
 from identity.tokens import KeyRing, TokenError, sign_document, verify_document
 from store import audit
-from store.audit import ACTIONS, AuditResult
+from store.audit import ACTIONS, RESULTS, AuditResult
 from store.cursors import CursorError
 from store.models import UNSUCCESSFUL, ApiKey, AuditEntry, Membership, Organization, Report
 
@@ -69,7 +69,7 @@ def _check_filter(f: AuditFilter) -> None:
             raise BadUserInput(f"filter.{label} is not valid", field=f"filter.{label}")
     if f.action is not None and f.action not in ACTIONS:
         raise BadUserInput("filter.action is not a known audit action", field="filter.action")
-    if f.result is not None and f.result not in {r.value for r in AuditResult}:
+    if f.result is not None and f.result not in RESULTS:
         raise BadUserInput("filter.result must be success, denied or error", field="filter.result")
     if f.start is not None and f.end is not None and _naive_utc(f.start) >= _naive_utc(f.end):
         raise BadUserInput("filter.from must be before filter.to", field="filter.from")

@@ -118,9 +118,6 @@ ACTIONS: frozenset[str] = frozenset(a.value for a in AuditAction)
 # Column limits (store.models.AuditEntry); a value is truncated to them, never refused.
 LIMITS = {"actor_type": 20, "actor_id": 64, "action": 64, "resource_type": 40, "resource_id": 64,
           "result": 10, "request_id": 64, "ip": 45, "user_agent": 256}
-_ACTOR_TYPE, _ACTOR_ID, _ACTION, _RESOURCE_TYPE, _RESOURCE_ID, _REQUEST_ID, _IP, _USER_AGENT = (
-    LIMITS[name] for name in ("actor_type", "actor_id", "action", "resource_type", "resource_id", "request_id",
-                              "ip", "user_agent"))
 MAX_DETAIL_STRING = 1000
 MAX_DETAIL_ITEMS = 50
 MAX_DETAIL_DEPTH = 4
@@ -159,16 +156,17 @@ def clean_text(value: object, limit: int) -> str:
     return "".join(out)[:limit]
 
 
+def _text(value: object, limit: int) -> str:
+    """clean_text, with its common case (a printable str) decided without a call."""
+    return value[:limit] if type(value) is str and value.isprintable() else clean_text(value, limit)
+
+
 def _optional(value: object, limit: int) -> str | None:
-    return None if value is None else clean_text(value, limit)
+    return None if value is None else _text(value, limit)
 
 
 def _clean_detail_text(value: str | bytes) -> str:
-    if type(value) is str and value.isprintable():
-        text = value[:MAX_DETAIL_STRING]
-    else:
-        text = clean_text(value, MAX_DETAIL_STRING)
-    return _SECRET_VALUE.sub(REDACTED, text)
+    return _SECRET_VALUE.sub(REDACTED, _text(value, MAX_DETAIL_STRING))
 
 
 # key -> whether it names a secret: the keys of `details` come from a small set, checked once each
@@ -190,7 +188,7 @@ def _clean_mapping(value: Mapping[Any, Any], depth: int) -> dict[str, Any]:
         if i >= MAX_DETAIL_ITEMS:
             cleaned["_truncated"] = True
             break
-        key = k[:64] if type(k) is str and k.isprintable() else clean_text(k, 64)
+        key = _text(k, 64)
         cleaned[key] = REDACTED if _secret_key(key) else clean_details(v, depth + 1)
     return cleaned
 
@@ -283,36 +281,25 @@ def entry_hash(previous_hash: str, entry: AuditEntry) -> str:
     return link_hash(previous_hash, entry.sequence, canonical_json(entry))
 
 
-_RESULTS = frozenset(r.value for r in AuditResult)
-
-
-def _text(value: object, limit: int) -> str:
-    return value[:limit] if type(value) is str and value.isprintable() else clean_text(value, limit)
-
-
-def _optional_text(value: object, limit: int) -> str | None:
-    if value is None:
-        return None
-    return value[:limit] if type(value) is str and value.isprintable() else clean_text(value, limit)
+RESULTS: frozenset[str] = frozenset(r.value for r in AuditResult)
 
 
 def _values(event: AuditEvent, at: datetime) -> dict[str, Any]:
     """The entry's columns but the chain links, cleaned and bounded."""
     result = event.result
-    if result not in _RESULTS:
+    if result not in RESULTS:
         raise ValueError(f"unknown audit result {result!r}")
     return {
-        "id": new_ordered_id(), "chain": event.organization_id or PLATFORM_CHAIN,
-        "organization_id": event.organization_id, "at": at,
-        "actor_type": _text(event.actor_type, _ACTOR_TYPE),
-        "actor_id": _optional_text(event.actor_id, _ACTOR_ID),
-        "action": _text(event.action, _ACTION),
-        "resource_type": _optional_text(event.resource_type, _RESOURCE_TYPE),
-        "resource_id": _optional_text(event.resource_id, _RESOURCE_ID),
+        "id": new_ordered_id(), "chain": event.chain, "organization_id": event.organization_id, "at": at,
+        "actor_type": _text(event.actor_type, LIMITS["actor_type"]),
+        "actor_id": _optional(event.actor_id, LIMITS["actor_id"]),
+        "action": _text(event.action, LIMITS["action"]),
+        "resource_type": _optional(event.resource_type, LIMITS["resource_type"]),
+        "resource_id": _optional(event.resource_id, LIMITS["resource_id"]),
         "result": str(result),
-        "request_id": _text(event.request_id or "-", _REQUEST_ID),
-        "ip": _optional_text(event.ip, _IP),
-        "user_agent": _optional_text(event.user_agent, _USER_AGENT),
+        "request_id": _text(event.request_id or "-", LIMITS["request_id"]),
+        "ip": _optional(event.ip, LIMITS["ip"]),
+        "user_agent": _optional(event.user_agent, LIMITS["user_agent"]),
         # clean_details gives JSON values only (str keys, lists, finite numbers): what the database gives back
         "details": clean_details(dict(event.details)),
     }
@@ -416,14 +403,12 @@ def _append_and_commit(driver: Any, sql: str, parameters: Any, returning: bool) 
     cursor = connection.execute(sql, parameters)
     if returning:
         rows = cursor.fetchall()
-        if not rows:
-            return None
+        written = rows[0] if rows else None
+    else:
+        written = True if cursor.rowcount == 1 else None
+    if written is not None:
         connection.commit()
-        return rows[0]
-    if cursor.rowcount != 1:
-        return None
-    connection.commit()
-    return True
+    return written
 
 
 # per dialect object, i.e. per engine: the bind processors are that engine's (its JSON serializer, say)
