@@ -1,5 +1,5 @@
-"""Pure ASGI middleware of the edge, outermost first: request id, security headers, body limit,
-authentication. Each passes non-HTTP scopes through and writes one result into `scope["state"]`.
+"""Pure ASGI middleware of the edge, outermost first: request id, security headers, the request target,
+body limit, authentication. Each passes non-HTTP scopes through and writes one result into `scope["state"]`.
 """
 
 from __future__ import annotations
@@ -14,12 +14,15 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from authz import Principal, anonymous
+from authz.errors import ErrorCode
 from identity.api_keys import ApiKeyInfo, ApiKeyRejected, LastUsedRecorder
 from identity.authentication import AuthenticationError, Authenticator
 from identity.browser_sessions import CSRF_HEADER, SESSION_COOKIE
+from schema.extensions import MASKED_MESSAGE
 from schema.limits.admission import operation_key
 from store.audit import ActorType, AuditAction, AuditEvent, AuditResult, AuditTrail, RateLimitAudit
 from store.models import new_ordered_id
+from store.text import storable
 
 log = logging.getLogger("portcullis.edge")
 
@@ -92,6 +95,11 @@ def _json_content(scope: Scope) -> bool:
 
 
 class SecurityHeadersMiddleware:
+    """Adds the security headers to every response, the gateway's own refusals included. An exception
+    that escapes a route before its response started is answered here too, as the contract's masked
+    `INTERNAL` error with the request id: Starlette's own error page is sent outside every middleware
+    of the gateway, so it would leave without these headers."""
+
     def __init__(self, app: ASGIApp, *, hsts: bool = False, html_csp: bytes | None = None) -> None:
         self.app = app
         self.static = list(_SECURITY_HEADERS) + ([_HSTS] if hsts else [])
@@ -101,9 +109,12 @@ class SecurityHeadersMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        started = False
 
         async def send_with_headers(message: Message) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 headers = list(message.get("headers", []))
                 is_html = any(k == b"content-type" and v.startswith(b"text/html") for k, v in headers)
                 csp = (b"content-security-policy", self.html_csp) if is_html and self.html_csp else _STRICT_CSP
@@ -116,7 +127,39 @@ class SecurityHeadersMiddleware:
                 message["headers"] = headers
             await send(message)
 
-        await self.app(scope, receive, send_with_headers)
+        try:
+            await self.app(scope, receive, send_with_headers)
+        except Exception as exc:
+            if started:
+                raise
+            rid = _state(scope).get("request_id")
+            log.error("unexpected error in a route", exc_info=exc, extra={"request_id": rid})
+            await send_json(send_with_headers, 500, graphql_error(MASKED_MESSAGE, ErrorCode.INTERNAL.value,
+                                                                  requestId=rid))
+
+
+class RequestTargetMiddleware:
+    """Refuses a request whose path or query string holds a character the database cannot store (C-133),
+    before any route reads it: 400 `BAD_USER_INPUT`, where `/auth/sso/a%00b` would otherwise fail at the
+    database. The server hands the path over percent-decoded and the query string as sent, in which a NUL
+    can only be `%00` (a lone surrogate cannot be spelled: invalid UTF-8 decodes to U+FFFD)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not _storable_target(scope):
+            await send_json(send, 400, graphql_error(
+                "The request's path or query string contains a character that cannot be stored.", "BAD_USER_INPUT"))
+            return
+        await self.app(scope, receive, send)
+
+
+def _storable_target(scope: Scope) -> bool:
+    query: bytes = scope.get("query_string") or b""
+    if query and (b"%00" in query or b"\x00" in query):
+        return False
+    return storable(scope["path"])
 
 
 class BodyTooLarge(Exception):
