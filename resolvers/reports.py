@@ -9,6 +9,8 @@ download. Neither generation nor download holds more than one chunk of rows in m
 
 Generation takes the organization's write lock first (`resolvers.quotas`), then counts the reports
 created this UTC month: concurrent generations at the REPORTS_PER_MONTH boundary admit exactly the limit.
+Then it is priced by the audit entries it will read (SECURITY: the period's security events; COMPLIANCE:
+the whole chain, re-verified), taken from the tenant's cost budget before any is read (C-130).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import insert
+from sqlalchemy import func, insert
 from sqlalchemy import select as sa_select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
@@ -31,14 +33,16 @@ from authz import Principal
 from authz.errors import BadUserInput, Forbidden, NotFound
 from authz.plans import QuotaResource
 from resolvers.audit import owning_tenants
+from resolvers.budgets import charge_work
 from resolvers.deps import RequestContext
 from resolvers.quotas import check_quota, lock_organization
-from resolvers.report_builders import BUILDERS, COLUMNS, Cell, Period, iso
+from resolvers.report_builders import BUILDERS, COLUMNS, SECURITY_ACTIONS, Cell, Period, iso
 from resolvers.roles import tenant_of
+from store import audit
 from store.audit import AuditAction, AuditResult
 from store.cursors import CursorError, decode_position, encode_position
 from store.db import Database
-from store.models import Report, ReportRow
+from store.models import AuditEntry, Report, ReportRow
 from store.scoping import tenant_filter, tenant_select
 
 REPORT_NOT_FOUND = "Report not found."
@@ -172,6 +176,8 @@ async def generate_report(ctx: RequestContext, kind: str, start: datetime, end: 
     org = await lock_organization(db, org_id)
     check_retention(org.plan, start, now)
     await check_quota(db, org_id, QuotaResource.REPORTS_PER_MONTH, now=now)
+    # priced by the audit entries it reads before it reads them (C-130); a refusal rolls the request back
+    await charge_work(ctx, await audit_entries_read(db, org_id, kind, start, end), "generateReport")
     report = Report(
         organization_id=org_id, kind=kind, period_start=start, period_end=end, created_at=now,
         created_by_type=principal.kind.value, created_by_id=principal.subject_id,
@@ -187,6 +193,22 @@ async def generate_report(ctx: RequestContext, kind: str, start: datetime, end: 
               details={"kind": kind, "from": iso(start), "to": iso(end), "rows": report.row_count,
                        "digest": report.digest})
     return report
+
+
+async def audit_entries_read(db: AsyncSession, org_id: str, kind: str, start: datetime, end: datetime) -> int:
+    """The audit entries generating a report of `kind` reads, counted without reading them: COMPLIANCE
+    re-verifies the whole chain (its head row), SECURITY reads the period's security events (an index-only
+    count). USAGE and ACCESS read rows bounded by days, members and keys, not by the audit log: 0."""
+    if kind == "COMPLIANCE":
+        return await audit.entries_to_verify(db, chains=[org_id])
+    if kind != "SECURITY":
+        return 0
+    # a tenant's entries form its chain (store.audit): `chain` is its organization_id
+    counted = sa_select(func.count()).select_from(AuditEntry).where(
+        col(AuditEntry.chain) == org_id, col(AuditEntry.action).in_(list(SECURITY_ACTIONS)),
+        col(AuditEntry.at) >= start, col(AuditEntry.at) < end,
+    )
+    return int((await db.execute(counted)).scalar_one())
 
 
 # -- reading --------------------------------------------------------------------------------------

@@ -4,6 +4,14 @@ Fields whose rule the caller does not satisfy are absent from `__schema` and `__
 type the caller can no longer reach from the root through the fields that remain. The trimmed schema
 is built once per (authenticated, permission set, plan) from the full schema's introspection data and
 cached; an operation that asks for `__schema` or `__type` has those root fields answered from it.
+
+The operation itself resolves those fields on the full schema (graphql-core answers them itself); the
+trimmed answer then replaces them. That replacement fails closed (C-129): when the caller's schema
+cannot be built, or the introspection fields do not execute on it without an error (a variable typed
+with a type the caller cannot see, on a field that never runs, is valid against the full schema and
+means nothing in the caller's), the operation answers that error and no data, never what it resolved on
+the full schema. Only the response keys the operation produced are replaced: a field skipped there stays
+absent.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from graphql import (
     FieldNode,
     FragmentDefinitionNode,
     FragmentSpreadNode,
+    GraphQLError,
     GraphQLSchema,
     InlineFragmentNode,
     OperationDefinitionNode,
@@ -54,6 +63,14 @@ def introspection_fields(document: DocumentNode, operation: OperationDefinitionN
 
     visit(operation.selection_set, frozenset())
     return found
+
+
+class IntrospectionFailed(Exception):
+    """The caller's introspection cannot be answered on its own schema: the operation answers `errors`."""
+
+    def __init__(self, errors: list[GraphQLError]) -> None:
+        super().__init__("introspection failed on the caller's schema")
+        self.errors = errors
 
 
 class IntrospectionFilter:
@@ -118,8 +135,9 @@ class IntrospectionFilter:
         return trimmed
 
     def answer(self, document: DocumentNode, operation: OperationDefinitionNode, fields: list[FieldNode],
-               principal: Principal, variables: dict[str, Any] | None) -> tuple[dict[str, Any], list[Any]]:
-        """The values of the operation's introspection fields, computed on the caller's schema."""
+               principal: Principal, variables: dict[str, Any] | None) -> dict[str, Any]:
+        """The values of the operation's introspection fields, computed on the caller's schema;
+        `IntrospectionFailed` unless every one of them executes there without an error."""
         only = OperationDefinitionNode(
             operation=operation.operation, name=operation.name, directives=(),
             variable_definitions=operation.variable_definitions,
@@ -128,4 +146,19 @@ class IntrospectionFilter:
         fragments = [d for d in document.definitions if isinstance(d, FragmentDefinitionNode)]
         result: Any = execute(self.schema_for(principal), DocumentNode(definitions=(only, *fragments)),
                               variable_values=variables)
-        return result.data or {}, list(result.errors or ())
+        if result.errors or result.data is None:
+            raise IntrospectionFailed(list(result.errors or ()) or [GraphQLError("Introspection failed.")])
+        return dict(result.data)
+
+    def replace(self, data: dict[str, Any], document: DocumentNode, operation: OperationDefinitionNode,
+                fields: list[FieldNode], principal: Principal, variables: dict[str, Any] | None) -> None:
+        """Replaces, in the operation's `data`, what its introspection fields resolved on the full schema
+        with the caller's answer; raises (and replaces nothing) when there is no such answer."""
+        keys = [k for k in dict.fromkeys(f.alias.value if f.alias else f.name.value for f in fields) if k in data]
+        if not keys:
+            return
+        trimmed = self.answer(document, operation, fields, principal, variables)
+        if any(k not in trimmed for k in keys):
+            raise IntrospectionFailed([GraphQLError("Introspection failed.")])
+        for key in keys:
+            data[key] = trimmed[key]

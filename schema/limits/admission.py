@@ -246,9 +246,11 @@ class Admission(SchemaExtension):
 
     def get_results(self) -> dict[str, Any]:
         ctx = self.execution_context.context
-        requested = ctx.operation_cost or 0
-        if self.decision is not None:
-            cost = self.decision.cost_extension(requested)
+        # with what the resolvers charged for work priced by the data, and the budget left after it
+        requested = (ctx.operation_cost or 0) + getattr(ctx, "work_cost", 0)
+        decision = getattr(ctx, "work_charge", None) or self.decision
+        if decision is not None:
+            cost = decision.cost_extension(requested)
         else:
             cost = {"requested": requested, "remaining": None, "resetAt": None}
         results: dict[str, Any] = {"cost": cost}
