@@ -24,6 +24,12 @@ class QuotaResource(StrEnum):
 
 PLANS: tuple[str, ...] = ("free", "starter", "professional", "enterprise")
 
+
+def plan_rank(plan: str) -> int:
+    """The plan's place in `PLANS`, cheapest first; an unknown name ranks below every plan."""
+    return PLANS.index(plan) if plan in PLANS else -1
+
+
 Limits = Mapping[QuotaResource, int | None]
 
 _R = QuotaResource

@@ -8,12 +8,14 @@ stored; at ≥112 bits of entropy a fast keyed hash is enough (ASVS 5.0 6.5.2's 
 pepper never lives in the database. Hashes are compared with `hmac.compare_digest`.
 
 Rotation keeps the row and its prefix: the new secret's hash replaces the current one and the old
-hash moves to `previous_secret_hash` until the grace period ends. A key acts for its creator: its
-permissions are its scopes intersected with what the creator may do now, and once the creator is no
-longer an active member of the organization the key is refused like an unknown one.
+hash moves to `previous_secret_hash` until the grace period ends. A key acts for its holder
+(`held_by`): the member who last received its secret, by creating it or by rotating it. Its permissions
+are its scopes intersected with what the holder may do now, and once the holder is no longer an active
+member of the organization the key is refused like an unknown one: nobody keeps access through a key
+after losing membership, whoever created the key.
 
 Verified keys are cached by hash for a few seconds per process. Revoking or rotating a key announces
-`apikey:<id>` on the revocation bus, a member's role change or removal `user:<id>`, a custom role
+`apikey:<id>` on the revocation bus, a holder's role change or removal `user:<id>`, a custom role
 change `org:<id>`; each drops the matching entries, so the cache never outlives a change on any
 process by more than the bus's delivery time. Expiry and the end of a grace period are checked on
 every request against the clock, cached or not.
@@ -130,7 +132,7 @@ def env_label(env: str) -> str:
 class ApiKeyInfo:
     key_id: str
     organization_id: str
-    creator_id: str
+    holder_id: str
     plan: str
     scopes: frozenset[Permission]
     permissions: frozenset[Permission]
@@ -176,7 +178,7 @@ def _networks(cidrs: Iterable[str]) -> tuple[ipaddress.IPv4Network | ipaddress.I
 
 async def load_api_key(db: AsyncSession, parsed: ParsedKey, digest: str, now: datetime) -> ApiKeyInfo | None:
     """The key if it still counts: the secret matches (current, or previous within its grace period),
-    not revoked, its organization exists, and its creator is still an active member there."""
+    not revoked, its organization exists, and its holder is still an active member there."""
     row = (
         await db.execute(
             sa_select(ApiKey, col(Organization.plan), col(Membership.role), col(User.is_active))
@@ -184,9 +186,9 @@ async def load_api_key(db: AsyncSession, parsed: ParsedKey, digest: str, now: da
             .outerjoin(
                 Membership,
                 (col(Membership.organization_id) == col(ApiKey.organization_id))
-                & (col(Membership.user_id) == col(ApiKey.created_by)),
+                & (col(Membership.user_id) == col(ApiKey.held_by)),
             )
-            .outerjoin(User, col(User.id) == col(ApiKey.created_by))
+            .outerjoin(User, col(User.id) == col(ApiKey.held_by))
             .where(col(ApiKey.prefix) == parsed.prefix)
         )
     ).first()
@@ -209,7 +211,7 @@ async def load_api_key(db: AsyncSession, parsed: ParsedKey, digest: str, now: da
         return None
     scopes = frozenset(Permission(s) for s in key.scopes if is_permission(s))
     return ApiKeyInfo(
-        key_id=key.id, organization_id=key.organization_id, creator_id=key.created_by, plan=plan,
+        key_id=key.id, organization_id=key.organization_id, holder_id=key.held_by, plan=plan,
         scopes=scopes, permissions=scopes & await role_permissions(db, key.organization_id, role),
         networks=_networks(key.allowed_ips), rate_limit_per_minute=key.rate_limit_per_minute,
         expires_at=_epoch(key.expires_at), valid_until=valid_until,
@@ -244,7 +246,7 @@ class ApiKeyCache:
         self._entries[digest] = (self.clock() + self.ttl, info)
 
     def invalidate(self, keys: list[str]) -> None:
-        """Drop by `apikey:<id>`, a creator's `user:<id>`, an `org:<id>`, or everything (`*`)."""
+        """Drop by `apikey:<id>`, a holder's `user:<id>`, an `org:<id>`, or everything (`*`)."""
         self.epoch += 1
         if "*" in keys:
             self._entries.clear()
@@ -256,7 +258,7 @@ class ApiKeyCache:
             return
         stale = [
             digest for digest, (_, info) in self._entries.items()
-            if info.key_id in ids or info.creator_id in users or info.organization_id in orgs
+            if info.key_id in ids or info.holder_id in users or info.organization_id in orgs
         ]
         for digest in stale:
             self._entries.pop(digest, None)
@@ -294,7 +296,7 @@ class ApiKeyVerifier:
             async with self.db.session() as db:
                 info = await load_api_key(db, parsed, digest, datetime.fromtimestamp(now, UTC).replace(tzinfo=None))
             if info is None:
-                raise ApiKeyRejected("api key: unknown, revoked, or its creator left")
+                raise ApiKeyRejected("api key: unknown, revoked, or its holder left")
             self.cache.put(digest, info, epoch)
         if info.expires_at is not None and info.expires_at <= now:
             raise ApiKeyRejected("api key: expired")

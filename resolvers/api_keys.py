@@ -1,8 +1,15 @@
 """API keys of the caller's organization: creating, listing, rotating and revoking.
 
 A key's scopes are permissions of the vocabulary that its creator holds when creating it; it then acts
-for its creator (see `identity.api_keys`). Rotating hands out the key's power again, so it needs the
-caller to hold the key's scopes too; revoking does not.
+for its holder (`held_by`, see `identity.api_keys`): whoever last received its secret. Creating makes the
+creator the holder; rotating hands the key to the rotator, since the rotator now knows the only working
+secret. Rotating hands out the key's power again, so it needs the caller to hold the key's scopes too;
+revoking does not. A rotation that changes the holder cannot keep the old secret for a grace period: the
+previous holder would keep a working secret that no membership of theirs stands behind any more.
+
+A member who leaves the organization takes no key with them: `remove_member` revokes every key they
+hold (`end_held_keys`), and until then `identity.api_keys` already refuses a key whose holder is no
+longer a member.
 
 The plan's API_KEYS limit counts keys not revoked; creation checks it with `resolvers.quotas.check_quota`,
 which serializes concurrent creations so that exactly as many keys as the limit allows get through.
@@ -27,7 +34,7 @@ from identity.api_keys import apikey_key, env_label, hash_secret, new_prefix, ne
 from resolvers.deps import RequestContext
 from resolvers.quotas import check_quota
 from resolvers.roles import announce_after_commit, tenant_of
-from store.audit import AuditAction
+from store.audit import AuditAction, changes
 from store.models import ApiKey
 from store.scoping import tenant_select
 
@@ -95,8 +102,8 @@ def _check_within(principal: Principal, scopes: frozenset[Permission], message: 
         raise Forbidden(message, requiredScopes=[missing])
 
 
-async def _creator_id(db: AsyncSession, principal: Principal, org_id: str) -> str:
-    """The user a new key acts for: the caller, or the creator of the key the caller uses."""
+async def _acting_user(db: AsyncSession, principal: Principal, org_id: str) -> str:
+    """The member the caller acts for: the signed-in user, or the holder of the key the caller uses."""
     if principal.kind is not PrincipalKind.API_KEY:
         assert principal.subject_id is not None
         return principal.subject_id
@@ -105,7 +112,7 @@ async def _creator_id(db: AsyncSession, principal: Principal, org_id: str) -> st
     ).scalar_one_or_none()
     if row is None:
         raise NotFound(API_KEY_NOT_FOUND)
-    return row.created_by
+    return row.held_by
 
 
 async def create_api_key(ctx: RequestContext, new: NewApiKey) -> IssuedKey:
@@ -124,7 +131,7 @@ async def create_api_key(ctx: RequestContext, new: NewApiKey) -> IssuedKey:
         raise BadUserInput(f"rateLimitPerMinute must be between 1 and {MAX_RATE_LIMIT}", field="rateLimitPerMinute")
     db = await ctx.db()
     await check_quota(db, org_id, QuotaResource.API_KEYS)
-    creator = await _creator_id(db, principal, org_id)
+    creator = await _acting_user(db, principal, org_id)
     issued = issue_key(
         ctx.services.api_key_pepper, ctx.services.api_key_env, organization_id=org_id, created_by=creator,
         name=name, scopes=scopes, allowed_ips=allowed, rate_limit_per_minute=rate, expires_at=expires, now=now,
@@ -140,12 +147,12 @@ async def create_api_key(ctx: RequestContext, new: NewApiKey) -> IssuedKey:
 def issue_key(pepper: bytes, env: str, *, organization_id: str, created_by: str, name: str,
               scopes: frozenset[Permission], allowed_ips: list[str], rate_limit_per_minute: int | None,
               expires_at: datetime | None, now: datetime) -> IssuedKey:
-    """A new key row and its secret (also used by the CLI)."""
+    """A new key row and its secret (also used by the CLI); its creator holds it."""
     label = env_label(env)
     prefix = new_prefix()
     secret = new_secret(label, prefix)
     key = ApiKey(
-        organization_id=organization_id, created_by=created_by, name=name, env=label, prefix=prefix,
+        organization_id=organization_id, created_by=created_by, held_by=created_by, name=name, env=label, prefix=prefix,
         secret_hash=hash_secret(pepper, parse(secret).secret), scopes=sorted(p.value for p in scopes),
         allowed_ips=allowed_ips, rate_limit_per_minute=rate_limit_per_minute, expires_at=expires_at, created_at=now,
     )
@@ -175,8 +182,9 @@ async def _key(db: AsyncSession, org_id: str, key_id: str, *, lock: bool = False
 
 
 async def rotate_api_key(ctx: RequestContext, key_id: str, grace_period_seconds: int) -> IssuedKey:
-    """A new secret for the key; the current one keeps working for `grace_period_seconds` (0: stops now).
-    A secret still in an earlier rotation's grace period stops at once."""
+    """A new secret for the key, handed to the caller, who becomes its holder; the current one keeps
+    working for `grace_period_seconds` (0: stops now) when the key stays with its holder. A secret still
+    in an earlier rotation's grace period stops at once."""
     principal = ctx.principal
     org_id = tenant_of(principal)
     if not 0 <= grace_period_seconds <= MAX_GRACE_SECONDS:
@@ -188,6 +196,11 @@ async def rotate_api_key(ctx: RequestContext, key_id: str, grace_period_seconds:
         raise NotFound(API_KEY_NOT_FOUND)
     _check_within(principal, frozenset(Permission(s) for s in key.scopes),
                   "You cannot rotate a key with scopes you do not hold.")
+    holder = await _acting_user(db, principal, org_id)
+    if holder != key.held_by and grace_period_seconds > 0:
+        raise BadUserInput("Rotating a key held by someone else ends its current secret at once: "
+                           "gracePeriodSeconds must be 0.", field="gracePeriodSeconds")
+    previous_holder = key.held_by
     now = ctx.services.now()
     secret = new_secret(key.env, key.prefix)
     if grace_period_seconds > 0:
@@ -197,11 +210,14 @@ async def rotate_api_key(ctx: RequestContext, key_id: str, grace_period_seconds:
         key.previous_secret_hash = None
         key.previous_expires_at = None
     key.secret_hash = hash_secret(ctx.services.api_key_pepper, parse(secret).secret)
+    key.held_by = holder
     db.add(key)
     await db.flush()
     announce_after_commit(ctx, [apikey_key(key.id)])
-    ctx.audit(AuditAction.APIKEY_ROTATED, resource_type="api_key", resource_id=key.id,
-              details={"prefix": key.prefix, "gracePeriodSeconds": grace_period_seconds})
+    details: dict[str, object] = {"prefix": key.prefix, "gracePeriodSeconds": grace_period_seconds}
+    if holder != previous_holder:
+        details["changes"] = changes({"heldBy": previous_holder}, {"heldBy": holder})
+    ctx.audit(AuditAction.APIKEY_ROTATED, resource_type="api_key", resource_id=key.id, details=details)
     return IssuedKey(key, secret)
 
 
@@ -218,3 +234,35 @@ async def revoke_api_key(ctx: RequestContext, key_id: str) -> ApiKey:
     announce_after_commit(ctx, [apikey_key(key.id)])
     ctx.audit(AuditAction.APIKEY_REVOKED, resource_type="api_key", resource_id=key.id, details={"prefix": key.prefix})
     return key
+
+
+async def revoke_keys_held_by(db: AsyncSession, organization_id: str, user_id: str, now: datetime) -> list[ApiKey]:
+    """Revoke every key of the organization that `user_id` holds and return them (the caller announces
+    and audits them: `end_held_keys` does both)."""
+    rows = await db.execute(
+        tenant_select(ApiKey, organization_id)
+        .where(col(ApiKey.held_by) == user_id, col(ApiKey.revoked_at).is_(None))
+        .order_by(col(ApiKey.created_at), col(ApiKey.id))
+        .with_for_update()
+    )
+    keys = list(rows.scalars().all())
+    for key in keys:
+        key.revoked_at = now
+        key.previous_secret_hash = None
+        key.previous_expires_at = None
+        db.add(key)
+    if keys:
+        await db.flush()
+    return keys
+
+
+async def end_held_keys(ctx: RequestContext, organization_id: str, user_id: str, *, reason: str) -> list[ApiKey]:
+    """Revoke the keys a member holds in the organization, in the request's unit of work: each is
+    audited as `apikey_revoked` with `reason`, and announced to every process once committed."""
+    keys = await revoke_keys_held_by(await ctx.db(), organization_id, user_id, ctx.services.now())
+    if keys:
+        announce_after_commit(ctx, [apikey_key(k.id) for k in keys])
+    for key in keys:
+        ctx.audit(AuditAction.APIKEY_REVOKED, organization_id=organization_id, resource_type="api_key",
+                  resource_id=key.id, details={"prefix": key.prefix, "heldBy": user_id, "reason": reason})
+    return keys

@@ -11,6 +11,19 @@ request. A plan whose limits are below what the organization already uses delete
 refused until usage is back under the limit. The organization's limit overrides stay on top of the new
 plan. After the commit, `org:<id>` is announced so every process reloads the cached sessions and
 limits that carry the plan.
+
+A child's plan is its parent's business (C-128). Whoever creates a child becomes its owner, and so holds
+`plan:manage` there; that role says nothing about the money, which the parent pays. So a child's plan
+never exceeds its parent's, and changing it needs `plan:manage` in the parent: the caller's own
+membership and role there, read from the database (or a platform operator). An API key belongs to one
+organization and carries no authority over its parent, so it cannot change a child's plan.
+
+Lowering an organization's plan lowers every organization below it whose plan is above the new one, in
+the same transaction, each audited in its own chain (`plan_changed`, reason `parent_plan_lowered`). Refusing
+the downgrade until the children were lowered first would leave the parent stuck whenever nobody holding
+`plan:manage` in the parent is a member of the child, as `changePlan` acts on the caller's organization
+only. Locks are taken ancestors first (the parent, then the organization, then its descendants), so a
+child's upgrade and its parent's downgrade are serialized.
 """
 
 from __future__ import annotations
@@ -23,14 +36,14 @@ from sqlmodel import col, select
 
 from authz import BuiltinRole, Permission, Principal, PrincipalKind
 from authz.errors import BadUserInput, Conflict, Forbidden, NotFound, Unauthenticated
-from authz.plans import PLANS, QuotaResource
-from identity.sessions import org_key
+from authz.plans import PLANS, QuotaResource, plan_rank
+from identity.sessions import org_key, role_permissions
 from resolvers.deps import RequestContext
 from resolvers.provisioning import SLUG, checked_email
 from resolvers.quotas import check_quota, lock_organization
 from resolvers.roles import announce_after_commit
 from store.audit import AuditAction, changes
-from store.models import Membership, Organization
+from store.models import Membership, Organization, User
 from store.scoping import subtree_ids
 
 NOT_FOUND = "Organization not found."
@@ -119,7 +132,8 @@ async def create_organization(db: AsyncSession, principal: Principal, new: NewOr
     billing_email = _billing_email(new.billing_email, "billingEmail")
     if new.plan != PLANS[0] and Permission.PLAN_MANAGE not in principal.effective_permissions:
         raise Forbidden("Choosing a paid plan needs plan:manage.", requiredScopes=[[Permission.PLAN_MANAGE.value]])
-    await check_quota(db, parent_id, QuotaResource.CHILD_ORGANIZATIONS)
+    parent = await check_quota(db, parent_id, QuotaResource.CHILD_ORGANIZATIONS)
+    _within_parent(new.plan, parent)
     if (await db.execute(select(col(Organization.id)).where(col(Organization.slug) == new.slug))).first():
         raise Conflict(SLUG_TAKEN, field="slug")
     org = Organization(slug=new.slug, name=name, plan=new.plan, parent_id=parent_id, billing_email=billing_email)
@@ -149,18 +163,75 @@ async def update_organization(db: AsyncSession, principal: Principal, changes: O
     return org
 
 
+def _within_parent(plan: str, parent: Organization) -> None:
+    if plan_rank(plan) > plan_rank(parent.plan):
+        raise BadUserInput(f"A child organization's plan cannot be above its parent's ({parent.plan.upper()}).",
+                           field="plan")
+
+
+async def _check_parent_authority(db: AsyncSession, principal: Principal, parent_id: str) -> None:
+    """FORBIDDEN unless the caller holds `plan:manage` in the parent, or is a platform operator."""
+    if Permission.PLATFORM_ORGANIZATIONS_MANAGE in principal.effective_permissions:
+        return
+    refused = Forbidden("Changing a child organization's plan needs plan:manage in its parent organization.",
+                        requiredScopes=[[Permission.PLAN_MANAGE.value]])
+    if principal.kind is not PrincipalKind.USER or principal.subject_id is None:
+        raise refused
+    row = (
+        await db.execute(
+            select(Membership.role, User.is_active)
+            .join(User, col(User.id) == col(Membership.user_id))
+            .where(col(Membership.organization_id) == parent_id, col(Membership.user_id) == principal.subject_id)
+        )
+    ).first()
+    if row is None or not row[1] or Permission.PLAN_MANAGE not in await role_permissions(db, parent_id, row[0]):
+        raise refused
+
+
+async def _lower_descendants(ctx: RequestContext, db: AsyncSession, org: Organization, plan: str) -> list[str]:
+    """Every organization below `org` whose plan is above `plan`, lowered to it; their ids."""
+    below = await subtree_ids(db, org.id) - {org.id}
+    if not below:
+        return []
+    above = [p for p in PLANS if plan_rank(p) > plan_rank(plan)]
+    rows = await db.execute(
+        select(Organization).where(col(Organization.id).in_(below), col(Organization.plan).in_(above))
+        .order_by(col(Organization.id)).with_for_update().execution_options(populate_existing=True)
+    )
+    lowered = []
+    for child in rows.scalars().all():
+        old, child.plan = child.plan, plan
+        db.add(child)
+        lowered.append(child.id)
+        ctx.audit(AuditAction.PLAN_CHANGED, organization_id=child.id, resource_type="organization",
+                  resource_id=child.id, details={"changes": changes({"plan": old}, {"plan": plan}),
+                                                 "reason": "parent_plan_lowered", "loweredWith": org.id})
+    if lowered:
+        await db.flush()
+    return lowered
+
+
 async def change_plan(ctx: RequestContext, plan: str) -> Organization:
     if plan not in PLANS:
         raise BadUserInput(f"plan must be one of {', '.join(PLANS)}", field="plan")
     org_id = _tenant(ctx.principal)
     db = await ctx.db()
+    current = await db.get(Organization, org_id)
+    if current is None:
+        raise NotFound(NOT_FOUND)
+    if current.parent_id is not None:
+        await _check_parent_authority(db, ctx.principal, current.parent_id)
+        _within_parent(plan, await lock_organization(db, current.parent_id))
     org = await lock_organization(db, org_id)
     old = org.plan
+    lowered: list[str] = []
     if old != plan:
         org.plan = plan
         db.add(org)
         await db.flush()
-        announce_after_commit(ctx, [org_key(org.id)])
+        lowered = await _lower_descendants(ctx, db, org, plan)
+        announce_after_commit(ctx, [org_key(i) for i in (org.id, *lowered)])
     ctx.audit(AuditAction.PLAN_CHANGED, resource_type="organization", resource_id=org.id,
-              details={"changes": changes({"plan": old}, {"plan": plan})})
+              details={"changes": changes({"plan": old}, {"plan": plan}),
+                       **({"childrenLowered": len(lowered)} if lowered else {})})
     return org

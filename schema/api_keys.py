@@ -30,6 +30,10 @@ class ApiKey:
     last_used_at: datetime | None = strawberry.field(description="Updated at most once a minute.")
     revoked_at: datetime | None
     created_at: datetime
+    holder_id: strawberry.ID = strawberry.field(
+        description="The user the key acts for: its creator, or whoever last rotated it (and so received its "
+                    "secret). Removing that user from the organization revokes the key."
+    )
 
     @classmethod
     def from_row(cls, row: ApiKeyRow) -> ApiKey:
@@ -39,7 +43,7 @@ class ApiKey:
             id=strawberry.ID(row.id), name=row.name, prefix=f"ptc_{row.env}_{row.prefix}", scopes=list(row.scopes),
             allowed_ips=list(row.allowed_ips), rate_limit_per_minute=row.rate_limit_per_minute,
             expires_at=_utc(row.expires_at), last_used_at=_utc(row.last_used_at), revoked_at=_utc(row.revoked_at),
-            created_at=created,
+            created_at=created, holder_id=strawberry.ID(row.held_by),
         )
 
 

@@ -366,8 +366,8 @@ async def test_key_of_a_deleted_organization_is_401(
 async def test_key_follows_its_creator_and_dies_with_their_membership(
     client: httpx.AsyncClient, database_url: str, tenant: Tenant
 ) -> None:
-    """The rule: a key acts for its creator. Its permissions are its scopes ∩ the creator's current ones,
-    and once the creator is removed from the organization the key is 401."""
+    """The rule: a key acts for its holder, here its creator. Its permissions are its scopes ∩ the holder's
+    current ones, and once the holder is removed from the organization the key is 401 (C-131)."""
     second = await make_tenant(database_url, slug="second", email="second@acme.test")
     sql(database_url, "INSERT INTO memberships (id, organization_id, user_id, role, created_at) "
         "VALUES ('m-2', :o, :u, 'owner', :t)", o=tenant.org_id, u=second.user_id, t=datetime(2026, 1, 1))

@@ -78,18 +78,19 @@ async def test_create_refuses_bad_input(client, database_url, tenant: Tenant, in
 
 async def test_paid_plan_needs_plan_manage(client, database_url, tenant: Tenant) -> None:
     token = await owner_token(client, tenant)
-    _, admin = await join(client, token, "adm@acme.test", "admin")
+    _, admin = await join(client, database_url, token, "adm@acme.test", "admin")
     refused = (await gql(client, CREATE, org_input(plan="ENTERPRISE"), token=admin)).json()
     assert refused["errors"][0]["extensions"] == {"code": "FORBIDDEN", "requiredScopes": [["plan:manage"]]}
     free = (await gql(client, CREATE, org_input(slug="acme-free"), token=admin)).json()
     assert free["data"]["createOrganization"]["plan"] == "FREE"
-    paid = (await gql(client, CREATE, org_input(slug="acme-paid", plan="ENTERPRISE"), token=token)).json()
-    assert paid["data"]["createOrganization"]["plan"] == "ENTERPRISE"
+    # up to the parent's own plan (PROFESSIONAL): tests/schema/test_child_plans.py
+    paid = (await gql(client, CREATE, org_input(slug="acme-paid", plan="PROFESSIONAL"), token=token)).json()
+    assert paid["data"]["createOrganization"]["plan"] == "PROFESSIONAL"
 
 
 async def test_create_needs_organizations_create(client, database_url, tenant: Tenant) -> None:
     token = await owner_token(client, tenant)
-    _, manager = await join(client, token, "m@acme.test", "manager")
+    _, manager = await join(client, database_url, token, "m@acme.test", "manager")
     body = (await gql(client, CREATE, org_input(), token=manager)).json()
     assert body["errors"][0]["extensions"] == {"code": "FORBIDDEN", "requiredScopes": [["organizations:create"]]}
     assert sql(database_url, "SELECT count(*) FROM organizations")[0][0] == 1
@@ -124,7 +125,7 @@ async def test_update_refuses_bad_input(client, database_url, tenant: Tenant, ch
 
 async def test_update_needs_organization_update(client, database_url, tenant: Tenant) -> None:
     token = await owner_token(client, tenant)
-    _, manager = await join(client, token, "m@acme.test", "manager")
+    _, manager = await join(client, database_url, token, "m@acme.test", "manager")
     body = (await gql(client, UPDATE, {"input": {"name": "Hijacked"}}, token=manager)).json()
     assert body["errors"][0]["extensions"] == {"code": "FORBIDDEN", "requiredScopes": [["organization:update"]]}
     assert sql(database_url, "SELECT name FROM organizations")[0][0] == "Acme"
