@@ -15,8 +15,8 @@ counted in the process, `gateway/usage.py`):
   (`authz.plans.effective_limits`: the plan's row and the organization's overrides; an unlimited
   resource is not counted), and an API key's own `rateLimitPerMinute`;
 - an anonymous caller: the per-address limit (`anonymous_requests_per_minute`);
-- each `login` field of the document (aliases included): one attempt against the account it names
-  and one against the caller's address.
+- each `login` field of the document (aliases included): one attempt against the (account it names,
+  caller's address) pair and one against the caller's address.
 
 When the store fails: login limits fail closed (503); the others follow `limits_on_redis_error`
 (closed: 503; open: admitted), logged and counted, never replaced by a per-process count.
@@ -211,9 +211,14 @@ class Admission:
                                 self.policy.anonymous_per_minute, MINUTE))
         if login_accounts:
             per_account: dict[str, int] = {}
+            address = principal.client_ip or "unknown"
             for account in login_accounts:
-                # the account's counter is named by a digest: no address in Redis, and a bounded key
-                k = hashlib.sha256(email_key(account).encode("utf-8", "surrogatepass")).hexdigest()[:32]
+                # Per account *and* address: one address guessing at an account only spends its own
+                # attempts, never the account's sign-ins from elsewhere (C-127). Across addresses, the
+                # account's failures are counted by the login throttle (identity/lockout.py), which lets
+                # the account's recent addresses and its second factor through (C-088). The counter is
+                # named by a digest: no email or address in Redis, and a bounded key.
+                k = hashlib.sha256(f"{email_key(account)}|{address}".encode("utf-8", "surrogatepass")).hexdigest()[:32]
                 per_account[k] = per_account.get(k, 0) + 1
             for account, n in per_account.items():
                 limits.append(Limit("login-account", f"la:{account}", self.policy.login_per_account_per_minute,
@@ -275,6 +280,26 @@ class Admission:
             early.decision = await self._decide(early.principal, early.pending, closed=False, spend=True,
                                                 cost=early.cost)
         return early.decision
+
+    async def charge(self, principal: Principal, cost: int) -> Decision:
+        """A take of `cost` points from the tenant's COST_PER_MINUTE budget alone, after admission: work a
+        resolver prices once it knows how much data it reads (`resolvers.budgets.charge_work`, C-130). The
+        request limits are not taken again. Admitted at once for a caller without a tenant or an unlimited
+        budget; a refusal is counted and audited like any other."""
+        organization_id = principal.organization_id
+        if organization_id is None or cost <= 0:
+            return Decision(200)
+        _, limits = await self.orgs.get(organization_id)
+        amount = limits.get(QuotaResource.COST_PER_MINUTE)
+        if amount is None:
+            return Decision(200)
+        name, suffix, window = _WINDOWS[QuotaResource.COST_PER_MINUTE]
+        limit = Limit(name, f"t:{organization_id}:{suffix}", amount, window, cost)
+        decision = await self._decide(principal, self.store.take([limit]), closed=False, spend=False, cost=cost)
+        if decision.admitted:
+            # the day's usage gains the cost, not another request
+            self.usage.restore({prefix + "c": cost for prefix in self._usage(principal)})
+        return decision
 
     async def _decide(self, principal: Principal, taking: Awaitable[Outcome], *, closed: bool, spend: bool,
                       cost: int) -> Decision:

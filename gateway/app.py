@@ -18,15 +18,18 @@ from starlette.routing import Route
 from gateway.admission import Admission, AdmissionPolicy, OrgLimitCache
 from gateway.graphql import GraphQLView
 from gateway.logs import configure_logging
+from gateway.mail import DeliveryPolicy, MailDelivery, build_mailer
 from gateway.middleware import (
     AdmissionMiddleware,
     AuthenticationMiddleware,
     BodyLimitMiddleware,
     ClientAddress,
     RequestIdMiddleware,
+    RequestTargetMiddleware,
     SecurityHeadersMiddleware,
 )
 from gateway.reports import ReportDownloads
+from gateway.route_limits import RouteLimits
 from gateway.saml import SamlLogin, SamlRoutes
 from gateway.settings import Environment, OnRedisError, Settings
 from gateway.sso import sso_routes
@@ -37,6 +40,7 @@ from identity.authentication import Authenticator
 from identity.browser_sessions import BrowserSessionPolicy, BrowserSessions
 from identity.lockout import LockoutPolicy, LoginThrottle
 from identity.oidc import OidcRelyingParty, TransactionStore
+from identity.outbound import OutboundPolicy
 from identity.passwords import HashParameters, PasswordHasherService
 from identity.revocation import LocalRevocationBus, RedisRevocationBus, RevocationBus
 from identity.secrets import SecretBox
@@ -111,6 +115,7 @@ def build_services(settings: Settings) -> Services:
             base_lock_seconds=settings.lockout_base_seconds,
             max_lock_seconds=settings.lockout_max_seconds,
             account_ceiling=settings.lockout_account_ceiling,
+            trusted_days=settings.lockout_trusted_address_days,
         ),
     )
     browser = BrowserSessions(
@@ -153,12 +158,16 @@ def build_services(settings: Settings) -> Services:
         api_key_pepper=settings.api_key_pepper.get_secret_value().encode(),
         oidc=OidcRelyingParty(
             TransactionStore(redis), allow_loopback_http=not settings.is_prod,
+            outbound=OutboundPolicy.of(enabled=settings.outbound_guard_enabled, require_https=settings.is_prod,
+                                       allowed_hosts=settings.outbound_allowed_hosts),
             http_timeout_seconds=settings.oidc_http_timeout_seconds,
             jwks_refetch_interval_seconds=settings.oidc_jwks_refetch_interval_seconds,
             state_ttl_seconds=settings.sso_state_ttl_seconds,
         ),
         oidc_secrets=SecretBox(settings.data_encryption_key.get_secret_value(), data_keys, purpose="oidc"),
         browser=browser,
+        public_url=settings.public_url,
+        mail=build_mailer(settings),
     )
 
 
@@ -177,6 +186,9 @@ def create_app(settings: Settings | None = None, *, enforce_authorization: bool 
         services.admission.refusals = services.rate_limit_audit
     if not admission:
         services.admission = None
+    smtp = settings.smtp
+    mail_delivery = (MailDelivery(services.db, services.mail, smtp, DeliveryPolicy.of(settings))
+                     if smtp is not None and services.mail is not None else None)
     schema = build_schema(
         anonymous_introspection=settings.anonymous_introspection,
         field_suggestions=settings.suggestions_enabled,
@@ -200,6 +212,10 @@ def create_app(settings: Settings | None = None, *, enforce_authorization: bool 
     if services.admission is not None:
         services.admission.on_refused = lambda name: rate_limited.labels(name).inc()
         services.admission.on_store_error = lambda outcome: limiter_errors.labels(outcome).inc()
+    route_limits = RouteLimits.build(services.redis, audit=services.rate_limit_audit,
+                                     fail_open=settings.limits_on_redis_error is OnRedisError.OPEN)
+    route_limits.on_refused = lambda name: rate_limited.labels(name).inc()
+    route_limits.on_store_error = lambda outcome: limiter_errors.labels(outcome).inc()
 
     async def healthz(_: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -237,6 +253,11 @@ def create_app(settings: Settings | None = None, *, enforce_authorization: bool 
         if services.usage is not None:
             services.usage.start()
         services.rate_limit_audit.start()
+        if mail_delivery is not None:
+            mail_delivery.start()
+        else:
+            log.log(logging.WARNING if settings.is_prod else logging.INFO, "mail_kept_in_local_mailbox",
+                    extra={"hint": "no PORTCULLIS_SMTP_URL: email is kept in the database, see `portcullis mail list`"})
         if settings.env is not Environment.TEST:
             # start-up objects live for the whole process: keep them out of every collection (p99)
             gc.collect()
@@ -244,6 +265,8 @@ def create_app(settings: Settings | None = None, *, enforce_authorization: bool 
         try:
             yield {"services": services}
         finally:
+            if mail_delivery is not None:
+                await mail_delivery.stop()
             if services.usage is not None:
                 await services.usage.stop()
             if services.last_used is not None:
@@ -265,14 +288,16 @@ def create_app(settings: Settings | None = None, *, enforce_authorization: bool 
         Route("/readyz", readyz),
         Route("/.well-known/jwks.json", jwks),
         Route("/metrics", metrics),
-        Route("/reports/{name}", ReportDownloads(services).download, methods=["GET"]),
-        *saml_routes.routes(),
-        *sso_routes(settings, services, starters={"saml": saml_routes.begin}),
+        Route("/reports/{name}", ReportDownloads(services).download, methods=["GET"],
+              middleware=route_limits("report-downloads", settings.report_downloads_per_minute)),
+        *saml_routes.routes(route_limits),
+        *sso_routes(settings, services, starters={"saml": saml_routes.begin}, limit=route_limits),
     ]
     middleware = [
         Middleware(RequestIdMiddleware),
         Middleware(SecurityHeadersMiddleware, hsts=settings.is_prod,
                    html_csp=GRAPHIQL_CSP if settings.graphiql_enabled else None),
+        Middleware(RequestTargetMiddleware),
         Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
         Middleware(
             AuthenticationMiddleware,
@@ -290,4 +315,5 @@ def create_app(settings: Settings | None = None, *, enforce_authorization: bool 
     app.state.services = services
     app.state.schema = schema
     app.state.saml_routes = saml_routes
+    app.state.mail_delivery = mail_delivery
     return app

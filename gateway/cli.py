@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import secrets
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
@@ -140,28 +141,64 @@ def cmd_schema(_: argparse.Namespace) -> int:
     return 0
 
 
+@dataclass(frozen=True)
+class _Provisioned:
+    org_created: bool
+    user_created: bool
+    invitation_url: str | None = None
+
+
 async def _provision(settings: Settings, *, slug: str, name: str, plan: str, email: str,
-                     password: str | None) -> tuple[bool, bool]:
-    """(organization created, owner user created)."""
+                     password: str | None) -> _Provisioned:
+    """The tenant and its owner, or the owner's invitation (an address that has an account), with their
+    audit entries (actor: the operator's command line) and, for an invitation, its email."""
     from authz.errors import Conflict
+    from gateway.mail import build_mailer
     from identity.passwords import HashParameters, PasswordHasherService
+    from resolvers.invitations import ACCEPT_PATH
+    from resolvers.mail import queue_mail
     from resolvers.provisioning import create_tenant
+    from store import audit
+    from store.audit import ActorType, AuditAction, AuditEvent
     from store.db import Database
+    from store.models import new_ordered_id
 
     hasher = PasswordHasherService(HashParameters(
         settings.password_hash_memory_kib, settings.password_hash_time_cost, settings.password_hash_parallelism,
     ))
+    mailer = build_mailer(settings)
+    password_hash = await hasher.hash(password) if password else None
     db = Database(settings.database_url)
     try:
         async with db.transaction() as session:
             try:
-                result = await create_tenant(
-                    session, slug=slug, name=name, plan=plan, owner_email=email,
-                    password_hash=await hasher.hash(password) if password else None,
-                )
+                result = await create_tenant(session, slug=slug, name=name, plan=plan, owner_email=email,
+                                             password_hash=password_hash)
             except Conflict:
-                return False, False
-        return True, result.user_created
+                return _Provisioned(False, False)
+            org = result.organization
+            request_id = new_ordered_id()
+
+            def event(action: str, resource_type: str, resource_id: str, **details: object) -> AuditEvent:
+                return AuditEvent(action=action, organization_id=org.id, actor_type=ActorType.SYSTEM,
+                                  actor_id="cli", resource_type=resource_type, resource_id=resource_id,
+                                  request_id=request_id, details=dict(details))
+
+            events = [event(AuditAction.ORG_CREATED, "organization", org.id, slug=org.slug, plan=org.plan)]
+            url = None
+            if result.invitation is not None and result.invitation_token is not None:
+                url = mailer.link(ACCEPT_PATH, result.invitation_token)
+                await queue_mail(session, mailer, to=result.invitation.email, template="invitation",
+                                 organization_id=org.id, variables={
+                                     "organization_name": org.name, "inviter": None, "role": result.invitation.role,
+                                     "accept_url": url, "expires_at": result.invitation.expires_at})
+                events.append(event(AuditAction.MEMBER_INVITED, "invitation", result.invitation.id,
+                                    email=result.invitation.email, role=result.invitation.role))
+            elif result.owner is not None:
+                events.append(event(AuditAction.USER_CREATED, "user", result.owner.id))
+                events.append(event(AuditAction.MEMBER_ADDED, "user", result.owner.id, role="owner"))
+            await audit.append(session, events, entries=False)
+        return _Provisioned(True, result.user_created, url)
     finally:
         await db.dispose()
 
@@ -172,22 +209,64 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
     settings = _settings()
     password = secrets.token_urlsafe(18)
     try:
-        org_created, user_created = asyncio.run(_provision(
+        done = asyncio.run(_provision(
             settings, slug=args.org, name=args.name, plan=args.plan.lower(), email=args.admin_email,
             password=password,
         ))
     except GatewayError as exc:
         print(f"portcullis: {exc.message}", file=sys.stderr)
         return 2
-    if not org_created:
+    if not done.org_created:
         print(f"portcullis: an organization with the slug {args.org!r} already exists", file=sys.stderr)
         return 1
     print(f"organization {args.org} created (plan {args.plan.lower()})")
-    if user_created:
+    if done.user_created:
         print(f"owner {args.admin_email} created; one-time password (shown once, change it after signing in):")
         print(password)
     else:
-        print(f"existing user {args.admin_email} is now the owner; their password is unchanged")
+        # an existing account becomes the owner only by its holder's act (C-124)
+        print(f"{args.admin_email} already has an account: it was invited as the owner and becomes the owner "
+              "when it accepts. The invitation was emailed; its link (single use, 7 days):")
+        print(done.invitation_url)
+    return 0
+
+
+async def _domains(settings: Settings, command: str, domain: str | None, slug: str | None) -> list[str]:
+    from resolvers.domains import all_claims, assign_domain
+    from store import audit
+    from store.audit import ActorType, AuditAction, AuditEvent
+    from store.db import Database
+    from store.models import new_ordered_id
+
+    db = Database(settings.database_url)
+    try:
+        async with db.transaction() as session:
+            if command == "list":
+                return [f"{d}\t{s}" for d, s in await all_claims(session)]
+            assert domain is not None
+            name, owner = await assign_domain(session, domain, slug if command == "assign" else None)
+            await audit.append(session, [AuditEvent(
+                action=AuditAction.DOMAIN_CLAIMED if owner else AuditAction.DOMAIN_RELEASED, organization_id=None,
+                actor_type=ActorType.SYSTEM, actor_id="cli", resource_type="email_domain", resource_id=name,
+                request_id=new_ordered_id(), details={"organization": owner},
+            )], entries=False)
+            return [f"{name} is claimed by {owner}" if owner else f"{name} is claimed by no organization"]
+    finally:
+        await db.dispose()
+
+
+def cmd_domains(args: argparse.Namespace) -> int:
+    from authz.errors import GatewayError
+
+    settings = _settings()
+    try:
+        lines = asyncio.run(_domains(settings, args.domains_command, getattr(args, "domain", None),
+                                     getattr(args, "org", None)))
+    except GatewayError as exc:
+        print(f"portcullis: {exc.message}", file=sys.stderr)
+        return 2
+    for line in lines:
+        print(line)
     return 0
 
 
@@ -196,11 +275,11 @@ def cmd_seed_demo(_: argparse.Namespace) -> int:
     if settings.env is not Environment.DEV:
         print("portcullis: seed-demo runs only with PORTCULLIS_ENV=dev", file=sys.stderr)
         return 2
-    org_created, _owner_created = asyncio.run(_provision(
+    done = asyncio.run(_provision(
         settings, slug=DEMO_ORG, name="Acme Corporation", plan="professional", email=DEMO_OWNER,
         password=DEMO_PASSWORD,
     ))
-    if org_created:
+    if done.org_created:
         print(f"demo tenant {DEMO_ORG} created: sign in as {DEMO_OWNER} / {DEMO_PASSWORD}")
     else:
         print(f"demo tenant {DEMO_ORG} already exists")
@@ -426,6 +505,57 @@ def cmd_org_limits(args: argparse.Namespace) -> int:
     return asyncio.run(_org_limits_command(_settings(), args, changes))
 
 
+async def _mail_command(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway.mail import build_mailer
+    from resolvers.mail import read_mail, read_mailbox
+    from store.db import Database
+
+    mailer = build_mailer(settings)
+    db = Database(settings.database_url)
+    try:
+        async with db.transaction() as session:
+            if args.mail_command == "list":
+                messages = await read_mailbox(session, mailer, to=args.to, limit=args.limit)
+            else:
+                found = await read_mail(session, mailer, args.id)
+                messages = [] if found is None else [found]
+    finally:
+        await db.dispose()
+    if args.mail_command == "list":
+        if not messages:
+            print("no messages" + (f" to {args.to}" if args.to else ""), file=sys.stderr)
+        for m in messages:
+            subject = m.subject if m.readable else "(cannot be decrypted with the configured keys)"
+            print(f"{m.id}  {m.created_at:%Y-%m-%d %H:%M:%S}  {m.status:<7}  {m.recipient}  {m.template}  {subject}")
+        return 0
+    if not messages:
+        print(f"portcullis: no message {args.id!r}", file=sys.stderr)
+        return 1
+    m = messages[0]
+    print(f"From: {mailer.from_address}")
+    print(f"To: {m.recipient}")
+    print(f"Subject: {m.subject}")
+    print(f"Date: {m.created_at:%Y-%m-%d %H:%M:%S} UTC")
+    print(f"Message-ID: {m.message_id}")
+    print(f"Template: {m.template}")
+    state = f"Status: {m.status}, {m.attempts} attempt(s)"
+    if m.sent_at is not None:
+        state += f", sent {m.sent_at:%Y-%m-%d %H:%M:%S} UTC"
+    print(state)
+    if m.last_error:
+        print(f"Last error: {m.last_error}")
+    print()
+    if not m.readable:
+        print("portcullis: the content cannot be decrypted with the configured keys", file=sys.stderr)
+        return 1
+    sys.stdout.write(m.text if m.text.endswith("\n") else m.text + "\n")
+    return 0
+
+
+def cmd_mail(args: argparse.Namespace) -> int:
+    return asyncio.run(_mail_command(_settings(), args))
+
+
 def cmd_keys_generate(_: argparse.Namespace) -> int:
     from identity.tokens import generate_private_key_pem
 
@@ -495,6 +625,26 @@ def parser() -> argparse.ArgumentParser:
     cp = ausub.add_parser("checkpoint", help="write each chain's head, signed with the gateway's key")
     cp.add_argument("--out", required=True, help="a file, or a directory to add a new file to")
     au.set_defaults(func=cmd_audit)
+
+    ml = sub.add_parser("mail", help="read the outbox: the local mailbox when no SMTP server is configured")
+    mlsub = ml.add_subparsers(dest="mail_command", required=True)
+    mll = mlsub.add_parser("list", help="the latest messages, newest first: id, created, status, recipient, "
+                                        "template, subject")
+    mll.add_argument("--to", metavar="EMAIL", help="only the messages to this address")
+    mll.add_argument("--limit", type=int, default=50, metavar="N")
+    mls = mlsub.add_parser("show", help="one message: its headers and its text part")
+    mls.add_argument("id")
+    ml.set_defaults(func=cmd_mail)
+
+    dm = sub.add_parser("domains", help="organizations' claimed email domains (the operator reassigns claims)")
+    dmsub = dm.add_subparsers(dest="domains_command", required=True)
+    dmsub.add_parser("list", help="every claim: domain and organization")
+    da = dmsub.add_parser("assign", help="give a domain to an organization, taking it from any other")
+    da.add_argument("domain")
+    da.add_argument("--org", required=True, metavar="SLUG")
+    dr = dmsub.add_parser("release", help="drop a domain's claim, whoever holds it")
+    dr.add_argument("domain")
+    dm.set_defaults(func=cmd_domains)
 
     k = sub.add_parser("keys", help="signing keys")
     ksub = k.add_subparsers(dest="keys_command", required=True)

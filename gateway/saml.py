@@ -5,7 +5,9 @@ assertion consumer service.
 (signature and the checks of `identity.saml`, the pending request bound to this browser, the
 connection's email domains, and, without just-in-time provisioning, an identity the tenant knows), then
 hands it to the `SamlLogin` callable given to `create_app`, which signs the user in. Every refusal is
-the same plain page: nothing of the request is reflected, no cookie is set, nothing is written.
+the same plain page: nothing of the request is reflected, no cookie is set, nothing is written. A form
+holding a character the database cannot store (C-133) is refused before anything reads it, with the
+edge's 400 `BAD_USER_INPUT`, as such a path or query string is.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from gateway.middleware import graphql_error
+from gateway.route_limits import RouteLimit, unlimited
 from gateway.settings import Settings
 from gateway.sso import finish_browser_login
 from identity.saml import (
@@ -45,11 +49,13 @@ from resolvers.deps import Services
 from resolvers.sso import SsoLoginError, complete_sso_login, record_sso_event
 from store.audit import AuditAction
 from store.models import Organization, SsoConnection
+from store.text import storable
 
 log = logging.getLogger("portcullis.saml")
 
-# (request, connection, validated identity, return_to path) -> the response that signs the user in
-SamlLogin = Callable[[Request, SsoConnection, ExternalIdentity, str], Awaitable[Response]]
+# (request, connection, validated identity, return_to path, the account that asked for a link or None) -> the
+# response that signs the user in
+SamlLogin = Callable[[Request, SsoConnection, ExternalIdentity, str, str | None], Awaitable[Response]]
 
 MAX_FORM_BYTES = MAX_RESPONSE_BYTES + 4096
 FAILURE_PAGE = (
@@ -64,6 +70,10 @@ NOT_AVAILABLE_PAGE = (
 
 
 class _TooLarge(Exception):
+    pass
+
+
+class _Unstorable(Exception):
     pass
 
 
@@ -88,11 +98,13 @@ class SamlRoutes:
         # comes back with it. Over plain http (development) the IdP must be same-site.
         self.cookie = "__Host-portcullis-saml" if self.secure else "portcullis-saml"
 
-    def routes(self) -> list[Route]:
+    def routes(self, limit: RouteLimit = unlimited) -> list[Route]:
         """The SAML-only routes; `GET /auth/sso/{org}` (gateway.sso) hands SAML connections to `begin`."""
         return [
-            Route("/auth/saml/{org}/metadata", self.metadata, methods=["GET"]),
-            Route("/auth/saml/{org}/acs", self.acs, methods=["POST"]),
+            Route("/auth/saml/{org}/metadata", self.metadata, methods=["GET"],
+                  middleware=limit("saml-metadata", self.settings.saml_metadata_per_minute)),
+            Route("/auth/saml/{org}/acs", self.acs, methods=["POST"],
+                  middleware=limit("saml-acs", self.settings.saml_acs_per_minute)),
         ]
 
     def _sp(self, slug: str) -> ServiceProvider:
@@ -116,7 +128,7 @@ class SamlRoutes:
                         headers={"cache-control": "public, max-age=300"})
 
     async def begin(self, request: Request, org: Organization, connection: SsoConnection,
-                    return_to: str) -> Response:
+                    return_to: str, link_user_id: str | None = None) -> Response:
         """Starts a SAML login (`return_to` already checked against the allowlist): an AuthnRequest by
         HTTP-Redirect, its id sealed in a cookie bound to this browser."""
         try:
@@ -126,7 +138,7 @@ class SamlRoutes:
             return failure_page()
         request_id, url = authn_request(self._sp(org.slug), idp)
         pending = PendingRequest(request_id, org.id, connection.id, return_to,
-                                 int(time.time()) + PENDING_LIFETIME_SECONDS)
+                                 int(time.time()) + PENDING_LIFETIME_SECONDS, link_user_id)
         response = RedirectResponse(url, status_code=302, headers={"cache-control": "no-store"})
         response.set_cookie(self.cookie, seal_pending(pending, self.key), max_age=PENDING_LIFETIME_SECONDS,
                             path="/", secure=self.secure, httponly=True, samesite="none" if self.secure else "lax")
@@ -138,6 +150,10 @@ class SamlRoutes:
         except _TooLarge:
             await self._fail(request, "saml_response_too_large", None)
             return failure_page(413)
+        except _Unstorable:
+            await self._fail(request, "saml_unstorable_form", None)
+            return JSONResponse(graphql_error("The form contains a character that cannot be stored.",
+                                              "BAD_USER_INPUT"), status_code=400)
         saml_response = form.get("SAMLResponse")
         if not saml_response:
             await self._fail(request, "saml_no_response", None)
@@ -161,19 +177,19 @@ class SamlRoutes:
         if not service.email_domain_allowed(connection, identity.email):
             await self._fail(request, "sso_email_domain", None, org.id, connection.id)
             return failure_page(403)
-        if not connection.jit_provisioning:
+        if not connection.jit_provisioning and pending.link_user_id is None:
             async with self.services.db.session() as db:
                 known = await service.known_to_tenant(db, connection, identity)
             if not known:
                 await self._fail(request, "sso_unknown_user", None, org.id, connection.id)
                 return failure_page(403)
-        response = await self.login(request, connection, identity, pending.return_to)
+        response = await self.login(request, connection, identity, pending.return_to, pending.link_user_id)
         response.delete_cookie(self.cookie, path="/", secure=self.secure, httponly=True,
                                samesite="none" if self.secure else "lax")
         return response
 
     async def sign_in(self, request: Request, connection: SsoConnection, identity: ExternalIdentity,
-                      return_to: str) -> Response:
+                      return_to: str, link_user_id: str | None = None) -> Response:
         """The default `SamlLogin`: provisioning and the browser session, as for every SSO protocol."""
         state = request.scope.get("state", {})
         agent = request.headers.get("user-agent")
@@ -185,6 +201,7 @@ class SamlRoutes:
             login = await complete_sso_login(
                 self.services, connection, identity, client_ip=state.get("client_ip"),
                 user_agent=agent[:256] if agent else None, request_id=state.get("request_id"),
+                link_user_id=link_user_id,
             )
         except SsoLoginError as exc:
             await self._fail(request, exc.reason, None, connection.organization_id, connection.id)
@@ -207,6 +224,8 @@ class SamlRoutes:
             fields = parse_qs(body.decode("ascii"), max_num_fields=8)
         except (UnicodeDecodeError, ValueError):
             return {}
+        if not all(storable(name) and all(storable(v) for v in values) for name, values in fields.items()):
+            raise _Unstorable
         return {name: values[0] for name, values in fields.items() if len(values) == 1}
 
     async def _fail(self, request: Request, reason: str, detail: str | None, organization_id: str | None = None,

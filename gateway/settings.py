@@ -7,13 +7,17 @@ the embedded mode on a laptop; `PORTCULLIS_ENV=prod` refuses to start on any def
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import dataclass, field
+from email.utils import formataddr, parseaddr
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from identity.outbound import parse_allowed_hosts
 
 DEV_PEPPER = "dev-only-api-key-pepper-change-me"
 DEV_COOKIE_SECRET = "dev-only-cookie-secret-change-me"
@@ -34,6 +38,85 @@ class OnRedisError(StrEnum):
 
 class InsecureSettingsError(RuntimeError):
     pass
+
+
+class UnusableSettingError(InsecureSettingsError):
+    """A value that cannot be used, refused with a message that names the variable but never repeats the
+    value (pydantic's own errors would: an SMTP URL carries a password)."""
+
+
+@dataclass(frozen=True)
+class SmtpServer:
+    """`PORTCULLIS_SMTP_URL`, parsed. `starttls`: `auto` (upgrade when the server offers it), `require`,
+    or `off` (plain; a loopback relay or a test server)."""
+
+    host: str
+    port: int
+    implicit_tls: bool
+    starttls: str
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+
+STARTTLS_MODES = ("auto", "require", "off")
+
+
+def parse_smtp_url(url: str) -> SmtpServer:
+    """`smtp://[user:pass@]host[:port][?starttls=auto|require|off]` or `smtps://[user:pass@]host[:port]`.
+
+    ValueError names what is wrong and never repeats the URL. A password is never sent in clear: with
+    credentials, `auto` means `require`, and `off` is refused unless the server is on a loopback address."""
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    if scheme not in ("smtp", "smtps"):
+        raise ValueError("the scheme must be smtp:// or smtps://")
+    if not parts.hostname:
+        raise ValueError("a host is required (smtp://host:port)")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError("the port must be a number from 1 to 65535") from None
+    if port == 0:
+        raise ValueError("the port must be a number from 1 to 65535")
+    if parts.path not in ("", "/") or parts.fragment:
+        raise ValueError("the URL takes no path: smtp://user:pass@host:port?starttls=require")
+    try:
+        query = parse_qs(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
+    except ValueError:
+        raise ValueError("the query is malformed") from None
+    unknown = sorted(set(query) - {"starttls"})
+    if unknown:
+        raise ValueError(f"unknown option {unknown[0]!r} (the only option is starttls)")
+    modes = query.get("starttls", [])
+    if len(modes) > 1:
+        raise ValueError("starttls is given more than once")
+    if modes and scheme == "smtps":
+        raise ValueError("starttls applies to smtp:// only; smtps:// is TLS from the first byte")
+    starttls = modes[0].lower() if modes else "auto"
+    if starttls not in STARTTLS_MODES:
+        raise ValueError("starttls is one of auto, require, off")
+    username = unquote(parts.username) if parts.username else None
+    password = unquote(parts.password) if parts.password is not None else None
+    if password is not None and not username:
+        raise ValueError("a password needs a user name (smtp://user:pass@host)")
+    host = parts.hostname
+    if username and scheme == "smtp":
+        if starttls == "auto":
+            starttls = "require"
+        elif starttls == "off" and not _loopback(host):
+            raise ValueError("credentials are never sent unencrypted: use smtps://, starttls=require, or a "
+                             "relay on a loopback address")
+    return SmtpServer(host=host, port=port or (465 if scheme == "smtps" else 587), implicit_tls=scheme == "smtps",
+                      starttls="off" if scheme == "smtps" else starttls, username=username, password=password)
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _split(value: object) -> object:
@@ -86,6 +169,8 @@ class Settings(BaseSettings):
     lockout_base_seconds: int = Field(default=60, ge=1)
     lockout_max_seconds: int = Field(default=900, ge=1)
     lockout_account_ceiling: int = Field(default=50, ge=1)
+    # an address where the account signed in within this many days passes the account's ceiling
+    lockout_trusted_address_days: int = Field(default=90, ge=1)
 
     # admission (docs/limits.md): what tenant limits do when Redis fails (login limits always fail closed)
     limits_on_redis_error: OnRedisError = OnRedisError.CLOSED
@@ -94,6 +179,12 @@ class Settings(BaseSettings):
     login_attempts_per_address_per_minute: int = Field(default=30, ge=1)
     limits_cache_ttl_seconds: float = Field(default=300.0, ge=0, le=3600)
     usage_flush_seconds: float = Field(default=10.0, ge=0.05, le=3600)
+    # the public HTTP routes, per client address and route (docs/limits.md, "Limits of the HTTP routes")
+    sso_start_per_minute: int = Field(default=30, ge=1)
+    oidc_callback_per_minute: int = Field(default=30, ge=1)
+    saml_metadata_per_minute: int = Field(default=60, ge=1)
+    saml_acs_per_minute: int = Field(default=30, ge=1)  # each one verifies an XML signature
+    report_downloads_per_minute: int = Field(default=120, ge=1)
 
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
@@ -114,12 +205,29 @@ class Settings(BaseSettings):
     oidc_http_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
     oidc_jwks_refetch_interval_seconds: float = Field(default=60.0, ge=0, le=3600)
     sso_state_ttl_seconds: int = Field(default=600, ge=60, le=600)
+    # URLs fetched on a tenant's say (docs/sso.md, "Addresses the gateway will not fetch"): the guard refuses
+    # non-public addresses; on in prod (which refuses to turn it off), off elsewhere unless set
+    outbound_guard: bool | None = None
+    # on-premises hosts the guard lets through: host names, addresses or CIDR ranges, comma-separated
+    outbound_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    # Outgoing mail (docs/email.md). Without an SMTP URL, messages stay in the local mailbox
+    # (`portcullis mail list`). The application URL is where emailed links lead (the frontend).
+    smtp_url: SecretStr | None = None
+    mail_from: str | None = None
+    app_url: str | None = None
+    mail_product_name: str = Field(default="Portcullis", min_length=1, max_length=100)
+    mail_poll_seconds: float = Field(default=5.0, ge=0.01, le=3600)
+    smtp_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+    mail_max_attempts: int = Field(default=12, ge=1, le=1000)
+    mail_retry_seconds: float = Field(default=30.0, ge=0.01, le=86_400)
+    mail_retry_max_seconds: float = Field(default=3600.0, ge=0.01, le=7 * 86_400)
 
     demo_seed: bool = True
     log_level: str = "INFO"
 
     @field_validator("trusted_proxies", "previous_signing_key_files", "previous_data_encryption_keys",
-                     "frontend_return_paths", mode="before")
+                     "frontend_return_paths", "outbound_allowed_hosts", mode="before")
     @classmethod
     def _comma_list(cls, value: object) -> object:
         return _split(value)
@@ -129,6 +237,12 @@ class Settings(BaseSettings):
     def _cidrs(cls, value: list[str]) -> list[str]:
         for cidr in value:
             ipaddress.ip_network(cidr, strict=False)
+        return value
+
+    @field_validator("outbound_allowed_hosts")
+    @classmethod
+    def _outbound_hosts(cls, value: list[str]) -> list[str]:
+        parse_allowed_hosts(value)
         return value
 
     @field_validator("frontend_return_paths")
@@ -149,6 +263,59 @@ class Settings(BaseSettings):
         if parts.scheme not in ("http", "https") or not parts.netloc or parts.path not in ("", "/"):
             raise ValueError("the public URL is an origin, like https://gateway.example.com")
         return value.rstrip("/")
+
+    @field_validator("smtp_url", mode="before")
+    @classmethod
+    def _smtp_url(cls, value: object) -> object:
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if raw is None or (isinstance(raw, str) and not raw.strip()):
+            return None
+        if not isinstance(raw, str):
+            raise UnusableSettingError("PORTCULLIS_SMTP_URL must be a URL")
+        try:
+            parse_smtp_url(raw)
+        except ValueError as exc:
+            raise UnusableSettingError(f"PORTCULLIS_SMTP_URL: {exc}") from None
+        return raw.strip()
+
+    @field_validator("mail_from")
+    @classmethod
+    def _mail_from(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip()
+        _name, address = parseaddr(value)
+        local, at, domain = address.rpartition("@")
+        if (not at or not local or not domain or any(c.isspace() or c in "<>," for c in address)
+                or any(ord(c) < 32 for c in value)):
+            raise ValueError("PORTCULLIS_MAIL_FROM is an address, like 'Portcullis <no-reply@example.com>'")
+        return value
+
+    @field_validator("app_url")
+    @classmethod
+    def _app_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+            raise ValueError("PORTCULLIS_APP_URL is the frontend's URL, like https://app.example.com")
+        return value.strip().rstrip("/")
+
+    @field_validator("mail_product_name")
+    @classmethod
+    def _product_name(cls, value: str) -> str:
+        value = value.strip()
+        if not value or any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise ValueError("PORTCULLIS_MAIL_PRODUCT_NAME is one line of text")
+        return value
+
+    @model_validator(mode="after")
+    def _mail_settings(self) -> Settings:
+        if self.smtp_url is not None and self.mail_from is None:
+            raise UnusableSettingError("PORTCULLIS_MAIL_FROM is required when PORTCULLIS_SMTP_URL is set")
+        if self.mail_retry_max_seconds < self.mail_retry_seconds:
+            raise UnusableSettingError("PORTCULLIS_MAIL_RETRY_MAX_SECONDS is less than PORTCULLIS_MAIL_RETRY_SECONDS")
+        return self
 
     @model_validator(mode="after")
     def _refuse_default_secrets(self) -> Settings:
@@ -173,6 +340,9 @@ class Settings(BaseSettings):
             problems.append("PORTCULLIS_DATA_ENCRYPTION_KEY is missing, the default, or shorter than 32 characters")
         if not self.session_cookie_secure:
             problems.append("PORTCULLIS_SESSION_COOKIE_SECURE must stay true")
+        if self.outbound_guard is False:
+            problems.append("PORTCULLIS_OUTBOUND_GUARD must stay on (name on-premises hosts in "
+                            "PORTCULLIS_OUTBOUND_ALLOWED_HOSTS)")
         if problems:
             raise InsecureSettingsError("refusing to start in prod: " + "; ".join(problems))
         return self
@@ -180,6 +350,23 @@ class Settings(BaseSettings):
     @property
     def is_prod(self) -> bool:
         return self.env is Environment.PROD
+
+    @property
+    def smtp(self) -> SmtpServer | None:
+        return None if self.smtp_url is None else parse_smtp_url(self.smtp_url.get_secret_value())
+
+    @property
+    def links_url(self) -> str:
+        """Where emailed links lead: PORTCULLIS_APP_URL, else the public URL."""
+        return self.app_url or self.public_url
+
+    @property
+    def mail_sender(self) -> str:
+        return self.mail_from or formataddr((self.mail_product_name, "no-reply@localhost"))
+
+    @property
+    def outbound_guard_enabled(self) -> bool:
+        return self.is_prod if self.outbound_guard is None else self.outbound_guard
 
     @property
     def graphiql_enabled(self) -> bool:

@@ -22,6 +22,7 @@ from starlette.routing import Route
 
 from authz import PrincipalKind
 from gateway.middleware import graphql_error
+from gateway.route_limits import RouteLimit, unlimited
 from gateway.settings import Settings
 from identity.browser_sessions import BrowserSessions
 from identity.oidc import OidcError
@@ -35,6 +36,7 @@ from resolvers.sso import (
     get_connection_by_id,
     oidc_config,
     record_sso_event,
+    take_link_intent,
 )
 from store.audit import AuditAction
 from store.models import Organization, SsoConnection
@@ -46,8 +48,10 @@ OIDC_CALLBACK_PATH = "/auth/oidc/callback"
 _PATH_CHARS = re.compile(r"^/[A-Za-z0-9\-._~!$&'()*+,;=:@%/]*$")
 _QUERY_CHARS = re.compile(r"^[A-Za-z0-9\-._~!$&'()*+,;=:@%/?]*$")
 
-# A protocol's way to start a login for a connection, by `SsoConnection.kind` (SAML passes "saml").
-Starter = Callable[[Request, Organization, SsoConnection, str], Awaitable[Response]]
+# A protocol's way to start a login for a connection, by `SsoConnection.kind` (SAML passes "saml"): the
+# request, the organization, its connection, the (checked) return path, and the account whose holder asked
+# to link it (`startSsoLink`), or None.
+Starter = Callable[[Request, Organization, SsoConnection, str, str | None], Awaitable[Response]]
 
 
 def safe_return_to(value: str | None, allowed_paths: Sequence[str]) -> str:
@@ -92,7 +96,7 @@ def sso_failure_page(request: Request, status: int = 400) -> Response:
 
 
 def sso_routes(settings: Settings, services: Services,
-               starters: Mapping[str, Starter] | None = None) -> list[Route]:
+               starters: Mapping[str, Starter] | None = None, limit: RouteLimit = unlimited) -> list[Route]:
     allowed_paths = list(settings.frontend_return_paths)
     redirect_uri = settings.public_url + OIDC_CALLBACK_PATH
     transaction_cookie = [Middleware(
@@ -113,11 +117,12 @@ def sso_routes(settings: Settings, services: Services,
                                organization_id=organization_id, connection_id=connection_id, **context(request))
         return sso_failure_page(request, status)
 
-    async def start_oidc(request: Request, org: Organization, connection: SsoConnection, return_to: str) -> Response:
+    async def start_oidc(request: Request, org: Organization, connection: SsoConnection, return_to: str,
+                         link_user_id: str | None) -> Response:
         assert services.oidc is not None
         try:
             url = await services.oidc.begin(request, oidc_config(services, connection), redirect_uri=redirect_uri,
-                                            return_to=return_to)
+                                            return_to=return_to, link_user_id=link_user_id)
         except OidcError as exc:
             return await failed(request, exc.reason, organization_id=org.id, connection_id=connection.id, status=502)
         return RedirectResponse(url, status_code=302)
@@ -134,8 +139,15 @@ def sso_routes(settings: Settings, services: Services,
         if starter is None:
             return await failed(request, "sso_protocol_unavailable", protocol=connection.kind, organization_id=org.id,
                           connection_id=connection.id, status=404)
+        link_user_id = None
+        if "link" in request.query_params:
+            # a link asked for by a signed-in account (`startSsoLink`), single use, for this organization
+            link_user_id = await take_link_intent(services, request.query_params.get("link"), org.id)
+            if link_user_id is None:
+                return await failed(request, "sso_link_invalid", protocol=connection.kind, organization_id=org.id,
+                                    connection_id=connection.id)
         return await starter(request, org, connection, safe_return_to(request.query_params.get("return_to"),
-                                                                      allowed_paths))
+                                                                      allowed_paths), link_user_id)
 
     async def oidc_callback(request: Request) -> Response:
         rp = services.oidc
@@ -151,7 +163,8 @@ def sso_routes(settings: Settings, services: Services,
             if not connection.enabled:
                 raise SsoLoginError("sso_connection_disabled")
             identity = await rp.finish(request, oidc_config(services, connection))
-            login = await complete_sso_login(services, connection, identity, **context(request))
+            login = await complete_sso_login(services, connection, identity, link_user_id=pending.link_user_id,
+                                             **context(request))
         except (OidcError, SsoLoginError) as exc:
             return await failed(request, exc.reason, organization_id=org_id, connection_id=connection_id)
         except Exception:
@@ -172,7 +185,9 @@ def sso_routes(settings: Settings, services: Services,
         return response
 
     return [
-        Route("/auth/sso/{org_slug}", start, methods=["GET"], middleware=transaction_cookie),
-        Route(OIDC_CALLBACK_PATH, oidc_callback, methods=["GET"], middleware=transaction_cookie),
+        Route("/auth/sso/{org_slug}", start, methods=["GET"],
+              middleware=[*limit("sso-start", settings.sso_start_per_minute), *transaction_cookie]),
+        Route(OIDC_CALLBACK_PATH, oidc_callback, methods=["GET"],
+              middleware=[*limit("oidc-callback", settings.oidc_callback_per_minute), *transaction_cookie]),
         Route("/auth/logout", logout, methods=["POST"]),
     ]

@@ -16,6 +16,9 @@ What Authlib leaves to its caller, and this module does:
   interval and connection, so random `kid`s cannot turn the gateway into an amplifier against the IdP.
 - RFC 9207: an `iss` in the authorization response must be the connection's issuer (mix-up defence).
 - The userinfo `sub` must equal the ID token's `sub` (OIDC Core §5.3.2).
+- Every request to the provider (discovery, token, JWKS, userinfo) goes through the outbound guard
+  (`identity.outbound`, C-132), and the endpoints a discovery document names are checked when it loads:
+  a provider cannot point the gateway at its own network, at configuration or at sign-in.
 
 Every refusal is an `OidcError` whose `reason` (`oidc_*`) goes to logs and audit, never to the browser.
 """
@@ -34,12 +37,16 @@ from urllib.parse import urlsplit
 from authlib.integrations.starlette_client import OAuth, StarletteIntegration, StarletteOAuth2App
 from starlette.requests import Request
 
+from identity.outbound import OutboundPolicy, OutboundRefused
 from identity.sso import ExternalIdentity
 
 DEFAULT_ALGORITHMS: tuple[str, ...] = ("RS256", "ES256", "PS256")
 ALLOWED_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512"})
 DISCOVERY_PATH = "/.well-known/openid-configuration"
 LEEWAY_SECONDS = 60
+ADDRESS_REFUSED = "oidc_address_refused"
+# the endpoints the gateway itself calls (the browser, not the gateway, visits the authorization endpoint)
+_FETCHED_ENDPOINTS = ("token_endpoint", "jwks_uri", "userinfo_endpoint")
 _PENDING = "sso:pending:"
 
 
@@ -94,6 +101,8 @@ class PendingLogin:
 
     connection_id: str
     return_to: str
+    # the account whose holder asked to link this provider (resolvers/sso.py `start_sso_link`)
+    link_user_id: str | None = None
 
 
 class TransactionStore:
@@ -190,15 +199,18 @@ class OidcRelyingParty:
 
     store: TransactionStore
     allow_loopback_http: bool = False
+    outbound: OutboundPolicy = field(default_factory=OutboundPolicy)
     http_timeout_seconds: float = 10.0
     jwks_refetch_interval_seconds: float = 60.0
     state_ttl_seconds: int = 600
     metadata_ttl_seconds: float = 3600.0
     _oauth: Any = None
+    _transport: Any = None
     _entries: dict[str, _Entry] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._oauth = _OAuth(cache=self.store)
+        self._transport = self.outbound.transport()
         # Authlib logs the PKCE verifier at DEBUG: never, whatever the gateway's own level
         logging.getLogger("authlib").setLevel(max(logging.INFO, logging.getLogger("authlib").level))
 
@@ -212,7 +224,7 @@ class OidcRelyingParty:
             client_secret=config.client_secret,
             server_metadata_url=config.issuer.rstrip("/") + DISCOVERY_PATH,
             client_kwargs={"scope": " ".join(config.scopes), "code_challenge_method": "S256",
-                           "timeout": self.http_timeout_seconds},
+                           "timeout": self.http_timeout_seconds, "transport": self._transport},
         )
         app.refetch_interval = self.jwks_refetch_interval_seconds
         return app
@@ -227,6 +239,8 @@ class OidcRelyingParty:
                 await self._load_metadata(entry.app, config)
             except OidcError:
                 raise
+            except OutboundRefused:
+                raise OidcError(ADDRESS_REFUSED) from None
             except Exception:
                 raise OidcError("oidc_discovery_failed") from None
             self._entries[config.connection_id] = entry
@@ -248,6 +262,12 @@ class OidcRelyingParty:
                 check_issuer_url(str(value).split("?")[0], allow_loopback_http=self.allow_loopback_http)
             except ValueError:
                 raise OidcError("oidc_discovery_insecure_endpoint") from None
+        for key in _FETCHED_ENDPOINTS:
+            if metadata.get(key) is not None:
+                try:
+                    await self.outbound.check_url(str(metadata[key]))
+                except OutboundRefused:
+                    raise OidcError(ADDRESS_REFUSED) from None
         supported = metadata.get("id_token_signing_alg_values_supported") or ["RS256"]
         pinned = [a for a in config.algorithms if a in ALLOWED_ALGORITHMS and a in supported]
         if not pinned:
@@ -261,6 +281,8 @@ class OidcRelyingParty:
             await self._load_metadata(app, config)
         except OidcError:
             raise
+        except OutboundRefused:
+            raise OidcError(ADDRESS_REFUSED) from None
         except Exception:
             raise OidcError("oidc_discovery_failed") from None
         finally:
@@ -268,13 +290,14 @@ class OidcRelyingParty:
             self._oauth._clients.pop(config.connection_id, None)
 
     async def begin(self, request: Request, config: OidcConnectionConfig, *, redirect_uri: str,
-                    return_to: str) -> str:
+                    return_to: str, link_user_id: str | None = None) -> str:
         """The provider's authorization URL; `state`, `nonce` and the PKCE verifier are kept for the callback."""
         app = await self.app(config)
         rv = await app.create_authorization_url(redirect_uri)
         state = rv["state"]
         await app.save_authorize_data(request, redirect_uri=redirect_uri, **rv)
-        pending = json.dumps({"connection_id": config.connection_id, "return_to": return_to})
+        pending = json.dumps({"connection_id": config.connection_id, "return_to": return_to,
+                              "link_user_id": link_user_id})
         await self.store.set(_PENDING + state, pending, self.state_ttl_seconds)
         return str(rv["url"])
 
@@ -288,7 +311,9 @@ class OidcRelyingParty:
         if raw is None:
             raise OidcError("oidc_state_unknown")
         data = json.loads(raw)
-        return PendingLogin(connection_id=str(data["connection_id"]), return_to=str(data["return_to"]))
+        link = data.get("link_user_id")
+        return PendingLogin(connection_id=str(data["connection_id"]), return_to=str(data["return_to"]),
+                            link_user_id=str(link) if link else None)
 
     async def finish(self, request: Request, config: OidcConnectionConfig) -> ExternalIdentity:
         """Check the authorization response, redeem the code and validate what the provider says."""
@@ -326,6 +351,8 @@ class OidcRelyingParty:
         if app.server_metadata.get("userinfo_endpoint") and token.get("access_token"):
             try:
                 userinfo = await app.userinfo(token=token)
+            except OutboundRefused:
+                raise OidcError(ADDRESS_REFUSED) from None
             except Exception:
                 raise OidcError("oidc_userinfo_failed") from None
             if userinfo.get("sub") != subject:
@@ -375,6 +402,8 @@ def _groups(value: Any) -> tuple[str, ...]:
 
 
 def _failure_reason(exc: Exception) -> str:
+    if isinstance(exc, OutboundRefused):
+        return ADDRESS_REFUSED
     name = type(exc).__name__
     if name == "MismatchingStateError":
         return "oidc_state_mismatch"

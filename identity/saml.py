@@ -357,13 +357,15 @@ class PendingRequest:
     connection_id: str
     return_to: str
     expires_at: int
+    # the account whose holder asked to link this provider (resolvers/sso.py `start_sso_link`)
+    link_user_id: str | None = None
 
 
 def seal_pending(pending: PendingRequest, key: bytes) -> str:
     """The pending request as a cookie value: JSON, base64url, then an HMAC-SHA256 tag."""
     body = base64.urlsafe_b64encode(
         json.dumps([pending.request_id, pending.organization_id, pending.connection_id, pending.return_to,
-                    pending.expires_at], separators=(",", ":")).encode()
+                    pending.expires_at, pending.link_user_id], separators=(",", ":")).encode()
     ).rstrip(b"=")
     tag = base64.urlsafe_b64encode(hmac.digest(key, body, "sha256")).rstrip(b"=")
     return (body + b"." + tag).decode()
@@ -379,7 +381,9 @@ def open_pending(value: str | None, key: bytes, *, now: float | None = None) -> 
         return None
     try:
         fields = json.loads(base64.urlsafe_b64decode(body + b"=" * (-len(body) % 4)))
-        pending = PendingRequest(str(fields[0]), str(fields[1]), str(fields[2]), str(fields[3]), int(fields[4]))
+        link = fields[5] if len(fields) > 5 else None
+        pending = PendingRequest(str(fields[0]), str(fields[1]), str(fields[2]), str(fields[3]), int(fields[4]),
+                                 str(link) if link else None)
     except (ValueError, IndexError, TypeError):
         return None
     return pending if pending.expires_at > (time.time() if now is None else now) else None

@@ -19,10 +19,12 @@ from sqlmodel import col, select
 from authz import Permission, Principal
 from authz.errors import BadUserInput, Unauthenticated
 from identity.tokens import KeyRing, TokenError, sign_document, verify_document
+from resolvers.budgets import charge_work
+from resolvers.deps import RequestContext
 from store import audit
 from store.audit import ACTIONS, RESULTS, AuditResult
 from store.cursors import CursorError
-from store.models import UNSUCCESSFUL, ApiKey, AuditEntry, Membership, Organization, Report
+from store.models import UNSUCCESSFUL, ApiKey, AuditEntry, Invitation, Membership, Organization, Report
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
@@ -122,12 +124,20 @@ async def list_entries(
 
 
 async def verify_chains(
-    db: AsyncSession, principal: Principal, start: datetime | None = None, end: datetime | None = None
+    ctx: RequestContext, start: datetime | None = None, end: datetime | None = None
 ) -> audit.VerificationReport:
+    """The caller's chain (every chain for the platform operator) recomputed, within [start, end) if given.
+
+    Its work grows with the chain: the entries it will read are counted first (the head rows, or an
+    index-only count over the range) and their price taken from the tenant's cost budget before any is
+    read (C-130); over budget, RATE_LIMITED and nothing is verified."""
     if start is not None and end is not None and _naive_utc(start) >= _naive_utc(end):
         raise BadUserInput("from must be before to", field="from")
-    chain = readable_chain(principal)
-    return await audit.verify(db, chains=None if chain is None else [chain], start=start, end=end)
+    chain = readable_chain(ctx.principal)
+    chains = None if chain is None else [chain]
+    db = await ctx.db()
+    await charge_work(ctx, await audit.entries_to_verify(db, chains=chains, start=start, end=end), "verifyAuditChain")
+    return await audit.verify(db, chains=chains, start=start, end=end)
 
 
 async def owning_tenants(db: AsyncSession, resource_type: str, value: str) -> set[str]:
@@ -147,6 +157,8 @@ async def owning_tenants(db: AsyncSession, resource_type: str, value: str) -> se
         stmt = select(col(Membership.organization_id)).where(col(Membership.user_id) == value)
     elif resource_type == "report":
         stmt = select(col(Report.organization_id)).where(col(Report.id) == value)
+    elif resource_type == "invitation":
+        stmt = select(col(Invitation.organization_id)).where(col(Invitation.id) == value)
     elif resource_type == "organization":
         stmt = select(col(Organization.id)).where(col(Organization.slug) == value)
     else:

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
 from authz import AuthMethod, Principal, PrincipalKind
-from authz.errors import INVALID_CREDENTIALS, BadUserInput, Forbidden, NotFound, Unauthenticated
+from authz.errors import INVALID_CREDENTIALS, BadUserInput, NotFound, Unauthenticated
 from identity.lockout import email_key
 from identity.passwords import MAX_BYTES, PasswordPolicyError, check_policy
 from identity.sessions import (
@@ -26,7 +26,9 @@ from identity.sessions import (
 )
 from identity.tokens import AccessClaims
 from resolvers import mfa
+from resolvers.accounts import refuse_api_keys
 from resolvers.deps import RequestContext
+from resolvers.mail import send_mail
 from resolvers.provisioning import MAX_EMAIL_LENGTH
 from store.audit import PLATFORM_CHAIN, AuditAction, AuditResult
 from store.models import AuthSession, Membership, Organization, User
@@ -82,35 +84,47 @@ async def login(
     _check_credentials_shape(email, password, organization_slug)
     code = mfa.parse(totp, "totp")
     services, principal = ctx.services, ctx.principal
-    attempt = await services.throttle.begin(email, principal.client_ip)
-    if not attempt.allowed:
+    user = await _find_user(ctx, email)
+    membership = None
+    if user is not None:
+        # which organization the sign-in aims at decides which counters it runs against (C-127)
+        async with services.db.transaction() as lookup:
+            membership = await _membership(lookup, user, organization_slug)
+    attempt = await services.throttle.begin(email, principal.client_ip,
+                                            membership.organization_id if membership is not None else None)
+    if not attempt.allowed and not (attempt.needs_second_factor and code is not None):
         # The same work as a checked failure (lookup, one argon2 run, recording), so a refused
         # attempt answers in the same time as a wrong password (C-112).
-        found = await _find_user(ctx, email)
         await services.hasher.burn()
         locked = await services.throttle.failed(attempt)
         log.info("authn_login_lock" if locked else "authn_login_fail",
                  extra={"reason": attempt.reason, "request_id": principal.request_id})
-        await _audit_failure(ctx, email, found, organization_slug, locked=locked, reason=attempt.reason)
+        await _audit_failure(ctx, email, user, organization_slug, locked=locked, reason=attempt.reason)
         raise Unauthenticated(INVALID_CREDENTIALS)
 
-    user = await _find_user(ctx, email)
     usable = user is not None and user.is_active and user.password_hash is not None
     ok = await services.hasher.verify(user.password_hash if usable and user else None, password)
-    membership = None
-    if ok and user is not None:
-        async with services.db.transaction() as lookup:
-            membership = await _membership(lookup, user, organization_slug)
+    if attempt.needs_second_factor:
+        # Past the account's ceiling from an address it does not know, only the password and the second
+        # factor together sign in (C-127). Both are checked whatever the other's outcome, so neither the
+        # answer nor its time tells a guesser that the password alone was right.
+        second = (user is not None and usable and user.mfa_enabled
+                  and await mfa.check_login_code(ctx, user, code, membership.organization_id
+                                                 if membership is not None else None) is None)
+        ok = ok and second
     if not ok or user is None or membership is None:
         locked = await services.throttle.failed(attempt)
         log.info("authn_login_lock" if locked else "authn_login_fail",
                  extra={"request_id": principal.request_id})
         reason = "no_membership" if ok else ("inactive" if user is not None and not usable else "bad_password")
+        if attempt.needs_second_factor:
+            reason = "account_ceiling"
         await _audit_failure(ctx, email, user, organization_slug, locked=locked,
                              reason="unknown_user" if user is None else reason)
         raise Unauthenticated(INVALID_CREDENTIALS)
     # the second factor is asked for (and its absence told) only once the password was right
-    refusal = await mfa.check_login_code(ctx, user, code, membership.organization_id)
+    refusal = None if attempt.needs_second_factor else await mfa.check_login_code(ctx, user, code,
+                                                                                 membership.organization_id)
     if refusal is not None:
         if await services.throttle.failed(attempt):
             log.info("authn_login_lock", extra={"request_id": principal.request_id})
@@ -124,6 +138,7 @@ async def login(
         raise Unauthenticated(INVALID_CREDENTIALS)
     if services.hasher.needs_rehash(user.password_hash):
         user.password_hash = await services.hasher.hash(password)
+    first_sign_in = user.last_login_at is None
     user.last_login_at = now
     db.add(user)
     org = await db.get(Organization, membership.organization_id)
@@ -136,7 +151,13 @@ async def login(
     log.info("authn_login_success", extra={"request_id": principal.request_id, "user_id": user.id})
     # committed with the session it opens: there is no success entry for a session that never was
     ctx.audit(AuditAction.AUTHN_LOGIN_SUCCESS, organization_id=org.id, actor_id=user.id, resource_type="session",
-              resource_id=issued.session.id, details={"method": AuthMethod.PASSWORD.value})
+              resource_id=issued.session.id, details={"method": AuthMethod.PASSWORD.value,
+                                                      "knownAddress": attempt.known_address})
+    if not attempt.known_address and not first_sign_in:
+        await send_mail(ctx, to=user.email, template="new_sign_in", organization_id=org.id, variables={
+            "at": now, "client_ip": principal.client_ip, "user_agent": ctx.user_agent,
+            "organization_name": org.name, "method": AuthMethod.PASSWORD.value,
+        })
     return AuthResult(token, claims, issued.refresh_token, user, org)
 
 
@@ -219,12 +240,6 @@ async def _audit_refresh_failure(ctx: RequestContext, failure: RefreshError) -> 
                         details={"reason": failure.reason})
 
 
-def refuse_api_keys(principal: Principal) -> None:
-    """C-123: an API key never signs in, refreshes, or changes a password (also refused before execution)."""
-    if principal.kind is PrincipalKind.API_KEY:
-        raise Forbidden("An API key cannot sign in or mint tokens.")
-
-
 def _require_user(principal: Principal) -> tuple[str, str]:
     refuse_api_keys(principal)
     if principal.kind is not PrincipalKind.USER or principal.subject_id is None or principal.session_id is None:
@@ -257,7 +272,7 @@ async def change_password(ctx: RequestContext, current_password: str, new_passwo
     if found is None:
         raise Unauthenticated("Authentication required.")
     email, current_hash = found.email, found.password_hash
-    attempt = await services.throttle.begin(email, ctx.principal.client_ip)
+    attempt = await services.throttle.begin(email, ctx.principal.client_ip, ctx.principal.organization_id)
     if not attempt.allowed:
         await services.hasher.burn()
         raise Unauthenticated(INVALID_CREDENTIALS)
@@ -283,6 +298,8 @@ async def change_password(ctx: RequestContext, current_password: str, new_passwo
     db.add(user)
     others = await active_session_ids(db, user_id, except_id=session_id)
     await revoke_sessions(db, others, reason="password_changed", now=services.now())
+    await send_mail(ctx, to=user.email, template="password_changed",
+                    variables={"at": services.now(), "client_ip": ctx.principal.client_ip})
 
     async def announce() -> None:
         await services.revocations.publish(others)
@@ -292,8 +309,11 @@ async def change_password(ctx: RequestContext, current_password: str, new_passwo
 
 
 async def unlock_user(ctx: RequestContext, user_id: str) -> bool:
-    """Clear every login counter of a member of the caller's organization."""
+    """Clear a member's failed-login counters of sign-ins into the caller's organization (C-127): another
+    organization's counters, and the account's own, stay as they are."""
     org_id = ctx.principal.organization_id
+    if org_id is None or not user_id or len(user_id) > 36:
+        raise NotFound("User not found.")
     db = await ctx.db()
     row = (
         await db.execute(
@@ -304,7 +324,7 @@ async def unlock_user(ctx: RequestContext, user_id: str) -> bool:
     ).scalar_one_or_none()
     if row is None:
         raise NotFound("User not found.")
-    cleared = await ctx.services.throttle.unlock(row.email)
+    cleared = await ctx.services.throttle.unlock(row.email, org_id)
     log.info("authn_login_unlock", extra={"user_id": row.id, "request_id": ctx.principal.request_id})
     ctx.audit(AuditAction.AUTHN_LOGIN_UNLOCK, resource_type="user", resource_id=row.id,
               details={"counters_cleared": cleared})

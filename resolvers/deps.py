@@ -26,6 +26,7 @@ from identity.sessions import SessionCache, SessionPolicy
 from identity.tokens import AccessTokens
 from identity.totp import TotpService
 from resolvers.budgets import RateBudgets
+from resolvers.mail import Mailer
 from store.audit import PLATFORM_CHAIN, ActorType, AuditEvent, AuditResult, AuditTrail, RateLimitAudit
 from store.db import Database
 
@@ -54,6 +55,10 @@ class Services:
     oidc: OidcRelyingParty | None = None
     oidc_secrets: SecretBox | None = None
     browser: BrowserSessions | None = None
+    # the gateway's own public address (`PORTCULLIS_PUBLIC_URL`), for addresses it hands out
+    public_url: str = ""
+    # outgoing mail (resolvers/mail.py): queue with `send_mail(ctx, ...)`
+    mail: Mailer | None = None
     clock: Callable[[], float] = field(default=time.time)
     audit: AuditTrail = None  # type: ignore[assignment]
     rate_limit_audit: RateLimitAudit = None  # type: ignore[assignment]
@@ -130,6 +135,10 @@ class RequestContext:
         self.denied_paths: list[Any] | None = None
         # the admission decision taken before execution (schema.limits.admission)
         self.admission: Any = None
+        # cost points charged while executing, for work priced by the data (resolvers.budgets.charge_work),
+        # and the last such charge's decision (what is left of the budget after it)
+        self.work_cost = 0
+        self.work_charge: Any = None
         self._db: AsyncSession | None = None
         self._db_in_turn: _OneAtATime | None = None
         # a mutation: its unit of work waits for the writers' turn before it opens its session (SQLite)

@@ -43,7 +43,9 @@ from identity.totp import (
     unused_recovery_codes,
     verify_code,
 )
+from resolvers.accounts import account_holder
 from resolvers.deps import RequestContext, Services
+from resolvers.mail import send_mail
 from resolvers.roles import announce_after_commit
 from store.audit import AuditResult
 from store.models import User
@@ -126,16 +128,11 @@ def refuse(reason: str) -> Unauthenticated:
 
 
 async def _current_user(ctx: RequestContext) -> User:
-    p = ctx.principal
-    if p.kind is PrincipalKind.API_KEY:
+    """The caller's account, when the caller's session may change its second factor: the person's own
+    (resolvers/accounts.py `account_holder`), never a session opened through another tenant's provider."""
+    if ctx.principal.kind is PrincipalKind.API_KEY:
         raise Forbidden("An API key has no second factor.")
-    if p.kind is not PrincipalKind.USER or p.subject_id is None or p.session_id is None:
-        raise Unauthenticated("Authentication required.")
-    db = await ctx.db()
-    user = await db.get(User, p.subject_id)
-    if user is None or not user.is_active:
-        raise Unauthenticated("Authentication required.")
-    return user
+    return await account_holder(ctx)
 
 
 async def _end_other_sessions(ctx: RequestContext, user: User, reason: str) -> None:
@@ -212,6 +209,8 @@ async def confirm_totp(ctx: RequestContext, code: str) -> list[str]:
     await db.refresh(user)
     codes = await replace_recovery_codes(db, totp, user.id, ctx.services.now())
     await _end_other_sessions(ctx, user, "mfa_enabled")
+    await send_mail(ctx, to=user.email, template="mfa_changed", variables={"change": "enabled",
+                                                                           "at": ctx.services.now()})
     await _audit("authn_mfa_enroll", ctx=ctx, user_id=user.id)
     return codes
 
@@ -224,7 +223,7 @@ async def disable_totp(ctx: RequestContext, code: str) -> bool:
     if not user.mfa_enabled:
         raise Conflict("Two-factor authentication is not enabled.")
     services = ctx.services
-    attempt = await services.throttle.begin(user.email, ctx.principal.client_ip)
+    attempt = await services.throttle.begin(user.email, ctx.principal.client_ip, ctx.principal.organization_id)
     if not attempt.allowed:
         await _audit("authn_mfa_fail", ctx=ctx, user_id=user.id, result="failure", kind=parsed.kind.value,
                      step="disable", reason="locked")
@@ -249,6 +248,8 @@ async def disable_totp(ctx: RequestContext, code: str) -> bool:
     )
     await drop_recovery_codes(db, user.id)
     await _end_other_sessions(ctx, user, "mfa_disabled")
+    await send_mail(ctx, to=user.email, template="mfa_changed", variables={"change": "disabled",
+                                                                           "at": services.now()})
     await _audit("authn_mfa_disable", ctx=ctx, user_id=user.id, kind=parsed.kind.value)
     return True
 

@@ -1,7 +1,7 @@
 """Quotas: what a tenant may still create under its plan, and the check every creation makes.
 
 A limit is the plan's row with the organization's own overrides on top (`authz.plans.effective_limits`).
-Counted resources are rows in the database: MEMBERS (memberships), API_KEYS (keys not revoked),
+Counted resources are rows in the database: MEMBERS (memberships and pending invitations), API_KEYS (keys not revoked),
 CHILD_ORGANIZATIONS (direct children) and REPORTS_PER_MONTH (reports created in the current UTC calendar
 month). The rate resources (REQUESTS_PER_MINUTE, REQUESTS_PER_DAY, COST_PER_MINUTE) are counted by the
 admission step at the edge, which the resolvers read through `Services.budgets`.
@@ -27,7 +27,7 @@ from authz import Principal
 from authz.errors import Forbidden, NotFound, QuotaExceeded
 from authz.plans import QuotaResource, effective_limits
 from resolvers.budgets import RATE_RESOURCES, RateBudgets
-from store.models import ApiKey, Membership, Organization, Report
+from store.models import ApiKey, Invitation, Membership, Organization, Report
 from store.scoping import tenant_filter
 
 COUNTED: tuple[QuotaResource, ...] = (
@@ -66,7 +66,14 @@ def month_window(now: datetime) -> tuple[datetime, datetime]:
 def _used_expression(resource: QuotaResource, organization_id: str, now: datetime) -> ColumnElement[int]:
     """A scalar subquery counting the organization's `resource`."""
     if resource is QuotaResource.MEMBERS:
-        stmt = sa_select(func.count()).select_from(Membership).where(tenant_filter(Membership, organization_id))
+        # members, and the invitations that may still become members
+        invited = sa_select(func.count()).select_from(Invitation).where(
+            tenant_filter(Invitation, organization_id), col(Invitation.accepted_at).is_(None),
+            col(Invitation.revoked_at).is_(None), col(Invitation.expires_at) > now,
+        ).scalar_subquery()
+        stmt = sa_select(func.count() + invited).select_from(Membership).where(
+            tenant_filter(Membership, organization_id)
+        )
     elif resource is QuotaResource.API_KEYS:
         stmt = sa_select(func.count()).select_from(ApiKey).where(
             tenant_filter(ApiKey, organization_id), col(ApiKey.revoked_at).is_(None)

@@ -1,13 +1,18 @@
 """Single sign-on: tenants' connections, and what happens once an IdP has vouched for someone.
 
 `complete_sso_login` is the same for OIDC and SAML: the protocol layer hands it a validated
-`ExternalIdentity`, and it decides who that is, in one transaction:
+`ExternalIdentity`, and it decides who that is, in one transaction. An IdP is configured by a tenant, and
+so vouches for whoever that tenant says: it may speak only for the accounts that tenant owns (C-126).
 
-- An identity is the pair (issuer, subject). A known pair signs in its linked user; nothing else does.
-- An unknown pair is linked to an existing user only when the IdP says the email is verified, the
-  user is already a member of the connection's organization and has no identity at any IdP yet (an
-  IdP cannot take over an account that another IdP, or another tenant's IdP, already speaks for).
-- Otherwise, with just-in-time provisioning on and a verified email, a new user and membership are made.
+- An identity is the pair (issuer, subject). A known pair signs in its linked user, in the connection's
+  organization only; nothing else does.
+- An unknown pair creates a new account (just-in-time provisioning, when on) only at a verified address
+  of a domain the organization has claimed (resolvers/domains.py), and only when the address has no
+  account yet: the pair is linked to the account it created.
+- An unknown pair whose address already has an account is refused: the provider links to an existing
+  account only by that account's holder's act. Signed in, the holder asks for a link (`startSsoLink`),
+  follows it to the provider, and the provider's answer is linked when its verified address is the
+  account's own and the account is a member of the connection's organization.
 - When the connection lists allowed domains, the asserted email must be in one of them, every time.
 - Roles: the first group of the role mapping (in its order) that the user belongs to decides the role;
   without a matching group a new member gets the default role and an existing one keeps theirs. An owner's
@@ -21,19 +26,23 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
+from urllib.parse import urlencode
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
-from authz import AuthMethod, BuiltinRole, Principal, is_builtin_role
-from authz.errors import BadUserInput
+from authz import AuthMethod, BuiltinRole, Principal, PrincipalKind, is_builtin_role
+from authz.errors import BadUserInput, Unauthenticated
 from identity.lockout import email_key
-from identity.oidc import DEFAULT_ALGORITHMS, OidcConnectionConfig, OidcError, check_issuer_url
+from identity.oidc import ADDRESS_REFUSED, DEFAULT_ALGORITHMS, OidcConnectionConfig, OidcError, check_issuer_url
 from identity.sessions import create_browser_session, load_custom_roles, revoke_sessions, user_key
 from identity.sso import ExternalIdentity
+from resolvers.accounts import SSO_LINK, TTL, issue_token, refuse_api_keys, spend_token
 from resolvers.deps import RequestContext, Services
+from resolvers.domains import claimant
 from resolvers.roles import check_can_grant, require_role, tenant_of
 from store.audit import ActorType, AuditAction, AuditEvent, AuditResult, AuditTrail
 from store.models import AuthSession, Membership, Organization, SsoConnection, SsoIdentity, User, new_id
@@ -182,6 +191,10 @@ async def configure_oidc(ctx: RequestContext, spec: OidcSpec) -> SsoConnection:
         ))
     except OidcError as exc:
         log.info("sso_configure_refused", extra={"reason": exc.reason, "request_id": principal.request_id})
+        if exc.reason == ADDRESS_REFUSED:
+            # C-132: one answer, given before any connection, whatever the port or whether the name exists
+            raise BadUserInput("the issuer, or an endpoint its discovery document names, is at an address the "
+                               "gateway may not reach", field="issuer") from None
         raise BadUserInput(
             "the issuer's discovery document could not be loaded, or names another issuer", field="issuer"
         ) from None
@@ -289,11 +302,12 @@ async def _existing_membership(db: AsyncSession, organization_id: str, user_id: 
 
 async def complete_sso_login(
     services: Services, connection: SsoConnection, identity: ExternalIdentity, *,
-    client_ip: str | None, user_agent: str | None, request_id: str | None,
+    client_ip: str | None, user_agent: str | None, request_id: str | None, link_user_id: str | None = None,
 ) -> SsoLogin:
     """Provision or update the user and membership for a validated identity and open a browser session.
 
-    Raises `SsoLoginError`; on any refusal nothing is written. The caller records the outcome with
+    `link_user_id`: the account whose holder asked to link this connection (`startSsoLink`). Raises
+    `SsoLoginError`; on any refusal nothing is written. The caller records the outcome with
     `record_sso_event` (a success is recorded here).
     """
     if not connection.enabled:
@@ -307,7 +321,7 @@ async def complete_sso_login(
     org_id = connection.organization_id
     mapped = _mapped_role(connection, identity.groups)
     now = services.now()
-    role_changed = False
+    role_changed = linked = False
     try:
         async with services.db.transaction() as db:
             org = await db.get(Organization, org_id)
@@ -323,6 +337,8 @@ async def complete_sso_login(
             if link is not None:
                 if link.organization_id != org_id:
                     raise SsoLoginError("sso_identity_linked_to_another_organization")
+                if link_user_id is not None and link.user_id != link_user_id:
+                    raise SsoLoginError("sso_identity_linked_to_another_user")
                 user = await db.get(User, link.user_id)
                 if user is None:
                     raise SsoLoginError("sso_identity_user_missing")
@@ -336,24 +352,21 @@ async def complete_sso_login(
             else:
                 if not identity.email or not identity.email_verified:
                     raise SsoLoginError("sso_email_unverified")  # C-047: never linked or created on it
-                user = (await db.execute(
-                    select(User).where(col(User.email_key) == email_key(identity.email))
-                )).scalar_one_or_none()
-                if user is not None:
-                    membership = await _existing_membership(db, org_id, user.id)
-                    if membership is None:
-                        raise SsoLoginError("sso_existing_user_not_a_member")
-                    linked_elsewhere = (await db.execute(
-                        # tenant-scope: any identity of this user, in any tenant, forbids linking by email
-                        select(col(SsoIdentity.id)).where(col(SsoIdentity.user_id) == user.id).limit(1)
-                    )).first()
-                    if linked_elsewhere is not None:
-                        raise SsoLoginError("sso_user_linked_to_another_identity")
+                if link_user_id is not None:
+                    user, membership = await _consented_link(db, org_id, link_user_id, identity.email)
+                    linked = True
                 else:
+                    if (await db.execute(
+                        select(col(User.id)).where(col(User.email_key) == email_key(identity.email))
+                    )).first() is not None:
+                        # C-126: an existing account is linked only by its holder (`startSsoLink`)
+                        raise SsoLoginError("sso_link_requires_consent")
+                    if await claimant(db, identity.email) != org_id:
+                        raise SsoLoginError("sso_domain_not_claimed")
                     if not connection.jit_provisioning:
                         raise SsoLoginError("sso_jit_disabled")
                     user = User(email=identity.email, email_key=email_key(identity.email), password_hash=None,
-                                name=identity.name, created_at=now)
+                                name=identity.name, created_at=now, email_verified_at=now)
                     db.add(user)
                     await db.flush()
                     created = new_membership = True
@@ -388,10 +401,31 @@ async def complete_sso_login(
         raise SsoLoginError("sso_conflict") from None
     if role_changed:
         await services.revocations.publish([user_key(user.id)])
+    if linked:
+        await services.audit.record(AuditEvent(
+            action=AuditAction.AUTHN_SSO_LINKED, result=AuditResult.SUCCESS, organization_id=org_id,
+            actor_type=ActorType.USER, actor_id=user.id, resource_type="sso_connection", resource_id=connection.id,
+            request_id=request_id, ip=client_ip, user_agent=user_agent, details={"protocol": identity.protocol},
+        ))
     await record_sso_event(services.audit, AuditAction.AUTHN_SSO_SUCCESS, reason=None, protocol=identity.protocol,
                            organization_id=org_id, connection_id=connection.id, user_id=user.id,
                            client_ip=client_ip, user_agent=user_agent, request_id=request_id)
     return SsoLogin(user=user, organization=org, session=session, role=role, user_created=created)
+
+
+async def _consented_link(db: AsyncSession, organization_id: str, user_id: str,
+                          asserted_email: str) -> tuple[User, Membership]:
+    """The account whose holder asked for the link, when the provider's verified address is that account's
+    own and the account is a member of the connection's organization."""
+    user = await db.get(User, user_id)
+    if user is None or not user.is_active:
+        raise SsoLoginError("sso_link_account_missing")
+    if email_key(asserted_email) != user.email_key:
+        raise SsoLoginError("sso_link_email_mismatch")
+    membership = await _existing_membership(db, organization_id, user.id)
+    if membership is None:
+        raise SsoLoginError("sso_not_a_member")
+    return user, membership
 
 
 async def end_browser_session(services: Services, principal: Principal) -> str | None:
@@ -402,3 +436,51 @@ async def end_browser_session(services: Services, principal: Principal) -> str |
         await revoke_sessions(db, [principal.session_id], reason="logout", now=services.now())
     await services.revocations.publish([principal.session_id])
     return principal.session_id
+
+
+# -- linking an existing account to a connection, by its holder -----------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SsoLinkStart:
+    url: str
+    expires_at: datetime
+
+
+async def start_sso_link(ctx: RequestContext) -> SsoLinkStart:
+    """The signed-in holder asks to link their account to the organization's connection (C-126): a
+    single-use address (10 minutes) to open in the browser; the provider's answer is linked when its
+    verified address is the account's own (`complete_sso_login`)."""
+    p = ctx.principal
+    refuse_api_keys(p)
+    org_id = tenant_of(p)
+    if p.kind is not PrincipalKind.USER or p.subject_id is None:
+        raise Unauthenticated("Authentication required.")
+    db = await ctx.db()
+    user = await db.get(User, p.subject_id)
+    org = await db.get(Organization, org_id)
+    if user is None or org is None or not user.is_active:
+        raise Unauthenticated("Authentication required.")
+    enabled = (await db.execute(
+        tenant_select(SsoConnection, org_id).where(col(SsoConnection.enabled).is_(True))
+    )).scalars().first()
+    if enabled is None:
+        raise BadUserInput("this organization has no enabled single sign-on connection")
+    now = ctx.services.now()
+    token = await issue_token(db, purpose=SSO_LINK, user_id=user.id, email=user.email, now=now,
+                              client_ip=p.client_ip, organization_id=org_id)
+    ctx.audit(AuditAction.AUTHN_SSO_LINK_STARTED, resource_type="sso_connection", resource_id=enabled.id)
+    return SsoLinkStart(url=f"{ctx.services.public_url}/auth/sso/{org.slug}?{urlencode({'link': token})}",
+                        expires_at=now + TTL[SSO_LINK])
+
+
+async def take_link_intent(services: Services, token: str | None, organization_id: str) -> str | None:
+    """The account a link address was made for (spent now), when it is unspent, unexpired and for this
+    organization; None otherwise."""
+    if not token:
+        return None
+    async with services.db.transaction() as db:
+        spent = await spend_token(db, token, SSO_LINK, services.now())
+    if spent is None or spent.organization_id != organization_id:
+        return None
+    return spent.user_id

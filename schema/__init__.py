@@ -14,14 +14,19 @@ from strawberry.tools import merge_types
 from strawberry.types import ExecutionContext
 
 from authz.errors import GatewayError
+from schema.accounts import AccountMutation
 from schema.api_keys import ApiKeyMutation
 from schema.audit import AuditQuery
 from schema.auth import AuthMutation
 from schema.authorization import Authorization, Authorizer
+from schema.domains import DomainMutation
 from schema.enums import Plan
 from schema.extensions import IntrospectionGuard, UnitOfWork
+from schema.invitations import InvitationMutation
 from schema.limits import DEFAULT_LIST_SIZE, PLAN_LIMITS, CostModel, OperationLimits, TokenLimit, document_limits
 from schema.limits.admission import Admission, KnownCosts
+from schema.limits.once import OncePerOperation
+from schema.limits.storable import StorableArguments
 from schema.members import MemberMutation
 from schema.mfa import MfaMutation
 from schema.organizations import OrganizationMutation, OrganizationQuery
@@ -35,8 +40,9 @@ from schema.users import UserQuery
 log = logging.getLogger("portcullis.graphql")
 
 Query = merge_types("Query", (UserQuery, OrganizationQuery, RoleQuery, RateLimitQuery, AuditQuery, ReportQuery))
-Mutation = merge_types("Mutation", (AuthMutation, OrganizationMutation, MemberMutation, RoleMutation, ApiKeyMutation,
-                                    ReportMutation, MfaMutation, SsoMutation, SamlMutation))
+Mutation = merge_types("Mutation", (AuthMutation, AccountMutation, OrganizationMutation, InvitationMutation,
+                                    MemberMutation, RoleMutation, ApiKeyMutation, ReportMutation, MfaMutation,
+                                    SsoMutation, SamlMutation, DomainMutation))
 
 
 class PortcullisSchema(strawberry.Schema):
@@ -84,14 +90,17 @@ def build_schema(
     if not anonymous_introspection:
         extensions.append(IntrospectionGuard)
     # the token limit decides before the parser cache parses; the other limits after the validation
-    # cache has validated, and before authorization (hooks enter in list order). The cost model and
-    # the authorizer need the built schema, so their factories read it once it exists.
+    # cache has validated (arguments the database cannot store first), and before authorization (hooks
+    # enter in list order). The cost model and the authorizer need the built schema, so their factories
+    # read it once it exists.
     built: list[PortcullisSchema] = []
     extensions += [
         lambda: TokenLimit(table=operation_limits),
         lambda: ParserCache(maxsize=cache_size),
         lambda: ValidationCache(maxsize=cache_size),
+        StorableArguments,
         *document_limits(operation_limits, lambda: built[0].cost_model),
+        OncePerOperation,
     ]
     if enforce_authorization:
         extensions.append(

@@ -35,13 +35,23 @@ FIELD_ACTIONS: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
     "login": (A.AUTHN_LOGIN_SUCCESS, "user", (A.AUTHN_LOGIN_FAIL, A.AUTHN_LOGIN_LOCK, A.AUTHN_MFA_FAIL)),
     "refreshToken": (A.AUTHN_TOKEN_REFRESH, "session", (A.AUTHN_TOKEN_REUSE,)),
     "logout": (A.AUTHN_LOGOUT, "session", ()),
-    "acceptInvitation": (A.AUTHN_INVITATION_ACCEPTED, "user", ()),
+    "acceptInvitation": (A.AUTHN_INVITATION_ACCEPTED, "user", (A.AUTHN_LOGIN_FAIL,)),
     "changePassword": (A.AUTHN_PASSWORD_CHANGE, "user", (A.AUTHN_LOGIN_FAIL, A.AUTHN_LOGIN_LOCK)),
     "unlockUser": (A.AUTHN_LOGIN_UNLOCK, "user", ()),
     "createOrganization": (A.ORG_CREATED, "organization", ()),
     "updateOrganization": (A.ORG_UPDATED, "organization", ()),
     "changePlan": (A.PLAN_CHANGED, "organization", ()),
-    "addMember": (A.MEMBER_ADDED, "membership", (A.USER_CREATED,)),
+    "addMember": (A.MEMBER_INVITED, "invitation", ()),
+    "resendInvitation": (A.INVITATION_RESENT, "invitation", ()),
+    "revokeInvitation": (A.INVITATION_REVOKED, "invitation", ()),
+    "requestPasswordReset": (A.AUTHN_PASSWORD_RESET_REQUESTED, "user", ()),
+    "resetPassword": (A.AUTHN_PASSWORD_RESET, "user", ()),
+    "verifyEmail": (A.AUTHN_EMAIL_VERIFIED, "user", ()),
+    "changeEmail": (A.AUTHN_EMAIL_CHANGE_REQUESTED, "user", (A.AUTHN_LOGIN_FAIL,)),
+    "confirmEmailChange": (A.AUTHN_EMAIL_CHANGED, "user", ()),
+    "claimDomain": (A.DOMAIN_CLAIMED, "email_domain", ()),
+    "releaseDomain": (A.DOMAIN_RELEASED, "email_domain", ()),
+    "startSsoLink": (A.AUTHN_SSO_LINK_STARTED, "sso_connection", ()),
     "updateMemberRole": (A.AUTHZ_CHANGE, "membership", ()),
     "removeMember": (A.MEMBER_REMOVED, "membership", ()),
     "createRole": (A.PRIVILEGE_ROLE_CREATED, "role", ()),
@@ -59,7 +69,8 @@ FIELD_ACTIONS: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
 }
 
 # mutations that anonymous callers may call: their failures are recorded
-PUBLIC_FIELDS = frozenset({"login", "refreshToken", "acceptInvitation"})
+PUBLIC_FIELDS = frozenset({"login", "refreshToken", "acceptInvitation", "requestPasswordReset", "resetPassword",
+                           "verifyEmail", "confirmEmailChange"})
 
 # a refusal of the caller (denied) rather than a failure (error)
 _DENIED_CODES = frozenset({ErrorCode.UNAUTHENTICATED, ErrorCode.FORBIDDEN, ErrorCode.NOT_FOUND,
@@ -93,6 +104,7 @@ LOOKUP_ARGUMENTS: dict[str, tuple[str, str]] = {
     "rotateApiKey": ("id", "api_key"), "revokeApiKey": ("id", "api_key"),
     "updateMemberRole": ("membershipId", "membership"), "removeMember": ("membershipId", "membership"),
     "unlockUser": ("userId", "user"), "report": ("id", "report"), "organization": ("slug", "organization"),
+    "resendInvitation": ("id", "invitation"), "revokeInvitation": ("id", "invitation"),
 }
 
 
@@ -286,7 +298,6 @@ class AuditQuery:
         self, info: Info, from_: Annotated[datetime | None, strawberry.argument(name="from")] = None,
         to: datetime | None = None,
     ) -> AuditChainVerification:
-        ctx = info.context
-        report = await service.verify_chains(await ctx.db(), ctx.principal, from_, to)
+        report = await service.verify_chains(info.context, from_, to)
         return AuditChainVerification(ok=report.ok, checked=report.checked,
                                       first_broken_sequence=report.first_broken_sequence)

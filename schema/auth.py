@@ -6,7 +6,7 @@ import strawberry
 
 from authz import Permission
 from resolvers import auth as service
-from resolvers import members as members_service
+from resolvers import invitations as invitations_service
 from resolvers.auth import AuthResult
 from schema.context import Info
 from schema.directives import authenticated, requires_scopes
@@ -42,9 +42,11 @@ class AuthMutation:
     ) -> AuthPayload:
         return AuthPayload.from_result(await service.login(info.context, email, password, organization, totp))
 
-    @strawberry.mutation(description="Set a new member's password with their invitation token and sign in; public.")
+    @strawberry.mutation(description="Join an organization with the emailed invitation's token and sign in to it; "
+                                     "public. A new address sets its password here; an existing account gives its "
+                                     "own password, or is signed in (required with a second factor or no password).")
     async def accept_invitation(self, info: Info, token: str, password: str) -> AuthPayload:
-        return AuthPayload.from_result(await members_service.accept_invitation(info.context, token, password))
+        return AuthPayload.from_result(await invitations_service.accept_invitation(info.context, token, password))
 
     @strawberry.mutation(description="Spend a refresh token for a new access token and refresh token; public.")
     async def refresh_token(self, info: Info, refresh_token: str | None = None) -> AuthPayload:
@@ -59,7 +61,7 @@ class AuthMutation:
         return await service.change_password(info.context, current_password, new_password)
 
     @strawberry.mutation(
-        description="Clear a member's failed-login counters and locks.",
+        description="Clear a member's failed-login counters and locks of sign-ins into this organization.",
         **requires_scopes(Permission.MEMBERS_MANAGE),
     )
     async def unlock_user(self, info: Info, user_id: strawberry.ID) -> bool:

@@ -14,6 +14,7 @@ the rule of every implementation, since any of them may answer.
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -39,7 +40,9 @@ from strawberry.extensions import SchemaExtension
 
 from authz import Decision, Principal, PrincipalKind, Requirement, decide
 from schema.directives import MFA_ENROLLMENT_REQUIRED, denial_error, requirement_from_directives, requirement_of
-from schema.introspection import IntrospectionFilter, introspection_fields
+from schema.introspection import IntrospectionFailed, IntrospectionFilter, introspection_fields
+
+log = logging.getLogger("portcullis.graphql")
 
 RuleMap = Mapping[tuple[str, str], Requirement]
 
@@ -47,14 +50,17 @@ RuleMap = Mapping[tuple[str, str], Requirement]
 # refused to any key, whatever its scopes; the vocabulary has no scope that grants them.
 KEY_REFUSED_MUTATIONS: frozenset[str] = frozenset(
     {"login", "refreshToken", "acceptInvitation", "logout", "changePassword", "enrollTotp", "confirmTotp",
-     "disableTotp"}
+     "disableTotp", "requestPasswordReset", "resetPassword", "sendEmailVerification", "verifyEmail", "changeEmail",
+     "confirmEmailChange", "startSsoLink"}
 )
 _KEY_REFUSAL = Decision(allowed=False, reason="an API key cannot sign in or mint tokens")
 
 # What a session that must enroll a second factor first may do (requireMfa, docs/authentication.md).
 MFA_ENROLLMENT_ROOT_FIELDS: frozenset[tuple[str, str]] = frozenset(
     {("Query", "me"), ("Mutation", "enrollTotp"), ("Mutation", "confirmTotp"), ("Mutation", "logout"),
-     ("Mutation", "login"), ("Mutation", "refreshToken"), ("Mutation", "acceptInvitation")}
+     ("Mutation", "login"), ("Mutation", "refreshToken"), ("Mutation", "acceptInvitation"),
+     ("Mutation", "requestPasswordReset"), ("Mutation", "resetPassword"), ("Mutation", "verifyEmail"),
+     ("Mutation", "confirmEmailChange")}
 )
 _MFA_ENROLLMENT_REFUSAL = Decision(allowed=False, reason=MFA_ENROLLMENT_REQUIRED)
 
@@ -293,22 +299,30 @@ class Authorization(SchemaExtension):
         yield
         decisions = self.decisions
         result = self.execution_context.result
-        if decisions is None or not decisions.introspection or decisions.operation is None or result is None:
+        if (decisions is None or not decisions.introspection or decisions.operation is None or result is None
+                or result.data is None):
             return
-        data, errors = self.authorizer.introspection.answer(
-            decisions.document, decisions.operation, list(decisions.introspection),
-            self.execution_context.context.principal, self.execution_context.variables,
-        )
-        if result.data is not None:
-            for key, value in data.items():
-                result.data[key] = value
-        if errors:
-            result.errors = [*(result.errors or ()), *errors]
+        ctx = self.execution_context.context
+        try:
+            self.authorizer.introspection.replace(
+                result.data, decisions.document, decisions.operation, list(decisions.introspection),
+                ctx.principal, self.execution_context.variables,
+            )
+        except IntrospectionFailed as exc:
+            # fail closed (C-129): nothing the operation resolved on the full schema leaves
+            result.data, result.errors = None, exc.errors
+        except Exception as exc:
+            log.error("introspection not answered", exc_info=exc,
+                      extra={"request_id": getattr(ctx.principal, "request_id", None)})
+            result.data, result.errors = None, [GraphQLError("introspection not answered", original_error=exc)]
 
 
-# Root fields without a rule, on purpose: they are how a caller obtains a credential.
+# Root fields without a rule, on purpose: they are how a caller obtains a credential, or prove control of
+# an address with an emailed token.
 PUBLIC_ROOT_FIELDS: frozenset[tuple[str, str]] = frozenset(
-    {("Mutation", "login"), ("Mutation", "refreshToken"), ("Mutation", "acceptInvitation")}
+    {("Mutation", "login"), ("Mutation", "refreshToken"), ("Mutation", "acceptInvitation"),
+     ("Mutation", "requestPasswordReset"), ("Mutation", "resetPassword"), ("Mutation", "verifyEmail"),
+     ("Mutation", "confirmEmailChange")}
 )
 
 

@@ -6,7 +6,7 @@ import strawberry
 
 from authz import Permission
 from resolvers import members as service
-from resolvers.members import AddedMember, Member, MemberPage
+from resolvers.members import Member, MemberPage
 from schema.context import Info
 from schema.directives import requires_scopes
 from schema.organizations import utc
@@ -52,24 +52,7 @@ class MembershipConnection:
 
 
 @strawberry.type
-class MemberAdded:
-    membership: Membership
-    invitation_token: str | None = strawberry.field(
-        description="Set only when the user is new: shown once, single use, expires in 7 days."
-    )
-
-    @classmethod
-    def from_result(cls, r: AddedMember) -> MemberAdded:
-        return cls(membership=Membership.from_member(r.member), invitation_token=r.invitation_token)
-
-
-@strawberry.type
 class MemberMutation:
-    @strawberry.mutation(description="Add a member by email; a new email gets an invitation token.",
-                         **requires_scopes(Permission.MEMBERS_MANAGE))
-    async def add_member(self, info: Info, email: str, role: str) -> MemberAdded:
-        return MemberAdded.from_result(await service.add_member(info.context, email, role))
-
     @strawberry.mutation(description="Change a member's role; it applies from the member's next request.",
                          **requires_scopes(Permission.MEMBERS_MANAGE))
     async def update_member_role(self, info: Info, membership_id: strawberry.ID, role: str) -> Membership:

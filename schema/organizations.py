@@ -21,6 +21,8 @@ from store.models import Organization as OrganizationRow
 
 if TYPE_CHECKING:
     from schema.api_keys import ApiKey
+    from schema.domains import EmailDomain
+    from schema.invitations import InvitationConnection, InvitationState
     from schema.members import MembershipConnection
     from schema.quotas import Quota
     from schema.reports import ReportConnection
@@ -78,6 +80,35 @@ class Organization:
             await ctx.db(), ctx.principal, self.row.id, 50 if first is None else first, after
         )
         return MembershipConnection.from_page(page)
+
+    @strawberry.field(
+        description="The organization's invitations, newest first; `first` is 1 to 100, `status` filters.",
+        **list_size(requires_scopes(Permission.MEMBERS_READ), slicing_arguments=["first"], assumed_size=50,
+                    sized_fields=["edges"]),
+    )
+    async def invitations(
+        self, info: Info, first: int | None = 50, after: str | None = None,
+        status: Annotated[InvitationState, strawberry.lazy("schema.invitations")] | None = None,
+    ) -> Annotated[InvitationConnection, strawberry.lazy("schema.invitations")]:
+        from resolvers.invitations import list_invitations
+        from schema.invitations import InvitationConnection, invitation_status
+
+        ctx = info.context
+        now = ctx.services.now()
+        page = await list_invitations(await ctx.db(), ctx.principal, self.row.id, now=now,
+                                      first=50 if first is None else first, after=after,
+                                      status=invitation_status(status))
+        return InvitationConnection.from_page(page, now)
+
+    @strawberry.field(description="The email domains the organization has claimed.",
+                      **list_size(requires_scopes(Permission.SSO_READ), assumed_size=10))
+    async def domains(self, info: Info) -> list[Annotated[EmailDomain, strawberry.lazy("schema.domains")]]:
+        from resolvers.domains import list_domains
+        from schema.domains import EmailDomain
+
+        ctx = info.context
+        rows = await list_domains(await ctx.db(), ctx.principal, self.row.id)
+        return [EmailDomain.from_row(r) for r in rows]
 
     @strawberry.field(
         description="The organization's limits and their use, in QuotaResource order. The rate rows "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import strawberry
@@ -11,7 +12,8 @@ from authz import Permission
 from resolvers import sso as service
 from resolvers.sso import OidcSpec
 from schema.context import Info
-from schema.directives import requires_scopes
+from schema.directives import authenticated, requires_scopes
+from schema.organizations import utc
 from store.models import SsoConnection as SsoConnectionRow
 
 
@@ -66,7 +68,21 @@ def _spec(input: OidcConnectionInput) -> OidcSpec:
 
 
 @strawberry.type
+class SsoLinkStart:
+    url: str = strawberry.field(description="Open this address in the browser (single use, 10 minutes): the "
+                                            "organization's identity provider signs you in, and is linked to "
+                                            "your account when it vouches for your account's own address.")
+    expires_at: datetime
+
+
+@strawberry.type
 class SsoMutation:
+    @strawberry.mutation(description="Link your account to the organization's single sign-on connection, by your "
+                                     "own act: returns the address where the link is made.", **authenticated())
+    async def start_sso_link(self, info: Info) -> SsoLinkStart:
+        start = await service.start_sso_link(info.context)
+        return SsoLinkStart(url=start.url, expires_at=utc(start.expires_at))
+
     @strawberry.mutation(
         description="Create or replace the organization's OpenID Connect connection (its discovery document "
                     "is fetched and checked).",

@@ -19,12 +19,14 @@ class User:
     name: str | None
     mfa_enabled: bool
     last_login_at: datetime | None
+    email_verified: bool
 
     @classmethod
     def from_row(cls, row: UserRow) -> User:
         return cls(
             id=strawberry.ID(row.id), email=row.email, name=row.name, mfa_enabled=row.mfa_enabled,
             last_login_at=utc(row.last_login_at) if row.last_login_at else None,
+            email_verified=row.email_verified_at is not None,
         )
 
 

@@ -72,6 +72,8 @@ class User(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
     last_login_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
     password_changed_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    # set when the holder proved the address (an emailed token, or an IdP that vouched for it)
+    email_verified_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
     # TOTP (identity/totp.py): the seeds are encrypted (SecretBox, purpose "totp"); the last accepted
     # time step refuses a code's replay within its window
     totp_secret_encrypted: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
@@ -152,9 +154,12 @@ class MfaRecoveryCode(SQLModel, table=True):
 
 
 class LoginThrottle(SQLModel, table=True):
-    """Failure counters for password logins, one row per key (`acct:<email>` or `pair:<email>|<ip>`).
+    """Failure counters for password logins, one row per key (`acct:<email>`, or
+    `pair:<email>|<organization>|<ip>` for the sign-ins into one organization from one address).
 
-    Not tenant data: a login attempt happens before any tenant is known.
+    Not tenant data, but a pair row records the organization its sign-ins aimed at (`organization_id`,
+    null when the account or the membership was not found): an organization's `unlockUser` clears those
+    rows only, so that no tenant changes how another's sign-ins are counted.
     """
 
     __tablename__ = "login_throttle"
@@ -162,6 +167,7 @@ class LoginThrottle(SQLModel, table=True):
 
     key: str = Field(primary_key=True, max_length=400)
     account_key: str = Field(max_length=320)
+    organization_id: str | None = Field(default=None, max_length=36)
     failures: int = Field(default=0)
     window_started_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
     locked_until: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
@@ -186,18 +192,33 @@ class Role(SQLModel, table=True):
 
 
 class Invitation(SQLModel, table=True):
-    """The one-time token that lets a member added by email set a password; only its sha256 is kept."""
+    """An organization's offer of membership to an email address; nothing else exists until it is accepted.
+
+    The token reaches the invitee by email only (only its sha256 is kept). Accepting creates the membership,
+    and the account when the address has none; an existing account joins only by its holder's act
+    (resolvers/invitations.py). At most one pending invitation per (organization, address).
+    """
 
     __tablename__ = "invitations"
+    __table_args__ = (
+        Index("ix_invitations_organization_email", "organization_id", "email_key"),
+    )
 
     id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
     organization_id: str = Field(foreign_key="organizations.id", index=True, max_length=36)
-    user_id: str = Field(foreign_key="users.id", index=True, max_length=36)
-    membership_id: str = Field(foreign_key="memberships.id", index=True, max_length=36)
+    email: str = Field(max_length=320)
+    email_key: str = Field(max_length=320)
+    role: str = Field(max_length=63)
+    # who invited: a user, or null for the operator's command line (`portcullis bootstrap`)
+    invited_by: str | None = Field(default=None, foreign_key="users.id", max_length=36)
     token_hash: str = Field(max_length=64, unique=True)
     created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
     expires_at: datetime = Field(sa_column=_ts())
-    used_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    sent_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    send_count: int = Field(default=0)
+    accepted_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    accepted_by: str | None = Field(default=None, foreign_key="users.id", max_length=36)
+    revoked_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
 
 
 class ApiKey(SQLModel, table=True):
@@ -212,6 +233,9 @@ class ApiKey(SQLModel, table=True):
     id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
     organization_id: str = Field(foreign_key="organizations.id", index=True, max_length=36)
     created_by: str = Field(foreign_key="users.id", index=True, max_length=36)
+    # the member the key acts for: its creator, or whoever last rotated it (received its secret); the key
+    # counts only while that member stays an active member of the organization
+    held_by: str = Field(foreign_key="users.id", index=True, max_length=36)
     name: str = Field(max_length=100)
     env: str = Field(max_length=8)
     prefix: str = Field(max_length=16, unique=True)
@@ -375,7 +399,75 @@ class SsoIdentity(SQLModel, table=True):
     last_login_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
 
 
+class EmailDomain(SQLModel, table=True):
+    """An email domain an organization has claimed: its identity providers may provision accounts there.
+
+    One organization per domain (the first claim wins; a platform operator can reassign it)."""
+
+    __tablename__ = "email_domains"
+
+    domain: str = Field(primary_key=True, max_length=253)
+    organization_id: str = Field(foreign_key="organizations.id", index=True, max_length=36)
+    claimed_by: str | None = Field(default=None, foreign_key="users.id", max_length=36)
+    claimed_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+
+
+class AccountToken(SQLModel, table=True):
+    """A single-use token sent by email to prove control of an address: a password reset, an email
+    verification, an email change (to the new address), or a request to link an identity provider.
+
+    Only the token's sha256 is kept. Not tenant data: it belongs to a person, whatever their organizations;
+    `organization_id` is set only for a link to an organization's provider. A password reset asked for an
+    address with no account is recorded with no user, so that every request writes the same."""
+
+    __tablename__ = "account_tokens"
+    __table_args__ = (
+        Index("ix_account_tokens_user_purpose", "user_id", "purpose", "created_at"),
+        Index("ix_account_tokens_email_purpose", "email_key", "purpose", "created_at"),
+        Index("ix_account_tokens_ip_purpose", "client_ip", "purpose", "created_at"),
+    )
+
+    id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
+    purpose: str = Field(max_length=20)
+    user_id: str | None = Field(default=None, foreign_key="users.id", max_length=36)
+    email_key: str = Field(max_length=320)
+    # the address the token was sent to (for an email change: the new address)
+    email: str = Field(max_length=320)
+    organization_id: str | None = Field(default=None, foreign_key="organizations.id", max_length=36)
+    token_hash: str = Field(max_length=64, unique=True)
+    client_ip: str | None = Field(default=None, max_length=45)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+    expires_at: datetime = Field(sa_column=_ts())
+    used_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+
+
+class MailMessage(SQLModel, table=True):
+    """A message the gateway sends, committed with the change that causes it and delivered after commit.
+
+    `status`: `pending` (to send at `next_attempt_at`), `sent`, `failed` (given up), or `mailbox` (no SMTP
+    server configured: kept for `portcullis mail list|show`). A process sends a message only while it holds
+    its lease (`lease_until`), taken by one UPDATE, so two processes never send the same message. The
+    content (subject, text and HTML parts, which carry one-time links) is encrypted at rest."""
+
+    __tablename__ = "mail_outbox"
+    __table_args__ = (Index("ix_mail_outbox_status_next", "status", "next_attempt_at"),)
+
+    id: str = Field(default_factory=new_ordered_id, primary_key=True, max_length=36)
+    organization_id: str | None = Field(default=None, foreign_key="organizations.id", index=True, max_length=36)
+    recipient: str = Field(max_length=320)
+    template: str = Field(max_length=40)
+    content_encrypted: str = Field(sa_column=Column(Text, nullable=False))
+    message_id: str = Field(max_length=255)
+    status: str = Field(default="pending", max_length=10)
+    attempts: int = Field(default=0)
+    created_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+    next_attempt_at: datetime = Field(default_factory=utcnow, sa_column=_ts())
+    lease_until: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    sent_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+    last_error: str | None = Field(default=None, max_length=500)
+
+
 TENANT_TABLES: frozenset[str] = frozenset(
     {"memberships", "auth_sessions", "refresh_token_families", "refresh_tokens", "roles", "invitations", "api_keys",
-     "usage_daily", "reports", "report_rows", "sso_connections", "sso_identities"}
+     "usage_daily", "reports", "report_rows", "sso_connections", "sso_identities", "email_domains"}
 )

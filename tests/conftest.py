@@ -172,6 +172,11 @@ def make_settings(database_url: str, signing_key: str, **overrides: Any) -> Sett
         "anonymous_requests_per_minute": 100_000,
         "login_attempts_per_account_per_minute": 100_000,
         "login_attempts_per_address_per_minute": 100_000,
+        "sso_start_per_minute": 100_000,
+        "oidc_callback_per_minute": 100_000,
+        "saml_metadata_per_minute": 100_000,
+        "saml_acs_per_minute": 100_000,
+        "report_downloads_per_minute": 100_000,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
@@ -246,6 +251,14 @@ async def make_tenant(
         return Tenant(result.organization.id, slug, result.owner.id, email, password)
     finally:
         await db.dispose()
+
+
+def claim_domain(url: str, organization_id: str, domain: str) -> None:
+    """The organization claims `domain` (as `claimDomain` does), so its identity providers may provision there."""
+    from datetime import UTC, datetime
+
+    sql(url, "INSERT INTO email_domains (domain, organization_id, claimed_at) VALUES (:d, :o, :t)",
+        d=domain, o=organization_id, t=datetime.now(UTC).replace(tzinfo=None))
 
 
 @pytest.fixture

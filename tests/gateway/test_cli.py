@@ -15,6 +15,11 @@ from gateway.app import create_app
 from store.db import install_sqlite_pragmas, is_sqlite, sync_url
 from store.models import Membership, Organization, User
 from tests.conftest import FAST_HASH, LOGIN, error_codes, gql, make_settings, running
+from tests.invitations import accept
+from tests.mail import last_mail, token_in
+
+LOGIN_ORG = ("mutation($e: String!, $p: String!, $o: String) "
+             "{ login(email: $e, password: $p, organization: $o) { accessToken } }")
 
 
 @pytest.fixture
@@ -141,16 +146,60 @@ def test_bootstrap_of_an_existing_slug_fails_cleanly(env, database_url: str, cap
     assert counts(database_url) == before
 
 
-def test_bootstrap_with_an_existing_user_keeps_their_password(env, database_url: str, capsys) -> None:
-    assert cli.main(BOOTSTRAP) == 0
-    capsys.readouterr()
+async def test_c124_bootstrap_for_an_existing_account_only_invites_it(
+        env, database_url: str, signing_key: str, capsys) -> None:
+    """The account is invited as the owner and becomes it only when its holder accepts; the command prints
+    the invitation link, never a password, and whoever ran an earlier tenant gains nothing."""
+    assert await asyncio.to_thread(cli.main, BOOTSTRAP) == 0
+    holder_password = capsys.readouterr().out.strip().splitlines()[-1]
     [(before,)] = rows(database_url, select(User.password_hash))
-    assert cli.main(["bootstrap", "--org", "second", "--name", "Second", "--admin-email", "A@X.test"]) == 0
+    assert await asyncio.to_thread(
+        cli.main, ["bootstrap", "--org", "second", "--name", "Second", "--admin-email", "A@X.test"]) == 0
     out = capsys.readouterr().out
-    assert "password is unchanged" in out
+    assert "invited as the owner" in out
+    link = out.strip().splitlines()[-1]
+    assert "/invitations/accept#token=pti_" in link
     [(after,)] = rows(database_url, select(User.password_hash))
     assert after == before
-    assert counts(database_url) == (2, 1, 2)
+    # the second organization exists, with no member yet
+    assert counts(database_url) == (2, 1, 1)
+    mail = await last_mail(database_url, "a@x.test", "invitation")
+    assert token_in(mail) == link.rsplit("#token=", 1)[1]
+    async with running(create_app(make_settings(database_url, signing_key))) as client:
+        body = (await gql(client, LOGIN_ORG, {"e": "a@x.test", "p": holder_password, "o": "second"})).json()
+        assert error_codes(body) == ["UNAUTHENTICATED"]
+        joined = (await accept(client, token_in(mail), holder_password)).json()["data"]["acceptInvitation"]
+        assert joined["organization"]["slug"] == "second"
+        me = await gql(client, "{ me { role } }", token=joined["accessToken"])
+        assert me.json()["data"]["me"]["role"] == "owner"
+    entries = rows(database_url, text("SELECT action, actor_type FROM audit_log ORDER BY at, sequence"))
+    assert ("member_invited", "system") in [tuple(e) for e in entries]
+
+
+def test_bootstrap_writes_audit_entries(env, database_url: str, capsys) -> None:
+    assert cli.main(BOOTSTRAP) == 0
+    entries = [tuple(e) for e in rows(database_url, text("SELECT action, actor_type, actor_id FROM audit_log"))]
+    assert sorted(entries) == [("member_added", "system", "cli"), ("org_created", "system", "cli"),
+                               ("user_created", "system", "cli")]
+
+
+async def test_domains_are_reassigned_by_the_operator(env, database_url: str, capsys) -> None:
+    assert await asyncio.to_thread(cli.main, BOOTSTRAP) == 0
+    assert await asyncio.to_thread(
+        cli.main, ["bootstrap", "--org", "y", "--name", "Y", "--admin-email", "b@y.test"]) == 0
+    capsys.readouterr()
+    assert await asyncio.to_thread(cli.main, ["domains", "assign", "Example.COM", "--org", "x"]) == 0
+    assert await asyncio.to_thread(cli.main, ["domains", "assign", "example.com", "--org", "y"]) == 0
+    capsys.readouterr()
+    assert await asyncio.to_thread(cli.main, ["domains", "list"]) == 0
+    assert capsys.readouterr().out.split() == ["example.com", "y"]
+    assert await asyncio.to_thread(cli.main, ["domains", "release", "example.com"]) == 0
+    capsys.readouterr()
+    assert await asyncio.to_thread(cli.main, ["domains", "list"]) == 0
+    assert capsys.readouterr().out == ""
+    assert await asyncio.to_thread(cli.main, ["domains", "assign", "gmail.com", "--org", "x"]) == 2
+    assert await asyncio.to_thread(cli.main, ["domains", "assign", "x.test", "--org", "nope"]) == 2
+    assert await asyncio.to_thread(cli.main, ["domains", "assign", "not a domain", "--org", "x"]) == 2
 
 
 @pytest.mark.parametrize(

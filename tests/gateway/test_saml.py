@@ -31,7 +31,7 @@ from gateway.app import create_app
 from gateway.saml import FAILURE_PAGE
 from identity.sso import ExternalIdentity
 from store.models import SsoConnection
-from tests.conftest import CLIENT_IP, Tenant, gql, login, make_settings, make_tenant, sql
+from tests.conftest import CLIENT_IP, Tenant, claim_domain, gql, login, make_settings, make_tenant, sql
 from tests.saml_idp import NS, TestIdp, assertion, b64, make_keypair, parse, to_text
 
 PUBLIC_URL = "https://gw.example.com"
@@ -57,7 +57,7 @@ class Recorder:
     calls: list[tuple[str, ExternalIdentity, str]] = field(default_factory=list)
 
     async def __call__(self, request: Request, connection: SsoConnection, identity: ExternalIdentity,
-                       return_to: str) -> Response:
+                       return_to: str, link_user_id: str | None = None) -> Response:
         self.calls.append((connection.id, identity, return_to))
         return RedirectResponse(return_to, status_code=303)
 
@@ -110,6 +110,7 @@ def idp() -> Iterator[TestIdp]:
 async def sso_setup(database_url: str, signing_key: str, idp: TestIdp, *, slug: str = "acme",
                     **overrides: Any) -> AsyncIterator[Sso]:
     tenant = await make_tenant(database_url, slug=slug, email=f"owner@{slug}.test")
+    claim_domain(database_url, tenant.org_id, f"{slug}.test")
     recorder = Recorder()
     settings = make_settings(database_url, signing_key, public_url=PUBLIC_URL, **overrides)
     app = create_app(settings, saml_login=recorder)

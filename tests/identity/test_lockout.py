@@ -47,9 +47,11 @@ def throttle(db: Database, clock: Clock) -> LoginThrottle:
     return LoginThrottle(db, POLICY, clock=clock)
 
 
-async def fail(throttle: LoginThrottle, ip: str = ATTACKER, email: str = EMAIL) -> tuple[Attempt, bool]:
-    """One attempt whose password check failed; returns the attempt and whether it locked the pair."""
-    attempt = await throttle.begin(email, ip)
+async def fail(throttle: LoginThrottle, ip: str = ATTACKER, email: str = EMAIL,
+               org: str | None = None) -> tuple[Attempt, bool]:
+    """One attempt (aimed at `org`) whose password check failed; returns the attempt and whether it locked
+    the pair."""
+    attempt = await throttle.begin(email, ip, org)
     locked = await throttle.failed(attempt) if attempt.allowed else False
     return attempt, locked
 
@@ -182,14 +184,39 @@ async def test_account_ceiling_refuses_unknown_addresses(db: Database, clock: Cl
     assert (await throttle.begin(EMAIL, "192.0.2.201")).allowed
 
 
-async def test_unlock_clears_every_counter_of_the_account(throttle: LoginThrottle) -> None:
-    """C-115: an administrator's unlock ends the lock at once, for that account only."""
-    await lock(throttle)
-    await lock(throttle, ip=HOME)
-    await fail(throttle, email="bystander@acme.test")
-    removed = await throttle.unlock("VICTIM@acme.test")
-    assert removed == 3  # two pairs and the account counter
+async def test_c127_an_organizations_unlock_clears_only_the_counters_of_sign_ins_into_it(
+        throttle: LoginThrottle) -> None:
+    """C-115, C-127: an organization's unlock ends its own lock at once; another organization's lock, and
+    the account's own counter, stay."""
+    for _ in range(POLICY.threshold + 1):
+        await fail(throttle, org="org-a")
+    for _ in range(POLICY.threshold + 1):
+        await fail(throttle, org="org-b")
+    await fail(throttle, email="bystander@acme.test", org="org-a")
+    assert not (await throttle.begin(EMAIL, ATTACKER, "org-a")).allowed
+    assert not (await throttle.begin(EMAIL, ATTACKER, "org-b")).allowed
+    assert await throttle.unlock("VICTIM@acme.test", "org-a") == 1
+    assert (await throttle.begin(EMAIL, ATTACKER, "org-a")).allowed
+    assert not (await throttle.begin(EMAIL, ATTACKER, "org-b")).allowed
+    assert await throttle.unlock("nobody@acme.test", "org-a") == 0
+    assert await throttle.unlock("bystander@acme.test", "org-a") == 1
+
+
+async def test_c127_failures_aimed_at_one_organization_do_not_lock_another(throttle: LoginThrottle) -> None:
+    for _ in range(POLICY.threshold + 1):
+        await fail(throttle, org="org-a")
+    assert not (await throttle.begin(EMAIL, ATTACKER, "org-a")).allowed
+    assert (await throttle.begin(EMAIL, ATTACKER, "org-b")).allowed
     assert (await throttle.begin(EMAIL, ATTACKER)).allowed
-    assert (await throttle.begin(EMAIL, HOME)).allowed
-    assert await throttle.unlock("nobody@acme.test") == 0
-    assert await throttle.unlock("bystander@acme.test") == 2
+
+
+async def test_c134_a_reset_clears_every_lock_and_keeps_the_known_addresses(throttle: LoginThrottle) -> None:
+    home = await throttle.begin(EMAIL, HOME, "org-a")
+    await throttle.succeeded(home)
+    for org in ("org-a", "org-b", None):
+        for _ in range(POLICY.threshold + 1):
+            await fail(throttle, org=org)
+    assert await throttle.reset("VICTIM@acme.test") >= 4
+    for org in ("org-a", "org-b", None):
+        assert (await throttle.begin(EMAIL, ATTACKER, org)).allowed
+    assert (await throttle.begin(EMAIL, HOME)).known_address

@@ -1,4 +1,4 @@
-"""Members: listing with keyset pages, adding and inviting, role changes and removal, across tenants."""
+"""Members: listing with keyset pages, joining by invitation, role changes and removal, across tenants."""
 
 from __future__ import annotations
 
@@ -10,10 +10,12 @@ import httpx
 import pytest
 
 from tests.conftest import LOGIN, PASSWORD, Tenant, error_codes, gql, login, make_tenant, sql
+from tests.invitations import invitation_token
+from tests.invitations import join as join_by_invitation
 
 ADD = """
 mutation($email: String!, $role: String!) {
-  addMember(email: $email, role: $role) { invitationToken membership { id role createdAt user { id email } } }
+  addMember(email: $email, role: $role) { invitationToken membership { id } invitation { id email role status } }
 }
 """
 ACCEPT = """
@@ -51,12 +53,10 @@ async def add(client: httpx.AsyncClient, token: str, email: str, role: str) -> d
     return body["data"]["addMember"]  # type: ignore[no-any-return]
 
 
-async def join(client: httpx.AsyncClient, token: str, email: str, role: str) -> tuple[str, str]:
-    """Add a new member and accept the invitation: (membership id, the member's access token)."""
-    added = await add(client, token, email, role)
-    body = (await gql(client, ACCEPT, {"token": added["invitationToken"], "password": NEW_PASSWORD})).json()
-    assert body.get("data"), body
-    return added["membership"]["id"], body["data"]["acceptInvitation"]["accessToken"]
+async def join(client: httpx.AsyncClient, database_url: str, token: str, email: str, role: str) -> tuple[str, str]:
+    """Invite a new address and accept as its holder: (membership id, the member's access token)."""
+    joined = await join_by_invitation(client, database_url, token, email, role, NEW_PASSWORD)
+    return joined.membership_id, joined.access_token
 
 
 async def permissions(client: httpx.AsyncClient, token: str) -> Any:
@@ -66,10 +66,10 @@ async def permissions(client: httpx.AsyncClient, token: str) -> Any:
 # -- listing ------------------------------------------------------------------------------------------
 
 
-async def test_members_come_in_stable_pages(client, tenant: Tenant) -> None:
+async def test_members_come_in_stable_pages(client, database_url, tenant: Tenant) -> None:
     token = await owner_token(client, tenant)
     for i in range(4):
-        await add(client, token, f"m{i}@acme.test", "viewer")
+        await join(client, database_url, token, f"m{i}@acme.test", "viewer")
     seen: list[str] = []
     after = None
     pages = 0
@@ -107,9 +107,9 @@ async def test_malformed_cursor_is_bad_input(client, tenant: Tenant, cursor: str
     assert body["errors"][0]["message"] == "after is not a valid cursor"
 
 
-async def test_members_need_members_read(client, tenant: Tenant) -> None:
+async def test_members_need_members_read(client, database_url, tenant: Tenant) -> None:
     token = await owner_token(client, tenant)
-    _, viewer = await join(client, token, "v@acme.test", "viewer")
+    _, viewer = await join(client, database_url, token, "v@acme.test", "viewer")
     body = (await gql(client, "{ organization { slug members { edges { cursor } } } }", token=viewer)).json()
     assert body["data"] == {"organization": None}
     assert body["errors"][0]["extensions"] == {"code": "FORBIDDEN", "requiredScopes": [["members:read"]]}
@@ -130,17 +130,19 @@ async def test_members_of_a_child_organization_are_not_listed(client, database_u
 async def test_invitation_flow(client, database_url, tenant: Tenant) -> None:
     token = await owner_token(client, tenant)
     added = await add(client, token, "New.Person@acme.test", "analyst")
-    invitation = added["invitationToken"]
-    assert invitation
+    assert added["invitationToken"] is None
+    assert added["membership"] is None
+    assert added["invitation"] == {"id": added["invitation"]["id"], "email": "New.Person@acme.test",
+                                   "role": "analyst", "status": "PENDING"}
+    invitation = await invitation_token(database_url, "New.Person@acme.test")
     assert invitation.startswith("pti_")
-    assert added["membership"]["role"] == "analyst"
     stored = sql(database_url, "SELECT token_hash, expires_at, created_at FROM invitations")
     assert len(stored) == 1
     assert invitation not in str(stored)
     expires, created = (v if isinstance(v, datetime) else datetime.fromisoformat(v) for v in stored[0][1:])
     assert expires - created == timedelta(days=7)
-
-    # before acceptance the user has no password: login fails
+    # before acceptance there is no account at all
+    assert sql(database_url, "SELECT count(*) FROM users WHERE email_key = 'new.person@acme.test'")[0][0] == 0
     no_pw = (await gql(client, LOGIN, {"email": "new.person@acme.test", "password": NEW_PASSWORD})).json()
     assert error_codes(no_pw) == ["UNAUTHENTICATED"]
 
@@ -162,16 +164,18 @@ async def test_invitation_flow(client, database_url, tenant: Tenant) -> None:
 
 async def test_expired_invitation_is_refused(client, database_url, tenant: Tenant) -> None:
     token = await owner_token(client, tenant)
-    added = await add(client, token, "late@acme.test", "viewer")
+    await add(client, token, "late@acme.test", "viewer")
     sql(database_url, "UPDATE invitations SET expires_at = created_at")
-    body = (await gql(client, ACCEPT, {"token": added["invitationToken"], "password": NEW_PASSWORD})).json()
+    invitation = await invitation_token(database_url, "late@acme.test")
+    body = (await gql(client, ACCEPT, {"token": invitation, "password": NEW_PASSWORD})).json()
     assert error_codes(body) == ["UNAUTHENTICATED"]
     assert body["errors"][0]["message"] == "Invalid or expired invitation."
 
 
-async def test_weak_password_keeps_the_invitation(client, tenant: Tenant) -> None:
+async def test_weak_password_keeps_the_invitation(client, database_url, tenant: Tenant) -> None:
     token = await owner_token(client, tenant)
-    invitation = (await add(client, token, "weak@acme.test", "viewer"))["invitationToken"]
+    await add(client, token, "weak@acme.test", "viewer")
+    invitation = await invitation_token(database_url, "weak@acme.test")
     for weak in ("short", "password1234", "weak@acme.test"):
         body = (await gql(client, ACCEPT, {"token": invitation, "password": weak})).json()
         assert error_codes(body) == ["BAD_USER_INPUT"], weak
@@ -179,15 +183,21 @@ async def test_weak_password_keeps_the_invitation(client, tenant: Tenant) -> Non
     assert ok["data"]["acceptInvitation"]["accessToken"]
 
 
-async def test_existing_user_joins_without_invitation(client, database_url, tenant: Tenant) -> None:
+async def test_existing_user_is_invited_and_joins_by_accepting(client, database_url, tenant: Tenant) -> None:
+    """C-125: an account of another tenant is invited like anyone; it joins only by its holder's act."""
     other = await make_tenant(database_url, slug="globex", email="owner@globex.test")
     token = await owner_token(client, tenant)
     added = await add(client, token, "OWNER@globex.test", "viewer")
     assert added["invitationToken"] is None
-    assert added["membership"]["user"]["id"] == other.user_id
+    assert added["membership"] is None
+    assert other.user_id not in str(added)
     again = (await gql(client, ADD, {"email": "owner@globex.test", "role": "analyst"}, token=token)).json()
-    assert error_codes(again) == ["CONFLICT"]
-    assert sql(database_url, "SELECT count(*) FROM invitations")[0][0] == 0
+    assert error_codes(again) == ["CONFLICT"]  # a pending invitation: resend it
+    assert sql(database_url, "SELECT count(*) FROM memberships WHERE user_id = :u", u=other.user_id)[0][0] == 1
+    invitation = await invitation_token(database_url, "OWNER@globex.test")
+    joined = (await gql(client, ACCEPT, {"token": invitation, "password": other.password})).json()
+    assert joined["data"]["acceptInvitation"]["organization"]["id"] == tenant.org_id
+    assert sql(database_url, "SELECT count(*) FROM memberships WHERE user_id = :u", u=other.user_id)[0][0] == 2
 
 
 @pytest.mark.parametrize("email", ["", "no-at-sign", "two@@example.test", "a b@example.test", "x@" + "y" * 400,
@@ -208,21 +218,21 @@ async def test_add_member_refuses_an_unknown_role(client, database_url, tenant: 
 
 async def test_manager_cannot_grant_admin(client, database_url, tenant: Tenant) -> None:
     token = await owner_token(client, tenant)
-    _, manager = await join(client, token, "mgr@acme.test", "manager")
+    _, manager = await join(client, database_url, token, "mgr@acme.test", "manager")
     body = (await gql(client, ADD, {"email": "x@acme.test", "role": "admin"}, token=manager)).json()
     assert error_codes(body) == ["FORBIDDEN"]
     assert "apikeys:manage" in body["errors"][0]["extensions"]["requiredScopes"][0]
     assert sql(database_url, "SELECT count(*) FROM users WHERE email = 'x@acme.test'")[0][0] == 0
     ok = await add(client, manager, "y@acme.test", "analyst")
-    assert ok["membership"]["role"] == "analyst"
+    assert ok["invitation"]["role"] == "analyst"
 
 
 # -- changing roles -----------------------------------------------------------------------------------
 
 
-async def test_role_change_applies_on_the_next_request(client, tenant: Tenant) -> None:
+async def test_role_change_applies_on_the_next_request(client, database_url, tenant: Tenant) -> None:
     token = await owner_token(client, tenant)
-    membership_id, member = await join(client, token, "m@acme.test", "viewer")
+    membership_id, member = await join(client, database_url, token, "m@acme.test", "viewer")
     assert (await permissions(client, member))["data"]["permissions"] == ["organization:read", "quotas:read"]
     changed = (await gql(client, UPDATE, {"id": membership_id, "role": "manager"}, token=token)).json()
     assert changed["data"]["updateMemberRole"] == {"id": membership_id, "role": "manager"}
@@ -235,8 +245,8 @@ async def test_role_change_applies_on_the_next_request(client, tenant: Tenant) -
 async def test_manager_cannot_raise_anyone_to_admin(client, database_url, tenant: Tenant) -> None:
     """C-022: refused, and the row is unchanged."""
     token = await owner_token(client, tenant)
-    _, manager = await join(client, token, "mgr@acme.test", "manager")
-    viewer_id, _ = await join(client, token, "v@acme.test", "viewer")
+    _, manager = await join(client, database_url, token, "mgr@acme.test", "manager")
+    viewer_id, _ = await join(client, database_url, token, "v@acme.test", "viewer")
     manager_id = sql(database_url, "SELECT m.id FROM memberships m JOIN users u ON u.id = m.user_id "
                                    "WHERE u.email = 'mgr@acme.test'")[0][0]
     for target in (viewer_id, manager_id):
@@ -249,8 +259,8 @@ async def test_manager_cannot_raise_anyone_to_admin(client, database_url, tenant
 
 async def test_manager_cannot_demote_or_remove_an_admin(client, database_url, tenant: Tenant) -> None:
     token = await owner_token(client, tenant)
-    _, manager = await join(client, token, "mgr@acme.test", "manager")
-    admin_id, _ = await join(client, token, "adm@acme.test", "admin")
+    _, manager = await join(client, database_url, token, "mgr@acme.test", "manager")
+    admin_id, _ = await join(client, database_url, token, "adm@acme.test", "admin")
     demote = (await gql(client, UPDATE, {"id": admin_id, "role": "viewer"}, token=manager)).json()
     remove = (await gql(client, REMOVE, {"id": admin_id}, token=manager)).json()
     assert error_codes(demote) == error_codes(remove) == ["FORBIDDEN"]
@@ -259,7 +269,7 @@ async def test_manager_cannot_demote_or_remove_an_admin(client, database_url, te
 
 async def test_update_to_an_unknown_role_is_bad_input(client, database_url, tenant: Tenant) -> None:
     token = await owner_token(client, tenant)
-    membership_id, _ = await join(client, token, "m@acme.test", "viewer")
+    membership_id, _ = await join(client, database_url, token, "m@acme.test", "viewer")
     body = (await gql(client, UPDATE, {"id": membership_id, "role": "wizard"}, token=token)).json()
     assert error_codes(body) == ["BAD_USER_INPUT"]
     assert role_of(database_url, membership_id) == "viewer"
@@ -273,7 +283,7 @@ async def test_last_owner_cannot_be_demoted_or_removed(client, database_url, ten
     assert error_codes(demote) == error_codes(remove) == ["CONFLICT"]
     assert role_of(database_url, owner_id) == "owner"
 
-    second_id, _ = await join(client, token, "owner2@acme.test", "owner")
+    second_id, _ = await join(client, database_url, token, "owner2@acme.test", "owner")
     body = (await gql(client, UPDATE, {"id": owner_id, "role": "admin"}, token=token)).json()
     assert body["data"]["updateMemberRole"]["role"] == "admin"
     last = (await gql(client, REMOVE, {"id": second_id}, token=token)).json()
@@ -286,7 +296,7 @@ async def test_last_owner_cannot_be_demoted_or_removed(client, database_url, ten
 
 async def test_removed_member_is_refused_on_the_next_request(client, database_url, tenant: Tenant) -> None:
     token = await owner_token(client, tenant)
-    membership_id, member = await join(client, token, "gone@acme.test", "analyst")
+    membership_id, member = await join(client, database_url, token, "gone@acme.test", "analyst")
     assert (await permissions(client, member))["data"]["permissions"]
     body = (await gql(client, REMOVE, {"id": membership_id}, token=token)).json()
     assert body["data"] == {"removeMember": True}
@@ -298,13 +308,16 @@ async def test_removed_member_is_refused_on_the_next_request(client, database_ur
                              "WHERE u.email = 'gone@acme.test' AND s.revoked_at IS NULL")[0][0] == 0
 
 
-async def test_removing_an_invited_member_voids_the_invitation(client, database_url, tenant: Tenant) -> None:
+async def test_a_removed_member_who_is_invited_again_must_accept_again(client, database_url, tenant: Tenant) -> None:
     token = await owner_token(client, tenant)
-    added = await add(client, token, "pending@acme.test", "viewer")
-    body = (await gql(client, REMOVE, {"id": added["membership"]["id"]}, token=token)).json()
-    assert body["data"] == {"removeMember": True}
-    accepted = (await gql(client, ACCEPT, {"token": added["invitationToken"], "password": NEW_PASSWORD})).json()
-    assert error_codes(accepted) == ["UNAUTHENTICATED"]
+    membership_id, _ = await join(client, database_url, token, "again@acme.test", "viewer")
+    assert (await gql(client, REMOVE, {"id": membership_id}, token=token)).json()["data"] == {"removeMember": True}
+    await add(client, token, "again@acme.test", "analyst")
+    assert sql(database_url, "SELECT count(*) FROM memberships m JOIN users u ON u.id = m.user_id "
+                             "WHERE u.email = 'again@acme.test'")[0][0] == 0
+    invitation = await invitation_token(database_url, "again@acme.test")
+    accepted = (await gql(client, ACCEPT, {"token": invitation, "password": NEW_PASSWORD})).json()
+    assert accepted["data"]["acceptInvitation"]["organization"]["id"] == tenant.org_id
 
 
 # -- other tenants ------------------------------------------------------------------------------------
@@ -333,17 +346,18 @@ async def test_tenant_headers_are_ignored(client, database_url, tenant: Tenant) 
     token = await owner_token(client, tenant)
     headers = {"X-Tenant-ID": other.org_id, "X-Org-ID": other.org_id}
     added = (await gql(client, ADD, {"email": "h@acme.test", "role": "viewer"}, token=token, headers=headers)).json()
-    membership_id = added["data"]["addMember"]["membership"]["id"]
-    org = sql(database_url, "SELECT organization_id FROM memberships WHERE id = :i", i=membership_id)[0][0]
+    invitation_id = added["data"]["addMember"]["invitation"]["id"]
+    org = sql(database_url, "SELECT organization_id FROM invitations WHERE id = :i", i=invitation_id)[0][0]
     assert org == tenant.org_id
+    await join(client, database_url, token, "j@acme.test", "viewer")
     listed = (await gql(client, MEMBERS, token=token, headers=headers)).json()
     emails = [e["node"]["user"]["email"] for e in listed["data"]["organization"]["members"]["edges"]]
-    assert emails == ["owner@acme.test", "h@acme.test"]
+    assert emails == ["owner@acme.test", "j@acme.test"]
 
 
-async def test_members_mutations_need_members_manage(client, tenant: Tenant) -> None:
+async def test_members_mutations_need_members_manage(client, database_url, tenant: Tenant) -> None:
     token = await owner_token(client, tenant)
-    membership_id, analyst = await join(client, token, "a@acme.test", "analyst")
+    membership_id, analyst = await join(client, database_url, token, "a@acme.test", "analyst")
     for doc, variables in ((ADD, {"email": "z@acme.test", "role": "viewer"}),
                            (UPDATE, {"id": membership_id, "role": "viewer"}), (REMOVE, {"id": membership_id})):
         body = (await gql(client, doc, variables, token=analyst)).json()
@@ -355,8 +369,14 @@ async def test_password_for_an_existing_user_is_untouched(client, database_url, 
     other = await make_tenant(database_url, slug="globex", email="owner@globex.test")
     token = await owner_token(client, tenant)
     await add(client, token, other.email, "viewer")
+    invitation = await invitation_token(database_url, other.email)
+    refused = (await gql(client, ACCEPT, {"token": invitation, "password": NEW_PASSWORD})).json()
+    assert error_codes(refused) == ["UNAUTHENTICATED"]
+    assert (await gql(client, ACCEPT, {"token": invitation, "password": PASSWORD})).json()["data"]["acceptInvitation"]
     body = (await gql(client, LOGIN, {"email": other.email, "password": PASSWORD, "org": "acme"})).json()
     assert body["data"]["login"]["organization"]["id"] == tenant.org_id
+    assert error_codes((await gql(client, LOGIN, {"email": other.email, "password": NEW_PASSWORD})).json()) == [
+        "UNAUTHENTICATED"]
 
 
 def test_session_cache_drops_by_user_and_by_organization() -> None:

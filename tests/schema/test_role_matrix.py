@@ -82,7 +82,7 @@ async def staff(client: httpx.AsyncClient, database_url: str) -> Staff:
         if role == "owner":
             continue
         email = f"{role}@matrix.test"
-        tokens[role] = await member_token(client, owner, email, role)
+        tokens[role] = await member_token(client, database_url, owner, email, role)
         logins[role] = Tenant(tenant.org_id, tenant.slug, "", email, MEMBER_PASSWORD)
     for role, token in tokens.items():
         me = (await gql(client, "{ me { role permissions } }", token=token)).json()["data"]["me"]

@@ -55,12 +55,12 @@ async def test_roles_lists_builtins_then_custom(client, tenant: Tenant) -> None:
     assert "plan:manage" in roles[4]["permissions"]
 
 
-async def test_roles_need_roles_read(client, tenant: Tenant) -> None:
+async def test_roles_need_roles_read(client, database_url, tenant: Tenant) -> None:
     token = await owner_token(client, tenant)
-    _, analyst = await join(client, token, "a@acme.test", "analyst")
+    _, analyst = await join(client, database_url, token, "a@acme.test", "analyst")
     body = (await gql(client, ROLES, token=analyst)).json()
     assert body["errors"][0]["extensions"] == {"code": "FORBIDDEN", "requiredScopes": [["roles:read"]]}
-    _, manager = await join(client, token, "m@acme.test", "manager")
+    _, manager = await join(client, database_url, token, "m@acme.test", "manager")
     assert (await gql(client, ROLES, token=manager)).json()["data"]["roles"]
     refused = await create(client, manager, name="x", permissions=["quotas:read"])
     assert refused["errors"][0]["extensions"] == {"code": "FORBIDDEN", "requiredScopes": [["roles:manage"]]}
@@ -118,7 +118,7 @@ async def test_unknown_inherited_role_is_refused(client, tenant: Tenant) -> None
 
 async def test_a_role_cannot_exceed_its_creator(client, database_url, tenant: Tenant) -> None:
     token = await owner_token(client, tenant)
-    _, admin = await join(client, token, "adm@acme.test", "admin")
+    _, admin = await join(client, database_url, token, "adm@acme.test", "admin")
     assert_bad_input(await create(client, admin, name="billing", permissions=["plan:manage"]), "plan:manage")
     assert_bad_input(await create(client, admin, name="boss", inherits=["owner"]), "plan:manage")
     assert sql(database_url, "SELECT count(*) FROM roles")[0][0] == 0
@@ -129,7 +129,7 @@ async def test_a_role_cannot_exceed_its_creator(client, database_url, tenant: Te
 async def test_an_admin_cannot_touch_a_role_holding_more(client, database_url, tenant: Tenant) -> None:
     token = await owner_token(client, tenant)
     assert (await create(client, token, name="treasurer", permissions=["plan:manage"]))["data"]
-    _, admin = await join(client, token, "adm@acme.test", "admin")
+    _, admin = await join(client, database_url, token, "adm@acme.test", "admin")
     changed = await update(client, admin, "treasurer", permissions=["quotas:read"])
     deleted = (await gql(client, DELETE, {"name": "treasurer"}, token=admin)).json()
     assert error_codes(changed) == error_codes(deleted) == ["FORBIDDEN"]
@@ -170,30 +170,30 @@ async def test_a_role_is_not_renamed(client, tenant: Tenant) -> None:
     assert_bad_input(body, "renamed")
 
 
-async def test_custom_role_grants_its_permissions_to_members(client, tenant: Tenant) -> None:
+async def test_custom_role_grants_its_permissions_to_members(client, database_url, tenant: Tenant) -> None:
     token = await owner_token(client, tenant)
     assert (await create(client, token, name="base", permissions=["audit:read"]))["data"]
     assert (await create(client, token, name="auditor", permissions=["audit:verify"], inherits=["base", "viewer"]))
-    _, member = await join(client, token, "aud@acme.test", "auditor")
+    _, member = await join(client, database_url, token, "aud@acme.test", "auditor")
     assert (await permissions(client, member))["data"]["permissions"] == [
         "audit:read", "audit:verify", "organization:read", "quotas:read"
     ]
 
 
-async def test_role_definition_change_applies_on_the_next_request(client, tenant: Tenant) -> None:
+async def test_role_definition_change_applies_on_the_next_request(client, database_url, tenant: Tenant) -> None:
     token = await owner_token(client, tenant)
     assert (await create(client, token, name="auditor", permissions=["audit:read"]))["data"]
-    _, member = await join(client, token, "aud@acme.test", "auditor")
+    _, member = await join(client, database_url, token, "aud@acme.test", "auditor")
     assert (await permissions(client, member))["data"]["permissions"] == ["audit:read"]
     assert (await update(client, token, "auditor", permissions=["reports:read"]))["data"]
     assert (await permissions(client, member))["data"]["permissions"] == ["reports:read"]
 
 
-async def test_inherited_role_change_reaches_the_heirs(client, tenant: Tenant) -> None:
+async def test_inherited_role_change_reaches_the_heirs(client, database_url, tenant: Tenant) -> None:
     token = await owner_token(client, tenant)
     assert (await create(client, token, name="base", permissions=["audit:read"]))["data"]
     assert (await create(client, token, name="heir", inherits=["base"]))["data"]
-    _, member = await join(client, token, "h@acme.test", "heir")
+    _, member = await join(client, database_url, token, "h@acme.test", "heir")
     assert (await permissions(client, member))["data"]["permissions"] == ["audit:read"]
     assert (await update(client, token, "base", permissions=["quotas:read"]))["data"]
     assert (await permissions(client, member))["data"]["permissions"] == ["quotas:read"]
@@ -202,7 +202,7 @@ async def test_inherited_role_change_reaches_the_heirs(client, tenant: Tenant) -
 async def test_member_moved_to_a_custom_role_and_back(client, database_url, tenant: Tenant) -> None:
     token = await owner_token(client, tenant)
     assert (await create(client, token, name="auditor", permissions=["audit:read"]))["data"]
-    membership_id, member = await join(client, token, "m@acme.test", "viewer")
+    membership_id, member = await join(client, database_url, token, "m@acme.test", "viewer")
     moved = (await gql(client, UPDATE, {"id": membership_id, "role": "auditor"}, token=token)).json()
     assert moved["data"]["updateMemberRole"]["role"] == "auditor"
     assert (await permissions(client, member))["data"]["permissions"] == ["audit:read"]
@@ -213,7 +213,7 @@ async def test_deleting_a_held_or_inherited_role_is_a_conflict(client, database_
     token = await owner_token(client, tenant)
     assert (await create(client, token, name="base", permissions=["audit:read"]))["data"]
     assert (await create(client, token, name="heir", inherits=["base"]))["data"]
-    membership_id, _ = await join(client, token, "m@acme.test", "heir")
+    membership_id, _ = await join(client, database_url, token, "m@acme.test", "heir")
     held = (await gql(client, DELETE, {"name": "heir"}, token=token)).json()
     inherited = (await gql(client, DELETE, {"name": "base"}, token=token)).json()
     assert error_codes(held) == error_codes(inherited) == ["CONFLICT"]

@@ -44,6 +44,10 @@ CONTRACT: dict[str, dict[str, str | None]] = {
         "changePlan": scopes("plan:manage"),
         "addMember": scopes("members:manage"),
         "acceptInvitation": None,
+        "resendInvitation": scopes("members:manage"),
+        "revokeInvitation": scopes("members:manage"),
+        "requestPasswordReset": None,
+        "resetPassword": None,
         "changePassword": AUTHENTICATED,
         "updateMemberRole": scopes("members:manage"),
         "removeMember": scopes("members:manage"),
@@ -64,13 +68,15 @@ CONTRACT: dict[str, dict[str, str | None]] = {
     "Organization": {
         "billingEmail": scopes("billing:read"),
         "members": scopes("members:read"),
+        "invitations": scopes("members:read"),
         "quotas": scopes("quotas:read"),
         "apiKeys": scopes("apikeys:read"),
         "ssoConnections": scopes("sso:read"),
         "reports": scopes("reports:read"),
     },
 }
-PUBLIC_ROOT_FIELDS = {"login", "refreshToken", "acceptInvitation"}
+PUBLIC_ROOT_FIELDS = {"login", "refreshToken", "acceptInvitation", "requestPasswordReset", "resetPassword",
+                      "verifyEmail", "confirmEmailChange"}
 AUTH_DIRECTIVES = {"authenticated", "requiresScopes"}
 
 

@@ -89,6 +89,9 @@ async def running_gateway(database_url: str, signing_key: str, **overrides: Any)
                                 base_url=GATEWAY)
         async with api:
             token = (await login(api, tenant))["accessToken"]
+            # the tenant's providers may provision accounts at its own domain
+            claimed = await gql(api, CLAIM, {"d": "acme.test"}, token=token)
+            assert claimed.json()["data"]["claimDomain"], claimed.json()
         yield Gateway(app, browser, tenant, token)
 
 
@@ -119,6 +122,26 @@ async def configure_rogue(gw: Gateway, op: RogueProvider, **fields: Any) -> dict
     body = await configure(gw, op.issuer, CLIENT_ID, CLIENT_SECRET, **fields)
     assert body.get("data"), body
     return body
+
+
+CLAIM = "mutation($d: String!) { claimDomain(domain: $d) { domain } }"
+START_LINK = "mutation { startSsoLink { url expiresAt } }"
+
+
+async def api_call(gw: Gateway, document: str, variables: dict[str, Any] | None = None, *,
+                   token: str | None = None) -> dict[str, Any]:
+    api = httpx.AsyncClient(transport=httpx.ASGITransport(app=gw.app, client=(CLIENT_IP, 40000)), base_url=GATEWAY)
+    async with api:
+        return (await gql(api, document, variables, token=token)).json()  # type: ignore[no-any-return]
+
+
+async def start_link(gw: Gateway, token: str) -> str:
+    """`startSsoLink` for the account signed in with `token`: the gateway address that makes the link."""
+    body = await api_call(gw, START_LINK, token=token)
+    assert (body.get("data") or {}).get("startSsoLink"), body
+    url = body["data"]["startSsoLink"]["url"]
+    assert url.startswith(GATEWAY + "/auth/sso/")
+    return str(url)
 
 
 _FORM_ACTION = re.compile(r'<form[^>]*action="([^"]+)"')

@@ -16,7 +16,7 @@ import httpx
 import pytest
 from joserfc.jwk import RSAKey
 
-from tests.conftest import LOGIN, error_codes, gql, sql
+from tests.conftest import LOGIN, claim_domain, error_codes, gql, sql
 from tests.gateway.oidc.conftest import (
     CALLBACK,
     GATEWAY,
@@ -26,6 +26,7 @@ from tests.gateway.oidc.conftest import (
     csrf_cookie,
     query_of,
     session_cookie,
+    start_link,
     to_callback,
 )
 from tests.idp.rogue_op import REMOVE, RogueProvider
@@ -278,16 +279,18 @@ async def test_c046_kid_absent_with_two_keys_is_never_a_500(gw: Gateway, rogue: 
 async def test_c047_identity_of_one_idp_is_not_taken_over_by_another(
     gw: Gateway, rogue: RogueProvider, node_issuer: str, database_url: str, caplog: pytest.LogCaptureFixture,
 ) -> None:
-    # IdP A (the rogue provider, behaving) links the owner by a verified email
+    # the owner links IdP A (the rogue provider, behaving) to the account, by their own act
     await configure_rogue(gw, rogue)
     rogue.behaviour.subject, rogue.behaviour.email = "owner-at-a", gw.tenant.email
-    assert (await rogue_login(gw)).status_code == 303
+    r = await gw.browser.get(await start_link(gw, gw.owner_token))
+    r = await gw.browser.get(r.headers["location"])
+    assert (await gw.browser.get(r.headers["location"])).status_code == 303
     assert sql(database_url, "SELECT issuer, subject FROM sso_identities")[0][1] == "owner-at-a"
-    # IdP B asserts the very same verified email for another subject
+    # IdP B asserts the very same verified email for another subject: an existing account, never linked by it
     await configure_node(gw, node_issuer)
     gw.browser.cookies.clear()
     callback = await to_callback(gw.browser, f"{GATEWAY}/auth/sso/acme", gw.tenant.email)
-    assert_refused(await gw.browser.get(callback), caplog, "sso_user_linked_to_another_identity")
+    assert_refused(await gw.browser.get(callback), caplog, "sso_link_requires_consent")
     assert sql(database_url, "SELECT count(*) FROM sso_identities")[0][0] == 1
 
 
@@ -399,6 +402,12 @@ async def test_c053_back_channel_logout_is_not_accepted(gw: Gateway, rogue: Rogu
 
 
 async def test_c115_sso_works_while_password_login_is_locked(gw: Gateway, rogue: RogueProvider) -> None:
+    await configure_rogue(gw, rogue)
+    rogue.behaviour.subject, rogue.behaviour.email = "owner-sub", gw.tenant.email
+    r = await gw.browser.get(await start_link(gw, gw.owner_token))
+    r = await gw.browser.get(r.headers["location"])
+    assert (await gw.browser.get(r.headers["location"])).status_code == 303
+    gw.browser.cookies.clear()
     api = httpx.AsyncClient(transport=httpx.ASGITransport(app=gw.app, client=("203.0.113.7", 40000)),
                             base_url=GATEWAY)
     async with api:
@@ -406,8 +415,6 @@ async def test_c115_sso_works_while_password_login_is_locked(gw: Gateway, rogue:
             await gql(api, LOGIN, {"email": gw.tenant.email, "password": "wrong password, again"})
         locked = await gql(api, LOGIN, {"email": gw.tenant.email, "password": gw.tenant.password})
         assert error_codes(locked.json()) == ["UNAUTHENTICATED"]
-    await configure_rogue(gw, rogue)
-    rogue.behaviour.subject, rogue.behaviour.email = "owner-sub", gw.tenant.email
     assert (await rogue_login(gw)).status_code == 303
     me = (await gw.browser.get(f"{GATEWAY}/graphql", params={"query": ME})).json()["data"]["me"]
     assert me == {"user": {"email": gw.tenant.email}, "role": "owner", "authMethod": "oidc"}
@@ -440,6 +447,7 @@ async def test_email_outside_the_allowed_domains(gw: Gateway, rogue: RogueProvid
     assert_refused(await rogue_login(gw), caplog, "sso_email_domain_not_allowed")
     assert counts(database_url) == before
     rogue.behaviour.email = "jdoe@Corp.Example".lower()
+    claim_domain(database_url, gw.tenant.org_id, "corp.example")
     gw.browser.cookies.clear()
     assert (await rogue_login(gw)).status_code == 303
 

@@ -17,7 +17,7 @@ import pytest
 import uvicorn
 
 from gateway.app import create_app
-from tests.conftest import _truncate, make_settings, make_tenant, unavailable
+from tests.conftest import _truncate, claim_domain, make_settings, make_tenant, unavailable
 from tests.gateway.oidc.conftest import CONFIGURE
 from tests.idp import node_provider
 from tests.idp.node_provider import oidc_provider
@@ -63,6 +63,7 @@ async def test_browser_signs_in_queries_and_logs_out(sqlite_url: str, signing_ke
         unavailable(str(exc))
     try:
         tenant = await make_tenant(sqlite_url)
+        claim_domain(sqlite_url, tenant.org_id, "acme.test")
         settings = make_settings(sqlite_url, signing_key, public_url=gateway, frontend_return_paths=["/healthz"])
         with serving(create_app(settings), port):
             import httpx

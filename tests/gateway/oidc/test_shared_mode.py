@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from gateway.app import create_app
-from tests.conftest import CLIENT_IP, Tenant, gql, login
+from tests.conftest import CLIENT_IP, Tenant, claim_domain, gql, login
 from tests.gateway.oidc.conftest import CALLBACK, CONFIGURE, GATEWAY, session_cookie, sso_settings
 from tests.idp.rogue_op import CLIENT_ID, CLIENT_SECRET, RogueProvider
 
@@ -33,6 +33,7 @@ async def test_callback_on_another_process_and_state_spent_everywhere(
                 r = await gql(api, CONFIGURE, {"input": {"issuer": rogue.issuer, "clientId": CLIENT_ID,
                                                          "clientSecret": CLIENT_SECRET}}, token=token)
                 assert r.json().get("data"), r.text
+            claim_domain(postgresql_url, shared_tenant.org_id, "acme.test")  # where the provider's users are
             start = await b1.get(f"{GATEWAY}/auth/sso/{shared_tenant.slug}")
             assert start.status_code == 302
             back = await b1.get(start.headers["location"])
