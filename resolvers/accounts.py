@@ -15,11 +15,12 @@ Emailed tokens (`account_tokens`: 256 bits, only their sha256 kept, each spent o
   to the new address and tells the old one.
 
 Account-wide changes (the second factor, the address, every organization's sessions) are made only by the
-person (C-126): from a session opened with the account's own password, or through an identity provider of
-an organization that has claimed the account's email domain (that organization speaks for addresses there,
-resolvers/domains.py). A session opened through any other provider is valid in its organization and may
-do there whatever its role allows, but changes nothing account-wide: a tenant's provider cannot take an
-account over for the other organizations the person belongs to.
+person (C-126): from a session opened with the account's own password, or through the one identity provider
+that is the account's only way in (an account without a password, linked to no other organization's
+provider: the provider made it, and speaks for it already). A session opened through any other provider is
+valid in its organization and may do there whatever its role allows, but changes nothing account-wide: a
+tenant's provider cannot take an account over for the other organizations the person belongs to, whatever
+domains that tenant has claimed.
 """
 
 from __future__ import annotations
@@ -47,11 +48,10 @@ from identity.passwords import MAX_BYTES, PasswordPolicyError, check_policy
 from identity.sessions import active_session_ids, revoke_sessions
 from identity.tokens import hash_opaque_token
 from resolvers.deps import RequestContext
-from resolvers.domains import claimant
 from resolvers.mail import send_mail
 from resolvers.provisioning import MAX_EMAIL_LENGTH, checked_email
 from store.audit import PLATFORM_CHAIN, AuditAction
-from store.models import AccountToken, User
+from store.models import AccountToken, SsoIdentity, User
 
 PASSWORD_RESET = "password_reset"
 VERIFY_EMAIL = "verify_email"
@@ -160,12 +160,26 @@ async def account_holder(ctx: RequestContext) -> User:
     user = await db.get(User, p.subject_id)
     if user is None or not user.is_active:
         raise Unauthenticated("Authentication required.")
-    if p.auth_method in (AuthMethod.OIDC, AuthMethod.SAML) and (
-            p.organization_id is None or await claimant(db, user.email) != p.organization_id):
-        raise Forbidden("Sign in with your password to change this: an organization's identity provider "
-                        "changes account settings only for addresses at a domain that organization has claimed.",
-                        reason=ACCOUNT_HOLDER_REQUIRED)
+    if p.auth_method in (AuthMethod.OIDC, AuthMethod.SAML) and not await _owned_by_provider(
+            db, user, p.organization_id):
+        raise Forbidden("Sign in with your password to change this: an organization's identity provider changes "
+                        "account settings only for the accounts it alone signs in.", reason=ACCOUNT_HOLDER_REQUIRED)
     return user
+
+
+async def _owned_by_provider(db: AsyncSession, user: User, organization_id: str | None) -> bool:
+    """The account has no credential of its own and no provider of another organization: the session's
+    organization's provider is the only way into it (it made the account, or is its one link), so that
+    provider already speaks for the whole account. A domain claim alone never makes it so: claims are first
+    come, and an account with a password, or linked elsewhere, belongs to its holder (C-126)."""
+    if organization_id is None or user.password_hash is not None:
+        return False
+    elsewhere = (await db.execute(
+        # tenant-scope: every link of the caller's own account, in any tenant, decides
+        sa_select(col(SsoIdentity.id)).where(col(SsoIdentity.user_id) == user.id,
+                                             col(SsoIdentity.organization_id) != organization_id).limit(1)
+    )).first()
+    return elsewhere is None
 
 
 # -- password reset -----------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from sqlalchemy import delete
 from sqlalchemy import select as sa_select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
@@ -26,7 +27,7 @@ from resolvers.deps import RequestContext
 from resolvers.roles import announce_after_commit, check_can_grant, require_role, tenant_of
 from store.audit import AuditAction, changes
 from store.cursors import CursorError, decode_position, encode_position
-from store.models import Membership, User
+from store.models import Membership, SsoIdentity, User
 from store.scoping import tenant_filter
 
 MEMBERSHIP_NOT_FOUND = "Membership not found."
@@ -182,4 +183,8 @@ async def remove_member(ctx: RequestContext, membership_id: str) -> bool:
     ctx.audit(AuditAction.MEMBER_REMOVED, resource_type="membership", resource_id=membership.id,
               details={"userId": membership.user_id, "role": membership.role})
     await end_held_keys(ctx, org_id, membership.user_id, reason="membership_removed")
+    # the organization's providers stop speaking for the person: coming back is by invitation or the person's
+    # own link, never by the provider alone (C-125)
+    await db.execute(delete(SsoIdentity).where(tenant_filter(SsoIdentity, org_id),
+                                               col(SsoIdentity.user_id) == membership.user_id))
     return True

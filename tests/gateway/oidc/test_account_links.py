@@ -212,3 +212,56 @@ async def test_c126_the_domain_owners_provider_is_the_accounts_own(
     r = await gw.browser.post(f"{GATEWAY}/graphql", json={"query": "mutation { enrollTotp { secret } }"},
                               headers={"X-CSRF-Token": csrf_cookie(r) or ""})
     assert r.json()["data"]["enrollTotp"]["secret"]
+
+
+async def _joins_acme_and_links_its_provider(gw: Gateway, rogue: RogueProvider, database_url: str, email: str,
+                                             password: str) -> None:
+    """The person (a member of another organization) accepts acme's invitation and links acme's provider."""
+    api = httpx.AsyncClient(transport=httpx.ASGITransport(app=gw.app, client=("203.0.113.7", 40000)),
+                            base_url=GATEWAY)
+    async with api:
+        await invite(api, gw.owner_token, email, "viewer")
+        joined = (await accept(api, await invitation_token(database_url, email), password)).json()
+    in_acme = joined["data"]["acceptInvitation"]["accessToken"]
+    await configure_rogue(gw, rogue)
+    rogue.behaviour.subject, rogue.behaviour.email = "subject-0", email
+    assert (await through_provider(gw.browser, await start_link(gw, in_acme))).status_code == 303
+    gw.browser.cookies.clear()
+
+
+async def test_c126_the_first_claimant_of_a_domain_cannot_take_over_another_organizations_member(
+        gw: Gateway, rogue: RogueProvider, database_url: str) -> None:
+    """Found by the two-tenant property test: acme claims beta.test before beta does (first claim wins), beta's
+    owner joins acme and links acme's provider; the provider's session must still change nothing account-wide."""
+    beta = await make_tenant(database_url, slug="beta", email="owner@beta.test")
+    assert (await api_call(gw, CLAIM, {"d": "beta.test"}, token=gw.owner_token))["data"]["claimDomain"]
+    b_session = (await api_call(gw, LOGIN, {"email": beta.email, "password": beta.password}))["data"]["login"][
+        "accessToken"]
+    await _joins_acme_and_links_its_provider(gw, rogue, database_url, beta.email, beta.password)
+    signed_in = await through_provider(gw.browser, f"{GATEWAY}/auth/sso/acme")
+    assert signed_in.status_code == 303
+    r = await gw.browser.post(f"{GATEWAY}/graphql", json={"query": "mutation { enrollTotp { secret } }"},
+                              headers={"X-CSRF-Token": csrf_cookie(signed_in) or ""})
+    assert error_codes(r.json()) == ["FORBIDDEN"], r.json()
+    assert (await api_call(gw, ME, token=b_session))["data"]["me"]["organization"]["slug"] == "beta"
+    assert (await api_call(gw, LOGIN, {"email": beta.email, "password": beta.password}))["data"]["login"]
+
+
+async def test_c125_a_removed_member_is_not_brought_back_by_the_provider_they_once_linked(
+        gw: Gateway, rogue: RogueProvider, database_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Found by the two-tenant property test: removal ends the person's links to the organization's providers,
+    so the provider alone cannot make them a member again."""
+    beta = await make_tenant(database_url, slug="beta", email="owner@beta.test")
+    await _joins_acme_and_links_its_provider(gw, rogue, database_url, beta.email, beta.password)
+    members = (await api_call(gw, "{ organization { members(first: 100) { edges { node { id user { email } } } } } }",
+                              token=gw.owner_token))["data"]["organization"]["members"]["edges"]
+    [membership] = [e["node"]["id"] for e in members if e["node"]["user"]["email"] == beta.email]
+    removed = await api_call(gw, "mutation($id: ID!) { removeMember(membershipId: $id) }", {"id": membership},
+                             token=gw.owner_token)
+    assert removed["data"] == {"removeMember": True}
+    assert sql(database_url, "SELECT count(*) FROM sso_identities")[0][0] == 0
+    r = await through_provider(gw.browser, f"{GATEWAY}/auth/sso/acme")
+    assert r.status_code == 400
+    assert "sso_link_requires_consent" in reasons(caplog)
+    assert sql(database_url, "SELECT count(*) FROM memberships WHERE organization_id = :o AND user_id = :u",
+               o=gw.tenant.org_id, u=beta.user_id)[0][0] == 0
