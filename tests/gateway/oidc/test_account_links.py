@@ -200,10 +200,10 @@ async def test_c126_a_session_from_a_provider_that_does_not_own_the_domain_chang
     assert pyotp.TOTP(own["secret"]).now()
 
 
-async def test_c126_the_domain_owners_provider_is_the_accounts_own(
+async def test_c126_the_provider_that_made_an_account_speaks_for_it(
         gw: Gateway, rogue: RogueProvider, database_url: str) -> None:
-    """An account the tenant's provider made at the tenant's claimed domain: that provider's session may manage
-    it (the organization speaks for the domain)."""
+    """An account the tenant's provider made (no password, no other provider): that provider is its only way in,
+    so its session may manage it."""
     await configure_rogue(gw, rogue)
     rogue.behaviour.subject, rogue.behaviour.email = "staff-1", "staff@acme.test"
     r = await through_provider(gw.browser, f"{GATEWAY}/auth/sso/acme")
