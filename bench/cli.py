@@ -59,6 +59,13 @@ def _positive(value: str) -> int:
     return number
 
 
+def _checkout(value: str) -> Path:
+    path = Path(value).resolve()
+    if not (path / "gateway" / "app.py").is_file():
+        raise argparse.ArgumentTypeError(f"{value} is not a checkout of the gateway")
+    return path
+
+
 def _scenarios(value: str) -> list[str]:
     if value == "all":
         return list(SCENARIO_NAMES)
@@ -85,6 +92,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--only", type=_names, default=list(SERVER_NAMES),
                    help=f"restrict each scenario to these servers, among {', '.join(SERVER_NAMES)}")
     p.add_argument("--runs", type=_positive, default=1, help="repeat every measurement and take the median")
+    p.add_argument("--before", type=_checkout, metavar="DIR",
+                   help="also run each server from the checkout in DIR (the build before a change, e.g. a git "
+                        "worktree), side by side with this checkout's, and report each server's ratios to it")
     p.add_argument("--no-pin", action="store_true", help="do not pin the server and wrk to separate CPUs")
     p.add_argument("--redis-cpu", choices=("server", "wrk"), default="server",
                    help="the CPU the bench's Redis is pinned to (shared mode): the gateway's (default; its work "
@@ -140,6 +150,8 @@ class Bench:
         chosen = []
         for scenario in SCENARIOS:
             specs = [s for s in SERVERS if s.name in scenario.servers and s.name in self.args.only]
+            if self.args.before is not None:
+                specs = [twin for s in specs for twin in (s, servers.before(s, self.args.before))]
             if scenario.name in self.args.scenario and specs:
                 chosen.append((scenario, specs))
         return chosen
@@ -210,7 +222,10 @@ class Bench:
             return ""
         output = load.run_wrk(self.wrk, server.url, script, connections=connections, seconds=seconds,
                               cpu=self.wrk_cpu)
-        load.check_responses(output)
+        try:
+            load.check_responses(output)
+        except BenchError as error:
+            raise BenchError(f"{server.spec.name}, {connections} connections: {error}\n{server.log_tail()}") from None
         return output
 
 
@@ -249,6 +264,8 @@ def print_report(args: argparse.Namespace, bench: Bench, results: dict[str, repo
             blocks = (report.table(scenario_results, names, args.connections),
                       report.ratios(scenario_results, names, args.connections),
                       report.target(scenario_results))
+        if args.before is not None:
+            blocks = (*blocks, report.against_before(scenario_results, names, args.connections))
         for block in blocks:
             if block:
                 print("\n".join(block) + "\n")

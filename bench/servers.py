@@ -12,7 +12,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bench.apps.common import AUDITED_MUTATION, AUDITED_MUTATION_ALTERNATE, DATABASE_URL_VARIABLE, GUARDED_QUERY, QUERY
@@ -32,6 +32,8 @@ class ServerSpec:
     credential: str | None = None
     # served in shared mode: the harness starts a Redis server and hands its URL in
     redis: bool = False
+    # the checkout whose code the server runs (`--before`: another one, side by side with this one's)
+    app_dir: Path = REPO
 
 
 SERVERS = (
@@ -55,6 +57,13 @@ SERVERS = (
                "Starlette + graphql.execute with a validated-document cache"),
 )
 SERVER_NAMES = tuple(s.name for s in SERVERS)
+BEFORE = "@before"
+
+
+def before(spec: ServerSpec, checkout: Path) -> ServerSpec:
+    """The same server run from another checkout (the build before a change), named `<name>@before`."""
+    return replace(spec, name=spec.name + BEFORE, description=f"{spec.description}, from {checkout}",
+                   app_dir=checkout)
 
 
 @dataclass(frozen=True)
@@ -120,7 +129,7 @@ def pin_to(cpu: int | None) -> Callable[[], None] | None:
 
 def uvicorn_command(spec: ServerSpec, port: int) -> list[str]:
     return [
-        sys.executable, "-m", "uvicorn", spec.factory, "--factory", "--app-dir", str(REPO),
+        sys.executable, "-m", "uvicorn", spec.factory, "--factory", "--app-dir", str(spec.app_dir),
         "--host", HOST, "--port", str(port), "--workers", "1", "--loop", "uvloop", "--http", "httptools",
         "--no-access-log", "--log-level", "warning",
     ]

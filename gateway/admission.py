@@ -2,9 +2,9 @@
 
 Where it runs. A GraphQL request's cost is known only once its document is parsed and validated, and
 the cost must be debited in the same round trip as the request limits. So for `/graphql` admission
-runs inside the schema, as the last step before execution (`schema.limits.admission.Admission`, in
-`on_validate` after the operation limits, the cost and the field decisions), and calls
-`Admission.admit`; a request that never reaches validation (a syntax error, the token limit) is
+runs inside the schema, as the last step before execution (`schema.limits.admission.AdmissionExtension`,
+in `on_validate` after the operation limits, the cost and the field decisions), and calls
+`EdgeAdmission.admit`; a request that never reaches validation (a syntax error, the token limit) is
 counted as it fails, at no cost. Every other tenant route is admitted at the edge
 (`AdmissionMiddleware`), at no cost. `/healthz`, `/readyz`, `/metrics` and `/.well-known/` are not
 limited.
@@ -37,11 +37,12 @@ from sqlmodel import col, select
 
 from authz import Principal, PrincipalKind
 from authz.plans import QuotaResource, effective_limits
+from gateway.rate_limit_audit import RateLimitAudit
 from gateway.usage import UsageCounter
 from gateway.windows import Limit, LimitState, Outcome, StoreUnavailable, WindowStore, retry_seconds
 from identity.lockout import email_key
 from resolvers.budgets import RATE_RESOURCES, BudgetState
-from store.audit import ActorType, AuditAction, AuditEvent, RateLimitAudit
+from store.audit import ActorType, AuditAction, AuditEvent
 from store.db import Database
 from store.models import Organization
 
@@ -65,7 +66,7 @@ class AdmissionPolicy:
 
 
 @dataclass(frozen=True, slots=True)
-class Decision:
+class AdmissionDecision:
     """What the gateway answers: admitted (with the tenant's cost budget), 429 or 503."""
 
     status: int  # 200, 429 or 503
@@ -110,16 +111,6 @@ def iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-@dataclass(slots=True)
-class Early:
-    """A take `Admission.begin` has sent, with what it was sent for; `Admission.finish` decides it."""
-
-    principal: Principal
-    cost: int
-    pending: Awaitable[Outcome]
-    decision: Decision | None = None
-
-
 class OrgLimitCache:
     """Each organization's effective limits, read from the database once and kept until the revocation
     bus says "org:<id>" (or "*"); a TTL bounds how long a lost message could keep a stale entry."""
@@ -137,13 +128,6 @@ class OrgLimitCache:
             elif key.startswith("org:"):
                 self._entries.pop(key[4:], None)
 
-    def peek(self, organization_id: str) -> dict[QuotaResource, int | None] | None:
-        """The organization's limits if they are at hand (read, and not yet due to be read again)."""
-        entry = self._entries.get(organization_id)
-        if entry is not None and entry[0] > self.clock():
-            return entry[2]
-        return None
-
     async def get(self, organization_id: str) -> tuple[str, dict[QuotaResource, int | None]]:
         entry = self._entries.get(organization_id)
         now = self.clock()
@@ -160,13 +144,14 @@ class OrgLimitCache:
         return plan, limits
 
 
-class Admission:
+class EdgeAdmission:
+    """The gateway's admission: each request's limits taken from the window store in one call."""
+
     def __init__(self, store: WindowStore, orgs: OrgLimitCache, policy: AdmissionPolicy, *,
-                 shared: bool, clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.orgs = orgs
         self.policy = policy
-        self.shared = shared
         self.clock = clock
         self.usage = UsageCounter()
         self._tenant_limits: dict[tuple[str, int], tuple[Mapping[QuotaResource, int | None], tuple[Limit, ...]]] = {}
@@ -240,59 +225,29 @@ class Admission:
         return [f"{day}|{org}|total||", f"{day}|{org}|{kind}|{principal.subject_id or ''}|"]
 
     async def admit(self, principal: Principal, *, key_rate_limit: int | None = None, cost: int = 0,
-                    login_accounts: Sequence[str] = (), spend: bool = True, spend_cost: bool = True) -> Decision:
+                    login_accounts: Sequence[str] = (), spend: bool = True,
+                    spend_cost: bool = True) -> AdmissionDecision:
         """Takes every limit of the request at once. `spend_cost=False` counts the request but not its
         cost (an explained operation, which does not execute)."""
         limits = await self.limits_for(principal, key_rate_limit=key_rate_limit,
                                        cost=cost if spend_cost else 0, login_accounts=login_accounts)
         if not limits:
-            return Decision(200)
+            return AdmissionDecision(200)
         return await self._decide(principal, self.store.take(limits, spend=spend), closed=bool(login_accounts),
                                   spend=spend, cost=cost if spend_cost else 0)
 
-    def begin(self, principal: Principal, *, key_rate_limit: int | None = None, cost: int = 0) -> Early | None:
-        """Sends a tenant caller's take now, before the operation reaches validation, when everything it
-        needs is at hand without waiting: the organization's limits already read, the operation's cost
-        known in advance (`cost`), a free connection to the shared store. The round trip then runs while
-        the operation is parsed, validated and measured; `finish` gives the decision, the same one `admit`
-        would give with the same arguments. None: nothing was sent (embedded mode, limits not read yet,
-        no free connection), and the caller admits the usual way."""
-        begin = getattr(self.store, "begin", None)
-        organization_id = principal.organization_id
-        if begin is None or organization_id is None:
-            return None
-        limits = self.orgs.peek(organization_id)
-        if limits is None:
-            return None
-        taken = list(self._built(organization_id, limits, cost))
-        if principal.kind is PrincipalKind.API_KEY and key_rate_limit is not None:
-            taken.append(Limit("api-key", f"k:{principal.subject_id}", key_rate_limit, MINUTE))
-        if not taken:
-            return None
-        pending = begin(taken)
-        if pending is None:
-            return None
-        return Early(principal, cost, pending)
-
-    async def finish(self, early: Early) -> Decision:
-        """The decision of a take sent by `begin` (awaited once; later calls give the same decision)."""
-        if early.decision is None:
-            early.decision = await self._decide(early.principal, early.pending, closed=False, spend=True,
-                                                cost=early.cost)
-        return early.decision
-
-    async def charge(self, principal: Principal, cost: int) -> Decision:
+    async def charge(self, principal: Principal, cost: int) -> AdmissionDecision:
         """A take of `cost` points from the tenant's COST_PER_MINUTE budget alone, after admission: work a
         resolver prices once it knows how much data it reads (`resolvers.budgets.charge_work`, C-130). The
         request limits are not taken again. Admitted at once for a caller without a tenant or an unlimited
         budget; a refusal is counted and audited like any other."""
         organization_id = principal.organization_id
         if organization_id is None or cost <= 0:
-            return Decision(200)
+            return AdmissionDecision(200)
         _, limits = await self.orgs.get(organization_id)
         amount = limits.get(QuotaResource.COST_PER_MINUTE)
         if amount is None:
-            return Decision(200)
+            return AdmissionDecision(200)
         name, suffix, window = _WINDOWS[QuotaResource.COST_PER_MINUTE]
         limit = Limit(name, f"t:{organization_id}:{suffix}", amount, window, cost)
         decision = await self._decide(principal, self.store.take([limit]), closed=False, spend=False, cost=cost)
@@ -302,7 +257,7 @@ class Admission:
         return decision
 
     async def _decide(self, principal: Principal, taking: Awaitable[Outcome], *, closed: bool, spend: bool,
-                      cost: int) -> Decision:
+                      cost: int) -> AdmissionDecision:
         try:
             outcome: Outcome = await taking
         except StoreUnavailable as exc:
@@ -310,16 +265,16 @@ class Admission:
             log.error("admission store unavailable; request %s", "refused" if closed else "admitted",
                       extra={"request_id": principal.request_id, "error": str(exc)})
             self.on_store_error("refused" if closed else "admitted")
-            return Decision(503, retry_after=1) if closed else Decision(200)
+            return AdmissionDecision(503, retry_after=1) if closed else AdmissionDecision(200)
         if spend:
             self.usage.add(self._usage(principal), admitted=outcome.admitted, cost=cost)
         if outcome.admitted:
-            return Decision(200, states=outcome.states, now_ms=outcome.now_ms)
+            return AdmissionDecision(200, states=outcome.states, now_ms=outcome.now_ms)
         refused_by = outcome.refused_by
         if refused_by is not None:
             self.on_refused(refused_by.name)
             await self._audit_refusal(principal, refused_by)
-        return Decision(429, retry_after=retry_seconds(outcome.retry_ms), refused_by=refused_by,
+        return AdmissionDecision(429, retry_after=retry_seconds(outcome.retry_ms), refused_by=refused_by,
                         states=outcome.states, now_ms=outcome.now_ms)
 
     async def _audit_refusal(self, principal: Principal, limit: Limit) -> None:

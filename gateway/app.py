@@ -1,11 +1,18 @@
-"""`create_app(settings)`: builds every service once and wires the edge in front of the schema."""
+"""`create_app(settings)`: builds every service once and wires the edge in front of the schema.
+
+The parts it assembles are public (`gateway_parts`: the services, the schema and the edge middleware, each
+also built on its own by `build_services`, `build_gateway_schema` and `edge_middleware`; then `assemble`),
+so that another build is composed from the same parts rather than switched on in them: the benchmark's
+builds without admission, without audit entries or without field authorization live in `bench/apps/`.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import gc
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
@@ -15,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from gateway.admission import Admission, AdmissionPolicy, OrgLimitCache
+from gateway.admission import AdmissionPolicy, EdgeAdmission, OrgLimitCache
 from gateway.graphql import GraphQLView
 from gateway.logs import configure_logging
 from gateway.mail import DeliveryPolicy, MailDelivery, build_mailer
@@ -28,6 +35,7 @@ from gateway.middleware import (
     RequestTargetMiddleware,
     SecurityHeadersMiddleware,
 )
+from gateway.rate_limit_audit import RateLimitAudit
 from gateway.reports import ReportDownloads
 from gateway.route_limits import RouteLimits
 from gateway.saml import SamlLogin, SamlRoutes
@@ -48,10 +56,14 @@ from identity.sessions import SessionCache, SessionPolicy
 from identity.tokens import AccessTokens, KeyRing
 from identity.totp import TotpService
 from resolvers.deps import Services
-from schema import build_schema
+from schema import ExtensionFactory, PortcullisSchema, build_schema
 from store.db import Database
 
 log = logging.getLogger("portcullis")
+
+# how long embedded mode trusts a verified API key without the database (PORTCULLIS_API_KEY_CACHE_TTL_SECONDS
+# at most): what another process's revocation waits for there, where no bus joins the processes
+EMBEDDED_API_KEY_CACHE_SECONDS = 0.5
 
 GRAPHIQL_CSP = (
     b"default-src 'self'; script-src 'self' 'unsafe-inline' https://unpkg.com; "
@@ -85,12 +97,17 @@ def build_services(settings: Settings) -> Services:
         bus = LocalRevocationBus()
     sessions = SessionCache(ttl_seconds=settings.session_cache_ttl_seconds)
     bus.subscribe(sessions.invalidate)
-    key_cache = ApiKeyCache(ttl_seconds=settings.api_key_cache_ttl_seconds)
+    key_ttl = settings.api_key_cache_ttl_seconds
+    if redis is None:
+        # no bus reaches this process from another in embedded mode: a key revoked by `portcullis api-key
+        # revoke` is refused once its cached entry is read again from the database
+        key_ttl = min(key_ttl, EMBEDDED_API_KEY_CACHE_SECONDS)
+    key_cache = ApiKeyCache(ttl_seconds=key_ttl)
     bus.subscribe(key_cache.invalidate)
     windows: WindowStore = RedisWindows(redis) if redis is not None else LocalWindows()
     org_limits = OrgLimitCache(db, ttl_seconds=settings.limits_cache_ttl_seconds)
     bus.subscribe(org_limits.invalidate)
-    admission = Admission(
+    admission = EdgeAdmission(
         windows, org_limits,
         AdmissionPolicy(
             anonymous_per_minute=settings.anonymous_requests_per_minute,
@@ -98,7 +115,6 @@ def build_services(settings: Settings) -> Services:
             login_per_address_per_minute=settings.login_attempts_per_address_per_minute,
             fail_open=settings.limits_on_redis_error is OnRedisError.OPEN,
         ),
-        shared=redis is not None,
     )
     hasher = PasswordHasherService(
         HashParameters(
@@ -171,51 +187,104 @@ def build_services(settings: Settings) -> Services:
     )
 
 
-def create_app(settings: Settings | None = None, *, enforce_authorization: bool = True,
-               admission: bool = True, record_audit: bool = True,
-               saml_login: SamlLogin | None = None) -> Starlette:
-    """The gateway. `enforce_authorization=False`, `admission=False` and `record_audit=False` exist only
-    for the benchmark (`make bench` measures what each costs against an otherwise identical build).
-    `saml_login` replaces what signs in the user of a validated SAML assertion (see `gateway.saml`)."""
-    settings = settings or Settings()
-    configure_logging(settings.log_level)
-    services = build_services(settings)
-    # the window store keeps Redis connections of its own: closed with the client at shutdown
-    windows = services.admission.store if services.admission is not None else None
-    if services.admission is not None:
-        services.admission.refusals = services.rate_limit_audit
-    if not admission:
-        services.admission = None
-    smtp = settings.smtp
-    mail_delivery = (MailDelivery(services.db, services.mail, smtp, DeliveryPolicy.of(settings))
-                     if smtp is not None and services.mail is not None else None)
-    schema = build_schema(
+class GatewayMetrics:
+    """The gateway's own counters, served at `GET /metrics`."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.auth_failures = Counter(
+            "portcullis_authentication_failures", "Requests refused at the edge for their credential",
+            registry=self.registry,
+        )
+        self.rate_limited = Counter(
+            "portcullis_rate_limited", "Requests refused by admission, by the limit that refused them",
+            ["limit"], registry=self.registry,
+        )
+        self.limiter_errors = Counter(
+            "portcullis_rate_limiter_errors", "Requests admitted or refused without the limiter (Redis failed)",
+            ["outcome"], registry=self.registry,
+        )
+
+    def watch(self, limiter: EdgeAdmission | RouteLimits) -> None:
+        """Counts the limiter's refusals by limit, and what it decided when its store failed."""
+        limiter.on_refused = lambda name: self.rate_limited.labels(name).inc()
+        limiter.on_store_error = lambda outcome: self.limiter_errors.labels(outcome).inc()
+
+
+def build_gateway_schema(
+    settings: Settings, *, extensions: Callable[[list[ExtensionFactory]], list[ExtensionFactory]] | None = None,
+) -> PortcullisSchema:
+    """The schema with the settings' options; `extensions` as for `schema.build_schema`."""
+    return build_schema(
         anonymous_introspection=settings.anonymous_introspection,
         field_suggestions=settings.suggestions_enabled,
         reject_unauthorized=settings.reject_unauthorized,
-        enforce_authorization=enforce_authorization,
-        record_audit=record_audit,
+        extensions=extensions,
     )
-    registry = CollectorRegistry()
-    auth_failures = Counter(
-        "portcullis_authentication_failures", "Requests refused at the edge for their credential",
-        registry=registry,
-    )
-    rate_limited = Counter(
-        "portcullis_rate_limited", "Requests refused by admission, by the limit that refused them",
-        ["limit"], registry=registry,
-    )
-    limiter_errors = Counter(
-        "portcullis_rate_limiter_errors", "Requests admitted or refused without the limiter (Redis failed)",
-        ["outcome"], registry=registry,
-    )
-    if services.admission is not None:
-        services.admission.on_refused = lambda name: rate_limited.labels(name).inc()
-        services.admission.on_store_error = lambda outcome: limiter_errors.labels(outcome).inc()
-    route_limits = RouteLimits.build(services.redis, audit=services.rate_limit_audit,
+
+
+def edge_middleware(settings: Settings, services: Services, metrics: GatewayMetrics,
+                    rate_limit_audit: RateLimitAudit) -> list[Middleware]:
+    """The edge in front of the routes, outermost first (gateway/middleware.py)."""
+    return [
+        Middleware(RequestIdMiddleware),
+        Middleware(SecurityHeadersMiddleware, hsts=settings.is_prod,
+                   html_csp=GRAPHIQL_CSP if settings.graphiql_enabled else None),
+        Middleware(RequestTargetMiddleware),
+        Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
+        Middleware(
+            AuthenticationMiddleware,
+            authenticator=services.authenticator,
+            client_address=ClientAddress(settings.trusted_proxies),
+            on_failure=lambda _reason: metrics.auth_failures.inc(),
+            last_used=services.last_used,
+            audit=services.audit,
+            rate_limit_audit=rate_limit_audit,
+        ),
+        Middleware(AdmissionMiddleware, admission=services.admission),
+    ]
+
+
+@dataclass
+class GatewayParts:
+    """What `assemble` makes an application of: `gateway_parts` builds them, another build replaces some."""
+
+    settings: Settings
+    services: Services
+    rate_limit_audit: RateLimitAudit
+    metrics: GatewayMetrics
+    schema: PortcullisSchema
+    middleware: list[Middleware]
+
+
+def gateway_parts(settings: Settings) -> GatewayParts:
+    """Logging configured, every service built once, the schema and the edge."""
+    configure_logging(settings.log_level)
+    services = build_services(settings)
+    rate_limit_audit = RateLimitAudit(services.audit, redis=services.redis, clock=services.clock)
+    metrics = GatewayMetrics()
+    return GatewayParts(settings, services, rate_limit_audit, metrics, build_gateway_schema(settings),
+                        edge_middleware(settings, services, metrics, rate_limit_audit))
+
+
+def create_app(settings: Settings | None = None, *, saml_login: SamlLogin | None = None) -> Starlette:
+    """The gateway. `saml_login` replaces what signs in the user of a validated SAML assertion (see
+    `gateway.saml`)."""
+    return assemble(gateway_parts(settings or Settings()), saml_login=saml_login)
+
+
+def assemble(parts: GatewayParts, *, saml_login: SamlLogin | None = None) -> Starlette:
+    """The application: the parts' middleware in front of the routes, and the services' lifespan."""
+    settings, services, schema = parts.settings, parts.services, parts.schema
+    rate_limit_audit, metrics = parts.rate_limit_audit, parts.metrics
+    services.admission.refusals = rate_limit_audit
+    metrics.watch(services.admission)
+    smtp = settings.smtp
+    mail_delivery = (MailDelivery(services.db, services.mail, smtp, DeliveryPolicy.of(settings))
+                     if smtp is not None and services.mail is not None else None)
+    route_limits = RouteLimits.build(services.redis, audit=rate_limit_audit,
                                      fail_open=settings.limits_on_redis_error is OnRedisError.OPEN)
-    route_limits.on_refused = lambda name: rate_limited.labels(name).inc()
-    route_limits.on_store_error = lambda outcome: limiter_errors.labels(outcome).inc()
+    metrics.watch(route_limits)
 
     async def healthz(_: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -242,8 +311,8 @@ def create_app(settings: Settings | None = None, *, enforce_authorization: bool 
     async def jwks(_: Request) -> Response:
         return JSONResponse(services.tokens.keys.jwks(), headers={"cache-control": "public, max-age=300"})
 
-    async def metrics(_: Request) -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    async def metrics_page(_: Request) -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
@@ -252,7 +321,7 @@ def create_app(settings: Settings | None = None, *, enforce_authorization: bool 
             services.last_used.start()
         if services.usage is not None:
             services.usage.start()
-        services.rate_limit_audit.start()
+        rate_limit_audit.start()
         if mail_delivery is not None:
             mail_delivery.start()
         else:
@@ -272,10 +341,8 @@ def create_app(settings: Settings | None = None, *, enforce_authorization: bool 
             if services.last_used is not None:
                 await services.last_used.stop()
             with contextlib.suppress(Exception):
-                await services.rate_limit_audit.stop()
+                await rate_limit_audit.stop()
             await services.revocations.stop()
-            if isinstance(windows, RedisWindows):
-                await windows.aclose()
             if services.redis is not None:
                 await services.redis.aclose()
             await services.db.dispose()
@@ -287,32 +354,16 @@ def create_app(settings: Settings | None = None, *, enforce_authorization: bool 
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/.well-known/jwks.json", jwks),
-        Route("/metrics", metrics),
+        Route("/metrics", metrics_page),
         Route("/reports/{name}", ReportDownloads(services).download, methods=["GET"],
               middleware=route_limits("report-downloads", settings.report_downloads_per_minute)),
         *saml_routes.routes(route_limits),
         *sso_routes(settings, services, starters={"saml": saml_routes.begin}, limit=route_limits),
     ]
-    middleware = [
-        Middleware(RequestIdMiddleware),
-        Middleware(SecurityHeadersMiddleware, hsts=settings.is_prod,
-                   html_csp=GRAPHIQL_CSP if settings.graphiql_enabled else None),
-        Middleware(RequestTargetMiddleware),
-        Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
-        Middleware(
-            AuthenticationMiddleware,
-            authenticator=services.authenticator,
-            client_address=ClientAddress(settings.trusted_proxies),
-            on_failure=lambda _reason: auth_failures.inc(),
-            last_used=services.last_used,
-            audit=services.audit,
-            rate_limit_audit=services.rate_limit_audit,
-        ),
-        Middleware(AdmissionMiddleware, admission=services.admission, known_costs=schema.known_costs),
-    ]
-    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+    app = Starlette(routes=routes, middleware=parts.middleware, lifespan=lifespan)
     app.state.settings = settings
     app.state.services = services
+    app.state.rate_limit_audit = rate_limit_audit
     app.state.schema = schema
     app.state.saml_routes = saml_routes
     app.state.mail_delivery = mail_delivery

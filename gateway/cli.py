@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import getpass
 import secrets
 import sys
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from gateway.settings import Environment, InsecureSettingsError, Settings
+
+if TYPE_CHECKING:
+    from resolvers.deps import RequestContext, Services
+    from resolvers.provisioning import Provisioned
 
 DEMO_ORG = "acme"
 DEMO_OWNER = "owner@acme.test"
@@ -141,66 +147,66 @@ def cmd_schema(_: argparse.Namespace) -> int:
     return 0
 
 
-@dataclass(frozen=True)
-class _Provisioned:
-    org_created: bool
-    user_created: bool
-    invitation_url: str | None = None
+def _operator() -> str:
+    """Who runs the command: the actor of its audit entries."""
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return "operator"
+
+
+@contextlib.asynccontextmanager
+async def _services(settings: Settings) -> AsyncIterator[Services]:
+    """The gateway's own services, for one command: the same database, mailer and revocation bus (Redis in
+    shared mode, so that running gateways hear at once what the command changed)."""
+    from gateway.app import build_services
+
+    services = build_services(settings)
+    try:
+        yield services
+    finally:
+        if services.redis is not None:
+            await services.redis.aclose()
+        await services.db.dispose()
+
+
+def _as_operator(services: Services, organization_id: str | None = None) -> RequestContext:
+    """A command acts through the service functions as the platform operator (resolvers/deps.py)."""
+    from resolvers.deps import RequestContext
+
+    return RequestContext.for_operator(services, _operator(), organization_id=organization_id)
+
+
+async def _tenant(services: Services, slug: str) -> RequestContext | None:
+    """The operator's context in the organization `slug` names; None (and a message) when there is none."""
+    from authz.errors import NotFound
+    from resolvers.organizations import find_organization
+
+    lookup = _as_operator(services)
+    try:
+        async with lookup.unit_of_work(writes=False):
+            org = await find_organization(lookup, slug)
+    except NotFound as exc:
+        print(f"portcullis: {exc.message}", file=sys.stderr)
+        return None
+    return _as_operator(services, org.id)
 
 
 async def _provision(settings: Settings, *, slug: str, name: str, plan: str, email: str,
-                     password: str | None) -> _Provisioned:
-    """The tenant and its owner, or the owner's invitation (an address that has an account), with their
-    audit entries (actor: the operator's command line) and, for an invitation, its email."""
+                     password: str | None) -> Provisioned | None:
+    """The tenant and its owner, or the owner's invitation (an address that has an account) and its email,
+    audited with the operator as actor; None when the slug is taken."""
     from authz.errors import Conflict
-    from gateway.mail import build_mailer
-    from identity.passwords import HashParameters, PasswordHasherService
-    from resolvers.invitations import ACCEPT_PATH
-    from resolvers.mail import queue_mail
-    from resolvers.provisioning import create_tenant
-    from store import audit
-    from store.audit import ActorType, AuditAction, AuditEvent
-    from store.db import Database
-    from store.models import new_ordered_id
+    from resolvers.organizations import bootstrap_organization
 
-    hasher = PasswordHasherService(HashParameters(
-        settings.password_hash_memory_kib, settings.password_hash_time_cost, settings.password_hash_parallelism,
-    ))
-    mailer = build_mailer(settings)
-    password_hash = await hasher.hash(password) if password else None
-    db = Database(settings.database_url)
-    try:
-        async with db.transaction() as session:
-            try:
-                result = await create_tenant(session, slug=slug, name=name, plan=plan, owner_email=email,
-                                             password_hash=password_hash)
-            except Conflict:
-                return _Provisioned(False, False)
-            org = result.organization
-            request_id = new_ordered_id()
-
-            def event(action: str, resource_type: str, resource_id: str, **details: object) -> AuditEvent:
-                return AuditEvent(action=action, organization_id=org.id, actor_type=ActorType.SYSTEM,
-                                  actor_id="cli", resource_type=resource_type, resource_id=resource_id,
-                                  request_id=request_id, details=dict(details))
-
-            events = [event(AuditAction.ORG_CREATED, "organization", org.id, slug=org.slug, plan=org.plan)]
-            url = None
-            if result.invitation is not None and result.invitation_token is not None:
-                url = mailer.link(ACCEPT_PATH, result.invitation_token)
-                await queue_mail(session, mailer, to=result.invitation.email, template="invitation",
-                                 organization_id=org.id, variables={
-                                     "organization_name": org.name, "inviter": None, "role": result.invitation.role,
-                                     "accept_url": url, "expires_at": result.invitation.expires_at})
-                events.append(event(AuditAction.MEMBER_INVITED, "invitation", result.invitation.id,
-                                    email=result.invitation.email, role=result.invitation.role))
-            elif result.owner is not None:
-                events.append(event(AuditAction.USER_CREATED, "user", result.owner.id))
-                events.append(event(AuditAction.MEMBER_ADDED, "user", result.owner.id, role="owner"))
-            await audit.append(session, events, entries=False)
-        return _Provisioned(True, result.user_created, url)
-    finally:
-        await db.dispose()
+    async with _services(settings) as services:
+        ctx = _as_operator(services)
+        try:
+            async with ctx.unit_of_work():
+                return await bootstrap_organization(ctx, slug=slug, name=name, plan=plan, owner_email=email,
+                                                    password=password)
+        except Conflict:
+            return None
 
 
 def cmd_bootstrap(args: argparse.Namespace) -> int:
@@ -216,7 +222,7 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
     except GatewayError as exc:
         print(f"portcullis: {exc.message}", file=sys.stderr)
         return 2
-    if not done.org_created:
+    if done is None:
         print(f"portcullis: an organization with the slug {args.org!r} already exists", file=sys.stderr)
         return 1
     print(f"organization {args.org} created (plan {args.plan.lower()})")
@@ -233,26 +239,15 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
 
 async def _domains(settings: Settings, command: str, domain: str | None, slug: str | None) -> list[str]:
     from resolvers.domains import all_claims, assign_domain
-    from store import audit
-    from store.audit import ActorType, AuditAction, AuditEvent
-    from store.db import Database
-    from store.models import new_ordered_id
 
-    db = Database(settings.database_url)
-    try:
-        async with db.transaction() as session:
+    async with _services(settings) as services:
+        ctx = _as_operator(services)
+        async with ctx.unit_of_work(writes=command != "list"):
             if command == "list":
-                return [f"{d}\t{s}" for d, s in await all_claims(session)]
+                return [f"{d}\t{s}" for d, s in await all_claims(ctx)]
             assert domain is not None
-            name, owner = await assign_domain(session, domain, slug if command == "assign" else None)
-            await audit.append(session, [AuditEvent(
-                action=AuditAction.DOMAIN_CLAIMED if owner else AuditAction.DOMAIN_RELEASED, organization_id=None,
-                actor_type=ActorType.SYSTEM, actor_id="cli", resource_type="email_domain", resource_id=name,
-                request_id=new_ordered_id(), details={"organization": owner},
-            )], entries=False)
+            name, owner = await assign_domain(ctx, domain, slug if command == "assign" else None)
             return [f"{name} is claimed by {owner}" if owner else f"{name} is claimed by no organization"]
-    finally:
-        await db.dispose()
 
 
 def cmd_domains(args: argparse.Namespace) -> int:
@@ -279,7 +274,7 @@ def cmd_seed_demo(_: argparse.Namespace) -> int:
         settings, slug=DEMO_ORG, name="Acme Corporation", plan="professional", email=DEMO_OWNER,
         password=DEMO_PASSWORD,
     ))
-    if done.org_created:
+    if done is not None:
         print(f"demo tenant {DEMO_ORG} created: sign in as {DEMO_OWNER} / {DEMO_PASSWORD}")
     else:
         print(f"demo tenant {DEMO_ORG} already exists")
@@ -309,120 +304,60 @@ def cmd_authz_report(args: argparse.Namespace) -> int:
 
 
 async def _api_key_command(settings: Settings, args: argparse.Namespace) -> int:
-    from datetime import UTC, datetime
+    from datetime import datetime
 
-    from sqlalchemy import select
-    from sqlmodel import col
-
-    from authz import BuiltinRole
-    from authz.errors import BadUserInput, GatewayError
-    from authz.plans import QuotaResource
+    from authz.errors import GatewayError, NotFound
     from resolvers import api_keys
-    from resolvers.quotas import check_quota
-    from store.db import Database
-    from store.models import ApiKey, Membership, Organization
-    from store.scoping import tenant_select
 
-    db = Database(settings.database_url)
-    pepper = settings.api_key_pepper.get_secret_value().encode()
-    try:
-        async with db.transaction() as session:
-            org = (await session.execute(
-                select(Organization).where(col(Organization.slug) == args.org)
-            )).scalar_one_or_none()
-            if org is None:
-                print(f"portcullis: no organization {args.org!r}", file=sys.stderr)
-                return 1
+    async with _services(settings) as services:
+        ctx = await _tenant(services, args.org)
+        if ctx is None:
+            return 1
+        org_id = ctx.principal.organization_id
+        assert org_id is not None
+        try:
             if args.api_key_command == "list":
-                rows = (await session.execute(
-                    tenant_select(ApiKey, org.id).order_by(col(ApiKey.created_at))
-                )).scalars().all()
-                for k in rows:
+                async with ctx.unit_of_work(writes=False):
+                    keys = await api_keys.list_api_keys(ctx, org_id)
+                for k in keys:
                     state = "revoked" if k.revoked_at else "active"
                     print(f"{k.id}  ptc_{k.env}_{k.prefix}  {state}  {k.name}  {','.join(k.scopes)}")
                 return 0
             if args.api_key_command == "revoke":
-                key = (await session.execute(
-                    tenant_select(ApiKey, org.id).where(col(ApiKey.id) == args.id)
-                )).scalar_one_or_none()
-                if key is None:
-                    print("portcullis: API key not found", file=sys.stderr)
-                    return 1
-                key.revoked_at = key.revoked_at or datetime.now(UTC).replace(tzinfo=None)
-                key.previous_secret_hash = None
-                session.add(key)
-                await session.commit()
-                await _announce(settings, key.id)
+                # announced to every running gateway once committed (over Redis in shared mode)
+                async with ctx.unit_of_work():
+                    key = await api_keys.revoke_api_key(ctx, args.id)
                 print(f"revoked {key.id}")
                 return 0
-            # create: the key acts for the organization's first owner
-            owner = (await session.execute(
-                tenant_select(Membership, org.id).where(col(Membership.role) == BuiltinRole.OWNER.value)
-                .order_by(col(Membership.created_at))
-            )).scalars().first()
-            if owner is None:
-                print("portcullis: the organization has no owner", file=sys.stderr)
-                return 1
             try:
-                scopes = api_keys._scopes(args.scope)
-                allowed = api_keys._cidrs(args.allowed_ip)
-                now = datetime.now(UTC).replace(tzinfo=None)
-                expires = api_keys._naive(datetime.fromisoformat(args.expires_at)) if args.expires_at else None
-                if expires is not None and expires <= now:
-                    raise BadUserInput("expiresAt must be in the future")
-                await check_quota(session, org.id, QuotaResource.API_KEYS)
-            except GatewayError as exc:
-                print(f"portcullis: {exc.message}", file=sys.stderr)
+                expires = datetime.fromisoformat(args.expires_at) if args.expires_at else None
+            except ValueError:
+                print(f"portcullis: --expires-at is not an ISO 8601 time: {args.expires_at!r}", file=sys.stderr)
                 return 2
-            except ValueError as exc:
-                print(f"portcullis: {exc}", file=sys.stderr)
-                return 2
-            issued = api_keys.issue_key(
-                pepper, settings.env.value, organization_id=org.id, created_by=owner.user_id,
-                name=api_keys._name(args.name), scopes=scopes, allowed_ips=allowed, rate_limit_per_minute=None,
-                expires_at=expires, now=now,
-            )
-            session.add(issued.key)
-        print(f"API key {issued.key.id} created; its secret (shown once, store it now):")
-        print(issued.secret)
-        return 0
-    finally:
-        await db.dispose()
-
-
-async def _announce(settings: Settings, key_id: str) -> None:
-    """Shared mode: every running gateway drops the key now rather than after its cache TTL."""
-    from identity.api_keys import apikey_key
-
-    await _publish(settings, apikey_key(key_id))
-
-
-async def _publish(settings: Settings, key: str) -> None:
-    """Shared mode: tell every running gateway, over Redis, which cached entries are stale."""
-    if not settings.redis_url:
-        return
-    from redis.asyncio import Redis
-
-    from identity.revocation import CHANNEL
-
-    redis = Redis.from_url(settings.redis_url)
-    try:
-        await redis.publish(CHANNEL, key)
-    finally:
-        await redis.aclose()
+            new = api_keys.NewApiKey(name=args.name, scopes=list(args.scope), expires_at=expires,
+                                     allowed_ips=list(args.allowed_ip))
+            async with ctx.unit_of_work():
+                issued = await api_keys.create_api_key(ctx, new)
+        except NotFound as exc:
+            print(f"portcullis: {exc.message}", file=sys.stderr)
+            return 1
+        except GatewayError as exc:
+            print(f"portcullis: {exc.message}", file=sys.stderr)
+            return 2
+    print(f"API key {issued.key.id} created; its secret (shown once, store it now):")
+    print(issued.secret)
+    return 0
 
 
 def cmd_api_key(args: argparse.Namespace) -> int:
     return asyncio.run(_api_key_command(_settings(), args))
 
 
-MAX_LIMIT = 2**31 - 1  # a GraphQL Int
-
-
 def parse_limit_settings(values: list[str]) -> dict[str, int | None]:
     """`RESOURCE=N|unlimited` settings as stored overrides (resource name -> int, None for unlimited).
     ValueError names the first bad one."""
     from authz.plans import QuotaResource
+    from resolvers.quotas import MAX_LIMIT
 
     out: dict[str, int | None] = {}
     for value in values:
@@ -451,48 +386,31 @@ def _limit_text(limit: int | None) -> str:
 
 
 async def _org_limits_command(settings: Settings, args: argparse.Namespace, changes: dict[str, int | None]) -> int:
-    from sqlalchemy import select
-    from sqlmodel import col
+    from authz.errors import GatewayError
+    from authz.plans import PLAN_LIMITS, QuotaResource
+    from resolvers.quotas import COUNTED, get_limits, override_limits
 
-    from authz.plans import PLAN_LIMITS, QuotaResource, effective_limits, parse_overrides
-    from identity.sessions import org_key
-    from resolvers.quotas import COUNTED, count_used, lock_organization
-    from store.db import Database
-    from store.models import Organization
-
-    db = Database(settings.database_url)
-    try:
-        async with db.transaction() as session:
-            found = (await session.execute(
-                select(col(Organization.id)).where(col(Organization.slug) == args.slug)
-            )).scalar_one_or_none()
-            if found is None:
-                print(f"portcullis: no organization {args.slug!r}", file=sys.stderr)
-                return 1
-            changing = args.reset or bool(changes)
-            if changing:
-                org = await lock_organization(session, found)
-                overrides = {} if args.reset else dict(org.limit_overrides or {})
-                overrides.update(changes)
-                org.limit_overrides = overrides
-                session.add(org)
-                await session.flush()
-            else:
-                org = (await session.execute(select(Organization).where(col(Organization.id) == found))).scalar_one()
-            used = await count_used(session, org.id)
-        if changing:
-            await _publish(settings, org_key(org.id))
-    finally:
-        await db.dispose()
+    async with _services(settings) as services:
+        ctx = await _tenant(services, args.slug)
+        if ctx is None:
+            return 1
+        changing = args.reset or bool(changes)
+        try:
+            # a change is announced to every running gateway once committed (over Redis in shared mode)
+            async with ctx.unit_of_work(writes=changing):
+                view = await (override_limits(ctx, changes, reset=args.reset) if changing else get_limits(ctx))
+        except GatewayError as exc:
+            print(f"portcullis: {exc.message}; nothing changed", file=sys.stderr)
+            return 2
+    org = view.organization
     plan = PLAN_LIMITS.get(org.plan, {})
-    own = parse_overrides(org.limit_overrides)
-    limits = effective_limits(org.plan, org.limit_overrides)
     print(f"organization {org.slug} (plan {org.plan})")
     print(f"{'resource':<22}{'plan':>12}{'override':>12}{'limit':>12}{'used':>10}")
     for r in QuotaResource:
-        override = _limit_text(own[r]) if r in own else "-"
-        count = str(used[r]) if r in COUNTED else "-"
-        print(f"{r.value:<22}{_limit_text(plan.get(r)):>12}{override:>12}{_limit_text(limits[r]):>12}{count:>10}")
+        override = _limit_text(view.overrides[r]) if r in view.overrides else "-"
+        count = str(view.used[r]) if r in COUNTED else "-"
+        print(f"{r.value:<22}{_limit_text(plan.get(r)):>12}{override:>12}{_limit_text(view.limits[r]):>12}"
+              f"{count:>10}")
     return 0
 
 
@@ -595,9 +513,10 @@ def parser() -> argparse.ArgumentParser:
     c = aksub.add_parser("create", help="create a key acting for the organization's owner; prints the secret once")
     c.add_argument("--org", required=True)
     c.add_argument("--name", required=True)
-    c.add_argument("--scope", nargs="+", required=True)
-    c.add_argument("--expires-at")
-    c.add_argument("--allowed-ip", nargs="*", default=[])
+    c.add_argument("--scope", nargs="+", action="extend", required=True, metavar="SCOPE",
+                   help="a permission the key carries; repeat the option or list several")
+    c.add_argument("--expires-at", metavar="ISO8601")
+    c.add_argument("--allowed-ip", nargs="+", action="extend", default=[], metavar="CIDR")
     lst = aksub.add_parser("list", help="list an organization's keys (never their secrets)")
     lst.add_argument("--org", required=True)
     r = aksub.add_parser("revoke", help="revoke a key")

@@ -20,7 +20,6 @@ from authz.errors import ErrorCode
 from gateway.middleware import BodyTooLarge, graphql_error, send_json
 from resolvers.deps import RequestContext, Services
 from schema.extensions import MASKED_MESSAGE, shape_error
-from schema.limits.admission import pick_up_early
 
 log = logging.getLogger("portcullis.graphql")
 
@@ -52,7 +51,6 @@ class GraphQLView(GraphQL):
                 return
             finally:
                 await self._release(scope)
-                await self._finish_early(scope)
             await response(scope, receive, tracking_send)
         except BodyTooLarge:
             raise  # the body limit answers this one
@@ -65,14 +63,6 @@ class GraphQLView(GraphQL):
             log.error("unexpected error in the GraphQL view", exc_info=exc, extra={"request_id": rid})
             await send_json(send, 500, graphql_error(MASKED_MESSAGE, ErrorCode.INTERNAL.value, requestId=rid))
 
-    async def _finish_early(self, scope: Scope) -> None:
-        """A take the edge sent for a request the view refused before the operation started (a body it
-        could not read as an operation): the request still counts, as one refused before validation."""
-        sent = scope.get("state", {}).pop("early_admission", None)
-        if sent is not None and sent[1] is not None and self.services.admission is not None:
-            with contextlib.suppress(Exception):
-                await self.services.admission.finish(sent[1])
-
     @staticmethod
     async def _release(scope: Scope) -> None:
         """The request's database session never outlives the request. The unit of work closes it;
@@ -84,21 +74,6 @@ class GraphQLView(GraphQL):
                         extra={"request_id": scope.get("state", {}).get("request_id")})
             with contextlib.suppress(Exception):
                 await ctx.finish(commit=False)
-
-    async def execute_single(self, request: Any, request_adapter: Any, sub_response: Any, context: Any,
-                             root_value: Any, request_data: Any) -> Any:
-        pick_up_early(request, context)  # the take the edge sent for this operation, if it did
-        try:
-            return await super().execute_single(request, request_adapter, sub_response, context, root_value,
-                                                request_data)
-        finally:
-            early = getattr(context, "early_admission", None)
-            if early is not None and self.services.admission is not None:
-                # the operation ended before its admission step read the decision: the request still
-                # counts (the take is done), as one refused before validation does
-                context.early_admission = None
-                with contextlib.suppress(Exception):
-                    await self.services.admission.finish(early)
 
     async def get_context(self, request: Any, response: Any) -> RequestContext:  # type: ignore[override]
         state = request.scope.get("state", {})

@@ -15,12 +15,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from authz import Principal, anonymous
 from authz.errors import ErrorCode
+from gateway.admission import EdgeAdmission
+from gateway.rate_limit_audit import RateLimitAudit
 from identity.api_keys import ApiKeyInfo, ApiKeyRejected, LastUsedRecorder
 from identity.authentication import AuthenticationError, Authenticator
 from identity.browser_sessions import CSRF_HEADER, SESSION_COOKIE
 from schema.extensions import MASKED_MESSAGE
-from schema.limits.admission import operation_key
-from store.audit import ActorType, AuditAction, AuditEvent, AuditResult, AuditTrail, RateLimitAudit
+from store.audit import ActorType, AuditAction, AuditEvent, AuditResult, AuditTrail
 from store.models import new_ordered_id
 from store.text import storable
 
@@ -87,11 +88,6 @@ _SECURITY_HEADERS = [
 ]
 _STRICT_CSP = (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'")
 _HSTS = (b"strict-transport-security", b"max-age=31536000; includeSubDomains")
-
-
-def _json_content(scope: Scope) -> bool:
-    content_type = _header(scope, b"content-type")
-    return len(content_type) == 1 and content_type[0].split(b";")[0].strip().lower() == b"application/json"
 
 
 class SecurityHeadersMiddleware:
@@ -438,27 +434,15 @@ class AuthenticationMiddleware:
 
 class AdmissionMiddleware:
     """Admits every tenant route other than `/graphql` at no cost (GraphQL is admitted in the schema,
-    once its cost is known; see gateway/admission.py). Public routes pass through unlimited.
+    once its cost is known; see gateway/admission.py). Public routes pass through unlimited."""
 
-    For `/graphql`, a tenant caller's POST of an operation whose cost is known in advance (`known_costs`,
-    see schema/limits/admission.py) has its take sent here, as soon as the body is read, so that Redis
-    answers while the request goes through routing, the view and the operation's checks; the admission
-    step reads the decision (`state["early_admission"]`)."""
-
-    def __init__(self, app: ASGIApp, *, admission: Any, graphql_path: str = "/graphql",
-                 known_costs: Any = None) -> None:
+    def __init__(self, app: ASGIApp, *, admission: EdgeAdmission, graphql_path: str = "/graphql") -> None:
         self.app = app
         self.admission = admission
         self.graphql_path = graphql_path
-        self.known_costs = known_costs
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == self.graphql_path:
-            if self.admission is not None and self.known_costs is not None and scope["method"] == "POST":
-                receive = await self._begin_early(scope, receive)
-            await self.app(scope, receive, send)
-            return
-        if (scope["type"] != "http" or self.admission is None
+        if (scope["type"] != "http" or scope["path"] == self.graphql_path
                 or scope["path"] in AuthenticationMiddleware.PUBLIC_PATHS
                 or scope["path"].startswith("/.well-known/")):
             await self.app(scope, receive, send)
@@ -476,50 +460,3 @@ class AdmissionMiddleware:
             await send_json(send, decision.status, body, headers=decision.headers())
             return
         await self.app(scope, receive, send)
-
-    async def _begin_early(self, scope: Scope, receive: Receive) -> Receive:
-        """Reads the body (the view reads it again from what this returns) and, for an operation of a known
-        cost, sends the caller's take now."""
-        state = _state(scope)
-        principal = state.get("principal")
-        if (principal is None or principal.organization_id is None or not _json_content(scope)
-                or _header(scope, b"x-portcullis-explain")):
-            return receive
-        chunks: list[bytes] = []
-        queued: list[Message] = []
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":  # the client went away: the view sees that for itself
-                queued.append(message)
-                break
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
-                break
-        body = b"".join(chunks)
-        if not queued:
-            queued.append({"type": "http.request", "body": body, "more_body": False})
-
-        async def replay() -> Message:
-            return queued.pop(0) if queued else await receive()
-
-        if queued[0]["type"] != "http.request":
-            return replay
-        try:
-            data = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            return replay  # the view answers it
-        # only a body the view will run as one operation (what it refuses before the operation starts, it
-        # refuses uncounted, and a batch is refused anyway)
-        if (not isinstance(data, dict) or not isinstance(data.get("query"), str)
-                or not isinstance(data.get("variables"), dict | None)
-                or not isinstance(data.get("extensions"), dict | None)):
-            return replay
-        name = data.get("operationName")
-        key = operation_key(data["query"], name if isinstance(name, str) else None, "POST", principal)
-        cost = self.known_costs.get(key)
-        early = None if cost is None else self.admission.begin(
-            principal, key_rate_limit=state.get("api_key_rate_limit"), cost=cost)
-        # the key goes along either way: the admission step remembers the cost under it
-        state["early_admission"] = (key, early)
-        return replay
-

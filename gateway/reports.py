@@ -25,7 +25,7 @@ from authz import Permission, Principal, anonymous
 from authz.errors import NotFound
 from gateway.middleware import graphql_error
 from resolvers.deps import RequestContext, Services
-from resolvers.reports import audit_refused_download, csv_download, find_report, json_download
+from resolvers.reports import audit_refused_download, csv_download, get_report, json_download
 from store.models import Report
 
 log = logging.getLogger("portcullis.reports")
@@ -69,14 +69,17 @@ class ReportDownloads:
         principal: Principal = state.get("principal") or anonymous(state.get("client_ip"), state.get("request_id"))
         if not principal.is_authenticated:
             return _error(401, "Invalid or missing credentials.", "UNAUTHENTICATED")
+        ua = request.headers.get("user-agent")
+        ctx = RequestContext.for_route(self.services, principal, user_agent=ua[:256] if ua else None)
         if Permission.REPORTS_READ not in principal.effective_permissions:
-            await self._audit(request, principal, report_id, forbidden=True)
+            await self._audit(ctx, report_id, forbidden=True)
             return _error(403, "You are not allowed to read reports.", "FORBIDDEN",
                           requiredScopes=[[Permission.REPORTS_READ.value]])
         try:
-            report = await find_report(self.services.db, principal, report_id)
+            async with ctx.unit_of_work(writes=False):
+                report = await get_report(ctx, report_id)
         except NotFound as exc:
-            await self._audit(request, principal, report_id, forbidden=False)
+            await self._audit(ctx, report_id, forbidden=False)
             return _error(404, exc.message, "NOT_FOUND")
         if fmt == "html":
             return Response(render_page(report), media_type=FORMATS[fmt],
@@ -86,18 +89,15 @@ class ReportDownloads:
         headers = {"content-disposition": f'attachment; filename="{filename}"'}
         if digest:
             headers["repr-digest"] = _repr_digest(digest)
-        return StreamingResponse(stream(self.services.db, report), media_type=FORMATS[fmt], headers=headers)
+        return StreamingResponse(stream(ctx, report), media_type=FORMATS[fmt], headers=headers)
 
-
-    async def _audit(self, request: Request, principal: Principal, report_id: str, *, forbidden: bool) -> None:
-        ua = request.headers.get("user-agent")
-        ctx = RequestContext(self.services, principal, user_agent=ua[:256] if ua else None)
+    async def _audit(self, ctx: RequestContext, report_id: str, *, forbidden: bool) -> None:
         try:
             await audit_refused_download(ctx, report_id, forbidden=forbidden)
         except Exception:
             # the refusal stands either way; a lost entry is logged, never turned into a 500
             log.exception("audit entry for a refused download not written",
-                          extra={"request_id": principal.request_id})
+                          extra={"request_id": ctx.principal.request_id})
 
 
 # -- the page -------------------------------------------------------------------------------------

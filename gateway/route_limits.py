@@ -40,7 +40,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from authz import PrincipalKind
 from gateway.middleware import graphql_error, send_json
-from store.audit import ActorType, AuditAction, AuditEvent, RateLimitAudit
+from gateway.rate_limit_audit import RateLimitAudit
+from store.audit import ActorType, AuditAction, AuditEvent
 
 log = logging.getLogger("portcullis.admission")
 

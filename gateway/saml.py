@@ -15,13 +15,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 from urllib.parse import parse_qs
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from authz import anonymous
 from gateway.middleware import graphql_error
 from gateway.route_limits import RouteLimit, unlimited
 from gateway.settings import Settings
@@ -45,7 +45,7 @@ from identity.saml import (
 )
 from identity.sso import ExternalIdentity
 from resolvers import saml as service
-from resolvers.deps import Services
+from resolvers.deps import RequestContext, Services
 from resolvers.sso import SsoLoginError, complete_sso_login, record_sso_event
 from store.audit import AuditAction
 from store.models import Organization, SsoConnection
@@ -110,18 +110,21 @@ class SamlRoutes:
     def _sp(self, slug: str) -> ServiceProvider:
         return ServiceProvider.for_tenant(self.settings.public_url, slug)
 
-    async def _connection(self, slug: str, *, enabled_only: bool) -> tuple[Any, SsoConnection | None]:
-        async with self.services.db.session() as db:
-            org = await service.organization_by_slug(db, slug)
-            if org is None:
-                return None, None
-            if enabled_only:
-                return org, await service.enabled_connection(db, org.id)
-            return org, await service.saml_connection(db, org.id)
+    def _context(self, request: Request) -> RequestContext:
+        """The browser's request, before any session: its address, user agent and request id."""
+        state = request.scope.get("state", {})
+        agent = request.headers.get("user-agent")
+        return RequestContext.for_route(self.services, anonymous(state.get("client_ip"), state.get("request_id")),
+                                        user_agent=agent[:256] if agent else None)
+
+    async def _connection(self, request: Request, slug: str) -> tuple[Organization | None, SsoConnection | None]:
+        ctx = self._context(request)
+        async with ctx.unit_of_work(writes=False):
+            return await service.find_connection(ctx, slug)
 
     async def metadata(self, request: Request) -> Response:
         slug = request.path_params["org"]
-        org, connection = await self._connection(slug, enabled_only=False)
+        org, connection = await self._connection(request, slug)
         if org is None or connection is None:
             return _not_available()
         return Response(sp_metadata(self._sp(org.slug)), media_type="application/samlmetadata+xml",
@@ -159,7 +162,7 @@ class SamlRoutes:
             await self._fail(request, "saml_no_response", None)
             return failure_page()
         slug = request.path_params["org"]
-        org, connection = await self._connection(slug, enabled_only=False)
+        org, connection = await self._connection(request, slug)
         if org is None or connection is None or not connection.enabled:
             await self._fail(request, "sso_not_configured", None, org.id if org else None)
             return failure_page()
@@ -178,8 +181,9 @@ class SamlRoutes:
             await self._fail(request, "sso_email_domain", None, org.id, connection.id)
             return failure_page(403)
         if not connection.jit_provisioning and pending.link_user_id is None:
-            async with self.services.db.session() as db:
-                known = await service.known_to_tenant(db, connection, identity)
+            ctx = self._context(request)
+            async with ctx.unit_of_work(writes=False):
+                known = await service.known_to_tenant(ctx, connection, identity)
             if not known:
                 await self._fail(request, "sso_unknown_user", None, org.id, connection.id)
                 return failure_page(403)
@@ -191,18 +195,12 @@ class SamlRoutes:
     async def sign_in(self, request: Request, connection: SsoConnection, identity: ExternalIdentity,
                       return_to: str, link_user_id: str | None = None) -> Response:
         """The default `SamlLogin`: provisioning and the browser session, as for every SSO protocol."""
-        state = request.scope.get("state", {})
-        agent = request.headers.get("user-agent")
         browser = self.services.browser
         if browser is None:
             await self._fail(request, "sso_login_unavailable", None, connection.organization_id, connection.id)
             return failure_page(503)
         try:
-            login = await complete_sso_login(
-                self.services, connection, identity, client_ip=state.get("client_ip"),
-                user_agent=agent[:256] if agent else None, request_id=state.get("request_id"),
-                link_user_id=link_user_id,
-            )
+            login = await complete_sso_login(self._context(request), connection, identity, link_user_id=link_user_id)
         except SsoLoginError as exc:
             await self._fail(request, exc.reason, None, connection.organization_id, connection.id)
             return failure_page(403)
@@ -231,12 +229,10 @@ class SamlRoutes:
     async def _fail(self, request: Request, reason: str, detail: str | None, organization_id: str | None = None,
                     connection_id: str | None = None) -> None:
         state = request.scope.get("state", {})
-        agent = request.headers.get("user-agent")
         log.info("authn_sso_fail", extra={"reason": reason, "code": detail, "protocol": "saml",
                                           "request_id": state.get("request_id"),
                                           "client_ip": state.get("client_ip")})
         await record_sso_event(
-            self.services.audit, AuditAction.AUTHN_SSO_FAIL, reason=reason, protocol="saml",
-            organization_id=organization_id, connection_id=connection_id, client_ip=state.get("client_ip"),
-            user_agent=agent[:256] if agent else None, request_id=state.get("request_id"),
+            self._context(request), AuditAction.AUTHN_SSO_FAIL, reason=reason, protocol="saml",
+            organization_id=organization_id, connection_id=connection_id,
         )

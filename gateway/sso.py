@@ -20,19 +20,19 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from authz import PrincipalKind
+from authz import PrincipalKind, anonymous
 from gateway.middleware import graphql_error
 from gateway.route_limits import RouteLimit, unlimited
 from gateway.settings import Settings
 from identity.browser_sessions import BrowserSessions
 from identity.oidc import OidcError
-from resolvers.deps import Services
+from resolvers.auth import logout as end_session
+from resolvers.deps import RequestContext, Services
 from resolvers.sso import (
     SsoLogin,
     SsoLoginError,
     complete_sso_login,
     connection_for_organization,
-    end_browser_session,
     get_connection_by_id,
     oidc_config,
     record_sso_event,
@@ -105,24 +105,26 @@ def sso_routes(settings: Settings, services: Services,
         same_site="lax", https_only=settings.session_cookie_secure,
     )]
 
-    def context(request: Request) -> dict[str, str | None]:
+    def context(request: Request) -> RequestContext:
+        """The browser's request, before any session: its address, user agent and request id."""
         state = request.scope.get("state", {})
         ua = request.headers.get("user-agent")
-        return {"client_ip": state.get("client_ip") or (request.client.host if request.client else None),
-                "user_agent": ua[:256] if ua else None, "request_id": state.get("request_id")}
+        principal = anonymous(state.get("client_ip") or (request.client.host if request.client else None),
+                              state.get("request_id"))
+        return RequestContext.for_route(services, principal, user_agent=ua[:256] if ua else None)
 
     async def failed(request: Request, reason: str, *, protocol: str = "oidc", organization_id: str | None = None,
                      connection_id: str | None = None, status: int = 400) -> Response:
-        await record_sso_event(services.audit, AuditAction.AUTHN_SSO_FAIL, reason=reason, protocol=protocol,
-                               organization_id=organization_id, connection_id=connection_id, **context(request))
+        await record_sso_event(context(request), AuditAction.AUTHN_SSO_FAIL, reason=reason, protocol=protocol,
+                               organization_id=organization_id, connection_id=connection_id)
         return sso_failure_page(request, status)
 
     async def start_oidc(request: Request, org: Organization, connection: SsoConnection, return_to: str,
                          link_user_id: str | None) -> Response:
         assert services.oidc is not None
         try:
-            url = await services.oidc.begin(request, oidc_config(services, connection), redirect_uri=redirect_uri,
-                                            return_to=return_to, link_user_id=link_user_id)
+            url = await services.oidc.begin(request, oidc_config(context(request), connection),
+                                            redirect_uri=redirect_uri, return_to=return_to, link_user_id=link_user_id)
         except OidcError as exc:
             return await failed(request, exc.reason, organization_id=org.id, connection_id=connection.id, status=502)
         return RedirectResponse(url, status_code=302)
@@ -131,7 +133,9 @@ def sso_routes(settings: Settings, services: Services,
 
     async def start(request: Request) -> Response:
         slug = request.path_params["org_slug"]
-        found = await connection_for_organization(services, slug)
+        ctx = context(request)
+        async with ctx.unit_of_work(writes=False):
+            found = await connection_for_organization(ctx, slug)
         if found is None:
             return await failed(request, "sso_not_configured", status=404)
         org, connection = found
@@ -142,7 +146,8 @@ def sso_routes(settings: Settings, services: Services,
         link_user_id = None
         if "link" in request.query_params:
             # a link asked for by a signed-in account (`startSsoLink`), single use, for this organization
-            link_user_id = await take_link_intent(services, request.query_params.get("link"), org.id)
+            async with ctx.unit_of_work():
+                link_user_id = await take_link_intent(ctx, request.query_params.get("link"), org.id)
             if link_user_id is None:
                 return await failed(request, "sso_link_invalid", protocol=connection.kind, organization_id=org.id,
                                     connection_id=connection.id)
@@ -154,17 +159,18 @@ def sso_routes(settings: Settings, services: Services,
         if rp is None or services.browser is None:
             return await failed(request, "sso_unconfigured", status=404)
         org_id = connection_id = None
+        ctx = context(request)
         try:
             pending = await rp.take_pending(request.query_params.get("state"))
-            connection = await get_connection_by_id(services, pending.connection_id)
+            async with ctx.unit_of_work(writes=False):
+                connection = await get_connection_by_id(ctx, pending.connection_id)
             if connection is None:
                 raise SsoLoginError("sso_connection_missing")
             org_id, connection_id = connection.organization_id, connection.id
             if not connection.enabled:
                 raise SsoLoginError("sso_connection_disabled")
-            identity = await rp.finish(request, oidc_config(services, connection))
-            login = await complete_sso_login(services, connection, identity, link_user_id=pending.link_user_id,
-                                             **context(request))
+            identity = await rp.finish(request, oidc_config(ctx, connection))
+            login = await complete_sso_login(ctx, connection, identity, link_user_id=pending.link_user_id)
         except (OidcError, SsoLoginError) as exc:
             return await failed(request, exc.reason, organization_id=org_id, connection_id=connection_id)
         except Exception:
@@ -177,7 +183,10 @@ def sso_routes(settings: Settings, services: Services,
         principal = request.scope.get("state", {}).get("principal")
         if principal is None or principal.kind is not PrincipalKind.USER or principal.session_id is None:
             return JSONResponse(graphql_error("Authentication required.", "UNAUTHENTICATED"), status_code=401)
-        await end_browser_session(services, principal)
+        ua = request.headers.get("user-agent")
+        ctx = RequestContext.for_route(services, principal, user_agent=ua[:256] if ua else None)
+        async with ctx.unit_of_work():
+            await end_session(ctx)
         response = JSONResponse({"loggedOut": True})
         if services.browser is not None:
             for value in services.browser.clear_cookie_headers():

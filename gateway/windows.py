@@ -9,24 +9,23 @@ Unlike a log of timestamps, a bucketed window takes weights (the cost of an oper
 memory: a tenant's 60,000 requests per minute are at most 121 counters.
 
 Two stores with one algorithm: `LocalWindows` (one process, embedded mode) and `RedisWindows`, one
-Lua script per request (a single EVALSHA, sent on connections the store keeps for itself) that reads
-the time from the Redis server (`TIME`), so every process shares one clock and one count, and the check
-and the spend are atomic.
+Lua script per request (a single EVALSHA through redis-py's client, on a connection of its pool) that
+reads the time from the Redis server (`TIME`), so every process shares one clock and one count, and the
+check and the spend are atomic.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import hashlib
 import math
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import hiredis
+from redis.exceptions import ResponseError
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 BUCKETS_PER_WINDOW = 120
 
@@ -143,7 +142,7 @@ class LocalWindows:
 # counting is (h + 1) * g + window, with no scan. A limit costs one HMGET (h, s and the current bucket)
 # and, when it spends, one HSET; the expiry is set when a bucket is created (the key lives until its
 # newest bucket stops counting); HGET/HDEL only as the head moves on.
-_SCRIPT = """
+SCRIPT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local spend = ARGV[1] == '1'
@@ -245,62 +244,37 @@ for i = 1, n do
 end
 return out
 """
-# the name Redis gives the script (EVALSHA), not a security measure
-_SHA = hashlib.sha1(_SCRIPT.encode(), usedforsecurity=False).hexdigest().encode()
-
-
-def _command(*parts: bytes) -> bytes:
-    """One command in the Redis protocol (RESP): an array of bulk strings."""
-    out = [b"*%d\r\n" % len(parts)]
-    for part in parts:
-        out.append(b"$%d\r\n%s\r\n" % (len(part), part))
-    return b"".join(out)
-
-
-_SCRIPT_LOAD = _command(b"SCRIPT", b"LOAD", _SCRIPT.encode())
 
 
 class RedisWindows:
-    """The windows in Redis: one EVALSHA per take, on connections of its own.
+    """The windows in Redis: one EVALSHA per take, through redis-py's asyncio client.
 
-    Each connection is opened by redis-py with the client's settings (address, credentials, database,
-    TLS, connect timeout, protocol version), then taken over (`_Link`): the take writes its command on the
-    transport and hiredis parses the reply as it arrives, with no stream, lock or task in between. The
-    store keeps a free list of them, at most the pool's `max_connections`. A take holds one connection
-    for its one round trip and nobody else uses it meanwhile; a connection that failed, timed out
-    (`socket_timeout`), was closed by the server, sent bytes nobody asked for, or whose take was
-    cancelled mid-command is closed, never reused. Waiting for a free connection is bounded by the
-    pool's `timeout` (5 s otherwise). Every failure is `StoreUnavailable`; NOSCRIPT (a restarted or
-    flushed Redis) loads the script and sends the take once more, on the same connection.
+    The script is registered once (`Redis.register_script`); redis-py sends it as EVALSHA and, on NOSCRIPT
+    (a restarted or flushed Redis), loads it and sends the take once more. A take uses a connection of the
+    client's pool for its one round trip (the gateway's `BlockingConnectionPool`: more takes in flight
+    than connections wait for one, up to the pool's timeout); redis-py parses the reply with hiredis and
+    bounds the wait for it by the client's `socket_timeout`, and closes a connection whose command failed,
+    timed out or was cancelled mid-way, so a late reply is never read by the next take. Every failure is
+    `StoreUnavailable`. The store retries nothing, and the gateway's pool has no retry policy: a take that
+    timed out may have been counted, and is never sent twice.
     """
 
-    def __init__(self, redis: Any, prefix: str = "portcullis:rl:", *, max_connections: int | None = None) -> None:
+    def __init__(self, redis: Redis, prefix: str = "portcullis:rl:") -> None:
         self.redis = redis
         self.prefix = prefix
-        pool = redis.connection_pool
-        self._connection_class = pool.connection_class
-        self._connection_kwargs = dict(pool.connection_kwargs)
-        self.max_connections = max_connections or min(getattr(pool, "max_connections", 100) or 100, 10_000)
-        timeout = getattr(pool, "timeout", None)
-        self._wait_timeout: float = timeout if isinstance(timeout, int | float) else 5.0
-        self._slots = _Slots(self.max_connections)
-        self._reply_timeout: float | None = self._connection_kwargs.get("socket_timeout")
-        self._free: list[_Link] = []
-        self._closed = False
+        self.script = redis.register_script(SCRIPT)
 
-    def _command(self, limits: Sequence[Limit], spend: bool) -> bytes:
-        parts = [b"EVALSHA", _SHA, b"%d" % len(limits)]
-        prefix = self.prefix
+    async def take(self, limits: Sequence[Limit], *, spend: bool = True) -> Outcome:
+        keys = [self.prefix + limit.key for limit in limits]
+        args = [1 if spend else 0]
         for limit in limits:
-            parts.append((prefix + limit.key).encode())
-        parts.append(b"1" if spend else b"0")
-        for limit in limits:
-            parts += (b"%d" % limit.amount, b"%d" % (limit.window * 1000), b"%d" % limit.bucket_ms,
-                      b"%d" % limit.weight)
-        return _command(*parts)
-
-    @staticmethod
-    def _outcome(limits: Sequence[Limit], raw: Any) -> Outcome:
+            args += (limit.amount, limit.window * 1000, limit.bucket_ms, limit.weight)
+        try:
+            raw = await self.script(keys=keys, args=args)
+        except ResponseError as exc:
+            raise StoreUnavailable(f"Redis answered an error: {str(exc)[:200]}") from exc
+        except Exception as exc:  # the connection, the pool's wait or the reply's: the caller decides
+            raise StoreUnavailable(type(exc).__name__) from exc
         try:
             values = [int(v) for v in raw]
             admitted, now, retry, refused = values[0], values[1], values[2], values[3]
@@ -310,286 +284,6 @@ class RedisWindows:
         except Exception as exc:
             raise StoreUnavailable(f"unexpected reply from Redis ({type(exc).__name__})") from exc
         return Outcome(admitted == 1, now, retry, limits[refused - 1] if refused else None, states)
-
-    async def take(self, limits: Sequence[Limit], *, spend: bool = True) -> Outcome:
-        try:
-            raw = await self._call(self._command(limits, spend))
-        except StoreUnavailable:
-            raise
-        except Exception as exc:
-            raise StoreUnavailable(type(exc).__name__) from exc
-        return self._outcome(limits, raw)
-
-    def begin(self, limits: Sequence[Limit], *, spend: bool = True) -> asyncio.Future[Outcome] | None:
-        """Sends the take at once, on a free connection, and returns the future of its outcome; None
-        (nothing sent) when no connection is free, and the caller takes the usual way.
-
-        The command is written before this returns, so Redis works on it while the caller goes on with
-        other work; the reply is read by the connection's own callback, whether or not anyone still
-        waits for the future (a caller cancelled meanwhile leaves a clean connection behind)."""
-        if self._closed or not self._free or not self._slots.try_take():
-            return None
-        link = self._free_link()
-        if link is None:
-            self._slots.give()
-            return None
-        loop = asyncio.get_running_loop()
-        outcome: asyncio.Future[Outcome] = loop.create_future()
-        command = self._command(limits, spend)
-        waiter = link.send(command)
-        expiry = (loop.call_later(self._reply_timeout, _expire, waiter)
-                  if self._reply_timeout is not None else None)
-
-        def replied(waiter: asyncio.Future[Any]) -> None:
-            if expiry is not None:
-                expiry.cancel()
-            if waiter.cancelled() or waiter.exception() is not None:
-                link.close()
-                self._slots.give()
-                exc = None if waiter.cancelled() else waiter.exception()
-                _settle(outcome, error=StoreUnavailable(type(exc).__name__ if exc else "cancelled"))
-                return
-            reply = waiter.result()
-            if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT"):
-                # a restarted or flushed Redis: load the script and send once more, the usual way
-                task = loop.create_task(self._again(link, command, limits))
-                task.add_done_callback(lambda t: _settle(outcome, task=t))
-                return
-            self._release(link)
-            if isinstance(reply, hiredis.ReplyError):
-                _settle(outcome, error=StoreUnavailable(f"Redis answered an error: {str(reply)[:200]}"))
-                return
-            try:
-                result = self._outcome(limits, reply)
-            except StoreUnavailable as exc:
-                _settle(outcome, error=exc)
-                return
-            _settle(outcome, value=result)
-
-        waiter.add_done_callback(replied)
-        return outcome
-
-    async def _again(self, link: _Link, command: bytes, limits: Sequence[Limit]) -> Outcome:
-        """After NOSCRIPT on a connection `begin` holds: the script loaded, the take sent again."""
-        released = False
-        try:
-            await link.call(_SCRIPT_LOAD, self._reply_timeout)
-            reply = await link.call(command, self._reply_timeout)
-            self._release(link)  # the reply was read whole
-            released = True
-        except Exception as exc:
-            raise StoreUnavailable(type(exc).__name__) from exc
-        finally:
-            if not released:
-                link.close()
-                self._slots.give()
-        if isinstance(reply, hiredis.ReplyError):
-            raise StoreUnavailable(f"Redis answered an error: {str(reply)[:200]}")
-        return self._outcome(limits, reply)
-
-    def _free_link(self) -> _Link | None:
-        """The most recently freed connection that is still usable (the others found on the way are closed)."""
-        free = self._free
-        while free:
-            candidate = free.pop()
-            if candidate.usable:
-                return candidate
-            candidate.close()
-        return None
-
-    def _release(self, link: _Link) -> None:
-        """A connection whose reply was read whole goes back to the free list (or is closed, after `aclose`)."""
-        if self._closed:
-            link.close()
-        else:
-            self._free.append(link)
-        self._slots.give()
-
-    async def _call(self, command: bytes) -> Any:
-        slots = self._slots
-        if not slots.try_take():
-            try:
-                async with asyncio.timeout(self._wait_timeout):
-                    await slots.take()
-            except TimeoutError:
-                raise StoreUnavailable("no free Redis connection") from None
-        link: _Link | None = None
-        released = False
-        try:
-            if self._closed:
-                raise StoreUnavailable("closed")
-            link = self._free_link()
-            if link is None:
-                link = await self._open()
-            reply = await link.call(command, self._reply_timeout)
-            if isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT"):
-                await link.call(_SCRIPT_LOAD, self._reply_timeout)
-                reply = await link.call(command, self._reply_timeout)
-            if isinstance(reply, hiredis.ReplyError):
-                raise StoreUnavailable(f"Redis answered an error: {str(reply)[:200]}")
-            # the reply was read whole: the connection is clean
-            clean, link = link, None
-            self._release(clean)
-            released = True
-            return reply
-        finally:
-            if link is not None:  # failed or cancelled mid-command: its state is unknown
-                link.close()
-            if not released:
-                slots.give()
-
-    async def _open(self) -> _Link:
-        """A new connection: redis-py connects, authenticates and selects the database, then hands the
-        transport over."""
-        connection = self._connection_class(**self._connection_kwargs)
-        await connection.connect()
-        try:
-            return _Link(connection)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await connection.disconnect(nowait=True)
-            raise
-
-    async def aclose(self) -> None:
-        """Closes the free connections; one in use is closed when its take ends."""
-        self._closed = True
-        free, self._free = self._free, []
-        for link in free:
-            link.close()
-
-
-class _Link(asyncio.Protocol):
-    """One connection to Redis, taken over from redis-py once it has connected: the transport's protocol
-    becomes this object, which hands each reply (parsed by hiredis) to the one take waiting for it.
-    Anything else that arrives (a reply nobody waits for, the server closing) breaks the link."""
-
-    def __init__(self, connection: Any) -> None:
-        # redis-py's stream, whose transport carries the handshake just made: the link owns it from now on
-        # (and closes it through the writer), and the redis-py connection no longer refers to it
-        self._writer: asyncio.StreamWriter = connection._writer
-        connection._writer = connection._reader = None
-        self._transport: asyncio.Transport = self._writer.transport
-        self._reader = hiredis.Reader()
-        self._waiter: asyncio.Future[Any] | None = None
-        self._broken = False
-        self._transport.set_protocol(self)
-
-    @property
-    def usable(self) -> bool:
-        return not self._broken and self._waiter is None and not self._transport.is_closing()
-
-    def send(self, command: bytes) -> asyncio.Future[Any]:
-        """Writes one command now; the future gets its reply (an error reply is a value, not raised)."""
-        if not self.usable:
-            raise ConnectionError("the Redis connection is closed")
-        self._waiter = waiter = asyncio.get_running_loop().create_future()
-        self._transport.write(command)
-        return waiter
-
-    async def call(self, command: bytes, reply_timeout: float | None) -> Any:
-        """Writes one command and waits for its reply (an error reply is returned, not raised)."""
-        waiter = self.send(command)
-        loop = asyncio.get_running_loop()
-        if reply_timeout is None:
-            return await waiter
-        expiry = loop.call_later(reply_timeout, _expire, waiter)
-        try:
-            return await waiter
-        finally:
-            expiry.cancel()
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            self._reader.feed(data)
-            while (reply := self._reader.gets()) is not False:
-                waiter, self._waiter = self._waiter, None
-                if waiter is None:  # nobody asked: the stream is out of step
-                    self.close()
-                    return
-                if not waiter.done():
-                    waiter.set_result(reply)
-        except hiredis.ProtocolError as exc:
-            self._fail(ConnectionError(f"unreadable reply from Redis: {exc}"))
-
-    def eof_received(self) -> bool:
-        self._fail(ConnectionError("Redis closed the connection"))
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._fail(ConnectionError("the Redis connection was lost") if exc is None else exc)
-
-    def _fail(self, exc: Exception) -> None:
-        self._broken = True
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(exc)
-        self._writer.close()
-
-    def close(self) -> None:
-        self._fail(ConnectionError("the Redis connection was closed"))
-
-
-class _Slots:
-    """How many more connections may be in use: taken at once when one is left, else waited for in turn.
-    A slot given back goes straight to the longest waiter, so one taken at once never jumps the queue."""
-
-    def __init__(self, count: int) -> None:
-        self._left = count
-        self._waiters: deque[asyncio.Future[None]] = deque()
-
-    def locked(self) -> bool:
-        return self._left <= 0
-
-    def try_take(self) -> bool:
-        if self._left > 0:
-            self._left -= 1
-            return True
-        return False
-
-    async def take(self) -> None:
-        if self.try_take():
-            return
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        try:
-            await waiter
-        except BaseException:
-            if waiter.done() and not waiter.cancelled():
-                self.give()  # handed a slot just as the wait ended: pass it on
-            else:
-                with contextlib.suppress(ValueError):
-                    self._waiters.remove(waiter)
-            raise
-
-    def give(self) -> None:
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                return
-        self._left += 1
-
-
-def _settle(outcome: asyncio.Future[Any], *, value: Any = None, error: BaseException | None = None,
-            task: asyncio.Task[Any] | None = None) -> None:
-    """Completes `outcome` unless its caller has given up on it (cancelled)."""
-    if task is not None:
-        if task.cancelled():
-            error = StoreUnavailable("cancelled")
-        else:
-            error = task.exception()
-            value = None if error is not None else task.result()
-    if outcome.done():
-        return
-    if error is not None:
-        outcome.set_exception(error)
-    else:
-        outcome.set_result(value)
-
-
-def _expire(waiter: asyncio.Future[Any]) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError("Redis did not answer in time"))
 
 
 def retry_seconds(retry_ms: int) -> int:

@@ -205,6 +205,8 @@ async def request_password_reset(ctx: RequestContext, email: str) -> bool:
         # the same write as for an account, with a token nobody receives
         await issue_token(db, purpose=PASSWORD_RESET, user_id=None, email=email[:MAX_EMAIL_LENGTH] or "-",
                           now=now, client_ip=client_ip)
+        ctx.audit(AuditAction.AUTHN_PASSWORD_RESET_REQUESTED, organization_id=PLATFORM_CHAIN, resource_type="user",
+                  details={"mailed": False})
         return True
     recent = await _sent_since(db, PASSWORD_RESET, hour_ago, user_id=user.id)
     token = await issue_token(db, purpose=PASSWORD_RESET, user_id=user.id, email=user.email, now=now,
@@ -291,6 +293,8 @@ async def send_email_verification(ctx: RequestContext) -> bool:
     assert mailer is not None
     await send_mail(ctx, to=user.email, template="email_verification", variables={
         "verify_url": mailer.link(PATHS[VERIFY_EMAIL], token), "expires_at": now + TTL[VERIFY_EMAIL]})
+    ctx.audit(AuditAction.AUTHN_EMAIL_VERIFICATION_SENT, organization_id=PLATFORM_CHAIN, resource_type="user",
+              resource_id=user.id)
     return True
 
 
@@ -304,11 +308,12 @@ async def verify_email(ctx: RequestContext, token: str) -> bool:
     user = await db.get(User, spent.user_id, with_for_update=True)
     if user is None or not user.is_active or user.email_key != spent.email_key:
         raise Unauthenticated(INVALID_TOKEN)
-    if user.email_verified_at is None:
+    already = user.email_verified_at is not None
+    if not already:
         user.email_verified_at = now
         db.add(user)
-        ctx.audit(AuditAction.AUTHN_EMAIL_VERIFIED, organization_id=PLATFORM_CHAIN, actor_id=user.id,
-                  resource_type="user", resource_id=user.id)
+    ctx.audit(AuditAction.AUTHN_EMAIL_VERIFIED, organization_id=PLATFORM_CHAIN, actor_id=user.id,
+              resource_type="user", resource_id=user.id, details={"alreadyVerified": True} if already else None)
     return True
 
 

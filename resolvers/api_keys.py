@@ -16,6 +16,9 @@ which serializes concurrent creations so that exactly as many keys as the limit 
 
 Revocation and rotation announce `apikey:<id>` after the commit, so every process drops the key from
 its cache at once.
+
+The platform operator creates, lists and revokes keys with `portcullis api-key` through these same
+functions; a key the operator creates acts for the organization's first owner.
 """
 
 from __future__ import annotations
@@ -27,15 +30,15 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from authz import Permission, Principal, PrincipalKind, RoleError, parse_permissions
-from authz.errors import BadUserInput, Forbidden, NotFound
+from authz import BuiltinRole, Permission, Principal, PrincipalKind, RoleError, parse_permissions
+from authz.errors import BadUserInput, Conflict, Forbidden, NotFound
 from authz.plans import QuotaResource
 from identity.api_keys import apikey_key, env_label, hash_secret, new_prefix, new_secret, parse
 from resolvers.deps import RequestContext
 from resolvers.quotas import check_quota
 from resolvers.roles import announce_after_commit, tenant_of
 from store.audit import AuditAction, changes
-from store.models import ApiKey
+from store.models import ApiKey, Membership
 from store.scoping import tenant_select
 
 API_KEY_NOT_FOUND = "API key not found."
@@ -102,8 +105,18 @@ def _check_within(principal: Principal, scopes: frozenset[Permission], message: 
         raise Forbidden(message, requiredScopes=[missing])
 
 
-async def _acting_user(db: AsyncSession, principal: Principal, org_id: str) -> str:
-    """The member the caller acts for: the signed-in user, or the holder of the key the caller uses."""
+async def _acting_user(ctx: RequestContext, db: AsyncSession, org_id: str) -> str:
+    """The member the caller acts for: the signed-in user, or the holder of the key the caller uses; for the
+    operator, the organization's first owner."""
+    principal = ctx.principal
+    if ctx.is_operator:
+        owner = (await db.execute(
+            tenant_select(Membership, org_id).where(col(Membership.role) == BuiltinRole.OWNER.value)
+            .order_by(col(Membership.created_at), col(Membership.id))
+        )).scalars().first()
+        if owner is None:
+            raise Conflict("The organization has no owner for the key to act for.")
+        return owner.user_id
     if principal.kind is not PrincipalKind.API_KEY:
         assert principal.subject_id is not None
         return principal.subject_id
@@ -131,7 +144,7 @@ async def create_api_key(ctx: RequestContext, new: NewApiKey) -> IssuedKey:
         raise BadUserInput(f"rateLimitPerMinute must be between 1 and {MAX_RATE_LIMIT}", field="rateLimitPerMinute")
     db = await ctx.db()
     await check_quota(db, org_id, QuotaResource.API_KEYS)
-    creator = await _acting_user(db, principal, org_id)
+    creator = await _acting_user(ctx, db, org_id)
     issued = issue_key(
         ctx.services.api_key_pepper, ctx.services.api_key_env, organization_id=org_id, created_by=creator,
         name=name, scopes=scopes, allowed_ips=allowed, rate_limit_per_minute=rate, expires_at=expires, now=now,
@@ -147,7 +160,7 @@ async def create_api_key(ctx: RequestContext, new: NewApiKey) -> IssuedKey:
 def issue_key(pepper: bytes, env: str, *, organization_id: str, created_by: str, name: str,
               scopes: frozenset[Permission], allowed_ips: list[str], rate_limit_per_minute: int | None,
               expires_at: datetime | None, now: datetime) -> IssuedKey:
-    """A new key row and its secret (also used by the CLI); its creator holds it."""
+    """A new key row and its secret; its creator holds it."""
     label = env_label(env)
     prefix = new_prefix()
     secret = new_secret(label, prefix)
@@ -159,11 +172,12 @@ def issue_key(pepper: bytes, env: str, *, organization_id: str, created_by: str,
     return IssuedKey(key, secret)
 
 
-async def list_api_keys(db: AsyncSession, principal: Principal, organization_id: str) -> list[ApiKey]:
+async def list_api_keys(ctx: RequestContext, organization_id: str) -> list[ApiKey]:
     """The caller's own organization's keys, oldest first; never a secret."""
-    org_id = tenant_of(principal)
+    org_id = tenant_of(ctx.principal)
     if organization_id != org_id:
         raise Forbidden("You are not allowed to access this field.", requiredScopes=[["apikeys:read"]])
+    db = await ctx.db()
     rows = await db.execute(tenant_select(ApiKey, org_id).order_by(col(ApiKey.created_at), col(ApiKey.id)))
     return list(rows.scalars().all())
 
@@ -196,7 +210,7 @@ async def rotate_api_key(ctx: RequestContext, key_id: str, grace_period_seconds:
         raise NotFound(API_KEY_NOT_FOUND)
     _check_within(principal, frozenset(Permission(s) for s in key.scopes),
                   "You cannot rotate a key with scopes you do not hold.")
-    holder = await _acting_user(db, principal, org_id)
+    holder = await _acting_user(ctx, db, org_id)
     if holder != key.held_by and grace_period_seconds > 0:
         raise BadUserInput("Rotating a key held by someone else ends its current secret at once: "
                            "gracePeriodSeconds must be 0.", field="gracePeriodSeconds")

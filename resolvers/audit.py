@@ -87,15 +87,22 @@ def readable_chain(principal: Principal) -> str | None:
 
 
 async def list_entries(
-    db: AsyncSession, principal: Principal, f: AuditFilter | None, first: int | None = DEFAULT_PAGE_SIZE,
+    ctx: RequestContext, f: AuditFilter | None, first: int | None = DEFAULT_PAGE_SIZE, after: str | None = None,
+) -> AuditPage:
+    """A page of the chain the caller may read (every chain for the platform operator), newest first."""
+    return await query_entries(await ctx.db(), readable_chain(ctx.principal), f, first, after)
+
+
+async def query_entries(
+    db: AsyncSession, chain: str | None, f: AuditFilter | None, first: int | None = DEFAULT_PAGE_SIZE,
     after: str | None = None,
 ) -> AuditPage:
+    """The query behind `list_entries`, on one chain (None: every chain)."""
     f = f or AuditFilter()
     size = DEFAULT_PAGE_SIZE if first is None else first
     if not 1 <= size <= MAX_PAGE_SIZE:
         raise BadUserInput(f"first must be between 1 and {MAX_PAGE_SIZE}", field="first")
     _check_filter(f)
-    chain = readable_chain(principal)
     stmt = select(AuditEntry)
     # the audit log is chained per tenant: its tenant column is `chain` (the organization's id)
     if chain is not None:
@@ -140,9 +147,10 @@ async def verify_chains(
     return await audit.verify(db, chains=chains, start=start, end=end)
 
 
-async def owning_tenants(db: AsyncSession, resource_type: str, value: str) -> set[str]:
+async def owning_tenants(ctx: RequestContext, resource_type: str, value: str) -> set[str]:
     """The organizations that hold `value` (an id, or a slug): to tell an id of another tenant from one
-    that does not exist, for the audit log only; the caller's answer stays NOT_FOUND either way.
+    that does not exist, for the audit log only; the caller's answer stays NOT_FOUND either way. Read in a
+    transaction of its own: it runs once the request's own work is over (rolled back, or never opened).
 
     # tenant-scope: deliberately across tenants, and nothing found here reaches the caller
     """
@@ -163,7 +171,8 @@ async def owning_tenants(db: AsyncSession, resource_type: str, value: str) -> se
         stmt = select(col(Organization.id)).where(col(Organization.slug) == value)
     else:
         return set()
-    return {str(v) for v in (await db.execute(stmt.limit(10))).scalars().all()}
+    async with ctx.services.db.transaction() as db:
+        return {str(v) for v in (await db.execute(stmt.limit(10))).scalars().all()}
 
 
 # --- checkpoints: chain heads signed and kept outside the database ------------------------------

@@ -300,6 +300,8 @@ async def change_password(ctx: RequestContext, current_password: str, new_passwo
     await revoke_sessions(db, others, reason="password_changed", now=services.now())
     await send_mail(ctx, to=user.email, template="password_changed",
                     variables={"at": services.now(), "client_ip": ctx.principal.client_ip})
+    ctx.audit(AuditAction.AUTHN_PASSWORD_CHANGE, resource_type="user", resource_id=user_id,
+              details={"sessionsEnded": len(others)})
 
     async def announce() -> None:
         await services.revocations.publish(others)

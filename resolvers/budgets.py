@@ -57,7 +57,7 @@ def work_price(entries: int) -> int:
 
 
 class CostCharge(Protocol):
-    """The admission's decision on an additional take (gateway/admission.py `Decision`)."""
+    """The admission's decision on an additional take (gateway/admission.py `AdmissionDecision`)."""
 
     @property
     def status(self) -> int: ...  # 200, 429 or 503

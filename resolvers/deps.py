@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from authz import Principal
+from authz import Permission, Principal, PrincipalKind
+from authz.roles import PLATFORM_ROLE
 from identity.api_keys import ApiKeyCache, LastUsedRecorder
 from identity.authentication import Authenticator
 from identity.browser_sessions import BrowserSessions
@@ -27,8 +29,10 @@ from identity.tokens import AccessTokens
 from identity.totp import TotpService
 from resolvers.budgets import RateBudgets
 from resolvers.mail import Mailer
-from store.audit import PLATFORM_CHAIN, ActorType, AuditEvent, AuditResult, AuditTrail, RateLimitAudit
+from store.audit import PLATFORM_CHAIN, ActorType, AuditEvent, AuditResult, AuditTrail
+from store.audit import append as append_audit
 from store.db import Database
+from store.models import new_ordered_id
 
 
 @dataclass
@@ -61,13 +65,10 @@ class Services:
     mail: Mailer | None = None
     clock: Callable[[], float] = field(default=time.time)
     audit: AuditTrail = None  # type: ignore[assignment]
-    rate_limit_audit: RateLimitAudit = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         if self.audit is None:
             self.audit = AuditTrail(self.db)
-        if self.rate_limit_audit is None:
-            self.rate_limit_audit = RateLimitAudit(self.audit, redis=self.redis, clock=self.clock)
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), UTC).replace(tzinfo=None)
@@ -107,11 +108,14 @@ _SESSION_COROUTINES = frozenset(
 
 
 class RequestContext:
-    """One per GraphQL request: the principal, the services and the request's unit of work.
+    """What every service function takes first: the principal, the services, the request id (on the
+    principal) and the unit of work (`await ctx.db()`).
 
-    The database session is opened on first use and committed once, by the schema's unit-of-work
-    extension, when the operation ends without error; anything that must happen only after that
-    commit (telling other processes about a revocation) is queued in `after_commit`.
+    One per GraphQL request; an HTTP route outside GraphQL builds one with `for_route`, the operator's
+    command line with `for_operator`. The database session is opened on first use and committed once,
+    with the audit entries the operation recorded (`audit`), when the operation ends without error: by
+    the schema's unit-of-work extension, or by `unit_of_work()` outside GraphQL. Anything that must happen
+    only after that commit (telling other processes about a revocation) is queued in `after_commit`.
     """
 
     def __init__(self, services: Services, principal: Principal, *, request: Any = None,
@@ -126,11 +130,6 @@ class RequestContext:
         self.denied_fields: dict[int, Any] | None = None
         # the operation's static cost, computed before execution (schema.limits.cost)
         self.operation_cost: int | None = None
-        # whether that cost read no variable (the same operation always costs the same)
-        self.operation_cost_fixed = False
-        # the operation's `schema.limits.admission.operation_key`, and a take sent before it was parsed
-        self.operation_key: Any = None
-        self.early_admission: Any = None
         # the paths of the denied fields (schema.authorization), for an explained operation
         self.denied_paths: list[Any] | None = None
         # the admission decision taken before execution (schema.limits.admission)
@@ -149,21 +148,50 @@ class RequestContext:
         self.audit_events: list[AuditEvent] = []
         self.audited_actions: set[str] = set()
         self.audited_now: set[str] = set()
+        # the operator running a command (`for_operator`): the actor of its audit entries, and where it ran
+        self.operator: str | None = None
+        self.source: str | None = None
+
+    @classmethod
+    def for_route(cls, services: Services, principal: Principal, *, user_agent: str | None = None) -> RequestContext:
+        """For an HTTP route outside GraphQL (SSO, SAML, report downloads); its work runs in `unit_of_work()`."""
+        return cls(services, principal, user_agent=user_agent)
+
+    @classmethod
+    def for_operator(cls, services: Services, operator: str, *, organization_id: str | None = None,
+                     source: str = "cli") -> RequestContext:
+        """For the platform operator's command line: a principal of the `platform` role holding every
+        permission, in `organization_id` when the command names a tenant. Its audit entries name
+        `operator` (who ran the command) as their actor, a `system` one, with `details.source`."""
+        principal = Principal(kind=PrincipalKind.USER, organization_id=organization_id, roles=(PLATFORM_ROLE,),
+                              permissions=frozenset(Permission), request_id=new_ordered_id())
+        ctx = cls(services, principal)
+        ctx.operator, ctx.source = operator, source
+        return ctx
+
+    @property
+    def is_operator(self) -> bool:
+        return self.operator is not None
 
     def audit_event(self, action: str, *, result: str = AuditResult.SUCCESS, resource_type: str | None = None,
                     resource_id: str | None = None, details: dict[str, Any] | None = None,
-                    organization_id: str | None = None, actor_id: str | None = None) -> AuditEvent:
+                    organization_id: str | None = None, actor_id: str | None = None,
+                    actor_type: str | None = None) -> AuditEvent:
         """An entry about this request: who (the principal, or `actor_id` for a caller not yet
-        authenticated), from where, under which request id, in the principal's tenant by default
-        (`organization_id=PLATFORM_CHAIN` for an event outside any tenant)."""
+        authenticated; the operator for a command), from where, under which request id, in the principal's
+        tenant by default (`organization_id=PLATFORM_CHAIN` for an event outside any tenant)."""
         p = self.principal
         if organization_id is None:
             organization_id = p.organization_id
         elif organization_id == PLATFORM_CHAIN:
             organization_id = None
+        if actor_type is None:
+            actor_type = ActorType(p.kind.value) if p.is_authenticated else ActorType.ANONYMOUS
+        if self.operator is not None:
+            actor_type, actor_id = ActorType.SYSTEM, self.operator
+            details = {**(details or {}), "source": self.source}
         return AuditEvent(
-            action=action, result=result, organization_id=organization_id,
-            actor_type=ActorType(p.kind.value) if p.is_authenticated else ActorType.ANONYMOUS,
+            action=action, result=result, organization_id=organization_id, actor_type=actor_type,
             actor_id=actor_id if actor_id is not None else p.subject_id,
             resource_type=resource_type, resource_id=resource_id, request_id=p.request_id, ip=p.client_ip,
             user_agent=self.user_agent, details=details or {},
@@ -218,7 +246,30 @@ class RequestContext:
     def db_opened(self) -> bool:
         return self._db is not None
 
-    async def finish(self, *, commit: bool) -> None:
+    @contextlib.asynccontextmanager
+    async def unit_of_work(self, *, writes: bool = True) -> AsyncIterator[RequestContext]:
+        """Outside GraphQL (HTTP routes, the command line), what the schema's unit-of-work extension does
+        around an operation: the block's work commits with the audit entries it recorded when the block ends
+        without error, and is rolled back when anything is raised. `writes=False` for a read, which does not
+        wait for the writers' turn."""
+        self.writes = writes
+        try:
+            yield self
+            await self.finish(commit=True)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.finish(commit=False)
+            raise
+
+    async def finish(self, *, commit: bool, audit_events: Sequence[AuditEvent] | None = None) -> None:
+        """End the unit of work: commit it with its audit entries (`audit_events`, by default those recorded
+        with `audit`) and then run `after_commit`, or roll it back. If the entries cannot be written, nothing
+        is committed: the caller rolls back (`finish(commit=False)`)."""
+        events = self.audit_events if audit_events is None else audit_events
+        if commit and events:
+            await append_audit(await self.db(), list(events), entries=False)
+        # the next unit of work of this context (a route or a command may run several) starts afresh
+        self.audit_events = []
         session, self._db, self._db_in_turn = self._db, None, None
         if session is None:
             self.release_turn()

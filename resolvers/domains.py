@@ -15,11 +15,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
-from authz import Principal
-from authz.errors import BadUserInput, Conflict, NotFound
+from authz import Permission, Principal
+from authz.errors import BadUserInput, Conflict, Forbidden, NotFound
 from resolvers.deps import RequestContext
 from resolvers.roles import tenant_of
-from store.audit import AuditAction
+from store.audit import PLATFORM_CHAIN, AuditAction
 from store.models import EmailDomain, Organization
 from store.scoping import tenant_filter, tenant_select
 
@@ -59,9 +59,10 @@ async def claimant(db: AsyncSession, email: str) -> str | None:
     return row.organization_id if row is not None else None
 
 
-async def list_domains(db: AsyncSession, principal: Principal, organization_id: str) -> list[EmailDomain]:
-    if organization_id != tenant_of(principal):
+async def list_domains(ctx: RequestContext, organization_id: str) -> list[EmailDomain]:
+    if organization_id != tenant_of(ctx.principal):
         return []
+    db = await ctx.db()
     rows = await db.execute(tenant_select(EmailDomain, organization_id).order_by(col(EmailDomain.domain)))
     return list(rows.scalars().all())
 
@@ -76,6 +77,8 @@ async def claim_domain(ctx: RequestContext, raw: str) -> EmailDomain:
     existing = await db.get(EmailDomain, domain)  # tenant-scope: first claim wins, whoever holds it
     if existing is not None:
         if existing.organization_id == org_id:
+            ctx.audit(AuditAction.DOMAIN_CLAIMED, resource_type="email_domain", resource_id=domain,
+                      details={"alreadyClaimed": True})
             return existing
         raise Conflict("This domain is claimed by another organization.")
     count = len((await db.execute(select(col(EmailDomain.domain)).where(tenant_filter(EmailDomain, org_id)))).all())
@@ -105,13 +108,23 @@ async def release_domain(ctx: RequestContext, raw: str) -> bool:
     return True
 
 
-async def assign_domain(db: AsyncSession, raw: str, organization_slug: str | None) -> tuple[str, str | None]:
+def _check_operator(ctx: RequestContext, permission: Permission) -> None:
+    if permission not in ctx.principal.effective_permissions:
+        raise Forbidden("Every organization's claims are the platform operator's to see and move.",
+                        requiredScopes=[[permission.value]])
+
+
+async def assign_domain(ctx: RequestContext, raw: str, organization_slug: str | None) -> tuple[str, str | None]:
     """A platform operator's reassignment (`portcullis domains assign|release`): the domain and the slug of
-    the organization it now belongs to (None: released). Works on a public mailbox domain only to release it."""
+    the organization it now belongs to (None: released). Works on a public mailbox domain only to release it.
+    Recorded in the platform's chain."""
+    _check_operator(ctx, Permission.PLATFORM_ORGANIZATIONS_MANAGE)
     domain = checked_domain(raw)
+    db = await ctx.db()
     # tenant-scope: the operator's command acts on any tenant's claim
     await db.execute(delete(EmailDomain).where(col(EmailDomain.domain) == domain))
     if organization_slug is None:
+        _audit_assignment(ctx, domain, None)
         return domain, None
     if domain in PUBLIC_MAIL_DOMAINS:
         raise BadUserInput("addresses at a public mailbox provider cannot be claimed by an organization",
@@ -123,12 +136,19 @@ async def assign_domain(db: AsyncSession, raw: str, organization_slug: str | Non
         raise NotFound(f"no organization with the slug {organization_slug!r}")
     db.add(EmailDomain(domain=domain, organization_id=org.id))
     await db.flush()
+    _audit_assignment(ctx, domain, org.slug)
     return domain, org.slug
 
 
-async def all_claims(db: AsyncSession) -> list[tuple[str, str]]:
+def _audit_assignment(ctx: RequestContext, domain: str, slug: str | None) -> None:
+    ctx.audit(AuditAction.DOMAIN_CLAIMED if slug else AuditAction.DOMAIN_RELEASED, organization_id=PLATFORM_CHAIN,
+              resource_type="email_domain", resource_id=domain, details={"organization": slug})
+
+
+async def all_claims(ctx: RequestContext) -> list[tuple[str, str]]:
     """Every claim, as (domain, organization slug), for the operator's `portcullis domains list`."""
-    rows = await db.execute(
+    _check_operator(ctx, Permission.PLATFORM_ORGANIZATIONS_READ)
+    rows = await (await ctx.db()).execute(
         # tenant-scope: the operator's listing spans every tenant
         select(col(EmailDomain.domain), col(Organization.slug))
         .join(Organization, col(Organization.id) == col(EmailDomain.organization_id))

@@ -89,6 +89,7 @@ class InvitationPage:
     edges: list[InvitationEdge]
     has_next_page: bool
     end_cursor: str | None
+    now: datetime  # the moment the page's statuses are as of
 
 
 def _check_role_shape(role: str) -> None:
@@ -228,8 +229,8 @@ async def revoke_invitation(ctx: RequestContext, invitation_id: str) -> Invitati
         invitation.revoked_at = ctx.services.now()
         db.add(invitation)
         await db.flush()
-        ctx.audit(AuditAction.INVITATION_REVOKED, resource_type="invitation", resource_id=invitation.id,
-                  details={"email": invitation.email, "role": invitation.role})
+    ctx.audit(AuditAction.INVITATION_REVOKED, resource_type="invitation", resource_id=invitation.id,
+              details={"email": invitation.email, "role": invitation.role})
     return invitation
 
 
@@ -243,13 +244,13 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
         raise BadUserInput("after is not a valid cursor", field="after") from None
 
 
-async def list_invitations(db: AsyncSession, principal: Principal, organization_id: str, *, now: datetime,
-                           first: int = 50, after: str | None = None,
+async def list_invitations(ctx: RequestContext, organization_id: str, *, first: int = 50, after: str | None = None,
                            status: InvitationStatus | None = None) -> InvitationPage:
     """The organization's invitations, newest first (keyset on created_at, id); its own organization only."""
-    org_id = tenant_of(principal)
+    org_id = tenant_of(ctx.principal)
+    now = ctx.services.now()
     if organization_id != org_id:
-        return InvitationPage([], False, None)
+        return InvitationPage([], False, None, now)
     if not 1 <= first <= MAX_PAGE_SIZE:
         raise BadUserInput(f"first must be between 1 and {MAX_PAGE_SIZE}", field="first")
     stmt = tenant_select(Invitation, org_id)
@@ -268,9 +269,9 @@ async def list_invitations(db: AsyncSession, principal: Principal, organization_
         stmt = stmt.where((col(Invitation.created_at) < at)
                           | ((col(Invitation.created_at) == at) & (col(Invitation.id) < ident)))
     stmt = stmt.order_by(col(Invitation.created_at).desc(), col(Invitation.id).desc()).limit(first + 1)
-    rows = list((await db.execute(stmt)).scalars().all())
+    rows = list((await (await ctx.db()).execute(stmt)).scalars().all())
     edges = [InvitationEdge(encode_position(CURSOR_VERSION, r.created_at, r.id), r) for r in rows[:first]]
-    return InvitationPage(edges, len(rows) > first, edges[-1].cursor if edges else None)
+    return InvitationPage(edges, len(rows) > first, edges[-1].cursor if edges else None, now)
 
 
 # -- accepting ----------------------------------------------------------------------------------------

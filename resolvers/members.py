@@ -19,7 +19,7 @@ from sqlalchemy import select as sa_select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from authz import BuiltinRole, Principal
+from authz import BuiltinRole
 from authz.errors import BadUserInput, Conflict, Forbidden, NotFound
 from identity.sessions import active_session_ids, load_custom_roles, revoke_sessions, user_key
 from resolvers.api_keys import end_held_keys
@@ -76,14 +76,14 @@ def check_page_size(first: int) -> int:
 
 
 async def list_members(
-    db: AsyncSession, principal: Principal, organization_id: str, first: int = 50, after: str | None = None
+    ctx: RequestContext, organization_id: str, first: int = 50, after: str | None = None
 ) -> MemberPage:
     """One page of the caller's organization's members, oldest first (keyset on created_at, id).
 
     Members are listed for the caller's own organization only: a permission held here says nothing
     about an organization below it, where the caller is not a member.
     """
-    org_id = tenant_of(principal)
+    org_id = tenant_of(ctx.principal)
     if organization_id != org_id:
         raise Forbidden("You are not allowed to access this field.", requiredScopes=[["members:read"]])
     size = check_page_size(first)
@@ -98,7 +98,7 @@ async def list_members(
             (col(Membership.created_at) > at) | ((col(Membership.created_at) == at) & (col(Membership.id) > ident))
         )
     stmt = stmt.order_by(col(Membership.created_at), col(Membership.id)).limit(size + 1)
-    rows = (await db.execute(stmt)).all()
+    rows = (await (await ctx.db()).execute(stmt)).all()
     edges = [MemberEdge(encode_cursor(m), Member(m, u)) for m, u in rows[:size]]
     return MemberPage(edges, len(rows) > size, edges[-1].cursor if edges else None)
 
@@ -152,6 +152,8 @@ async def update_member_role(ctx: RequestContext, membership_id: str, role: str)
     check_can_grant(principal.effective_permissions, [membership.role, role], custom,
                     "You cannot change a member's role from or to a role with permissions you do not hold.")
     if membership.role == role:
+        ctx.audit(AuditAction.AUTHZ_CHANGE, resource_type="membership", resource_id=membership.id,
+                  details={"userId": membership.user_id, "changes": {}})
         return member
     if membership.role == BuiltinRole.OWNER.value:
         await _keep_an_owner(db, org_id)

@@ -12,8 +12,9 @@ Choices (docs/authentication.md, "Two-factor authentication"):
   wrong code `reason: MFA_INVALID`; both only once the password was right, both count as a failed
   attempt (so a caller holding the password cannot reset the lockout counter between code guesses).
 
-The audit log records `authn_mfa_enroll`, `authn_mfa_fail` and `authn_mfa_disable`: `_audit` is the one
-place those events leave this module, as structured log lines without any secret.
+The audit log records `authn_mfa_enroll_started`, `authn_mfa_enroll`, `authn_mfa_fail` and
+`authn_mfa_disable`: `_audit` is the one place those events leave this module, with structured log lines
+without any secret.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from resolvers.accounts import account_holder
 from resolvers.deps import RequestContext, Services
 from resolvers.mail import send_mail
 from resolvers.roles import announce_after_commit
-from store.audit import AuditResult
+from store.audit import AuditAction, AuditResult
 from store.models import User
 
 log = logging.getLogger("portcullis.auth")
@@ -175,7 +176,7 @@ async def enroll_totp(ctx: RequestContext) -> TotpEnrollment:
     db = await ctx.db()
     db.add(user)
     uri = provisioning_uri(secret, account=user.email, issuer=totp.issuer)
-    log.info("authn_mfa_enroll_started", extra={"user_id": user.id, "request_id": ctx.principal.request_id})
+    await _audit(AuditAction.AUTHN_MFA_ENROLL_STARTED, ctx=ctx, user_id=user.id)
     return TotpEnrollment(secret=secret, otpauth_uri=uri, qr_svg=qr_svg(uri))
 
 

@@ -28,6 +28,7 @@ child's upgrade and its parent's downgrade are serialized.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from sqlalchemy.exc import IntegrityError
@@ -39,7 +40,10 @@ from authz.errors import BadUserInput, Conflict, Forbidden, NotFound, Unauthenti
 from authz.plans import PLANS, QuotaResource, plan_rank
 from identity.sessions import org_key, role_permissions
 from resolvers.deps import RequestContext
-from resolvers.provisioning import SLUG, checked_email
+from resolvers.invitations import ACCEPT_PATH
+from resolvers.mail import MailNotConfigured, send_mail
+from resolvers.mfa import check_can_require, requirement_changed
+from resolvers.provisioning import SLUG, Provisioned, checked_email, create_tenant, validate_tenant
 from resolvers.quotas import check_quota, lock_organization
 from resolvers.roles import announce_after_commit
 from store.audit import AuditAction, changes
@@ -74,9 +78,10 @@ def _tenant(principal: Principal) -> str:
     return principal.organization_id
 
 
-async def get_organization(db: AsyncSession, principal: Principal, slug: str | None = None) -> Organization:
+async def get_organization(ctx: RequestContext, slug: str | None = None) -> Organization:
     """The caller's organization, or one of its descendants by slug; anything else is NOT_FOUND."""
-    own = _tenant(principal)
+    own = _tenant(ctx.principal)
+    db = await ctx.db()
     if slug is None:
         org = await db.get(Organization, own)
         if org is None:
@@ -90,16 +95,31 @@ async def get_organization(db: AsyncSession, principal: Principal, slug: str | N
     return org
 
 
-async def get_parent(db: AsyncSession, principal: Principal, org: Organization) -> Organization | None:
+async def find_organization(ctx: RequestContext, slug: str) -> Organization:
+    """Any organization by its slug, for the platform operator (`portcullis` commands name tenants so)."""
+    if Permission.PLATFORM_ORGANIZATIONS_READ not in ctx.principal.effective_permissions:
+        raise Forbidden("Only the platform operator finds organizations by slug.",
+                        requiredScopes=[[Permission.PLATFORM_ORGANIZATIONS_READ.value]])
+    db = await ctx.db()
+    # tenant-scope: the operator's lookup spans every tenant
+    org = (await db.execute(select(Organization).where(col(Organization.slug) == slug))).scalar_one_or_none()
+    if org is None:
+        raise NotFound(f"no organization {slug!r}")
+    return org
+
+
+async def get_parent(ctx: RequestContext, org: Organization) -> Organization | None:
     if org.parent_id is None:
         return None
-    if org.parent_id not in await subtree_ids(db, _tenant(principal)):
+    db = await ctx.db()
+    if org.parent_id not in await subtree_ids(db, _tenant(ctx.principal)):
         return None
     return await db.get(Organization, org.parent_id)
 
 
-async def list_children(db: AsyncSession, principal: Principal, org: Organization) -> list[Organization]:
-    if org.id not in await subtree_ids(db, _tenant(principal)):
+async def list_children(ctx: RequestContext, org: Organization) -> list[Organization]:
+    db = await ctx.db()
+    if org.id not in await subtree_ids(db, _tenant(ctx.principal)):
         raise NotFound(NOT_FOUND)
     rows = await db.execute(
         select(Organization).where(col(Organization.parent_id) == org.id).order_by(col(Organization.slug))
@@ -120,7 +140,9 @@ def _billing_email(email: str | None, field: str) -> str | None:
     return checked_email(email, field)
 
 
-async def create_organization(db: AsyncSession, principal: Principal, new: NewOrganization) -> Organization:
+async def create_organization(ctx: RequestContext, new: NewOrganization) -> Organization:
+    """A child of the caller's organization, owned by the caller."""
+    principal = ctx.principal
     parent_id = _tenant(principal)
     if principal.kind is not PrincipalKind.USER or principal.subject_id is None:
         raise Forbidden("Only a signed-in user can create an organization: its creator becomes its owner.")
@@ -132,6 +154,7 @@ async def create_organization(db: AsyncSession, principal: Principal, new: NewOr
     billing_email = _billing_email(new.billing_email, "billingEmail")
     if new.plan != PLANS[0] and Permission.PLAN_MANAGE not in principal.effective_permissions:
         raise Forbidden("Choosing a paid plan needs plan:manage.", requiredScopes=[[Permission.PLAN_MANAGE.value]])
+    db = await ctx.db()
     parent = await check_quota(db, parent_id, QuotaResource.CHILD_ORGANIZATIONS)
     _within_parent(new.plan, parent)
     if (await db.execute(select(col(Organization.id)).where(col(Organization.slug) == new.slug))).first():
@@ -145,21 +168,72 @@ async def create_organization(db: AsyncSession, principal: Principal, new: NewOr
         raise Conflict(SLUG_TAKEN, field="slug") from None
     db.add(Membership(organization_id=org.id, user_id=principal.subject_id, role=BuiltinRole.OWNER.value))
     await db.flush()
+    ctx.audit(AuditAction.ORG_CREATED, resource_type="organization", resource_id=org.id,
+              details={"slug": org.slug, "name": org.name, "plan": org.plan, "parentId": org.parent_id})
     return org
 
 
-async def update_organization(db: AsyncSession, principal: Principal, changes: OrganizationChanges) -> Organization:
-    org = await db.get(Organization, _tenant(principal))
+async def bootstrap_organization(ctx: RequestContext, *, slug: str, name: str, plan: str, owner_email: str,
+                                 password: str | None) -> Provisioned:
+    """A new top-level organization and its owner, for the platform operator (`portcullis bootstrap`,
+    `portcullis seed-demo`): a new address gets an account with `password`; an address that has an account
+    is invited as the owner by email (resolvers/provisioning.py). CONFLICT when the slug is taken."""
+    if Permission.PLATFORM_ORGANIZATIONS_MANAGE not in ctx.principal.effective_permissions:
+        raise Forbidden("Only the platform operator creates top-level organizations.",
+                        requiredScopes=[[Permission.PLATFORM_ORGANIZATIONS_MANAGE.value]])
+    validate_tenant(slug, name, plan, owner_email)
+    # hashed before the unit of work opens its session (on SQLite, the writers' turn)
+    password_hash = await ctx.services.hasher.hash(password) if password else None
+    result = await create_tenant(await ctx.db(), slug=slug, name=name, plan=plan, owner_email=owner_email,
+                                 password_hash=password_hash, now=ctx.services.now())
+    org = result.organization
+    ctx.audit(AuditAction.ORG_CREATED, organization_id=org.id, resource_type="organization", resource_id=org.id,
+              details={"slug": org.slug, "plan": org.plan})
+    invitation, token = result.invitation, result.invitation_token
+    if invitation is not None and token is not None:
+        mailer = ctx.services.mail
+        if mailer is None:
+            raise MailNotConfigured("an invitation needs a mailer: Services.mail is None")
+        url = mailer.link(ACCEPT_PATH, token)
+        await send_mail(ctx, to=invitation.email, template="invitation", organization_id=org.id, variables={
+            "organization_name": org.name, "inviter": None, "role": invitation.role, "accept_url": url,
+            "expires_at": invitation.expires_at})
+        ctx.audit(AuditAction.MEMBER_INVITED, organization_id=org.id, resource_type="invitation",
+                  resource_id=invitation.id, details={"email": invitation.email, "role": invitation.role})
+        return dataclasses.replace(result, invitation_url=url)
+    if result.owner is not None:
+        ctx.audit(AuditAction.USER_CREATED, organization_id=org.id, resource_type="user", resource_id=result.owner.id)
+        ctx.audit(AuditAction.MEMBER_ADDED, organization_id=org.id, resource_type="user", resource_id=result.owner.id,
+                  details={"role": BuiltinRole.OWNER.value})
+    return result
+
+
+def _audited_fields(org: Organization) -> dict[str, object]:
+    return {"name": org.name, "billingEmail": org.billing_email, "requireMfa": org.require_mfa}
+
+
+async def update_organization(ctx: RequestContext, wanted: OrganizationChanges) -> Organization:
+    """Requiring MFA needs it of the caller first (`resolvers.mfa.check_can_require`); a change of the
+    requirement reaches every process's sessions of the organization at once."""
+    if wanted.require_mfa:
+        await check_can_require(ctx)
+    db = await ctx.db()
+    org = await db.get(Organization, _tenant(ctx.principal))
     if org is None:
         raise NotFound(NOT_FOUND)
-    if changes.name is not None:
-        org.name = _name(changes.name)
-    if changes.billing_email is not None:
-        org.billing_email = _billing_email(changes.billing_email, "billingEmail")
-    if changes.require_mfa is not None:
-        org.require_mfa = changes.require_mfa
+    before = _audited_fields(org)
+    if wanted.name is not None:
+        org.name = _name(wanted.name)
+    if wanted.billing_email is not None:
+        org.billing_email = _billing_email(wanted.billing_email, "billingEmail")
+    if wanted.require_mfa is not None:
+        org.require_mfa = wanted.require_mfa
     db.add(org)
     await db.flush()
+    if wanted.require_mfa is not None:
+        requirement_changed(ctx)
+    ctx.audit(AuditAction.ORG_UPDATED, resource_type="organization", resource_id=org.id,
+              details={"changes": changes(before, _audited_fields(org))})
     return org
 
 

@@ -49,6 +49,7 @@ class Provisioned:
     user_created: bool
     invitation: Invitation | None = None
     invitation_token: str | None = None
+    invitation_url: str | None = None  # the emailed link, for the operator who runs `portcullis bootstrap`
 
 
 def validate_tenant(slug: str, name: str, plan: str, email: str) -> None:

@@ -23,10 +23,14 @@ from sqlalchemy import select as sa_select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from authz import Principal
-from authz.errors import Forbidden, NotFound, QuotaExceeded
-from authz.plans import QuotaResource, effective_limits
+from authz import Permission
+from authz.errors import BadUserInput, Forbidden, NotFound, QuotaExceeded, Unauthenticated
+from authz.plans import QuotaResource, effective_limits, parse_overrides
+from identity.sessions import org_key
 from resolvers.budgets import RATE_RESOURCES, RateBudgets
+from resolvers.deps import RequestContext
+from resolvers.roles import announce_after_commit
+from store.audit import AuditAction, changes
 from store.models import ApiKey, Invitation, Membership, Organization, Report
 from store.scoping import tenant_filter
 
@@ -34,6 +38,8 @@ COUNTED: tuple[QuotaResource, ...] = (
     QuotaResource.MEMBERS, QuotaResource.API_KEYS, QuotaResource.REPORTS_PER_MONTH,
     QuotaResource.CHILD_ORGANIZATIONS,
 )
+
+MAX_LIMIT = 2**31 - 1  # a GraphQL Int
 
 _NOUNS = {
     QuotaResource.MEMBERS: "members",
@@ -176,11 +182,70 @@ async def list_quotas(
     return [rows[r] for r in QuotaResource if r in rows]
 
 
-async def organization_quotas(
-    db: AsyncSession, principal: Principal, org: Organization, *, budgets: RateBudgets | None, now: datetime
-) -> list[QuotaUsage]:
+async def organization_quotas(ctx: RequestContext, org: Organization) -> list[QuotaUsage]:
     """The quotas of the caller's own organization: `quotas:read` held here says nothing about an
     organization below it."""
+    principal = ctx.principal
     if principal.organization_id is None or org.id != principal.organization_id:
         raise Forbidden("You are not allowed to access this field.", requiredScopes=[["quotas:read"]])
-    return await list_quotas(db, org, budgets=budgets, now=now)
+    return await list_quotas(await ctx.db(), org, budgets=ctx.services.budgets, now=ctx.services.now())
+
+
+# -- the operator's overrides (`portcullis org limits`) -----------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OrganizationLimits:
+    organization: Organization
+    overrides: dict[QuotaResource, int | None]  # the organization's own, on top of its plan's
+    limits: dict[QuotaResource, int | None]  # what applies: the plan's with the overrides
+    used: dict[QuotaResource, int]  # of the resources counted in the database
+
+
+async def _limits_of(db: AsyncSession, org: Organization, now: datetime) -> OrganizationLimits:
+    return OrganizationLimits(org, parse_overrides(org.limit_overrides),
+                              effective_limits(org.plan, org.limit_overrides), await count_used(db, org.id, now=now))
+
+
+def _operator_tenant(ctx: RequestContext, permission: Permission) -> str:
+    if permission not in ctx.principal.effective_permissions:
+        raise Forbidden("An organization's limit overrides are the platform operator's.",
+                        requiredScopes=[[permission.value]])
+    if ctx.principal.organization_id is None:
+        raise Unauthenticated("Authentication required.")
+    return ctx.principal.organization_id
+
+
+async def get_limits(ctx: RequestContext) -> OrganizationLimits:
+    """The organization's limits, overrides and counted use."""
+    org_id = _operator_tenant(ctx, Permission.PLATFORM_ORGANIZATIONS_READ)
+    db = await ctx.db()
+    org = await db.get(Organization, org_id)
+    if org is None:
+        raise NotFound("Organization not found.")
+    return await _limits_of(db, org, ctx.services.now())
+
+
+async def override_limits(ctx: RequestContext, settings: dict[str, int | None], *, reset: bool) -> OrganizationLimits:
+    """Override limits of the organization's plan (`RESOURCE` name -> a limit, None for unlimited), after
+    dropping every earlier override when `reset`. Applies from the next request on every process: `org:<id>`
+    is announced once committed."""
+    org_id = _operator_tenant(ctx, Permission.PLATFORM_ORGANIZATIONS_MANAGE)
+    for name, limit in settings.items():
+        if name not in QuotaResource.__members__:
+            raise BadUserInput(f"unknown resource {name!r}", field="limits")
+        if limit is not None and not 0 <= limit <= MAX_LIMIT:
+            raise BadUserInput(f"{name}: a limit is a whole number from 0 to {MAX_LIMIT}, or unlimited",
+                               field="limits")
+    db = await ctx.db()
+    org = await lock_organization(db, org_id)
+    before = dict(org.limit_overrides or {})
+    overrides = {} if reset else dict(before)
+    overrides.update(settings)
+    org.limit_overrides = overrides
+    db.add(org)
+    await db.flush()
+    announce_after_commit(ctx, [org_key(org.id)])
+    ctx.audit(AuditAction.ORG_UPDATED, resource_type="organization", resource_id=org.id,
+              details={"changes": changes({"limitOverrides": before}, {"limitOverrides": overrides})})
+    return await _limits_of(db, org, ctx.services.now())

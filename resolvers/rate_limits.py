@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from authz import Principal
 from authz.errors import GatewayError
 from authz.plans import QuotaResource, effective_limits
 from resolvers.budgets import BudgetState
@@ -10,9 +9,9 @@ from resolvers.deps import RequestContext
 from resolvers.organizations import get_organization
 
 
-async def get_rate_budgets(ctx: RequestContext, principal: Principal) -> tuple[str, dict[QuotaResource, BudgetState]]:
+async def get_rate_budgets(ctx: RequestContext) -> tuple[str, dict[QuotaResource, BudgetState]]:
     """The tenant's plan, and the state of its REQUESTS_PER_MINUTE, REQUESTS_PER_DAY and COST_PER_MINUTE."""
-    org = await get_organization(await ctx.db(), principal)
+    org = await get_organization(ctx)
     budgets = ctx.services.budgets
     if budgets is None:
         raise GatewayError("Rate budgets are not available on this gateway.")

@@ -29,7 +29,6 @@ from sqlalchemy import select as sa_select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from authz import Principal
 from authz.errors import BadUserInput, Forbidden, NotFound
 from authz.plans import QuotaResource
 from resolvers.audit import owning_tenants
@@ -41,7 +40,6 @@ from resolvers.roles import tenant_of
 from store import audit
 from store.audit import AuditAction, AuditResult
 from store.cursors import CursorError, decode_position, encode_position
-from store.db import Database
 from store.models import AuditEntry, Report, ReportRow
 from store.scoping import tenant_filter, tenant_select
 
@@ -219,10 +217,11 @@ def _check_id(report_id: str) -> None:
         raise NotFound(REPORT_NOT_FOUND)
 
 
-async def get_report(db: AsyncSession, principal: Principal, report_id: str) -> Report:
+async def get_report(ctx: RequestContext, report_id: str) -> Report:
     """One of the caller's organization's reports; another tenant's id answers like a random one."""
-    org_id = tenant_of(principal)
+    org_id = tenant_of(ctx.principal)
     _check_id(report_id)
+    db = await ctx.db()
     row = (await db.execute(tenant_select(Report, org_id).where(col(Report.id) == report_id))).scalar_one_or_none()
     if row is None:
         raise NotFound(REPORT_NOT_FOUND)
@@ -255,10 +254,10 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 
 async def list_reports(
-    db: AsyncSession, principal: Principal, organization_id: str, first: int = 20, after: str | None = None
+    ctx: RequestContext, organization_id: str, first: int = 20, after: str | None = None
 ) -> ReportPage:
     """One page of the caller's organization's reports, newest first (keyset on created_at, id)."""
-    org_id = tenant_of(principal)
+    org_id = tenant_of(ctx.principal)
     if organization_id != org_id:
         raise Forbidden("You are not allowed to access this field.", requiredScopes=[["reports:read"]])
     if not 1 <= first <= MAX_PAGE_SIZE:
@@ -270,15 +269,9 @@ async def list_reports(
             (col(Report.created_at) < at) | ((col(Report.created_at) == at) & (col(Report.id) < ident))
         )
     stmt = stmt.order_by(col(Report.created_at).desc(), col(Report.id).desc()).limit(first + 1)
-    rows = list((await db.execute(stmt)).scalars().all())
+    rows = list((await (await ctx.db()).execute(stmt)).scalars().all())
     edges = [ReportEdge(encode_cursor(r), r) for r in rows[:first]]
     return ReportPage(edges, len(rows) > first, edges[-1].cursor if edges else None)
-
-
-async def find_report(database: Database, principal: Principal, report_id: str) -> Report:
-    """`get_report` on a session of its own (for the downloads, outside any GraphQL request)."""
-    async with database.session() as db:
-        return await get_report(db, principal, report_id)
 
 
 async def audit_refused_download(ctx: RequestContext, report_id: str, *, forbidden: bool) -> None:
@@ -288,19 +281,18 @@ async def audit_refused_download(ctx: RequestContext, report_id: str, *, forbidd
         await ctx.audit_now(AuditAction.AUTHZ_FAIL, result=AuditResult.DENIED, resource_type="report",
                             details={"paths": ["GET /reports"], "requiredScopes": ["reports:read"]})
         return
-    async with ctx.services.db.session() as db:
-        owners = await owning_tenants(db, "report", report_id)
+    owners = await owning_tenants(ctx, "report", report_id)
     if owners - {ctx.principal.organization_id}:
         await ctx.audit_now(AuditAction.AUTHZ_CROSS_TENANT, result=AuditResult.DENIED, resource_type="report",
                             resource_id=report_id)
 
 
-async def stored_lines(database: Database, report: Report) -> AsyncIterator[list[str]]:
+async def stored_lines(ctx: RequestContext, report: Report) -> AsyncIterator[list[str]]:
     """The report's rows in order, one chunk at a time, each chunk read on a short session of its own
     (a slow download holds no connection between chunks)."""
     last = -1
     while True:
-        async with database.session() as db:
+        async with ctx.services.db.session() as db:
             lines = list((
                 await db.execute(
                     sa_select(col(ReportRow.line))
@@ -317,17 +309,17 @@ async def stored_lines(database: Database, report: Report) -> AsyncIterator[list
             return
 
 
-async def json_download(database: Database, report: Report) -> AsyncIterator[bytes]:
+async def json_download(ctx: RequestContext, report: Report) -> AsyncIterator[bytes]:
     yield json_head(report, columns_of(report.kind))
     first = True
-    async for lines in stored_lines(database, report):
+    async for lines in stored_lines(ctx, report):
         chunk = ",".join(lines).encode()
         yield chunk if first else b"," + chunk
         first = False
     yield json_tail(report.summary)
 
 
-async def csv_download(database: Database, report: Report) -> AsyncIterator[bytes]:
+async def csv_download(ctx: RequestContext, report: Report) -> AsyncIterator[bytes]:
     yield csv_line(list(columns_of(report.kind)))
-    async for lines in stored_lines(database, report):
+    async for lines in stored_lines(ctx, report):
         yield b"".join(csv_line(orjson.loads(line)) for line in lines)

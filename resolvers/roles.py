@@ -104,9 +104,10 @@ def _custom_view(d: RoleDefinition) -> RoleView:
     return RoleView(d.name, d.description, _sorted_names(d.permissions), d.inherits, built_in=False)
 
 
-async def list_roles(db: AsyncSession, principal: Principal) -> list[RoleView]:
+async def list_roles(ctx: RequestContext) -> list[RoleView]:
     """Built-in roles, weakest first, then the tenant's custom roles by name."""
-    custom = await load_custom_roles(db, tenant_of(principal))
+    org_id = tenant_of(ctx.principal)
+    custom = await load_custom_roles(await ctx.db(), org_id)
     return _builtin_views() + [_custom_view(custom[name]) for name in sorted(custom)]
 
 

@@ -21,6 +21,8 @@ from identity.saml import SamlMetadataError, parse_idp_metadata
 from identity.sso import ExternalIdentity
 from resolvers.deps import RequestContext
 from resolvers.roles import require_role, tenant_of
+from resolvers.sso import configured_details
+from store.audit import AuditAction
 from store.models import Membership, Organization, SsoConnection, SsoIdentity, User
 from store.scoping import tenant_select
 
@@ -103,6 +105,7 @@ async def configure_saml(ctx: RequestContext, spec: SamlConnectionSpec) -> SsoCo
     }
     row = (await db.execute(tenant_select(SsoConnection, org_id).where(col(SsoConnection.kind) == "saml"))
            ).scalars().first()
+    created = row is None
     if row is None:
         row = SsoConnection(organization_id=org_id, kind="saml", **values)
     else:
@@ -111,27 +114,20 @@ async def configure_saml(ctx: RequestContext, spec: SamlConnectionSpec) -> SsoCo
         row.updated_at = ctx.services.now()
     db.add(row)
     await db.flush()
+    ctx.audit(AuditAction.SSO_CONFIGURED, resource_type="sso_connection", resource_id=row.id,
+              details=configured_details(row, created=created))
     return row
 
 
-async def organization_by_slug(db: AsyncSession, slug: str) -> Organization | None:
-    return (await db.execute(sa_select(Organization).where(col(Organization.slug) == slug))).scalar_one_or_none()
-
-
-async def saml_connection(db: AsyncSession, organization_id: str) -> SsoConnection | None:
-    """The organization's SAML connection, enabled or not."""
-    rows = await db.execute(tenant_select(SsoConnection, organization_id).where(col(SsoConnection.kind) == "saml"))
-    return rows.scalars().first()
-
-
-async def enabled_connection(db: AsyncSession, organization_id: str) -> SsoConnection | None:
-    """The connection `GET /auth/sso/{org}` starts: the organization's enabled one, SAML first."""
-    rows = await db.execute(
-        tenant_select(SsoConnection, organization_id).where(col(SsoConnection.enabled).is_(True))
-        .order_by(col(SsoConnection.created_at))
-    )
-    found = list(rows.scalars().all())
-    return next((r for r in found if r.kind == "saml"), found[0] if found else None)
+async def find_connection(ctx: RequestContext, slug: str) -> tuple[Organization | None, SsoConnection | None]:
+    """The organization by its slug and its SAML connection, enabled or not (the SAML routes, before any
+    session)."""
+    db = await ctx.db()
+    org = (await db.execute(sa_select(Organization).where(col(Organization.slug) == slug))).scalar_one_or_none()
+    if org is None:
+        return None, None
+    rows = await db.execute(tenant_select(SsoConnection, org.id).where(col(SsoConnection.kind) == "saml"))
+    return org, rows.scalars().first()
 
 
 def email_domain_allowed(connection: SsoConnection, email: str | None) -> bool:
@@ -143,9 +139,10 @@ def email_domain_allowed(connection: SsoConnection, email: str | None) -> bool:
     return email.rsplit("@", 1)[1].lower() in connection.allowed_domains
 
 
-async def known_to_tenant(db: AsyncSession, connection: SsoConnection, identity: ExternalIdentity) -> bool:
+async def known_to_tenant(ctx: RequestContext, connection: SsoConnection, identity: ExternalIdentity) -> bool:
     """Whether the identity is already linked, or its email is a member's: what a connection without
     just-in-time provisioning requires before a login goes any further."""
+    db = await ctx.db()
     linked = await db.execute(
         tenant_select(SsoIdentity, connection.organization_id)
         .where(col(SsoIdentity.issuer) == identity.issuer, col(SsoIdentity.subject) == identity.subject)

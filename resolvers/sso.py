@@ -34,17 +34,17 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
-from authz import AuthMethod, BuiltinRole, Principal, PrincipalKind, is_builtin_role
+from authz import AuthMethod, BuiltinRole, PrincipalKind, is_builtin_role
 from authz.errors import BadUserInput, Unauthenticated
 from identity.lockout import email_key
 from identity.oidc import ADDRESS_REFUSED, DEFAULT_ALGORITHMS, OidcConnectionConfig, OidcError, check_issuer_url
-from identity.sessions import create_browser_session, load_custom_roles, revoke_sessions, user_key
+from identity.sessions import create_browser_session, load_custom_roles, user_key
 from identity.sso import ExternalIdentity
 from resolvers.accounts import SSO_LINK, TTL, issue_token, refuse_api_keys, spend_token
-from resolvers.deps import RequestContext, Services
+from resolvers.deps import RequestContext
 from resolvers.domains import claimant
 from resolvers.roles import check_can_grant, require_role, tenant_of
-from store.audit import ActorType, AuditAction, AuditEvent, AuditResult, AuditTrail
+from store.audit import PLATFORM_CHAIN, ActorType, AuditAction, AuditResult
 from store.models import AuthSession, Membership, Organization, SsoConnection, SsoIdentity, User, new_id
 from store.scoping import tenant_select
 
@@ -73,33 +73,33 @@ class SsoLogin:
 
 
 async def record_sso_event(
-    audit: AuditTrail | None, event: str, *, reason: str | None, protocol: str, organization_id: str | None,
-    connection_id: str | None, user_id: str | None = None, client_ip: str | None, user_agent: str | None,
-    request_id: str | None,
+    ctx: RequestContext, event: str, *, reason: str | None, protocol: str, organization_id: str | None,
+    connection_id: str | None, user_id: str | None = None,
 ) -> None:
     """The one place every SSO outcome is recorded (`authn_sso_success`, `authn_sso_fail`): a structured
     security event and an audit entry of its own (in the tenant's chain, or the platform's when no tenant
-    is known yet)."""
+    is known yet). The context is the browser's request, before any session: its address, user agent
+    and request id."""
+    p = ctx.principal
     extra = {
         "event": event, "reason": reason, "protocol": protocol, "organization_id": organization_id,
-        "connection_id": connection_id, "user_id": user_id, "client_ip": client_ip,
-        "user_agent": (user_agent or "")[:256] or None, "request_id": request_id,
+        "connection_id": connection_id, "user_id": user_id, "client_ip": p.client_ip,
+        "user_agent": (ctx.user_agent or "")[:256] or None, "request_id": p.request_id,
     }
     success = event == AuditAction.AUTHN_SSO_SUCCESS
     security_log.log(logging.INFO if success else logging.WARNING, event, extra=extra)
-    if audit is None:
-        return
-    entry = AuditEvent(
-        action=AuditAction.AUTHN_SSO_SUCCESS if success else AuditAction.AUTHN_SSO_FAIL,
-        result=AuditResult.SUCCESS if success else AuditResult.DENIED, organization_id=organization_id,
+    entry = ctx.audit_event(
+        AuditAction.AUTHN_SSO_SUCCESS if success else AuditAction.AUTHN_SSO_FAIL,
+        result=AuditResult.SUCCESS if success else AuditResult.DENIED,
+        organization_id=organization_id or PLATFORM_CHAIN,
         actor_type=ActorType.USER if user_id else ActorType.ANONYMOUS, actor_id=user_id,
-        resource_type="sso_connection", resource_id=connection_id, request_id=request_id, ip=client_ip,
-        user_agent=user_agent, details={"protocol": protocol, **({"reason": reason} if reason else {})},
+        resource_type="sso_connection", resource_id=connection_id,
+        details={"protocol": protocol, **({"reason": reason} if reason else {})},
     )
     try:
-        await audit.record(entry)
+        await ctx.services.audit.record(entry)
     except Exception:  # the outcome stands; the missing entry is logged loudly
-        security_log.exception("audit entry not written", extra={"request_id": request_id})
+        security_log.exception("audit entry not written", extra={"request_id": p.request_id})
 
 
 # -- connections --------------------------------------------------------------------------------------
@@ -217,48 +217,50 @@ async def configure_oidc(ctx: RequestContext, spec: OidcSpec) -> SsoConnection:
     db.add(row)
     await db.flush()
     log.info("sso_configured", extra={"connection_id": row.id, "request_id": principal.request_id})
+    ctx.audit(AuditAction.SSO_CONFIGURED, resource_type="sso_connection", resource_id=row.id,
+              details=configured_details(row, created=existing is None))
     return row
 
 
-async def list_connections(db: AsyncSession, principal: Principal, organization_id: str) -> list[SsoConnection]:
-    if organization_id != tenant_of(principal):
+def configured_details(row: SsoConnection, *, created: bool) -> dict[str, object]:
+    """What an `sso_configured` entry says of a connection: never its secret."""
+    return {"kind": row.kind, "created": created, "issuer": row.issuer, "enabled": row.enabled,
+            "defaultRole": row.default_role, "roleMapping": dict(row.role_mapping or {}),
+            "allowedDomains": list(row.allowed_domains or []), "jitProvisioning": row.jit_provisioning}
+
+
+async def list_connections(ctx: RequestContext, organization_id: str) -> list[SsoConnection]:
+    if organization_id != tenant_of(ctx.principal):
         return []
-    rows = await db.execute(
+    rows = await (await ctx.db()).execute(
         tenant_select(SsoConnection, organization_id).order_by(col(SsoConnection.created_at), col(SsoConnection.id))
     )
     return list(rows.scalars().all())
 
 
-async def connection_for_organization(services: Services, slug: str) -> tuple[Organization, SsoConnection] | None:
+async def connection_for_organization(ctx: RequestContext, slug: str) -> tuple[Organization, SsoConnection] | None:
     """The organization and its enabled connection (OIDC first), or None: unknown slug, nothing enabled."""
     if not slug or len(slug) > 63:
         return None
-    async with services.db.transaction() as db:
-        org = (await db.execute(select(Organization).where(col(Organization.slug) == slug))).scalar_one_or_none()
-        if org is None:
-            return None
-        rows = (await db.execute(
-            tenant_select(SsoConnection, org.id).where(col(SsoConnection.enabled).is_(True))
-            .order_by(col(SsoConnection.kind).desc(), col(SsoConnection.created_at))
-        )).scalars().all()
-        return (org, rows[0]) if rows else None
+    db = await ctx.db()
+    org = (await db.execute(select(Organization).where(col(Organization.slug) == slug))).scalar_one_or_none()
+    if org is None:
+        return None
+    rows = (await db.execute(
+        tenant_select(SsoConnection, org.id).where(col(SsoConnection.enabled).is_(True))
+        .order_by(col(SsoConnection.kind).desc(), col(SsoConnection.created_at))
+    )).scalars().all()
+    return (org, rows[0]) if rows else None
 
 
-async def get_connection(services: Services, organization_id: str, connection_id: str) -> SsoConnection | None:
-    async with services.db.transaction() as db:
-        return (await db.execute(
-            tenant_select(SsoConnection, organization_id).where(col(SsoConnection.id) == connection_id)
-        )).scalar_one_or_none()
+async def get_connection_by_id(ctx: RequestContext, connection_id: str) -> SsoConnection | None:
+    # tenant-scope: the id comes from the server-side record of a login this gateway started
+    return await (await ctx.db()).get(SsoConnection, connection_id)
 
 
-async def get_connection_by_id(services: Services, connection_id: str) -> SsoConnection | None:
-    async with services.db.transaction() as db:
-        # tenant-scope: the id comes from the server-side record of a login this gateway started
-        return await db.get(SsoConnection, connection_id)
-
-
-def oidc_config(services: Services, connection: SsoConnection) -> OidcConnectionConfig:
+def oidc_config(ctx: RequestContext, connection: SsoConnection) -> OidcConnectionConfig:
     """What the relying party needs from a stored OIDC connection, the client secret decrypted."""
+    services = ctx.services
     if (connection.kind != "oidc" or not connection.issuer or not connection.client_id
             or not connection.client_secret_encrypted or services.oidc_secrets is None):
         raise OidcError("oidc_connection_incomplete")
@@ -301,15 +303,19 @@ async def _existing_membership(db: AsyncSession, organization_id: str, user_id: 
 
 
 async def complete_sso_login(
-    services: Services, connection: SsoConnection, identity: ExternalIdentity, *,
-    client_ip: str | None, user_agent: str | None, request_id: str | None, link_user_id: str | None = None,
+    ctx: RequestContext, connection: SsoConnection, identity: ExternalIdentity, *, link_user_id: str | None = None,
 ) -> SsoLogin:
     """Provision or update the user and membership for a validated identity and open a browser session.
 
     `link_user_id`: the account whose holder asked to link this connection (`startSsoLink`). Raises
     `SsoLoginError`; on any refusal nothing is written. The caller records the outcome with
     `record_sso_event` (a success is recorded here).
+
+    It commits in a transaction of its own rather than the context's unit of work: a concurrent first
+    login of the same identity fails at the flush or the commit, and must be refused like any other.
     """
+    services = ctx.services
+    client_ip, user_agent = ctx.principal.client_ip, ctx.user_agent
     if not connection.enabled:
         raise SsoLoginError("sso_connection_disabled")
     if services.browser is None:
@@ -402,14 +408,11 @@ async def complete_sso_login(
     if role_changed:
         await services.revocations.publish([user_key(user.id)])
     if linked:
-        await services.audit.record(AuditEvent(
-            action=AuditAction.AUTHN_SSO_LINKED, result=AuditResult.SUCCESS, organization_id=org_id,
-            actor_type=ActorType.USER, actor_id=user.id, resource_type="sso_connection", resource_id=connection.id,
-            request_id=request_id, ip=client_ip, user_agent=user_agent, details={"protocol": identity.protocol},
-        ))
-    await record_sso_event(services.audit, AuditAction.AUTHN_SSO_SUCCESS, reason=None, protocol=identity.protocol,
-                           organization_id=org_id, connection_id=connection.id, user_id=user.id,
-                           client_ip=client_ip, user_agent=user_agent, request_id=request_id)
+        await ctx.audit_now(AuditAction.AUTHN_SSO_LINKED, organization_id=org_id, actor_type=ActorType.USER,
+                            actor_id=user.id, resource_type="sso_connection", resource_id=connection.id,
+                            details={"protocol": identity.protocol})
+    await record_sso_event(ctx, AuditAction.AUTHN_SSO_SUCCESS, reason=None, protocol=identity.protocol,
+                           organization_id=org_id, connection_id=connection.id, user_id=user.id)
     return SsoLogin(user=user, organization=org, session=session, role=role, user_created=created)
 
 
@@ -426,16 +429,6 @@ async def _consented_link(db: AsyncSession, organization_id: str, user_id: str,
     if membership is None:
         raise SsoLoginError("sso_not_a_member")
     return user, membership
-
-
-async def end_browser_session(services: Services, principal: Principal) -> str | None:
-    """Revoke the caller's session (cookie or Bearer); the session id, or None when there was none."""
-    if principal.session_id is None or principal.organization_id is None:
-        return None
-    async with services.db.transaction() as db:
-        await revoke_sessions(db, [principal.session_id], reason="logout", now=services.now())
-    await services.revocations.publish([principal.session_id])
-    return principal.session_id
 
 
 # -- linking an existing account to a connection, by its holder -----------------------------------------
@@ -474,13 +467,12 @@ async def start_sso_link(ctx: RequestContext) -> SsoLinkStart:
                         expires_at=now + TTL[SSO_LINK])
 
 
-async def take_link_intent(services: Services, token: str | None, organization_id: str) -> str | None:
+async def take_link_intent(ctx: RequestContext, token: str | None, organization_id: str) -> str | None:
     """The account a link address was made for (spent now), when it is unspent, unexpired and for this
     organization; None otherwise."""
     if not token:
         return None
-    async with services.db.transaction() as db:
-        spent = await spend_token(db, token, SSO_LINK, services.now())
+    spent = await spend_token(await ctx.db(), token, SSO_LINK, ctx.services.now())
     if spent is None or spent.organization_id != organization_id:
         return None
     return spent.user_id

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import strawberry
@@ -24,7 +25,7 @@ from schema.enums import Plan
 from schema.extensions import IntrospectionGuard, UnitOfWork
 from schema.invitations import InvitationMutation
 from schema.limits import DEFAULT_LIST_SIZE, PLAN_LIMITS, CostModel, OperationLimits, TokenLimit, document_limits
-from schema.limits.admission import Admission, KnownCosts
+from schema.limits.admission import AdmissionExtension
 from schema.limits.once import OncePerOperation
 from schema.limits.storable import StorableArguments
 from schema.members import MemberMutation
@@ -48,7 +49,6 @@ Mutation = merge_types("Mutation", (AuthMutation, AccountMutation, OrganizationM
 class PortcullisSchema(strawberry.Schema):
     authorizer: Authorizer
     cost_model: CostModel
-    known_costs: KnownCosts
 
     def process_errors(
         self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
@@ -65,60 +65,74 @@ class PortcullisSchema(strawberry.Schema):
                       exc_info=original, extra={"request_id": rid})
 
 
-class AuthorizationNotEnforced(SchemaExtension):
-    """Lets every field through: each operation starts with no denied field, so guards never refuse.
+ExtensionFactory = Callable[[], SchemaExtension]
 
-    It exists only to measure what authorization costs (`make bench`, scenario `guarded`), by standing
-    in for `Authorization` in an otherwise identical build. Nothing in the settings or the environment
-    selects it: only `build_schema(enforce_authorization=False)`, called from code, does.
+
+@dataclass(frozen=True, slots=True)
+class Authorize:
+    """Makes each operation's `Authorization`, with the authorizer of the schema once it is built."""
+
+    schema: Callable[[], PortcullisSchema]
+    reject_unauthorized: bool = False
+
+    def __call__(self) -> Authorization:
+        return Authorization(authorizer=self.schema().authorizer, reject_unauthorized=self.reject_unauthorized)
+
+
+def default_extensions(
+    schema: Callable[[], PortcullisSchema], *, anonymous_introspection: bool = True,
+    reject_unauthorized: bool = False, cache_size: int = 1024,
+    operation_limits: Mapping[Plan, OperationLimits] = PLAN_LIMITS,
+) -> list[ExtensionFactory]:
+    """Every operation's extensions, in the order their hooks enter. `schema` gives the schema once it is
+    built: the cost model and the authorizer are made from it.
+
+    The unit of work wraps everything. The token limit decides before the parser cache parses; the other
+    limits after the validation cache has validated (arguments the database cannot store first), and
+    before authorization. Admission comes last before execution: the request, its cost and its login
+    attempts, in one round trip.
     """
-
-    def on_operation(self) -> Iterator[None]:
-        self.execution_context.context.denied_fields = {}
-        yield
-
-
-def build_schema(
-    *, anonymous_introspection: bool = True, field_suggestions: bool = True, reject_unauthorized: bool = False,
-    cache_size: int = 1024, enforce_authorization: bool = True, query: Any = None, mutation: Any = None,
-    operation_limits: Mapping[Plan, OperationLimits] = PLAN_LIMITS, default_list_size: int = DEFAULT_LIST_SIZE,
-    record_audit: bool = True,
-) -> PortcullisSchema:
-    """The gateway's schema (`query`/`mutation` replace the root types, for tests of the machinery)."""
-    # `record_audit=False` only for the benchmark, which measures what the audit log costs
-    extensions: list[Any] = [UnitOfWork if record_audit else lambda: UnitOfWork(record_audit=False)]
+    extensions: list[ExtensionFactory] = [UnitOfWork]
     if not anonymous_introspection:
         extensions.append(IntrospectionGuard)
-    # the token limit decides before the parser cache parses; the other limits after the validation
-    # cache has validated (arguments the database cannot store first), and before authorization (hooks
-    # enter in list order). The cost model and the authorizer need the built schema, so their factories
-    # read it once it exists.
-    built: list[PortcullisSchema] = []
     extensions += [
         lambda: TokenLimit(table=operation_limits),
         lambda: ParserCache(maxsize=cache_size),
         lambda: ValidationCache(maxsize=cache_size),
         StorableArguments,
-        *document_limits(operation_limits, lambda: built[0].cost_model),
+        *document_limits(operation_limits, lambda: schema().cost_model),
         OncePerOperation,
+        Authorize(schema, reject_unauthorized),
+        AdmissionExtension,
     ]
-    if enforce_authorization:
-        extensions.append(
-            lambda: Authorization(authorizer=built[0].authorizer, reject_unauthorized=reject_unauthorized)
-        )
-    else:
-        extensions.append(AuthorizationNotEnforced)
-    # last before execution: the request, its cost and its login attempts, in one round trip
-    extensions.append(Admission)
+    return extensions
+
+
+def build_schema(
+    *, anonymous_introspection: bool = True, field_suggestions: bool = True, reject_unauthorized: bool = False,
+    cache_size: int = 1024, query: Any = None, mutation: Any = None,
+    operation_limits: Mapping[Plan, OperationLimits] = PLAN_LIMITS, default_list_size: int = DEFAULT_LIST_SIZE,
+    extensions: Callable[[list[ExtensionFactory]], list[ExtensionFactory]] | None = None,
+) -> PortcullisSchema:
+    """The gateway's schema (`query`/`mutation` replace the root types, for tests of the machinery).
+
+    `extensions` receives `default_extensions` and returns the list to install: how another build is
+    composed from the same parts (`bench/apps/`)."""
+    built: list[PortcullisSchema] = []
+    installed = default_extensions(
+        lambda: built[0], anonymous_introspection=anonymous_introspection,
+        reject_unauthorized=reject_unauthorized, cache_size=cache_size, operation_limits=operation_limits,
+    )
+    if extensions is not None:
+        installed = extensions(installed)
     schema = PortcullisSchema(
         query=query or Query,
         mutation=mutation or Mutation,
-        extensions=extensions,
+        extensions=installed,
         config=StrawberryConfig(disable_field_suggestions=not field_suggestions),
     )
     schema.authorizer = Authorizer(schema._schema)
     schema.cost_model = CostModel(schema._schema, default_list_size=default_list_size)
-    schema.known_costs = KnownCosts(cache_size)
     built.append(schema)
     return schema
 

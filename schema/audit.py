@@ -1,15 +1,17 @@
 """The audit log in the schema: `auditLogs`, `verifyAuditChain`, and what every operation records.
 
-Every executed mutation root field leaves an entry, whether or not its resolver records one: the unit
-of work (`schema.extensions.UnitOfWork`) asks `operation_events` what to write. A resolver that
-records the field's action itself (`ctx.audit(...)`, with the resource and the changed values) covers
-the field; otherwise a plain entry names the field. A field that fails is recorded as `denied` or
-`error` in a transaction of its own, after the request's work has been rolled back; FORBIDDEN errors
-anywhere in an operation add one `authz_fail` entry listing the refused paths.
+Every executed mutation root field leaves an entry: the unit of work (`schema.extensions.UnitOfWork`)
+asks `operation_events` what to write. Each mutation's service records its own action (`ctx.audit(...)`,
+with the resource and the changed values), which covers the field. A service that forgot to is the one
+case of a plain entry naming the field, written as a safety net and logged as `audit_entry_missing`
+(the test suite fails on that log line). A field that fails is recorded as `denied` or `error` in a
+transaction of its own, after the request's work has been rolled back; FORBIDDEN errors anywhere in an
+operation add one `authz_fail` entry listing the refused paths.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -30,6 +32,8 @@ from store.audit import AuditAction as A
 from store.audit import AuditEvent, AuditResult
 from store.models import AuditEntry
 
+log = logging.getLogger("portcullis.audit")
+
 # root mutation field -> (its action, the resource type it acts on, actions that also cover it)
 FIELD_ACTIONS: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
     "login": (A.AUTHN_LOGIN_SUCCESS, "user", (A.AUTHN_LOGIN_FAIL, A.AUTHN_LOGIN_LOCK, A.AUTHN_MFA_FAIL)),
@@ -46,6 +50,7 @@ FIELD_ACTIONS: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
     "revokeInvitation": (A.INVITATION_REVOKED, "invitation", ()),
     "requestPasswordReset": (A.AUTHN_PASSWORD_RESET_REQUESTED, "user", ()),
     "resetPassword": (A.AUTHN_PASSWORD_RESET, "user", ()),
+    "sendEmailVerification": (A.AUTHN_EMAIL_VERIFICATION_SENT, "user", ()),
     "verifyEmail": (A.AUTHN_EMAIL_VERIFIED, "user", ()),
     "changeEmail": (A.AUTHN_EMAIL_CHANGE_REQUESTED, "user", (A.AUTHN_LOGIN_FAIL,)),
     "confirmEmailChange": (A.AUTHN_EMAIL_CHANGED, "user", ()),
@@ -133,18 +138,15 @@ async def _cross_tenant(ctx: Any, ec: ExecutionContext, errors: list[Any], out: 
             value = _argument(node, lookup[0], ec.variables)
             if value:
                 probes.append((node.name.value, lookup[1], value))
-    if not probes:
-        return
-    async with ctx.services.db.transaction() as db:
-        for field_name, resource_type, value in probes:
-            owners = await service.owning_tenants(db, resource_type, value)
-            if owners and own not in owners:
-                # this replaces the field's plain failure entry: one row for the attempt
-                out.on_their_own = [e for e in out.on_their_own if (e.details or {}).get("field") != field_name]
-                out.on_their_own.append(ctx.audit_event(
-                    A.AUTHZ_CROSS_TENANT, result=AuditResult.DENIED, resource_type=resource_type,
-                    resource_id=value[:64], details={"field": field_name},
-                ))
+    for field_name, resource_type, value in probes:
+        owners = await service.owning_tenants(ctx, resource_type, value)
+        if owners and own not in owners:
+            # this replaces the field's plain failure entry: one row for the attempt
+            out.on_their_own = [e for e in out.on_their_own if (e.details or {}).get("field") != field_name]
+            out.on_their_own.append(ctx.audit_event(
+                A.AUTHZ_CROSS_TENANT, result=AuditResult.DENIED, resource_type=resource_type,
+                resource_id=value[:64], details={"field": field_name},
+            ))
 
 
 async def add_cross_tenant(ctx: Any, ec: ExecutionContext, out: OperationAudit) -> None:
@@ -176,6 +178,7 @@ def operation_events(ctx: Any, ec: ExecutionContext) -> OperationAudit:
         for node in fields:
             name = node.name.value
             if not _covered(recorded, name):
+                log.error("audit_entry_missing", extra={"field": name, "request_id": ctx.principal.request_id})
                 action, resource_type, _ = FIELD_ACTIONS.get(name, (A.MUTATION, None, ()))
                 out.with_commit.append(ctx.audit_event(action, resource_type=resource_type,
                                                        details={"field": name}))
@@ -283,7 +286,7 @@ class AuditQuery:
             f = AuditFilter(actor_id=filter.actor_id, action=filter.action, resource_type=filter.resource_type,
                             resource_id=filter.resource_id, result=filter.result, request_id=filter.request_id,
                             start=filter.from_, end=filter.to)
-        page = await service.list_entries(await ctx.db(), ctx.principal, f, first, after)
+        page = await service.list_entries(ctx, f, first, after)
         return AuditLogConnection(
             edges=[AuditLogEdge(cursor=e.cursor, node=AuditLogEntry.from_row(e.entry)) for e in page.edges],
             page_info=PageInfo(has_next_page=page.has_next_page, end_cursor=page.end_cursor),

@@ -13,8 +13,7 @@ from strawberry.extensions import SchemaExtension
 from strawberry.types.graphql import OperationType
 
 from authz.errors import ErrorCode, GatewayError
-from schema.audit import add_cross_tenant, operation_events
-from store import audit
+from schema.audit import OperationAudit, add_cross_tenant, operation_events
 
 log = logging.getLogger("portcullis.graphql")
 
@@ -51,14 +50,11 @@ def shape_error(error: GraphQLError, request_id: str | None) -> GraphQLError:
 
 class UnitOfWork(SchemaExtension):
     """Commits the request's database session once, when the operation ends without error, with the
-    operation's audit entries; if they cannot be written, nothing is committed.
+    operation's audit entries; if they cannot be written, nothing is committed."""
 
-    `record_audit=False` exists only to measure what the audit log costs (`make bench`, scenario
-    `audited`): nothing in the settings selects it, only `build_schema(record_audit=False)` from code."""
-
-    def __init__(self, *, record_audit: bool = True, execution_context: Any = None) -> None:
-        super().__init__(execution_context=execution_context)
-        self.record_audit = record_audit
+    def audit_entries(self, ctx: Any) -> OperationAudit | None:
+        """What the operation leaves in the audit log (schema.audit): a mutation's entries commit with it."""
+        return operation_events(ctx, self.execution_context) if hasattr(ctx, "audit_events") else None
 
     def on_validate(self) -> Iterator[None]:
         # a mutation's unit of work takes the writers' turn when it opens its session (store.db)
@@ -86,14 +82,10 @@ class UnitOfWork(SchemaExtension):
     async def _end(self, ctx: Any) -> None:
         result = self.execution_context.result
         ok = result is not None and not result.errors
-        # what the operation leaves in the audit log (schema.audit): a mutation's entries commit with it
-        events = (operation_events(ctx, self.execution_context)
-                  if self.record_audit and hasattr(ctx, "audit_events") else None)
+        events = self.audit_entries(ctx)
         try:
-            if ok and events is not None and events.with_commit:
-                # on SQLite the last entry and the COMMIT go to the database together
-                await audit.append(await ctx.db(), events.with_commit, entries=False, commit=True)
-            await ctx.finish(commit=ok)
+            # the same end as a unit of work outside GraphQL (RequestContext.unit_of_work)
+            await ctx.finish(commit=ok, audit_events=events.with_commit if events is not None else ())
         except Exception as exc:
             log.exception("commit failed", extra={"request_id": _request_id(ctx)})
             with contextlib.suppress(Exception):

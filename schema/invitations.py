@@ -64,9 +64,10 @@ class InvitationConnection:
     page_info: PageInfo
 
     @classmethod
-    def from_page(cls, page: InvitationPage, now: datetime) -> InvitationConnection:
+    def from_page(cls, page: InvitationPage) -> InvitationConnection:
         return cls(
-            edges=[InvitationEdge(cursor=e.cursor, node=Invitation.from_row(e.invitation, now)) for e in page.edges],
+            edges=[InvitationEdge(cursor=e.cursor, node=Invitation.from_row(e.invitation, page.now))
+                   for e in page.edges],
             page_info=PageInfo(has_next_page=page.has_next_page, end_cursor=page.end_cursor),
         )
 

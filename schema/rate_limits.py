@@ -35,8 +35,7 @@ class RateLimitStatus:
 class RateLimitQuery:
     @strawberry.field(description="The caller's tenant's rate budgets, spending nothing.", **authenticated())
     async def rate_limit(self, info: Info) -> RateLimitStatus:
-        ctx = info.context
-        plan, budgets = await service.get_rate_budgets(ctx, ctx.principal)
+        plan, budgets = await service.get_rate_budgets(info.context)
         return RateLimitStatus(
             plan=Plan(plan),
             requests_per_minute=Budget.from_state(budgets[QuotaResource.REQUESTS_PER_MINUTE]),

@@ -72,8 +72,7 @@ class ReportConnection:
 class ReportQuery:
     @strawberry.field(description="One of the organization's reports.", **requires_scopes(Permission.REPORTS_READ))
     async def report(self, info: Info, id: strawberry.ID) -> Report | None:
-        ctx = info.context
-        return Report.from_row(await service.get_report(await ctx.db(), ctx.principal, str(id)))
+        return Report.from_row(await service.get_report(info.context, str(id)))
 
 
 @strawberry.type

@@ -40,8 +40,7 @@ class RoleQuery:
     @strawberry.field(description="The built-in roles and the organization's custom roles.",
                       **list_size(requires_scopes(Permission.ROLES_READ), assumed_size=20))
     async def roles(self, info: Info) -> list[Role]:
-        ctx = info.context
-        return [Role.from_view(v) for v in await service.list_roles(await ctx.db(), ctx.principal)]
+        return [Role.from_view(v) for v in await service.list_roles(info.context)]
 
 
 @strawberry.type

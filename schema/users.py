@@ -4,7 +4,6 @@ from datetime import datetime
 
 import strawberry
 
-from authz import Permission
 from resolvers import users as service
 from schema.context import Info
 from schema.directives import authenticated
@@ -39,26 +38,15 @@ class Viewer:
     auth_method: str
 
 
-def _permission_names(perms: frozenset[Permission]) -> list[str]:
-    return sorted(p.value for p in perms)
-
-
 @strawberry.type
 class UserQuery:
     @strawberry.field(description="Who the caller is, in which organization, with which permissions.",
                       **authenticated())
     async def me(self, info: Info) -> Viewer:
-        ctx = info.context
-        p = ctx.principal
-        user, org = await service.get_viewer(await ctx.db(), p)
-        return Viewer(
-            user=User.from_row(user),
-            organization=Organization.from_row(org),
-            role=p.roles[0] if p.roles else "",
-            permissions=_permission_names(p.effective_permissions),
-            auth_method=p.auth_method.value,
-        )
+        v = await service.get_viewer(info.context)
+        return Viewer(user=User.from_row(v.user), organization=Organization.from_row(v.organization), role=v.role,
+                      permissions=v.permissions, auth_method=v.auth_method)
 
     @strawberry.field(description="The caller's effective permissions.", **authenticated())
-    def permissions(self, info: Info) -> list[str]:
-        return _permission_names(info.context.principal.effective_permissions)
+    async def permissions(self, info: Info) -> list[str]:
+        return await service.list_permissions(info.context)

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import importlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import event, text
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
-from sqlalchemy.orm import Session, SessionTransaction
+from sqlalchemy.pool import ConnectionPoolEntry, PoolResetState
 
 
 class DatabaseURLError(ValueError):
@@ -50,26 +49,10 @@ def is_sqlite(url: str) -> bool:
 SQLITE_SHA256 = "portcullis_sha256"
 
 
-def _python_sha256() -> Any:
-    """CPython's own SHA-256 (`_sha256`, `_sha2` from 3.12), else hashlib's. For one short text per call,
-    made inside an SQLite statement on the connection's thread, it costs less than OpenSSL's: measured
-    in the gateway (docs/performance.md), 3.5 against 9.7 µs per entry, most of OpenSSL's going to setting
-    up and copying its digest context rather than hashing."""
-    for module in ("_sha2", "_sha256"):
-        try:
-            return importlib.import_module(module).sha256
-        except (ImportError, AttributeError):
-            continue
-    return hashlib.sha256
-
-
-_SHA256 = _python_sha256()
-
-
 def sha256_hex(value: str | None) -> str | None:
     """sha256 of a text's UTF-8 bytes, in lowercase hex: what PostgreSQL's
     `encode(sha256(convert_to(value, 'UTF8')), 'hex')` gives, for SQLite (the audit chain's hash)."""
-    return None if value is None else _SHA256(value.encode("utf-8")).hexdigest()
+    return None if value is None else hashlib.sha256(value.encode("utf-8")).hexdigest()
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -89,7 +72,7 @@ def install_sqlite_pragmas(engine: Engine) -> None:
     event.listen(engine, "connect", _sqlite_pragmas)
 
 
-def holds_transaction(driver_connection: Any) -> bool:
+def _holds_transaction(driver_connection: Any) -> bool:
     """Whether an aiosqlite connection has a transaction open (sqlite3's `in_transaction`); a closed one
     has none."""
     try:
@@ -98,48 +81,12 @@ def holds_transaction(driver_connection: Any) -> bool:
         return False
 
 
-def skip_idle_transaction_ends(engine: AsyncEngine) -> None:
-    """COMMIT and ROLLBACK reach an aiosqlite connection only when it has a transaction open.
-
-    sqlite3 itself does nothing for either when no transaction is open (a read, which SQLite runs in a
-    transaction of its own, a commit already made), but through aiosqlite each is still a trip to the
-    connection's thread and back: a session that only read, committed and then closed (the pool's
-    rollback at check-in) paid two such trips for nothing. Whether a transaction is open is read on
-    the connection itself, between two of its calls, when nothing else runs on it."""
-    dialect = engine.sync_engine.dialect
-    commit, rollback = dialect.do_commit, dialect.do_rollback
-
-    def do_commit(dbapi_connection: Any) -> None:
-        if holds_transaction(dialect.get_driver_connection(dbapi_connection)):
-            commit(dbapi_connection)
-
-    def do_rollback(dbapi_connection: Any) -> None:
-        if holds_transaction(dialect.get_driver_connection(dbapi_connection)):
-            rollback(dbapi_connection)
-
-    setattr(dialect, "do_commit", do_commit)  # noqa: B010  (this engine's dialect object only)
-    setattr(dialect, "do_rollback", do_rollback)  # noqa: B010
-
-
-_CONNECTION = "portcullis.connection"
-
-
-class TrackedSession(Session):
-    """The sessions' synchronous core: remembers the connection its transaction runs on, so that code
-    holding the session can reach that connection without another trip through the async layer."""
-
-
-@event.listens_for(TrackedSession, "after_begin")
-def _remember_connection(session: Session, _transaction: SessionTransaction, connection: Connection) -> None:
-    session.info[_CONNECTION] = connection
-
-
-def transaction_connection(session: AsyncSession) -> Connection | None:
-    """The connection of the session's open transaction, or None when it has not touched the database yet."""
-    connection = session.sync_session.info.get(_CONNECTION)
-    if connection is None or connection.closed or not session.in_transaction():
-        return None
-    return connection  # type: ignore[no-any-return]
+def _rollback_if_open(dbapi_connection: Any, record: ConnectionPoolEntry, state: PoolResetState) -> None:
+    """The pool's reset of a connection coming back, sent only when it holds a transaction: after a commit
+    or a rollback (every unit of work ends with one) there is nothing to undo, and on aiosqlite each call
+    is a trip to the connection's thread and back."""
+    if state.asyncio_safe and not state.terminate_only and _holds_transaction(record.driver_connection):
+        dbapi_connection.rollback()
 
 
 class Database:
@@ -158,6 +105,7 @@ class Database:
             # another connection has written since its last transaction, so taking turns would start
             # every transaction cold
             kwargs["pool_use_lifo"] = True
+            kwargs["pool_reset_on_return"] = None  # see _rollback_if_open
         else:
             kwargs["pool_size"] = pool_size
             kwargs["max_overflow"] = pool_size
@@ -165,11 +113,10 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(async_url(url), **kwargs)
         if self.sqlite:
             install_sqlite_pragmas(self.engine.sync_engine)
-            skip_idle_transaction_ends(self.engine)
-        self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False, autoflush=True,
-                                               sync_session_class=TrackedSession)
-        self._writers: asyncio.Lock | None = None
-        self._writers_loop: asyncio.AbstractEventLoop | None = None
+            event.listen(self.engine.sync_engine, "reset", _rollback_if_open)
+        self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False, autoflush=True)
+        self._turn: asyncio.Lock | None = None
+        self._turn_loop: asyncio.AbstractEventLoop | None = None
 
     def writers_turn(self) -> asyncio.Lock | None:
         """On SQLite, the turn a unit of work that will write waits for (None on PostgreSQL).
@@ -182,9 +129,9 @@ class Database:
         if not self.sqlite:
             return None
         loop = asyncio.get_running_loop()
-        if self._writers is None or self._writers_loop is not loop:
-            self._writers, self._writers_loop = asyncio.Lock(), loop
-        return self._writers
+        if self._turn is None or self._turn_loop is not loop:
+            self._turn, self._turn_loop = asyncio.Lock(), loop
+        return self._turn
 
     def session(self) -> AsyncSession:
         return self.sessionmaker()

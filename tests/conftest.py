@@ -7,6 +7,7 @@ PORTCULLIS_TEST_REQUIRE_SERVICES=1 (CI) that is a failure instead.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -37,6 +38,33 @@ def unavailable(reason: str) -> None:
     if REQUIRE:
         pytest.fail(f"required service unavailable: {reason}")
     pytest.skip(reason)
+
+
+class _Kept(logging.Handler):
+    def __init__(self, records: list[logging.LogRecord]) -> None:
+        super().__init__(logging.ERROR)
+        self.records = records
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage() == "audit_entry_missing":
+            self.records.append(record)
+
+
+@pytest.fixture(autouse=True)
+def missing_audit_entries() -> Iterator[list[logging.LogRecord]]:
+    """Each mutation's service records its own audit entry: a test fails when the schema had to write its
+    safety-net entry for one (`audit_entry_missing`, schema/audit.py). A test of the safety net itself
+    takes the records it expects out of the list."""
+    records: list[logging.LogRecord] = []
+    handler = _Kept(records)
+    logger = logging.getLogger("portcullis.audit")
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
+    missing = sorted({str(getattr(r, "field", "?")) for r in records})
+    assert not missing, f"mutations whose service recorded no audit entry: {', '.join(missing)}"
 
 
 @pytest.fixture(scope="session")

@@ -1,17 +1,36 @@
 """The gateway built with field authorization switched off, to measure what authorization costs.
 
-The same settings, services, middleware and extensions as `gateway.app:create_app`; only the
-`Authorization` extension is replaced by one that denies nothing (`schema.AuthorizationNotEnforced`),
-so every guard lets its field through. Reachable from code only, never from settings.
+The same settings, services, middleware and extensions as `gateway.app:create_app`, composed from the
+same parts (`gateway.app.gateway_parts`); only the `Authorization` extension, which decides every field
+of the operation before execution, is replaced by one that denies nothing (`NothingDenied`), so every
+guard lets its field through.
 """
 
 from __future__ import annotations
 
-from starlette.applications import Starlette
+from collections.abc import Iterator
 
-import gateway.app
+from starlette.applications import Starlette
+from strawberry.extensions import SchemaExtension
+
+from gateway.app import assemble, build_gateway_schema, gateway_parts
 from gateway.settings import Settings
+from schema import Authorize, ExtensionFactory
+
+
+class NothingDenied(SchemaExtension):
+    """Each operation starts with no denied field, so guards never refuse."""
+
+    def on_operation(self) -> Iterator[None]:
+        self.execution_context.context.denied_fields = {}
+        yield
+
+
+def unenforced(installed: list[ExtensionFactory]) -> list[ExtensionFactory]:
+    return [NothingDenied if isinstance(extension, Authorize) else extension for extension in installed]
 
 
 def create_app() -> Starlette:
-    return gateway.app.create_app(Settings(), enforce_authorization=False)
+    parts = gateway_parts(Settings())
+    parts.schema = build_gateway_schema(parts.settings, extensions=unenforced)
+    return assemble(parts)

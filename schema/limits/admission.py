@@ -7,15 +7,6 @@ gateway's admission object (`ctx.services.admission`, one round trip), which ans
 An operation refused before validation (a syntax error, the token limit) is counted as it fails, at
 no cost.
 
-The round trip can start earlier. An operation whose cost is known in advance (`KnownCosts`: the same
-document, operation, HTTP method, permissions and plan were admitted before, valid, at a cost that
-read no variable, with no `login` field) has its take sent at the edge as soon as its body is read
-(gateway.middleware.AdmissionMiddleware, `Admission.begin` in gateway/admission.py); Redis answers
-while the request goes through the view, the caches, the operation limits and the field decisions, and
-this step then reads the decision. Every check before it depends only on what the key holds, so the
-decision is the one this step would have taken; should the cost it measures differ all the same, the
-early take stands (the request is counted once, at the cost it was sent with).
-
 `X-Portcullis-Explain: 1` turns the operation into a dry run: nothing executes and no cost is spent
 (the request itself counts); `extensions.explain` reports the cost, the fields the caller would be
 denied and why, the operation limits of the plan and the state of each rate limit.
@@ -88,44 +79,7 @@ def _email(node: FieldNode, variables: Mapping[str, Any]) -> str:
     return ""
 
 
-OperationKey = tuple[Any, ...]
-
-
-def operation_key(query: str, operation_name: str | None, method: str, principal: Any) -> OperationKey:
-    """What every check before admission depends on besides the document: the operation, the HTTP
-    method (which operation types it allows), and the caller's kind, permissions, plan and MFA state."""
-    return (query, operation_name, method, principal.kind, principal.effective_permissions, principal.plan,
-            principal.mfa_enrollment_required)
-
-
-class KnownCosts:
-    """The cost of operations admitted before, by `operation_key`: those whose cost is known before they
-    are parsed. Bounded; the oldest entry makes room."""
-
-    def __init__(self, size: int = 4096) -> None:
-        self.size = size
-        self._costs: dict[OperationKey, int] = {}
-
-    def get(self, key: OperationKey) -> int | None:
-        return self._costs.get(key)
-
-    def remember(self, key: OperationKey, cost: int) -> None:
-        costs = self._costs
-        if key not in costs and len(costs) >= self.size:
-            costs.pop(next(iter(costs)))
-        costs[key] = cost
-
-
-def pick_up_early(request: Any, context: Any) -> None:
-    """Hands the operation's key and the take the edge may have sent for it (`state["early_admission"]`,
-    gateway.middleware.AdmissionMiddleware) to the request's context, where the Admission step reads
-    the decision and remembers the cost."""
-    sent = request.scope.get("state", {}).pop("early_admission", None) if request is not None else None
-    if sent is not None:
-        context.operation_key, context.early_admission = sent
-
-
-class Admission(SchemaExtension):
+class AdmissionExtension(SchemaExtension):
     def __init__(self) -> None:
         super().__init__()
         self.decision: Any = None
@@ -144,16 +98,10 @@ class Admission(SchemaExtension):
         if admission is None:
             return
         ctx = self.execution_context.context
-        early = getattr(ctx, "early_admission", None)
-        if early is not None:
-            # sent before the operation was parsed, for the cost this operation was admitted at before
-            ctx.early_admission = None
-            self.decision = decision = await admission.finish(early)
-        else:
-            self.decision = decision = await admission.admit(
-                ctx.principal, key_rate_limit=self._state().get("api_key_rate_limit"), cost=cost,
-                login_accounts=accounts, spend_cost=not self.explain,
-            )
+        self.decision = decision = await admission.admit(
+            ctx.principal, key_rate_limit=self._state().get("api_key_rate_limit"), cost=cost,
+            login_accounts=accounts, spend_cost=not self.explain,
+        )
         ctx.admission = decision
         if decision.admitted:
             return
@@ -186,12 +134,6 @@ class Admission(SchemaExtension):
             accounts = login_accounts(operation, fragments_of(document), ec.variables)  # type: ignore[arg-type]
         cost = (ctx.operation_cost or 0) if valid else 0
         await self._admit(cost=cost, accounts=accounts)
-        key = getattr(ctx, "operation_key", None)
-        known = getattr(ec.schema, "known_costs", None)
-        if (key is not None and known is not None and valid and not accounts and not self.explain
-                and getattr(ctx, "operation_cost_fixed", False) and self.decision is not None):
-            # the next identical operation of an equal caller can be admitted before it is parsed
-            known.remember(key, cost)
         if self.explain:
             self.explained = self._explanation(cost, operation)
         yield

@@ -224,19 +224,19 @@ class CostLimit(SchemaExtension):
         self.table = table
         self.requested = 0
 
-    def _estimate(self, document: DocumentNode, operation: OperationDefinitionNode) -> tuple[int, bool]:
-        """The cost, and whether it read no variable (then it is the same for every request)."""
+    def _estimate(self, document: DocumentNode, operation: OperationDefinitionNode) -> int:
+        """The cost; kept per document when it read no variable (then it is the same for every request)."""
         ec = self.execution_context
         key = (id(document), ec.operation_name)
         cached = self._cache.get(key)
         if cached is not None and cached[0] is document:
-            return cached[1], True
+            return cached[1]
         cost, used_variables = self.model.estimate(document, operation, ec.variables)
         if not used_variables:
             if len(self._cache) >= self.cache_size:
                 self._cache.pop(next(iter(self._cache)))
             self._cache[key] = (document, cost)
-        return cost, not used_variables
+        return cost
 
     def on_validate(self) -> Iterator[None]:
         ec = self.execution_context
@@ -244,10 +244,9 @@ class CostLimit(SchemaExtension):
         if document is not None and not ec.pre_execution_errors:
             operation = get_operation_ast(document, ec.operation_name)
             if operation is not None:
-                cost, fixed = self._estimate(document, operation)
+                cost = self._estimate(document, operation)
                 self.requested = cost
                 ec.context.operation_cost = cost
-                ec.context.operation_cost_fixed = fixed
                 maximum = limits_for(ec.context.principal, self.table).cost
                 if cost > maximum:
                     refuse(ec, OperationTooComplex(self.name, maximum, cost))

@@ -312,14 +312,24 @@ async def test_daily_usage_is_written(settings: Any, database_url: str, tenant: 
     assert [tuple(r) for r in rows] == [("total", "", 4, 408, 3), ("user", tenant.user_id, 4, 408, 3)]
 
 
-async def test_admission_off_for_the_benchmark_only(settings: Any, database_url: str, tenant: Tenant) -> None:
-    app = create_app(settings, admission=False)
+async def test_a_build_composed_without_admission_counts_nothing(
+    settings: Any, database_url: str, tenant: Tenant
+) -> None:
+    """The benchmark's build without admission, composed from the gateway's public parts
+    (bench/apps/gateway_no_admission.py): a tenant allowed no request at all is still served."""
+    from bench.apps.gateway_no_admission import admits, without_admission
+    from gateway.app import assemble, build_gateway_schema, gateway_parts
+
+    parts = gateway_parts(settings)
+    parts.schema = build_gateway_schema(settings, extensions=without_admission)
+    parts.middleware = [m for m in parts.middleware if not admits(m)]
+    app = assemble(parts)
     async with running(app) as client:
         token = (await login(client, tenant))["accessToken"]
         await set_limits(app, database_url, tenant.org_id, {"REQUESTS_PER_MINUTE": 0})
         r = await gql(client, ORG, token=token)
         assert r.status_code == 200
-        assert r.json()["extensions"]["cost"] == {"requested": 1, "remaining": None, "resetAt": None}
+        assert r.json()["extensions"]["cost"] == {"requested": 1}
 
 
 @pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics", "/.well-known/jwks.json"])
@@ -338,55 +348,3 @@ async def test_a_document_that_does_not_parse_still_counts(database_url: str, si
         assert (await gql(client, "{ __typename }")).status_code == 200
         r = await gql(client, "{ broken")
         assert_rate_limited(r, "address")
-
-
-async def test_the_edge_reads_a_split_body_once_and_hands_it_on_whole() -> None:
-    """The admission middleware reads a GraphQL body to send a known operation's take early: the app
-    behind it still reads the whole body (however it arrived), then whatever the client sends next."""
-    from authz import Principal, PrincipalKind
-    from gateway.middleware import AdmissionMiddleware
-    from schema.limits.admission import KnownCosts, operation_key
-
-    principal = Principal(kind=PrincipalKind.USER, subject_id="u", organization_id="o", plan="free")
-    body = json.dumps({"query": ORG, "operationName": None, "variables": {}}).encode()
-    known = KnownCosts()
-    known.remember(operation_key(ORG, None, "POST", principal), 1)
-    sent: list[tuple[Any, int]] = []
-
-    class Admission:
-        def begin(self, who: Any, *, key_rate_limit: Any, cost: int) -> str:
-            sent.append((who, cost))
-            return "early"
-
-    seen: list[Any] = []
-
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        seen.append(scope["state"].get("early_admission"))
-        seen.append(await receive())
-        seen.append(await receive())
-
-    async def run(chunks: list[bytes], content_type: bytes = b"application/json") -> list[Any]:
-        messages = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1}
-                    for i, c in enumerate(chunks)] + [{"type": "http.disconnect"}]
-
-        async def receive() -> Any:
-            return messages.pop(0)
-
-        seen.clear()
-        scope = {"type": "http", "path": "/graphql", "method": "POST", "headers": [(b"content-type", content_type)],
-                 "state": {"principal": principal}}
-        await AdmissionMiddleware(app, admission=Admission(), known_costs=known)(scope, receive, None)
-        return list(seen)
-
-    early, first, after = await run([body[:7], body[7:20], body[20:]])
-    assert first == {"type": "http.request", "body": body, "more_body": False}
-    assert after == {"type": "http.disconnect"}
-    assert early == (operation_key(ORG, None, "POST", principal), "early")
-    assert sent == [(principal, 1)]
-    # not JSON by its content type, or not one operation: nothing sent, the body handed on untouched
-    for chunks, content_type in (([body], b"text/plain"), ([b"[" + body + b"]"], b"application/json"),
-                                 ([b"{not json"], b"application/json")):
-        early, first, _ = await run(chunks, content_type)
-        assert early is None
-        assert first["body"] == b"".join(chunks)
-    assert len(sent) == 1

@@ -82,7 +82,7 @@ async def test_c133_a_route_failing_unexpectedly_answers_through_the_edge(
     async def broken(*_: Any, **__: Any) -> Any:
         raise RuntimeError("connection to server lost: SELECT secret FROM organizations")
 
-    monkeypatch.setattr(saml_service, "organization_by_slug", broken)
+    monkeypatch.setattr(saml_service, "find_connection", broken)
     caplog.set_level(logging.ERROR, logger="portcullis")
     r = await client.get(f"/auth/saml/{tenant.slug}/metadata", headers={"X-Request-ID": "c133-route-fails"})
     body = assert_edge_answer(r, 500, "INTERNAL", expected)

@@ -12,14 +12,12 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import gateway.windows as windows_module
-from gateway.windows import Limit, LocalWindows, RedisWindows, StoreUnavailable
+from gateway.windows import SCRIPT, Limit, LocalWindows, RedisWindows, StoreUnavailable
 from tests.gateway.test_admission_shared import max_in_any_window
 from tests.services import free_port
 
@@ -118,11 +116,9 @@ async def redis_windows(redis_url: str) -> AsyncIterator[RedisWindows]:
     from redis.asyncio import BlockingConnectionPool, Redis
 
     redis = Redis.from_pool(BlockingConnectionPool.from_url(redis_url, max_connections=20))
-    windows = RedisWindows(redis, prefix=f"test:{uuid.uuid4().hex}:")
     try:
-        yield windows
+        yield RedisWindows(redis, prefix=f"test:{uuid.uuid4().hex}:")
     finally:
-        await windows.aclose()
         await redis.aclose()
 
 
@@ -163,8 +159,8 @@ async def test_redis_zero_limit_refuses_with_the_window(redis_windows: RedisWind
 # a schedule can be replayed against the in-process windows, which are the reference.
 _TIME = ("local t = redis.call('TIME')\n"
          "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n")
-assert _TIME in windows_module._SCRIPT
-_SIMULATED = windows_module._SCRIPT.replace(_TIME, "local now = tonumber(ARGV[#ARGV])\n")
+assert _TIME in SCRIPT
+_SIMULATED = SCRIPT.replace(_TIME, "local now = tonumber(ARGV[#ARGV])\n")
 
 _LIMITS = (
     st.tuples(st.sampled_from(["a", "b", "c"]), st.integers(0, 30), st.sampled_from([1, 2, 10]), st.integers(0, 8))
@@ -210,14 +206,26 @@ def test_redis_script_agrees_with_the_local_windows(
         client.close()
 
 
-@pytest.mark.redis
-async def test_redis_concurrent_takes_share_few_connections_exactly(redis_url: str) -> None:
-    """More takes in flight than connections: they wait their turn, each reads its own reply, and the
-    counts are exact."""
+async def _store_connections(redis_url: str, prefix: str) -> int:
+    """How many connections to Redis carry `prefix` as their client name."""
     from redis.asyncio import Redis
 
-    redis = Redis.from_url(redis_url)
-    windows = RedisWindows(redis, prefix=f"test:{uuid.uuid4().hex}:", max_connections=4)
+    observer = Redis.from_url(redis_url)
+    try:
+        return sum(1 for c in await observer.client_list() if c.get("name", "").startswith(prefix))
+    finally:
+        await observer.aclose()
+
+
+@pytest.mark.redis
+async def test_redis_concurrent_takes_share_the_pool_exactly(redis_url: str) -> None:
+    """More takes in flight than the pool's connections: they wait their turn, each reads its own reply,
+    the counts are exact, and no more connections are opened than the pool holds."""
+    from redis.asyncio import BlockingConnectionPool, Redis
+
+    name = f"windows-{uuid.uuid4().hex}"
+    redis = Redis.from_pool(BlockingConnectionPool.from_url(redis_url, max_connections=4, client_name=name))
+    windows = RedisWindows(redis, prefix=f"test:{uuid.uuid4().hex}:")
     try:
         shared = Limit("m", "shared", 120, 60)
         # each take also spends its own key by its own weight: a reply read by the wrong take shows
@@ -227,9 +235,8 @@ async def test_redis_concurrent_takes_share_few_connections_exactly(redis_url: s
         assert sum(o.admitted for o in outcomes) == 120
         for i, outcome in enumerate(outcomes):
             assert outcome.states[1].used == (i + 1 if outcome.admitted else 0)
-        assert len(windows._free) <= 4
+        assert 1 <= await _store_connections(redis_url, name) <= 4
     finally:
-        await windows.aclose()
         await redis.aclose()
 
 
@@ -244,15 +251,15 @@ return 1
 @pytest.mark.redis
 async def test_redis_takes_cancelled_mid_command_poison_nothing(redis_url: str) -> None:
     """Takes cancelled while their command is in Redis (held up by a busy script) or while they wait
-    for a connection: their connections are closed, never reused, and every later take reads its own
-    reply."""
-    from redis.asyncio import Redis
+    for a connection: no later take reads a reply meant for another, and the pool is whole again."""
+    from redis.asyncio import BlockingConnectionPool, Redis
 
-    redis = Redis.from_url(redis_url)
-    windows = RedisWindows(redis, prefix=f"test:{uuid.uuid4().hex}:", max_connections=6)
+    redis = Redis.from_pool(BlockingConnectionPool.from_url(redis_url, max_connections=6, timeout=5))
+    windows = RedisWindows(redis, prefix=f"test:{uuid.uuid4().hex}:")
+    busy_client = Redis.from_url(redis_url)
     try:
         await windows.take([Limit("m", "warm", 10, 60)])
-        busy = asyncio.create_task(redis.eval(_BUSY, 0, 300_000))
+        busy = asyncio.create_task(busy_client.eval(_BUSY, 0, 300_000))
         await asyncio.sleep(0.05)
         pending = [asyncio.create_task(windows.take([Limit("m", f"cancelled{i}", 1000, 60, i + 1)]))
                    for i in range(20)]
@@ -263,15 +270,13 @@ async def test_redis_takes_cancelled_mid_command_poison_nothing(redis_url: str) 
         for task in pending:
             with pytest.raises(asyncio.CancelledError):
                 await task
-        assert windows._free == [] or all(c.is_connected for c in windows._free)
-        assert not windows._slots.locked()
-        outcomes = await asyncio.gather(*(
+        # every connection of the pool serves again (none is lost to a cancelled take), each reply its own
+        outcomes = await asyncio.wait_for(asyncio.gather(*(
             windows.take([Limit("own", f"after{i}", 1000, 60, i + 1)]) for i in range(100)
-        ))
+        )), timeout=5)
         assert [o.states[0].used for o in outcomes] == [i + 1 for i in range(100)]
-        assert len(windows._free) <= 6
     finally:
-        await windows.aclose()
+        await busy_client.aclose()
         await redis.aclose()
 
 
@@ -281,7 +286,7 @@ async def test_redis_script_flushed_is_loaded_again(redis_windows: RedisWindows)
     assert (await redis_windows.take([limit])).states[0].used == 1
     await redis_windows.redis.script_flush()
     assert (await redis_windows.take([limit])).states[0].used == 2  # NOSCRIPT: loaded, sent once more
-    assert (await redis_windows.redis.script_exists(windows_module._SHA.decode())) == [True]
+    assert (await redis_windows.redis.script_exists(redis_windows.script.sha)) == [True]
     assert (await redis_windows.take([limit])).states[0].used == 3
 
 
@@ -309,7 +314,7 @@ def _redis_on(port: int, workdir: Path) -> Iterator[None]:
 @pytest.mark.redis
 async def test_redis_down_is_unavailable_then_recovers(tmp_path: Path) -> None:
     """Redis stops: every take fails with StoreUnavailable (nothing hangs, nothing is counted in the
-    process); Redis comes back (empty, without the script): takes work again."""
+    process); Redis comes back (empty, without the script): takes work again, on every connection."""
     from redis.asyncio import BlockingConnectionPool, Redis
 
     port = free_port()
@@ -324,157 +329,45 @@ async def test_redis_down_is_unavailable_then_recovers(tmp_path: Path) -> None:
         # more failures than connections: a take that could not connect gives its place back
         for _ in range(6):
             with pytest.raises(StoreUnavailable):
-                await windows.take([limit])
-        assert not windows._slots.locked()
+                await asyncio.wait_for(windows.take([limit]), timeout=5)
         with _redis_on(port, tmp_path):
             assert (await windows.take([limit])).states[0].used == 1
-            outcomes = await asyncio.gather(*(windows.take([limit]) for _ in range(8)))
+            outcomes = await asyncio.wait_for(asyncio.gather(*(windows.take([limit]) for _ in range(8))), timeout=5)
             assert sorted(o.states[0].used for o in outcomes) == list(range(2, 10))
     finally:
-        await windows.aclose()
-        await redis.aclose()
-
-
-async def _until_unusable(link: windows_module._Link) -> None:
-    for _ in range(200):
-        if not link.usable:
-            return
-        await asyncio.sleep(0.01)
-    pytest.fail("the connection is still taken for usable")
-
-
-async def test_redis_connection_out_of_step_or_closed_is_replaced(redis_windows: RedisWindows) -> None:
-    """A reply no take asked for, or the server closing the connection, retires it: the next take runs on
-    a new one, and counts once."""
-    limit = Limit("m", "k", 10, 60)
-    assert (await redis_windows.take([limit])).states[0].used == 1
-    (link,) = redis_windows._free
-    link._transport.write(b"*1\r\n$4\r\nPING\r\n")  # its PONG reaches a connection nobody waits on
-    await _until_unusable(link)
-    assert (await redis_windows.take([limit])).states[0].used == 2
-    (second,) = redis_windows._free
-    assert second is not link
-    await redis_windows.redis.client_kill_filter(_type="normal", skipme=True)  # Redis drops the store's connection
-    await _until_unusable(second)
-    assert (await redis_windows.take([limit])).states[0].used == 3
-    assert redis_windows._free[0] is not second
-
-
-@pytest.mark.redis
-async def test_begin_sends_at_once_on_a_free_connection(redis_windows: RedisWindows) -> None:
-    """`begin` writes the take before it returns and counts exactly like `take`; with no free connection
-    it sends nothing and says so (None)."""
-    limit = Limit("m", "k", 10, 60)
-    assert redis_windows.begin([limit]) is None  # no connection opened yet: nothing sent
-    assert (await redis_windows.take([limit])).states[0].used == 1
-    pending = redis_windows.begin([limit])
-    assert pending is not None
-    assert redis_windows._free == []  # the one connection carries the command
-    outcome = await pending
-    assert outcome.admitted
-    assert outcome.states[0].used == 2
-    assert len(redis_windows._free) == 1
-    # a refusal comes back the same way, and spends nothing
-    full = Limit("m", "k", 2, 60)
-    refused = await redis_windows.begin([full])  # type: ignore[misc]
-    assert not refused.admitted
-    assert refused.refused_by == full
-    assert refused.states[0].used == 2
-
-
-@pytest.mark.redis
-async def test_begin_and_take_together_count_exactly(redis_url: str) -> None:
-    """Takes sent early and takes sent the usual way, many at once on few connections: each reads its own
-    reply, and exactly the amount is admitted."""
-    from redis.asyncio import Redis
-
-    redis = Redis.from_url(redis_url)
-    windows = RedisWindows(redis, prefix=f"test:{uuid.uuid4().hex}:", max_connections=4)
-    try:
-        await asyncio.gather(*(windows.take([Limit("own", f"warm{i}", 10, 60)]) for i in range(4)))
-        shared = Limit("m", "shared", 120, 60)
-        waiting: list[Any] = []
-        early = 0
-        for i in range(300):
-            limits = [shared, Limit("own", f"own{i}", 1000, 60, i + 1)]
-            pending = windows.begin(limits) if i % 2 == 0 else None
-            if pending is None:
-                waiting.append(windows.take(limits))
-            else:
-                early += 1
-                waiting.append(pending)
-        outcomes = await asyncio.gather(*waiting)
-        assert early >= 2  # some went early, the rest waited for a connection the usual way
-        assert sum(o.admitted for o in outcomes) == 120
-        for i, outcome in enumerate(outcomes):
-            assert outcome.states[1].used == (i + 1 if outcome.admitted else 0)
-        assert len(windows._free) <= 4
-        assert not windows._slots.locked()
-    finally:
-        await windows.aclose()
         await redis.aclose()
 
 
 @pytest.mark.redis
-async def test_begin_after_a_script_flush_loads_it_again(redis_windows: RedisWindows) -> None:
+async def test_redis_connection_closed_by_the_server_is_replaced(redis_windows: RedisWindows) -> None:
+    """Redis drops the pool's idle connections: the next take runs on a new one, and counts once."""
     limit = Limit("m", "k", 10, 60)
     assert (await redis_windows.take([limit])).states[0].used == 1
-    await redis_windows.redis.script_flush()
-    pending = redis_windows.begin([limit])
-    assert pending is not None
-    assert (await pending).states[0].used == 2  # NOSCRIPT: loaded, sent once more
-    assert (await redis_windows.take([limit])).states[0].used == 3
-    assert len(redis_windows._free) == 1
-
-
-@pytest.mark.redis
-async def test_begin_whose_caller_gives_up_leaves_a_clean_connection(redis_windows: RedisWindows) -> None:
-    """A caller cancelled while its early take is in Redis: the reply is still read, the connection goes
-    back clean, and the next take reads its own reply. A connection Redis drops fails the take
-    (StoreUnavailable), and the next one runs on a new connection."""
-    limit = Limit("m", "k", 10, 60)
-    await redis_windows.take([limit])
-    pending = redis_windows.begin([limit])
-    assert pending is not None
-    waiting = asyncio.ensure_future(pending)
-    await asyncio.sleep(0)
-    waiting.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await waiting
-    for _ in range(200):
-        if redis_windows._free:
-            break
-        await asyncio.sleep(0.01)
-    (link,) = redis_windows._free
-    assert link.usable
-    assert (await redis_windows.take([limit])).states[0].used == 3  # the cancelled take counted once
-    (link,) = redis_windows._free
     await redis_windows.redis.client_kill_filter(_type="normal", skipme=True)
-    await _until_unusable(link)
-    assert redis_windows.begin([limit]) is None  # the only free connection is gone: nothing sent
-    assert (await redis_windows.take([limit])).states[0].used == 4
+    assert (await redis_windows.take([limit])).states[0].used == 2
 
 
 @pytest.mark.redis
-async def test_begin_when_redis_stops_answering_is_unavailable(tmp_path: Path) -> None:
+async def test_redis_that_does_not_answer_in_time_is_unavailable(tmp_path: Path) -> None:
+    """A reply later than the client's socket timeout: the take is StoreUnavailable, and its late reply
+    is never read by the next take."""
     from redis.asyncio import Redis
 
     port = free_port()
     with _redis_on(port, tmp_path):
         redis = Redis.from_url(f"redis://127.0.0.1:{port}/0", socket_timeout=0.5)
+        busy_client = Redis.from_url(f"redis://127.0.0.1:{port}/0")
         windows = RedisWindows(redis, prefix="t:")
         try:
-            await windows.take([Limit("m", "k", 10, 60)])
-            busy = asyncio.create_task(redis.eval(_BUSY, 0, 1_500_000))  # Redis busy for 1.5 s
+            assert (await windows.take([Limit("m", "k", 10, 60)])).states[0].used == 1
+            busy = asyncio.create_task(busy_client.eval(_BUSY, 0, 1_500_000))  # Redis busy for 1.5 s
             await asyncio.sleep(0.05)
-            pending = windows.begin([Limit("m", "k", 10, 60)])
-            assert pending is not None
             with pytest.raises(StoreUnavailable):
-                await pending
-            assert not windows._slots.locked()
-            assert windows._free == []
+                await windows.take([Limit("m", "k", 10, 60)])
             with contextlib.suppress(Exception):
                 await busy
+            # another key, another weight: a take that read the late reply would see k's count instead
+            assert (await windows.take([Limit("m", "other", 100, 60, 7)])).states[0].used == 7
         finally:
-            await windows.aclose()
+            await busy_client.aclose()
             await redis.aclose()

@@ -195,14 +195,52 @@ async def test_permission_denied_is_authz_fail(client, tenant: Tenant, database_
     assert actions(database_url, tenant.org_id).count("apikey_created") == 0
 
 
-async def test_every_mutation_is_recorded_even_without_its_resolver(client, tenant: Tenant, database_url: str) -> None:
+CHANGE_PASSWORD = "mutation($c: String!, $n: String!) { changePassword(currentPassword: $c, newPassword: $n) }"
+
+
+async def test_a_mutation_records_its_own_action(client, tenant: Tenant, database_url: str) -> None:
     token = (await login(client, tenant))["accessToken"]
-    change = "mutation($c: String!, $n: String!) { changePassword(currentPassword: $c, newPassword: $n) }"
-    body = (await gql(client, change, {"c": tenant.password, "n": "a brand new passphrase 77"}, token=token)).json()
+    body = (await gql(client, CHANGE_PASSWORD, {"c": tenant.password, "n": "a brand new passphrase 77"},
+                      token=token)).json()
+    assert body["data"]["changePassword"] is True
+    [entry] = rows(database_url, "action = 'authn_password_change'")
+    assert (entry["result"], entry["actor_id"], entry["resource_id"], entry["details"]) == (
+        "success", tenant.user_id, tenant.user_id, {"sessionsEnded": 0})
+
+
+async def test_a_service_that_records_nothing_still_leaves_an_entry(
+    client, tenant: Tenant, database_url: str, monkeypatch: pytest.MonkeyPatch,
+    missing_audit_entries: list[logging.LogRecord],
+) -> None:
+    """The safety net: a plain entry naming the field, and `audit_entry_missing` logged for the service."""
+    import resolvers.auth
+
+    async def silent(*_: Any) -> bool:
+        return True
+
+    monkeypatch.setattr(resolvers.auth, "change_password", silent)
+    token = (await login(client, tenant))["accessToken"]
+    body = (await gql(client, CHANGE_PASSWORD, {"c": "x", "n": "y"}, token=token)).json()
     assert body["data"]["changePassword"] is True
     [entry] = rows(database_url, "action = 'authn_password_change'")
     assert (entry["result"], entry["actor_id"], entry["details"]) == (
         "success", tenant.user_id, {"field": "changePassword"})
+    assert [r.field for r in missing_audit_entries] == ["changePassword"]  # type: ignore[attr-defined]
+    missing_audit_entries.clear()
+
+
+def test_every_mutation_names_its_action_in_the_vocabulary() -> None:
+    """Each mutation root field has its action (what its service records, and the entry of a failure)."""
+    from graphql import build_schema as parse_sdl
+
+    from schema import export_sdl
+    from schema.audit import FIELD_ACTIONS
+    from store.audit import ACTIONS, AuditAction
+
+    mutation = parse_sdl(export_sdl()).mutation_type
+    assert mutation is not None
+    assert set(mutation.fields) - set(FIELD_ACTIONS) == set()
+    assert {action for action, _, _ in FIELD_ACTIONS.values()} <= ACTIONS - {AuditAction.MUTATION}
 
 
 async def test_a_failed_mutation_is_recorded_and_its_change_is_not(client, tenant: Tenant, database_url: str) -> None:
@@ -285,7 +323,7 @@ async def test_rate_limit_refusals_are_one_row_per_key_and_minute(app, tenant: T
                     for _ in range(6)]
         assert statuses == [200, 200, 429, 429, 429, 429]
         assert rows(database_url, "action = 'excess_rate_limit_exceeded'") == []
-        await app.state.services.rate_limit_audit.flush(everything=True)
+        await app.state.rate_limit_audit.flush(everything=True)
     [entry] = rows(database_url, "action = 'excess_rate_limit_exceeded'")
     assert (entry["chain"], entry["actor_id"], entry["result"]) == (tenant.org_id, key_id, "denied")
     assert (entry["details"]["refused"], entry["details"]["key"]) == (4, f"k:{key_id}")
@@ -431,7 +469,7 @@ async def test_rate_limit_audit_in_shared_mode_counts_across_processes(
     first, second = create_app(settings), create_app(settings)
     clock = [1_800_000_000.0]
     async with running(first), running(second):
-        auditors = [first.state.services.rate_limit_audit, second.state.services.rate_limit_audit]
+        auditors = [first.state.rate_limit_audit, second.state.rate_limit_audit]
         for a in auditors:
             a.clock = lambda: clock[0]
         for i in range(7):

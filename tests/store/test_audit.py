@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
 from store import audit
 from store.audit import AuditEvent, ChainHead
-from store.db import Database, TrackedSession, async_url, install_sqlite_pragmas, is_sqlite, sync_url
+from store.db import Database, async_url, install_sqlite_pragmas, is_sqlite, sync_url
 from store.migrate import upgrade
 from store.models import new_id
 from tests.conftest import _fresh_postgres_database, sql
@@ -98,7 +98,7 @@ async def test_each_engine_appends_with_its_own_bind_processors(database_url: st
     custom = create_async_engine(async_url(database_url), json_serializer=lambda value: json.dumps(value, indent=1))
     if plain.sqlite:
         install_sqlite_pragmas(custom.sync_engine)
-    sessions = async_sessionmaker(custom, sync_session_class=TrackedSession)
+    sessions = async_sessionmaker(custom)
     try:
         for new_session in (plain.session, sessions, plain.session):
             async with new_session() as session:
@@ -114,43 +114,35 @@ async def test_each_engine_appends_with_its_own_bind_processors(database_url: st
 
 
 async def test_an_append_is_one_statement_once_the_chain_has_a_head(database_url: str) -> None:
-    """The entry is numbered, linked and hashed in the database, and the head row moves by trigger."""
+    """The entry is numbered, linked and hashed in the database, and the head row moves by trigger: one
+    statement sent, and on SQLite one statement run (its trigger program included)."""
     org = new_id()
     await write(database_url, event(org))  # the chain's first entry also creates its head row
     db = Database(database_url)
-    statements: list[str] = []
+    sent: list[str] = []
+    run: list[str] = []
 
     def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        statements.append(statement)
+        sent.append(statement)
 
     event_module.listen(db.engine.sync_engine, "before_cursor_execute", count)
     try:
         async with db.transaction() as session:
-            # the append runs on the driver connection itself (aiosqlite, psycopg): count what reaches it
-            raw = await (await session.connection()).get_raw_connection()
-            driver = raw.driver_connection
+            driver = (await (await session.connection()).get_raw_connection()).driver_connection
             if db.sqlite:
-                await driver.set_trace_callback(statements.append)
-            else:
-                execute = driver.execute
-
-                async def counted(query: Any, *args: Any, **kwargs: Any) -> Any:
-                    statements.append(str(query))
-                    return await execute(query, *args, **kwargs)
-
-                driver.execute = counted
+                await driver.set_trace_callback(run.append)
             entries = await audit.append(session, [event(org, details={"n": 2})])
             if db.sqlite:
                 await driver.set_trace_callback(None)
-            else:
-                del driver.execute
     finally:
         await db.dispose()
-    appends = [s for s in statements if "audit_log" in s or "audit_chain_heads" in s]
-    # SQLite's trace repeats a statement's text as each of its trigger programs starts: one statement
-    appends = [s for i, s in enumerate(appends) if i == 0 or s != appends[i - 1]]
+    appends = [s for s in sent if "audit_log" in s or "audit_chain_heads" in s]
     assert len(appends) == 1
     assert appends[0].lstrip().upper().startswith("INSERT INTO AUDIT_LOG")
+    if db.sqlite:
+        # SQLite's trace repeats a statement's text as each of its trigger programs starts: one statement
+        ran = [s for s in run if "audit_log" in s or "audit_chain_heads" in s]
+        assert len(set(ran)) == 1
     stored = sql(database_url, "SELECT sequence, previous_hash, hash FROM audit_log WHERE chain = :c "
                                "ORDER BY sequence", c=org)
     assert [r[0] for r in stored] == [1, 2]
@@ -163,54 +155,34 @@ async def test_an_append_is_one_statement_once_the_chain_has_a_head(database_url
     ]
 
 
-def _count_trips(driver: Any) -> list[str]:
-    """What goes to aiosqlite's connection thread, one name per trip (on PostgreSQL: nothing is counted)."""
-    trips: list[str] = []
-    if hasattr(driver, "_execute"):
-        execute = driver._execute
-
-        async def counted(fn: Any, *args: Any, **kwargs: Any) -> Any:
-            trips.append(getattr(fn, "__name__", repr(fn)))
-            return await execute(fn, *args, **kwargs)
-
-        driver._execute = counted
-    return trips
-
-
-async def test_an_append_that_commits_takes_the_commit_along(database_url: str) -> None:
-    """`commit=True`: on SQLite the last entry and the COMMIT go to the connection's thread in one trip, and
-    the session's commit and close that follow send nothing more; on PostgreSQL the session commits as
-    usual. Either way the entries are stored, chained and verified."""
-    org, other = new_id(), new_id()
-    await write(database_url, event(org), event(other))
+async def test_an_entry_not_read_back_is_written_without_returning(database_url: str) -> None:
+    """`entries=False` (the writers that commit without reading what they wrote): the statement asks for
+    nothing back, the chain's first entry is still told from the row count, and the chain verifies."""
+    org = new_id()
     db = Database(database_url)
+    sent: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        sent.append(statement)
+
+    event_module.listen(db.engine.sync_engine, "before_cursor_execute", count)
     try:
-        session = db.session()
-        try:
-            raw = await (await session.connection()).get_raw_connection()
-            trips = _count_trips(raw.driver_connection)
-            await audit.append(session, [event(org, details={"n": 2}), event(other, details={"n": 2})],
-                               entries=False, commit=True)
-            after_append = list(trips)
-            await session.commit()
-        finally:
-            await session.close()
-        after_close = list(trips)
+        for _ in range(2):  # the chain's first entry (no head row yet), then the next one
+            async with db.transaction() as session:
+                assert await audit.append(session, [event(org)], entries=False) == []
     finally:
         await db.dispose()
-    if db.sqlite:
-        # one entry the usual way, the last one with the commit; then nothing: no COMMIT, no pool ROLLBACK
-        assert after_append == ["_execute_fetchall", "_append_and_commit"]
-        assert after_close == after_append
-    stored = sql(database_url, "SELECT chain, sequence FROM audit_log WHERE chain IN (:a, :b) ORDER BY chain, "
-                               "sequence", a=org, b=other)
-    assert sorted(tuple(r) for r in stored) == sorted([(org, 1), (org, 2), (other, 1), (other, 2)])
-    assert (await verify(database_url)).ok
+    inserts = [s for s in sent if s.lstrip().upper().startswith("INSERT INTO AUDIT_LOG")]
+    assert len(inserts) == 3  # the first entry's insert is repeated once its head row exists
+    assert not any("RETURNING" in s.upper() for s in inserts)
+    assert [r[0] for r in sql(database_url, "SELECT sequence FROM audit_log WHERE chain = :c ORDER BY sequence",
+                                c=org)] == [1, 2]
+    assert (await verify(database_url, chains=[org])).ok
 
 
-async def test_an_append_that_commits_commits_nothing_when_its_entry_is_refused(database_url: str) -> None:
-    """The one trip that carries the COMMIT: if the entry's statement fails, nothing of the transaction is
-    committed (the mutation's own write and the entries before it included), and the chain has no gap."""
+async def test_a_refused_entry_commits_nothing_of_its_transaction(database_url: str) -> None:
+    """If an entry's statement fails, the unit of work rolls back: nothing of the transaction is committed
+    (the mutation's own write and the entries before it included), and the chain has no gap."""
     org, marker = new_id(), new_id()  # marker: a write of the same transaction (a head row of its own)
     await write(database_url, event(org))
     if is_sqlite(database_url):
@@ -223,19 +195,17 @@ async def test_an_append_that_commits_commits_nothing_when_its_entry_is_refused(
         sql(database_url, "CREATE TRIGGER test_refuse_entry BEFORE INSERT ON audit_log FOR EACH ROW "
                           "EXECUTE FUNCTION test_refuse_entry()")
     db = Database(database_url)
-    try:
-        session = db.session()
-        try:
+
+    async def mutation() -> None:
+        async with db.transaction() as session:
             await session.execute(text("INSERT INTO audit_chain_heads (chain, sequence, hash, updated_at) "
                                        "VALUES (:c, 0, :h, CURRENT_TIMESTAMP)"), {"c": marker, "h": "0" * 64})
-            # the driver's own error (the append goes to the driver connection, not through SQLAlchemy)
-            with pytest.raises(Exception, match="refused"):
-                await audit.append(session, [event(org, details={"n": 2}),
-                                             event(org, action="refused_by_the_database")],
-                                   entries=False, commit=True)
-            await session.rollback()
-        finally:
-            await session.close()
+            await audit.append(session, [event(org, details={"n": 2}), event(org, action="refused_by_the_database")],
+                               entries=False)
+
+    try:
+        with pytest.raises(DBAPIError, match="refused"):
+            await mutation()
     finally:
         await db.dispose()
         if is_sqlite(database_url):
@@ -509,13 +479,10 @@ async def test_a_filter_on_results_that_did_not_succeed_reads_the_partial_index(
     predicate for the planner to take it."""
     from sqlalchemy import event as sa_event
 
-    from authz import Permission, Principal, PrincipalKind
-    from resolvers.audit import AuditFilter, list_entries
+    from resolvers.audit import AuditFilter, query_entries
 
     org = new_id()
     await write(sqlite_url, event(org), event(org, "authz_fail", result="denied"), event(org, result="error"))
-    principal = Principal(kind=PrincipalKind.USER, subject_id="u-1", organization_id=org,
-                          permissions=frozenset({Permission.AUDIT_READ}))
     db = Database(sqlite_url)
     plans: dict[str, str] = {}
     try:
@@ -529,7 +496,7 @@ async def test_a_filter_on_results_that_did_not_succeed_reads_the_partial_index(
             sa_event.listen(db.engine.sync_engine, "before_cursor_execute", keep)
             try:
                 async with db.session() as session:
-                    page = await list_entries(session, principal, AuditFilter(result=wanted))
+                    page = await query_entries(session, org, AuditFilter(result=wanted))
                     assert [e.entry.result for e in page.edges] == [wanted]
                     statement, parameters = seen[-1]
                     conn = await session.connection()
@@ -544,16 +511,16 @@ async def test_a_filter_on_results_that_did_not_succeed_reads_the_partial_index(
     assert "ix_audit_log_chain_at" in plans["success"]
 
 
-async def test_the_first_entry_of_a_chain_can_carry_the_commit(database_url: str) -> None:
-    """A chain's very first entry, written with `commit=True`: its head row is created on the way, and the
-    transaction's other writes commit with it."""
+async def test_the_first_entry_of_a_chain_creates_its_head_in_the_transaction(database_url: str) -> None:
+    """A chain's very first entry creates the chain's head row on the way, in the caller's transaction, and
+    the transaction's other writes commit with it."""
     org, marker = new_id(), new_id()  # marker: a write of the same transaction (a head row of its own)
     db = Database(database_url)
     try:
         async with db.session() as session:
             await session.execute(text("INSERT INTO audit_chain_heads (chain, sequence, hash, updated_at) "
                                        "VALUES (:c, 0, :h, CURRENT_TIMESTAMP)"), {"c": marker, "h": "0" * 64})
-            await audit.append(session, [event(org)], entries=False, commit=True)
+            await audit.append(session, [event(org)], entries=False)
             await session.commit()
     finally:
         await db.dispose()

@@ -1,74 +1,106 @@
-"""The engines' own behaviour: on SQLite, COMMIT and ROLLBACK reach the connection only when it holds a
-transaction; what a session leaves uncommitted is still rolled back when it is closed."""
+"""The engines' own behaviour: on SQLite, the pool rolls a connection back at check-in only when it holds a
+transaction (every unit of work has ended its own); what a session leaves uncommitted is still rolled back
+when it is closed."""
 
 from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from store.db import Database
 from store.models import new_id, new_ordered_id
 from tests.conftest import sql
-from tests.store.test_audit import _count_trips
+
+INSERT_HEAD = text("INSERT INTO audit_chain_heads (chain, sequence, hash, updated_at) "
+                   "VALUES (:c, 0, :h, CURRENT_TIMESTAMP)")
 
 
-async def _trips_of(db: Database, work: Any) -> list[str]:
+def _count_ends(driver: Any) -> list[str]:
+    """The commits and rollbacks that reach a driver connection (on aiosqlite, each a trip to its thread)."""
+    ends: list[str] = []
+    for name in ("commit", "rollback"):
+        method = getattr(driver, name)
+
+        async def counted(*args: Any, _name: str = name, _method: Any = method, **kwargs: Any) -> Any:
+            ends.append(_name)
+            return await _method(*args, **kwargs)
+
+        setattr(driver, name, counted)
+    return ends
+
+
+async def _ends_of(db: Database, work: Callable[[AsyncSession], Awaitable[None]]) -> list[str]:
     session = db.session()
     try:
-        raw = await (await session.connection()).get_raw_connection()
-        trips = _count_trips(raw.driver_connection)
+        driver = (await (await session.connection()).get_raw_connection()).driver_connection
+        ends = _count_ends(driver)
         await work(session)
     finally:
         await session.close()
-    return list(trips)
+    for name in ("commit", "rollback"):
+        delattr(driver, name)
+    return list(ends)
 
 
-async def test_a_session_that_only_read_sends_no_commit_or_rollback(database_url: str) -> None:
+async def test_a_unit_of_work_ends_once_and_the_pool_adds_nothing(database_url: str) -> None:
+    """A session that read, or wrote, and committed reaches the connection with one COMMIT; one that wrote
+    and was closed uncommitted with one ROLLBACK (its own), and nothing of its write remains. On SQLite the
+    pool then sends no ROLLBACK of its own at check-in: the connection holds no transaction."""
+    kept, dropped = new_id(), new_id()
     db = Database(database_url)
     try:
-        async def read(session: Any) -> None:
+        async def read_and_commit(session: AsyncSession) -> None:
             assert (await session.execute(text("SELECT 1"))).scalar() == 1
             await session.commit()
 
-        trips = await _trips_of(db, read)
-        if db.sqlite:
-            assert "commit" not in trips
-            assert "rollback" not in trips
-    finally:
-        await db.dispose()
-
-
-async def test_a_write_commits_once_and_an_uncommitted_one_is_rolled_back_at_close(database_url: str) -> None:
-    """A session that wrote commits with one COMMIT; a session closed with its write uncommitted is
-    rolled back when its connection goes back to the pool, and holds no lock afterwards."""
-    kept, dropped = new_id(), new_id()
-    insert = text("INSERT INTO audit_chain_heads (chain, sequence, hash, updated_at) "
-                  "VALUES (:c, 0, :h, CURRENT_TIMESTAMP)")
-    db = Database(database_url)
-    try:
-        async def write_and_commit(session: Any) -> None:
-            await session.execute(insert, {"c": kept, "h": "0" * 64})
+        async def write_and_commit(session: AsyncSession) -> None:
+            await session.execute(INSERT_HEAD, {"c": kept, "h": "0" * 64})
             await session.commit()
 
-        async def write_and_leave(session: Any) -> None:
-            await session.execute(insert, {"c": dropped, "h": "0" * 64})
+        async def write_and_leave(session: AsyncSession) -> None:
+            await session.execute(INSERT_HEAD, {"c": dropped, "h": "0" * 64})
 
-        committed = await _trips_of(db, write_and_commit)
-        left = await _trips_of(db, write_and_leave)
+        read = await _ends_of(db, read_and_commit)
+        committed = await _ends_of(db, write_and_commit)
+        left = await _ends_of(db, write_and_leave)
         if db.sqlite:
-            assert committed.count("commit") == 1
-            assert "rollback" not in committed
-            assert left.count("rollback") == 1  # the pool's reset, since a transaction was open
+            assert read == ["commit"]
+            assert committed == ["commit"]
+            assert left == ["rollback"]
         # nothing of the abandoned write remains, and a new writer is not kept waiting
         async with db.transaction() as session:
-            await session.execute(insert, {"c": new_id(), "h": "0" * 64})
+            await session.execute(INSERT_HEAD, {"c": new_id(), "h": "0" * 64})
     finally:
         await db.dispose()
     rows = sql(database_url, "SELECT chain FROM audit_chain_heads WHERE chain IN (:a, :b)", a=kept, b=dropped)
     assert [r[0] for r in rows] == [kept]
+
+
+async def test_a_connection_back_with_a_transaction_open_is_rolled_back(sqlite_url: str) -> None:
+    """A write made on the driver connection behind the engine's back, after its transaction ended, leaves
+    SQLite's transaction open: the pool rolls it back at check-in, so the write is gone and the database's
+    write lock is free for the next writer."""
+    stray = new_id()
+    db = Database(sqlite_url)
+    try:
+        async with db.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+            await conn.commit()
+            driver = (await conn.get_raw_connection()).driver_connection
+            await driver.execute("INSERT INTO audit_chain_heads (chain, sequence, hash, updated_at) "
+                                 "VALUES (?, 0, ?, CURRENT_TIMESTAMP)", (stray, "0" * 64))
+            assert driver.in_transaction
+        assert not driver.in_transaction
+        async with db.transaction() as session:
+            await session.execute(INSERT_HEAD, {"c": new_id(), "h": "0" * 64})
+    finally:
+        await db.dispose()
+    assert sql(sqlite_url, "SELECT count(*) FROM audit_chain_heads WHERE chain = :c", c=stray) == [(0,)]
 
 
 def test_ordered_ids_are_version_7_uuids_in_time_order() -> None:

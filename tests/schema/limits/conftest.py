@@ -19,9 +19,9 @@ def resolver_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Any]]:
                          (users_service, "get_viewer")):
         original = getattr(module, name)
 
-        def spy(db: Any, principal: Any, *args: Any, _name: str = name, _original: Any = original) -> Any:
-            calls.append((_name, principal))
-            return _original(db, principal, *args)
+        def spy(ctx: Any, *args: Any, _name: str = name, _original: Any = original) -> Any:
+            calls.append((_name, ctx.principal))
+            return _original(ctx, *args)
 
         monkeypatch.setattr(module, name, spy)
     return calls
