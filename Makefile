@@ -32,8 +32,8 @@ test: dev-install
 
 lint: dev-install
 	$(BIN)/ruff check .
-	$(BIN)/mypy authz identity
-	$(BIN)/mypy gateway schema resolvers store
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy authz identity store schema resolvers gateway bench
 
 bench: dev-install
 	@command -v wrk >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; } \

@@ -22,7 +22,16 @@ class QuotaResource(StrEnum):
     CHILD_ORGANIZATIONS = "CHILD_ORGANIZATIONS"
 
 
-PLANS: tuple[str, ...] = ("free", "starter", "professional", "enterprise")
+class Plan(StrEnum):
+    """The plans, cheapest first: the one definition of their names (the GraphQL enum `Plan` is this one)."""
+
+    FREE = "free"
+    STARTER = "starter"
+    PROFESSIONAL = "professional"
+    ENTERPRISE = "enterprise"
+
+
+PLANS: tuple[str, ...] = tuple(Plan)
 
 
 def plan_rank(plan: str) -> int:
@@ -43,11 +52,11 @@ def _row(members: int | None, api_keys: int | None, rpm: int | None, rpd: int | 
     })
 
 
-PLAN_LIMITS: Mapping[str, Limits] = MappingProxyType({
-    "free": _row(3, 2, 60, 1_000, 1_000, 5, 0),
-    "starter": _row(10, 10, 600, 10_000, 10_000, 50, 2),
-    "professional": _row(50, 50, 6_000, 100_000, 100_000, 500, 10),
-    "enterprise": _row(None, None, 60_000, None, 1_000_000, None, None),
+PLAN_QUOTAS: Mapping[str, Limits] = MappingProxyType({
+    Plan.FREE: _row(3, 2, 60, 1_000, 1_000, 5, 0),
+    Plan.STARTER: _row(10, 10, 600, 10_000, 10_000, 50, 2),
+    Plan.PROFESSIONAL: _row(50, 50, 6_000, 100_000, 100_000, 500, 10),
+    Plan.ENTERPRISE: _row(None, None, 60_000, None, 1_000_000, None, None),
 })
 
 
@@ -64,7 +73,7 @@ def parse_overrides(raw: Mapping[str, object] | None) -> dict[QuotaResource, int
 
 def effective_limits(plan: str, overrides: Mapping[str, object] | None = None) -> dict[QuotaResource, int | None]:
     """The tenant's limits: its plan's row with its own overrides on top (unknown plans get nothing)."""
-    base = PLAN_LIMITS.get(plan)
+    base = PLAN_QUOTAS.get(plan)
     limits: dict[QuotaResource, int | None] = dict(base) if base is not None else dict.fromkeys(QuotaResource, 0)
     limits.update(parse_overrides(overrides))
     return limits

@@ -9,9 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from authz.permissions import Permission
+from authz.plans import PLANS, plan_rank
 from authz.principal import Principal
-
-PLAN_ORDER: tuple[str, ...] = ("free", "starter", "professional", "enterprise")
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,9 +43,9 @@ ALLOW = Decision(allowed=True)
 
 
 def plan_at_least(plan: str | None, required: str) -> bool:
-    if plan is None or plan not in PLAN_ORDER:
+    if plan is None or plan not in PLANS:
         return False
-    return PLAN_ORDER.index(plan) >= PLAN_ORDER.index(required)
+    return plan_rank(plan) >= plan_rank(required)
 
 
 def decide(principal: Principal, requirement: Requirement) -> Decision:

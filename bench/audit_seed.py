@@ -24,13 +24,14 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import bindparam, create_engine, text
 
 from resolvers.audit import AuditFilter, query_entries
 from store import audit
 from store.db import Database, is_sqlite, sync_url
 from store.migrate import upgrade
 from store.models import new_id
+from store.types import UtcDateTime
 
 ACTIONS = ["authn_login_success", "authn_login_success", "authn_login_success", "authn_token_refresh",
            "authn_token_refresh", "authn_login_fail", "authn_logout", "org_updated", "member_added",
@@ -67,7 +68,7 @@ def seed(url: str, total: int, tenants: int, seed_value: int = 7) -> list[str]:
     rng = random.Random(seed_value)
     chains = [new_id() for _ in range(tenants)]
     per = total // tenants
-    start = datetime.now(UTC).replace(tzinfo=None) - timedelta(days=91)
+    start = datetime.now(UTC) - timedelta(days=91)
     engine = create_engine(sync_url(url))
     try:
         with engine.begin() as conn:
@@ -76,7 +77,8 @@ def seed(url: str, total: int, tenants: int, seed_value: int = 7) -> list[str]:
                 rows = list(entries(chain, per, rng, start))
                 if is_sqlite(url):
                     placeholders = ", ".join(f":{c}" for c in COLUMNS)
-                    conn.execute(text(f"INSERT INTO audit_log ({', '.join(COLUMNS)}) VALUES ({placeholders})"),
+                    insert = text(f"INSERT INTO audit_log ({', '.join(COLUMNS)}) VALUES ({placeholders})")
+                    conn.execute(insert.bindparams(bindparam("at", type_=UtcDateTime())),
                                  [dict(zip(COLUMNS, r, strict=True)) for r in rows])
                 else:
                     cursor = conn.connection.cursor()
@@ -86,7 +88,8 @@ def seed(url: str, total: int, tenants: int, seed_value: int = 7) -> list[str]:
                 heads.append({"chain": chain, "sequence": per, "hash": rows[-1][-1], "updated_at": rows[-1][4]})
                 print(f"chain {i + 1}/{tenants}: {per} entries", file=sys.stderr, flush=True)
             conn.execute(text("INSERT INTO audit_chain_heads (chain, sequence, hash, updated_at) "
-                              "VALUES (:chain, :sequence, :hash, :updated_at)"), heads)
+                              "VALUES (:chain, :sequence, :hash, :updated_at)")
+                         .bindparams(bindparam("updated_at", type_=UtcDateTime())), heads)
             if not is_sqlite(url):
                 conn.execute(text("ANALYZE audit_log"))
     finally:

@@ -310,9 +310,9 @@ class EdgeAdmission:
         for resource in RATE_RESOURCES:
             s = states.get(_WINDOWS[resource][0])
             if s is None:
-                reset = datetime.fromtimestamp(now_ms / 1000, UTC).replace(tzinfo=None)
+                reset = datetime.fromtimestamp(now_ms / 1000, UTC)
                 out[resource] = BudgetState(limit=None, used=0, remaining=None, reset_at=reset)
             else:
-                reset = datetime.fromtimestamp(s.reset_ms / 1000, UTC).replace(tzinfo=None)
+                reset = datetime.fromtimestamp(s.reset_ms / 1000, UTC)
                 out[resource] = BudgetState(limit=s.limit.amount, used=s.used, remaining=s.remaining, reset_at=reset)
         return out

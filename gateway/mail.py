@@ -39,7 +39,7 @@ import random
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from email.message import EmailMessage
 from email.utils import format_datetime, parseaddr
 from typing import Any
@@ -120,7 +120,7 @@ class _Refusal(Exception):
 def build_message(claimed: _Claimed, content: dict[str, Any], from_address: str) -> EmailMessage:
     message = EmailMessage()
     message["Message-ID"] = claimed.message_id
-    message["Date"] = format_datetime(claimed.created_at.replace(tzinfo=UTC))
+    message["Date"] = format_datetime(claimed.created_at)
     message["From"] = from_address
     message["To"] = claimed.recipient
     message["Subject"] = content["subject"]

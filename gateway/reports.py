@@ -25,6 +25,7 @@ from authz import Permission, Principal, anonymous
 from authz.errors import NotFound
 from gateway.middleware import graphql_error
 from resolvers.deps import RequestContext, Services
+from resolvers.report_builders import iso
 from resolvers.reports import audit_refused_download, csv_download, get_report, json_download
 from store.models import Report
 
@@ -176,9 +177,8 @@ def render_page(report: Report) -> str:
         f"<title>{escape(report.kind)} report</title><style>{STYLE}</style></head><body>",
         f"<h1>{escape(report.kind.title())} report</h1>",
         "<table>",
-        f"<tr><th>Period</th><td>{escape(report.period_start.isoformat())}Z to "
-        f"{escape(report.period_end.isoformat())}Z</td></tr>",
-        f"<tr><th>Generated</th><td>{escape(report.created_at.isoformat())}Z</td></tr>",
+        f"<tr><th>Period</th><td>{escape(iso(report.period_start))} to {escape(iso(report.period_end))}</td></tr>",
+        f"<tr><th>Generated</th><td>{escape(iso(report.created_at))}</td></tr>",
         f"<tr><th>Rows</th><td>{report.row_count}</td></tr>",
         f"<tr><th>Digest (JSON)</th><td><code>{escape(report.digest)}</code></td></tr>",
         "</table>",

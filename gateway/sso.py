@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import html
 import logging
-import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from urllib.parse import urlsplit
 
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
@@ -26,6 +24,7 @@ from gateway.route_limits import RouteLimit, unlimited
 from gateway.settings import Settings
 from identity.browser_sessions import BrowserSessions
 from identity.oidc import OidcError
+from identity.sso import safe_return_to
 from resolvers.auth import logout as end_session
 from resolvers.deps import RequestContext, Services
 from resolvers.sso import (
@@ -45,33 +44,11 @@ log = logging.getLogger("portcullis.sso")
 
 SSO_TRANSACTION_COOKIE = "__Host-portcullis-sso"
 OIDC_CALLBACK_PATH = "/auth/oidc/callback"
-_PATH_CHARS = re.compile(r"^/[A-Za-z0-9\-._~!$&'()*+,;=:@%/]*$")
-_QUERY_CHARS = re.compile(r"^[A-Za-z0-9\-._~!$&'()*+,;=:@%/?]*$")
 
 # A protocol's way to start a login for a connection, by `SsoConnection.kind` (SAML passes "saml"): the
 # request, the organization, its connection, the (checked) return path, and the account whose holder asked
 # to link it (`startSsoLink`), or None.
 Starter = Callable[[Request, Organization, SsoConnection, str, str | None], Awaitable[Response]]
-
-
-def safe_return_to(value: str | None, allowed_paths: Sequence[str]) -> str:
-    """`value` when it is a relative path under one of the allowed prefixes, else the first prefix (C-051).
-
-    Checked on the raw value, not on what `urlsplit` makes of it (which strips leading spaces and
-    control characters): one leading `/`, then only URL path characters, no `.`/`..` segment.
-    """
-    default = allowed_paths[0]
-    if not value or len(value) > 1000:
-        return default
-    path, _, query = value.partition("?")
-    if not _PATH_CHARS.match(path) or path.startswith("//") or (query and not _QUERY_CHARS.match(query)):
-        return default
-    if urlsplit(value).netloc or any(seg in ("..", ".") for seg in path.split("/")):
-        return default
-    for prefix in allowed_paths:
-        if prefix == "/" or path == prefix or path.startswith(prefix.rstrip("/") + "/"):
-            return value
-    return default
 
 
 def finish_browser_login(browser: BrowserSessions, login: SsoLogin, return_to: str | None,

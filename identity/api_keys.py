@@ -169,7 +169,7 @@ class ApiKeyInfo:
 
 
 def _epoch(value: datetime | None) -> float | None:
-    return None if value is None else value.replace(tzinfo=UTC).timestamp()
+    return None if value is None else value.timestamp()
 
 
 def _networks(cidrs: Iterable[str]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
@@ -294,7 +294,7 @@ class ApiKeyVerifier:
         if info is None:
             epoch = self.cache.epoch
             async with self.db.session() as db:
-                info = await load_api_key(db, parsed, digest, datetime.fromtimestamp(now, UTC).replace(tzinfo=None))
+                info = await load_api_key(db, parsed, digest, datetime.fromtimestamp(now, UTC))
             if info is None:
                 raise ApiKeyRejected("api key: unknown, revoked, or its holder left")
             self.cache.put(digest, info, epoch)
@@ -344,7 +344,7 @@ class LastUsedRecorder:
             return 0
         async with self.db.transaction() as db:
             for key_id, at in pending.items():
-                when = datetime.fromtimestamp(at, UTC).replace(tzinfo=None)
+                when = datetime.fromtimestamp(at, UTC)
                 await db.execute(
                     update(ApiKey)
                     .where(col(ApiKey.id) == key_id)

@@ -59,7 +59,7 @@ class Authenticator:
         if info is not None:
             return info
         epoch = self.sessions.epoch
-        now = datetime.fromtimestamp(self.clock(), UTC).replace(tzinfo=None)
+        now = datetime.fromtimestamp(self.clock(), UTC)
         async with self.db.session() as db:
             info = await load_session(db, session_id, now)
         if info is not None:
@@ -76,7 +76,7 @@ class Authenticator:
             raise AuthenticationError("session ended")
         if info.user_id != claims.subject or info.organization_id != claims.organization_id:
             raise AuthenticationError("token does not match its session")
-        if info.expires_at.replace(tzinfo=UTC).timestamp() <= self.clock():
+        if info.expires_at.timestamp() <= self.clock():
             raise AuthenticationError("session expired")
         return principal_for_session(info, client_ip=client_ip, request_id=request_id)
 
@@ -95,7 +95,7 @@ class Authenticator:
         info = await self.session_info(session_id)
         if info is None:
             raise AuthenticationError("session ended")
-        now = datetime.fromtimestamp(self.clock(), UTC).replace(tzinfo=None)
+        now = datetime.fromtimestamp(self.clock(), UTC)
         if info.expires_at <= now:
             raise AuthenticationError("session expired")
         policy = self.browser.policy

@@ -34,7 +34,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from store.db import Database
-from store.models import LoginThrottle as ThrottleRow
+from store.models import LoginCounter
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +78,7 @@ class LoginThrottle:
         self.clock = clock
 
     def _now(self) -> datetime:
-        return datetime.fromtimestamp(self.clock(), UTC).replace(tzinfo=None)
+        return datetime.fromtimestamp(self.clock(), UTC)
 
     async def begin(self, email: str, client_ip: str | None, organization_id: str | None = None) -> Attempt:
         """Count the attempt as a failure now; `allowed` says whether the password may be verified."""
@@ -86,7 +86,7 @@ class LoginThrottle:
         address = client_ip or "-"
         pair = f"pair:{account}|{organization_id or '-'}|{address}"
         now = self._now()
-        col = ThrottleRow.__table__.c  # type: ignore[attr-defined]
+        col = LoginCounter.__table__.c  # type: ignore[attr-defined]
         async with self.db.transaction() as session:
             pair_row = await self._count(session, pair, account, now, organization_id)
             account_row = await self._count(session, f"acct:{account}", account, now, None)
@@ -116,13 +116,13 @@ class LoginThrottle:
         }
         await session.execute(_insert(session).values(**values).on_conflict_do_nothing())
         cutoff = now - timedelta(seconds=self.policy.window_seconds)
-        col = ThrottleRow.__table__.c  # type: ignore[attr-defined]
+        col = LoginCounter.__table__.c  # type: ignore[attr-defined]
         expired = or_(
             col.window_started_at < cutoff,
             and_(col.locked_until.is_not(None), col.locked_until <= now),
         )
         stmt = (
-            update(ThrottleRow)
+            update(LoginCounter)
             .where(col.key == key)
             .values(
                 failures=case((expired, 1), else_=col.failures + 1),
@@ -136,16 +136,16 @@ class LoginThrottle:
 
     async def succeeded(self, attempt: Attempt) -> None:
         now = self._now()
-        col = ThrottleRow.__table__.c  # type: ignore[attr-defined]
+        col = LoginCounter.__table__.c  # type: ignore[attr-defined]
         seen = _seen_key(attempt.account_key, attempt.client_ip or "-")
         async with self.db.transaction() as session:
             await session.execute(
-                update(ThrottleRow)
+                update(LoginCounter)
                 .where(col.key == attempt.pair_key)
                 .values(failures=0, locked_until=None, lock_count=0, last_success_at=now)
             )
             await session.execute(
-                update(ThrottleRow)
+                update(LoginCounter)
                 .where(col.key == f"acct:{attempt.account_key}")
                 .values(failures=case((col.failures > 0, col.failures - 1), else_=0))
             )
@@ -157,11 +157,11 @@ class LoginThrottle:
     async def failed(self, attempt: Attempt) -> bool:
         """Record a verified failure; True when this failure locked the pair (log it once)."""
         now = self._now()
-        col = ThrottleRow.__table__.c  # type: ignore[attr-defined]
+        col = LoginCounter.__table__.c  # type: ignore[attr-defined]
         async with self.db.transaction() as session:
             row = (
                 await session.execute(
-                    update(ThrottleRow)
+                    update(LoginCounter)
                     .where(
                         col.key == attempt.pair_key,
                         col.failures >= self.policy.threshold,
@@ -175,7 +175,7 @@ class LoginThrottle:
                 return False
             seconds = min(self.policy.base_lock_seconds * 2 ** (row[0] - 1), self.policy.max_lock_seconds)
             await session.execute(
-                update(ThrottleRow)
+                update(LoginCounter)
                 .where(col.key == attempt.pair_key)
                 .values(locked_until=now + timedelta(seconds=seconds))
             )
@@ -183,20 +183,20 @@ class LoginThrottle:
 
     async def unlock(self, email: str, organization_id: str) -> int:
         """An organization's unlock: the counters of sign-ins into that organization, and nothing else."""
-        col = ThrottleRow.__table__.c  # type: ignore[attr-defined]
+        col = LoginCounter.__table__.c  # type: ignore[attr-defined]
         async with self.db.transaction() as session:
             result = await session.execute(
-                delete(ThrottleRow).where(col.account_key == email_key(email), col.organization_id == organization_id)
+                delete(LoginCounter).where(col.account_key == email_key(email), col.organization_id == organization_id)
             )
         return int(getattr(result, "rowcount", 0) or 0)
 
     async def reset(self, email: str) -> int:
         """After the person proved control of the account (a password reset): every failure counter and
         lock of the account, in every organization; its known addresses stay known."""
-        col = ThrottleRow.__table__.c  # type: ignore[attr-defined]
+        col = LoginCounter.__table__.c  # type: ignore[attr-defined]
         async with self.db.transaction() as session:
             result = await session.execute(
-                delete(ThrottleRow).where(col.account_key == email_key(email), ~col.key.startswith("seen:"))
+                delete(LoginCounter).where(col.account_key == email_key(email), ~col.key.startswith("seen:"))
             )
         return int(getattr(result, "rowcount", 0) or 0)
 
@@ -207,4 +207,4 @@ def _seen_key(account: str, address: str) -> str:
 
 def _insert(session: AsyncSession) -> Any:
     dialect = session.bind.dialect.name if session.bind is not None else "sqlite"
-    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(ThrottleRow)
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(LoginCounter)

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from authlib.integrations.starlette_client import OAuth, StarletteIntegration, StarletteOAuth2App
+from authlib.integrations.starlette_client import StarletteIntegration, StarletteOAuth2App
 from starlette.requests import Request
 
 from identity.outbound import OutboundPolicy, OutboundRefused
@@ -181,11 +181,6 @@ class _Integration(StarletteIntegration):  # type: ignore[misc]
     expires_in = 600  # state, nonce and verifier live at most 10 minutes (security.md C-040)
 
 
-class _OAuth(OAuth):  # type: ignore[misc]
-    oauth2_client_cls = _RelyingPartyApp
-    framework_integration_cls = _Integration
-
-
 @dataclass
 class _Entry:
     version: str
@@ -204,22 +199,20 @@ class OidcRelyingParty:
     jwks_refetch_interval_seconds: float = 60.0
     state_ttl_seconds: int = 600
     metadata_ttl_seconds: float = 3600.0
-    _oauth: Any = None
     _transport: Any = None
     _entries: dict[str, _Entry] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self._oauth = _OAuth(cache=self.store)
         self._transport = self.outbound.transport()
         # Authlib logs the PKCE verifier at DEBUG: never, whatever the gateway's own level
         logging.getLogger("authlib").setLevel(max(logging.INFO, logging.getLogger("authlib").level))
 
     def _new_app(self, config: OidcConnectionConfig) -> _RelyingPartyApp:
-        # registering under a name already used replaces nothing in Authlib: drop the old one first
-        self._oauth._registry.pop(config.connection_id, None)
-        self._oauth._clients.pop(config.connection_id, None)
-        app: _RelyingPartyApp = self._oauth.register(
-            name=config.connection_id,
+        # a client of its own per load, not one from Authlib's `OAuth` registry (which keeps the first client
+        # registered under a name): what `OAuth.create_client` builds, without the registry
+        app = _RelyingPartyApp(
+            _Integration(config.connection_id, self.store),
+            config.connection_id,
             client_id=config.client_id,
             client_secret=config.client_secret,
             server_metadata_url=config.issuer.rstrip("/") + DISCOVERY_PATH,
@@ -285,9 +278,6 @@ class OidcRelyingParty:
             raise OidcError(ADDRESS_REFUSED) from None
         except Exception:
             raise OidcError("oidc_discovery_failed") from None
-        finally:
-            self._oauth._registry.pop(config.connection_id, None)
-            self._oauth._clients.pop(config.connection_id, None)
 
     async def begin(self, request: Request, config: OidcConnectionConfig, *, redirect_uri: str,
                     return_to: str, link_user_id: str | None = None) -> str:

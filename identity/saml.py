@@ -38,6 +38,7 @@ from onelogin.saml2.idp_metadata_parser import OneLogin_Saml2_IdPMetadataParser
 from onelogin.saml2.response import OneLogin_Saml2_Response
 from onelogin.saml2.settings import OneLogin_Saml2_Settings
 from onelogin.saml2.utils import OneLogin_Saml2_Utils
+from onelogin.saml2.xml_utils import OneLogin_Saml2_XML
 
 from identity.sso import ExternalIdentity
 
@@ -50,7 +51,6 @@ MAX_METADATA_BYTES = 256 * 1024
 MAX_RESPONSE_BYTES = 256 * 1024  # base64 of a SAMLResponse; real ones are a few KiB
 MAX_CERTIFICATES = 4
 PENDING_LIFETIME_SECONDS = 600
-MAX_RETURN_TO = 512
 
 
 class SamlMetadataError(ValueError):
@@ -287,7 +287,9 @@ async def validate_response(
     if not audiences or any(a != sp.entity_id for a in audiences):
         raise SamlFailure("saml_audience")
     # 4. every bearer SubjectConfirmationData: Recipient exactly the ACS URL, InResponseTo ours
-    confirmations = response._query_assertion("/saml:Subject/saml:SubjectConfirmation")
+    # (`is_valid` has made sure the document, decrypted, holds exactly one assertion: the one its signature covers)
+    confirmations = OneLogin_Saml2_XML.query(response.get_xml_document(),
+                                             "/samlp:Response/saml:Assertion/saml:Subject/saml:SubjectConfirmation")
     bearer = [c for c in confirmations if c.get("Method") == OneLogin_Saml2_Constants.CM_BEARER]
     if not bearer:
         raise SamlFailure("saml_subject_confirmation")
@@ -393,18 +395,3 @@ def pending_key(cookie_secret: str) -> bytes:
     return hmac.digest(cookie_secret.encode(), b"portcullis saml pending request", "sha256")
 
 
-def safe_return_to(value: str | None, allowed_prefixes: Iterable[str]) -> str:
-    """A relative path on the allowlist, or "/". Never a URL: `//evil`, `/\\evil`, `https://…` all fall back."""
-    if not value or len(value) > MAX_RETURN_TO:
-        return "/"
-    if not value.startswith("/") or value.startswith(("//", "/\\")) or "\\" in value:
-        return "/"
-    if any(ord(ch) < 0x21 or ord(ch) == 0x7F for ch in value):
-        return "/"
-    parts = urlsplit(value)
-    if parts.scheme or parts.netloc:
-        return "/"
-    for prefix in allowed_prefixes:
-        if prefix == "/" or parts.path == prefix.rstrip("/") or parts.path.startswith(prefix.rstrip("/") + "/"):
-            return value
-    return "/"

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import select as sa_select
 from sqlalchemy import update
@@ -65,10 +65,6 @@ class SessionInfo:
 class SessionPolicy:
     absolute_lifetime_seconds: int = 14 * 24 * 3600
     refresh_idle_seconds: int = 7 * 24 * 3600
-
-
-def _naive_utc(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, UTC).replace(tzinfo=None)
 
 
 class SessionCache:

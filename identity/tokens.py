@@ -285,9 +285,6 @@ class AccessTokens:
             subject=sub, organization_id=org, session_id=sid, jti=jti, issued_at=iat, expires_at=exp
         )
 
-    def forget(self) -> None:
-        self._cache.clear()
-
 
 def _numeric_date(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)

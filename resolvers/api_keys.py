@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
@@ -34,9 +34,10 @@ from authz import BuiltinRole, Permission, Principal, PrincipalKind, RoleError, 
 from authz.errors import BadUserInput, Conflict, Forbidden, NotFound
 from authz.plans import QuotaResource
 from identity.api_keys import apikey_key, env_label, hash_secret, new_prefix, new_secret, parse
+from resolvers.common import announce_after_commit, tenant_of
 from resolvers.deps import RequestContext
 from resolvers.quotas import check_quota
-from resolvers.roles import announce_after_commit, tenant_of
+from resolvers.times import given_time
 from store.audit import AuditAction, changes
 from store.models import ApiKey, Membership
 from store.scoping import tenant_select
@@ -95,10 +96,6 @@ def _cidrs(values: list[str] | None) -> list[str]:
     return sorted(set(networks))
 
 
-def _naive(value: datetime) -> datetime:
-    return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo is not None else value
-
-
 def _check_within(principal: Principal, scopes: frozenset[Permission], message: str) -> None:
     missing = sorted(p.value for p in scopes - principal.effective_permissions)
     if missing:
@@ -136,7 +133,7 @@ async def create_api_key(ctx: RequestContext, new: NewApiKey) -> IssuedKey:
     _check_within(principal, scopes, "You cannot give a key scopes you do not hold.")
     allowed = _cidrs(new.allowed_ips)
     now = ctx.services.now()
-    expires = _naive(new.expires_at) if new.expires_at is not None else None
+    expires = given_time(new.expires_at) if new.expires_at is not None else None
     if expires is not None and expires <= now:
         raise BadUserInput("expiresAt must be in the future", field="expiresAt")
     rate = new.rate_limit_per_minute

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, or_, text
@@ -17,10 +17,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
 from authz import Permission, Principal
-from authz.errors import BadUserInput, Unauthenticated
+from authz.errors import BadUserInput
 from identity.tokens import KeyRing, TokenError, sign_document, verify_document
 from resolvers.budgets import charge_work
+from resolvers.common import tenant_of
 from resolvers.deps import RequestContext
+from resolvers.times import given_time
 from store import audit
 from store.audit import ACTIONS, RESULTS, AuditResult
 from store.cursors import CursorError
@@ -56,10 +58,6 @@ class AuditPage:
     end_cursor: str | None
 
 
-def _naive_utc(moment: datetime) -> datetime:
-    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo is not None else moment
-
-
 _FILTER_FIELDS = {"actor_id": "actorId", "action": "action", "resource_type": "resourceType",
                   "resource_id": "resourceId", "result": "result", "request_id": "requestId"}
 
@@ -73,7 +71,7 @@ def _check_filter(f: AuditFilter) -> None:
         raise BadUserInput("filter.action is not a known audit action", field="filter.action")
     if f.result is not None and f.result not in RESULTS:
         raise BadUserInput("filter.result must be success, denied or error", field="filter.result")
-    if f.start is not None and f.end is not None and _naive_utc(f.start) >= _naive_utc(f.end):
+    if f.start is not None and f.end is not None and given_time(f.start) >= given_time(f.end):
         raise BadUserInput("filter.from must be before filter.to", field="filter.from")
 
 
@@ -81,9 +79,7 @@ def readable_chain(principal: Principal) -> str | None:
     """The one chain the caller may read, or None for every chain (the platform operator)."""
     if Permission.PLATFORM_AUDIT_READ in principal.effective_permissions:
         return None
-    if principal.organization_id is None:
-        raise Unauthenticated("Authentication required.")
-    return principal.organization_id
+    return tenant_of(principal)
 
 
 async def list_entries(
@@ -115,9 +111,9 @@ async def query_entries(
         # the predicate of the partial index that holds these entries (store.models.UNSUCCESSFUL)
         stmt = stmt.where(text(UNSUCCESSFUL))
     if f.start is not None:
-        stmt = stmt.where(col(AuditEntry.at) >= _naive_utc(f.start))
+        stmt = stmt.where(col(AuditEntry.at) >= given_time(f.start))
     if f.end is not None:
-        stmt = stmt.where(col(AuditEntry.at) < _naive_utc(f.end))
+        stmt = stmt.where(col(AuditEntry.at) < given_time(f.end))
     if after is not None:
         try:
             at, ident = audit.decode_cursor(after)
@@ -138,7 +134,9 @@ async def verify_chains(
     Its work grows with the chain: the entries it will read are counted first (the head rows, or an
     index-only count over the range) and their price taken from the tenant's cost budget before any is
     read (C-130); over budget, RATE_LIMITED and nothing is verified."""
-    if start is not None and end is not None and _naive_utc(start) >= _naive_utc(end):
+    start = given_time(start) if start is not None else None
+    end = given_time(end) if end is not None else None
+    if start is not None and end is not None and start >= end:
         raise BadUserInput("from must be before to", field="from")
     chain = readable_chain(ctx.principal)
     chains = None if chain is None else [chain]

@@ -30,7 +30,7 @@ class BudgetState:
     limit: int | None  # None: unlimited
     used: int
     remaining: int | None  # None when unlimited
-    reset_at: datetime  # naive UTC: when the window has room again (moving window: the oldest hit's expiry)
+    reset_at: datetime  # when the window has room again (moving window: the oldest hit's expiry)
 
 
 class RateBudgets(Protocol):

@@ -71,7 +71,7 @@ class Services:
             self.audit = AuditTrail(self.db)
 
     def now(self) -> datetime:
-        return datetime.fromtimestamp(self.clock(), UTC).replace(tzinfo=None)
+        return datetime.fromtimestamp(self.clock(), UTC)
 
 
 class _OneAtATime:

@@ -17,8 +17,8 @@ from sqlmodel import col, select
 
 from authz import Permission, Principal
 from authz.errors import BadUserInput, Conflict, Forbidden, NotFound
+from resolvers.common import tenant_of
 from resolvers.deps import RequestContext
-from resolvers.roles import tenant_of
 from store.audit import PLATFORM_CHAIN, AuditAction
 from store.models import EmailDomain, Organization
 from store.scoping import tenant_filter, tenant_select

@@ -40,11 +40,12 @@ from identity.sessions import create_session
 from identity.tokens import hash_opaque_token
 from resolvers.accounts import refuse_api_keys
 from resolvers.auth import AuthResult
+from resolvers.common import tenant_of
 from resolvers.deps import RequestContext
 from resolvers.mail import send_mail
 from resolvers.provisioning import INVITATION_TTL, checked_email, new_invitation_token
 from resolvers.quotas import check_quota
-from resolvers.roles import check_can_grant, require_role, tenant_of
+from resolvers.roles import check_can_grant, require_role
 from store.audit import AuditAction
 from store.cursors import CursorError, decode_position, encode_position
 from store.models import ApiKey, Invitation, Membership, Organization, User
@@ -409,12 +410,3 @@ async def accept_invitation(ctx: RequestContext, token: str, password: str) -> A
               resource_type="session", resource_id=issued.session.id,
               details={"membershipId": membership.id, "invitationId": invitation.id})
     return AuthResult(access, claims, issued.refresh_token, user, org)
-
-
-async def pending_for_owner(db: AsyncSession, organization_id: str, now: datetime) -> Invitation | None:
-    """A pending owner invitation of the organization (`portcullis bootstrap` for an existing account)."""
-    return (await db.execute(
-        tenant_select(Invitation, organization_id)
-        .where(col(Invitation.role) == "owner", col(Invitation.accepted_at).is_(None),
-               col(Invitation.revoked_at).is_(None), col(Invitation.expires_at) > now)
-    )).scalars().first()

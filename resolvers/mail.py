@@ -131,14 +131,10 @@ class ReadMail:
     readable: bool = True
 
 
-def _naive_utc(value: datetime) -> datetime:
-    return value if value.tzinfo is None else value.astimezone(UTC).replace(tzinfo=None)
-
-
 def _when(value: datetime | None) -> str:
     if value is None:
         return "an unknown time"
-    value = _naive_utc(value)
+    value = value.astimezone(UTC)
     return f"{value.day} {value:%B %Y, %H:%M} UTC"
 
 
@@ -202,7 +198,7 @@ async def queue_mail(db: AsyncSession, mailer: Mailer, *, to: str, template: str
     caller's change. `pending` when an SMTP server is configured, `mailbox` otherwise."""
     rendered = render(template, variables, product_name=mailer.product_name, app_url=mailer.app_url)
     recipient = _check_recipient(to)
-    at = _naive_utc(now) if now is not None else utcnow()
+    at = now if now is not None else utcnow()
     content = json.dumps({"subject": rendered.subject, "text": rendered.text, "html": rendered.html})
     row = MailMessage(
         organization_id=organization_id,

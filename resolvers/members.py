@@ -23,8 +23,9 @@ from authz import BuiltinRole
 from authz.errors import BadUserInput, Conflict, Forbidden, NotFound
 from identity.sessions import active_session_ids, load_custom_roles, revoke_sessions, user_key
 from resolvers.api_keys import end_held_keys
+from resolvers.common import announce_after_commit, tenant_of
 from resolvers.deps import RequestContext
-from resolvers.roles import announce_after_commit, check_can_grant, require_role, tenant_of
+from resolvers.roles import check_can_grant, require_role
 from store.audit import AuditAction, changes
 from store.cursors import CursorError, decode_position, encode_position
 from store.models import Membership, SsoIdentity, User

@@ -45,9 +45,9 @@ from identity.totp import (
     verify_code,
 )
 from resolvers.accounts import account_holder
+from resolvers.common import announce_after_commit
 from resolvers.deps import RequestContext, Services
 from resolvers.mail import send_mail
-from resolvers.roles import announce_after_commit
 from store.audit import AuditAction, AuditResult
 from store.models import User
 

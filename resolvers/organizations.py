@@ -36,16 +36,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
 from authz import BuiltinRole, Permission, Principal, PrincipalKind
-from authz.errors import BadUserInput, Conflict, Forbidden, NotFound, Unauthenticated
+from authz.errors import BadUserInput, Conflict, Forbidden, NotFound
 from authz.plans import PLANS, QuotaResource, plan_rank
 from identity.sessions import org_key, role_permissions
+from resolvers.common import announce_after_commit, tenant_of
 from resolvers.deps import RequestContext
 from resolvers.invitations import ACCEPT_PATH
 from resolvers.mail import MailNotConfigured, send_mail
 from resolvers.mfa import check_can_require, requirement_changed
 from resolvers.provisioning import SLUG, Provisioned, checked_email, create_tenant, validate_tenant
 from resolvers.quotas import check_quota, lock_organization
-from resolvers.roles import announce_after_commit
 from store.audit import AuditAction, changes
 from store.models import Membership, Organization, User
 from store.scoping import subtree_ids
@@ -72,15 +72,9 @@ class OrganizationChanges:
     require_mfa: bool | None = None
 
 
-def _tenant(principal: Principal) -> str:
-    if principal.organization_id is None:
-        raise Unauthenticated("Authentication required.")
-    return principal.organization_id
-
-
 async def get_organization(ctx: RequestContext, slug: str | None = None) -> Organization:
     """The caller's organization, or one of its descendants by slug; anything else is NOT_FOUND."""
-    own = _tenant(ctx.principal)
+    own = tenant_of(ctx.principal)
     db = await ctx.db()
     if slug is None:
         org = await db.get(Organization, own)
@@ -112,14 +106,14 @@ async def get_parent(ctx: RequestContext, org: Organization) -> Organization | N
     if org.parent_id is None:
         return None
     db = await ctx.db()
-    if org.parent_id not in await subtree_ids(db, _tenant(ctx.principal)):
+    if org.parent_id not in await subtree_ids(db, tenant_of(ctx.principal)):
         return None
     return await db.get(Organization, org.parent_id)
 
 
 async def list_children(ctx: RequestContext, org: Organization) -> list[Organization]:
     db = await ctx.db()
-    if org.id not in await subtree_ids(db, _tenant(ctx.principal)):
+    if org.id not in await subtree_ids(db, tenant_of(ctx.principal)):
         raise NotFound(NOT_FOUND)
     rows = await db.execute(
         select(Organization).where(col(Organization.parent_id) == org.id).order_by(col(Organization.slug))
@@ -143,7 +137,7 @@ def _billing_email(email: str | None, field: str) -> str | None:
 async def create_organization(ctx: RequestContext, new: NewOrganization) -> Organization:
     """A child of the caller's organization, owned by the caller."""
     principal = ctx.principal
-    parent_id = _tenant(principal)
+    parent_id = tenant_of(principal)
     if principal.kind is not PrincipalKind.USER or principal.subject_id is None:
         raise Forbidden("Only a signed-in user can create an organization: its creator becomes its owner.")
     if len(new.slug) > 63 or not SLUG.match(new.slug):
@@ -218,7 +212,7 @@ async def update_organization(ctx: RequestContext, wanted: OrganizationChanges) 
     if wanted.require_mfa:
         await check_can_require(ctx)
     db = await ctx.db()
-    org = await db.get(Organization, _tenant(ctx.principal))
+    org = await db.get(Organization, tenant_of(ctx.principal))
     if org is None:
         raise NotFound(NOT_FOUND)
     before = _audited_fields(org)
@@ -288,7 +282,7 @@ async def _lower_descendants(ctx: RequestContext, db: AsyncSession, org: Organiz
 async def change_plan(ctx: RequestContext, plan: str) -> Organization:
     if plan not in PLANS:
         raise BadUserInput(f"plan must be one of {', '.join(PLANS)}", field="plan")
-    org_id = _tenant(ctx.principal)
+    org_id = tenant_of(ctx.principal)
     db = await ctx.db()
     current = await db.get(Organization, org_id)
     if current is None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
@@ -21,7 +21,7 @@ from authz.errors import BadUserInput, Conflict
 from authz.plans import PLANS
 from identity.lockout import email_key
 from identity.tokens import hash_opaque_token
-from store.models import Invitation, Membership, Organization, User
+from store.models import Invitation, Membership, Organization, User, utcnow
 
 SLUG = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 EMAIL = re.compile(r"[^@\s\x00]{1,64}@[^@\s\x00]{1,255}")
@@ -69,7 +69,7 @@ async def create_tenant(
     validate_tenant(slug, name, plan, owner_email)
     if (await db.execute(select(col(Organization.id)).where(col(Organization.slug) == slug))).first():
         raise Conflict(f"an organization with the slug {slug!r} already exists")
-    at = now or datetime.now(UTC).replace(tzinfo=None)
+    at = now or utcnow()
     org = Organization(slug=slug, name=name.strip(), plan=plan, created_at=at)
     db.add(org)
     key = email_key(owner_email)

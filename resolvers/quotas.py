@@ -24,14 +24,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from authz import Permission
-from authz.errors import BadUserInput, Forbidden, NotFound, QuotaExceeded, Unauthenticated
+from authz.errors import BadUserInput, Forbidden, NotFound, QuotaExceeded
 from authz.plans import QuotaResource, effective_limits, parse_overrides
 from identity.sessions import org_key
 from resolvers.budgets import RATE_RESOURCES, RateBudgets
+from resolvers.common import announce_after_commit, tenant_of
 from resolvers.deps import RequestContext
-from resolvers.roles import announce_after_commit
 from store.audit import AuditAction, changes
-from store.models import ApiKey, Invitation, Membership, Organization, Report
+from store.models import ApiKey, Invitation, Membership, Organization, Report, utcnow
 from store.scoping import tenant_filter
 
 COUNTED: tuple[QuotaResource, ...] = (
@@ -55,17 +55,14 @@ class QuotaUsage:
     limit: int | None  # None: unlimited
     used: int
     remaining: int | None  # None when unlimited; 0 (never negative) when usage is over a lowered limit
-    resets_at: datetime | None  # naive UTC; None for what does not reset with time
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
+    resets_at: datetime | None  # None for what does not reset with time
 
 
 def month_window(now: datetime) -> tuple[datetime, datetime]:
-    """The UTC calendar month holding `now` (naive UTC): its first instant and the next month's."""
-    start = datetime(now.year, now.month, 1)
-    following = datetime(now.year + 1, 1, 1) if now.month == 12 else datetime(now.year, now.month + 1, 1)
+    """The UTC calendar month holding the instant `now`: its first instant and the next month's."""
+    now = now.astimezone(UTC)
+    start = datetime(now.year, now.month, 1, tzinfo=UTC)
+    following = datetime(now.year + 1 if now.month == 12 else now.year, now.month % 12 + 1, 1, tzinfo=UTC)
     return start, following
 
 
@@ -137,7 +134,7 @@ async def check_quota(
 
     Call it in the transaction that creates the row, before creating it: it locks the organization's
     row until that transaction ends, so concurrent creations are counted one after the other. `now`
-    (naive UTC, default the current time) picks the month for REPORTS_PER_MONTH. Returns the locked row.
+    (default the current time) picks the month for REPORTS_PER_MONTH. Returns the locked row.
     """
     if resource not in COUNTED:
         raise ValueError(f"{resource} is not counted in the database")
@@ -211,9 +208,7 @@ def _operator_tenant(ctx: RequestContext, permission: Permission) -> str:
     if permission not in ctx.principal.effective_permissions:
         raise Forbidden("An organization's limit overrides are the platform operator's.",
                         requiredScopes=[[permission.value]])
-    if ctx.principal.organization_id is None:
-        raise Unauthenticated("Authentication required.")
-    return ctx.principal.organization_id
+    return tenant_of(ctx.principal)
 
 
 async def get_limits(ctx: RequestContext) -> OrganizationLimits:

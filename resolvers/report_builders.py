@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol
 
 from sqlalchemy import ColumnElement, and_, func, or_
@@ -69,8 +69,8 @@ CONTROLS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 
 
 def iso(value: datetime) -> str:
-    """A stored (naive UTC) time as the reports write it: ISO 8601 with a `Z`."""
-    return value.replace(tzinfo=None).isoformat() + "Z"
+    """A time as the reports write it: UTC ISO 8601 with a `Z` (microseconds only when there are some)."""
+    return value.astimezone(UTC).isoformat().removesuffix("+00:00") + "Z"
 
 
 def _iso(value: datetime | None) -> str | None:

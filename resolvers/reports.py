@@ -20,7 +20,7 @@ import hashlib
 import io
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -30,13 +30,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from authz.errors import BadUserInput, Forbidden, NotFound
-from authz.plans import QuotaResource
+from authz.plans import Plan, QuotaResource
 from resolvers.audit import owning_tenants
 from resolvers.budgets import charge_work
+from resolvers.common import tenant_of
 from resolvers.deps import RequestContext
 from resolvers.quotas import check_quota, lock_organization
 from resolvers.report_builders import BUILDERS, COLUMNS, SECURITY_ACTIONS, Cell, Period, iso
-from resolvers.roles import tenant_of
+from resolvers.times import given_time
 from store import audit
 from store.audit import AuditAction, AuditResult
 from store.cursors import CursorError, decode_position, encode_position
@@ -47,7 +48,7 @@ REPORT_NOT_FOUND = "Report not found."
 KINDS = ("USAGE", "SECURITY", "ACCESS", "COMPLIANCE")
 # How far back a report may start, per plan (days before now): what each plan keeps of its usage and
 # audit history for reporting. Documented in docs/reports.md.
-REPORT_RETENTION_DAYS: dict[str, int] = {"free": 30, "starter": 90, "professional": 365, "enterprise": 1095}
+REPORT_RETENTION_DAYS: dict[str, int] = {Plan.FREE: 30, Plan.STARTER: 90, Plan.PROFESSIONAL: 365, Plan.ENTERPRISE: 1095}
 # `to` may lie a little ahead of the clock (a period "until the end of today")
 MAX_FUTURE = timedelta(days=1)
 CHUNK = 500
@@ -55,10 +56,6 @@ MAX_PAGE_SIZE = 100
 CURSOR_VERSION = "r1"
 # a CSV cell starting with one of these is read as a formula by spreadsheets (OWASP, "CSV Injection")
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
-
-
-def naive_utc(value: datetime) -> datetime:
-    return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo is not None else value
 
 
 def _dumps(value: Any) -> bytes:
@@ -168,7 +165,7 @@ async def generate_report(ctx: RequestContext, kind: str, start: datetime, end: 
     org_id = tenant_of(principal)
     kind = _kind(kind)
     now = ctx.services.now()
-    start, end = naive_utc(start), naive_utc(end)
+    start, end = given_time(start), given_time(end)
     _check_range(start, end, now)
     db = await ctx.db()
     org = await lock_organization(db, org_id)

@@ -24,7 +24,6 @@ from authz import (
     BUILTIN_ROLE_PERMISSIONS,
     BuiltinRole,
     Permission,
-    Principal,
     RoleDefinition,
     RoleError,
     can_grant,
@@ -33,8 +32,9 @@ from authz import (
     parse_permissions,
     validate_role_name,
 )
-from authz.errors import BadUserInput, Conflict, Forbidden, NotFound, Unauthenticated
+from authz.errors import BadUserInput, Conflict, Forbidden, NotFound
 from identity.sessions import load_custom_roles, org_key
+from resolvers.common import announce_after_commit, tenant_of
 from resolvers.deps import RequestContext
 from store.audit import AuditAction, changes
 from store.models import Membership, Role
@@ -71,21 +71,6 @@ class RoleSpec:
     description: str | None
     permissions: list[str]
     inherits: list[str]
-
-
-def tenant_of(principal: Principal) -> str:
-    if principal.organization_id is None:
-        raise Unauthenticated("Authentication required.")
-    return principal.organization_id
-
-
-def announce_after_commit(ctx: RequestContext, keys: list[str]) -> None:
-    """Tell every process, once the request's changes are committed, which cached sessions are stale."""
-
-    async def announce() -> None:
-        await ctx.services.revocations.publish(keys)
-
-    ctx.after_commit.append(announce)
 
 
 def _sorted_names(permissions: frozenset[Permission]) -> tuple[str, ...]:

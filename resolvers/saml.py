@@ -19,8 +19,9 @@ from authz.errors import BadUserInput
 from identity.lockout import email_key
 from identity.saml import SamlMetadataError, parse_idp_metadata
 from identity.sso import ExternalIdentity
+from resolvers.common import tenant_of
 from resolvers.deps import RequestContext
-from resolvers.roles import require_role, tenant_of
+from resolvers.roles import require_role
 from resolvers.sso import configured_details
 from store.audit import AuditAction
 from store.models import Membership, Organization, SsoConnection, SsoIdentity, User

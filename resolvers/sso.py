@@ -41,9 +41,10 @@ from identity.oidc import ADDRESS_REFUSED, DEFAULT_ALGORITHMS, OidcConnectionCon
 from identity.sessions import create_browser_session, load_custom_roles, user_key
 from identity.sso import ExternalIdentity
 from resolvers.accounts import SSO_LINK, TTL, issue_token, refuse_api_keys, spend_token
+from resolvers.common import tenant_of
 from resolvers.deps import RequestContext
 from resolvers.domains import claimant
-from resolvers.roles import check_can_grant, require_role, tenant_of
+from resolvers.roles import check_can_grant, require_role
 from store.audit import PLATFORM_CHAIN, ActorType, AuditAction, AuditResult
 from store.models import AuthSession, Membership, Organization, SsoConnection, SsoIdentity, User, new_id
 from store.scoping import tenant_select

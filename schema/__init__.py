@@ -24,7 +24,7 @@ from schema.domains import DomainMutation
 from schema.enums import Plan
 from schema.extensions import IntrospectionGuard, UnitOfWork
 from schema.invitations import InvitationMutation
-from schema.limits import DEFAULT_LIST_SIZE, PLAN_LIMITS, CostModel, OperationLimits, TokenLimit, document_limits
+from schema.limits import DEFAULT_LIST_SIZE, OPERATION_LIMITS, CostModel, OperationLimits, TokenLimit, document_limits
 from schema.limits.admission import AdmissionExtension
 from schema.limits.once import OncePerOperation
 from schema.limits.storable import StorableArguments
@@ -82,7 +82,7 @@ class Authorize:
 def default_extensions(
     schema: Callable[[], PortcullisSchema], *, anonymous_introspection: bool = True,
     reject_unauthorized: bool = False, cache_size: int = 1024,
-    operation_limits: Mapping[Plan, OperationLimits] = PLAN_LIMITS,
+    operation_limits: Mapping[Plan, OperationLimits] = OPERATION_LIMITS,
 ) -> list[ExtensionFactory]:
     """Every operation's extensions, in the order their hooks enter. `schema` gives the schema once it is
     built: the cost model and the authorizer are made from it.
@@ -111,7 +111,7 @@ def default_extensions(
 def build_schema(
     *, anonymous_introspection: bool = True, field_suggestions: bool = True, reject_unauthorized: bool = False,
     cache_size: int = 1024, query: Any = None, mutation: Any = None,
-    operation_limits: Mapping[Plan, OperationLimits] = PLAN_LIMITS, default_list_size: int = DEFAULT_LIST_SIZE,
+    operation_limits: Mapping[Plan, OperationLimits] = OPERATION_LIMITS, default_list_size: int = DEFAULT_LIST_SIZE,
     extensions: Callable[[list[ExtensionFactory]], list[ExtensionFactory]] | None = None,
 ) -> PortcullisSchema:
     """The gateway's schema (`query`/`mutation` replace the root types, for tests of the machinery).

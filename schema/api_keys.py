@@ -12,12 +12,6 @@ from schema.directives import requires_scopes
 from store.models import ApiKey as ApiKeyRow
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    from schema.organizations import utc
-
-    return None if value is None else utc(value)
-
-
 @strawberry.type(name="ApiKey")
 class ApiKey:
     id: strawberry.ID
@@ -37,13 +31,11 @@ class ApiKey:
 
     @classmethod
     def from_row(cls, row: ApiKeyRow) -> ApiKey:
-        created = _utc(row.created_at)
-        assert created is not None
         return cls(
             id=strawberry.ID(row.id), name=row.name, prefix=f"ptc_{row.env}_{row.prefix}", scopes=list(row.scopes),
             allowed_ips=list(row.allowed_ips), rate_limit_per_minute=row.rate_limit_per_minute,
-            expires_at=_utc(row.expires_at), last_used_at=_utc(row.last_used_at), revoked_at=_utc(row.revoked_at),
-            created_at=created, holder_id=strawberry.ID(row.held_by),
+            expires_at=row.expires_at, last_used_at=row.last_used_at, revoked_at=row.revoked_at,
+            created_at=row.created_at, holder_id=strawberry.ID(row.held_by),
         )
 
 

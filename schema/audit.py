@@ -12,8 +12,9 @@ operation add one `authz_fail` entry listing the refused paths.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any
 
 import strawberry
@@ -27,7 +28,7 @@ from resolvers import audit as service
 from resolvers.audit import AuditFilter
 from schema.context import Info
 from schema.directives import list_size, requires_scopes
-from schema.members import PageInfo
+from schema.pagination import Connection, Edge, PageInfo
 from store.audit import AuditAction as A
 from store.audit import AuditEvent, AuditResult
 from store.models import AuditEntry
@@ -210,10 +211,6 @@ def operation_events(ctx: Any, ec: ExecutionContext) -> OperationAudit:
 # --- types -------------------------------------------------------------------------------------
 
 
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
-
-
 @strawberry.type(name="AuditLogEntry")
 class AuditLogEntry:
     id: strawberry.ID
@@ -233,22 +230,20 @@ class AuditLogEntry:
 
     @classmethod
     def from_row(cls, e: AuditEntry) -> AuditLogEntry:
-        return cls(id=strawberry.ID(e.id), sequence=e.sequence, at=_utc(e.at), actor_type=e.actor_type,
+        return cls(id=strawberry.ID(e.id), sequence=e.sequence, at=e.at, actor_type=e.actor_type,
                    actor_id=e.actor_id, action=e.action, resource_type=e.resource_type,
                    resource_id=e.resource_id, result=e.result, request_id=e.request_id, ip=e.ip,
                    details=e.details, hash=e.hash, previous_hash=e.previous_hash)  # type: ignore[arg-type]
 
 
-@strawberry.type
-class AuditLogEdge:
-    cursor: str
-    node: AuditLogEntry
+@strawberry.type(name="AuditLogEdge")
+class AuditLogEdge(Edge[AuditLogEntry]):
+    pass
 
 
 @strawberry.type(name="AuditLogConnection")
-class AuditLogConnection:
-    edges: list[AuditLogEdge]
-    page_info: PageInfo
+class AuditLogConnection(Connection[AuditLogEntry]):
+    edges: Sequence[AuditLogEdge]
 
 
 @strawberry.type(name="AuditChainVerification")
@@ -289,7 +284,7 @@ class AuditQuery:
         page = await service.list_entries(ctx, f, first, after)
         return AuditLogConnection(
             edges=[AuditLogEdge(cursor=e.cursor, node=AuditLogEntry.from_row(e.entry)) for e in page.edges],
-            page_info=PageInfo(has_next_page=page.has_next_page, end_cursor=page.end_cursor),
+            page_info=PageInfo.of(page),
         )
 
     @strawberry.field(

@@ -139,15 +139,6 @@ def requires_scopes(*groups: tuple[Permission, ...] | Permission) -> dict[str, A
     )
 
 
-def requires_plan(plan: Plan, *groups: tuple[Permission, ...] | Permission) -> dict[str, Any]:
-    """`@requiresPlan` (with `@requiresScopes` when permissions are named too)."""
-    normalized = tuple(g if isinstance(g, tuple) else (g,) for g in groups)
-    directives: list[Any] = [RequiresPlan(plan=plan)]
-    if normalized:
-        directives.insert(0, RequiresScopes(scopes=[[p.value for p in g] for g in normalized]))
-    return _rule(directives, Requirement(authenticated=True, any_of=normalized, plan=plan.value))
-
-
 def list_size(rule: dict[str, Any], **size: Any) -> dict[str, Any]:
     """Adds `@listSize` to a rule: how many items the field's cost counts (schema.limits.cost)."""
     return {**rule, "directives": [*rule["directives"], ListSize(**size)]}

@@ -10,7 +10,6 @@ from authz import Permission
 from resolvers import domains as service
 from schema.context import Info
 from schema.directives import requires_scopes
-from schema.organizations import utc
 from store.models import EmailDomain as EmailDomainRow
 
 
@@ -22,7 +21,7 @@ class EmailDomain:
 
     @classmethod
     def from_row(cls, row: EmailDomainRow) -> EmailDomain:
-        return cls(domain=row.domain, claimed_at=utc(row.claimed_at))
+        return cls(domain=row.domain, claimed_at=row.claimed_at)
 
 
 @strawberry.type

@@ -13,8 +13,8 @@ from resolvers import invitations as service
 from resolvers.invitations import InvitationPage, InvitationStatus, status_of
 from schema.context import Info
 from schema.directives import requires_scopes
-from schema.members import Membership, PageInfo
-from schema.organizations import utc
+from schema.members import Membership
+from schema.pagination import Connection
 from store.models import Invitation as InvitationRow
 
 
@@ -41,35 +41,19 @@ class Invitation:
 
     @classmethod
     def from_row(cls, row: InvitationRow, now: datetime) -> Invitation:
-        def at(value: datetime | None) -> datetime | None:
-            return utc(value) if value is not None else None
-
         return cls(
             id=strawberry.ID(row.id), email=row.email, role=row.role,
-            status=InvitationState(status_of(row, now).value), created_at=utc(row.created_at),
-            expires_at=utc(row.expires_at), sent_at=at(row.sent_at), send_count=row.send_count,
-            accepted_at=at(row.accepted_at), revoked_at=at(row.revoked_at),
+            status=InvitationState(status_of(row, now).value), created_at=row.created_at,
+            expires_at=row.expires_at, sent_at=row.sent_at, send_count=row.send_count,
+            accepted_at=row.accepted_at, revoked_at=row.revoked_at,
         )
 
 
 @strawberry.type
-class InvitationEdge:
-    cursor: str
-    node: Invitation
-
-
-@strawberry.type
-class InvitationConnection:
-    edges: list[InvitationEdge]
-    page_info: PageInfo
-
+class InvitationConnection(Connection[Invitation]):
     @classmethod
     def from_page(cls, page: InvitationPage) -> InvitationConnection:
-        return cls(
-            edges=[InvitationEdge(cursor=e.cursor, node=Invitation.from_row(e.invitation, page.now))
-                   for e in page.edges],
-            page_info=PageInfo(has_next_page=page.has_next_page, end_cursor=page.end_cursor),
-        )
+        return cls.of(page, lambda e: Invitation.from_row(e.invitation, page.now))
 
 
 @strawberry.type

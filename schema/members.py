@@ -9,7 +9,7 @@ from resolvers import members as service
 from resolvers.members import Member, MemberPage
 from schema.context import Info
 from schema.directives import requires_scopes
-from schema.organizations import utc
+from schema.pagination import Connection
 from schema.users import User
 
 
@@ -23,32 +23,14 @@ class Membership:
     @classmethod
     def from_member(cls, m: Member) -> Membership:
         return cls(id=strawberry.ID(m.membership.id), user=User.from_row(m.user), role=m.membership.role,
-                   created_at=utc(m.membership.created_at))
+                   created_at=m.membership.created_at)
 
 
 @strawberry.type
-class PageInfo:
-    has_next_page: bool
-    end_cursor: str | None
-
-
-@strawberry.type
-class MembershipEdge:
-    cursor: str
-    node: Membership
-
-
-@strawberry.type
-class MembershipConnection:
-    edges: list[MembershipEdge]
-    page_info: PageInfo
-
+class MembershipConnection(Connection[Membership]):
     @classmethod
     def from_page(cls, page: MemberPage) -> MembershipConnection:
-        return cls(
-            edges=[MembershipEdge(cursor=e.cursor, node=Membership.from_member(e.member)) for e in page.edges],
-            page_info=PageInfo(has_next_page=page.has_next_page, end_cursor=page.end_cursor),
-        )
+        return cls.of(page, lambda e: Membership.from_member(e.member))
 
 
 @strawberry.type

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Annotated
 
 import strawberry
@@ -26,10 +26,6 @@ if TYPE_CHECKING:
     from schema.sso import SsoConnection
 
 
-def utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
-
-
 @strawberry.type(name="Organization")
 class Organization:
     id: strawberry.ID
@@ -43,7 +39,7 @@ class Organization:
     def from_row(cls, row: OrganizationRow) -> Organization:
         return cls(
             id=strawberry.ID(row.id), slug=row.slug, name=row.name, plan=Plan(row.plan),
-            created_at=utc(row.created_at), row=row,
+            created_at=row.created_at, row=row,
         )
 
     @strawberry.field

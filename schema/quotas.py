@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 import strawberry
 
@@ -23,8 +23,7 @@ class Quota:
 
     @classmethod
     def from_usage(cls, usage: QuotaUsage) -> Quota:
-        resets = usage.resets_at
         return cls(
             resource=usage.resource, limit=usage.limit, used=usage.used, remaining=usage.remaining,
-            resets_at=resets.replace(tzinfo=UTC) if resets is not None and resets.tzinfo is None else resets,
+            resets_at=usage.resets_at,
         )

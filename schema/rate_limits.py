@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 import strawberry
 
@@ -20,7 +20,7 @@ class Budget:
 
     @classmethod
     def from_state(cls, state: BudgetState) -> Budget:
-        return cls(limit=state.limit, remaining=state.remaining, reset_at=state.reset_at.replace(tzinfo=UTC))
+        return cls(limit=state.limit, remaining=state.remaining, reset_at=state.reset_at)
 
 
 @strawberry.type

@@ -12,8 +12,7 @@ from resolvers import reports as service
 from resolvers.reports import ReportPage
 from schema.context import Info
 from schema.directives import requires_scopes
-from schema.members import PageInfo
-from schema.organizations import utc
+from schema.pagination import Connection
 from store.models import Report as ReportRow
 
 
@@ -43,29 +42,17 @@ class Report:
         path = f"/reports/{row.id}"
         summary: Any = row.summary
         return cls(
-            id=strawberry.ID(row.id), kind=ReportKind(row.kind), from_=utc(row.period_start),
-            to=utc(row.period_end), created_at=utc(row.created_at), digest=row.digest, summary=summary,
+            id=strawberry.ID(row.id), kind=ReportKind(row.kind), from_=row.period_start,
+            to=row.period_end, created_at=row.created_at, digest=row.digest, summary=summary,
             csv_url=f"{path}.csv", json_url=f"{path}.json", html_url=f"{path}.html",
         )
 
 
 @strawberry.type
-class ReportEdge:
-    cursor: str
-    node: Report
-
-
-@strawberry.type
-class ReportConnection:
-    edges: list[ReportEdge]
-    page_info: PageInfo
-
+class ReportConnection(Connection[Report]):
     @classmethod
     def from_page(cls, page: ReportPage) -> ReportConnection:
-        return cls(
-            edges=[ReportEdge(cursor=e.cursor, node=Report.from_row(e.report)) for e in page.edges],
-            page_info=PageInfo(has_next_page=page.has_next_page, end_cursor=page.end_cursor),
-        )
+        return cls.of(page, lambda e: Report.from_row(e.report))
 
 
 @strawberry.type

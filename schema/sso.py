@@ -13,7 +13,6 @@ from resolvers import sso as service
 from resolvers.sso import OidcSpec
 from schema.context import Info
 from schema.directives import authenticated, requires_scopes
-from schema.organizations import utc
 from store.models import SsoConnection as SsoConnectionRow
 
 
@@ -81,7 +80,7 @@ class SsoMutation:
                                      "own act: returns the address where the link is made.", **authenticated())
     async def start_sso_link(self, info: Info) -> SsoLinkStart:
         start = await service.start_sso_link(info.context)
-        return SsoLinkStart(url=start.url, expires_at=utc(start.expires_at))
+        return SsoLinkStart(url=start.url, expires_at=start.expires_at)
 
     @strawberry.mutation(
         description="Create or replace the organization's OpenID Connect connection (its discovery document "

@@ -7,7 +7,7 @@ import strawberry
 from resolvers import users as service
 from schema.context import Info
 from schema.directives import authenticated
-from schema.organizations import Organization, utc
+from schema.organizations import Organization
 from store.models import User as UserRow
 
 
@@ -24,7 +24,7 @@ class User:
     def from_row(cls, row: UserRow) -> User:
         return cls(
             id=strawberry.ID(row.id), email=row.email, name=row.name, mfa_enabled=row.mfa_enabled,
-            last_login_at=utc(row.last_login_at) if row.last_login_at else None,
+            last_login_at=row.last_login_at,
             email_verified=row.email_verified_at is not None,
         )
 

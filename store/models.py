@@ -2,7 +2,7 @@
 
 Identifiers are random UUID strings, so an id reveals neither a count nor an order; the exceptions are the
 audit log's entries, which are ordered by time anyway (`new_ordered_id`).
-Times are stored as naive UTC (`utcnow()`), the one convention both SQLite and PostgreSQL keep.
+Every time is an aware datetime in UTC (`utcnow()`), stored by `store.types.UtcDateTime`.
 """
 
 from __future__ import annotations
@@ -13,12 +13,14 @@ import uuid
 from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, Date, DateTime, Index, Text, UniqueConstraint, text
+from sqlalchemy import JSON, Column, Date, Index, Text, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
+
+from store.types import UtcDateTime
 
 
 def utcnow() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
+    return datetime.now(UTC)
 
 
 def new_id() -> str:
@@ -40,7 +42,7 @@ def new_ordered_id() -> str:
 
 
 def _ts(*, nullable: bool = False, index: bool = False) -> Column[datetime]:
-    return Column(DateTime(timezone=False), nullable=nullable, index=index)
+    return Column(UtcDateTime(), nullable=nullable, index=index)
 
 
 class Organization(SQLModel, table=True):
@@ -153,7 +155,7 @@ class MfaRecoveryCode(SQLModel, table=True):
     used_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
 
 
-class LoginThrottle(SQLModel, table=True):
+class LoginCounter(SQLModel, table=True):
     """Failure counters for password logins, one row per key (`acct:<email>`, or
     `pair:<email>|<organization>|<ip>` for the sign-ins into one organization from one address).
 

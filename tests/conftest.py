@@ -156,15 +156,22 @@ def _truncate(url: str) -> None:
 
 
 def sql(url: str, statement: str, **params: Any) -> list[Any]:
-    """Run one statement on the test database outside the application (to look at or alter rows)."""
+    """Run one statement on the test database outside the application (to look at or alter rows). A
+    datetime parameter is bound as the time columns store it (aware; the UTC text on SQLite)."""
+    from datetime import datetime
+
+    from sqlalchemy import bindparam
+
     from store.db import install_sqlite_pragmas, is_sqlite, sync_url
+    from store.types import UtcDateTime
 
     engine = create_engine(sync_url(url))
     if is_sqlite(url):
         install_sqlite_pragmas(engine)
+    times = [bindparam(name, type_=UtcDateTime()) for name, value in params.items() if isinstance(value, datetime)]
     try:
         with engine.begin() as conn:
-            result = conn.execute(text(statement), params)
+            result = conn.execute(text(statement).bindparams(*times), params)
             return list(result.all()) if result.returns_rows else []
     finally:
         engine.dispose()
@@ -286,7 +293,7 @@ def claim_domain(url: str, organization_id: str, domain: str) -> None:
     from datetime import UTC, datetime
 
     sql(url, "INSERT INTO email_domains (domain, organization_id, claimed_at) VALUES (:d, :o, :t)",
-        d=domain, o=organization_id, t=datetime.now(UTC).replace(tzinfo=None))
+        d=domain, o=organization_id, t=datetime.now(UTC))
 
 
 @pytest.fixture

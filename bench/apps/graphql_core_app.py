@@ -25,15 +25,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from authz.plans import Plan
 from bench.apps.common import read_organization
 
 CACHE_SIZE = 1024
 
 
 def build_schema() -> GraphQLSchema:
-    plan = GraphQLEnumType(
-        "Plan", {"FREE": "free", "STARTER": "starter", "PROFESSIONAL": "professional", "ENTERPRISE": "enterprise"}
-    )
+    plan = GraphQLEnumType("Plan", {p.name: p.value for p in Plan})
     organization = GraphQLObjectType("Organization", {
         "id": GraphQLField(GraphQLNonNull(GraphQLID)),
         "slug": GraphQLField(GraphQLNonNull(GraphQLString)),

@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-from enum import Enum
-
 import strawberry
 from strawberry.asgi import GraphQL
 from strawberry.extensions import ParserCache, ValidationCache
 
+from authz.plans import Plan
 from bench.apps.common import read_organization
 
-
-@strawberry.enum
-class Plan(Enum):
-    FREE = "free"
-    STARTER = "starter"
-    PROFESSIONAL = "professional"
-    ENTERPRISE = "enterprise"
+# the plans of authz.plans, registered as the GraphQL enum as schema/enums.py does
+strawberry.enum(Plan, name="Plan")
 
 
 @strawberry.type

@@ -1,5 +1,5 @@
 """Operation limits, checked before execution: one schema extension per limit, per plan (see
-`plans.PLAN_LIMITS` and docs/limits.md)."""
+`plans.OPERATION_LIMITS` and docs/limits.md)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from schema.limits.aliases import AliasLimit
 from schema.limits.cost import CostLimit, CostModel
 from schema.limits.depth import DepthLimit
 from schema.limits.directives import DirectiveLimit
-from schema.limits.plans import DEFAULT_LIST_SIZE, PLAN_LIMITS, OperationLimits, limits_for
+from schema.limits.plans import DEFAULT_LIST_SIZE, OPERATION_LIMITS, OperationLimits, limits_for
 from schema.limits.root_fields import RootFieldLimit
 from schema.limits.tokens import TokenLimit
 
 __all__ = [
-    "DEFAULT_LIST_SIZE", "PLAN_LIMITS", "AliasLimit", "CostLimit", "CostModel", "DepthLimit", "DirectiveLimit",
+    "DEFAULT_LIST_SIZE", "OPERATION_LIMITS", "AliasLimit", "CostLimit", "CostModel", "DepthLimit", "DirectiveLimit",
     "OperationLimits", "RootFieldLimit", "TokenLimit", "document_limits", "limits_for",
 ]
 

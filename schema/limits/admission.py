@@ -34,7 +34,7 @@ from strawberry.types import ExecutionResult
 
 from authz.errors import ErrorCode, GatewayError
 from schema.limits.base import fragments_of
-from schema.limits.plans import PLAN_LIMITS, limits_for
+from schema.limits.plans import OPERATION_LIMITS, limits_for
 
 EXPLAIN_HEADER = "x-portcullis-explain"
 LOGIN_FIELDS = frozenset({"login"})
@@ -176,7 +176,7 @@ class AdmissionExtension(SchemaExtension):
         for s in getattr(decision, "states", ()):
             limits.append({"name": s.limit.name, "limit": s.limit.amount, "window": s.limit.window,
                            "used": s.used, "remaining": s.remaining})
-        row = limits_for(ctx.principal, PLAN_LIMITS)
+        row = limits_for(ctx.principal, OPERATION_LIMITS)
         return {
             "operation": operation.operation.value if operation is not None else None,
             "cost": cost,

@@ -21,7 +21,7 @@ from strawberry.types import ExecutionContext
 
 from authz.errors import OperationTooComplex
 from schema.enums import Plan
-from schema.limits.plans import PLAN_LIMITS, OperationLimits, limits_for
+from schema.limits.plans import OPERATION_LIMITS, OperationLimits, limits_for
 
 Fragments = Mapping[str, FragmentDefinitionNode]
 
@@ -51,7 +51,7 @@ class OperationLimit(SchemaExtension):
         super().__init_subclass__(**kwargs)
         cls._cache = OrderedDict()
 
-    def __init__(self, *, table: Mapping[Plan, OperationLimits] = PLAN_LIMITS) -> None:
+    def __init__(self, *, table: Mapping[Plan, OperationLimits] = OPERATION_LIMITS) -> None:
         super().__init__()
         self.table = table
 

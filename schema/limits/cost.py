@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from graphql import (
     DocumentNode,
@@ -52,7 +52,7 @@ from schema.directives import Cost, ListSize
 from schema.enums import Plan
 from schema.introspection import INTROSPECTION_ROOTS
 from schema.limits.base import Fragments, fragments_of, refuse
-from schema.limits.plans import DEFAULT_LIST_SIZE, PLAN_LIMITS, OperationLimits, limits_for
+from schema.limits.plans import DEFAULT_LIST_SIZE, OPERATION_LIMITS, OperationLimits, limits_for
 
 MUTATION_BASE_COST = 10
 
@@ -216,9 +216,10 @@ class CostLimit(SchemaExtension):
 
     name = "cost"
     cache_size = 1024
-    _cache: dict[tuple[int, str | None], tuple[DocumentNode, int]] = {}
+    # one cache for the process, shared by every request's instance
+    _cache: ClassVar[dict[tuple[int, str | None], tuple[DocumentNode, int]]] = {}
 
-    def __init__(self, *, model: CostModel, table: Mapping[Plan, OperationLimits] = PLAN_LIMITS) -> None:
+    def __init__(self, *, model: CostModel, table: Mapping[Plan, OperationLimits] = OPERATION_LIMITS) -> None:
         super().__init__()
         self.model = model
         self.table = table

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterator
+from typing import ClassVar
 
 from graphql import (
     DocumentNode,
@@ -84,7 +85,8 @@ def repeated(operation: OperationDefinitionNode, document: DocumentNode) -> tupl
 
 class OncePerOperation(SchemaExtension):
     cache_size = 1024
-    _cache: OrderedDict[tuple[int, str | None], tuple[DocumentNode, tuple[str, int] | None]] = OrderedDict()
+    # one cache for the process, shared by every request's instance
+    _cache: ClassVar[OrderedDict[tuple[int, str | None], tuple[DocumentNode, tuple[str, int] | None]]] = OrderedDict()
 
     def _measured(self, document: DocumentNode, operation: OperationDefinitionNode) -> tuple[str, int] | None:
         key = (id(document), self.execution_context.operation_name)

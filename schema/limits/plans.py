@@ -23,7 +23,7 @@ class OperationLimits:
     cost: int
 
 
-PLAN_LIMITS: Mapping[Plan, OperationLimits] = {
+OPERATION_LIMITS: Mapping[Plan, OperationLimits] = {
     Plan.FREE: OperationLimits(depth=10, aliases=15, tokens=1_000, root_fields=10, directives=20, cost=1_000),
     Plan.STARTER: OperationLimits(depth=12, aliases=30, tokens=2_000, root_fields=15, directives=50, cost=5_000),
     Plan.PROFESSIONAL: OperationLimits(depth=15, aliases=50, tokens=5_000, root_fields=20, directives=100,
@@ -36,7 +36,7 @@ PLAN_LIMITS: Mapping[Plan, OperationLimits] = {
 DEFAULT_LIST_SIZE = 10
 
 
-def limits_for(principal: Any, table: Mapping[Plan, OperationLimits] = PLAN_LIMITS) -> OperationLimits:
+def limits_for(principal: Any, table: Mapping[Plan, OperationLimits] = OPERATION_LIMITS) -> OperationLimits:
     """The row of the caller's plan; FREE's for an anonymous caller or a plan the table lacks."""
     plan = getattr(principal, "plan", None)
     try:

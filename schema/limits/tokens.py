@@ -17,7 +17,7 @@ from strawberry.extensions import SchemaExtension
 
 from authz.errors import OperationTooComplex
 from schema.enums import Plan
-from schema.limits.plans import PLAN_LIMITS, OperationLimits, limits_for
+from schema.limits.plans import OPERATION_LIMITS, OperationLimits, limits_for
 
 CACHE_SIZE = 1024
 CACHED_TEXT_MAX = 16 * 1024  # longer texts are counted again each time (still at most `ceiling` tokens)
@@ -54,7 +54,7 @@ class TokenLimit(SchemaExtension):
 
     name = "tokens"
 
-    def __init__(self, *, table: Mapping[Plan, OperationLimits] = PLAN_LIMITS) -> None:
+    def __init__(self, *, table: Mapping[Plan, OperationLimits] = OPERATION_LIMITS) -> None:
         super().__init__()
         self.table = table
         self.ceiling = max(row.tokens for row in table.values()) + 1

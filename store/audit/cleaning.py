@@ -131,10 +131,11 @@ def changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, dict[st
 
 
 def iso(moment: datetime) -> str:
-    """UTC ISO 8601 with microseconds and a `Z`: how times are written in entries and in the chain."""
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(UTC).replace(tzinfo=None)
-    return moment.isoformat(timespec="microseconds") + "Z"
+    """UTC ISO 8601 with microseconds and a `Z` (`2026-01-02T03:04:05.000006Z`): how times are written in
+    entries and in the chain. An entry's hash covers this text, so it must not change for an instant."""
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise TypeError(f"an audit time must be an aware datetime, not {moment!r}")
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").removesuffix("+00:00") + "Z"
 
 
 def entry_values(event: AuditEvent, at: datetime) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
@@ -143,9 +143,9 @@ def _within(stmt: Any, chain: Any, at: Any, chains: list[str] | None, start: dat
     if chains is not None:
         stmt = stmt.where(chain.in_(chains))
     if start is not None:
-        stmt = stmt.where(at >= _naive(start))
+        stmt = stmt.where(at >= start)
     if end is not None:
-        stmt = stmt.where(at < _naive(end))
+        stmt = stmt.where(at < end)
     return stmt
 
 
@@ -213,8 +213,3 @@ async def heads(session: AsyncSession, *, verified: bool = True) -> tuple[list[C
                 if c.head_sequence > 0], report
     rows = (await session.execute(select(AuditChainHead))).scalars()
     return [ChainHead(h.chain, h.sequence, h.hash) for h in rows], None
-
-
-def _naive(moment: datetime) -> datetime:
-    return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo is not None else moment
-

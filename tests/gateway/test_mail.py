@@ -46,7 +46,7 @@ from tests.services import free_port
 ROOT = Path(__file__).resolve().parents[2]
 SENDER = "Portcullis <no-reply@portcullis.test>"
 APP_URL = "https://app.portcullis.test"
-EXPIRES = datetime(2030, 1, 2, 3, 4)
+EXPIRES = datetime(2030, 1, 2, 3, 4, tzinfo=UTC)
 
 
 # -- the SMTP server ------------------------------------------------------------------------------------
@@ -90,7 +90,7 @@ class SmtpSink:
             self.received.append(Received(
                 message, envelope.mail_from, list(envelope.rcpt_tos), session.ssl is not None,
                 session.auth_data.login if session.auth_data is not None else None,
-                datetime.now(UTC).replace(tzinfo=None),
+                datetime.now(UTC),
             ))
         return "250 2.0.0 queued"
 

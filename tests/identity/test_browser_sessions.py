@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -62,7 +62,7 @@ def test_cookie_attributes() -> None:
 
 def test_idle_and_touch() -> None:
     policy = BrowserSessionPolicy(idle_seconds=600, touch_interval_seconds=60)
-    now = datetime(2026, 1, 1, 12, 0)
+    now = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
     assert not policy.idle_expired(now - timedelta(seconds=599), now)
     assert policy.idle_expired(now - timedelta(seconds=600), now)
     assert not policy.needs_touch(now - timedelta(seconds=59), now)

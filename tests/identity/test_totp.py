@@ -136,7 +136,7 @@ async def test_require_mfa_restricts_only_unenrolled_password_sessions(
 ) -> None:
     t = await make_tenant(database_url)
     db = Database(database_url)
-    now = datetime.now(UTC).replace(tzinfo=None)
+    now = datetime.now(UTC)
     try:
         async with db.transaction() as s:
             await s.execute(update(Organization).values(require_mfa=True))

@@ -171,7 +171,7 @@ async def test_c118_expired_key_is_401(client: httpx.AsyncClient, owner_token: s
     """`expires_at` = now - 1 s → 401."""
     key_id, key = await new_key(client, owner_token,
                                 expiresAt=(datetime.now(UTC) + timedelta(hours=1)).isoformat())
-    past = datetime.now(UTC).replace(tzinfo=None) - timedelta(seconds=1)
+    past = datetime.now(UTC) - timedelta(seconds=1)
     sql(database_url, "UPDATE api_keys SET expires_at = :t WHERE id = :id", t=past, id=key_id)
     r = await gql(client, ORG, headers=with_key(key))
     assert r.status_code == 401
@@ -370,7 +370,7 @@ async def test_key_follows_its_creator_and_dies_with_their_membership(
     current ones, and once the holder is removed from the organization the key is 401 (C-131)."""
     second = await make_tenant(database_url, slug="second", email="second@acme.test")
     sql(database_url, "INSERT INTO memberships (id, organization_id, user_id, role, created_at) "
-        "VALUES ('m-2', :o, :u, 'owner', :t)", o=tenant.org_id, u=second.user_id, t=datetime(2026, 1, 1))
+        "VALUES ('m-2', :o, :u, 'owner', :t)", o=tenant.org_id, u=second.user_id, t=datetime(2026, 1, 1, tzinfo=UTC))
     first_token = (await login(client, tenant))["accessToken"]
     _, key = await new_key(client, first_token, scopes=["organization:read", "billing:read"])
     assert (await gql(client, "{ organization { billingEmail } }", headers=with_key(key))).status_code == 200

@@ -54,8 +54,8 @@ def rows(url: str, where: str = "1 = 1", **params: Any) -> list[dict[str, Any]]:
         row = dict(zip([c.strip() for c in COLUMNS.split(",")], r, strict=True))
         if isinstance(row["details"], str):
             row["details"] = json.loads(row["details"])
-        if isinstance(row["at"], str):
-            row["at"] = datetime.fromisoformat(row["at"])
+        if isinstance(row["at"], str):  # SQLite's text: the UTC wall time
+            row["at"] = datetime.fromisoformat(row["at"]).replace(tzinfo=UTC)
         out.append(row)
     return out
 
@@ -92,7 +92,7 @@ async def test_c096_login_success_carries_who_where_and_the_request(client, tena
     assert (entry["actor_type"], entry["actor_id"], entry["result"]) == ("anonymous", tenant.user_id, "success")
     assert (entry["ip"], entry["request_id"], entry["user_agent"]) == (CLIENT_IP, "req-login-0001", "audit-test/1.0")
     assert entry["resource_type"] == "session"
-    assert abs(entry["at"] - datetime.now(UTC).replace(tzinfo=None)) < timedelta(minutes=1)
+    assert abs(entry["at"] - datetime.now(UTC)) < timedelta(minutes=1)
     assert r.headers["x-request-id"] == "req-login-0001"
 
 

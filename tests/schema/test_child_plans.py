@@ -6,7 +6,7 @@ Every test runs on SQLite and PostgreSQL (the `database_url` fixture)."""
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -31,7 +31,7 @@ async def member(database_url: str, org_id: str, email: str, role: str) -> str:
     membership_id = f"m-{home.user_id[:30]}"
     sql(database_url, "INSERT INTO memberships (id, organization_id, user_id, role, created_at) "
         "VALUES (:id, :o, :u, :r, :t)", id=membership_id, o=org_id, u=home.user_id, r=role,
-        t=datetime(2026, 1, 1))
+        t=datetime(2026, 1, 1, tzinfo=UTC))
     return membership_id
 
 

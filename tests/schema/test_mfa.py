@@ -19,7 +19,7 @@ from starlette.routing import Route
 from identity.secrets import SecretBox, SecretDecryptionError
 from schema import build_schema
 from schema.enums import Plan
-from schema.limits import PLAN_LIMITS, OperationLimits
+from schema.limits import OPERATION_LIMITS, OperationLimits
 from tests.conftest import Tenant, error_codes, gql, login, sql
 from tests.invitations import join
 
@@ -347,7 +347,7 @@ async def test_missing_codes_do_not_reset_the_lockout(client, tenant: Tenant, cl
 def lifted(app: Any) -> None:
     """The gateway's schema with room for 100 aliases in one anonymous document (ENTERPRISE's row
     for every plan), to show that each alias is one attempt when the operation limits allow them."""
-    big = PLAN_LIMITS[Plan.ENTERPRISE]
+    big = OPERATION_LIMITS[Plan.ENTERPRISE]
     table = {plan: OperationLimits(depth=big.depth, aliases=200, tokens=20_000, root_fields=200,
                                    directives=big.directives, cost=100_000) for plan in Plan}
     route = next(r for r in app.routes if isinstance(r, Route) and r.path == "/graphql")

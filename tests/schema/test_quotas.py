@@ -6,7 +6,7 @@ Security case: C-111 (../shared/design/security.md)."""
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import httpx
@@ -79,7 +79,7 @@ async def add_reports(url: str, org_id: str, *created_at: datetime) -> None:
 
 
 def now() -> datetime:
-    return datetime.now(UTC).replace(tzinfo=None)
+    return datetime.now(UTC)
 
 
 # -- what Organization.quotas reports ----------------------------------------------------------------------
@@ -104,7 +104,7 @@ async def test_quotas_report_each_counted_resource(client: httpx.AsyncClient, da
                                            "remaining": 9, "resetsAt": None}
     reports = rows["REPORTS_PER_MONTH"]
     assert (reports["limit"], reports["used"], reports["remaining"]) == (500, 2, 498)
-    assert datetime.fromisoformat(reports["resetsAt"]) == following.replace(tzinfo=UTC)
+    assert datetime.fromisoformat(reports["resetsAt"]) == following
     # the order is QuotaResource's
     assert [r for r in rows] == [r.value for r in QuotaResource if r.value in rows]
 
@@ -216,8 +216,13 @@ async def test_reports_quota_counts_this_utc_month_only(database_url: str) -> No
 
 
 def test_month_window_crosses_the_year() -> None:
-    assert month_window(datetime(2026, 12, 31, 23, 59, 59)) == (datetime(2026, 12, 1), datetime(2027, 1, 1))
-    assert month_window(datetime(2027, 1, 1)) == (datetime(2027, 1, 1), datetime(2027, 2, 1))
+    assert month_window(datetime(2026, 12, 31, 23, 59, 59, tzinfo=UTC)) == (datetime(2026, 12, 1, tzinfo=UTC),
+                                                                            datetime(2027, 1, 1, tzinfo=UTC))
+    assert month_window(datetime(2027, 1, 1, tzinfo=UTC)) == (datetime(2027, 1, 1, tzinfo=UTC),
+                                                              datetime(2027, 2, 1, tzinfo=UTC))
+    # the UTC month of the instant, whatever the offset it is given in
+    assert month_window(datetime(2027, 1, 1, 1, tzinfo=timezone(timedelta(hours=2))))[0] == \
+        datetime(2026, 12, 1, tzinfo=UTC)
 
 
 # -- changePlan ---------------------------------------------------------------------------------------------

@@ -201,7 +201,7 @@ async def test_compliance_report_maps_each_check_to_its_controls_with_the_rows_b
     client: httpx.AsyncClient, tenant: Tenant, owner_token: str, database_url: str
 ) -> None:
     key_id = (await create_key(client, owner_token, "old", "reports:read"))["apiKey"]["id"]
-    old = datetime.now(UTC).replace(tzinfo=None) - timedelta(days=120)
+    old = datetime.now(UTC) - timedelta(days=120)
     sql(database_url, "UPDATE api_keys SET created_at = :at WHERE id = :id", at=old, id=key_id)
     await write_audit(database_url, AuditEvent(action="plan_changed", organization_id=tenant.org_id, request_id="r"))
     first = await generated(client, owner_token, "COMPLIANCE")
@@ -431,7 +431,7 @@ async def test_reports_per_month_reached_is_quota_exceeded(client: httpx.AsyncCl
     assert error_codes(body) == ["QUOTA_EXCEEDED"]
     assert body["errors"][0]["extensions"]["limit"] == 5
     # last month's reports do not count
-    last_month = datetime.now(UTC).replace(tzinfo=None, day=1) - timedelta(days=1)
+    last_month = datetime.now(UTC).replace(day=1) - timedelta(days=1)
     sql(database_url, "UPDATE reports SET created_at = :at WHERE organization_id = :o", at=last_month, o=free.org_id)
     await generated(client, token, "ACCESS")
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import datetime
+import re
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import bindparam, create_engine, select, text
 from sqlalchemy import event as event_module
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
@@ -18,7 +19,8 @@ from store import audit
 from store.audit import AuditEvent, ChainHead
 from store.db import Database, async_url, install_sqlite_pragmas, is_sqlite, sync_url
 from store.migrate import upgrade
-from store.models import new_id
+from store.models import AuditEntry, new_id
+from store.types import UtcDateTime
 from tests.conftest import _fresh_postgres_database, sql
 
 
@@ -412,7 +414,7 @@ async def test_c095_secrets_never_reach_the_details(database_url: str) -> None:
 async def test_time_range_verification_checks_links_inside_the_range(database_url: str) -> None:
     org = new_id()
     await write(database_url, *(event(org) for _ in range(3)))
-    report = await verify(database_url, start=datetime(2000, 1, 1))
+    report = await verify(database_url, start=datetime(2000, 1, 1, tzinfo=UTC))
     assert report.ok
     assert report.checked == 3
 
@@ -421,7 +423,7 @@ def test_cursors_round_trip_and_refuse_garbage() -> None:
     from store.cursors import CursorError
     from store.models import AuditEntry
 
-    entry = AuditEntry(id=new_id(), chain="c", sequence=1, at=datetime(2026, 1, 2, 3, 4, 5, 6),
+    entry = AuditEntry(id=new_id(), chain="c", sequence=1, at=datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC),
                        actor_type="user", action="x", result="success", request_id="r", previous_hash="",
                        hash="")
     assert audit.decode_cursor(audit.encode_cursor(entry)) == (entry.at, entry.id)
@@ -471,6 +473,81 @@ def _downgrade(url: str, revision: str) -> None:
     from store.migrate import alembic_config
 
     command.downgrade(alembic_config(url), revision)
+
+
+def test_the_hashed_time_is_the_same_text_for_an_instant() -> None:
+    """The chain hashes an entry's time as UTC text (`store.audit.chain`): an aware time gives the text the
+    naive UTC times stored before migration 0012 gave (`isoformat(timespec="microseconds") + "Z"`), whatever
+    its offset, so chains written then verify now. A naive time is refused, not guessed."""
+    instant = datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC)
+    assert audit.iso(instant) == "2026-01-02T03:04:05.000006Z"
+    assert audit.iso(instant.astimezone(timezone(timedelta(hours=-5)))) == "2026-01-02T03:04:05.000006Z"
+    assert audit.iso(datetime(2026, 1, 2, tzinfo=UTC)) == "2026-01-02T00:00:00.000000Z"
+    with pytest.raises(TypeError, match="aware"):
+        audit.iso(datetime(2026, 1, 2, 3, 4, 5, 6))
+
+
+# Two entries as the writer before migration 0012 stored them (naive UTC, SQLAlchemy's text on SQLite), with
+# the hashes it computed for them (the canonical text of the time: `2026-12-06T23:59:58.123456Z`).
+_OLD_CHAIN = "9f1c2d3e-0000-4000-8000-000000000012"
+_OLD_ENTRIES = [(1, "2026-12-06 23:59:58.123456", {"n": 1}, audit.GENESIS_HASH,
+                 "93d9e66056d40eebfbedb71a69e12d33405b0fd0a69a94d267167442e2bc3f3a"),
+                (2, "2026-12-07 00:00:00.000000", {"n": 2},
+                 "93d9e66056d40eebfbedb71a69e12d33405b0fd0a69a94d267167442e2bc3f3a",
+                 "3e57cfc75ce4f7b7b275f87d5f8ddeb2d7008d0f3f82f20c595d93c125d6036f")]
+
+
+async def test_entries_written_before_aware_times_still_verify(tmp_path: Any, request: Any,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Migration 0012 makes every time `timestamp with time zone` on PostgreSQL (SQLite keeps its text): a
+    chain written before it keeps its hashes and verifies after it, and after its downgrade, even read in a
+    session whose time zone is not UTC; times come back aware in UTC, and the chain goes on from its head."""
+    for backend in ("sqlite", "postgresql"):
+        if backend == "sqlite":
+            url = f"sqlite:///{tmp_path / 'aware.db'}"
+        else:
+            url = _fresh_postgres_database(request.getfixturevalue("postgres_admin_url"))
+        monkeypatch.delenv("PGTZ", raising=False)
+        upgrade(url, "0011")
+        sql(url, "INSERT INTO audit_chain_heads (chain, sequence, hash, updated_at) "
+                 "VALUES (:c, 0, :h, '2026-12-06 23:59:58.000000')", c=_OLD_CHAIN, h=audit.GENESIS_HASH)
+        for sequence, at, details, previous, hash_ in _OLD_ENTRIES:
+            sql(url, "INSERT INTO audit_log (id, chain, sequence, organization_id, at, actor_type, actor_id, action, "
+                     "resource_type, resource_id, result, request_id, ip, user_agent, details, previous_hash, hash) "
+                     "VALUES (:id, :c, :s, :c, :at, 'user', 'u-1', 'org_updated', 'organization', :c, 'success', "
+                     "'req-1', '203.0.113.7', NULL, :d, :p, :h)",
+                id=new_id(), c=_OLD_CHAIN, s=sequence, at=at, d=json.dumps(details), p=previous, h=hash_)
+        assert (await verify(url)).ok
+        # the session's time zone moves neither the stored instants nor what is read back
+        monkeypatch.setenv("PGTZ", "America/New_York")
+        upgrade(url)
+        assert (await verify(url)).ok
+        db = Database(url)
+        try:
+            async with db.session() as session:
+                stored = (await session.execute(select(AuditEntry.at).where(AuditEntry.chain == _OLD_CHAIN)
+                                                .order_by(AuditEntry.sequence))).scalars().all()
+                # raw SQL comparing a time with a bound aware one
+                later = (await session.execute(text("SELECT count(*) FROM audit_log WHERE at >= :t").bindparams(
+                    bindparam("t", type_=UtcDateTime())), {"t": datetime(2026, 12, 7, tzinfo=UTC)})).scalar_one()
+        finally:
+            await db.dispose()
+        assert stored == [datetime(2026, 12, 6, 23, 59, 58, 123456, tzinfo=UTC), datetime(2026, 12, 7, tzinfo=UTC)]
+        assert all(at.utcoffset() == timedelta(0) for at in stored)
+        assert later == 1
+        await write(url, event(_OLD_CHAIN))
+        assert (await verify(url)).ok
+        texts = [r[0] for r in sql(url, "SELECT CAST(at AS TEXT) FROM audit_log ORDER BY sequence")]
+        if backend == "sqlite":
+            assert texts[:2] == [e[1] for e in _OLD_ENTRIES]
+            assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}", texts[2])  # the same text as ever
+        else:
+            assert texts[:2] == ["2026-12-06 18:59:58.123456-05", "2026-12-06 19:00:00-05"]
+        _downgrade(url, "0011")
+        assert (await verify(url)).ok
+        if backend == "postgresql":
+            assert [r[0] for r in sql(url, "SELECT CAST(at AS TEXT) FROM audit_log ORDER BY sequence")][:2] == \
+                ["2026-12-06 23:59:58.123456", "2026-12-07 00:00:00"]
 
 
 async def test_a_filter_on_results_that_did_not_succeed_reads_the_partial_index(sqlite_url: str) -> None:

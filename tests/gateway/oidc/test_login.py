@@ -156,7 +156,7 @@ async def test_activity_keeps_the_session_alive(gw: Gateway, node_issuer: str, d
 def _past(minutes: int = 1) -> Any:
     from datetime import UTC, datetime, timedelta
 
-    return datetime.now(UTC).replace(tzinfo=None) - timedelta(minutes=minutes)
+    return datetime.now(UTC) - timedelta(minutes=minutes)
 
 
 async def test_two_session_cookies_are_401(gw: Gateway, node_issuer: str) -> None:

@@ -1,0 +1,80 @@
+"""`portcullis audit verify|checkpoint`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import Any
+
+from gateway.cli.common import load_settings
+from gateway.settings import Settings
+
+
+async def _audit_in_database(settings: Settings, keys: Any, checkpoint_heads: list[Any] | None) -> Any:
+    """The checkpoint document (when `checkpoint_heads` is None) or the verification report."""
+    from datetime import UTC, datetime
+
+    from resolvers.audit import checkpoint
+    from store import audit
+    from store.db import Database
+
+    db = Database(settings.database_url)
+    try:
+        async with db.transaction() as session:
+            if checkpoint_heads is None:
+                return await checkpoint(session, keys, now=datetime.now(UTC))
+            return await audit.verify(session, checkpoint=checkpoint_heads)
+    finally:
+        await db.dispose()
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from identity.tokens import KeyRing
+    from resolvers.audit import CheckpointError, read_checkpoint
+
+    settings = load_settings()
+    keys = KeyRing(*settings.signing_key_pems())
+    if args.audit_command == "checkpoint":
+        try:
+            document = asyncio.run(_audit_in_database(settings, keys, None))
+        except CheckpointError as exc:
+            print(f"portcullis: {exc}", file=sys.stderr)
+            return 1
+        out = Path(args.out)
+        if out.is_dir():
+            stamp = document["createdAt"].replace("-", "").replace(":", "").replace(".", "")
+            out = out / f"audit-checkpoint-{stamp}.json"
+        out.write_text(json.dumps(document, indent=2) + "\n")
+        print(f"checkpoint of {len(document['heads'])} chain(s) written to {out}")
+        return 0
+    points = []
+    if args.checkpoint:
+        path = Path(args.checkpoint)
+        if path.is_dir():
+            found = sorted(path.glob("audit-checkpoint-*.json"))
+            if not found:
+                print(f"portcullis: no checkpoint in {path}", file=sys.stderr)
+                return 2
+            path = found[-1]
+        try:
+            points = read_checkpoint(keys, path.read_text())
+        except (OSError, CheckpointError) as exc:
+            print(f"portcullis: {exc}", file=sys.stderr)
+            return 2
+    report = asyncio.run(_audit_in_database(settings, keys, points))
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        for chain in sorted(report.chains.values(), key=lambda c: c.chain):
+            state = "ok" if chain.ok else f"BROKEN at sequence {chain.first_broken_sequence}"
+            print(f"{chain.chain}: {chain.checked} entries, head {chain.head_sequence}: {state}")
+            for problem in chain.problems:
+                print(f"  {problem}")
+        print(f"{'ok' if report.ok else 'FAILED'}: {report.checked} entries in {len(report.chains)} chain(s)"
+              + (f", checked against {len(points)} checkpointed head(s)" if points else ""))
+    return 0 if report.ok else 1
+
