@@ -66,5 +66,7 @@ class OperationTooComplex(GatewayError):
     def __init__(self, limit: str, maximum: int, measured: int) -> None:
         super().__init__(
             f"The operation's {limit.replace('_', ' ')} is {measured}; this plan allows at most {maximum}.",
-            limit=limit, maximum=maximum, measured=measured,
+            limit=limit,
+            maximum=maximum,
+            measured=measured,
         )

@@ -33,9 +33,7 @@ class Permission(StrEnum):
     PLATFORM_AUDIT_READ = "platform:audit:read"
 
 
-TENANT_PERMISSIONS: frozenset[Permission] = frozenset(
-    p for p in Permission if not p.value.startswith("platform:")
-)
+TENANT_PERMISSIONS: frozenset[Permission] = frozenset(p for p in Permission if not p.value.startswith("platform:"))
 PLATFORM_PERMISSIONS: frozenset[Permission] = frozenset(Permission) - TENANT_PERMISSIONS
 
 ALL_PERMISSION_NAMES: frozenset[str] = frozenset(p.value for p in Permission)

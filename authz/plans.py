@@ -44,20 +44,36 @@ Limits = Mapping[QuotaResource, int | None]
 _R = QuotaResource
 
 
-def _row(members: int | None, api_keys: int | None, rpm: int | None, rpd: int | None, cpm: int | None,
-         reports: int | None, children: int | None) -> Limits:
-    return MappingProxyType({
-        _R.MEMBERS: members, _R.API_KEYS: api_keys, _R.REQUESTS_PER_MINUTE: rpm, _R.REQUESTS_PER_DAY: rpd,
-        _R.COST_PER_MINUTE: cpm, _R.REPORTS_PER_MONTH: reports, _R.CHILD_ORGANIZATIONS: children,
-    })
+def _row(
+    members: int | None,
+    api_keys: int | None,
+    rpm: int | None,
+    rpd: int | None,
+    cpm: int | None,
+    reports: int | None,
+    children: int | None,
+) -> Limits:
+    return MappingProxyType(
+        {
+            _R.MEMBERS: members,
+            _R.API_KEYS: api_keys,
+            _R.REQUESTS_PER_MINUTE: rpm,
+            _R.REQUESTS_PER_DAY: rpd,
+            _R.COST_PER_MINUTE: cpm,
+            _R.REPORTS_PER_MONTH: reports,
+            _R.CHILD_ORGANIZATIONS: children,
+        }
+    )
 
 
-PLAN_QUOTAS: Mapping[str, Limits] = MappingProxyType({
-    Plan.FREE: _row(3, 2, 60, 1_000, 1_000, 5, 0),
-    Plan.STARTER: _row(10, 10, 600, 10_000, 10_000, 50, 2),
-    Plan.PROFESSIONAL: _row(50, 50, 6_000, 100_000, 100_000, 500, 10),
-    Plan.ENTERPRISE: _row(None, None, 60_000, None, 1_000_000, None, None),
-})
+PLAN_QUOTAS: Mapping[str, Limits] = MappingProxyType(
+    {
+        Plan.FREE: _row(3, 2, 60, 1_000, 1_000, 5, 0),
+        Plan.STARTER: _row(10, 10, 600, 10_000, 10_000, 50, 2),
+        Plan.PROFESSIONAL: _row(50, 50, 6_000, 100_000, 100_000, 500, 10),
+        Plan.ENTERPRISE: _row(None, None, 60_000, None, 1_000_000, None, None),
+    }
+)
 
 
 def parse_overrides(raw: Mapping[str, object] | None) -> dict[QuotaResource, int | None]:

@@ -33,13 +33,44 @@ from store.migrate import upgrade
 from store.models import new_id
 from store.types import UtcDateTime
 
-ACTIONS = ["authn_login_success", "authn_login_success", "authn_login_success", "authn_token_refresh",
-           "authn_token_refresh", "authn_login_fail", "authn_logout", "org_updated", "member_added",
-           "authz_change", "apikey_created", "apikey_revoked", "privilege_permissions_changed", "authz_fail",
-           "authz_cross_tenant", "apikey_use_denied", "excess_rate_limit_exceeded"]
-COLUMNS = ["id", "chain", "sequence", "organization_id", "at", "actor_type", "actor_id", "action",
-           "resource_type", "resource_id", "result", "request_id", "ip", "user_agent", "details",
-           "previous_hash", "hash"]
+ACTIONS = [
+    "authn_login_success",
+    "authn_login_success",
+    "authn_login_success",
+    "authn_token_refresh",
+    "authn_token_refresh",
+    "authn_login_fail",
+    "authn_logout",
+    "org_updated",
+    "member_added",
+    "authz_change",
+    "apikey_created",
+    "apikey_revoked",
+    "privilege_permissions_changed",
+    "authz_fail",
+    "authz_cross_tenant",
+    "apikey_use_denied",
+    "excess_rate_limit_exceeded",
+]
+COLUMNS = [
+    "id",
+    "chain",
+    "sequence",
+    "organization_id",
+    "at",
+    "actor_type",
+    "actor_id",
+    "action",
+    "resource_type",
+    "resource_id",
+    "result",
+    "request_id",
+    "ip",
+    "user_agent",
+    "details",
+    "previous_hash",
+    "hash",
+]
 
 
 def entries(chain: str, count: int, rng: random.Random, start: datetime) -> Iterator[tuple[object, ...]]:
@@ -50,13 +81,35 @@ def entries(chain: str, count: int, rng: random.Random, start: datetime) -> Iter
     step = timedelta(days=90) / count
     for sequence in range(1, count + 1):
         action = rng.choice(ACTIONS)
-        result = "denied" if action in {"authn_login_fail", "authz_fail", "authz_cross_tenant",
-                                        "apikey_use_denied", "excess_rate_limit_exceeded"} else "success"
+        result = (
+            "denied"
+            if action
+            in {
+                "authn_login_fail",
+                "authz_fail",
+                "authz_cross_tenant",
+                "apikey_use_denied",
+                "excess_rate_limit_exceeded",
+            }
+            else "success"
+        )
         entry = SimpleNamespace(
-            id=new_id(), chain=chain, sequence=sequence, organization_id=chain, at=start + step * sequence,
-            actor_type="user", actor_id=rng.choice(users), action=action, resource_type="organization",
-            resource_id=chain, result=result, request_id=new_id(), ip=f"198.51.100.{rng.randrange(1, 255)}",
-            user_agent="bench/1.0", details={"n": sequence}, previous_hash=previous,
+            id=new_id(),
+            chain=chain,
+            sequence=sequence,
+            organization_id=chain,
+            at=start + step * sequence,
+            actor_type="user",
+            actor_id=rng.choice(users),
+            action=action,
+            resource_type="organization",
+            resource_id=chain,
+            result=result,
+            request_id=new_id(),
+            ip=f"198.51.100.{rng.randrange(1, 255)}",
+            user_agent="bench/1.0",
+            details={"n": sequence},
+            previous_hash=previous,
         )
         entry.hash = audit.entry_hash(previous, entry)  # type: ignore[arg-type]
         previous = entry.hash
@@ -78,8 +131,10 @@ def seed(url: str, total: int, tenants: int, seed_value: int = 7) -> list[str]:
                 if is_sqlite(url):
                     placeholders = ", ".join(f":{c}" for c in COLUMNS)
                     insert = text(f"INSERT INTO audit_log ({', '.join(COLUMNS)}) VALUES ({placeholders})")
-                    conn.execute(insert.bindparams(bindparam("at", type_=UtcDateTime())),
-                                 [dict(zip(COLUMNS, r, strict=True)) for r in rows])
+                    conn.execute(
+                        insert.bindparams(bindparam("at", type_=UtcDateTime())),
+                        [dict(zip(COLUMNS, r, strict=True)) for r in rows],
+                    )
                 else:
                     cursor = conn.connection.cursor()
                     with cursor.copy(f"COPY audit_log ({', '.join(COLUMNS)}) FROM STDIN") as copy:
@@ -87,9 +142,13 @@ def seed(url: str, total: int, tenants: int, seed_value: int = 7) -> list[str]:
                             copy.write_row(row)
                 heads.append({"chain": chain, "sequence": per, "hash": rows[-1][-1], "updated_at": rows[-1][4]})
                 print(f"chain {i + 1}/{tenants}: {per} entries", file=sys.stderr, flush=True)
-            conn.execute(text("INSERT INTO audit_chain_heads (chain, sequence, hash, updated_at) "
-                              "VALUES (:chain, :sequence, :hash, :updated_at)")
-                         .bindparams(bindparam("updated_at", type_=UtcDateTime())), heads)
+            conn.execute(
+                text(
+                    "INSERT INTO audit_chain_heads (chain, sequence, hash, updated_at) "
+                    "VALUES (:chain, :sequence, :hash, :updated_at)"
+                ).bindparams(bindparam("updated_at", type_=UtcDateTime())),
+                heads,
+            )
             if not is_sqlite(url):
                 conn.execute(text("ANALYZE audit_log"))
     finally:
@@ -146,8 +205,9 @@ def temporary_postgres() -> Iterator[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.audit_seed", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.audit_seed", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--database-url", help="an empty database (migrated here); PostgreSQL for the figure")
     p.add_argument("--temporary-postgres", action="store_true", help="start a throwaway PostgreSQL instead")
     p.add_argument("--entries", type=int, default=1_000_000)
@@ -161,8 +221,10 @@ def main(argv: list[str] | None = None) -> int:
         upgrade(url)
         started = time.monotonic()
         chains = seed(url, args.entries, args.tenants)
-        print(f"seeded {args.entries} entries in {args.tenants} chains in {time.monotonic() - started:.0f}s",
-              file=sys.stderr)
+        print(
+            f"seeded {args.entries} entries in {args.tenants} chains in {time.monotonic() - started:.0f}s",
+            file=sys.stderr,
+        )
 
         async def check() -> bool:
             db = Database(url)
@@ -174,8 +236,10 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"chain {chains[0]} verifies: {asyncio.run(check())}")
         results = asyncio.run(measure(url, chains[0], args.samples))
-        print(f"first page of auditLogs (50 entries, one tenant of {args.entries // args.tenants} in a table of "
-              f"{args.entries}), {args.samples} samples each:")
+        print(
+            f"first page of auditLogs (50 entries, one tenant of {args.entries // args.tenants} in a table of "
+            f"{args.entries}), {args.samples} samples each:"
+        )
         for name, (p50, p95) in results.items():
             print(f"  filter {name:<22} p50 {p50:7.2f} ms   p95 {p95:7.2f} ms")
     return 0

@@ -76,35 +76,69 @@ def _scenarios(value: str) -> list[str]:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    p.add_argument("--scenario", type=_scenarios, default=list(SCENARIO_NAMES),
-                   metavar="basic|guarded|apikey|admission|audited|all",
-                   help="basic: the gateway against three baselines; guarded: a field that requires a "
-                        "permission, with and without field authorization; apikey: Bearer against API key; "
-                        "admission: shared mode (Redis) with and without admission; audited: an audited "
-                        "mutation; all (default): every one")
-    p.add_argument("--duration", type=_positive, default=DEFAULT_DURATION,
-                   help="seconds of load per server and connection count (10)")
-    p.add_argument("--slice", type=_positive, default=DEFAULT_SLICE,
-                   help="the servers of a scenario take turns under load for this many seconds at a time (1)")
+    p.add_argument(
+        "--scenario",
+        type=_scenarios,
+        default=list(SCENARIO_NAMES),
+        metavar="basic|guarded|apikey|admission|audited|all",
+        help="basic: the gateway against three baselines; guarded: a field that requires a "
+        "permission, with and without field authorization; apikey: Bearer against API key; "
+        "admission: shared mode (Redis) with and without admission; audited: an audited "
+        "mutation; all (default): every one",
+    )
+    p.add_argument(
+        "--duration",
+        type=_positive,
+        default=DEFAULT_DURATION,
+        help="seconds of load per server and connection count (10)",
+    )
+    p.add_argument(
+        "--slice",
+        type=_positive,
+        default=DEFAULT_SLICE,
+        help="the servers of a scenario take turns under load for this many seconds at a time (1)",
+    )
     p.add_argument("--warmup", type=int, default=DEFAULT_WARMUP, help="seconds of warm-up per server (3)")
-    p.add_argument("--connections", type=_counts, default=_counts(DEFAULT_CONNECTIONS),
-                   help="comma-separated connection counts (1,32)")
-    p.add_argument("--only", type=_names, default=list(SERVER_NAMES),
-                   help=f"restrict each scenario to these servers, among {', '.join(SERVER_NAMES)}")
+    p.add_argument(
+        "--connections",
+        type=_counts,
+        default=_counts(DEFAULT_CONNECTIONS),
+        help="comma-separated connection counts (1,32)",
+    )
+    p.add_argument(
+        "--only",
+        type=_names,
+        default=list(SERVER_NAMES),
+        help=f"restrict each scenario to these servers, among {', '.join(SERVER_NAMES)}",
+    )
     p.add_argument("--runs", type=_positive, default=1, help="repeat every measurement and take the median")
-    p.add_argument("--before", type=_checkout, metavar="DIR",
-                   help="also run each server from the checkout in DIR (the build before a change, e.g. a git "
-                        "worktree), side by side with this checkout's, and report each server's ratios to it")
+    p.add_argument(
+        "--before",
+        type=_checkout,
+        metavar="DIR",
+        help="also run each server from the checkout in DIR (the build before a change, e.g. a git "
+        "worktree), side by side with this checkout's, and report each server's ratios to it",
+    )
     p.add_argument("--no-pin", action="store_true", help="do not pin the server and wrk to separate CPUs")
-    p.add_argument("--redis-cpu", choices=("server", "wrk"), default="server",
-                   help="the CPU the bench's Redis is pinned to (shared mode): the gateway's (default; its work "
-                        "counts against the gateway's CPU, and no idle CPU has to wake for each call) or wrk's")
+    p.add_argument(
+        "--redis-cpu",
+        choices=("server", "wrk"),
+        default="server",
+        help="the CPU the bench's Redis is pinned to (shared mode): the gateway's (default; its work "
+        "counts against the gateway's CPU, and no idle CPU has to wake for each call) or wrk's",
+    )
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--postgres", action="store_true",
-                       help="serve every scenario from a throwaway PostgreSQL of the benchmark's own (default "
-                            "durability; needs the PostgreSQL server binaries) instead of a SQLite file")
-    where.add_argument("--database-url", metavar="URL",
-                       help="serve every scenario from this empty PostgreSQL database (migrated and seeded here)")
+    where.add_argument(
+        "--postgres",
+        action="store_true",
+        help="serve every scenario from a throwaway PostgreSQL of the benchmark's own (default "
+        "durability; needs the PostgreSQL server binaries) instead of a SQLite file",
+    )
+    where.add_argument(
+        "--database-url",
+        metavar="URL",
+        help="serve every scenario from this empty PostgreSQL database (migrated and seeded here)",
+    )
     return p
 
 
@@ -176,12 +210,14 @@ class Bench:
         with contextlib.ExitStack() as stack:
             loaded: list[tuple[RunningServer, Path]] = []
             for spec in specs:
-                server = stack.enter_context(servers.running(spec, env=self._environment(spec),
-                                                             workdir=self.workdir, cpu=self.server_cpu))
+                server = stack.enter_context(
+                    servers.running(spec, env=self._environment(spec), workdir=self.workdir, cpu=self.server_cpu)
+                )
                 credential = self._credential(server)
                 servers.check_answer(server, credential, scenario.query, expected)
-                script = load.write_script(self.workdir / f"{scenario.name}-{spec.name}.lua", scenario.query,
-                                           credential, scenario.alternate)
+                script = load.write_script(
+                    self.workdir / f"{scenario.name}-{spec.name}.lua", scenario.query, credential, scenario.alternate
+                )
                 loaded.append((server, script))
                 self._credentials[spec.name] = credential
             for server, script in loaded:
@@ -195,8 +231,10 @@ class Bench:
                         samples[server.spec.name].append(load.parse(output))
                 for server, _ in loaded:
                     m = measured[(server.spec.name, connections)] = load.combine(samples[server.spec.name])
-                    log(f"run {run}/{self.args.runs} {scenario.name:<9} {server.spec.name:<26} c={connections:<3} "
-                        f"{m.requests_per_second:>9.1f} req/s  p50 {m.p50_ms:.2f} ms  p99 {m.p99_ms:.2f} ms")
+                    log(
+                        f"run {run}/{self.args.runs} {scenario.name:<9} {server.spec.name:<26} c={connections:<3} "
+                        f"{m.requests_per_second:>9.1f} req/s  p50 {m.p50_ms:.2f} ms  p99 {m.p99_ms:.2f} ms"
+                    )
             for server, _ in loaded:
                 servers.check_answer(server, self._credentials[server.spec.name], scenario.query, expected)
             return measured
@@ -220,8 +258,7 @@ class Bench:
     def _wrk(self, server: RunningServer, script: Path, connections: int, seconds: int) -> str:
         if seconds <= 0:
             return ""
-        output = load.run_wrk(self.wrk, server.url, script, connections=connections, seconds=seconds,
-                              cpu=self.wrk_cpu)
+        output = load.run_wrk(self.wrk, server.url, script, connections=connections, seconds=seconds, cpu=self.wrk_cpu)
         try:
             load.check_responses(output)
         except BenchError as error:
@@ -230,15 +267,18 @@ class Bench:
 
 
 def print_report(args: argparse.Namespace, bench: Bench, results: dict[str, report.Results]) -> None:
-    where = (f"server on CPU {bench.server_cpu}, wrk on CPU {bench.wrk_cpu}" if bench.server_cpu is not None
-             else "unpinned")
+    where = (
+        f"server on CPU {bench.server_cpu}, wrk on CPU {bench.wrk_cpu}" if bench.server_cpu is not None else "unpinned"
+    )
     store = "PostgreSQL" if bench.db.url.startswith("postgresql") else "SQLite"
     if bench.redis_url is not None:
         where += f", Redis on CPU {bench.redis_cpu}" if bench.redis_cpu is not None else ", Redis unpinned"
     slices = max(1, args.duration // args.slice)
-    print(f"\nPortcullis bench: {os.cpu_count()} CPUs, Python {platform.python_version()}, {where}; "
-          f"wrk -t1, each server {slices} x {args.slice}s in turns with the others, median of {args.runs} "
-          f"run(s); database: {store}")
+    print(
+        f"\nPortcullis bench: {os.cpu_count()} CPUs, Python {platform.python_version()}, {where}; "
+        f"wrk -t1, each server {slices} x {args.slice}s in turns with the others, median of {args.runs} "
+        f"run(s); database: {store}"
+    )
     for scenario, specs in bench.scenarios():
         names = [s.name for s in specs]
         scenario_results = results.get(scenario.name, {})
@@ -246,24 +286,34 @@ def print_report(args: argparse.Namespace, bench: Bench, results: dict[str, repo
         print(f"\nscenario {scenario.name}: {scenario.description}\nquery: {scenario.query}{alternating}\n")
         blocks: tuple[list[str], ...]
         if scenario.name == "guarded":
-            blocks = (report.table(scenario_results, names, args.connections),
-                      report.authorization_ratios(scenario_results, args.connections),
-                      report.authorization_target(scenario_results, args.connections))
+            blocks = (
+                report.table(scenario_results, names, args.connections),
+                report.authorization_ratios(scenario_results, args.connections),
+                report.authorization_target(scenario_results, args.connections),
+            )
         elif scenario.name == "admission":
-            blocks = (report.table(scenario_results, names, args.connections),
-                      report.admission_target(scenario_results, args.connections))
+            blocks = (
+                report.table(scenario_results, names, args.connections),
+                report.admission_target(scenario_results, args.connections),
+            )
         elif scenario.name == "audited":
             entries, ok = database.audit_entries(bench.db)
-            blocks = (report.table(scenario_results, names, args.connections),
-                      report.audit_target(scenario_results, args.connections),
-                      [f"audit entries written: {entries}; chains verify: {'yes' if ok else 'NO'}"])
+            blocks = (
+                report.table(scenario_results, names, args.connections),
+                report.audit_target(scenario_results, args.connections),
+                [f"audit entries written: {entries}; chains verify: {'yes' if ok else 'NO'}"],
+            )
         elif scenario.name == "apikey":
-            blocks = (report.table(scenario_results, names, args.connections),
-                      report.api_key_target(scenario_results, args.connections))
+            blocks = (
+                report.table(scenario_results, names, args.connections),
+                report.api_key_target(scenario_results, args.connections),
+            )
         else:
-            blocks = (report.table(scenario_results, names, args.connections),
-                      report.ratios(scenario_results, names, args.connections),
-                      report.target(scenario_results))
+            blocks = (
+                report.table(scenario_results, names, args.connections),
+                report.ratios(scenario_results, names, args.connections),
+                report.target(scenario_results),
+            )
         if args.before is not None:
             blocks = (*blocks, report.against_before(scenario_results, names, args.connections))
         for block in blocks:

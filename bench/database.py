@@ -35,7 +35,11 @@ async def _seed(url: str) -> str:
     try:
         async with db.transaction() as session:
             provisioned = await create_tenant(
-                session, slug=DEMO_ORG, name=DEMO_NAME, plan=DEMO_PLAN, owner_email=DEMO_OWNER,
+                session,
+                slug=DEMO_ORG,
+                name=DEMO_NAME,
+                plan=DEMO_PLAN,
+                owner_email=DEMO_OWNER,
                 password_hash=await hasher.hash(DEMO_PASSWORD),
             )
             # a value rather than null, so that an answer from a denied field cannot pass for it
@@ -76,12 +80,16 @@ def audit_entries(db: BenchDatabase) -> tuple[int, bool]:
 
     async def count() -> tuple[int, bool]:
         from sqlalchemy import func, select
+        from sqlmodel import col
 
         database = Database(db.url)
         try:
             async with database.transaction() as session:
-                n = (await session.execute(select(func.count()).select_from(AuditEntry)
-                                           .where(AuditEntry.action == "org_updated"))).scalar_one()  # type: ignore[arg-type]
+                n = (
+                    await session.execute(
+                        select(func.count()).select_from(AuditEntry).where(col(AuditEntry.action) == "org_updated")
+                    )
+                ).scalar_one()
                 return int(n), (await audit.verify(session)).ok
         finally:
             await database.dispose()
@@ -91,8 +99,13 @@ def audit_entries(db: BenchDatabase) -> tuple[int, bool]:
 
 def expected_guarded_response(db: BenchDatabase) -> dict[str, object]:
     """The answer to the guarded query: the same organization with its billing email, and no error."""
-    organization = {"id": db.organization_id, "slug": DEMO_ORG, "name": DEMO_NAME, "plan": DEMO_PLAN.upper(),
-                    "billingEmail": DEMO_BILLING_EMAIL}
+    organization = {
+        "id": db.organization_id,
+        "slug": DEMO_ORG,
+        "name": DEMO_NAME,
+        "plan": DEMO_PLAN.upper(),
+        "billingEmail": DEMO_BILLING_EMAIL,
+    }
     return {"data": {"organization": organization}}
 
 

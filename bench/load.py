@@ -83,8 +83,9 @@ def write_script(path: Path, query: str, credential: tuple[str, str] | None, alt
 
 def run_wrk(wrk: str, url: str, script: Path, *, connections: int, seconds: int, cpu: int | None) -> str:
     command = [wrk, "-t1", f"-c{connections}", f"-d{seconds}s", "-s", str(script), url]
-    completed = subprocess.run(command, capture_output=True, text=True, check=False,
-                               preexec_fn=pin_to(cpu), timeout=seconds + 60)
+    completed = subprocess.run(
+        command, capture_output=True, text=True, check=False, preexec_fn=pin_to(cpu), timeout=seconds + 60
+    )
     if completed.returncode != 0:
         raise BenchError(f"wrk failed ({completed.returncode}): {completed.stderr or completed.stdout}")
     return completed.stdout

@@ -25,7 +25,9 @@ def redis_server(cpu: int | None = None) -> Iterator[str]:
     workdir = tempfile.mkdtemp(prefix="portcullis-bench-redis-")
     process = subprocess.Popen(
         [binary, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no", "--dir", workdir],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
         preexec_fn=pin_to(cpu),
     )
     try:

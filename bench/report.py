@@ -78,8 +78,7 @@ def target(results: Results) -> list[str]:
     p99 = gateway.p99_ms / baseline.p99_ms
     return [
         header,
-        _check("throughput gateway/baseline >= 0.75", throughput, TARGET_THROUGHPUT_RATIO,
-               lambda v, limit: v >= limit),
+        _check("throughput gateway/baseline >= 0.75", throughput, TARGET_THROUGHPUT_RATIO, lambda v, limit: v >= limit),
         _check("p99 gateway/baseline <= 1.50", p99, TARGET_P99_RATIO, lambda v, limit: v <= limit),
     ]
 
@@ -92,8 +91,10 @@ def authorization_ratios(results: Results, connections: Iterable[int]) -> list[s
         if enforced is None or unenforced is None:
             continue
         throughput = enforced.requests_per_second / unenforced.requests_per_second
-        lines.append(f"{'':<30} {c:>5} {throughput:>10.3f}x {enforced.p50_ms / unenforced.p50_ms:>6.3f}x "
-                     f"{enforced.p99_ms / unenforced.p99_ms:>6.3f}x")
+        lines.append(
+            f"{'':<30} {c:>5} {throughput:>10.3f}x {enforced.p50_ms / unenforced.p50_ms:>6.3f}x "
+            f"{enforced.p99_ms / unenforced.p99_ms:>6.3f}x"
+        )
     return lines if len(lines) > 1 else []
 
 
@@ -122,8 +123,10 @@ def api_key_target(results: Results, connections: Iterable[int]) -> list[str]:
         if key is None or bearer is None:
             continue
         ratio = key.requests_per_second / bearer.requests_per_second
-        label = (f"req/s at {c} connection{'s' if c != 1 else ''}: {key.requests_per_second:.0f} / "
-                 f"{bearer.requests_per_second:.0f}; p50 {key.p50_ms:.2f} / {bearer.p50_ms:.2f} ms")
+        label = (
+            f"req/s at {c} connection{'s' if c != 1 else ''}: {key.requests_per_second:.0f} / "
+            f"{bearer.requests_per_second:.0f}; p50 {key.p50_ms:.2f} / {bearer.p50_ms:.2f} ms"
+        )
         lines.append(f"  {label:<62} {ratio:>5.3f} (limit {limit:.2f})  {_verdict(ratio >= limit)}")
     if len(lines) == 1:
         lines.append(f"  not measured (needs {GATEWAY} and {API_KEY})")
@@ -132,8 +135,10 @@ def api_key_target(results: Results, connections: Iterable[int]) -> list[str]:
 
 def audit_target(results: Results, connections: Iterable[int]) -> list[str]:
     """The audited mutation against the same build writing no entry: what the entry adds to p50."""
-    lines = [f"target: the audit entry adds at most {TARGET_AUDIT_P50_RATIO - 1:.0%} to the mutation's p50 at one "
-             f"connection ({AUDITED} / {UNAUDITED}):"]
+    lines = [
+        f"target: the audit entry adds at most {TARGET_AUDIT_P50_RATIO - 1:.0%} to the mutation's p50 at one "
+        f"connection ({AUDITED} / {UNAUDITED}):"
+    ]
     for c in connections:
         on, off = results.get((AUDITED, c)), results.get((UNAUDITED, c))
         if on is None or off is None:
@@ -141,13 +146,17 @@ def audit_target(results: Results, connections: Iterable[int]) -> list[str]:
         ratio = on.p50_ms / off.p50_ms
         label = f"p50 at {c} connection{'s' if c != 1 else ''}: {on.p50_ms:.2f} / {off.p50_ms:.2f} ms"
         if c == 1:
-            lines.append(f"  {label:<44} {ratio:>5.3f} (limit {TARGET_AUDIT_P50_RATIO:.2f})  "
-                         f"{_verdict(ratio <= TARGET_AUDIT_P50_RATIO)}")
+            lines.append(
+                f"  {label:<44} {ratio:>5.3f} (limit {TARGET_AUDIT_P50_RATIO:.2f})  "
+                f"{_verdict(ratio <= TARGET_AUDIT_P50_RATIO)}"
+            )
         else:
             lines.append(f"  {label:<44} {ratio:>5.3f} (queueing; the target is at 1 connection)")
         throughput = on.requests_per_second / off.requests_per_second
-        lines.append(f"  req/s at {c} connection{'s' if c != 1 else ''}: {on.requests_per_second:.0f} / "
-                     f"{off.requests_per_second:.0f} = {throughput:.3f}")
+        lines.append(
+            f"  req/s at {c} connection{'s' if c != 1 else ''}: {on.requests_per_second:.0f} / "
+            f"{off.requests_per_second:.0f} = {throughput:.3f}"
+        )
     if len(lines) == 1:
         lines.append(f"  not measured (needs {AUDITED} and {UNAUDITED})")
     return lines
@@ -157,16 +166,20 @@ def admission_target(results: Results, connections: Iterable[int]) -> list[str]:
     """Shared mode with admission against the same build without it: the throughput kept at 32 connections
     (a saturated server) is judged; at one connection, what admission adds to p50 is reported."""
     ratio_limit = TARGET_ADMISSION_THROUGHPUT_RATIO
-    lines = [f"target: admission keeps {ratio_limit:.0%} of the throughput at {TARGET_CONNECTIONS} connections "
-             f"({ADMISSION} / {NO_ADMISSION}):"]
+    lines = [
+        f"target: admission keeps {ratio_limit:.0%} of the throughput at {TARGET_CONNECTIONS} connections "
+        f"({ADMISSION} / {NO_ADMISSION}):"
+    ]
     for c in connections:
         on, off = results.get((ADMISSION, c)), results.get((NO_ADMISSION, c))
         if on is None or off is None:
             continue
         ratio = on.requests_per_second / off.requests_per_second
         added = on.p50_ms - off.p50_ms
-        label = f"req/s at {c} connection{'s' if c != 1 else ''}: {on.requests_per_second:.0f} / " \
-                f"{off.requests_per_second:.0f}"
+        label = (
+            f"req/s at {c} connection{'s' if c != 1 else ''}: {on.requests_per_second:.0f} / "
+            f"{off.requests_per_second:.0f}"
+        )
         if c == TARGET_CONNECTIONS:
             lines.append(f"  {label:<44} {ratio:>5.3f} (limit {ratio_limit:.2f})  {_verdict(ratio >= ratio_limit)}")
         else:
@@ -188,6 +201,8 @@ def against_before(results: Results, servers: Iterable[str], connections: Iterab
             now, then = results.get((name, c)), results.get((name + BEFORE, c))
             if now is None or then is None:
                 continue
-            lines.append(f"{name:<27} {c:>5} {now.requests_per_second / then.requests_per_second:>10.3f}x "
-                         f"{now.p50_ms / then.p50_ms:>6.3f}x")
+            lines.append(
+                f"{name:<27} {c:>5} {now.requests_per_second / then.requests_per_second:>10.3f}x "
+                f"{now.p50_ms / then.p50_ms:>6.3f}x"
+            )
     return lines if len(lines) > 1 else []

@@ -38,23 +38,49 @@ class ServerSpec:
 
 SERVERS = (
     ServerSpec("gateway", "gateway.app:create_app", "the Portcullis gateway", credential="bearer"),
-    ServerSpec("gateway-unenforced", "bench.apps.gateway_unenforced:create_app",
-               "the same gateway with field authorization switched off", credential="bearer"),
-    ServerSpec("gateway-apikey", "gateway.app:create_app",
-               "the same gateway, every request authenticated by an API key", credential="apikey"),
-    ServerSpec("gateway-redis", "gateway.app:create_app",
-               "the gateway in shared mode (Redis): admission takes one EVALSHA per request",
-               credential="bearer", redis=True),
-    ServerSpec("gateway-redis-noadmission", "bench.apps.gateway_no_admission:create_app",
-               "the same gateway on the same Redis with admission left out", credential="bearer", redis=True),
-    ServerSpec("gateway-noaudit", "bench.apps.gateway_no_audit:create_app",
-               "the same gateway with the operations' audit entries left out", credential="bearer"),
-    ServerSpec("strawberry-default", "bench.apps.strawberry_app:default_app",
-               "strawberry.asgi.GraphQL, no extensions"),
-    ServerSpec("strawberry-cached", "bench.apps.strawberry_app:cached_app",
-               "strawberry.asgi.GraphQL with ParserCache and ValidationCache"),
-    ServerSpec("graphql-core", "bench.apps.graphql_core_app:create_app",
-               "Starlette + graphql.execute with a validated-document cache"),
+    ServerSpec(
+        "gateway-unenforced",
+        "bench.apps.gateway_unenforced:create_app",
+        "the same gateway with field authorization switched off",
+        credential="bearer",
+    ),
+    ServerSpec(
+        "gateway-apikey",
+        "gateway.app:create_app",
+        "the same gateway, every request authenticated by an API key",
+        credential="apikey",
+    ),
+    ServerSpec(
+        "gateway-redis",
+        "gateway.app:create_app",
+        "the gateway in shared mode (Redis): admission takes one EVALSHA per request",
+        credential="bearer",
+        redis=True,
+    ),
+    ServerSpec(
+        "gateway-redis-noadmission",
+        "bench.apps.gateway_no_admission:create_app",
+        "the same gateway on the same Redis with admission left out",
+        credential="bearer",
+        redis=True,
+    ),
+    ServerSpec(
+        "gateway-noaudit",
+        "bench.apps.gateway_no_audit:create_app",
+        "the same gateway with the operations' audit entries left out",
+        credential="bearer",
+    ),
+    ServerSpec("strawberry-default", "bench.apps.strawberry_app:default_app", "strawberry.asgi.GraphQL, no extensions"),
+    ServerSpec(
+        "strawberry-cached",
+        "bench.apps.strawberry_app:cached_app",
+        "strawberry.asgi.GraphQL with ParserCache and ValidationCache",
+    ),
+    ServerSpec(
+        "graphql-core",
+        "bench.apps.graphql_core_app:create_app",
+        "Starlette + graphql.execute with a validated-document cache",
+    ),
 )
 SERVER_NAMES = tuple(s.name for s in SERVERS)
 BEFORE = "@before"
@@ -62,8 +88,7 @@ BEFORE = "@before"
 
 def before(spec: ServerSpec, checkout: Path) -> ServerSpec:
     """The same server run from another checkout (the build before a change), named `<name>@before`."""
-    return replace(spec, name=spec.name + BEFORE, description=f"{spec.description}, from {checkout}",
-                   app_dir=checkout)
+    return replace(spec, name=spec.name + BEFORE, description=f"{spec.description}, from {checkout}", app_dir=checkout)
 
 
 @dataclass(frozen=True)
@@ -77,18 +102,39 @@ class Scenario:
 
 
 SCENARIOS = (
-    Scenario("basic", QUERY, ("gateway", "strawberry-default", "strawberry-cached", "graphql-core"),
-             "the gateway against three baselines"),
-    Scenario("guarded", GUARDED_QUERY, ("gateway", "gateway-unenforced"),
-             "a field that requires billing:read, with and without field authorization"),
-    Scenario("apikey", QUERY, ("gateway", "gateway-apikey"),
-             "the same query authenticated by a Bearer token and by an API key"),
-    Scenario("admission", QUERY, ("gateway-redis", "gateway-redis-noadmission"),
-             "the full admission path in shared mode (Redis), with and without admission"),
-    Scenario("audited", AUDITED_MUTATION, ("gateway", "gateway-noaudit"),
-             "a mutation that renames the organization (back and forth, so every request updates the row) and "
-             "commits its audit entry (hash chain, head row locked) in the same transaction, against the same "
-             "build writing no audit entry", alternate=AUDITED_MUTATION_ALTERNATE),
+    Scenario(
+        "basic",
+        QUERY,
+        ("gateway", "strawberry-default", "strawberry-cached", "graphql-core"),
+        "the gateway against three baselines",
+    ),
+    Scenario(
+        "guarded",
+        GUARDED_QUERY,
+        ("gateway", "gateway-unenforced"),
+        "a field that requires billing:read, with and without field authorization",
+    ),
+    Scenario(
+        "apikey",
+        QUERY,
+        ("gateway", "gateway-apikey"),
+        "the same query authenticated by a Bearer token and by an API key",
+    ),
+    Scenario(
+        "admission",
+        QUERY,
+        ("gateway-redis", "gateway-redis-noadmission"),
+        "the full admission path in shared mode (Redis), with and without admission",
+    ),
+    Scenario(
+        "audited",
+        AUDITED_MUTATION,
+        ("gateway", "gateway-noaudit"),
+        "a mutation that renames the organization (back and forth, so every request updates the row) and "
+        "commits its audit entry (hash chain, head row locked) in the same transaction, against the same "
+        "build writing no audit entry",
+        alternate=AUDITED_MUTATION_ALTERNATE,
+    ),
 )
 SCENARIO_NAMES = tuple(s.name for s in SCENARIOS)
 
@@ -129,30 +175,50 @@ def pin_to(cpu: int | None) -> Callable[[], None] | None:
 
 def uvicorn_command(spec: ServerSpec, port: int) -> list[str]:
     return [
-        sys.executable, "-m", "uvicorn", spec.factory, "--factory", "--app-dir", str(spec.app_dir),
-        "--host", HOST, "--port", str(port), "--workers", "1", "--loop", "uvloop", "--http", "httptools",
-        "--no-access-log", "--log-level", "warning",
+        sys.executable,
+        "-m",
+        "uvicorn",
+        spec.factory,
+        "--factory",
+        "--app-dir",
+        str(spec.app_dir),
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
+        "--no-access-log",
+        "--log-level",
+        "warning",
     ]
 
 
 def server_environment(database_url: str, signing_key: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PORTCULLIS_")}
-    env.update({
-        # not "test": the test environment skips the gc.freeze() the gateway does at start-up in service
-        "PORTCULLIS_ENV": "dev",
-        "PORTCULLIS_DATABASE_URL": database_url,
-        "PORTCULLIS_SIGNING_KEY": signing_key,
-        DATABASE_URL_VARIABLE: database_url,
-        "PYTHONUNBUFFERED": "1",
-    })
+    env.update(
+        {
+            # not "test": the test environment skips the gc.freeze() the gateway does at start-up in service
+            "PORTCULLIS_ENV": "dev",
+            "PORTCULLIS_DATABASE_URL": database_url,
+            "PORTCULLIS_SIGNING_KEY": signing_key,
+            DATABASE_URL_VARIABLE: database_url,
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     return env
 
 
 Credential = tuple[str, str]  # one request header: name, value
 
 
-def post_json(url: str, body: dict[str, object], credential: Credential | None = None,
-              timeout: float = 10.0) -> tuple[int, dict[str, object]]:
+def post_json(
+    url: str, body: dict[str, object], credential: Credential | None = None, timeout: float = 10.0
+) -> tuple[int, dict[str, object]]:
     headers = {"content-type": "application/json"}
     if credential is not None:
         headers[credential[0]] = credential[1]
@@ -193,8 +259,13 @@ def running(spec: ServerSpec, *, env: dict[str, str], workdir: Path, cpu: int | 
     log_path = workdir / f"{spec.name}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            uvicorn_command(spec, port), cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, preexec_fn=pin_to(cpu),
+            uvicorn_command(spec, port),
+            cwd=workdir,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=pin_to(cpu),
         )
     server = RunningServer(spec, port, process, log_path)
     try:
@@ -220,9 +291,7 @@ def login(server: RunningServer, email: str, password: str, organization: str) -
     return str(data["login"]["accessToken"])
 
 
-CREATE_KEY = (
-    'mutation { createApiKey(input: {name: "bench", scopes: ["organization:read"]}) { secret } }'
-)
+CREATE_KEY = 'mutation { createApiKey(input: {name: "bench", scopes: ["organization:read"]}) { secret } }'
 
 
 def create_api_key(server: RunningServer, token: str) -> str:
@@ -234,10 +303,8 @@ def create_api_key(server: RunningServer, token: str) -> str:
     return str(data["createApiKey"]["secret"])
 
 
-def check_answer(server: RunningServer, credential: Credential | None, query: str,
-                 expected: dict[str, object]) -> None:
+def check_answer(server: RunningServer, credential: Credential | None, query: str, expected: dict[str, object]) -> None:
     """The expected `data`, no `errors`, status 200 (the gateway also reports the cost in `extensions`)."""
     status, body = post_json(server.url, {"query": query}, credential)
     if status != 200 or body.get("data") != expected.get("data") or "errors" in body:
-        raise BenchError(f"{server.spec.name} answered {status} {body}, expected 200 {expected}\n"
-                         f"{server.log_tail()}")
+        raise BenchError(f"{server.spec.name} answered {status} {body}, expected 200 {expected}\n{server.log_tail()}")

@@ -6,8 +6,8 @@ runs inside the schema, as the last step before execution (`schema.limits.admiss
 in `on_validate` after the operation limits, the cost and the field decisions), and calls
 `EdgeAdmission.admit`; a request that never reaches validation (a syntax error, the token limit) is
 counted as it fails, at no cost. Every other tenant route is admitted at the edge
-(`AdmissionMiddleware`), at no cost. `/healthz`, `/readyz`, `/metrics` and `/.well-known/` are not
-limited.
+(`gateway.route_admission.AdmissionMiddleware`), at no cost. `/healthz`, `/readyz`, `/metrics` and
+`/.well-known/` are not limited.
 
 What a request spends, all in one `WindowStore.take` (one EVALSHA in shared mode; the day's usage is
 counted in the process, `gateway/usage.py`):
@@ -134,10 +134,13 @@ class OrgLimitCache:
         if entry is not None and entry[0] > now:
             return entry[1], entry[2]
         async with self.db.transaction() as session:
-            row = (await session.execute(
-                select(Organization.plan, Organization.limit_overrides)
-                .where(col(Organization.id) == organization_id)
-            )).first()
+            row = (
+                await session.execute(
+                    select(Organization.plan, Organization.limit_overrides).where(
+                        col(Organization.id) == organization_id
+                    )
+                )
+            ).first()
         plan, overrides = (row[0], row[1]) if row is not None else ("", {})
         limits = effective_limits(plan, overrides)
         self._entries[organization_id] = (now + self.ttl, plan, limits)
@@ -147,8 +150,14 @@ class OrgLimitCache:
 class EdgeAdmission:
     """The gateway's admission: each request's limits taken from the window store in one call."""
 
-    def __init__(self, store: WindowStore, orgs: OrgLimitCache, policy: AdmissionPolicy, *,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        store: WindowStore,
+        orgs: OrgLimitCache,
+        policy: AdmissionPolicy,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.store = store
         self.orgs = orgs
         self.policy = policy
@@ -184,16 +193,23 @@ class EdgeAdmission:
         self._tenant_limits[key] = (limits, tuple(out))
         return tuple(out)
 
-    async def limits_for(self, principal: Principal, *, key_rate_limit: int | None = None, cost: int = 0,
-                         login_accounts: Sequence[str] = ()) -> list[Limit]:
+    async def limits_for(
+        self,
+        principal: Principal,
+        *,
+        key_rate_limit: int | None = None,
+        cost: int = 0,
+        login_accounts: Sequence[str] = (),
+    ) -> list[Limit]:
         limits: list[Limit] = []
         if principal.organization_id is not None:
             limits += await self.tenant_limits(principal.organization_id, cost=cost)
             if principal.kind is PrincipalKind.API_KEY and key_rate_limit is not None:
                 limits.append(Limit("api-key", f"k:{principal.subject_id}", key_rate_limit, MINUTE))
         else:
-            limits.append(Limit("address", f"ip:{principal.client_ip or 'unknown'}",
-                                self.policy.anonymous_per_minute, MINUTE))
+            limits.append(
+                Limit("address", f"ip:{principal.client_ip or 'unknown'}", self.policy.anonymous_per_minute, MINUTE)
+            )
         if login_accounts:
             per_account: dict[str, int] = {}
             address = principal.client_ip or "unknown"
@@ -206,10 +222,18 @@ class EdgeAdmission:
                 k = hashlib.sha256(f"{email_key(account)}|{address}".encode("utf-8", "surrogatepass")).hexdigest()[:32]
                 per_account[k] = per_account.get(k, 0) + 1
             for account, n in per_account.items():
-                limits.append(Limit("login-account", f"la:{account}", self.policy.login_per_account_per_minute,
-                                    MINUTE, n))
-            limits.append(Limit("login-address", f"li:{principal.client_ip or 'unknown'}",
-                                self.policy.login_per_address_per_minute, MINUTE, len(login_accounts)))
+                limits.append(
+                    Limit("login-account", f"la:{account}", self.policy.login_per_account_per_minute, MINUTE, n)
+                )
+            limits.append(
+                Limit(
+                    "login-address",
+                    f"li:{principal.client_ip or 'unknown'}",
+                    self.policy.login_per_address_per_minute,
+                    MINUTE,
+                    len(login_accounts),
+                )
+            )
         return limits
 
     def _usage(self, principal: Principal) -> list[str]:
@@ -224,17 +248,30 @@ class EdgeAdmission:
         kind = principal.kind.value if principal.subject_id else "anonymous"
         return [f"{day}|{org}|total||", f"{day}|{org}|{kind}|{principal.subject_id or ''}|"]
 
-    async def admit(self, principal: Principal, *, key_rate_limit: int | None = None, cost: int = 0,
-                    login_accounts: Sequence[str] = (), spend: bool = True,
-                    spend_cost: bool = True) -> AdmissionDecision:
+    async def admit(
+        self,
+        principal: Principal,
+        *,
+        key_rate_limit: int | None = None,
+        cost: int = 0,
+        login_accounts: Sequence[str] = (),
+        spend: bool = True,
+        spend_cost: bool = True,
+    ) -> AdmissionDecision:
         """Takes every limit of the request at once. `spend_cost=False` counts the request but not its
         cost (an explained operation, which does not execute)."""
-        limits = await self.limits_for(principal, key_rate_limit=key_rate_limit,
-                                       cost=cost if spend_cost else 0, login_accounts=login_accounts)
+        limits = await self.limits_for(
+            principal, key_rate_limit=key_rate_limit, cost=cost if spend_cost else 0, login_accounts=login_accounts
+        )
         if not limits:
             return AdmissionDecision(200)
-        return await self._decide(principal, self.store.take(limits, spend=spend), closed=bool(login_accounts),
-                                  spend=spend, cost=cost if spend_cost else 0)
+        return await self._decide(
+            principal,
+            self.store.take(limits, spend=spend),
+            closed=bool(login_accounts),
+            spend=spend,
+            cost=cost if spend_cost else 0,
+        )
 
     async def charge(self, principal: Principal, cost: int) -> AdmissionDecision:
         """A take of `cost` points from the tenant's COST_PER_MINUTE budget alone, after admission: work a
@@ -256,14 +293,18 @@ class EdgeAdmission:
             self.usage.restore({prefix + "c": cost for prefix in self._usage(principal)})
         return decision
 
-    async def _decide(self, principal: Principal, taking: Awaitable[Outcome], *, closed: bool, spend: bool,
-                      cost: int) -> AdmissionDecision:
+    async def _decide(
+        self, principal: Principal, taking: Awaitable[Outcome], *, closed: bool, spend: bool, cost: int
+    ) -> AdmissionDecision:
         try:
             outcome: Outcome = await taking
         except StoreUnavailable as exc:
             closed = closed or not self.policy.fail_open
-            log.error("admission store unavailable; request %s", "refused" if closed else "admitted",
-                      extra={"request_id": principal.request_id, "error": str(exc)})
+            log.error(
+                "admission store unavailable; request %s",
+                "refused" if closed else "admitted",
+                extra={"request_id": principal.request_id, "error": str(exc)},
+            )
             self.on_store_error("refused" if closed else "admitted")
             return AdmissionDecision(503, retry_after=1) if closed else AdmissionDecision(200)
         if spend:
@@ -274,26 +315,43 @@ class EdgeAdmission:
         if refused_by is not None:
             self.on_refused(refused_by.name)
             await self._audit_refusal(principal, refused_by)
-        return AdmissionDecision(429, retry_after=retry_seconds(outcome.retry_ms), refused_by=refused_by,
-                        states=outcome.states, now_ms=outcome.now_ms)
+        return AdmissionDecision(
+            429,
+            retry_after=retry_seconds(outcome.retry_ms),
+            refused_by=refused_by,
+            states=outcome.states,
+            now_ms=outcome.now_ms,
+        )
 
     async def _audit_refusal(self, principal: Principal, limit: Limit) -> None:
         if self.refusals is None:
             return
-        actor = (ActorType.API_KEY if principal.kind is PrincipalKind.API_KEY
-                 else ActorType.USER if principal.subject_id else ActorType.ANONYMOUS)
-        event = AuditEvent(action=AuditAction.EXCESS_RATE_LIMIT_EXCEEDED, organization_id=principal.organization_id,
-                           actor_type=actor, actor_id=principal.subject_id, request_id=principal.request_id,
-                           ip=principal.client_ip, details={"limit": limit.name, "per": limit.amount,
-                                                            "windowSeconds": limit.window})
+        actor = (
+            ActorType.API_KEY
+            if principal.kind is PrincipalKind.API_KEY
+            else ActorType.USER
+            if principal.subject_id
+            else ActorType.ANONYMOUS
+        )
+        event = AuditEvent(
+            action=AuditAction.EXCESS_RATE_LIMIT_EXCEEDED,
+            organization_id=principal.organization_id,
+            actor_type=actor,
+            actor_id=principal.subject_id,
+            request_id=principal.request_id,
+            ip=principal.client_ip,
+            details={"limit": limit.name, "per": limit.amount, "windowSeconds": limit.window},
+        )
         try:
             await self.refusals.refused(event, key=limit.key)
         except Exception:  # the refusal stands; only its audit count is lost, and that is logged
-            log.exception("rate-limit refusal not counted for the audit log",
-                          extra={"request_id": principal.request_id})
+            log.exception(
+                "rate-limit refusal not counted for the audit log", extra={"request_id": principal.request_id}
+            )
 
-    async def budgets(self, organization_id: str,
-                      limits: Mapping[QuotaResource, int | None]) -> dict[QuotaResource, BudgetState]:
+    async def budgets(
+        self, organization_id: str, limits: Mapping[QuotaResource, int | None]
+    ) -> dict[QuotaResource, BudgetState]:
         """`RateBudgets`: the tenant's three rate budgets, read without spending."""
         counted = []
         for resource, (name, suffix, window) in _WINDOWS.items():

@@ -27,7 +27,6 @@ from gateway.graphql import GraphQLView
 from gateway.logs import configure_logging
 from gateway.mail import DeliveryPolicy, MailDelivery, build_mailer
 from gateway.middleware import (
-    AdmissionMiddleware,
     AuthenticationMiddleware,
     BodyLimitMiddleware,
     ClientAddress,
@@ -37,6 +36,7 @@ from gateway.middleware import (
 )
 from gateway.rate_limit_audit import RateLimitAudit
 from gateway.reports import ReportDownloads
+from gateway.route_admission import AdmissionMiddleware
 from gateway.route_limits import RouteLimits
 from gateway.saml import SamlLogin, SamlRoutes
 from gateway.settings import Environment, OnRedisError, Settings
@@ -90,8 +90,11 @@ def build_services(settings: Settings) -> Services:
 
         # a request waits for a free connection rather than failing when more are in flight than the
         # pool holds: admission would otherwise answer 503 under a burst
-        redis = Redis.from_pool(BlockingConnectionPool.from_url(
-            settings.redis_url, max_connections=settings.redis_max_connections, timeout=5))
+        redis = Redis.from_pool(
+            BlockingConnectionPool.from_url(
+                settings.redis_url, max_connections=settings.redis_max_connections, timeout=5
+            )
+        )
         bus = RedisRevocationBus(redis)
     else:
         bus = LocalRevocationBus()
@@ -108,7 +111,8 @@ def build_services(settings: Settings) -> Services:
     org_limits = OrgLimitCache(db, ttl_seconds=settings.limits_cache_ttl_seconds)
     bus.subscribe(org_limits.invalidate)
     admission = EdgeAdmission(
-        windows, org_limits,
+        windows,
+        org_limits,
         AdmissionPolicy(
             anonymous_per_minute=settings.anonymous_requests_per_minute,
             login_per_account_per_minute=settings.login_attempts_per_account_per_minute,
@@ -136,8 +140,10 @@ def build_services(settings: Settings) -> Services:
     )
     browser = BrowserSessions(
         settings.cookie_secret.get_secret_value(),
-        BrowserSessionPolicy(idle_seconds=settings.browser_session_idle_seconds,
-                             absolute_seconds=settings.browser_session_absolute_seconds),
+        BrowserSessionPolicy(
+            idle_seconds=settings.browser_session_idle_seconds,
+            absolute_seconds=settings.browser_session_absolute_seconds,
+        ),
         secure=settings.session_cookie_secure,
     )
     data_keys = [k.get_secret_value() for k in settings.previous_data_encryption_keys]
@@ -152,9 +158,13 @@ def build_services(settings: Settings) -> Services:
             refresh_idle_seconds=settings.refresh_token_idle_seconds,
         ),
         authenticator=Authenticator(
-            tokens, sessions, db, browser=browser,
-            api_keys=ApiKeyVerifier(db, settings.api_key_pepper.get_secret_value().encode(), settings.env.value,
-                                    key_cache),
+            tokens,
+            sessions,
+            db,
+            browser=browser,
+            api_keys=ApiKeyVerifier(
+                db, settings.api_key_pepper.get_secret_value().encode(), settings.env.value, key_cache
+            ),
         ),
         revocations=bus,
         redis=redis,
@@ -163,19 +173,28 @@ def build_services(settings: Settings) -> Services:
         budgets=admission,
         usage=UsageFlusher(db, admission.usage, interval_seconds=settings.usage_flush_seconds),
         last_used=LastUsedRecorder(db, interval_seconds=settings.api_key_last_used_interval_seconds),
-        secrets=SecretBox(settings.data_encryption_key.get_secret_value(),
-                          [k.get_secret_value() for k in settings.previous_data_encryption_keys]),
+        secrets=SecretBox(
+            settings.data_encryption_key.get_secret_value(),
+            [k.get_secret_value() for k in settings.previous_data_encryption_keys],
+        ),
         totp=TotpService(
-            SecretBox(settings.data_encryption_key.get_secret_value(),
-                      [k.get_secret_value() for k in settings.previous_data_encryption_keys], purpose="totp"),
+            SecretBox(
+                settings.data_encryption_key.get_secret_value(),
+                [k.get_secret_value() for k in settings.previous_data_encryption_keys],
+                purpose="totp",
+            ),
             settings.api_key_pepper.get_secret_value().encode(),
         ),
         api_key_env=settings.env.value,
         api_key_pepper=settings.api_key_pepper.get_secret_value().encode(),
         oidc=OidcRelyingParty(
-            TransactionStore(redis), allow_loopback_http=not settings.is_prod,
-            outbound=OutboundPolicy.of(enabled=settings.outbound_guard_enabled, require_https=settings.is_prod,
-                                       allowed_hosts=settings.outbound_allowed_hosts),
+            TransactionStore(redis),
+            allow_loopback_http=not settings.is_prod,
+            outbound=OutboundPolicy.of(
+                enabled=settings.outbound_guard_enabled,
+                require_https=settings.is_prod,
+                allowed_hosts=settings.outbound_allowed_hosts,
+            ),
             http_timeout_seconds=settings.oidc_http_timeout_seconds,
             jwks_refetch_interval_seconds=settings.oidc_jwks_refetch_interval_seconds,
             state_ttl_seconds=settings.sso_state_ttl_seconds,
@@ -193,16 +212,21 @@ class GatewayMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.auth_failures = Counter(
-            "portcullis_authentication_failures", "Requests refused at the edge for their credential",
+            "portcullis_authentication_failures",
+            "Requests refused at the edge for their credential",
             registry=self.registry,
         )
         self.rate_limited = Counter(
-            "portcullis_rate_limited", "Requests refused by admission, by the limit that refused them",
-            ["limit"], registry=self.registry,
+            "portcullis_rate_limited",
+            "Requests refused by admission, by the limit that refused them",
+            ["limit"],
+            registry=self.registry,
         )
         self.limiter_errors = Counter(
-            "portcullis_rate_limiter_errors", "Requests admitted or refused without the limiter (Redis failed)",
-            ["outcome"], registry=self.registry,
+            "portcullis_rate_limiter_errors",
+            "Requests admitted or refused without the limiter (Redis failed)",
+            ["outcome"],
+            registry=self.registry,
         )
 
     def watch(self, limiter: EdgeAdmission | RouteLimits) -> None:
@@ -212,7 +236,9 @@ class GatewayMetrics:
 
 
 def build_gateway_schema(
-    settings: Settings, *, extensions: Callable[[list[ExtensionFactory]], list[ExtensionFactory]] | None = None,
+    settings: Settings,
+    *,
+    extensions: Callable[[list[ExtensionFactory]], list[ExtensionFactory]] | None = None,
 ) -> PortcullisSchema:
     """The schema with the settings' options; `extensions` as for `schema.build_schema`."""
     return build_schema(
@@ -223,13 +249,17 @@ def build_gateway_schema(
     )
 
 
-def edge_middleware(settings: Settings, services: Services, metrics: GatewayMetrics,
-                    rate_limit_audit: RateLimitAudit) -> list[Middleware]:
+def edge_middleware(
+    settings: Settings, services: Services, metrics: GatewayMetrics, rate_limit_audit: RateLimitAudit
+) -> list[Middleware]:
     """The edge in front of the routes, outermost first (gateway/middleware.py)."""
     return [
         Middleware(RequestIdMiddleware),
-        Middleware(SecurityHeadersMiddleware, hsts=settings.is_prod,
-                   html_csp=GRAPHIQL_CSP if settings.graphiql_enabled else None),
+        Middleware(
+            SecurityHeadersMiddleware,
+            hsts=settings.is_prod,
+            html_csp=GRAPHIQL_CSP if settings.graphiql_enabled else None,
+        ),
         Middleware(RequestTargetMiddleware),
         Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
         Middleware(
@@ -263,8 +293,14 @@ def gateway_parts(settings: Settings) -> GatewayParts:
     services = build_services(settings)
     rate_limit_audit = RateLimitAudit(services.audit, redis=services.redis, clock=services.clock)
     metrics = GatewayMetrics()
-    return GatewayParts(settings, services, rate_limit_audit, metrics, build_gateway_schema(settings),
-                        edge_middleware(settings, services, metrics, rate_limit_audit))
+    return GatewayParts(
+        settings,
+        services,
+        rate_limit_audit,
+        metrics,
+        build_gateway_schema(settings),
+        edge_middleware(settings, services, metrics, rate_limit_audit),
+    )
 
 
 def create_app(settings: Settings | None = None, *, saml_login: SamlLogin | None = None) -> Starlette:
@@ -280,10 +316,14 @@ def assemble(parts: GatewayParts, *, saml_login: SamlLogin | None = None) -> Sta
     services.admission.refusals = rate_limit_audit
     metrics.watch(services.admission)
     smtp = settings.smtp
-    mail_delivery = (MailDelivery(services.db, services.mail, smtp, DeliveryPolicy.of(settings))
-                     if smtp is not None and services.mail is not None else None)
-    route_limits = RouteLimits.build(services.redis, audit=rate_limit_audit,
-                                     fail_open=settings.limits_on_redis_error is OnRedisError.OPEN)
+    mail_delivery = (
+        MailDelivery(services.db, services.mail, smtp, DeliveryPolicy.of(settings))
+        if smtp is not None and services.mail is not None
+        else None
+    )
+    route_limits = RouteLimits.build(
+        services.redis, audit=rate_limit_audit, fail_open=settings.limits_on_redis_error is OnRedisError.OPEN
+    )
     metrics.watch(route_limits)
 
     async def healthz(_: Request) -> Response:
@@ -305,8 +345,9 @@ def assemble(parts: GatewayParts, *, saml_login: SamlLogin | None = None) -> Sta
             except Exception:
                 log.exception("readiness: redis unreachable")
                 checks["redis"], healthy = "unavailable", False
-        return JSONResponse({"status": "ok" if healthy else "unavailable", "checks": checks},
-                            status_code=200 if healthy else 503)
+        return JSONResponse(
+            {"status": "ok" if healthy else "unavailable", "checks": checks}, status_code=200 if healthy else 503
+        )
 
     async def jwks(_: Request) -> Response:
         return JSONResponse(services.tokens.keys.jwks(), headers={"cache-control": "public, max-age=300"})
@@ -325,8 +366,11 @@ def assemble(parts: GatewayParts, *, saml_login: SamlLogin | None = None) -> Sta
         if mail_delivery is not None:
             mail_delivery.start()
         else:
-            log.log(logging.WARNING if settings.is_prod else logging.INFO, "mail_kept_in_local_mailbox",
-                    extra={"hint": "no PORTCULLIS_SMTP_URL: email is kept in the database, see `portcullis mail list`"})
+            log.log(
+                logging.WARNING if settings.is_prod else logging.INFO,
+                "mail_kept_in_local_mailbox",
+                extra={"hint": "no PORTCULLIS_SMTP_URL: email is kept in the database, see `portcullis mail list`"},
+            )
         if settings.env is not Environment.TEST:
             # start-up objects live for the whole process: keep them out of every collection (p99)
             gc.collect()
@@ -355,8 +399,12 @@ def assemble(parts: GatewayParts, *, saml_login: SamlLogin | None = None) -> Sta
         Route("/readyz", readyz),
         Route("/.well-known/jwks.json", jwks),
         Route("/metrics", metrics_page),
-        Route("/reports/{name}", ReportDownloads(services).download, methods=["GET"],
-              middleware=route_limits("report-downloads", settings.report_downloads_per_minute)),
+        Route(
+            "/reports/{name}",
+            ReportDownloads(services).download,
+            methods=["GET"],
+            middleware=route_limits("report-downloads", settings.report_downloads_per_minute),
+        ),
         *saml_routes.routes(route_limits),
         *sso_routes(settings, services, starters={"saml": saml_routes.begin}, limit=route_limits),
     ]

@@ -26,8 +26,12 @@ log = logging.getLogger("portcullis.graphql")
 
 class GraphQLView(GraphQL):
     def __init__(self, schema: Any, services: Services, *, graphiql: bool) -> None:
-        super().__init__(schema, graphql_ide="graphiql" if graphiql else None, allow_queries_via_get=True,
-                         multipart_uploads_enabled=False)
+        super().__init__(
+            schema,
+            graphql_ide="graphiql" if graphiql else None,
+            allow_queries_via_get=True,
+            multipart_uploads_enabled=False,
+        )
         self.services = services
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -70,8 +74,9 @@ class GraphQLView(GraphQL):
         does not unwind), whatever it holds is rolled back here, before the response leaves."""
         ctx = scope.get("state", {}).get("graphql_context")
         if ctx is not None and ctx.db_opened:
-            log.warning("request session left open; rolled back",
-                        extra={"request_id": scope.get("state", {}).get("request_id")})
+            log.warning(
+                "request session left open; rolled back", extra={"request_id": scope.get("state", {}).get("request_id")}
+            )
             with contextlib.suppress(Exception):
                 await ctx.finish(commit=False)
 
@@ -79,8 +84,9 @@ class GraphQLView(GraphQL):
         state = request.scope.get("state", {})
         principal = state.get("principal") or anonymous(state.get("client_ip"), state.get("request_id"))
         ua = request.headers.get("user-agent")
-        ctx = RequestContext(self.services, principal, request=request, response=response,
-                             user_agent=ua[:256] if ua else None)
+        ctx = RequestContext(
+            self.services, principal, request=request, response=response, user_agent=ua[:256] if ua else None
+        )
         state["graphql_context"] = ctx
         return ctx
 

@@ -79,9 +79,13 @@ class DeliveryPolicy:
 
     @classmethod
     def of(cls, settings: Settings) -> DeliveryPolicy:
-        return cls(poll_seconds=settings.mail_poll_seconds, timeout_seconds=settings.smtp_timeout_seconds,
-                   max_attempts=settings.mail_max_attempts, retry_seconds=settings.mail_retry_seconds,
-                   retry_max_seconds=settings.mail_retry_max_seconds)
+        return cls(
+            poll_seconds=settings.mail_poll_seconds,
+            timeout_seconds=settings.smtp_timeout_seconds,
+            max_attempts=settings.mail_max_attempts,
+            retry_seconds=settings.mail_retry_seconds,
+            retry_max_seconds=settings.mail_retry_max_seconds,
+        )
 
     @property
     def lease_seconds(self) -> float:
@@ -132,8 +136,15 @@ def build_message(claimed: _Claimed, content: dict[str, Any], from_address: str)
 
 
 class MailDelivery:
-    def __init__(self, db: Database, mailer: Mailer, server: SmtpServer, policy: DeliveryPolicy, *,
-                 clock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(
+        self,
+        db: Database,
+        mailer: Mailer,
+        server: SmtpServer,
+        policy: DeliveryPolicy,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
         self.db = db
         self.mailer = mailer
         self.server = server
@@ -206,8 +217,11 @@ class MailDelivery:
         async with self.db.transaction() as session:
             rows = await session.execute(
                 select(col(MailMessage.id))
-                .where(col(MailMessage.status) == PENDING, col(MailMessage.next_attempt_at) <= now,
-                       or_(col(MailMessage.lease_until).is_(None), col(MailMessage.lease_until) < now))
+                .where(
+                    col(MailMessage.status) == PENDING,
+                    col(MailMessage.next_attempt_at) <= now,
+                    or_(col(MailMessage.lease_until).is_(None), col(MailMessage.lease_until) < now),
+                )
                 .order_by(col(MailMessage.next_attempt_at), col(MailMessage.id))
                 .limit(self.policy.batch_size)
             )
@@ -227,8 +241,11 @@ class MailDelivery:
                     content = json.loads(self.mailer.box.decrypt(claimed.content_encrypted))
                     message = build_message(claimed, content, self.mailer.from_address)
                 except (SecretDecryptionError, ValueError, KeyError) as exc:
-                    reason = ("the content cannot be decrypted with the configured keys"
-                              if isinstance(exc, SecretDecryptionError) else "the content cannot be read")
+                    reason = (
+                        "the content cannot be decrypted with the configured keys"
+                        if isinstance(exc, SecretDecryptionError)
+                        else "the content cannot be read"
+                    )
                     await self._failed(claimed, _Refusal(reason, permanent=True, connection_broken=False))
                     continue
                 try:
@@ -237,9 +254,15 @@ class MailDelivery:
                             smtp = await self._connect()
                         await self._send(smtp, message, claimed.recipient)
                 except (_Refusal, TimeoutError) as exc:
-                    refusal = exc if isinstance(exc, _Refusal) else _Refusal(
-                        f"no answer from the SMTP server within {self.policy.timeout_seconds:g}s",
-                        permanent=False, connection_broken=True)
+                    refusal = (
+                        exc
+                        if isinstance(exc, _Refusal)
+                        else _Refusal(
+                            f"no answer from the SMTP server within {self.policy.timeout_seconds:g}s",
+                            permanent=False,
+                            connection_broken=True,
+                        )
+                    )
                     if refusal.connection_broken and smtp is not None:
                         smtp.close()  # mid-command: nothing more is said on it
                         smtp = None
@@ -259,8 +282,15 @@ class MailDelivery:
     def client(self) -> aiosmtplib.SMTP:
         s = self.server
         start_tls = None if s.implicit_tls else {"auto": None, "require": True, "off": False}[s.starttls]
-        return aiosmtplib.SMTP(hostname=s.host, port=s.port, username=s.username, password=s.password,
-                               use_tls=s.implicit_tls, start_tls=start_tls, timeout=self.policy.timeout_seconds)
+        return aiosmtplib.SMTP(
+            hostname=s.host,
+            port=s.port,
+            username=s.username,
+            password=s.password,
+            use_tls=s.implicit_tls,
+            start_tls=start_tls,
+            timeout=self.policy.timeout_seconds,
+        )
 
     async def _connect(self) -> aiosmtplib.SMTP:
         smtp = self.client()
@@ -333,21 +363,39 @@ class MailDelivery:
         async with self._writing() as session:
             result = await session.execute(
                 update(MailMessage)
-                .where(col(MailMessage.id) == mail_id, col(MailMessage.status) == PENDING,
-                       col(MailMessage.next_attempt_at) <= now,
-                       or_(col(MailMessage.lease_until).is_(None), col(MailMessage.lease_until) < now))
+                .where(
+                    col(MailMessage.id) == mail_id,
+                    col(MailMessage.status) == PENDING,
+                    col(MailMessage.next_attempt_at) <= now,
+                    or_(col(MailMessage.lease_until).is_(None), col(MailMessage.lease_until) < now),
+                )
                 .values(lease_until=lease_until, attempts=col(MailMessage.attempts) + 1)
                 .execution_options(synchronize_session=False)
             )
             if result.rowcount != 1:
                 return None
-            row = (await session.execute(
-                select(col(MailMessage.recipient), col(MailMessage.template), col(MailMessage.content_encrypted),
-                       col(MailMessage.message_id), col(MailMessage.created_at), col(MailMessage.attempts))
-                .where(col(MailMessage.id) == mail_id)
-            )).one()
-        return _Claimed(id=mail_id, recipient=row[0], template=row[1], content_encrypted=row[2], message_id=row[3],
-                        created_at=row[4], attempts=row[5], lease_until=lease_until)
+            row = (
+                await session.execute(
+                    select(
+                        col(MailMessage.recipient),
+                        col(MailMessage.template),
+                        col(MailMessage.content_encrypted),
+                        col(MailMessage.message_id),
+                        col(MailMessage.created_at),
+                        col(MailMessage.attempts),
+                    ).where(col(MailMessage.id) == mail_id)
+                )
+            ).one()
+        return _Claimed(
+            id=mail_id,
+            recipient=row[0],
+            template=row[1],
+            content_encrypted=row[2],
+            message_id=row[3],
+            created_at=row[4],
+            attempts=row[5],
+            lease_until=lease_until,
+        )
 
     async def _sent(self, claimed: _Claimed) -> None:
         now = self.clock()
@@ -358,8 +406,7 @@ class MailDelivery:
                 .values(status=SENT, sent_at=now, lease_until=None, last_error=None)
                 .execution_options(synchronize_session=False)
             )
-        log.info("mail_sent", extra={"mail_id": claimed.id, "template": claimed.template,
-                                     "attempts": claimed.attempts})
+        log.info("mail_sent", extra={"mail_id": claimed.id, "template": claimed.template, "attempts": claimed.attempts})
 
     async def _failed(self, claimed: _Claimed, refusal: _Refusal) -> None:
         now = self.clock()
@@ -374,8 +421,11 @@ class MailDelivery:
             # only while this process still holds the lease: it never overwrites a later claim's outcome
             await session.execute(
                 update(MailMessage)
-                .where(col(MailMessage.id) == claimed.id, col(MailMessage.status) == PENDING,
-                       col(MailMessage.lease_until) == claimed.lease_until)
+                .where(
+                    col(MailMessage.id) == claimed.id,
+                    col(MailMessage.status) == PENDING,
+                    col(MailMessage.lease_until) == claimed.lease_until,
+                )
                 .values(**values)
                 .execution_options(synchronize_session=False)
             )

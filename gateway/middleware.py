@@ -1,5 +1,6 @@
 """Pure ASGI middleware of the edge, outermost first: request id, security headers, the request target,
-body limit, authentication. Each passes non-HTTP scopes through and writes one result into `scope["state"]`.
+body limit, authentication (then `gateway.route_admission`). Each passes non-HTTP scopes through and writes
+one result into `scope["state"]`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from authz import Principal, anonymous
 from authz.errors import ErrorCode
-from gateway.admission import EdgeAdmission
 from gateway.rate_limit_audit import RateLimitAudit
 from identity.api_keys import ApiKeyInfo, ApiKeyRejected, LastUsedRecorder
 from identity.authentication import AuthenticationError, Authenticator
@@ -36,7 +36,7 @@ _URL_CREDENTIALS = frozenset({b"api_key", b"apikey", b"access_token", b"token", 
 _SAFE_METHODS = frozenset({"GET", "HEAD"})
 
 
-def _state(scope: Scope) -> dict[str, Any]:
+def request_state(scope: Scope) -> dict[str, Any]:
     return scope.setdefault("state", {})  # type: ignore[no-any-return]
 
 
@@ -69,7 +69,7 @@ class RequestIdMiddleware:
                 rid = candidate
         # made here: ordered by time (UUIDv7), so the audit log's index of request ids grows at its end
         rid = rid or new_ordered_id()
-        _state(scope)["request_id"] = rid
+        request_state(scope)["request_id"] = rid
         raw = rid.encode()
 
         async def send_with_id(message: Message) -> None:
@@ -128,10 +128,11 @@ class SecurityHeadersMiddleware:
         except Exception as exc:
             if started:
                 raise
-            rid = _state(scope).get("request_id")
+            rid = request_state(scope).get("request_id")
             log.error("unexpected error in a route", exc_info=exc, extra={"request_id": rid})
-            await send_json(send_with_headers, 500, graphql_error(MASKED_MESSAGE, ErrorCode.INTERNAL.value,
-                                                                  requestId=rid))
+            await send_json(
+                send_with_headers, 500, graphql_error(MASKED_MESSAGE, ErrorCode.INTERNAL.value, requestId=rid)
+            )
 
 
 class RequestTargetMiddleware:
@@ -145,8 +146,13 @@ class RequestTargetMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and not _storable_target(scope):
-            await send_json(send, 400, graphql_error(
-                "The request's path or query string contains a character that cannot be stored.", "BAD_USER_INPUT"))
+            await send_json(
+                send,
+                400,
+                graphql_error(
+                    "The request's path or query string contains a character that cannot be stored.", "BAD_USER_INPUT"
+                ),
+            )
             return
         await self.app(scope, receive, send)
 
@@ -162,18 +168,19 @@ class BodyTooLarge(Exception):
     pass
 
 
-async def send_json(send: Send, status: int, body: dict[str, Any],
-                    headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
+async def send_json(send: Send, status: int, body: dict[str, Any], headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
     payload = orjson.dumps(body)
-    await send({
-        "type": "http.response.start",
-        "status": status,
-        "headers": [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(payload)).encode()),
-            *headers,
-        ],
-    })
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                *headers,
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": payload})
 
 
@@ -227,9 +234,7 @@ class BodyLimitMiddleware:
                 await self._too_large(send)
 
     async def _too_large(self, send: Send) -> None:
-        await send_json(
-            send, 413, graphql_error(f"Request body exceeds {self.max_bytes} bytes.", "BAD_USER_INPUT")
-        )
+        await send_json(send, 413, graphql_error(f"Request body exceeds {self.max_bytes} bytes.", "BAD_USER_INPUT"))
 
 
 class ClientAddress:
@@ -266,8 +271,15 @@ class ClientAddress:
 class Refused(Exception):
     """A valid credential refused by policy at the edge (403, 429)."""
 
-    def __init__(self, status: int, message: str, code: str, reason: str,
-                 headers: Iterable[tuple[bytes, bytes]] = (), **extensions: Any) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        code: str,
+        reason: str,
+        headers: Iterable[tuple[bytes, bytes]] = (),
+        **extensions: Any,
+    ) -> None:
         super().__init__(reason)
         self.status = status
         self.body = graphql_error(message, code, **extensions)
@@ -277,9 +289,18 @@ class Refused(Exception):
 
 
 def _key_event(info: ApiKeyInfo, action: str, ip: str | None, rid: str | None, details: dict[str, Any]) -> AuditEvent:
-    return AuditEvent(action=action, result=AuditResult.DENIED, organization_id=info.organization_id,
-                      actor_type=ActorType.API_KEY, actor_id=info.key_id, resource_type="api_key",
-                      resource_id=info.key_id, request_id=rid, ip=ip, details=details)
+    return AuditEvent(
+        action=action,
+        result=AuditResult.DENIED,
+        organization_id=info.organization_id,
+        actor_type=ActorType.API_KEY,
+        actor_id=info.key_id,
+        resource_type="api_key",
+        resource_id=info.key_id,
+        request_id=rid,
+        ip=ip,
+        details=details,
+    )
 
 
 def _credentials_in_url(scope: Scope) -> bool:
@@ -308,9 +329,17 @@ class AuthenticationMiddleware:
     # "Bearer " and the largest token the verifier takes (8 KiB): anything longer is refused unparsed
     MAX_AUTHORIZATION_BYTES = len("Bearer ") + 8 * 1024
 
-    def __init__(self, app: ASGIApp, *, authenticator: Authenticator, client_address: ClientAddress,
-                 on_failure: Any = None, last_used: LastUsedRecorder | None = None,
-                 audit: AuditTrail | None = None, rate_limit_audit: RateLimitAudit | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        authenticator: Authenticator,
+        client_address: ClientAddress,
+        on_failure: Any = None,
+        last_used: LastUsedRecorder | None = None,
+        audit: AuditTrail | None = None,
+        rate_limit_audit: RateLimitAudit | None = None,
+    ) -> None:
         self.app = app
         self.audit = audit
         self.rate_limit_audit = rate_limit_audit
@@ -323,7 +352,7 @@ class AuthenticationMiddleware:
         if scope["type"] != "http" or scope["path"] in self.PUBLIC_PATHS:
             await self.app(scope, receive, send)
             return
-        state = _state(scope)
+        state = request_state(scope)
         rid = state.get("request_id")
         ip = self.client_address(scope)
         state["client_ip"] = ip
@@ -343,7 +372,9 @@ class AuthenticationMiddleware:
             if self.on_failure is not None:
                 self.on_failure(exc.reason)
             await send_json(
-                send, 401, graphql_error("Invalid or missing credentials.", "UNAUTHENTICATED"),
+                send,
+                401,
+                graphql_error("Invalid or missing credentials.", "UNAUTHENTICATED"),
                 headers=[(b"www-authenticate", b'Bearer realm="portcullis", error="invalid_token"')],
             )
             return
@@ -366,15 +397,14 @@ class AuthenticationMiddleware:
         except Exception:
             log.exception("audit entry not written", extra={"request_id": event.request_id})
 
-    async def _authenticate(self, scope: Scope, state: dict[str, Any], ip: str | None,
-                            rid: str | None) -> Principal:
+    async def _authenticate(self, scope: Scope, state: dict[str, Any], ip: str | None, rid: str | None) -> Principal:
         if _credentials_in_url(scope):
             # C-077: refused even when valid; the value itself is never logged
             raise AuthenticationError("credential in the query string")
         authorization = _header(scope, b"authorization")
         api_keys = _header(scope, b"x-api-key")
         cookies = [
-            part.strip()[len(SESSION_COOKIE) + 1:]
+            part.strip()[len(SESSION_COOKIE) + 1 :]
             for value in _header(scope, b"cookie")
             for part in value.decode("latin-1").split(";")
             if part.strip().startswith(SESSION_COOKIE + "=")
@@ -408,55 +438,31 @@ class AuthenticationMiddleware:
             # mutation and every non-GET request with the session cookie carries X-CSRF-Token)
             presented = _header(scope, CSRF_HEADER.encode())
             browser = self.authenticator.browser
-            if len(presented) != 1 or browser is None or not browser.csrf_ok(
-                session_id, presented[0].decode("latin-1")
+            if (
+                len(presented) != 1
+                or browser is None
+                or not browser.csrf_ok(session_id, presented[0].decode("latin-1"))
             ):
                 raise Refused(403, "Missing or invalid CSRF token.", "FORBIDDEN", "cookie: csrf token")
         return await self.authenticator.cookie(session_id, client_ip=ip, request_id=rid)
 
-    async def _api_key(self, presented: str, state: dict[str, Any], ip: str | None,
-                       rid: str | None) -> Principal:
+    async def _api_key(self, presented: str, state: dict[str, Any], ip: str | None, rid: str | None) -> Principal:
         try:
             info = await self.authenticator.api_key(presented)
         except ApiKeyRejected as exc:
             raise AuthenticationError(exc.reason) from None
         if not info.allows(ip):
-            refused = Refused(403, "This API key is not allowed from this address.", "FORBIDDEN",
-                              "api key: address outside its allowlist")
-            refused.audit = _key_event(info, AuditAction.APIKEY_USE_DENIED, ip, rid,
-                                       {"reason": "address outside the key's allowlist"})
+            refused = Refused(
+                403,
+                "This API key is not allowed from this address.",
+                "FORBIDDEN",
+                "api key: address outside its allowlist",
+            )
+            refused.audit = _key_event(
+                info, AuditAction.APIKEY_USE_DENIED, ip, rid, {"reason": "address outside the key's allowlist"}
+            )
             raise refused
         state["api_key_rate_limit"] = info.rate_limit_per_minute
         if self.last_used is not None:
             self.last_used.record(info.key_id)
         return info.principal(client_ip=ip, request_id=rid)
-
-
-class AdmissionMiddleware:
-    """Admits every tenant route other than `/graphql` at no cost (GraphQL is admitted in the schema,
-    once its cost is known; see gateway/admission.py). Public routes pass through unlimited."""
-
-    def __init__(self, app: ASGIApp, *, admission: EdgeAdmission, graphql_path: str = "/graphql") -> None:
-        self.app = app
-        self.admission = admission
-        self.graphql_path = graphql_path
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (scope["type"] != "http" or scope["path"] == self.graphql_path
-                or scope["path"] in AuthenticationMiddleware.PUBLIC_PATHS
-                or scope["path"].startswith("/.well-known/")):
-            await self.app(scope, receive, send)
-            return
-        state = _state(scope)
-        principal = state.get("principal") or anonymous(state.get("client_ip"), state.get("request_id"))
-        decision = await self.admission.admit(principal, key_rate_limit=state.get("api_key_rate_limit"))
-        if not decision.admitted:
-            if decision.status == 429:
-                body = graphql_error(f"Rate limit exceeded; retry in {decision.retry_after} s.", "RATE_LIMITED",
-                                     retryAfter=decision.retry_after)
-            else:
-                body = graphql_error("The rate limiter is unavailable; retry shortly.", "INTERNAL",
-                                     retryAfter=decision.retry_after)
-            await send_json(send, decision.status, body, headers=decision.headers())
-            return
-        await self.app(scope, receive, send)

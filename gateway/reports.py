@@ -49,8 +49,12 @@ TONES = {"normal": "#3b6fb6", "pass": "#2e8b57", "attention": "#d9822b"}
 
 def _error(status: int, message: str, code: str, **extensions: Any) -> Response:
     headers = {"www-authenticate": 'Bearer realm="portcullis"'} if status == 401 else None
-    return Response(orjson.dumps(graphql_error(message, code, **extensions)), status_code=status,
-                    media_type="application/json", headers=headers)
+    return Response(
+        orjson.dumps(graphql_error(message, code, **extensions)),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
+    )
 
 
 def _repr_digest(hex_digest: str) -> str:
@@ -74,8 +78,12 @@ class ReportDownloads:
         ctx = RequestContext.for_route(self.services, principal, user_agent=ua[:256] if ua else None)
         if Permission.REPORTS_READ not in principal.effective_permissions:
             await self._audit(ctx, report_id, forbidden=True)
-            return _error(403, "You are not allowed to read reports.", "FORBIDDEN",
-                          requiredScopes=[[Permission.REPORTS_READ.value]])
+            return _error(
+                403,
+                "You are not allowed to read reports.",
+                "FORBIDDEN",
+                requiredScopes=[[Permission.REPORTS_READ.value]],
+            )
         try:
             async with ctx.unit_of_work(writes=False):
                 report = await get_report(ctx, report_id)
@@ -83,9 +91,8 @@ class ReportDownloads:
             await self._audit(ctx, report_id, forbidden=False)
             return _error(404, exc.message, "NOT_FOUND")
         if fmt == "html":
-            return Response(render_page(report), media_type=FORMATS[fmt],
-                            headers={"content-security-policy": PAGE_CSP})
-        stream, digest = ((json_download, report.digest) if fmt == "json" else (csv_download, report.csv_digest))
+            return Response(render_page(report), media_type=FORMATS[fmt], headers={"content-security-policy": PAGE_CSP})
+        stream, digest = (json_download, report.digest) if fmt == "json" else (csv_download, report.csv_digest)
         filename = f"report-{report.kind.lower()}-{report.id}.{fmt}"
         headers = {"content-disposition": f'attachment; filename="{filename}"'}
         if digest:
@@ -97,8 +104,9 @@ class ReportDownloads:
             await audit_refused_download(ctx, report_id, forbidden=forbidden)
         except Exception:
             # the refusal stands either way; a lost entry is logged, never turned into a 500
-            log.exception("audit entry for a refused download not written",
-                          extra={"request_id": ctx.principal.request_id})
+            log.exception(
+                "audit entry for a refused download not written", extra={"request_id": ctx.principal.request_id}
+            )
 
 
 # -- the page -------------------------------------------------------------------------------------
@@ -129,8 +137,10 @@ def bar_chart(chart: dict[str, Any]) -> str:
         label = escape(str(bar.get("label", "")))
         fill = TONES.get(tone, TONES["normal"])
         parts.append(f'<text x="{label_w - 8}" y="{y + 14}" text-anchor="end">{label}</text>')
-        parts.append(f'<rect x="{label_w}" y="{y + 3}" width="{w}" height="{row_h - 6}" fill="{fill}">'
-                     f"<title>{label}: {value} {unit}</title></rect>")
+        parts.append(
+            f'<rect x="{label_w}" y="{y + 3}" width="{w}" height="{row_h - 6}" fill="{fill}">'
+            f"<title>{label}: {value} {unit}</title></rect>"
+        )
         parts.append(f'<text x="{label_w + w + 6}" y="{y + 14}">{value}</text>')
     parts.append("</svg>")
     return "".join(parts)
@@ -172,18 +182,23 @@ def render_page(report: Report) -> str:
         else:
             figures.append(f"<tr><th>{escape(key)}</th><td>{_scalar(value)}</td></tr>")
     rid = escape(report.id)
-    return "".join([
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">",
-        f"<title>{escape(report.kind)} report</title><style>{STYLE}</style></head><body>",
-        f"<h1>{escape(report.kind.title())} report</h1>",
-        "<table>",
-        f"<tr><th>Period</th><td>{escape(iso(report.period_start))} to {escape(iso(report.period_end))}</td></tr>",
-        f"<tr><th>Generated</th><td>{escape(iso(report.created_at))}</td></tr>",
-        f"<tr><th>Rows</th><td>{report.row_count}</td></tr>",
-        f"<tr><th>Digest (JSON)</th><td><code>{escape(report.digest)}</code></td></tr>",
-        "</table>",
-        *(f"<figure>{bar_chart(c)}</figure>" for c in charts),
-        "<h2>Summary</h2><table>", *figures, "</table>", *tables,
-        f'<p>Download: <a href="{rid}.csv">CSV</a> · <a href="{rid}.json">JSON</a></p>',
-        "</body></html>",
-    ])
+    return "".join(
+        [
+            '<!doctype html><html lang="en"><head><meta charset="utf-8">',
+            f"<title>{escape(report.kind)} report</title><style>{STYLE}</style></head><body>",
+            f"<h1>{escape(report.kind.title())} report</h1>",
+            "<table>",
+            f"<tr><th>Period</th><td>{escape(iso(report.period_start))} to {escape(iso(report.period_end))}</td></tr>",
+            f"<tr><th>Generated</th><td>{escape(iso(report.created_at))}</td></tr>",
+            f"<tr><th>Rows</th><td>{report.row_count}</td></tr>",
+            f"<tr><th>Digest (JSON)</th><td><code>{escape(report.digest)}</code></td></tr>",
+            "</table>",
+            *(f"<figure>{bar_chart(c)}</figure>" for c in charts),
+            "<h2>Summary</h2><table>",
+            *figures,
+            "</table>",
+            *tables,
+            f'<p>Download: <a href="{rid}.csv">CSV</a> · <a href="{rid}.json">JSON</a></p>',
+            "</body></html>",
+        ]
+    )

@@ -61,8 +61,14 @@ def unlimited(_name: str, _per_minute: int) -> list[Middleware]:
 class RouteLimits:
     """One per app: called with a route's limit name and amount, it gives the middleware for that route."""
 
-    def __init__(self, storage: Storage, *, fail_open: bool, audit: RateLimitAudit | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        *,
+        fail_open: bool,
+        audit: RateLimitAudit | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.limiter = MovingWindowRateLimiter(storage)
         self.fail_open = fail_open
         self.audit = audit
@@ -77,8 +83,13 @@ class RouteLimits:
         if redis is None:
             storage = MemoryStorage()
         else:
-            storage = RedisStorage("async+redis://", implementation="redispy", wrap_exceptions=True,
-                                   key_prefix=KEY_PREFIX, connection_pool=redis.connection_pool)
+            storage = RedisStorage(
+                "async+redis://",
+                implementation="redispy",
+                wrap_exceptions=True,
+                key_prefix=KEY_PREFIX,
+                connection_pool=redis.connection_pool,
+            )
         return cls(storage, fail_open=fail_open, audit=audit)
 
     def __call__(self, name: str, per_minute: int) -> list[Middleware]:
@@ -95,13 +106,19 @@ class RouteLimits:
             reset, _ = await self.limiter.get_window_stats(item, name, address)
         except StorageError as exc:
             outcome = "admitted" if self.fail_open else "refused"
-            log.error("route limit store unavailable; request %s", outcome,
-                      extra={"request_id": state.get("request_id"), "limit": name, "error": str(exc)})
+            log.error(
+                "route limit store unavailable; request %s",
+                outcome,
+                extra={"request_id": state.get("request_id"), "limit": name, "error": str(exc)},
+            )
             self.on_store_error(outcome)
             if self.fail_open:
                 return None
-            return 503, graphql_error("The rate limiter is unavailable; retry shortly.", "INTERNAL",
-                                      retryAfter=1), [(b"retry-after", b"1")]
+            return (
+                503,
+                graphql_error("The rate limiter is unavailable; retry shortly.", "INTERNAL", retryAfter=1),
+                [(b"retry-after", b"1")],
+            )
         retry = max(1, math.ceil(reset - self.clock()))
         self.on_refused(name)
         await self._audit(state, name, per_minute, address)
@@ -110,8 +127,11 @@ class RouteLimits:
             (b"ratelimit-policy", f'"{name}";q={per_minute};w={WINDOW_SECONDS}'.encode()),
             (b"ratelimit", f'"{name}";r=0;t={retry}'.encode()),
         ]
-        return 429, graphql_error(f"Rate limit exceeded ({name}); retry in {retry} s.", "RATE_LIMITED",
-                                  retryAfter=retry), headers
+        return (
+            429,
+            graphql_error(f"Rate limit exceeded ({name}); retry in {retry} s.", "RATE_LIMITED", retryAfter=retry),
+            headers,
+        )
 
     async def _audit(self, state: dict[str, Any], name: str, per_minute: int, address: str) -> None:
         """Counted like admission's refusals: one entry per (tenant, limit key, minute)."""
@@ -123,16 +143,24 @@ class RouteLimits:
         event = AuditEvent(
             action=AuditAction.EXCESS_RATE_LIMIT_EXCEEDED,
             organization_id=getattr(principal, "organization_id", None),
-            actor_type=(ActorType.API_KEY if kind is PrincipalKind.API_KEY
-                        else ActorType.USER if subject else ActorType.ANONYMOUS),
-            actor_id=subject, request_id=state.get("request_id"), ip=state.get("client_ip"),
+            actor_type=(
+                ActorType.API_KEY
+                if kind is PrincipalKind.API_KEY
+                else ActorType.USER
+                if subject
+                else ActorType.ANONYMOUS
+            ),
+            actor_id=subject,
+            request_id=state.get("request_id"),
+            ip=state.get("client_ip"),
             details={"limit": name, "per": per_minute, "windowSeconds": WINDOW_SECONDS},
         )
         try:
             await self.audit.refused(event, key=f"route:{name}:ip:{address}")
         except Exception:  # the refusal stands; only its audit count is lost, and that is logged
-            log.exception("rate-limit refusal not counted for the audit log",
-                          extra={"request_id": state.get("request_id")})
+            log.exception(
+                "rate-limit refusal not counted for the audit log", extra={"request_id": state.get("request_id")}
+            )
 
 
 class RouteLimitMiddleware:

@@ -46,7 +46,8 @@ from identity.saml import (
 from identity.sso import ExternalIdentity
 from resolvers import saml as service
 from resolvers.deps import RequestContext, Services
-from resolvers.sso import SsoLoginError, complete_sso_login, record_sso_event
+from resolvers.sso import SsoLoginError, record_sso_event
+from resolvers.sso_login import complete_sso_login
 from store.audit import AuditAction
 from store.models import Organization, SsoConnection
 from store.text import storable
@@ -90,8 +91,9 @@ class SamlRoutes:
         self.settings = settings
         self.services = services
         self.login: SamlLogin = login or self.sign_in
-        self.replay: ReplayCache = (RedisReplayCache(services.redis) if services.redis is not None
-                                    else LocalReplayCache())
+        self.replay: ReplayCache = (
+            RedisReplayCache(services.redis) if services.redis is not None else LocalReplayCache()
+        )
         self.key = pending_key(settings.cookie_secret.get_secret_value())
         self.secure = settings.public_url.startswith("https://")
         # The ACS is a cross-site POST from the IdP: only a SameSite=None cookie (so Secure, so https)
@@ -101,10 +103,18 @@ class SamlRoutes:
     def routes(self, limit: RouteLimit = unlimited) -> list[Route]:
         """The SAML-only routes; `GET /auth/sso/{org}` (gateway.sso) hands SAML connections to `begin`."""
         return [
-            Route("/auth/saml/{org}/metadata", self.metadata, methods=["GET"],
-                  middleware=limit("saml-metadata", self.settings.saml_metadata_per_minute)),
-            Route("/auth/saml/{org}/acs", self.acs, methods=["POST"],
-                  middleware=limit("saml-acs", self.settings.saml_acs_per_minute)),
+            Route(
+                "/auth/saml/{org}/metadata",
+                self.metadata,
+                methods=["GET"],
+                middleware=limit("saml-metadata", self.settings.saml_metadata_per_minute),
+            ),
+            Route(
+                "/auth/saml/{org}/acs",
+                self.acs,
+                methods=["POST"],
+                middleware=limit("saml-acs", self.settings.saml_acs_per_minute),
+            ),
         ]
 
     def _sp(self, slug: str) -> ServiceProvider:
@@ -114,8 +124,11 @@ class SamlRoutes:
         """The browser's request, before any session: its address, user agent and request id."""
         state = request.scope.get("state", {})
         agent = request.headers.get("user-agent")
-        return RequestContext.for_route(self.services, anonymous(state.get("client_ip"), state.get("request_id")),
-                                        user_agent=agent[:256] if agent else None)
+        return RequestContext.for_route(
+            self.services,
+            anonymous(state.get("client_ip"), state.get("request_id")),
+            user_agent=agent[:256] if agent else None,
+        )
 
     async def _connection(self, request: Request, slug: str) -> tuple[Organization | None, SsoConnection | None]:
         ctx = self._context(request)
@@ -127,11 +140,20 @@ class SamlRoutes:
         org, connection = await self._connection(request, slug)
         if org is None or connection is None:
             return _not_available()
-        return Response(sp_metadata(self._sp(org.slug)), media_type="application/samlmetadata+xml",
-                        headers={"cache-control": "public, max-age=300"})
+        return Response(
+            sp_metadata(self._sp(org.slug)),
+            media_type="application/samlmetadata+xml",
+            headers={"cache-control": "public, max-age=300"},
+        )
 
-    async def begin(self, request: Request, org: Organization, connection: SsoConnection,
-                    return_to: str, link_user_id: str | None = None) -> Response:
+    async def begin(
+        self,
+        request: Request,
+        org: Organization,
+        connection: SsoConnection,
+        return_to: str,
+        link_user_id: str | None = None,
+    ) -> Response:
         """Starts a SAML login (`return_to` already checked against the allowlist): an AuthnRequest by
         HTTP-Redirect, its id sealed in a cookie bound to this browser."""
         try:
@@ -140,11 +162,19 @@ class SamlRoutes:
             await self._fail(request, exc.reason, None, org.id, connection.id)
             return failure_page()
         request_id, url = authn_request(self._sp(org.slug), idp)
-        pending = PendingRequest(request_id, org.id, connection.id, return_to,
-                                 int(time.time()) + PENDING_LIFETIME_SECONDS, link_user_id)
+        pending = PendingRequest(
+            request_id, org.id, connection.id, return_to, int(time.time()) + PENDING_LIFETIME_SECONDS, link_user_id
+        )
         response = RedirectResponse(url, status_code=302, headers={"cache-control": "no-store"})
-        response.set_cookie(self.cookie, seal_pending(pending, self.key), max_age=PENDING_LIFETIME_SECONDS,
-                            path="/", secure=self.secure, httponly=True, samesite="none" if self.secure else "lax")
+        response.set_cookie(
+            self.cookie,
+            seal_pending(pending, self.key),
+            max_age=PENDING_LIFETIME_SECONDS,
+            path="/",
+            secure=self.secure,
+            httponly=True,
+            samesite="none" if self.secure else "lax",
+        )
         return response
 
     async def acs(self, request: Request) -> Response:
@@ -155,8 +185,9 @@ class SamlRoutes:
             return failure_page(413)
         except _Unstorable:
             await self._fail(request, "saml_unstorable_form", None)
-            return JSONResponse(graphql_error("The form contains a character that cannot be stored.",
-                                              "BAD_USER_INPUT"), status_code=400)
+            return JSONResponse(
+                graphql_error("The form contains a character that cannot be stored.", "BAD_USER_INPUT"), status_code=400
+            )
         saml_response = form.get("SAMLResponse")
         if not saml_response:
             await self._fail(request, "saml_no_response", None)
@@ -172,8 +203,9 @@ class SamlRoutes:
             return failure_page()
         try:
             idp = IdentityProvider.from_connection(connection.entity_id, connection.config)
-            identity = await validate_response(self._sp(org.slug), idp, saml_response,
-                                               request_id=pending.request_id, replay=self.replay)
+            identity = await validate_response(
+                self._sp(org.slug), idp, saml_response, request_id=pending.request_id, replay=self.replay
+            )
         except SamlFailure as exc:
             await self._fail(request, exc.reason, exc.detail, org.id, connection.id)
             return failure_page()
@@ -188,12 +220,19 @@ class SamlRoutes:
                 await self._fail(request, "sso_unknown_user", None, org.id, connection.id)
                 return failure_page(403)
         response = await self.login(request, connection, identity, pending.return_to, pending.link_user_id)
-        response.delete_cookie(self.cookie, path="/", secure=self.secure, httponly=True,
-                               samesite="none" if self.secure else "lax")
+        response.delete_cookie(
+            self.cookie, path="/", secure=self.secure, httponly=True, samesite="none" if self.secure else "lax"
+        )
         return response
 
-    async def sign_in(self, request: Request, connection: SsoConnection, identity: ExternalIdentity,
-                      return_to: str, link_user_id: str | None = None) -> Response:
+    async def sign_in(
+        self,
+        request: Request,
+        connection: SsoConnection,
+        identity: ExternalIdentity,
+        return_to: str,
+        link_user_id: str | None = None,
+    ) -> Response:
         """The default `SamlLogin`: provisioning and the browser session, as for every SSO protocol."""
         browser = self.services.browser
         if browser is None:
@@ -226,13 +265,30 @@ class SamlRoutes:
             raise _Unstorable
         return {name: values[0] for name, values in fields.items() if len(values) == 1}
 
-    async def _fail(self, request: Request, reason: str, detail: str | None, organization_id: str | None = None,
-                    connection_id: str | None = None) -> None:
+    async def _fail(
+        self,
+        request: Request,
+        reason: str,
+        detail: str | None,
+        organization_id: str | None = None,
+        connection_id: str | None = None,
+    ) -> None:
         state = request.scope.get("state", {})
-        log.info("authn_sso_fail", extra={"reason": reason, "code": detail, "protocol": "saml",
-                                          "request_id": state.get("request_id"),
-                                          "client_ip": state.get("client_ip")})
+        log.info(
+            "authn_sso_fail",
+            extra={
+                "reason": reason,
+                "code": detail,
+                "protocol": "saml",
+                "request_id": state.get("request_id"),
+                "client_ip": state.get("client_ip"),
+            },
+        )
         await record_sso_event(
-            self._context(request), AuditAction.AUTHN_SSO_FAIL, reason=reason, protocol="saml",
-            organization_id=organization_id, connection_id=connection_id,
+            self._context(request),
+            AuditAction.AUTHN_SSO_FAIL,
+            reason=reason,
+            protocol="saml",
+            organization_id=organization_id,
+            connection_id=connection_id,
         )

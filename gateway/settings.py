@@ -104,10 +104,18 @@ def parse_smtp_url(url: str) -> SmtpServer:
         if starttls == "auto":
             starttls = "require"
         elif starttls == "off" and not _loopback(host):
-            raise ValueError("credentials are never sent unencrypted: use smtps://, starttls=require, or a "
-                             "relay on a loopback address")
-    return SmtpServer(host=host, port=port or (465 if scheme == "smtps" else 587), implicit_tls=scheme == "smtps",
-                      starttls="off" if scheme == "smtps" else starttls, username=username, password=password)
+            raise ValueError(
+                "credentials are never sent unencrypted: use smtps://, starttls=require, or a "
+                "relay on a loopback address"
+            )
+    return SmtpServer(
+        host=host,
+        port=port or (465 if scheme == "smtps" else 587),
+        implicit_tls=scheme == "smtps",
+        starttls="off" if scheme == "smtps" else starttls,
+        username=username,
+        password=password,
+    )
 
 
 def _loopback(host: str) -> bool:
@@ -226,8 +234,14 @@ class Settings(BaseSettings):
     demo_seed: bool = True
     log_level: str = "INFO"
 
-    @field_validator("trusted_proxies", "previous_signing_key_files", "previous_data_encryption_keys",
-                     "frontend_return_paths", "outbound_allowed_hosts", mode="before")
+    @field_validator(
+        "trusted_proxies",
+        "previous_signing_key_files",
+        "previous_data_encryption_keys",
+        "frontend_return_paths",
+        "outbound_allowed_hosts",
+        mode="before",
+    )
     @classmethod
     def _comma_list(cls, value: object) -> object:
         return _split(value)
@@ -286,8 +300,13 @@ class Settings(BaseSettings):
         value = value.strip()
         _name, address = parseaddr(value)
         local, at, domain = address.rpartition("@")
-        if (not at or not local or not domain or any(c.isspace() or c in "<>," for c in address)
-                or any(ord(c) < 32 for c in value)):
+        if (
+            not at
+            or not local
+            or not domain
+            or any(c.isspace() or c in "<>," for c in address)
+            or any(ord(c) < 32 for c in value)
+        ):
             raise ValueError("PORTCULLIS_MAIL_FROM is an address, like 'Portcullis <no-reply@example.com>'")
         return value
 
@@ -326,23 +345,27 @@ class Settings(BaseSettings):
             problems.append("PORTCULLIS_SIGNING_KEY (or _FILE) is not set")
         if self.signing_key_file is not None and self.signing_key_file.resolve() == DEV_KEY_FILE.resolve():
             problems.append("PORTCULLIS_SIGNING_KEY_FILE points at the development key")
-        if self.api_key_pepper.get_secret_value() in ("", DEV_PEPPER) or len(
-            self.api_key_pepper.get_secret_value()
-        ) < 32:
+        if (
+            self.api_key_pepper.get_secret_value() in ("", DEV_PEPPER)
+            or len(self.api_key_pepper.get_secret_value()) < 32
+        ):
             problems.append("PORTCULLIS_API_KEY_PEPPER is missing, the default, or shorter than 32 characters")
-        if self.cookie_secret.get_secret_value() in ("", DEV_COOKIE_SECRET) or len(
-            self.cookie_secret.get_secret_value()
-        ) < 32:
+        if (
+            self.cookie_secret.get_secret_value() in ("", DEV_COOKIE_SECRET)
+            or len(self.cookie_secret.get_secret_value()) < 32
+        ):
             problems.append("PORTCULLIS_COOKIE_SECRET is missing, the default, or shorter than 32 characters")
-        if self.data_encryption_key.get_secret_value() in ("", DEV_DATA_KEY) or len(
-            self.data_encryption_key.get_secret_value()
-        ) < 32:
+        if (
+            self.data_encryption_key.get_secret_value() in ("", DEV_DATA_KEY)
+            or len(self.data_encryption_key.get_secret_value()) < 32
+        ):
             problems.append("PORTCULLIS_DATA_ENCRYPTION_KEY is missing, the default, or shorter than 32 characters")
         if not self.session_cookie_secure:
             problems.append("PORTCULLIS_SESSION_COOKIE_SECURE must stay true")
         if self.outbound_guard is False:
-            problems.append("PORTCULLIS_OUTBOUND_GUARD must stay on (name on-premises hosts in "
-                            "PORTCULLIS_OUTBOUND_ALLOWED_HOSTS)")
+            problems.append(
+                "PORTCULLIS_OUTBOUND_GUARD must stay on (name on-premises hosts in PORTCULLIS_OUTBOUND_ALLOWED_HOSTS)"
+            )
         if problems:
             raise InsecureSettingsError("refusing to start in prod: " + "; ".join(problems))
         return self

@@ -30,13 +30,12 @@ from resolvers.deps import RequestContext, Services
 from resolvers.sso import (
     SsoLogin,
     SsoLoginError,
-    complete_sso_login,
     connection_for_organization,
     get_connection_by_id,
     oidc_config,
     record_sso_event,
-    take_link_intent,
 )
+from resolvers.sso_login import complete_sso_login, take_link_intent
 from store.audit import AuditAction
 from store.models import Organization, SsoConnection
 
@@ -51,8 +50,9 @@ OIDC_CALLBACK_PATH = "/auth/oidc/callback"
 Starter = Callable[[Request, Organization, SsoConnection, str, str | None], Awaitable[Response]]
 
 
-def finish_browser_login(browser: BrowserSessions, login: SsoLogin, return_to: str | None,
-                         allowed_paths: Sequence[str]) -> Response:
+def finish_browser_login(
+    browser: BrowserSessions, login: SsoLogin, return_to: str | None, allowed_paths: Sequence[str]
+) -> Response:
     """The browser's way back after any successful SSO: a 303 to `return_to` (if allowed) with the cookies."""
     response = RedirectResponse(safe_return_to(return_to, allowed_paths), status_code=303)
     for value in browser.set_cookie_headers(login.session.id):
@@ -64,7 +64,7 @@ def sso_failure_page(request: Request, status: int = 400) -> Response:
     """The one page every failed sign-in gets: nothing from the request but the (validated) request id."""
     rid = html.escape(str(request.scope.get("state", {}).get("request_id") or ""))
     body = (
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Sign-in failed</title></head><body>"
+        '<!doctype html><html><head><meta charset="utf-8"><title>Sign-in failed</title></head><body>'
         "<h1>Sign-in failed</h1><p>Single sign-on could not be completed. Start again from your "
         "application, or ask your administrator to check the organization's SSO connection.</p>"
         f"<p>Reference: <code>{rid}</code></p></body></html>"
@@ -72,36 +72,63 @@ def sso_failure_page(request: Request, status: int = 400) -> Response:
     return HTMLResponse(body, status_code=status)
 
 
-def sso_routes(settings: Settings, services: Services,
-               starters: Mapping[str, Starter] | None = None, limit: RouteLimit = unlimited) -> list[Route]:
+def sso_routes(
+    settings: Settings, services: Services, starters: Mapping[str, Starter] | None = None, limit: RouteLimit = unlimited
+) -> list[Route]:
     allowed_paths = list(settings.frontend_return_paths)
     redirect_uri = settings.public_url + OIDC_CALLBACK_PATH
-    transaction_cookie = [Middleware(
-        SessionMiddleware, secret_key=settings.cookie_secret.get_secret_value(),
-        session_cookie=SSO_TRANSACTION_COOKIE, max_age=settings.sso_state_ttl_seconds, path="/",
-        same_site="lax", https_only=settings.session_cookie_secure,
-    )]
+    transaction_cookie = [
+        Middleware(
+            SessionMiddleware,
+            secret_key=settings.cookie_secret.get_secret_value(),
+            session_cookie=SSO_TRANSACTION_COOKIE,
+            max_age=settings.sso_state_ttl_seconds,
+            path="/",
+            same_site="lax",
+            https_only=settings.session_cookie_secure,
+        )
+    ]
 
     def context(request: Request) -> RequestContext:
         """The browser's request, before any session: its address, user agent and request id."""
         state = request.scope.get("state", {})
         ua = request.headers.get("user-agent")
-        principal = anonymous(state.get("client_ip") or (request.client.host if request.client else None),
-                              state.get("request_id"))
+        principal = anonymous(
+            state.get("client_ip") or (request.client.host if request.client else None), state.get("request_id")
+        )
         return RequestContext.for_route(services, principal, user_agent=ua[:256] if ua else None)
 
-    async def failed(request: Request, reason: str, *, protocol: str = "oidc", organization_id: str | None = None,
-                     connection_id: str | None = None, status: int = 400) -> Response:
-        await record_sso_event(context(request), AuditAction.AUTHN_SSO_FAIL, reason=reason, protocol=protocol,
-                               organization_id=organization_id, connection_id=connection_id)
+    async def failed(
+        request: Request,
+        reason: str,
+        *,
+        protocol: str = "oidc",
+        organization_id: str | None = None,
+        connection_id: str | None = None,
+        status: int = 400,
+    ) -> Response:
+        await record_sso_event(
+            context(request),
+            AuditAction.AUTHN_SSO_FAIL,
+            reason=reason,
+            protocol=protocol,
+            organization_id=organization_id,
+            connection_id=connection_id,
+        )
         return sso_failure_page(request, status)
 
-    async def start_oidc(request: Request, org: Organization, connection: SsoConnection, return_to: str,
-                         link_user_id: str | None) -> Response:
+    async def start_oidc(
+        request: Request, org: Organization, connection: SsoConnection, return_to: str, link_user_id: str | None
+    ) -> Response:
         assert services.oidc is not None
         try:
-            url = await services.oidc.begin(request, oidc_config(context(request), connection),
-                                            redirect_uri=redirect_uri, return_to=return_to, link_user_id=link_user_id)
+            url = await services.oidc.begin(
+                request,
+                oidc_config(context(request), connection),
+                redirect_uri=redirect_uri,
+                return_to=return_to,
+                link_user_id=link_user_id,
+            )
         except OidcError as exc:
             return await failed(request, exc.reason, organization_id=org.id, connection_id=connection.id, status=502)
         return RedirectResponse(url, status_code=302)
@@ -118,18 +145,30 @@ def sso_routes(settings: Settings, services: Services,
         org, connection = found
         starter = by_kind.get(connection.kind)
         if starter is None:
-            return await failed(request, "sso_protocol_unavailable", protocol=connection.kind, organization_id=org.id,
-                          connection_id=connection.id, status=404)
+            return await failed(
+                request,
+                "sso_protocol_unavailable",
+                protocol=connection.kind,
+                organization_id=org.id,
+                connection_id=connection.id,
+                status=404,
+            )
         link_user_id = None
         if "link" in request.query_params:
             # a link asked for by a signed-in account (`startSsoLink`), single use, for this organization
             async with ctx.unit_of_work():
                 link_user_id = await take_link_intent(ctx, request.query_params.get("link"), org.id)
             if link_user_id is None:
-                return await failed(request, "sso_link_invalid", protocol=connection.kind, organization_id=org.id,
-                                    connection_id=connection.id)
-        return await starter(request, org, connection, safe_return_to(request.query_params.get("return_to"),
-                                                                      allowed_paths), link_user_id)
+                return await failed(
+                    request,
+                    "sso_link_invalid",
+                    protocol=connection.kind,
+                    organization_id=org.id,
+                    connection_id=connection.id,
+                )
+        return await starter(
+            request, org, connection, safe_return_to(request.query_params.get("return_to"), allowed_paths), link_user_id
+        )
 
     async def oidc_callback(request: Request) -> Response:
         rp = services.oidc
@@ -151,8 +190,10 @@ def sso_routes(settings: Settings, services: Services,
         except (OidcError, SsoLoginError) as exc:
             return await failed(request, exc.reason, organization_id=org_id, connection_id=connection_id)
         except Exception:
-            log.exception("unexpected error in the OIDC callback",
-                          extra={"request_id": request.scope.get("state", {}).get("request_id")})
+            log.exception(
+                "unexpected error in the OIDC callback",
+                extra={"request_id": request.scope.get("state", {}).get("request_id")},
+            )
             return await failed(request, "sso_internal_error", organization_id=org_id, connection_id=connection_id)
         return finish_browser_login(services.browser, login, pending.return_to, allowed_paths)
 
@@ -171,9 +212,17 @@ def sso_routes(settings: Settings, services: Services,
         return response
 
     return [
-        Route("/auth/sso/{org_slug}", start, methods=["GET"],
-              middleware=[*limit("sso-start", settings.sso_start_per_minute), *transaction_cookie]),
-        Route(OIDC_CALLBACK_PATH, oidc_callback, methods=["GET"],
-              middleware=[*limit("oidc-callback", settings.oidc_callback_per_minute), *transaction_cookie]),
+        Route(
+            "/auth/sso/{org_slug}",
+            start,
+            methods=["GET"],
+            middleware=[*limit("sso-start", settings.sso_start_per_minute), *transaction_cookie],
+        ),
+        Route(
+            OIDC_CALLBACK_PATH,
+            oidc_callback,
+            methods=["GET"],
+            middleware=[*limit("oidc-callback", settings.oidc_callback_per_minute), *transaction_cookie],
+        ),
         Route("/auth/logout", logout, methods=["POST"]),
     ]

@@ -94,16 +94,17 @@ class UsageFlusher:
             insert: Any = sqlite_insert if self.db.sqlite else pg_insert
             table = UsageDaily.__table__  # type: ignore[attr-defined]
             orgs = {org for org, _, _, _ in rows}
-            known = set((await session.execute(
-                select(col(Organization.id)).where(col(Organization.id).in_(orgs))
-            )).scalars())
+            known = set(
+                (await session.execute(select(col(Organization.id)).where(col(Organization.id).in_(orgs)))).scalars()
+            )
             if known != orgs:
                 log.warning("usage of %d deleted organization(s) dropped", len(orgs - known))
             for (org, day, subject_type, subject_id), values in sorted(rows.items()):
                 if org not in known:
                     continue
-                stmt = insert(table).values(organization_id=org, day=day, subject_type=subject_type,
-                                            subject_id=subject_id, **values)
+                stmt = insert(table).values(
+                    organization_id=org, day=day, subject_type=subject_type, subject_id=subject_id, **values
+                )
                 stmt = stmt.on_conflict_do_update(
                     index_elements=["organization_id", "day", "subject_type", "subject_id"],
                     set_={name: table.c[name] + stmt.excluded[name] for name in values},

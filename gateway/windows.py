@@ -278,9 +278,7 @@ class RedisWindows:
         try:
             values = [int(v) for v in raw]
             admitted, now, retry, refused = values[0], values[1], values[2], values[3]
-            states = tuple(
-                LimitState(limit, values[4 + 2 * i], values[5 + 2 * i]) for i, limit in enumerate(limits)
-            )
+            states = tuple(LimitState(limit, values[4 + 2 * i], values[5 + 2 * i]) for i, limit in enumerate(limits))
         except Exception as exc:
             raise StoreUnavailable(f"unexpected reply from Redis ({type(exc).__name__})") from exc
         return Outcome(admitted == 1, now, retry, limits[refused - 1] if refused else None, states)

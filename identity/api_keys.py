@@ -211,18 +211,25 @@ async def load_api_key(db: AsyncSession, parsed: ParsedKey, digest: str, now: da
         return None
     scopes = frozenset(Permission(s) for s in key.scopes if is_permission(s))
     return ApiKeyInfo(
-        key_id=key.id, organization_id=key.organization_id, holder_id=key.held_by, plan=plan,
-        scopes=scopes, permissions=scopes & await role_permissions(db, key.organization_id, role),
-        networks=_networks(key.allowed_ips), rate_limit_per_minute=key.rate_limit_per_minute,
-        expires_at=_epoch(key.expires_at), valid_until=valid_until,
+        key_id=key.id,
+        organization_id=key.organization_id,
+        holder_id=key.held_by,
+        plan=plan,
+        scopes=scopes,
+        permissions=scopes & await role_permissions(db, key.organization_id, role),
+        networks=_networks(key.allowed_ips),
+        rate_limit_per_minute=key.rate_limit_per_minute,
+        expires_at=_epoch(key.expires_at),
+        valid_until=valid_until,
     )
 
 
 class ApiKeyCache:
     """Verified keys by the hash of their secret, for `ttl` seconds, dropped on any announcement."""
 
-    def __init__(self, ttl_seconds: float = 10.0, max_entries: int = 50_000,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, ttl_seconds: float = 10.0, max_entries: int = 50_000, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.ttl = ttl_seconds
         self.max_entries = max_entries
         self.clock = clock
@@ -257,7 +264,8 @@ class ApiKeyCache:
         if not (ids or users or orgs):
             return
         stale = [
-            digest for digest, (_, info) in self._entries.items()
+            digest
+            for digest, (_, info) in self._entries.items()
             if info.key_id in ids or info.holder_id in users or info.organization_id in orgs
         ]
         for digest in stale:
@@ -273,8 +281,9 @@ class ApiKeyRejected(Exception):
 
 
 class ApiKeyVerifier:
-    def __init__(self, db: Database, pepper: bytes, env: str, cache: ApiKeyCache,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, db: Database, pepper: bytes, env: str, cache: ApiKeyCache, clock: Callable[[], float] = time.time
+    ) -> None:
         self.db = db
         self.pepper = pepper
         self.env = env_label(env)
@@ -315,8 +324,14 @@ class LastUsedRecorder:
     `flush_seconds`, and `stop()` flushes what is left, so a restart loses nothing already noted.
     """
 
-    def __init__(self, db: Database, *, interval_seconds: float = 60.0, flush_seconds: float = 1.0,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        interval_seconds: float = 60.0,
+        flush_seconds: float = 1.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.db = db
         self.interval = interval_seconds
         self.flush_seconds = flush_seconds

@@ -23,9 +23,7 @@ class AuthenticationError(Exception):
         self.reason = reason
 
 
-def principal_for_session(
-    info: SessionInfo, *, client_ip: str | None, request_id: str | None
-) -> Principal:
+def principal_for_session(info: SessionInfo, *, client_ip: str | None, request_id: str | None) -> Principal:
     return Principal(
         kind=PrincipalKind.USER,
         subject_id=info.user_id,
@@ -44,8 +42,13 @@ def principal_for_session(
 
 class Authenticator:
     def __init__(
-        self, tokens: AccessTokens, sessions: SessionCache, db: Database, clock: Callable[[], float] = time.time,
-        api_keys: ApiKeyVerifier | None = None, browser: BrowserSessions | None = None,
+        self,
+        tokens: AccessTokens,
+        sessions: SessionCache,
+        db: Database,
+        clock: Callable[[], float] = time.time,
+        api_keys: ApiKeyVerifier | None = None,
+        browser: BrowserSessions | None = None,
     ) -> None:
         self.api_keys = api_keys
         self.browser = browser

@@ -90,9 +90,9 @@ class LoginThrottle:
         async with self.db.transaction() as session:
             pair_row = await self._count(session, pair, account, now, organization_id)
             account_row = await self._count(session, f"acct:{account}", account, now, None)
-            seen = (await session.execute(
-                select(col.last_success_at).where(col.key == _seen_key(account, address))
-            )).scalar_one_or_none()
+            seen = (
+                await session.execute(select(col.last_success_at).where(col.key == _seen_key(account, address)))
+            ).scalar_one_or_none()
         pair_failures, pair_locked_until, _, _ = pair_row
         account_failures = account_row[0]
         trusted = seen is not None and seen > now - timedelta(days=self.policy.trusted_days)
@@ -101,11 +101,19 @@ class LoginThrottle:
             reason = "locked"
         elif account_failures > self.policy.account_ceiling and not trusted:
             reason = "account_ceiling"
-        return Attempt(account, pair, allowed=reason is None, reason=reason, client_ip=client_ip,
-                       known_address=seen is not None, trusted_address=trusted)
+        return Attempt(
+            account,
+            pair,
+            allowed=reason is None,
+            reason=reason,
+            client_ip=client_ip,
+            known_address=seen is not None,
+            trusted_address=trusted,
+        )
 
-    async def _count(self, session: AsyncSession, key: str, account: str, now: datetime,
-                     organization_id: str | None) -> tuple[Any, ...]:
+    async def _count(
+        self, session: AsyncSession, key: str, account: str, now: datetime, organization_id: str | None
+    ) -> tuple[Any, ...]:
         values = {
             "key": key,
             "account_key": account,
@@ -149,10 +157,15 @@ class LoginThrottle:
                 .where(col.key == f"acct:{attempt.account_key}")
                 .values(failures=case((col.failures > 0, col.failures - 1), else_=0))
             )
-            insert = _insert(session).values(key=seen, account_key=attempt.account_key, failures=0,
-                                             window_started_at=now, lock_count=0, last_success_at=now)
-            await session.execute(insert.on_conflict_do_update(index_elements=["key"],
-                                                               set_={"last_success_at": now}))
+            insert = _insert(session).values(
+                key=seen,
+                account_key=attempt.account_key,
+                failures=0,
+                window_started_at=now,
+                lock_count=0,
+                last_success_at=now,
+            )
+            await session.execute(insert.on_conflict_do_update(index_elements=["key"], set_={"last_success_at": now}))
 
     async def failed(self, attempt: Attempt) -> bool:
         """Record a verified failure; True when this failure locked the pair (log it once)."""

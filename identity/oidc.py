@@ -101,7 +101,7 @@ class PendingLogin:
 
     connection_id: str
     return_to: str
-    # the account whose holder asked to link this provider (resolvers/sso.py `start_sso_link`)
+    # the account whose holder asked to link this provider (resolvers/sso_login.py `start_sso_link`)
     link_user_id: str | None = None
 
 
@@ -138,7 +138,7 @@ class TransactionStore:
         if len(self._local) >= self.MAX_LOCAL_ENTRIES:
             live = sorted((v[0], k) for k, v in self._local.items() if v[0] > now)
             # still full of live entries (a flood of started sign-ins): the oldest half goes
-            keep = live[len(live) // 2:] if len(live) >= self.MAX_LOCAL_ENTRIES else live
+            keep = live[len(live) // 2 :] if len(live) >= self.MAX_LOCAL_ENTRIES else live
             self._local = {k: self._local[k] for _, k in keep}
         self._local[key] = (now + ttl, value)
 
@@ -216,8 +216,12 @@ class OidcRelyingParty:
             client_id=config.client_id,
             client_secret=config.client_secret,
             server_metadata_url=config.issuer.rstrip("/") + DISCOVERY_PATH,
-            client_kwargs={"scope": " ".join(config.scopes), "code_challenge_method": "S256",
-                           "timeout": self.http_timeout_seconds, "transport": self._transport},
+            client_kwargs={
+                "scope": " ".join(config.scopes),
+                "code_challenge_method": "S256",
+                "timeout": self.http_timeout_seconds,
+                "transport": self._transport,
+            },
         )
         app.refetch_interval = self.jwks_refetch_interval_seconds
         return app
@@ -279,15 +283,23 @@ class OidcRelyingParty:
         except Exception:
             raise OidcError("oidc_discovery_failed") from None
 
-    async def begin(self, request: Request, config: OidcConnectionConfig, *, redirect_uri: str,
-                    return_to: str, link_user_id: str | None = None) -> str:
+    async def begin(
+        self,
+        request: Request,
+        config: OidcConnectionConfig,
+        *,
+        redirect_uri: str,
+        return_to: str,
+        link_user_id: str | None = None,
+    ) -> str:
         """The provider's authorization URL; `state`, `nonce` and the PKCE verifier are kept for the callback."""
         app = await self.app(config)
         rv = await app.create_authorization_url(redirect_uri)
         state = rv["state"]
         await app.save_authorize_data(request, redirect_uri=redirect_uri, **rv)
-        pending = json.dumps({"connection_id": config.connection_id, "return_to": return_to,
-                              "link_user_id": link_user_id})
+        pending = json.dumps(
+            {"connection_id": config.connection_id, "return_to": return_to, "link_user_id": link_user_id}
+        )
         await self.store.set(_PENDING + state, pending, self.state_ttl_seconds)
         return str(rv["url"])
 
@@ -302,8 +314,11 @@ class OidcRelyingParty:
             raise OidcError("oidc_state_unknown")
         data = json.loads(raw)
         link = data.get("link_user_id")
-        return PendingLogin(connection_id=str(data["connection_id"]), return_to=str(data["return_to"]),
-                            link_user_id=str(link) if link else None)
+        return PendingLogin(
+            connection_id=str(data["connection_id"]),
+            return_to=str(data["return_to"]),
+            link_user_id=str(link) if link else None,
+        )
 
     async def finish(self, request: Request, config: OidcConnectionConfig) -> ExternalIdentity:
         """Check the authorization response, redeem the code and validate what the provider says."""
@@ -327,8 +342,7 @@ class OidcRelyingParty:
             "exp": {"essential": True},
         }
         try:
-            token = await app.authorize_access_token(request, claims_options=claims_options,
-                                                     leeway=LEEWAY_SECONDS)
+            token = await app.authorize_access_token(request, claims_options=claims_options, leeway=LEEWAY_SECONDS)
         except OidcError:
             raise
         except Exception as exc:
@@ -401,8 +415,15 @@ def _failure_reason(exc: Exception) -> str:
         return "oidc_token_request_failed"
     if "nonce" in str(exc).lower():
         return "oidc_id_token_nonce"
-    if name in {"BadSignatureError", "InvalidKeyIdError", "UnsupportedAlgorithmError", "DecodeError",
-                "InvalidHeaderValueError", "MissingKeyError", "UnsupportedKeyAlgorithmError"}:
+    if name in {
+        "BadSignatureError",
+        "InvalidKeyIdError",
+        "UnsupportedAlgorithmError",
+        "DecodeError",
+        "InvalidHeaderValueError",
+        "MissingKeyError",
+        "UnsupportedKeyAlgorithmError",
+    }:
         return "oidc_id_token_signature"
     if name in {"InvalidClaimError", "MissingClaimError", "ExpiredTokenError", "InvalidTokenError"}:
         return "oidc_id_token_claims"

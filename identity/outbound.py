@@ -46,13 +46,37 @@ log = logging.getLogger("portcullis.outbound")
 
 _LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_")
 # Ranges `ipaddress` does not mark as non-global on every supported Python, and the metadata services
-_FORBIDDEN_NETWORKS: tuple[IPNetwork, ...] = tuple(ipaddress.ip_network(n) for n in (
-    "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12",
-    "192.0.0.0/24", "192.0.2.0/24", "192.88.99.0/24", "192.168.0.0/16", "198.18.0.0/15", "198.51.100.0/24",
-    "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4", "168.63.129.16/32",
-    "::/128", "::1/128", "64:ff9b:1::/48", "100::/64", "2001::/23", "2001:db8::/32", "fc00::/7", "fe80::/10",
-    "fec0::/10", "ff00::/8",
-))
+_FORBIDDEN_NETWORKS: tuple[IPNetwork, ...] = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "0.0.0.0/8",
+        "10.0.0.0/8",
+        "100.64.0.0/10",
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "172.16.0.0/12",
+        "192.0.0.0/24",
+        "192.0.2.0/24",
+        "192.88.99.0/24",
+        "192.168.0.0/16",
+        "198.18.0.0/15",
+        "198.51.100.0/24",
+        "203.0.113.0/24",
+        "224.0.0.0/4",
+        "240.0.0.0/4",
+        "168.63.129.16/32",
+        "::/128",
+        "::1/128",
+        "64:ff9b:1::/48",
+        "100::/64",
+        "2001::/23",
+        "2001:db8::/32",
+        "fc00::/7",
+        "fe80::/10",
+        "fec0::/10",
+        "ff00::/8",
+    )
+)
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 
 
@@ -83,8 +107,12 @@ def is_public_address(address: IPAddress) -> bool:
     if any(address in network for network in _FORBIDDEN_NETWORKS):
         return False
     return address.is_global and not (
-        address.is_multicast or address.is_reserved or address.is_link_local or address.is_loopback
-        or address.is_unspecified or address.is_private
+        address.is_multicast
+        or address.is_reserved
+        or address.is_link_local
+        or address.is_loopback
+        or address.is_unspecified
+        or address.is_private
     )
 
 
@@ -138,11 +166,13 @@ class OutboundPolicy:
     resolver: Resolver = system_resolver
 
     @classmethod
-    def of(cls, *, enabled: bool, require_https: bool, allowed_hosts: Iterable[str] = (),
-           **options: Any) -> OutboundPolicy:
+    def of(
+        cls, *, enabled: bool, require_https: bool, allowed_hosts: Iterable[str] = (), **options: Any
+    ) -> OutboundPolicy:
         names, networks = parse_allowed_hosts(allowed_hosts)
-        return cls(enabled=enabled, require_https=require_https, allowed_names=names, allowed_networks=networks,
-                   **options)
+        return cls(
+            enabled=enabled, require_https=require_https, allowed_names=names, allowed_networks=networks, **options
+        )
 
     def address_allowed(self, address: IPAddress) -> bool:
         plain = (address.ipv4_mapped or address) if isinstance(address, ipaddress.IPv6Address) else address
@@ -160,8 +190,11 @@ class OutboundPolicy:
         if not host:
             raise OutboundRefused("outbound_invalid_url")
         literal = _literal(host)
-        found = [literal] if literal is not None else await self._resolve(host, parsed.port or (
-            443 if parsed.scheme == "https" else 80))
+        found = (
+            [literal]
+            if literal is not None
+            else await self._resolve(host, parsed.port or (443 if parsed.scheme == "https" else 80))
+        )
         if literal is None and host.rstrip(".") in self.allowed_names:
             return found
         if not all(self.address_allowed(address) for address in found):
@@ -215,8 +248,13 @@ class GuardedTransport(httpx2.AsyncBaseTransport):
             extensions["sni_hostname"] = host
         failure: httpx2.ConnectError | None = None
         for address in addresses:
-            pinned = httpx2.Request(request.method, url.copy_with(host=str(address)), headers=request.headers,
-                                    stream=request.stream, extensions=extensions)
+            pinned = httpx2.Request(
+                request.method,
+                url.copy_with(host=str(address)),
+                headers=request.headers,
+                stream=request.stream,
+                extensions=extensions,
+            )
             try:
                 return await self._pool.handle_async_request(pinned)
             except httpx2.ConnectError as exc:  # nothing was sent: the next checked address may answer

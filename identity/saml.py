@@ -102,7 +102,8 @@ class IdentityProvider:
         if not entity_id or not config.get("sso_url") or not config.get("certificates"):
             raise SamlFailure("saml_connection_incomplete")
         return cls(
-            entity_id=entity_id, sso_url=str(config["sso_url"]),
+            entity_id=entity_id,
+            sso_url=str(config["sso_url"]),
             certificates=tuple(str(c) for c in config["certificates"]),
             email_attribute=str(config.get("email_attribute") or "email"),
             name_attribute=str(config.get("name_attribute") or "name"),
@@ -248,8 +249,13 @@ class RedisReplayCache:
 
 def _request_data(acs_url: str, form: Mapping[str, str]) -> dict[str, Any]:
     parts = urlsplit(acs_url)
-    return {"https": "on" if parts.scheme == "https" else "off", "http_host": parts.netloc,
-            "script_name": parts.path, "get_data": {}, "post_data": dict(form)}
+    return {
+        "https": "on" if parts.scheme == "https" else "off",
+        "http_host": parts.netloc,
+        "script_name": parts.path,
+        "get_data": {},
+        "post_data": dict(form),
+    }
 
 
 def _replay_key(issuer: str, value: str) -> str:
@@ -257,7 +263,12 @@ def _replay_key(issuer: str, value: str) -> str:
 
 
 async def validate_response(
-    sp: ServiceProvider, idp: IdentityProvider, saml_response: str, *, request_id: str, replay: ReplayCache,
+    sp: ServiceProvider,
+    idp: IdentityProvider,
+    saml_response: str,
+    *,
+    request_id: str,
+    replay: ReplayCache,
 ) -> ExternalIdentity:
     """The identity a SAMLResponse (base64, HTTP-POST binding) asserts, or `SamlFailure`."""
     if len(saml_response) > MAX_RESPONSE_BYTES:
@@ -266,8 +277,9 @@ async def validate_response(
         raise SamlFailure("saml_no_pending_request")
     try:
         response = OneLogin_Saml2_Response(_settings(sp, idp), saml_response)
-        response.is_valid(_request_data(sp.acs_url, {"SAMLResponse": saml_response}), request_id=request_id,
-                          raise_exceptions=True)
+        response.is_valid(
+            _request_data(sp.acs_url, {"SAMLResponse": saml_response}), request_id=request_id, raise_exceptions=True
+        )
     except OneLogin_Saml2_ValidationError as exc:
         raise SamlFailure("saml_invalid", _code_name(OneLogin_Saml2_ValidationError, exc.code)) from None
     except OneLogin_Saml2_Error as exc:
@@ -288,8 +300,9 @@ async def validate_response(
         raise SamlFailure("saml_audience")
     # 4. every bearer SubjectConfirmationData: Recipient exactly the ACS URL, InResponseTo ours
     # (`is_valid` has made sure the document, decrypted, holds exactly one assertion: the one its signature covers)
-    confirmations = OneLogin_Saml2_XML.query(response.get_xml_document(),
-                                             "/samlp:Response/saml:Assertion/saml:Subject/saml:SubjectConfirmation")
+    confirmations = OneLogin_Saml2_XML.query(
+        response.get_xml_document(), "/samlp:Response/saml:Assertion/saml:Subject/saml:SubjectConfirmation"
+    )
     bearer = [c for c in confirmations if c.get("Method") == OneLogin_Saml2_Constants.CM_BEARER]
     if not bearer:
         raise SamlFailure("saml_subject_confirmation")
@@ -330,9 +343,14 @@ async def validate_response(
     name = _first(values(idp.name_attribute)) or _first(values("displayName"))
     groups = tuple(dict.fromkeys(g for g in values(idp.groups_attribute) if g))
     return ExternalIdentity(
-        protocol="saml", issuer=issuer, subject=subject, email=email.strip().lower() if email else None,
+        protocol="saml",
+        issuer=issuer,
+        subject=subject,
+        email=email.strip().lower() if email else None,
         # the tenant's own IdP vouches for the address it asserts in a signed assertion
-        email_verified=email is not None, name=name, groups=groups,
+        email_verified=email is not None,
+        name=name,
+        groups=groups,
     )
 
 
@@ -352,6 +370,7 @@ def _code_name(kind: type, code: int) -> str:
 
 # -- the pending AuthnRequest, bound to the browser that started it ---------------------------------
 
+
 @dataclass(frozen=True, slots=True)
 class PendingRequest:
     request_id: str
@@ -359,15 +378,24 @@ class PendingRequest:
     connection_id: str
     return_to: str
     expires_at: int
-    # the account whose holder asked to link this provider (resolvers/sso.py `start_sso_link`)
+    # the account whose holder asked to link this provider (resolvers/sso_login.py `start_sso_link`)
     link_user_id: str | None = None
 
 
 def seal_pending(pending: PendingRequest, key: bytes) -> str:
     """The pending request as a cookie value: JSON, base64url, then an HMAC-SHA256 tag."""
     body = base64.urlsafe_b64encode(
-        json.dumps([pending.request_id, pending.organization_id, pending.connection_id, pending.return_to,
-                    pending.expires_at, pending.link_user_id], separators=(",", ":")).encode()
+        json.dumps(
+            [
+                pending.request_id,
+                pending.organization_id,
+                pending.connection_id,
+                pending.return_to,
+                pending.expires_at,
+                pending.link_user_id,
+            ],
+            separators=(",", ":"),
+        ).encode()
     ).rstrip(b"=")
     tag = base64.urlsafe_b64encode(hmac.digest(key, body, "sha256")).rstrip(b"=")
     return (body + b"." + tag).decode()
@@ -384,8 +412,9 @@ def open_pending(value: str | None, key: bytes, *, now: float | None = None) -> 
     try:
         fields = json.loads(base64.urlsafe_b64decode(body + b"=" * (-len(body) % 4)))
         link = fields[5] if len(fields) > 5 else None
-        pending = PendingRequest(str(fields[0]), str(fields[1]), str(fields[2]), str(fields[3]), int(fields[4]),
-                                 str(link) if link else None)
+        pending = PendingRequest(
+            str(fields[0]), str(fields[1]), str(fields[2]), str(fields[3]), int(fields[4]), str(link) if link else None
+        )
     except (ValueError, IndexError, TypeError):
         return None
     return pending if pending.expires_at > (time.time() if now is None else now) else None
@@ -393,5 +422,3 @@ def open_pending(value: str | None, key: bytes, *, now: float | None = None) -> 
 
 def pending_key(cookie_secret: str) -> bytes:
     return hmac.digest(cookie_secret.encode(), b"portcullis saml pending request", "sha256")
-
-

@@ -21,9 +21,7 @@ class SecretDecryptionError(Exception):
 
 
 def _derive(material: str, purpose: bytes) -> Fernet:
-    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"portcullis:" + purpose).derive(
-        material.encode()
-    )
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"portcullis:" + purpose).derive(material.encode())
     return Fernet(base64.urlsafe_b64encode(key))
 
 

@@ -68,8 +68,9 @@ class SessionPolicy:
 
 
 class SessionCache:
-    def __init__(self, ttl_seconds: float = 30.0, max_entries: int = 50_000,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, ttl_seconds: float = 30.0, max_entries: int = 50_000, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.ttl = ttl_seconds
         self.max_entries = max_entries
         self.clock = clock
@@ -104,8 +105,7 @@ class SessionCache:
             self._entries.pop(sid, None)
         if users or orgs:
             stale = [
-                sid for sid, (_, info) in self._entries.items()
-                if info.user_id in users or info.organization_id in orgs
+                sid for sid, (_, info) in self._entries.items() if info.user_id in users or info.organization_id in orgs
             ]
             for sid in stale:
                 self._entries.pop(sid, None)
@@ -139,9 +139,15 @@ async def load_session(db: AsyncSession, session_id: str, now: datetime) -> Sess
     row = (
         await db.execute(
             sa_select(
-                col(AuthSession.id), col(AuthSession.user_id), col(AuthSession.organization_id),
-                col(AuthSession.auth_method), col(AuthSession.expires_at), col(Membership.role),
-                col(Organization.plan), col(Organization.require_mfa), col(User.mfa_enabled),
+                col(AuthSession.id),
+                col(AuthSession.user_id),
+                col(AuthSession.organization_id),
+                col(AuthSession.auth_method),
+                col(AuthSession.expires_at),
+                col(Membership.role),
+                col(Organization.plan),
+                col(Organization.require_mfa),
+                col(User.mfa_enabled),
                 col(AuthSession.last_seen_at),
             )
             .join(User, col(User.id) == col(AuthSession.user_id))
@@ -162,8 +168,13 @@ async def load_session(db: AsyncSession, session_id: str, now: datetime) -> Sess
     if row is None:
         return None
     return SessionInfo(
-        session_id=row[0], user_id=row[1], organization_id=row[2], auth_method=row[3],
-        expires_at=row[4], role=row[5], plan=row[6],
+        session_id=row[0],
+        user_id=row[1],
+        organization_id=row[2],
+        auth_method=row[3],
+        expires_at=row[4],
+        role=row[5],
+        plan=row[6],
         permissions=await role_permissions(db, row[2], row[5]),
         # SSO sessions are exempt: the identity provider is where their second factor is enforced
         mfa_enrollment_required=bool(row[7]) and not row[8] and row[3] == AuthMethod.PASSWORD.value,
@@ -178,17 +189,27 @@ class IssuedSession:
 
 
 async def create_session(
-    db: AsyncSession, *, user_id: str, organization_id: str, auth_method: str, client_ip: str | None,
-    user_agent: str | None, policy: SessionPolicy, now: datetime,
+    db: AsyncSession,
+    *,
+    user_id: str,
+    organization_id: str,
+    auth_method: str,
+    client_ip: str | None,
+    user_agent: str | None,
+    policy: SessionPolicy,
+    now: datetime,
 ) -> IssuedSession:
     session = AuthSession(
-        organization_id=organization_id, user_id=user_id, auth_method=auth_method, client_ip=client_ip,
-        user_agent=(user_agent or "")[:256] or None, created_at=now, last_seen_at=now,
+        organization_id=organization_id,
+        user_id=user_id,
+        auth_method=auth_method,
+        client_ip=client_ip,
+        user_agent=(user_agent or "")[:256] or None,
+        created_at=now,
+        last_seen_at=now,
         expires_at=now + timedelta(seconds=policy.absolute_lifetime_seconds),
     )
-    family = RefreshTokenFamily(
-        organization_id=organization_id, session_id=session.id, user_id=user_id, created_at=now
-    )
+    family = RefreshTokenFamily(organization_id=organization_id, session_id=session.id, user_id=user_id, created_at=now)
     db.add(session)
     await db.flush()
     db.add(family)
@@ -198,13 +219,25 @@ async def create_session(
 
 
 async def create_browser_session(
-    db: AsyncSession, *, user_id: str, organization_id: str, auth_method: str, client_ip: str | None,
-    user_agent: str | None, lifetime_seconds: int, now: datetime,
+    db: AsyncSession,
+    *,
+    user_id: str,
+    organization_id: str,
+    auth_method: str,
+    client_ip: str | None,
+    user_agent: str | None,
+    lifetime_seconds: int,
+    now: datetime,
 ) -> AuthSession:
     """A session held by a browser's cookie: no refresh token, it lives as long as the cookie."""
     session = AuthSession(
-        organization_id=organization_id, user_id=user_id, auth_method=auth_method, client_ip=client_ip,
-        user_agent=(user_agent or "")[:256] or None, created_at=now, last_seen_at=now,
+        organization_id=organization_id,
+        user_id=user_id,
+        auth_method=auth_method,
+        client_ip=client_ip,
+        user_agent=(user_agent or "")[:256] or None,
+        created_at=now,
+        last_seen_at=now,
         expires_at=now + timedelta(seconds=lifetime_seconds),
     )
     db.add(session)
@@ -223,8 +256,11 @@ async def _add_refresh_token(
     expires = min(now + timedelta(seconds=policy.refresh_idle_seconds), session.expires_at)
     db.add(
         RefreshToken(
-            organization_id=family.organization_id, family_id=family.id,
-            token_hash=hash_opaque_token(token), created_at=now, expires_at=expires,
+            organization_id=family.organization_id,
+            family_id=family.id,
+            token_hash=hash_opaque_token(token),
+            created_at=now,
+            expires_at=expires,
         )
     )
     await db.flush()
@@ -297,9 +333,7 @@ async def revoke_sessions(db: AsyncSession, session_ids: list[str], *, reason: s
 async def active_session_ids(
     db: AsyncSession, user_id: str, *, except_id: str | None = None, organization_id: str | None = None
 ) -> list[str]:
-    stmt = select(AuthSession.id).where(
-        col(AuthSession.user_id) == user_id, col(AuthSession.revoked_at).is_(None)
-    )
+    stmt = select(AuthSession.id).where(col(AuthSession.user_id) == user_id, col(AuthSession.revoked_at).is_(None))
     if except_id is not None:
         stmt = stmt.where(col(AuthSession.id) != except_id)
     if organization_id is not None:

@@ -1,7 +1,7 @@
 """What a successful single sign-on yields, whichever the protocol: the identity the IdP asserted.
 
 OIDC (`identity/oidc.py`) and SAML (`identity/saml.py`) each validate their protocol's response and
-produce an `ExternalIdentity`; provisioning and the browser session (`resolvers/sso.py`) take it from
+produce an `ExternalIdentity`; provisioning and the browser session (`resolvers/sso_login.py`) take it from
 there. The identity is keyed by (`issuer`, `subject`), never by email.
 """
 

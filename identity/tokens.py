@@ -183,9 +183,7 @@ class AccessTokens:
         }
         key = self.keys.current
         assert key.signer is not None
-        token = jwt.encode(
-            payload, key.signer, algorithm=ALGORITHM, headers={"kid": key.kid, "typ": ACCESS_TYP}
-        )
+        token = jwt.encode(payload, key.signer, algorithm=ALGORITHM, headers={"kid": key.kid, "typ": ACCESS_TYP})
         return token, claims
 
     def verify(self, token: str) -> AccessClaims:
@@ -281,9 +279,7 @@ class AccessTokens:
         if len(values) != len(names):
             raise TokenError("missing subject, organization or session")
         sub, org, sid, jti = values
-        return AccessClaims(
-            subject=sub, organization_id=org, session_id=sid, jti=jti, issued_at=iat, expires_at=exp
-        )
+        return AccessClaims(subject=sub, organization_id=org, session_id=sid, jti=jti, issued_at=iat, expires_at=exp)
 
 
 def _numeric_date(value: object) -> bool:
@@ -320,8 +316,12 @@ def verify_document(keys: KeyRing, token: str) -> dict[str, Any]:
         header = jws.get_unverified_header(token)
     except (JOSEError, ValueError, TypeError):
         raise TokenError("malformed") from None
-    if not isinstance(header, dict) or header.get("alg") != ALGORITHM or header.get("typ") != CHECKPOINT_TYP \
-            or FORBIDDEN_HEADERS & header.keys():
+    if (
+        not isinstance(header, dict)
+        or header.get("alg") != ALGORITHM
+        or header.get("typ") != CHECKPOINT_TYP
+        or FORBIDDEN_HEADERS & header.keys()
+    ):
         raise TokenError("not a checkpoint signature")
     kid = header.get("kid")
     key = keys.get(kid) if isinstance(kid, str) else None

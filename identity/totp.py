@@ -99,8 +99,10 @@ def matching_step(secret: str, code: str, now: float) -> int | None:
 def provisioning_uri(secret: str, *, account: str, issuer: str) -> str:
     """The `otpauth://` URI authenticator apps read (Key Uri Format)."""
     label = quote(f"{issuer}:{account}", safe="@:")
-    return (f"otpauth://totp/{label}?secret={secret}&issuer={quote(issuer, safe='')}"
-            f"&algorithm=SHA1&digits={DIGITS}&period={PERIOD_SECONDS}")
+    return (
+        f"otpauth://totp/{label}?secret={secret}&issuer={quote(issuer, safe='')}"
+        f"&algorithm=SHA1&digits={DIGITS}&period={PERIOD_SECONDS}"
+    )
 
 
 def qr_svg(uri: str) -> str:
@@ -121,8 +123,9 @@ def new_recovery_codes() -> list[str]:
 class TotpService:
     """What the TOTP handling needs from the configuration: the seed's box, the pepper, a clock."""
 
-    def __init__(self, box: SecretBox, pepper: bytes, *, issuer: str = "Portcullis",
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, box: SecretBox, pepper: bytes, *, issuer: str = "Portcullis", clock: Callable[[], float] = time.time
+    ) -> None:
         if not pepper:
             raise ValueError("a pepper is required")
         self.box = box
@@ -177,16 +180,16 @@ async def verify_code(db: AsyncSession, service: TotpService, user: User, code: 
     return await claim_step(db, user.id, step)
 
 
-async def replace_recovery_codes(
-    db: AsyncSession, service: TotpService, user_id: str, now: datetime
-) -> list[str]:
+async def replace_recovery_codes(db: AsyncSession, service: TotpService, user_id: str, now: datetime) -> list[str]:
     """A fresh set of recovery codes for the user (the old ones stop working); the codes in clear, once."""
     await drop_recovery_codes(db, user_id)
     codes = new_recovery_codes()
     await db.execute(
         insert(MfaRecoveryCode),
-        [{"id": new_id(), "user_id": user_id, "code_hash": service.hash_recovery_code(c),
-          "created_at": now} for c in codes],
+        [
+            {"id": new_id(), "user_id": user_id, "code_hash": service.hash_recovery_code(c), "created_at": now}
+            for c in codes
+        ],
     )
     return codes
 
@@ -197,8 +200,8 @@ async def drop_recovery_codes(db: AsyncSession, user_id: str) -> None:
 
 async def unused_recovery_codes(db: AsyncSession, user_id: str) -> int:
     result = await db.execute(
-        select(func.count()).select_from(MfaRecoveryCode).where(
-            col(MfaRecoveryCode.user_id) == user_id, col(MfaRecoveryCode.used_at).is_(None)
-        )
+        select(func.count())
+        .select_from(MfaRecoveryCode)
+        .where(col(MfaRecoveryCode.user_id) == user_id, col(MfaRecoveryCode.used_at).is_(None))
     )
     return int(result.scalar_one())

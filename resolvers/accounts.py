@@ -89,13 +89,31 @@ def mask_email(email: str) -> str:
 # -- tokens -------------------------------------------------------------------------------------------
 
 
-async def issue_token(db: AsyncSession, *, purpose: str, user_id: str | None, email: str, now: datetime,
-                      client_ip: str | None = None, organization_id: str | None = None) -> str:
+async def issue_token(
+    db: AsyncSession,
+    *,
+    purpose: str,
+    user_id: str | None,
+    email: str,
+    now: datetime,
+    client_ip: str | None = None,
+    organization_id: str | None = None,
+) -> str:
     """A new single-use token, committed with the caller's session; the token itself is returned once."""
     token = PREFIX[purpose] + secrets.token_urlsafe(32)
-    db.add(AccountToken(purpose=purpose, user_id=user_id, email_key=email_key(email), email=email,
-                        organization_id=organization_id, token_hash=hash_opaque_token(token),
-                        client_ip=client_ip, created_at=now, expires_at=now + TTL[purpose]))
+    db.add(
+        AccountToken(
+            purpose=purpose,
+            user_id=user_id,
+            email_key=email_key(email),
+            email=email,
+            organization_id=organization_id,
+            token_hash=hash_opaque_token(token),
+            client_ip=client_ip,
+            created_at=now,
+            expires_at=now + TTL[purpose],
+        )
+    )
     await db.flush()
     return token
 
@@ -107,23 +125,31 @@ async def spend_token(db: AsyncSession, token: str, purpose: str, now: datetime)
     digest = hash_opaque_token(token)
     spent = await db.execute(
         update(AccountToken)
-        .where(col(AccountToken.token_hash) == digest, col(AccountToken.purpose) == purpose,
-               col(AccountToken.used_at).is_(None), col(AccountToken.expires_at) > now,
-               col(AccountToken.user_id).is_not(None))
+        .where(
+            col(AccountToken.token_hash) == digest,
+            col(AccountToken.purpose) == purpose,
+            col(AccountToken.used_at).is_(None),
+            col(AccountToken.expires_at) > now,
+            col(AccountToken.user_id).is_not(None),
+        )
         .values(used_at=now)
         .execution_options(synchronize_session=False)
     )
     if (getattr(spent, "rowcount", 0) or 0) != 1:
         return None
-    return (await db.execute(
-        sa_select(AccountToken).where(col(AccountToken.token_hash) == digest)
-    )).scalar_one_or_none()
+    return (
+        await db.execute(sa_select(AccountToken).where(col(AccountToken.token_hash) == digest))
+    ).scalar_one_or_none()
 
 
-async def _sent_since(db: AsyncSession, purpose: str, since: datetime, *, user_id: str | None = None,
-                      client_ip: str | None = None) -> int:
-    stmt = sa_select(func.count()).select_from(AccountToken).where(
-        col(AccountToken.purpose) == purpose, col(AccountToken.created_at) > since)
+async def _sent_since(
+    db: AsyncSession, purpose: str, since: datetime, *, user_id: str | None = None, client_ip: str | None = None
+) -> int:
+    stmt = (
+        sa_select(func.count())
+        .select_from(AccountToken)
+        .where(col(AccountToken.purpose) == purpose, col(AccountToken.created_at) > since)
+    )
     if user_id is not None:
         stmt = stmt.where(col(AccountToken.user_id) == user_id)
     if client_ip is not None:
@@ -134,8 +160,11 @@ async def _sent_since(db: AsyncSession, purpose: str, since: datetime, *, user_i
 async def _spend_others(db: AsyncSession, user_id: str, purpose: str, now: datetime) -> None:
     await db.execute(
         update(AccountToken)
-        .where(col(AccountToken.user_id) == user_id, col(AccountToken.purpose) == purpose,
-               col(AccountToken.used_at).is_(None))
+        .where(
+            col(AccountToken.user_id) == user_id,
+            col(AccountToken.purpose) == purpose,
+            col(AccountToken.used_at).is_(None),
+        )
         .values(used_at=now)
         .execution_options(synchronize_session=False)
     )
@@ -161,9 +190,13 @@ async def account_holder(ctx: RequestContext) -> User:
     if user is None or not user.is_active:
         raise Unauthenticated("Authentication required.")
     if p.auth_method in (AuthMethod.OIDC, AuthMethod.SAML) and not await _owned_by_provider(
-            db, user, p.organization_id):
-        raise Forbidden("Sign in with your password to change this: an organization's identity provider changes "
-                        "account settings only for the accounts it alone signs in.", reason=ACCOUNT_HOLDER_REQUIRED)
+        db, user, p.organization_id
+    ):
+        raise Forbidden(
+            "Sign in with your password to change this: an organization's identity provider changes "
+            "account settings only for the accounts it alone signs in.",
+            reason=ACCOUNT_HOLDER_REQUIRED,
+        )
     return user
 
 
@@ -174,11 +207,14 @@ async def _owned_by_provider(db: AsyncSession, user: User, organization_id: str 
     come, and an account with a password, or linked elsewhere, belongs to its holder (C-126)."""
     if organization_id is None or user.password_hash is not None:
         return False
-    elsewhere = (await db.execute(
-        # tenant-scope: every link of the caller's own account, in any tenant, decides
-        sa_select(col(SsoIdentity.id)).where(col(SsoIdentity.user_id) == user.id,
-                                             col(SsoIdentity.organization_id) != organization_id).limit(1)
-    )).first()
+    elsewhere = (
+        await db.execute(
+            # tenant-scope: every link of the caller's own account, in any tenant, decides
+            sa_select(col(SsoIdentity.id))
+            .where(col(SsoIdentity.user_id) == user.id, col(SsoIdentity.organization_id) != organization_id)
+            .limit(1)
+        )
+    ).first()
     return elsewhere is None
 
 
@@ -195,31 +231,58 @@ async def request_password_reset(ctx: RequestContext, email: str) -> bool:
     client_ip = ctx.principal.client_ip
     db = await ctx.db()
     hour_ago = now - timedelta(hours=1)
-    if client_ip is not None and await _sent_since(db, PASSWORD_RESET, hour_ago,
-                                                   client_ip=client_ip) >= RESETS_PER_ADDRESS_PER_HOUR:
+    if (
+        client_ip is not None
+        and await _sent_since(db, PASSWORD_RESET, hour_ago, client_ip=client_ip) >= RESETS_PER_ADDRESS_PER_HOUR
+    ):
         raise _rate_limited("Too many password reset requests from this address; try again later.", 3600)
-    user = (await db.execute(
-        sa_select(User).where(col(User.email_key) == email_key(email))
-    )).scalar_one_or_none() if email else None
+    user = (
+        (await db.execute(sa_select(User).where(col(User.email_key) == email_key(email)))).scalar_one_or_none()
+        if email
+        else None
+    )
     if user is None or not user.is_active:
         # the same write as for an account, with a token nobody receives
-        await issue_token(db, purpose=PASSWORD_RESET, user_id=None, email=email[:MAX_EMAIL_LENGTH] or "-",
-                          now=now, client_ip=client_ip)
-        ctx.audit(AuditAction.AUTHN_PASSWORD_RESET_REQUESTED, organization_id=PLATFORM_CHAIN, resource_type="user",
-                  details={"mailed": False})
+        await issue_token(
+            db,
+            purpose=PASSWORD_RESET,
+            user_id=None,
+            email=email[:MAX_EMAIL_LENGTH] or "-",
+            now=now,
+            client_ip=client_ip,
+        )
+        ctx.audit(
+            AuditAction.AUTHN_PASSWORD_RESET_REQUESTED,
+            organization_id=PLATFORM_CHAIN,
+            resource_type="user",
+            details={"mailed": False},
+        )
         return True
     recent = await _sent_since(db, PASSWORD_RESET, hour_ago, user_id=user.id)
-    token = await issue_token(db, purpose=PASSWORD_RESET, user_id=user.id, email=user.email, now=now,
-                              client_ip=client_ip)
+    token = await issue_token(
+        db, purpose=PASSWORD_RESET, user_id=user.id, email=user.email, now=now, client_ip=client_ip
+    )
     if recent < RESET_MAILS_PER_HOUR:
         mailer = ctx.services.mail
         assert mailer is not None
-        await send_mail(ctx, to=user.email, template="password_reset", variables={
-            "reset_url": mailer.link(PATHS[PASSWORD_RESET], token), "expires_at": now + TTL[PASSWORD_RESET],
-            "client_ip": client_ip,
-        })
-    ctx.audit(AuditAction.AUTHN_PASSWORD_RESET_REQUESTED, organization_id=PLATFORM_CHAIN, actor_id=user.id,
-              resource_type="user", resource_id=user.id, details={"mailed": recent < RESET_MAILS_PER_HOUR})
+        await send_mail(
+            ctx,
+            to=user.email,
+            template="password_reset",
+            variables={
+                "reset_url": mailer.link(PATHS[PASSWORD_RESET], token),
+                "expires_at": now + TTL[PASSWORD_RESET],
+                "client_ip": client_ip,
+            },
+        )
+    ctx.audit(
+        AuditAction.AUTHN_PASSWORD_RESET_REQUESTED,
+        organization_id=PLATFORM_CHAIN,
+        actor_id=user.id,
+        resource_type="user",
+        resource_id=user.id,
+        details={"mailed": recent < RESET_MAILS_PER_HOUR},
+    )
     return True
 
 
@@ -231,12 +294,22 @@ async def reset_password(ctx: RequestContext, token: str, new_password: str) -> 
     now = services.now()
     # the policy check and the argon2 run come before the unit of work opens its session
     async with services.db.transaction() as read:
-        row = (await read.execute(
-            sa_select(AccountToken, User).join(User, col(User.id) == col(AccountToken.user_id))
-            .where(col(AccountToken.token_hash) == hash_opaque_token(token[:MAX_TOKEN_LENGTH]),
-                   col(AccountToken.purpose) == PASSWORD_RESET, col(AccountToken.used_at).is_(None),
-                   col(AccountToken.expires_at) > now)
-        )).first() if token else None
+        row = (
+            (
+                await read.execute(
+                    sa_select(AccountToken, User)
+                    .join(User, col(User.id) == col(AccountToken.user_id))
+                    .where(
+                        col(AccountToken.token_hash) == hash_opaque_token(token[:MAX_TOKEN_LENGTH]),
+                        col(AccountToken.purpose) == PASSWORD_RESET,
+                        col(AccountToken.used_at).is_(None),
+                        col(AccountToken.expires_at) > now,
+                    )
+                )
+            ).first()
+            if token
+            else None
+        )
     if row is None or not row[1].is_active:
         raise Unauthenticated(INVALID_TOKEN)
     found: User = row[1]
@@ -261,10 +334,17 @@ async def reset_password(ctx: RequestContext, token: str, new_password: str) -> 
     await _spend_others(db, user.id, PASSWORD_RESET, now)
     ended = await active_session_ids(db, user.id)
     await revoke_sessions(db, ended, reason="password_reset", now=now)
-    await send_mail(ctx, to=user.email, template="password_changed",
-                    variables={"at": now, "client_ip": ctx.principal.client_ip})
-    ctx.audit(AuditAction.AUTHN_PASSWORD_RESET, organization_id=PLATFORM_CHAIN, actor_id=user.id,
-              resource_type="user", resource_id=user.id, details={"sessionsEnded": len(ended)})
+    await send_mail(
+        ctx, to=user.email, template="password_changed", variables={"at": now, "client_ip": ctx.principal.client_ip}
+    )
+    ctx.audit(
+        AuditAction.AUTHN_PASSWORD_RESET,
+        organization_id=PLATFORM_CHAIN,
+        actor_id=user.id,
+        resource_type="user",
+        resource_id=user.id,
+        details={"sessionsEnded": len(ended)},
+    )
     email = user.email
 
     async def after() -> None:
@@ -287,14 +367,23 @@ async def send_email_verification(ctx: RequestContext) -> bool:
     db = await ctx.db()
     if await _sent_since(db, VERIFY_EMAIL, now - timedelta(hours=1), user_id=user.id) >= VERIFICATION_MAILS_PER_HOUR:
         raise _rate_limited("A verification link was sent several times this hour; try again later.", 3600)
-    token = await issue_token(db, purpose=VERIFY_EMAIL, user_id=user.id, email=user.email, now=now,
-                              client_ip=ctx.principal.client_ip)
+    token = await issue_token(
+        db, purpose=VERIFY_EMAIL, user_id=user.id, email=user.email, now=now, client_ip=ctx.principal.client_ip
+    )
     mailer = ctx.services.mail
     assert mailer is not None
-    await send_mail(ctx, to=user.email, template="email_verification", variables={
-        "verify_url": mailer.link(PATHS[VERIFY_EMAIL], token), "expires_at": now + TTL[VERIFY_EMAIL]})
-    ctx.audit(AuditAction.AUTHN_EMAIL_VERIFICATION_SENT, organization_id=PLATFORM_CHAIN, resource_type="user",
-              resource_id=user.id)
+    await send_mail(
+        ctx,
+        to=user.email,
+        template="email_verification",
+        variables={"verify_url": mailer.link(PATHS[VERIFY_EMAIL], token), "expires_at": now + TTL[VERIFY_EMAIL]},
+    )
+    ctx.audit(
+        AuditAction.AUTHN_EMAIL_VERIFICATION_SENT,
+        organization_id=PLATFORM_CHAIN,
+        resource_type="user",
+        resource_id=user.id,
+    )
     return True
 
 
@@ -312,8 +401,14 @@ async def verify_email(ctx: RequestContext, token: str) -> bool:
     if not already:
         user.email_verified_at = now
         db.add(user)
-    ctx.audit(AuditAction.AUTHN_EMAIL_VERIFIED, organization_id=PLATFORM_CHAIN, actor_id=user.id,
-              resource_type="user", resource_id=user.id, details={"alreadyVerified": True} if already else None)
+    ctx.audit(
+        AuditAction.AUTHN_EMAIL_VERIFIED,
+        organization_id=PLATFORM_CHAIN,
+        actor_id=user.id,
+        resource_type="user",
+        resource_id=user.id,
+        details={"alreadyVerified": True} if already else None,
+    )
     return True
 
 
@@ -343,20 +438,29 @@ async def change_email(ctx: RequestContext, new_email: str, current_password: st
     db = await ctx.db()
     if await _sent_since(db, EMAIL_CHANGE, now - timedelta(hours=1), user_id=user.id) >= EMAIL_CHANGES_PER_HOUR:
         raise _rate_limited("Several address changes were asked for this hour; try again later.", 3600)
-    taken = (await db.execute(
-        sa_select(col(User.id)).where(col(User.email_key) == email_key(new_email))
-    )).first() is not None
-    token = await issue_token(db, purpose=EMAIL_CHANGE, user_id=user.id, email=new_email, now=now,
-                              client_ip=ctx.principal.client_ip)
+    taken = (
+        await db.execute(sa_select(col(User.id)).where(col(User.email_key) == email_key(new_email)))
+    ).first() is not None
+    token = await issue_token(
+        db, purpose=EMAIL_CHANGE, user_id=user.id, email=new_email, now=now, client_ip=ctx.principal.client_ip
+    )
     mailer = services.mail
     assert mailer is not None
     if taken:
         await send_mail(ctx, to=new_email, template="email_in_use", variables={"at": now})
     else:
-        await send_mail(ctx, to=new_email, template="email_change_confirm", variables={
-            "confirm_url": mailer.link(PATHS[EMAIL_CHANGE], token), "expires_at": now + TTL[EMAIL_CHANGE]})
-    ctx.audit(AuditAction.AUTHN_EMAIL_CHANGE_REQUESTED, organization_id=PLATFORM_CHAIN, resource_type="user",
-              resource_id=user.id)
+        await send_mail(
+            ctx,
+            to=new_email,
+            template="email_change_confirm",
+            variables={"confirm_url": mailer.link(PATHS[EMAIL_CHANGE], token), "expires_at": now + TTL[EMAIL_CHANGE]},
+        )
+    ctx.audit(
+        AuditAction.AUTHN_EMAIL_CHANGE_REQUESTED,
+        organization_id=PLATFORM_CHAIN,
+        resource_type="user",
+        resource_id=user.id,
+    )
     return True
 
 
@@ -371,9 +475,9 @@ async def confirm_email_change(ctx: RequestContext, token: str) -> bool:
     user = await db.get(User, spent.user_id, with_for_update=True)
     if user is None or not user.is_active:
         raise Unauthenticated(INVALID_TOKEN)
-    taken = (await db.execute(
-        sa_select(col(User.id)).where(col(User.email_key) == spent.email_key, col(User.id) != user.id)
-    )).first() is not None
+    taken = (
+        await db.execute(sa_select(col(User.id)).where(col(User.email_key) == spent.email_key, col(User.id) != user.id))
+    ).first() is not None
     if taken:
         raise Conflict("Another account uses this address now.")
     old = user.email
@@ -385,8 +489,12 @@ async def confirm_email_change(ctx: RequestContext, token: str) -> bool:
     await _spend_others(db, user.id, EMAIL_CHANGE, now)
     await _spend_others(db, user.id, PASSWORD_RESET, now)
     await _spend_others(db, user.id, VERIFY_EMAIL, now)
-    await send_mail(ctx, to=old, template="email_changed", variables={"new_email": mask_email(spent.email),
-                                                                      "at": now})
-    ctx.audit(AuditAction.AUTHN_EMAIL_CHANGED, organization_id=PLATFORM_CHAIN, actor_id=user.id,
-              resource_type="user", resource_id=user.id)
+    await send_mail(ctx, to=old, template="email_changed", variables={"new_email": mask_email(spent.email), "at": now})
+    ctx.audit(
+        AuditAction.AUTHN_EMAIL_CHANGED,
+        organization_id=PLATFORM_CHAIN,
+        actor_id=user.id,
+        resource_type="user",
+        resource_id=user.id,
+    )
     return True

@@ -107,10 +107,17 @@ async def _acting_user(ctx: RequestContext, db: AsyncSession, org_id: str) -> st
     operator, the organization's first owner."""
     principal = ctx.principal
     if ctx.is_operator:
-        owner = (await db.execute(
-            tenant_select(Membership, org_id).where(col(Membership.role) == BuiltinRole.OWNER.value)
-            .order_by(col(Membership.created_at), col(Membership.id))
-        )).scalars().first()
+        owner = (
+            (
+                await db.execute(
+                    tenant_select(Membership, org_id)
+                    .where(col(Membership.role) == BuiltinRole.OWNER.value)
+                    .order_by(col(Membership.created_at), col(Membership.id))
+                )
+            )
+            .scalars()
+            .first()
+        )
         if owner is None:
             raise Conflict("The organization has no owner for the key to act for.")
         return owner.user_id
@@ -143,28 +150,65 @@ async def create_api_key(ctx: RequestContext, new: NewApiKey) -> IssuedKey:
     await check_quota(db, org_id, QuotaResource.API_KEYS)
     creator = await _acting_user(ctx, db, org_id)
     issued = issue_key(
-        ctx.services.api_key_pepper, ctx.services.api_key_env, organization_id=org_id, created_by=creator,
-        name=name, scopes=scopes, allowed_ips=allowed, rate_limit_per_minute=rate, expires_at=expires, now=now,
+        ctx.services.api_key_pepper,
+        ctx.services.api_key_env,
+        organization_id=org_id,
+        created_by=creator,
+        name=name,
+        scopes=scopes,
+        allowed_ips=allowed,
+        rate_limit_per_minute=rate,
+        expires_at=expires,
+        now=now,
     )
     db.add(issued.key)
     await db.flush()
-    ctx.audit(AuditAction.APIKEY_CREATED, resource_type="api_key", resource_id=issued.key.id,
-              details={"name": name, "prefix": issued.key.prefix, "scopes": issued.key.scopes,
-                       "allowedIps": allowed, "rateLimitPerMinute": rate, "expiresAt": expires})
+    ctx.audit(
+        AuditAction.APIKEY_CREATED,
+        resource_type="api_key",
+        resource_id=issued.key.id,
+        details={
+            "name": name,
+            "prefix": issued.key.prefix,
+            "scopes": issued.key.scopes,
+            "allowedIps": allowed,
+            "rateLimitPerMinute": rate,
+            "expiresAt": expires,
+        },
+    )
     return issued
 
 
-def issue_key(pepper: bytes, env: str, *, organization_id: str, created_by: str, name: str,
-              scopes: frozenset[Permission], allowed_ips: list[str], rate_limit_per_minute: int | None,
-              expires_at: datetime | None, now: datetime) -> IssuedKey:
+def issue_key(
+    pepper: bytes,
+    env: str,
+    *,
+    organization_id: str,
+    created_by: str,
+    name: str,
+    scopes: frozenset[Permission],
+    allowed_ips: list[str],
+    rate_limit_per_minute: int | None,
+    expires_at: datetime | None,
+    now: datetime,
+) -> IssuedKey:
     """A new key row and its secret; its creator holds it."""
     label = env_label(env)
     prefix = new_prefix()
     secret = new_secret(label, prefix)
     key = ApiKey(
-        organization_id=organization_id, created_by=created_by, held_by=created_by, name=name, env=label, prefix=prefix,
-        secret_hash=hash_secret(pepper, parse(secret).secret), scopes=sorted(p.value for p in scopes),
-        allowed_ips=allowed_ips, rate_limit_per_minute=rate_limit_per_minute, expires_at=expires_at, created_at=now,
+        organization_id=organization_id,
+        created_by=created_by,
+        held_by=created_by,
+        name=name,
+        env=label,
+        prefix=prefix,
+        secret_hash=hash_secret(pepper, parse(secret).secret),
+        scopes=sorted(p.value for p in scopes),
+        allowed_ips=allowed_ips,
+        rate_limit_per_minute=rate_limit_per_minute,
+        expires_at=expires_at,
+        created_at=now,
     )
     return IssuedKey(key, secret)
 
@@ -199,18 +243,20 @@ async def rotate_api_key(ctx: RequestContext, key_id: str, grace_period_seconds:
     principal = ctx.principal
     org_id = tenant_of(principal)
     if not 0 <= grace_period_seconds <= MAX_GRACE_SECONDS:
-        raise BadUserInput(f"gracePeriodSeconds must be between 0 and {MAX_GRACE_SECONDS}",
-                           field="gracePeriodSeconds")
+        raise BadUserInput(f"gracePeriodSeconds must be between 0 and {MAX_GRACE_SECONDS}", field="gracePeriodSeconds")
     db = await ctx.db()
     key = await _key(db, org_id, key_id, lock=True)
     if key.revoked_at is not None:
         raise NotFound(API_KEY_NOT_FOUND)
-    _check_within(principal, frozenset(Permission(s) for s in key.scopes),
-                  "You cannot rotate a key with scopes you do not hold.")
+    _check_within(
+        principal, frozenset(Permission(s) for s in key.scopes), "You cannot rotate a key with scopes you do not hold."
+    )
     holder = await _acting_user(ctx, db, org_id)
     if holder != key.held_by and grace_period_seconds > 0:
-        raise BadUserInput("Rotating a key held by someone else ends its current secret at once: "
-                           "gracePeriodSeconds must be 0.", field="gracePeriodSeconds")
+        raise BadUserInput(
+            "Rotating a key held by someone else ends its current secret at once: gracePeriodSeconds must be 0.",
+            field="gracePeriodSeconds",
+        )
     previous_holder = key.held_by
     now = ctx.services.now()
     secret = new_secret(key.env, key.prefix)
@@ -274,6 +320,11 @@ async def end_held_keys(ctx: RequestContext, organization_id: str, user_id: str,
     if keys:
         announce_after_commit(ctx, [apikey_key(k.id) for k in keys])
     for key in keys:
-        ctx.audit(AuditAction.APIKEY_REVOKED, organization_id=organization_id, resource_type="api_key",
-                  resource_id=key.id, details={"prefix": key.prefix, "heldBy": user_id, "reason": reason})
+        ctx.audit(
+            AuditAction.APIKEY_REVOKED,
+            organization_id=organization_id,
+            resource_type="api_key",
+            resource_id=key.id,
+            details={"prefix": key.prefix, "heldBy": user_id, "reason": reason},
+        )
     return keys

@@ -58,8 +58,14 @@ class AuditPage:
     end_cursor: str | None
 
 
-_FILTER_FIELDS = {"actor_id": "actorId", "action": "action", "resource_type": "resourceType",
-                  "resource_id": "resourceId", "result": "result", "request_id": "requestId"}
+_FILTER_FIELDS = {
+    "actor_id": "actorId",
+    "action": "action",
+    "resource_type": "resourceType",
+    "resource_id": "resourceId",
+    "result": "result",
+    "request_id": "requestId",
+}
 
 
 def _check_filter(f: AuditFilter) -> None:
@@ -83,14 +89,20 @@ def readable_chain(principal: Principal) -> str | None:
 
 
 async def list_entries(
-    ctx: RequestContext, f: AuditFilter | None, first: int | None = DEFAULT_PAGE_SIZE, after: str | None = None,
+    ctx: RequestContext,
+    f: AuditFilter | None,
+    first: int | None = DEFAULT_PAGE_SIZE,
+    after: str | None = None,
 ) -> AuditPage:
     """A page of the chain the caller may read (every chain for the platform operator), newest first."""
     return await query_entries(await ctx.db(), readable_chain(ctx.principal), f, first, after)
 
 
 async def query_entries(
-    db: AsyncSession, chain: str | None, f: AuditFilter | None, first: int | None = DEFAULT_PAGE_SIZE,
+    db: AsyncSession,
+    chain: str | None,
+    f: AuditFilter | None,
+    first: int | None = DEFAULT_PAGE_SIZE,
     after: str | None = None,
 ) -> AuditPage:
     """The query behind `list_entries`, on one chain (None: every chain)."""
@@ -188,12 +200,16 @@ async def checkpoint(db: AsyncSession, keys: KeyRing, *, now: datetime) -> dict[
     Refused while a chain does not verify: a checkpoint vouches for what it records."""
     heads, report = await audit.heads(db, verified=True)
     if report is not None and not report.ok:
-        raise CheckpointError(f"the audit log does not verify (first broken sequence "
-                              f"{report.first_broken_sequence}); no checkpoint written")
+        raise CheckpointError(
+            f"the audit log does not verify (first broken sequence "
+            f"{report.first_broken_sequence}); no checkpoint written"
+        )
     document = {
-        "format": CHECKPOINT_FORMAT, "createdAt": audit.iso(now),
-        "heads": [{"chain": h.chain, "sequence": h.sequence, "hash": h.hash}
-                  for h in sorted(heads, key=lambda h: h.chain)],
+        "format": CHECKPOINT_FORMAT,
+        "createdAt": audit.iso(now),
+        "heads": [
+            {"chain": h.chain, "sequence": h.sequence, "hash": h.hash} for h in sorted(heads, key=lambda h: h.chain)
+        ],
     }
     return {**document, "signature": sign_document(keys, document)}
 

@@ -77,7 +77,10 @@ async def _find_user(ctx: RequestContext, email: str) -> User | None:
 
 
 async def login(
-    ctx: RequestContext, email: str, password: str, organization_slug: str | None = None,
+    ctx: RequestContext,
+    email: str,
+    password: str,
+    organization_slug: str | None = None,
     totp: str | None = None,
 ) -> AuthResult:
     refuse_api_keys(ctx.principal)
@@ -90,15 +93,18 @@ async def login(
         # which organization the sign-in aims at decides which counters it runs against (C-127)
         async with services.db.transaction() as lookup:
             membership = await _membership(lookup, user, organization_slug)
-    attempt = await services.throttle.begin(email, principal.client_ip,
-                                            membership.organization_id if membership is not None else None)
+    attempt = await services.throttle.begin(
+        email, principal.client_ip, membership.organization_id if membership is not None else None
+    )
     if not attempt.allowed and not (attempt.needs_second_factor and code is not None):
         # The same work as a checked failure (lookup, one argon2 run, recording), so a refused
         # attempt answers in the same time as a wrong password (C-112).
         await services.hasher.burn()
         locked = await services.throttle.failed(attempt)
-        log.info("authn_login_lock" if locked else "authn_login_fail",
-                 extra={"reason": attempt.reason, "request_id": principal.request_id})
+        log.info(
+            "authn_login_lock" if locked else "authn_login_fail",
+            extra={"reason": attempt.reason, "request_id": principal.request_id},
+        )
         await _audit_failure(ctx, email, user, organization_slug, locked=locked, reason=attempt.reason)
         raise Unauthenticated(INVALID_CREDENTIALS)
 
@@ -108,23 +114,30 @@ async def login(
         # Past the account's ceiling from an address it does not know, only the password and the second
         # factor together sign in (C-127). Both are checked whatever the other's outcome, so neither the
         # answer nor its time tells a guesser that the password alone was right.
-        second = (user is not None and usable and user.mfa_enabled
-                  and await mfa.check_login_code(ctx, user, code, membership.organization_id
-                                                 if membership is not None else None) is None)
+        second = (
+            user is not None
+            and usable
+            and user.mfa_enabled
+            and await mfa.check_login_code(
+                ctx, user, code, membership.organization_id if membership is not None else None
+            )
+            is None
+        )
         ok = ok and second
     if not ok or user is None or membership is None:
         locked = await services.throttle.failed(attempt)
-        log.info("authn_login_lock" if locked else "authn_login_fail",
-                 extra={"request_id": principal.request_id})
+        log.info("authn_login_lock" if locked else "authn_login_fail", extra={"request_id": principal.request_id})
         reason = "no_membership" if ok else ("inactive" if user is not None and not usable else "bad_password")
         if attempt.needs_second_factor:
             reason = "account_ceiling"
-        await _audit_failure(ctx, email, user, organization_slug, locked=locked,
-                             reason="unknown_user" if user is None else reason)
+        await _audit_failure(
+            ctx, email, user, organization_slug, locked=locked, reason="unknown_user" if user is None else reason
+        )
         raise Unauthenticated(INVALID_CREDENTIALS)
     # the second factor is asked for (and its absence told) only once the password was right
-    refusal = None if attempt.needs_second_factor else await mfa.check_login_code(ctx, user, code,
-                                                                                 membership.organization_id)
+    refusal = (
+        None if attempt.needs_second_factor else await mfa.check_login_code(ctx, user, code, membership.organization_id)
+    )
     if refusal is not None:
         if await services.throttle.failed(attempt):
             log.info("authn_login_lock", extra={"request_id": principal.request_id})
@@ -144,25 +157,52 @@ async def login(
     org = await db.get(Organization, membership.organization_id)
     assert org is not None
     issued = await create_session(
-        db, user_id=user.id, organization_id=org.id, auth_method=AuthMethod.PASSWORD.value,
-        client_ip=principal.client_ip, user_agent=ctx.user_agent, policy=services.session_policy, now=now,
+        db,
+        user_id=user.id,
+        organization_id=org.id,
+        auth_method=AuthMethod.PASSWORD.value,
+        client_ip=principal.client_ip,
+        user_agent=ctx.user_agent,
+        policy=services.session_policy,
+        now=now,
     )
     token, claims = services.tokens.issue(subject=user.id, organization_id=org.id, session_id=issued.session.id)
     log.info("authn_login_success", extra={"request_id": principal.request_id, "user_id": user.id})
     # committed with the session it opens: there is no success entry for a session that never was
-    ctx.audit(AuditAction.AUTHN_LOGIN_SUCCESS, organization_id=org.id, actor_id=user.id, resource_type="session",
-              resource_id=issued.session.id, details={"method": AuthMethod.PASSWORD.value,
-                                                      "knownAddress": attempt.known_address})
+    ctx.audit(
+        AuditAction.AUTHN_LOGIN_SUCCESS,
+        organization_id=org.id,
+        actor_id=user.id,
+        resource_type="session",
+        resource_id=issued.session.id,
+        details={"method": AuthMethod.PASSWORD.value, "knownAddress": attempt.known_address},
+    )
     if not attempt.known_address and not first_sign_in:
-        await send_mail(ctx, to=user.email, template="new_sign_in", organization_id=org.id, variables={
-            "at": now, "client_ip": principal.client_ip, "user_agent": ctx.user_agent,
-            "organization_name": org.name, "method": AuthMethod.PASSWORD.value,
-        })
+        await send_mail(
+            ctx,
+            to=user.email,
+            template="new_sign_in",
+            organization_id=org.id,
+            variables={
+                "at": now,
+                "client_ip": principal.client_ip,
+                "user_agent": ctx.user_agent,
+                "organization_name": org.name,
+                "method": AuthMethod.PASSWORD.value,
+            },
+        )
     return AuthResult(token, claims, issued.refresh_token, user, org)
 
 
-async def _audit_failure(ctx: RequestContext, email: str, user: User | None, organization_slug: str | None, *,
-                         locked: bool, reason: str | None) -> None:
+async def _audit_failure(
+    ctx: RequestContext,
+    email: str,
+    user: User | None,
+    organization_slug: str | None,
+    *,
+    locked: bool,
+    reason: str | None,
+) -> None:
     """`authn_login_fail` (and `authn_login_lock` when this failure locked the account from this
     address) in the user's organization's chain, or the platform's for an unknown email."""
     org_id = None
@@ -173,8 +213,10 @@ async def _audit_failure(ctx: RequestContext, email: str, user: User | None, org
                 membership = await _membership(lookup, user, None)
         org_id = membership.organization_id if membership is not None else None
     common: dict[str, object] = {
-        "organization_id": org_id or PLATFORM_CHAIN, "actor_id": user.id if user is not None else None,
-        "resource_type": "user", "resource_id": user.id if user is not None else None,
+        "organization_id": org_id or PLATFORM_CHAIN,
+        "actor_id": user.id if user is not None else None,
+        "resource_type": "user",
+        "resource_id": user.id if user is not None else None,
         "result": AuditResult.DENIED,
     }
     details = {"email": email[:MAX_EMAIL_LENGTH], "reason": reason or "bad_password", "method": "password"}
@@ -195,9 +237,7 @@ async def refresh(ctx: RequestContext, refresh_token: str | None) -> AuthResult:
     # An authentication event: it commits on its own, so a detected reuse stays revoked.
     async with services.db.transaction() as db:
         try:
-            session, new_token = await rotate_refresh_token(
-                db, refresh_token, policy=services.session_policy, now=now
-            )
+            session, new_token = await rotate_refresh_token(db, refresh_token, policy=services.session_policy, now=now)
         except RefreshError as exc:
             failure = exc
         else:
@@ -219,8 +259,13 @@ async def refresh(ctx: RequestContext, refresh_token: str | None) -> AuthResult:
     if user is None or org is None:
         raise Unauthenticated("Invalid refresh token.")
     token, claims = services.tokens.issue(subject=user.id, organization_id=org.id, session_id=session.id)
-    await ctx.audit_now(AuditAction.AUTHN_TOKEN_REFRESH, organization_id=org.id, actor_id=user.id,
-                        resource_type="session", resource_id=session.id)
+    await ctx.audit_now(
+        AuditAction.AUTHN_TOKEN_REFRESH,
+        organization_id=org.id,
+        actor_id=user.id,
+        resource_type="session",
+        resource_id=session.id,
+    )
     return AuthResult(token, claims, new_token, user, org)
 
 
@@ -235,9 +280,15 @@ async def _audit_refresh_failure(ctx: RequestContext, failure: RefreshError) -> 
             if row is not None:
                 org_id, user_id = row.organization_id, row.user_id
     action = AuditAction.AUTHN_TOKEN_REUSE if failure.reason == "reused" else AuditAction.AUTHN_TOKEN_REFRESH
-    await ctx.audit_now(action, result=AuditResult.DENIED, organization_id=org_id or PLATFORM_CHAIN,
-                        actor_id=user_id, resource_type="session", resource_id=session_id,
-                        details={"reason": failure.reason})
+    await ctx.audit_now(
+        action,
+        result=AuditResult.DENIED,
+        organization_id=org_id or PLATFORM_CHAIN,
+        actor_id=user_id,
+        resource_type="session",
+        resource_id=session_id,
+        details={"reason": failure.reason},
+    )
 
 
 def _require_user(principal: Principal) -> tuple[str, str]:
@@ -298,10 +349,18 @@ async def change_password(ctx: RequestContext, current_password: str, new_passwo
     db.add(user)
     others = await active_session_ids(db, user_id, except_id=session_id)
     await revoke_sessions(db, others, reason="password_changed", now=services.now())
-    await send_mail(ctx, to=user.email, template="password_changed",
-                    variables={"at": services.now(), "client_ip": ctx.principal.client_ip})
-    ctx.audit(AuditAction.AUTHN_PASSWORD_CHANGE, resource_type="user", resource_id=user_id,
-              details={"sessionsEnded": len(others)})
+    await send_mail(
+        ctx,
+        to=user.email,
+        template="password_changed",
+        variables={"at": services.now(), "client_ip": ctx.principal.client_ip},
+    )
+    ctx.audit(
+        AuditAction.AUTHN_PASSWORD_CHANGE,
+        resource_type="user",
+        resource_id=user_id,
+        details={"sessionsEnded": len(others)},
+    )
 
     async def announce() -> None:
         await services.revocations.publish(others)
@@ -328,6 +387,7 @@ async def unlock_user(ctx: RequestContext, user_id: str) -> bool:
         raise NotFound("User not found.")
     cleared = await ctx.services.throttle.unlock(row.email, org_id)
     log.info("authn_login_unlock", extra={"user_id": row.id, "request_id": ctx.principal.request_id})
-    ctx.audit(AuditAction.AUTHN_LOGIN_UNLOCK, resource_type="user", resource_id=row.id,
-              details={"counters_cleared": cleared})
+    ctx.audit(
+        AuditAction.AUTHN_LOGIN_UNLOCK, resource_type="user", resource_id=row.id, details={"counters_cleared": cleared}
+    )
     return True

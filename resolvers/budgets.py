@@ -21,7 +21,9 @@ if TYPE_CHECKING:
     from resolvers.deps import RequestContext
 
 RATE_RESOURCES: tuple[QuotaResource, ...] = (
-    QuotaResource.REQUESTS_PER_MINUTE, QuotaResource.REQUESTS_PER_DAY, QuotaResource.COST_PER_MINUTE,
+    QuotaResource.REQUESTS_PER_MINUTE,
+    QuotaResource.REQUESTS_PER_DAY,
+    QuotaResource.COST_PER_MINUTE,
 )
 
 
@@ -97,7 +99,9 @@ async def charge_work(ctx: RequestContext, entries: int, what: str) -> int:
             raise GatewayError(
                 f"{what} reads {entries} audit entries, {price} cost points: more than the tenant's cost budget "
                 f"has left; retry in {decision.retry_after} s.",
-                code=ErrorCode.RATE_LIMITED, retryAfter=decision.retry_after, cost=price,
+                code=ErrorCode.RATE_LIMITED,
+                retryAfter=decision.retry_after,
+                cost=price,
             )
         raise GatewayError("The rate limiter is unavailable; retry shortly.", retryAfter=decision.retry_after)
     ctx.work_cost += price

@@ -118,8 +118,15 @@ class RequestContext:
     only after that commit (telling other processes about a revocation) is queued in `after_commit`.
     """
 
-    def __init__(self, services: Services, principal: Principal, *, request: Any = None,
-                 response: Any = None, user_agent: str | None = None) -> None:
+    def __init__(
+        self,
+        services: Services,
+        principal: Principal,
+        *,
+        request: Any = None,
+        response: Any = None,
+        user_agent: str | None = None,
+    ) -> None:
         self.services = services
         self.principal = principal
         self.request = request
@@ -158,13 +165,19 @@ class RequestContext:
         return cls(services, principal, user_agent=user_agent)
 
     @classmethod
-    def for_operator(cls, services: Services, operator: str, *, organization_id: str | None = None,
-                     source: str = "cli") -> RequestContext:
+    def for_operator(
+        cls, services: Services, operator: str, *, organization_id: str | None = None, source: str = "cli"
+    ) -> RequestContext:
         """For the platform operator's command line: a principal of the `platform` role holding every
         permission, in `organization_id` when the command names a tenant. Its audit entries name
         `operator` (who ran the command) as their actor, a `system` one, with `details.source`."""
-        principal = Principal(kind=PrincipalKind.USER, organization_id=organization_id, roles=(PLATFORM_ROLE,),
-                              permissions=frozenset(Permission), request_id=new_ordered_id())
+        principal = Principal(
+            kind=PrincipalKind.USER,
+            organization_id=organization_id,
+            roles=(PLATFORM_ROLE,),
+            permissions=frozenset(Permission),
+            request_id=new_ordered_id(),
+        )
         ctx = cls(services, principal)
         ctx.operator, ctx.source = operator, source
         return ctx
@@ -173,10 +186,18 @@ class RequestContext:
     def is_operator(self) -> bool:
         return self.operator is not None
 
-    def audit_event(self, action: str, *, result: str = AuditResult.SUCCESS, resource_type: str | None = None,
-                    resource_id: str | None = None, details: dict[str, Any] | None = None,
-                    organization_id: str | None = None, actor_id: str | None = None,
-                    actor_type: str | None = None) -> AuditEvent:
+    def audit_event(
+        self,
+        action: str,
+        *,
+        result: str = AuditResult.SUCCESS,
+        resource_type: str | None = None,
+        resource_id: str | None = None,
+        details: dict[str, Any] | None = None,
+        organization_id: str | None = None,
+        actor_id: str | None = None,
+        actor_type: str | None = None,
+    ) -> AuditEvent:
         """An entry about this request: who (the principal, or `actor_id` for a caller not yet
         authenticated; the operator for a command), from where, under which request id, in the principal's
         tenant by default (`organization_id=PLATFORM_CHAIN` for an event outside any tenant)."""
@@ -191,10 +212,17 @@ class RequestContext:
             actor_type, actor_id = ActorType.SYSTEM, self.operator
             details = {**(details or {}), "source": self.source}
         return AuditEvent(
-            action=action, result=result, organization_id=organization_id, actor_type=actor_type,
+            action=action,
+            result=result,
+            organization_id=organization_id,
+            actor_type=actor_type,
             actor_id=actor_id if actor_id is not None else p.subject_id,
-            resource_type=resource_type, resource_id=resource_id, request_id=p.request_id, ip=p.client_ip,
-            user_agent=self.user_agent, details=details or {},
+            resource_type=resource_type,
+            resource_id=resource_id,
+            request_id=p.request_id,
+            ip=p.client_ip,
+            user_agent=self.user_agent,
+            details=details or {},
         )
 
     def audit(self, action: str, **fields: Any) -> None:

@@ -2,7 +2,7 @@
 
 An IdP configured by a tenant vouches for whoever its administrator says. So a tenant's IdP may create an
 account (just-in-time provisioning) only at an address of a domain that tenant has claimed, and it signs in
-only accounts it created that way or that their holders linked to it themselves (resolvers/sso.py). A
+only accounts it created that way or that their holders linked to it themselves (resolvers/sso_login.py). A
 domain has at most one claimant: the first claim wins, and only a platform operator (`portcullis domains
 assign|release`) moves a claim from one organization to another. Domains of public mailbox providers
 cannot be claimed by anyone: their addresses belong to people, not to an organization.
@@ -27,23 +27,67 @@ MAX_DOMAINS = 100
 _LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
 
 # Mailbox providers whose addresses belong to individuals: no organization speaks for them.
-PUBLIC_MAIL_DOMAINS = frozenset({
-    "gmail.com", "googlemail.com", "outlook.com", "hotmail.com", "hotmail.co.uk", "live.com", "msn.com",
-    "yahoo.com", "yahoo.co.uk", "yahoo.fr", "yahoo.de", "ymail.com", "aol.com", "icloud.com", "me.com", "mac.com",
-    "proton.me", "protonmail.com", "pm.me", "gmx.com", "gmx.de", "gmx.net", "web.de", "mail.com", "zoho.com",
-    "yandex.com", "yandex.ru", "mail.ru", "qq.com", "163.com", "126.com", "fastmail.com", "tutanota.com",
-    "tuta.io", "hey.com", "orange.fr", "free.fr", "t-online.de", "libero.it", "naver.com", "seznam.cz",
-})
+PUBLIC_MAIL_DOMAINS = frozenset(
+    {
+        "gmail.com",
+        "googlemail.com",
+        "outlook.com",
+        "hotmail.com",
+        "hotmail.co.uk",
+        "live.com",
+        "msn.com",
+        "yahoo.com",
+        "yahoo.co.uk",
+        "yahoo.fr",
+        "yahoo.de",
+        "ymail.com",
+        "aol.com",
+        "icloud.com",
+        "me.com",
+        "mac.com",
+        "proton.me",
+        "protonmail.com",
+        "pm.me",
+        "gmx.com",
+        "gmx.de",
+        "gmx.net",
+        "web.de",
+        "mail.com",
+        "zoho.com",
+        "yandex.com",
+        "yandex.ru",
+        "mail.ru",
+        "qq.com",
+        "163.com",
+        "126.com",
+        "fastmail.com",
+        "tutanota.com",
+        "tuta.io",
+        "hey.com",
+        "orange.fr",
+        "free.fr",
+        "t-online.de",
+        "libero.it",
+        "naver.com",
+        "seznam.cz",
+    }
+)
 
 
 def checked_domain(raw: str, field: str = "domain") -> str:
     """The domain, lowercased; BAD_USER_INPUT when it is not a plain DNS name of two labels or more."""
     domain = raw.strip().lower().rstrip(".")
     labels = domain.split(".")
-    if (not domain or len(domain) > 253 or len(labels) < 2
-            or any(not label or len(label) > 63 or label[0] == "-" or label[-1] == "-"
-                   or set(label) - _LABEL_CHARS for label in labels)
-            or labels[-1].isdigit()):
+    if (
+        not domain
+        or len(domain) > 253
+        or len(labels) < 2
+        or any(
+            not label or len(label) > 63 or label[0] == "-" or label[-1] == "-" or set(label) - _LABEL_CHARS
+            for label in labels
+        )
+        or labels[-1].isdigit()
+    ):
         raise BadUserInput("not a domain name", field=field)
     return domain
 
@@ -71,21 +115,27 @@ async def claim_domain(ctx: RequestContext, raw: str) -> EmailDomain:
     org_id = tenant_of(ctx.principal)
     domain = checked_domain(raw)
     if domain in PUBLIC_MAIL_DOMAINS:
-        raise BadUserInput("addresses at a public mailbox provider cannot be claimed by an organization",
-                           field="domain")
+        raise BadUserInput(
+            "addresses at a public mailbox provider cannot be claimed by an organization", field="domain"
+        )
     db = await ctx.db()
     existing = await db.get(EmailDomain, domain)  # tenant-scope: first claim wins, whoever holds it
     if existing is not None:
         if existing.organization_id == org_id:
-            ctx.audit(AuditAction.DOMAIN_CLAIMED, resource_type="email_domain", resource_id=domain,
-                      details={"alreadyClaimed": True})
+            ctx.audit(
+                AuditAction.DOMAIN_CLAIMED,
+                resource_type="email_domain",
+                resource_id=domain,
+                details={"alreadyClaimed": True},
+            )
             return existing
         raise Conflict("This domain is claimed by another organization.")
     count = len((await db.execute(select(col(EmailDomain.domain)).where(tenant_filter(EmailDomain, org_id)))).all())
     if count >= MAX_DOMAINS:
         raise BadUserInput(f"an organization claims at most {MAX_DOMAINS} domains", field="domain")
-    row = EmailDomain(domain=domain, organization_id=org_id, claimed_by=_user(ctx.principal),
-                      claimed_at=ctx.services.now())
+    row = EmailDomain(
+        domain=domain, organization_id=org_id, claimed_by=_user(ctx.principal), claimed_at=ctx.services.now()
+    )
     db.add(row)
     try:
         await db.flush()
@@ -110,8 +160,10 @@ async def release_domain(ctx: RequestContext, raw: str) -> bool:
 
 def _check_operator(ctx: RequestContext, permission: Permission) -> None:
     if permission not in ctx.principal.effective_permissions:
-        raise Forbidden("Every organization's claims are the platform operator's to see and move.",
-                        requiredScopes=[[permission.value]])
+        raise Forbidden(
+            "Every organization's claims are the platform operator's to see and move.",
+            requiredScopes=[[permission.value]],
+        )
 
 
 async def assign_domain(ctx: RequestContext, raw: str, organization_slug: str | None) -> tuple[str, str | None]:
@@ -127,11 +179,12 @@ async def assign_domain(ctx: RequestContext, raw: str, organization_slug: str | 
         _audit_assignment(ctx, domain, None)
         return domain, None
     if domain in PUBLIC_MAIL_DOMAINS:
-        raise BadUserInput("addresses at a public mailbox provider cannot be claimed by an organization",
-                           field="domain")
-    org = (await db.execute(
-        select(Organization).where(col(Organization.slug) == organization_slug)
-    )).scalar_one_or_none()
+        raise BadUserInput(
+            "addresses at a public mailbox provider cannot be claimed by an organization", field="domain"
+        )
+    org = (
+        await db.execute(select(Organization).where(col(Organization.slug) == organization_slug))
+    ).scalar_one_or_none()
     if org is None:
         raise NotFound(f"no organization with the slug {organization_slug!r}")
     db.add(EmailDomain(domain=domain, organization_id=org.id))
@@ -141,8 +194,13 @@ async def assign_domain(ctx: RequestContext, raw: str, organization_slug: str | 
 
 
 def _audit_assignment(ctx: RequestContext, domain: str, slug: str | None) -> None:
-    ctx.audit(AuditAction.DOMAIN_CLAIMED if slug else AuditAction.DOMAIN_RELEASED, organization_id=PLATFORM_CHAIN,
-              resource_type="email_domain", resource_id=domain, details={"organization": slug})
+    ctx.audit(
+        AuditAction.DOMAIN_CLAIMED if slug else AuditAction.DOMAIN_RELEASED,
+        organization_id=PLATFORM_CHAIN,
+        resource_type="email_domain",
+        resource_id=domain,
+        details={"organization": slug},
+    )
 
 
 async def all_claims(ctx: RequestContext) -> list[tuple[str, str]]:

@@ -100,8 +100,10 @@ def _check_role_shape(role: str) -> None:
 
 def _pending(organization_id: str, key: str, now: datetime) -> ColumnElement[bool]:
     return (
-        tenant_filter(Invitation, organization_id) & (col(Invitation.email_key) == key)
-        & col(Invitation.accepted_at).is_(None) & col(Invitation.revoked_at).is_(None)
+        tenant_filter(Invitation, organization_id)
+        & (col(Invitation.email_key) == key)
+        & col(Invitation.accepted_at).is_(None)
+        & col(Invitation.revoked_at).is_(None)
         & (col(Invitation.expires_at) > now)
     )
 
@@ -110,9 +112,9 @@ async def _inviter(db: AsyncSession, principal: Principal, organization_id: str)
     """Who invites: (the user's id, how the message names them). An API key invites for its holder."""
     user_id = principal.subject_id
     if principal.kind is PrincipalKind.API_KEY:
-        key = (await db.execute(
-            tenant_select(ApiKey, organization_id).where(col(ApiKey.id) == principal.subject_id)
-        )).scalar_one_or_none()
+        key = (
+            await db.execute(tenant_select(ApiKey, organization_id).where(col(ApiKey.id) == principal.subject_id))
+        ).scalar_one_or_none()
         user_id = key.held_by if key is not None else None
     if user_id is None:
         return None, None
@@ -128,10 +130,19 @@ async def _send(ctx: RequestContext, invitation: Invitation, token: str, inviter
     mailer = ctx.services.mail
     assert org is not None
     assert mailer is not None
-    await send_mail(ctx, to=invitation.email, template="invitation", organization_id=org.id, variables={
-        "organization_name": org.name, "inviter": inviter, "role": invitation.role,
-        "accept_url": mailer.link(ACCEPT_PATH, token), "expires_at": invitation.expires_at,
-    })
+    await send_mail(
+        ctx,
+        to=invitation.email,
+        template="invitation",
+        organization_id=org.id,
+        variables={
+            "organization_name": org.name,
+            "inviter": inviter,
+            "role": invitation.role,
+            "accept_url": mailer.link(ACCEPT_PATH, token),
+            "expires_at": invitation.expires_at,
+        },
+    )
 
 
 # -- inviting -----------------------------------------------------------------------------------------
@@ -146,16 +157,20 @@ async def add_member(ctx: RequestContext, email: str, role: str) -> Invitation:
     _check_role_shape(role)
     db = await ctx.db()
     custom = await require_role(db, org_id, role)
-    check_can_grant(principal.effective_permissions, [role], custom,
-                    "You cannot grant a role with permissions you do not hold.")
+    check_can_grant(
+        principal.effective_permissions, [role], custom, "You cannot grant a role with permissions you do not hold."
+    )
     now = ctx.services.now()
     key = email_key(email)
     # the organization's row is locked from here (quota): concurrent invitations of one address queue up
     await check_quota(db, org_id, QuotaResource.MEMBERS)
-    member = (await db.execute(
-        sa_select(col(Membership.id)).join(User, col(User.id) == col(Membership.user_id))
-        .where(tenant_filter(Membership, org_id), col(User.email_key) == key)
-    )).first()
+    member = (
+        await db.execute(
+            sa_select(col(Membership.id))
+            .join(User, col(User.id) == col(Membership.user_id))
+            .where(tenant_filter(Membership, org_id), col(User.email_key) == key)
+        )
+    ).first()
     if member is not None:
         raise Conflict("This address is already a member.")
     if (await db.execute(sa_select(col(Invitation.id)).where(_pending(org_id, key, now)))).first() is not None:
@@ -163,24 +178,37 @@ async def add_member(ctx: RequestContext, email: str, role: str) -> Invitation:
     inviter_id, inviter = await _inviter(db, principal, org_id)
     token = new_invitation_token()
     invitation = Invitation(
-        organization_id=org_id, email=email, email_key=key, role=role, invited_by=inviter_id,
-        token_hash=hash_opaque_token(token), created_at=now, expires_at=now + INVITATION_TTL, sent_at=now,
+        organization_id=org_id,
+        email=email,
+        email_key=key,
+        role=role,
+        invited_by=inviter_id,
+        token_hash=hash_opaque_token(token),
+        created_at=now,
+        expires_at=now + INVITATION_TTL,
+        sent_at=now,
         send_count=1,
     )
     db.add(invitation)
     await db.flush()
     await _send(ctx, invitation, token, inviter)
-    ctx.audit(AuditAction.MEMBER_INVITED, resource_type="invitation", resource_id=invitation.id,
-              details={"email": email, "role": role})
+    ctx.audit(
+        AuditAction.MEMBER_INVITED,
+        resource_type="invitation",
+        resource_id=invitation.id,
+        details={"email": email, "role": role},
+    )
     return invitation
 
 
 async def _invitation(db: AsyncSession, organization_id: str, invitation_id: str) -> Invitation:
     if not invitation_id or len(invitation_id) > 36:
         raise NotFound("Invitation not found.")
-    row = (await db.execute(
-        tenant_select(Invitation, organization_id).where(col(Invitation.id) == invitation_id).with_for_update()
-    )).scalar_one_or_none()
+    row = (
+        await db.execute(
+            tenant_select(Invitation, organization_id).where(col(Invitation.id) == invitation_id).with_for_update()
+        )
+    ).scalar_one_or_none()
     if row is None:
         raise NotFound("Invitation not found.")
     return row
@@ -197,8 +225,12 @@ async def resend_invitation(ctx: RequestContext, invitation_id: str) -> Invitati
     if status in (InvitationStatus.ACCEPTED, InvitationStatus.REVOKED):
         raise Conflict(f"This invitation is {status.value}: it cannot be sent again.")
     custom = await require_role(db, org_id, invitation.role)
-    check_can_grant(principal.effective_permissions, [invitation.role], custom,
-                    "You cannot grant a role with permissions you do not hold.")
+    check_can_grant(
+        principal.effective_permissions,
+        [invitation.role],
+        custom,
+        "You cannot grant a role with permissions you do not hold.",
+    )
     if invitation.send_count >= MAX_SENDS:
         raise Conflict(f"This invitation was sent {MAX_SENDS} times: revoke it and invite again.")
     if invitation.sent_at is not None and now - invitation.sent_at < RESEND_INTERVAL:
@@ -215,8 +247,12 @@ async def resend_invitation(ctx: RequestContext, invitation_id: str) -> Invitati
     await db.flush()
     _, inviter = await _inviter(db, principal, org_id)
     await _send(ctx, invitation, token, inviter)
-    ctx.audit(AuditAction.INVITATION_RESENT, resource_type="invitation", resource_id=invitation.id,
-              details={"sends": invitation.send_count})
+    ctx.audit(
+        AuditAction.INVITATION_RESENT,
+        resource_type="invitation",
+        resource_id=invitation.id,
+        details={"sends": invitation.send_count},
+    )
     return invitation
 
 
@@ -230,8 +266,12 @@ async def revoke_invitation(ctx: RequestContext, invitation_id: str) -> Invitati
         invitation.revoked_at = ctx.services.now()
         db.add(invitation)
         await db.flush()
-    ctx.audit(AuditAction.INVITATION_REVOKED, resource_type="invitation", resource_id=invitation.id,
-              details={"email": invitation.email, "role": invitation.role})
+    ctx.audit(
+        AuditAction.INVITATION_REVOKED,
+        resource_type="invitation",
+        resource_id=invitation.id,
+        details={"email": invitation.email, "role": invitation.role},
+    )
     return invitation
 
 
@@ -245,8 +285,14 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
         raise BadUserInput("after is not a valid cursor", field="after") from None
 
 
-async def list_invitations(ctx: RequestContext, organization_id: str, *, first: int = 50, after: str | None = None,
-                           status: InvitationStatus | None = None) -> InvitationPage:
+async def list_invitations(
+    ctx: RequestContext,
+    organization_id: str,
+    *,
+    first: int = 50,
+    after: str | None = None,
+    status: InvitationStatus | None = None,
+) -> InvitationPage:
     """The organization's invitations, newest first (keyset on created_at, id); its own organization only."""
     org_id = tenant_of(ctx.principal)
     now = ctx.services.now()
@@ -260,15 +306,22 @@ async def list_invitations(ctx: RequestContext, organization_id: str, *, first: 
     elif status is InvitationStatus.REVOKED:
         stmt = stmt.where(col(Invitation.accepted_at).is_(None), col(Invitation.revoked_at).is_not(None))
     elif status is InvitationStatus.EXPIRED:
-        stmt = stmt.where(col(Invitation.accepted_at).is_(None), col(Invitation.revoked_at).is_(None),
-                          col(Invitation.expires_at) <= now)
+        stmt = stmt.where(
+            col(Invitation.accepted_at).is_(None),
+            col(Invitation.revoked_at).is_(None),
+            col(Invitation.expires_at) <= now,
+        )
     elif status is InvitationStatus.PENDING:
-        stmt = stmt.where(col(Invitation.accepted_at).is_(None), col(Invitation.revoked_at).is_(None),
-                          col(Invitation.expires_at) > now)
+        stmt = stmt.where(
+            col(Invitation.accepted_at).is_(None),
+            col(Invitation.revoked_at).is_(None),
+            col(Invitation.expires_at) > now,
+        )
     if after is not None:
         at, ident = _decode_cursor(after)
-        stmt = stmt.where((col(Invitation.created_at) < at)
-                          | ((col(Invitation.created_at) == at) & (col(Invitation.id) < ident)))
+        stmt = stmt.where(
+            (col(Invitation.created_at) < at) | ((col(Invitation.created_at) == at) & (col(Invitation.id) < ident))
+        )
     stmt = stmt.order_by(col(Invitation.created_at).desc(), col(Invitation.id).desc()).limit(first + 1)
     rows = list((await (await ctx.db()).execute(stmt)).scalars().all())
     edges = [InvitationEdge(encode_position(CURSOR_VERSION, r.created_at, r.id), r) for r in rows[:first]]
@@ -287,15 +340,17 @@ class _Found:
 async def _find(ctx: RequestContext, token: str) -> _Found:
     now = ctx.services.now()
     async with ctx.services.db.transaction() as read:
-        invitation = (await read.execute(
-            # tenant-scope: no tenant before sign-in; the token picks the invitation, whose organization it is
-            sa_select(Invitation).where(col(Invitation.token_hash) == hash_opaque_token(token))
-        )).scalar_one_or_none()
+        invitation = (
+            await read.execute(
+                # tenant-scope: no tenant before sign-in; the token picks the invitation, whose organization it is
+                sa_select(Invitation).where(col(Invitation.token_hash) == hash_opaque_token(token))
+            )
+        ).scalar_one_or_none()
         if invitation is None or status_of(invitation, now) is not InvitationStatus.PENDING:
             raise Unauthenticated(INVALID_INVITATION)
-        user = (await read.execute(
-            sa_select(User).where(col(User.email_key) == invitation.email_key)
-        )).scalar_one_or_none()
+        user = (
+            await read.execute(sa_select(User).where(col(User.email_key) == invitation.email_key))
+        ).scalar_one_or_none()
     return _Found(invitation, user)
 
 
@@ -309,8 +364,9 @@ async def _holder_proved(ctx: RequestContext, found: _Found, password: str) -> N
     if user.password_hash is None or (user.mfa_enabled and not signed_in):
         if signed_in:
             return
-        raise Unauthenticated("This address already has an account: sign in to it, then accept the invitation.",
-                              reason=SIGN_IN_REQUIRED)
+        raise Unauthenticated(
+            "This address already has an account: sign in to it, then accept the invitation.", reason=SIGN_IN_REQUIRED
+        )
     services = ctx.services
     attempt = await services.throttle.begin(user.email, principal.client_ip, found.invitation.organization_id)
     if not attempt.allowed:
@@ -350,8 +406,14 @@ async def accept_invitation(ctx: RequestContext, token: str, password: str) -> A
     user_id = found.user.id if found.user is not None else None
     org_id = invitation.organization_id
     if user_id is None:
-        user = User(email=invitation.email, email_key=invitation.email_key, password_hash=new_hash,
-                    password_changed_at=now, email_verified_at=now, created_at=now)
+        user = User(
+            email=invitation.email,
+            email_key=invitation.email_key,
+            password_hash=new_hash,
+            password_changed_at=now,
+            email_verified_at=now,
+            created_at=now,
+        )
         db.add(user)
         try:
             await db.flush()
@@ -367,17 +429,21 @@ async def accept_invitation(ctx: RequestContext, token: str, password: str) -> A
             user.email_verified_at = now  # the token came through the address
     spent = await db.execute(
         update(Invitation)
-        .where(col(Invitation.id) == invitation.id, col(Invitation.token_hash) == invitation.token_hash,
-               col(Invitation.accepted_at).is_(None), col(Invitation.revoked_at).is_(None),
-               col(Invitation.expires_at) > now)
+        .where(
+            col(Invitation.id) == invitation.id,
+            col(Invitation.token_hash) == invitation.token_hash,
+            col(Invitation.accepted_at).is_(None),
+            col(Invitation.revoked_at).is_(None),
+            col(Invitation.expires_at) > now,
+        )
         .values(accepted_at=now, accepted_by=user.id)
         .execution_options(synchronize_session=False)
     )
     if (getattr(spent, "rowcount", 0) or 0) != 1:
         raise Unauthenticated(INVALID_INVITATION)
-    membership = (await db.execute(
-        tenant_select(Membership, org_id).where(col(Membership.user_id) == user.id)
-    )).scalar_one_or_none()
+    membership = (
+        await db.execute(tenant_select(Membership, org_id).where(col(Membership.user_id) == user.id))
+    ).scalar_one_or_none()
     if membership is not None:
         raise Conflict("You are already a member of this organization.")
     try:
@@ -396,17 +462,39 @@ async def accept_invitation(ctx: RequestContext, token: str, password: str) -> A
     signed_in = ctx.principal.kind is PrincipalKind.USER and ctx.principal.subject_id == user.id
     method = ctx.principal.auth_method.value if signed_in else AuthMethod.PASSWORD.value
     issued = await create_session(
-        db, user_id=user.id, organization_id=org.id, auth_method=method, client_ip=ctx.principal.client_ip,
-        user_agent=ctx.user_agent, policy=services.session_policy, now=now,
+        db,
+        user_id=user.id,
+        organization_id=org.id,
+        auth_method=method,
+        client_ip=ctx.principal.client_ip,
+        user_agent=ctx.user_agent,
+        policy=services.session_policy,
+        now=now,
     )
     access, claims = services.tokens.issue(subject=user.id, organization_id=org.id, session_id=issued.session.id)
     if user_id is None:
-        ctx.audit(AuditAction.USER_CREATED, organization_id=org.id, actor_id=user.id, resource_type="user",
-                  resource_id=user.id, details={"invitationId": invitation.id})
-    ctx.audit(AuditAction.MEMBER_ADDED, organization_id=org.id, actor_id=user.id, resource_type="membership",
-              resource_id=membership.id, details={"userId": user.id, "role": membership.role,
-                                                  "invitationId": invitation.id, "newUser": user_id is None})
-    ctx.audit(AuditAction.AUTHN_INVITATION_ACCEPTED, organization_id=org.id, actor_id=user.id,
-              resource_type="session", resource_id=issued.session.id,
-              details={"membershipId": membership.id, "invitationId": invitation.id})
+        ctx.audit(
+            AuditAction.USER_CREATED,
+            organization_id=org.id,
+            actor_id=user.id,
+            resource_type="user",
+            resource_id=user.id,
+            details={"invitationId": invitation.id},
+        )
+    ctx.audit(
+        AuditAction.MEMBER_ADDED,
+        organization_id=org.id,
+        actor_id=user.id,
+        resource_type="membership",
+        resource_id=membership.id,
+        details={"userId": user.id, "role": membership.role, "invitationId": invitation.id, "newUser": user_id is None},
+    )
+    ctx.audit(
+        AuditAction.AUTHN_INVITATION_ACCEPTED,
+        organization_id=org.id,
+        actor_id=user.id,
+        resource_type="session",
+        resource_id=issued.session.id,
+        details={"membershipId": membership.id, "invitationId": invitation.id},
+    )
     return AuthResult(access, claims, issued.refresh_token, user, org)

@@ -186,14 +186,27 @@ def render(template: str, variables: Mapping[str, Any], *, product_name: str, ap
 def _check_recipient(to: str) -> str:
     address = to.strip()
     local, at, domain = address.rpartition("@")
-    if (not at or not local or not domain or len(address) > 320
-            or any(c.isspace() or c in "<>,;\"" or ord(c) < 32 for c in address)):
+    if (
+        not at
+        or not local
+        or not domain
+        or len(address) > 320
+        or any(c.isspace() or c in '<>,;"' or ord(c) < 32 for c in address)
+    ):
         raise ValueError("the recipient is not an email address")
     return address
 
 
-async def queue_mail(db: AsyncSession, mailer: Mailer, *, to: str, template: str, variables: Mapping[str, Any],
-                     organization_id: str | None = None, now: datetime | None = None) -> MailMessage:
+async def queue_mail(
+    db: AsyncSession,
+    mailer: Mailer,
+    *,
+    to: str,
+    template: str,
+    variables: Mapping[str, Any],
+    organization_id: str | None = None,
+    now: datetime | None = None,
+) -> MailMessage:
     """Render `template` for `to` and add the message to `db`: it commits or rolls back with the
     caller's change. `pending` when an SMTP server is configured, `mailbox` otherwise."""
     rendered = render(template, variables, product_name=mailer.product_name, app_url=mailer.app_url)
@@ -216,14 +229,22 @@ async def queue_mail(db: AsyncSession, mailer: Mailer, *, to: str, template: str
     return row
 
 
-async def send_mail(ctx: RequestContext, *, to: str, template: str, variables: Mapping[str, Any],
-                    organization_id: str | None = None) -> None:
+async def send_mail(
+    ctx: RequestContext, *, to: str, template: str, variables: Mapping[str, Any], organization_id: str | None = None
+) -> None:
     """Queue a message in the request's unit of work; the delivery worker is woken once it commits."""
     mailer = ctx.services.mail
     if mailer is None:
         raise MailNotConfigured("no mailer: Services.mail is None (gateway.app.build_services makes one)")
-    await queue_mail(await ctx.db(), mailer, to=to, template=template, variables=variables,
-                     organization_id=organization_id, now=ctx.services.now())
+    await queue_mail(
+        await ctx.db(),
+        mailer,
+        to=to,
+        template=template,
+        variables=variables,
+        organization_id=organization_id,
+        now=ctx.services.now(),
+    )
     wake_after_commit(ctx)
 
 
@@ -249,16 +270,27 @@ def _read(row: MailMessage, box: SecretBox) -> ReadMail:
     except (SecretDecryptionError, ValueError):
         content, readable = {}, False
     return ReadMail(
-        id=row.id, recipient=row.recipient, template=row.template, subject=content.get("subject", ""),
-        text=content.get("text", ""), html=content.get("html", ""), status=row.status,
-        created_at=row.created_at, sent_at=row.sent_at, message_id=row.message_id, attempts=row.attempts,
-        next_attempt_at=row.next_attempt_at, last_error=row.last_error, organization_id=row.organization_id,
+        id=row.id,
+        recipient=row.recipient,
+        template=row.template,
+        subject=content.get("subject", ""),
+        text=content.get("text", ""),
+        html=content.get("html", ""),
+        status=row.status,
+        created_at=row.created_at,
+        sent_at=row.sent_at,
+        message_id=row.message_id,
+        attempts=row.attempts,
+        next_attempt_at=row.next_attempt_at,
+        last_error=row.last_error,
+        organization_id=row.organization_id,
         readable=readable,
     )
 
 
-async def read_mailbox(db: AsyncSession, mailer_or_box: Mailer | SecretBox, *, to: str | None = None,
-                       limit: int = 50) -> list[ReadMail]:
+async def read_mailbox(
+    db: AsyncSession, mailer_or_box: Mailer | SecretBox, *, to: str | None = None, limit: int = 50
+) -> list[ReadMail]:
     """The latest messages of the outbox (every status), newest first, decrypted; `to` filters by
     recipient (case-insensitive)."""
     query = select(MailMessage).order_by(col(MailMessage.created_at).desc(), col(MailMessage.id).desc())

@@ -150,16 +150,28 @@ async def update_member_role(ctx: RequestContext, membership_id: str, role: str)
     _check_role_shape(role)
     custom = await require_role(db, org_id, role)
     membership = member.membership
-    check_can_grant(principal.effective_permissions, [membership.role, role], custom,
-                    "You cannot change a member's role from or to a role with permissions you do not hold.")
+    check_can_grant(
+        principal.effective_permissions,
+        [membership.role, role],
+        custom,
+        "You cannot change a member's role from or to a role with permissions you do not hold.",
+    )
     if membership.role == role:
-        ctx.audit(AuditAction.AUTHZ_CHANGE, resource_type="membership", resource_id=membership.id,
-                  details={"userId": membership.user_id, "changes": {}})
+        ctx.audit(
+            AuditAction.AUTHZ_CHANGE,
+            resource_type="membership",
+            resource_id=membership.id,
+            details={"userId": membership.user_id, "changes": {}},
+        )
         return member
     if membership.role == BuiltinRole.OWNER.value:
         await _keep_an_owner(db, org_id)
-    ctx.audit(AuditAction.AUTHZ_CHANGE, resource_type="membership", resource_id=membership.id,
-              details={"userId": membership.user_id, "changes": changes({"role": membership.role}, {"role": role})})
+    ctx.audit(
+        AuditAction.AUTHZ_CHANGE,
+        resource_type="membership",
+        resource_id=membership.id,
+        details={"userId": membership.user_id, "changes": changes({"role": membership.role}, {"role": role})},
+    )
     membership.role = role
     db.add(membership)
     await db.flush()
@@ -174,8 +186,12 @@ async def remove_member(ctx: RequestContext, membership_id: str) -> bool:
     member = await _member(db, org_id, membership_id)
     membership = member.membership
     custom = await load_custom_roles(db, org_id)
-    check_can_grant(principal.effective_permissions, [membership.role], custom,
-                    "You cannot remove a member whose role holds permissions you do not hold.")
+    check_can_grant(
+        principal.effective_permissions,
+        [membership.role],
+        custom,
+        "You cannot remove a member whose role holds permissions you do not hold.",
+    )
     if membership.role == BuiltinRole.OWNER.value:
         await _keep_an_owner(db, org_id)
     await db.delete(membership)
@@ -183,11 +199,16 @@ async def remove_member(ctx: RequestContext, membership_id: str) -> bool:
     ended = await active_session_ids(db, membership.user_id, organization_id=org_id)
     await revoke_sessions(db, ended, reason="membership_removed", now=ctx.services.now())
     announce_after_commit(ctx, [*ended, user_key(membership.user_id)])
-    ctx.audit(AuditAction.MEMBER_REMOVED, resource_type="membership", resource_id=membership.id,
-              details={"userId": membership.user_id, "role": membership.role})
+    ctx.audit(
+        AuditAction.MEMBER_REMOVED,
+        resource_type="membership",
+        resource_id=membership.id,
+        details={"userId": membership.user_id, "role": membership.role},
+    )
     await end_held_keys(ctx, org_id, membership.user_id, reason="membership_removed")
     # the organization's providers stop speaking for the person: coming back is by invitation or the person's
     # own link, never by the provider alone (C-125)
-    await db.execute(delete(SsoIdentity).where(tenant_filter(SsoIdentity, org_id),
-                                               col(SsoIdentity.user_id) == membership.user_id))
+    await db.execute(
+        delete(SsoIdentity).where(tenant_filter(SsoIdentity, org_id), col(SsoIdentity.user_id) == membership.user_id)
+    )
     return True

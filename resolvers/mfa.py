@@ -66,15 +66,26 @@ class TotpEnrollment:
     qr_svg: str
 
 
-async def _audit(action: str, *, ctx: RequestContext, user_id: str, result: str = "success",
-                 organization_id: str | None = None, **details: str) -> None:
+async def _audit(
+    action: str,
+    *,
+    ctx: RequestContext,
+    user_id: str,
+    result: str = "success",
+    organization_id: str | None = None,
+    **details: str,
+) -> None:
     """The single point where a second-factor event is recorded (audit log: authn_mfa_*); never a code.
 
     A success commits with the mutation; a failure commits on its own, since the request then fails."""
-    log.info(action, extra={"user_id": user_id, "result": result, "request_id": ctx.principal.request_id,
-                            **details})
-    fields: dict[str, Any] = {"resource_type": "user", "resource_id": user_id, "actor_id": user_id,
-                              "details": dict(details), "organization_id": organization_id}
+    log.info(action, extra={"user_id": user_id, "result": result, "request_id": ctx.principal.request_id, **details})
+    fields: dict[str, Any] = {
+        "resource_type": "user",
+        "resource_id": user_id,
+        "actor_id": user_id,
+        "details": dict(details),
+        "organization_id": organization_id,
+    }
     if result == "success":
         ctx.audit(action, **fields)
     else:
@@ -97,8 +108,9 @@ def parse(raw: str | None, field: str) -> Code | None:
         raise BadUserInput(str(exc), field=field) from None
 
 
-async def check_login_code(ctx: RequestContext, user: User, code: Code | None,
-                           organization_id: str | None = None) -> str | None:
+async def check_login_code(
+    ctx: RequestContext, user: User, code: Code | None, organization_id: str | None = None
+) -> str | None:
     """After a right password: None when the user has no second factor or `code` is right and unspent,
     else the refusal reason (`MFA_REQUIRED`, `MFA_INVALID`). The spend commits on its own."""
     if not user.mfa_enabled:
@@ -112,19 +124,29 @@ async def check_login_code(ctx: RequestContext, user: User, code: Code | None,
         ok = current is not None and await verify_code(db, _totp(services), current, code, services.now())
         left = await unused_recovery_codes(db, user.id) if ok and code.kind is CodeKind.RECOVERY else None
     if not ok:
-        await _audit("authn_mfa_fail", ctx=ctx, user_id=user.id, result="failure", organization_id=organization_id,
-                     kind=code.kind.value, step="login")
+        await _audit(
+            "authn_mfa_fail",
+            ctx=ctx,
+            user_id=user.id,
+            result="failure",
+            organization_id=organization_id,
+            kind=code.kind.value,
+            step="login",
+        )
         return MFA_INVALID
     if left is not None:
-        log.info("authn_mfa_recovery_code_used",
-                 extra={"user_id": user.id, "request_id": ctx.principal.request_id, "remaining": left})
+        log.info(
+            "authn_mfa_recovery_code_used",
+            extra={"user_id": user.id, "request_id": ctx.principal.request_id, "remaining": left},
+        )
     return None
 
 
 def refuse(reason: str) -> Unauthenticated:
     if reason == MFA_REQUIRED:
-        return Unauthenticated("A second factor is required: send the TOTP code (or a recovery code) as `totp`.",
-                               reason=MFA_REQUIRED)
+        return Unauthenticated(
+            "A second factor is required: send the TOTP code (or a recovery code) as `totp`.", reason=MFA_REQUIRED
+        )
     return Unauthenticated(INVALID_CODE, reason=MFA_INVALID)
 
 
@@ -154,8 +176,9 @@ async def check_can_require(ctx: RequestContext) -> None:
         return
     user = await (await ctx.db()).get(User, p.subject_id)
     if user is None or not user.mfa_enabled:
-        raise Forbidden("Enable two-factor authentication on your own account before requiring it.",
-                        reason=MFA_ENROLLMENT_REQUIRED)
+        raise Forbidden(
+            "Enable two-factor authentication on your own account before requiring it.", reason=MFA_ENROLLMENT_REQUIRED
+        )
 
 
 def requirement_changed(ctx: RequestContext) -> None:
@@ -199,10 +222,17 @@ async def confirm_totp(ctx: RequestContext, code: str) -> list[str]:
     # one conditional write: of two concurrent confirmations only one enables and gets recovery codes
     enabled = await db.execute(
         update(User)
-        .where(col(User.id) == user.id, col(User.mfa_enabled).is_(False),
-               col(User.totp_pending_secret_encrypted) == pending)
-        .values(mfa_enabled=True, totp_secret_encrypted=pending, totp_pending_secret_encrypted=None,
-                totp_last_used_step=step)
+        .where(
+            col(User.id) == user.id,
+            col(User.mfa_enabled).is_(False),
+            col(User.totp_pending_secret_encrypted) == pending,
+        )
+        .values(
+            mfa_enabled=True,
+            totp_secret_encrypted=pending,
+            totp_pending_secret_encrypted=None,
+            totp_last_used_step=step,
+        )
         .execution_options(synchronize_session=False)
     )
     if (getattr(enabled, "rowcount", 0) or 0) != 1:
@@ -210,8 +240,9 @@ async def confirm_totp(ctx: RequestContext, code: str) -> list[str]:
     await db.refresh(user)
     codes = await replace_recovery_codes(db, totp, user.id, ctx.services.now())
     await _end_other_sessions(ctx, user, "mfa_enabled")
-    await send_mail(ctx, to=user.email, template="mfa_changed", variables={"change": "enabled",
-                                                                           "at": ctx.services.now()})
+    await send_mail(
+        ctx, to=user.email, template="mfa_changed", variables={"change": "enabled", "at": ctx.services.now()}
+    )
     await _audit("authn_mfa_enroll", ctx=ctx, user_id=user.id)
     return codes
 
@@ -226,8 +257,15 @@ async def disable_totp(ctx: RequestContext, code: str) -> bool:
     services = ctx.services
     attempt = await services.throttle.begin(user.email, ctx.principal.client_ip, ctx.principal.organization_id)
     if not attempt.allowed:
-        await _audit("authn_mfa_fail", ctx=ctx, user_id=user.id, result="failure", kind=parsed.kind.value,
-                     step="disable", reason="locked")
+        await _audit(
+            "authn_mfa_fail",
+            ctx=ctx,
+            user_id=user.id,
+            result="failure",
+            kind=parsed.kind.value,
+            step="disable",
+            reason="locked",
+        )
         raise Unauthenticated(INVALID_CREDENTIALS)
     # the code is spent in a transaction of its own (as at sign-in), before the throttle records
     async with services.db.transaction() as spend:
@@ -235,22 +273,22 @@ async def disable_totp(ctx: RequestContext, code: str) -> bool:
         ok = current is not None and await verify_code(spend, _totp(services), current, parsed, services.now())
     if not ok:
         await services.throttle.failed(attempt)
-        await _audit("authn_mfa_fail", ctx=ctx, user_id=user.id, result="failure", kind=parsed.kind.value,
-                     step="disable")
+        await _audit(
+            "authn_mfa_fail", ctx=ctx, user_id=user.id, result="failure", kind=parsed.kind.value, step="disable"
+        )
         raise Unauthenticated(INVALID_CODE, reason=MFA_INVALID)
     await services.throttle.succeeded(attempt)
     db = await ctx.db()
     await db.execute(
         update(User)
         .where(col(User.id) == user.id)
-        .values(mfa_enabled=False, totp_secret_encrypted=None, totp_pending_secret_encrypted=None,
-                totp_last_used_step=None)
+        .values(
+            mfa_enabled=False, totp_secret_encrypted=None, totp_pending_secret_encrypted=None, totp_last_used_step=None
+        )
         .execution_options(synchronize_session=False)
     )
     await drop_recovery_codes(db, user.id)
     await _end_other_sessions(ctx, user, "mfa_disabled")
-    await send_mail(ctx, to=user.email, template="mfa_changed", variables={"change": "disabled",
-                                                                           "at": services.now()})
+    await send_mail(ctx, to=user.email, template="mfa_changed", variables={"change": "disabled", "at": services.now()})
     await _audit("authn_mfa_disable", ctx=ctx, user_id=user.id, kind=parsed.kind.value)
     return True
-

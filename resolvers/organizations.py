@@ -92,8 +92,10 @@ async def get_organization(ctx: RequestContext, slug: str | None = None) -> Orga
 async def find_organization(ctx: RequestContext, slug: str) -> Organization:
     """Any organization by its slug, for the platform operator (`portcullis` commands name tenants so)."""
     if Permission.PLATFORM_ORGANIZATIONS_READ not in ctx.principal.effective_permissions:
-        raise Forbidden("Only the platform operator finds organizations by slug.",
-                        requiredScopes=[[Permission.PLATFORM_ORGANIZATIONS_READ.value]])
+        raise Forbidden(
+            "Only the platform operator finds organizations by slug.",
+            requiredScopes=[[Permission.PLATFORM_ORGANIZATIONS_READ.value]],
+        )
     db = await ctx.db()
     # tenant-scope: the operator's lookup spans every tenant
     org = (await db.execute(select(Organization).where(col(Organization.slug) == slug))).scalar_one_or_none()
@@ -162,43 +164,82 @@ async def create_organization(ctx: RequestContext, new: NewOrganization) -> Orga
         raise Conflict(SLUG_TAKEN, field="slug") from None
     db.add(Membership(organization_id=org.id, user_id=principal.subject_id, role=BuiltinRole.OWNER.value))
     await db.flush()
-    ctx.audit(AuditAction.ORG_CREATED, resource_type="organization", resource_id=org.id,
-              details={"slug": org.slug, "name": org.name, "plan": org.plan, "parentId": org.parent_id})
+    ctx.audit(
+        AuditAction.ORG_CREATED,
+        resource_type="organization",
+        resource_id=org.id,
+        details={"slug": org.slug, "name": org.name, "plan": org.plan, "parentId": org.parent_id},
+    )
     return org
 
 
-async def bootstrap_organization(ctx: RequestContext, *, slug: str, name: str, plan: str, owner_email: str,
-                                 password: str | None) -> Provisioned:
+async def bootstrap_organization(
+    ctx: RequestContext, *, slug: str, name: str, plan: str, owner_email: str, password: str | None
+) -> Provisioned:
     """A new top-level organization and its owner, for the platform operator (`portcullis bootstrap`,
     `portcullis seed-demo`): a new address gets an account with `password`; an address that has an account
     is invited as the owner by email (resolvers/provisioning.py). CONFLICT when the slug is taken."""
     if Permission.PLATFORM_ORGANIZATIONS_MANAGE not in ctx.principal.effective_permissions:
-        raise Forbidden("Only the platform operator creates top-level organizations.",
-                        requiredScopes=[[Permission.PLATFORM_ORGANIZATIONS_MANAGE.value]])
+        raise Forbidden(
+            "Only the platform operator creates top-level organizations.",
+            requiredScopes=[[Permission.PLATFORM_ORGANIZATIONS_MANAGE.value]],
+        )
     validate_tenant(slug, name, plan, owner_email)
     # hashed before the unit of work opens its session (on SQLite, the writers' turn)
     password_hash = await ctx.services.hasher.hash(password) if password else None
-    result = await create_tenant(await ctx.db(), slug=slug, name=name, plan=plan, owner_email=owner_email,
-                                 password_hash=password_hash, now=ctx.services.now())
+    result = await create_tenant(
+        await ctx.db(),
+        slug=slug,
+        name=name,
+        plan=plan,
+        owner_email=owner_email,
+        password_hash=password_hash,
+        now=ctx.services.now(),
+    )
     org = result.organization
-    ctx.audit(AuditAction.ORG_CREATED, organization_id=org.id, resource_type="organization", resource_id=org.id,
-              details={"slug": org.slug, "plan": org.plan})
+    ctx.audit(
+        AuditAction.ORG_CREATED,
+        organization_id=org.id,
+        resource_type="organization",
+        resource_id=org.id,
+        details={"slug": org.slug, "plan": org.plan},
+    )
     invitation, token = result.invitation, result.invitation_token
     if invitation is not None and token is not None:
         mailer = ctx.services.mail
         if mailer is None:
             raise MailNotConfigured("an invitation needs a mailer: Services.mail is None")
         url = mailer.link(ACCEPT_PATH, token)
-        await send_mail(ctx, to=invitation.email, template="invitation", organization_id=org.id, variables={
-            "organization_name": org.name, "inviter": None, "role": invitation.role, "accept_url": url,
-            "expires_at": invitation.expires_at})
-        ctx.audit(AuditAction.MEMBER_INVITED, organization_id=org.id, resource_type="invitation",
-                  resource_id=invitation.id, details={"email": invitation.email, "role": invitation.role})
+        await send_mail(
+            ctx,
+            to=invitation.email,
+            template="invitation",
+            organization_id=org.id,
+            variables={
+                "organization_name": org.name,
+                "inviter": None,
+                "role": invitation.role,
+                "accept_url": url,
+                "expires_at": invitation.expires_at,
+            },
+        )
+        ctx.audit(
+            AuditAction.MEMBER_INVITED,
+            organization_id=org.id,
+            resource_type="invitation",
+            resource_id=invitation.id,
+            details={"email": invitation.email, "role": invitation.role},
+        )
         return dataclasses.replace(result, invitation_url=url)
     if result.owner is not None:
         ctx.audit(AuditAction.USER_CREATED, organization_id=org.id, resource_type="user", resource_id=result.owner.id)
-        ctx.audit(AuditAction.MEMBER_ADDED, organization_id=org.id, resource_type="user", resource_id=result.owner.id,
-                  details={"role": BuiltinRole.OWNER.value})
+        ctx.audit(
+            AuditAction.MEMBER_ADDED,
+            organization_id=org.id,
+            resource_type="user",
+            resource_id=result.owner.id,
+            details={"role": BuiltinRole.OWNER.value},
+        )
     return result
 
 
@@ -226,23 +267,30 @@ async def update_organization(ctx: RequestContext, wanted: OrganizationChanges) 
     await db.flush()
     if wanted.require_mfa is not None:
         requirement_changed(ctx)
-    ctx.audit(AuditAction.ORG_UPDATED, resource_type="organization", resource_id=org.id,
-              details={"changes": changes(before, _audited_fields(org))})
+    ctx.audit(
+        AuditAction.ORG_UPDATED,
+        resource_type="organization",
+        resource_id=org.id,
+        details={"changes": changes(before, _audited_fields(org))},
+    )
     return org
 
 
 def _within_parent(plan: str, parent: Organization) -> None:
     if plan_rank(plan) > plan_rank(parent.plan):
-        raise BadUserInput(f"A child organization's plan cannot be above its parent's ({parent.plan.upper()}).",
-                           field="plan")
+        raise BadUserInput(
+            f"A child organization's plan cannot be above its parent's ({parent.plan.upper()}).", field="plan"
+        )
 
 
 async def _check_parent_authority(db: AsyncSession, principal: Principal, parent_id: str) -> None:
     """FORBIDDEN unless the caller holds `plan:manage` in the parent, or is a platform operator."""
     if Permission.PLATFORM_ORGANIZATIONS_MANAGE in principal.effective_permissions:
         return
-    refused = Forbidden("Changing a child organization's plan needs plan:manage in its parent organization.",
-                        requiredScopes=[[Permission.PLAN_MANAGE.value]])
+    refused = Forbidden(
+        "Changing a child organization's plan needs plan:manage in its parent organization.",
+        requiredScopes=[[Permission.PLAN_MANAGE.value]],
+    )
     if principal.kind is not PrincipalKind.USER or principal.subject_id is None:
         raise refused
     row = (
@@ -263,17 +311,28 @@ async def _lower_descendants(ctx: RequestContext, db: AsyncSession, org: Organiz
         return []
     above = [p for p in PLANS if plan_rank(p) > plan_rank(plan)]
     rows = await db.execute(
-        select(Organization).where(col(Organization.id).in_(below), col(Organization.plan).in_(above))
-        .order_by(col(Organization.id)).with_for_update().execution_options(populate_existing=True)
+        select(Organization)
+        .where(col(Organization.id).in_(below), col(Organization.plan).in_(above))
+        .order_by(col(Organization.id))
+        .with_for_update()
+        .execution_options(populate_existing=True)
     )
     lowered = []
     for child in rows.scalars().all():
         old, child.plan = child.plan, plan
         db.add(child)
         lowered.append(child.id)
-        ctx.audit(AuditAction.PLAN_CHANGED, organization_id=child.id, resource_type="organization",
-                  resource_id=child.id, details={"changes": changes({"plan": old}, {"plan": plan}),
-                                                 "reason": "parent_plan_lowered", "loweredWith": org.id})
+        ctx.audit(
+            AuditAction.PLAN_CHANGED,
+            organization_id=child.id,
+            resource_type="organization",
+            resource_id=child.id,
+            details={
+                "changes": changes({"plan": old}, {"plan": plan}),
+                "reason": "parent_plan_lowered",
+                "loweredWith": org.id,
+            },
+        )
     if lowered:
         await db.flush()
     return lowered
@@ -299,7 +358,13 @@ async def change_plan(ctx: RequestContext, plan: str) -> Organization:
         await db.flush()
         lowered = await _lower_descendants(ctx, db, org, plan)
         announce_after_commit(ctx, [org_key(i) for i in (org.id, *lowered)])
-    ctx.audit(AuditAction.PLAN_CHANGED, resource_type="organization", resource_id=org.id,
-              details={"changes": changes({"plan": old}, {"plan": plan}),
-                       **({"childrenLowered": len(lowered)} if lowered else {})})
+    ctx.audit(
+        AuditAction.PLAN_CHANGED,
+        resource_type="organization",
+        resource_id=org.id,
+        details={
+            "changes": changes({"plan": old}, {"plan": plan}),
+            **({"childrenLowered": len(lowered)} if lowered else {}),
+        },
+    )
     return org

@@ -63,7 +63,13 @@ def validate_tenant(slug: str, name: str, plan: str, email: str) -> None:
 
 
 async def create_tenant(
-    db: AsyncSession, *, slug: str, name: str, plan: str, owner_email: str, password_hash: str | None,
+    db: AsyncSession,
+    *,
+    slug: str,
+    name: str,
+    plan: str,
+    owner_email: str,
+    password_hash: str | None,
     now: datetime | None = None,
 ) -> Provisioned:
     validate_tenant(slug, name, plan, owner_email)
@@ -78,14 +84,21 @@ async def create_tenant(
         await db.flush()
         token = new_invitation_token()
         invitation = Invitation(
-            organization_id=org.id, email=user.email, email_key=key, role=BuiltinRole.OWNER.value,
-            token_hash=hash_opaque_token(token), created_at=at, expires_at=at + INVITATION_TTL, sent_at=at,
+            organization_id=org.id,
+            email=user.email,
+            email_key=key,
+            role=BuiltinRole.OWNER.value,
+            token_hash=hash_opaque_token(token),
+            created_at=at,
+            expires_at=at + INVITATION_TTL,
+            sent_at=at,
             send_count=1,
         )
         db.add(invitation)
         await db.flush()
-        return Provisioned(organization=org, owner=None, user_created=False, invitation=invitation,
-                           invitation_token=token)
+        return Provisioned(
+            organization=org, owner=None, user_created=False, invitation=invitation, invitation_token=token
+        )
     user = User(email=owner_email.strip(), email_key=key, password_hash=password_hash, created_at=at)
     db.add(user)
     await db.flush()

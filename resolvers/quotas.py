@@ -35,7 +35,9 @@ from store.models import ApiKey, Invitation, Membership, Organization, Report, u
 from store.scoping import tenant_filter
 
 COUNTED: tuple[QuotaResource, ...] = (
-    QuotaResource.MEMBERS, QuotaResource.API_KEYS, QuotaResource.REPORTS_PER_MONTH,
+    QuotaResource.MEMBERS,
+    QuotaResource.API_KEYS,
+    QuotaResource.REPORTS_PER_MONTH,
     QuotaResource.CHILD_ORGANIZATIONS,
 )
 
@@ -70,41 +72,54 @@ def _used_expression(resource: QuotaResource, organization_id: str, now: datetim
     """A scalar subquery counting the organization's `resource`."""
     if resource is QuotaResource.MEMBERS:
         # members, and the invitations that may still become members
-        invited = sa_select(func.count()).select_from(Invitation).where(
-            tenant_filter(Invitation, organization_id), col(Invitation.accepted_at).is_(None),
-            col(Invitation.revoked_at).is_(None), col(Invitation.expires_at) > now,
-        ).scalar_subquery()
-        stmt = sa_select(func.count() + invited).select_from(Membership).where(
-            tenant_filter(Membership, organization_id)
+        invited = (
+            sa_select(func.count())
+            .select_from(Invitation)
+            .where(
+                tenant_filter(Invitation, organization_id),
+                col(Invitation.accepted_at).is_(None),
+                col(Invitation.revoked_at).is_(None),
+                col(Invitation.expires_at) > now,
+            )
+            .scalar_subquery()
+        )
+        stmt = (
+            sa_select(func.count() + invited).select_from(Membership).where(tenant_filter(Membership, organization_id))
         )
     elif resource is QuotaResource.API_KEYS:
-        stmt = sa_select(func.count()).select_from(ApiKey).where(
-            tenant_filter(ApiKey, organization_id), col(ApiKey.revoked_at).is_(None)
+        stmt = (
+            sa_select(func.count())
+            .select_from(ApiKey)
+            .where(tenant_filter(ApiKey, organization_id), col(ApiKey.revoked_at).is_(None))
         )
     elif resource is QuotaResource.REPORTS_PER_MONTH:
         start, following = month_window(now)
-        stmt = sa_select(func.count()).select_from(Report).where(
-            tenant_filter(Report, organization_id), col(Report.created_at) >= start,
-            col(Report.created_at) < following,
+        stmt = (
+            sa_select(func.count())
+            .select_from(Report)
+            .where(
+                tenant_filter(Report, organization_id),
+                col(Report.created_at) >= start,
+                col(Report.created_at) < following,
+            )
         )
     elif resource is QuotaResource.CHILD_ORGANIZATIONS:
-        stmt = sa_select(func.count()).select_from(Organization).where(
-            col(Organization.parent_id) == organization_id
-        )
+        stmt = sa_select(func.count()).select_from(Organization).where(col(Organization.parent_id) == organization_id)
     else:
         raise ValueError(f"{resource} is not counted in the database")
     return stmt.scalar_subquery()
 
 
 async def count_used(
-    db: AsyncSession, organization_id: str, resources: tuple[QuotaResource, ...] = COUNTED, *,
+    db: AsyncSession,
+    organization_id: str,
+    resources: tuple[QuotaResource, ...] = COUNTED,
+    *,
     now: datetime | None = None,
 ) -> dict[QuotaResource, int]:
     """How much of each counted resource the organization uses, in one statement."""
     at = now or utcnow()
-    row = (
-        await db.execute(sa_select(*(_used_expression(r, organization_id, at) for r in resources)))
-    ).one()
+    row = (await db.execute(sa_select(*(_used_expression(r, organization_id, at) for r in resources)))).one()
     return {r: int(n) for r, n in zip(resources, row, strict=True)}
 
 
@@ -117,7 +132,9 @@ async def lock_organization(db: AsyncSession, organization_id: str) -> Organizat
         )
     org = (
         await db.execute(
-            sa_select(Organization).where(col(Organization.id) == organization_id).with_for_update()
+            sa_select(Organization)
+            .where(col(Organization.id) == organization_id)
+            .with_for_update()
             # the row as committed now, not as an earlier read in this session saw it
             .execution_options(populate_existing=True)
         )
@@ -145,7 +162,9 @@ async def check_quota(
     used = (await count_used(db, org.id, (resource,), now=now))[resource]
     if used >= limit:
         raise QuotaExceeded(
-            f"This organization's limit is {limit} {_NOUNS[resource]}.", resource=resource.value, limit=limit,
+            f"This organization's limit is {limit} {_NOUNS[resource]}.",
+            resource=resource.value,
+            limit=limit,
             used=used,
         )
     return org
@@ -200,14 +219,19 @@ class OrganizationLimits:
 
 
 async def _limits_of(db: AsyncSession, org: Organization, now: datetime) -> OrganizationLimits:
-    return OrganizationLimits(org, parse_overrides(org.limit_overrides),
-                              effective_limits(org.plan, org.limit_overrides), await count_used(db, org.id, now=now))
+    return OrganizationLimits(
+        org,
+        parse_overrides(org.limit_overrides),
+        effective_limits(org.plan, org.limit_overrides),
+        await count_used(db, org.id, now=now),
+    )
 
 
 def _operator_tenant(ctx: RequestContext, permission: Permission) -> str:
     if permission not in ctx.principal.effective_permissions:
-        raise Forbidden("An organization's limit overrides are the platform operator's.",
-                        requiredScopes=[[permission.value]])
+        raise Forbidden(
+            "An organization's limit overrides are the platform operator's.", requiredScopes=[[permission.value]]
+        )
     return tenant_of(ctx.principal)
 
 
@@ -230,8 +254,7 @@ async def override_limits(ctx: RequestContext, settings: dict[str, int | None], 
         if name not in QuotaResource.__members__:
             raise BadUserInput(f"unknown resource {name!r}", field="limits")
         if limit is not None and not 0 <= limit <= MAX_LIMIT:
-            raise BadUserInput(f"{name}: a limit is a whole number from 0 to {MAX_LIMIT}, or unlimited",
-                               field="limits")
+            raise BadUserInput(f"{name}: a limit is a whole number from 0 to {MAX_LIMIT}, or unlimited", field="limits")
     db = await ctx.db()
     org = await lock_organization(db, org_id)
     before = dict(org.limit_overrides or {})
@@ -241,6 +264,10 @@ async def override_limits(ctx: RequestContext, settings: dict[str, int | None], 
     db.add(org)
     await db.flush()
     announce_after_commit(ctx, [org_key(org.id)])
-    ctx.audit(AuditAction.ORG_UPDATED, resource_type="organization", resource_id=org.id,
-              details={"changes": changes({"limitOverrides": before}, {"limitOverrides": overrides})})
+    ctx.audit(
+        AuditAction.ORG_UPDATED,
+        resource_type="organization",
+        resource_id=org.id,
+        details={"changes": changes({"limitOverrides": before}, {"limitOverrides": overrides})},
+    )
     return await _limits_of(db, org, ctx.services.now())

@@ -36,7 +36,11 @@ from resolvers.budgets import charge_work
 from resolvers.common import tenant_of
 from resolvers.deps import RequestContext
 from resolvers.quotas import check_quota, lock_organization
-from resolvers.report_builders import BUILDERS, COLUMNS, SECURITY_ACTIONS, Cell, Period, iso
+from resolvers.report_access import build_access
+from resolvers.report_builders import COLUMNS, SECURITY_ACTIONS, Builder, Cell, Period, iso
+from resolvers.report_compliance import build_compliance
+from resolvers.report_security import build_security
+from resolvers.report_usage import build_usage
 from resolvers.times import given_time
 from store import audit
 from store.audit import AuditAction, AuditResult
@@ -46,6 +50,12 @@ from store.scoping import tenant_filter, tenant_select
 
 REPORT_NOT_FOUND = "Report not found."
 KINDS = ("USAGE", "SECURITY", "ACCESS", "COMPLIANCE")
+BUILDERS: dict[str, Builder] = {
+    "USAGE": build_usage,
+    "SECURITY": build_security,
+    "ACCESS": build_access,
+    "COMPLIANCE": build_compliance,
+}
 # How far back a report may start, per plan (days before now): what each plan keeps of its usage and
 # audit history for reporting. Documented in docs/reports.md.
 REPORT_RETENTION_DAYS: dict[str, int] = {Plan.FREE: 30, Plan.STARTER: 90, Plan.PROFESSIONAL: 365, Plan.ENTERPRISE: 1095}
@@ -66,8 +76,14 @@ def _dumps(value: Any) -> bytes:
 
 
 def json_head(report: Report, columns: Sequence[str]) -> bytes:
-    meta = {"id": report.id, "kind": report.kind, "organizationId": report.organization_id,
-            "from": iso(report.period_start), "to": iso(report.period_end), "createdAt": iso(report.created_at)}
+    meta = {
+        "id": report.id,
+        "kind": report.kind,
+        "organizationId": report.organization_id,
+        "from": iso(report.period_start),
+        "to": iso(report.period_end),
+        "createdAt": iso(report.created_at),
+    }
     return b'{"report":' + _dumps(meta) + b',"columns":' + _dumps(list(columns)) + b',"rows":['
 
 
@@ -117,8 +133,14 @@ class RowWriter:
         line = orjson.dumps(list(values))
         self._json.update(b"," + line if self.count else line)
         self._csv.update(csv_line(values))
-        self._pending.append({"report_id": self.report.id, "seq": self.count,
-                              "organization_id": self.report.organization_id, "line": line.decode()})
+        self._pending.append(
+            {
+                "report_id": self.report.id,
+                "seq": self.count,
+                "organization_id": self.report.organization_id,
+                "line": line.decode(),
+            }
+        )
         self.count += 1
         if len(self._pending) >= CHUNK:
             await self.flush()
@@ -156,8 +178,9 @@ def _check_range(start: datetime, end: datetime, now: datetime) -> None:
 def check_retention(plan: str, start: datetime, now: datetime) -> None:
     days = REPORT_RETENTION_DAYS.get(plan, 0)
     if start < now - timedelta(days=days):
-        raise BadUserInput(f"The {plan} plan keeps {days} days of history: from must be within them.",
-                           field="from", retentionDays=days)
+        raise BadUserInput(
+            f"The {plan} plan keeps {days} days of history: from must be within them.", field="from", retentionDays=days
+        )
 
 
 async def generate_report(ctx: RequestContext, kind: str, start: datetime, end: datetime) -> Report:
@@ -174,19 +197,29 @@ async def generate_report(ctx: RequestContext, kind: str, start: datetime, end: 
     # priced by the audit entries it reads before it reads them (C-130); a refusal rolls the request back
     await charge_work(ctx, await audit_entries_read(db, org_id, kind, start, end), "generateReport")
     report = Report(
-        organization_id=org_id, kind=kind, period_start=start, period_end=end, created_at=now,
-        created_by_type=principal.kind.value, created_by_id=principal.subject_id,
+        organization_id=org_id,
+        kind=kind,
+        period_start=start,
+        period_end=end,
+        created_at=now,
+        created_by_type=principal.kind.value,
+        created_by_id=principal.subject_id,
         parameters={"kind": kind, "from": iso(start), "to": iso(end), "plan": org.plan},
-        summary={}, row_count=0, digest="",
+        summary={},
+        row_count=0,
+        digest="",
     )
     db.add(report)
     await db.flush()
     writer = RowWriter(db, report, COLUMNS[kind])
     summary = await BUILDERS[kind](db, org, Period(start, end, now), writer)
     await writer.finish(summary)
-    ctx.audit(AuditAction.REPORT_GENERATED, resource_type="report", resource_id=report.id,
-              details={"kind": kind, "from": iso(start), "to": iso(end), "rows": report.row_count,
-                       "digest": report.digest})
+    ctx.audit(
+        AuditAction.REPORT_GENERATED,
+        resource_type="report",
+        resource_id=report.id,
+        details={"kind": kind, "from": iso(start), "to": iso(end), "rows": report.row_count, "digest": report.digest},
+    )
     return report
 
 
@@ -199,9 +232,15 @@ async def audit_entries_read(db: AsyncSession, org_id: str, kind: str, start: da
     if kind != "SECURITY":
         return 0
     # a tenant's entries form its chain (store.audit): `chain` is its organization_id
-    counted = sa_select(func.count()).select_from(AuditEntry).where(
-        col(AuditEntry.chain) == org_id, col(AuditEntry.action).in_(list(SECURITY_ACTIONS)),
-        col(AuditEntry.at) >= start, col(AuditEntry.at) < end,
+    counted = (
+        sa_select(func.count())
+        .select_from(AuditEntry)
+        .where(
+            col(AuditEntry.chain) == org_id,
+            col(AuditEntry.action).in_(list(SECURITY_ACTIONS)),
+            col(AuditEntry.at) >= start,
+            col(AuditEntry.at) < end,
+        )
     )
     return int((await db.execute(counted)).scalar_one())
 
@@ -262,9 +301,7 @@ async def list_reports(
     stmt = tenant_select(Report, org_id)
     if after is not None:
         at, ident = decode_cursor(after)
-        stmt = stmt.where(
-            (col(Report.created_at) < at) | ((col(Report.created_at) == at) & (col(Report.id) < ident))
-        )
+        stmt = stmt.where((col(Report.created_at) < at) | ((col(Report.created_at) == at) & (col(Report.id) < ident)))
     stmt = stmt.order_by(col(Report.created_at).desc(), col(Report.id).desc()).limit(first + 1)
     rows = list((await (await ctx.db()).execute(stmt)).scalars().all())
     edges = [ReportEdge(encode_cursor(r), r) for r in rows[:first]]
@@ -275,13 +312,18 @@ async def audit_refused_download(ctx: RequestContext, report_id: str, *, forbidd
     """A download refused for want of `reports:read`, or for an id of another tenant (which the caller
     was told does not exist): recorded on its own, like the GraphQL refusals (schema.audit)."""
     if forbidden:
-        await ctx.audit_now(AuditAction.AUTHZ_FAIL, result=AuditResult.DENIED, resource_type="report",
-                            details={"paths": ["GET /reports"], "requiredScopes": ["reports:read"]})
+        await ctx.audit_now(
+            AuditAction.AUTHZ_FAIL,
+            result=AuditResult.DENIED,
+            resource_type="report",
+            details={"paths": ["GET /reports"], "requiredScopes": ["reports:read"]},
+        )
         return
     owners = await owning_tenants(ctx, "report", report_id)
     if owners - {ctx.principal.organization_id}:
-        await ctx.audit_now(AuditAction.AUTHZ_CROSS_TENANT, result=AuditResult.DENIED, resource_type="report",
-                            resource_id=report_id)
+        await ctx.audit_now(
+            AuditAction.AUTHZ_CROSS_TENANT, result=AuditResult.DENIED, resource_type="report", resource_id=report_id
+        )
 
 
 async def stored_lines(ctx: RequestContext, report: Report) -> AsyncIterator[list[str]]:
@@ -290,14 +332,22 @@ async def stored_lines(ctx: RequestContext, report: Report) -> AsyncIterator[lis
     last = -1
     while True:
         async with ctx.services.db.session() as db:
-            lines = list((
-                await db.execute(
-                    sa_select(col(ReportRow.line))
-                    .where(tenant_filter(ReportRow, report.organization_id),
-                           col(ReportRow.report_id) == report.id, col(ReportRow.seq) > last)
-                    .order_by(col(ReportRow.seq)).limit(CHUNK)
+            lines = list(
+                (
+                    await db.execute(
+                        sa_select(col(ReportRow.line))
+                        .where(
+                            tenant_filter(ReportRow, report.organization_id),
+                            col(ReportRow.report_id) == report.id,
+                            col(ReportRow.seq) > last,
+                        )
+                        .order_by(col(ReportRow.seq))
+                        .limit(CHUNK)
+                    )
                 )
-            ).scalars().all())
+                .scalars()
+                .all()
+            )
         if not lines:
             return
         yield lines

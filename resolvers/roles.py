@@ -79,8 +79,13 @@ def _sorted_names(permissions: frozenset[Permission]) -> tuple[str, ...]:
 
 def _builtin_views() -> list[RoleView]:
     return [
-        RoleView(role.value, BUILTIN_DESCRIPTIONS[role], _sorted_names(BUILTIN_ROLE_PERMISSIONS[role.value]), (),
-                 built_in=True)
+        RoleView(
+            role.value,
+            BUILTIN_DESCRIPTIONS[role],
+            _sorted_names(BUILTIN_ROLE_PERMISSIONS[role.value]),
+            (),
+            built_in=True,
+        )
         for role in BuiltinRole
     ]
 
@@ -104,8 +109,9 @@ async def require_role(db: AsyncSession, organization_id: str, role: str) -> dic
     return custom
 
 
-def check_can_grant(granter: frozenset[Permission], roles: list[str], custom: Mapping[str, RoleDefinition],
-                    message: str) -> None:
+def check_can_grant(
+    granter: frozenset[Permission], roles: list[str], custom: Mapping[str, RoleDefinition], message: str
+) -> None:
     """FORBIDDEN, naming the missing permissions, unless the granter holds everything each role grants."""
     missing: set[str] = set()
     for role in roles:
@@ -131,7 +137,9 @@ def _definition(spec: RoleSpec) -> RoleDefinition:
     except RoleError as exc:
         raise BadUserInput(exc.message, field=exc.field) from None
     return RoleDefinition(
-        name=spec.name, permissions=permissions, inherits=tuple(dict.fromkeys(spec.inherits)),
+        name=spec.name,
+        permissions=permissions,
+        inherits=tuple(dict.fromkeys(spec.inherits)),
         description=spec.description or None,
     )
 
@@ -171,15 +179,24 @@ async def create_role(ctx: RequestContext, spec: RoleSpec) -> RoleView:
         raise Conflict("A role with this name already exists.")
     _check(definition, custom, principal.effective_permissions)
     now = ctx.services.now()
-    db.add(Role(
-        organization_id=org_id, name=definition.name, description=definition.description,
-        permissions=list(_sorted_names(definition.permissions)), inherits=list(definition.inherits),
-        created_at=now, updated_at=now,
-    ))
+    db.add(
+        Role(
+            organization_id=org_id,
+            name=definition.name,
+            description=definition.description,
+            permissions=list(_sorted_names(definition.permissions)),
+            inherits=list(definition.inherits),
+            created_at=now,
+            updated_at=now,
+        )
+    )
     await _flush(db)
-    ctx.audit(AuditAction.PRIVILEGE_ROLE_CREATED, resource_type="role", resource_id=definition.name,
-              details={"permissions": list(_sorted_names(definition.permissions)),
-                       "inherits": list(definition.inherits)})
+    ctx.audit(
+        AuditAction.PRIVILEGE_ROLE_CREATED,
+        resource_type="role",
+        resource_id=definition.name,
+        details={"permissions": list(_sorted_names(definition.permissions)), "inherits": list(definition.inherits)},
+    )
     return _custom_view(definition)
 
 
@@ -196,10 +213,17 @@ async def update_role(ctx: RequestContext, name: str, spec: RoleSpec) -> RoleVie
     check_can_grant(creator, [name], custom, "You cannot change a role with permissions you do not hold.")
     _check(definition, custom, creator)
     before = {"description": row.description, "permissions": list(row.permissions), "inherits": list(row.inherits)}
-    after = {"description": definition.description, "permissions": list(_sorted_names(definition.permissions)),
-             "inherits": list(definition.inherits)}
-    ctx.audit(AuditAction.PRIVILEGE_PERMISSIONS_CHANGED, resource_type="role", resource_id=name,
-              details={"changes": changes(before, after)})
+    after = {
+        "description": definition.description,
+        "permissions": list(_sorted_names(definition.permissions)),
+        "inherits": list(definition.inherits),
+    }
+    ctx.audit(
+        AuditAction.PRIVILEGE_PERMISSIONS_CHANGED,
+        resource_type="role",
+        resource_id=name,
+        details={"changes": changes(before, after)},
+    )
     row.description = definition.description
     row.permissions = list(_sorted_names(definition.permissions))
     row.inherits = list(definition.inherits)
@@ -216,11 +240,13 @@ async def delete_role(ctx: RequestContext, name: str) -> bool:
     db = await ctx.db()
     row = await _row(db, org_id, name)
     custom = await load_custom_roles(db, org_id)
-    check_can_grant(principal.effective_permissions, [name], custom,
-                    "You cannot delete a role with permissions you do not hold.")
+    check_can_grant(
+        principal.effective_permissions, [name], custom, "You cannot delete a role with permissions you do not hold."
+    )
     holders = (
         await db.execute(
-            sa_select(func.count()).select_from(Membership)
+            sa_select(func.count())
+            .select_from(Membership)
             .where(tenant_filter(Membership, org_id), col(Membership.role) == name)
         )
     ).scalar_one()
@@ -232,6 +258,10 @@ async def delete_role(ctx: RequestContext, name: str) -> bool:
     await db.delete(row)
     await db.flush()
     announce_after_commit(ctx, [org_key(org_id)])
-    ctx.audit(AuditAction.PRIVILEGE_ROLE_DELETED, resource_type="role", resource_id=name,
-              details={"permissions": list(row.permissions)})
+    ctx.audit(
+        AuditAction.PRIVILEGE_ROLE_DELETED,
+        resource_type="role",
+        resource_id=name,
+        details={"permissions": list(row.permissions)},
+    )
     return True

@@ -67,8 +67,9 @@ def _domains(values: list[str]) -> list[str]:
 async def _role_mapping(db: AsyncSession, organization_id: str, mapping: Mapping[str, Any]) -> dict[str, str]:
     """IdP group -> role name; each role must exist in the tenant."""
     if not isinstance(mapping, Mapping) or len(mapping) > MAX_ROLE_MAPPINGS:
-        raise BadUserInput(f"roleMapping must be an object of at most {MAX_ROLE_MAPPINGS} group names",
-                           field="roleMapping")
+        raise BadUserInput(
+            f"roleMapping must be an object of at most {MAX_ROLE_MAPPINGS} group names", field="roleMapping"
+        )
     result: dict[str, str] = {}
     for group, role in mapping.items():
         if not isinstance(group, str) or not group.strip() or len(group) > MAX_ATTRIBUTE_NAME:
@@ -78,8 +79,9 @@ async def _role_mapping(db: AsyncSession, organization_id: str, mapping: Mapping
         try:
             await require_role(db, organization_id, role)
         except BadUserInput:
-            raise BadUserInput("roleMapping names a role this organization does not have",
-                               field="roleMapping") from None
+            raise BadUserInput(
+                "roleMapping names a role this organization does not have", field="roleMapping"
+            ) from None
         result[group] = role
     return result
 
@@ -100,12 +102,20 @@ async def configure_saml(ctx: RequestContext, spec: SamlConnectionSpec) -> SsoCo
         "name_attribute": "name",
     }
     values: dict[str, Any] = {
-        "enabled": spec.enabled, "entity_id": metadata.entity_id, "issuer": metadata.entity_id, "config": config,
-        "role_mapping": await _role_mapping(db, org_id, spec.role_mapping), "default_role": spec.default_role,
-        "allowed_domains": _domains(spec.allowed_domains), "jit_provisioning": spec.jit_provisioning,
+        "enabled": spec.enabled,
+        "entity_id": metadata.entity_id,
+        "issuer": metadata.entity_id,
+        "config": config,
+        "role_mapping": await _role_mapping(db, org_id, spec.role_mapping),
+        "default_role": spec.default_role,
+        "allowed_domains": _domains(spec.allowed_domains),
+        "jit_provisioning": spec.jit_provisioning,
     }
-    row = (await db.execute(tenant_select(SsoConnection, org_id).where(col(SsoConnection.kind) == "saml"))
-           ).scalars().first()
+    row = (
+        (await db.execute(tenant_select(SsoConnection, org_id).where(col(SsoConnection.kind) == "saml")))
+        .scalars()
+        .first()
+    )
     created = row is None
     if row is None:
         row = SsoConnection(organization_id=org_id, kind="saml", **values)
@@ -115,8 +125,12 @@ async def configure_saml(ctx: RequestContext, spec: SamlConnectionSpec) -> SsoCo
         row.updated_at = ctx.services.now()
     db.add(row)
     await db.flush()
-    ctx.audit(AuditAction.SSO_CONFIGURED, resource_type="sso_connection", resource_id=row.id,
-              details=configured_details(row, created=created))
+    ctx.audit(
+        AuditAction.SSO_CONFIGURED,
+        resource_type="sso_connection",
+        resource_id=row.id,
+        details=configured_details(row, created=created),
+    )
     return row
 
 
@@ -145,8 +159,9 @@ async def known_to_tenant(ctx: RequestContext, connection: SsoConnection, identi
     just-in-time provisioning requires before a login goes any further."""
     db = await ctx.db()
     linked = await db.execute(
-        tenant_select(SsoIdentity, connection.organization_id)
-        .where(col(SsoIdentity.issuer) == identity.issuer, col(SsoIdentity.subject) == identity.subject)
+        tenant_select(SsoIdentity, connection.organization_id).where(
+            col(SsoIdentity.issuer) == identity.issuer, col(SsoIdentity.subject) == identity.subject
+        )
     )
     if linked.scalars().first() is not None:
         return True

@@ -32,5 +32,10 @@ async def get_viewer(ctx: RequestContext) -> Viewer:
     org = await db.get(Organization, p.organization_id)
     if user is None or org is None:
         raise Unauthenticated("Authentication required.")
-    return Viewer(user=user, organization=org, role=p.roles[0] if p.roles else "",
-                  permissions=await list_permissions(ctx), auth_method=p.auth_method.value)
+    return Viewer(
+        user=user,
+        organization=org,
+        role=p.roles[0] if p.roles else "",
+        permissions=await list_permissions(ctx),
+        auth_method=p.auth_method.value,
+    )

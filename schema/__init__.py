@@ -41,28 +41,45 @@ from schema.users import UserQuery
 log = logging.getLogger("portcullis.graphql")
 
 Query = merge_types("Query", (UserQuery, OrganizationQuery, RoleQuery, RateLimitQuery, AuditQuery, ReportQuery))
-Mutation = merge_types("Mutation", (AuthMutation, AccountMutation, OrganizationMutation, InvitationMutation,
-                                    MemberMutation, RoleMutation, ApiKeyMutation, ReportMutation, MfaMutation,
-                                    SsoMutation, SamlMutation, DomainMutation))
+Mutation = merge_types(
+    "Mutation",
+    (
+        AuthMutation,
+        AccountMutation,
+        OrganizationMutation,
+        InvitationMutation,
+        MemberMutation,
+        RoleMutation,
+        ApiKeyMutation,
+        ReportMutation,
+        MfaMutation,
+        SsoMutation,
+        SamlMutation,
+        DomainMutation,
+    ),
+)
 
 
 class PortcullisSchema(strawberry.Schema):
     authorizer: Authorizer
     cost_model: CostModel
 
-    def process_errors(
-        self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
-    ) -> None:
+    def process_errors(self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None) -> None:
         # Expected refusals and invalid documents are the caller's business; only the unexpected is
         # logged, with its traceback and the request id (never the variables).
         for error in errors:
             original = error.original_error
             if original is None or isinstance(original, GatewayError | GraphQLError):
                 continue
-            rid = getattr(getattr(execution_context and execution_context.context, "principal", None),
-                          "request_id", None)
-            log.error("unexpected error in %s", ".".join(map(str, error.path or [])) or "operation",
-                      exc_info=original, extra={"request_id": rid})
+            rid = getattr(
+                getattr(execution_context and execution_context.context, "principal", None), "request_id", None
+            )
+            log.error(
+                "unexpected error in %s",
+                ".".join(map(str, error.path or [])) or "operation",
+                exc_info=original,
+                extra={"request_id": rid},
+            )
 
 
 ExtensionFactory = Callable[[], SchemaExtension]
@@ -80,8 +97,11 @@ class Authorize:
 
 
 def default_extensions(
-    schema: Callable[[], PortcullisSchema], *, anonymous_introspection: bool = True,
-    reject_unauthorized: bool = False, cache_size: int = 1024,
+    schema: Callable[[], PortcullisSchema],
+    *,
+    anonymous_introspection: bool = True,
+    reject_unauthorized: bool = False,
+    cache_size: int = 1024,
     operation_limits: Mapping[Plan, OperationLimits] = OPERATION_LIMITS,
 ) -> list[ExtensionFactory]:
     """Every operation's extensions, in the order their hooks enter. `schema` gives the schema once it is
@@ -109,9 +129,15 @@ def default_extensions(
 
 
 def build_schema(
-    *, anonymous_introspection: bool = True, field_suggestions: bool = True, reject_unauthorized: bool = False,
-    cache_size: int = 1024, query: Any = None, mutation: Any = None,
-    operation_limits: Mapping[Plan, OperationLimits] = OPERATION_LIMITS, default_list_size: int = DEFAULT_LIST_SIZE,
+    *,
+    anonymous_introspection: bool = True,
+    field_suggestions: bool = True,
+    reject_unauthorized: bool = False,
+    cache_size: int = 1024,
+    query: Any = None,
+    mutation: Any = None,
+    operation_limits: Mapping[Plan, OperationLimits] = OPERATION_LIMITS,
+    default_list_size: int = DEFAULT_LIST_SIZE,
     extensions: Callable[[list[ExtensionFactory]], list[ExtensionFactory]] | None = None,
 ) -> PortcullisSchema:
     """The gateway's schema (`query`/`mutation` replace the root types, for tests of the machinery).
@@ -120,8 +146,11 @@ def build_schema(
     composed from the same parts (`bench/apps/`)."""
     built: list[PortcullisSchema] = []
     installed = default_extensions(
-        lambda: built[0], anonymous_introspection=anonymous_introspection,
-        reject_unauthorized=reject_unauthorized, cache_size=cache_size, operation_limits=operation_limits,
+        lambda: built[0],
+        anonymous_introspection=anonymous_introspection,
+        reject_unauthorized=reject_unauthorized,
+        cache_size=cache_size,
+        operation_limits=operation_limits,
     )
     if extensions is not None:
         installed = extensions(installed)

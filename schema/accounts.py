@@ -11,13 +11,17 @@ from schema.directives import authenticated
 
 @strawberry.type
 class AccountMutation:
-    @strawberry.mutation(description="Email a password reset link to the address, if it has an account; public. "
-                                     "Always true: the answer says nothing about the address.")
+    @strawberry.mutation(
+        description="Email a password reset link to the address, if it has an account; public. "
+        "Always true: the answer says nothing about the address."
+    )
     async def request_password_reset(self, info: Info, email: str) -> bool:
         return await service.request_password_reset(info.context, email)
 
-    @strawberry.mutation(description="Set a new password with the emailed link's token (single use, 30 minutes); "
-                                     "ends every session of the account; public.")
+    @strawberry.mutation(
+        description="Set a new password with the emailed link's token (single use, 30 minutes); "
+        "ends every session of the account; public."
+    )
     async def reset_password(self, info: Info, token: str, new_password: str) -> bool:
         return await service.reset_password(info.context, token, new_password)
 
@@ -31,13 +35,14 @@ class AccountMutation:
 
     @strawberry.mutation(
         description="Move the caller's account to another address: a confirmation link goes to the new address "
-                    "(`currentPassword` is required for an account that has a password).",
+        "(`currentPassword` is required for an account that has a password).",
         **authenticated(),
     )
     async def change_email(self, info: Info, new_email: str, current_password: str | None = None) -> bool:
         return await service.change_email(info.context, new_email, current_password)
 
-    @strawberry.mutation(description="Confirm an address change with the emailed link's token; the previous "
-                                     "address is told; public.")
+    @strawberry.mutation(
+        description="Confirm an address change with the emailed link's token; the previous address is told; public."
+    )
     async def confirm_email_change(self, info: Info, token: str) -> bool:
         return await service.confirm_email_change(info.context, token)

@@ -26,16 +26,23 @@ class ApiKey:
     created_at: datetime
     holder_id: strawberry.ID = strawberry.field(
         description="The user the key acts for: its creator, or whoever last rotated it (and so received its "
-                    "secret). Removing that user from the organization revokes the key."
+        "secret). Removing that user from the organization revokes the key."
     )
 
     @classmethod
     def from_row(cls, row: ApiKeyRow) -> ApiKey:
         return cls(
-            id=strawberry.ID(row.id), name=row.name, prefix=f"ptc_{row.env}_{row.prefix}", scopes=list(row.scopes),
-            allowed_ips=list(row.allowed_ips), rate_limit_per_minute=row.rate_limit_per_minute,
-            expires_at=row.expires_at, last_used_at=row.last_used_at, revoked_at=row.revoked_at,
-            created_at=row.created_at, holder_id=strawberry.ID(row.held_by),
+            id=strawberry.ID(row.id),
+            name=row.name,
+            prefix=f"ptc_{row.env}_{row.prefix}",
+            scopes=list(row.scopes),
+            allowed_ips=list(row.allowed_ips),
+            rate_limit_per_minute=row.rate_limit_per_minute,
+            expires_at=row.expires_at,
+            last_used_at=row.last_used_at,
+            revoked_at=row.revoked_at,
+            created_at=row.created_at,
+            holder_id=strawberry.ID(row.held_by),
         )
 
 
@@ -62,23 +69,32 @@ class CreateApiKeyInput:
 
 @strawberry.type
 class ApiKeyMutation:
-    @strawberry.mutation(description="Create an API key; its secret is in the answer, once.",
-                         **requires_scopes(Permission.APIKEYS_MANAGE))
+    @strawberry.mutation(
+        description="Create an API key; its secret is in the answer, once.",
+        **requires_scopes(Permission.APIKEYS_MANAGE),
+    )
     async def create_api_key(self, info: Info, input: CreateApiKeyInput) -> ApiKeyCreated:
-        new = NewApiKey(name=input.name, scopes=list(input.scopes), expires_at=input.expires_at,
-                        allowed_ips=list(input.allowed_ips or []), rate_limit_per_minute=input.rate_limit_per_minute)
+        new = NewApiKey(
+            name=input.name,
+            scopes=list(input.scopes),
+            expires_at=input.expires_at,
+            allowed_ips=list(input.allowed_ips or []),
+            rate_limit_per_minute=input.rate_limit_per_minute,
+        )
         return ApiKeyCreated.from_issued(await service.create_api_key(info.context, new))
 
-    @strawberry.mutation(description="Issue a new secret; the current one keeps working for the grace period.",
-                         **requires_scopes(Permission.APIKEYS_MANAGE))
+    @strawberry.mutation(
+        description="Issue a new secret; the current one keeps working for the grace period.",
+        **requires_scopes(Permission.APIKEYS_MANAGE),
+    )
     async def rotate_api_key(
         self, info: Info, id: strawberry.ID, grace_period_seconds: int | None = 0
     ) -> ApiKeyCreated:
-        return ApiKeyCreated.from_issued(
-            await service.rotate_api_key(info.context, str(id), grace_period_seconds or 0)
-        )
+        return ApiKeyCreated.from_issued(await service.rotate_api_key(info.context, str(id), grace_period_seconds or 0))
 
-    @strawberry.mutation(description="Revoke a key; every gateway process refuses it within a second.",
-                         **requires_scopes(Permission.APIKEYS_MANAGE))
+    @strawberry.mutation(
+        description="Revoke a key; every gateway process refuses it within a second.",
+        **requires_scopes(Permission.APIKEYS_MANAGE),
+    )
     async def revoke_api_key(self, info: Info, id: strawberry.ID) -> ApiKey:
         return ApiKey.from_row(await service.revoke_api_key(info.context, str(id)))

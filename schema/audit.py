@@ -75,12 +75,28 @@ FIELD_ACTIONS: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
 }
 
 # mutations that anonymous callers may call: their failures are recorded
-PUBLIC_FIELDS = frozenset({"login", "refreshToken", "acceptInvitation", "requestPasswordReset", "resetPassword",
-                           "verifyEmail", "confirmEmailChange"})
+PUBLIC_FIELDS = frozenset(
+    {
+        "login",
+        "refreshToken",
+        "acceptInvitation",
+        "requestPasswordReset",
+        "resetPassword",
+        "verifyEmail",
+        "confirmEmailChange",
+    }
+)
 
 # a refusal of the caller (denied) rather than a failure (error)
-_DENIED_CODES = frozenset({ErrorCode.UNAUTHENTICATED, ErrorCode.FORBIDDEN, ErrorCode.NOT_FOUND,
-                           ErrorCode.QUOTA_EXCEEDED, ErrorCode.RATE_LIMITED})
+_DENIED_CODES = frozenset(
+    {
+        ErrorCode.UNAUTHENTICATED,
+        ErrorCode.FORBIDDEN,
+        ErrorCode.NOT_FOUND,
+        ErrorCode.QUOTA_EXCEEDED,
+        ErrorCode.RATE_LIMITED,
+    }
+)
 
 
 def _root_fields(ec: ExecutionContext, *, mutation_only: bool = False) -> list[FieldNode]:
@@ -89,8 +105,9 @@ def _root_fields(ec: ExecutionContext, *, mutation_only: bool = False) -> list[F
     operation = get_operation_ast(document, ec.operation_name) if document is not None else None
     if operation is None or (mutation_only and operation.operation is not OperationType.MUTATION):
         return []
-    return [s for s in operation.selection_set.selections
-            if isinstance(s, FieldNode) and not s.name.value.startswith("__")]
+    return [
+        s for s in operation.selection_set.selections if isinstance(s, FieldNode) and not s.name.value.startswith("__")
+    ]
 
 
 @dataclass
@@ -107,10 +124,15 @@ def _covered(recorded: set[str], field_name: str) -> bool:
 # root field -> (the argument naming the object, its resource type): a NOT_FOUND there may be an id of
 # another tenant, recorded as `authz_cross_tenant` (the answer stays NOT_FOUND)
 LOOKUP_ARGUMENTS: dict[str, tuple[str, str]] = {
-    "rotateApiKey": ("id", "api_key"), "revokeApiKey": ("id", "api_key"),
-    "updateMemberRole": ("membershipId", "membership"), "removeMember": ("membershipId", "membership"),
-    "unlockUser": ("userId", "user"), "report": ("id", "report"), "organization": ("slug", "organization"),
-    "resendInvitation": ("id", "invitation"), "revokeInvitation": ("id", "invitation"),
+    "rotateApiKey": ("id", "api_key"),
+    "revokeApiKey": ("id", "api_key"),
+    "updateMemberRole": ("membershipId", "membership"),
+    "removeMember": ("membershipId", "membership"),
+    "unlockUser": ("userId", "user"),
+    "report": ("id", "report"),
+    "organization": ("slug", "organization"),
+    "resendInvitation": ("id", "invitation"),
+    "revokeInvitation": ("id", "invitation"),
 }
 
 
@@ -126,8 +148,11 @@ def _argument(node: FieldNode, name: str, variables: dict[str, Any] | None) -> s
 
 
 async def _cross_tenant(ctx: Any, ec: ExecutionContext, errors: list[Any], out: OperationAudit) -> None:
-    not_found = {str(e.path[0]) for e in errors if e.path and isinstance(e.original_error, GatewayError)
-                 and e.original_error.code is ErrorCode.NOT_FOUND}
+    not_found = {
+        str(e.path[0])
+        for e in errors
+        if e.path and isinstance(e.original_error, GatewayError) and e.original_error.code is ErrorCode.NOT_FOUND
+    }
     own = ctx.principal.organization_id
     if not not_found or own is None:
         return
@@ -144,10 +169,15 @@ async def _cross_tenant(ctx: Any, ec: ExecutionContext, errors: list[Any], out: 
         if owners and own not in owners:
             # this replaces the field's plain failure entry: one row for the attempt
             out.on_their_own = [e for e in out.on_their_own if (e.details or {}).get("field") != field_name]
-            out.on_their_own.append(ctx.audit_event(
-                A.AUTHZ_CROSS_TENANT, result=AuditResult.DENIED, resource_type=resource_type,
-                resource_id=value[:64], details={"field": field_name},
-            ))
+            out.on_their_own.append(
+                ctx.audit_event(
+                    A.AUTHZ_CROSS_TENANT,
+                    result=AuditResult.DENIED,
+                    resource_type=resource_type,
+                    resource_id=value[:64],
+                    details={"field": field_name},
+                )
+            )
 
 
 async def add_cross_tenant(ctx: Any, ec: ExecutionContext, out: OperationAudit) -> None:
@@ -161,16 +191,27 @@ def operation_events(ctx: Any, ec: ExecutionContext) -> OperationAudit:
     result = ec.result
     errors = list(result.errors or []) if result is not None else []
     out = OperationAudit([], [])
-    forbidden = [e for e in errors if isinstance(e.original_error, GatewayError)
-                 and e.original_error.code is ErrorCode.FORBIDDEN]
+    forbidden = [
+        e for e in errors if isinstance(e.original_error, GatewayError) and e.original_error.code is ErrorCode.FORBIDDEN
+    ]
     if forbidden and ctx.principal.is_authenticated and A.AUTHZ_FAIL not in ctx.audited_now:
-        required = sorted({str(e.original_error.extensions.get("requiredScopes"))  # type: ignore[union-attr]
-                           for e in forbidden} - {"None"})
-        out.on_their_own.append(ctx.audit_event(
-            A.AUTHZ_FAIL, result=AuditResult.DENIED,
-            details={"paths": [".".join(map(str, e.path or ["operation"])) for e in forbidden][:20],
-                     "requiredScopes": required[:10]},
-        ))
+        required = sorted(
+            {
+                str(e.original_error.extensions.get("requiredScopes"))  # type: ignore[union-attr]
+                for e in forbidden
+            }
+            - {"None"}
+        )
+        out.on_their_own.append(
+            ctx.audit_event(
+                A.AUTHZ_FAIL,
+                result=AuditResult.DENIED,
+                details={
+                    "paths": [".".join(map(str, e.path or ["operation"])) for e in forbidden][:20],
+                    "requiredScopes": required[:10],
+                },
+            )
+        )
     executed = result is not None and (result.data is not None or any(e.path for e in errors))
     fields = _root_fields(ec, mutation_only=True) if executed else []
     if not errors:
@@ -181,8 +222,7 @@ def operation_events(ctx: Any, ec: ExecutionContext) -> OperationAudit:
             if not _covered(recorded, name):
                 log.error("audit_entry_missing", extra={"field": name, "request_id": ctx.principal.request_id})
                 action, resource_type, _ = FIELD_ACTIONS.get(name, (A.MUTATION, None, ()))
-                out.with_commit.append(ctx.audit_event(action, resource_type=resource_type,
-                                                       details={"field": name}))
+                out.with_commit.append(ctx.audit_event(action, resource_type=resource_type, details={"field": name}))
         return out
     by_key: dict[str, Any] = {}
     for e in errors:
@@ -200,11 +240,14 @@ def operation_events(ctx: Any, ec: ExecutionContext) -> OperationAudit:
         if code is ErrorCode.FORBIDDEN:
             continue  # the authz_fail entry names it
         action, resource_type, _ = FIELD_ACTIONS.get(name, (A.MUTATION, None, ()))
-        out.on_their_own.append(ctx.audit_event(
-            action, resource_type=resource_type,
-            result=AuditResult.DENIED if code in _DENIED_CODES else AuditResult.ERROR,
-            details={"field": name, "errorCode": code.value},
-        ))
+        out.on_their_own.append(
+            ctx.audit_event(
+                action,
+                resource_type=resource_type,
+                result=AuditResult.DENIED if code in _DENIED_CODES else AuditResult.ERROR,
+                details={"field": name, "errorCode": code.value},
+            )
+        )
     return out
 
 
@@ -230,10 +273,22 @@ class AuditLogEntry:
 
     @classmethod
     def from_row(cls, e: AuditEntry) -> AuditLogEntry:
-        return cls(id=strawberry.ID(e.id), sequence=e.sequence, at=e.at, actor_type=e.actor_type,
-                   actor_id=e.actor_id, action=e.action, resource_type=e.resource_type,
-                   resource_id=e.resource_id, result=e.result, request_id=e.request_id, ip=e.ip,
-                   details=e.details, hash=e.hash, previous_hash=e.previous_hash)  # type: ignore[arg-type]
+        return cls(
+            id=strawberry.ID(e.id),
+            sequence=e.sequence,
+            at=e.at,
+            actor_type=e.actor_type,
+            actor_id=e.actor_id,
+            action=e.action,
+            resource_type=e.resource_type,
+            resource_id=e.resource_id,
+            result=e.result,
+            request_id=e.request_id,
+            ip=e.ip,
+            details=e.details,  # type: ignore[arg-type]
+            hash=e.hash,
+            previous_hash=e.previous_hash,
+        )
 
 
 @strawberry.type(name="AuditLogEdge")
@@ -269,18 +324,27 @@ class AuditLogFilter:
 class AuditQuery:
     @strawberry.field(
         description="The audit log of the caller's organization (every organization's for the platform "
-                    "operator), newest first; `first` is 1 to 200.",
-        **list_size(requires_scopes(Permission.AUDIT_READ), slicing_arguments=["first"], assumed_size=50,
-                    sized_fields=["edges"]),
+        "operator), newest first; `first` is 1 to 200.",
+        **list_size(
+            requires_scopes(Permission.AUDIT_READ), slicing_arguments=["first"], assumed_size=50, sized_fields=["edges"]
+        ),
     )
-    async def audit_logs(self, info: Info, filter: AuditLogFilter | None = None, first: int | None = 50,
-                         after: str | None = None) -> AuditLogConnection:
+    async def audit_logs(
+        self, info: Info, filter: AuditLogFilter | None = None, first: int | None = 50, after: str | None = None
+    ) -> AuditLogConnection:
         ctx = info.context
         f = None
         if filter is not None:
-            f = AuditFilter(actor_id=filter.actor_id, action=filter.action, resource_type=filter.resource_type,
-                            resource_id=filter.resource_id, result=filter.result, request_id=filter.request_id,
-                            start=filter.from_, end=filter.to)
+            f = AuditFilter(
+                actor_id=filter.actor_id,
+                action=filter.action,
+                resource_type=filter.resource_type,
+                resource_id=filter.resource_id,
+                result=filter.result,
+                request_id=filter.request_id,
+                start=filter.from_,
+                end=filter.to,
+            )
         page = await service.list_entries(ctx, f, first, after)
         return AuditLogConnection(
             edges=[AuditLogEdge(cursor=e.cursor, node=AuditLogEntry.from_row(e.entry)) for e in page.edges],
@@ -289,13 +353,16 @@ class AuditQuery:
 
     @strawberry.field(
         description="Recompute the hash chain of the caller's organization (every chain for the platform "
-                    "operator), within the time range if one is given.",
+        "operator), within the time range if one is given.",
         **requires_scopes(Permission.AUDIT_VERIFY),
     )
     async def verify_audit_chain(
-        self, info: Info, from_: Annotated[datetime | None, strawberry.argument(name="from")] = None,
+        self,
+        info: Info,
+        from_: Annotated[datetime | None, strawberry.argument(name="from")] = None,
         to: datetime | None = None,
     ) -> AuditChainVerification:
         report = await service.verify_chains(info.context, from_, to)
-        return AuditChainVerification(ok=report.ok, checked=report.checked,
-                                      first_broken_sequence=report.first_broken_sequence)
+        return AuditChainVerification(
+            ok=report.ok, checked=report.checked, first_broken_sequence=report.first_broken_sequence
+        )

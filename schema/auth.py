@@ -37,14 +37,20 @@ class AuthPayload:
 class AuthMutation:
     @strawberry.mutation(description="Sign in with a password (and `totp`, the second factor, once enrolled); public.")
     async def login(
-        self, info: Info, email: str, password: str, organization: str | None = None,
+        self,
+        info: Info,
+        email: str,
+        password: str,
+        organization: str | None = None,
         totp: str | None = None,
     ) -> AuthPayload:
         return AuthPayload.from_result(await service.login(info.context, email, password, organization, totp))
 
-    @strawberry.mutation(description="Join an organization with the emailed invitation's token and sign in to it; "
-                                     "public. A new address sets its password here; an existing account gives its "
-                                     "own password, or is signed in (required with a second factor or no password).")
+    @strawberry.mutation(
+        description="Join an organization with the emailed invitation's token and sign in to it; "
+        "public. A new address sets its password here; an existing account gives its "
+        "own password, or is signed in (required with a second factor or no password)."
+    )
     async def accept_invitation(self, info: Info, token: str, password: str) -> AuthPayload:
         return AuthPayload.from_result(await invitations_service.accept_invitation(info.context, token, password))
 

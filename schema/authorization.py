@@ -49,18 +49,41 @@ RuleMap = Mapping[tuple[str, str], Requirement]
 # An API key never mints or ends sessions (C-123), nor has a second factor: these root mutations are
 # refused to any key, whatever its scopes; the vocabulary has no scope that grants them.
 KEY_REFUSED_MUTATIONS: frozenset[str] = frozenset(
-    {"login", "refreshToken", "acceptInvitation", "logout", "changePassword", "enrollTotp", "confirmTotp",
-     "disableTotp", "requestPasswordReset", "resetPassword", "sendEmailVerification", "verifyEmail", "changeEmail",
-     "confirmEmailChange", "startSsoLink"}
+    {
+        "login",
+        "refreshToken",
+        "acceptInvitation",
+        "logout",
+        "changePassword",
+        "enrollTotp",
+        "confirmTotp",
+        "disableTotp",
+        "requestPasswordReset",
+        "resetPassword",
+        "sendEmailVerification",
+        "verifyEmail",
+        "changeEmail",
+        "confirmEmailChange",
+        "startSsoLink",
+    }
 )
 _KEY_REFUSAL = Decision(allowed=False, reason="an API key cannot sign in or mint tokens")
 
 # What a session that must enroll a second factor first may do (requireMfa, docs/authentication.md).
 MFA_ENROLLMENT_ROOT_FIELDS: frozenset[tuple[str, str]] = frozenset(
-    {("Query", "me"), ("Mutation", "enrollTotp"), ("Mutation", "confirmTotp"), ("Mutation", "logout"),
-     ("Mutation", "login"), ("Mutation", "refreshToken"), ("Mutation", "acceptInvitation"),
-     ("Mutation", "requestPasswordReset"), ("Mutation", "resetPassword"), ("Mutation", "verifyEmail"),
-     ("Mutation", "confirmEmailChange")}
+    {
+        ("Query", "me"),
+        ("Mutation", "enrollTotp"),
+        ("Mutation", "confirmTotp"),
+        ("Mutation", "logout"),
+        ("Mutation", "login"),
+        ("Mutation", "refreshToken"),
+        ("Mutation", "acceptInvitation"),
+        ("Mutation", "requestPasswordReset"),
+        ("Mutation", "resetPassword"),
+        ("Mutation", "verifyEmail"),
+        ("Mutation", "confirmEmailChange"),
+    }
 )
 _MFA_ENROLLMENT_REFUSAL = Decision(allowed=False, reason=MFA_ENROLLMENT_REQUIRED)
 
@@ -71,6 +94,7 @@ def type_rule(schema: GraphQLSchema, gtype: GraphQLNamedType) -> Requirement | N
     For an interface, the rules of the interface and of every implementation apply together, since
     any of them may answer.
     """
+
     def own(t: GraphQLNamedType) -> Requirement | None:
         definition = (t.extensions or {}).get("strawberry-definition")
         return requirement_from_directives(getattr(definition, "directives", None))
@@ -110,8 +134,9 @@ def _guarded_resolver(resolve: Any, requirement: Requirement) -> Any:
         decision = decide(ctx.principal, requirement) if denied is None else denied.get(id(info.field_nodes[0]))
         if decision is not None and not decision:
             raise denial_error(ctx.principal, decision)
-        return resolve(source, info, **kwargs) if resolve is not None else default_field_resolver(source, info,
-                                                                                                   **kwargs)
+        return (
+            resolve(source, info, **kwargs) if resolve is not None else default_field_resolver(source, info, **kwargs)
+        )
 
     return guarded
 
@@ -165,8 +190,14 @@ class Authorizer:
     def decide_operation(
         self, document: DocumentNode, operation_name: str | None, principal: Principal
     ) -> OperationDecisions:
-        key = (id(document), operation_name, principal.kind, principal.effective_permissions, principal.plan,
-               principal.mfa_enrollment_required)
+        key = (
+            id(document),
+            operation_name,
+            principal.kind,
+            principal.effective_permissions,
+            principal.plan,
+            principal.mfa_enrollment_required,
+        )
         cached = self._cache.get(key)
         if cached is not None and cached.document is document:
             self._cache.move_to_end(key)
@@ -196,23 +227,30 @@ class Authorizer:
         root = self.schema.get_root_type(operation.operation)
         if root is not None:
             self._walk(operation.selection_set, root, (), fragments, principal, denied, paths, frozenset())
-        return OperationDecisions(document, denied, tuple(paths), operation,
-                                  tuple(introspection_fields(document, operation)))
+        return OperationDecisions(
+            document, denied, tuple(paths), operation, tuple(introspection_fields(document, operation))
+        )
 
     def _walk(
-        self, selection_set: SelectionSetNode, parent: GraphQLNamedType, path: tuple[str, ...],
-        fragments: dict[str, FragmentDefinitionNode], principal: Principal, denied: dict[int, Decision],
-        paths: list[tuple[str, ...]], visiting: frozenset[str],
+        self,
+        selection_set: SelectionSetNode,
+        parent: GraphQLNamedType,
+        path: tuple[str, ...],
+        fragments: dict[str, FragmentDefinitionNode],
+        principal: Principal,
+        denied: dict[int, Decision],
+        paths: list[tuple[str, ...]],
+        visiting: frozenset[str],
     ) -> None:
         for selection in selection_set.selections:
             if isinstance(selection, FieldNode):
                 self._field(selection, parent, path, fragments, principal, denied, paths, visiting)
             elif isinstance(selection, InlineFragmentNode):
-                target = (self.schema.get_type(selection.type_condition.name.value)
-                          if selection.type_condition else parent)
+                target = (
+                    self.schema.get_type(selection.type_condition.name.value) if selection.type_condition else parent
+                )
                 if target is not None:
-                    self._walk(selection.selection_set, target, path, fragments, principal, denied, paths,
-                               visiting)
+                    self._walk(selection.selection_set, target, path, fragments, principal, denied, paths, visiting)
             elif isinstance(selection, FragmentSpreadNode):
                 name = selection.name.value
                 fragment = fragments.get(name)
@@ -220,13 +258,20 @@ class Authorizer:
                     continue
                 target = self.schema.get_type(fragment.type_condition.name.value)
                 if target is not None:
-                    self._walk(fragment.selection_set, target, path, fragments, principal, denied, paths,
-                               visiting | {name})
+                    self._walk(
+                        fragment.selection_set, target, path, fragments, principal, denied, paths, visiting | {name}
+                    )
 
     def _field(
-        self, node: FieldNode, parent: GraphQLNamedType, path: tuple[str, ...],
-        fragments: dict[str, FragmentDefinitionNode], principal: Principal, denied: dict[int, Decision],
-        paths: list[tuple[str, ...]], visiting: frozenset[str],
+        self,
+        node: FieldNode,
+        parent: GraphQLNamedType,
+        path: tuple[str, ...],
+        fragments: dict[str, FragmentDefinitionNode],
+        principal: Principal,
+        denied: dict[int, Decision],
+        paths: list[tuple[str, ...]],
+        visiting: frozenset[str],
     ) -> None:
         name = node.name.value
         if name.startswith("__") or not isinstance(parent, GraphQLObjectType | GraphQLInterfaceType):
@@ -235,8 +280,12 @@ class Authorizer:
         if field is None:
             return
         here = (*path, node.alias.value if node.alias else name)
-        if (not path and principal.kind is PrincipalKind.API_KEY and name in KEY_REFUSED_MUTATIONS
-                and parent is self.schema.mutation_type):
+        if (
+            not path
+            and principal.kind is PrincipalKind.API_KEY
+            and name in KEY_REFUSED_MUTATIONS
+            and parent is self.schema.mutation_type
+        ):
             denied[id(node)] = _KEY_REFUSAL
             paths.append(here)
             return
@@ -252,8 +301,9 @@ class Authorizer:
                 paths.append(here)
                 return
         if node.selection_set is not None:
-            self._walk(node.selection_set, get_named_type(field.type), here, fragments, principal, denied,
-                       paths, visiting)
+            self._walk(
+                node.selection_set, get_named_type(field.type), here, fragments, principal, denied, paths, visiting
+            )
 
     def report(self) -> Iterator[tuple[str, str, Requirement | None]]:
         for type_name, gtype in sorted(self.schema.type_map.items()):
@@ -282,8 +332,11 @@ class Authorization(SchemaExtension):
             ctx.denied_fields = decisions.denied
             ctx.denied_paths = decisions.denied_paths
             # a key's mutation is all or nothing: any refused field refuses the operation (C-119)
-            key_mutation = (ctx.principal.kind is PrincipalKind.API_KEY and decisions.operation is not None
-                            and decisions.operation.operation.value == "mutation")
+            key_mutation = (
+                ctx.principal.kind is PrincipalKind.API_KEY
+                and decisions.operation is not None
+                and decisions.operation.operation.value == "mutation"
+            )
             if decisions.denied and (self.reject_unauthorized or key_mutation):
                 errors = []
                 for node_id, path in zip(decisions.denied, decisions.denied_paths, strict=True):
@@ -299,30 +352,48 @@ class Authorization(SchemaExtension):
         yield
         decisions = self.decisions
         result = self.execution_context.result
-        if (decisions is None or not decisions.introspection or decisions.operation is None or result is None
-                or result.data is None):
+        if (
+            decisions is None
+            or not decisions.introspection
+            or decisions.operation is None
+            or result is None
+            or result.data is None
+        ):
             return
         ctx = self.execution_context.context
         try:
             self.authorizer.introspection.replace(
-                result.data, decisions.document, decisions.operation, list(decisions.introspection),
-                ctx.principal, self.execution_context.variables,
+                result.data,
+                decisions.document,
+                decisions.operation,
+                list(decisions.introspection),
+                ctx.principal,
+                self.execution_context.variables,
             )
         except IntrospectionFailed as exc:
             # fail closed (C-129): nothing the operation resolved on the full schema leaves
             result.data, result.errors = None, exc.errors
         except Exception as exc:
-            log.error("introspection not answered", exc_info=exc,
-                      extra={"request_id": getattr(ctx.principal, "request_id", None)})
+            log.error(
+                "introspection not answered",
+                exc_info=exc,
+                extra={"request_id": getattr(ctx.principal, "request_id", None)},
+            )
             result.data, result.errors = None, [GraphQLError("introspection not answered", original_error=exc)]
 
 
 # Root fields without a rule, on purpose: they are how a caller obtains a credential, or prove control of
 # an address with an emailed token.
 PUBLIC_ROOT_FIELDS: frozenset[tuple[str, str]] = frozenset(
-    {("Mutation", "login"), ("Mutation", "refreshToken"), ("Mutation", "acceptInvitation"),
-     ("Mutation", "requestPasswordReset"), ("Mutation", "resetPassword"), ("Mutation", "verifyEmail"),
-     ("Mutation", "confirmEmailChange")}
+    {
+        ("Mutation", "login"),
+        ("Mutation", "refreshToken"),
+        ("Mutation", "acceptInvitation"),
+        ("Mutation", "requestPasswordReset"),
+        ("Mutation", "resetPassword"),
+        ("Mutation", "verifyEmail"),
+        ("Mutation", "confirmEmailChange"),
+    }
 )
 
 
@@ -348,9 +419,17 @@ def field_table(authorizer: Authorizer) -> list[dict[str, Any]]:
         if requirement is not None:
             rule = describe(requirement)
             allowed = [
-                role.value for role in ROLE_ORDER
-                if decide(Principal(kind=PrincipalKind.USER, permissions=permissions_for_role(role.value),
-                                    auth_method=AuthMethod.PASSWORD, plan="enterprise"), requirement)
+                role.value
+                for role in ROLE_ORDER
+                if decide(
+                    Principal(
+                        kind=PrincipalKind.USER,
+                        permissions=permissions_for_role(role.value),
+                        auth_method=AuthMethod.PASSWORD,
+                        plan="enterprise",
+                    ),
+                    requirement,
+                )
             ]
         elif (type_name, field_name) in PUBLIC_ROOT_FIELDS:
             rule, allowed = "public", ["anonymous", *(r.value for r in ROLE_ORDER)]

@@ -48,8 +48,12 @@ class Scoped:
 
 @strawberry.schema_directive(
     locations=[
-        Location.FIELD_DEFINITION, Location.OBJECT, Location.ARGUMENT_DEFINITION, Location.SCALAR,
-        Location.ENUM, Location.INPUT_FIELD_DEFINITION,
+        Location.FIELD_DEFINITION,
+        Location.OBJECT,
+        Location.ARGUMENT_DEFINITION,
+        Location.SCALAR,
+        Location.ENUM,
+        Location.INPUT_FIELD_DEFINITION,
     ],
     name="cost",
 )
@@ -73,8 +77,10 @@ def denial_error(principal: Any, decision: Decision) -> Exception:
     if not principal.is_authenticated:
         return Unauthenticated("Authentication required.")
     if decision.reason == MFA_ENROLLMENT_REQUIRED:
-        return Forbidden("Your organization requires two-factor authentication: enroll with enrollTotp and "
-                         "confirmTotp first.", reason=MFA_ENROLLMENT_REQUIRED)
+        return Forbidden(
+            "Your organization requires two-factor authentication: enroll with enrollTotp and confirmTotp first.",
+            reason=MFA_ENROLLMENT_REQUIRED,
+        )
     extensions: dict[str, Any] = {}
     if decision.required_scopes:
         extensions["requiredScopes"] = [list(g) for g in decision.required_scopes]
@@ -114,9 +120,7 @@ class Guard(FieldExtension):
         self._check(info)
         return next_(source, info, **kwargs)
 
-    async def resolve_async(
-        self, next_: Callable[..., Awaitable[Any]], source: Any, info: Info, **kwargs: Any
-    ) -> Any:
+    async def resolve_async(self, next_: Callable[..., Awaitable[Any]], source: Any, info: Info, **kwargs: Any) -> Any:
         self._check(info)
         result = next_(source, info, **kwargs)
         if inspect.isawaitable(result):
@@ -134,9 +138,7 @@ def authenticated() -> dict[str, Any]:
 
 def requires_scopes(*groups: tuple[Permission, ...] | Permission) -> dict[str, Any]:
     normalized = tuple(g if isinstance(g, tuple) else (g,) for g in groups)
-    return _rule(
-        [RequiresScopes(scopes=[[p.value for p in g] for g in normalized])], Requirement.scopes(*normalized)
-    )
+    return _rule([RequiresScopes(scopes=[[p.value for p in g] for g in normalized])], Requirement.scopes(*normalized))
 
 
 def list_size(rule: dict[str, Any], **size: Any) -> dict[str, Any]:

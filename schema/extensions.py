@@ -30,8 +30,12 @@ def shape_error(error: GraphQLError, request_id: str | None) -> GraphQLError:
     original = error.original_error
     if isinstance(original, GatewayError):
         return GraphQLError(
-            original.message, nodes=error.nodes, source=error.source, positions=error.positions,
-            path=error.path, extensions={"code": original.code.value, **original.extensions},
+            original.message,
+            nodes=error.nodes,
+            source=error.source,
+            positions=error.positions,
+            path=error.path,
+            extensions={"code": original.code.value, **original.extensions},
         )
     if original is None or isinstance(original, GraphQLError):
         # a document or variable the caller got wrong (an unknown enum value in a variable carries the
@@ -39,11 +43,19 @@ def shape_error(error: GraphQLError, request_id: str | None) -> GraphQLError:
         extensions = dict(error.extensions or {})
         extensions.setdefault("code", ErrorCode.BAD_USER_INPUT.value)
         return GraphQLError(
-            error.message, nodes=error.nodes, source=error.source, positions=error.positions,
-            path=error.path, extensions=extensions,
+            error.message,
+            nodes=error.nodes,
+            source=error.source,
+            positions=error.positions,
+            path=error.path,
+            extensions=extensions,
         )
     return GraphQLError(
-        MASKED_MESSAGE, nodes=error.nodes, source=error.source, positions=error.positions, path=error.path,
+        MASKED_MESSAGE,
+        nodes=error.nodes,
+        source=error.source,
+        positions=error.positions,
+        path=error.path,
         extensions={"code": ErrorCode.INTERNAL.value, "requestId": request_id},
     )
 

@@ -74,8 +74,7 @@ class IntrospectionFailed(Exception):
 
 
 class IntrospectionFilter:
-    def __init__(self, schema: GraphQLSchema, rules: dict[tuple[str, str], Requirement],
-                 cache_size: int = 256) -> None:
+    def __init__(self, schema: GraphQLSchema, rules: dict[tuple[str, str], Requirement], cache_size: int = 256) -> None:
         self.full: Any = introspection_from_schema(schema)
         self.rules = rules
         self._cache: OrderedDict[tuple[Any, ...], GraphQLSchema] = OrderedDict()
@@ -134,24 +133,40 @@ class IntrospectionFilter:
         trimmed._validation_errors = []
         return trimmed
 
-    def answer(self, document: DocumentNode, operation: OperationDefinitionNode, fields: list[FieldNode],
-               principal: Principal, variables: dict[str, Any] | None) -> dict[str, Any]:
+    def answer(
+        self,
+        document: DocumentNode,
+        operation: OperationDefinitionNode,
+        fields: list[FieldNode],
+        principal: Principal,
+        variables: dict[str, Any] | None,
+    ) -> dict[str, Any]:
         """The values of the operation's introspection fields, computed on the caller's schema;
         `IntrospectionFailed` unless every one of them executes there without an error."""
         only = OperationDefinitionNode(
-            operation=operation.operation, name=operation.name, directives=(),
+            operation=operation.operation,
+            name=operation.name,
+            directives=(),
             variable_definitions=operation.variable_definitions,
             selection_set=SelectionSetNode(selections=tuple(fields)),
         )
         fragments = [d for d in document.definitions if isinstance(d, FragmentDefinitionNode)]
-        result: Any = execute(self.schema_for(principal), DocumentNode(definitions=(only, *fragments)),
-                              variable_values=variables)
+        result: Any = execute(
+            self.schema_for(principal), DocumentNode(definitions=(only, *fragments)), variable_values=variables
+        )
         if result.errors or result.data is None:
             raise IntrospectionFailed(list(result.errors or ()) or [GraphQLError("Introspection failed.")])
         return dict(result.data)
 
-    def replace(self, data: dict[str, Any], document: DocumentNode, operation: OperationDefinitionNode,
-                fields: list[FieldNode], principal: Principal, variables: dict[str, Any] | None) -> None:
+    def replace(
+        self,
+        data: dict[str, Any],
+        document: DocumentNode,
+        operation: OperationDefinitionNode,
+        fields: list[FieldNode],
+        principal: Principal,
+        variables: dict[str, Any] | None,
+    ) -> None:
         """Replaces, in the operation's `data`, what its introspection fields resolved on the full schema
         with the caller's answer; raises (and replaces nothing) when there is no such answer."""
         keys = [k for k in dict.fromkeys(f.alias.value if f.alias else f.name.value for f in fields) if k in data]

@@ -22,8 +22,12 @@ class Membership:
 
     @classmethod
     def from_member(cls, m: Member) -> Membership:
-        return cls(id=strawberry.ID(m.membership.id), user=User.from_row(m.user), role=m.membership.role,
-                   created_at=m.membership.created_at)
+        return cls(
+            id=strawberry.ID(m.membership.id),
+            user=User.from_row(m.user),
+            role=m.membership.role,
+            created_at=m.membership.created_at,
+        )
 
 
 @strawberry.type
@@ -35,12 +39,16 @@ class MembershipConnection(Connection[Membership]):
 
 @strawberry.type
 class MemberMutation:
-    @strawberry.mutation(description="Change a member's role; it applies from the member's next request.",
-                         **requires_scopes(Permission.MEMBERS_MANAGE))
+    @strawberry.mutation(
+        description="Change a member's role; it applies from the member's next request.",
+        **requires_scopes(Permission.MEMBERS_MANAGE),
+    )
     async def update_member_role(self, info: Info, membership_id: strawberry.ID, role: str) -> Membership:
         return Membership.from_member(await service.update_member_role(info.context, str(membership_id), role))
 
-    @strawberry.mutation(description="Remove a member and end their sessions in this organization.",
-                         **requires_scopes(Permission.MEMBERS_MANAGE))
+    @strawberry.mutation(
+        description="Remove a member and end their sessions in this organization.",
+        **requires_scopes(Permission.MEMBERS_MANAGE),
+    )
     async def remove_member(self, info: Info, membership_id: strawberry.ID) -> bool:
         return await service.remove_member(info.context, str(membership_id))

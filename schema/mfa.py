@@ -27,7 +27,7 @@ class MfaMutation:
 
     @strawberry.mutation(
         description="Enable TOTP with a code from the new device; returns the ten recovery codes, shown once. "
-                    "Ends the user's other sessions.",
+        "Ends the user's other sessions.",
         **authenticated(),
     )
     async def confirm_totp(self, info: Info, code: str) -> list[str]:

@@ -38,8 +38,12 @@ class Organization:
     @classmethod
     def from_row(cls, row: OrganizationRow) -> Organization:
         return cls(
-            id=strawberry.ID(row.id), slug=row.slug, name=row.name, plan=Plan(row.plan),
-            created_at=row.created_at, row=row,
+            id=strawberry.ID(row.id),
+            slug=row.slug,
+            name=row.name,
+            plan=Plan(row.plan),
+            created_at=row.created_at,
+            row=row,
         )
 
     @strawberry.field
@@ -57,8 +61,12 @@ class Organization:
 
     @strawberry.field(
         description="Members of the caller's own organization, oldest first; `first` is 1 to 100.",
-        **list_size(requires_scopes(Permission.MEMBERS_READ), slicing_arguments=["first"], assumed_size=50,
-                    sized_fields=["edges"]),
+        **list_size(
+            requires_scopes(Permission.MEMBERS_READ),
+            slicing_arguments=["first"],
+            assumed_size=50,
+            sized_fields=["edges"],
+        ),
     )
     async def members(
         self, info: Info, first: int | None = 50, after: str | None = None
@@ -70,22 +78,36 @@ class Organization:
 
     @strawberry.field(
         description="The organization's invitations, newest first; `first` is 1 to 100, `status` filters.",
-        **list_size(requires_scopes(Permission.MEMBERS_READ), slicing_arguments=["first"], assumed_size=50,
-                    sized_fields=["edges"]),
+        **list_size(
+            requires_scopes(Permission.MEMBERS_READ),
+            slicing_arguments=["first"],
+            assumed_size=50,
+            sized_fields=["edges"],
+        ),
     )
     async def invitations(
-        self, info: Info, first: int | None = 50, after: str | None = None,
+        self,
+        info: Info,
+        first: int | None = 50,
+        after: str | None = None,
         status: Annotated[InvitationState, strawberry.lazy("schema.invitations")] | None = None,
     ) -> Annotated[InvitationConnection, strawberry.lazy("schema.invitations")]:
         from resolvers.invitations import list_invitations
         from schema.invitations import InvitationConnection, invitation_status
 
-        page = await list_invitations(info.context, self.row.id, first=50 if first is None else first, after=after,
-                                      status=invitation_status(status))
+        page = await list_invitations(
+            info.context,
+            self.row.id,
+            first=50 if first is None else first,
+            after=after,
+            status=invitation_status(status),
+        )
         return InvitationConnection.from_page(page)
 
-    @strawberry.field(description="The email domains the organization has claimed.",
-                      **list_size(requires_scopes(Permission.SSO_READ), assumed_size=10))
+    @strawberry.field(
+        description="The email domains the organization has claimed.",
+        **list_size(requires_scopes(Permission.SSO_READ), assumed_size=10),
+    )
     async def domains(self, info: Info) -> list[Annotated[EmailDomain, strawberry.lazy("schema.domains")]]:
         from resolvers.domains import list_domains
         from schema.domains import EmailDomain
@@ -94,7 +116,7 @@ class Organization:
 
     @strawberry.field(
         description="The organization's limits and their use, in QuotaResource order. The rate rows "
-                    "(requests and cost) are listed when the gateway's admission step counts them.",
+        "(requests and cost) are listed when the gateway's admission step counts them.",
         **list_size(requires_scopes(Permission.QUOTAS_READ), assumed_size=7),
     )
     async def quotas(self, info: Info) -> list[Annotated[Quota, strawberry.lazy("schema.quotas")]]:
@@ -102,8 +124,10 @@ class Organization:
 
         return [Quota.from_usage(r) for r in await quotas_service.organization_quotas(info.context, self.row)]
 
-    @strawberry.field(description="The organization's API keys, oldest first; never their secrets.",
-                      **list_size(requires_scopes(Permission.APIKEYS_READ), assumed_size=50))
+    @strawberry.field(
+        description="The organization's API keys, oldest first; never their secrets.",
+        **list_size(requires_scopes(Permission.APIKEYS_READ), assumed_size=50),
+    )
     async def api_keys(self, info: Info) -> list[Annotated[ApiKey, strawberry.lazy("schema.api_keys")]]:
         from schema.api_keys import ApiKey
 
@@ -111,8 +135,12 @@ class Organization:
 
     @strawberry.field(
         description="The organization's reports, newest first; `first` is 1 to 100.",
-        **list_size(requires_scopes(Permission.REPORTS_READ), slicing_arguments=["first"], assumed_size=20,
-                    sized_fields=["edges"]),
+        **list_size(
+            requires_scopes(Permission.REPORTS_READ),
+            slicing_arguments=["first"],
+            assumed_size=20,
+            sized_fields=["edges"],
+        ),
     )
     async def reports(
         self, info: Info, first: int | None = 20, after: str | None = None
@@ -123,8 +151,10 @@ class Organization:
         page = await reports_service.list_reports(info.context, self.row.id, 20 if first is None else first, after)
         return ReportConnection.from_page(page)
 
-    @strawberry.field(description="The organization's single sign-on connections; never their secrets.",
-                      **list_size(requires_scopes(Permission.SSO_READ), assumed_size=2))
+    @strawberry.field(
+        description="The organization's single sign-on connections; never their secrets.",
+        **list_size(requires_scopes(Permission.SSO_READ), assumed_size=2),
+    )
     async def sso_connections(self, info: Info) -> list[Annotated[SsoConnection, strawberry.lazy("schema.sso")]]:
         from resolvers.sso import list_connections
         from schema.sso import SsoConnection
@@ -149,9 +179,7 @@ class UpdateOrganizationInput:
 
 @strawberry.type
 class OrganizationQuery:
-    @strawberry.field(
-        description="The caller's organization, or one below it by slug.", **scoped(authenticated())
-    )
+    @strawberry.field(description="The caller's organization, or one below it by slug.", **scoped(authenticated()))
     async def organization(self, info: Info, slug: str | None = None) -> Organization | None:
         return Organization.from_row(await service.get_organization(info.context, slug))
 
@@ -163,8 +191,9 @@ class OrganizationMutation:
         **requires_scopes(Permission.ORGANIZATIONS_CREATE),
     )
     async def create_organization(self, info: Info, input: CreateOrganizationInput) -> Organization:
-        new = NewOrganization(slug=input.slug, name=input.name, plan=(input.plan or Plan.FREE).value,
-                              billing_email=input.billing_email)
+        new = NewOrganization(
+            slug=input.slug, name=input.name, plan=(input.plan or Plan.FREE).value, billing_email=input.billing_email
+        )
         return Organization.from_row(await service.create_organization(info.context, new))
 
     @strawberry.mutation(
@@ -172,13 +201,12 @@ class OrganizationMutation:
         **requires_scopes(Permission.ORGANIZATION_UPDATE),
     )
     async def update_organization(self, info: Info, input: UpdateOrganizationInput) -> Organization:
-        changes = OrganizationChanges(name=input.name, billing_email=input.billing_email,
-                                      require_mfa=input.require_mfa)
+        changes = OrganizationChanges(name=input.name, billing_email=input.billing_email, require_mfa=input.require_mfa)
         return Organization.from_row(await service.update_organization(info.context, changes))
 
     @strawberry.mutation(
         description="Switch the caller's organization to another plan; its limits apply at once. A plan below "
-                    "current usage deletes nothing: further creations are refused until usage is under the limit.",
+        "current usage deletes nothing: further creations are refused until usage is under the limit.",
         **requires_scopes(Permission.PLAN_MANAGE),
     )
     async def change_plan(self, info: Info, plan: Plan) -> Organization:

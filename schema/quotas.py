@@ -8,8 +8,9 @@ from resolvers.quotas import QuotaUsage
 from schema.enums import QuotaResource
 
 
-@strawberry.type(name="Quota",
-                 description="One limit of the organization's plan (with its overrides) and how much of it is used.")
+@strawberry.type(
+    name="Quota", description="One limit of the organization's plan (with its overrides) and how much of it is used."
+)
 class Quota:
     resource: QuotaResource
     limit: int | None = strawberry.field(description="null: unlimited.")
@@ -24,6 +25,9 @@ class Quota:
     @classmethod
     def from_usage(cls, usage: QuotaUsage) -> Quota:
         return cls(
-            resource=usage.resource, limit=usage.limit, used=usage.used, remaining=usage.remaining,
+            resource=usage.resource,
+            limit=usage.limit,
+            used=usage.used,
+            remaining=usage.remaining,
             resets_at=usage.resets_at,
         )

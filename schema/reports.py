@@ -42,9 +42,16 @@ class Report:
         path = f"/reports/{row.id}"
         summary: Any = row.summary
         return cls(
-            id=strawberry.ID(row.id), kind=ReportKind(row.kind), from_=row.period_start,
-            to=row.period_end, created_at=row.created_at, digest=row.digest, summary=summary,
-            csv_url=f"{path}.csv", json_url=f"{path}.json", html_url=f"{path}.html",
+            id=strawberry.ID(row.id),
+            kind=ReportKind(row.kind),
+            from_=row.period_start,
+            to=row.period_end,
+            created_at=row.created_at,
+            digest=row.digest,
+            summary=summary,
+            csv_url=f"{path}.csv",
+            json_url=f"{path}.json",
+            html_url=f"{path}.html",
         )
 
 
@@ -69,7 +76,10 @@ class ReportMutation:
         **requires_scopes(Permission.REPORTS_GENERATE),
     )
     async def generate_report(
-        self, info: Info, kind: ReportKind, from_: Annotated[datetime, strawberry.argument(name="from")],
+        self,
+        info: Info,
+        kind: ReportKind,
+        from_: Annotated[datetime, strawberry.argument(name="from")],
         to: datetime,
     ) -> Report:
         return Report.from_row(await service.generate_report(info.context, kind.value, from_, to))

@@ -10,6 +10,7 @@ from strawberry.scalars import JSON
 
 from authz import Permission
 from resolvers import sso as service
+from resolvers import sso_login as sso_login_service
 from resolvers.sso import OidcSpec
 from schema.context import Info
 from schema.directives import authenticated, requires_scopes
@@ -30,8 +31,13 @@ class SsoConnection:
     @classmethod
     def from_row(cls, row: SsoConnectionRow) -> SsoConnection:
         return cls(
-            id=strawberry.ID(row.id), kind=row.kind, enabled=row.enabled, issuer=row.issuer,
-            entity_id=row.entity_id, default_role=row.default_role, jit_provisioning=row.jit_provisioning,
+            id=strawberry.ID(row.id),
+            kind=row.kind,
+            enabled=row.enabled,
+            issuer=row.issuer,
+            entity_id=row.entity_id,
+            default_role=row.default_role,
+            jit_provisioning=row.jit_provisioning,
             allowed_domains=list(row.allowed_domains),
         )
 
@@ -56,10 +62,13 @@ class OidcConnectionInput:
 def _spec(input: OidcConnectionInput) -> OidcSpec:
     mapping: Any = input.role_mapping if input.role_mapping is not None else {}
     return OidcSpec(
-        issuer=input.issuer, client_id=input.client_id, client_secret=input.client_secret,
+        issuer=input.issuer,
+        client_id=input.client_id,
+        client_secret=input.client_secret,
         scopes=list(input.scopes if input.scopes is not None else ["openid", "email", "profile"]),
         groups_claim=input.groups_claim if input.groups_claim is not None else "groups",
-        role_mapping=mapping, default_role=input.default_role or "viewer",
+        role_mapping=mapping,
+        default_role=input.default_role or "viewer",
         allowed_domains=list(input.allowed_domains or []),
         jit_provisioning=True if input.jit_provisioning is None else input.jit_provisioning,
         enabled=True if input.enabled is None else input.enabled,
@@ -68,23 +77,28 @@ def _spec(input: OidcConnectionInput) -> OidcSpec:
 
 @strawberry.type
 class SsoLinkStart:
-    url: str = strawberry.field(description="Open this address in the browser (single use, 10 minutes): the "
-                                            "organization's identity provider signs you in, and is linked to "
-                                            "your account when it vouches for your account's own address.")
+    url: str = strawberry.field(
+        description="Open this address in the browser (single use, 10 minutes): the "
+        "organization's identity provider signs you in, and is linked to "
+        "your account when it vouches for your account's own address."
+    )
     expires_at: datetime
 
 
 @strawberry.type
 class SsoMutation:
-    @strawberry.mutation(description="Link your account to the organization's single sign-on connection, by your "
-                                     "own act: returns the address where the link is made.", **authenticated())
+    @strawberry.mutation(
+        description="Link your account to the organization's single sign-on connection, by your "
+        "own act: returns the address where the link is made.",
+        **authenticated(),
+    )
     async def start_sso_link(self, info: Info) -> SsoLinkStart:
-        start = await service.start_sso_link(info.context)
+        start = await sso_login_service.start_sso_link(info.context)
         return SsoLinkStart(url=start.url, expires_at=start.expires_at)
 
     @strawberry.mutation(
         description="Create or replace the organization's OpenID Connect connection (its discovery document "
-                    "is fetched and checked).",
+        "is fetched and checked).",
         **requires_scopes(Permission.SSO_MANAGE),
     )
     async def configure_oidc(self, info: Info, input: OidcConnectionInput) -> SsoConnection:

@@ -23,7 +23,10 @@ class User:
     @classmethod
     def from_row(cls, row: UserRow) -> User:
         return cls(
-            id=strawberry.ID(row.id), email=row.email, name=row.name, mfa_enabled=row.mfa_enabled,
+            id=strawberry.ID(row.id),
+            email=row.email,
+            name=row.name,
+            mfa_enabled=row.mfa_enabled,
             last_login_at=row.last_login_at,
             email_verified=row.email_verified_at is not None,
         )
@@ -40,12 +43,18 @@ class Viewer:
 
 @strawberry.type
 class UserQuery:
-    @strawberry.field(description="Who the caller is, in which organization, with which permissions.",
-                      **authenticated())
+    @strawberry.field(
+        description="Who the caller is, in which organization, with which permissions.", **authenticated()
+    )
     async def me(self, info: Info) -> Viewer:
         v = await service.get_viewer(info.context)
-        return Viewer(user=User.from_row(v.user), organization=Organization.from_row(v.organization), role=v.role,
-                      permissions=v.permissions, auth_method=v.auth_method)
+        return Viewer(
+            user=User.from_row(v.user),
+            organization=Organization.from_row(v.organization),
+            role=v.role,
+            permissions=v.permissions,
+            auth_method=v.auth_method,
+        )
 
     @strawberry.field(description="The caller's effective permissions.", **authenticated())
     async def permissions(self, info: Info) -> list[str]:

@@ -36,7 +36,7 @@ def new_ordered_id() -> str:
     random = int.from_bytes(os.urandom(10), "big")
     millis = (time.time_ns() // 1_000_000) & 0xFFFF_FFFF_FFFF
     value = (millis << 80) | (0x7 << 76) | (((random >> 62) & 0xFFF) << 64) | (0b10 << 62)
-    value |= (random & 0x3FFF_FFFF_FFFF_FFFF)
+    value |= random & 0x3FFF_FFFF_FFFF_FFFF
     h = f"{value:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
@@ -202,9 +202,7 @@ class Invitation(SQLModel, table=True):
     """
 
     __tablename__ = "invitations"
-    __table_args__ = (
-        Index("ix_invitations_organization_email", "organization_id", "email_key"),
-    )
+    __table_args__ = (Index("ix_invitations_organization_email", "organization_id", "email_key"),)
 
     id: str = Field(default_factory=new_id, primary_key=True, max_length=36)
     organization_id: str = Field(foreign_key="organizations.id", index=True, max_length=36)
@@ -292,8 +290,15 @@ class AuditEntry(SQLModel, table=True):
         Index("ix_audit_log_chain_resource_at", "chain", "resource_type", "resource_id", "at", "id"),
         # only the entries that did not succeed: a filter on `success` pages through the chain's own index
         # (most entries succeed), and the far more numerous successes cost no entry here when written
-        Index("ix_audit_log_chain_unsuccessful_at", "chain", "result", "at", "id",
-              sqlite_where=text(UNSUCCESSFUL), postgresql_where=text(UNSUCCESSFUL)),
+        Index(
+            "ix_audit_log_chain_unsuccessful_at",
+            "chain",
+            "result",
+            "at",
+            "id",
+            sqlite_where=text(UNSUCCESSFUL),
+            postgresql_where=text(UNSUCCESSFUL),
+        ),
         Index("ix_audit_log_request_id", "request_id"),
         Index("ix_audit_log_at", "at", "id"),
     )
@@ -470,6 +475,19 @@ class MailMessage(SQLModel, table=True):
 
 
 TENANT_TABLES: frozenset[str] = frozenset(
-    {"memberships", "auth_sessions", "refresh_token_families", "refresh_tokens", "roles", "invitations", "api_keys",
-     "usage_daily", "reports", "report_rows", "sso_connections", "sso_identities", "email_domains"}
+    {
+        "memberships",
+        "auth_sessions",
+        "refresh_token_families",
+        "refresh_tokens",
+        "roles",
+        "invitations",
+        "api_keys",
+        "usage_daily",
+        "reports",
+        "report_rows",
+        "sso_connections",
+        "sso_identities",
+        "email_domains",
+    }
 )

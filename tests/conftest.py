@@ -139,9 +139,9 @@ def _truncate(url: str) -> None:
     with engine.begin() as conn:
         if is_sqlite(url):
             # the audit table refuses DELETE by trigger: as the database's owner, lift it and put it back
-            triggers = conn.execute(text(
-                "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'audit_log'"
-            )).all()
+            triggers = conn.execute(
+                text("SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'audit_log'")
+            ).all()
             for name, _ in triggers:
                 conn.execute(text(f'DROP TRIGGER "{name}"'))
             for name in tables:
@@ -253,8 +253,14 @@ class Tenant:
 
 
 async def make_tenant(
-    database_url: str, *, slug: str = "acme", email: str = "owner@acme.test", password: str = PASSWORD,
-    plan: str = "professional", role: str | None = None, parent_id: str | None = None,
+    database_url: str,
+    *,
+    slug: str = "acme",
+    email: str = "owner@acme.test",
+    password: str = PASSWORD,
+    plan: str = "professional",
+    role: str | None = None,
+    parent_id: str | None = None,
     limits: dict[str, int | None] | None = None,
 ) -> Tenant:
     """A tenant and its owner; `limits` overrides the plan's limits (QuotaResource name -> int, None for
@@ -264,7 +270,11 @@ async def make_tenant(
     try:
         async with db.transaction() as session:
             result = await create_tenant(
-                session, slug=slug, name=slug.title(), plan=plan, owner_email=email,
+                session,
+                slug=slug,
+                name=slug.title(),
+                plan=plan,
+                owner_email=email,
                 password_hash=hasher.hash_sync(password),
             )
             if parent_id is not None:
@@ -292,8 +302,13 @@ def claim_domain(url: str, organization_id: str, domain: str) -> None:
     """The organization claims `domain` (as `claimDomain` does), so its identity providers may provision there."""
     from datetime import UTC, datetime
 
-    sql(url, "INSERT INTO email_domains (domain, organization_id, claimed_at) VALUES (:d, :o, :t)",
-        d=domain, o=organization_id, t=datetime.now(UTC))
+    sql(
+        url,
+        "INSERT INTO email_domains (domain, organization_id, claimed_at) VALUES (:d, :o, :t)",
+        d=domain,
+        o=organization_id,
+        t=datetime.now(UTC),
+    )
 
 
 @pytest.fixture
@@ -312,8 +327,12 @@ async def shared_tenant(postgresql_url: str, redis_url: str) -> AsyncIterator[Te
 
 
 async def gql(
-    client: httpx.AsyncClient, query: str, variables: dict[str, Any] | None = None, *,
-    token: str | None = None, headers: dict[str, str] | None = None,
+    client: httpx.AsyncClient,
+    query: str,
+    variables: dict[str, Any] | None = None,
+    *,
+    token: str | None = None,
+    headers: dict[str, str] | None = None,
 ) -> httpx.Response:
     h = dict(headers or {})
     if token is not None:
@@ -339,8 +358,9 @@ async def login(client: httpx.AsyncClient, t: Tenant, password: str | None = Non
 
 
 @contextlib.asynccontextmanager
-async def shared_apps(database_url: str, redis_url: str, signing_key: str,
-                      tenant: Tenant) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient, str, Any, Any]]:
+async def shared_apps(
+    database_url: str, redis_url: str, signing_key: str, tenant: Tenant
+) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient, str, Any, Any]]:
     """Two gateway apps in shared mode on one database and one Redis, as two processes would be: their
     clients, an access token of `tenant` from the first, and the apps themselves (c1, c2, token, one, two)."""
     one = create_app(make_settings(database_url, signing_key, redis_url=redis_url))
@@ -361,8 +381,13 @@ class cost_of(dict):
         super().__init__(requested=requested)
 
     def __eq__(self, other: object) -> bool:
-        return (isinstance(other, dict) and other.get("requested") == self["requested"]
-                and "remaining" in other and "resetAt" in other and len(other) == 3)
+        return (
+            isinstance(other, dict)
+            and other.get("requested") == self["requested"]
+            and "remaining" in other
+            and "resetAt" in other
+            and len(other) == 3
+        )
 
     def __ne__(self, other: object) -> bool:
         return not self == other

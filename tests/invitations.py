@@ -47,8 +47,9 @@ async def accept(client: httpx.AsyncClient, token: str, password: str, *, bearer
     return await gql(client, ACCEPT, {"t": token, "p": password}, token=bearer)
 
 
-async def join(client: httpx.AsyncClient, database_url: str, admin_token: str, email: str, role: str,
-               password: str) -> Joined:
+async def join(
+    client: httpx.AsyncClient, database_url: str, admin_token: str, email: str, role: str, password: str
+) -> Joined:
     """Invite `email`, accept as its holder (a new account with `password`, or an existing account's own
     password), and return the membership, the user and the new session's tokens."""
     await invite(client, admin_token, email, role)
@@ -58,6 +59,7 @@ async def join(client: httpx.AsyncClient, database_url: str, admin_token: str, e
     access = payload["accessToken"]
     me = (await gql(client, MY_MEMBERSHIP, token=admin_token)).json()
     user_id = payload["user"]["id"]
-    membership = next(e["node"]["id"] for e in me["data"]["organization"]["members"]["edges"]
-                      if e["node"]["user"]["id"] == user_id)
+    membership = next(
+        e["node"]["id"] for e in me["data"]["organization"]["members"]["edges"] if e["node"]["user"]["id"] == user_id
+    )
     return Joined(membership, user_id, access, payload["refreshToken"])

@@ -53,13 +53,21 @@ def make_keypair(directory: Path, name: str = "idp") -> KeyPair:
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"test {name}")])
     now = datetime.datetime.now(datetime.UTC)
     cert = (
-        x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30)).sign(key, hashes.SHA256())
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .sign(key, hashes.SHA256())
     )
     key_file, cert_file = directory / f"{name}.key", directory / f"{name}.crt"
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-                                           serialization.NoEncryption()))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+        )
+    )
     cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     der = cert.public_bytes(serialization.Encoding.DER)
     return KeyPair(str(key_file), str(cert_file), base64.b64encode(der).decode())
@@ -78,18 +86,22 @@ class TestIdp:
         self.sso_url = entity_id.rsplit("/", 1)[0] + "/sso"
         self.keys = keys or make_keypair(self.dir)
         self.config = IdPConfig()
-        self.config.load({
-            "entityid": entity_id,
-            "service": {"idp": {
-                "endpoints": {"single_sign_on_service": [(self.sso_url, BINDING_HTTP_REDIRECT)]},
-                "policy": {"default": {"lifetime": {"minutes": 15}, "attribute_restrictions": None}},
-                "name_id_format": [NAMEID_FORMAT_PERSISTENT],
-            }},
-            "key_file": self.keys.key_file,
-            "cert_file": self.keys.cert_file,
-            "xmlsec_binary": XMLSEC1,
-            "delete_tmpfiles": True,
-        })
+        self.config.load(
+            {
+                "entityid": entity_id,
+                "service": {
+                    "idp": {
+                        "endpoints": {"single_sign_on_service": [(self.sso_url, BINDING_HTTP_REDIRECT)]},
+                        "policy": {"default": {"lifetime": {"minutes": 15}, "attribute_restrictions": None}},
+                        "name_id_format": [NAMEID_FORMAT_PERSISTENT],
+                    }
+                },
+                "key_file": self.keys.key_file,
+                "cert_file": self.keys.cert_file,
+                "xmlsec_binary": XMLSEC1,
+                "delete_tmpfiles": True,
+            }
+        )
         self.server = Server(config=self.config)
 
     @property
@@ -108,41 +120,68 @@ class TestIdp:
         return self.server.parse_authn_request(query["SAMLRequest"][0], BINDING_HTTP_REDIRECT).message
 
     def respond(
-        self, redirect_url: str, *, subject: str = "ann-123", email: str = "ann@acme.test", name: str = "Ann",
-        groups: tuple[str, ...] = ("engineering",), in_response_to: Any = "request", sign_assertion: bool = True,
-        sign_response: bool = False, sign_alg: str = SIG_RSA_SHA256, digest_alg: str = DIGEST_SHA256,
-        name_id_format: str = NAMEID_FORMAT_PERSISTENT, extra: dict[str, list[str]] | None = None,
+        self,
+        redirect_url: str,
+        *,
+        subject: str = "ann-123",
+        email: str = "ann@acme.test",
+        name: str = "Ann",
+        groups: tuple[str, ...] = ("engineering",),
+        in_response_to: Any = "request",
+        sign_assertion: bool = True,
+        sign_response: bool = False,
+        sign_alg: str = SIG_RSA_SHA256,
+        digest_alg: str = DIGEST_SHA256,
+        name_id_format: str = NAMEID_FORMAT_PERSISTENT,
+        extra: dict[str, list[str]] | None = None,
     ) -> str:
         """The IdP's answer to the AuthnRequest the gateway redirected to, as XML."""
         request = self.read_request(redirect_url)
         identity: dict[str, list[str]] = {"email": [email], "name": [name], "groups": list(groups)}
         identity.update(extra or {})
         response = self.server.create_authn_response(
-            identity=identity, userid=subject,
+            identity=identity,
+            userid=subject,
             in_response_to=request.id if in_response_to == "request" else in_response_to,
-            destination=request.assertion_consumer_service_url, sp_entity_id=request.issuer.text,
-            name_id=NameID(format=name_id_format, text=subject), authn={"class_ref": PASSWORD_CONTEXT},
-            sign_assertion=sign_assertion, sign_response=sign_response, sign_alg=sign_alg, digest_alg=digest_alg,
+            destination=request.assertion_consumer_service_url,
+            sp_entity_id=request.issuer.text,
+            name_id=NameID(format=name_id_format, text=subject),
+            authn={"class_ref": PASSWORD_CONTEXT},
+            sign_assertion=sign_assertion,
+            sign_response=sign_response,
+            sign_alg=sign_alg,
+            digest_alg=digest_alg,
         )
         return str(response)
 
-    def sign_assertion(self, xml: str | bytes, assertion_id: str | None = None,
-                       keys: KeyPair | None = None) -> str:
+    def sign_assertion(self, xml: str | bytes, assertion_id: str | None = None, keys: KeyPair | None = None) -> str:
         """Sign (again) the assertion with this id, after its content was changed, with pysaml2."""
         root = parse(xml)
-        target = root.find(".//saml:Assertion", NS) if assertion_id is None else \
-            root.find(f".//saml:Assertion[@ID='{assertion_id}']", NS)
+        target = (
+            root.find(".//saml:Assertion", NS)
+            if assertion_id is None
+            else root.find(f".//saml:Assertion[@ID='{assertion_id}']", NS)
+        )
         assert target is not None
-        return str(self.server.sec.sign_statement(
-            to_text(root), ASSERTION_NODE, key_file=(keys or self.keys).key_file, node_id=target.get("ID"),
-        ))
+        return str(
+            self.server.sec.sign_statement(
+                to_text(root),
+                ASSERTION_NODE,
+                key_file=(keys or self.keys).key_file,
+                node_id=target.get("ID"),
+            )
+        )
 
     def sign_response(self, xml: str | bytes, keys: KeyPair | None = None) -> str:
         root = parse(xml)
-        return str(self.server.sec.sign_statement(
-            to_text(root), "urn:oasis:names:tc:SAML:2.0:protocol:Response",
-            key_file=(keys or self.keys).key_file, node_id=root.get("ID"),
-        ))
+        return str(
+            self.server.sec.sign_statement(
+                to_text(root),
+                "urn:oasis:names:tc:SAML:2.0:protocol:Response",
+                key_file=(keys or self.keys).key_file,
+                node_id=root.get("ID"),
+            )
+        )
 
     def close(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -34,10 +34,10 @@ FLOORS: dict[str, frozenset[str]] = {
 # Private attributes of objects the project does not define, read on purpose. Each with its reason.
 ALLOWED_PRIVATE: dict[str, str] = {
     "_raw_info": "strawberry's `Info` exposes the field nodes of the resolved field only through `_raw_info`; "
-                 "the guard keys its per-operation decisions by the field node (schema/directives.py)",
+    "the guard keys its per-operation decisions by the field node (schema/directives.py)",
     "_schema": "strawberry's `Schema` keeps the graphql-core schema it builds as `_schema` and offers no public "
-               "accessor; the authorizer and the cost model read the directives and types from it once, when the "
-               "schema is built (schema/__init__.py)",
+    "accessor; the authorizer and the cost model read the directives and types from it once, when the "
+    "schema is built (schema/__init__.py)",
 }
 
 # Library internals the code once reached into: none may come back (as a whole identifier; `audit_writer` is fine).
@@ -90,7 +90,8 @@ def load_modules() -> dict[str, Module]:
 
 def _is_type_checking(test: ast.expr) -> bool:
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def module_level_imports(tree: ast.Module) -> Iterator[ast.Import | ast.ImportFrom]:
@@ -140,8 +141,10 @@ def imported_modules(module: Module, node: ast.Import | ast.ImportFrom, known: s
 
 def import_graph(modules: dict[str, Module]) -> dict[str, set[str]]:
     known = set(modules)
-    return {name: {t for node in module_level_imports(m.tree) for t in imported_modules(m, node, known)} - {name}
-            for name, m in modules.items()}
+    return {
+        name: {t for node in module_level_imports(m.tree) for t in imported_modules(m, node, known)} - {name}
+        for name, m in modules.items()
+    }
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -272,7 +275,8 @@ def test_floors(modules: dict[str, Module], package: str) -> None:
     allowed = FLOORS[package] | {package}
     wrong = sorted(
         f"{m.path.relative_to(ROOT)}:{node.lineno} imports {target}"
-        for m in modules.values() if m.package == package
+        for m in modules.values()
+        if m.package == package
         for node in all_imports(m.tree)
         for target in imported_modules(m, node, known)
         if target.split(".")[0] not in allowed
@@ -284,7 +288,8 @@ def test_no_package_imports_bench(modules: dict[str, Module]) -> None:
     known = set(modules)
     wrong = sorted(
         f"{m.path.relative_to(ROOT)}:{node.lineno}"
-        for m in modules.values() if m.package != "bench"
+        for m in modules.values()
+        if m.package != "bench"
         for node in all_imports(m.tree)
         if any(t.split(".")[0] == "bench" for t in imported_modules(m, node, known))
     )
@@ -292,25 +297,28 @@ def test_no_package_imports_bench(modules: dict[str, Module]) -> None:
 
 
 def test_no_module_over_500_lines() -> None:
-    long = sorted(f"{p.relative_to(ROOT)}: {n} lines" for p in project_files()
-                  if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES)
+    long = sorted(
+        f"{p.relative_to(ROOT)}: {n} lines"
+        for p in project_files()
+        if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES
+    )
     assert not long, "\n".join(long)
 
 
 def test_no_private_attribute_of_another_package(modules: dict[str, Module]) -> None:
     """`x._name` only on `self`/`cls`, or for a `_name` the project defines itself, or one allowed above."""
     own = defined_names([m.tree for m in modules.values()])
-    found = sorted(f"{m.path.relative_to(ROOT)}:{line}: {text}" for m in modules.values()
-                   for line, text in private_accesses(m.tree, own, ALLOWED_PRIVATE))
+    found = sorted(
+        f"{m.path.relative_to(ROOT)}:{line}: {text}"
+        for m in modules.values()
+        for line, text in private_accesses(m.tree, own, ALLOWED_PRIVATE)
+    )
     assert not found, "private attributes of objects the project does not define:\n" + "\n".join(found)
 
 
 def test_the_private_attribute_check_finds_a_planted_access(modules: dict[str, Module]) -> None:
     own = defined_names([m.tree for m in modules.values()])
-    planted = ast.parse(
-        "async def send(redis_connection):\n"
-        "    redis_connection._writer.write(b'')\n"
-    )
+    planted = ast.parse("async def send(redis_connection):\n    redis_connection._writer.write(b'')\n")
     assert private_accesses(planted, own, ALLOWED_PRIVATE) == [(2, "redis_connection._writer")]
     allowed = ast.parse(
         "class Cache:\n"
@@ -328,8 +336,12 @@ def test_the_private_attribute_check_finds_a_planted_access(modules: dict[str, M
 def test_no_library_internals_by_name() -> None:
     """None of the library internals the code once relied on is spelled anywhere in the project's code."""
     pattern = re.compile(r"\b(?:" + "|".join(re.escape(n) for n in FORBIDDEN_NAMES) + r")\b")
-    found = sorted(f"{p.relative_to(ROOT)}:{i}: {line.strip()}" for p in project_files()
-                   for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line))
+    found = sorted(
+        f"{p.relative_to(ROOT)}:{i}: {line.strip()}"
+        for p in project_files()
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if pattern.search(line)
+    )
     assert not found, "\n".join(found)
 
 
@@ -340,11 +352,16 @@ def test_every_dependency_is_used() -> None:
     for top, distributions in importlib.metadata.packages_distributions().items():
         for distribution in distributions:
             provides.setdefault(distribution.lower().replace("_", "-"), set()).add(top.split("/")[0])
-    imported = {alias.name.split(".")[0] if isinstance(node, ast.Import) else (node.module or "").split(".")[0]
-                for m in load_modules().values() for node in all_imports(m.tree)
-                for alias in node.names if not (isinstance(node, ast.ImportFrom) and node.level)}
+    imported = {
+        alias.name.split(".")[0] if isinstance(node, ast.Import) else (node.module or "").split(".")[0]
+        for m in load_modules().values()
+        for node in all_imports(m.tree)
+        for alias in node.names
+        if not (isinstance(node, ast.ImportFrom) and node.level)
+    }
     unused = sorted(
-        name for name in (re.split(r"[\[<>=~!; ]", d, maxsplit=1)[0].lower() for d in declared)
+        name
+        for name in (re.split(r"[\[<>=~!; ]", d, maxsplit=1)[0].lower() for d in declared)
         if name not in NOT_IMPORTED_DEPENDENCIES and not provides.get(name, set()) & imported
     )
     assert not unused, f"declared and never imported: {unused}"

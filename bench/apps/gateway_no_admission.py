@@ -12,7 +12,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 
 from gateway.app import assemble, build_gateway_schema, gateway_parts
-from gateway.middleware import AdmissionMiddleware
+from gateway.route_admission import AdmissionMiddleware
 from gateway.settings import Settings
 from schema import ExtensionFactory
 from schema.limits.admission import AdmissionExtension

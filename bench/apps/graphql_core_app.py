@@ -33,19 +33,25 @@ CACHE_SIZE = 1024
 
 def build_schema() -> GraphQLSchema:
     plan = GraphQLEnumType("Plan", {p.name: p.value for p in Plan})
-    organization = GraphQLObjectType("Organization", {
-        "id": GraphQLField(GraphQLNonNull(GraphQLID)),
-        "slug": GraphQLField(GraphQLNonNull(GraphQLString)),
-        "name": GraphQLField(GraphQLNonNull(GraphQLString)),
-        "plan": GraphQLField(GraphQLNonNull(plan)),
-    })
+    organization = GraphQLObjectType(
+        "Organization",
+        {
+            "id": GraphQLField(GraphQLNonNull(GraphQLID)),
+            "slug": GraphQLField(GraphQLNonNull(GraphQLString)),
+            "name": GraphQLField(GraphQLNonNull(GraphQLString)),
+            "plan": GraphQLField(GraphQLNonNull(plan)),
+        },
+    )
 
     async def resolve_organization(_root: Any, _info: Any) -> Any:
         return await read_organization()
 
-    query = GraphQLObjectType("Query", {
-        "organization": GraphQLField(GraphQLNonNull(organization), resolve=resolve_organization),
-    })
+    query = GraphQLObjectType(
+        "Query",
+        {
+            "organization": GraphQLField(GraphQLNonNull(organization), resolve=resolve_organization),
+        },
+    )
     return GraphQLSchema(query=query)
 
 
@@ -88,8 +94,9 @@ def create_app() -> Starlette:
         document, errors = documents.get(body.get("query") or "")
         if document is None:
             return _errors(errors)
-        result = execute(schema, document, variable_values=body.get("variables"),
-                         operation_name=body.get("operationName"))
+        result = execute(
+            schema, document, variable_values=body.get("variables"), operation_name=body.get("operationName")
+        )
         if is_awaitable(result):
             result = await result
         assert isinstance(result, ExecutionResult)

@@ -54,8 +54,14 @@ def parser() -> argparse.ArgumentParser:
     c = aksub.add_parser("create", help="create a key acting for the organization's owner; prints the secret once")
     c.add_argument("--org", required=True)
     c.add_argument("--name", required=True)
-    c.add_argument("--scope", nargs="+", action="extend", required=True, metavar="SCOPE",
-                   help="a permission the key carries; repeat the option or list several")
+    c.add_argument(
+        "--scope",
+        nargs="+",
+        action="extend",
+        required=True,
+        metavar="SCOPE",
+        help="a permission the key carries; repeat the option or list several",
+    )
     c.add_argument("--expires-at", metavar="ISO8601")
     c.add_argument("--allowed-ip", nargs="+", action="extend", default=[], metavar="CIDR")
     lst = aksub.add_parser("list", help="list an organization's keys (never their secrets)")
@@ -68,10 +74,11 @@ def parser() -> argparse.ArgumentParser:
     o = sub.add_parser("org", help="a tenant's settings kept by the operator")
     osub = o.add_subparsers(dest="org_command", required=True)
     lim = osub.add_parser(
-        "limits", help="show, override or reset one tenant's plan limits",
+        "limits",
+        help="show, override or reset one tenant's plan limits",
         description="Without options, shows the tenant's limits. --set overrides limits of its plan "
-                    "(RESOURCE is a QuotaResource name; 0 is a real limit, unlimited lifts it); --reset "
-                    "removes every override first.",
+        "(RESOURCE is a QuotaResource name; 0 is a real limit, unlimited lifts it); --reset "
+        "removes every override first.",
     )
     lim.add_argument("slug")
     lim.add_argument("--set", nargs="+", action="extend", metavar="RESOURCE=N|unlimited")
@@ -88,8 +95,9 @@ def parser() -> argparse.ArgumentParser:
 
     ml = sub.add_parser("mail", help="read the outbox: the local mailbox when no SMTP server is configured")
     mlsub = ml.add_subparsers(dest="mail_command", required=True)
-    mll = mlsub.add_parser("list", help="the latest messages, newest first: id, created, status, recipient, "
-                                        "template, subject")
+    mll = mlsub.add_parser(
+        "list", help="the latest messages, newest first: id, created, status, recipient, template, subject"
+    )
     mll.add_argument("--to", metavar="EMAIL", help="only the messages to this address")
     mll.add_argument("--limit", type=int, default=50, metavar="N")
     mls = mlsub.add_parser("show", help="one message: its headers and its text part")
@@ -115,4 +123,3 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     return int(args.func(args))
-

@@ -41,8 +41,9 @@ async def _api_key_command(settings: Settings, args: argparse.Namespace) -> int:
             except ValueError:
                 print(f"portcullis: --expires-at is not an ISO 8601 time: {args.expires_at!r}", file=sys.stderr)
                 return 2
-            new = api_keys.NewApiKey(name=args.name, scopes=list(args.scope), expires_at=expires,
-                                     allowed_ips=list(args.allowed_ip))
+            new = api_keys.NewApiKey(
+                name=args.name, scopes=list(args.scope), expires_at=expires, allowed_ips=list(args.allowed_ip)
+            )
             async with ctx.unit_of_work():
                 issued = await api_keys.create_api_key(ctx, new)
         except NotFound as exc:
@@ -58,4 +59,3 @@ async def _api_key_command(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_api_key(args: argparse.Namespace) -> int:
     return asyncio.run(_api_key_command(load_settings(), args))
-

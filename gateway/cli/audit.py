@@ -74,7 +74,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
             print(f"{chain.chain}: {chain.checked} entries, head {chain.head_sequence}: {state}")
             for problem in chain.problems:
                 print(f"  {problem}")
-        print(f"{'ok' if report.ok else 'FAILED'}: {report.checked} entries in {len(report.chains)} chain(s)"
-              + (f", checked against {len(points)} checkpointed head(s)" if points else ""))
+        print(
+            f"{'ok' if report.ok else 'FAILED'}: {report.checked} entries in {len(report.chains)} chain(s)"
+            + (f", checked against {len(points)} checkpointed head(s)" if points else "")
+        )
     return 0 if report.ok else 1
-

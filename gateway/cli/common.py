@@ -77,4 +77,3 @@ async def operator_context_for_slug(services: Services, slug: str) -> RequestCon
         print(f"portcullis: {exc.message}", file=sys.stderr)
         return None
     return as_operator(services, org.id)
-

@@ -59,4 +59,3 @@ async def _mail_command(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_mail(args: argparse.Namespace) -> int:
     return asyncio.run(_mail_command(load_settings(), args))
-

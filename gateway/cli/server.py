@@ -14,8 +14,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = load_settings()  # refuse insecure configuration before binding a port
     check_signing_keys(settings)
     uvicorn.run(
-        "gateway.app:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
-        loop="uvloop", http="httptools", proxy_headers=False, server_header=False, access_log=False,
+        "gateway.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        loop="uvloop",
+        http="httptools",
+        proxy_headers=False,
+        server_header=False,
+        access_log=False,
     )
     return 0
 
@@ -72,4 +80,3 @@ def cmd_keys_generate(_: argparse.Namespace) -> int:
 
     sys.stdout.write(generate_private_key_pem())
     return 0
-

@@ -19,8 +19,9 @@ DEMO_OWNER = "owner@acme.test"
 DEMO_PASSWORD = "portcullis-demo"
 
 
-async def _provision(settings: Settings, *, slug: str, name: str, plan: str, email: str,
-                     password: str | None) -> Provisioned | None:
+async def _provision(
+    settings: Settings, *, slug: str, name: str, plan: str, email: str, password: str | None
+) -> Provisioned | None:
     """The tenant and its owner, or the owner's invitation (an address that has an account) and its email,
     audited with the operator as actor; None when the slug is taken."""
     from authz.errors import Conflict
@@ -30,8 +31,9 @@ async def _provision(settings: Settings, *, slug: str, name: str, plan: str, ema
         ctx = as_operator(services)
         try:
             async with ctx.unit_of_work():
-                return await bootstrap_organization(ctx, slug=slug, name=name, plan=plan, owner_email=email,
-                                                    password=password)
+                return await bootstrap_organization(
+                    ctx, slug=slug, name=name, plan=plan, owner_email=email, password=password
+                )
         except Conflict:
             return None
 
@@ -42,10 +44,16 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
     settings = load_settings()
     password = secrets.token_urlsafe(18)
     try:
-        done = asyncio.run(_provision(
-            settings, slug=args.org, name=args.name, plan=args.plan.lower(), email=args.admin_email,
-            password=password,
-        ))
+        done = asyncio.run(
+            _provision(
+                settings,
+                slug=args.org,
+                name=args.name,
+                plan=args.plan.lower(),
+                email=args.admin_email,
+                password=password,
+            )
+        )
     except GatewayError as exc:
         print(f"portcullis: {exc.message}", file=sys.stderr)
         return 2
@@ -58,8 +66,10 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
         print(password)
     else:
         # an existing account becomes the owner only by its holder's act (C-124)
-        print(f"{args.admin_email} already has an account: it was invited as the owner and becomes the owner "
-              "when it accepts. The invitation was emailed; its link (single use, 7 days):")
+        print(
+            f"{args.admin_email} already has an account: it was invited as the owner and becomes the owner "
+            "when it accepts. The invitation was emailed; its link (single use, 7 days):"
+        )
         print(done.invitation_url)
     return 0
 
@@ -69,10 +79,16 @@ def cmd_seed_demo(_: argparse.Namespace) -> int:
     if settings.env is not Environment.DEV:
         print("portcullis: seed-demo runs only with PORTCULLIS_ENV=dev", file=sys.stderr)
         return 2
-    done = asyncio.run(_provision(
-        settings, slug=DEMO_ORG, name="Acme Corporation", plan="professional", email=DEMO_OWNER,
-        password=DEMO_PASSWORD,
-    ))
+    done = asyncio.run(
+        _provision(
+            settings,
+            slug=DEMO_ORG,
+            name="Acme Corporation",
+            plan="professional",
+            email=DEMO_OWNER,
+            password=DEMO_PASSWORD,
+        )
+    )
     if done is not None:
         print(f"demo tenant {DEMO_ORG} created: sign in as {DEMO_OWNER} / {DEMO_PASSWORD}")
     else:
@@ -98,8 +114,9 @@ def cmd_domains(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     try:
-        lines = asyncio.run(_domains(settings, args.domains_command, getattr(args, "domain", None),
-                                     getattr(args, "org", None)))
+        lines = asyncio.run(
+            _domains(settings, args.domains_command, getattr(args, "domain", None), getattr(args, "org", None))
+        )
     except GatewayError as exc:
         print(f"portcullis: {exc.message}", file=sys.stderr)
         return 2
@@ -127,8 +144,9 @@ def parse_limit_settings(values: list[str]) -> dict[str, int | None]:
             out[resource] = None
             continue
         if not raw.isascii() or not raw.isdigit():
-            raise ValueError(f"{resource}: the limit must be a whole number from 0 to {MAX_LIMIT}, or unlimited "
-                             f"(got {raw!r})")
+            raise ValueError(
+                f"{resource}: the limit must be a whole number from 0 to {MAX_LIMIT}, or unlimited (got {raw!r})"
+            )
         limit = int(raw)
         if limit > MAX_LIMIT:
             raise ValueError(f"{resource}: the limit must be a whole number from 0 to {MAX_LIMIT}, or unlimited")
@@ -164,8 +182,7 @@ async def _org_limits_command(settings: Settings, args: argparse.Namespace, chan
     for r in QuotaResource:
         override = _limit_text(view.overrides[r]) if r in view.overrides else "-"
         count = str(view.used[r]) if r in COUNTED else "-"
-        print(f"{r.value:<22}{_limit_text(plan.get(r)):>12}{override:>12}{_limit_text(view.limits[r]):>12}"
-              f"{count:>10}")
+        print(f"{r.value:<22}{_limit_text(plan.get(r)):>12}{override:>12}{_limit_text(view.limits[r]):>12}{count:>10}")
     return 0
 
 
@@ -176,4 +193,3 @@ def cmd_org_limits(args: argparse.Namespace) -> int:
         print(f"portcullis: {exc}; nothing changed", file=sys.stderr)
         return 2
     return asyncio.run(_org_limits_command(load_settings(), args, changes))
-

@@ -16,8 +16,18 @@ from schema.limits.root_fields import RootFieldLimit
 from schema.limits.tokens import TokenLimit
 
 __all__ = [
-    "DEFAULT_LIST_SIZE", "OPERATION_LIMITS", "AliasLimit", "CostLimit", "CostModel", "DepthLimit", "DirectiveLimit",
-    "OperationLimits", "RootFieldLimit", "TokenLimit", "document_limits", "limits_for",
+    "DEFAULT_LIST_SIZE",
+    "OPERATION_LIMITS",
+    "AliasLimit",
+    "CostLimit",
+    "CostModel",
+    "DepthLimit",
+    "DirectiveLimit",
+    "OperationLimits",
+    "RootFieldLimit",
+    "TokenLimit",
+    "document_limits",
+    "limits_for",
 ]
 
 

@@ -44,8 +44,9 @@ class RateLimited(GatewayError):
     code = ErrorCode.RATE_LIMITED
 
 
-def login_accounts(operation: OperationDefinitionNode, fragments: Mapping[str, Any],
-                   variables: Mapping[str, Any] | None) -> list[str]:
+def login_accounts(
+    operation: OperationDefinitionNode, fragments: Mapping[str, Any], variables: Mapping[str, Any] | None
+) -> list[str]:
     """The account named by each root `login` field of the operation, aliases and fragments included:
     every one is an attempt."""
     found: list[str] = []
@@ -99,8 +100,11 @@ class AdmissionExtension(SchemaExtension):
             return
         ctx = self.execution_context.context
         self.decision = decision = await admission.admit(
-            ctx.principal, key_rate_limit=self._state().get("api_key_rate_limit"), cost=cost,
-            login_accounts=accounts, spend_cost=not self.explain,
+            ctx.principal,
+            key_rate_limit=self._state().get("api_key_rate_limit"),
+            cost=cost,
+            login_accounts=accounts,
+            spend_cost=not self.explain,
         )
         ctx.admission = decision
         if decision.admitted:
@@ -109,11 +113,15 @@ class AdmissionExtension(SchemaExtension):
         if decision.status == 429:
             error: GatewayError = RateLimited(
                 f"Rate limit exceeded ({decision.refused_by.name if decision.refused_by else 'limit'}); "
-                f"retry in {decision.retry_after} s.", retryAfter=decision.retry_after,
+                f"retry in {decision.retry_after} s.",
+                retryAfter=decision.retry_after,
             )
         else:
-            error = GatewayError("The rate limiter is unavailable; retry shortly.", code=ErrorCode.INTERNAL,
-                                 retryAfter=decision.retry_after)
+            error = GatewayError(
+                "The rate limiter is unavailable; retry shortly.",
+                code=ErrorCode.INTERNAL,
+                retryAfter=decision.retry_after,
+            )
         ec.pre_execution_errors = [GraphQLError(error.message, original_error=error)]
         response = getattr(ctx, "response", None)
         if response is not None:
@@ -174,15 +182,28 @@ class AdmissionExtension(SchemaExtension):
         decision = self.decision
         limits = []
         for s in getattr(decision, "states", ()):
-            limits.append({"name": s.limit.name, "limit": s.limit.amount, "window": s.limit.window,
-                           "used": s.used, "remaining": s.remaining})
+            limits.append(
+                {
+                    "name": s.limit.name,
+                    "limit": s.limit.amount,
+                    "window": s.limit.window,
+                    "used": s.used,
+                    "remaining": s.remaining,
+                }
+            )
         row = limits_for(ctx.principal, OPERATION_LIMITS)
         return {
             "operation": operation.operation.value if operation is not None else None,
             "cost": cost,
             "denied": denied,
-            "operationLimits": {"depth": row.depth, "aliases": row.aliases, "tokens": row.tokens,
-                                "rootFields": row.root_fields, "directives": row.directives, "cost": row.cost},
+            "operationLimits": {
+                "depth": row.depth,
+                "aliases": row.aliases,
+                "tokens": row.tokens,
+                "rootFields": row.root_fields,
+                "directives": row.directives,
+                "cost": row.cost,
+            },
             "rateLimits": limits,
         }
 

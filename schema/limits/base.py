@@ -88,8 +88,13 @@ class OperationLimit(SchemaExtension):
 
 
 def expanded_count(
-    selection_set: Any, fragments: Fragments, count: Any, *, into_fields: bool = True,
-    memo: dict[str, int] | None = None, visiting: frozenset[str] = frozenset(),
+    selection_set: Any,
+    fragments: Fragments,
+    count: Any,
+    *,
+    into_fields: bool = True,
+    memo: dict[str, int] | None = None,
+    visiting: frozenset[str] = frozenset(),
 ) -> int:
     """Sums `count(node)` over every selection the operation would execute: each fragment counted
     once per spread (memoized, so exponential spreading costs linear time), fields' sub-selections
@@ -102,11 +107,13 @@ def expanded_count(
         total += count(selection)
         if isinstance(selection, FieldNode):
             if into_fields and selection.selection_set is not None:
-                total += expanded_count(selection.selection_set, fragments, count, into_fields=True, memo=memo,
-                                        visiting=visiting)
+                total += expanded_count(
+                    selection.selection_set, fragments, count, into_fields=True, memo=memo, visiting=visiting
+                )
         elif isinstance(selection, InlineFragmentNode):
-            total += expanded_count(selection.selection_set, fragments, count, into_fields=into_fields, memo=memo,
-                                    visiting=visiting)
+            total += expanded_count(
+                selection.selection_set, fragments, count, into_fields=into_fields, memo=memo, visiting=visiting
+            )
         elif isinstance(selection, FragmentSpreadNode):
             name = selection.name.value
             fragment = fragments.get(name)
@@ -114,7 +121,11 @@ def expanded_count(
                 continue
             if name not in memo:
                 memo[name] = count(fragment) + expanded_count(
-                    fragment.selection_set, fragments, count, into_fields=into_fields, memo=memo,
+                    fragment.selection_set,
+                    fragments,
+                    count,
+                    into_fields=into_fields,
+                    memo=memo,
                     visiting=visiting | {name},
                 )
             total += memo[name]

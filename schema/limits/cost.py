@@ -106,8 +106,9 @@ class CostModel:
 
     def field(self, parent: GraphQLNamedType, name: str) -> tuple[FieldCost, GraphQLNamedType] | None:
         if name in ("__schema", "__type", "__typename"):
-            meta = {"__schema": SchemaMetaFieldDef, "__type": TypeMetaFieldDef,
-                    "__typename": TypeNameMetaFieldDef}[name]
+            meta = {"__schema": SchemaMetaFieldDef, "__type": TypeMetaFieldDef, "__typename": TypeNameMetaFieldDef}[
+                name
+            ]
             return self._describe(meta), get_named_type(meta.type)
         if not isinstance(parent, GraphQLObjectType | GraphQLInterfaceType) or name not in parent.fields:
             return None
@@ -137,16 +138,22 @@ class _Estimate:
         self._memo: dict[tuple[str, int | None, frozenset[str] | None], int] = {}
 
     def selection(
-        self, selection_set: SelectionSetNode, parent: GraphQLNamedType,
-        sized: tuple[frozenset[str], int] | None, visiting: frozenset[str],
+        self,
+        selection_set: SelectionSetNode,
+        parent: GraphQLNamedType,
+        sized: tuple[frozenset[str], int] | None,
+        visiting: frozenset[str],
     ) -> int:
         total = 0
         for selection in selection_set.selections:
             if isinstance(selection, FieldNode):
                 total += self.field(selection, parent, sized, visiting)
             elif isinstance(selection, InlineFragmentNode):
-                target = (self.model.schema.get_type(selection.type_condition.name.value)
-                          if selection.type_condition else parent)
+                target = (
+                    self.model.schema.get_type(selection.type_condition.name.value)
+                    if selection.type_condition
+                    else parent
+                )
                 total += self.selection(selection.selection_set, target or parent, sized, visiting)
             elif isinstance(selection, FragmentSpreadNode):
                 name = selection.name.value
@@ -161,7 +168,10 @@ class _Estimate:
         return total
 
     def field(
-        self, node: FieldNode, parent: GraphQLNamedType, sized: tuple[frozenset[str], int] | None,
+        self,
+        node: FieldNode,
+        parent: GraphQLNamedType,
+        sized: tuple[frozenset[str], int] | None,
         visiting: frozenset[str],
     ) -> int:
         if node.name.value in INTROSPECTION_ROOTS:
@@ -190,8 +200,9 @@ class _Estimate:
         rule = described.list_size
         if rule is None:
             return None
-        values = [v for name in rule.slicing_arguments or () if (v := self.argument(name, arguments, described))
-                  is not None]
+        values = [
+            v for name in rule.slicing_arguments or () if (v := self.argument(name, arguments, described)) is not None
+        ]
         if values:
             return max(0, max(values))
         return rule.assumed_size

@@ -40,13 +40,22 @@ LIMIT_NAME = "oncePerOperation"
 class SelectedMoreThanOnce(OperationTooComplex):
     def __init__(self, field: str, measured: int) -> None:
         GatewayError.__init__(
-            self, f"`{field}` may be selected once per operation; this one selects it {measured} times.",
-            limit=LIMIT_NAME, field=field, maximum=1, measured=measured,
+            self,
+            f"`{field}` may be selected once per operation; this one selects it {measured} times.",
+            limit=LIMIT_NAME,
+            field=field,
+            maximum=1,
+            measured=measured,
         )
 
 
-def _response_keys(selection_set: SelectionSetNode, fragments: Fragments, names: frozenset[str],
-                   memo: dict[str, frozenset[tuple[str, str]]], visiting: frozenset[str]) -> set[tuple[str, str]]:
+def _response_keys(
+    selection_set: SelectionSetNode,
+    fragments: Fragments,
+    names: frozenset[str],
+    memo: dict[str, frozenset[tuple[str, str]]],
+    visiting: frozenset[str],
+) -> set[tuple[str, str]]:
     """(field, response key) of every selection of `names` at this level, through fragments (each
     fragment walked once: spreading one many times costs nothing more)."""
     found: set[tuple[str, str]] = set()
@@ -62,8 +71,9 @@ def _response_keys(selection_set: SelectionSetNode, fragments: Fragments, names:
             if fragment is None or name in visiting:
                 continue
             if name not in memo:
-                memo[name] = frozenset(_response_keys(fragment.selection_set, fragments, names, memo,
-                                                      visiting | {name}))
+                memo[name] = frozenset(
+                    _response_keys(fragment.selection_set, fragments, names, memo, visiting | {name})
+                )
             found |= memo[name]
     return found
 

@@ -26,10 +26,8 @@ class OperationLimits:
 OPERATION_LIMITS: Mapping[Plan, OperationLimits] = {
     Plan.FREE: OperationLimits(depth=10, aliases=15, tokens=1_000, root_fields=10, directives=20, cost=1_000),
     Plan.STARTER: OperationLimits(depth=12, aliases=30, tokens=2_000, root_fields=15, directives=50, cost=5_000),
-    Plan.PROFESSIONAL: OperationLimits(depth=15, aliases=50, tokens=5_000, root_fields=20, directives=100,
-                                       cost=10_000),
-    Plan.ENTERPRISE: OperationLimits(depth=20, aliases=100, tokens=10_000, root_fields=30, directives=200,
-                                     cost=50_000),
+    Plan.PROFESSIONAL: OperationLimits(depth=15, aliases=50, tokens=5_000, root_fields=20, directives=100, cost=10_000),
+    Plan.ENTERPRISE: OperationLimits(depth=20, aliases=100, tokens=10_000, root_fields=30, directives=200, cost=50_000),
 }
 
 # The list size assumed for a list field with neither a slicing argument nor `@listSize(assumedSize:)`.

@@ -25,8 +25,20 @@ from store.models import AuditEntry
 GENESIS_HASH = "0" * 64
 
 # the stored fields the canonical JSON holds, besides `at`
-CANONICAL_FIELDS = ("chain", "organization_id", "actor_type", "actor_id", "action", "resource_type",
-                    "resource_id", "result", "request_id", "ip", "user_agent", "details")
+CANONICAL_FIELDS = (
+    "chain",
+    "organization_id",
+    "actor_type",
+    "actor_id",
+    "action",
+    "resource_type",
+    "resource_id",
+    "result",
+    "request_id",
+    "ip",
+    "user_agent",
+    "details",
+)
 
 # sorted keys, no whitespace, ASCII only, no NaN: one encoder for every entry
 _ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)

@@ -20,8 +20,17 @@ from store.audit.vocabulary import RESULTS, AuditEvent
 from store.models import new_ordered_id
 
 # Column limits (store.models.AuditEntry); a value is truncated to them, never refused.
-LIMITS = {"actor_type": 20, "actor_id": 64, "action": 64, "resource_type": 40, "resource_id": 64,
-          "result": 10, "request_id": 64, "ip": 45, "user_agent": 256}
+LIMITS = {
+    "actor_type": 20,
+    "actor_id": 64,
+    "action": 64,
+    "resource_type": 40,
+    "resource_id": 64,
+    "result": 10,
+    "request_id": 64,
+    "ip": 45,
+    "user_agent": 256,
+}
 MAX_DETAIL_STRING = 1000
 MAX_DETAIL_ITEMS = 50
 MAX_DETAIL_DEPTH = 4
@@ -126,8 +135,7 @@ def clean_details(value: Any, depth: int = 0) -> Any:
 
 def changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """The fields that differ, as `{"field": {"old": ..., "new": ...}}` (for `details["changes"]`)."""
-    return {k: {"old": old.get(k), "new": new.get(k)} for k in sorted(set(old) | set(new))
-            if old.get(k) != new.get(k)}
+    return {k: {"old": old.get(k), "new": new.get(k)} for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
 
 
 def iso(moment: datetime) -> str:
@@ -144,7 +152,10 @@ def entry_values(event: AuditEvent, at: datetime) -> dict[str, Any]:
     if result not in RESULTS:
         raise ValueError(f"unknown audit result {result!r}")
     return {
-        "id": new_ordered_id(), "chain": event.chain, "organization_id": event.organization_id, "at": at,
+        "id": new_ordered_id(),
+        "chain": event.chain,
+        "organization_id": event.organization_id,
+        "at": at,
         "actor_type": _text(event.actor_type, LIMITS["actor_type"]),
         "actor_id": _optional(event.actor_id, LIMITS["actor_id"]),
         "action": _text(event.action, LIMITS["action"]),

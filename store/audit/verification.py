@@ -44,9 +44,16 @@ class ChainReport:
             self.problems.append(problem)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"chain": self.chain, "ok": self.ok, "checked": self.checked, "headSequence": self.head_sequence,
-                "headHash": self.head_hash, "firstBrokenSequence": self.first_broken_sequence,
-                "gaps": [list(g) for g in self.gaps], "problems": self.problems}
+        return {
+            "chain": self.chain,
+            "ok": self.ok,
+            "checked": self.checked,
+            "headSequence": self.head_sequence,
+            "headHash": self.head_hash,
+            "firstBrokenSequence": self.first_broken_sequence,
+            "gaps": [list(g) for g in self.gaps],
+            "problems": self.problems,
+        }
 
 
 @dataclass
@@ -67,8 +74,12 @@ class VerificationReport:
         return min(broken) if broken else None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "checked": self.checked, "firstBrokenSequence": self.first_broken_sequence,
-                "chains": [c.as_dict() for c in sorted(self.chains.values(), key=lambda c: c.chain)]}
+        return {
+            "ok": self.ok,
+            "checked": self.checked,
+            "firstBrokenSequence": self.first_broken_sequence,
+            "chains": [c.as_dict() for c in sorted(self.chains.values(), key=lambda c: c.chain)],
+        }
 
 
 class ChainVerifier:
@@ -91,8 +102,9 @@ class ChainVerifier:
         if self._expected_sequence is not None and seq != self._expected_sequence:
             if seq > self._expected_sequence:
                 r.gaps.append((self._expected_sequence, seq - 1))
-                r._broken(self._expected_sequence,
-                          f"sequence gap: {self._expected_sequence}..{seq - 1} missing before {seq}")
+                r._broken(
+                    self._expected_sequence, f"sequence gap: {self._expected_sequence}..{seq - 1} missing before {seq}"
+                )
             else:
                 r._broken(seq, f"sequence {seq} out of order or duplicated")
         if self._previous is not None and previous_hash != self._previous:
@@ -108,9 +120,11 @@ class ChainVerifier:
         """Compare with a head recorded elsewhere (the head row, or a checkpoint)."""
         r = self.report
         if sequence > r.head_sequence:
-            r._broken(r.head_sequence + 1,
-                      f"chain ends at {r.head_sequence} but the {source} records sequence {sequence}: "
-                      "entries were removed from the end")
+            r._broken(
+                r.head_sequence + 1,
+                f"chain ends at {r.head_sequence} but the {source} records sequence {sequence}: "
+                "entries were removed from the end",
+            )
         elif sequence == r.head_sequence and hash_ != r.head_hash:
             r._broken(sequence, f"head hash at {sequence} differs from the {source}")
 
@@ -129,8 +143,9 @@ class ChainHead:
 VERIFY_BATCH = 200
 # what `verify` reads of each entry, in this order: plain rows by position, no ORM object per entry
 VERIFIED_COLUMNS = (*CANONICAL_FIELDS, "at", "sequence", "previous_hash", "hash")
-_CHAIN, _SEQUENCE, _PREVIOUS, _HASH = (VERIFIED_COLUMNS.index(n)
-                                       for n in ("chain", "sequence", "previous_hash", "hash"))
+_CHAIN, _SEQUENCE, _PREVIOUS, _HASH = (
+    VERIFIED_COLUMNS.index(n) for n in ("chain", "sequence", "previous_hash", "hash")
+)
 
 
 def _row_hash(row: Any) -> str:
@@ -138,8 +153,9 @@ def _row_hash(row: Any) -> str:
     return link_hash(row[_PREVIOUS], row[_SEQUENCE], canonical_of_row(row))
 
 
-def _within(stmt: Any, chain: Any, at: Any, chains: list[str] | None, start: datetime | None = None,
-            end: datetime | None = None) -> Any:
+def _within(
+    stmt: Any, chain: Any, at: Any, chains: list[str] | None, start: datetime | None = None, end: datetime | None = None
+) -> Any:
     if chains is not None:
         stmt = stmt.where(chain.in_(chains))
     if start is not None:
@@ -149,15 +165,21 @@ def _within(stmt: Any, chain: Any, at: Any, chains: list[str] | None, start: dat
     return stmt
 
 
-async def entries_to_verify(session: AsyncSession, *, chains: Iterable[str] | None = None,
-                            start: datetime | None = None, end: datetime | None = None) -> int:
+async def entries_to_verify(
+    session: AsyncSession,
+    *,
+    chains: Iterable[str] | None = None,
+    start: datetime | None = None,
+    end: datetime | None = None,
+) -> int:
     """How many entries `verify` with the same arguments reads, known without reading them: the sum of the
     chains' head sequences for whole chains (one row per chain), an index-only count over (chain, at) for
     a time range. What the work is priced by (C-130)."""
     wanted = None if chains is None else sorted(set(chains))
     if start is None and end is None:
-        heads = _within(select(func.coalesce(func.sum(col(AuditChainHead.sequence)), 0)),
-                        col(AuditChainHead.chain), None, wanted)
+        heads = _within(
+            select(func.coalesce(func.sum(col(AuditChainHead.sequence)), 0)), col(AuditChainHead.chain), None, wanted
+        )
         return int((await session.execute(heads)).scalar_one())
     table = AuditEntry.__table__  # type: ignore[attr-defined]
     counted = _within(select(func.count()).select_from(table), table.c.chain, table.c.at, wanted, start, end)
@@ -165,8 +187,12 @@ async def entries_to_verify(session: AsyncSession, *, chains: Iterable[str] | No
 
 
 async def verify(
-    session: AsyncSession, *, chains: Iterable[str] | None = None, checkpoint: Iterable[ChainHead] = (),
-    start: datetime | None = None, end: datetime | None = None,
+    session: AsyncSession,
+    *,
+    chains: Iterable[str] | None = None,
+    checkpoint: Iterable[ChainHead] = (),
+    start: datetime | None = None,
+    end: datetime | None = None,
 ) -> VerificationReport:
     """Recompute the chains (all of them, or `chains`) and compare them with their head rows and with
     `checkpoint` (heads recorded outside the database). With `start`/`end`, only the entries in that
@@ -175,8 +201,9 @@ async def verify(
     whole = start is None and end is None
     wanted = None if chains is None else sorted(set(chains))
     table = AuditEntry.__table__  # type: ignore[attr-defined]
-    stmt = _within(select(*(table.c[name] for name in VERIFIED_COLUMNS)), table.c.chain, table.c.at, wanted,
-                   start, end).order_by(table.c.chain, table.c.sequence)
+    stmt = _within(
+        select(*(table.c[name] for name in VERIFIED_COLUMNS)), table.c.chain, table.c.at, wanted, start, end
+    ).order_by(table.c.chain, table.c.sequence)
     verifiers: dict[str, ChainVerifier] = {}
     current: ChainVerifier | None = None
     result = await session.stream(stmt.execution_options(yield_per=VERIFY_BATCH))
@@ -209,7 +236,8 @@ async def heads(session: AsyncSession, *, verified: bool = True) -> tuple[list[C
     """Each chain's head as the entries themselves give it (recomputed when `verified`)."""
     if verified:
         report = await verify(session)
-        return [ChainHead(c.chain, c.head_sequence, c.head_hash) for c in report.chains.values()
-                if c.head_sequence > 0], report
+        return [
+            ChainHead(c.chain, c.head_sequence, c.head_hash) for c in report.chains.values() if c.head_sequence > 0
+        ], report
     rows = (await session.execute(select(AuditChainHead))).scalars()
     return [ChainHead(h.chain, h.sequence, h.hash) for h in rows], None

@@ -36,8 +36,22 @@ from store.db import Database
 from store.models import AuditChainHead, AuditEntry, utcnow
 
 # the columns the append statement binds (everything but the chain links, which come from the head row)
-_BOUND = ("id", "chain", "organization_id", "at", "actor_type", "actor_id", "action", "resource_type",
-          "resource_id", "result", "request_id", "ip", "user_agent", "details")
+_BOUND = (
+    "id",
+    "chain",
+    "organization_id",
+    "at",
+    "actor_type",
+    "actor_id",
+    "action",
+    "resource_type",
+    "resource_id",
+    "result",
+    "request_id",
+    "ip",
+    "user_agent",
+    "details",
+)
 _STATEMENTS: dict[tuple[str, bool], Executable] = {}
 
 
@@ -70,7 +84,8 @@ async def _create_head(session: AsyncSession, dialect: str, chain: str) -> None:
     insert_ = postgresql.insert if dialect == "postgresql" else sqlite.insert
     table = AuditChainHead.__table__  # type: ignore[attr-defined]
     await session.execute(
-        insert_(table).values(chain=chain, sequence=0, hash=GENESIS_HASH, updated_at=utcnow())
+        insert_(table)
+        .values(chain=chain, sequence=0, hash=GENESIS_HASH, updated_at=utcnow())
         .on_conflict_do_nothing(index_elements=["chain"])
     )
 
@@ -84,8 +99,9 @@ async def _insert(session: AsyncSession, stmt: Executable, params: dict[str, Any
     return True if result.rowcount == 1 else None  # type: ignore[attr-defined]
 
 
-async def append(session: AsyncSession, events: Iterable[AuditEvent], *, now: datetime | None = None,
-                 entries: bool = True) -> list[AuditEntry]:
+async def append(
+    session: AsyncSession, events: Iterable[AuditEvent], *, now: datetime | None = None, entries: bool = True
+) -> list[AuditEntry]:
     """Chain and insert `events` in the session's transaction; they commit (or roll back) with it.
 
     One statement per entry (two more for a chain's very first entry). Call it last in a unit of work,
@@ -121,8 +137,7 @@ async def append(session: AsyncSession, events: Iterable[AuditEvent], *, now: da
                     raise RuntimeError(f"audit chain {chain!r} has no head row")
             if entries:
                 del params["body"]
-                written.append(AuditEntry(**params, sequence=int(row[0]), previous_hash=str(row[1]),
-                                          hash=str(row[2])))
+                written.append(AuditEntry(**params, sequence=int(row[0]), previous_hash=str(row[1]), hash=str(row[2])))
     return written
 
 

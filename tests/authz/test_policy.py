@@ -25,27 +25,43 @@ P = Permission
 
 def user(role: str, *, scopes: frozenset[Permission] | None = None, plan: str = "free") -> Principal:
     return Principal(
-        kind=PrincipalKind.USER, subject_id="u", organization_id="o", roles=(role,),
-        permissions=permissions_for_role(role), scopes=scopes, auth_method=AuthMethod.PASSWORD, plan=plan,
+        kind=PrincipalKind.USER,
+        subject_id="u",
+        organization_id="o",
+        roles=(role,),
+        permissions=permissions_for_role(role),
+        scopes=scopes,
+        auth_method=AuthMethod.PASSWORD,
+        plan=plan,
     )
 
 
 @pytest.mark.parametrize(
     ("permission", "lowest"),
     [
-        (P.ORGANIZATION_READ, "viewer"), (P.QUOTAS_READ, "viewer"),
-        (P.REPORTS_READ, "analyst"), (P.REPORTS_GENERATE, "analyst"), (P.AUDIT_READ, "analyst"),
-        (P.MEMBERS_READ, "manager"), (P.MEMBERS_MANAGE, "manager"), (P.ROLES_READ, "manager"),
+        (P.ORGANIZATION_READ, "viewer"),
+        (P.QUOTAS_READ, "viewer"),
+        (P.REPORTS_READ, "analyst"),
+        (P.REPORTS_GENERATE, "analyst"),
+        (P.AUDIT_READ, "analyst"),
+        (P.MEMBERS_READ, "manager"),
+        (P.MEMBERS_MANAGE, "manager"),
+        (P.ROLES_READ, "manager"),
         (P.APIKEYS_READ, "manager"),
-        (P.APIKEYS_MANAGE, "admin"), (P.ROLES_MANAGE, "admin"), (P.SSO_READ, "admin"), (P.SSO_MANAGE, "admin"),
-        (P.ORGANIZATION_UPDATE, "admin"), (P.ORGANIZATIONS_CREATE, "admin"), (P.AUDIT_VERIFY, "admin"),
+        (P.APIKEYS_MANAGE, "admin"),
+        (P.ROLES_MANAGE, "admin"),
+        (P.SSO_READ, "admin"),
+        (P.SSO_MANAGE, "admin"),
+        (P.ORGANIZATION_UPDATE, "admin"),
+        (P.ORGANIZATIONS_CREATE, "admin"),
+        (P.AUDIT_VERIFY, "admin"),
         (P.BILLING_READ, "admin"),
         (P.PLAN_MANAGE, "owner"),
     ],
 )
 def test_contract_table(permission: Permission, lowest: str) -> None:
     names = [r.value for r in ROLE_ORDER]
-    expected = tuple(names[names.index(lowest):])
+    expected = tuple(names[names.index(lowest) :])
     assert roles_allowed(permission) == expected
 
 
@@ -103,8 +119,11 @@ def test_role_order_is_inclusion(a: str, b: str) -> None:
         assert BUILTIN_ROLE_PERMISSIONS[a] <= BUILTIN_ROLE_PERMISSIONS[b]
 
 
-@given(roles, perm_sets, st.lists(st.lists(st.sampled_from(list(Permission)), min_size=1, max_size=3),
-                                   min_size=1, max_size=3))
+@given(
+    roles,
+    perm_sets,
+    st.lists(st.lists(st.sampled_from(list(Permission)), min_size=1, max_size=3), min_size=1, max_size=3),
+)
 def test_scopes_never_widen(role: str, scopes: frozenset[Permission], groups: list[list[Permission]]) -> None:
     """Deny wins: whatever a scoped principal may do, the unscoped one may do too."""
     req = Requirement.scopes(*(tuple(g) for g in groups))
@@ -112,8 +131,7 @@ def test_scopes_never_widen(role: str, scopes: frozenset[Permission], groups: li
         assert decide(user(role), req)
 
 
-@given(roles, st.lists(st.lists(st.sampled_from(list(Permission)), min_size=1, max_size=3),
-                       min_size=1, max_size=3))
+@given(roles, st.lists(st.lists(st.sampled_from(list(Permission)), min_size=1, max_size=3), min_size=1, max_size=3))
 def test_decision_matches_the_definition(role: str, groups: list[list[Permission]]) -> None:
     held = permissions_for_role(role)
     expected = any(all(p in held for p in g) for g in groups)

@@ -25,8 +25,10 @@ from tests.conftest import (
 
 ORG = "{ organization { slug } }"
 TWO_KEY_LISTS = "{ a: organization { apiKeys { id } } b: organization { apiKeys { id } } }"  # 2 x (1 + 50)
-RATE = "{ rateLimit { plan requestsPerMinute { limit remaining resetAt } requestsPerDay { limit remaining } " \
-       "costPerMinute { limit remaining resetAt } } }"
+RATE = (
+    "{ rateLimit { plan requestsPerMinute { limit remaining resetAt } requestsPerDay { limit remaining } "
+    "costPerMinute { limit remaining resetAt } } }"
+)
 
 
 async def set_limits(app: Any, database_url: str, org_id: str, overrides: dict[str, int | None]) -> None:
@@ -100,8 +102,9 @@ async def test_c082_tenant_isolation(settings: Any, database_url: str, tenant: T
             assert r.json()["data"]["organization"]["slug"] == "initech"
 
 
-async def test_c081_tenant_limits_do_not_collapse_into_one_address(database_url: str, signing_key: str,
-                                                                  tenant: Tenant) -> None:
+async def test_c081_tenant_limits_do_not_collapse_into_one_address(
+    database_url: str, signing_key: str, tenant: Tenant
+) -> None:
     """Every caller arrives from 127.0.0.1 (no real client address): the anonymous per-address limit is
     exhausted, yet each tenant is counted on its own budget."""
     other = await make_tenant(database_url, slug="initech", email="owner@initech.test")
@@ -127,8 +130,9 @@ async def test_c080_forwarded_for_from_an_untrusted_peer_is_ignored(database_url
 
 
 async def test_forwarded_for_from_a_trusted_proxy_keys_by_client(database_url: str, signing_key: str) -> None:
-    app = create_app(make_settings(database_url, signing_key, anonymous_requests_per_minute=1,
-                                   trusted_proxies=["203.0.113.0/24"]))
+    app = create_app(
+        make_settings(database_url, signing_key, anonymous_requests_per_minute=1, trusted_proxies=["203.0.113.0/24"])
+    )
     async with running(app) as client:
         for i in range(3):
             r = await gql(client, "{ __typename }", headers={"X-Forwarded-For": f"198.51.100.{i}"})
@@ -148,8 +152,9 @@ async def test_c003_each_aliased_login_is_one_attempt(database_url: str, signing
         assert_rate_limited(await gql(client, logins(2, tenant.email.upper())), "login-account")
         r = await gql(client, LOGIN, {"email": tenant.email, "password": tenant.password})
         assert r.json()["data"]["login"]["accessToken"]  # the third attempt
-        assert_rate_limited(await gql(client, LOGIN, {"email": tenant.email, "password": tenant.password}),
-                            "login-account")
+        assert_rate_limited(
+            await gql(client, LOGIN, {"email": tenant.email, "password": tenant.password}), "login-account"
+        )
         # another account is not affected
         assert (await gql(client, logins(3, "someone@else.test"))).status_code == 200
 
@@ -157,10 +162,12 @@ async def test_c003_each_aliased_login_is_one_attempt(database_url: str, signing
 async def test_c003_login_behind_fragments_counts_too(database_url: str, signing_key: str, tenant: Tenant) -> None:
     app = create_app(make_settings(database_url, signing_key, login_attempts_per_account_per_minute=2))
     async with running(app) as client:
-        doc = (f'mutation {{ ...L ... on Mutation {{ b: login(email: "{tenant.email}", password: "x") '
-               "{ accessToken } } }"
-               f' fragment L on Mutation {{ a: login(email: "{tenant.email}", password: "y") {{ accessToken }}'
-               f' c: login(email: "{tenant.email}", password: "z") {{ accessToken }} }}')
+        doc = (
+            f'mutation {{ ...L ... on Mutation {{ b: login(email: "{tenant.email}", password: "x") '
+            "{ accessToken } } }"
+            f' fragment L on Mutation {{ a: login(email: "{tenant.email}", password: "y") {{ accessToken }}'
+            f' c: login(email: "{tenant.email}", password: "z") {{ accessToken }} }}'
+        )
         assert_rate_limited(await gql(client, doc), "login-account")
 
 
@@ -169,21 +176,40 @@ async def test_c088_one_account_from_many_addresses(database_url: str, signing_k
     throttle's ceiling): past it, even the right password from a new address is refused, while no single
     address was ever limited (C-127 keeps the account's own addresses working: tests/schema/
     test_accounts_across_organizations.py)."""
-    app = create_app(make_settings(database_url, signing_key, lockout_account_ceiling=5,
-                                   login_attempts_per_address_per_minute=1_000, trusted_proxies=["203.0.113.0/24"]))
+    app = create_app(
+        make_settings(
+            database_url,
+            signing_key,
+            lockout_account_ceiling=5,
+            login_attempts_per_address_per_minute=1_000,
+            trusted_proxies=["203.0.113.0/24"],
+        )
+    )
     async with running(app) as client:
         statuses = []
         for i in range(12):
-            r = await gql(client, LOGIN, {"email": tenant.email, "password": f"guess-{i}"},
-                          headers={"X-Forwarded-For": f"198.51.{i}.1"})
+            r = await gql(
+                client,
+                LOGIN,
+                {"email": tenant.email, "password": f"guess-{i}"},
+                headers={"X-Forwarded-For": f"198.51.{i}.1"},
+            )
             statuses.append(r.status_code)
             assert error_codes(r.json()) == ["UNAUTHENTICATED"]
         assert statuses == [200] * 12
-        right = await gql(client, LOGIN, {"email": tenant.email, "password": tenant.password},
-                          headers={"X-Forwarded-For": "198.51.99.1"})
+        right = await gql(
+            client,
+            LOGIN,
+            {"email": tenant.email, "password": tenant.password},
+            headers={"X-Forwarded-For": "198.51.99.1"},
+        )
         assert error_codes(right.json()) == ["UNAUTHENTICATED"]
-    reasons = [json.loads(d)["reason"] if isinstance(d, str) else d["reason"] for (d,) in sql(
-        database_url, "SELECT details FROM audit_log WHERE action = 'authn_login_fail' ORDER BY at, sequence")]
+    reasons = [
+        json.loads(d)["reason"] if isinstance(d, str) else d["reason"]
+        for (d,) in sql(
+            database_url, "SELECT details FROM audit_log WHERE action = 'authn_login_fail' ORDER BY at, sequence"
+        )
+    ]
     assert reasons == ["bad_password"] * 5 + ["account_ceiling"] * 8
 
 
@@ -211,8 +237,11 @@ async def test_c083_cost_budget_is_debited_per_operation(settings: Any, database
         assert remaining == [1_000 - 102 * n for n in range(1, 10)]
         r = await gql(client, TWO_KEY_LISTS, token=token)
         assert_rate_limited(r, "tenant-cost")
-        assert r.json()["extensions"]["cost"] == {"requested": 102, "remaining": 82,
-                                                  "resetAt": r.json()["extensions"]["cost"]["resetAt"]}
+        assert r.json()["extensions"]["cost"] == {
+            "requested": 102,
+            "remaining": 82,
+            "resetAt": r.json()["extensions"]["cost"]["resetAt"],
+        }
         # a cheaper operation still fits what is left
         assert (await gql(client, ORG, token=token)).status_code == 200
 
@@ -284,9 +313,14 @@ async def test_explain_header_is_a_dry_run(database_url: str, signing_key: str) 
         explain = body["extensions"]["explain"]
         assert explain["cost"] == 11
         assert explain["operation"] == "query"
-        assert explain["denied"] == [{"path": ["organization", "billingEmail"], "code": "FORBIDDEN",
-                                      "message": explain["denied"][0]["message"],
-                                      "requiredScopes": [["billing:read"]]}]
+        assert explain["denied"] == [
+            {
+                "path": ["organization", "billingEmail"],
+                "code": "FORBIDDEN",
+                "message": explain["denied"][0]["message"],
+                "requiredScopes": [["billing:read"]],
+            }
+        ]
         assert explain["operationLimits"]["cost"] == 10_000
         names = {limit["name"]: limit for limit in explain["rateLimits"]}
         assert set(names) == {"tenant-minute", "tenant-day", "tenant-cost"}
@@ -307,8 +341,12 @@ async def test_daily_usage_is_written(settings: Any, database_url: str, tenant: 
         assert await app.state.services.usage.flush() == 2
         await gql(client, ORG, token=token)  # refused: counted on the next flush
         await app.state.services.usage.flush()
-    rows = sql(database_url, "SELECT subject_type, subject_id, requests, cost, rate_limited FROM usage_daily "
-                             "WHERE organization_id = :o ORDER BY subject_type", o=tenant.org_id)
+    rows = sql(
+        database_url,
+        "SELECT subject_type, subject_id, requests, cost, rate_limited FROM usage_daily "
+        "WHERE organization_id = :o ORDER BY subject_type",
+        o=tenant.org_id,
+    )
     assert [tuple(r) for r in rows] == [("total", "", 4, 408, 3), ("user", tenant.user_id, 4, 408, 3)]
 
 

@@ -63,8 +63,12 @@ async def test_c078_three_processes_admit_exactly_the_limit(
 ) -> None:
     other = await make_tenant(postgresql_url, slug=f"b-{shared_tenant.slug}", email=f"b@{shared_tenant.slug}.test")
     env = gateway_env(postgresql_url, redis_url, signing_key, LOG_LEVEL="WARNING")
-    sql(postgresql_url, "UPDATE organizations SET limit_overrides = CAST(:v AS JSON) WHERE id = :id",
-        v=json.dumps({"REQUESTS_PER_MINUTE": 50}), id=shared_tenant.org_id)
+    sql(
+        postgresql_url,
+        "UPDATE organizations SET limit_overrides = CAST(:v AS JSON) WHERE id = :id",
+        v=json.dumps({"REQUESTS_PER_MINUTE": 50}),
+        id=shared_tenant.org_id,
+    )
     with gateway_processes(3, env, tmp_path) as urls:
         limits = httpx.Limits(max_connections=100)
         clients = [httpx.AsyncClient(base_url=u, limits=limits, timeout=60) for u in urls]
@@ -125,8 +129,12 @@ def test_c079_c084_boundary_bursts_from_skewed_processes(redis_url: str, tmp_pat
     prefix = f"test:{time.monotonic_ns()}:"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     procs = [
-        subprocess.Popen([sys.executable, str(script), redis_url, str(start), str(skew), prefix],
-                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        subprocess.Popen(
+            [sys.executable, str(script), redis_url, str(start), str(skew), prefix],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         for skew in (0.0, 5.0, -5.0)
     ]
     stamps: list[int] = []
@@ -164,8 +172,11 @@ async def test_usage_is_counted_once_across_processes(
             assert (await gql(c, ORG, token=token)).status_code == 200
         await one.state.services.usage.flush()
         await two.state.services.usage.flush()
-    rows = sql(postgresql_url, "SELECT subject_type, requests, cost FROM usage_daily WHERE organization_id = :o "
-                               "ORDER BY subject_type", o=shared_tenant.org_id)
+    rows = sql(
+        postgresql_url,
+        "SELECT subject_type, requests, cost FROM usage_daily WHERE organization_id = :o ORDER BY subject_type",
+        o=shared_tenant.org_id,
+    )
     assert [tuple(r) for r in rows] == [("total", 5, 5), ("user", 5, 5)]
 
 
@@ -185,8 +196,9 @@ async def test_each_operation_is_counted_once_at_its_cost_in_shared_mode(
             assert r.status_code == 200
             assert r.json()["data"]["organization"]["slug"] == shared_tenant.slug
             remaining.append(r.json()["extensions"]["cost"]["remaining"])
-        bad = await c1.post("/graphql", json={"query": ORG, "variables": "not an object"},
-                            headers={"Authorization": f"Bearer {token}"})
+        bad = await c1.post(
+            "/graphql", json={"query": ORG, "variables": "not an object"}, headers={"Authorization": f"Bearer {token}"}
+        )
         assert bad.status_code == 400
 
         # a body over the limit, sent in chunks with no declared length, is refused at the edge
@@ -196,8 +208,11 @@ async def test_each_operation_is_counted_once_at_its_cost_in_shared_mode(
                 yield b"x" * 32 * 1024
             yield b'"}'
 
-        big = await c1.post("/graphql", content=chunks(), headers={"Authorization": f"Bearer {token}",
-                                                                   "Content-Type": "application/json"})
+        big = await c1.post(
+            "/graphql",
+            content=chunks(),
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )
         assert big.status_code == 413
         assert error_codes(big.json()) == ["BAD_USER_INPUT"]
         assert remaining[0] - remaining[1] == remaining[1] - remaining[2] == 1  # the cost, once each
@@ -223,8 +238,9 @@ async def test_rate_limit_field_in_shared_mode(
 ) -> None:
     query = "{ rateLimit { requestsPerMinute { limit remaining } } }"
     async with shared_apps(postgresql_url, redis_url, signing_key, shared_tenant) as (c1, c2, token, *_):
-        seen = [(await gql(c, query, token=token)).json()["data"]["rateLimit"]["requestsPerMinute"]
-                for c in (c1, c2, c1)]
+        seen = [
+            (await gql(c, query, token=token)).json()["data"]["rateLimit"]["requestsPerMinute"] for c in (c1, c2, c1)
+        ]
         assert seen == [{"limit": 6_000, "remaining": 6_000 - n} for n in (1, 2, 3)]
 
 
@@ -262,10 +278,10 @@ async def test_c087_tenant_limits_follow_the_setting_when_redis_is_down(
             r = await gql(c_open, ORG, token=token)
             assert r.status_code == 200, r.text
             assert r.json()["data"]["organization"]["slug"] == shared_tenant.slug
-            assert 'portcullis_rate_limiter_errors_total{outcome="refused"} 1.0' in (
-                await c_closed.get("/metrics")).text
-            assert 'portcullis_rate_limiter_errors_total{outcome="admitted"} 1.0' in (
-                await c_open.get("/metrics")).text
+            assert (
+                'portcullis_rate_limiter_errors_total{outcome="refused"} 1.0' in (await c_closed.get("/metrics")).text
+            )
+            assert 'portcullis_rate_limiter_errors_total{outcome="admitted"} 1.0' in (await c_open.get("/metrics")).text
 
 
 def _stop_redis(url: str) -> bool:

@@ -34,11 +34,16 @@ def owned_database(postgres_admin_url: str) -> OwnedDatabase:
     owner, app_role = f"owner_{suffix}", f"app_{suffix}"
     base, _, name = url.rpartition("/")
     host = base.split("@", 1)[1]
-    for statement in (f'CREATE ROLE "{owner}" LOGIN', f'CREATE ROLE "{app_role}" LOGIN',
-                      f'ALTER DATABASE "{name}" OWNER TO "{owner}"', f'ALTER SCHEMA public OWNER TO "{owner}"'):
+    for statement in (
+        f'CREATE ROLE "{owner}" LOGIN',
+        f'CREATE ROLE "{app_role}" LOGIN',
+        f'ALTER DATABASE "{name}" OWNER TO "{owner}"',
+        f'ALTER SCHEMA public OWNER TO "{owner}"',
+    ):
         sql(url, statement)
-    return OwnedDatabase(owner, app_role, f"postgresql+psycopg://{owner}@{host}/{name}",
-                         f"postgresql+psycopg://{app_role}@{host}/{name}")
+    return OwnedDatabase(
+        owner, app_role, f"postgresql+psycopg://{owner}@{host}/{name}", f"postgresql+psycopg://{app_role}@{host}/{name}"
+    )
 
 
 async def run(args: list[str]) -> int:
@@ -83,8 +88,7 @@ async def test_c091_a_deleted_row_is_a_gap(env, database_url: str, capsys) -> No
     assert "sequence 4: previous_hash does not match" in out
 
 
-async def test_c092_truncation_is_found_against_a_checkpoint(env, database_url: str, tmp_path: Path,
-                                                             capsys) -> None:
+async def test_c092_truncation_is_found_against_a_checkpoint(env, database_url: str, tmp_path: Path, capsys) -> None:
     org = new_id()
     await write(database_url, *(event(org) for _ in range(15)))
     points = tmp_path / "checkpoints"

@@ -56,8 +56,10 @@ async def test_c093_two_processes_two_hundred_mutations_one_chain_each(
     env = gateway_env(app_url, redis_url, signing_key, DATABASE_POOL_SIZE="20")
     with gateway_processes(2, env, tmp_path) as urls:
         limits = httpx.Limits(max_connections=100)
-        async with httpx.AsyncClient(base_url=urls[0], limits=limits, timeout=60) as c1, \
-                httpx.AsyncClient(base_url=urls[1], limits=limits, timeout=60) as c2:
+        async with (
+            httpx.AsyncClient(base_url=urls[0], limits=limits, timeout=60) as c1,
+            httpx.AsyncClient(base_url=urls[1], limits=limits, timeout=60) as c2,
+        ):
             clients = [c1, c2]
             tokens = [(await login(c1, t))["accessToken"] for t in tenants]
 
@@ -73,10 +75,13 @@ async def test_c093_two_processes_two_hundred_mutations_one_chain_each(
 
     assert sql(app_url, "SELECT count(*) FROM audit_log WHERE action = 'org_updated'") == [(200,)]
     for tenant in tenants:
-        assert sql(app_url, "SELECT count(*) FROM audit_log WHERE chain = :c AND action = 'org_updated'",
-                   c=tenant.org_id) == [(100,)]
-        sequences = [r[0] for r in sql(app_url, "SELECT sequence FROM audit_log WHERE chain = :c ORDER BY sequence",
-                                       c=tenant.org_id)]
+        assert sql(
+            app_url, "SELECT count(*) FROM audit_log WHERE chain = :c AND action = 'org_updated'", c=tenant.org_id
+        ) == [(100,)]
+        sequences = [
+            r[0]
+            for r in sql(app_url, "SELECT sequence FROM audit_log WHERE chain = :c ORDER BY sequence", c=tenant.org_id)
+        ]
         assert sequences == list(range(1, len(sequences) + 1))
     forks = sql(app_url, "SELECT chain, previous_hash FROM audit_log GROUP BY chain, previous_hash HAVING count(*) > 1")
     assert forks == []
@@ -98,10 +103,16 @@ async def test_c093_two_processes_two_hundred_mutations_one_chain_each(
     assert (broken.first_broken_sequence, broken.gaps) == (70, [(70, 70)])
     # a truncation of the tail, head row made to agree: only the checkpoint tells
     as_table_owner(owner_url, "DELETE FROM audit_log WHERE chain = :c AND sequence >= 60", c=chain)
-    last = sql(app_url, "SELECT sequence, hash FROM audit_log WHERE chain = :c ORDER BY sequence DESC LIMIT 1",
-               c=chain)[0]
-    sql(owner_url, "UPDATE audit_chain_heads SET sequence = :s, hash = :h WHERE chain = :c",
-        s=last[0], h=last[1], c=chain)
+    last = sql(
+        app_url, "SELECT sequence, hash FROM audit_log WHERE chain = :c ORDER BY sequence DESC LIMIT 1", c=chain
+    )[0]
+    sql(
+        owner_url,
+        "UPDATE audit_chain_heads SET sequence = :s, hash = :h WHERE chain = :c",
+        s=last[0],
+        h=last[1],
+        c=chain,
+    )
     assert (await verify(app_url)).ok
     truncated = (await verify(app_url, checkpoint)).chains[chain]
     assert truncated.first_broken_sequence == 60

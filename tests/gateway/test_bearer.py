@@ -156,15 +156,25 @@ class Forger:
     def claims(self, **overrides: Any) -> dict[str, Any]:
         now = int(time.time())
         merged = {
-            "iss": self.issuer, "aud": self.audience, "sub": "user-1", "org": "org-1", "sid": "session-1",
-            "jti": "jti-1", "iat": now, "nbf": now, "exp": now + 600, **overrides,
+            "iss": self.issuer,
+            "aud": self.audience,
+            "sub": "user-1",
+            "org": "org-1",
+            "sid": "session-1",
+            "jti": "jti-1",
+            "iat": now,
+            "nbf": now,
+            "exp": now + 600,
+            **overrides,
         }
         return {k: v for k, v in merged.items() if v is not None}
 
-    def token(self, payload: dict[str, Any] | None = None, sign: Callable[[str], str] | None = None,
-              **header: Any) -> str:
-        return compact(self.header(**header), self.claims() if payload is None else payload,
-                       sign or rsa_signer(self.key))
+    def token(
+        self, payload: dict[str, Any] | None = None, sign: Callable[[str], str] | None = None, **header: Any
+    ) -> str:
+        return compact(
+            self.header(**header), self.claims() if payload is None else payload, sign or rsa_signer(self.key)
+        )
 
 
 @pytest.fixture
@@ -240,8 +250,10 @@ async def test_c026_c027_keys_chosen_by_the_token(
     attacker = rsa_signer(attacker_key)
     numbers = attacker_key.public_key().public_numbers()
     attacker_jwk = {
-        "kty": "RSA", "kid": "attacker",
-        "n": b64u(numbers.n.to_bytes((numbers.n.bit_length() + 7) // 8, "big")), "e": "AQAB",
+        "kty": "RSA",
+        "kid": "attacker",
+        "n": b64u(numbers.n.to_bytes((numbers.n.bit_length() + 7) // 8, "big")),
+        "e": "AQAB",
     }
     cases = {
         "kid-traversal-hmac": forger.token(sign=hmac_signer(b""), alg="HS256", kid="../../../../dev/null"),
@@ -298,11 +310,18 @@ async def test_c029_audience_issuer_and_type(
     await refusals.token(("C-029", "refresh-jwt"), forger.token(forger.claims(aud="refresh"), typ="rt+jwt"))
     now = int(time.time())
     id_token = {
-        "iss": "https://idp.example.com", "aud": "portcullis-client", "sub": "user-1", "nonce": "abc",
-        "auth_time": now, "iat": now, "exp": now + 600,
+        "iss": "https://idp.example.com",
+        "aud": "portcullis-client",
+        "sub": "user-1",
+        "nonce": "abc",
+        "auth_time": now,
+        "iat": now,
+        "exp": now + 600,
     }
-    await refusals.token(("C-029", "id-token"), compact({"alg": "RS256", "typ": "JWT", "kid": "idp-1"},
-                                                        id_token, rsa_signer(attacker_key)))
+    await refusals.token(
+        ("C-029", "id-token"),
+        compact({"alg": "RS256", "typ": "JWT", "kid": "idp-1"}, id_token, rsa_signer(attacker_key)),
+    )
     await refusals.token(("C-029", "id-token-our-key"), forger.token(id_token, typ="JWT"))
 
 
@@ -325,8 +344,15 @@ async def test_c034_crit(refusals: Refusals, forger: Forger) -> None:
 
 async def test_c036_jwe(refusals: Refusals, forger: Forger) -> None:
     """C-036: a 5-segment JWE, and a JWS with `zip: DEF`."""
-    jwe = ".".join([b64json({"alg": "RSA-OAEP-256", "enc": "A256GCM", "zip": "DEF", "kid": forger.kid}),
-                    b64u(b"k" * 256), b64u(b"i" * 12), b64u(b"c" * 4096), b64u(b"t" * 16)])
+    jwe = ".".join(
+        [
+            b64json({"alg": "RSA-OAEP-256", "enc": "A256GCM", "zip": "DEF", "kid": forger.kid}),
+            b64u(b"k" * 256),
+            b64u(b"i" * 12),
+            b64u(b"c" * 4096),
+            b64u(b"t" * 16),
+        ]
+    )
     await refusals.token(("C-036", "jwe"), jwe)
     await refusals.token(("C-036", "zip"), forger.token(zip="DEF"))
 
@@ -359,9 +385,7 @@ async def test_c035_oversized_authorization_header(
     assert error_codes(r.json()) == ["INTERNAL"]
 
 
-async def test_c037_malformed_authorization(
-    refusals: Refusals, client: httpx.AsyncClient, tenant: Tenant
-) -> None:
+async def test_c037_malformed_authorization(refusals: Refusals, client: httpx.AsyncClient, tenant: Tenant) -> None:
     """C-037: broken structure and broken `Authorization` headers, around a token that is itself genuine."""
     auth = await login(client, tenant)
     genuine = auth["accessToken"]

@@ -20,8 +20,10 @@ from tests.conftest import FAST_HASH, LOGIN, error_codes, gql, make_settings, re
 from tests.invitations import accept
 from tests.mail import last_mail, token_in
 
-LOGIN_ORG = ("mutation($e: String!, $p: String!, $o: String) "
-             "{ login(email: $e, password: $p, organization: $o) { accessToken } }")
+LOGIN_ORG = (
+    "mutation($e: String!, $p: String!, $o: String) "
+    "{ login(email: $e, password: $p, organization: $o) { accessToken } }"
+)
 
 
 @pytest.fixture
@@ -76,8 +78,7 @@ def test_seed_demo_is_idempotent(env, database_url: str, capsys) -> None:
 
 
 @pytest.mark.parametrize("environment", ["test", "prod"])
-def test_seed_demo_refused_outside_dev(env, database_url: str, capsys, environment: str,
-                                       signing_key: str) -> None:
+def test_seed_demo_refused_outside_dev(env, database_url: str, capsys, environment: str, signing_key: str) -> None:
     env.setenv("PORTCULLIS_ENV", environment)
     if environment == "prod":
         env.setenv("PORTCULLIS_SIGNING_KEY", signing_key)
@@ -138,8 +139,7 @@ def test_bootstrap_of_an_existing_slug_fails_cleanly(env, database_url: str, cap
     assert cli.main(BOOTSTRAP) == 0
     capsys.readouterr()
     before = counts(database_url)
-    code = cli.main(["bootstrap", "--org", "x", "--name", "Other", "--plan", "free", "--admin-email",
-                     "other@x.test"])
+    code = cli.main(["bootstrap", "--org", "x", "--name", "Other", "--plan", "free", "--admin-email", "other@x.test"])
     assert code != 0
     captured = capsys.readouterr()
     assert "already exists" in captured.err
@@ -149,14 +149,19 @@ def test_bootstrap_of_an_existing_slug_fails_cleanly(env, database_url: str, cap
 
 
 async def test_c124_bootstrap_for_an_existing_account_only_invites_it(
-        env, database_url: str, signing_key: str, capsys) -> None:
+    env, database_url: str, signing_key: str, capsys
+) -> None:
     """The account is invited as the owner and becomes it only when its holder accepts; the command prints
     the invitation link, never a password, and whoever ran an earlier tenant gains nothing."""
     assert await asyncio.to_thread(cli.main, BOOTSTRAP) == 0
     holder_password = capsys.readouterr().out.strip().splitlines()[-1]
     [(before,)] = rows(database_url, select(User.password_hash))
-    assert await asyncio.to_thread(
-        cli.main, ["bootstrap", "--org", "second", "--name", "Second", "--admin-email", "A@X.test"]) == 0
+    assert (
+        await asyncio.to_thread(
+            cli.main, ["bootstrap", "--org", "second", "--name", "Second", "--admin-email", "A@X.test"]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "invited as the owner" in out
     link = out.strip().splitlines()[-1]
@@ -184,15 +189,18 @@ def test_bootstrap_writes_audit_entries(env, database_url: str, capsys) -> None:
     entries = rows(database_url, text("SELECT action, actor_type, actor_id, details FROM audit_log"))
     operator = getpass.getuser()
     assert sorted((a, t, i) for a, t, i, _ in entries) == [
-        ("member_added", "system", operator), ("org_created", "system", operator),
-        ("user_created", "system", operator)]
+        ("member_added", "system", operator),
+        ("org_created", "system", operator),
+        ("user_created", "system", operator),
+    ]
     assert {(json.loads(d) if isinstance(d, str) else d)["source"] for *_, d in entries} == {"cli"}
 
 
 async def test_domains_are_reassigned_by_the_operator(env, database_url: str, capsys) -> None:
     assert await asyncio.to_thread(cli.main, BOOTSTRAP) == 0
-    assert await asyncio.to_thread(
-        cli.main, ["bootstrap", "--org", "y", "--name", "Y", "--admin-email", "b@y.test"]) == 0
+    assert (
+        await asyncio.to_thread(cli.main, ["bootstrap", "--org", "y", "--name", "Y", "--admin-email", "b@y.test"]) == 0
+    )
     capsys.readouterr()
     assert await asyncio.to_thread(cli.main, ["domains", "assign", "Example.COM", "--org", "x"]) == 0
     assert await asyncio.to_thread(cli.main, ["domains", "assign", "example.com", "--org", "y"]) == 0
@@ -276,8 +284,18 @@ async def test_api_key_create_list_revoke(env, database_url: str, signing_key: s
     from tests.conftest import make_tenant
 
     await make_tenant(database_url, slug="cli", email="owner@cli.test")
-    created = ["api-key", "create", "--org", "cli", "--name", "deploy", "--scope", "organization:read",
-               "--allowed-ip", "127.0.0.1/32"]
+    created = [
+        "api-key",
+        "create",
+        "--org",
+        "cli",
+        "--name",
+        "deploy",
+        "--scope",
+        "organization:read",
+        "--allowed-ip",
+        "127.0.0.1/32",
+    ]
     assert await asyncio.to_thread(cli.main, created) == 0
     lines = capsys.readouterr().out.splitlines()
     key_id, secret = lines[0].split()[2], lines[1]

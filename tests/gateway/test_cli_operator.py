@@ -48,8 +48,12 @@ def created_key(out: str) -> tuple[str, str]:
 
 
 def entries(url: str, action: str) -> list[dict[str, Any]]:
-    found = sql(url, "SELECT chain, actor_type, actor_id, resource_id, request_id, details FROM audit_log "
-                     "WHERE action = :a ORDER BY at, sequence", a=action)
+    found = sql(
+        url,
+        "SELECT chain, actor_type, actor_id, resource_id, request_id, details FROM audit_log "
+        "WHERE action = :a ORDER BY at, sequence",
+        a=action,
+    )
     keys = ("chain", "actor_type", "actor_id", "resource_id", "request_id", "details")
     out = [dict(zip(keys, row, strict=True)) for row in found]
     for entry in out:
@@ -61,10 +65,14 @@ def entries(url: str, action: str) -> list[dict[str, Any]]:
 # -- the options reach the service ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("scopes", [
-    ["--scope", "organization:read", "--scope", "quotas:read"],
-    ["--scope", "organization:read", "quotas:read"],
-], ids=["repeated", "listed"])
+@pytest.mark.parametrize(
+    "scopes",
+    [
+        ["--scope", "organization:read", "--scope", "quotas:read"],
+        ["--scope", "organization:read", "quotas:read"],
+    ],
+    ids=["repeated", "listed"],
+)
 async def test_every_scope_given_is_stored(env, database_url: str, capsys, scopes: list[str]) -> None:
     await make_tenant(database_url, slug="cli", email="owner@cli.test")
     assert await run("api-key", "create", "--org", "cli", "--name", "deploy", *scopes) == 0
@@ -95,9 +103,7 @@ async def test_bad_input_is_refused_by_the_service_and_nothing_is_written(env, d
 # -- one entry per change, naming the operator ----------------------------------------------------------
 
 
-async def test_c096_each_command_records_one_entry_with_the_operator_as_actor(
-    env, database_url: str, capsys
-) -> None:
+async def test_c096_each_command_records_one_entry_with_the_operator_as_actor(env, database_url: str, capsys) -> None:
     tenant = await make_tenant(database_url, slug="cli", email="owner@cli.test")
     assert await run("api-key", "create", "--org", "cli", "--name", "deploy", "--scope", "organization:read") == 0
     key_id, _ = created_key(capsys.readouterr().out)
@@ -126,8 +132,9 @@ async def test_c096_each_command_records_one_entry_with_the_operator_as_actor(
     [limits] = entries(database_url, "org_updated")
     assert limits["details"]["changes"] == {"limitOverrides": {"old": {}, "new": {"MEMBERS": 7}}}
     # reading (the list, the limits shown) records nothing
-    counted = sql(database_url, "SELECT action, count(*) FROM audit_log WHERE chain = :c GROUP BY action",
-                  c=tenant.org_id)
+    counted = sql(
+        database_url, "SELECT action, count(*) FROM audit_log WHERE chain = :c GROUP BY action", c=tenant.org_id
+    )
     assert sorted(counted) == [("apikey_created", 1), ("apikey_revoked", 1), ("org_updated", 1)]
 
 
@@ -153,8 +160,9 @@ async def test_c118_a_revoke_from_the_command_line_ends_the_rotation_previous_se
 
 
 @pytest.fixture(params=["embedded", pytest.param("shared", marks=[pytest.mark.postgres, pytest.mark.redis])])
-def gateway_mode(request: pytest.FixtureRequest, signing_key: str, monkeypatch: pytest.MonkeyPatch,
-                 tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
+def gateway_mode(
+    request: pytest.FixtureRequest, signing_key: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Iterator[tuple[str, dict[str, str]]]:
     """A database (and, shared, Redis) for a gateway process and the commands: the database's URL and the
     gateway's environment; the commands see the same settings."""
     if request.param == "embedded":

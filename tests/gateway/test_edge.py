@@ -230,9 +230,13 @@ async def test_array_batching_is_refused(client, tenant: Tenant, database_url: s
 async def test_mutation_over_get_is_refused(client, tenant: Tenant, database_url: str) -> None:
     """C-012: GET carries queries only; a login over GET writes nothing."""
     before = count_sessions(database_url)
-    r = await client.get("/graphql", params={
-        "query": LOGIN, "variables": f'{{"email": "{tenant.email}", "password": "{tenant.password}"}}',
-    })
+    r = await client.get(
+        "/graphql",
+        params={
+            "query": LOGIN,
+            "variables": f'{{"email": "{tenant.email}", "password": "{tenant.password}"}}',
+        },
+    )
     assert r.status_code == 400
     assert error_codes(r.json()) == ["BAD_USER_INPUT"]
     assert "mutation" in r.json()["errors"][0]["message"].lower()
@@ -258,8 +262,9 @@ async def test_simple_request_content_types_are_refused(
     import json
 
     before = count_sessions(database_url)
-    r = await client.post("/graphql", content=json.dumps(login_body(tenant)).encode(),
-                          headers={"content-type": content_type})
+    r = await client.post(
+        "/graphql", content=json.dumps(login_body(tenant)).encode(), headers={"content-type": content_type}
+    )
     assert r.status_code == 400, r.text
     assert r.json()["errors"][0]["message"] == "Unsupported content type"
     assert error_codes(r.json()) == ["BAD_USER_INPUT"]

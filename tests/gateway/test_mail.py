@@ -51,6 +51,7 @@ EXPIRES = datetime(2030, 1, 2, 3, 4, tzinfo=UTC)
 
 # -- the SMTP server ------------------------------------------------------------------------------------
 
+
 @dataclass
 class Received:
     message: EmailMessage
@@ -87,11 +88,16 @@ class SmtpSink:
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         message = email.message_from_bytes(envelope.original_content, policy=email.policy.default)
         with self.lock:
-            self.received.append(Received(
-                message, envelope.mail_from, list(envelope.rcpt_tos), session.ssl is not None,
-                session.auth_data.login if session.auth_data is not None else None,
-                datetime.now(UTC),
-            ))
+            self.received.append(
+                Received(
+                    message,
+                    envelope.mail_from,
+                    list(envelope.rcpt_tos),
+                    session.ssl is not None,
+                    session.auth_data.login if session.auth_data is not None else None,
+                    datetime.now(UTC),
+                )
+            )
         return "250 2.0.0 queued"
 
     def ids(self) -> list[str]:
@@ -119,8 +125,13 @@ def smtp() -> Iterator[SmtpSink]:
 
 def mail_settings(database_url: str, signing_key: str, smtp_url: str | None, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
-        "smtp_url": smtp_url, "mail_from": SENDER, "app_url": APP_URL, "mail_poll_seconds": 0.05,
-        "smtp_timeout_seconds": 2, "mail_retry_seconds": 0.05, "mail_retry_max_seconds": 0.2,
+        "smtp_url": smtp_url,
+        "mail_from": SENDER,
+        "app_url": APP_URL,
+        "mail_poll_seconds": 0.05,
+        "smtp_timeout_seconds": 2,
+        "mail_retry_seconds": 0.05,
+        "mail_retry_max_seconds": 0.2,
     }
     values.update(overrides)
     return make_settings(database_url, signing_key, **values)
@@ -137,8 +148,11 @@ async def eventually(check: Callable[[], Any], within: float = 15.0, what: str =
 
 
 def outbox(url: str) -> list[Any]:
-    return sql(url, "SELECT id, recipient, status, attempts, message_id, next_attempt_at, lease_until, last_error,"
-                    " sent_at FROM mail_outbox ORDER BY created_at, id")
+    return sql(
+        url,
+        "SELECT id, recipient, status, attempts, message_id, next_attempt_at, lease_until, last_error,"
+        " sent_at FROM mail_outbox ORDER BY created_at, id",
+    )
 
 
 def reset_variables(mailer: Mailer, token: str) -> dict[str, Any]:
@@ -149,14 +163,18 @@ async def queue(app: Any, recipients: list[str], template: str = "password_reset
     """Queue one message to each recipient in one transaction, commit, wake the worker."""
     services = app.state.services
     async with services.db.transaction() as session:
-        rows = [await queue_mail(session, services.mail, to=to, template=template,
-                                 variables=reset_variables(services.mail, f"tok-{i}"))
-                for i, to in enumerate(recipients)]
+        rows = [
+            await queue_mail(
+                session, services.mail, to=to, template=template, variables=reset_variables(services.mail, f"tok-{i}")
+            )
+            for i, to in enumerate(recipients)
+        ]
     services.mail.wake()
     return [row.message_id for row in rows]
 
 
 # -- delivered after commit, once -----------------------------------------------------------------------
+
 
 async def test_committed_mail_is_delivered_once_with_both_parts(
     database_url: str, signing_key: str, smtp: SmtpSink
@@ -166,13 +184,27 @@ async def test_committed_mail_is_delivered_once_with_both_parts(
         services = app.state.services
         ctx = RequestContext(services, anonymous())
         token = "tok_Invitation-123"
-        await send_mail(ctx, to="alice@example.com", template="invitation", variables={
-            "organization_name": "Acme", "inviter": "Olivia Owner", "role": "admin",
-            "accept_url": services.mail.link("/invitations/accept", token), "expires_at": EXPIRES,
-        })
-        await send_mail(ctx, to="bob@example.com", template="email_verification", variables={
-            "verify_url": services.mail.link("/verify-email", "tok-verify"), "expires_at": EXPIRES,
-        })
+        await send_mail(
+            ctx,
+            to="alice@example.com",
+            template="invitation",
+            variables={
+                "organization_name": "Acme",
+                "inviter": "Olivia Owner",
+                "role": "admin",
+                "accept_url": services.mail.link("/invitations/accept", token),
+                "expires_at": EXPIRES,
+            },
+        )
+        await send_mail(
+            ctx,
+            to="bob@example.com",
+            template="email_verification",
+            variables={
+                "verify_url": services.mail.link("/verify-email", "tok-verify"),
+                "expires_at": EXPIRES,
+            },
+        )
         assert len(ctx.after_commit) == 1  # one wake-up per request, however many messages
         await asyncio.sleep(0.2)
         assert smtp.received == []  # nothing leaves before the commit
@@ -212,15 +244,14 @@ async def test_committed_mail_is_delivered_once_with_both_parts(
     assert mail.subject == m["Subject"]
 
 
-async def test_rolled_back_mail_is_neither_kept_nor_sent(
-    database_url: str, signing_key: str, smtp: SmtpSink
-) -> None:
+async def test_rolled_back_mail_is_neither_kept_nor_sent(database_url: str, signing_key: str, smtp: SmtpSink) -> None:
     app = create_app(mail_settings(database_url, signing_key, f"smtp://127.0.0.1:{smtp.port}"))
     async with running(app):
         services = app.state.services
         ctx = RequestContext(services, anonymous())
-        await send_mail(ctx, to="alice@example.com", template="password_reset",
-                        variables=reset_variables(services.mail, "tok"))
+        await send_mail(
+            ctx, to="alice@example.com", template="password_reset", variables=reset_variables(services.mail, "tok")
+        )
         await ctx.finish(commit=False)
         services.mail.wake()
         await asyncio.sleep(0.3)
@@ -236,14 +267,29 @@ async def test_queue_refuses_an_unknown_template_or_a_missing_variable(database_
             with pytest.raises(ValueError, match="unknown mail template"):
                 await queue_mail(session, mailer, to="a@example.com", template="sso_link", variables={})
             with pytest.raises(Exception, match="reset_url"):
-                await queue_mail(session, mailer, to="a@example.com", template="password_reset",
-                                 variables={"expires_at": EXPIRES, "client_ip": None})
+                await queue_mail(
+                    session,
+                    mailer,
+                    to="a@example.com",
+                    template="password_reset",
+                    variables={"expires_at": EXPIRES, "client_ip": None},
+                )
             with pytest.raises(ValueError, match="change"):
-                await queue_mail(session, mailer, to="a@example.com", template="mfa_changed",
-                                 variables={"change": "whatever", "at": EXPIRES})
+                await queue_mail(
+                    session,
+                    mailer,
+                    to="a@example.com",
+                    template="mfa_changed",
+                    variables={"change": "whatever", "at": EXPIRES},
+                )
             with pytest.raises(ValueError, match="recipient"):
-                await queue_mail(session, mailer, to="a@example.com\r\nBcc: b@example.com",
-                                 template="email_in_use", variables={"at": EXPIRES})
+                await queue_mail(
+                    session,
+                    mailer,
+                    to="a@example.com\r\nBcc: b@example.com",
+                    template="email_in_use",
+                    variables={"at": EXPIRES},
+                )
     finally:
         await db.dispose()
     assert outbox(database_url) == []
@@ -265,10 +311,19 @@ async def test_templates_escape_html_and_keep_values_on_one_line(database_url: s
     db = Database(database_url)
     try:
         async with db.transaction() as session:
-            await queue_mail(session, mailer, to="a@example.com", template="new_sign_in", variables={
-                "at": EXPIRES, "client_ip": "198.51.100.4", "organization_name": "Evil <b>Corp</b>\n\nhttps://x.test",
-                "user_agent": "<script>alert(1)</script>", "method": "password",
-            })
+            await queue_mail(
+                session,
+                mailer,
+                to="a@example.com",
+                template="new_sign_in",
+                variables={
+                    "at": EXPIRES,
+                    "client_ip": "198.51.100.4",
+                    "organization_name": "Evil <b>Corp</b>\n\nhttps://x.test",
+                    "user_agent": "<script>alert(1)</script>",
+                    "method": "password",
+                },
+            )
         async with db.transaction() as session:
             mail = (await read_mailbox(session, mailer))[0]
     finally:
@@ -284,8 +339,10 @@ async def test_templates_escape_html_and_keep_values_on_one_line(database_url: s
 
 # -- the local mailbox ------------------------------------------------------------------------------------
 
-async def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], database_url: str,
-              *args: str, **env: str) -> tuple[int, str, str]:
+
+async def cli(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], database_url: str, *args: str, **env: str
+) -> tuple[int, str, str]:
     """`portcullis ARGS` through its `main`, with the environment a shell would give it (`env`: more
     settings, without their prefix), in a thread: the command runs its own event loop."""
     for name in [k for k in os.environ if k.startswith("PORTCULLIS_")]:
@@ -303,7 +360,10 @@ async def cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str
 
 
 async def test_without_smtp_mail_is_kept_in_the_mailbox_and_the_cli_prints_it(
-    database_url: str, signing_key: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+    database_url: str,
+    signing_key: str,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     app = create_app(mail_settings(database_url, signing_key, None))
@@ -311,8 +371,12 @@ async def test_without_smtp_mail_is_kept_in_the_mailbox_and_the_cli_prints_it(
     async with running(app):
         services = app.state.services
         ctx = RequestContext(services, anonymous())
-        await send_mail(ctx, to="carol@example.com", template="password_reset",
-                        variables=reset_variables(services.mail, "tok-mailbox"))
+        await send_mail(
+            ctx,
+            to="carol@example.com",
+            template="password_reset",
+            variables=reset_variables(services.mail, "tok-mailbox"),
+        )
         await ctx.finish(commit=True)
     assert [r.getMessage() for r in caplog.records].count("mail_kept_in_local_mailbox") == 1
     (row,) = outbox(database_url)
@@ -342,39 +406,64 @@ async def test_cli_never_prints_the_smtp_password(
 ) -> None:
     """C-095: neither a refused SMTP URL nor a working one puts its password in the command's output."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PORTCULLIS_")}
-    env.update({"PORTCULLIS_ENV": "test", "PORTCULLIS_DATABASE_URL": sqlite_url, "PYTHONPATH": str(ROOT),
-                "PORTCULLIS_SMTP_URL": "smtp://mailer:hunter2-secret@mail.example.com?starttls=maybe",
-                "PORTCULLIS_MAIL_FROM": "no-reply@example.com"})
+    env.update(
+        {
+            "PORTCULLIS_ENV": "test",
+            "PORTCULLIS_DATABASE_URL": sqlite_url,
+            "PYTHONPATH": str(ROOT),
+            "PORTCULLIS_SMTP_URL": "smtp://mailer:hunter2-secret@mail.example.com?starttls=maybe",
+            "PORTCULLIS_MAIL_FROM": "no-reply@example.com",
+        }
+    )
     bad = await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-m", "gateway.cli", "mail", "list"], env=env, cwd=ROOT,
-        capture_output=True, text=True, timeout=60, check=False)
+        subprocess.run,
+        [sys.executable, "-m", "gateway.cli", "mail", "list"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert bad.returncode != 0
     assert "PORTCULLIS_SMTP_URL" in bad.stderr
     assert "starttls" in bad.stderr
     assert "hunter2" not in bad.stderr + bad.stdout
 
-    code, out, err = await cli(monkeypatch, capsys, sqlite_url, "mail", "list",
-                               SMTP_URL="smtps://mailer:hunter2-secret@mail.example.com")
+    code, out, err = await cli(
+        monkeypatch, capsys, sqlite_url, "mail", "list", SMTP_URL="smtps://mailer:hunter2-secret@mail.example.com"
+    )
     assert code == 1
     assert "PORTCULLIS_MAIL_FROM is required" in err
     assert "hunter2" not in out + err
-    code, out, err = await cli(monkeypatch, capsys, sqlite_url, "mail", "list", MAIL_FROM="no-reply@example.com",
-                               SMTP_URL="smtps://mailer:hunter2-secret@mail.example.com")
+    code, out, err = await cli(
+        monkeypatch,
+        capsys,
+        sqlite_url,
+        "mail",
+        "list",
+        MAIL_FROM="no-reply@example.com",
+        SMTP_URL="smtps://mailer:hunter2-secret@mail.example.com",
+    )
     assert code == 0, err
     assert "hunter2" not in out + err
 
 
 # -- settings -----------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("url", "expected"), [
-    ("smtp://relay.example.com", ("relay.example.com", 587, False, "auto", None)),
-    ("smtp://relay.example.com:25?starttls=off", ("relay.example.com", 25, False, "off", None)),
-    ("smtp://relay.example.com?starttls=require", ("relay.example.com", 587, False, "require", None)),
-    ("smtps://u%40x:p%3Ass@mail.example.com", ("mail.example.com", 465, True, "off", "u@x")),
-    # a password is never sent in clear: with credentials, auto means require
-    ("smtp://user:pw@mail.example.com", ("mail.example.com", 587, False, "require", "user")),
-    ("smtp://user:pw@127.0.0.1:2525?starttls=off", ("127.0.0.1", 2525, False, "off", "user")),
-])
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("smtp://relay.example.com", ("relay.example.com", 587, False, "auto", None)),
+        ("smtp://relay.example.com:25?starttls=off", ("relay.example.com", 25, False, "off", None)),
+        ("smtp://relay.example.com?starttls=require", ("relay.example.com", 587, False, "require", None)),
+        ("smtps://u%40x:p%3Ass@mail.example.com", ("mail.example.com", 465, True, "off", "u@x")),
+        # a password is never sent in clear: with credentials, auto means require
+        ("smtp://user:pw@mail.example.com", ("mail.example.com", 587, False, "require", "user")),
+        ("smtp://user:pw@127.0.0.1:2525?starttls=off", ("127.0.0.1", 2525, False, "off", "user")),
+    ],
+)
 def test_smtp_url_forms(url: str, expected: tuple[Any, ...]) -> None:
     s = parse_smtp_url(url)
     assert (s.host, s.port, s.implicit_tls, s.starttls, s.username) == expected
@@ -382,11 +471,20 @@ def test_smtp_url_forms(url: str, expected: tuple[Any, ...]) -> None:
     assert "p:ss" not in repr(s)
 
 
-@pytest.mark.parametrize("url", [
-    "http://mail.example.com", "smtp://", "smtp://h.example:99999", "smtp://h.example/path",
-    "smtp://h.example?tls=1", "smtp://h.example?starttls=maybe", "smtps://h.example?starttls=require",
-    "smtp://user:secret-pw@mail.example.com?starttls=off", "smtp://:secret-pw@mail.example.com",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://mail.example.com",
+        "smtp://",
+        "smtp://h.example:99999",
+        "smtp://h.example/path",
+        "smtp://h.example?tls=1",
+        "smtp://h.example?starttls=maybe",
+        "smtps://h.example?starttls=require",
+        "smtp://user:secret-pw@mail.example.com?starttls=off",
+        "smtp://:secret-pw@mail.example.com",
+    ],
+)
 def test_bad_smtp_urls_are_refused_naming_the_variable_not_the_password(url: str, signing_key: str) -> None:
     """C-095: the refusal names the variable and what is wrong, never the URL's password."""
     with pytest.raises(UnusableSettingError) as exc:
@@ -409,8 +507,9 @@ def test_mail_settings_defaults_and_requirements(signing_key: str) -> None:
         make_settings("sqlite:///./unused.db", signing_key, mail_from="not an address")
     with pytest.raises(ValueError, match="PORTCULLIS_APP_URL"):
         make_settings("sqlite:///./unused.db", signing_key, app_url="app.example.com")
-    custom = make_settings("sqlite:///./unused.db", signing_key, app_url="https://example.com/app/",
-                           mail_product_name="Acme Gate")
+    custom = make_settings(
+        "sqlite:///./unused.db", signing_key, app_url="https://example.com/app/", mail_product_name="Acme Gate"
+    )
     assert build_mailer(custom).link("/reset-password", "t") == "https://example.com/app/reset-password#token=t"
     assert build_mailer(custom).from_address == "Acme Gate <no-reply@localhost>"
 
@@ -428,6 +527,7 @@ def test_backoff_doubles_with_jitter_up_to_its_cap() -> None:
 
 
 # -- failures -------------------------------------------------------------------------------------------------
+
 
 async def test_smtp_down_at_commit_then_sent_once_when_it_comes_up(database_url: str, signing_key: str) -> None:
     port = free_port()  # nothing listens here yet
@@ -472,8 +572,16 @@ async def test_retries_back_off_then_the_message_is_given_up(
     """Backoff grows between attempts; after the last one the message is `failed`. C-095: the logs hold
     neither the message's token nor its recipient."""
     smtp.refuse["frank@example.com"] = "451 4.2.0 mailbox busy"
-    app = create_app(mail_settings(database_url, signing_key, f"smtp://127.0.0.1:{smtp.port}",
-                                   mail_retry_seconds=0.2, mail_retry_max_seconds=10, mail_max_attempts=4))
+    app = create_app(
+        mail_settings(
+            database_url,
+            signing_key,
+            f"smtp://127.0.0.1:{smtp.port}",
+            mail_retry_seconds=0.2,
+            mail_retry_max_seconds=10,
+            mail_max_attempts=4,
+        )
+    )
     async with running(app):
         await queue(app, ["frank@example.com"])
         seen: list[datetime] = []
@@ -524,6 +632,7 @@ async def test_a_permanent_refusal_fails_at_once_and_the_others_still_go(
 
 # -- TLS and authentication ---------------------------------------------------------------------------------
 
+
 def self_signed(directory: Path) -> tuple[Path, Path]:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -534,19 +643,26 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "portcullis test smtp")])
     now = datetime.now(UTC)
     cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName(
-            [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]), critical=False)
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
+            critical=False,
+        )
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
     cert_file, key_file = directory / "smtp-cert.pem", directory / "smtp-key.pem"
     cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return cert_file, key_file
 
 
@@ -573,6 +689,7 @@ def authenticator(user: bytes, password: bytes) -> Callable[..., AuthResult]:
     def check(server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any) -> AuthResult:
         ok = isinstance(auth_data, LoginPassword) and (auth_data.login, auth_data.password) == (user, password)
         return AuthResult(success=ok, handled=False, auth_data=auth_data if ok else None)
+
     return check
 
 
@@ -581,10 +698,13 @@ async def test_starttls_and_authentication(
 ) -> None:
     """STARTTLS and AUTH PLAIN with a password that needs percent-encoding; a wrong password leaves the
     message pending with the server's 535. C-095: no log line holds either password."""
-    with smtp_server(tls_context=server_tls, require_starttls=True, auth_required=True,
-                     authenticator=authenticator(b"mailer", b"s3cret pw")) as sink:
-        app = create_app(mail_settings(sqlite_mail, signing_key,
-                                       f"smtp://mailer:s3cret%20pw@127.0.0.1:{sink.port}"))
+    with smtp_server(
+        tls_context=server_tls,
+        require_starttls=True,
+        auth_required=True,
+        authenticator=authenticator(b"mailer", b"s3cret pw"),
+    ) as sink:
+        app = create_app(mail_settings(sqlite_mail, signing_key, f"smtp://mailer:s3cret%20pw@127.0.0.1:{sink.port}"))
         async with running(app):
             (message_id,) = await queue(app, ["heidi@example.com"])
             await eventually(lambda: sink.received, what="delivered over STARTTLS")
@@ -593,12 +713,13 @@ async def test_starttls_and_authentication(
         assert got.login == b"mailer"
         assert got.message["Message-ID"] == message_id
 
-        wrong = create_app(mail_settings(sqlite_mail, signing_key,
-                                         f"smtp://mailer:not-the-pw@127.0.0.1:{sink.port}"))
+        wrong = create_app(mail_settings(sqlite_mail, signing_key, f"smtp://mailer:not-the-pw@127.0.0.1:{sink.port}"))
         async with running(wrong):
             await queue(wrong, ["ivan@example.com"])
-            row = await eventually(lambda: [r for r in outbox(sqlite_mail) if r[1] == "ivan@example.com" and r[7]],
-                                   what="authentication refused")
+            row = await eventually(
+                lambda: [r for r in outbox(sqlite_mail) if r[1] == "ivan@example.com" and r[7]],
+                what="authentication refused",
+            )
         assert row[0][2] == "pending"
         assert row[0][7].startswith("535")
         assert len(sink.received) == 1
@@ -629,14 +750,28 @@ async def test_required_starttls_never_falls_back_to_plain(sqlite_mail: str, sig
 
 # -- real gateway processes on PostgreSQL, killed ---------------------------------------------------------------
 
+
 @contextlib.contextmanager
 def gateway_process(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
     port = free_port()
     with log.open("ab") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "gateway.app:create_app", "--factory", "--host", "127.0.0.1",
-             "--port", str(port), "--no-access-log"],
-            env=env, cwd=log.parent, stdout=out, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "gateway.app:create_app",
+                "--factory",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--no-access-log",
+            ],
+            env=env,
+            cwd=log.parent,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     try:
         deadline = time.monotonic() + 30
@@ -661,14 +796,22 @@ def gateway_process(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen
 
 def process_env(database_url: str, signing_key: str, smtp_port: int, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PORTCULLIS_")}
-    env.update({
-        "PORTCULLIS_ENV": "test", "PORTCULLIS_DATABASE_URL": database_url, "PORTCULLIS_SIGNING_KEY": signing_key,
-        "PORTCULLIS_SMTP_URL": f"smtp://127.0.0.1:{smtp_port}", "PORTCULLIS_MAIL_FROM": SENDER,
-        "PORTCULLIS_APP_URL": APP_URL, "PORTCULLIS_MAIL_POLL_SECONDS": "0.05",
-        "PORTCULLIS_MAIL_RETRY_SECONDS": "0.1", "PORTCULLIS_MAIL_RETRY_MAX_SECONDS": "0.2",
-        "PORTCULLIS_SMTP_TIMEOUT_SECONDS": "2", "PYTHONPATH": str(ROOT),
-        **{f"PORTCULLIS_{k}": v for k, v in extra.items()},
-    })
+    env.update(
+        {
+            "PORTCULLIS_ENV": "test",
+            "PORTCULLIS_DATABASE_URL": database_url,
+            "PORTCULLIS_SIGNING_KEY": signing_key,
+            "PORTCULLIS_SMTP_URL": f"smtp://127.0.0.1:{smtp_port}",
+            "PORTCULLIS_MAIL_FROM": SENDER,
+            "PORTCULLIS_APP_URL": APP_URL,
+            "PORTCULLIS_MAIL_POLL_SECONDS": "0.05",
+            "PORTCULLIS_MAIL_RETRY_SECONDS": "0.1",
+            "PORTCULLIS_MAIL_RETRY_MAX_SECONDS": "0.2",
+            "PORTCULLIS_SMTP_TIMEOUT_SECONDS": "2",
+            "PYTHONPATH": str(ROOT),
+            **{f"PORTCULLIS_{k}": v for k, v in extra.items()},
+        }
+    )
     return env
 
 
@@ -678,9 +821,12 @@ async def queue_from_outside(database_url: str, signing_key: str, recipients: li
     db = Database(database_url)
     try:
         async with db.transaction() as session:
-            rows = [await queue_mail(session, mailer, to=to, template="password_reset",
-                                     variables=reset_variables(mailer, f"tok-{i}"))
-                    for i, to in enumerate(recipients)]
+            rows = [
+                await queue_mail(
+                    session, mailer, to=to, template="password_reset", variables=reset_variables(mailer, f"tok-{i}")
+                )
+                for i, to in enumerate(recipients)
+            ]
     finally:
         await db.dispose()
     return [row.message_id for row in rows]
@@ -701,8 +847,9 @@ async def test_a_gateway_killed_between_commit_and_send_and_mid_send_sends_each_
     try:
         with gateway_process(env, tmp_path / "first.log") as first:
             (a,) = await queue_from_outside(postgresql_url, signing_key, ["leo@example.com"])
-            claimed = await eventually(lambda: [r for r in outbox(postgresql_url) if r[6] is not None],
-                                       what="A claimed by the first process")
+            claimed = await eventually(
+                lambda: [r for r in outbox(postgresql_url) if r[6] is not None], what="A claimed by the first process"
+            )
             (b,) = await queue_from_outside(postgresql_url, signing_key, ["mia@example.com"])
             first.send_signal(signal.SIGKILL)
             first.wait()

@@ -39,8 +39,15 @@ async def test_show_lists_every_resource_with_plan_override_limit_and_use(env, d
     out = capsys.readouterr().out
     assert out.splitlines()[0] == "organization acme (plan starter)"
     rows = table(out)
-    assert list(rows) == ["MEMBERS", "API_KEYS", "REQUESTS_PER_MINUTE", "REQUESTS_PER_DAY", "COST_PER_MINUTE",
-                          "REPORTS_PER_MONTH", "CHILD_ORGANIZATIONS"]
+    assert list(rows) == [
+        "MEMBERS",
+        "API_KEYS",
+        "REQUESTS_PER_MINUTE",
+        "REQUESTS_PER_DAY",
+        "COST_PER_MINUTE",
+        "REPORTS_PER_MONTH",
+        "CHILD_ORGANIZATIONS",
+    ]
     assert rows["MEMBERS"] == ["10", "-", "10", "1"]
     assert rows["REQUESTS_PER_DAY"] == ["10,000", "-", "10,000", "-"]
 
@@ -88,18 +95,23 @@ async def test_an_override_of_zero_admits_nothing(env, database_url: str, signin
         assert (rows["MEMBERS"]["limit"], rows["MEMBERS"]["used"], rows["MEMBERS"]["remaining"]) == (0, 1, 0)
 
 
-@pytest.mark.parametrize(("setting", "needle"), [
-    ("MEMBERS=-1", "whole number"),
-    ("MEMBERS=ten", "whole number"),
-    ("MEMBERS=1.5", "whole number"),
-    ("MEMBERS=", "whole number"),
-    ("MEMBERS=\uff11", "whole number"),
-    ("MEMBERS=2147483648", "whole number"),
-    ("SEATS=3", "unknown resource 'SEATS'"),
-    ("MEMBERS", "expected RESOURCE=N"),
-], ids=["negative", "word", "fraction", "empty", "non-ascii-digit", "too-large", "unknown-resource", "no-value"])
-async def test_a_bad_setting_is_refused_and_nothing_is_written(env, database_url: str, capsys, setting: str,
-                                                              needle: str) -> None:
+@pytest.mark.parametrize(
+    ("setting", "needle"),
+    [
+        ("MEMBERS=-1", "whole number"),
+        ("MEMBERS=ten", "whole number"),
+        ("MEMBERS=1.5", "whole number"),
+        ("MEMBERS=", "whole number"),
+        ("MEMBERS=\uff11", "whole number"),
+        ("MEMBERS=2147483648", "whole number"),
+        ("SEATS=3", "unknown resource 'SEATS'"),
+        ("MEMBERS", "expected RESOURCE=N"),
+    ],
+    ids=["negative", "word", "fraction", "empty", "non-ascii-digit", "too-large", "unknown-resource", "no-value"],
+)
+async def test_a_bad_setting_is_refused_and_nothing_is_written(
+    env, database_url: str, capsys, setting: str, needle: str
+) -> None:
     t = await make_tenant(database_url, slug="acme")
     assert await run("acme", "--set", "API_KEYS=7") == 0
     capsys.readouterr()

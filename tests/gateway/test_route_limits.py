@@ -53,14 +53,15 @@ def send(client: httpx.AsyncClient, method: str, path: str) -> Any:
 
 def client_at(app: Any, address: str) -> httpx.AsyncClient:
     """Another caller of a running app, from `address`."""
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app, client=(address, 40001)),
-                             base_url="http://testserver")
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app, client=(address, 40001)), base_url="http://testserver"
+    )
 
 
 @pytest.mark.parametrize(("setting", "policy", "method", "path", "status"), ROUTES)
-async def test_each_public_route_has_its_limit_per_address(database_url: str, signing_key: str, setting: str,
-                                                           policy: str, method: str, path: str,
-                                                           status: int) -> None:
+async def test_each_public_route_has_its_limit_per_address(
+    database_url: str, signing_key: str, setting: str, policy: str, method: str, path: str, status: int
+) -> None:
     app = create_app(make_settings(database_url, signing_key, **{setting: LIMIT}))
     async with running(app) as client, client_at(app, OTHER_IP) as other:
         for _ in range(LIMIT):
@@ -73,8 +74,9 @@ async def test_each_public_route_has_its_limit_per_address(database_url: str, si
                 assert (await send(client, other_method, other_path)).status_code == other_status
         metrics = (await client.get("/metrics")).text
         assert f'portcullis_rate_limited_total{{limit="{policy}"}} 1.0' in metrics
-    [(details,)] = sql(database_url, "SELECT details FROM audit_log WHERE action = :a",
-                       a=AuditAction.EXCESS_RATE_LIMIT_EXCEEDED.value)
+    [(details,)] = sql(
+        database_url, "SELECT details FROM audit_log WHERE action = :a", a=AuditAction.EXCESS_RATE_LIMIT_EXCEEDED.value
+    )
     details = details if isinstance(details, dict) else json.loads(details)
     assert details["limit"] == policy
     assert details["per"] == LIMIT
@@ -82,8 +84,7 @@ async def test_each_public_route_has_its_limit_per_address(database_url: str, si
 
 async def test_route_limits_apart_from_the_anonymous_admission_limit(database_url: str, signing_key: str) -> None:
     """Admission's per-address limit still counts these requests; the route's own limit is smaller."""
-    app = create_app(make_settings(database_url, signing_key, sso_start_per_minute=2,
-                                   anonymous_requests_per_minute=4))
+    app = create_app(make_settings(database_url, signing_key, sso_start_per_minute=2, anonymous_requests_per_minute=4))
     async with running(app) as client:
         statuses = [(await client.get("/auth/sso/nosuch")).status_code for _ in range(3)]
         assert statuses == [404, 404, 429]
@@ -102,14 +103,14 @@ async def test_c080_forwarded_for_from_an_untrusted_peer_is_ignored(database_url
 
 
 async def test_forwarded_for_from_a_trusted_proxy_keys_by_client(database_url: str, signing_key: str) -> None:
-    app = create_app(make_settings(database_url, signing_key, saml_metadata_per_minute=1,
-                                   trusted_proxies=[CLIENT_IP]))
+    app = create_app(make_settings(database_url, signing_key, saml_metadata_per_minute=1, trusted_proxies=[CLIENT_IP]))
     async with running(app) as proxy:
         a = {"x-forwarded-for": "192.0.2.10"}
         assert (await proxy.get("/auth/saml/nosuch/metadata", headers=a)).status_code == 404
         assert (await proxy.get("/auth/saml/nosuch/metadata", headers=a)).status_code == 429
-        assert (await proxy.get("/auth/saml/nosuch/metadata",
-                                headers={"x-forwarded-for": "192.0.2.11"})).status_code == 404
+        assert (
+            await proxy.get("/auth/saml/nosuch/metadata", headers={"x-forwarded-for": "192.0.2.11"})
+        ).status_code == 404
 
 
 # -- the ACS ---------------------------------------------------------------------------------------------
@@ -154,8 +155,9 @@ async def test_acs_over_its_limit_refuses_before_reading_the_response(
 
 @pytest.mark.redis
 @pytest.mark.parametrize("fail_open", [False, True])
-async def test_c087_route_limit_follows_the_setting_when_redis_is_down(fail_open: bool,
-                                                                       caplog: pytest.LogCaptureFixture) -> None:
+async def test_c087_route_limit_follows_the_setting_when_redis_is_down(
+    fail_open: bool, caplog: pytest.LogCaptureFixture
+) -> None:
     from redis.asyncio import Redis
 
     from gateway.route_limits import RouteLimits

@@ -23,9 +23,9 @@ def database(postgresql_url: str) -> Iterator[str]:
 
 
 @pytest.mark.parametrize(("setting", "policy", "method", "path", "status"), ROUTES)
-async def test_two_processes_share_each_route_budget(database: str, redis_url: str, signing_key: str,
-                                                     setting: str, policy: str, method: str, path: str,
-                                                     status: int) -> None:
+async def test_two_processes_share_each_route_budget(
+    database: str, redis_url: str, signing_key: str, setting: str, policy: str, method: str, path: str, status: int
+) -> None:
     # an address of its own: Redis outlives the test, and other tests' counts must not reach this one
     address = f"2001:db8::{uuid.uuid4().hex[:4]}"
     settings = make_settings(database, signing_key, redis_url=redis_url, **{setting: LIMIT})

@@ -56,8 +56,14 @@ class Recorder:
 
     calls: list[tuple[str, ExternalIdentity, str]] = field(default_factory=list)
 
-    async def __call__(self, request: Request, connection: SsoConnection, identity: ExternalIdentity,
-                       return_to: str, link_user_id: str | None = None) -> Response:
+    async def __call__(
+        self,
+        request: Request,
+        connection: SsoConnection,
+        identity: ExternalIdentity,
+        return_to: str,
+        link_user_id: str | None = None,
+    ) -> Response:
         self.calls.append((connection.id, identity, return_to))
         return RedirectResponse(return_to, status_code=303)
 
@@ -86,8 +92,11 @@ class Sso:
         return await c.post("/auth/saml/acme/acs", data={"SAMLResponse": b64(xml), **form})
 
     async def configure(self, **values: Any) -> dict[str, Any]:
-        body = (await gql(self.client, CONFIGURE, {"input": {"idpMetadataXml": self.idp.metadata, **values}},
-                          token=self.token)).json()
+        body = (
+            await gql(
+                self.client, CONFIGURE, {"input": {"idpMetadataXml": self.idp.metadata, **values}}, token=self.token
+            )
+        ).json()
         assert body.get("data"), body
         return body["data"]["configureSaml"]  # type: ignore[no-any-return]
 
@@ -107,8 +116,9 @@ def idp() -> Iterator[TestIdp]:
     server.close()
 
 
-async def sso_setup(database_url: str, signing_key: str, idp: TestIdp, *, slug: str = "acme",
-                    **overrides: Any) -> AsyncIterator[Sso]:
+async def sso_setup(
+    database_url: str, signing_key: str, idp: TestIdp, *, slug: str = "acme", **overrides: Any
+) -> AsyncIterator[Sso]:
     tenant = await make_tenant(database_url, slug=slug, email=f"owner@{slug}.test")
     claim_domain(database_url, tenant.org_id, f"{slug}.test")
     recorder = Recorder()
@@ -140,8 +150,11 @@ def assert_refused(sso: Sso, r: httpx.Response, users_before: int | None = None,
 
 
 def refusal_codes(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str | None]]:
-    return [(r.reason, r.code) for r in caplog.records  # type: ignore[attr-defined]
-            if r.name == "portcullis.saml" and r.getMessage() == "authn_sso_fail"]  # type: ignore[attr-defined]
+    return [
+        (r.reason, r.code)
+        for r in caplog.records  # type: ignore[attr-defined]
+        if r.name == "portcullis.saml" and r.getMessage() == "authn_sso_fail"
+    ]  # type: ignore[attr-defined]
 
 
 def saml_time(delta: timedelta) -> str:
@@ -164,10 +177,19 @@ def strip_signature(node: Any) -> Any:
 
 
 XSW_CODES = {
-    "WRONG_SIGNED_ELEMENT", "ID_NOT_FOUND_IN_SIGNED_ELEMENT", "DUPLICATED_ID_IN_SIGNED_ELEMENTS",
-    "INVALID_SIGNED_ELEMENT", "DUPLICATED_REFERENCE_IN_SIGNED_ELEMENTS", "UNEXPECTED_SIGNED_ELEMENTS",
-    "WRONG_NUMBER_OF_SIGNATURES_IN_RESPONSE", "WRONG_NUMBER_OF_SIGNATURES_IN_ASSERTION", "WRONG_NUMBER_OF_SIGNATURES",
-    "WRONG_NUMBER_OF_ASSERTIONS", "INVALID_XML_FORMAT", "INVALID_SIGNATURE", "NO_SIGNED_ASSERTION",
+    "WRONG_SIGNED_ELEMENT",
+    "ID_NOT_FOUND_IN_SIGNED_ELEMENT",
+    "DUPLICATED_ID_IN_SIGNED_ELEMENTS",
+    "INVALID_SIGNED_ELEMENT",
+    "DUPLICATED_REFERENCE_IN_SIGNED_ELEMENTS",
+    "UNEXPECTED_SIGNED_ELEMENTS",
+    "WRONG_NUMBER_OF_SIGNATURES_IN_RESPONSE",
+    "WRONG_NUMBER_OF_SIGNATURES_IN_ASSERTION",
+    "WRONG_NUMBER_OF_SIGNATURES",
+    "WRONG_NUMBER_OF_ASSERTIONS",
+    "INVALID_XML_FORMAT",
+    "INVALID_SIGNATURE",
+    "NO_SIGNED_ASSERTION",
 }
 
 
@@ -182,6 +204,7 @@ async def assert_xsw_refused(sso: Sso, xml: str, caplog: pytest.LogCaptureFixtur
 
 # -- the flow -------------------------------------------------------------------------------------
 
+
 async def test_login_hands_the_validated_identity_over(sso: Sso) -> None:
     url = await sso.start(return_to="/reports?month=11")
     assert url.startswith(sso.idp.sso_url + "?SAMLRequest=")
@@ -195,12 +218,18 @@ async def test_login_hands_the_validated_identity_over(sso: Sso) -> None:
     assert r.status_code == 303
     assert r.headers["location"] == "/reports?month=11"
     [(connection_id, identity, return_to)] = sso.recorder.calls
-    assert identity == ExternalIdentity(protocol="saml", issuer=sso.idp.entity_id, subject="ann-123",
-                                        email="ann@acme.test", email_verified=True, name="Ann",
-                                        groups=("engineering", "ops"))
+    assert identity == ExternalIdentity(
+        protocol="saml",
+        issuer=sso.idp.entity_id,
+        subject="ann-123",
+        email="ann@acme.test",
+        email_verified=True,
+        name="Ann",
+        groups=("engineering", "ops"),
+    )
     assert return_to == "/reports?month=11"
     assert connection_id == sql(sso.database_url, "SELECT id FROM sso_connections")[0][0]
-    assert "__Host-portcullis-saml=\"\"" in r.headers["set-cookie"]  # the pending request is spent
+    assert '__Host-portcullis-saml=""' in r.headers["set-cookie"]  # the pending request is spent
 
 
 async def test_sp_metadata_names_the_acs_and_entity_id(sso: Sso) -> None:
@@ -230,6 +259,7 @@ async def test_email_nameid_is_the_email_without_an_attribute(sso: Sso) -> None:
 
 
 # -- C-054 to C-061: XML signature wrapping ---------------------------------------------------------
+
 
 def signed_response(sso: Sso, url: str) -> Any:
     """A response whose Response and Assertion are both signed (the XSW1/XSW2 target)."""
@@ -319,9 +349,7 @@ async def test_c060_xsw7_original_in_an_extensions_element(sso: Sso, caplog: pyt
     await assert_xsw_refused(sso, to_text(root), caplog)
 
 
-async def test_c061_xsw8_original_in_an_object_inside_the_signature(
-    sso: Sso, caplog: pytest.LogCaptureFixture
-) -> None:
+async def test_c061_xsw8_original_in_an_object_inside_the_signature(sso: Sso, caplog: pytest.LogCaptureFixture) -> None:
     root = parse(sso.idp.respond(await sso.start()))
     signed = assertion(root)
     evil = copy.deepcopy(signed)
@@ -334,6 +362,7 @@ async def test_c061_xsw8_original_in_an_object_inside_the_signature(
 
 
 # -- C-062 to C-065: signatures and the NameID ------------------------------------------------------
+
 
 async def test_c062_response_and_assertion_unsigned(sso: Sso, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="portcullis.saml")
@@ -382,6 +411,7 @@ async def test_c065_comment_in_the_nameid_does_not_truncate_it(sso: Sso) -> None
 
 
 # -- C-066 to C-071: the checks python3-saml leaves to its caller, and time ----------------------------
+
 
 def set_all(root: Any, tag: str, attribute: str, value: str | None) -> None:
     for node in assertion(root).iter(tag):
@@ -448,9 +478,15 @@ async def test_c068_in_response_to_a_request_of_another_browser(sso: Sso) -> Non
             assert_refused(sso, await sso.post(sso.idp.respond(other_url), client=third))
 
 
-@pytest.mark.parametrize("destination", [
-    f"{PUBLIC_URL}/auth/saml/acme/acs/../other", f"{ACS}-evil", f"{ACS}/", None,
-])
+@pytest.mark.parametrize(
+    "destination",
+    [
+        f"{PUBLIC_URL}/auth/saml/acme/acs/../other",
+        f"{ACS}-evil",
+        f"{ACS}/",
+        None,
+    ],
+)
 async def test_c069_destination_not_exactly_the_acs(
     sso: Sso, caplog: pytest.LogCaptureFixture, destination: str | None
 ) -> None:
@@ -472,11 +508,14 @@ async def test_c070_recipient_superstring(sso: Sso, caplog: pytest.LogCaptureFix
     assert refusal_codes(caplog) == [("saml_recipient", None)]
 
 
-@pytest.mark.parametrize(("tag", "attribute", "delta", "code"), [
-    ("Conditions", "NotBefore", timedelta(minutes=10), "ASSERTION_TOO_EARLY"),
-    ("Conditions", "NotOnOrAfter", timedelta(minutes=-6), "ASSERTION_EXPIRED"),
-    ("SubjectConfirmationData", "NotOnOrAfter", timedelta(seconds=-1), "WRONG_SUBJECTCONFIRMATION"),
-])
+@pytest.mark.parametrize(
+    ("tag", "attribute", "delta", "code"),
+    [
+        ("Conditions", "NotBefore", timedelta(minutes=10), "ASSERTION_TOO_EARLY"),
+        ("Conditions", "NotOnOrAfter", timedelta(minutes=-6), "ASSERTION_EXPIRED"),
+        ("SubjectConfirmationData", "NotOnOrAfter", timedelta(seconds=-1), "WRONG_SUBJECTCONFIRMATION"),
+    ],
+)
 async def test_c071_outside_the_validity_window(
     sso: Sso, caplog: pytest.LogCaptureFixture, tag: str, attribute: str, delta: timedelta, code: str
 ) -> None:
@@ -494,6 +533,7 @@ async def test_c071_clock_skew_within_five_minutes_is_tolerated(sso: Sso) -> Non
 
 
 # -- C-072 to C-076: parsing, size, algorithms, structure, RelayState ------------------------------------
+
 
 @pytest.fixture
 def listener() -> Iterator[tuple[int, list[bytes]]]:
@@ -531,8 +571,7 @@ async def test_c072_external_entities_are_neither_read_nor_fetched(
     for system in (f"file://{secret}", f"http://127.0.0.1:{port}/x"):
         xml = sso.idp.respond(await sso.start())
         body = xml.split("?>", 1)[1] if xml.startswith("<?xml") else xml
-        doc = f'<?xml version="1.0"?><!DOCTYPE r [<!ENTITY x SYSTEM "{system}">]>' + body.replace(
-            "Ann</", "&x;</", 1)
+        doc = f'<?xml version="1.0"?><!DOCTYPE r [<!ENTITY x SYSTEM "{system}">]>' + body.replace("Ann</", "&x;</", 1)
         r = await sso.post(doc)
         assert_refused(sso, r)
         assert "top-secret-content" not in r.text
@@ -568,10 +607,13 @@ async def test_c073_response_over_the_saml_limit_is_refused(sso: Sso) -> None:
     assert_refused(sso, r, status=413)
 
 
-@pytest.mark.parametrize(("sign_alg", "digest_alg", "code"), [
-    (SIG_RSA_SHA1, DIGEST_SHA256, "DEPRECATED_SIGNATURE_METHOD"),
-    (SIG_RSA_SHA256, DIGEST_SHA1, "DEPRECATED_DIGEST_METHOD"),
-])
+@pytest.mark.parametrize(
+    ("sign_alg", "digest_alg", "code"),
+    [
+        (SIG_RSA_SHA1, DIGEST_SHA256, "DEPRECATED_SIGNATURE_METHOD"),
+        (SIG_RSA_SHA256, DIGEST_SHA1, "DEPRECATED_DIGEST_METHOD"),
+    ],
+)
 async def test_c074_sha1_is_refused(
     sso: Sso, caplog: pytest.LogCaptureFixture, sign_alg: str, digest_alg: str, code: str
 ) -> None:
@@ -657,6 +699,7 @@ async def test_c076_return_to_outside_the_allowlist(database_url: str, signing_k
 
 # -- tenants and connection settings ---------------------------------------------------------------
 
+
 async def test_organization_without_sso(sso: Sso) -> None:
     await make_tenant(sso.database_url, slug="nosso", email="owner@nosso.test")
     r = await sso.client.get("/auth/sso/nosso")
@@ -703,16 +746,24 @@ async def test_signing_in_provisions_the_user_and_opens_a_browser_session(
         sso.app.state.saml_routes.login = sso.app.state.saml_routes.sign_in
         await sso.configure(roleMapping={"engineering": "analyst"}, defaultRole="viewer")
         async with sso.browser() as b:
-            r = await sso.post(sso.idp.respond(await sso.start(b, return_to="/app"), subject="ann-7",
-                                               email="ann@acme.test", groups=("engineering",)), client=b)
+            r = await sso.post(
+                sso.idp.respond(
+                    await sso.start(b, return_to="/app"),
+                    subject="ann-7",
+                    email="ann@acme.test",
+                    groups=("engineering",),
+                ),
+                client=b,
+            )
             assert r.status_code == 303, r.text
             assert r.headers["location"] == "/app"
             cookies = r.headers.get_list("set-cookie")
             assert any(c.startswith("__Host-portcullis=") and "HttpOnly" in c for c in cookies)
             me = (await b.get("/graphql", params={"query": "{ me { user { email } role authMethod } }"})).json()
             assert me["data"]["me"] == {"user": {"email": "ann@acme.test"}, "role": "analyst", "authMethod": "saml"}
-        [link] = sql(database_url, "SELECT i.issuer, i.subject, u.email FROM sso_identities i "
-                                   "JOIN users u ON u.id = i.user_id")
+        [link] = sql(
+            database_url, "SELECT i.issuer, i.subject, u.email FROM sso_identities i JOIN users u ON u.id = i.user_id"
+        )
         assert (link[1], link[2]) == ("ann-7", "ann@acme.test")
         assert sql(database_url, "SELECT count(*) FROM audit_log WHERE action = 'authn_sso_success'")[0][0] == 1
 
@@ -722,9 +773,15 @@ async def test_sign_in_routes_ignore_a_stale_credential(sso: Sso) -> None:
     r = await sso.client.get("/auth/sso/acme", headers={"Authorization": "Bearer expired.or.garbage"})
     assert r.status_code == 302
     url = r.headers["location"]
-    r = await sso.client.post("/auth/saml/acme/acs", data={"SAMLResponse": b64(sso.idp.respond(url))},
-                              headers={"Cookie": "__Host-portcullis=stale; " + "__Host-portcullis-saml="
-                                       + (sso.client.cookies.get("__Host-portcullis-saml") or "")})
+    r = await sso.client.post(
+        "/auth/saml/acme/acs",
+        data={"SAMLResponse": b64(sso.idp.respond(url))},
+        headers={
+            "Cookie": "__Host-portcullis=stale; "
+            + "__Host-portcullis-saml="
+            + (sso.client.cookies.get("__Host-portcullis-saml") or "")
+        },
+    )
     assert r.status_code == 303
     # everywhere else that credential is still refused
     assert (await sso.client.get("/graphql", headers={"Authorization": "Bearer expired.or.garbage"})).status_code == 401

@@ -42,8 +42,9 @@ async def test_c067_replay_refused_by_another_process_and_after_a_restart(
         _truncate(postgresql_url)
 
 
-async def check_other_processes(sso: Sso, postgresql_url: str, redis_url: str, signing_key: str, xml: str,
-                                pending: str | None) -> None:
+async def check_other_processes(
+    sso: Sso, postgresql_url: str, redis_url: str, signing_key: str, xml: str, pending: str | None
+) -> None:
     assert pending is not None
     settings = make_settings(postgresql_url, signing_key, public_url=PUBLIC_URL, redis_url=redis_url)
     second, third = Recorder(), Recorder()

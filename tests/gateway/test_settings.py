@@ -82,8 +82,12 @@ def test_prod_names_every_problem() -> None:
     with pytest.raises(InsecureSettingsError) as exc:
         Settings(_env_file=None, env="prod")  # type: ignore[call-arg]
     message = str(exc.value)
-    for name in ("PORTCULLIS_SIGNING_KEY", "PORTCULLIS_API_KEY_PEPPER", "PORTCULLIS_COOKIE_SECRET",
-                 "PORTCULLIS_DATA_ENCRYPTION_KEY"):
+    for name in (
+        "PORTCULLIS_SIGNING_KEY",
+        "PORTCULLIS_API_KEY_PEPPER",
+        "PORTCULLIS_COOKIE_SECRET",
+        "PORTCULLIS_DATA_ENCRYPTION_KEY",
+    ):
         assert name in message
 
 
@@ -252,7 +256,12 @@ def test_serve_process_exits_non_zero(tmp_path: Path) -> None:
     env["PORTCULLIS_ENV"] = "prod"
     done = subprocess.run(
         [sys.executable, "-c", "from gateway.cli import main; raise SystemExit(main())", "serve", "--port", "1"],
-        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert done.returncode != 0
     assert "refusing to start in prod" in done.stderr

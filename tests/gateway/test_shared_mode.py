@@ -39,7 +39,8 @@ async def test_logout_reaches_the_other_process(
         assert two.state.services.sessions.get(_session_id(token)) is not None
 
         assert (await gql(c1, "mutation { logout }", token=token)).json() == {
-            "data": {"logout": True}, "extensions": {"cost": cost_of(10)}
+            "data": {"logout": True},
+            "extensions": {"cost": cost_of(10)},
         }
         assert (await gql(c1, ME, token=token)).status_code == 401
         await refused_within(lambda: gql(c2, ME, token=token))
@@ -76,16 +77,18 @@ def gateway_env(database_url: str, redis_url: str, signing_key: str, **extra: st
     plus the shared database and Redis, the test signing key and fast password hashing; `extra` names
     further settings without their prefix (`LOG_LEVEL="WARNING"`)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PORTCULLIS_")}
-    env.update({
-        "PORTCULLIS_ENV": "test",
-        "PORTCULLIS_DATABASE_URL": database_url,
-        "PORTCULLIS_REDIS_URL": redis_url,
-        "PORTCULLIS_SIGNING_KEY": signing_key,
-        "PORTCULLIS_PASSWORD_HASH_MEMORY_KIB": str(FAST_HASH.memory_kib),
-        "PORTCULLIS_PASSWORD_HASH_TIME_COST": str(FAST_HASH.time_cost),
-        "PYTHONPATH": str(ROOT),
-        **{f"PORTCULLIS_{name}": value for name, value in extra.items()},
-    })
+    env.update(
+        {
+            "PORTCULLIS_ENV": "test",
+            "PORTCULLIS_DATABASE_URL": database_url,
+            "PORTCULLIS_REDIS_URL": redis_url,
+            "PORTCULLIS_SIGNING_KEY": signing_key,
+            "PORTCULLIS_PASSWORD_HASH_MEMORY_KIB": str(FAST_HASH.memory_kib),
+            "PORTCULLIS_PASSWORD_HASH_TIME_COST": str(FAST_HASH.time_cost),
+            "PYTHONPATH": str(ROOT),
+            **{f"PORTCULLIS_{name}": value for name, value in extra.items()},
+        }
+    )
     return env
 
 
@@ -100,11 +103,26 @@ def gateway_processes(count: int, env: dict[str, str], cwd: Path) -> Iterator[li
             log = cwd / f"gateway-{i}.log"
             logs.append(log)
             with log.open("wb") as out:
-                procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "uvicorn", "gateway.app:create_app", "--factory",
-                     "--host", "127.0.0.1", "--port", str(port), "--no-access-log"],
-                    env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
-                ))
+                procs.append(
+                    subprocess.Popen(
+                        [
+                            sys.executable,
+                            "-m",
+                            "uvicorn",
+                            "gateway.app:create_app",
+                            "--factory",
+                            "--host",
+                            "127.0.0.1",
+                            "--port",
+                            str(port),
+                            "--no-access-log",
+                        ],
+                        env=env,
+                        cwd=cwd,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
             urls.append(f"http://127.0.0.1:{port}")
         deadline = time.monotonic() + 30
         for proc, url, log in zip(procs, urls, logs, strict=True):

@@ -14,8 +14,14 @@ import pytest
 
 from tests.conftest import error_codes
 
-SECURITY_HEADERS = ("x-content-type-options", "x-frame-options", "referrer-policy", "cross-origin-opener-policy",
-                    "content-security-policy", "cache-control")
+SECURITY_HEADERS = (
+    "x-content-type-options",
+    "x-frame-options",
+    "referrer-policy",
+    "cross-origin-opener-policy",
+    "content-security-policy",
+    "cache-control",
+)
 
 
 async def normal_headers(client: httpx.AsyncClient) -> dict[str, str]:
@@ -36,19 +42,23 @@ def assert_edge_answer(r: httpx.Response, status: int, code: str, expected: dict
     return body
 
 
-@pytest.mark.parametrize(("method", "url"), [
-    ("GET", "/auth/sso/ac%00me"),
-    ("GET", "/auth/sso/acme?return_to=/home%00"),
-    ("GET", "/auth/oidc/callback?state=st%00ate&code=c"),
-    ("GET", "/auth/oidc/callback?state=state&code=%00"),
-    ("GET", "/auth/saml/ac%00me/metadata"),
-    ("POST", "/auth/saml/ac%00me/acs"),
-    ("GET", "/reports/r%00.csv"),
-    ("GET", "/reports/r-1.csv?x=%00"),
-    ("GET", "/graphql?query=%7B__typename%7D%00"),
-])
-async def test_c133_nul_in_the_request_target_is_refused(client, tenant: Any, method: str, url: str,
-                                                          caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize(
+    ("method", "url"),
+    [
+        ("GET", "/auth/sso/ac%00me"),
+        ("GET", "/auth/sso/acme?return_to=/home%00"),
+        ("GET", "/auth/oidc/callback?state=st%00ate&code=c"),
+        ("GET", "/auth/oidc/callback?state=state&code=%00"),
+        ("GET", "/auth/saml/ac%00me/metadata"),
+        ("POST", "/auth/saml/ac%00me/acs"),
+        ("GET", "/reports/r%00.csv"),
+        ("GET", "/reports/r-1.csv?x=%00"),
+        ("GET", "/graphql?query=%7B__typename%7D%00"),
+    ],
+)
+async def test_c133_nul_in_the_request_target_is_refused(
+    client, tenant: Any, method: str, url: str, caplog: pytest.LogCaptureFixture
+) -> None:
     expected = await normal_headers(client)
     caplog.set_level(logging.INFO, logger="portcullis")
     r = await client.request(method, url, data={"SAMLResponse": "PHg+"} if method == "POST" else None)
@@ -59,11 +69,14 @@ async def test_c133_nul_in_the_request_target_is_refused(client, tenant: Any, me
     assert not [rec for rec in caplog.records if rec.levelno >= logging.WARNING]
 
 
-@pytest.mark.parametrize("form", [
-    {"SAMLResponse": "PHg+\x00"},
-    {"SAMLResponse": "PHg+", "RelayState": "\x00"},
-    {"SAMLResponse": "PHg+", "a\x00": "b"},
-])
+@pytest.mark.parametrize(
+    "form",
+    [
+        {"SAMLResponse": "PHg+\x00"},
+        {"SAMLResponse": "PHg+", "RelayState": "\x00"},
+        {"SAMLResponse": "PHg+", "a\x00": "b"},
+    ],
+)
 async def test_c133_nul_in_the_acs_form_is_refused(client, tenant: Any, form: dict[str, str]) -> None:
     expected = await normal_headers(client)
     r = await client.post(f"/auth/saml/{tenant.slug}/acs", data=form)
@@ -87,8 +100,11 @@ async def test_c133_a_route_failing_unexpectedly_answers_through_the_edge(
     r = await client.get(f"/auth/saml/{tenant.slug}/metadata", headers={"X-Request-ID": "c133-route-fails"})
     body = assert_edge_answer(r, 500, "INTERNAL", expected)
     assert r.headers["x-request-id"] == "c133-route-fails"
-    assert body == {"errors": [{"message": "Unexpected error.",
-                                "extensions": {"code": "INTERNAL", "requestId": "c133-route-fails"}}]}
+    assert body == {
+        "errors": [
+            {"message": "Unexpected error.", "extensions": {"code": "INTERNAL", "requestId": "c133-route-fails"}}
+        ]
+    }
     assert "secret" not in r.text
     [record] = [rec for rec in caplog.records if rec.getMessage() == "unexpected error in a route"]
     assert record.request_id == "c133-route-fails"  # type: ignore[attr-defined]

@@ -75,8 +75,7 @@ async def test_c079_boundary_schedule_two() -> None:
 @settings(max_examples=60, deadline=None)
 @given(
     amount=st.integers(min_value=0, max_value=30),
-    hits=st.lists(st.tuples(st.floats(min_value=0, max_value=200, allow_nan=False), st.integers(0, 8)),
-                  max_size=120),
+    hits=st.lists(st.tuples(st.floats(min_value=0, max_value=200, allow_nan=False), st.integers(0, 8)), max_size=120),
 )
 def test_no_window_ever_holds_more_than_the_amount(amount: int, hits: list[tuple[float, int]]) -> None:
     async def run() -> list[tuple[int, int]]:
@@ -157,23 +156,25 @@ async def test_redis_zero_limit_refuses_with_the_window(redis_windows: RedisWind
 
 # The script on a simulated clock: the same text with its one `TIME` read replaced by the last ARGV, so
 # a schedule can be replayed against the in-process windows, which are the reference.
-_TIME = ("local t = redis.call('TIME')\n"
-         "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n")
+_TIME = "local t = redis.call('TIME')\nlocal now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
 assert _TIME in SCRIPT
 _SIMULATED = SCRIPT.replace(_TIME, "local now = tonumber(ARGV[#ARGV])\n")
 
-_LIMITS = (
-    st.tuples(st.sampled_from(["a", "b", "c"]), st.integers(0, 30), st.sampled_from([1, 2, 10]), st.integers(0, 8))
+_LIMITS = st.tuples(
+    st.sampled_from(["a", "b", "c"]), st.integers(0, 30), st.sampled_from([1, 2, 10]), st.integers(0, 8)
 )
 
 
 @pytest.mark.redis
 @settings(max_examples=60, deadline=None)
-@given(steps=st.lists(
-    st.tuples(st.integers(0, 2_500), st.lists(_LIMITS, min_size=1, max_size=3, unique_by=lambda x: x[0]),
-              st.booleans()),
-    max_size=60,
-))
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.integers(0, 2_500), st.lists(_LIMITS, min_size=1, max_size=3, unique_by=lambda x: x[0]), st.booleans()
+        ),
+        max_size=60,
+    )
+)
 def test_redis_script_agrees_with_the_local_windows(
     redis_url: str, steps: list[tuple[int, list[tuple[str, int, int, int]], bool]]
 ) -> None:
@@ -192,8 +193,10 @@ def test_redis_script_agrees_with_the_local_windows(
         for delta, specs, spend in steps:
             now_ms += delta
             # amounts and windows belong to the key: vary them per key, not per take
-            limits = [Limit(name, f"{name}{amount}w{window}", amount, window, weight)
-                      for name, amount, window, weight in specs]
+            limits = [
+                Limit(name, f"{name}{amount}w{window}", amount, window, weight)
+                for name, amount, window, weight in specs
+            ]
             expected = asyncio.run(local.take(limits, spend=spend))
             args: list[int] = [1 if spend else 0]
             for limit in limits:
@@ -229,9 +232,9 @@ async def test_redis_concurrent_takes_share_the_pool_exactly(redis_url: str) -> 
     try:
         shared = Limit("m", "shared", 120, 60)
         # each take also spends its own key by its own weight: a reply read by the wrong take shows
-        outcomes = await asyncio.gather(*(
-            windows.take([shared, Limit("own", f"own{i}", 1000, 60, i + 1)]) for i in range(300)
-        ))
+        outcomes = await asyncio.gather(
+            *(windows.take([shared, Limit("own", f"own{i}", 1000, 60, i + 1)]) for i in range(300))
+        )
         assert sum(o.admitted for o in outcomes) == 120
         for i, outcome in enumerate(outcomes):
             assert outcome.states[1].used == (i + 1 if outcome.admitted else 0)
@@ -261,8 +264,7 @@ async def test_redis_takes_cancelled_mid_command_poison_nothing(redis_url: str) 
         await windows.take([Limit("m", "warm", 10, 60)])
         busy = asyncio.create_task(busy_client.eval(_BUSY, 0, 300_000))
         await asyncio.sleep(0.05)
-        pending = [asyncio.create_task(windows.take([Limit("m", f"cancelled{i}", 1000, 60, i + 1)]))
-                   for i in range(20)]
+        pending = [asyncio.create_task(windows.take([Limit("m", f"cancelled{i}", 1000, 60, i + 1)])) for i in range(20)]
         await asyncio.sleep(0.05)  # six sent and waiting for Redis, fourteen waiting for a connection
         for task in pending:
             task.cancel()
@@ -271,9 +273,9 @@ async def test_redis_takes_cancelled_mid_command_poison_nothing(redis_url: str) 
             with pytest.raises(asyncio.CancelledError):
                 await task
         # every connection of the pool serves again (none is lost to a cancelled take), each reply its own
-        outcomes = await asyncio.wait_for(asyncio.gather(*(
-            windows.take([Limit("own", f"after{i}", 1000, 60, i + 1)]) for i in range(100)
-        )), timeout=5)
+        outcomes = await asyncio.wait_for(
+            asyncio.gather(*(windows.take([Limit("own", f"after{i}", 1000, 60, i + 1)]) for i in range(100))), timeout=5
+        )
         assert [o.states[0].used for o in outcomes] == [i + 1 for i in range(100)]
     finally:
         await busy_client.aclose()
@@ -296,8 +298,10 @@ def _redis_on(port: int, workdir: Path) -> Iterator[None]:
     if binary is None:
         pytest.skip("no redis-server on PATH")
     process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 10
         while True:
@@ -318,8 +322,11 @@ async def test_redis_down_is_unavailable_then_recovers(tmp_path: Path) -> None:
     from redis.asyncio import BlockingConnectionPool, Redis
 
     port = free_port()
-    redis = Redis.from_pool(BlockingConnectionPool.from_url(
-        f"redis://127.0.0.1:{port}/0", max_connections=4, timeout=5, socket_timeout=2, socket_connect_timeout=2))
+    redis = Redis.from_pool(
+        BlockingConnectionPool.from_url(
+            f"redis://127.0.0.1:{port}/0", max_connections=4, timeout=5, socket_timeout=2, socket_connect_timeout=2
+        )
+    )
     windows = RedisWindows(redis, prefix="test:restart:")
     limit = Limit("m", "k", 100, 60)
     try:

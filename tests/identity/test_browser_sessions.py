@@ -21,15 +21,18 @@ def test_cookie_round_trip() -> None:
     assert b.session_id(b.cookie_value(SID)) == SID
 
 
-@pytest.mark.parametrize("mangle", [
-    lambda v: v[:-1] + ("A" if v[-1] != "A" else "B"),
-    lambda v: v.split(".")[0],
-    lambda v: v + ".x",
-    lambda v: "other-session." + v.split(".")[1],
-    lambda v: "",
-    lambda v: "x" * 5000,
-    lambda v: "../../etc." + v.split(".")[1],
-])
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda v: v[:-1] + ("A" if v[-1] != "A" else "B"),
+        lambda v: v.split(".")[0],
+        lambda v: v + ".x",
+        lambda v: "other-session." + v.split(".")[1],
+        lambda v: "",
+        lambda v: "x" * 5000,
+        lambda v: "../../etc." + v.split(".")[1],
+    ],
+)
 def test_tampered_cookie_names_no_session(mangle: object) -> None:
     b = sessions()
     assert b.session_id(mangle(b.cookie_value(SID))) is None  # type: ignore[operator]
@@ -69,20 +72,23 @@ def test_idle_and_touch() -> None:
     assert policy.needs_touch(now - timedelta(seconds=60), now)
 
 
-@pytest.mark.parametrize(("issuer", "dev_ok", "prod_ok"), [
-    ("https://idp.example.com", True, True),
-    ("https://login.microsoftonline.com/tenant/v2.0", True, True),
-    ("http://127.0.0.1:8080", True, False),
-    ("http://localhost:8080", True, False),
-    ("http://[::1]:8080", True, False),
-    ("http://idp.example.com", False, False),
-    ("http://10.0.0.1", False, False),
-    ("https://idp.example.com/?x=1", False, False),
-    ("https://idp.example.com/#f", False, False),
-    ("https://u:p@idp.example.com", False, False),
-    ("javascript:alert(1)", False, False),
-    ("https://idp.example.com/\nx", False, False),
-])
+@pytest.mark.parametrize(
+    ("issuer", "dev_ok", "prod_ok"),
+    [
+        ("https://idp.example.com", True, True),
+        ("https://login.microsoftonline.com/tenant/v2.0", True, True),
+        ("http://127.0.0.1:8080", True, False),
+        ("http://localhost:8080", True, False),
+        ("http://[::1]:8080", True, False),
+        ("http://idp.example.com", False, False),
+        ("http://10.0.0.1", False, False),
+        ("https://idp.example.com/?x=1", False, False),
+        ("https://idp.example.com/#f", False, False),
+        ("https://u:p@idp.example.com", False, False),
+        ("javascript:alert(1)", False, False),
+        ("https://idp.example.com/\nx", False, False),
+    ],
+)
 def test_issuer_urls(issuer: str, dev_ok: bool, prod_ok: bool) -> None:
     for allow, expected in ((True, dev_ok), (False, prod_ok)):
         try:

@@ -47,8 +47,9 @@ def throttle(db: Database, clock: Clock) -> LoginThrottle:
     return LoginThrottle(db, POLICY, clock=clock)
 
 
-async def fail(throttle: LoginThrottle, ip: str = ATTACKER, email: str = EMAIL,
-               org: str | None = None) -> tuple[Attempt, bool]:
+async def fail(
+    throttle: LoginThrottle, ip: str = ATTACKER, email: str = EMAIL, org: str | None = None
+) -> tuple[Attempt, bool]:
     """One attempt (aimed at `org`) whose password check failed; returns the attempt and whether it locked
     the pair."""
     attempt = await throttle.begin(email, ip, org)
@@ -185,7 +186,8 @@ async def test_account_ceiling_refuses_unknown_addresses(db: Database, clock: Cl
 
 
 async def test_c127_an_organizations_unlock_clears_only_the_counters_of_sign_ins_into_it(
-        throttle: LoginThrottle) -> None:
+    throttle: LoginThrottle,
+) -> None:
     """C-115, C-127: an organization's unlock ends its own lock at once; another organization's lock, and
     the account's own counter, stay."""
     for _ in range(POLICY.threshold + 1):

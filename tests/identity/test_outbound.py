@@ -32,38 +32,86 @@ def names(table: dict[str, list[str]]) -> OutboundPolicy:
 
 
 def allowing(policy: OutboundPolicy, *hosts: str) -> OutboundPolicy:
-    return OutboundPolicy.of(enabled=policy.enabled, require_https=policy.require_https, allowed_hosts=hosts,
-                             resolver=policy.resolver)
+    return OutboundPolicy.of(
+        enabled=policy.enabled, require_https=policy.require_https, allowed_hosts=hosts, resolver=policy.resolver
+    )
 
 
-async def fetch(policy: OutboundPolicy, url: str, *, follow_redirects: bool = False,
-                verify: ssl.SSLContext | bool = True) -> httpx2.Response:
-    async with httpx2.AsyncClient(transport=policy.transport(verify=verify), follow_redirects=follow_redirects,
-                                  timeout=5) as client:
+async def fetch(
+    policy: OutboundPolicy, url: str, *, follow_redirects: bool = False, verify: ssl.SSLContext | bool = True
+) -> httpx2.Response:
+    async with httpx2.AsyncClient(
+        transport=policy.transport(verify=verify), follow_redirects=follow_redirects, timeout=5
+    ) as client:
         return await client.get(url)
 
 
-@pytest.mark.parametrize(("address", "public"), [
-    ("8.8.8.8", True), ("2606:4700::1111", True), ("2002:808:808::1", True), ("64:ff9b::808:808", True),
-    ("127.0.0.1", False), ("127.8.9.10", False), ("10.1.2.3", False), ("172.16.0.1", False), ("192.168.1.1", False),
-    ("100.64.0.1", False), ("100.100.100.200", False), ("169.254.169.254", False), ("168.63.129.16", False),
-    ("0.0.0.0", False), ("224.0.0.251", False), ("239.255.255.250", False), ("240.0.0.1", False),
-    ("255.255.255.255", False), ("192.0.0.192", False), ("198.18.0.1", False), ("192.0.2.1", False),
-    ("::", False), ("::1", False), ("fe80::1", False), ("fd00:ec2::254", False), ("fc00::1", False),
-    ("fec0::1", False), ("ff02::1", False), ("::ffff:127.0.0.1", False), ("::ffff:10.0.0.1", False),
-    ("::ffff:169.254.169.254", False), ("64:ff9b::7f00:1", False), ("64:ff9b:1::1", False),
-    ("2002:7f00:1::", False), ("2002:a9fe:a9fe::", False), ("2001::1", False), ("2001:db8::1", False),
-])
+@pytest.mark.parametrize(
+    ("address", "public"),
+    [
+        ("8.8.8.8", True),
+        ("2606:4700::1111", True),
+        ("2002:808:808::1", True),
+        ("64:ff9b::808:808", True),
+        ("127.0.0.1", False),
+        ("127.8.9.10", False),
+        ("10.1.2.3", False),
+        ("172.16.0.1", False),
+        ("192.168.1.1", False),
+        ("100.64.0.1", False),
+        ("100.100.100.200", False),
+        ("169.254.169.254", False),
+        ("168.63.129.16", False),
+        ("0.0.0.0", False),
+        ("224.0.0.251", False),
+        ("239.255.255.250", False),
+        ("240.0.0.1", False),
+        ("255.255.255.255", False),
+        ("192.0.0.192", False),
+        ("198.18.0.1", False),
+        ("192.0.2.1", False),
+        ("::", False),
+        ("::1", False),
+        ("fe80::1", False),
+        ("fd00:ec2::254", False),
+        ("fc00::1", False),
+        ("fec0::1", False),
+        ("ff02::1", False),
+        ("::ffff:127.0.0.1", False),
+        ("::ffff:10.0.0.1", False),
+        ("::ffff:169.254.169.254", False),
+        ("64:ff9b::7f00:1", False),
+        ("64:ff9b:1::1", False),
+        ("2002:7f00:1::", False),
+        ("2002:a9fe:a9fe::", False),
+        ("2001::1", False),
+        ("2001:db8::1", False),
+    ],
+)
 def test_c132_which_addresses_are_public(address: str, public: bool) -> None:
     assert is_public_address(ipaddress.ip_address(address)) is public
 
 
-@pytest.mark.parametrize("url", [
-    "http://127.0.0.1:{port}/", "http://127.0.0.2:{port}/", "http://localhost:{port}/", "http://[::1]:{port}/",
-    "http://[::ffff:127.0.0.1]:{port}/", "http://[::ffff:7f00:1]:{port}/", "http://127.1:{port}/",
-    "http://2130706433:{port}/", "http://0.0.0.0:{port}/", "https://10.0.0.1/", "https://169.254.169.254/latest",
-    "https://[fd00:ec2::254]/", "https://100.64.0.1/", "https://224.0.0.1/", "https://[fe80::1]/",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:{port}/",
+        "http://127.0.0.2:{port}/",
+        "http://localhost:{port}/",
+        "http://[::1]:{port}/",
+        "http://[::ffff:127.0.0.1]:{port}/",
+        "http://[::ffff:7f00:1]:{port}/",
+        "http://127.1:{port}/",
+        "http://2130706433:{port}/",
+        "http://0.0.0.0:{port}/",
+        "https://10.0.0.1/",
+        "https://169.254.169.254/latest",
+        "https://[fd00:ec2::254]/",
+        "https://100.64.0.1/",
+        "https://224.0.0.1/",
+        "https://[fe80::1]/",
+    ],
+)
 async def test_c132_a_forbidden_address_is_refused_without_a_connection(url: str) -> None:
     policy = OutboundPolicy.of(enabled=True, require_https=False)
     with listening() as listener:
@@ -75,8 +123,13 @@ async def test_c132_a_forbidden_address_is_refused_without_a_connection(url: str
 
 async def test_c132_a_name_with_any_private_address_is_refused() -> None:
     """One public and one private answer: the connection could go either way, so the name is refused."""
-    policy = names({"mixed.test": ["93.184.215.14", "10.0.0.7"], "public.test": ["93.184.215.14"],
-                    "mapped.test": ["::ffff:192.168.0.1"]})
+    policy = names(
+        {
+            "mixed.test": ["93.184.215.14", "10.0.0.7"],
+            "public.test": ["93.184.215.14"],
+            "mapped.test": ["::ffff:192.168.0.1"],
+        }
+    )
     for host in ("mixed.test", "mapped.test"):
         with pytest.raises(OutboundRefused):
             await policy.addresses(f"https://{host}/")
@@ -118,8 +171,7 @@ async def test_c132_redirect_to_a_private_address_is_refused_at_that_hop() -> No
 
 
 async def test_c132_allowed_names_and_ranges_pass() -> None:
-    base = names({"idp.corp.test": ["10.20.30.40"], "other.corp.test": ["10.20.30.41"],
-                  "v6.corp.test": ["fd12::5"]})
+    base = names({"idp.corp.test": ["10.20.30.40"], "other.corp.test": ["10.20.30.41"], "v6.corp.test": ["fd12::5"]})
     policy = allowing(base, "IdP.Corp.Test.", "10.20.30.41/32", "[fd12::/64]")
     assert await policy.addresses("https://idp.corp.test/") == [ipaddress.ip_address("10.20.30.40")]
     assert await policy.addresses("https://other.corp.test/") == [ipaddress.ip_address("10.20.30.41")]
@@ -178,8 +230,9 @@ async def test_c132_off_the_guard_lets_loopback_through() -> None:
         assert len(server.requests) == 1
 
 
-@pytest.mark.parametrize("entry", ["not a host", "idp..corp", "https://idp.corp", "idp.corp/path", "10.0.0.0/33",
-                                   "é.corp"])
+@pytest.mark.parametrize(
+    "entry", ["not a host", "idp..corp", "https://idp.corp", "idp.corp/path", "10.0.0.0/33", "é.corp"]
+)
 def test_allow_list_entries_are_names_addresses_or_ranges(entry: str) -> None:
     with pytest.raises(ValueError, match="host name"):
         parse_allowed_hosts([entry])
@@ -188,5 +241,8 @@ def test_allow_list_entries_are_names_addresses_or_ranges(entry: str) -> None:
 def test_allow_list_is_normalised() -> None:
     hosts, networks = parse_allowed_hosts(["IdP.Corp.", " 10.0.0.0/8 ", "[::1]", "192.168.1.5", ""])
     assert hosts == frozenset({"idp.corp"})
-    assert networks == (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("::1/128"),
-                        ipaddress.ip_network("192.168.1.5/32"))
+    assert networks == (
+        ipaddress.ip_network("10.0.0.0/8"),
+        ipaddress.ip_network("::1/128"),
+        ipaddress.ip_network("192.168.1.5/32"),
+    )

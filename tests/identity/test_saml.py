@@ -30,14 +30,17 @@ def test_pending_request_round_trips() -> None:
     assert open_pending(seal_pending(pending(), KEY), KEY) == pending()
 
 
-@pytest.mark.parametrize("tamper", [
-    lambda v: v[:-2] + ("AA" if not v.endswith("AA") else "BB"),
-    lambda v: "e" + v[1:],
-    lambda v: v.split(".")[0],
-    lambda v: v + ".x",
-    lambda v: "",
-    lambda v: "x" * 5000,
-])
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda v: v[:-2] + ("AA" if not v.endswith("AA") else "BB"),
+        lambda v: "e" + v[1:],
+        lambda v: v.split(".")[0],
+        lambda v: v + ".x",
+        lambda v: "",
+        lambda v: "x" * 5000,
+    ],
+)
 def test_pending_request_tampered_is_none(tamper: object) -> None:
     assert open_pending(tamper(seal_pending(pending(), KEY)), KEY) is None  # type: ignore[operator]
 

@@ -7,53 +7,59 @@ import pytest
 from identity.sso import MAX_RETURN_TO, safe_return_to
 
 
-@pytest.mark.parametrize("value", [
-    "/",
-    "/reports",
-    "/reports?month=11",
-    "/app/x?next=%2Fsettings",  # an encoded slash in the query is an ordinary value
-    "/r%C3%A9sum%C3%A9",
-    "/" + "a" * (MAX_RETURN_TO - 1),
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "/",
+        "/reports",
+        "/reports?month=11",
+        "/app/x?next=%2Fsettings",  # an encoded slash in the query is an ordinary value
+        "/r%C3%A9sum%C3%A9",
+        "/" + "a" * (MAX_RETURN_TO - 1),
+    ],
+)
 def test_a_relative_path_is_kept(value: str) -> None:
     assert safe_return_to(value, ["/"]) == value
 
 
-@pytest.mark.parametrize("value", [
-    None,
-    "",
-    # absolute URLs
-    "https://evil.com/",
-    "http://evil.com",
-    "javascript:alert(1)",
-    "data:text/html,<script>alert(1)</script>",
-    "evil.com/reports",
-    # scheme-relative
-    "//evil.com",
-    "//evil.com/reports",
-    "///evil.com",
-    # backslashes, which browsers read as slashes
-    "/\\evil.com",
-    "\\\\evil.com",
-    "/a\\b",
-    # encoded slashes and backslashes in the path, and encoded dot segments
-    "/%2F%2Fevil.com",
-    "/%2f%2fevil.com",
-    "/%5Cevil.com",
-    "/a/%2e%2e/b",
-    "/a/../b",
-    "/./a",
-    # control characters and spaces, raw or leading
-    "/ok\r\nSet-Cookie: x=1",
-    "/a\tb",
-    "/a\x00b",
-    "/a\x7fb",
-    " /reports",
-    "\x01//evil.com",
-    "/a b",
-    # too long
-    "/" + "a" * MAX_RETURN_TO,
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        None,
+        "",
+        # absolute URLs
+        "https://evil.com/",
+        "http://evil.com",
+        "javascript:alert(1)",
+        "data:text/html,<script>alert(1)</script>",
+        "evil.com/reports",
+        # scheme-relative
+        "//evil.com",
+        "//evil.com/reports",
+        "///evil.com",
+        # backslashes, which browsers read as slashes
+        "/\\evil.com",
+        "\\\\evil.com",
+        "/a\\b",
+        # encoded slashes and backslashes in the path, and encoded dot segments
+        "/%2F%2Fevil.com",
+        "/%2f%2fevil.com",
+        "/%5Cevil.com",
+        "/a/%2e%2e/b",
+        "/a/../b",
+        "/./a",
+        # control characters and spaces, raw or leading
+        "/ok\r\nSet-Cookie: x=1",
+        "/a\tb",
+        "/a\x00b",
+        "/a\x7fb",
+        " /reports",
+        "\x01//evil.com",
+        "/a b",
+        # too long
+        "/" + "a" * MAX_RETURN_TO,
+    ],
+)
 def test_anything_else_falls_back(value: str | None) -> None:
     assert safe_return_to(value, ["/"]) == "/"
 

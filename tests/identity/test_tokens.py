@@ -124,8 +124,13 @@ def ring(signing_key: str) -> KeyRing:
 @pytest.fixture
 def access(ring: KeyRing, clock: Clock) -> AccessTokens:
     return AccessTokens(
-        ring, issuer=ISSUER, audience=AUDIENCE, lifetime_seconds=900, max_lifetime_seconds=MAX_LIFETIME,
-        leeway_seconds=LEEWAY, clock=clock,
+        ring,
+        issuer=ISSUER,
+        audience=AUDIENCE,
+        lifetime_seconds=900,
+        max_lifetime_seconds=MAX_LIFETIME,
+        leeway_seconds=LEEWAY,
+        clock=clock,
     )
 
 
@@ -140,8 +145,15 @@ def header(key_id: str, /, **overrides: Any) -> dict[str, Any]:
 
 def claims(**overrides: Any) -> dict[str, Any]:
     base = {
-        "iss": ISSUER, "aud": AUDIENCE, "sub": "user-1", "org": "org-1", "sid": "session-1",
-        "jti": "jti-1", "iat": NOW, "nbf": NOW, "exp": NOW + 600,
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "sub": "user-1",
+        "org": "org-1",
+        "sid": "session-1",
+        "jti": "jti-1",
+        "iat": NOW,
+        "nbf": NOW,
+        "exp": NOW + 600,
     }
     return with_overrides(base, overrides)
 
@@ -335,15 +347,22 @@ def self_signed_certificate(key: rsa.RSAPrivateKey) -> str:
     start = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     cert = (
         x509.CertificateBuilder()
-        .subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(1).not_valid_before(start).not_valid_after(start + dt.timedelta(days=3650))
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(start)
+        .not_valid_after(start + dt.timedelta(days=3650))
         .sign(key, hashes.SHA256())
     )
     return base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode()
 
 
 def test_c027_key_carried_or_pointed_to_by_the_token(
-    access: AccessTokens, attacker_key: rsa.RSAPrivateKey, gateway_key: rsa.RSAPrivateKey, kid: str,
+    access: AccessTokens,
+    attacker_key: rsa.RSAPrivateKey,
+    gateway_key: rsa.RSAPrivateKey,
+    kid: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """C-027: `jku`/`x5u` pointing at an attacker JWKS, an embedded `jwk` or `x5c` of the attacker key;
@@ -362,14 +381,16 @@ def test_c027_key_carried_or_pointed_to_by_the_token(
     with no_io(monkeypatch):
         for extra in extra_headers:
             token = compact(
-                with_overrides({"alg": "RS256", "typ": "at+jwt"}, extra), claims(),
+                with_overrides({"alg": "RS256", "typ": "at+jwt"}, extra),
+                claims(),
                 lambda s: rsa_sign(attacker_key, s),
             )
             with pytest.raises(TokenError):
                 access.verify(token)
             # the header alone is enough: even with the gateway's own signature it is refused
             token = compact(
-                with_overrides({"alg": "RS256", "typ": "at+jwt", "kid": kid}, {**extra, "kid": kid}), claims(),
+                with_overrides({"alg": "RS256", "typ": "at+jwt", "kid": kid}, {**extra, "kid": kid}),
+                claims(),
                 lambda s: rsa_sign(gateway_key, s),
             )
             with pytest.raises(TokenError):
@@ -486,13 +507,20 @@ def test_c029_id_token_presented_as_access_token(
 ) -> None:
     """C-029: an OIDC ID token from an upstream IdP (its own key and `kid`), and one signed with our key."""
     id_claims = {
-        "iss": "https://idp.example.com", "aud": "portcullis-client", "azp": "portcullis-client",
-        "sub": "user-1", "nonce": "n-0S6_WzA2Mj", "auth_time": NOW - 5, "iat": NOW, "exp": NOW + 600,
+        "iss": "https://idp.example.com",
+        "aud": "portcullis-client",
+        "azp": "portcullis-client",
+        "sub": "user-1",
+        "nonce": "n-0S6_WzA2Mj",
+        "auth_time": NOW - 5,
+        "iat": NOW,
+        "exp": NOW + 600,
         "email": "owner@acme.test",
     }
     idp_kid = SigningKey.from_pem(pem_of(attacker_key)).kid
-    refused(access, compact({"alg": "RS256", "typ": "JWT", "kid": idp_kid}, id_claims,
-                            lambda s: rsa_sign(attacker_key, s)))
+    refused(
+        access, compact({"alg": "RS256", "typ": "JWT", "kid": idp_kid}, id_claims, lambda s: rsa_sign(attacker_key, s))
+    )
     refused(access, forge(id_claims, typ="JWT"))
     refused(access, forge({**claims(), "nonce": "n-0S6_WzA2Mj", "azp": "portcullis-client"}, typ="JWT"))
 
@@ -504,9 +532,7 @@ def test_c029_id_token_presented_as_access_token(
     "overrides",
     [{"org": "org-2"}, {"sub": "user-2"}, {"sid": "session-2"}, {"roles": ["owner"]}, {"exp": NOW + 601}],
 )
-def test_c033_tampered_payload(
-    access: AccessTokens, forge: Callable[..., str], overrides: dict[str, Any]
-) -> None:
+def test_c033_tampered_payload(access: AccessTokens, forge: Callable[..., str], overrides: dict[str, Any]) -> None:
     """C-033: the payload changed after signing, the header and signature kept."""
     head, _, signature = forge().split(".")
     refused(access, f"{head}.{b64json(claims(**overrides))}.{signature}")
@@ -589,7 +615,11 @@ def test_c037_malformed_structure(access: AccessTokens, forge: Callable[..., str
     head, body, signature = genuine.split(".")
     truncated_json = b64u(b'{"alg":"RS256"')
     malformed = [
-        "", ".", "..", "...", "....",
+        "",
+        ".",
+        "..",
+        "...",
+        "....",
         f"{head}.{body}",
         f"{head}.{body}.{signature}.{signature}",
         f"{head}.{body}.{signature}.",
@@ -678,9 +708,11 @@ def test_c038_previous_key_may_be_given_as_a_public_key(signing_key: str, old_ke
     """C-038: a retiring key only verifies, so its public half is enough in the ring."""
     old_private = serialization.load_pem_private_key(old_key_pem.encode(), password=None)
     assert isinstance(old_private, rsa.RSAPrivateKey)
-    old_public_pem = old_private.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
+    old_public_pem = (
+        old_private.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
     old_token, _ = AccessTokens(KeyRing(old_key_pem), issuer=ISSUER, audience=AUDIENCE, clock=clock).issue(
         subject="user-1", organization_id="org-1", session_id="s-1"
     )

@@ -47,8 +47,22 @@ ARABIC_INDIC = "\u0661\u0662\u0663\u0664\u0665\u0666"
 FULLWIDTH = "\uff11\uff12\uff13\uff14\uff15\uff16"
 
 
-@pytest.mark.parametrize("bad", ["", "12345", "1234567", "abcdef", "12345x", ARABIC_INDIC, FULLWIDTH, "abcdefgh1!",
-                                 "abcdefgh10", "0" * 65, "123456\x00"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        "12345",
+        "1234567",
+        "abcdef",
+        "12345x",
+        ARABIC_INDIC,
+        FULLWIDTH,
+        "abcdefgh1!",
+        "abcdefgh10",
+        "0" * 65,
+        "123456\x00",
+    ],
+)
 def test_anything_else_is_malformed(bad: str) -> None:
     with pytest.raises(CodeFormatError):
         parse_code(bad)
@@ -113,8 +127,11 @@ async def test_a_step_is_claimed_once_even_concurrently(database_url: str) -> No
     db = Database(database_url)
     try:
         async with db.transaction() as s:
-            await s.execute(update(User).where(User.id == t.user_id)  # type: ignore[arg-type]
-                            .values(totp_secret_encrypted="x", mfa_enabled=True))
+            await s.execute(
+                update(User)
+                .where(User.id == t.user_id)  # type: ignore[arg-type]
+                .values(totp_secret_encrypted="x", mfa_enabled=True)
+            )
 
         async def claim(step: int) -> bool:
             async with db.transaction() as s:
@@ -128,9 +145,15 @@ async def test_a_step_is_claimed_once_even_concurrently(database_url: str) -> No
         await db.dispose()
 
 
-@pytest.mark.parametrize(("method", "enrolled", "restricted"), [
-    ("password", False, True), ("password", True, False), ("oidc", False, False), ("saml", False, False),
-])
+@pytest.mark.parametrize(
+    ("method", "enrolled", "restricted"),
+    [
+        ("password", False, True),
+        ("password", True, False),
+        ("oidc", False, False),
+        ("saml", False, False),
+    ],
+)
 async def test_require_mfa_restricts_only_unenrolled_password_sessions(
     database_url: str, method: str, enrolled: bool, restricted: bool
 ) -> None:
@@ -141,8 +164,16 @@ async def test_require_mfa_restricts_only_unenrolled_password_sessions(
         async with db.transaction() as s:
             await s.execute(update(Organization).values(require_mfa=True))
             await s.execute(update(User).values(mfa_enabled=enrolled))
-            issued = await create_session(s, user_id=t.user_id, organization_id=t.org_id, auth_method=method,
-                                          client_ip=None, user_agent=None, policy=SessionPolicy(), now=now)
+            issued = await create_session(
+                s,
+                user_id=t.user_id,
+                organization_id=t.org_id,
+                auth_method=method,
+                client_ip=None,
+                user_agent=None,
+                policy=SessionPolicy(),
+                now=now,
+            )
         async with db.transaction() as s:
             info = await load_session(s, issued.session.id, now)
         assert info is not None

@@ -25,8 +25,13 @@ def ensure_node_modules() -> None:
     if npm is None or shutil.which("node") is None:
         raise ServiceUnavailable("node and npm are needed for the OIDC provider (tests/idp/oidc)")
     try:
-        subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=HERE, check=True,
-                       capture_output=True, timeout=300)
+        subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+            cwd=HERE,
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
         out = getattr(exc, "stderr", b"") or b""
         raise ServiceUnavailable(f"npm ci failed in tests/idp/oidc: {out.decode(errors='replace')[-500:]}") from exc
@@ -39,20 +44,31 @@ def oidc_provider(redirect_uris: list[str]) -> Iterator[str]:
     port = free_port()
     workdir = Path(tempfile.mkdtemp(prefix="portcullis-op-"))
     clients = workdir / "clients.json"
-    clients.write_text(json.dumps([{
-        "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "redirect_uris": redirect_uris,
-        "grant_types": ["authorization_code"], "response_types": ["code"],
-        "token_endpoint_auth_method": "client_secret_basic",
-    }]))
+    clients.write_text(
+        json.dumps(
+            [
+                {
+                    "client_id": CLIENT_ID,
+                    "client_secret": CLIENT_SECRET,
+                    "redirect_uris": redirect_uris,
+                    "grant_types": ["authorization_code"],
+                    "response_types": ["code"],
+                    "token_endpoint_auth_method": "client_secret_basic",
+                }
+            ]
+        )
+    )
     log = (workdir / "log").open("wb")
-    proc = subprocess.Popen(["node", str(HERE / "provider.mjs"), str(port), str(clients)], cwd=HERE,
-                            stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        ["node", str(HERE / "provider.mjs"), str(port), str(clients)], cwd=HERE, stdout=log, stderr=subprocess.STDOUT
+    )
     try:
         deadline = time.monotonic() + 30
         while b"ready" not in (workdir / "log").read_bytes():
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise ServiceUnavailable("oidc-provider did not start: "
-                                         + (workdir / "log").read_text(errors="replace")[-500:])
+                raise ServiceUnavailable(
+                    "oidc-provider did not start: " + (workdir / "log").read_text(errors="replace")[-500:]
+                )
             time.sleep(0.05)
         yield f"http://127.0.0.1:{port}"
     finally:

@@ -78,18 +78,20 @@ class RogueProvider:
     # -- endpoints ---------------------------------------------------------------------------------------
 
     async def discovery(self, _: Request) -> Response:
-        return JSONResponse({
-            "issuer": self.behaviour.discovery_issuer or self.issuer,
-            "authorization_endpoint": f"{self.issuer}/authorize",
-            "token_endpoint": f"{self.issuer}/token",
-            "jwks_uri": f"{self.issuer}/jwks",
-            "userinfo_endpoint": f"{self.issuer}/userinfo",
-            "response_types_supported": ["code"],
-            "subject_types_supported": ["public"],
-            # offers everything: the relying party must pin its own list
-            "id_token_signing_alg_values_supported": ["RS256", "HS256", "none"],
-            "code_challenge_methods_supported": ["S256", "plain"],
-        })
+        return JSONResponse(
+            {
+                "issuer": self.behaviour.discovery_issuer or self.issuer,
+                "authorization_endpoint": f"{self.issuer}/authorize",
+                "token_endpoint": f"{self.issuer}/token",
+                "jwks_uri": f"{self.issuer}/jwks",
+                "userinfo_endpoint": f"{self.issuer}/userinfo",
+                "response_types_supported": ["code"],
+                "subject_types_supported": ["public"],
+                # offers everything: the relying party must pin its own list
+                "id_token_signing_alg_values_supported": ["RS256", "HS256", "none"],
+                "code_challenge_methods_supported": ["S256", "plain"],
+            }
+        )
 
     async def jwks(self, _: Request) -> Response:
         self.jwks_fetches += 1
@@ -120,9 +122,16 @@ class RogueProvider:
             b.published = [b.rotate_on_token]
         now = int(time.time())
         claims: dict[str, Any] = {
-            "iss": self.issuer, "sub": b.subject, "aud": CLIENT_ID, "exp": now + 300, "iat": now,
-            "nonce": auth.get("nonce"), "email": b.email, "email_verified": b.email_verified,
-            "name": "Jane Doe", "groups": b.groups,
+            "iss": self.issuer,
+            "sub": b.subject,
+            "aud": CLIENT_ID,
+            "exp": now + 300,
+            "iat": now,
+            "nonce": auth.get("nonce"),
+            "email": b.email,
+            "email_verified": b.email_verified,
+            "name": "Jane Doe",
+            "groups": b.groups,
         }
         self.last_nonce = auth.get("nonce")
         for k, v in b.claims.items():
@@ -130,13 +139,25 @@ class RogueProvider:
                 claims.pop(k, None)
             else:
                 claims[k] = v
-        return JSONResponse({"access_token": "at-" + secrets.token_urlsafe(16), "token_type": "Bearer",
-                             "expires_in": 300, "id_token": self.sign(claims)})
+        return JSONResponse(
+            {
+                "access_token": "at-" + secrets.token_urlsafe(16),
+                "token_type": "Bearer",
+                "expires_in": 300,
+                "id_token": self.sign(claims),
+            }
+        )
 
     async def userinfo(self, _: Request) -> Response:
         b = self.behaviour
-        return JSONResponse({"sub": b.userinfo_sub or b.subject, "email": b.email,
-                             "email_verified": b.email_verified, "groups": b.groups})
+        return JSONResponse(
+            {
+                "sub": b.userinfo_sub or b.subject,
+                "email": b.email,
+                "email_verified": b.email_verified,
+                "groups": b.groups,
+            }
+        )
 
     # -- signing -----------------------------------------------------------------------------------------
 
@@ -164,20 +185,25 @@ class RogueProvider:
         return token
 
     def app(self) -> Starlette:
-        return Starlette(routes=[
-            Route("/.well-known/openid-configuration", self.discovery),
-            Route("/jwks", self.jwks),
-            Route("/authorize", self.authorize),
-            Route("/token", self.token, methods=["POST"]),
-            Route("/userinfo", self.userinfo),
-        ])
+        return Starlette(
+            routes=[
+                Route("/.well-known/openid-configuration", self.discovery),
+                Route("/jwks", self.jwks),
+                Route("/authorize", self.authorize),
+                Route("/token", self.token, methods=["POST"]),
+                Route("/userinfo", self.userinfo),
+            ]
+        )
 
 
 @contextlib.contextmanager
 def rogue_provider() -> Iterator[RogueProvider]:
     op = RogueProvider()
-    server = uvicorn.Server(uvicorn.Config(op.app(), host="127.0.0.1", port=op.port, log_level="warning",
-                                           lifespan="off", ws="none", access_log=False))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            op.app(), host="127.0.0.1", port=op.port, log_level="warning", lifespan="off", ws="none", access_log=False
+        )
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10

@@ -34,7 +34,8 @@ async def reset_token(client: httpx.AsyncClient, database_url: str, email: str) 
 
 
 async def test_c134_the_answer_is_the_same_for_existing_and_unknown_addresses(
-        client: httpx.AsyncClient, database_url: str, tenant: Tenant) -> None:
+    client: httpx.AsyncClient, database_url: str, tenant: Tenant
+) -> None:
     known = await gql(client, REQUEST, {"e": tenant.email})
     unknown = await gql(client, REQUEST, {"e": "nobody@acme.test"})
     malformed = await gql(client, REQUEST, {"e": "not an address"})
@@ -48,7 +49,8 @@ async def test_c134_the_answer_is_the_same_for_existing_and_unknown_addresses(
 
 
 async def test_c134_a_reset_sets_the_password_once_and_ends_every_session(
-        client: httpx.AsyncClient, database_url: str, tenant: Tenant) -> None:
+    client: httpx.AsyncClient, database_url: str, tenant: Tenant
+) -> None:
     session = await login(client, tenant)
     token = await reset_token(client, database_url, tenant.email)
     assert (await gql(client, RESET, {"t": token, "p": NEW_PASSWORD})).json()["data"] == {"resetPassword": True}
@@ -57,28 +59,35 @@ async def test_c134_a_reset_sets_the_password_once_and_ends_every_session(
     assert error_codes(again) == ["UNAUTHENTICATED"]
     # the old session, its refresh token and the old password are gone; the new password signs in
     assert (await gql(client, ME, token=session["accessToken"])).status_code == 401
-    refreshed = await gql(client, "mutation($r: String) { refreshToken(refreshToken: $r) { accessToken } }",
-                          {"r": session["refreshToken"]})
+    refreshed = await gql(
+        client,
+        "mutation($r: String) { refreshToken(refreshToken: $r) { accessToken } }",
+        {"r": session["refreshToken"]},
+    )
     assert error_codes(refreshed.json()) == ["UNAUTHENTICATED"]
     assert error_codes((await gql(client, LOGIN, {"email": tenant.email, "password": tenant.password})).json()) == [
-        "UNAUTHENTICATED"]
+        "UNAUTHENTICATED"
+    ]
     assert (await gql(client, LOGIN, {"email": tenant.email, "password": NEW_PASSWORD})).json()["data"]["login"]
     notice = await last_mail(database_url, tenant.email, "password_changed")
     assert "password" in notice.subject.lower()
 
 
 async def test_c134_a_reset_token_expires_after_thirty_minutes(
-        client: httpx.AsyncClient, app: Any, database_url: str, tenant: Tenant) -> None:
+    client: httpx.AsyncClient, app: Any, database_url: str, tenant: Tenant
+) -> None:
     token = await reset_token(client, database_url, tenant.email)
-    expires = sql(database_url, "SELECT expires_at, created_at FROM account_tokens WHERE user_id = :u",
-                  u=tenant.user_id)
+    expires = sql(
+        database_url, "SELECT expires_at, created_at FROM account_tokens WHERE user_id = :u", u=tenant.user_id
+    )
     assert [(at(e) - at(c)) for e, c in expires] == [timedelta(minutes=30)]
     sql(database_url, "UPDATE account_tokens SET expires_at = :t", t=app.state.services.now() - timedelta(seconds=1))
     assert error_codes((await gql(client, RESET, {"t": token, "p": NEW_PASSWORD})).json()) == ["UNAUTHENTICATED"]
 
 
 async def test_c134_a_token_for_one_account_never_resets_another(
-        client: httpx.AsyncClient, database_url: str, tenant: Tenant) -> None:
+    client: httpx.AsyncClient, database_url: str, tenant: Tenant
+) -> None:
     other = await make_tenant(database_url, slug="other", email="owner@other.test")
     token = await reset_token(client, database_url, other.email)
     assert (await gql(client, RESET, {"t": token, "p": NEW_PASSWORD})).json()["data"]["resetPassword"]
@@ -90,7 +99,8 @@ async def test_c134_a_token_for_one_account_never_resets_another(
 
 
 async def test_c134_a_reset_link_sent_before_an_address_change_is_dead(
-        client: httpx.AsyncClient, database_url: str, tenant: Tenant) -> None:
+    client: httpx.AsyncClient, database_url: str, tenant: Tenant
+) -> None:
     token = await reset_token(client, database_url, tenant.email)
     owner = (await login(client, tenant))["accessToken"]
     await gql(client, CHANGE, {"e": "moved@acme.test", "p": tenant.password}, token=owner)
@@ -99,8 +109,7 @@ async def test_c134_a_reset_link_sent_before_an_address_change_is_dead(
     assert error_codes((await gql(client, RESET, {"t": token, "p": NEW_PASSWORD})).json()) == ["UNAUTHENTICATED"]
 
 
-async def test_c134_a_reset_clears_the_lockout(
-        database_url: str, signing_key: str, tenant: Tenant) -> None:
+async def test_c134_a_reset_clears_the_lockout(database_url: str, signing_key: str, tenant: Tenant) -> None:
     async with running(create_app(make_settings(database_url, signing_key))) as client:
         for i in range(7):
             await gql(client, LOGIN, {"email": tenant.email, "password": f"wrong guess {i}"})
@@ -112,7 +121,8 @@ async def test_c134_a_reset_clears_the_lockout(
 
 
 async def test_c134_requests_are_limited_per_address_and_per_account(
-        database_url: str, signing_key: str, tenant: Tenant) -> None:
+    database_url: str, signing_key: str, tenant: Tenant
+) -> None:
     settings = make_settings(database_url, signing_key, trusted_proxies=["203.0.113.0/24"])
     async with running(create_app(settings)) as client:
         # per account: a handful of mails an hour, the rest recorded and not sent, the answer unchanged
@@ -132,21 +142,27 @@ async def test_c134_requests_are_limited_per_address_and_per_account(
 
 @pytest.mark.parametrize("password", ["short", "owner@acme.test", "x" * 1025])
 async def test_c134_a_weak_or_oversized_password_is_refused_and_the_token_kept(
-        client: httpx.AsyncClient, database_url: str, tenant: Tenant, password: str) -> None:
+    client: httpx.AsyncClient, database_url: str, tenant: Tenant, password: str
+) -> None:
     token = await reset_token(client, database_url, tenant.email)
     assert error_codes((await gql(client, RESET, {"t": token, "p": password})).json()) == ["BAD_USER_INPUT"]
     assert (await gql(client, RESET, {"t": token, "p": NEW_PASSWORD})).json()["data"]["resetPassword"]
 
 
-async def test_an_api_key_cannot_reset_or_change_an_account(
-        client: httpx.AsyncClient, tenant: Tenant) -> None:
+async def test_an_api_key_cannot_reset_or_change_an_account(client: httpx.AsyncClient, tenant: Tenant) -> None:
     owner = (await login(client, tenant))["accessToken"]
-    created = (await gql(client, 'mutation { createApiKey(input: {name: "k", scopes: ["members:read"]}) '
-                                 "{ secret } }", token=owner)).json()["data"]["createApiKey"]["secret"]
-    for doc, variables in ((REQUEST, {"e": tenant.email}), (RESET, {"t": "ptr_x", "p": NEW_PASSWORD}),
-                           (CHANGE, {"e": "k@acme.test", "p": None}), (SEND_VERIFICATION, {})):
-        r = await client.post("/graphql", json={"query": doc, "variables": variables},
-                              headers={"X-API-Key": created})
+    created = (
+        await gql(
+            client, 'mutation { createApiKey(input: {name: "k", scopes: ["members:read"]}) { secret } }', token=owner
+        )
+    ).json()["data"]["createApiKey"]["secret"]
+    for doc, variables in (
+        (REQUEST, {"e": tenant.email}),
+        (RESET, {"t": "ptr_x", "p": NEW_PASSWORD}),
+        (CHANGE, {"e": "k@acme.test", "p": None}),
+        (SEND_VERIFICATION, {}),
+    ):
+        r = await client.post("/graphql", json={"query": doc, "variables": variables}, headers={"X-API-Key": created})
         assert r.status_code == 403, (doc, r.text)
 
 
@@ -154,7 +170,8 @@ async def test_an_api_key_cannot_reset_or_change_an_account(
 
 
 async def test_an_account_made_by_invitation_is_verified_and_one_made_by_the_operator_verifies_by_email(
-        client: httpx.AsyncClient, database_url: str, tenant: Tenant) -> None:
+    client: httpx.AsyncClient, database_url: str, tenant: Tenant
+) -> None:
     owner = (await login(client, tenant))["accessToken"]
     # the owner was made by the operator: not verified yet
     assert (await gql(client, ME, token=owner)).json()["data"]["me"]["user"]["emailVerified"] is False
@@ -169,13 +186,16 @@ async def test_an_account_made_by_invitation_is_verified_and_one_made_by_the_ope
 
 
 async def test_an_address_change_is_confirmed_from_the_new_address_and_told_to_the_old(
-        client: httpx.AsyncClient, database_url: str, tenant: Tenant) -> None:
+    client: httpx.AsyncClient, database_url: str, tenant: Tenant
+) -> None:
     owner = (await login(client, tenant))["accessToken"]
     # the account's own password is required: a stolen session alone cannot move the account
     assert error_codes((await gql(client, CHANGE, {"e": "new@acme.test", "p": None}, token=owner)).json()) == [
-        "BAD_USER_INPUT"]
-    assert error_codes((await gql(client, CHANGE, {"e": "new@acme.test", "p": "not the password"},
-                                  token=owner)).json()) == ["UNAUTHENTICATED"]
+        "BAD_USER_INPUT"
+    ]
+    assert error_codes(
+        (await gql(client, CHANGE, {"e": "new@acme.test", "p": "not the password"}, token=owner)).json()
+    ) == ["UNAUTHENTICATED"]
     changed = await gql(client, CHANGE, {"e": "new@acme.test", "p": tenant.password}, token=owner)
     assert changed.json()["data"] == {"changeEmail": True}
     # nothing moves until the new address confirms
@@ -183,7 +203,9 @@ async def test_an_address_change_is_confirmed_from_the_new_address_and_told_to_t
     token = token_in(await last_mail(database_url, "new@acme.test", "email_change_confirm"))
     assert (await gql(client, CONFIRM, {"t": token})).json()["data"] == {"confirmEmailChange": True}
     assert (await gql(client, ME, token=owner)).json()["data"]["me"]["user"] == {
-        "email": "new@acme.test", "emailVerified": True}
+        "email": "new@acme.test",
+        "emailVerified": True,
+    }
     notice = await last_mail(database_url, tenant.email, "email_changed")
     assert "n***@acme.test" in notice.text
     assert "new@acme.test" not in notice.text
@@ -191,7 +213,8 @@ async def test_an_address_change_is_confirmed_from_the_new_address_and_told_to_t
 
 
 async def test_an_address_change_to_a_taken_address_answers_the_same_and_moves_nothing(
-        client: httpx.AsyncClient, database_url: str, tenant: Tenant) -> None:
+    client: httpx.AsyncClient, database_url: str, tenant: Tenant
+) -> None:
     other = await make_tenant(database_url, slug="other", email="owner@other.test")
     owner = (await login(client, tenant))["accessToken"]
     body = (await gql(client, CHANGE, {"e": other.email, "p": tenant.password}, token=owner)).json()

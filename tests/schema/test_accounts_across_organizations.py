@@ -55,7 +55,8 @@ def shape(value: Any) -> Any:
 
 
 async def test_c124_the_inviting_organization_never_gets_the_invitation_token(
-        client: httpx.AsyncClient, database_url: str, two: tuple[Tenant, Tenant]) -> None:
+    client: httpx.AsyncClient, database_url: str, two: tuple[Tenant, Tenant]
+) -> None:
     a, _ = two
     added = await invite(client, await token_of(client, a), "new.cfo@beta.test", "admin")
     assert added["invitationToken"] is None
@@ -70,7 +71,8 @@ async def test_c124_the_inviting_organization_never_gets_the_invitation_token(
 
 
 async def test_c124_a_pre_registered_address_never_lets_the_first_inviter_into_a_later_organization(
-        client: httpx.AsyncClient, database_url: str, two: tuple[Tenant, Tenant]) -> None:
+    client: httpx.AsyncClient, database_url: str, two: tuple[Tenant, Tenant]
+) -> None:
     """A invites first; the holder of the address accepts (their account, their password); B invites later:
     the account joins B only when its holder accepts B's invitation too, and A holds no credential."""
     a, b = two
@@ -99,7 +101,8 @@ async def test_c124_a_pre_registered_address_never_lets_the_first_inviter_into_a
 
 
 async def test_c124_a_spent_or_guessed_invitation_token_answers_like_a_random_one(
-        client: httpx.AsyncClient, database_url: str, two: tuple[Tenant, Tenant]) -> None:
+    client: httpx.AsyncClient, database_url: str, two: tuple[Tenant, Tenant]
+) -> None:
     a, _ = two
     await invite(client, await token_of(client, a), "x@elsewhere.test", "viewer")
     token = await invitation_token(database_url, "x@elsewhere.test")
@@ -114,7 +117,8 @@ async def test_c124_a_spent_or_guessed_invitation_token_answers_like_a_random_on
 
 
 async def test_c125_an_invitation_answers_the_same_whether_or_not_the_address_has_an_account(
-        client: httpx.AsyncClient, database_url: str, two: tuple[Tenant, Tenant]) -> None:
+    client: httpx.AsyncClient, database_url: str, two: tuple[Tenant, Tenant]
+) -> None:
     a, b = two
     ta = await token_of(client, a)
     existing = await invite(client, ta, b.email, "viewer")  # B's owner has an account
@@ -130,7 +134,8 @@ async def test_c125_an_invitation_answers_the_same_whether_or_not_the_address_ha
 
 
 async def test_c125_the_account_joins_only_when_its_holder_accepts_while_signed_in(
-        client: httpx.AsyncClient, database_url: str, two: tuple[Tenant, Tenant]) -> None:
+    client: httpx.AsyncClient, database_url: str, two: tuple[Tenant, Tenant]
+) -> None:
     a, b = two
     await invite(client, await token_of(client, a), b.email, "analyst")
     token = await invitation_token(database_url, b.email)
@@ -138,21 +143,27 @@ async def test_c125_the_account_joins_only_when_its_holder_accepts_while_signed_
     # signed in as the account and giving its password: joins, and the session is in the new organization
     body = (await accept(client, token, b.password, bearer=tb)).json()
     assert body["data"]["acceptInvitation"]["organization"]["slug"] == "alpha"
-    me = (await gql(client, "{ me { organization { slug } role } }",
-                    token=body["data"]["acceptInvitation"]["accessToken"])).json()
+    me = (
+        await gql(
+            client, "{ me { organization { slug } role } }", token=body["data"]["acceptInvitation"]["accessToken"]
+        )
+    ).json()
     assert me["data"]["me"] == {"organization": {"slug": "alpha"}, "role": "analyst"}
     # B's session and membership are untouched
     assert (await gql(client, "{ me { organization { slug } } }", token=tb)).json()["data"]["me"] == {
-        "organization": {"slug": "beta"}}
+        "organization": {"slug": "beta"}
+    }
 
 
 async def test_c125_an_account_with_a_second_factor_accepts_only_signed_in(
-        client: httpx.AsyncClient, app: Any, database_url: str, two: tuple[Tenant, Tenant]) -> None:
+    client: httpx.AsyncClient, app: Any, database_url: str, two: tuple[Tenant, Tenant]
+) -> None:
     a, b = two
     tb = await token_of(client, b)
     secret = (await gql(client, "mutation { enrollTotp { secret } }", token=tb)).json()["data"]["enrollTotp"]["secret"]
-    confirmed = await gql(client, "mutation($c: String!) { confirmTotp(code: $c) }",
-                          {"c": pyotp.TOTP(secret).now()}, token=tb)
+    confirmed = await gql(
+        client, "mutation($c: String!) { confirmTotp(code: $c) }", {"c": pyotp.TOTP(secret).now()}, token=tb
+    )
     assert "errors" not in confirmed.json(), confirmed.json()
     await invite(client, await token_of(client, a), b.email, "viewer")
     token = await invitation_token(database_url, b.email)
@@ -167,7 +178,8 @@ async def test_c125_an_account_with_a_second_factor_accepts_only_signed_in(
 
 
 async def test_an_invitation_is_resent_with_a_new_token_and_the_old_one_stops(
-        client: httpx.AsyncClient, app: Any, database_url: str, tenant: Tenant) -> None:
+    client: httpx.AsyncClient, app: Any, database_url: str, tenant: Tenant
+) -> None:
     owner = await token_of(client, tenant)
     added = await invite(client, owner, "resend@acme.test", "viewer")
     first = await invitation_token(database_url, "resend@acme.test")
@@ -182,13 +194,16 @@ async def test_an_invitation_is_resent_with_a_new_token_and_the_old_one_stops(
     assert (await accept(client, second, PASSWORD_OF_HOLDER)).json()["data"]["acceptInvitation"]
     accepted = (await gql(client, INVITATIONS, {"status": "ACCEPTED"}, token=owner)).json()
     assert [e["node"]["email"] for e in accepted["data"]["organization"]["invitations"]["edges"]] == [
-        "resend@acme.test"]
+        "resend@acme.test"
+    ]
     assert error_codes((await gql(client, RESEND, {"id": added["invitation"]["id"]}, token=owner)).json()) == [
-        "CONFLICT"]
+        "CONFLICT"
+    ]
 
 
 async def test_a_revoked_or_expired_invitation_cannot_be_accepted(
-        client: httpx.AsyncClient, app: Any, database_url: str, tenant: Tenant) -> None:
+    client: httpx.AsyncClient, app: Any, database_url: str, tenant: Tenant
+) -> None:
     owner = await token_of(client, tenant)
     revoked = await invite(client, owner, "revoked@acme.test", "viewer")
     body = (await gql(client, REVOKE, {"id": revoked["invitation"]["id"]}, token=owner)).json()
@@ -196,29 +211,37 @@ async def test_a_revoked_or_expired_invitation_cannot_be_accepted(
     token = await invitation_token(database_url, "revoked@acme.test")
     assert error_codes((await accept(client, token, PASSWORD_OF_HOLDER)).json()) == ["UNAUTHENTICATED"]
     await invite(client, owner, "late@acme.test", "viewer")
-    sql(database_url, "UPDATE invitations SET expires_at = :t WHERE email = 'late@acme.test'",
-        t=app.state.services.now() - timedelta(seconds=1))
+    sql(
+        database_url,
+        "UPDATE invitations SET expires_at = :t WHERE email = 'late@acme.test'",
+        t=app.state.services.now() - timedelta(seconds=1),
+    )
     late = await invitation_token(database_url, "late@acme.test")
     assert error_codes((await accept(client, late, PASSWORD_OF_HOLDER)).json()) == ["UNAUTHENTICATED"]
     expired = (await gql(client, INVITATIONS, {"status": "EXPIRED"}, token=owner)).json()
     assert [e["node"]["email"] for e in expired["data"]["organization"]["invitations"]["edges"]] == ["late@acme.test"]
-    assert sql(database_url, "SELECT count(*) FROM users WHERE email IN ('revoked@acme.test', 'late@acme.test')")[
-        0][0] == 0
+    assert (
+        sql(database_url, "SELECT count(*) FROM users WHERE email IN ('revoked@acme.test', 'late@acme.test')")[0][0]
+        == 0
+    )
 
 
 async def test_another_tenants_invitation_answers_not_found(
-        client: httpx.AsyncClient, database_url: str, two: tuple[Tenant, Tenant]) -> None:
+    client: httpx.AsyncClient, database_url: str, two: tuple[Tenant, Tenant]
+) -> None:
     a, b = two
     theirs = await invite(client, await token_of(client, b), "someone@beta.test", "viewer")
     ta = await token_of(client, a)
     for doc in (RESEND, REVOKE):
         assert error_codes((await gql(client, doc, {"id": theirs["invitation"]["id"]}, token=ta)).json()) == [
-            "NOT_FOUND"]
+            "NOT_FOUND"
+        ]
     assert sql(database_url, "SELECT revoked_at FROM invitations")[0][0] is None
 
 
 async def test_pending_invitations_count_against_the_members_quota(
-        client: httpx.AsyncClient, database_url: str) -> None:
+    client: httpx.AsyncClient, database_url: str
+) -> None:
     t = await make_tenant(database_url, slug="tiny", email="owner@tiny.test", limits={"MEMBERS": 2})
     owner = await token_of(client, t)
     await invite(client, owner, "one@tiny.test", "viewer")
@@ -227,7 +250,8 @@ async def test_pending_invitations_count_against_the_members_quota(
 
 
 async def test_an_address_already_member_or_invited_is_a_conflict(
-        client: httpx.AsyncClient, database_url: str, tenant: Tenant) -> None:
+    client: httpx.AsyncClient, database_url: str, tenant: Tenant
+) -> None:
     owner = await token_of(client, tenant)
     await join(client, database_url, owner, "member@acme.test", "viewer", PASSWORD_OF_HOLDER)
     await invite(client, owner, "pending@acme.test", "viewer")
@@ -240,8 +264,9 @@ async def test_an_address_already_member_or_invited_is_a_conflict(
 
 
 @pytest.fixture
-async def shared_member(client: httpx.AsyncClient, database_url: str,
-                        two: tuple[Tenant, Tenant]) -> tuple[Tenant, Tenant, str, str]:
+async def shared_member(
+    client: httpx.AsyncClient, database_url: str, two: tuple[Tenant, Tenant]
+) -> tuple[Tenant, Tenant, str, str]:
     """Someone who joined both A and B by their own act: (A, B, their email, their user id)."""
     a, b = two
     email = "both@shared.test"
@@ -253,7 +278,8 @@ async def shared_member(client: httpx.AsyncClient, database_url: str,
 
 
 async def test_c127_failures_aimed_at_one_organization_never_lock_the_account_out_of_another(
-        client: httpx.AsyncClient, shared_member: tuple[Tenant, Tenant, str, str]) -> None:
+    client: httpx.AsyncClient, shared_member: tuple[Tenant, Tenant, str, str]
+) -> None:
     _, _, email, _ = shared_member
     for _ in range(7):
         r = await gql(client, LOGIN_ORG, {"email": email, "password": "wrong guess here", "org": "alpha"})
@@ -265,13 +291,16 @@ async def test_c127_failures_aimed_at_one_organization_never_lock_the_account_ou
 
 
 async def test_c127_an_organizations_unlock_clears_only_its_own_counters(
-        client: httpx.AsyncClient, database_url: str, shared_member: tuple[Tenant, Tenant, str, str]) -> None:
+    client: httpx.AsyncClient, database_url: str, shared_member: tuple[Tenant, Tenant, str, str]
+) -> None:
     a, _, email, user_id = shared_member
     for _ in range(7):
         await gql(client, LOGIN_ORG, {"email": email, "password": "wrong guess here", "org": "beta"})
     admin_a = await token_of(client, a)
-    others = ("SELECT key, failures, locked_until FROM login_throttle WHERE account_key = :e "
-              "AND (organization_id IS NULL OR organization_id <> :a) ORDER BY key")
+    others = (
+        "SELECT key, failures, locked_until FROM login_throttle WHERE account_key = :e "
+        "AND (organization_id IS NULL OR organization_id <> :a) ORDER BY key"
+    )
     counters = sql(database_url, others, e=email, a=a.org_id)
     assert any(row[2] is not None for row in counters)  # B's pair is locked
     assert (await gql(client, UNLOCK, {"id": user_id}, token=admin_a)).json()["data"] == {"unlockUser": True}
@@ -282,56 +311,83 @@ async def test_c127_an_organizations_unlock_clears_only_its_own_counters(
 
 
 async def test_c127_an_account_ceiling_reached_from_elsewhere_spares_known_addresses_and_second_factors(
-        database_url: str, signing_key: str, tenant: Tenant) -> None:
+    database_url: str, signing_key: str, tenant: Tenant
+) -> None:
     settings = make_settings(database_url, signing_key, lockout_account_ceiling=5, trusted_proxies=["203.0.113.0/24"])
     app = create_app(settings)
     async with running(app) as client:
         home = {"X-Forwarded-For": "198.51.100.10"}
-        assert (await gql(client, LOGIN, {"email": tenant.email, "password": tenant.password},
-                          headers=home)).json()["data"]["login"]
+        assert (await gql(client, LOGIN, {"email": tenant.email, "password": tenant.password}, headers=home)).json()[
+            "data"
+        ]["login"]
         # many addresses guess at the account, past its ceiling
         for i in range(12):
-            await gql(client, LOGIN, {"email": tenant.email, "password": f"guess {i} here"},
-                      headers={"X-Forwarded-For": f"192.0.2.{i + 1}"})
+            await gql(
+                client,
+                LOGIN,
+                {"email": tenant.email, "password": f"guess {i} here"},
+                headers={"X-Forwarded-For": f"192.0.2.{i + 1}"},
+            )
         # a new address with the right password alone: refused, like any failure
         new = {"X-Forwarded-For": "192.0.2.200"}
         body = (await gql(client, LOGIN, {"email": tenant.email, "password": tenant.password}, headers=new)).json()
         assert error_codes(body) == ["UNAUTHENTICATED"]
         # the address where the account signed in before still signs in
-        assert (await gql(client, LOGIN, {"email": tenant.email, "password": tenant.password},
-                          headers=home)).json()["data"]["login"]
+        assert (await gql(client, LOGIN, {"email": tenant.email, "password": tenant.password}, headers=home)).json()[
+            "data"
+        ]["login"]
         # and with a second factor, a new address does too
-        token = (await gql(client, LOGIN, {"email": tenant.email, "password": tenant.password},
-                           headers=home)).json()["data"]["login"]["accessToken"]
-        secret = (await gql(client, "mutation { enrollTotp { secret } }", token=token,
-                            headers=home)).json()["data"]["enrollTotp"]["secret"]
+        token = (await gql(client, LOGIN, {"email": tenant.email, "password": tenant.password}, headers=home)).json()[
+            "data"
+        ]["login"]["accessToken"]
+        secret = (await gql(client, "mutation { enrollTotp { secret } }", token=token, headers=home)).json()["data"][
+            "enrollTotp"
+        ]["secret"]
         totp = pyotp.TOTP(secret)
-        await gql(client, "mutation($c: String!) { confirmTotp(code: $c) }", {"c": totp.now()}, token=token,
-                  headers=home)
+        await gql(
+            client, "mutation($c: String!) { confirmTotp(code: $c) }", {"c": totp.now()}, token=token, headers=home
+        )
         step = int(app.state.services.totp.clock() // 30) + 1
-        with_code = await gql(client, LOGIN_ORG, {"email": tenant.email, "password": tenant.password,
-                                                 "totp": totp.generate_otp(step)},
-                              headers={"X-Forwarded-For": "192.0.2.201"})
+        with_code = await gql(
+            client,
+            LOGIN_ORG,
+            {"email": tenant.email, "password": tenant.password, "totp": totp.generate_otp(step)},
+            headers={"X-Forwarded-For": "192.0.2.201"},
+        )
         assert with_code.json()["data"]["login"], with_code.json()
         # a wrong password with a right code, or a right password with a wrong code: the same refusal
         for password, code in ((tenant.password, "000000"), ("wrong guess here", totp.generate_otp(step + 1))):
-            r = await gql(client, LOGIN_ORG, {"email": tenant.email, "password": password, "totp": code},
-                          headers={"X-Forwarded-For": "192.0.2.202"})
+            r = await gql(
+                client,
+                LOGIN_ORG,
+                {"email": tenant.email, "password": password, "totp": code},
+                headers={"X-Forwarded-For": "192.0.2.202"},
+            )
             assert r.json()["errors"][0]["message"] == "Invalid credentials."
             assert "reason" not in r.json()["errors"][0]["extensions"]
 
 
 async def test_c127_one_address_exhausting_an_accounts_attempts_does_not_stop_the_account_elsewhere(
-        database_url: str, signing_key: str, tenant: Tenant) -> None:
-    settings = make_settings(database_url, signing_key, login_attempts_per_account_per_minute=3,
-                             trusted_proxies=["203.0.113.0/24"])
+    database_url: str, signing_key: str, tenant: Tenant
+) -> None:
+    settings = make_settings(
+        database_url, signing_key, login_attempts_per_account_per_minute=3, trusted_proxies=["203.0.113.0/24"]
+    )
     async with running(create_app(settings)) as client:
         attacker = {"X-Forwarded-For": "192.0.2.66"}
-        statuses = [(await gql(client, LOGIN, {"email": tenant.email, "password": f"guess {i} here"},
-                               headers=attacker)).status_code for i in range(5)]
+        statuses = [
+            (
+                await gql(client, LOGIN, {"email": tenant.email, "password": f"guess {i} here"}, headers=attacker)
+            ).status_code
+            for i in range(5)
+        ]
         assert statuses[-1] == 429
-        r = await gql(client, LOGIN, {"email": tenant.email, "password": tenant.password},
-                      headers={"X-Forwarded-For": "198.51.100.10"})
+        r = await gql(
+            client,
+            LOGIN,
+            {"email": tenant.email, "password": tenant.password},
+            headers={"X-Forwarded-For": "198.51.100.10"},
+        )
         assert r.status_code == 200
         assert r.json()["data"]["login"]["accessToken"]
 
@@ -340,12 +396,14 @@ async def test_c127_one_address_exhausting_an_accounts_attempts_does_not_stop_th
 
 
 async def test_a_sign_in_from_an_unknown_address_is_told_to_the_account(
-        database_url: str, signing_key: str, tenant: Tenant) -> None:
+    database_url: str, signing_key: str, tenant: Tenant
+) -> None:
     settings = make_settings(database_url, signing_key, trusted_proxies=["203.0.113.0/24"])
     async with running(create_app(settings)) as client:
         for ip in ("198.51.100.1", "198.51.100.1", "198.51.100.2"):
-            r = await gql(client, LOGIN, {"email": tenant.email, "password": tenant.password},
-                          headers={"X-Forwarded-For": ip})
+            r = await gql(
+                client, LOGIN, {"email": tenant.email, "password": tenant.password}, headers={"X-Forwarded-For": ip}
+            )
             assert r.json()["data"]["login"]
     notices = await mails_to(database_url, tenant.email, "new_sign_in")
     # the first sign-in ever and the known address say nothing; the new address does

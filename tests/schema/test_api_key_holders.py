@@ -48,8 +48,11 @@ def holder_of(database_url: str, key_id: str) -> str:
 
 
 def revocations(database_url: str, org_id: str) -> dict[str, dict[str, Any]]:
-    found = sql(database_url, "SELECT resource_id, details FROM audit_log WHERE chain = :c "
-                "AND action = 'apikey_revoked' ORDER BY sequence", c=org_id)
+    found = sql(
+        database_url,
+        "SELECT resource_id, details FROM audit_log WHERE chain = :c AND action = 'apikey_revoked' ORDER BY sequence",
+        c=org_id,
+    )
     return {k: d if isinstance(d, dict) else json.loads(d) for k, d in found}
 
 
@@ -75,7 +78,8 @@ async def test_c131_a_secret_taken_by_rotation_dies_with_the_rotators_membership
     [listed] = (await gql(client, KEYS, token=owner_token)).json()["data"]["organization"]["apiKeys"]
     assert listed["revokedAt"] is not None
     assert revocations(database_url, tenant.org_id) == {
-        key_id: {"prefix": listed["prefix"].split("_")[2], "heldBy": admin_id, "reason": "membership_removed"}}
+        key_id: {"prefix": listed["prefix"].split("_")[2], "heldBy": admin_id, "reason": "membership_removed"}
+    }
 
 
 async def test_c131_the_creators_secret_stops_when_someone_else_rotates_the_key(
@@ -128,14 +132,17 @@ async def test_c131_removal_revokes_every_key_the_member_holds(
     membership = await member(database_url, tenant.org_id, "admin@acme.test", "admin")
     admin = await sign_in(client, "admin@acme.test", "acme")
     own_id, own = await new_key(client, admin, name="own")
-    manager_id, manager = await new_key(client, admin, name="manager",
-                                        scopes=["organization:read", "apikeys:manage"])
+    manager_id, manager = await new_key(client, admin, name="manager", scopes=["organization:read", "apikeys:manage"])
     taken_id, _ = await new_key(client, owner_token, name="taken")
     owners_id, owners = await new_key(client, owner_token, name="owner's")
     taken = (await rotate(client, taken_id, headers=with_key(manager)))["data"]["rotateApiKey"]["secret"]
     admin_id = user_id_of(database_url, "admin@acme.test")
     assert {k: holder_of(database_url, k) for k in (own_id, manager_id, taken_id, owners_id)} == {
-        own_id: admin_id, manager_id: admin_id, taken_id: admin_id, owners_id: tenant.user_id}
+        own_id: admin_id,
+        manager_id: admin_id,
+        taken_id: admin_id,
+        owners_id: tenant.user_id,
+    }
     for secret in (own, manager, taken, owners):
         assert (await gql(client, ORG, headers=with_key(secret))).status_code == 200
 

@@ -27,10 +27,9 @@ KEYS = "{ organization { apiKeys { id name prefix scopes lastUsedAt revokedAt } 
 ORG = "{ organization { slug } }"
 REVOKE = "mutation($id: ID!) { revokeApiKey(id: $id) { id revokedAt } }"
 ROTATE = "mutation($id: ID!, $g: Int) { rotateApiKey(id: $id, gracePeriodSeconds: $g) { secret apiKey { id } } }"
-UNAUTHENTICATED_BODY = {"errors": [{"message": "Invalid or missing credentials.",
-                                    "extensions": {"code": "UNAUTHENTICATED"}}]}
-
-
+UNAUTHENTICATED_BODY = {
+    "errors": [{"message": "Invalid or missing credentials.", "extensions": {"code": "UNAUTHENTICATED"}}]
+}
 
 
 async def create_key(client: httpx.AsyncClient, token: str, **fields: Any) -> dict[str, Any]:
@@ -70,8 +69,14 @@ async def owner_token(client: httpx.AsyncClient, tenant: Tenant) -> str:
 async def test_create_returns_the_secret_once_and_stores_only_its_hmac(
     client: httpx.AsyncClient, owner_token: str, database_url: str, settings: Any
 ) -> None:
-    body = await create_key(client, owner_token, name="deploy", scopes=["organization:read", "members:read"],
-                            allowedIps=["198.51.100.0/24", "2001:db8::1"], rateLimitPerMinute=100)
+    body = await create_key(
+        client,
+        owner_token,
+        name="deploy",
+        scopes=["organization:read", "members:read"],
+        allowedIps=["198.51.100.0/24", "2001:db8::1"],
+        rateLimitPerMinute=100,
+    )
     created = body["data"]["createApiKey"]
     secret = created["secret"]
     parsed = parse(secret)
@@ -169,8 +174,7 @@ async def test_c122_key_in_a_cookie_is_not_a_credential(client: httpx.AsyncClien
 
 async def test_c118_expired_key_is_401(client: httpx.AsyncClient, owner_token: str, database_url: str) -> None:
     """`expires_at` = now - 1 s → 401."""
-    key_id, key = await new_key(client, owner_token,
-                                expiresAt=(datetime.now(UTC) + timedelta(hours=1)).isoformat())
+    key_id, key = await new_key(client, owner_token, expiresAt=(datetime.now(UTC) + timedelta(hours=1)).isoformat())
     past = datetime.now(UTC) - timedelta(seconds=1)
     sql(database_url, "UPDATE api_keys SET expires_at = :t WHERE id = :id", t=past, id=key_id)
     r = await gql(client, ORG, headers=with_key(key))
@@ -180,8 +184,7 @@ async def test_c118_expired_key_is_401(client: httpx.AsyncClient, owner_token: s
 
 async def test_c118_expiry_is_checked_on_cached_keys(app: Any, owner_token: str) -> None:
     client = app.state.client
-    _, key = await new_key(client, owner_token,
-                           expiresAt=(datetime.now(UTC) + timedelta(seconds=1.5)).isoformat())
+    _, key = await new_key(client, owner_token, expiresAt=(datetime.now(UTC) + timedelta(seconds=1.5)).isoformat())
     assert (await gql(client, ORG, headers=with_key(key))).status_code == 200
     await asyncio.sleep(1.6)
     assert (await gql(client, ORG, headers=with_key(key))).status_code == 401
@@ -215,9 +218,7 @@ async def test_rotation_keeps_the_old_secret_for_the_grace_period(client: httpx.
     assert (await gql(client, ORG, headers=with_key(new))).status_code == 200
 
 
-async def test_rotation_without_grace_stops_the_old_secret_at_once(
-    client: httpx.AsyncClient, owner_token: str
-) -> None:
+async def test_rotation_without_grace_stops_the_old_secret_at_once(client: httpx.AsyncClient, owner_token: str) -> None:
     key_id, old = await new_key(client, owner_token)
     assert (await gql(client, ORG, headers=with_key(old))).status_code == 200
     new = (await gql(client, ROTATE, {"id": key_id}, token=owner_token)).json()["data"]["rotateApiKey"]["secret"]
@@ -256,8 +257,10 @@ async def test_c123_a_key_cannot_sign_in_refresh_or_change_passwords(
     _, key = await new_key(client, owner_token, scopes=every)
     auth = await login(client, tenant)
     documents = [
-        ('mutation($e: String!, $p: String!) { login(email: $e, password: $p) { accessToken } }',
-         {"e": tenant.email, "p": tenant.password}),
+        (
+            "mutation($e: String!, $p: String!) { login(email: $e, password: $p) { accessToken } }",
+            {"e": tenant.email, "p": tenant.password},
+        ),
         ("mutation($t: String) { refreshToken(refreshToken: $t) { accessToken } }", {"t": auth["refreshToken"]}),
         ('mutation { changePassword(currentPassword: "a", newPassword: "b") }', {}),
         ("mutation { logout }", {}),
@@ -274,8 +277,9 @@ async def test_c123_creating_keys_needs_the_scope_explicitly(client: httpx.Async
     assert r.status_code == 403
     assert error_codes(r.json()) == ["FORBIDDEN"]
     _, manager = await new_key(client, owner_token, scopes=["organization:read", "apikeys:manage"])
-    made = await gql(client, CREATE, {"input": {"name": "y", "scopes": ["organization:read"]}},
-                     headers=with_key(manager))
+    made = await gql(
+        client, CREATE, {"input": {"name": "y", "scopes": ["organization:read"]}}, headers=with_key(manager)
+    )
     assert made.json()["data"]["createApiKey"]["secret"]
     beyond = await gql(client, CREATE, {"input": {"name": "z", "scopes": ["members:read"]}}, headers=with_key(manager))
     assert error_codes(beyond.json()) == ["FORBIDDEN"]
@@ -288,8 +292,11 @@ async def test_c120_allowlist_refuses_other_addresses_and_spoofed_forwarding(
     database_url: str, signing_key: str, tenant: Tenant
 ) -> None:
     app = create_app(make_settings(database_url, signing_key, trusted_proxies=["10.0.0.0/8"]))
-    async with running(app, client_ip="203.0.113.7") as outside, running(app, client_ip="198.51.100.9") as inside, \
-            running(app, client_ip="10.1.2.3") as proxy:
+    async with (
+        running(app, client_ip="203.0.113.7") as outside,
+        running(app, client_ip="198.51.100.9") as inside,
+        running(app, client_ip="10.1.2.3") as proxy,
+    ):
         token = (await login(outside, tenant))["accessToken"]
         _, key = await new_key(outside, token, allowedIps=["198.51.100.0/24"])
         refused = await gql(outside, ORG, headers=with_key(key))
@@ -307,18 +314,22 @@ async def test_c120_allowlist_refuses_other_addresses_and_spoofed_forwarding(
 # -- bad inputs --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("fields", "field"), [
-    ({"allowedIps": ["not-a-cidr"]}, "allowedIps"),
-    ({"allowedIps": ["10.0.0.0/33"]}, "allowedIps"),
-    ({"expiresAt": "2020-01-01T00:00:00Z"}, "expiresAt"),
-    ({"scopes": ["projects:delete"]}, "scopes"),
-    ({"scopes": ["platform:audit:read"]}, "scopes"),
-    ({"scopes": []}, "scopes"),
-    ({"name": ""}, "name"),
-    ({"rateLimitPerMinute": 0}, "rateLimitPerMinute"),
-])
-async def test_bad_input_is_refused(client: httpx.AsyncClient, owner_token: str, fields: dict[str, Any],
-                                    field: str, database_url: str) -> None:
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"allowedIps": ["not-a-cidr"]}, "allowedIps"),
+        ({"allowedIps": ["10.0.0.0/33"]}, "allowedIps"),
+        ({"expiresAt": "2020-01-01T00:00:00Z"}, "expiresAt"),
+        ({"scopes": ["projects:delete"]}, "scopes"),
+        ({"scopes": ["platform:audit:read"]}, "scopes"),
+        ({"scopes": []}, "scopes"),
+        ({"name": ""}, "name"),
+        ({"rateLimitPerMinute": 0}, "rateLimitPerMinute"),
+    ],
+)
+async def test_bad_input_is_refused(
+    client: httpx.AsyncClient, owner_token: str, fields: dict[str, Any], field: str, database_url: str
+) -> None:
     body = await create_key(client, owner_token, **fields)
     assert error_codes(body) == ["BAD_USER_INPUT"], body
     assert body["errors"][0]["extensions"].get("field") == field
@@ -356,8 +367,15 @@ async def test_key_of_a_deleted_organization_is_401(
 ) -> None:
     """C-110: offboarding a tenant ends its keys."""
     _, key = await new_key(client, owner_token)
-    for table in ("api_keys", "refresh_tokens", "refresh_token_families", "auth_sessions", "invitations", "memberships",
-                  "roles"):
+    for table in (
+        "api_keys",
+        "refresh_tokens",
+        "refresh_token_families",
+        "auth_sessions",
+        "invitations",
+        "memberships",
+        "roles",
+    ):
         sql(database_url, f"DELETE FROM {table} WHERE organization_id = :o", o=tenant.org_id)
     sql(database_url, "DELETE FROM organizations WHERE id = :o", o=tenant.org_id)
     assert (await gql(client, ORG, headers=with_key(key))).status_code == 401
@@ -369,23 +387,38 @@ async def test_key_follows_its_creator_and_dies_with_their_membership(
     """The rule: a key acts for its holder, here its creator. Its permissions are its scopes ∩ the holder's
     current ones, and once the holder is removed from the organization the key is 401 (C-131)."""
     second = await make_tenant(database_url, slug="second", email="second@acme.test")
-    sql(database_url, "INSERT INTO memberships (id, organization_id, user_id, role, created_at) "
-        "VALUES ('m-2', :o, :u, 'owner', :t)", o=tenant.org_id, u=second.user_id, t=datetime(2026, 1, 1, tzinfo=UTC))
+    sql(
+        database_url,
+        "INSERT INTO memberships (id, organization_id, user_id, role, created_at) VALUES ('m-2', :o, :u, 'owner', :t)",
+        o=tenant.org_id,
+        u=second.user_id,
+        t=datetime(2026, 1, 1, tzinfo=UTC),
+    )
     first_token = (await login(client, tenant))["accessToken"]
     _, key = await new_key(client, first_token, scopes=["organization:read", "billing:read"])
     assert (await gql(client, "{ organization { billingEmail } }", headers=with_key(key))).status_code == 200
-    second_token = (await gql(client, """mutation { login(email: "second@acme.test",
-        password: "correct horse battery staple", organization: "acme") { accessToken } }""")).json()
+    second_token = (
+        await gql(
+            client,
+            """mutation { login(email: "second@acme.test",
+        password: "correct horse battery staple", organization: "acme") { accessToken } }""",
+        )
+    ).json()
     second_token = second_token["data"]["login"]["accessToken"]
-    first_membership = sql(database_url, "SELECT id FROM memberships WHERE user_id = :u AND organization_id = :o",
-                           u=tenant.user_id, o=tenant.org_id)[0][0]
-    demote = "mutation($id: ID!) { updateMemberRole(membershipId: $id, role: \"viewer\") { role } }"
+    first_membership = sql(
+        database_url,
+        "SELECT id FROM memberships WHERE user_id = :u AND organization_id = :o",
+        u=tenant.user_id,
+        o=tenant.org_id,
+    )[0][0]
+    demote = 'mutation($id: ID!) { updateMemberRole(membershipId: $id, role: "viewer") { role } }'
     assert (await gql(client, demote, {"id": first_membership}, token=second_token)).json()["data"]
     narrowed = (await gql(client, "{ organization { slug billingEmail } }", headers=with_key(key))).json()
     assert narrowed["data"]["organization"]["slug"] == "acme"
     assert error_codes(narrowed) == ["FORBIDDEN"]
-    removed = await gql(client, "mutation($id: ID!) { removeMember(membershipId: $id) }", {"id": first_membership},
-                        token=second_token)
+    removed = await gql(
+        client, "mutation($id: ID!) { removeMember(membershipId: $id) }", {"id": first_membership}, token=second_token
+    )
     assert removed.json() == {"data": {"removeMember": True}, "extensions": {"cost": cost_of(10)}}
     assert (await gql(client, ORG, headers=with_key(key))).status_code == 401
 

@@ -28,8 +28,10 @@ from tests.conftest import (
 from tests.invitations import join
 from tests.store.test_audit import as_owner
 
-COLUMNS = "chain, sequence, organization_id, at, actor_type, actor_id, action, resource_type, resource_id, " \
-          "result, request_id, ip, user_agent, details"
+COLUMNS = (
+    "chain, sequence, organization_id, at, actor_type, actor_id, action, resource_type, resource_id, "
+    "result, request_id, ip, user_agent, details"
+)
 CREATE_KEY = """mutation($input: CreateApiKeyInput!) { createApiKey(input: $input) { secret apiKey { id } } }"""
 REVOKE_KEY = "mutation($id: ID!) { revokeApiKey(id: $id) { id } }"
 SET_ROLE = "mutation($id: ID!, $r: String!) { updateMemberRole(membershipId: $id, role: $r) { role } }"
@@ -43,8 +45,10 @@ LOGS = """query($f: AuditLogFilter, $first: Int, $after: String) {
     pageInfo { hasNextPage endCursor }
   }
 }"""
-VERIFY = ("query($from: DateTime, $to: DateTime) "
-          "{ verifyAuditChain(from: $from, to: $to) { ok checked firstBrokenSequence } }")
+VERIFY = (
+    "query($from: DateTime, $to: DateTime) "
+    "{ verifyAuditChain(from: $from, to: $to) { ok checked firstBrokenSequence } }"
+)
 
 
 def rows(url: str, where: str = "1 = 1", **params: Any) -> list[dict[str, Any]]:
@@ -84,8 +88,12 @@ async def member(client: httpx.AsyncClient, database_url: str, owner: str, email
 
 
 async def test_c096_login_success_carries_who_where_and_the_request(client, tenant: Tenant, database_url: str) -> None:
-    r = await gql(client, LOGIN, {"email": tenant.email, "password": tenant.password},
-                  headers={"User-Agent": "audit-test/1.0", "X-Request-ID": "req-login-0001"})
+    r = await gql(
+        client,
+        LOGIN,
+        {"email": tenant.email, "password": tenant.password},
+        headers={"User-Agent": "audit-test/1.0", "X-Request-ID": "req-login-0001"},
+    )
     assert r.json()["data"]["login"]
     [entry] = rows(database_url, "action = 'authn_login_success'")
     assert entry["chain"] == entry["organization_id"] == tenant.org_id
@@ -134,8 +142,14 @@ async def test_logout_is_recorded_with_its_commit(client, tenant: Tenant, databa
 async def test_c096_api_key_created_revoked_and_use_denied(app, tenant: Tenant, database_url: str) -> None:
     async with running(app, client_ip="203.0.113.7") as outside:
         token = (await login(outside, tenant))["accessToken"]
-        body = (await gql(outside, CREATE_KEY, {"input": {"name": "ci", "scopes": ["organization:read"],
-                                                          "allowedIps": ["198.51.100.0/24"]}}, token=token)).json()
+        body = (
+            await gql(
+                outside,
+                CREATE_KEY,
+                {"input": {"name": "ci", "scopes": ["organization:read"], "allowedIps": ["198.51.100.0/24"]}},
+                token=token,
+            )
+        ).json()
         key_id, secret = body["data"]["createApiKey"]["apiKey"]["id"], body["data"]["createApiKey"]["secret"]
         r = await gql(outside, "{ organization { slug } }", headers={"X-API-Key": secret})
         assert r.status_code == 403
@@ -146,7 +160,11 @@ async def test_c096_api_key_created_revoked_and_use_denied(app, tenant: Tenant, 
     assert (created["resource_type"], created["resource_id"]) == ("api_key", key_id)
     assert created["details"]["scopes"] == ["organization:read"]
     assert (denied["actor_type"], denied["actor_id"], denied["result"], denied["ip"]) == (
-        "api_key", key_id, "denied", "203.0.113.7")
+        "api_key",
+        key_id,
+        "denied",
+        "203.0.113.7",
+    )
     assert secret not in json.dumps(rows(database_url), default=str)
 
 
@@ -176,7 +194,11 @@ async def test_c096_cross_tenant_id_is_recorded_and_answered_like_a_missing_one(
     assert error_codes(foreign) == ["NOT_FOUND"]
     [probe] = rows(database_url, "action = 'authz_cross_tenant'")
     assert (probe["chain"], probe["actor_id"], probe["resource_id"], probe["result"]) == (
-        tenant.org_id, tenant.user_id, theirs, "denied")
+        tenant.org_id,
+        tenant.user_id,
+        theirs,
+        "denied",
+    )
     # the missing id is a plain denied removal; the other tenant's chain did not move
     assert [r["result"] for r in rows(database_url, "action = 'member_removed'")] == ["denied"]
     assert actions(database_url, other.org_id) == before_other
@@ -185,8 +207,9 @@ async def test_c096_cross_tenant_id_is_recorded_and_answered_like_a_missing_one(
 async def test_permission_denied_is_authz_fail(client, tenant: Tenant, database_url: str) -> None:
     owner = (await login(client, tenant))["accessToken"]
     _, viewer = await member(client, database_url, owner, "v@acme.test", "viewer")
-    body = (await gql(client, CREATE_KEY, {"input": {"name": "x", "scopes": ["organization:read"]}},
-                      token=viewer)).json()
+    body = (
+        await gql(client, CREATE_KEY, {"input": {"name": "x", "scopes": ["organization:read"]}}, token=viewer)
+    ).json()
     assert error_codes(body) == ["FORBIDDEN"]
     [denied] = rows(database_url, "action = 'authz_fail'")
     assert denied["result"] == "denied"
@@ -200,16 +223,24 @@ CHANGE_PASSWORD = "mutation($c: String!, $n: String!) { changePassword(currentPa
 
 async def test_a_mutation_records_its_own_action(client, tenant: Tenant, database_url: str) -> None:
     token = (await login(client, tenant))["accessToken"]
-    body = (await gql(client, CHANGE_PASSWORD, {"c": tenant.password, "n": "a brand new passphrase 77"},
-                      token=token)).json()
+    body = (
+        await gql(client, CHANGE_PASSWORD, {"c": tenant.password, "n": "a brand new passphrase 77"}, token=token)
+    ).json()
     assert body["data"]["changePassword"] is True
     [entry] = rows(database_url, "action = 'authn_password_change'")
     assert (entry["result"], entry["actor_id"], entry["resource_id"], entry["details"]) == (
-        "success", tenant.user_id, tenant.user_id, {"sessionsEnded": 0})
+        "success",
+        tenant.user_id,
+        tenant.user_id,
+        {"sessionsEnded": 0},
+    )
 
 
 async def test_a_service_that_records_nothing_still_leaves_an_entry(
-    client, tenant: Tenant, database_url: str, monkeypatch: pytest.MonkeyPatch,
+    client,
+    tenant: Tenant,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
     missing_audit_entries: list[logging.LogRecord],
 ) -> None:
     """The safety net: a plain entry naming the field, and `audit_entry_missing` logged for the service."""
@@ -224,7 +255,10 @@ async def test_a_service_that_records_nothing_still_leaves_an_entry(
     assert body["data"]["changePassword"] is True
     [entry] = rows(database_url, "action = 'authn_password_change'")
     assert (entry["result"], entry["actor_id"], entry["details"]) == (
-        "success", tenant.user_id, {"field": "changePassword"})
+        "success",
+        tenant.user_id,
+        {"field": "changePassword"},
+    )
     assert [r.field for r in missing_audit_entries] == ["changePassword"]  # type: ignore[attr-defined]
     missing_audit_entries.clear()
 
@@ -258,14 +292,22 @@ async def test_c097_a_mutation_whose_entry_cannot_be_written_is_rolled_back(
 ) -> None:
     token = (await login(client, tenant))["accessToken"]
     if is_sqlite(database_url):
-        sql(database_url, "CREATE TRIGGER audit_sink_down BEFORE INSERT ON audit_log "
-                          "WHEN NEW.action = 'apikey_created' BEGIN SELECT RAISE(ABORT, 'audit sink down'); END")
+        sql(
+            database_url,
+            "CREATE TRIGGER audit_sink_down BEFORE INSERT ON audit_log "
+            "WHEN NEW.action = 'apikey_created' BEGIN SELECT RAISE(ABORT, 'audit sink down'); END",
+        )
     else:
-        sql(database_url, "CREATE FUNCTION audit_sink_down() RETURNS trigger LANGUAGE plpgsql AS "
-                          "$$BEGIN IF NEW.action = 'apikey_created' THEN RAISE EXCEPTION 'audit sink down'; END IF; "
-                          "RETURN NEW; END$$")
-        sql(database_url, "CREATE TRIGGER audit_sink_down BEFORE INSERT ON audit_log "
-                          "FOR EACH ROW EXECUTE FUNCTION audit_sink_down()")
+        sql(
+            database_url,
+            "CREATE FUNCTION audit_sink_down() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$BEGIN IF NEW.action = 'apikey_created' THEN RAISE EXCEPTION 'audit sink down'; END IF; "
+            "RETURN NEW; END$$",
+        )
+        sql(
+            database_url,
+            "CREATE TRIGGER audit_sink_down BEFORE INSERT ON audit_log FOR EACH ROW EXECUTE FUNCTION audit_sink_down()",
+        )
     try:
         r = await gql(client, CREATE_KEY, {"input": {"name": "ci", "scopes": ["organization:read"]}}, token=token)
     finally:
@@ -282,8 +324,12 @@ async def test_c097_a_mutation_whose_entry_cannot_be_written_is_rolled_back(
 
 async def test_c094_injection_through_login_is_stored_escaped(client, tenant: Tenant, database_url: str) -> None:
     forged = "alice\n2026-01-01 INFO authn_login_success admin@acme.test"
-    await gql(client, LOGIN, {"email": forged, "password": "irrelevant but long"},
-              headers={"User-Agent": "\x1b[2J" + "A" * 10_000})
+    await gql(
+        client,
+        LOGIN,
+        {"email": forged, "password": "irrelevant but long"},
+        headers={"User-Agent": "\x1b[2J" + "A" * 10_000},
+    )
     [entry] = rows(database_url, "chain = 'platform'")
     assert "\n" not in entry["details"]["email"]
     assert entry["details"]["email"].startswith("alice\\x0a2026")
@@ -300,8 +346,11 @@ async def test_c095_no_secret_reaches_the_audit_log_or_the_logs(
     canary = "P@ss-123-canary"
     await gql(client, LOGIN, {"email": tenant.email, "password": canary})
     session = await login(client, tenant)
-    body = (await gql(client, CREATE_KEY, {"input": {"name": "ci", "scopes": ["organization:read"]}},
-                      token=session["accessToken"])).json()
+    body = (
+        await gql(
+            client, CREATE_KEY, {"input": {"name": "ci", "scopes": ["organization:read"]}}, token=session["accessToken"]
+        )
+    ).json()
     secret = body["data"]["createApiKey"]["secret"]
     await gql(client, "{ organization { slug } }", headers={"X-API-Key": secret + "x"})
     await gql(client, REFRESH, {"t": session["refreshToken"]})
@@ -310,17 +359,26 @@ async def test_c095_no_secret_reaches_the_audit_log_or_the_logs(
         assert value not in stored
         assert value not in caplog.text
     assert {"authn_login_fail", "authn_login_success", "apikey_created", "authn_token_refresh"} <= set(
-        actions(database_url, tenant.org_id))
+        actions(database_url, tenant.org_id)
+    )
 
 
 async def test_rate_limit_refusals_are_one_row_per_key_and_minute(app, tenant: Tenant, database_url: str) -> None:
     async with running(app) as client:
         token = (await login(client, tenant))["accessToken"]
-        body = (await gql(client, CREATE_KEY, {"input": {"name": "ci", "scopes": ["organization:read"],
-                                                         "rateLimitPerMinute": 2}}, token=token)).json()
+        body = (
+            await gql(
+                client,
+                CREATE_KEY,
+                {"input": {"name": "ci", "scopes": ["organization:read"], "rateLimitPerMinute": 2}},
+                token=token,
+            )
+        ).json()
         key_id, secret = body["data"]["createApiKey"]["apiKey"]["id"], body["data"]["createApiKey"]["secret"]
-        statuses = [(await gql(client, "{ organization { slug } }", headers={"X-API-Key": secret})).status_code
-                    for _ in range(6)]
+        statuses = [
+            (await gql(client, "{ organization { slug } }", headers={"X-API-Key": secret})).status_code
+            for _ in range(6)
+        ]
         assert statuses == [200, 200, 429, 429, 429, 429]
         assert rows(database_url, "action = 'excess_rate_limit_exceeded'") == []
         await app.state.rate_limit_audit.flush(everything=True)
@@ -358,8 +416,13 @@ async def test_audit_log_filters(client, tenant: Tenant, database_url: str) -> N
     token = (await login(client, tenant))["accessToken"]
     membership_id, _ = await member(client, database_url, token, "m@acme.test", "viewer")
     await gql(client, SET_ROLE, {"id": membership_id, "r": "analyst"}, token=token)
-    r = await gql(client, SET_ROLE, {"id": membership_id, "r": "nonexistent-role"}, token=token,
-                  headers={"X-Request-ID": "req-filter-0042"})
+    r = await gql(
+        client,
+        SET_ROLE,
+        {"id": membership_id, "r": "nonexistent-role"},
+        token=token,
+        headers={"X-Request-ID": "req-filter-0042"},
+    )
     assert error_codes(r.json())
 
     async def found(**f: Any) -> list[str]:
@@ -372,11 +435,11 @@ async def test_audit_log_filters(client, tenant: Tenant, database_url: str) -> N
     assert await found(action="authz_change", result="denied") == []
     assert await found(requestId="req-filter-0042") == ["authz_change"]
     assert set(await found(resourceType="membership", resourceId=membership_id)) == {"member_added", "authz_change"}
-    assert "authn_invitation_accepted" in await found(actorId=rows(
-        database_url, "action = 'authn_invitation_accepted'")[0]["actor_id"])
+    assert "authn_invitation_accepted" in await found(
+        actorId=rows(database_url, "action = 'authn_invitation_accepted'")[0]["actor_id"]
+    )
     now = datetime.now(UTC)
-    assert await found(**{"from": (now - timedelta(hours=1)).isoformat(), "action": "member_added"}) == [
-        "member_added"]
+    assert await found(**{"from": (now - timedelta(hours=1)).isoformat(), "action": "member_added"}) == ["member_added"]
     assert await found(**{"to": (now - timedelta(hours=1)).isoformat()}) == []
 
 
@@ -390,7 +453,8 @@ async def test_each_tenant_reads_its_own_log_only(client, tenant: Tenant, databa
 
 
 async def test_analyst_reads_viewer_does_not_and_verify_needs_audit_verify(
-        client, database_url, tenant: Tenant) -> None:
+    client, database_url, tenant: Tenant
+) -> None:
     owner = (await login(client, tenant))["accessToken"]
     _, analyst = await member(client, database_url, owner, "a@acme.test", "analyst")
     _, viewer = await member(client, database_url, owner, "v@acme.test", "viewer")
@@ -411,19 +475,22 @@ async def test_the_platform_operator_reads_every_tenant(client, tenant: Tenant, 
     assert (await verified(client, token))["checked"] >= 3
 
 
-@pytest.mark.parametrize(("variables", "field"), [
-    ({"f": {"action": "no_such_action"}}, "filter.action"),
-    ({"f": {"result": "maybe"}}, "filter.result"),
-    ({"f": {"actorId": "x" * 65}}, "filter.actorId"),
-    ({"f": {"requestId": "a\x00b"}}, "f.requestId"),  # C-133: refused before the operation runs
-    ({"f": {"from": "2026-01-02T00:00:00Z", "to": "2026-01-01T00:00:00Z"}}, "filter.from"),
-    ({"first": -1}, "first"),
-    ({"first": 0}, "first"),
-    ({"first": 201}, "first"),
-    ({"after": "not-a-cursor"}, "after"),
-    ({"after": "MjAyNi0wMS0wMVQwMDowMDowMC4wMDAwMDBafA"}, "after"),
-    ({"after": "x" * 500}, "after"),
-])
+@pytest.mark.parametrize(
+    ("variables", "field"),
+    [
+        ({"f": {"action": "no_such_action"}}, "filter.action"),
+        ({"f": {"result": "maybe"}}, "filter.result"),
+        ({"f": {"actorId": "x" * 65}}, "filter.actorId"),
+        ({"f": {"requestId": "a\x00b"}}, "f.requestId"),  # C-133: refused before the operation runs
+        ({"f": {"from": "2026-01-02T00:00:00Z", "to": "2026-01-01T00:00:00Z"}}, "filter.from"),
+        ({"first": -1}, "first"),
+        ({"first": 0}, "first"),
+        ({"first": 201}, "first"),
+        ({"after": "not-a-cursor"}, "after"),
+        ({"after": "MjAyNi0wMS0wMVQwMDowMDowMC4wMDAwMDBafA"}, "after"),
+        ({"after": "x" * 500}, "after"),
+    ],
+)
 async def test_bad_audit_log_inputs(client, tenant: Tenant, variables: dict[str, Any], field: str) -> None:
     token = (await login(client, tenant))["accessToken"]
     body = await logs(client, token, **variables)
@@ -443,19 +510,22 @@ async def test_verify_audit_chain_names_the_first_broken_sequence(client, tenant
     report = await verified(client, token)
     assert report == {"ok": True, "checked": report["checked"], "firstBrokenSequence": None}
     assert report["checked"] >= 5
-    as_owner(database_url, "UPDATE audit_log SET resource_id = 'forged' WHERE chain = :c AND sequence = 3",
-             c=tenant.org_id)
+    as_owner(
+        database_url, "UPDATE audit_log SET resource_id = 'forged' WHERE chain = :c AND sequence = 3", c=tenant.org_id
+    )
     report = await verified(client, token)
     assert (report["ok"], report["firstBrokenSequence"]) == (False, 3)
-    window = (await gql(client, VERIFY, {"from": (datetime.now(UTC) - timedelta(hours=1)).isoformat()},
-                        token=token)).json()["data"]["verifyAuditChain"]
+    window = (
+        await gql(client, VERIFY, {"from": (datetime.now(UTC) - timedelta(hours=1)).isoformat()}, token=token)
+    ).json()["data"]["verifyAuditChain"]
     assert window["firstBrokenSequence"] == 3
 
 
 async def test_verify_refuses_a_reversed_range(client, tenant: Tenant) -> None:
     token = (await login(client, tenant))["accessToken"]
-    body = (await gql(client, VERIFY, {"from": "2026-01-02T00:00:00Z", "to": "2026-01-01T00:00:00Z"},
-                      token=token)).json()
+    body = (
+        await gql(client, VERIFY, {"from": "2026-01-02T00:00:00Z", "to": "2026-01-01T00:00:00Z"}, token=token)
+    ).json()
     assert error_codes(body) == ["BAD_USER_INPUT"]
 
 
@@ -473,8 +543,14 @@ async def test_rate_limit_audit_in_shared_mode_counts_across_processes(
         for a in auditors:
             a.clock = lambda: clock[0]
         for i in range(7):
-            event = AuditEvent(action="x", organization_id=tenant.org_id, actor_type="api_key", actor_id="k1",
-                               request_id=f"req-{i}", ip=CLIENT_IP)
+            event = AuditEvent(
+                action="x",
+                organization_id=tenant.org_id,
+                actor_type="api_key",
+                actor_id="k1",
+                request_id=f"req-{i}",
+                ip=CLIENT_IP,
+            )
             await auditors[i % 2].refused(event, key="api_key:k1")
         assert [await a.flush() for a in auditors] == [0, 0]  # the minute is not over
         clock[0] += 60

@@ -43,7 +43,8 @@ async def test_logout_ends_the_session(client, tenant: Tenant) -> None:
     """C-030: after logout both the access token and the refresh token are refused at once."""
     auth = await login(client, tenant)
     assert (await gql(client, "mutation { logout }", token=auth["accessToken"])).json() == {
-        "data": {"logout": True}, "extensions": {"cost": cost_of(10)}
+        "data": {"logout": True},
+        "extensions": {"cost": cost_of(10)},
     }
     assert (await gql(client, ME, token=auth["accessToken"])).status_code == 401
     assert error_codes((await gql(client, REFRESH, {"t": auth["refreshToken"]})).json()) == ["UNAUTHENTICATED"]
@@ -90,9 +91,12 @@ async def test_concurrent_password_changes_one_wins(client, tenant: Tenant) -> N
 
     first, second = await login(client, tenant), await login(client, tenant)
     news = ["first new passphrase 2026", "second new passphrase 2026"]
-    answers = await asyncio.gather(*(
-        gql(client, CHANGE, {"c": tenant.password, "n": n}, token=auth["accessToken"])
-        for auth, n in zip((first, second), news, strict=True)))
+    answers = await asyncio.gather(
+        *(
+            gql(client, CHANGE, {"c": tenant.password, "n": n}, token=auth["accessToken"])
+            for auth, n in zip((first, second), news, strict=True)
+        )
+    )
     won = [n for n, r in zip(news, answers, strict=True) if (r.json().get("data") or {}).get("changePassword")]
     lost = [r for r in answers if not (r.json().get("data") or {}).get("changePassword")]
     assert len(won) == 1
@@ -104,8 +108,9 @@ async def test_concurrent_password_changes_one_wins(client, tenant: Tenant) -> N
 
 async def test_change_password_needs_the_current_password(client, tenant: Tenant) -> None:
     auth = await login(client, tenant)
-    r = await gql(client, CHANGE, {"c": "not the password at all", "n": "another good passphrase"},
-                  token=auth["accessToken"])
+    r = await gql(
+        client, CHANGE, {"c": "not the password at all", "n": "another good passphrase"}, token=auth["accessToken"]
+    )
     assert error_codes(r.json()) == ["UNAUTHENTICATED"]
     assert (await gql(client, LOGIN, {"email": tenant.email, "password": tenant.password})).json()["data"]["login"]
 

@@ -21,18 +21,36 @@ async def viewer(database_url: str) -> Tenant:
 @pytest.mark.parametrize(
     ("query", "path", "expected_data"),
     [
-        ("{ organization { slug billingEmail } }", ["organization", "billingEmail"],
-         {"organization": {"slug": "initech", "billingEmail": None}}),
-        ("{ organization { slug b: billingEmail } }", ["organization", "b"],
-         {"organization": {"slug": "initech", "b": None}}),
-        ("fragment F on Organization { billingEmail } { organization { slug ...F } }",
-         ["organization", "billingEmail"], {"organization": {"slug": "initech", "billingEmail": None}}),
-        ("{ organization { slug ... on Organization { billingEmail } } }", ["organization", "billingEmail"],
-         {"organization": {"slug": "initech", "billingEmail": None}}),
-        ("{ me { role organization { billingEmail } } }", ["me", "organization", "billingEmail"],
-         {"me": {"role": "viewer", "organization": {"billingEmail": None}}}),
-        ("{ organization { children { slug } billingEmail billingEmail } }", ["organization", "billingEmail"],
-         {"organization": {"children": [], "billingEmail": None}}),
+        (
+            "{ organization { slug billingEmail } }",
+            ["organization", "billingEmail"],
+            {"organization": {"slug": "initech", "billingEmail": None}},
+        ),
+        (
+            "{ organization { slug b: billingEmail } }",
+            ["organization", "b"],
+            {"organization": {"slug": "initech", "b": None}},
+        ),
+        (
+            "fragment F on Organization { billingEmail } { organization { slug ...F } }",
+            ["organization", "billingEmail"],
+            {"organization": {"slug": "initech", "billingEmail": None}},
+        ),
+        (
+            "{ organization { slug ... on Organization { billingEmail } } }",
+            ["organization", "billingEmail"],
+            {"organization": {"slug": "initech", "billingEmail": None}},
+        ),
+        (
+            "{ me { role organization { billingEmail } } }",
+            ["me", "organization", "billingEmail"],
+            {"me": {"role": "viewer", "organization": {"billingEmail": None}}},
+        ),
+        (
+            "{ organization { children { slug } billingEmail billingEmail } }",
+            ["organization", "billingEmail"],
+            {"organization": {"children": [], "billingEmail": None}},
+        ),
     ],
     ids=["direct", "alias", "fragment", "inline-fragment", "nested-path", "merged"],
 )
@@ -76,8 +94,7 @@ async def test_anonymous_is_unauthenticated_at_the_field(client) -> None:
     assert error_codes(body) == ["UNAUTHENTICATED"]
 
 
-async def test_decisions_are_cached_per_document_and_permissions(app, client, viewer: Tenant,
-                                                                  tenant: Tenant) -> None:
+async def test_decisions_are_cached_per_document_and_permissions(app, client, viewer: Tenant, tenant: Tenant) -> None:
     authorizer = app.state.schema.authorizer
     query = "{ organization { slug billingEmail } }"
     as_viewer = await login(client, viewer)
@@ -125,7 +142,9 @@ async def test_same_document_across_tenants_and_roles_shares_nothing(client, ten
     for _ in range(2):
         first = (await gql(client, query, token=a["accessToken"])).json()
         second = (await gql(client, query, token=b["accessToken"])).json()
-        assert first == {"data": {"organization": {"slug": "acme", "billingEmail": None}},
-                         "extensions": {"cost": cost_of(1)}}
+        assert first == {
+            "data": {"organization": {"slug": "acme", "billingEmail": None}},
+            "extensions": {"cost": cost_of(1)},
+        }
         assert second["data"] == {"organization": {"slug": "initech", "billingEmail": None}}
         assert second["errors"][0]["extensions"] == FORBIDDEN_BILLING

@@ -29,15 +29,22 @@ async def member(database_url: str, org_id: str, email: str, role: str) -> str:
     membership's id (their password is `PASSWORD`)."""
     home = await make_tenant(database_url, slug=email.split("@")[0] + "-home", email=email)
     membership_id = f"m-{home.user_id[:30]}"
-    sql(database_url, "INSERT INTO memberships (id, organization_id, user_id, role, created_at) "
-        "VALUES (:id, :o, :u, :r, :t)", id=membership_id, o=org_id, u=home.user_id, r=role,
-        t=datetime(2026, 1, 1, tzinfo=UTC))
+    sql(
+        database_url,
+        "INSERT INTO memberships (id, organization_id, user_id, role, created_at) VALUES (:id, :o, :u, :r, :t)",
+        id=membership_id,
+        o=org_id,
+        u=home.user_id,
+        r=role,
+        t=datetime(2026, 1, 1, tzinfo=UTC),
+    )
     return membership_id
 
 
 async def create_child(client: httpx.AsyncClient, token: str, slug: str, plan: str = "FREE") -> dict[str, Any]:
-    return (await gql(client, CREATE, {"input": {"slug": slug, "name": slug.title(), "plan": plan}},
-                      token=token)).json()  # type: ignore[no-any-return]
+    return (
+        await gql(client, CREATE, {"input": {"slug": slug, "name": slug.title(), "plan": plan}}, token=token)
+    ).json()  # type: ignore[no-any-return]
 
 
 def plan_of(database_url: str, slug: str) -> str:
@@ -46,8 +53,12 @@ def plan_of(database_url: str, slug: str) -> str:
 
 def plan_entries(database_url: str, org_id: str) -> list[dict[str, Any]]:
     """The plan changes made in the organization (refusals are audited too, with another result)."""
-    found = sql(database_url, "SELECT details FROM audit_log WHERE chain = :c AND action = 'plan_changed' "
-                "AND result = 'success' ORDER BY sequence", c=org_id)
+    found = sql(
+        database_url,
+        "SELECT details FROM audit_log WHERE chain = :c AND action = 'plan_changed' "
+        "AND result = 'success' ORDER BY sequence",
+        c=org_id,
+    )
     return [d if isinstance(d, dict) else json.loads(d) for (d,) in found]
 
 
@@ -114,7 +125,8 @@ async def test_c128_the_parents_owner_raises_a_child_up_to_the_parents_plan(
     assert body["data"]["changePlan"] == {"id": child["id"], "plan": "PROFESSIONAL"}
     assert plan_of(database_url, "acme-eu") == "professional"
     assert [e["changes"] for e in plan_entries(database_url, child["id"])] == [
-        {"plan": {"old": "free", "new": "professional"}}]
+        {"plan": {"old": "free", "new": "professional"}}
+    ]
     # and down again, within the parent's plan
     body = (await gql(client, CHANGE_PLAN, {"plan": "STARTER"}, token=in_child)).json()
     assert body["data"]["changePlan"]["plan"] == "STARTER"
@@ -132,8 +144,12 @@ async def test_c128_the_role_in_the_parent_is_read_at_the_time_of_the_change(
 
     # the parent's owner, demoted to admin in the parent after signing in to the child
     in_child = await sign_in(client, tenant.email, "acme-eu")
-    sql(database_url, "UPDATE memberships SET role = 'admin' WHERE organization_id = :o AND user_id = :u",
-        o=tenant.org_id, u=tenant.user_id)
+    sql(
+        database_url,
+        "UPDATE memberships SET role = 'admin' WHERE organization_id = :o AND user_id = :u",
+        o=tenant.org_id,
+        u=tenant.user_id,
+    )
     assert_forbidden((await gql(client, CHANGE_PLAN, {"plan": "STARTER"}, token=in_child)).json())
     assert plan_of(database_url, "acme-eu") == "free"
 
@@ -144,8 +160,9 @@ async def test_c128_an_api_key_cannot_change_a_childs_plan(
     owner = await sign_in(client, tenant.email, "acme")
     await create_child(client, owner, "acme-eu")
     in_child = await sign_in(client, tenant.email, "acme-eu")
-    made = (await gql(client, CREATE_KEY, {"input": {"name": "billing", "scopes": ["plan:manage"]}},
-                      token=in_child)).json()
+    made = (
+        await gql(client, CREATE_KEY, {"input": {"name": "billing", "scopes": ["plan:manage"]}}, token=in_child)
+    ).json()
     secret = made["data"]["createApiKey"]["secret"]
     body = (await gql(client, CHANGE_PLAN, {"plan": "STARTER"}, headers={"X-API-Key": secret})).json()
     assert_forbidden(body)
@@ -165,8 +182,12 @@ async def test_c128_lowering_a_parent_lowers_every_organization_below_it_that_is
     body = (await gql(client, CHANGE_PLAN, {"plan": "STARTER"}, token=owner)).json()
     assert body["data"]["changePlan"]["plan"] == "STARTER"
     assert {s: plan_of(database_url, s) for s in ("acme", "acme-high", "acme-mid", "acme-low", "acme-high-x")} == {
-        "acme": "starter", "acme-high": "starter", "acme-mid": "starter", "acme-low": "free",
-        "acme-high-x": "starter"}
+        "acme": "starter",
+        "acme-high": "starter",
+        "acme-mid": "starter",
+        "acme-low": "free",
+        "acme-high-x": "starter",
+    }
     [own] = plan_entries(database_url, tenant.org_id)
     assert own["childrenLowered"] == 2
     for lowered in (high, grandchild):

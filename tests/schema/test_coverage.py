@@ -40,7 +40,8 @@ def test_every_object_type_is_reachable_only_through_ruled_or_public_roots() -> 
             if isinstance(named, GraphQLObjectType | GraphQLInterfaceType):
                 frontier.append(named)
     declared = {
-        name for name, t in schema.type_map.items()
+        name
+        for name, t in schema.type_map.items()
         if not name.startswith("__") and isinstance(t, GraphQLObjectType | GraphQLInterfaceType)
     }
     assert declared == reachable, f"types no root reaches: {sorted(declared - reachable)}"
@@ -49,7 +50,8 @@ def test_every_object_type_is_reachable_only_through_ruled_or_public_roots() -> 
 def test_report_lists_every_field(capsys) -> None:
     schema = build_schema()
     expected = sum(
-        len(t.fields) for n, t in schema._schema.type_map.items()
+        len(t.fields)
+        for n, t in schema._schema.type_map.items()
         if not n.startswith("__") and isinstance(t, GraphQLObjectType | GraphQLInterfaceType)
     )
     assert main(["authz-report", "--format", "json"]) == 0
@@ -57,7 +59,9 @@ def test_report_lists_every_field(capsys) -> None:
     assert len(rows) == expected
     by_name = {f"{r['type']}.{r['field']}": r for r in rows}
     assert by_name["Organization.billingEmail"] == {
-        "type": "Organization", "field": "billingEmail", "rule": "@requiresScopes(billing:read)",
+        "type": "Organization",
+        "field": "billingEmail",
+        "rule": "@requiresScopes(billing:read)",
         "roles": ["admin", "owner"],
     }
     assert by_name["Query.me"]["roles"] == ["viewer", "analyst", "manager", "admin", "owner"]
@@ -77,4 +81,3 @@ def test_report_matches_the_rules_in_force() -> None:
     assert {r["rule"] for r in rows if r["type"] == "Mutation" and r["field"] == "unlockUser"} == {
         "@requiresScopes(members:manage)"
     }
-

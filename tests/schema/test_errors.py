@@ -17,8 +17,17 @@ PROD_SECRETS = {"api_key_pepper": "p" * 40, "cookie_secret": "c" * 40, "data_enc
 ME = "{ me { user { email } } }"
 SCHEMA_TYPES = "{ __schema { types { name } } }"
 TYPE_FIELDS = '{ __type(name: "User") { fields { name } } }'
-CODES = {"UNAUTHENTICATED", "FORBIDDEN", "RATE_LIMITED", "QUOTA_EXCEEDED", "BAD_USER_INPUT", "NOT_FOUND",
-         "CONFLICT", "OPERATION_TOO_COMPLEX", "INTERNAL"}
+CODES = {
+    "UNAUTHENTICATED",
+    "FORBIDDEN",
+    "RATE_LIMITED",
+    "QUOTA_EXCEEDED",
+    "BAD_USER_INPUT",
+    "NOT_FOUND",
+    "CONFLICT",
+    "OPERATION_TOO_COMPLEX",
+    "INTERNAL",
+}
 
 
 @pytest.fixture(scope="module")
@@ -101,8 +110,9 @@ async def test_failure_outside_the_schema_is_internal_too(dev_client, monkeypatc
     caplog.set_level(logging.ERROR, logger="portcullis")
     r = await gql(dev_client, "{ __typename }", headers={"X-Request-ID": "outside-1234"})
     assert r.status_code == 500
-    assert r.json() == {"errors": [{"message": "Unexpected error.",
-                                    "extensions": {"code": "INTERNAL", "requestId": "outside-1234"}}]}
+    assert r.json() == {
+        "errors": [{"message": "Unexpected error.", "extensions": {"code": "INTERNAL", "requestId": "outside-1234"}}]
+    }
     assert r.headers["x-request-id"] == "outside-1234"
     assert r.headers["x-content-type-options"] == "nosniff"
     assert "secret_column" not in r.text
@@ -121,7 +131,7 @@ async def test_failure_outside_the_schema_is_internal_too(dev_client, monkeypatc
         "{ me ",
         "query A { __typename } query A { __typename }",
         "query($x: Int) { __typename }",
-        'mutation { login(email: 1) { accessToken } }',
+        "mutation { login(email: 1) { accessToken } }",
         "fragment A on User { ...B } fragment B on User { ...A } { me { user { ...A } } }",
         "subscription { nothing }",
     ],
@@ -142,8 +152,9 @@ async def test_fragment_cycle_is_refused(dev_client) -> None:
     assert any("cycle" in e["message"].lower() or "spread" in e["message"].lower() for e in r.json()["errors"])
 
 
-@pytest.mark.parametrize("body", [{"query": 42}, {"query": None}, {"query": ""}, {"query": "{ __typename }",
-                                                                              "variables": "x"}])
+@pytest.mark.parametrize(
+    "body", [{"query": 42}, {"query": None}, {"query": ""}, {"query": "{ __typename }", "variables": "x"}]
+)
 async def test_malformed_request_fields(dev_client, body: dict[str, Any]) -> None:
     r = await dev_client.post("/graphql", json=body)
     assert r.status_code == 400, r.text

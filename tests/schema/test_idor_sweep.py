@@ -48,8 +48,17 @@ PLAN = "professional"
 MEMBER_PASSWORD = "a long enough member passphrase"
 # what a sign-in or any request writes (usage_daily: each request's usage, flushed in the background);
 # the audit log records A's probes in A's own chain (authz_cross_tenant): B's chain stays untouched
-BOOKKEEPING_TABLES = frozenset({"auth_sessions", "refresh_tokens", "refresh_token_families", "login_throttle",
-                                "usage_daily", "audit_log", "audit_chain_heads"})
+BOOKKEEPING_TABLES = frozenset(
+    {
+        "auth_sessions",
+        "refresh_tokens",
+        "refresh_token_families",
+        "login_throttle",
+        "usage_daily",
+        "audit_log",
+        "audit_chain_heads",
+    }
+)
 BOOKKEEPING_COLUMNS = frozenset({("users", "last_login_at")})
 KNOWN_ID_FIELDS = frozenset(
     {("Mutation", "unlockUser"), ("Mutation", "updateMemberRole"), ("Mutation", "removeMember")}
@@ -166,8 +175,11 @@ def selection(gtype: Any, depth: int = 0, *, wide: bool = False) -> str:
     if isinstance(named, GraphQLUnionType) or depth > 4:
         return " { __typename }"
     assert isinstance(named, GraphQLObjectType | GraphQLInterfaceType)
-    fields = [(n, f) for n, f in named.fields.items()
-              if not any(required(a) for a in f.args.values()) and (named.name, n) not in RULES]
+    fields = [
+        (n, f)
+        for n, f in named.fields.items()
+        if not any(required(a) for a in f.args.values()) and (named.name, n) not in RULES
+    ]
     leaves = [n for n, f in fields if is_leaf_type(get_named_type(f.type))]
     if leaves:
         return " { __typename " + " ".join(leaves if wide else leaves[:1]) + " }"
@@ -185,9 +197,14 @@ def string_value(name: str, invalid: bool) -> str:
     if invalid:
         # too long for any password check, empty for everything else: refused before any write
         return "x" * 5000 if "password" in lowered else ""
-    for hint, value in (("password", "a long enough sweep passphrase"), ("email", "sweep@example.test"),
-                        ("slug", "sweep-org"), ("permission", "organization:read"), ("role", "viewer"),
-                        ("name", "sweep")):
+    for hint, value in (
+        ("password", "a long enough sweep passphrase"),
+        ("email", "sweep@example.test"),
+        ("slug", "sweep-org"),
+        ("permission", "organization:read"),
+        ("role", "viewer"),
+        ("name", "sweep"),
+    ):
         if hint in lowered:
             return value
     return "viewer"
@@ -254,8 +271,9 @@ def document(target: Target, args: list[dict[str, Any]], *, wide: bool = False) 
 
 
 def role_principal(role: str, plan: str = PLAN) -> Principal:
-    return Principal(kind=PrincipalKind.USER, permissions=permissions_for_role(role),
-                     auth_method=AuthMethod.PASSWORD, plan=plan)
+    return Principal(
+        kind=PrincipalKind.USER, permissions=permissions_for_role(role), auth_method=AuthMethod.PASSWORD, plan=plan
+    )
 
 
 def expected_denial(principal: Principal, key: tuple[str, str]) -> dict[str, Any] | None:
@@ -409,8 +427,19 @@ async def build_side(client: httpx.AsyncClient, database_url: str, slug: str) ->
     for role in ("admin", "viewer"):
         tokens[role] = await member_token(client, database_url, owner, f"{role}@{slug}.test", role)
     role_name = f"{slug}-auditor"
-    await call(client, CREATE_ROLE, {"i": {"name": role_name, "description": "reads the audit log",
-                                          "permissions": ["audit:read"], "inherits": ["viewer"]}}, owner)
+    await call(
+        client,
+        CREATE_ROLE,
+        {
+            "i": {
+                "name": role_name,
+                "description": "reads the audit log",
+                "permissions": ["audit:read"],
+                "inherits": ["viewer"],
+            }
+        },
+        owner,
+    )
     await invite(client, owner, f"pending@{slug}.test", role_name)
     child_slug = f"{slug}-eu"
     await call(client, CREATE_CHILD, {"i": {"slug": child_slug, "name": f"{slug} EU"}}, owner)
@@ -496,8 +525,9 @@ def without_budget(body: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
-async def run(client: httpx.AsyncClient, target: Target, id_value: Callable[[str], str], token: str | None,
-              **kwargs: Any) -> tuple[dict[str, Any], int]:
+async def run(
+    client: httpx.AsyncClient, target: Target, id_value: Callable[[str], str], token: str | None, **kwargs: Any
+) -> tuple[dict[str, Any], int]:
     query, variables = document(target, [arguments(s, id_value) for s in target.steps], wide=True)
     response = await gql(client, query, variables, token=token, **kwargs)
     return without_budget(response.json()), response.status_code
@@ -563,8 +593,9 @@ async def test_every_id_field_answers_b_ids_like_missing_ones(client, database_u
                 if leaked:
                     problems.append(f"{label}: response holds B's {leaked}: {body}")
                 if (body, status) != (baseline, baseline_status):
-                    problems.append(f"{label}: B's id answers {status} {body}, an unknown id {baseline_status} "
-                                    f"{baseline}")
+                    problems.append(
+                        f"{label}: B's id answers {status} {body}, an unknown id {baseline_status} {baseline}"
+                    )
                 if value_at(body.get("data"), target.path) is not None:
                     problems.append(f"{label}: returned data {body['data']}")
                 errors = body.get("errors", [])
@@ -579,9 +610,8 @@ async def test_every_id_field_answers_b_ids_like_missing_ones(client, database_u
     assert after == before
 
 
-NOT_FOUND_ORG = 'query($s: String) { organization(slug: $s) { id slug name } }'
-UPDATE_ROLE = ('mutation($n: String!, $i: RoleInput!) { updateRole(name: $n, input: $i) '
-               '{ name permissions inherits } }')
+NOT_FOUND_ORG = "query($s: String) { organization(slug: $s) { id slug name } }"
+UPDATE_ROLE = "mutation($n: String!, $i: RoleInput!) { updateRole(name: $n, input: $i) { name permissions inherits } }"
 DELETE_ROLE = "mutation($n: String!) { deleteRole(name: $n) }"
 
 
@@ -591,11 +621,20 @@ async def test_string_keys_of_b_answer_like_unknown_ones(client, database_url: s
     unknown_slug = f"nobody-{uuid.uuid4().hex[:8]}"
     unknown_role = f"nobody-{uuid.uuid4().hex[:8]}"
     cases = [
-        ("organization", NOT_FOUND_ORG, lambda key: {"s": key}, [world.b.tenant.slug, world.b.child_slug],
-         unknown_slug),
-        ("updateRole", UPDATE_ROLE,
-         lambda key: {"n": key, "i": {"name": key, "permissions": ["organization:read"], "inherits": []}},
-         [world.b.role_name], unknown_role),
+        (
+            "organization",
+            NOT_FOUND_ORG,
+            lambda key: {"s": key},
+            [world.b.tenant.slug, world.b.child_slug],
+            unknown_slug,
+        ),
+        (
+            "updateRole",
+            UPDATE_ROLE,
+            lambda key: {"n": key, "i": {"name": key, "permissions": ["organization:read"], "inherits": []}},
+            [world.b.role_name],
+            unknown_role,
+        ),
         ("deleteRole", DELETE_ROLE, lambda key: {"n": key}, [world.b.role_name], unknown_role),
     ]
     for who, (token, principal) in world.principals().items():
@@ -636,12 +675,18 @@ async def test_tenant_headers_and_query_parameters_are_ignored(client, database_
     assert error_codes(plain_remove) == ["NOT_FOUND"]
     before = tenant_hashes(database_url, world.roots, bookkeeping_for=["A"])
     variants: list[tuple[str, dict[str, str]]] = [("/graphql", {h: b_org}) for h in TENANT_HEADERS]
-    variants += [("/graphql", dict.fromkeys(TENANT_HEADERS, b_org)), (f"/graphql?org={b_org}", {}),
-                 (f"/graphql?org={world.b.tenant.slug}", {h: world.b.tenant.slug for h in TENANT_HEADERS})]
+    variants += [
+        ("/graphql", dict.fromkeys(TENANT_HEADERS, b_org)),
+        (f"/graphql?org={b_org}", {}),
+        (f"/graphql?org={world.b.tenant.slug}", {h: world.b.tenant.slug for h in TENANT_HEADERS}),
+    ]
     for url, headers in variants:
         for query, variables, expected in ((TENANT_VIEW, {}, plain), (remove, {"m": b_membership}, plain_remove)):
-            response = await client.post(url, json={"query": query, "variables": variables},
-                                         headers={**headers, "Authorization": f"Bearer {owner}"})
+            response = await client.post(
+                url,
+                json={"query": query, "variables": variables},
+                headers={**headers, "Authorization": f"Bearer {owner}"},
+            )
             body = without_budget(response.json())
             assert body == expected, (url, headers, body)
             assert not [s for s in world.b_secrets if s in response.text], (url, headers)

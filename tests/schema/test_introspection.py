@@ -8,7 +8,7 @@ import pytest
 
 from tests.conftest import Tenant, cost_of, gql, login, make_tenant
 
-TYPE_FIELDS = 'query($n: String!) { __type(name: $n) { name fields { name } } }'
+TYPE_FIELDS = "query($n: String!) { __type(name: $n) { name fields { name } } }"
 
 
 def names(body: dict[str, Any], key: str = "__type") -> list[str] | None:
@@ -64,8 +64,14 @@ async def test_anonymous_sees_only_the_public_door(client) -> None:
     schema = body["data"]["__schema"]
     assert schema["queryType"]["fields"] == []
     assert {f["name"] for f in schema["mutationType"]["fields"]} == {
-        "login", "refreshToken", "acceptInvitation", "requestPasswordReset", "resetPassword", "verifyEmail",
-        "confirmEmailChange"}
+        "login",
+        "refreshToken",
+        "acceptInvitation",
+        "requestPasswordReset",
+        "resetPassword",
+        "verifyEmail",
+        "confirmEmailChange",
+    }
 
 
 async def test_tools_standard_introspection_query_fits_the_limits(client, viewer: Tenant) -> None:
@@ -105,14 +111,17 @@ def assert_closed(r: Any, query: str = "") -> None:
     assert not [t for t in HIDDEN_TYPES if t in r.text and t not in query], r.text
 
 
-@pytest.mark.parametrize(("selection", "fragments"), [
-    ("__schema { types { name fields { name } } }", ""),
-    ("s: __schema { types { name } }", ""),
-    ("...Intro", "fragment Intro on Query { __schema { types { name } } }"),
-    ("... on Query { __schema { types { name } } }", ""),
-    ('__type(name: "AuditLogEntry") { name fields { name } }', ""),
-    ('t: __type(name: "Organization") { name fields { name } }', ""),
-])
+@pytest.mark.parametrize(
+    ("selection", "fragments"),
+    [
+        ("__schema { types { name fields { name } } }", ""),
+        ("s: __schema { types { name } }", ""),
+        ("...Intro", "fragment Intro on Query { __schema { types { name } } }"),
+        ("... on Query { __schema { types { name } } }", ""),
+        ('__type(name: "AuditLogEntry") { name fields { name } }', ""),
+        ('t: __type(name: "Organization") { name fields { name } }', ""),
+    ],
+)
 async def test_a_failing_trimmed_answer_never_returns_the_untrimmed_one(
     client, viewer: Tenant, selection: str, fragments: str
 ) -> None:
@@ -132,8 +141,11 @@ async def test_a_failing_trimmed_answer_over_get_is_closed_too(client, viewer: T
 
     auth = await login(client, viewer)
     query = HIDDEN_VARIABLE % ("__schema { types { name fields { name } } }", "")
-    r = await client.get("/graphql", params={"query": query, "variables": json.dumps({"f": None})},
-                         headers={"Authorization": f"Bearer {auth['accessToken']}", "Accept": "application/json"})
+    r = await client.get(
+        "/graphql",
+        params={"query": query, "variables": json.dumps({"f": None})},
+        headers={"Authorization": f"Bearer {auth['accessToken']}", "Accept": "application/json"},
+    )
     assert_closed(r, query)
 
 
@@ -147,8 +159,9 @@ async def test_a_failure_while_trimming_answers_internal(client, viewer: Tenant,
 
     monkeypatch.setattr(IntrospectionFilter, "_build", broken)
     auth = await login(client, viewer)
-    r = await gql(client, "{ organization { slug } __schema { types { name fields { name } } } }",
-                  token=auth["accessToken"])
+    r = await gql(
+        client, "{ organization { slug } __schema { types { name fields { name } } } }", token=auth["accessToken"]
+    )
     assert_closed(r)
     assert r.status_code == 500
     assert [e["extensions"]["code"] for e in r.json()["errors"]] == ["INTERNAL"]
@@ -176,7 +189,7 @@ async def test_a_hidden_type_by_name_is_null(client, viewer: Tenant) -> None:
     auth = await login(client, viewer)
     for query, variables in (
         ('{ __type(name: "AuditLogEntry") { name fields { name } } }', None),
-        ('query($n: String!) { organization { slug } h: __type(name: $n) { name } }', {"n": "RoleInput"}),
+        ("query($n: String!) { organization { slug } h: __type(name: $n) { name } }", {"n": "RoleInput"}),
     ):
         r = await gql(client, query, variables, token=auth["accessToken"])
         body = r.json()

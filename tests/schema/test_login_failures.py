@@ -93,9 +93,7 @@ async def client_from(app: Any, ip: str) -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
-async def attempt(
-    client: httpx.AsyncClient, email: str, password: str, org: str | None = None
-) -> httpx.Response:
+async def attempt(client: httpx.AsyncClient, email: str, password: str, org: str | None = None) -> httpx.Response:
     return await gql(client, LOGIN, {"email": email, "password": password, "org": org})
 
 
@@ -135,7 +133,8 @@ async def add_member(database_url: str, t: Tenant, email: str, role: str, passwo
     try:
         async with db.transaction() as s:
             user = User(
-                email=email, email_key=email.casefold(),
+                email=email,
+                email_key=email.casefold(),
                 password_hash=PasswordHasherService(FAST_HASH).hash_sync(password),
             )
             s.add(user)
@@ -194,7 +193,10 @@ async def test_failure_timing_does_not_tell_the_cases_apart(database_url: str, s
     """C-112: with real argon2id parameters, the median time of an unknown email, a wrong password, a
     locked account and an unknown organization stay within one band (every path runs one argon2)."""
     settings = make_settings(
-        database_url, signing_key, password_hash_memory_kib=19_456, password_hash_time_cost=2,
+        database_url,
+        signing_key,
+        password_hash_memory_kib=19_456,
+        password_hash_time_cost=2,
         log_level="WARNING",
     )
     tenant = await make_tenant(database_url)
@@ -281,9 +283,7 @@ async def test_fifty_concurrent_guesses_get_at_most_five_verifications(app, clie
     and the pair is locked (even for the correct password)."""
     freeze_clock(app)
     counts = count_verifications(app)
-    responses = await asyncio.gather(
-        *(attempt(client, tenant.email, f"concurrent guess {i}") for i in range(50))
-    )
+    responses = await asyncio.gather(*(attempt(client, tenant.email, f"concurrent guess {i}") for i in range(50)))
     assert all(refused(r) for r in responses)
     assert len({r.text for r in responses}) == 1
     assert counts.verify <= 5
@@ -440,6 +440,7 @@ async def test_lone_surrogates_are_handled(client, tenant: Tenant) -> None:
         (tenant.email, tenant.password + "\udfff"),
         ("owner\ud800@acme.test", tenant.password),
     ]
+
     async def send(email: str, password: str, org: str | None = None) -> httpx.Response:
         # escaped as \\uXXXX in the (ASCII) JSON body, the way a client would send it
         body = json.dumps({"query": LOGIN, "variables": {"email": email, "password": password, "org": org}})
@@ -492,8 +493,12 @@ class Captured:
 
 
 async def sign_in_and_out_with_canaries(
-    app: Any, client: httpx.AsyncClient, tenant: Tenant, database_url: str,
-    caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str],
+    app: Any,
+    client: httpx.AsyncClient,
+    tenant: Tenant,
+    database_url: str,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
 ) -> Captured:
     """Failed and successful logins, a refresh, a refresh reuse and a password change, with the root
     logger at DEBUG; returns every record, everything printed, and the secrets that were in play."""
@@ -563,8 +568,12 @@ def leaks(haystack: str, secrets: dict[str, str]) -> list[str]:
 
 
 async def test_no_secret_reaches_the_logs(
-    app, client, tenant: Tenant, database_url: str,
-    caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str],
+    app,
+    client,
+    tenant: Tenant,
+    database_url: str,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """C-095: no password, access token, refresh token or password hash in any record of the gateway
     and its libraries (root logger at DEBUG), nor in anything printed."""
@@ -577,8 +586,12 @@ async def test_no_secret_reaches_the_logs(
 
 
 async def test_no_secret_reaches_the_database_driver_logs(
-    database_url: str, signing_key: str, tenant: Tenant,
-    caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str], request: pytest.FixtureRequest,
+    database_url: str,
+    signing_key: str,
+    tenant: Tenant,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+    request: pytest.FixtureRequest,
 ) -> None:
     """C-095: the same with the root logger at DEBUG from start-up, counting the database drivers' own
     statement traces."""
@@ -612,4 +625,3 @@ async def test_non_member_of_the_named_organization_gets_the_generic_answer(
     assert r.json() == reference
     r = await attempt(client, tenant.email, tenant.password, org="acme")
     assert r.json()["data"]["login"]["organization"]["slug"] == "acme"
-

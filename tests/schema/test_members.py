@@ -35,8 +35,6 @@ query($first: Int, $after: String) {
 NEW_PASSWORD = "a long enough new passphrase"
 
 
-
-
 def role_of(url: str, membership_id: str) -> str | None:
     rows = sql(url, "SELECT role FROM memberships WHERE id = :id", id=membership_id)
     return rows[0][0] if rows else None
@@ -118,8 +116,7 @@ async def test_members_need_members_read(client, database_url, tenant: Tenant) -
 async def test_members_of_a_child_organization_are_not_listed(client, database_url, tenant: Tenant) -> None:
     await make_tenant(database_url, slug="acme-eu", email="eu@acme.test", parent_id=tenant.org_id)
     token = await owner_token(client, tenant)
-    body = (await gql(client, '{ organization(slug: "acme-eu") { members { edges { cursor } } } }',
-                      token=token)).json()
+    body = (await gql(client, '{ organization(slug: "acme-eu") { members { edges { cursor } } } }', token=token)).json()
     assert error_codes(body) == ["FORBIDDEN"]
     assert "eu@acme.test" not in str(body)
 
@@ -132,8 +129,12 @@ async def test_invitation_flow(client, database_url, tenant: Tenant) -> None:
     added = await add(client, token, "New.Person@acme.test", "analyst")
     assert added["invitationToken"] is None
     assert added["membership"] is None
-    assert added["invitation"] == {"id": added["invitation"]["id"], "email": "New.Person@acme.test",
-                                   "role": "analyst", "status": "PENDING"}
+    assert added["invitation"] == {
+        "id": added["invitation"]["id"],
+        "email": "New.Person@acme.test",
+        "role": "analyst",
+        "status": "PENDING",
+    }
     invitation = await invitation_token(database_url, "New.Person@acme.test")
     assert invitation.startswith("pti_")
     stored = sql(database_url, "SELECT token_hash, expires_at, created_at FROM invitations")
@@ -200,8 +201,9 @@ async def test_existing_user_is_invited_and_joins_by_accepting(client, database_
     assert sql(database_url, "SELECT count(*) FROM memberships WHERE user_id = :u", u=other.user_id)[0][0] == 2
 
 
-@pytest.mark.parametrize("email", ["", "no-at-sign", "two@@example.test", "a b@example.test", "x@" + "y" * 400,
-                                   "nul\x00@example.test"])
+@pytest.mark.parametrize(
+    "email", ["", "no-at-sign", "two@@example.test", "a b@example.test", "x@" + "y" * 400, "nul\x00@example.test"]
+)
 async def test_add_member_refuses_a_bad_email(client, tenant: Tenant, email: str) -> None:
     token = await owner_token(client, tenant)
     body = (await gql(client, ADD, {"email": email, "role": "viewer"}, token=token)).json()
@@ -247,8 +249,9 @@ async def test_manager_cannot_raise_anyone_to_admin(client, database_url, tenant
     token = await owner_token(client, tenant)
     _, manager = await join(client, database_url, token, "mgr@acme.test", "manager")
     viewer_id, _ = await join(client, database_url, token, "v@acme.test", "viewer")
-    manager_id = sql(database_url, "SELECT m.id FROM memberships m JOIN users u ON u.id = m.user_id "
-                                   "WHERE u.email = 'mgr@acme.test'")[0][0]
+    manager_id = sql(
+        database_url, "SELECT m.id FROM memberships m JOIN users u ON u.id = m.user_id WHERE u.email = 'mgr@acme.test'"
+    )[0][0]
     for target in (viewer_id, manager_id):
         body = (await gql(client, UPDATE, {"id": target, "role": "admin"}, token=manager)).json()
         assert error_codes(body) == ["FORBIDDEN"]
@@ -304,8 +307,14 @@ async def test_removed_member_is_refused_on_the_next_request(client, database_ur
     assert refused.status_code == 401
     assert error_codes(refused.json()) == ["UNAUTHENTICATED"]
     assert role_of(database_url, membership_id) is None
-    assert sql(database_url, "SELECT count(*) FROM auth_sessions s JOIN users u ON u.id = s.user_id "
-                             "WHERE u.email = 'gone@acme.test' AND s.revoked_at IS NULL")[0][0] == 0
+    assert (
+        sql(
+            database_url,
+            "SELECT count(*) FROM auth_sessions s JOIN users u ON u.id = s.user_id "
+            "WHERE u.email = 'gone@acme.test' AND s.revoked_at IS NULL",
+        )[0][0]
+        == 0
+    )
 
 
 async def test_a_removed_member_who_is_invited_again_must_accept_again(client, database_url, tenant: Tenant) -> None:
@@ -313,8 +322,13 @@ async def test_a_removed_member_who_is_invited_again_must_accept_again(client, d
     membership_id, _ = await join(client, database_url, token, "again@acme.test", "viewer")
     assert (await gql(client, REMOVE, {"id": membership_id}, token=token)).json()["data"] == {"removeMember": True}
     await add(client, token, "again@acme.test", "analyst")
-    assert sql(database_url, "SELECT count(*) FROM memberships m JOIN users u ON u.id = m.user_id "
-                             "WHERE u.email = 'again@acme.test'")[0][0] == 0
+    assert (
+        sql(
+            database_url,
+            "SELECT count(*) FROM memberships m JOIN users u ON u.id = m.user_id WHERE u.email = 'again@acme.test'",
+        )[0][0]
+        == 0
+    )
     invitation = await invitation_token(database_url, "again@acme.test")
     accepted = (await gql(client, ACCEPT, {"token": invitation, "password": NEW_PASSWORD})).json()
     assert accepted["data"]["acceptInvitation"]["organization"]["id"] == tenant.org_id
@@ -330,8 +344,9 @@ async def test_another_tenants_membership_is_not_found(client, database_url, ten
     token = await owner_token(client, tenant)
     for doc, variables in ((UPDATE, {"role": "viewer"}), (REMOVE, {})):
         foreign = (await gql(client, doc, {"id": theirs, **variables}, token=token)).json()
-        random = (await gql(client, doc, {"id": "00000000-0000-4000-8000-000000000000", **variables},
-                            token=token)).json()
+        random = (
+            await gql(client, doc, {"id": "00000000-0000-4000-8000-000000000000", **variables}, token=token)
+        ).json()
         assert error_codes(foreign) == error_codes(random) == ["NOT_FOUND"]
         assert foreign["errors"][0]["message"] == random["errors"][0]["message"]
         assert foreign["data"] == random["data"]
@@ -358,8 +373,11 @@ async def test_tenant_headers_are_ignored(client, database_url, tenant: Tenant) 
 async def test_members_mutations_need_members_manage(client, database_url, tenant: Tenant) -> None:
     token = await owner_token(client, tenant)
     membership_id, analyst = await join(client, database_url, token, "a@acme.test", "analyst")
-    for doc, variables in ((ADD, {"email": "z@acme.test", "role": "viewer"}),
-                           (UPDATE, {"id": membership_id, "role": "viewer"}), (REMOVE, {"id": membership_id})):
+    for doc, variables in (
+        (ADD, {"email": "z@acme.test", "role": "viewer"}),
+        (UPDATE, {"id": membership_id, "role": "viewer"}),
+        (REMOVE, {"id": membership_id}),
+    ):
         body = (await gql(client, doc, variables, token=analyst)).json()
         assert error_codes(body) == ["FORBIDDEN"]
         assert body["errors"][0]["extensions"]["requiredScopes"] == [["members:manage"]]
@@ -376,7 +394,8 @@ async def test_password_for_an_existing_user_is_untouched(client, database_url, 
     body = (await gql(client, LOGIN, {"email": other.email, "password": PASSWORD, "org": "acme"})).json()
     assert body["data"]["login"]["organization"]["id"] == tenant.org_id
     assert error_codes((await gql(client, LOGIN, {"email": other.email, "password": NEW_PASSWORD})).json()) == [
-        "UNAUTHENTICATED"]
+        "UNAUTHENTICATED"
+    ]
 
 
 def test_session_cache_drops_by_user_and_by_organization() -> None:
@@ -385,8 +404,15 @@ def test_session_cache_drops_by_user_and_by_organization() -> None:
     from identity.sessions import SessionCache, SessionInfo, org_key, user_key
 
     def info(sid: str, user: str, org: str) -> SessionInfo:
-        return SessionInfo(session_id=sid, user_id=user, organization_id=org, role="viewer", plan="free",
-                           auth_method="password", expires_at=datetime(2100, 1, 1))
+        return SessionInfo(
+            session_id=sid,
+            user_id=user,
+            organization_id=org,
+            role="viewer",
+            plan="free",
+            auth_method="password",
+            expires_at=datetime(2100, 1, 1),
+        )
 
     cache = SessionCache()
     for s in (info("s1", "u1", "o1"), info("s2", "u1", "o2"), info("s3", "u2", "o1"), info("s4", "u3", "o3")):

@@ -96,8 +96,9 @@ def signed_in(body: dict[str, Any]) -> bool:
 # --- enrollment ---------------------------------------------------------------------------------------
 
 
-async def test_enroll_returns_a_secret_an_otpauth_uri_and_a_clean_svg(client, tenant: Tenant, database_url: str,
-                                                                     app: Any) -> None:
+async def test_enroll_returns_a_secret_an_otpauth_uri_and_a_clean_svg(
+    client, tenant: Tenant, database_url: str, app: Any
+) -> None:
     token = (await login(client, tenant))["accessToken"]
     r = (await gql(client, ENROLL, token=token)).json()
     e = r["data"]["enrollTotp"]
@@ -123,8 +124,9 @@ async def test_enroll_returns_a_secret_an_otpauth_uri_and_a_clean_svg(client, te
         SecretBox(app.state.settings.data_encryption_key.get_secret_value()).decrypt(pending)
 
 
-async def test_confirm_enables_and_returns_ten_hashed_recovery_codes(client, tenant: Tenant, database_url: str,
-                                                                    clock: Clock) -> None:
+async def test_confirm_enables_and_returns_ten_hashed_recovery_codes(
+    client, tenant: Tenant, database_url: str, clock: Clock
+) -> None:
     e = await enroll(client, tenant, clock)
     assert len(e.recovery) == 10
     assert len(set(e.recovery)) == 10
@@ -140,8 +142,9 @@ async def test_confirm_enables_and_returns_ten_hashed_recovery_codes(client, ten
     assert pending is None
 
 
-async def test_confirm_with_a_wrong_code_enables_nothing(client, tenant: Tenant, database_url: str,
-                                                         clock: Clock) -> None:
+async def test_confirm_with_a_wrong_code_enables_nothing(
+    client, tenant: Tenant, database_url: str, clock: Clock
+) -> None:
     token = (await login(client, tenant))["accessToken"]
     secret = (await gql(client, ENROLL, token=token)).json()["data"]["enrollTotp"]["secret"]
     wrong = f"{(int(code(secret, clock)) + 1) % 1_000_000:06d}"
@@ -167,9 +170,7 @@ async def test_enrolling_twice(client, tenant: Tenant, clock: Clock) -> None:
     assert "errors" not in (await gql(client, CONFIRM, {"c": code(second, clock)}, token=token)).json()
     again = (await gql(client, ENROLL, token=token)).json()
     assert error_codes(again) == ["CONFLICT"]
-    assert error_codes((await gql(client, CONFIRM, {"c": code(second, clock, 1)}, token=token)).json()) == [
-        "CONFLICT"
-    ]
+    assert error_codes((await gql(client, CONFIRM, {"c": code(second, clock, 1)}, token=token)).json()) == ["CONFLICT"]
 
 
 async def test_confirm_without_enrollment_is_a_conflict(client, tenant: Tenant) -> None:
@@ -198,8 +199,9 @@ async def test_login_with_the_current_code(client, tenant: Tenant, clock: Clock)
     assert body["data"]["login"]["user"]["mfaEnabled"] is True
 
 
-async def test_missing_code_when_enrolled_says_a_second_factor_is_required(client, tenant: Tenant,
-                                                                          clock: Clock) -> None:
+async def test_missing_code_when_enrolled_says_a_second_factor_is_required(
+    client, tenant: Tenant, clock: Clock
+) -> None:
     """Only a right password learns that a second factor is required; a wrong one gets the plain answer."""
     await enroll(client, tenant, clock)
     for missing in (None, "", "   "):
@@ -264,8 +266,9 @@ async def test_concurrent_submissions_of_one_code_sign_in_once(client, tenant: T
     assert all(reason(b) == "MFA_INVALID" for b in results if not signed_in(b))
 
 
-async def test_a_recovery_code_in_the_totp_field_signs_in_once(client, tenant: Tenant, clock: Clock,
-                                                               database_url: str) -> None:
+async def test_a_recovery_code_in_the_totp_field_signs_in_once(
+    client, tenant: Tenant, clock: Clock, database_url: str
+) -> None:
     e = await enroll(client, tenant, clock)
     recovery = e.recovery[3]
     assert signed_in(await sign_in(client, tenant, recovery))
@@ -287,10 +290,12 @@ async def test_codes_with_spaces_and_dashes_are_normalized(client, tenant: Tenan
     assert signed_in(await sign_in(client, tenant, f"{r[:3]} {r[3:7]}-{r[7:]}".upper()))
 
 
-@pytest.mark.parametrize("bad", ["abcdef", "12345x", "\uff11\uff12\uff13\uff14\uff15\uff16", "12345", "1234567",
-                                 "123456\x00", "<script>"])
-async def test_non_digit_or_odd_shaped_input_is_bad_user_input(client, tenant: Tenant, clock: Clock,
-                                                                database_url: str, bad: str) -> None:
+@pytest.mark.parametrize(
+    "bad", ["abcdef", "12345x", "\uff11\uff12\uff13\uff14\uff15\uff16", "12345", "1234567", "123456\x00", "<script>"]
+)
+async def test_non_digit_or_odd_shaped_input_is_bad_user_input(
+    client, tenant: Tenant, clock: Clock, database_url: str, bad: str
+) -> None:
     await enroll(client, tenant, clock)
     r = await gql(client, LOGIN_TOTP, {"email": tenant.email, "password": tenant.password, "totp": bad})
     # a NUL is refused with 400 before the operation runs (C-133), naming the variable
@@ -348,21 +353,30 @@ def lifted(app: Any) -> None:
     """The gateway's schema with room for 100 aliases in one anonymous document (ENTERPRISE's row
     for every plan), to show that each alias is one attempt when the operation limits allow them."""
     big = OPERATION_LIMITS[Plan.ENTERPRISE]
-    table = {plan: OperationLimits(depth=big.depth, aliases=200, tokens=20_000, root_fields=200,
-                                   directives=big.directives, cost=100_000) for plan in Plan}
+    table = {
+        plan: OperationLimits(
+            depth=big.depth, aliases=200, tokens=20_000, root_fields=200, directives=big.directives, cost=100_000
+        )
+        for plan in Plan
+    }
     route = next(r for r in app.routes if isinstance(r, Route) and r.path == "/graphql")
     route.app.schema = build_schema(operation_limits=table)  # type: ignore[attr-defined]
 
 
 def aliased_codes(t: Tenant, codes: list[str]) -> str:
-    return "mutation { " + " ".join(
-        f'l{i}: login(email: "{t.email}", password: "{t.password}", totp: "{c}") {{ accessToken }}'
-        for i, c in enumerate(codes)
-    ) + " }"
+    return (
+        "mutation { "
+        + " ".join(
+            f'l{i}: login(email: "{t.email}", password: "{t.password}", totp: "{c}") {{ accessToken }}'
+            for i, c in enumerate(codes)
+        )
+        + " }"
+    )
 
 
-async def test_c003_hundred_aliased_codes_are_refused_whole_by_default(client, tenant: Tenant, clock: Clock,
-                                                                       database_url: str) -> None:
+async def test_c003_hundred_aliased_codes_are_refused_whole_by_default(
+    client, tenant: Tenant, clock: Clock, database_url: str
+) -> None:
     await enroll(client, tenant, clock)
     r = await gql(client, aliased_codes(tenant, [f"{i:06d}" for i in range(100)]))
     assert r.status_code == 400
@@ -370,8 +384,9 @@ async def test_c003_hundred_aliased_codes_are_refused_whole_by_default(client, t
     assert sql(database_url, "SELECT max(failures) FROM login_throttle")[0][0] == 0
 
 
-async def test_c003_each_aliased_code_counts_one_failed_attempt(app: Any, client, tenant: Tenant, clock: Clock,
-                                                                database_url: str) -> None:
+async def test_c003_each_aliased_code_counts_one_failed_attempt(
+    app: Any, client, tenant: Tenant, clock: Clock, database_url: str
+) -> None:
     """C-003, OTP variant: 100 aliased logins with different codes in one document, with operation
     limits that admit them. Each executed alias is one attempt. `login` is non-null, so its first
     refusal nulls the whole result and ends the document: one document is one guess, never 100. The
@@ -405,8 +420,9 @@ async def test_c003_each_aliased_code_counts_one_failed_attempt(app: Any, client
 # --- disabling ----------------------------------------------------------------------------------------
 
 
-async def test_disable_with_a_wrong_code_is_refused_and_counted(client, tenant: Tenant, clock: Clock,
-                                                                database_url: str) -> None:
+async def test_disable_with_a_wrong_code_is_refused_and_counted(
+    client, tenant: Tenant, clock: Clock, database_url: str
+) -> None:
     e = await enroll(client, tenant, clock)
     wrong = f"{(int(code(e.secret, clock)) + 1) % 1_000_000:06d}"
     body = (await gql(client, DISABLE, {"c": wrong}, token=e.token)).json()
@@ -420,8 +436,9 @@ async def test_disable_with_a_wrong_code_is_refused_and_counted(client, tenant: 
     assert reason(body) == "MFA_INVALID"
 
 
-async def test_disable_with_a_current_code_ends_other_sessions(client, tenant: Tenant, clock: Clock,
-                                                               database_url: str) -> None:
+async def test_disable_with_a_current_code_ends_other_sessions(
+    client, tenant: Tenant, clock: Clock, database_url: str
+) -> None:
     e = await enroll(client, tenant, clock)
     other = (await sign_in(client, tenant, code(e.secret, clock)))["data"]["login"]["accessToken"]
     clock.next_step()
@@ -449,8 +466,9 @@ async def test_disable_with_a_recovery_code(client, tenant: Tenant, clock: Clock
 ORG = "{ organization { slug } }"
 
 
-async def test_require_mfa_restricts_a_password_session_to_enrollment(client, tenant: Tenant, clock: Clock,
-                                                                      database_url: str) -> None:
+async def test_require_mfa_restricts_a_password_session_to_enrollment(
+    client, tenant: Tenant, clock: Clock, database_url: str
+) -> None:
     sql(database_url, "UPDATE organizations SET require_mfa = :on", on=True)
     auth = await login(client, tenant)  # signing in works
     token = auth["accessToken"]
@@ -459,14 +477,22 @@ async def test_require_mfa_restricts_a_password_session_to_enrollment(client, te
     denied = (await gql(client, ORG, token=token)).json()
     assert denied["data"] == {"organization": None}
     assert denied["errors"][0]["extensions"] == {"code": "FORBIDDEN", "reason": "MFA_ENROLLMENT_REQUIRED"}
-    for mutation in ('mutation { changePassword(currentPassword: "a", newPassword: "b") }',
-                     'mutation { createApiKey(input: {name: "k", scopes: []}) { secret } }',
-                     "mutation { disableTotp(code: \"123456\") }", "{ permissions }"):
+    for mutation in (
+        'mutation { changePassword(currentPassword: "a", newPassword: "b") }',
+        'mutation { createApiKey(input: {name: "k", scopes: []}) { secret } }',
+        'mutation { disableTotp(code: "123456") }',
+        "{ permissions }",
+    ):
         body = (await gql(client, mutation, token=token)).json()
         assert [e["extensions"].get("reason") for e in body["errors"]] == ["MFA_ENROLLMENT_REQUIRED"], mutation
     # a refreshed token is no way out
-    refreshed = (await gql(client, "mutation($t: String) { refreshToken(refreshToken: $t) { accessToken } }",
-                           {"t": auth["refreshToken"]})).json()["data"]["refreshToken"]["accessToken"]
+    refreshed = (
+        await gql(
+            client,
+            "mutation($t: String) { refreshToken(refreshToken: $t) { accessToken } }",
+            {"t": auth["refreshToken"]},
+        )
+    ).json()["data"]["refreshToken"]["accessToken"]
     assert error_codes((await gql(client, ORG, token=refreshed)).json()) == ["FORBIDDEN"]
     # enrolling lifts the restriction on this very session
     secret = (await gql(client, ENROLL, token=refreshed)).json()["data"]["enrollTotp"]["secret"]
@@ -478,16 +504,18 @@ async def test_require_mfa_restricts_a_password_session_to_enrollment(client, te
     assert error_codes((await gql(client, ORG, token=refreshed)).json()) == ["FORBIDDEN"]
 
 
-async def test_require_mfa_for_an_enrolled_user_is_plain_sign_in(client, tenant: Tenant, clock: Clock,
-                                                                  database_url: str) -> None:
+async def test_require_mfa_for_an_enrolled_user_is_plain_sign_in(
+    client, tenant: Tenant, clock: Clock, database_url: str
+) -> None:
     e = await enroll(client, tenant, clock)
     sql(database_url, "UPDATE organizations SET require_mfa = :on", on=True)
     token = (await sign_in(client, tenant, code(e.secret, clock)))["data"]["login"]["accessToken"]
     assert (await gql(client, ORG, token=token)).json()["data"] == {"organization": {"slug": "acme"}}
 
 
-async def test_logs_never_carry_a_code_or_seed(client, tenant: Tenant, clock: Clock,
-                                               caplog: pytest.LogCaptureFixture) -> None:
+async def test_logs_never_carry_a_code_or_seed(
+    client, tenant: Tenant, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="portcullis")
     e = await enroll(client, tenant, clock)
     wrong = f"{(int(code(e.secret, clock)) + 1) % 1_000_000:06d}"
@@ -503,13 +531,15 @@ async def test_logs_never_carry_a_code_or_seed(client, tenant: Tenant, clock: Cl
 UPDATE_ORG = "mutation($on: Boolean) { updateOrganization(input: {requireMfa: $on}) { slug } }"
 
 
-async def test_turning_require_mfa_on_restricts_open_sessions_at_once(client, tenant: Tenant, clock: Clock,
-                                                                      database_url: str) -> None:
+async def test_turning_require_mfa_on_restricts_open_sessions_at_once(
+    client, tenant: Tenant, clock: Clock, database_url: str
+) -> None:
     """An enrolled owner turns requireMfa on: an unenrolled member's open session is restricted on its
     next request, and a member who joins through an invitation starts restricted."""
     e = await enroll(client, tenant, clock)
-    member_token = (await join(client, database_url, e.token, "new@acme.test", "viewer",
-                               "a long and unusual passphrase")).access_token
+    member_token = (
+        await join(client, database_url, e.token, "new@acme.test", "viewer", "a long and unusual passphrase")
+    ).access_token
     assert (await gql(client, ORG, token=member_token)).json()["data"] == {"organization": {"slug": "acme"}}
     assert (await gql(client, UPDATE_ORG, {"on": True}, token=e.token)).json()["data"]
     denied = (await gql(client, ORG, token=member_token)).json()
@@ -532,8 +562,13 @@ async def test_an_admin_without_mfa_cannot_require_it(client, tenant: Tenant, da
 
 async def test_an_api_key_has_no_second_factor(client, tenant: Tenant, database_url: str) -> None:
     token = (await login(client, tenant))["accessToken"]
-    made = (await gql(client, 'mutation { createApiKey(input: {name: "ci", scopes: ["organization:read"]}) '
-                              "{ secret } }", token=token)).json()
+    made = (
+        await gql(
+            client,
+            'mutation { createApiKey(input: {name: "ci", scopes: ["organization:read"]}) { secret } }',
+            token=token,
+        )
+    ).json()
     key = made["data"]["createApiKey"]["secret"]
     for document in (ENROLL, 'mutation { confirmTotp(code: "123456") }', 'mutation { disableTotp(code: "123456") }'):
         r = await gql(client, document, headers={"X-API-Key": key})
@@ -542,8 +577,9 @@ async def test_an_api_key_has_no_second_factor(client, tenant: Tenant, database_
     assert sql(database_url, "SELECT totp_pending_secret_encrypted FROM users") == [(None,)]
 
 
-async def test_second_factor_events_are_audited_without_codes(client, tenant: Tenant, clock: Clock,
-                                                              database_url: str) -> None:
+async def test_second_factor_events_are_audited_without_codes(
+    client, tenant: Tenant, clock: Clock, database_url: str
+) -> None:
     e = await enroll(client, tenant, clock)
     wrong = f"{(int(code(e.secret, clock)) + 1) % 1_000_000:06d}"
     assert reason(await sign_in(client, tenant, wrong)) == "MFA_INVALID"
@@ -551,10 +587,15 @@ async def test_second_factor_events_are_audited_without_codes(client, tenant: Te
     clock.next_step()
     assert "errors" in (await gql(client, DISABLE, {"c": wrong}, token=token)).json()
     assert (await gql(client, DISABLE, {"c": e.recovery[0]}, token=token)).json()["data"] == {"disableTotp": True}
-    rows = sql(database_url, "SELECT action, result, chain, actor_id, details FROM audit_log "
-                             "WHERE action LIKE 'authn_mfa_%' ORDER BY sequence")
+    rows = sql(
+        database_url,
+        "SELECT action, result, chain, actor_id, details FROM audit_log "
+        "WHERE action LIKE 'authn_mfa_%' ORDER BY sequence",
+    )
     assert [(r[0], r[1]) for r in rows] == [
-        ("authn_mfa_enroll_started", "success"), ("authn_mfa_enroll", "success"), ("authn_mfa_fail", "denied"),
+        ("authn_mfa_enroll_started", "success"),
+        ("authn_mfa_enroll", "success"),
+        ("authn_mfa_fail", "denied"),
         ("authn_mfa_fail", "denied"),
         ("authn_mfa_disable", "success"),
     ]

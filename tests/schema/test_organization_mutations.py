@@ -36,7 +36,7 @@ async def test_create_child_organization(client, database_url, tenant: Tenant) -
     # the creator is the child's owner
     owner = (await gql(client, LOGIN, {"email": tenant.email, "password": tenant.password, "org": "acme-eu"})).json()
     assert owner["data"]["login"]["organization"]["id"] == child["id"]
-    me = (await gql(client, "{ me { role organization { slug } } }", token=owner["data"]["login"]["accessToken"]))
+    me = await gql(client, "{ me { role organization { slug } } }", token=owner["data"]["login"]["accessToken"])
     assert me.json()["data"]["me"] == {"role": "owner", "organization": {"slug": "acme-eu"}}
 
 
@@ -67,8 +67,9 @@ async def test_taken_slug_is_the_same_conflict_everywhere(client, database_url, 
         (org_input(billingEmail="not-an-email"), "billingEmail"),
     ],
 )
-async def test_create_refuses_bad_input(client, database_url, tenant: Tenant, input_: dict[str, Any],
-                                        field: str) -> None:
+async def test_create_refuses_bad_input(
+    client, database_url, tenant: Tenant, input_: dict[str, Any], field: str
+) -> None:
     token = await owner_token(client, tenant)
     body = (await gql(client, CREATE, input_, token=token)).json()
     assert error_codes(body) == ["BAD_USER_INPUT"]
@@ -100,10 +101,18 @@ async def test_update_own_organization(client, database_url, tenant: Tenant) -> 
     token = await owner_token(client, tenant)
     # requiring MFA needs it of the owner first (tests/schema/test_mfa.py)
     sql(database_url, "UPDATE users SET mfa_enabled = :on", on=True)
-    body = (await gql(client, UPDATE, {"input": {"name": "  Acme Corp ", "billingEmail": "billing@acme.test",
-                                                 "requireMfa": True}}, token=token)).json()
+    body = (
+        await gql(
+            client,
+            UPDATE,
+            {"input": {"name": "  Acme Corp ", "billingEmail": "billing@acme.test", "requireMfa": True}},
+            token=token,
+        )
+    ).json()
     assert body["data"]["updateOrganization"] == {
-        "id": tenant.org_id, "name": "Acme Corp", "billingEmail": "billing@acme.test"
+        "id": tenant.org_id,
+        "name": "Acme Corp",
+        "billingEmail": "billing@acme.test",
     }
     assert sql(database_url, "SELECT require_mfa FROM organizations")[0][0] in (True, 1)
     # only the given settings change; an empty billing email clears it
@@ -113,8 +122,14 @@ async def test_update_own_organization(client, database_url, tenant: Tenant) -> 
 
 
 @pytest.mark.parametrize(
-    "changes", [{"name": ""}, {"name": "x" * 201}, {"billingEmail": "nope"}, {"billingEmail": "a@" + "b" * 400},
-                {"name": "nul\x00"}]
+    "changes",
+    [
+        {"name": ""},
+        {"name": "x" * 201},
+        {"billingEmail": "nope"},
+        {"billingEmail": "a@" + "b" * 400},
+        {"name": "nul\x00"},
+    ],
 )
 async def test_update_refuses_bad_input(client, database_url, tenant: Tenant, changes: dict[str, Any]) -> None:
     token = await owner_token(client, tenant)

@@ -41,9 +41,7 @@ async def test_parent_is_not_visible_from_a_child(client, database_url, tenant: 
     auth = await login(client, child)
     body = (await gql(client, "{ organization { slug parent { slug } } }", token=auth["accessToken"])).json()
     assert body["data"]["organization"] == {"slug": "acme-eu", "parent": None}
-    assert error_codes((await gql(client, ORG, {"slug": "acme"}, token=auth["accessToken"])).json()) == [
-        "NOT_FOUND"
-    ]
+    assert error_codes((await gql(client, ORG, {"slug": "acme"}, token=auth["accessToken"])).json()) == ["NOT_FOUND"]
 
 
 async def test_billing_email_needs_billing_read(client, database_url) -> None:

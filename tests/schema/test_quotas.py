@@ -21,12 +21,12 @@ from tests.conftest import Tenant, error_codes, gql, login, make_tenant, sql
 
 QUOTAS = "{ organization { quotas { resource limit used remaining resetsAt } } }"
 CHANGE_PLAN = "mutation($plan: Plan!) { changePlan(plan: $plan) { id plan } }"
-ADD_MEMBER = "mutation($email: String!) { addMember(email: $email, role: \"viewer\") { membership { id } } }"
+ADD_MEMBER = 'mutation($email: String!) { addMember(email: $email, role: "viewer") { membership { id } } }'
 CREATE_KEY = """mutation($name: String!, $scopes: [String!]!) {
   createApiKey(input: {name: $name, scopes: $scopes}) { secret apiKey { id } }
 }"""
 REVOKE_KEY = "mutation($id: ID!) { revokeApiKey(id: $id) { id } }"
-CREATE_ORG = "mutation($slug: String!) { createOrganization(input: {slug: $slug, name: \"Child\"}) { id } }"
+CREATE_ORG = 'mutation($slug: String!) { createOrganization(input: {slug: $slug, name: "Child"}) { id } }'
 # depth 11: over FREE's 10, within STARTER's 12
 DEEP = "{ organization { " + "parent { " * 9 + "id" + " }" * 9 + " } }"
 
@@ -45,8 +45,9 @@ async def add_member(client: httpx.AsyncClient, token: str, email: str) -> dict[
     return (await gql(client, ADD_MEMBER, {"email": email}, token=token)).json()  # type: ignore[no-any-return]
 
 
-async def create_key(client: httpx.AsyncClient, token: str, name: str = "ci",
-                     scopes: tuple[str, ...] = ("organization:read",)) -> dict[str, Any]:
+async def create_key(
+    client: httpx.AsyncClient, token: str, name: str = "ci", scopes: tuple[str, ...] = ("organization:read",)
+) -> dict[str, Any]:
     r = await gql(client, CREATE_KEY, {"name": name, "scopes": list(scopes)}, token=token)
     return r.json()  # type: ignore[no-any-return]
 
@@ -72,8 +73,17 @@ async def add_reports(url: str, org_id: str, *created_at: datetime) -> None:
     try:
         async with db.transaction() as session:
             for at in created_at:
-                session.add(Report(organization_id=org_id, kind="usage", period_start=at, period_end=at,
-                                   created_at=at, created_by_type="user", digest="0" * 64))
+                session.add(
+                    Report(
+                        organization_id=org_id,
+                        kind="usage",
+                        period_start=at,
+                        period_end=at,
+                        created_at=at,
+                        created_by_type="user",
+                        digest="0" * 64,
+                    )
+                )
     finally:
         await db.dispose()
 
@@ -85,8 +95,9 @@ def now() -> datetime:
 # -- what Organization.quotas reports ----------------------------------------------------------------------
 
 
-async def test_quotas_report_each_counted_resource(client: httpx.AsyncClient, database_url: str,
-                                                   tenant: Tenant) -> None:
+async def test_quotas_report_each_counted_resource(
+    client: httpx.AsyncClient, database_url: str, tenant: Tenant
+) -> None:
     token = await token_of(client, tenant)
     created(await add_member(client, token, "a@acme.test"))
     created(await create_key(client, token, "one"))
@@ -100,8 +111,13 @@ async def test_quotas_report_each_counted_resource(client: httpx.AsyncClient, da
     rows = await quotas(client, token)
     assert rows["MEMBERS"] == {"resource": "MEMBERS", "limit": 50, "used": 2, "remaining": 48, "resetsAt": None}
     assert rows["API_KEYS"] == {"resource": "API_KEYS", "limit": 50, "used": 2, "remaining": 48, "resetsAt": None}
-    assert rows["CHILD_ORGANIZATIONS"] == {"resource": "CHILD_ORGANIZATIONS", "limit": 10, "used": 1,
-                                           "remaining": 9, "resetsAt": None}
+    assert rows["CHILD_ORGANIZATIONS"] == {
+        "resource": "CHILD_ORGANIZATIONS",
+        "limit": 10,
+        "used": 1,
+        "remaining": 9,
+        "resetsAt": None,
+    }
     reports = rows["REPORTS_PER_MONTH"]
     assert (reports["limit"], reports["used"], reports["remaining"]) == (500, 2, 498)
     assert datetime.fromisoformat(reports["resetsAt"]) == following
@@ -135,8 +151,9 @@ async def test_quotas_of_an_organization_below_are_not_shown(client: httpx.Async
 # -- C-111: refusals at the limit, per tenant, atomic ---------------------------------------------------------
 
 
-async def test_tenant_at_its_quota_is_refused_while_another_is_not(client: httpx.AsyncClient,
-                                                                    database_url: str) -> None:
+async def test_tenant_at_its_quota_is_refused_while_another_is_not(
+    client: httpx.AsyncClient, database_url: str
+) -> None:
     a = await make_tenant(database_url, slug="a", email="owner@a.test", plan="free")
     b = await make_tenant(database_url, slug="b", email="owner@b.test", plan="free")
     ta, tb = await token_of(client, a), await token_of(client, b)
@@ -209,20 +226,26 @@ async def test_reports_quota_counts_this_utc_month_only(database_url: str) -> No
         assert refused.value.extensions["resource"] == "REPORTS_PER_MONTH"
         # the next month starts from nothing
         async with db.transaction() as session:
-            await check_quota(session, t.org_id, QuotaResource.REPORTS_PER_MONTH,
-                              now=month_window(at)[1] + timedelta(seconds=1))
+            await check_quota(
+                session, t.org_id, QuotaResource.REPORTS_PER_MONTH, now=month_window(at)[1] + timedelta(seconds=1)
+            )
     finally:
         await db.dispose()
 
 
 def test_month_window_crosses_the_year() -> None:
-    assert month_window(datetime(2026, 12, 31, 23, 59, 59, tzinfo=UTC)) == (datetime(2026, 12, 1, tzinfo=UTC),
-                                                                            datetime(2027, 1, 1, tzinfo=UTC))
-    assert month_window(datetime(2027, 1, 1, tzinfo=UTC)) == (datetime(2027, 1, 1, tzinfo=UTC),
-                                                              datetime(2027, 2, 1, tzinfo=UTC))
+    assert month_window(datetime(2026, 12, 31, 23, 59, 59, tzinfo=UTC)) == (
+        datetime(2026, 12, 1, tzinfo=UTC),
+        datetime(2027, 1, 1, tzinfo=UTC),
+    )
+    assert month_window(datetime(2027, 1, 1, tzinfo=UTC)) == (
+        datetime(2027, 1, 1, tzinfo=UTC),
+        datetime(2027, 2, 1, tzinfo=UTC),
+    )
     # the UTC month of the instant, whatever the offset it is given in
-    assert month_window(datetime(2027, 1, 1, 1, tzinfo=timezone(timedelta(hours=2))))[0] == \
-        datetime(2026, 12, 1, tzinfo=UTC)
+    assert month_window(datetime(2027, 1, 1, 1, tzinfo=timezone(timedelta(hours=2))))[0] == datetime(
+        2026, 12, 1, tzinfo=UTC
+    )
 
 
 # -- changePlan ---------------------------------------------------------------------------------------------
@@ -242,16 +265,25 @@ async def test_change_plan_applies_the_new_limits_at_once(client: httpx.AsyncCli
     # the same session, on its very next requests: the plan's quotas and operation limits
     created(await create_key(client, token, "k3"))
     assert (await gql(client, DEEP, token=token)).json().get("data"), "depth 11 is within STARTER's limit"
-    assert (await quotas(client, token))["API_KEYS"] == {"resource": "API_KEYS", "limit": 10, "used": 3,
-                                                        "remaining": 7, "resetsAt": None}
+    assert (await quotas(client, token))["API_KEYS"] == {
+        "resource": "API_KEYS",
+        "limit": 10,
+        "used": 3,
+        "remaining": 7,
+        "resetsAt": None,
+    }
 
 
-@pytest.mark.parametrize(("document", "variables"), [
-    ("mutation { changePlan(plan: PLATINUM) { plan } }", None),
-    (CHANGE_PLAN, {"plan": "PLATINUM"}),
-    (CHANGE_PLAN, {"plan": "free"}),
-    (CHANGE_PLAN, {"plan": None}),
-], ids=["literal", "variable", "lowercase", "null"])
+@pytest.mark.parametrize(
+    ("document", "variables"),
+    [
+        ("mutation { changePlan(plan: PLATINUM) { plan } }", None),
+        (CHANGE_PLAN, {"plan": "PLATINUM"}),
+        (CHANGE_PLAN, {"plan": "free"}),
+        (CHANGE_PLAN, {"plan": None}),
+    ],
+    ids=["literal", "variable", "lowercase", "null"],
+)
 async def test_change_plan_to_an_unknown_plan_is_bad_user_input(
     client: httpx.AsyncClient, database_url: str, tenant: Tenant, document: str, variables: dict[str, Any] | None
 ) -> None:
@@ -261,8 +293,7 @@ async def test_change_plan_to_an_unknown_plan_is_bad_user_input(
 
 
 @pytest.mark.parametrize("role", ["admin", "manager", "viewer"])
-async def test_change_plan_by_a_non_owner_is_forbidden(client: httpx.AsyncClient, database_url: str,
-                                                       role: str) -> None:
+async def test_change_plan_by_a_non_owner_is_forbidden(client: httpx.AsyncClient, database_url: str, role: str) -> None:
     t = await make_tenant(database_url, slug="np", email="someone@np.test", role=role)
     body = (await gql(client, CHANGE_PLAN, {"plan": "ENTERPRISE"}, token=await token_of(client, t))).json()
     assert error_codes(body) == ["FORBIDDEN"]
@@ -275,8 +306,9 @@ async def test_change_plan_with_a_key_lacking_plan_manage_is_forbidden(
     client: httpx.AsyncClient, database_url: str, tenant: Tenant
 ) -> None:
     token = await token_of(client, tenant)
-    secret = (await create_key(client, token, scopes=("organization:read", "organization:update")))[
-        "data"]["createApiKey"]["secret"]
+    secret = (await create_key(client, token, scopes=("organization:read", "organization:update")))["data"][
+        "createApiKey"
+    ]["secret"]
     r = await gql(client, CHANGE_PLAN, {"plan": "FREE"}, headers={"X-API-Key": secret})
     assert error_codes(r.json()) == ["FORBIDDEN"]
     assert plan_of(database_url, tenant.org_id) == "professional"
@@ -298,12 +330,14 @@ async def test_downgrade_below_usage_keeps_rows_and_refuses_the_next_creation(
     assert count(database_url, "memberships", tenant.org_id) + count(database_url, "invitations", tenant.org_id) == 4
     assert count(database_url, "organizations", tenant.org_id, "parent_id") == 1
     rows = await quotas(client, token)
-    assert {r: (rows[r]["limit"], rows[r]["used"], rows[r]["remaining"])
-            for r in ("MEMBERS", "API_KEYS", "CHILD_ORGANIZATIONS")} == {
-        "MEMBERS": (3, 4, 0), "API_KEYS": (2, 4, 0), "CHILD_ORGANIZATIONS": (0, 1, 0)}
+    assert {
+        r: (rows[r]["limit"], rows[r]["used"], rows[r]["remaining"])
+        for r in ("MEMBERS", "API_KEYS", "CHILD_ORGANIZATIONS")
+    } == {"MEMBERS": (3, 4, 0), "API_KEYS": (2, 4, 0), "CHILD_ORGANIZATIONS": (0, 1, 0)}
     # the keys over the limit still work; only new ones are refused
     assert (await gql(client, "{ organization { slug } }", headers={"X-API-Key": issued[3]["secret"]})).json()[
-        "data"] == {"organization": {"slug": tenant.slug}}
+        "data"
+    ] == {"organization": {"slug": tenant.slug}}
     assert error_codes(await create_key(client, token, "x")) == ["QUOTA_EXCEEDED"]
     assert error_codes(await add_member(client, token, "late@acme.test")) == ["QUOTA_EXCEEDED"]
     assert error_codes(await create_child(client, token, "acme-us")) == ["QUOTA_EXCEEDED"]
@@ -313,8 +347,9 @@ async def test_downgrade_below_usage_keeps_rows_and_refuses_the_next_creation(
     created(await create_key(client, token, "again"))
 
 
-async def test_quotas_report_every_resource_including_the_rate_budgets(client: httpx.AsyncClient,
-                                                                       tenant: Tenant) -> None:
+async def test_quotas_report_every_resource_including_the_rate_budgets(
+    client: httpx.AsyncClient, tenant: Tenant
+) -> None:
     token = await token_of(client, tenant)
     first = await quotas(client, token)
     assert list(first) == [r.value for r in QuotaResource]

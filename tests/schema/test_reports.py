@@ -51,12 +51,15 @@ def bulk(url: str, statement: str, rows: list[dict[str, Any]]) -> None:
         engine.dispose()
 
 
-USAGE_ROW = ("INSERT INTO usage_daily (organization_id, day, subject_type, subject_id, requests, cost, rate_limited)"
-             " VALUES (:o, :d, :t, :s, :r, :c, :l)")
+USAGE_ROW = (
+    "INSERT INTO usage_daily (organization_id, day, subject_type, subject_id, requests, cost, rate_limited)"
+    " VALUES (:o, :d, :t, :s, :r, :c, :l)"
+)
 
 
-def usage(org: str, day: date, kind: str, subject: str, requests: int, cost: int = 0, limited: int = 0
-          ) -> dict[str, Any]:
+def usage(
+    org: str, day: date, kind: str, subject: str, requests: int, cost: int = 0, limited: int = 0
+) -> dict[str, Any]:
     return {"o": org, "d": day, "t": kind, "s": subject, "r": requests, "c": cost, "l": limited}
 
 
@@ -69,14 +72,14 @@ async def write_audit(url: str, *events: AuditEvent) -> None:
         await db.dispose()
 
 
-async def generate(client: httpx.AsyncClient, token: str, kind: str, start: datetime, end: datetime
-                   ) -> dict[str, Any]:
+async def generate(client: httpx.AsyncClient, token: str, kind: str, start: datetime, end: datetime) -> dict[str, Any]:
     r = await gql(client, GENERATE, {"kind": kind, "from": stamp(start), "to": stamp(end)}, token=token)
     return r.json()  # type: ignore[no-any-return]
 
 
-async def generated(client: httpx.AsyncClient, token: str, kind: str, start: datetime | None = None,
-                    end: datetime | None = None) -> dict[str, Any]:
+async def generated(
+    client: httpx.AsyncClient, token: str, kind: str, start: datetime | None = None, end: datetime | None = None
+) -> dict[str, Any]:
     body = await generate(client, token, kind, start or now() - timedelta(days=7), end or now())
     assert body.get("data"), body
     return body["data"]["generateReport"]  # type: ignore[no-any-return]
@@ -119,14 +122,18 @@ async def test_usage_report_has_requests_cost_and_quota_use_per_day_key_and_memb
 ) -> None:
     today = now().date()
     key = "11111111-1111-4111-8111-111111111111"
-    bulk(database_url, USAGE_ROW, [
-        usage(tenant.org_id, today - timedelta(days=2), "total", "", 50_000, 900, 3),
-        usage(tenant.org_id, today - timedelta(days=1), "total", "", 120, 40, 0),
-        usage(tenant.org_id, today - timedelta(days=2), "api_key", key, 49_000, 880, 3),
-        usage(tenant.org_id, today - timedelta(days=2), "user", tenant.user_id, 1_000, 20),
-        usage(tenant.org_id, today - timedelta(days=1), "user", tenant.user_id, 120, 40),
-        usage(tenant.org_id, today - timedelta(days=30), "total", "", 7, 7),  # outside the period
-    ])
+    bulk(
+        database_url,
+        USAGE_ROW,
+        [
+            usage(tenant.org_id, today - timedelta(days=2), "total", "", 50_000, 900, 3),
+            usage(tenant.org_id, today - timedelta(days=1), "total", "", 120, 40, 0),
+            usage(tenant.org_id, today - timedelta(days=2), "api_key", key, 49_000, 880, 3),
+            usage(tenant.org_id, today - timedelta(days=2), "user", tenant.user_id, 1_000, 20),
+            usage(tenant.org_id, today - timedelta(days=1), "user", tenant.user_id, 120, 40),
+            usage(tenant.org_id, today - timedelta(days=30), "total", "", 7, 7),  # outside the period
+        ],
+    )
     report = await generated(client, owner_token, "USAGE", now() - timedelta(days=3), now())
     summary = report["summary"]
     assert (summary["requests"], summary["cost"], summary["rateLimited"]) == (50_120, 940, 3)
@@ -139,8 +146,10 @@ async def test_usage_report_has_requests_cost_and_quota_use_per_day_key_and_memb
         ((today - timedelta(days=2)).isoformat(), 50_000, "50.00"),
         ((today - timedelta(days=1)).isoformat(), 120, "0.12"),
     ]
-    assert [(m["subject_name"], m["requests"]) for m in rows_of(body, "member")] == [(tenant.email, 1_000),
-                                                                                    (tenant.email, 120)]
+    assert [(m["subject_name"], m["requests"]) for m in rows_of(body, "member")] == [
+        (tenant.email, 1_000),
+        (tenant.email, 120),
+    ]
     assert [k["subject_id"] for k in rows_of(body, "api_key")] == [key]
     assert sum(b["value"] for b in summary["chart"]["bars"]) == 50_120
 
@@ -149,24 +158,41 @@ async def test_security_report_counts_each_category_with_its_top_sources(
     client: httpx.AsyncClient, tenant: Tenant, owner_token: str, database_url: str
 ) -> None:
     def ev(action: str, ip: str, result: str = "denied") -> AuditEvent:
-        return AuditEvent(action=action, result=result, organization_id=tenant.org_id, actor_type="user",
-                          actor_id=tenant.user_id, ip=ip, request_id="r")
+        return AuditEvent(
+            action=action,
+            result=result,
+            organization_id=tenant.org_id,
+            actor_type="user",
+            actor_id=tenant.user_id,
+            ip=ip,
+            request_id="r",
+        )
 
     await write_audit(
         database_url,
-        *[ev("authn_login_fail", "203.0.113.9") for _ in range(4)], ev("authn_login_fail", "198.51.100.2"),
-        ev("authn_login_lock", "203.0.113.9"), ev("authn_token_reuse", "198.51.100.7"),
-        ev("authz_fail", "198.51.100.2", "denied"), ev("excess_rate_limit_exceeded", "192.0.2.1", "denied"),
+        *[ev("authn_login_fail", "203.0.113.9") for _ in range(4)],
+        ev("authn_login_fail", "198.51.100.2"),
+        ev("authn_login_lock", "203.0.113.9"),
+        ev("authn_token_reuse", "198.51.100.7"),
+        ev("authz_fail", "198.51.100.2", "denied"),
+        ev("excess_rate_limit_exceeded", "192.0.2.1", "denied"),
         ev("authn_login_success", "203.0.113.9", "success"),  # not a security event
     )
     bulk(database_url, USAGE_ROW, [usage(tenant.org_id, now().date(), "total", "", 100, 0, 7)])
     report = await generated(client, owner_token, "SECURITY", now() - timedelta(days=1), now() + timedelta(hours=1))
     summary = report["summary"]
-    assert summary["byCategory"] == {"failed_login": 5, "lockout": 1, "token_reuse": 1, "denied_permission": 1,
-                                     "rate_limited": 1}
+    assert summary["byCategory"] == {
+        "failed_login": 5,
+        "lockout": 1,
+        "token_reuse": 1,
+        "denied_permission": 1,
+        "rate_limited": 1,
+    }
     assert summary["rateLimitedRequests"] == 7
-    assert summary["topSources"]["failed_login"] == [{"ip": "203.0.113.9", "count": 4},
-                                                     {"ip": "198.51.100.2", "count": 1}]
+    assert summary["topSources"]["failed_login"] == [
+        {"ip": "203.0.113.9", "count": 4},
+        {"ip": "198.51.100.2", "count": 1},
+    ]
     body = await download_json(client, owner_token, report)
     assert len(rows_of(body, "event")) == 9
     top = [(r["category"], r["source_type"], r["source"], r["count"]) for r in rows_of(body, "top_source")]
@@ -232,10 +258,13 @@ async def test_compliance_report_maps_each_check_to_its_controls_with_the_rows_b
 async def test_compliance_flags_a_tampered_audit_chain(
     client: httpx.AsyncClient, tenant: Tenant, owner_token: str, database_url: str
 ) -> None:
-    await write_audit(database_url, *[AuditEvent(action="plan_changed", organization_id=tenant.org_id,
-                                                 request_id=f"r{i}") for i in range(3)])
-    as_owner(database_url, "UPDATE audit_log SET request_id = 'forged' WHERE chain = :c AND sequence = 2",
-             c=tenant.org_id)
+    await write_audit(
+        database_url,
+        *[AuditEvent(action="plan_changed", organization_id=tenant.org_id, request_id=f"r{i}") for i in range(3)],
+    )
+    as_owner(
+        database_url, "UPDATE audit_log SET request_id = 'forged' WHERE chain = :c AND sequence = 2", c=tenant.org_id
+    )
     report = await generated(client, owner_token, "COMPLIANCE")
     checks = {c["check"]: c for c in report["summary"]["checks"]}
     assert checks["audit_chain"]["status"] == "attention"
@@ -250,8 +279,11 @@ async def test_compliance_flags_a_tampered_audit_chain(
 async def test_downloads_verify_against_the_digests(
     client: httpx.AsyncClient, tenant: Tenant, owner_token: str, database_url: str
 ) -> None:
-    bulk(database_url, USAGE_ROW, [usage(tenant.org_id, now().date() - timedelta(days=d), "total", "", d * 10)
-                                   for d in range(1, 6)])
+    bulk(
+        database_url,
+        USAGE_ROW,
+        [usage(tenant.org_id, now().date() - timedelta(days=d), "total", "", d * 10) for d in range(1, 6)],
+    )
     report = await generated(client, owner_token, "USAGE")
     assert re.fullmatch(r"[0-9a-f]{64}", report["digest"])
     r = await client.get(report["jsonUrl"], headers=auth(owner_token))
@@ -290,9 +322,7 @@ async def test_a_report_keeps_what_it_saw_when_the_organization_changes(
     assert [(k["name"], k["status"]) for k in rows_of(json.loads(after), "api_key")] == [("before", "active")]
 
 
-async def test_reports_are_listed_newest_first_with_opaque_cursors(
-    client: httpx.AsyncClient, owner_token: str
-) -> None:
+async def test_reports_are_listed_newest_first_with_opaque_cursors(client: httpx.AsyncClient, owner_token: str) -> None:
     made = [(await generated(client, owner_token, kind))["id"] for kind in ("USAGE", "ACCESS", "SECURITY")]
     r = await gql(client, LIST, {"first": 2}, token=owner_token)
     page = r.json()["data"]["organization"]["reports"]
@@ -329,10 +359,16 @@ async def test_html_view_draws_an_escaped_svg_chart_under_a_strict_csp(
 
 
 def test_the_chart_escapes_its_labels_and_scales_its_bars() -> None:
-    svg = bar_chart({"title": "<b>t</b>", "unit": "u", "bars": [
-        {"label": "</text><script>x</script>", "value": 10, "tone": "attention"},
-        {"label": "half", "value": 5, "tone": "nope"},
-    ]})
+    svg = bar_chart(
+        {
+            "title": "<b>t</b>",
+            "unit": "u",
+            "bars": [
+                {"label": "</text><script>x</script>", "value": 10, "tone": "attention"},
+                {"label": "half", "value": 5, "tone": "nope"},
+            ],
+        }
+    )
     assert "<script" not in svg
     assert "&lt;/text&gt;&lt;script&gt;" in svg
     assert "&lt;b&gt;t&lt;/b&gt;" in svg
@@ -352,9 +388,7 @@ async def test_from_after_to_is_refused(client: httpx.AsyncClient, owner_token: 
     assert sql(database_url, "SELECT count(*) FROM reports")[0][0] == 0
 
 
-async def test_a_range_beyond_the_plans_retention_is_refused(
-    client: httpx.AsyncClient, database_url: str
-) -> None:
+async def test_a_range_beyond_the_plans_retention_is_refused(client: httpx.AsyncClient, database_url: str) -> None:
     free = await make_tenant(database_url, slug="short", email="owner@short.test", plan="free")
     token = (await login(client, free))["accessToken"]
     body = await generate(client, token, "USAGE", now() - timedelta(days=31), now())
@@ -365,8 +399,12 @@ async def test_a_range_beyond_the_plans_retention_is_refused(
 
 
 async def test_an_unknown_kind_is_refused(client: httpx.AsyncClient, owner_token: str, database_url: str) -> None:
-    r = await gql(client, GENERATE, {"kind": "PAYROLL", "from": stamp(now() - timedelta(days=1)), "to": stamp(now())},
-                  token=owner_token)
+    r = await gql(
+        client,
+        GENERATE,
+        {"kind": "PAYROLL", "from": stamp(now() - timedelta(days=1)), "to": stamp(now())},
+        token=owner_token,
+    )
     assert r.status_code == 400
     assert "PAYROLL" in r.json()["errors"][0]["message"]
     assert sql(database_url, "SELECT count(*) FROM reports")[0][0] == 0
@@ -382,10 +420,14 @@ async def test_another_tenants_report_answers_like_a_missing_one(
         a = await client.get(f"/reports/{theirs['id']}.{suffix}", headers=auth(owner_token))
         b = await client.get(f"/reports/{missing}.{suffix}", headers=auth(owner_token))
         assert a.status_code == b.status_code == 404
-        assert a.json() == b.json() == {"errors": [{"message": "Report not found.",
-                                                    "extensions": {"code": "NOT_FOUND"}}]}
-    crossed = sql(database_url, "SELECT resource_id, result FROM audit_log WHERE chain = :c AND action = "
-                  "'authz_cross_tenant'", c=tenant.org_id)
+        assert (
+            a.json() == b.json() == {"errors": [{"message": "Report not found.", "extensions": {"code": "NOT_FOUND"}}]}
+        )
+    crossed = sql(
+        database_url,
+        "SELECT resource_id, result FROM audit_log WHERE chain = :c AND action = 'authz_cross_tenant'",
+        c=tenant.org_id,
+    )
     assert crossed == [(theirs["id"], "denied")] * 3  # the missing id is no one's: nothing recorded
     a = (await gql(client, REPORT, {"id": theirs["id"]}, token=owner_token)).json()
     b = (await gql(client, REPORT, {"id": missing}, token=owner_token)).json()
@@ -413,8 +455,11 @@ async def test_a_download_without_reports_read_is_403(
         assert r.status_code == 403
         assert error_codes(r.json()) == ["FORBIDDEN"]
         assert r.json()["errors"][0]["extensions"]["requiredScopes"] == [["reports:read"]]
-    denied = sql(database_url, "SELECT actor_type, resource_type FROM audit_log WHERE chain = :c AND action = "
-                 "'authz_fail'", c=report_org(database_url, report["id"]))
+    denied = sql(
+        database_url,
+        "SELECT actor_type, resource_type FROM audit_log WHERE chain = :c AND action = 'authz_fail'",
+        c=report_org(database_url, report["id"]),
+    )
     assert denied == [("api_key", "report")] * 3
     viewer = await make_tenant(database_url, slug="view", email="viewer@view.test", role="viewer")
     token = (await login(client, viewer))["accessToken"]
@@ -440,8 +485,12 @@ async def test_concurrent_generations_at_the_boundary_admit_exactly_the_limit(
     client: httpx.AsyncClient, database_url: str
 ) -> None:
     free = await make_tenant(database_url, slug="race", email="owner@race.test", plan="free")
-    sql(database_url, "UPDATE organizations SET limit_overrides = :v WHERE id = :id",
-        v=json.dumps({"REPORTS_PER_MONTH": 3}), id=free.org_id)
+    sql(
+        database_url,
+        "UPDATE organizations SET limit_overrides = :v WHERE id = :id",
+        v=json.dumps({"REPORTS_PER_MONTH": 3}),
+        id=free.org_id,
+    )
     token = (await login(client, free))["accessToken"]
     start, end = now() - timedelta(days=1), now()
     results = await asyncio.gather(*(generate(client, token, "ACCESS", start, end) for _ in range(10)))
@@ -453,14 +502,14 @@ async def test_concurrent_generations_at_the_boundary_admit_exactly_the_limit(
 async def test_csv_cells_starting_with_formula_characters_are_neutralized(
     client: httpx.AsyncClient, tenant: Tenant, owner_token: str, database_url: str
 ) -> None:
-    names = ["=HYPERLINK(\"http://evil.test\")", "+1+1", "-2+3", "@SUM(A1)", "plain"]
+    names = ['=HYPERLINK("http://evil.test")', "+1+1", "-2+3", "@SUM(A1)", "plain"]
     for name in names:
         await create_key(client, owner_token, name, "reports:read")
     report = await generated(client, owner_token, "ACCESS")
     c = await client.get(report["csvUrl"], headers=auth(owner_token))
     rows = list(csv.DictReader(io.StringIO(c.text)))
     cells = sorted(r["name"] for r in rows if r["section"] == "api_key")
-    assert cells == sorted(["'=HYPERLINK(\"http://evil.test\")", "'+1+1", "'-2+3", "'@SUM(A1)", "plain"])
+    assert cells == sorted(['\'=HYPERLINK("http://evil.test")', "'+1+1", "'-2+3", "'@SUM(A1)", "plain"])
     assert not any(v.startswith(("=", "+", "-", "@")) for r in rows for v in r.values())
     # the JSON keeps the data as it is
     body = await download_json(client, owner_token, report)
@@ -473,21 +522,34 @@ async def test_a_huge_range_is_written_and_downloaded_in_chunks(
     big = await make_tenant(database_url, slug="big", email="owner@big.test", plan="enterprise")
     token = (await login(client, big))["accessToken"]
     first = now().date() - timedelta(days=1000)
-    bulk(database_url, USAGE_ROW, [
-        usage(big.org_id, first + timedelta(days=d), kind, subject, d + 1)
-        for d in range(1000)
-        for kind, subject in (("total", ""), ("api_key", "k-1"), ("user", big.user_id))
-    ])
+    bulk(
+        database_url,
+        USAGE_ROW,
+        [
+            usage(big.org_id, first + timedelta(days=d), kind, subject, d + 1)
+            for d in range(1000)
+            for kind, subject in (("total", ""), ("api_key", "k-1"), ("user", big.user_id))
+        ],
+    )
     report = await generated(client, token, "USAGE", now() - timedelta(days=1001), now())
     assert report["summary"]["rowCount"] == 3000
     assert len(report["summary"]["chart"]["bars"]) <= 60
 
     async def raw_get(path: str) -> list[dict[str, Any]]:
         scope = {
-            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
-            "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": b"",
+            "root_path": "",
             "headers": [(b"host", b"testserver"), (b"authorization", f"Bearer {token}".encode())],
-            "client": ("127.0.0.1", 40000), "server": ("testserver", 80), "state": {},
+            "client": ("127.0.0.1", 40000),
+            "server": ("testserver", 80),
+            "state": {},
         }
         sent: list[dict[str, Any]] = []
         never = asyncio.Event()

@@ -73,8 +73,13 @@ class Staff:
 @pytest.fixture
 async def staff(client: httpx.AsyncClient, database_url: str) -> Staff:
     # the matrix sends far more requests than a plan's minute allows: its rates are lifted, not its rules
-    tenant = await make_tenant(database_url, slug="matrix", email="owner@matrix.test", plan=PLAN,
-                               limits={"REQUESTS_PER_MINUTE": None, "COST_PER_MINUTE": None})
+    tenant = await make_tenant(
+        database_url,
+        slug="matrix",
+        email="owner@matrix.test",
+        plan=PLAN,
+        limits={"REQUESTS_PER_MINUTE": None, "COST_PER_MINUTE": None},
+    )
     owner = (await login(client, tenant))["accessToken"]
     tokens = {"owner": owner}
     logins = {"owner": tenant}
@@ -177,8 +182,11 @@ async def test_an_unknown_role_gets_nothing(client: httpx.AsyncClient, database_
     """Deny by default: a membership whose role is neither built in nor defined passes only `@authenticated`."""
     from tests.schema.test_members import sql
 
-    sql(database_url, "UPDATE memberships SET role = 'ghost' WHERE user_id IN "
-                      "(SELECT id FROM users WHERE email = 'viewer@matrix.test')")
+    sql(
+        database_url,
+        "UPDATE memberships SET role = 'ghost' WHERE user_id IN "
+        "(SELECT id FROM users WHERE email = 'viewer@matrix.test')",
+    )
     token = (await login(client, staff.logins["viewer"]))["accessToken"]
     ghost = role_principal("ghost")
     for target in query_targets():

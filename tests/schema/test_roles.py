@@ -20,8 +20,9 @@ mutation($name: String!, $input: RoleInput!) { updateRole(name: $name, input: $i
 DELETE = "mutation($name: String!) { deleteRole(name: $name) }"
 
 
-def role(name: str, permissions: list[str] | None = None, inherits: list[str] | None = None,
-         description: str | None = None) -> dict[str, Any]:
+def role(
+    name: str, permissions: list[str] | None = None, inherits: list[str] | None = None, description: str | None = None
+) -> dict[str, Any]:
     return {"name": name, "permissions": permissions or [], "inherits": inherits or [], "description": description}
 
 
@@ -41,11 +42,20 @@ def assert_bad_input(body: dict[str, Any], fragment: str) -> None:
 
 async def test_roles_lists_builtins_then_custom(client, tenant: Tenant) -> None:
     token = await owner_token(client, tenant)
-    made = await create(client, token, name="auditor", permissions=["audit:read", "audit:verify"],
-                        inherits=["viewer"], description="Reads the audit log")
+    made = await create(
+        client,
+        token,
+        name="auditor",
+        permissions=["audit:read", "audit:verify"],
+        inherits=["viewer"],
+        description="Reads the audit log",
+    )
     assert made["data"]["createRole"] == {
-        "name": "auditor", "description": "Reads the audit log", "permissions": ["audit:read", "audit:verify"],
-        "inherits": ["viewer"], "builtIn": False,
+        "name": "auditor",
+        "description": "Reads the audit log",
+        "permissions": ["audit:read", "audit:verify"],
+        "inherits": ["viewer"],
+        "builtIn": False,
     }
     roles = (await gql(client, ROLES, token=token)).json()["data"]["roles"]
     assert [r["name"] for r in roles] == ["viewer", "analyst", "manager", "admin", "owner", "auditor"]
@@ -85,15 +95,18 @@ async def test_two_and_three_role_cycles_are_refused(client, database_url, tenan
 @pytest.mark.parametrize("permission", ["members:destroy", "MEMBERS:READ", "", "*", "roles:*"])
 async def test_unknown_permissions_are_refused(client, tenant: Tenant, permission: str) -> None:
     token = await owner_token(client, tenant)
-    assert_bad_input(await create(client, token, name="odd", permissions=["quotas:read", permission]),
-                     "Unknown permission")
+    assert_bad_input(
+        await create(client, token, name="odd", permissions=["quotas:read", permission]), "Unknown permission"
+    )
 
 
 @pytest.mark.parametrize("permission", ["platform:organizations:read", "platform:audit:read"])
 async def test_platform_permissions_are_refused(client, tenant: Tenant, permission: str) -> None:
     token = await owner_token(client, tenant)
-    assert_bad_input(await create(client, token, name="operator", permissions=[permission]),
-                     "cannot be granted inside an organization")
+    assert_bad_input(
+        await create(client, token, name="operator", permissions=[permission]),
+        "cannot be granted inside an organization",
+    )
     assert_bad_input(await create(client, token, name="operator", inherits=["platform"]), "platform")
 
 
@@ -154,7 +167,9 @@ async def test_the_same_name_in_another_tenant_is_independent(client, database_u
     assert error_codes((await gql(client, DELETE, {"name": "auditor"}, token=token)).json()) == ["NOT_FOUND"]
     assert (await create(client, token, name="auditor", permissions=["quotas:read"]))["data"]
     assert sql(database_url, "SELECT permissions FROM roles WHERE organization_id = :o", o=other.org_id)[0][0] in (
-        ["audit:read"], '["audit:read"]')
+        ["audit:read"],
+        '["audit:read"]',
+    )
 
 
 async def test_unknown_role_is_not_found(client, tenant: Tenant) -> None:
@@ -173,10 +188,13 @@ async def test_a_role_is_not_renamed(client, tenant: Tenant) -> None:
 async def test_custom_role_grants_its_permissions_to_members(client, database_url, tenant: Tenant) -> None:
     token = await owner_token(client, tenant)
     assert (await create(client, token, name="base", permissions=["audit:read"]))["data"]
-    assert (await create(client, token, name="auditor", permissions=["audit:verify"], inherits=["base", "viewer"]))
+    assert await create(client, token, name="auditor", permissions=["audit:verify"], inherits=["base", "viewer"])
     _, member = await join(client, database_url, token, "aud@acme.test", "auditor")
     assert (await permissions(client, member))["data"]["permissions"] == [
-        "audit:read", "audit:verify", "organization:read", "quotas:read"
+        "audit:read",
+        "audit:verify",
+        "organization:read",
+        "quotas:read",
     ]
 
 

@@ -37,11 +37,23 @@ async def test_configure_saml_from_idp_metadata(
     client: httpx.AsyncClient, tenant: Tenant, idp: TestIdp, database_url: str
 ) -> None:
     token = (await login(client, tenant))["accessToken"]
-    body = await configure(client, token, idp.metadata, roleMapping={"engineering": "manager"},
-                           defaultRole="analyst", allowedDomains=["Acme.test"], jitProvisioning=False)
+    body = await configure(
+        client,
+        token,
+        idp.metadata,
+        roleMapping={"engineering": "manager"},
+        defaultRole="analyst",
+        allowedDomains=["Acme.test"],
+        jitProvisioning=False,
+    )
     assert body["data"]["configureSaml"] == {
-        "id": body["data"]["configureSaml"]["id"], "kind": "saml", "enabled": True, "issuer": idp.entity_id,
-        "entityId": idp.entity_id, "defaultRole": "analyst", "jitProvisioning": False,
+        "id": body["data"]["configureSaml"]["id"],
+        "kind": "saml",
+        "enabled": True,
+        "issuer": idp.entity_id,
+        "entityId": idp.entity_id,
+        "defaultRole": "analyst",
+        "jitProvisioning": False,
         "allowedDomains": ["acme.test"],
     }
     [(config, role_mapping)] = sql(database_url, "SELECT config, role_mapping FROM sso_connections")
@@ -52,14 +64,25 @@ async def test_configure_saml_from_idp_metadata(
     again = await configure(client, token, idp.metadata, enabled=False)
     assert again["data"]["configureSaml"]["id"] == body["data"]["configureSaml"]["id"]
     listed = (await gql(client, CONNECTIONS, token=token)).json()["data"]["organization"]["ssoConnections"]
-    assert listed == [{"id": body["data"]["configureSaml"]["id"], "kind": "saml", "enabled": False,
-                       "entityId": idp.entity_id, "defaultRole": "viewer", "allowedDomains": []}]
+    assert listed == [
+        {
+            "id": body["data"]["configureSaml"]["id"],
+            "kind": "saml",
+            "enabled": False,
+            "entityId": idp.entity_id,
+            "defaultRole": "viewer",
+            "allowedDomains": [],
+        }
+    ]
 
 
-@pytest.mark.parametrize("metadata", [
-    '<?xml version="1.0"?><!DOCTYPE m [<!ENTITY x SYSTEM "file:///etc/passwd">]><m>&x;</m>',
-    '<!DOCTYPE m [<!ENTITY x SYSTEM "http://127.0.0.1:9/">]><m>&x;</m>',
-])
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        '<?xml version="1.0"?><!DOCTYPE m [<!ENTITY x SYSTEM "file:///etc/passwd">]><m>&x;</m>',
+        '<!DOCTYPE m [<!ENTITY x SYSTEM "http://127.0.0.1:9/">]><m>&x;</m>',
+    ],
+)
 async def test_c072_metadata_with_external_entities(
     client: httpx.AsyncClient, tenant: Tenant, metadata: str, database_url: str
 ) -> None:
@@ -95,14 +118,17 @@ async def test_metadata_without_what_a_login_needs(client: httpx.AsyncClient, te
         assert body["errors"][0]["extensions"]["field"] == "idpMetadataXml"
 
 
-@pytest.mark.parametrize(("values", "field"), [
-    ({"roleMapping": {"engineering": "emperor"}}, "roleMapping"),
-    ({"roleMapping": {"engineering": 3}}, "roleMapping"),
-    ({"roleMapping": ["engineering"]}, "roleMapping"),
-    ({"defaultRole": "emperor"}, "role"),
-    ({"allowedDomains": ["not a domain"]}, "allowedDomains"),
-    ({"emailAttribute": ""}, "emailAttribute"),
-])
+@pytest.mark.parametrize(
+    ("values", "field"),
+    [
+        ({"roleMapping": {"engineering": "emperor"}}, "roleMapping"),
+        ({"roleMapping": {"engineering": 3}}, "roleMapping"),
+        ({"roleMapping": ["engineering"]}, "roleMapping"),
+        ({"defaultRole": "emperor"}, "role"),
+        ({"allowedDomains": ["not a domain"]}, "allowedDomains"),
+        ({"emailAttribute": ""}, "emailAttribute"),
+    ],
+)
 async def test_bad_connection_settings(
     client: httpx.AsyncClient, tenant: Tenant, idp: TestIdp, values: dict[str, Any], field: str, database_url: str
 ) -> None:
@@ -113,9 +139,7 @@ async def test_bad_connection_settings(
     assert sql(database_url, "SELECT count(*) FROM sso_connections")[0][0] == 0
 
 
-async def test_sso_settings_need_their_scopes(
-    client: httpx.AsyncClient, database_url: str, idp: TestIdp
-) -> None:
+async def test_sso_settings_need_their_scopes(client: httpx.AsyncClient, database_url: str, idp: TestIdp) -> None:
     viewer = await make_tenant(database_url, slug="viewers", email="v@viewers.test", role="viewer")
     token = (await login(client, viewer))["accessToken"]
     assert error_codes(await configure(client, token, idp.metadata)) == ["FORBIDDEN"]

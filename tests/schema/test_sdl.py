@@ -75,8 +75,15 @@ CONTRACT: dict[str, dict[str, str | None]] = {
         "reports": scopes("reports:read"),
     },
 }
-PUBLIC_ROOT_FIELDS = {"login", "refreshToken", "acceptInvitation", "requestPasswordReset", "resetPassword",
-                      "verifyEmail", "confirmEmailChange"}
+PUBLIC_ROOT_FIELDS = {
+    "login",
+    "refreshToken",
+    "acceptInvitation",
+    "requestPasswordReset",
+    "resetPassword",
+    "verifyEmail",
+    "confirmEmailChange",
+}
 AUTH_DIRECTIVES = {"authenticated", "requiresScopes"}
 
 
@@ -102,8 +109,9 @@ def test_checked_in_sdl_is_current(sdl: str) -> None:
 
 def test_contract_directives_are_declared(sdl: str, parsed: GraphQLSchema) -> None:
     assert "directive @authenticated on OBJECT | FIELD_DEFINITION | INTERFACE | SCALAR | ENUM" in sdl
-    assert ("directive @requiresScopes(scopes: [[String!]!]!) on OBJECT | FIELD_DEFINITION | INTERFACE | "
-            "SCALAR | ENUM") in sdl
+    assert (
+        "directive @requiresScopes(scopes: [[String!]!]!) on OBJECT | FIELD_DEFINITION | INTERFACE | SCALAR | ENUM"
+    ) in sdl
     assert parsed.get_directive("authenticated") is not None
     assert parsed.get_directive("requiresScopes") is not None
 

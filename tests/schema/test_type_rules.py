@@ -59,8 +59,14 @@ class Mutation:
 
 
 def principal(role: str, plan: str) -> Principal:
-    return Principal(kind=PrincipalKind.USER, subject_id="u", organization_id="o", roles=(role,),
-                     permissions=permissions_for_role(role), plan=plan)
+    return Principal(
+        kind=PrincipalKind.USER,
+        subject_id="u",
+        organization_id="o",
+        roles=(role,),
+        permissions=permissions_for_role(role),
+        plan=plan,
+    )
 
 
 async def run(query: str, who: Principal, **options: Any) -> Any:

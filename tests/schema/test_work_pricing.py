@@ -21,8 +21,10 @@ from tests.conftest import Tenant, error_codes, gql, login, make_tenant, shared_
 
 VERIFY = "query($from: DateTime, $to: DateTime) { verifyAuditChain(from: $from, to: $to) { ok checked } }"
 BUDGET = "{ rateLimit { costPerMinute { remaining } } }"  # costs 2
-GENERATE = "mutation($kind: ReportKind!, $from: DateTime!, $to: DateTime!) { generateReport(kind: $kind, " \
-           "from: $from, to: $to) { id } }"  # costs 11
+GENERATE = (
+    "mutation($kind: ReportKind!, $from: DateTime!, $to: DateTime!) { generateReport(kind: $kind, "
+    "from: $from, to: $to) { id } }"
+)  # costs 11
 
 
 def head(url: str, chain: str) -> int:
@@ -37,11 +39,22 @@ async def grow_chain(url: str, chain: str, to: int, *, action: str = "mutation")
     try:
         for start in range(0, missing, 1000):
             async with db.transaction() as session:
-                await store.audit.append(session, [
-                    AuditEvent(action=action, organization_id=chain, actor_type="user", actor_id="u-seed",
-                               request_id=f"seed-{start + i}", ip="203.0.113.9", details={"field": "seeded"})
-                    for i in range(min(1000, missing - start))
-                ], entries=False)
+                await store.audit.append(
+                    session,
+                    [
+                        AuditEvent(
+                            action=action,
+                            organization_id=chain,
+                            actor_type="user",
+                            actor_id="u-seed",
+                            request_id=f"seed-{start + i}",
+                            ip="203.0.113.9",
+                            details={"field": "seeded"},
+                        )
+                        for i in range(min(1000, missing - start))
+                    ],
+                    entries=False,
+                )
     finally:
         await db.dispose()
     assert head(url, chain) == to
@@ -104,8 +117,9 @@ async def test_a_budget_smaller_than_the_price_refuses_and_verifies_nothing(
 ) -> None:
     """C-130: a tenant whose cost budget cannot pay for the chain gets RATE_LIMITED (429, retryAfter,
     Retry-After), nothing is verified and nothing but the static cost is spent."""
-    tenant = await make_tenant(database_url, slug="smallco", email="owner@smallco.test",
-                               limits={"COST_PER_MINUTE": 200})
+    tenant = await make_tenant(
+        database_url, slug="smallco", email="owner@smallco.test", limits={"COST_PER_MINUTE": 200}
+    )
     token = (await login(client, tenant))["accessToken"]
     await grow_chain(database_url, tenant.org_id, 3000)
     before = await remaining(client, token)
@@ -174,8 +188,9 @@ async def test_a_verification_leaves_the_loop_to_other_requests(client, tenant: 
     assert third < took / 12, f"the loop stalled {third * 1000:.0f} ms of a {took * 1000:.0f} ms verification"
 
 
-async def test_the_charge_is_shared_by_every_process(postgresql_url: str, redis_url: str, signing_key: str,
-                                                     shared_tenant: Tenant) -> None:
+async def test_the_charge_is_shared_by_every_process(
+    postgresql_url: str, redis_url: str, signing_key: str, shared_tenant: Tenant
+) -> None:
     """C-130, shared mode: the price is taken from the tenant's budget in Redis, so another process of the
     gateway sees it spent."""
     await grow_chain(postgresql_url, shared_tenant.org_id, 1000)

@@ -25,8 +25,14 @@ from tests.conftest import _fresh_postgres_database, sql
 
 
 def event(org: str | None, action: str = "org_updated", **kw: Any) -> AuditEvent:
-    values: dict[str, Any] = {"actor_type": "user", "actor_id": "u-1", "request_id": "req-1",
-                              "ip": "203.0.113.7", "resource_type": "organization", "resource_id": org}
+    values: dict[str, Any] = {
+        "actor_type": "user",
+        "actor_id": "u-1",
+        "request_id": "req-1",
+        "ip": "203.0.113.7",
+        "resource_type": "organization",
+        "resource_id": org,
+    }
     values.update(kw)
     return AuditEvent(action=action, organization_id=org, **values)
 
@@ -55,9 +61,9 @@ def as_owner(url: str, statement: str, **params: Any) -> None:
     try:
         with engine.begin() as conn:
             if is_sqlite(url):
-                triggers = conn.execute(text(
-                    "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'audit_log'"
-                )).all()
+                triggers = conn.execute(
+                    text("SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'audit_log'")
+                ).all()
                 for name, _ in triggers:
                     conn.execute(text(f'DROP TRIGGER "{name}"'))
                 conn.execute(text(statement), params)
@@ -109,8 +115,12 @@ async def test_each_engine_appends_with_its_own_bind_processors(database_url: st
     finally:
         await plain.dispose()
         await custom.dispose()
-    texts = [r[0] for r in sql(database_url, "SELECT CAST(details AS TEXT) FROM audit_log WHERE chain = :c "
-                                             "ORDER BY sequence", c=org)]
+    texts = [
+        r[0]
+        for r in sql(
+            database_url, "SELECT CAST(details AS TEXT) FROM audit_log WHERE chain = :c ORDER BY sequence", c=org
+        )
+    ]
     assert [json.loads(t) for t in texts[1:]] == [{"n": 2}] * 3
     assert ["\n" in t for t in texts[1:]] == [False, True, False]
 
@@ -145,8 +155,9 @@ async def test_an_append_is_one_statement_once_the_chain_has_a_head(database_url
         # SQLite's trace repeats a statement's text as each of its trigger programs starts: one statement
         ran = [s for s in run if "audit_log" in s or "audit_chain_heads" in s]
         assert len(set(ran)) == 1
-    stored = sql(database_url, "SELECT sequence, previous_hash, hash FROM audit_log WHERE chain = :c "
-                               "ORDER BY sequence", c=org)
+    stored = sql(
+        database_url, "SELECT sequence, previous_hash, hash FROM audit_log WHERE chain = :c ORDER BY sequence", c=org
+    )
     assert [r[0] for r in stored] == [1, 2]
     assert stored[1][1] == stored[0][2]
     assert (entries[0].sequence, entries[0].previous_hash, entries[0].hash) == stored[1]
@@ -177,8 +188,9 @@ async def test_an_entry_not_read_back_is_written_without_returning(database_url:
     inserts = [s for s in sent if s.lstrip().upper().startswith("INSERT INTO AUDIT_LOG")]
     assert len(inserts) == 3  # the first entry's insert is repeated once its head row exists
     assert not any("RETURNING" in s.upper() for s in inserts)
-    assert [r[0] for r in sql(database_url, "SELECT sequence FROM audit_log WHERE chain = :c ORDER BY sequence",
-                                c=org)] == [1, 2]
+    assert [
+        r[0] for r in sql(database_url, "SELECT sequence FROM audit_log WHERE chain = :c ORDER BY sequence", c=org)
+    ] == [1, 2]
     assert (await verify(database_url, chains=[org])).ok
 
 
@@ -188,22 +200,37 @@ async def test_a_refused_entry_commits_nothing_of_its_transaction(database_url: 
     org, marker = new_id(), new_id()  # marker: a write of the same transaction (a head row of its own)
     await write(database_url, event(org))
     if is_sqlite(database_url):
-        sql(database_url, "CREATE TRIGGER test_refuse_entry BEFORE INSERT ON audit_log "
-                          "WHEN NEW.action = 'refused_by_the_database' BEGIN SELECT RAISE(ABORT, 'refused'); END")
+        sql(
+            database_url,
+            "CREATE TRIGGER test_refuse_entry BEFORE INSERT ON audit_log "
+            "WHEN NEW.action = 'refused_by_the_database' BEGIN SELECT RAISE(ABORT, 'refused'); END",
+        )
     else:
-        sql(database_url, "CREATE OR REPLACE FUNCTION test_refuse_entry() RETURNS trigger LANGUAGE plpgsql AS $$ "
-                          "BEGIN IF NEW.action = 'refused_by_the_database' THEN RAISE EXCEPTION 'refused'; END IF; "
-                          "RETURN NEW; END $$")
-        sql(database_url, "CREATE TRIGGER test_refuse_entry BEFORE INSERT ON audit_log FOR EACH ROW "
-                          "EXECUTE FUNCTION test_refuse_entry()")
+        sql(
+            database_url,
+            "CREATE OR REPLACE FUNCTION test_refuse_entry() RETURNS trigger LANGUAGE plpgsql AS $$ "
+            "BEGIN IF NEW.action = 'refused_by_the_database' THEN RAISE EXCEPTION 'refused'; END IF; "
+            "RETURN NEW; END $$",
+        )
+        sql(
+            database_url,
+            "CREATE TRIGGER test_refuse_entry BEFORE INSERT ON audit_log FOR EACH ROW "
+            "EXECUTE FUNCTION test_refuse_entry()",
+        )
     db = Database(database_url)
 
     async def mutation() -> None:
         async with db.transaction() as session:
-            await session.execute(text("INSERT INTO audit_chain_heads (chain, sequence, hash, updated_at) "
-                                       "VALUES (:c, 0, :h, CURRENT_TIMESTAMP)"), {"c": marker, "h": "0" * 64})
-            await audit.append(session, [event(org, details={"n": 2}), event(org, action="refused_by_the_database")],
-                               entries=False)
+            await session.execute(
+                text(
+                    "INSERT INTO audit_chain_heads (chain, sequence, hash, updated_at) "
+                    "VALUES (:c, 0, :h, CURRENT_TIMESTAMP)"
+                ),
+                {"c": marker, "h": "0" * 64},
+            )
+            await audit.append(
+                session, [event(org, details={"n": 2}), event(org, action="refused_by_the_database")], entries=False
+            )
 
     try:
         with pytest.raises(DBAPIError, match="refused"):
@@ -218,8 +245,9 @@ async def test_a_refused_entry_commits_nothing_of_its_transaction(database_url: 
     assert sql(database_url, "SELECT sequence FROM audit_log WHERE chain = :c", c=org) == [(1,)]
     assert sql(database_url, "SELECT count(*) FROM audit_chain_heads WHERE chain = :c", c=marker) == [(0,)]
     await write(database_url, event(org))
-    assert [r[0] for r in sql(database_url, "SELECT sequence FROM audit_log WHERE chain = :c ORDER BY sequence",
-                                c=org)] == [1, 2]
+    assert [
+        r[0] for r in sql(database_url, "SELECT sequence FROM audit_log WHERE chain = :c ORDER BY sequence", c=org)
+    ] == [1, 2]
 
 
 async def test_a_rolled_back_append_leaves_no_entry_and_no_gap(database_url: str) -> None:
@@ -238,9 +266,7 @@ async def test_a_rolled_back_append_leaves_no_entry_and_no_gap(database_url: str
     finally:
         await db.dispose()
     await write(database_url, event(org))
-    assert sql(database_url, "SELECT sequence FROM audit_log WHERE chain = :c ORDER BY sequence", c=org) == [
-        (1,), (2,)
-    ]
+    assert sql(database_url, "SELECT sequence FROM audit_log WHERE chain = :c ORDER BY sequence", c=org) == [(1,), (2,)]
     assert (await verify(database_url)).ok
 
 
@@ -248,6 +274,7 @@ async def test_concurrent_appends_never_fork_a_chain(database_url: str) -> None:
     org = new_id()
     db = Database(database_url, pool_size=10)
     try:
+
         async def one(i: int) -> None:
             async with db.transaction() as session:
                 await audit.append(session, [event(org, details={"i": i})])
@@ -281,9 +308,12 @@ def roles_url(postgres_admin_url: str) -> Any:
     url = _fresh_postgres_database(postgres_admin_url)
     suffix = new_id()[:8]
     owner, app = f"owner_{suffix}", f"app_{suffix}"
-    for statement in (f'CREATE ROLE "{owner}" LOGIN', f'CREATE ROLE "{app}" LOGIN',
-                      f'ALTER DATABASE "{url.rsplit("/", 1)[1]}" OWNER TO "{owner}"',
-                      f'ALTER SCHEMA public OWNER TO "{owner}"'):
+    for statement in (
+        f'CREATE ROLE "{owner}" LOGIN',
+        f'CREATE ROLE "{app}" LOGIN',
+        f'ALTER DATABASE "{url.rsplit("/", 1)[1]}" OWNER TO "{owner}"',
+        f'ALTER SCHEMA public OWNER TO "{owner}"',
+    ):
         sql(url, statement)
     base, _, name = url.rpartition("/")
     host = base.split("@", 1)[1]
@@ -298,8 +328,11 @@ async def test_c089_the_app_role_may_only_insert_and_select(roles_url: Any) -> N
     org = new_id()
     await write(app_url, event(org), event(org))
     assert (await verify(app_url)).ok
-    for statement in ("UPDATE audit_log SET action = 'x' WHERE sequence = 1", "DELETE FROM audit_log",
-                      "TRUNCATE audit_log"):
+    for statement in (
+        "UPDATE audit_log SET action = 'x' WHERE sequence = 1",
+        "DELETE FROM audit_log",
+        "TRUNCATE audit_log",
+    ):
         with pytest.raises(DBAPIError) as caught:
             sql(app_url, statement)
         assert caught.value.orig.sqlstate == "42501", statement  # type: ignore[union-attr]
@@ -319,8 +352,12 @@ async def test_c089_the_app_role_may_only_insert_and_select(roles_url: Any) -> N
 async def test_c090_an_edited_entry_is_named(database_url: str) -> None:
     org = new_id()
     await write(database_url, *(event(org, details={"n": i}) for i in range(6)))
-    as_owner(database_url, "UPDATE audit_log SET details = :d WHERE chain = :c AND sequence = 4",
-             d=json.dumps({"n": 99}), c=org)
+    as_owner(
+        database_url,
+        "UPDATE audit_log SET details = :d WHERE chain = :c AND sequence = 4",
+        d=json.dumps({"n": 99}),
+        c=org,
+    )
     report = await verify(database_url)
     assert not report.ok
     assert report.chains[org].first_broken_sequence == 4
@@ -334,8 +371,13 @@ async def test_c090_a_recomputed_hash_still_breaks_the_next_link(database_url: s
     forged = entries[2]
     forged.action = "authn_login_success"
     forged.hash = audit.entry_hash(forged.previous_hash, forged)
-    as_owner(database_url, "UPDATE audit_log SET action = :a, hash = :h WHERE id = :i",
-             a=forged.action, h=forged.hash, i=forged.id)
+    as_owner(
+        database_url,
+        "UPDATE audit_log SET action = :a, hash = :h WHERE id = :i",
+        a=forged.action,
+        h=forged.hash,
+        i=forged.id,
+    )
     report = await verify(database_url)
     assert report.chains[org].first_broken_sequence == 4
 
@@ -358,8 +400,7 @@ async def test_c092_truncation_is_found_against_a_checkpoint_only(database_url: 
     # an owner who removes the last ten rows and makes the head row agree
     as_owner(database_url, "DELETE FROM audit_log WHERE chain = :c AND sequence > 5", c=org)
     new_head = sql(database_url, "SELECT hash FROM audit_log WHERE chain = :c AND sequence = 5", c=org)[0][0]
-    as_owner(database_url, "UPDATE audit_chain_heads SET sequence = 5, hash = :h WHERE chain = :c",
-             h=new_head, c=org)
+    as_owner(database_url, "UPDATE audit_chain_heads SET sequence = 5, hash = :h WHERE chain = :c", h=new_head, c=org)
     # without a checkpoint the shortened chain is consistent: truncation is undetectable
     assert (await verify(database_url)).ok
     report = await verify(database_url, checkpoint=checkpoint)
@@ -379,10 +420,16 @@ async def test_truncation_without_touching_the_head_row_is_found(database_url: s
 async def test_c094_injection_is_stored_escaped_and_bounded(database_url: str) -> None:
     org = new_id()
     forged = "alice\n2026-01-01 INFO authn_login_success admin"
-    await write(database_url, event(
-        org, "authn_login_fail", actor_id=forged, user_agent="\x1b[2J" + "A" * 10_000,
-        details={"email": forged, "raw": b"\xff\xfe bad utf-8", "ansi": "\x1b[31mred"},
-    ))
+    await write(
+        database_url,
+        event(
+            org,
+            "authn_login_fail",
+            actor_id=forged,
+            user_agent="\x1b[2J" + "A" * 10_000,
+            details={"email": forged, "raw": b"\xff\xfe bad utf-8", "ansi": "\x1b[31mred"},
+        ),
+    )
     actor, agent, details = sql(database_url, "SELECT actor_id, user_agent, details FROM audit_log")[0]
     assert "\n" not in actor
     assert actor.startswith("alice\\x0a2026")
@@ -398,10 +445,18 @@ async def test_c094_injection_is_stored_escaped_and_bounded(database_url: str) -
 async def test_c095_secrets_never_reach_the_details(database_url: str) -> None:
     org = new_id()
     jwt = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl"
-    await write(database_url, event(org, details={
-        "password": "P@ss-123-canary", "new": {"clientSecret": "canary-secret", "name": "ok"},
-        "note": f"token {jwt} and key gw_live_canary0123456789", "refresh_token": "canary-refresh",
-    }))
+    await write(
+        database_url,
+        event(
+            org,
+            details={
+                "password": "P@ss-123-canary",
+                "new": {"clientSecret": "canary-secret", "name": "ok"},
+                "note": f"token {jwt} and key gw_live_canary0123456789",
+                "refresh_token": "canary-refresh",
+            },
+        ),
+    )
     dump = json.dumps(sql(database_url, "SELECT * FROM audit_log"), default=str)
     for canary in ("P@ss-123-canary", "canary-secret", jwt, "gw_live_canary", "canary-refresh"):
         assert canary not in dump
@@ -423,9 +478,18 @@ def test_cursors_round_trip_and_refuse_garbage() -> None:
     from store.cursors import CursorError
     from store.models import AuditEntry
 
-    entry = AuditEntry(id=new_id(), chain="c", sequence=1, at=datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC),
-                       actor_type="user", action="x", result="success", request_id="r", previous_hash="",
-                       hash="")
+    entry = AuditEntry(
+        id=new_id(),
+        chain="c",
+        sequence=1,
+        at=datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC),
+        actor_type="user",
+        action="x",
+        result="success",
+        request_id="r",
+        previous_hash="",
+        hash="",
+    )
     assert audit.decode_cursor(audit.encode_cursor(entry)) == (entry.at, entry.id)
     for bad in ("", "x", "!!!!", "Zm9vfGJhcg", "a" * 300):
         with pytest.raises(CursorError):
@@ -454,13 +518,18 @@ async def test_entries_keep_their_chains_through_the_change_of_key_and_back(tmp_
             assert sql(url, "SELECT id, chain, sequence, hash FROM audit_log ORDER BY chain, sequence") == before
             assert (await verify(url)).ok
         await write(url, event(a))  # the chain goes on from its head
-        assert [r[0] for r in sql(url, "SELECT sequence FROM audit_log WHERE chain = :c ORDER BY sequence", c=a)] == \
-            [1, 2, 3, 4]
+        assert [r[0] for r in sql(url, "SELECT sequence FROM audit_log WHERE chain = :c ORDER BY sequence", c=a)] == [
+            1,
+            2,
+            3,
+            4,
+        ]
         engine = create_engine(sync_url(url))
         try:
             with pytest.raises(DBAPIError, match=r"(?i)unique|duplicate"), engine.begin() as conn:
-                conn.execute(text("INSERT INTO audit_log SELECT * FROM audit_log WHERE chain = :c AND sequence = 1"),
-                             {"c": a})
+                conn.execute(
+                    text("INSERT INTO audit_log SELECT * FROM audit_log WHERE chain = :c AND sequence = 1"), {"c": a}
+                )
             with pytest.raises(DBAPIError, match="append-only"), engine.begin() as conn:
                 conn.execute(text("DELETE FROM audit_log WHERE chain = :c"), {"c": a})
         finally:
@@ -490,15 +559,27 @@ def test_the_hashed_time_is_the_same_text_for_an_instant() -> None:
 # Two entries as the writer before migration 0012 stored them (naive UTC, SQLAlchemy's text on SQLite), with
 # the hashes it computed for them (the canonical text of the time: `2026-12-06T23:59:58.123456Z`).
 _OLD_CHAIN = "9f1c2d3e-0000-4000-8000-000000000012"
-_OLD_ENTRIES = [(1, "2026-12-06 23:59:58.123456", {"n": 1}, audit.GENESIS_HASH,
-                 "93d9e66056d40eebfbedb71a69e12d33405b0fd0a69a94d267167442e2bc3f3a"),
-                (2, "2026-12-07 00:00:00.000000", {"n": 2},
-                 "93d9e66056d40eebfbedb71a69e12d33405b0fd0a69a94d267167442e2bc3f3a",
-                 "3e57cfc75ce4f7b7b275f87d5f8ddeb2d7008d0f3f82f20c595d93c125d6036f")]
+_OLD_ENTRIES = [
+    (
+        1,
+        "2026-12-06 23:59:58.123456",
+        {"n": 1},
+        audit.GENESIS_HASH,
+        "93d9e66056d40eebfbedb71a69e12d33405b0fd0a69a94d267167442e2bc3f3a",
+    ),
+    (
+        2,
+        "2026-12-07 00:00:00.000000",
+        {"n": 2},
+        "93d9e66056d40eebfbedb71a69e12d33405b0fd0a69a94d267167442e2bc3f3a",
+        "3e57cfc75ce4f7b7b275f87d5f8ddeb2d7008d0f3f82f20c595d93c125d6036f",
+    ),
+]
 
 
-async def test_entries_written_before_aware_times_still_verify(tmp_path: Any, request: Any,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_entries_written_before_aware_times_still_verify(
+    tmp_path: Any, request: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Migration 0012 makes every time `timestamp with time zone` on PostgreSQL (SQLite keeps its text): a
     chain written before it keeps its hashes and verifies after it, and after its downgrade, even read in a
     session whose time zone is not UTC; times come back aware in UTC, and the chain goes on from its head."""
@@ -509,14 +590,28 @@ async def test_entries_written_before_aware_times_still_verify(tmp_path: Any, re
             url = _fresh_postgres_database(request.getfixturevalue("postgres_admin_url"))
         monkeypatch.delenv("PGTZ", raising=False)
         upgrade(url, "0011")
-        sql(url, "INSERT INTO audit_chain_heads (chain, sequence, hash, updated_at) "
-                 "VALUES (:c, 0, :h, '2026-12-06 23:59:58.000000')", c=_OLD_CHAIN, h=audit.GENESIS_HASH)
+        sql(
+            url,
+            "INSERT INTO audit_chain_heads (chain, sequence, hash, updated_at) "
+            "VALUES (:c, 0, :h, '2026-12-06 23:59:58.000000')",
+            c=_OLD_CHAIN,
+            h=audit.GENESIS_HASH,
+        )
         for sequence, at, details, previous, hash_ in _OLD_ENTRIES:
-            sql(url, "INSERT INTO audit_log (id, chain, sequence, organization_id, at, actor_type, actor_id, action, "
-                     "resource_type, resource_id, result, request_id, ip, user_agent, details, previous_hash, hash) "
-                     "VALUES (:id, :c, :s, :c, :at, 'user', 'u-1', 'org_updated', 'organization', :c, 'success', "
-                     "'req-1', '203.0.113.7', NULL, :d, :p, :h)",
-                id=new_id(), c=_OLD_CHAIN, s=sequence, at=at, d=json.dumps(details), p=previous, h=hash_)
+            sql(
+                url,
+                "INSERT INTO audit_log (id, chain, sequence, organization_id, at, actor_type, actor_id, action, "
+                "resource_type, resource_id, result, request_id, ip, user_agent, details, previous_hash, hash) "
+                "VALUES (:id, :c, :s, :c, :at, 'user', 'u-1', 'org_updated', 'organization', :c, 'success', "
+                "'req-1', '203.0.113.7', NULL, :d, :p, :h)",
+                id=new_id(),
+                c=_OLD_CHAIN,
+                s=sequence,
+                at=at,
+                d=json.dumps(details),
+                p=previous,
+                h=hash_,
+            )
         assert (await verify(url)).ok
         # the session's time zone moves neither the stored instants nor what is read back
         monkeypatch.setenv("PGTZ", "America/New_York")
@@ -525,11 +620,24 @@ async def test_entries_written_before_aware_times_still_verify(tmp_path: Any, re
         db = Database(url)
         try:
             async with db.session() as session:
-                stored = (await session.execute(select(AuditEntry.at).where(AuditEntry.chain == _OLD_CHAIN)
-                                                .order_by(AuditEntry.sequence))).scalars().all()
+                stored = (
+                    (
+                        await session.execute(
+                            select(AuditEntry.at).where(AuditEntry.chain == _OLD_CHAIN).order_by(AuditEntry.sequence)
+                        )
+                    )
+                    .scalars()
+                    .all()
+                )
                 # raw SQL comparing a time with a bound aware one
-                later = (await session.execute(text("SELECT count(*) FROM audit_log WHERE at >= :t").bindparams(
-                    bindparam("t", type_=UtcDateTime())), {"t": datetime(2026, 12, 7, tzinfo=UTC)})).scalar_one()
+                later = (
+                    await session.execute(
+                        text("SELECT count(*) FROM audit_log WHERE at >= :t").bindparams(
+                            bindparam("t", type_=UtcDateTime())
+                        ),
+                        {"t": datetime(2026, 12, 7, tzinfo=UTC)},
+                    )
+                ).scalar_one()
         finally:
             await db.dispose()
         assert stored == [datetime(2026, 12, 6, 23, 59, 58, 123456, tzinfo=UTC), datetime(2026, 12, 7, tzinfo=UTC)]
@@ -546,8 +654,10 @@ async def test_entries_written_before_aware_times_still_verify(tmp_path: Any, re
         _downgrade(url, "0011")
         assert (await verify(url)).ok
         if backend == "postgresql":
-            assert [r[0] for r in sql(url, "SELECT CAST(at AS TEXT) FROM audit_log ORDER BY sequence")][:2] == \
-                ["2026-12-06 23:59:58.123456", "2026-12-07 00:00:00"]
+            assert [r[0] for r in sql(url, "SELECT CAST(at AS TEXT) FROM audit_log ORDER BY sequence")][:2] == [
+                "2026-12-06 23:59:58.123456",
+                "2026-12-07 00:00:00",
+            ]
 
 
 async def test_a_filter_on_results_that_did_not_succeed_reads_the_partial_index(sqlite_url: str) -> None:
@@ -595,8 +705,13 @@ async def test_the_first_entry_of_a_chain_creates_its_head_in_the_transaction(da
     db = Database(database_url)
     try:
         async with db.session() as session:
-            await session.execute(text("INSERT INTO audit_chain_heads (chain, sequence, hash, updated_at) "
-                                       "VALUES (:c, 0, :h, CURRENT_TIMESTAMP)"), {"c": marker, "h": "0" * 64})
+            await session.execute(
+                text(
+                    "INSERT INTO audit_chain_heads (chain, sequence, hash, updated_at) "
+                    "VALUES (:c, 0, :h, CURRENT_TIMESTAMP)"
+                ),
+                {"c": marker, "h": "0" * 64},
+            )
             await audit.append(session, [event(org)], entries=False)
             await session.commit()
     finally:

@@ -16,8 +16,9 @@ from store.db import Database
 from store.models import new_id, new_ordered_id
 from tests.conftest import sql
 
-INSERT_HEAD = text("INSERT INTO audit_chain_heads (chain, sequence, hash, updated_at) "
-                   "VALUES (:c, 0, :h, CURRENT_TIMESTAMP)")
+INSERT_HEAD = text(
+    "INSERT INTO audit_chain_heads (chain, sequence, hash, updated_at) VALUES (:c, 0, :h, CURRENT_TIMESTAMP)"
+)
 
 
 def _count_ends(driver: Any) -> list[str]:
@@ -54,6 +55,7 @@ async def test_a_unit_of_work_ends_once_and_the_pool_adds_nothing(database_url: 
     kept, dropped = new_id(), new_id()
     db = Database(database_url)
     try:
+
         async def read_and_commit(session: AsyncSession) -> None:
             assert (await session.execute(text("SELECT 1"))).scalar() == 1
             await session.commit()
@@ -92,8 +94,10 @@ async def test_a_connection_back_with_a_transaction_open_is_rolled_back(sqlite_u
             await conn.execute(text("SELECT 1"))
             await conn.commit()
             driver = (await conn.get_raw_connection()).driver_connection
-            await driver.execute("INSERT INTO audit_chain_heads (chain, sequence, hash, updated_at) "
-                                 "VALUES (?, 0, ?, CURRENT_TIMESTAMP)", (stray, "0" * 64))
+            await driver.execute(
+                "INSERT INTO audit_chain_heads (chain, sequence, hash, updated_at) VALUES (?, 0, ?, CURRENT_TIMESTAMP)",
+                (stray, "0" * 64),
+            )
             assert driver.in_transaction
         assert not driver.in_transaction
         async with db.transaction() as session:
@@ -126,8 +130,10 @@ async def test_sqlite_connections_keep_temporary_data_in_memory(sqlite_url: str)
     db = Database(sqlite_url)
     try:
         async with db.session() as session:
-            values = [(await session.execute(text(f"PRAGMA {name}"))).scalar()
-                      for name in ("journal_mode", "synchronous", "foreign_keys", "temp_store")]
+            values = [
+                (await session.execute(text(f"PRAGMA {name}"))).scalar()
+                for name in ("journal_mode", "synchronous", "foreign_keys", "temp_store")
+            ]
         assert values == ["wal", 1, 1, 2]
     finally:
         await db.dispose()

@@ -154,8 +154,14 @@ async def test_failure_around_the_operation_rolls_back(
 
     monkeypatch.setattr(IntrospectionGuard, "on_operation", failing)
     # prod, where the introspection guard runs on every anonymous operation
-    settings = make_settings(database_url, signing_key, env="prod", api_key_pepper="p" * 40,
-                             cookie_secret="c" * 40, data_encryption_key="d" * 40)
+    settings = make_settings(
+        database_url,
+        signing_key,
+        env="prod",
+        api_key_pepper="p" * 40,
+        cookie_secret="c" * 40,
+        data_encryption_key="d" * 40,
+    )
     async with running(create_app(settings)) as client:
         r = await gql(client, "{ __typename }")
     body = r.json()

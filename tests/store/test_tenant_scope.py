@@ -46,14 +46,18 @@ def unscoped_queries(path: Path, tenant: set[str]) -> list[str]:
     for fn in ast.walk(ast.parse(source)):
         if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
             continue
-        touched = sorted({
-            arg.id
-            for call in ast.walk(fn) if isinstance(call, ast.Call) and _call_name(call) in QUERY_CALLS
-            for arg in call.args if isinstance(arg, ast.Name) and arg.id in tenant
-        })
+        touched = sorted(
+            {
+                arg.id
+                for call in ast.walk(fn)
+                if isinstance(call, ast.Call) and _call_name(call) in QUERY_CALLS
+                for arg in call.args
+                if isinstance(arg, ast.Name) and arg.id in tenant
+            }
+        )
         if not touched:
             continue
-        body = "\n".join(lines[fn.lineno - 1: fn.end_lineno])
+        body = "\n".join(lines[fn.lineno - 1 : fn.end_lineno])
         if not any(marker in body for marker in SCOPED_BY):
             where = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path.name
             found.append(f"{where}:{fn.lineno} {fn.name} touches {', '.join(touched)}")
@@ -84,4 +88,3 @@ def test_the_check_catches_an_unscoped_query(tmp_path: Path) -> None:
     tenant = tenant_models()
     problems = [p.split(" ", 1)[1] for p in unscoped_queries(bad, tenant)]
     assert problems == ["leak touches Membership"]
-

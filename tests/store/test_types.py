@@ -29,13 +29,21 @@ async def test_a_time_comes_back_aware_in_utc(database_url: str) -> None:
         async with db.transaction() as session:
             session.add(Organization(slug=slug, name="Times", created_at=at))
         async with db.session() as session:
-            stored = (await session.execute(
-                select(Organization.created_at).where(Organization.slug == slug)  # type: ignore[arg-type]
-            )).scalar_one()
+            stored = (
+                await session.execute(
+                    select(Organization.created_at).where(Organization.slug == slug)  # type: ignore[arg-type]
+                )
+            ).scalar_one()
             # compared with an aware bound value of another offset
-            found = (await session.execute(
-                select(Organization.slug).where(Organization.created_at == at.astimezone(UTC))  # type: ignore[arg-type]
-            )).scalars().all()
+            found = (
+                (
+                    await session.execute(
+                        select(Organization.slug).where(Organization.created_at == at.astimezone(UTC))  # type: ignore[arg-type]
+                    )
+                )
+                .scalars()
+                .all()
+            )
     finally:
         await db.dispose()
     assert stored == at
@@ -45,8 +53,11 @@ async def test_a_time_comes_back_aware_in_utc(database_url: str) -> None:
     if is_sqlite(database_url):
         assert text_ == "2026-03-04 03:06:07.890123"
     else:
-        assert sql(database_url, "SELECT data_type FROM information_schema.columns WHERE table_name = "
-                                 "'organizations' AND column_name = 'created_at'") == [("timestamp with time zone",)]
+        assert sql(
+            database_url,
+            "SELECT data_type FROM information_schema.columns WHERE table_name = "
+            "'organizations' AND column_name = 'created_at'",
+        ) == [("timestamp with time zone",)]
 
 
 async def test_a_naive_time_is_refused(database_url: str) -> None:
@@ -60,7 +71,6 @@ async def test_a_naive_time_is_refused(database_url: str) -> None:
         assert "aware datetime" in str(caught.value)
         with pytest.raises(StatementError, match="aware datetime"):
             async with db.session() as session:
-                await session.execute(select(Organization.id).where(
-                    Organization.created_at < datetime(2026, 3, 4)))  # type: ignore[arg-type]
+                await session.execute(select(Organization.id).where(Organization.created_at < datetime(2026, 3, 4)))  # type: ignore[arg-type]
     finally:
         await db.dispose()

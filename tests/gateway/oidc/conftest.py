@@ -58,8 +58,11 @@ def rogue(rogue_session: RogueProvider) -> RogueProvider:
 
 
 def sso_settings(database_url: str, signing_key: str, **overrides: Any) -> Any:
-    values: dict[str, Any] = {"public_url": GATEWAY, "session_cookie_secure": False,
-                              "frontend_return_paths": RETURN_PATHS}
+    values: dict[str, Any] = {
+        "public_url": GATEWAY,
+        "session_cookie_secure": False,
+        "frontend_return_paths": RETURN_PATHS,
+    }
     values.update(overrides)
     return make_settings(database_url, signing_key, **values)
 
@@ -85,8 +88,7 @@ async def running_gateway(database_url: str, signing_key: str, **overrides: Any)
     app = create_app(sso_settings(database_url, signing_key, **overrides))
     tenant = await make_tenant(database_url)
     async with app.router.lifespan_context(app), browser_for(app) as browser:
-        api = httpx.AsyncClient(transport=httpx.ASGITransport(app=app, client=(CLIENT_IP, 40000)),
-                                base_url=GATEWAY)
+        api = httpx.AsyncClient(transport=httpx.ASGITransport(app=app, client=(CLIENT_IP, 40000)), base_url=GATEWAY)
         async with api:
             token = (await login(api, tenant))["accessToken"]
             # the tenant's providers may provision accounts at its own domain
@@ -102,8 +104,15 @@ async def gw(database_url: str, signing_key: str) -> AsyncIterator[Gateway]:
 
 
 async def configure(gw: Gateway, issuer: str, client_id: str, client_secret: str, **fields: Any) -> dict[str, Any]:
-    variables = {"input": {"issuer": issuer, "clientId": client_id, "clientSecret": client_secret,
-                           "scopes": fields.pop("scopes", ["openid", "email", "profile", "groups"]), **fields}}
+    variables = {
+        "input": {
+            "issuer": issuer,
+            "clientId": client_id,
+            "clientSecret": client_secret,
+            "scopes": fields.pop("scopes", ["openid", "email", "profile", "groups"]),
+            **fields,
+        }
+    }
     api = httpx.AsyncClient(transport=httpx.ASGITransport(app=gw.app, client=(CLIENT_IP, 40000)), base_url=GATEWAY)
     async with api:
         r = await gql(api, CONFIGURE, variables, token=gw.owner_token)
@@ -128,8 +137,9 @@ CLAIM = "mutation($d: String!) { claimDomain(domain: $d) { domain } }"
 START_LINK = "mutation { startSsoLink { url expiresAt } }"
 
 
-async def api_call(gw: Gateway, document: str, variables: dict[str, Any] | None = None, *,
-                   token: str | None = None) -> dict[str, Any]:
+async def api_call(
+    gw: Gateway, document: str, variables: dict[str, Any] | None = None, *, token: str | None = None
+) -> dict[str, Any]:
     api = httpx.AsyncClient(transport=httpx.ASGITransport(app=gw.app, client=(CLIENT_IP, 40000)), base_url=GATEWAY)
     async with api:
         return (await gql(api, document, variables, token=token)).json()  # type: ignore[no-any-return]
@@ -162,8 +172,9 @@ async def to_callback(browser: httpx.AsyncClient, start: str, login_name: str = 
         assert r.status_code == 200, r.text
         action = _FORM_ACTION.search(r.text)
         assert action, r.text
-        r = await browser.post(urljoin(url, action.group(1)),
-                               data={"prompt": "login", "login": login_name, "password": "anything"})
+        r = await browser.post(
+            urljoin(url, action.group(1)), data={"prompt": "login", "login": login_name, "password": "anything"}
+        )
         assert r.status_code in (302, 303), r.text
         url = urljoin(url, r.headers["location"])
     raise AssertionError("the provider never sent the browser back")

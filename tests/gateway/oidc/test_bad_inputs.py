@@ -40,17 +40,18 @@ def _events(caplog: pytest.LogCaptureFixture) -> None:
 
 
 def counts(database_url: str) -> tuple[int, int, int]:
-    return (sql(database_url, "SELECT count(*) FROM users")[0][0],
-            sql(database_url, "SELECT count(*) FROM sso_identities")[0][0],
-            sql(database_url, "SELECT count(*) FROM auth_sessions WHERE auth_method = 'oidc'")[0][0])
+    return (
+        sql(database_url, "SELECT count(*) FROM users")[0][0],
+        sql(database_url, "SELECT count(*) FROM sso_identities")[0][0],
+        sql(database_url, "SELECT count(*) FROM auth_sessions WHERE auth_method = 'oidc'")[0][0],
+    )
 
 
 def failure_reasons(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.reason for r in caplog.records if r.getMessage() == "authn_sso_fail"]  # type: ignore[attr-defined]
 
 
-def assert_refused(r: httpx.Response, caplog: pytest.LogCaptureFixture, reason: str, *,
-                   status: int = 400) -> None:
+def assert_refused(r: httpx.Response, caplog: pytest.LogCaptureFixture, reason: str, *, status: int = 400) -> None:
     assert r.status_code == status, r.text
     assert r.headers["content-type"].startswith("text/html")
     assert "Sign-in failed" in r.text
@@ -78,8 +79,9 @@ async def rogue_login(gw: Gateway, return_to: str = "/app") -> httpx.Response:
 # -- C-039 / C-040 / C-041: state and code ---------------------------------------------------------
 
 
-async def test_c039_callback_without_state(gw: Gateway, rogue: RogueProvider, database_url: str,
-                                           caplog: pytest.LogCaptureFixture) -> None:
+async def test_c039_callback_without_state(
+    gw: Gateway, rogue: RogueProvider, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
     await configure_rogue(gw, rogue)
     before = counts(database_url)
     url = await rogue_callback(gw)
@@ -93,8 +95,9 @@ async def test_c039_callback_without_state(gw: Gateway, rogue: RogueProvider, da
     assert details == {"protocol": "oidc", "reason": "oidc_state_missing"}
 
 
-async def test_c040_state_from_another_browser(gw: Gateway, rogue: RogueProvider, database_url: str,
-                                               caplog: pytest.LogCaptureFixture) -> None:
+async def test_c040_state_from_another_browser(
+    gw: Gateway, rogue: RogueProvider, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
     await configure_rogue(gw, rogue)
     before = counts(database_url)
     url = await rogue_callback(gw)
@@ -106,8 +109,9 @@ async def test_c040_state_from_another_browser(gw: Gateway, rogue: RogueProvider
     assert_refused(await gw.browser.get(url), caplog, "oidc_state_unknown")
 
 
-async def test_c040_state_replayed(gw: Gateway, rogue: RogueProvider, database_url: str,
-                                   caplog: pytest.LogCaptureFixture) -> None:
+async def test_c040_state_replayed(
+    gw: Gateway, rogue: RogueProvider, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
     await configure_rogue(gw, rogue)
     url = await rogue_callback(gw)
     assert (await gw.browser.get(url)).status_code == 303
@@ -116,8 +120,9 @@ async def test_c040_state_replayed(gw: Gateway, rogue: RogueProvider, database_u
     assert counts(database_url) == after_first
 
 
-async def test_c041_code_replayed(gw: Gateway, node_issuer: str, database_url: str,
-                                  caplog: pytest.LogCaptureFixture) -> None:
+async def test_c041_code_replayed(
+    gw: Gateway, node_issuer: str, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
     """The real provider answers invalid_grant to a code spent once; the first session is not duplicated."""
     await configure_node(gw, node_issuer)
     first = await to_callback(gw.browser, f"{GATEWAY}/auth/sso/acme", "jdoe")
@@ -152,8 +157,9 @@ async def test_c042_pkce_s256_with_a_matching_verifier(gw: Gateway, rogue: Rogue
 
 
 @pytest.mark.parametrize("nonce", ["different", "missing", "earlier"])
-async def test_c043_nonce(gw: Gateway, rogue: RogueProvider, database_url: str, caplog: pytest.LogCaptureFixture,
-                          nonce: str) -> None:
+async def test_c043_nonce(
+    gw: Gateway, rogue: RogueProvider, database_url: str, caplog: pytest.LogCaptureFixture, nonce: str
+) -> None:
     await configure_rogue(gw, rogue)
     if nonce == "earlier":
         assert (await rogue_login(gw)).status_code == 303
@@ -175,8 +181,9 @@ def _attacker_jwk_header() -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("case", ["flipped_byte", "alg_none", "hs256_client_secret", "jku_and_jwk_header"])
-async def test_c044_signature(gw: Gateway, rogue: RogueProvider, database_url: str,
-                              caplog: pytest.LogCaptureFixture, case: str) -> None:
+async def test_c044_signature(
+    gw: Gateway, rogue: RogueProvider, database_url: str, caplog: pytest.LogCaptureFixture, case: str
+) -> None:
     await configure_rogue(gw, rogue)
     b = rogue.behaviour
     if case == "flipped_byte":
@@ -220,11 +227,24 @@ def _claims_case(case: str, op: RogueProvider) -> dict[str, Any]:
     }[case]
 
 
-@pytest.mark.parametrize("case", ["iss_trailing_slash", "iss_other_case", "aud_other_client", "aud_two_without_azp",
-                                  "azp_other_client", "exp_past", "iat_missing", "iat_future", "sub_missing",
-                                  "sub_empty"])
-async def test_c045_claims(gw: Gateway, rogue: RogueProvider, database_url: str,
-                           caplog: pytest.LogCaptureFixture, case: str) -> None:
+@pytest.mark.parametrize(
+    "case",
+    [
+        "iss_trailing_slash",
+        "iss_other_case",
+        "aud_other_client",
+        "aud_two_without_azp",
+        "azp_other_client",
+        "exp_past",
+        "iat_missing",
+        "iat_future",
+        "sub_missing",
+        "sub_empty",
+    ],
+)
+async def test_c045_claims(
+    gw: Gateway, rogue: RogueProvider, database_url: str, caplog: pytest.LogCaptureFixture, case: str
+) -> None:
     await configure_rogue(gw, rogue)
     rogue.behaviour.claims = _claims_case(case, rogue)
     before = counts(database_url)
@@ -248,8 +268,9 @@ async def test_c046_unknown_kid_refetches_the_jwks_once(gw: Gateway, rogue: Rogu
     assert rogue.jwks_fetches == 2
 
 
-async def test_c046_random_kids_do_not_amplify(gw: Gateway, rogue: RogueProvider,
-                                               caplog: pytest.LogCaptureFixture) -> None:
+async def test_c046_random_kids_do_not_amplify(
+    gw: Gateway, rogue: RogueProvider, caplog: pytest.LogCaptureFixture
+) -> None:
     await configure_rogue(gw, rogue)
     import secrets
 
@@ -277,7 +298,11 @@ async def test_c046_kid_absent_with_two_keys_is_never_a_500(gw: Gateway, rogue: 
 
 
 async def test_c047_identity_of_one_idp_is_not_taken_over_by_another(
-    gw: Gateway, rogue: RogueProvider, node_issuer: str, database_url: str, caplog: pytest.LogCaptureFixture,
+    gw: Gateway,
+    rogue: RogueProvider,
+    node_issuer: str,
+    database_url: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     # the owner links IdP A (the rogue provider, behaving) to the account, by their own act
     await configure_rogue(gw, rogue)
@@ -294,8 +319,9 @@ async def test_c047_identity_of_one_idp_is_not_taken_over_by_another(
     assert sql(database_url, "SELECT count(*) FROM sso_identities")[0][0] == 1
 
 
-async def test_c047_unverified_email_never_links(gw: Gateway, rogue: RogueProvider, database_url: str,
-                                                 caplog: pytest.LogCaptureFixture) -> None:
+async def test_c047_unverified_email_never_links(
+    gw: Gateway, rogue: RogueProvider, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
     await configure_rogue(gw, rogue)
     rogue.behaviour.email, rogue.behaviour.email_verified = gw.tenant.email, False
     before = counts(database_url)
@@ -306,8 +332,9 @@ async def test_c047_unverified_email_never_links(gw: Gateway, rogue: RogueProvid
 # -- C-048 to C-053 --------------------------------------------------------------------------------------
 
 
-async def test_c048_mix_up_issuer_in_the_callback(gw: Gateway, rogue: RogueProvider, node_issuer: str,
-                                                  database_url: str, caplog: pytest.LogCaptureFixture) -> None:
+async def test_c048_mix_up_issuer_in_the_callback(
+    gw: Gateway, rogue: RogueProvider, node_issuer: str, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
     await configure_rogue(gw, rogue)
     rogue.behaviour.callback_iss = node_issuer
     before = counts(database_url)
@@ -316,8 +343,9 @@ async def test_c048_mix_up_issuer_in_the_callback(gw: Gateway, rogue: RogueProvi
     assert rogue.token_requests == []  # the code was never redeemed
 
 
-async def test_c049_discovery_names_another_issuer(gw: Gateway, rogue: RogueProvider,
-                                                   caplog: pytest.LogCaptureFixture) -> None:
+async def test_c049_discovery_names_another_issuer(
+    gw: Gateway, rogue: RogueProvider, caplog: pytest.LogCaptureFixture
+) -> None:
     rogue.behaviour.discovery_issuer = "https://evil.example"
     from tests.gateway.oidc.conftest import configure
     from tests.idp.rogue_op import CLIENT_ID, CLIENT_SECRET
@@ -333,8 +361,9 @@ async def test_c049_discovery_names_another_issuer(gw: Gateway, rogue: RogueProv
     assert rogue.authorize_requests == []
 
 
-async def test_c050_userinfo_sub_differs(gw: Gateway, rogue: RogueProvider, database_url: str,
-                                         caplog: pytest.LogCaptureFixture) -> None:
+async def test_c050_userinfo_sub_differs(
+    gw: Gateway, rogue: RogueProvider, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
     await configure_rogue(gw, rogue)
     rogue.behaviour.userinfo_sub = "somebody-else"
     before = counts(database_url)
@@ -342,9 +371,20 @@ async def test_c050_userinfo_sub_differs(gw: Gateway, rogue: RogueProvider, data
     assert counts(database_url) == before
 
 
-@pytest.mark.parametrize("return_to", ["https://evil.com", "//evil.com", "/\\evil.com", "/%5Cevil.com/../x",
-                                       "javascript:alert(1)", "/admin", "/app/../admin", "http:/evil.com",
-                                       " /app"])
+@pytest.mark.parametrize(
+    "return_to",
+    [
+        "https://evil.com",
+        "//evil.com",
+        "/\\evil.com",
+        "/%5Cevil.com/../x",
+        "javascript:alert(1)",
+        "/admin",
+        "/app/../admin",
+        "http:/evil.com",
+        " /app",
+    ],
+)
 async def test_c051_open_redirect(gw: Gateway, rogue: RogueProvider, return_to: str) -> None:
     await configure_rogue(gw, rogue)
     r = await rogue_login(gw, return_to=return_to)
@@ -358,14 +398,16 @@ async def test_c051_allowed_return_path_is_kept(gw: Gateway, rogue: RogueProvide
     assert r.headers["location"] == "/app/reports?tab=2"
 
 
-async def test_c052_error_callback_reflects_nothing(gw: Gateway, rogue: RogueProvider, database_url: str,
-                                                    caplog: pytest.LogCaptureFixture) -> None:
+async def test_c052_error_callback_reflects_nothing(
+    gw: Gateway, rogue: RogueProvider, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
     await configure_rogue(gw, rogue)
     start = await gw.browser.get(f"{GATEWAY}/auth/sso/acme")
     state = query_of(start.headers["location"])["state"]
     before = counts(database_url)
-    r = await gw.browser.get(CALLBACK, params={"error": "access_denied", "state": state,
-                                               "error_description": "<script>alert(1)</script>"})
+    r = await gw.browser.get(
+        CALLBACK, params={"error": "access_denied", "state": state, "error_description": "<script>alert(1)</script>"}
+    )
     assert_refused(r, caplog, "oidc_provider_error")
     assert "<script" not in r.text
     assert "access_denied" not in r.text
@@ -382,9 +424,14 @@ async def test_c053_back_channel_logout_is_not_accepted(gw: Gateway, rogue: Rogu
 
     await configure_rogue(gw, rogue)
     assert (await rogue_login(gw)).status_code == 303
-    claims: dict[str, Any] = {"iss": rogue.issuer, "aud": CLIENT_ID, "iat": int(time.time()),
-                              "jti": "x", "sub": rogue.behaviour.subject,
-                              "events": {"http://schemas.openid.net/event/backchannel-logout": {}}}
+    claims: dict[str, Any] = {
+        "iss": rogue.issuer,
+        "aud": CLIENT_ID,
+        "iat": int(time.time()),
+        "jti": "x",
+        "sub": rogue.behaviour.subject,
+        "events": {"http://schemas.openid.net/event/backchannel-logout": {}},
+    }
     if token_shape == "no_events":
         claims.pop("events")
     elif token_shape == "with_nonce":
@@ -408,8 +455,7 @@ async def test_c115_sso_works_while_password_login_is_locked(gw: Gateway, rogue:
     r = await gw.browser.get(r.headers["location"])
     assert (await gw.browser.get(r.headers["location"])).status_code == 303
     gw.browser.cookies.clear()
-    api = httpx.AsyncClient(transport=httpx.ASGITransport(app=gw.app, client=("203.0.113.7", 40000)),
-                            base_url=GATEWAY)
+    api = httpx.AsyncClient(transport=httpx.ASGITransport(app=gw.app, client=("203.0.113.7", 40000)), base_url=GATEWAY)
     async with api:
         for _ in range(6):
             await gql(api, LOGIN, {"email": gw.tenant.email, "password": "wrong password, again"})
@@ -426,8 +472,9 @@ async def test_organization_without_sso(gw: Gateway, caplog: pytest.LogCaptureFi
         assert_refused(r, caplog, "sso_not_configured", status=404)
 
 
-async def test_disabled_connection(gw: Gateway, rogue: RogueProvider, database_url: str,
-                                   caplog: pytest.LogCaptureFixture) -> None:
+async def test_disabled_connection(
+    gw: Gateway, rogue: RogueProvider, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
     await configure_rogue(gw, rogue, enabled=False)
     assert_refused(await gw.browser.get(f"{GATEWAY}/auth/sso/acme"), caplog, "sso_not_configured", status=404)
     assert rogue.authorize_requests == []
@@ -440,8 +487,9 @@ async def test_disabled_connection(gw: Gateway, rogue: RogueProvider, database_u
     assert counts(database_url) == before
 
 
-async def test_email_outside_the_allowed_domains(gw: Gateway, rogue: RogueProvider, database_url: str,
-                                                 caplog: pytest.LogCaptureFixture) -> None:
+async def test_email_outside_the_allowed_domains(
+    gw: Gateway, rogue: RogueProvider, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
     await configure_rogue(gw, rogue, allowedDomains=["corp.example"])
     before = counts(database_url)
     assert_refused(await rogue_login(gw), caplog, "sso_email_domain_not_allowed")
@@ -452,8 +500,9 @@ async def test_email_outside_the_allowed_domains(gw: Gateway, rogue: RogueProvid
     assert (await rogue_login(gw)).status_code == 303
 
 
-async def test_jit_disabled_meets_an_unknown_user(gw: Gateway, rogue: RogueProvider, database_url: str,
-                                                  caplog: pytest.LogCaptureFixture) -> None:
+async def test_jit_disabled_meets_an_unknown_user(
+    gw: Gateway, rogue: RogueProvider, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
     await configure_rogue(gw, rogue, jitProvisioning=False)
     before = counts(database_url)
     assert_refused(await rogue_login(gw), caplog, "sso_jit_disabled")

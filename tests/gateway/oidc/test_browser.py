@@ -28,8 +28,9 @@ CHROMIUM = os.environ.get("PORTCULLIS_TEST_CHROMIUM", "/usr/bin/chromium")
 
 @contextlib.contextmanager
 def serving(app: Any, port: int) -> Iterator[None]:
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws="none",
-                                           access_log=False))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws="none", access_log=False)
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -69,19 +70,34 @@ async def test_browser_signs_in_queries_and_logs_out(sqlite_url: str, signing_ke
             import httpx
 
             async with httpx.AsyncClient(base_url=gateway) as api:
-                r = await api.post("/graphql", json={"query": "mutation($e:String!,$p:String!){login(email:$e,"
-                                                              "password:$p){accessToken}}",
-                                                     "variables": {"e": tenant.email, "p": tenant.password}})
+                r = await api.post(
+                    "/graphql",
+                    json={
+                        "query": "mutation($e:String!,$p:String!){login(email:$e,password:$p){accessToken}}",
+                        "variables": {"e": tenant.email, "p": tenant.password},
+                    },
+                )
                 token = r.json()["data"]["login"]["accessToken"]
-                r = await api.post("/graphql", headers={"Authorization": f"Bearer {token}"}, json={
-                    "query": CONFIGURE,
-                    "variables": {"input": {"issuer": issuer, "clientId": node_provider.CLIENT_ID,
-                                            "clientSecret": node_provider.CLIENT_SECRET,
-                                            "scopes": ["openid", "email", "profile", "groups"]}}})
+                r = await api.post(
+                    "/graphql",
+                    headers={"Authorization": f"Bearer {token}"},
+                    json={
+                        "query": CONFIGURE,
+                        "variables": {
+                            "input": {
+                                "issuer": issuer,
+                                "clientId": node_provider.CLIENT_ID,
+                                "clientSecret": node_provider.CLIENT_SECRET,
+                                "scopes": ["openid", "email", "profile", "groups"],
+                            }
+                        },
+                    },
+                )
                 assert r.json().get("data"), r.text
             async with async_playwright() as pw:
-                browser = await pw.chromium.launch(executable_path=chromium, headless=True,
-                                                   args=["--no-sandbox", "--disable-dev-shm-usage"])
+                browser = await pw.chromium.launch(
+                    executable_path=chromium, headless=True, args=["--no-sandbox", "--disable-dev-shm-usage"]
+                )
                 try:
                     # the landing page stands in for the frontend: the gateway's own strict CSP
                     # (default-src 'none') on /healthz would forbid the page's fetch
@@ -109,8 +125,9 @@ async def test_browser_signs_in_queries_and_logs_out(sqlite_url: str, signing_ke
                         const after = await fetch('/graphql?query=' + encodeURIComponent('{ me { role } }'));
                         return {body, visible, logout: out.status, after: after.status};
                     }""")
-                    assert result["body"]["data"] == {"me": {"user": {"email": "jane@acme.test"}, "role": "viewer",
-                                                             "authMethod": "oidc"}}
+                    assert result["body"]["data"] == {
+                        "me": {"user": {"email": "jane@acme.test"}, "role": "viewer", "authMethod": "oidc"}
+                    }
                     assert result["visible"] is False  # HttpOnly: the page cannot read the credential
                     assert result["logout"] == 200
                     assert result["after"] == 200  # anonymous now: the cookie is gone

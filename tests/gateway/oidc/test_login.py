@@ -31,8 +31,9 @@ async def query(gw: Gateway, document: str, *, csrf: str | None = None, method: 
     return await gw.browser.post(f"{GATEWAY}/graphql", json={"query": document}, headers=headers)
 
 
-async def test_first_login_provisions_the_user_and_sets_the_cookie(gw: Gateway, node_issuer: str,
-                                                                    database_url: str) -> None:
+async def test_first_login_provisions_the_user_and_sets_the_cookie(
+    gw: Gateway, node_issuer: str, database_url: str
+) -> None:
     await configure_node(gw, node_issuer)
     r = await sign_in(gw)
     assert r.status_code == 303, r.text
@@ -44,29 +45,42 @@ async def test_first_login_provisions_the_user_and_sets_the_cookie(gw: Gateway, 
     assert "Domain" not in cookie
     csrf = csrf_cookie(r)
     assert csrf
-    rows = sql(database_url, "SELECT u.email, m.role, i.issuer, i.subject FROM users u "
-                             "JOIN memberships m ON m.user_id = u.id JOIN sso_identities i ON i.user_id = u.id "
-                             "WHERE u.email = 'jdoe@acme.test'")
+    rows = sql(
+        database_url,
+        "SELECT u.email, m.role, i.issuer, i.subject FROM users u "
+        "JOIN memberships m ON m.user_id = u.id JOIN sso_identities i ON i.user_id = u.id "
+        "WHERE u.email = 'jdoe@acme.test'",
+    )
     assert [tuple(x) for x in rows] == [("jdoe@acme.test", "viewer", node_issuer, "jdoe")]
     body = (await query(gw, ME, csrf=csrf)).json()
-    assert body["data"]["me"] == {"user": {"email": "jdoe@acme.test", "name": "Test jdoe"},
-                                  "organization": {"slug": "acme"}, "role": "viewer", "authMethod": "oidc"}
+    assert body["data"]["me"] == {
+        "user": {"email": "jdoe@acme.test", "name": "Test jdoe"},
+        "organization": {"slug": "acme"},
+        "role": "viewer",
+        "authMethod": "oidc",
+    }
     # a GET needs no CSRF token
     assert (await query(gw, ME, method="GET")).json()["data"]["me"]["authMethod"] == "oidc"
     # the sign-in is in the tenant's audit chain, with the user and the connection
-    [entry] = sql(database_url, "SELECT a.result, a.actor_id, a.resource_type, u.email FROM audit_log a "
-                                "JOIN users u ON u.id = a.actor_id WHERE a.action = 'authn_sso_success'")
+    [entry] = sql(
+        database_url,
+        "SELECT a.result, a.actor_id, a.resource_type, u.email FROM audit_log a "
+        "JOIN users u ON u.id = a.actor_id WHERE a.action = 'authn_sso_success'",
+    )
     assert tuple(entry) == ("success", entry[1], "sso_connection", "jdoe@acme.test")
 
 
-async def test_second_login_reuses_the_identity_and_applies_the_mapping(gw: Gateway, node_issuer: str,
-                                                                         database_url: str) -> None:
+async def test_second_login_reuses_the_identity_and_applies_the_mapping(
+    gw: Gateway, node_issuer: str, database_url: str
+) -> None:
     await configure_node(gw, node_issuer, roleMapping={"portcullis-admins": "admin"}, defaultRole="analyst")
     assert (await sign_in(gw, "admin-ann")).status_code == 303
     gw.browser.cookies.clear()
     assert (await sign_in(gw, "admin-ann")).status_code == 303
-    rows = sql(database_url, "SELECT m.role FROM users u JOIN memberships m ON m.user_id = u.id "
-                             "WHERE u.email = 'admin-ann@acme.test'")
+    rows = sql(
+        database_url,
+        "SELECT m.role FROM users u JOIN memberships m ON m.user_id = u.id WHERE u.email = 'admin-ann@acme.test'",
+    )
     assert [r[0] for r in rows] == ["admin"]
     assert sql(database_url, "SELECT count(*) FROM sso_identities")[0][0] == 1
     assert sql(database_url, "SELECT count(*) FROM users WHERE email = 'admin-ann@acme.test'")[0][0] == 1
@@ -76,7 +90,7 @@ async def test_mutation_with_cookie_needs_the_csrf_token(gw: Gateway, node_issue
     await configure_node(gw, node_issuer)
     r = await sign_in(gw)
     csrf = csrf_cookie(r)
-    mutation = 'mutation { logout }'
+    mutation = "mutation { logout }"
     refused = await query(gw, mutation)
     assert refused.status_code == 403
     assert error_codes(refused.json()) == ["FORBIDDEN"]
@@ -90,9 +104,11 @@ async def test_mutation_with_cookie_needs_the_csrf_token(gw: Gateway, node_issue
 async def test_cookie_and_bearer_together_are_401(gw: Gateway, node_issuer: str) -> None:
     await configure_node(gw, node_issuer)
     r = await sign_in(gw)
-    both = await gw.browser.post(f"{GATEWAY}/graphql", json={"query": ME},
-                                 headers={"X-CSRF-Token": csrf_cookie(r) or "",
-                                          "Authorization": f"Bearer {gw.owner_token}"})
+    both = await gw.browser.post(
+        f"{GATEWAY}/graphql",
+        json={"query": ME},
+        headers={"X-CSRF-Token": csrf_cookie(r) or "", "Authorization": f"Bearer {gw.owner_token}"},
+    )
     assert both.status_code == 401
     assert error_codes(both.json()) == ["UNAUTHENTICATED"]
 
@@ -105,8 +121,9 @@ async def test_forged_cookie_is_401(gw: Gateway, node_issuer: str) -> None:
     sid, _, mac = value.partition(".")
     for forged in (f"{sid}.{mac[:-2]}AA", f"{sid}", "garbage", f"{sid}.{mac}.x"):
         gw.browser.cookies.clear()
-        resp = await gw.browser.get(f"{GATEWAY}/graphql", params={"query": ME},
-                                    headers={"Cookie": f"__Host-portcullis={forged}"})
+        resp = await gw.browser.get(
+            f"{GATEWAY}/graphql", params={"query": ME}, headers={"Cookie": f"__Host-portcullis={forged}"}
+        )
         assert resp.status_code == 401, forged
 
 
@@ -120,8 +137,9 @@ async def test_logout_ends_the_session(gw: Gateway, node_issuer: str, database_u
     assert any(v.startswith("__Host-portcullis=;") and "Max-Age=0" in v for v in out.headers.get_list("set-cookie"))
     assert sql(database_url, "SELECT revoked_reason FROM auth_sessions WHERE auth_method = 'oidc'")[0][0] == "logout"
     # the old cookie value no longer counts, even when replayed by hand
-    replay = await gw.new_browser().get(f"{GATEWAY}/graphql", params={"query": ME},
-                                        headers={"Cookie": f"__Host-portcullis={session_cookie(r)}"})
+    replay = await gw.new_browser().get(
+        f"{GATEWAY}/graphql", params={"query": ME}, headers={"Cookie": f"__Host-portcullis={session_cookie(r)}"}
+    )
     assert replay.status_code == 401
 
 
@@ -163,8 +181,11 @@ async def test_two_session_cookies_are_401(gw: Gateway, node_issuer: str) -> Non
     await configure_node(gw, node_issuer)
     value = session_cookie(await sign_in(gw))
     gw.browser.cookies.clear()
-    r = await gw.browser.get(f"{GATEWAY}/graphql", params={"query": ME},
-                             headers={"Cookie": f"__Host-portcullis={value}; __Host-portcullis={value}"})
+    r = await gw.browser.get(
+        f"{GATEWAY}/graphql",
+        params={"query": ME},
+        headers={"Cookie": f"__Host-portcullis={value}; __Host-portcullis={value}"},
+    )
     assert r.status_code == 401
 
 

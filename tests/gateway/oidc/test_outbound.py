@@ -21,8 +21,13 @@ from tests.listeners import Answer, HttpServer, http_server, listening
 from tests.services import free_port
 
 REFUSED = "the issuer, or an endpoint its discovery document names, is at an address the gateway may not reach"
-PROD = {"env": "prod", "session_cookie_secure": True, "api_key_pepper": "p" * 40, "cookie_secret": "c" * 40,
-        "data_encryption_key": "d" * 40}
+PROD = {
+    "env": "prod",
+    "session_cookie_secure": True,
+    "api_key_pepper": "p" * 40,
+    "cookie_secret": "c" * 40,
+    "data_encryption_key": "d" * 40,
+}
 
 
 def refusal(body: dict[str, Any]) -> list[tuple[str, str, str | None]]:
@@ -32,20 +37,39 @@ def refusal(body: dict[str, Any]) -> list[tuple[str, str, str | None]]:
 def discovery(server: HttpServer, **endpoints: str) -> None:
     """A discovery document for `server` as issuer; `endpoints` replace the ones it names."""
     issuer = server.url()
-    server.routes["/.well-known/openid-configuration"] = Answer(200, {
-        "issuer": issuer, "authorization_endpoint": f"{issuer}/authorize", "token_endpoint": f"{issuer}/token",
-        "jwks_uri": f"{issuer}/jwks", "response_types_supported": ["code"], "subject_types_supported": ["public"],
-        "id_token_signing_alg_values_supported": ["RS256"], **endpoints,
-    })
+    server.routes["/.well-known/openid-configuration"] = Answer(
+        200,
+        {
+            "issuer": issuer,
+            "authorization_endpoint": f"{issuer}/authorize",
+            "token_endpoint": f"{issuer}/token",
+            "jwks_uri": f"{issuer}/jwks",
+            "response_types_supported": ["code"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": ["RS256"],
+            **endpoints,
+        },
+    )
 
 
-@pytest.mark.parametrize("issuer", [
-    "http://127.0.0.1:{port}", "http://localhost:{port}", "http://[::1]:{port}", "https://127.0.0.1:{port}",
-    "https://[::ffff:127.0.0.1]:{port}", "https://[::ffff:7f00:1]:{port}", "https://10.0.0.1",
-    "https://169.254.169.254/latest/meta-data", "https://100.64.0.1", "https://[fd00:ec2::254]",
-])
-async def test_c132_configure_refuses_an_issuer_on_a_private_address(database_url: str, signing_key: str,
-                                                                    issuer: str) -> None:
+@pytest.mark.parametrize(
+    "issuer",
+    [
+        "http://127.0.0.1:{port}",
+        "http://localhost:{port}",
+        "http://[::1]:{port}",
+        "https://127.0.0.1:{port}",
+        "https://[::ffff:127.0.0.1]:{port}",
+        "https://[::ffff:7f00:1]:{port}",
+        "https://10.0.0.1",
+        "https://169.254.169.254/latest/meta-data",
+        "https://100.64.0.1",
+        "https://[fd00:ec2::254]",
+    ],
+)
+async def test_c132_configure_refuses_an_issuer_on_a_private_address(
+    database_url: str, signing_key: str, issuer: str
+) -> None:
     with listening() as listener:
         async with running_gateway(database_url, signing_key, outbound_guard=True) as gw:
             body = await configure(gw, issuer.format(port=listener.port), CLIENT_ID, CLIENT_SECRET)
@@ -67,8 +91,7 @@ async def test_c132_open_and_closed_ports_answer_alike_and_at_once(database_url:
     """An open port that never answers would hold an unguarded fetch for the whole timeout, a closed one
     fails at once: that difference scans ports. Refused before connecting, both answer the same, quickly."""
     with listening() as listener:
-        async with running_gateway(database_url, signing_key, outbound_guard=True,
-                                   oidc_http_timeout_seconds=5) as gw:
+        async with running_gateway(database_url, signing_key, outbound_guard=True, oidc_http_timeout_seconds=5) as gw:
             answers = []
             for port in (listener.port, free_port(), listener.port):
                 started = time.monotonic()
@@ -83,8 +106,9 @@ async def test_c132_discovery_naming_an_internal_endpoint_is_refused(database_ur
     """The issuer is allowed (an on-premises host), but its document sends the token or key requests
     elsewhere on the gateway's network."""
     with listening("127.0.0.2") as inside, http_server() as idp:
-        async with running_gateway(database_url, signing_key, outbound_guard=True,
-                                   outbound_allowed_hosts=["127.0.0.1"]) as gw:
+        async with running_gateway(
+            database_url, signing_key, outbound_guard=True, outbound_allowed_hosts=["127.0.0.1"]
+        ) as gw:
             for endpoint in ("token_endpoint", "jwks_uri", "userinfo_endpoint"):
                 discovery(idp, **{endpoint: f"http://127.0.0.2:{inside.port}/x"})
                 body = await configure(gw, idp.url(), CLIENT_ID, CLIENT_SECRET)
@@ -95,13 +119,14 @@ async def test_c132_discovery_naming_an_internal_endpoint_is_refused(database_ur
         assert inside.accepted == 0
 
 
-async def test_c132_discovery_redirecting_to_a_private_address_is_refused(database_url: str,
-                                                                         signing_key: str) -> None:
+async def test_c132_discovery_redirecting_to_a_private_address_is_refused(database_url: str, signing_key: str) -> None:
     with listening("127.0.0.2") as inside, http_server() as idp:
         idp.routes["/.well-known/openid-configuration"] = Answer.redirect(
-            f"http://127.0.0.2:{inside.port}/.well-known/openid-configuration")
-        async with running_gateway(database_url, signing_key, outbound_guard=True,
-                                   outbound_allowed_hosts=["127.0.0.1"]) as gw:
+            f"http://127.0.0.2:{inside.port}/.well-known/openid-configuration"
+        )
+        async with running_gateway(
+            database_url, signing_key, outbound_guard=True, outbound_allowed_hosts=["127.0.0.1"]
+        ) as gw:
             body = await configure(gw, idp.url(), CLIENT_ID, CLIENT_SECRET)
         assert error_codes(body) == ["BAD_USER_INPUT"], body
         assert inside.accepted == 0
@@ -109,13 +134,15 @@ async def test_c132_discovery_redirecting_to_a_private_address_is_refused(databa
 
 
 async def test_c132_sign_in_refuses_a_provider_that_moved_its_endpoints_inside(
-        database_url: str, signing_key: str, caplog: pytest.LogCaptureFixture) -> None:
+    database_url: str, signing_key: str, caplog: pytest.LogCaptureFixture
+) -> None:
     """Configured while its document was fine; by sign-in it names an internal token endpoint."""
     caplog.set_level(logging.INFO, logger="portcullis.security")
     with listening("127.0.0.2") as inside, http_server() as idp:
         discovery(idp)
-        async with running_gateway(database_url, signing_key, outbound_guard=True,
-                                   outbound_allowed_hosts=["127.0.0.1"]) as gw:
+        async with running_gateway(
+            database_url, signing_key, outbound_guard=True, outbound_allowed_hosts=["127.0.0.1"]
+        ) as gw:
             assert (await configure(gw, idp.url(), CLIENT_ID, CLIENT_SECRET)).get("data")
             discovery(idp, token_endpoint=f"http://127.0.0.2:{inside.port}/token")
             r = await gw.browser.get(f"{GATEWAY}/auth/sso/acme")
@@ -127,20 +154,25 @@ async def test_c132_sign_in_refuses_a_provider_that_moved_its_endpoints_inside(
     assert reasons == ["oidc_address_refused"]
 
 
-async def test_c132_an_allowed_on_premises_provider_signs_in(database_url: str, signing_key: str,
-                                                            node_issuer: str, caplog: pytest.LogCaptureFixture) -> None:
+async def test_c132_an_allowed_on_premises_provider_signs_in(
+    database_url: str, signing_key: str, node_issuer: str, caplog: pytest.LogCaptureFixture
+) -> None:
     """The allow-list lets a named host through: the whole protocol (discovery, token, keys, userinfo) runs
     over the guarded, address-pinned transport against the real provider. What the gateway then decides
     about the account is not the guard's business: only a refusal of the protocol (`oidc_*`) fails here."""
     from tests.gateway.oidc.test_login import sign_in
 
     caplog.set_level(logging.INFO, logger="portcullis.security")
-    async with running_gateway(database_url, signing_key, outbound_guard=True,
-                               outbound_allowed_hosts=["127.0.0.1"]) as gw:
+    async with running_gateway(
+        database_url, signing_key, outbound_guard=True, outbound_allowed_hosts=["127.0.0.1"]
+    ) as gw:
         await configure_node(gw, node_issuer)
         r = await sign_in(gw)
-    events = [(rec.getMessage(), getattr(rec, "reason", None)) for rec in caplog.records
-              if rec.getMessage() in ("authn_sso_success", "authn_sso_fail")]
+    events = [
+        (rec.getMessage(), getattr(rec, "reason", None))
+        for rec in caplog.records
+        if rec.getMessage() in ("authn_sso_success", "authn_sso_fail")
+    ]
     assert len(events) == 1, events
     event, reason = events[0]
     if event == "authn_sso_success":

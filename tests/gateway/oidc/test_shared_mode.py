@@ -16,7 +16,11 @@ pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
 
 async def test_callback_on_another_process_and_state_spent_everywhere(
-    postgresql_url: str, redis_url: str, signing_key: str, shared_tenant: Tenant, rogue: RogueProvider,
+    postgresql_url: str,
+    redis_url: str,
+    signing_key: str,
+    shared_tenant: Tenant,
+    rogue: RogueProvider,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="portcullis.security")
@@ -26,12 +30,15 @@ async def test_callback_on_another_process_and_state_spent_everywhere(
         b1 = httpx.AsyncClient(mounts={GATEWAY: httpx.ASGITransport(app=one, client=(CLIENT_IP, 40000))})
         b2 = httpx.AsyncClient(mounts={GATEWAY: httpx.ASGITransport(app=two, client=(CLIENT_IP, 40000))})
         async with b1, b2:
-            api = httpx.AsyncClient(transport=httpx.ASGITransport(app=one, client=(CLIENT_IP, 40000)),
-                                    base_url=GATEWAY)
+            api = httpx.AsyncClient(transport=httpx.ASGITransport(app=one, client=(CLIENT_IP, 40000)), base_url=GATEWAY)
             async with api:
                 token = (await login(api, shared_tenant))["accessToken"]
-                r = await gql(api, CONFIGURE, {"input": {"issuer": rogue.issuer, "clientId": CLIENT_ID,
-                                                         "clientSecret": CLIENT_SECRET}}, token=token)
+                r = await gql(
+                    api,
+                    CONFIGURE,
+                    {"input": {"issuer": rogue.issuer, "clientId": CLIENT_ID, "clientSecret": CLIENT_SECRET}},
+                    token=token,
+                )
                 assert r.json().get("data"), r.text
             claim_domain(postgresql_url, shared_tenant.org_id, "acme.test")  # where the provider's users are
             start = await b1.get(f"{GATEWAY}/auth/sso/{shared_tenant.slug}")

@@ -95,19 +95,26 @@ NOBODY = "00000000-0000-4000-8000-000000000000"
 
 ME = "{ me { user { id email mfaEnabled lastLoginAt } organization { id slug } role permissions authMethod } }"
 SIGNED_IN = "accessToken refreshToken user { id email mfaEnabled lastLoginAt } organization { id slug }"
-LOGIN = ("mutation($e: String!, $p: String!, $o: String, $t: String) "
-         f"{{ login(email: $e, password: $p, organization: $o, totp: $t) {{ {SIGNED_IN} }} }}")
+LOGIN = (
+    "mutation($e: String!, $p: String!, $o: String, $t: String) "
+    f"{{ login(email: $e, password: $p, organization: $o, totp: $t) {{ {SIGNED_IN} }} }}"
+)
 ACCEPT = f"mutation($t: String!, $p: String!) {{ acceptInvitation(token: $t, password: $p) {{ {SIGNED_IN} }} }}"
 REFRESH = "mutation($r: String) { refreshToken(refreshToken: $r) { accessToken refreshToken } }"
 INVITATION = "id email role status createdAt expiresAt sentAt sendCount acceptedAt revokedAt"
-INVITE = (f"mutation($e: String!, $r: String!) {{ addMember(email: $e, role: $r) {{ invitation {{ {INVITATION} }} "
-          "membership { id role user { id email mfaEnabled lastLoginAt } } invitationToken } }")
+INVITE = (
+    f"mutation($e: String!, $r: String!) {{ addMember(email: $e, role: $r) {{ invitation {{ {INVITATION} }} "
+    "membership { id role user { id email mfaEnabled lastLoginAt } } invitationToken } }"
+)
 RESEND = f"mutation($id: ID!) {{ resendInvitation(id: $id) {{ {INVITATION} }} }}"
 REVOKE = f"mutation($id: ID!) {{ revokeInvitation(id: $id) {{ {INVITATION} }} }}"
-MEMBERS = ("{ organization { members(first: 100) { edges { node { id role "
-           "user { id email mfaEnabled lastLoginAt } } } } } }")
-B_VIEW = ("{ organization { members(first: 100) { edges { node { id role user { id email } } } } } "
-          "roles { name permissions inherits } }")
+MEMBERS = (
+    "{ organization { members(first: 100) { edges { node { id role user { id email mfaEnabled lastLoginAt } } } } } }"
+)
+B_VIEW = (
+    "{ organization { members(first: 100) { edges { node { id role user { id email } } } } } "
+    "roles { name permissions inherits } }"
+)
 UPDATE_ROLE = "mutation($id: ID!, $r: String!) { updateMemberRole(membershipId: $id, role: $r) { id role } }"
 REMOVE = "mutation($id: ID!) { removeMember(membershipId: $id) }"
 UNLOCK = "mutation($id: ID!) { unlockUser(userId: $id) }"
@@ -125,6 +132,7 @@ BLANKED = {"id", "email", "createdAt", "expiresAt", "sentAt"}
 def shape(body: dict[str, Any]) -> Any:
     """An answer with its ids, addresses and times blanked, and without the cost extension (the budget moves
     with every request)."""
+
     def blank(value: Any) -> Any:
         if isinstance(value, dict):
             return {k: ("*" if k in BLANKED and v is not None else blank(v)) for k, v in value.items()}
@@ -187,8 +195,9 @@ class Invite:
     status: str = "PENDING"
 
 
-def tenant_boundary_machine(database_url: str, signing_key: str, rogue: RogueProvider, workdir: Path,
-                            monkeypatch: pytest.MonkeyPatch) -> type[RuleBasedStateMachine]:
+def tenant_boundary_machine(
+    database_url: str, signing_key: str, rogue: RogueProvider, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> type[RuleBasedStateMachine]:
     class TenantBoundary(RuleBasedStateMachine):
         def __init__(self) -> None:
             super().__init__()
@@ -196,8 +205,15 @@ def tenant_boundary_machine(database_url: str, signing_key: str, rogue: RoguePro
             rogue.reset()
             self.loop = asyncio.new_event_loop()
             self.clock = time.time()
-            self.app = create_app(sso_settings(database_url, signing_key, trusted_proxies=PROXIES,
-                                               lockout_account_ceiling=ACCOUNT_CEILING, log_level="WARNING"))
+            self.app = create_app(
+                sso_settings(
+                    database_url,
+                    signing_key,
+                    trusted_proxies=PROXIES,
+                    lockout_account_ceiling=ACCOUNT_CEILING,
+                    log_level="WARNING",
+                )
+            )
             self.app.state.services.totp.clock = lambda: self.clock
             self.lifespan = self.app.router.lifespan_context(self.app)
             self.transport = httpx.ASGITransport(app=self.app, client=(CLIENT_IP, 40000))
@@ -228,18 +244,33 @@ def tenant_boundary_machine(database_url: str, signing_key: str, rogue: RoguePro
 
         def browser(self, ip: str) -> httpx.AsyncClient:
             """The gateway in process, the providers over loopback, one cookie jar."""
-            return httpx.AsyncClient(mounts={GATEWAY: self.transport}, follow_redirects=False, timeout=20,
-                                     headers={"X-Forwarded-For": ip})
+            return httpx.AsyncClient(
+                mounts={GATEWAY: self.transport}, follow_redirects=False, timeout=20, headers={"X-Forwarded-For": ip}
+            )
 
-        def call(self, query: str, variables: dict[str, Any] | None = None, *, ip: str, token: str | None = None,
-                 by_a: str | None = None) -> tuple[int, dict[str, Any]]:
+        def call(
+            self,
+            query: str,
+            variables: dict[str, Any] | None = None,
+            *,
+            ip: str,
+            token: str | None = None,
+            by_a: str | None = None,
+        ) -> tuple[int, dict[str, Any]]:
             r = self.run(gql(self.api, query, variables, token=token, headers={"X-Forwarded-For": ip}))
             if by_a is not None:
                 self.a_got(r, by_a)
             return r.status_code, r.json()
 
-        def a_call(self, query: str, variables: dict[str, Any] | None = None, *, what: str,
-                   token: str | None = None, ip: str = A_IPS[0]) -> dict[str, Any]:
+        def a_call(
+            self,
+            query: str,
+            variables: dict[str, Any] | None = None,
+            *,
+            what: str,
+            token: str | None = None,
+            ip: str = A_IPS[0],
+        ) -> dict[str, Any]:
             return self.call(query, variables, ip=ip, token=token or self.a_owner_token, by_a=what)[1]
 
         def a_got(self, r: httpx.Response, what: str) -> None:
@@ -247,8 +278,9 @@ def tenant_boundary_machine(database_url: str, signing_key: str, rogue: RoguePro
                 body = r.json()
             except ValueError:
                 body = None
-            self.received.append(Received(f"{r.headers.get('location', '')}\n{r.text}", body,
-                                          frozenset(self.a_members), what))
+            self.received.append(
+                Received(f"{r.headers.get('location', '')}\n{r.text}", body, frozenset(self.a_members), what)
+            )
             self.scraped.update(INVITE_TOKEN.findall(r.text))
             for node in walk(body):
                 token = node.get("accessToken")
@@ -263,15 +295,18 @@ def tenant_boundary_machine(database_url: str, signing_key: str, rogue: RoguePro
 
         def invitation_mails(self, to: str, organization_id: str) -> list[Any]:
             """The invitations from that organization in `to`'s mailbox, newest first."""
+
             async def read() -> list[Any]:
                 async with self.app.state.services.db.transaction() as session:
                     return await read_mailbox(session, MAIL_BOX, to=to)
+
             return [m for m in self.run(read()) if m.template == "invitation" and m.organization_id == organization_id]
 
         def rows(self, statement: str, **params: Any) -> list[Any]:
             async def read() -> list[Any]:
                 async with self.app.state.services.db.transaction() as session:
                     return list((await session.execute(text(statement), params)).all())
+
             return self.run(read())
 
         def code(self, secret: str) -> str:
@@ -290,8 +325,10 @@ def tenant_boundary_machine(database_url: str, signing_key: str, rogue: RoguePro
             owner = self.people[0]
             _, body = self.call(B_VIEW, ip=owner.home, token=self.sign_in(owner)["accessToken"])
             data = body["data"]
-            members = sorted((e["node"]["id"], e["node"]["role"], e["node"]["user"]["id"], e["node"]["user"]["email"])
-                             for e in data["organization"]["members"]["edges"])
+            members = sorted(
+                (e["node"]["id"], e["node"]["role"], e["node"]["user"]["id"], e["node"]["user"]["email"])
+                for e in data["organization"]["members"]["edges"]
+            )
             return members, sorted(json.dumps(r, sort_keys=True) for r in data["roles"])
 
         def a_member_rows(self) -> list[dict[str, Any]]:
@@ -314,13 +351,19 @@ def tenant_boundary_machine(database_url: str, signing_key: str, rogue: RoguePro
             self.invitations: dict[str, Invite] = {}  # A's, by id
             self.a_secrets: dict[str, str] = {}
             self.subjects: dict[str, str] = {}  # subject at A's provider -> the account it is linked to
-            b = self.run(make_tenant(database_url, slug=B_SLUG, email=B_EMAILS[0],
-                                     password=f"{B_EMAILS[0]}'s own long passphrase"))
-            a = self.run(make_tenant(database_url, slug=A_SLUG, email=A_OWNER, password=A_PASSWORD,
-                                     limits={"MEMBERS": None}))
+            b = self.run(
+                make_tenant(
+                    database_url, slug=B_SLUG, email=B_EMAILS[0], password=f"{B_EMAILS[0]}'s own long passphrase"
+                )
+            )
+            a = self.run(
+                make_tenant(database_url, slug=A_SLUG, email=A_OWNER, password=A_PASSWORD, limits={"MEMBERS": None})
+            )
             self.b_org, self.a_org = b.org_id, a.org_id
-            self.people = [Person(email, role, f"{email}'s own long passphrase", f"198.51.100.{10 + i}")
-                           for i, (email, role, _) in enumerate(B_PEOPLE)]
+            self.people = [
+                Person(email, role, f"{email}'s own long passphrase", f"198.51.100.{10 + i}")
+                for i, (email, role, _) in enumerate(B_PEOPLE)
+            ]
             owner = self.people[0]
             owner.user_id = b.user_id
             owner_token = self.sign_in(owner)["accessToken"]
@@ -345,8 +388,12 @@ def tenant_boundary_machine(database_url: str, signing_key: str, rogue: RoguePro
                 me = body["data"]["me"]
                 assert me["organization"]["slug"] == B_SLUG
                 assert me["user"]["mfaEnabled"] is (p.secret is not None)
-                p.seen = {"role": me["role"], "permissions": sorted(me["permissions"]),
-                          "mfaEnabled": me["user"]["mfaEnabled"], "id": me["user"]["id"]}
+                p.seen = {
+                    "role": me["role"],
+                    "permissions": sorted(me["permissions"]),
+                    "mfaEnabled": me["user"]["mfaEnabled"],
+                    "id": me["user"]["id"],
+                }
             self.b_view = self.b_listing()
             self.accounts: dict[str, str] = {p.email: p.user_id for p in self.people}
             self.accounts[A_OWNER] = a.user_id
@@ -369,8 +416,10 @@ def tenant_boundary_machine(database_url: str, signing_key: str, rogue: RoguePro
             elif first == "A":
                 assert self.a_call(CLAIM, {"d": "beta.test"}, what="claim B's domain")["data"]["claimDomain"]
 
-        @initialize(joined=st.sets(st.integers(0, len(B_PEOPLE) - 1), min_size=1, max_size=2),
-                    link=st.sampled_from([True, False]))
+        @initialize(
+            joined=st.sets(st.integers(0, len(B_PEOPLE) - 1), min_size=1, max_size=2),
+            link=st.sampled_from([True, False]),
+        )
         def some_of_b_joined_a_by_their_own_act(self, joined: set[int], link: bool) -> None:
             for k in sorted(joined):
                 p = self.people[k]
@@ -382,13 +431,19 @@ def tenant_boundary_machine(database_url: str, signing_key: str, rogue: RoguePro
         # -- invitations ---------------------------------------------------------------------------------
 
         def pending_for(self, email: str) -> str | None:
-            return next((i for i, inv in self.invitations.items() if inv.email == email and inv.status == "PENDING"),
-                        None)
+            return next(
+                (i for i, inv in self.invitations.items() if inv.email == email and inv.status == "PENDING"), None
+            )
 
         def invite(self, email: str, role: str) -> None:
             has_account = email in self.accounts
-            known = ("member" if self.accounts.get(email) in self.a_members
-                     else "pending" if self.pending_for(email) else "new")
+            known = (
+                "member"
+                if self.accounts.get(email) in self.a_members
+                else "pending"
+                if self.pending_for(email)
+                else "new"
+            )
             body = self.a_call(INVITE, {"e": email, "r": role}, what=f"addMember {email}")
             self.add_answers.setdefault((known, role), {})[has_account] = shape(body)
             if known != "new":
@@ -409,8 +464,11 @@ def tenant_boundary_machine(database_url: str, signing_key: str, rogue: RoguePro
             """Its own invitations, or B's (whose ids the test knows and A never saw)."""
             ids = [*self.invitations, *self.b_invitations]
             invitation_id = ids[i % len(ids)]
-            body = self.a_call(REVOKE if revoke else RESEND, {"id": invitation_id},
-                               what=f"{'revoke' if revoke else 'resend'} {invitation_id}")
+            body = self.a_call(
+                REVOKE if revoke else RESEND,
+                {"id": invitation_id},
+                what=f"{'revoke' if revoke else 'resend'} {invitation_id}",
+            )
             mine = self.invitations.get(invitation_id)
             if mine is None:
                 assert codes(body) == ["NOT_FOUND"], body
@@ -421,8 +479,11 @@ def tenant_boundary_machine(database_url: str, signing_key: str, rogue: RoguePro
         @rule(scraped=st.booleans(), guess=st.binary(min_size=32, max_size=32))
         def a_accepts_a_token_it_could_know(self, scraped: bool, guess: bytes) -> None:
             """Every invitation token that ever appeared in what A got (none should), or a guess."""
-            tokens = sorted(self.scraped) if scraped and self.scraped else [
-                "pti_" + base64.urlsafe_b64encode(guess).rstrip(b"=").decode()]
+            tokens = (
+                sorted(self.scraped)
+                if scraped and self.scraped
+                else ["pti_" + base64.urlsafe_b64encode(guess).rstrip(b"=").decode()]
+            )
             for token in tokens:
                 body = self.a_call(ACCEPT, {"t": token, "p": A_PASSWORD}, what="accept a token A knows")
                 assert codes(body) == ["UNAUTHENTICATED"], body
@@ -522,8 +583,12 @@ def tenant_boundary_machine(database_url: str, signing_key: str, rogue: RoguePro
         @rule(i=st.integers(0, 15))
         def a_unlocks(self, i: int) -> None:
             """Ids A has seen (its members'), and ids it never saw: B's people's, bootstrapped owners', none."""
-            targets = [*sorted(self.a_members), *(p.user_id for p in self.people),
-                       *(admin for _, admin in self.boots), NOBODY]
+            targets = [
+                *sorted(self.a_members),
+                *(p.user_id for p in self.people),
+                *(admin for _, admin in self.boots),
+                NOBODY,
+            ]
             user_id = targets[i % len(targets)]
             body = self.a_call(UNLOCK, {"id": user_id}, what="unlockUser")
             if user_id in self.a_members:
@@ -532,13 +597,18 @@ def tenant_boundary_machine(database_url: str, signing_key: str, rogue: RoguePro
                 assert codes(body) == ["NOT_FOUND"], body
                 self.unlock_refusals[user_id != NOBODY] = shape(body)
 
-        @rule(k=st.integers(0, len(B_PEOPLE) - 1), aim=st.sampled_from([A_SLUG, None, B_SLUG]),
-              ip=st.sampled_from(A_IPS), n=st.integers(1, 7))
+        @rule(
+            k=st.integers(0, len(B_PEOPLE) - 1),
+            aim=st.sampled_from([A_SLUG, None, B_SLUG]),
+            ip=st.sampled_from(A_IPS),
+            n=st.integers(1, 7),
+        )
         def a_fails_sign_ins(self, k: int, aim: str | None, ip: str, n: int) -> None:
             p = self.people[k]
             for attempt in range(n):
-                body = self.a_call(LOGIN, {"e": p.email, "p": f"guess {attempt} of many", "o": aim}, ip=ip,
-                                   what="failed sign-in")
+                body = self.a_call(
+                    LOGIN, {"e": p.email, "p": f"guess {attempt} of many", "o": aim}, ip=ip, what="failed sign-in"
+                )
                 assert codes(body) == ["UNAUTHENTICATED"], body
 
         @rule(email=st.sampled_from((A_OWNER, *A_STAFF)), enable=st.booleans())
@@ -574,8 +644,13 @@ def tenant_boundary_machine(database_url: str, signing_key: str, rogue: RoguePro
             return r
 
         def browser_call(self, query: str, variables: dict[str, Any] | None, csrf: str, what: str) -> dict[str, Any]:
-            r = self.run(self.a_browser.post(f"{GATEWAY}/graphql", json={"query": query, "variables": variables or {}},
-                                             headers={"X-CSRF-Token": csrf}))
+            r = self.run(
+                self.a_browser.post(
+                    f"{GATEWAY}/graphql",
+                    json={"query": query, "variables": variables or {}},
+                    headers={"X-CSRF-Token": csrf},
+                )
+            )
             self.a_got(r, what)
             return r.json()  # type: ignore[no-any-return]
 
@@ -601,8 +676,9 @@ def tenant_boundary_machine(database_url: str, signing_key: str, rogue: RoguePro
             if r.status_code != 303:
                 return
             csrf = csrf_cookie(r) or ""
-            answer = self.run(self.a_browser.post(f"{GATEWAY}/graphql", json={"query": ME},
-                                                  headers={"X-CSRF-Token": csrf}))
+            answer = self.run(
+                self.a_browser.post(f"{GATEWAY}/graphql", json={"query": ME}, headers={"X-CSRF-Token": csrf})
+            )
             me = answer.json()["data"]["me"]
             user_id, user_email = me["user"]["id"], me["user"]["email"]
             if user_id not in self.accounts.values():
@@ -635,10 +711,10 @@ def tenant_boundary_machine(database_url: str, signing_key: str, rogue: RoguePro
                 env.setenv("PORTCULLIS_PASSWORD_HASH_TIME_COST", str(FAST_HASH.time_cost))
                 out, err = io.StringIO(), io.StringIO()
                 # the command runs an event loop of its own
-                with (contextlib.redirect_stdout(out), contextlib.redirect_stderr(err),
-                      ThreadPoolExecutor(1) as pool):
-                    code = pool.submit(cli.main, ["bootstrap", "--org", slug, "--name", slug.title(),
-                                                  "--admin-email", email]).result()
+                with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), ThreadPoolExecutor(1) as pool:
+                    code = pool.submit(
+                        cli.main, ["bootstrap", "--org", slug, "--name", slug.title(), "--admin-email", email]
+                    ).result()
             assert code == 0, err.getvalue()
             [(org_id,)] = self.rows("SELECT id FROM organizations WHERE slug = :s", s=slug)
             [(user_id,)] = self.rows("SELECT id FROM users WHERE email_key = :e", e=email)
@@ -668,8 +744,12 @@ def tenant_boundary_machine(database_url: str, signing_key: str, rogue: RoguePro
                     assert status == 200, (p.email, body)
                     me = body["data"]["me"]
                     assert me["organization"]["id"] == self.b_org, (p.email, me)
-                    now = {"role": me["role"], "permissions": sorted(me["permissions"]),
-                           "mfaEnabled": me["user"]["mfaEnabled"], "id": me["user"]["id"]}
+                    now = {
+                        "role": me["role"],
+                        "permissions": sorted(me["permissions"]),
+                        "mfaEnabled": me["user"]["mfaEnabled"],
+                        "id": me["user"]["id"],
+                    }
                     assert now == p.seen, (p.email, now, p.seen)
                 _, body = self.call(REFRESH, {"r": p.refresh}, ip=p.home)
                 assert (body.get("data") or {}).get("refreshToken"), (p.email, body)
@@ -715,7 +795,7 @@ def tenant_boundary_machine(database_url: str, signing_key: str, rogue: RoguePro
             last_logins = {p.user_id: p.last_logins for p in self.people}
             for _, admin in self.boots:
                 last_logins.setdefault(admin, set())
-            for got in self.received[self.checked:]:
+            for got in self.received[self.checked :]:
                 for user_id, values in last_logins.items():
                     if user_id in got.members:
                         continue
@@ -728,21 +808,31 @@ def tenant_boundary_machine(database_url: str, signing_key: str, rogue: RoguePro
             self.checked = len(self.received)
             for (known, role), by_existence in self.add_answers.items():
                 assert len({json.dumps(a, sort_keys=True) for a in by_existence.values()}) == 1, (
-                    known, role, by_existence)
+                    known,
+                    role,
+                    by_existence,
+                )
             assert len({json.dumps(a, sort_keys=True) for a in self.unlock_refusals.values()}) <= 1, (
-                self.unlock_refusals)
+                self.unlock_refusals
+            )
 
     return TenantBoundary
 
 
 @pytest.mark.slow
 def test_c124_to_c127_tenant_a_never_reaches_tenant_b(
-        database_url: str, signing_key: str, rogue: RogueProvider, tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    database_url: str, signing_key: str, rogue: RogueProvider, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """C-124, C-125, C-126, C-127: random sequences of tenant A's invitations, acceptances, sign-ins through its
     provider, bootstraps, unlocks, second-factor and role changes never change what B's members can do or sign
     in as, and never tell A anything about an account that is not its member."""
     machine = tenant_boundary_machine(database_url, signing_key, rogue, tmp_path, monkeypatch)
-    run_state_machine_as_test(machine, settings=settings(
-        max_examples=6, stateful_step_count=15, deadline=None, suppress_health_check=[HealthCheck.too_slow],
-    ))
+    run_state_machine_as_test(
+        machine,
+        settings=settings(
+            max_examples=6,
+            stateful_step_count=15,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow],
+        ),
+    )

@@ -15,8 +15,11 @@ from resolvers import users as users_service
 def resolver_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Any]]:
     """Records every call of the resolvers the limit tests select (with the request context)."""
     calls: list[tuple[str, Any]] = []
-    for module, name in ((organizations_service, "get_organization"), (organizations_service, "list_children"),
-                         (users_service, "get_viewer")):
+    for module, name in (
+        (organizations_service, "get_organization"),
+        (organizations_service, "list_children"),
+        (users_service, "get_viewer"),
+    ):
         original = getattr(module, name)
 
         def spy(ctx: Any, *args: Any, _name: str = name, _original: Any = original) -> Any:

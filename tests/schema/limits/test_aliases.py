@@ -21,8 +21,10 @@ async def test_c002_alias_amplification_is_refused(client, resolver_calls: list[
 
 
 async def test_aliases_through_fragments_count_once_per_spread(client, resolver_calls: list[Any]) -> None:
-    query = ("fragment A on Organization { " + " ".join(f"s{i}: slug" for i in range(8)) + " } "
-             "{ organization { ...A x: children { ...A } } }")
+    query = (
+        "fragment A on Organization { " + " ".join(f"s{i}: slug" for i in range(8)) + " } "
+        "{ organization { ...A x: children { ...A } } }"
+    )
     assert_refused(await gql(client, query), "aliases", 15, 17)
     assert resolver_calls == []
 
@@ -45,21 +47,23 @@ def hasher_calls(app: Any, monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 def logins(n: int) -> str:
-    return "mutation { " + " ".join(
-        f'l{i}: login(email: "owner@acme.test", password: "guess-{i}") {{ accessToken }}' for i in range(n)
-    ) + " }"
+    return (
+        "mutation { "
+        + " ".join(f'l{i}: login(email: "owner@acme.test", password: "guess-{i}") {{ accessToken }}' for i in range(n))
+        + " }"
+    )
 
 
-async def test_c003_hundred_aliased_logins_never_check_a_password(client, tenant: Any,
-                                                                  hasher_calls: list[str]) -> None:
+async def test_c003_hundred_aliased_logins_never_check_a_password(client, tenant: Any, hasher_calls: list[str]) -> None:
     """C-003: 100 aliased `login` in one document are refused before any password is checked. This
     document is 1,403 tokens, so the token limit (FREE: 1,000) refuses it, before it is even parsed."""
     assert_refused(await gql(client, logins(100)), "tokens", 1000, 1403)
     assert hasher_calls == []
 
 
-async def test_c003_aliased_logins_within_the_token_limit_hit_the_alias_limit(client, tenant: Any,
-                                                                              hasher_calls: list[str]) -> None:
+async def test_c003_aliased_logins_within_the_token_limit_hit_the_alias_limit(
+    client, tenant: Any, hasher_calls: list[str]
+) -> None:
     """C-003: 16 aliased `login` fit the token limit; the alias limit refuses them, no hash is checked."""
     assert_refused(await gql(client, logins(16)), "aliases", 15, 16)
     assert hasher_calls == []

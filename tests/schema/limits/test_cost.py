@@ -23,8 +23,12 @@ MEMBERS = """query ($n: Int) { organization { members(first: $n) {
         # `first` not given: its default, 50 → 1 + 1 + 1 + 50 x 3
         (MEMBERS, {}, 153),
         # two aliases of organization, each 1 + apiKeys 50 x 1 + children 10 x 1, through one fragment
-        ("{ a: organization { ...O } b: organization { ...O } } "
-         "fragment O on Organization { apiKeys { id } kids: children { id } }", {}, 122),
+        (
+            "{ a: organization { ...O } b: organization { ...O } } "
+            "fragment O on Organization { apiKeys { id } kids: children { id } }",
+            {},
+            122,
+        ),
         # a mutation's base cost 10, plus its object-returning field 1
         ('mutation { updateOrganization(input: {name: "Acme"}) { id } }', {}, 11),
     ],
@@ -62,8 +66,9 @@ async def test_over_the_plan_maximum_cost_is_refused(client, database_url: str, 
     query = "{ organization { children { children { children { id } } } } }"
     free = await make_tenant(database_url, slug="free", email="o@free.test", plan="free")
     big = await make_tenant(database_url, slug="big", email="o@big.test", plan="enterprise")
-    body = assert_refused(await gql(client, query, token=(await login(client, free))["accessToken"]),
-                          "cost", 1000, 1111)
+    body = assert_refused(
+        await gql(client, query, token=(await login(client, free))["accessToken"]), "cost", 1000, 1111
+    )
     assert body["extensions"] == {"cost": cost_of(1111)}
     assert resolver_calls == []
     r = await gql(client, query, token=(await login(client, big))["accessToken"])
@@ -71,8 +76,7 @@ async def test_over_the_plan_maximum_cost_is_refused(client, database_url: str, 
     assert r.json() == {"data": {"organization": {"children": []}}, "extensions": {"cost": cost_of(1111)}}
 
 
-async def test_c006_huge_first_is_refused_by_the_cost_limit(client, tenant: Tenant,
-                                                            resolver_calls: list[Any]) -> None:
+async def test_c006_huge_first_is_refused_by_the_cost_limit(client, tenant: Tenant, resolver_calls: list[Any]) -> None:
     """C-006: `first: 99999999` is refused before execution by the cost limit (limit "cost")."""
     token = (await login(client, tenant))["accessToken"]
     r = await gql(client, MEMBERS, {"n": 99_999_999}, token=token)

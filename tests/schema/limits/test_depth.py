@@ -21,8 +21,7 @@ def through_fragments(levels: int) -> str:
 
 
 def through_inline_fragments(levels: int) -> str:
-    return ("{ organization { " + "... on Organization { parent { " * levels + "slug"
-            + " } }" * levels + " } }")
+    return "{ organization { " + "... on Organization { parent { " * levels + "slug" + " } }" * levels + " } }"
 
 
 # organization + 9 x parent + slug: depth 11, one over FREE's 10

@@ -16,8 +16,9 @@ async def test_c008_directive_flood_is_refused(client, resolver_calls: list[Any]
 
 
 async def test_directives_in_fragments_count_once_per_spread(client, resolver_calls: list[Any]) -> None:
-    query = ("fragment F on Viewer { " + "role @skip(if: false) " * 5 + "} "
-             "{ me { ...F ...F ...F @include(if: true) ...F } }")  # 4 x 5 + 1
+    query = (
+        "fragment F on Viewer { " + "role @skip(if: false) " * 5 + "} { me { ...F ...F ...F @include(if: true) ...F } }"
+    )  # 4 x 5 + 1
     assert_refused(await gql(client, query), "directives", 20, 21)
     assert resolver_calls == []
 
@@ -30,7 +31,7 @@ async def test_repeated_non_repeatable_directive_is_a_validation_error(client) -
 
 async def test_c009_fragment_cycle_is_refused_by_validation(client, resolver_calls: list[Any]) -> None:
     """C-009: `fragment A { ...B } fragment B { ...A }`: the standard NoFragmentCycles rule, 400."""
-    query = ("{ me { user { ...A } } } fragment A on User { id ...B } fragment B on User { email ...A }")
+    query = "{ me { user { ...A } } } fragment A on User { id ...B } fragment B on User { email ...A }"
     r = await gql(client, query)
     assert r.status_code == 400
     body = r.json()

@@ -34,22 +34,34 @@ def assert_once(r: httpx.Response, field: str, measured: int) -> None:
     body = r.json()
     assert "data" not in body
     [error] = body["errors"]
-    assert error["extensions"] == {"code": "OPERATION_TOO_COMPLEX", "limit": "oncePerOperation", "field": field,
-                                   "maximum": 1, "measured": measured}
+    assert error["extensions"] == {
+        "code": "OPERATION_TOO_COMPLEX",
+        "limit": "oncePerOperation",
+        "field": field,
+        "maximum": 1,
+        "measured": measured,
+    }
     assert field in error["message"]
 
 
-@pytest.mark.parametrize(("query", "measured"), [
-    (f"{{ a: {VERIFY} b: {VERIFY} }}", 2),
-    (f"{{ {VERIFY} again: {VERIFY} }}", 2),
-    (f"{{ ...V x: verifyAuditChain {{ ok }} }} fragment V on Query {{ {VERIFY} }}", 2),
-    (f"{{ ... on Query {{ a: {VERIFY} }} ...V ...W }} fragment V on Query {{ b: {VERIFY} }} "
-     f"fragment W on Query {{ ...V c: {VERIFY} }}", 3),
-    (f"{{ a: {VERIFY} b: verifyAuditChain @skip(if: true) {{ ok }} }}", 2),
-    ("{ " + " ".join(f"v{i}: {VERIFY}" for i in range(20)) + " }", 20),
-])
-async def test_verify_audit_chain_twice_is_refused(client, tenant: Tenant, verifications: list[Any], query: str,
-                                                    measured: int) -> None:
+@pytest.mark.parametrize(
+    ("query", "measured"),
+    [
+        (f"{{ a: {VERIFY} b: {VERIFY} }}", 2),
+        (f"{{ {VERIFY} again: {VERIFY} }}", 2),
+        (f"{{ ...V x: verifyAuditChain {{ ok }} }} fragment V on Query {{ {VERIFY} }}", 2),
+        (
+            f"{{ ... on Query {{ a: {VERIFY} }} ...V ...W }} fragment V on Query {{ b: {VERIFY} }} "
+            f"fragment W on Query {{ ...V c: {VERIFY} }}",
+            3,
+        ),
+        (f"{{ a: {VERIFY} b: verifyAuditChain @skip(if: true) {{ ok }} }}", 2),
+        ("{ " + " ".join(f"v{i}: {VERIFY}" for i in range(20)) + " }", 20),
+    ],
+)
+async def test_verify_audit_chain_twice_is_refused(
+    client, tenant: Tenant, verifications: list[Any], query: str, measured: int
+) -> None:
     """C-130: two (or twenty) verifications in one document, through aliases, fragments and inline
     fragments, whatever `@skip` says: 400 OPERATION_TOO_COMPLEX naming the field, nothing verified."""
     auth = await login(client, tenant)
@@ -72,7 +84,9 @@ async def test_generate_report_twice_is_refused(client, tenant: Tenant, database
     end = datetime.now(UTC)
     start = end - timedelta(days=1)
     span = f'from: "{start.isoformat()}", to: "{end.isoformat()}"'
-    query = (f"mutation {{ a: generateReport(kind: COMPLIANCE, {span}) {{ id }} "
-             f"b: generateReport(kind: SECURITY, {span}) {{ id }} }}")
+    query = (
+        f"mutation {{ a: generateReport(kind: COMPLIANCE, {span}) {{ id }} "
+        f"b: generateReport(kind: SECURITY, {span}) {{ id }} }}"
+    )
     assert_once(await gql(client, query, token=auth["accessToken"]), "generateReport", 2)
     assert sql(database_url, "SELECT count(*) FROM reports")[0][0] == 0

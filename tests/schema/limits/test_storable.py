@@ -49,21 +49,31 @@ def count(database_url: str, table: str) -> int:
 # -- literals ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("document", "argument"), [
-    (SLUG_LITERAL, "slug"),
-    (r'{ report(id: "r\u0000") { id } }', "id"),
-    (r'{ organization { members(after: "c\u0000") { edges { cursor } } } }', "after"),
-    (r'mutation { createApiKey(input: {name: "ci\u0000", scopes: ["organization:read"]}) { secret } }',
-     "input.name"),
-    (r'mutation { createApiKey(input: {name: "ci", scopes: ["organization:read", "x\u0000"]}) { secret } }',
-     "input.scopes.1"),
-    (r'mutation { configureSaml(input: {idpMetadataXml: "<x/>", roleMapping: {admins: "ad\u0000min"}}) { id } }',
-     "input.roleMapping.admins"),
-    ('{ organization(slug: """ac\u0000me""") { id } }', "slug"),  # a raw NUL inside a block string
-    (r'query($s: String = "ac\u0000me") { organization(slug: $s) { id } }', "$s"),
-])
-async def test_c133_literal_is_refused(client, database_url: str, token: str, resolver_calls: list[Any],
-                                       document: str, argument: str) -> None:
+@pytest.mark.parametrize(
+    ("document", "argument"),
+    [
+        (SLUG_LITERAL, "slug"),
+        (r'{ report(id: "r\u0000") { id } }', "id"),
+        (r'{ organization { members(after: "c\u0000") { edges { cursor } } } }', "after"),
+        (
+            r'mutation { createApiKey(input: {name: "ci\u0000", scopes: ["organization:read"]}) { secret } }',
+            "input.name",
+        ),
+        (
+            r'mutation { createApiKey(input: {name: "ci", scopes: ["organization:read", "x\u0000"]}) { secret } }',
+            "input.scopes.1",
+        ),
+        (
+            r'mutation { configureSaml(input: {idpMetadataXml: "<x/>", roleMapping: {admins: "ad\u0000min"}}) { id } }',
+            "input.roleMapping.admins",
+        ),
+        ('{ organization(slug: """ac\u0000me""") { id } }', "slug"),  # a raw NUL inside a block string
+        (r'query($s: String = "ac\u0000me") { organization(slug: $s) { id } }', "$s"),
+    ],
+)
+async def test_c133_literal_is_refused(
+    client, database_url: str, token: str, resolver_calls: list[Any], document: str, argument: str
+) -> None:
     keys_before = count(database_url, "api_keys")
     assert_unstorable(await gql(client, document, token=token), argument=argument)
     assert resolver_calls == []
@@ -79,22 +89,38 @@ async def test_c133_a_cached_document_is_refused_each_time(client, token: str) -
 # -- variables ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("document", "variables", "variable"), [
-    (SLUG_VARIABLE, {"s": "ac\x00me"}, "s"),
-    (REPORT, {"id": "r\x00"}, "id"),
-    (MEMBERS, {"after": "c\x00"}, "after"),
-    (CREATE_KEY, {"input": {"name": "ci\x00", "scopes": ["organization:read"]}}, "input.name"),
-    (CREATE_KEY, {"input": {"name": "ci", "scopes": ["organization:read", "\x00"]}}, "input.scopes.1"),
-    (CONFIGURE_SAML, {"input": {"idpMetadataXml": "<x/>", "roleMapping": {"adm\x00ins": "admin"}}},
-     "input.roleMapping.adm\\x00ins"),
-    (CONFIGURE_SAML, {"input": {"idpMetadataXml": "<x/>", "roleMapping": {"admins": ["ad\x00min"]}}},
-     "input.roleMapping.admins.0"),
-    (VERIFY, {"from": "2026-01-01T00:00:00\x00"}, "from"),
-    # declared or not, every variable the request carries is checked
-    (SLUG_VARIABLE, {"s": "acme", "unused": {"k": "\x00"}}, "unused.k"),
-])
-async def test_c133_variable_is_refused(client, database_url: str, token: str, resolver_calls: list[Any],
-                                        document: str, variables: dict[str, Any], variable: str) -> None:
+@pytest.mark.parametrize(
+    ("document", "variables", "variable"),
+    [
+        (SLUG_VARIABLE, {"s": "ac\x00me"}, "s"),
+        (REPORT, {"id": "r\x00"}, "id"),
+        (MEMBERS, {"after": "c\x00"}, "after"),
+        (CREATE_KEY, {"input": {"name": "ci\x00", "scopes": ["organization:read"]}}, "input.name"),
+        (CREATE_KEY, {"input": {"name": "ci", "scopes": ["organization:read", "\x00"]}}, "input.scopes.1"),
+        (
+            CONFIGURE_SAML,
+            {"input": {"idpMetadataXml": "<x/>", "roleMapping": {"adm\x00ins": "admin"}}},
+            "input.roleMapping.adm\\x00ins",
+        ),
+        (
+            CONFIGURE_SAML,
+            {"input": {"idpMetadataXml": "<x/>", "roleMapping": {"admins": ["ad\x00min"]}}},
+            "input.roleMapping.admins.0",
+        ),
+        (VERIFY, {"from": "2026-01-01T00:00:00\x00"}, "from"),
+        # declared or not, every variable the request carries is checked
+        (SLUG_VARIABLE, {"s": "acme", "unused": {"k": "\x00"}}, "unused.k"),
+    ],
+)
+async def test_c133_variable_is_refused(
+    client,
+    database_url: str,
+    token: str,
+    resolver_calls: list[Any],
+    document: str,
+    variables: dict[str, Any],
+    variable: str,
+) -> None:
     keys_before, audit_before = count(database_url, "api_keys"), count(database_url, "audit_log")
     assert_unstorable(await gql(client, document, variables, token=token), variable=variable)
     assert resolver_calls == []
@@ -107,8 +133,9 @@ async def test_c133_deeply_nested_variable_is_refused_not_crashed(client, token:
     """The JSON body nests as deep as the parser allows; the walk is iterative."""
     deep = "[" * 1000 + '"\\u0000"' + "]" * 1000
     body = f'{{"query": {orjson.dumps(SLUG_VARIABLE).decode()}, "variables": {{"s": "acme", "deep": {deep}}}}}'
-    r = await client.post("/graphql", content=body,
-                          headers={"content-type": "application/json", "authorization": f"Bearer {token}"})
+    r = await client.post(
+        "/graphql", content=body, headers={"content-type": "application/json", "authorization": f"Bearer {token}"}
+    )
     assert_unstorable(r, variable="deep." + ".".join(["0"] * 1000))
 
 
@@ -119,19 +146,26 @@ async def test_c133_anonymous_login_with_nul_is_refused_before_any_attempt(clien
 
 
 async def test_c133_variables_over_get_are_checked_too(client, token: str) -> None:
-    r = await client.get("/graphql", params={"query": SLUG_VARIABLE, "variables": '{"s": "ac\\u0000me"}'},
-                         headers={"authorization": f"Bearer {token}"})
+    r = await client.get(
+        "/graphql",
+        params={"query": SLUG_VARIABLE, "variables": '{"s": "ac\\u0000me"}'},
+        headers={"authorization": f"Bearer {token}"},
+    )
     assert_unstorable(r, variable="s")
 
 
-@pytest.mark.parametrize("body", [
-    b'{"query": "{ organization { id } }\\u0000"}',  # outside any string: a syntax error
-    b'{"query": "{ organization(slug: \\"ac\\u0000me\\") { id } }"}',  # raw in a string literal: refused
-    b'{"query": "query A { organization { id } }", "operationName": "A\\u0000"}',
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"query": "{ organization { id } }\\u0000"}',  # outside any string: a syntax error
+        b'{"query": "{ organization(slug: \\"ac\\u0000me\\") { id } }"}',  # raw in a string literal: refused
+        b'{"query": "query A { organization { id } }", "operationName": "A\\u0000"}',
+    ],
+)
 async def test_c133_nul_in_the_query_text_is_refused(client, token: str, body: bytes) -> None:
-    r = await client.post("/graphql", content=body,
-                          headers={"content-type": "application/json", "authorization": f"Bearer {token}"})
+    r = await client.post(
+        "/graphql", content=body, headers={"content-type": "application/json", "authorization": f"Bearer {token}"}
+    )
     assert r.status_code == 400, r.text
     assert [e["extensions"]["code"] for e in r.json()["errors"]] == ["BAD_USER_INPUT"]
 
@@ -142,8 +176,9 @@ async def test_c133_nul_in_the_query_text_is_refused(client, token: str, body: b
 async def test_c133_lone_surrogate_in_a_json_variable_is_refused(client, token: str) -> None:
     """JSON can spell a lone surrogate (`\\ud800`); the body is refused as JSON that cannot be read."""
     body = b'{"query": "query($s: String) { organization(slug: $s) { id } }", "variables": {"s": "a\\ud800"}}'
-    r = await client.post("/graphql", content=body,
-                          headers={"content-type": "application/json", "authorization": f"Bearer {token}"})
+    r = await client.post(
+        "/graphql", content=body, headers={"content-type": "application/json", "authorization": f"Bearer {token}"}
+    )
     assert r.status_code == 400, r.text
     assert [e["extensions"]["code"] for e in r.json()["errors"]] == ["BAD_USER_INPUT"]
 
@@ -154,14 +189,20 @@ async def test_c133_lone_surrogate_escape_in_a_literal_is_refused(client, token:
     assert [e["extensions"]["code"] for e in r.json()["errors"]] == ["BAD_USER_INPUT"]
 
 
-@pytest.mark.parametrize(("document", "variables", "named"), [
-    (SLUG_VARIABLE, {"s": "a\ud800"}, {"variable": "s"}),
-    (CONFIGURE_SAML, {"input": {"idpMetadataXml": "<x/>", "roleMapping": {"a\udfff": "admin"}}},
-     {"variable": "input.roleMapping.a\\udfff"}),
-])
-async def test_c133_lone_surrogate_that_reaches_the_schema_is_refused(app, document: str,
-                                                                      variables: dict[str, Any] | None,
-                                                                      named: dict[str, str]) -> None:
+@pytest.mark.parametrize(
+    ("document", "variables", "named"),
+    [
+        (SLUG_VARIABLE, {"s": "a\ud800"}, {"variable": "s"}),
+        (
+            CONFIGURE_SAML,
+            {"input": {"idpMetadataXml": "<x/>", "roleMapping": {"a\udfff": "admin"}}},
+            {"variable": "input.roleMapping.a\\udfff"},
+        ),
+    ],
+)
+async def test_c133_lone_surrogate_that_reaches_the_schema_is_refused(
+    app, document: str, variables: dict[str, Any] | None, named: dict[str, str]
+) -> None:
     """No HTTP transport of the gateway lets a lone surrogate through (JSON and the GraphQL lexer refuse
     it, in block strings too); executed in process with such variables, the operation is still refused
     before it runs."""
@@ -183,8 +224,9 @@ async def test_text_beyond_ascii_is_accepted(client, token: str) -> None:
     r = await gql(client, SLUG_VARIABLE, {"s": "acme"}, token=token)
     assert r.status_code == 200
     assert r.json()["data"]["organization"]["id"]
-    r = await gql(client, CREATE_KEY, {"input": {"name": "Clé \U0001f511 ключ", "scopes": ["organization:read"]}},
-                  token=token)
+    r = await gql(
+        client, CREATE_KEY, {"input": {"name": "Clé \U0001f511 ключ", "scopes": ["organization:read"]}}, token=token
+    )
     assert r.status_code == 200, r.text
     assert r.json()["data"]["createApiKey"]["secret"]
     # an escaped surrogate pair is one character

@@ -1,0 +1,135 @@
+"""The SECURITY report: the period's security events from the audit log (`SECURITY_ACTIONS`), counted per
+day and category, with their top sources (docs/reports.md)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from datetime import date
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, func
+from sqlalchemy import select as sa_select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
+
+from resolvers.report_builders import (
+    SECURITY_ACTIONS,
+    SECURITY_CATEGORIES,
+    TOP_SOURCES,
+    Period,
+    Writer,
+    chart,
+    day_bars,
+    iso,
+    iso_or_none,
+    keyset,
+)
+from store.models import AuditEntry, Organization, UsageDaily
+from store.scoping import tenant_filter
+
+
+def _security_events(org_id: str, period: Period, actions: Sequence[str]) -> ColumnElement[bool]:
+    # a tenant's entries form its chain (store.audit): `chain` is its organization_id, and indexed
+    return and_(
+        col(AuditEntry.chain) == org_id,
+        col(AuditEntry.at) >= period.start,
+        col(AuditEntry.at) < period.end,
+        col(AuditEntry.action).in_(list(actions)),
+    )
+
+
+async def build_security(db: AsyncSession, org: Organization, period: Period, out: Writer) -> dict[str, Any]:
+    where = _security_events(org.id, period, list(SECURITY_ACTIONS))
+    keys = [col(AuditEntry.at), col(AuditEntry.id)]
+    stmt = sa_select(
+        *keys,
+        col(AuditEntry.action),
+        col(AuditEntry.result),
+        col(AuditEntry.actor_type),
+        col(AuditEntry.actor_id),
+        col(AuditEntry.ip),
+    ).where(where)
+    daily: Counter[tuple[str, str]] = Counter()
+    per_day: dict[date, int] = {}
+    async for at, _id, action, result, actor_type, actor_id, ip in keyset(db, stmt, keys):
+        category = SECURITY_ACTIONS[action]
+        daily[(at.date().isoformat(), category)] += 1
+        per_day[at.date()] = per_day.get(at.date(), 0) + 1
+        await out.add(
+            "event",
+            iso(at),
+            at.date().isoformat(),
+            category,
+            action,
+            result,
+            actor_type,
+            actor_id,
+            ip,
+            None,
+            None,
+            None,
+        )
+    for (day, category), count in sorted(daily.items()):
+        await out.add("day", None, day, category, None, None, None, None, None, None, None, count)
+    totals = Counter[str]()
+    for (_day, category), count in daily.items():
+        totals[category] += count
+    top: dict[str, list[dict[str, Any]]] = {}
+    for category in SECURITY_CATEGORIES:
+        actions = [a for a, c in SECURITY_ACTIONS.items() if c == category]
+        top[category] = []
+        for source_type, column in (("ip", col(AuditEntry.ip)), ("actor", col(AuditEntry.actor_id))):
+            hits = func.count().label("n")
+            rows = (
+                await db.execute(
+                    sa_select(column, hits, func.max(col(AuditEntry.at)))
+                    .where(_security_events(org.id, period, actions), column.is_not(None))
+                    .group_by(column)
+                    .order_by(hits.desc(), column)
+                    .limit(TOP_SOURCES)
+                )
+            ).all()
+            for source, n, last in rows:
+                await out.add(
+                    "top_source",
+                    iso_or_none(last),
+                    None,
+                    category,
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                    source_type,
+                    source,
+                    n,
+                )
+                if source_type == "ip":
+                    top[category].append({"ip": source, "count": n})
+    # every refusal by the admission step is counted in usage_daily; the audit log may keep fewer of them
+    refused = (
+        await db.execute(
+            sa_select(func.coalesce(func.sum(col(UsageDaily.rate_limited)), 0)).where(
+                tenant_filter(UsageDaily, org.id),
+                col(UsageDaily.subject_type) == "total",
+                col(UsageDaily.day) >= period.first_day,
+                col(UsageDaily.day) <= period.last_day,
+            )
+        )
+    ).scalar_one()
+    return {
+        "events": sum(totals.values()),
+        "rateLimitedRequests": int(refused),
+        "byCategory": {c: totals[c] for c in SECURITY_CATEGORIES},
+        "topSources": {c: top[c][:3] for c in SECURITY_CATEGORIES},
+        "eventsPerDay": chart("Security events per day", "events", day_bars(per_day, period)),
+        "chart": chart(
+            "Security events by category",
+            "events",
+            [
+                {"label": c.replace("_", " "), "value": totals[c], "tone": "attention" if totals[c] else "normal"}
+                for c in SECURITY_CATEGORIES
+            ],
+        ),
+    }
