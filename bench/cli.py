@@ -69,9 +69,13 @@ def _checkout(value: str) -> Path:
 def _scenarios(value: str) -> list[str]:
     if value == "all":
         return list(SCENARIO_NAMES)
-    if value not in SCENARIO_NAMES:
-        raise argparse.ArgumentTypeError(f"unknown scenario {value!r}; choose from {', '.join(SCENARIO_NAMES)}, all")
-    return [value]
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    for name in names:
+        if name not in SCENARIO_NAMES:
+            raise argparse.ArgumentTypeError(f"unknown scenario {name!r}; choose from {', '.join(SCENARIO_NAMES)}, all")
+    if not names:
+        raise argparse.ArgumentTypeError("name at least one scenario")
+    return names
 
 
 def parser() -> argparse.ArgumentParser:
@@ -84,7 +88,7 @@ def parser() -> argparse.ArgumentParser:
         help="basic: the gateway against three baselines; guarded: a field that requires a "
         "permission, with and without field authorization; apikey: Bearer against API key; "
         "admission: shared mode (Redis) with and without admission; audited: an audited "
-        "mutation; all (default): every one",
+        "mutation; all (default): every one; several: comma-separated",
     )
     p.add_argument(
         "--duration",
