@@ -164,8 +164,8 @@ async def measure(url: str, chain: str, samples: int) -> dict[str, tuple[float, 
     try:
         async with db.session() as session:
             first = await query_entries(session, chain, None, 1)
-            some_actor = first.edges[0].entry.actor_id
-            recent = first.edges[0].entry.at
+            some_actor = first.edges[0].node.actor_id
+            recent = first.edges[0].node.at
         filters = {
             "none": None,
             "action=authz_fail": AuditFilter(action="authz_fail"),

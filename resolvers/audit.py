@@ -20,7 +20,7 @@ from authz import Permission, Principal
 from authz.errors import BadUserInput
 from identity.tokens import KeyRing, TokenError, sign_document, verify_document
 from resolvers.budgets import charge_work
-from resolvers.common import tenant_of
+from resolvers.common import Page, PageEdge, tenant_of
 from resolvers.deps import RequestContext
 from resolvers.times import given_time
 from store import audit
@@ -45,17 +45,7 @@ class AuditFilter:
     end: datetime | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class AuditEdge:
-    cursor: str
-    entry: AuditEntry
-
-
-@dataclass(frozen=True, slots=True)
-class AuditPage:
-    edges: list[AuditEdge]
-    has_next_page: bool
-    end_cursor: str | None
+AuditPage = Page[AuditEntry]
 
 
 _FILTER_FIELDS = {
@@ -134,8 +124,8 @@ async def query_entries(
         stmt = stmt.where(or_(col(AuditEntry.at) < at, and_(col(AuditEntry.at) == at, col(AuditEntry.id) < ident)))
     stmt = stmt.order_by(col(AuditEntry.at).desc(), col(AuditEntry.id).desc()).limit(size + 1)
     rows = list((await db.execute(stmt)).scalars().all())
-    edges = [AuditEdge(audit.encode_cursor(e), e) for e in rows[:size]]
-    return AuditPage(edges, len(rows) > size, edges[-1].cursor if edges else None)
+    edges = [PageEdge(audit.encode_cursor(e), e) for e in rows[:size]]
+    return Page(edges, len(rows) > size, edges[-1].cursor if edges else None)
 
 
 async def verify_chains(

@@ -40,7 +40,7 @@ from identity.sessions import create_session
 from identity.tokens import hash_opaque_token
 from resolvers.accounts import refuse_api_keys
 from resolvers.auth import AuthResult
-from resolvers.common import tenant_of
+from resolvers.common import Page, PageEdge, tenant_of
 from resolvers.deps import RequestContext
 from resolvers.mail import send_mail
 from resolvers.provisioning import INVITATION_TTL, checked_email, new_invitation_token
@@ -80,16 +80,7 @@ def status_of(invitation: Invitation, now: datetime) -> InvitationStatus:
 
 
 @dataclass(frozen=True, slots=True)
-class InvitationEdge:
-    cursor: str
-    invitation: Invitation
-
-
-@dataclass(frozen=True, slots=True)
-class InvitationPage:
-    edges: list[InvitationEdge]
-    has_next_page: bool
-    end_cursor: str | None
+class InvitationPage(Page[Invitation]):
     now: datetime  # the moment the page's statuses are as of
 
 
@@ -324,7 +315,7 @@ async def list_invitations(
         )
     stmt = stmt.order_by(col(Invitation.created_at).desc(), col(Invitation.id).desc()).limit(first + 1)
     rows = list((await (await ctx.db()).execute(stmt)).scalars().all())
-    edges = [InvitationEdge(encode_position(CURSOR_VERSION, r.created_at, r.id), r) for r in rows[:first]]
+    edges = [PageEdge(encode_position(CURSOR_VERSION, r.created_at, r.id), r) for r in rows[:first]]
     return InvitationPage(edges, len(rows) > first, edges[-1].cursor if edges else None, now)
 
 

@@ -23,7 +23,7 @@ from authz import BuiltinRole
 from authz.errors import BadUserInput, Conflict, Forbidden, NotFound
 from identity.sessions import active_session_ids, load_custom_roles, revoke_sessions, user_key
 from resolvers.api_keys import end_held_keys
-from resolvers.common import announce_after_commit, tenant_of
+from resolvers.common import Page, PageEdge, announce_after_commit, tenant_of
 from resolvers.deps import RequestContext
 from resolvers.roles import check_can_grant, require_role
 from store.audit import AuditAction, changes
@@ -42,17 +42,7 @@ class Member:
     user: User
 
 
-@dataclass(frozen=True, slots=True)
-class MemberEdge:
-    cursor: str
-    member: Member
-
-
-@dataclass(frozen=True, slots=True)
-class MemberPage:
-    edges: list[MemberEdge]
-    has_next_page: bool
-    end_cursor: str | None
+MemberPage = Page[Member]
 
 
 # -- listing ------------------------------------------------------------------------------------------
@@ -100,8 +90,8 @@ async def list_members(
         )
     stmt = stmt.order_by(col(Membership.created_at), col(Membership.id)).limit(size + 1)
     rows = (await (await ctx.db()).execute(stmt)).all()
-    edges = [MemberEdge(encode_cursor(m), Member(m, u)) for m, u in rows[:size]]
-    return MemberPage(edges, len(rows) > size, edges[-1].cursor if edges else None)
+    edges = [PageEdge(encode_cursor(m), Member(m, u)) for m, u in rows[:size]]
+    return Page(edges, len(rows) > size, edges[-1].cursor if edges else None)
 
 
 # -- changing and removing ----------------------------------------------------------------------------

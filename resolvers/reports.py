@@ -19,7 +19,6 @@ import csv
 import hashlib
 import io
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -33,7 +32,7 @@ from authz.errors import BadUserInput, Forbidden, NotFound
 from authz.plans import Plan, QuotaResource
 from resolvers.audit import owning_tenants
 from resolvers.budgets import charge_work
-from resolvers.common import tenant_of
+from resolvers.common import Page, PageEdge, tenant_of
 from resolvers.deps import RequestContext
 from resolvers.quotas import check_quota, lock_organization
 from resolvers.report_access import build_access
@@ -264,17 +263,7 @@ async def get_report(ctx: RequestContext, report_id: str) -> Report:
     return row
 
 
-@dataclass(frozen=True, slots=True)
-class ReportEdge:
-    cursor: str
-    report: Report
-
-
-@dataclass(frozen=True, slots=True)
-class ReportPage:
-    edges: list[ReportEdge]
-    has_next_page: bool
-    end_cursor: str | None
+ReportPage = Page[Report]
 
 
 def encode_cursor(r: Report) -> str:
@@ -304,8 +293,8 @@ async def list_reports(
         stmt = stmt.where((col(Report.created_at) < at) | ((col(Report.created_at) == at) & (col(Report.id) < ident)))
     stmt = stmt.order_by(col(Report.created_at).desc(), col(Report.id).desc()).limit(first + 1)
     rows = list((await (await ctx.db()).execute(stmt)).scalars().all())
-    edges = [ReportEdge(encode_cursor(r), r) for r in rows[:first]]
-    return ReportPage(edges, len(rows) > first, edges[-1].cursor if edges else None)
+    edges = [PageEdge(encode_cursor(r), r) for r in rows[:first]]
+    return Page(edges, len(rows) > first, edges[-1].cursor if edges else None)
 
 
 async def audit_refused_download(ctx: RequestContext, report_id: str, *, forbidden: bool) -> None:

@@ -347,7 +347,7 @@ class AuditQuery:
             )
         page = await service.list_entries(ctx, f, first, after)
         return AuditLogConnection(
-            edges=[AuditLogEdge(cursor=e.cursor, node=AuditLogEntry.from_row(e.entry)) for e in page.edges],
+            edges=[AuditLogEdge(cursor=e.cursor, node=AuditLogEntry.from_row(e.node)) for e in page.edges],
             page_info=PageInfo.of(page),
         )
 

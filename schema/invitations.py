@@ -59,7 +59,7 @@ class Invitation:
 class InvitationConnection(Connection[Invitation]):
     @classmethod
     def from_page(cls, page: InvitationPage) -> InvitationConnection:
-        return cls.of(page, lambda e: Invitation.from_row(e.invitation, page.now))
+        return cls.of(page, lambda row: Invitation.from_row(row, page.now))
 
 
 @strawberry.type

@@ -34,7 +34,7 @@ class Membership:
 class MembershipConnection(Connection[Membership]):
     @classmethod
     def from_page(cls, page: MemberPage) -> MembershipConnection:
-        return cls.of(page, lambda e: Membership.from_member(e.member))
+        return cls.of(page, Membership.from_member)
 
 
 @strawberry.type

@@ -8,31 +8,14 @@ edges are `Edge[Node]`, named `<Node>Edge` in the SDL, unless the list subclasse
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Generic, Protocol, Self, TypeVar
+from typing import Any, Generic, Self, TypeVar
 
 import strawberry
 
+from resolvers.common import Page
+
 T = TypeVar("T")
-EdgeT = TypeVar("EdgeT", bound="ServiceEdge")
-EdgeT_co = TypeVar("EdgeT_co", covariant=True)
-
-
-class ServiceEdge(Protocol):
-    @property
-    def cursor(self) -> str: ...
-
-
-class ServicePage(Protocol[EdgeT_co]):
-    """What a service's page (`resolvers.members.MemberPage`, ...) has in common."""
-
-    @property
-    def edges(self) -> Sequence[EdgeT_co]: ...
-
-    @property
-    def has_next_page(self) -> bool: ...
-
-    @property
-    def end_cursor(self) -> str | None: ...
+S = TypeVar("S")
 
 
 @strawberry.type
@@ -41,7 +24,7 @@ class PageInfo:
     end_cursor: str | None
 
     @classmethod
-    def of(cls, page: ServicePage[ServiceEdge]) -> PageInfo:
+    def of(cls, page: Page[Any]) -> PageInfo:
         return cls(has_next_page=page.has_next_page, end_cursor=page.end_cursor)
 
 
@@ -57,6 +40,7 @@ class Connection(Generic[T]):
     page_info: PageInfo
 
     @classmethod
-    def of(cls, page: ServicePage[EdgeT], node: Callable[[EdgeT], T]) -> Self:
-        """The connection of a service's page, each edge's node made by `node` from the service's edge."""
-        return cls(edges=[Edge(cursor=e.cursor, node=node(e)) for e in page.edges], page_info=PageInfo.of(page))
+    def of(cls, page: Page[S], node: Callable[[S], T]) -> Self:
+        """The connection of a service's page (`resolvers.common.Page`), each node made by `node` from the
+        service's item."""
+        return cls(edges=[Edge(cursor=e.cursor, node=node(e.node)) for e in page.edges], page_info=PageInfo.of(page))

@@ -59,7 +59,7 @@ class Report:
 class ReportConnection(Connection[Report]):
     @classmethod
     def from_page(cls, page: ReportPage) -> ReportConnection:
-        return cls.of(page, lambda e: Report.from_row(e.report))
+        return cls.of(page, Report.from_row)
 
 
 @strawberry.type

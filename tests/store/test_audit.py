@@ -684,7 +684,7 @@ async def test_a_filter_on_results_that_did_not_succeed_reads_the_partial_index(
             try:
                 async with db.session() as session:
                     page = await query_entries(session, org, AuditFilter(result=wanted))
-                    assert [e.entry.result for e in page.edges] == [wanted]
+                    assert [e.node.result for e in page.edges] == [wanted]
                     statement, parameters = seen[-1]
                     conn = await session.connection()
                     rows = (await conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, parameters)).all()
