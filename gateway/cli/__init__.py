@@ -16,6 +16,7 @@ from gateway.cli.tenants import (
     cmd_bootstrap,
     cmd_domains,
     cmd_org_limits,
+    cmd_org_plan,
     cmd_seed_demo,
     parse_limit_settings,
 )
@@ -84,6 +85,15 @@ def parser() -> argparse.ArgumentParser:
     lim.add_argument("--set", nargs="+", action="extend", metavar="RESOURCE=N|unlimited")
     lim.add_argument("--reset", action="store_true", help="back to the plan's limits")
     lim.set_defaults(func=cmd_org_limits)
+    pl = osub.add_parser(
+        "plan",
+        help="change one tenant's plan",
+        description="Sets the organization's plan, audited with the operator as actor. A child organization "
+        "never goes above its parent's plan; lowering a plan lowers every organization below it that is above.",
+    )
+    pl.add_argument("slug")
+    pl.add_argument("plan", choices=[*PLANS, *(p.upper() for p in PLANS)])
+    pl.set_defaults(func=cmd_org_plan)
     au = sub.add_parser("audit", help="verify the audit log's hash chains; write signed checkpoints")
     ausub = au.add_subparsers(dest="audit_command", required=True)
     v = ausub.add_parser("verify", help="recompute every chain; exit 1 when one is broken")

@@ -1,4 +1,4 @@
-"""Commands about tenants: bootstrap, seed-demo, domains, org limits."""
+"""Commands about tenants: bootstrap, seed-demo, domains, org limits, org plan."""
 
 from __future__ import annotations
 
@@ -193,3 +193,27 @@ def cmd_org_limits(args: argparse.Namespace) -> int:
         print(f"portcullis: {exc}; nothing changed", file=sys.stderr)
         return 2
     return asyncio.run(_org_limits_command(load_settings(), args, changes))
+
+
+async def _org_plan_command(settings: Settings, slug: str, plan: str) -> int:
+    """The operator's change of a tenant's plan: the same service as `changePlan`, with the operator's
+    authority over a child's plan (still never above its parent's); lowering a plan lowers its children."""
+    from authz.errors import GatewayError
+    from resolvers.organizations import change_plan
+
+    async with command_services(settings) as services:
+        ctx = await operator_context_for_slug(services, slug)
+        if ctx is None:
+            return 1
+        try:
+            async with ctx.unit_of_work():
+                org = await change_plan(ctx, plan)
+        except GatewayError as exc:
+            print(f"portcullis: {exc.message}; nothing changed", file=sys.stderr)
+            return 2
+    print(f"organization {org.slug}: plan {org.plan}")
+    return 0
+
+
+def cmd_org_plan(args: argparse.Namespace) -> int:
+    return asyncio.run(_org_plan_command(load_settings(), args.slug, args.plan.lower()))

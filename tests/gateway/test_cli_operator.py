@@ -138,6 +138,36 @@ async def test_c096_each_command_records_one_entry_with_the_operator_as_actor(en
     assert sorted(counted) == [("apikey_created", 1), ("apikey_revoked", 1), ("org_updated", 1)]
 
 
+async def test_c128_the_operator_changes_a_plan_within_the_parents_and_the_change_is_recorded(
+    env, database_url: str, capsys
+) -> None:
+    parent = await make_tenant(database_url, slug="mom", email="owner@mom.test", plan="professional")
+    child = await make_tenant(database_url, slug="kid", email="owner@kid.test", plan="free", parent_id=parent.org_id)
+
+    def plans() -> dict[str, str]:
+        return dict(sql(database_url, "SELECT slug, plan FROM organizations WHERE slug IN ('mom', 'kid')"))
+
+    # above the parent's plan: refused, nothing written
+    assert await run("org", "plan", "kid", "ENTERPRISE") == 2
+    assert "parent" in capsys.readouterr().err
+    assert plans() == {"mom": "professional", "kid": "free"}
+    assert entries(database_url, "plan_changed") == []
+    assert await run("org", "plan", "nobody", "free") == 1
+
+    assert await run("org", "plan", "kid", "starter") == 0
+    assert "plan starter" in capsys.readouterr().out
+    [entry] = entries(database_url, "plan_changed")
+    assert (entry["chain"], entry["resource_id"]) == (child.org_id, child.org_id)
+    assert (entry["actor_type"], entry["actor_id"]) == ("system", getpass.getuser())
+    assert entry["details"]["source"] == "cli"
+    assert entry["details"]["changes"] == {"plan": {"old": "free", "new": "starter"}}
+
+    # lowering the parent lowers the child that is above it
+    assert await run("org", "plan", "mom", "free") == 0
+    assert plans() == {"mom": "free", "kid": "free"}
+    assert len(entries(database_url, "plan_changed")) == 3  # the parent's, and the child's as it was lowered
+
+
 async def test_c118_a_revoke_from_the_command_line_ends_the_rotation_previous_secret_too(
     env, database_url: str, signing_key: str, capsys
 ) -> None:
