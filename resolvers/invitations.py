@@ -42,7 +42,7 @@ from resolvers.accounts import refuse_api_keys
 from resolvers.auth import AuthResult
 from resolvers.common import Page, PageEdge, tenant_of
 from resolvers.deps import RequestContext
-from resolvers.mail import send_mail
+from resolvers.mail import MailNotConfigured, send_mail
 from resolvers.provisioning import INVITATION_TTL, checked_email, new_invitation_token
 from resolvers.quotas import check_quota
 from resolvers.roles import check_can_grant, require_role
@@ -115,12 +115,15 @@ async def _inviter(db: AsyncSession, principal: Principal, organization_id: str)
     return user.id, (f"{user.name} ({user.email})" if user.name else user.email)
 
 
-async def _send(ctx: RequestContext, invitation: Invitation, token: str, inviter: str | None) -> None:
+async def send_invitation(ctx: RequestContext, invitation: Invitation, token: str, inviter: str | None) -> str:
+    """Queue the invitation's email (sent after commit) to its address; the link it carries."""
     db = await ctx.db()
     org = await db.get(Organization, invitation.organization_id)
     mailer = ctx.services.mail
     assert org is not None
-    assert mailer is not None
+    if mailer is None:
+        raise MailNotConfigured("an invitation needs a mailer: Services.mail is None")
+    url = mailer.link(ACCEPT_PATH, token)
     await send_mail(
         ctx,
         to=invitation.email,
@@ -130,10 +133,11 @@ async def _send(ctx: RequestContext, invitation: Invitation, token: str, inviter
             "organization_name": org.name,
             "inviter": inviter,
             "role": invitation.role,
-            "accept_url": mailer.link(ACCEPT_PATH, token),
+            "accept_url": url,
             "expires_at": invitation.expires_at,
         },
     )
+    return url
 
 
 # -- inviting -----------------------------------------------------------------------------------------
@@ -182,7 +186,7 @@ async def add_member(ctx: RequestContext, email: str, role: str) -> Invitation:
     )
     db.add(invitation)
     await db.flush()
-    await _send(ctx, invitation, token, inviter)
+    await send_invitation(ctx, invitation, token, inviter)
     ctx.audit(
         AuditAction.MEMBER_INVITED,
         resource_type="invitation",
@@ -237,7 +241,7 @@ async def resend_invitation(ctx: RequestContext, invitation_id: str) -> Invitati
     db.add(invitation)
     await db.flush()
     _, inviter = await _inviter(db, principal, org_id)
-    await _send(ctx, invitation, token, inviter)
+    await send_invitation(ctx, invitation, token, inviter)
     ctx.audit(
         AuditAction.INVITATION_RESENT,
         resource_type="invitation",

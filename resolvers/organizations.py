@@ -41,8 +41,7 @@ from authz.plans import PLANS, QuotaResource, plan_rank
 from identity.sessions import org_key, role_permissions
 from resolvers.common import announce_after_commit, tenant_of
 from resolvers.deps import RequestContext
-from resolvers.invitations import ACCEPT_PATH
-from resolvers.mail import MailNotConfigured, send_mail
+from resolvers.invitations import send_invitation
 from resolvers.mfa import check_can_require, requirement_changed
 from resolvers.provisioning import SLUG, Provisioned, checked_email, create_tenant, validate_tenant
 from resolvers.quotas import check_quota, lock_organization
@@ -206,23 +205,7 @@ async def bootstrap_organization(
     )
     invitation, token = result.invitation, result.invitation_token
     if invitation is not None and token is not None:
-        mailer = ctx.services.mail
-        if mailer is None:
-            raise MailNotConfigured("an invitation needs a mailer: Services.mail is None")
-        url = mailer.link(ACCEPT_PATH, token)
-        await send_mail(
-            ctx,
-            to=invitation.email,
-            template="invitation",
-            organization_id=org.id,
-            variables={
-                "organization_name": org.name,
-                "inviter": None,
-                "role": invitation.role,
-                "accept_url": url,
-                "expires_at": invitation.expires_at,
-            },
-        )
+        url = await send_invitation(ctx, invitation, token, None)
         ctx.audit(
             AuditAction.MEMBER_INVITED,
             organization_id=org.id,

@@ -37,7 +37,7 @@ class ChainReport:
     def ok(self) -> bool:
         return self.first_broken_sequence is None and not self.problems
 
-    def _broken(self, sequence: int, problem: str) -> None:
+    def broken(self, sequence: int, problem: str) -> None:
         if self.first_broken_sequence is None or sequence < self.first_broken_sequence:
             self.first_broken_sequence = sequence
         if len(self.problems) < 20:
@@ -102,15 +102,15 @@ class ChainVerifier:
         if self._expected_sequence is not None and seq != self._expected_sequence:
             if seq > self._expected_sequence:
                 r.gaps.append((self._expected_sequence, seq - 1))
-                r._broken(
+                r.broken(
                     self._expected_sequence, f"sequence gap: {self._expected_sequence}..{seq - 1} missing before {seq}"
                 )
             else:
-                r._broken(seq, f"sequence {seq} out of order or duplicated")
+                r.broken(seq, f"sequence {seq} out of order or duplicated")
         if self._previous is not None and previous_hash != self._previous:
-            r._broken(seq, f"sequence {seq}: previous_hash does not match the hash of the entry before it")
+            r.broken(seq, f"sequence {seq}: previous_hash does not match the hash of the entry before it")
         if recomputed != hash_:
-            r._broken(seq, f"sequence {seq}: content does not match its hash")
+            r.broken(seq, f"sequence {seq}: content does not match its hash")
         self._expected_sequence = seq + 1
         # continue from the stored hash, so one edited row is reported once, not for every row after it
         self._previous = hash_
@@ -120,13 +120,13 @@ class ChainVerifier:
         """Compare with a head recorded elsewhere (the head row, or a checkpoint)."""
         r = self.report
         if sequence > r.head_sequence:
-            r._broken(
+            r.broken(
                 r.head_sequence + 1,
                 f"chain ends at {r.head_sequence} but the {source} records sequence {sequence}: "
                 "entries were removed from the end",
             )
         elif sequence == r.head_sequence and hash_ != r.head_hash:
-            r._broken(sequence, f"head hash at {sequence} differs from the {source}")
+            r.broken(sequence, f"head hash at {sequence} differs from the {source}")
 
 
 @dataclass(frozen=True, slots=True)

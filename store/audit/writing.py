@@ -29,29 +29,14 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.expression import Executable
 
-from store.audit.chain import GENESIS_HASH, canonical, sql_link_hash
+from store.audit.chain import CANONICAL_FIELDS, GENESIS_HASH, canonical, sql_link_hash
 from store.audit.cleaning import entry_values
 from store.audit.vocabulary import AuditEvent
 from store.db import Database
 from store.models import AuditChainHead, AuditEntry, utcnow
 
 # the columns the append statement binds (everything but the chain links, which come from the head row)
-_BOUND = (
-    "id",
-    "chain",
-    "organization_id",
-    "at",
-    "actor_type",
-    "actor_id",
-    "action",
-    "resource_type",
-    "resource_id",
-    "result",
-    "request_id",
-    "ip",
-    "user_agent",
-    "details",
-)
+_BOUND = ("id", "at", *CANONICAL_FIELDS)
 _STATEMENTS: dict[tuple[str, bool], Executable] = {}
 
 
