@@ -1,4 +1,5 @@
-"""Authorization: the permission vocabulary, built-in and custom roles, the Principal and `decide()`.
+"""Authorization: the permission vocabulary (built-in and the team's own), built-in and custom roles, the
+Principal and `decide()`.
 
 Pure functions over data; this package imports only the standard library.
 """
@@ -14,10 +15,21 @@ from authz.custom_roles import (
     role_rank,
     validate_role_name,
 )
-from authz.permissions import ALL_PERMISSION_NAMES, Permission, is_permission
+from authz.permissions import ALL_PERMISSION_NAMES, Permission
 from authz.policy import ALLOW, Decision, Requirement, decide, plan_at_least
 from authz.principal import AuthMethod, Principal, PrincipalKind, anonymous
-from authz.roles import BUILTIN_ROLE_PERMISSIONS, BuiltinRole, is_builtin_role, permissions_for_role
+from authz.roles import BUILTIN_ROLE_PERMISSIONS, BuiltinRole, is_builtin_role
+from authz.vocabulary import (
+    TeamPermission,
+    TeamPermissionError,
+    install_team_permissions,
+    is_permission,
+    is_tenant_permission,
+    permission_names,
+    permissions_for_role,
+    team_permissions,
+    tenant_permissions,
+)
 
 __all__ = [
     "ALLOW",
@@ -32,17 +44,24 @@ __all__ = [
     "Requirement",
     "RoleDefinition",
     "RoleError",
+    "TeamPermission",
+    "TeamPermissionError",
     "anonymous",
     "can_grant",
     "check_definition",
     "check_role_graph",
     "decide",
+    "install_team_permissions",
     "is_builtin_role",
     "is_permission",
+    "is_tenant_permission",
     "parse_permissions",
+    "permission_names",
     "permissions_for_role",
     "plan_at_least",
     "resolve_permissions",
     "role_rank",
+    "team_permissions",
+    "tenant_permissions",
     "validate_role_name",
 ]

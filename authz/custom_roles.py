@@ -4,8 +4,8 @@ The rules, all enforced here as pure functions over data:
 
 - A role name is 1-63 characters of lowercase letters, digits, `-` and `_`, and is not a built-in name
   (`viewer`, `analyst`, `manager`, `admin`, `owner`, `platform`): built-in roles cannot be redefined.
-- Permissions are the contract's vocabulary only. `platform:*` permissions are never grantable inside a
-  tenant, and the `platform` role cannot be inherited.
+- Permissions are the vocabulary only: the contract's and the team's own (`authz.vocabulary`). `platform:*`
+  permissions are never grantable inside a tenant, and the `platform` role cannot be inherited.
 - A custom role holds its own permissions plus, transitively, those of every role it inherits.
 - The inheritance graph is acyclic and names only known roles; `check_role_graph` refuses anything else.
 - Deny by default: an unknown role resolves to nothing, and so does a `platform:*` permission reached
@@ -19,9 +19,10 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from authz.permissions import TENANT_PERMISSIONS, Permission
+from authz.permissions import ALL_PERMISSION_NAMES, Permission
 from authz.policy import ALLOW, Decision
 from authz.roles import BUILTIN_ROLE_PERMISSIONS, PLATFORM_ROLE, ROLE_ORDER
+from authz.vocabulary import is_permission, is_tenant_permission, permissions_for_role, tenant_permissions
 
 BUILTIN_ROLE_NAMES: frozenset[str] = frozenset(BUILTIN_ROLE_PERMISSIONS)
 _NAME = re.compile(r"[a-z0-9_-]{1,63}")
@@ -31,7 +32,7 @@ _ECHO_LIMIT = 64
 @dataclass(frozen=True, slots=True)
 class RoleDefinition:
     name: str
-    permissions: frozenset[Permission]
+    permissions: frozenset[str]
     inherits: tuple[str, ...] = ()
     description: str | None = None
 
@@ -56,33 +57,32 @@ def validate_role_name(name: str) -> None:
         raise RoleError("A role name is 1 to 63 characters: lowercase letters, digits, '-' and '_'.", field="name")
 
 
-def parse_permissions(names: Iterable[str]) -> frozenset[Permission]:
+def parse_permissions(names: Iterable[str]) -> frozenset[str]:
+    """The named permissions: built-in ones as `Permission` members, the team's own as plain names."""
     if isinstance(names, str):
         names = (names,)
-    result: set[Permission] = set()
+    result: set[str] = set()
     unknown: set[str] = set()
     for name in names:
-        try:
-            permission = Permission(name)
-        except ValueError:
+        if not is_permission(name):
             unknown.add(name)
             continue
-        if permission not in TENANT_PERMISSIONS:
+        if not is_tenant_permission(name):
             raise RoleError(f"{_echo(name)} cannot be granted inside an organization.", field="permissions")
-        result.add(permission)
+        result.add(Permission(name) if name in ALL_PERMISSION_NAMES else name)
     if unknown:
         listed = ", ".join(_echo(n) for n in sorted(unknown))
         raise RoleError(f"Unknown permission: {listed}.", field="permissions")
     return frozenset(result)
 
 
-def resolve_permissions(role: str, custom: Mapping[str, RoleDefinition]) -> frozenset[Permission]:
+def resolve_permissions(role: str, custom: Mapping[str, RoleDefinition]) -> frozenset[str]:
     """Everything `role` grants; built-in names always mean the built-in role, whatever `custom` holds."""
     if role in BUILTIN_ROLE_PERMISSIONS:
-        return BUILTIN_ROLE_PERMISSIONS[role]
+        return permissions_for_role(role)
     if role not in custom:
         return frozenset()
-    held: set[Permission] = set()
+    held: set[str] = set()
     seen: set[str] = set()
     pending = [role]
     while pending:
@@ -93,12 +93,12 @@ def resolve_permissions(role: str, custom: Mapping[str, RoleDefinition]) -> froz
         if name == PLATFORM_ROLE:
             continue
         if name in BUILTIN_ROLE_PERMISSIONS:
-            held |= BUILTIN_ROLE_PERMISSIONS[name]
+            held |= permissions_for_role(name)
         elif name in custom:
             definition = custom[name]
             held |= definition.permissions
             pending.extend(definition.inherits)
-    return frozenset(held) & TENANT_PERMISSIONS
+    return frozenset(held) & tenant_permissions()
 
 
 def _find_cycle(custom: Mapping[str, RoleDefinition]) -> list[str] | None:
@@ -146,22 +146,20 @@ def check_role_graph(custom: Mapping[str, RoleDefinition]) -> None:
         raise RoleError(f"Role inheritance forms a cycle: {' -> '.join(cycle)}.", field="inherits")
 
 
-def _missing(held: frozenset[Permission], needed: frozenset[Permission]) -> tuple[str, ...]:
-    return tuple(sorted(p.value for p in needed - held))
+def _missing(held: frozenset[str], needed: frozenset[str]) -> tuple[str, ...]:
+    return tuple(sorted(str(p) for p in needed - held))
 
 
-def can_grant(granter: frozenset[Permission], role: str, custom: Mapping[str, RoleDefinition]) -> Decision:
+def can_grant(granter: frozenset[str], role: str, custom: Mapping[str, RoleDefinition]) -> Decision:
     missing = _missing(granter, resolve_permissions(role, custom))
     if not missing:
         return ALLOW
     return Decision(allowed=False, reason="role holds permissions the granter does not", required_scopes=(missing,))
 
 
-def check_definition(
-    definition: RoleDefinition, custom: Mapping[str, RoleDefinition], creator: frozenset[Permission]
-) -> None:
+def check_definition(definition: RoleDefinition, custom: Mapping[str, RoleDefinition], creator: frozenset[str]) -> None:
     validate_role_name(definition.name)
-    platform = sorted(p.value for p in definition.permissions - TENANT_PERMISSIONS)
+    platform = sorted(str(p) for p in definition.permissions - tenant_permissions())
     if platform:
         raise RoleError(f"{_echo(platform[0])} cannot be granted inside an organization.", field="permissions")
     graph = {**custom, definition.name: definition}

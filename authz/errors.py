@@ -16,6 +16,8 @@ class ErrorCode(StrEnum):
     CONFLICT = "CONFLICT"
     OPERATION_TOO_COMPLEX = "OPERATION_TOO_COMPLEX"
     INTERNAL = "INTERNAL"
+    UPSTREAM_UNAVAILABLE = "UPSTREAM_UNAVAILABLE"
+    UPSTREAM_ERROR = "UPSTREAM_ERROR"
 
 
 class GatewayError(Exception):
@@ -56,6 +58,18 @@ INVALID_CREDENTIALS = "Invalid credentials."
 
 class QuotaExceeded(GatewayError):
     code = ErrorCode.QUOTA_EXCEEDED
+
+
+class UpstreamUnavailable(GatewayError):
+    """An upstream that did not answer in time, refused the connection, or whose circuit is open."""
+
+    code = ErrorCode.UPSTREAM_UNAVAILABLE
+
+
+class UpstreamError(GatewayError):
+    """An upstream's own error, or an answer the gateway cannot use (masked unless the upstream exposes errors)."""
+
+    code = ErrorCode.UPSTREAM_ERROR
 
 
 class OperationTooComplex(GatewayError):

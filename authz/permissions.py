@@ -1,7 +1,9 @@
 """The permission vocabulary of the contract, as data.
 
 A permission is also a scope: API keys carry a subset of these, users receive them through roles.
-`platform:*` permissions belong to the operator role and are never granted inside a tenant.
+`platform:*` permissions belong to the operator role and are never granted inside a tenant. These are the
+built-in permissions; a deployment adds its own (`authz.vocabulary`), and every check of a name against
+the vocabulary goes through `authz.vocabulary` (`is_permission`, `tenant_permissions`).
 """
 
 from __future__ import annotations
@@ -37,7 +39,3 @@ TENANT_PERMISSIONS: frozenset[Permission] = frozenset(p for p in Permission if n
 PLATFORM_PERMISSIONS: frozenset[Permission] = frozenset(Permission) - TENANT_PERMISSIONS
 
 ALL_PERMISSION_NAMES: frozenset[str] = frozenset(p.value for p in Permission)
-
-
-def is_permission(name: str) -> bool:
-    return name in ALL_PERMISSION_NAMES

@@ -1,14 +1,14 @@
 """`decide(principal, requirement)`: allowed, or the reason it is not. Pure; no I/O.
 
 A requirement follows Apollo Router's `@requiresScopes` semantics: the outer tuple is OR, each inner
-tuple is AND. An empty outer tuple means "authenticated, nothing more".
+tuple is AND. An empty outer tuple means "authenticated, nothing more". A scope is a permission name:
+a `Permission` member or a team permission's plain name (`authz.vocabulary`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from authz.permissions import Permission
 from authz.plans import PLANS, plan_rank
 from authz.principal import Principal
 
@@ -16,15 +16,15 @@ from authz.principal import Principal
 @dataclass(frozen=True, slots=True)
 class Requirement:
     authenticated: bool = True
-    any_of: tuple[tuple[Permission, ...], ...] = ()
+    any_of: tuple[tuple[str, ...], ...] = ()
     plan: str | None = None
 
     @classmethod
-    def scopes(cls, *alternatives: tuple[Permission, ...]) -> Requirement:
+    def scopes(cls, *alternatives: tuple[str, ...]) -> Requirement:
         return cls(authenticated=True, any_of=tuple(alternatives))
 
     @classmethod
-    def permission(cls, permission: Permission) -> Requirement:
+    def permission(cls, permission: str) -> Requirement:
         return cls(authenticated=True, any_of=((permission,),))
 
 
@@ -57,7 +57,7 @@ def decide(principal: Principal, requirement: Requirement) -> Decision:
             return Decision(
                 allowed=False,
                 reason="missing permission",
-                required_scopes=tuple(tuple(p.value for p in group) for group in requirement.any_of),
+                required_scopes=tuple(tuple(str(p) for p in group) for group in requirement.any_of),
             )
     if requirement.plan is not None and not plan_at_least(principal.plan, requirement.plan):
         return Decision(allowed=False, reason="plan does not include this feature", required_plan=requirement.plan)

@@ -8,8 +8,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from authz.permissions import Permission
-
 
 class PrincipalKind(StrEnum):
     ANONYMOUS = "anonymous"
@@ -32,8 +30,9 @@ class Principal:
     subject_id: str | None = None
     organization_id: str | None = None
     roles: tuple[str, ...] = ()
-    permissions: frozenset[Permission] = field(default_factory=frozenset)
-    scopes: frozenset[Permission] | None = None
+    # permission names: `Permission` members and team permissions' plain names (authz.vocabulary)
+    permissions: frozenset[str] = field(default_factory=frozenset)
+    scopes: frozenset[str] | None = None
     auth_method: AuthMethod = AuthMethod.NONE
     session_id: str | None = None
     plan: str | None = None
@@ -48,7 +47,7 @@ class Principal:
         return self.kind is not PrincipalKind.ANONYMOUS
 
     @property
-    def effective_permissions(self) -> frozenset[Permission]:
+    def effective_permissions(self) -> frozenset[str]:
         """What the caller may do: a key is limited to its scopes, a user to its roles."""
         if self.scopes is None:
             return self.permissions

@@ -1,6 +1,8 @@
 """Built-in roles: `viewer` ⊂ `analyst` ⊂ `manager` ⊂ `admin` ⊂ `owner`, plus the platform operator.
 
 Each role's permission set is the contract's table; a role includes everything of the one below it.
+`BUILTIN_ROLE_PERMISSIONS` holds the built-in permissions only: what a role holds, with the team permissions
+that list it, is `authz.vocabulary.permissions_for_role`.
 """
 
 from __future__ import annotations
@@ -55,16 +57,10 @@ def _cumulative() -> dict[str, frozenset[Permission]]:
 
 
 BUILTIN_ROLE_PERMISSIONS: dict[str, frozenset[Permission]] = _cumulative()
-_EMPTY: frozenset[Permission] = frozenset()
 
 
 def is_builtin_role(name: str) -> bool:
     return name in BUILTIN_ROLE_PERMISSIONS and name != PLATFORM_ROLE
-
-
-def permissions_for_role(name: str) -> frozenset[Permission]:
-    """The permissions of a built-in role; an unknown name grants nothing (deny by default)."""
-    return BUILTIN_ROLE_PERMISSIONS.get(name, _EMPTY)
 
 
 def roles_allowed(permission: Permission) -> tuple[str, ...]:

@@ -42,7 +42,7 @@ from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from authz import AuthMethod, Permission, Principal, PrincipalKind, is_permission
+from authz import AuthMethod, Principal, PrincipalKind, is_permission
 from identity.sessions import ORG_KEY, USER_KEY, role_permissions
 from store.db import Database
 from store.models import ApiKey, Membership, Organization, User
@@ -134,8 +134,8 @@ class ApiKeyInfo:
     organization_id: str
     holder_id: str
     plan: str
-    scopes: frozenset[Permission]
-    permissions: frozenset[Permission]
+    scopes: frozenset[str]
+    permissions: frozenset[str]
     networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     rate_limit_per_minute: int | None
     expires_at: float | None
@@ -209,7 +209,7 @@ async def load_api_key(db: AsyncSession, parsed: ParsedKey, digest: str, now: da
         return None
     if key.revoked_at is not None or role is None or not active:
         return None
-    scopes = frozenset(Permission(s) for s in key.scopes if is_permission(s))
+    scopes = frozenset(s for s in key.scopes if is_permission(s))
     return ApiKeyInfo(
         key_id=key.id,
         organization_id=key.organization_id,

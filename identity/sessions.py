@@ -20,7 +20,7 @@ from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
-from authz import AuthMethod, Permission, RoleDefinition, is_builtin_role, is_permission, resolve_permissions
+from authz import AuthMethod, RoleDefinition, is_builtin_role, is_permission, resolve_permissions
 from identity.tokens import hash_opaque_token, new_refresh_token
 from store.models import (
     AuthSession,
@@ -56,7 +56,7 @@ class SessionInfo:
     plan: str
     auth_method: str
     expires_at: datetime
-    permissions: frozenset[Permission] = frozenset()
+    permissions: frozenset[str] = frozenset()
     mfa_enrollment_required: bool = False
     last_seen_at: datetime | None = None
 
@@ -115,7 +115,7 @@ def role_definition(row: Role) -> RoleDefinition:
     """A stored custom role as `authz` sees it; a permission name no longer in the vocabulary grants nothing."""
     return RoleDefinition(
         name=row.name,
-        permissions=frozenset(Permission(p) for p in row.permissions if is_permission(p)),
+        permissions=frozenset(p for p in row.permissions if is_permission(p)),
         inherits=tuple(row.inherits),
         description=row.description,
     )
@@ -127,7 +127,7 @@ async def load_custom_roles(db: AsyncSession, organization_id: str) -> dict[str,
     return {row.name: role_definition(row) for row in rows.scalars().all()}
 
 
-async def role_permissions(db: AsyncSession, organization_id: str, role: str) -> frozenset[Permission]:
+async def role_permissions(db: AsyncSession, organization_id: str, role: str) -> frozenset[str]:
     """What a member holding `role` in the organization may do; an unknown role grants nothing."""
     if is_builtin_role(role):
         return resolve_permissions(role, {})

@@ -30,7 +30,7 @@ from datetime import datetime, timedelta
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from authz import BuiltinRole, Permission, Principal, PrincipalKind, RoleError, parse_permissions
+from authz import BuiltinRole, Principal, PrincipalKind, RoleError, is_permission, parse_permissions
 from authz.errors import BadUserInput, Conflict, Forbidden, NotFound
 from authz.plans import QuotaResource
 from identity.api_keys import apikey_key, env_label, hash_secret, new_prefix, new_secret, parse
@@ -72,7 +72,7 @@ def _name(name: str) -> str:
     return name
 
 
-def _scopes(names: list[str]) -> frozenset[Permission]:
+def _scopes(names: list[str]) -> frozenset[str]:
     if not names:
         raise BadUserInput("a key needs at least one scope", field="scopes")
     if len(names) > MAX_SCOPES:
@@ -96,8 +96,8 @@ def _cidrs(values: list[str] | None) -> list[str]:
     return sorted(set(networks))
 
 
-def _check_within(principal: Principal, scopes: frozenset[Permission], message: str) -> None:
-    missing = sorted(p.value for p in scopes - principal.effective_permissions)
+def _check_within(principal: Principal, scopes: frozenset[str], message: str) -> None:
+    missing = sorted(str(p) for p in scopes - principal.effective_permissions)
     if missing:
         raise Forbidden(message, requiredScopes=[missing])
 
@@ -186,7 +186,7 @@ def issue_key(
     organization_id: str,
     created_by: str,
     name: str,
-    scopes: frozenset[Permission],
+    scopes: frozenset[str],
     allowed_ips: list[str],
     rate_limit_per_minute: int | None,
     expires_at: datetime | None,
@@ -204,7 +204,7 @@ def issue_key(
         env=label,
         prefix=prefix,
         secret_hash=hash_secret(pepper, parse(secret).secret),
-        scopes=sorted(p.value for p in scopes),
+        scopes=sorted(str(p) for p in scopes),
         allowed_ips=allowed_ips,
         rate_limit_per_minute=rate_limit_per_minute,
         expires_at=expires_at,
@@ -248,8 +248,12 @@ async def rotate_api_key(ctx: RequestContext, key_id: str, grace_period_seconds:
     key = await _key(db, org_id, key_id, lock=True)
     if key.revoked_at is not None:
         raise NotFound(API_KEY_NOT_FOUND)
+    # a scope no longer in the vocabulary (a team permission since removed) grants nothing, so it is not
+    # handed out again by rotating
     _check_within(
-        principal, frozenset(Permission(s) for s in key.scopes), "You cannot rotate a key with scopes you do not hold."
+        principal,
+        frozenset(s for s in key.scopes if is_permission(s)),
+        "You cannot rotate a key with scopes you do not hold.",
     )
     holder = await _acting_user(ctx, db, org_id)
     if holder != key.held_by and grace_period_seconds > 0:

@@ -50,7 +50,7 @@ async def build_access(db: AsyncSession, org: Organization, period: Period, out:
     )
     builtin = [r.value for r in BuiltinRole]
     role_names = [*builtin, *sorted(set(custom) - set(builtin))]
-    permissions = {r: " ".join(sorted(p.value for p in resolve_permissions(r, custom))) for r in role_names}
+    permissions = {r: " ".join(sorted(str(p) for p in resolve_permissions(r, custom))) for r in role_names}
     for role in role_names:
         await out.add(
             "role",
@@ -84,7 +84,7 @@ async def build_access(db: AsyncSession, org: Organization, period: Period, out:
         with_mfa += bool(mfa)
         status = _member_status(last_login, since, now)
         statuses[status] += 1
-        granted = permissions.get(role) or " ".join(sorted(p.value for p in resolve_permissions(role, custom)))
+        granted = permissions.get(role) or " ".join(sorted(str(p) for p in resolve_permissions(role, custom)))
         await out.add(
             "member",
             "user",

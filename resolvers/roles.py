@@ -23,13 +23,13 @@ from sqlmodel import col
 from authz import (
     BUILTIN_ROLE_PERMISSIONS,
     BuiltinRole,
-    Permission,
     RoleDefinition,
     RoleError,
     can_grant,
     check_definition,
     is_builtin_role,
     parse_permissions,
+    permissions_for_role,
     validate_role_name,
 )
 from authz.errors import BadUserInput, Conflict, Forbidden, NotFound
@@ -73,8 +73,8 @@ class RoleSpec:
     inherits: list[str]
 
 
-def _sorted_names(permissions: frozenset[Permission]) -> tuple[str, ...]:
-    return tuple(sorted(p.value for p in permissions))
+def _sorted_names(permissions: frozenset[str]) -> tuple[str, ...]:
+    return tuple(sorted(str(p) for p in permissions))
 
 
 def _builtin_views() -> list[RoleView]:
@@ -82,7 +82,7 @@ def _builtin_views() -> list[RoleView]:
         RoleView(
             role.value,
             BUILTIN_DESCRIPTIONS[role],
-            _sorted_names(BUILTIN_ROLE_PERMISSIONS[role.value]),
+            _sorted_names(permissions_for_role(role.value)),
             (),
             built_in=True,
         )
@@ -110,7 +110,7 @@ async def require_role(db: AsyncSession, organization_id: str, role: str) -> dic
 
 
 def check_can_grant(
-    granter: frozenset[Permission], roles: list[str], custom: Mapping[str, RoleDefinition], message: str
+    granter: frozenset[str], roles: list[str], custom: Mapping[str, RoleDefinition], message: str
 ) -> None:
     """FORBIDDEN, naming the missing permissions, unless the granter holds everything each role grants."""
     missing: set[str] = set()
@@ -144,7 +144,7 @@ def _definition(spec: RoleSpec) -> RoleDefinition:
     )
 
 
-def _check(definition: RoleDefinition, custom: Mapping[str, RoleDefinition], creator: frozenset[Permission]) -> None:
+def _check(definition: RoleDefinition, custom: Mapping[str, RoleDefinition], creator: frozenset[str]) -> None:
     try:
         check_definition(definition, custom, creator)
     except RoleError as exc:

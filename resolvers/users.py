@@ -20,7 +20,7 @@ class Viewer:
 
 async def list_permissions(ctx: RequestContext) -> list[str]:
     """The caller's effective permissions, by name."""
-    return sorted(p.value for p in ctx.principal.effective_permissions)
+    return sorted(str(p) for p in ctx.principal.effective_permissions)
 
 
 async def get_viewer(ctx: RequestContext) -> Viewer:

@@ -402,7 +402,7 @@ def describe(requirement: Requirement | None) -> str:
         return ""
     parts = []
     if requirement.any_of:
-        parts.append("@requiresScopes(" + " | ".join(" & ".join(p.value for p in g) for g in requirement.any_of) + ")")
+        parts.append("@requiresScopes(" + " | ".join(" & ".join(str(p) for p in g) for g in requirement.any_of) + ")")
     if requirement.plan:
         parts.append(f"@requiresPlan({requirement.plan.upper()})")
     return " ".join(parts) or "@authenticated"

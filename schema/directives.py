@@ -15,7 +15,7 @@ from strawberry.extensions import FieldExtension
 from strawberry.schema_directive import Location
 from strawberry.types import Info
 
-from authz import Decision, Permission, Requirement, decide
+from authz import ALL_PERMISSION_NAMES, Decision, Permission, Requirement, decide, is_permission
 from authz.errors import ErrorCode, Forbidden, Unauthenticated
 from schema.enums import Plan
 
@@ -136,9 +136,9 @@ def authenticated() -> dict[str, Any]:
     return _rule([Authenticated()], Requirement())
 
 
-def requires_scopes(*groups: tuple[Permission, ...] | Permission) -> dict[str, Any]:
+def requires_scopes(*groups: tuple[str, ...] | str) -> dict[str, Any]:
     normalized = tuple(g if isinstance(g, tuple) else (g,) for g in groups)
-    return _rule([RequiresScopes(scopes=[[p.value for p in g] for g in normalized])], Requirement.scopes(*normalized))
+    return _rule([RequiresScopes(scopes=[[str(p) for p in g] for g in normalized])], Requirement.scopes(*normalized))
 
 
 def list_size(rule: dict[str, Any], **size: Any) -> dict[str, Any]:
@@ -151,16 +151,25 @@ def scoped(rule: dict[str, Any]) -> dict[str, Any]:
     return {**rule, "directives": [*rule["directives"], Scoped()]}
 
 
+def _permission(name: str) -> str:
+    """A name of the vocabulary: a built-in permission or an installed team permission."""
+    if name in ALL_PERMISSION_NAMES:
+        return Permission(name)
+    if is_permission(name):
+        return name
+    raise ValueError(f"{name!r} is not a permission of the vocabulary")
+
+
 def requirement_from_directives(directives: Any) -> Requirement | None:
     """The rule stated by authorization directives written on a type or an interface."""
     found = [d for d in directives or () if isinstance(d, Authenticated | RequiresScopes | RequiresPlan)]
     if not found:
         return None
-    any_of: tuple[tuple[Permission, ...], ...] = ()
+    any_of: tuple[tuple[str, ...], ...] = ()
     plan = None
     for d in found:
         if isinstance(d, RequiresScopes):
-            any_of = tuple(tuple(Permission(p) for p in group) for group in d.scopes)
+            any_of = tuple(tuple(_permission(p) for p in group) for group in d.scopes)
         elif isinstance(d, RequiresPlan):
             plan = d.plan.value
     return Requirement(authenticated=True, any_of=any_of, plan=plan)

@@ -19,6 +19,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlmodel import SQLModel
 
+from authz import install_team_permissions, team_permissions
 from gateway.app import create_app
 from gateway.settings import Settings
 from identity.passwords import HashParameters, PasswordHasherService
@@ -65,6 +66,17 @@ def missing_audit_entries() -> Iterator[list[logging.LogRecord]]:
         logger.removeHandler(handler)
     missing = sorted({str(getattr(r, "field", "?")) for r in records})
     assert not missing, f"mutations whose service recorded no audit entry: {', '.join(missing)}"
+
+
+@pytest.fixture(autouse=True)
+def restored_team_permissions() -> Iterator[None]:
+    """The team permissions are process-wide (authz.vocabulary): whatever a test installs is gone after it,
+    and the set installed before it (empty, unless a wider fixture installed one) is back."""
+    before = tuple(team_permissions().values())
+    try:
+        yield
+    finally:
+        install_team_permissions(before)
 
 
 @pytest.fixture(scope="session")
