@@ -33,7 +33,7 @@ test: dev-install
 lint: dev-install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy authz identity store schema resolvers gateway bench
+	$(BIN)/mypy authz identity store schema resolvers gateway bench examples
 
 bench: dev-install
 	@command -v wrk >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; } \

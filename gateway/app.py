@@ -11,17 +11,20 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from authz import install_team_permissions
 from gateway.admission import AdmissionPolicy, EdgeAdmission, OrgLimitCache
 from gateway.graphql import GraphQLView
 from gateway.logs import configure_logging
@@ -41,11 +44,13 @@ from gateway.route_limits import RouteLimits
 from gateway.saml import SamlLogin, SamlRoutes
 from gateway.settings import Environment, OnRedisError, Settings
 from gateway.sso import sso_routes
+from gateway.upstreams import load_upstreams
 from gateway.usage import UsageFlusher
 from gateway.windows import LocalWindows, RedisWindows, WindowStore
 from identity.api_keys import ApiKeyCache, ApiKeyVerifier, LastUsedRecorder
 from identity.authentication import Authenticator
 from identity.browser_sessions import BrowserSessionPolicy, BrowserSessions
+from identity.context_tokens import ContextTokens
 from identity.lockout import LockoutPolicy, LoginThrottle
 from identity.oidc import OidcRelyingParty, TransactionStore
 from identity.outbound import OutboundPolicy
@@ -57,6 +62,8 @@ from identity.tokens import AccessTokens, KeyRing
 from identity.totp import TotpService
 from resolvers.deps import Services
 from schema import ExtensionFactory, PortcullisSchema, build_schema
+from schema.upstreams import Composition, Forwarder
+from schema.upstreams.direct import DirectForward
 from store.db import Database
 
 log = logging.getLogger("portcullis")
@@ -234,19 +241,66 @@ class GatewayMetrics:
         limiter.on_refused = lambda name: self.rate_limited.labels(name).inc()
         limiter.on_store_error = lambda outcome: self.limiter_errors.labels(outcome).inc()
 
+    def watch_upstreams(self, forwarder: Forwarder) -> None:
+        """Each upstream's requests, failures (no answer, or a 5xx) and circuit, read when /metrics is."""
+        self.registry.register(_UpstreamCollector(forwarder))
+
+
+class _UpstreamCollector(Collector):
+    def __init__(self, forwarder: Forwarder) -> None:
+        self.forwarder = forwarder
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "portcullis_upstream_requests", "Requests sent to each upstream", labels=["upstream"]
+        )
+        failures = CounterMetricFamily(
+            "portcullis_upstream_failures",
+            "Upstream requests that failed: no answer in time, refused, or a 5xx",
+            labels=["upstream"],
+        )
+        opened = CounterMetricFamily(
+            "portcullis_upstream_circuit_opened", "Times each upstream's circuit opened", labels=["upstream"]
+        )
+        circuit = GaugeMetricFamily(
+            "portcullis_upstream_circuit_open",
+            "1 while an upstream's circuit is open (its fields fail fast with UPSTREAM_UNAVAILABLE)",
+            labels=["upstream"],
+        )
+        for name, status in self.forwarder.status().items():
+            requests.add_metric([name], status["requests"])
+            failures.add_metric([name], status["failures"])
+            opened.add_metric([name], status["circuitOpened"])
+            circuit.add_metric([name], 0 if status["circuit"] == "closed" else 1)
+        yield from (requests, failures, opened, circuit)
+
 
 def build_gateway_schema(
     settings: Settings,
     *,
     extensions: Callable[[list[ExtensionFactory]], list[ExtensionFactory]] | None = None,
+    upstreams: Composition | None = None,
 ) -> PortcullisSchema:
-    """The schema with the settings' options; `extensions` as for `schema.build_schema`."""
+    """The schema with the settings' options; `extensions` as for `schema.build_schema`; `upstreams` mounted."""
     return build_schema(
         anonymous_introspection=settings.anonymous_introspection,
         field_suggestions=settings.suggestions_enabled,
         reject_unauthorized=settings.reject_unauthorized,
         extensions=extensions,
+        upstreams=upstreams,
     )
+
+
+def gateway_upstreams(settings: Settings, services: Services) -> Composition | None:
+    """The upstreams file read, checked and composed, its forwarder installed in `services`; None without a file.
+    The team's permissions join the vocabulary either way (none without a file)."""
+    if settings.upstreams_file is None:
+        install_team_permissions(())
+        return None
+    composition = load_upstreams(settings.upstreams_file)
+    tokens = ContextTokens(services.tokens.keys, issuer=settings.public_url)
+    services.upstreams = Forwarder(composition, tokens)
+    return composition
 
 
 def edge_middleware(
@@ -293,12 +347,17 @@ def gateway_parts(settings: Settings) -> GatewayParts:
     services = build_services(settings)
     rate_limit_audit = RateLimitAudit(services.audit, redis=services.redis, clock=services.clock)
     metrics = GatewayMetrics()
+    upstreams = gateway_upstreams(settings, services)
+    schema = build_gateway_schema(settings, upstreams=upstreams)
+    if services.upstreams is not None:
+        metrics.watch_upstreams(services.upstreams)
+        services.upstreams.direct = DirectForward(schema.authorizer.schema, services.upstreams, schema.cost_model)
     return GatewayParts(
         settings,
         services,
         rate_limit_audit,
         metrics,
-        build_gateway_schema(settings),
+        schema,
         edge_middleware(settings, services, metrics, rate_limit_audit),
     )
 
@@ -345,9 +404,11 @@ def assemble(parts: GatewayParts, *, saml_login: SamlLogin | None = None) -> Sta
             except Exception:
                 log.exception("readiness: redis unreachable")
                 checks["redis"], healthy = "unavailable", False
-        return JSONResponse(
-            {"status": "ok" if healthy else "unavailable", "checks": checks}, status_code=200 if healthy else 503
-        )
+        body: dict[str, Any] = {"status": "ok" if healthy else "unavailable", "checks": checks}
+        if services.upstreams is not None:
+            # an upstream's state is detail, not readiness: the gateway still answers its other fields
+            body["upstreams"] = services.upstreams.status()
+        return JSONResponse(body, status_code=200 if healthy else 503)
 
     async def jwks(_: Request) -> Response:
         return JSONResponse(services.tokens.keys.jwks(), headers={"cache-control": "public, max-age=300"})
@@ -387,6 +448,8 @@ def assemble(parts: GatewayParts, *, saml_login: SamlLogin | None = None) -> Sta
             with contextlib.suppress(Exception):
                 await rate_limit_audit.stop()
             await services.revocations.stop()
+            if services.upstreams is not None:
+                await services.upstreams.close()
             if services.redis is not None:
                 await services.redis.aclose()
             await services.db.dispose()

@@ -48,6 +48,14 @@ class GraphQLView(GraphQL):
             await send(message)
 
         try:
+            direct = getattr(self.services.upstreams, "direct", None)
+            if direct is not None and scope["method"] == "POST":
+                state = scope.get("state", {})
+                principal = state.get("principal")
+                answered = await direct.answer(request, principal, self.services) if principal is not None else None
+                if answered is not None:
+                    await answered(scope, receive, tracking_send)
+                    return
             try:
                 response = await self.run(request)
             except HTTPException as exc:

@@ -201,6 +201,8 @@ class Settings(BaseSettings):
     introspection: bool | None = None
     field_suggestions: bool | None = None
     reject_unauthorized: bool = False
+    # the team's permissions and GraphQL upstreams (docs/upstreams.md); none when unset
+    upstreams_file: Path | None = None
 
     # Single sign-on and browser sessions (docs/sso.md). The public URL is the gateway's origin as browsers
     # and identity providers reach it: the OIDC redirect URI is built from it, never from the Host header.

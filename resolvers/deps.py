@@ -14,7 +14,7 @@ from typing import Any, cast
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from authz import Permission, Principal, PrincipalKind
+from authz import Principal, PrincipalKind, permission_names
 from authz.roles import PLATFORM_ROLE
 from identity.api_keys import ApiKeyCache, LastUsedRecorder
 from identity.authentication import Authenticator
@@ -64,6 +64,8 @@ class Services:
     # outgoing mail (resolvers/mail.py): queue with `send_mail(ctx, ...)`
     mail: Mailer | None = None
     clock: Callable[[], float] = field(default=time.time)
+    # the team's upstreams (schema.upstreams.Forwarder); None when none is configured
+    upstreams: Any = None
     audit: AuditTrail = None  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
@@ -139,6 +141,8 @@ class RequestContext:
         self.operation_cost: int | None = None
         # the paths of the denied fields (schema.authorization), for an explained operation
         self.denied_paths: list[Any] | None = None
+        # the operation's requests to upstreams (schema.upstreams.ForwardState), when it selects their fields
+        self.forwarding: Any = None
         # the admission decision taken before execution (schema.limits.admission)
         self.admission: Any = None
         # cost points charged while executing, for work priced by the data (resolvers.budgets.charge_work),
@@ -175,7 +179,7 @@ class RequestContext:
             kind=PrincipalKind.USER,
             organization_id=organization_id,
             roles=(PLATFORM_ROLE,),
-            permissions=frozenset(Permission),
+            permissions=permission_names(),
             request_id=new_ordered_id(),
         )
         ctx = cls(services, principal)

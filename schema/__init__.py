@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import strawberry
 from graphql import GraphQLError
@@ -38,6 +38,9 @@ from schema.saml import SamlMutation
 from schema.sso import SsoMutation
 from schema.users import UserQuery
 
+if TYPE_CHECKING:
+    from schema.upstreams import Composition
+
 log = logging.getLogger("portcullis.graphql")
 
 Query = merge_types("Query", (UserQuery, OrganizationQuery, RoleQuery, RateLimitQuery, AuditQuery, ReportQuery))
@@ -67,13 +70,23 @@ class PortcullisSchema(strawberry.Schema):
     def process_errors(self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None) -> None:
         # Expected refusals and invalid documents are the caller's business; only the unexpected is
         # logged, with its traceback and the request id (never the variables).
+        ctx = execution_context.context if execution_context is not None else None
+        forwarding = getattr(ctx, "forwarding", None)
+        forwarded = forwarding.plan.keys if forwarding is not None else frozenset()
         for error in errors:
             original = error.original_error
             if original is None or isinstance(original, GatewayError | GraphQLError):
                 continue
-            rid = getattr(
-                getattr(execution_context and execution_context.context, "principal", None), "request_id", None
-            )
+            rid = getattr(getattr(ctx, "principal", None), "request_id", None)
+            if error.path and error.path[0] in forwarded:
+                # an upstream's answer that does not fit its schema: the upstream's fault, told as UPSTREAM_ERROR
+                log.warning(
+                    "upstream answer refused at %s: %s",
+                    ".".join(map(str, error.path)),
+                    error.message,
+                    extra={"request_id": rid},
+                )
+                continue
             log.error(
                 "unexpected error in %s",
                 ".".join(map(str, error.path or [])) or "operation",
@@ -103,6 +116,7 @@ def default_extensions(
     reject_unauthorized: bool = False,
     cache_size: int = 1024,
     operation_limits: Mapping[Plan, OperationLimits] = OPERATION_LIMITS,
+    forwarding: bool = False,
 ) -> list[ExtensionFactory]:
     """Every operation's extensions, in the order their hooks enter. `schema` gives the schema once it is
     built: the cost model and the authorizer are made from it.
@@ -125,6 +139,10 @@ def default_extensions(
         Authorize(schema, reject_unauthorized),
         AdmissionExtension,
     ]
+    if forwarding:
+        from schema.upstreams import Forwarding
+
+        extensions.append(Forwarding)
     return extensions
 
 
@@ -139,6 +157,7 @@ def build_schema(
     operation_limits: Mapping[Plan, OperationLimits] = OPERATION_LIMITS,
     default_list_size: int = DEFAULT_LIST_SIZE,
     extensions: Callable[[list[ExtensionFactory]], list[ExtensionFactory]] | None = None,
+    upstreams: Composition | None = None,
 ) -> PortcullisSchema:
     """The gateway's schema (`query`/`mutation` replace the root types, for tests of the machinery).
 
@@ -151,12 +170,19 @@ def build_schema(
         reject_unauthorized=reject_unauthorized,
         cache_size=cache_size,
         operation_limits=operation_limits,
+        forwarding=upstreams is not None and not upstreams.empty,
     )
     if extensions is not None:
         installed = extensions(installed)
+    query = query or Query
+    mutation = mutation or Mutation
+    if upstreams is not None and upstreams.query is not None:
+        query = merge_types("Query", (query, upstreams.query))
+    if upstreams is not None and upstreams.mutation is not None:
+        mutation = merge_types("Mutation", (mutation, upstreams.mutation))
     schema = PortcullisSchema(
-        query=query or Query,
-        mutation=mutation or Mutation,
+        query=query,
+        mutation=mutation,
         extensions=installed,
         config=StrawberryConfig(disable_field_suggestions=not field_suggestions),
     )

@@ -23,7 +23,7 @@ from strawberry.scalars import JSON
 from strawberry.types import ExecutionContext
 
 from authz import Permission
-from authz.errors import ErrorCode, GatewayError
+from authz.errors import BadUserInput, ErrorCode, GatewayError
 from resolvers import audit as service
 from resolvers.audit import AuditFilter
 from schema.context import Info
@@ -217,8 +217,11 @@ def operation_events(ctx: Any, ec: ExecutionContext) -> OperationAudit:
     if not errors:
         out.with_commit = list(ctx.audit_events)
         recorded = ctx.audited_actions | ctx.audited_now
+        forwarded = ctx.forwarding.plan.keys if getattr(ctx, "forwarding", None) is not None else frozenset()
         for node in fields:
             name = node.name.value
+            if (node.alias or node.name).value in forwarded:
+                continue  # an upstream's mutation, audited as it is forwarded (schema.upstreams.forwarding)
             if not _covered(recorded, name):
                 log.error("audit_entry_missing", extra={"field": name, "request_id": ctx.principal.request_id})
                 action, resource_type, _ = FIELD_ACTIONS.get(name, (A.MUTATION, None, ()))
@@ -318,6 +321,9 @@ class AuditLogFilter:
     request_id: str | None = None
     from_: datetime | None = strawberry.field(default=None, name="from")
     to: datetime | None = None
+    upstream: str | None = strawberry.field(
+        default=None, description="Entries about one upstream service (its forwarded mutations), by its name."
+    )
 
 
 @strawberry.type
@@ -335,11 +341,16 @@ class AuditQuery:
         ctx = info.context
         f = None
         if filter is not None:
+            resource_type, resource_id = filter.resource_type, filter.resource_id
+            if filter.upstream is not None:
+                if resource_type not in (None, "upstream") or resource_id not in (None, filter.upstream):
+                    raise BadUserInput("`upstream` names the resource already: leave resourceType and resourceId out.")
+                resource_type, resource_id = "upstream", filter.upstream
             f = AuditFilter(
                 actor_id=filter.actor_id,
                 action=filter.action,
-                resource_type=filter.resource_type,
-                resource_id=filter.resource_id,
+                resource_type=resource_type,
+                resource_id=resource_id,
                 result=filter.result,
                 request_id=filter.request_id,
                 start=filter.from_,

@@ -8,7 +8,7 @@ from authz.plans import PLANS, Plan
 from gateway.cli.api_keys import cmd_api_key
 from gateway.cli.audit import cmd_audit
 from gateway.cli.mail import cmd_mail
-from gateway.cli.server import cmd_authz_report, cmd_keys_generate, cmd_migrate, cmd_schema, cmd_serve
+from gateway.cli.server import cmd_authz_report, cmd_keys_generate, cmd_migrate, cmd_schema, cmd_serve, cmd_upstreams
 from gateway.cli.tenants import (
     DEMO_ORG,
     DEMO_OWNER,
@@ -35,7 +35,15 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_serve)
 
     sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)
-    sub.add_parser("schema", help="print the GraphQL SDL").set_defaults(func=cmd_schema)
+    sub.add_parser("schema", help="print the GraphQL SDL, with the upstreams mounted").set_defaults(func=cmd_schema)
+
+    up = sub.add_parser("upstreams", help="the team's upstream services (PORTCULLIS_UPSTREAMS_FILE)")
+    upsub = up.add_subparsers(dest="upstreams_command", required=True)
+    chk = upsub.add_parser(
+        "check", help="validate the upstreams file, load every schema, print the composed SDL or every problem"
+    )
+    chk.add_argument("--file", help="the upstreams file (default: PORTCULLIS_UPSTREAMS_FILE)")
+    up.set_defaults(func=cmd_upstreams)
 
     b = sub.add_parser("bootstrap", help="create a tenant and its owner")
     b.add_argument("--org", required=True)

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.cli.common import check_signing_keys, load_settings
+
+if TYPE_CHECKING:
+    from schema import PortcullisSchema
+    from schema.upstreams import Composition
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -13,6 +19,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = load_settings()  # refuse insecure configuration before binding a port
     check_signing_keys(settings)
+    if settings.upstreams_file is not None and _upstreams_problems(settings.upstreams_file):
+        return 2
     uvicorn.run(
         "gateway.app:create_app",
         factory=True,
@@ -46,20 +54,85 @@ def cmd_migrate(_: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_schema(_: argparse.Namespace) -> int:
-    from schema import export_sdl
+def _upstreams_problems(path: Path) -> bool:
+    """Prints every problem of the upstreams file to stderr; true when there is any."""
+    from gateway.upstreams import UpstreamsFileError, load_upstreams
 
-    sys.stdout.write(export_sdl())
+    try:
+        load_upstreams(path)
+    except UpstreamsFileError as exc:
+        print(f"portcullis: {path}: {len(exc.problems)} problem(s):", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return True
+    return False
+
+
+def _composed_schema() -> tuple[PortcullisSchema, Composition | None]:
+    """The gateway's schema with the upstreams of `PORTCULLIS_UPSTREAMS_FILE` mounted, if it names one."""
+    from gateway.settings import Settings
+    from gateway.upstreams import load_upstreams
+    from schema import build_schema
+
+    path = Settings().upstreams_file
+    composition = load_upstreams(path) if path is not None else None
+    return build_schema(upstreams=composition), composition
+
+
+def cmd_upstreams(args: argparse.Namespace) -> int:
+    from gateway.settings import Settings
+    from gateway.upstreams import UpstreamsFileError, load_upstreams
+    from schema import build_schema
+
+    path = Path(args.file) if args.file else Settings().upstreams_file
+    if path is None:
+        print("portcullis: no upstreams file (PORTCULLIS_UPSTREAMS_FILE or --file)", file=sys.stderr)
+        return 2
+    try:
+        composition = load_upstreams(path)
+    except UpstreamsFileError as exc:
+        print(f"portcullis: {path}: {len(exc.problems)} problem(s):", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return 1
+    sys.stdout.write(build_schema(upstreams=composition).as_str() + "\n")
+    for upstream, type_name, field_name in composition.unruled():
+        print(f"portcullis: {upstream}: {type_name}.{field_name} has no rule: not mounted", file=sys.stderr)
+    return 0
+
+
+def cmd_schema(_args: argparse.Namespace) -> int:
+    from gateway.upstreams import UpstreamsFileError
+
+    try:
+        schema, _ = _composed_schema()
+    except UpstreamsFileError as exc:
+        print("portcullis: the upstreams file has problems; see `portcullis upstreams check`", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return 1
+    sys.stdout.write(schema.as_str() + "\n")
     return 0
 
 
 def cmd_authz_report(args: argparse.Namespace) -> int:
     import json
 
-    from schema import build_schema
+    from gateway.upstreams import UpstreamsFileError
     from schema.authorization import field_table
 
-    rows = field_table(build_schema().authorizer)
+    try:
+        schema, composition = _composed_schema()
+    except UpstreamsFileError:
+        print("portcullis: the upstreams file has problems; see `portcullis upstreams check`", file=sys.stderr)
+        return 1
+    rows = field_table(schema.authorizer)
+    if composition is not None:
+        # default deny: an upstream root field without a rule is not mounted, nor what only it reaches
+        rows += [
+            {"type": t, "field": f, "rule": f"unreachable: upstream {u} gives it no rule", "roles": []}
+            for u, t, f in composition.unruled()
+        ]
     if args.format == "json":
         print(json.dumps(rows, indent=2))
     else:

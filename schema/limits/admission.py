@@ -80,6 +80,19 @@ def _email(node: FieldNode, variables: Mapping[str, Any]) -> str:
     return ""
 
 
+def refusal(decision: Any) -> GatewayError:
+    """The error of a request admission refused: 429 `RATE_LIMITED`, or the limiter unavailable."""
+    if decision.status == 429:
+        return RateLimited(
+            f"Rate limit exceeded ({decision.refused_by.name if decision.refused_by else 'limit'}); "
+            f"retry in {decision.retry_after} s.",
+            retryAfter=decision.retry_after,
+        )
+    return GatewayError(
+        "The rate limiter is unavailable; retry shortly.", code=ErrorCode.INTERNAL, retryAfter=decision.retry_after
+    )
+
+
 class AdmissionExtension(SchemaExtension):
     def __init__(self) -> None:
         super().__init__()
@@ -110,18 +123,7 @@ class AdmissionExtension(SchemaExtension):
         if decision.admitted:
             return
         ec = self.execution_context
-        if decision.status == 429:
-            error: GatewayError = RateLimited(
-                f"Rate limit exceeded ({decision.refused_by.name if decision.refused_by else 'limit'}); "
-                f"retry in {decision.retry_after} s.",
-                retryAfter=decision.retry_after,
-            )
-        else:
-            error = GatewayError(
-                "The rate limiter is unavailable; retry shortly.",
-                code=ErrorCode.INTERNAL,
-                retryAfter=decision.retry_after,
-            )
+        error = refusal(decision)
         ec.pre_execution_errors = [GraphQLError(error.message, original_error=error)]
         response = getattr(ctx, "response", None)
         if response is not None:

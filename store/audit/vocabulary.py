@@ -81,6 +81,8 @@ class AuditAction(StrEnum):
     MEMBER_REMOVED = "member_removed"
     SSO_CONFIGURED = "sso_configured"
     REPORT_GENERATED = "report_generated"
+    # a root mutation field of an upstream, forwarded (its upstream, field, outcome and latency; never arguments)
+    UPSTREAM_MUTATION = "upstream_mutation"
     # limits
     EXCESS_RATE_LIMIT_EXCEEDED = "excess_rate_limit_exceeded"
     # a mutation the vocabulary does not name yet (recorded all the same)

@@ -1,0 +1,200 @@
+"""The upstreams file (`PORTCULLIS_UPSTREAMS_FILE`): the team's permissions and GraphQL upstreams, read and
+checked once at start. Every problem is found and reported at once; `serve` refuses to start on any of them,
+`portcullis upstreams check` prints them (docs/upstreams.md)."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from graphql import build_client_schema, get_introspection_query, print_schema
+
+from authz import TeamPermission, TeamPermissionError, install_team_permissions
+from resolvers.upstream_client import NEVER_FORWARDED, UpstreamConfig
+from schema.upstreams import Composition, CompositionError, compose_upstreams
+from schema.upstreams.sdl import PRESET_ATTRIBUTES
+
+_NAME = re.compile(r"[a-z0-9-]+")
+_ARGUMENT = re.compile(r"[_A-Za-z][_0-9A-Za-z]*")
+_HEADER = re.compile(r"[A-Za-z0-9-]+")
+_UPSTREAM_KEYS = frozenset(
+    {"name", "url", "schema", "timeout_seconds", "max_connections", "forward_headers", "expose_errors", "presets"}
+)
+_PERMISSION_KEYS = frozenset({"name", "description", "roles"})
+
+
+class UpstreamsFileError(Exception):
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass
+class UpstreamsFile:
+    path: Path
+    permissions: list[TeamPermission] = field(default_factory=list)
+    upstreams: list[UpstreamConfig] = field(default_factory=list)
+
+
+def _introspect(url: str, timeout: float) -> str:
+    body = orjson.dumps({"query": get_introspection_query(descriptions=True)})
+    request = urllib.request.Request(  # noqa: S310 (an http(s) address, checked above)
+        url, data=body, headers={"content-type": "application/json"}, method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (the operator's own URL)
+        result = orjson.loads(response.read(10 * 1024 * 1024))
+    if not isinstance(result, dict) or not isinstance(result.get("data"), dict):
+        raise ValueError("the introspection answer is not a GraphQL result")
+    return print_schema(build_client_schema(result["data"]))
+
+
+def _upstream(entry: Any, index: int, base: Path, problems: list[str]) -> UpstreamConfig | None:
+    where = f"upstream #{index + 1}"
+    if not isinstance(entry, dict):
+        problems.append(f"{where}: must be a table")
+        return None
+    name = entry.get("name")
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        problems.append(f"{where}: name must match [a-z0-9-]+")
+        return None
+    where = f"upstream {name}"
+    count = len(problems)
+    for unknown in sorted(set(entry) - _UPSTREAM_KEYS):
+        problems.append(f"{where}: unknown setting {unknown!r}")
+    url = entry.get("url")
+    if not isinstance(url, str) or not re.match(r"https?://[^/\s]+", url):
+        problems.append(f"{where}: url must be an http:// or https:// address")
+    timeout = entry.get("timeout_seconds", 5)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= 300:
+        problems.append(f"{where}: timeout_seconds must be a number of seconds between 0 and 300")
+    max_connections = entry.get("max_connections", 64)
+    if isinstance(max_connections, bool) or not isinstance(max_connections, int) or not 1 <= max_connections <= 10_000:
+        problems.append(f"{where}: max_connections must be an integer between 1 and 10000")
+    headers = entry.get("forward_headers", [])
+    if not isinstance(headers, list) or not all(isinstance(h, str) and _HEADER.fullmatch(h) for h in headers):
+        problems.append(f"{where}: forward_headers must be a list of header names")
+        headers = []
+    for header in headers:
+        if header.lower() in NEVER_FORWARDED:
+            problems.append(f"{where}: the header {header} is never forwarded (credentials and hop-by-hop headers)")
+    expose = entry.get("expose_errors", False)
+    if not isinstance(expose, bool):
+        problems.append(f"{where}: expose_errors must be true or false")
+    presets = entry.get("presets", {})
+    if not isinstance(presets, dict):
+        problems.append(f"{where}: presets must be a table of argument = caller attribute")
+        presets = {}
+    for argument, attribute in presets.items():
+        if not _ARGUMENT.fullmatch(argument):
+            problems.append(f"{where}: preset {argument!r} is not an argument name")
+        if attribute not in PRESET_ATTRIBUTES:
+            problems.append(
+                f"{where}: preset {argument} = {attribute!r}: the attribute must be one of "
+                + ", ".join(sorted(PRESET_ATTRIBUTES))
+            )
+    sdl: str | None = None
+    schema = entry.get("schema")
+    if schema is not None:
+        if not isinstance(schema, str):
+            problems.append(f"{where}: schema must be the path of an SDL file")
+        else:
+            path = (base / schema).resolve()
+            try:
+                sdl = path.read_text(encoding="utf-8")
+            except OSError as exc:
+                problems.append(f"{where}: cannot read the schema file {path}: {exc.strerror or exc}")
+            except UnicodeDecodeError:
+                problems.append(f"{where}: the schema file {path} is not UTF-8 text")
+    elif isinstance(url, str) and len(problems) == count:
+        try:
+            sdl = _introspect(url, float(timeout))
+        except (OSError, urllib.error.URLError, ValueError, orjson.JSONDecodeError) as exc:
+            problems.append(f"{where}: unreachable: introspecting {url} failed ({exc})")
+    if len(problems) > count or sdl is None:
+        return None
+    return UpstreamConfig(
+        name=name,
+        url=str(url),
+        sdl=sdl,
+        timeout_seconds=float(timeout),
+        max_connections=int(max_connections),
+        forward_headers=tuple(h.lower() for h in headers),
+        expose_errors=bool(expose),
+        presets=dict(presets),
+    )
+
+
+def _permission(entry: Any, index: int, problems: list[str]) -> TeamPermission | None:
+    where = f"permission #{index + 1}"
+    if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+        problems.append(f"{where}: must be a table with a name")
+        return None
+    for unknown in sorted(set(entry) - _PERMISSION_KEYS):
+        problems.append(f"permission {entry['name']}: unknown setting {unknown!r}")
+    roles = entry.get("roles", [])
+    description = entry.get("description", "")
+    if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+        problems.append(f"permission {entry['name']}: roles must be a list of built-in role names")
+        roles = []
+    if not isinstance(description, str):
+        problems.append(f"permission {entry['name']}: description must be text")
+        description = ""
+    return TeamPermission(name=entry["name"], description=description, roles=tuple(roles))
+
+
+def read_upstreams_file(path: Path, problems: list[str]) -> UpstreamsFile:
+    """The file's permissions and upstreams, schemas loaded; the problems of its entries are added to `problems`
+    (an entry with a problem is left out). `UpstreamsFileError` when the file cannot be read at all."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UpstreamsFileError([f"{path}: cannot read: {exc.strerror or exc}"]) from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UpstreamsFileError([f"{path}: not a valid TOML file: {exc}"]) from exc
+    for unknown in sorted(set(raw) - {"permission", "upstream", "http_upstream"}):
+        problems.append(f"{path}: unknown section {unknown!r}")
+    if "http_upstream" in raw:
+        problems.append(f"{path}: http_upstream routes are not supported by this version")
+    permissions = raw.get("permission", [])
+    upstreams = raw.get("upstream", [])
+    if not isinstance(permissions, list) or not isinstance(upstreams, list):
+        raise UpstreamsFileError([f"{path}: [[permission]] and [[upstream]] must be arrays of tables"])
+    result = UpstreamsFile(path)
+    for index, entry in enumerate(permissions):
+        found = _permission(entry, index, problems)
+        if found is not None:
+            result.permissions.append(found)
+    for index, entry in enumerate(upstreams):
+        config = _upstream(entry, index, path.parent, problems)
+        if config is not None:
+            result.upstreams.append(config)
+    return result
+
+
+def load_upstreams(path: Path) -> Composition:
+    """The file read, its permissions installed in the vocabulary and its upstreams composed: what `serve`
+    runs with. Raises `UpstreamsFileError` with every problem of the file and of the composition."""
+    problems: list[str] = []
+    found = read_upstreams_file(path, problems)
+    try:
+        install_team_permissions(found.permissions)
+    except TeamPermissionError as exc:
+        problems.extend(exc.problems)
+    try:
+        composition = compose_upstreams(found.upstreams)
+    except CompositionError as exc:
+        problems.extend(exc.problems)
+    if problems:
+        raise UpstreamsFileError(problems)
+    return composition
+
+
+def describe_status(status: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    return {name: dict(values) for name, values in status.items()}
