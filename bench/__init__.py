@@ -11,6 +11,10 @@ servers of each scenario, each answering its scenario's query from the same row:
 - scenario `guarded`, the same query with `billingEmail`, a field that requires `billing:read`:
   - `gateway`, as above;
   - `gateway-unenforced`: the same gateway built with field authorization switched off.
+- scenario `forward`, `{ orders(first: 10) { id total status customer } }`, forwarded to a Node upstream that
+  answers fixed JSON (`bench/forward.py`):
+  - `gateway-forward` and `gateway-forward-redis`: the gateway with the upstreams file, embedded and shared mode;
+  - `upstream-direct`: the upstream itself; `hive-gateway`: GraphQL Hive Gateway proxying it.
 
 Each server runs as its own uvicorn process (one worker, uvloop, httptools) and is loaded by `wrk` at one
 and at 32 connections; the result is throughput, median and 99th-percentile latency per server, the

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import platform
 import shutil
@@ -13,7 +14,7 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
-from bench import database, load, report, servers
+from bench import database, forward, load, report, servers
 from bench.load import Measurement
 from bench.servers import (
     SCENARIO_NAMES,
@@ -84,11 +85,12 @@ def parser() -> argparse.ArgumentParser:
         "--scenario",
         type=_scenarios,
         default=list(SCENARIO_NAMES),
-        metavar="basic|guarded|apikey|admission|audited|all",
+        metavar="basic|guarded|apikey|admission|audited|forward|all",
         help="basic: the gateway against three baselines; guarded: a field that requires a "
         "permission, with and without field authorization; apikey: Bearer against API key; "
         "admission: shared mode (Redis) with and without admission; audited: an audited "
-        "mutation; all (default): every one; several: comma-separated",
+        "mutation; forward: a query forwarded to a GraphQL upstream, against GraphQL Hive Gateway "
+        "(needs node); all (default): every one; several: comma-separated",
     )
     p.add_argument(
         "--duration",
@@ -171,9 +173,15 @@ class Bench:
             "apikey": database.expected_response(self.db),
             "admission": database.expected_response(self.db),
             "audited": database.expected_audited_response(self.db),
+            "forward": forward.ANSWER,
         }
         self.env = servers.server_environment(self.db.url, generate_private_key_pem())
         self.redis_url: str | None = None  # set by `main` when a chosen server runs in shared mode
+        # set by `main` when a chosen server forwards to (or is) the bench's orders upstream
+        self.upstream: RunningServer | None = None
+        self.upstreams_file: Path | None = None
+        # servers that cannot run on this machine, and why (`check_node`): left out of their scenario
+        self.unavailable: dict[str, str] = {}
         self._credentials: dict[str, servers.Credential | None] = {}
         # the gateway's CPU by default: at one connection the gateway waits for each reply, and Redis runs in
         # that wait; on the other CPU every call first wakes an idle CPU (a cost of the machine, not of
@@ -183,13 +191,44 @@ class Bench:
     def needs_redis(self) -> bool:
         return any(spec.redis for _, specs in self.scenarios() for spec in specs)
 
+    def needs_upstream(self) -> bool:
+        return any(spec.upstreams or spec.kind != "uvicorn" for _, specs in self.scenarios() for spec in specs)
+
+    def check_node(self) -> None:
+        """Leave out what cannot run here: without node, every server of the orders upstream (it is a Node
+        server); Hive Gateway also when it cannot be installed (`npm ci` in bench/hive/)."""
+        chosen = {spec.name: spec for _, specs in self.scenarios() for spec in specs}
+        needing_node = [s for s in chosen.values() if s.upstreams or s.kind != "uvicorn"]
+        if needing_node and forward.node_binary() is None:
+            for spec in needing_node:
+                self.unavailable[spec.name] = "the orders upstream is a Node server, and node is not on PATH"
+        elif any(s.kind == "hive" for s in chosen.values()):
+            if not forward.HIVE_BIN.exists():
+                log(f"installing GraphQL Hive Gateway: npm ci in {forward.HIVE_DIR}")
+            reason = forward.hive_unavailable()
+            if reason is not None:
+                for spec in chosen.values():
+                    if spec.kind == "hive":
+                        self.unavailable[spec.name] = reason
+        for name, reason in self.unavailable.items():
+            log(f"skipping {name}: {reason}")
+
     def scenarios(self) -> list[tuple[Scenario, list[ServerSpec]]]:
         """The chosen scenarios, each with its servers (restricted by `--only`); empty ones left out."""
         chosen = []
         for scenario in SCENARIOS:
-            specs = [s for s in SERVERS if s.name in scenario.servers and s.name in self.args.only]
+            specs = [
+                s
+                for s in SERVERS
+                if s.name in scenario.servers and s.name in self.args.only and s.name not in self.unavailable
+            ]
             if self.args.before is not None:
-                specs = [twin for s in specs for twin in (s, servers.before(s, self.args.before))]
+                # only the Python servers have a build before; the upstream and Hive Gateway are the same
+                specs = [
+                    twin
+                    for s in specs
+                    for twin in ((s, servers.before(s, self.args.before)) if s.kind == "uvicorn" else (s,))
+                ]
             if scenario.name in self.args.scenario and specs:
                 chosen.append((scenario, specs))
         return chosen
@@ -214,9 +253,7 @@ class Bench:
         with contextlib.ExitStack() as stack:
             loaded: list[tuple[RunningServer, Path]] = []
             for spec in specs:
-                server = stack.enter_context(
-                    servers.running(spec, env=self._environment(spec), workdir=self.workdir, cpu=self.server_cpu)
-                )
+                server = self._start(spec, stack)
                 credential = self._credential(server)
                 servers.check_answer(server, credential, scenario.query, expected)
                 script = load.write_script(
@@ -243,12 +280,31 @@ class Bench:
                 servers.check_answer(server, self._credentials[server.spec.name], scenario.query, expected)
             return measured
 
+    def _start(self, spec: ServerSpec, stack: contextlib.ExitStack) -> RunningServer:
+        """A server of the scenario, running until `stack` closes; the upstream is the bench's own, started
+        once by `main` and shared by the servers that forward to it."""
+        if spec.kind == "upstream":
+            if self.upstream is None:
+                raise BenchError(f"{spec.name} needs the orders upstream")
+            return dataclasses.replace(self.upstream, spec=spec)  # measured under the scenario's name
+        if spec.kind == "hive":
+            if self.upstream is None:
+                raise BenchError(f"{spec.name} needs the orders upstream")
+            return stack.enter_context(forward.hive_gateway(spec, self.upstream.url, self.workdir, cpu=self.server_cpu))
+        return stack.enter_context(
+            servers.running(spec, env=self._environment(spec), workdir=self.workdir, cpu=self.server_cpu)
+        )
+
     def _environment(self, spec: ServerSpec) -> dict[str, str]:
         env = dict(self.env)
         if spec.redis:
             if self.redis_url is None:
                 raise BenchError(f"{spec.name} needs Redis")
             env["PORTCULLIS_REDIS_URL"] = self.redis_url
+        if spec.upstreams:
+            if self.upstreams_file is None:
+                raise BenchError(f"{spec.name} needs the orders upstream")
+            env["PORTCULLIS_UPSTREAMS_FILE"] = str(self.upstreams_file)
         return env
 
     def _credential(self, server: RunningServer) -> servers.Credential | None:
@@ -307,6 +363,12 @@ def print_report(args: argparse.Namespace, bench: Bench, results: dict[str, repo
                 report.audit_target(scenario_results, args.connections),
                 [f"audit entries written: {entries}; chains verify: {'yes' if ok else 'NO'}"],
             )
+        elif scenario.name == "forward":
+            blocks = (
+                report.table(scenario_results, names, args.connections),
+                report.forward_ratios(scenario_results, names, args.connections),
+                report.forward_target(scenario_results),
+            )
         elif scenario.name == "apikey":
             blocks = (
                 report.table(scenario_results, names, args.connections),
@@ -323,6 +385,8 @@ def print_report(args: argparse.Namespace, bench: Bench, results: dict[str, repo
         for block in blocks:
             if block:
                 print("\n".join(block) + "\n")
+    for name, reason in bench.unavailable.items():
+        print(f"not run: {name}: {reason}")
 
 
 def _exit_on_sigterm(signum: int, _frame: object) -> None:
@@ -340,11 +404,20 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="portcullis-bench-") as tmp, contextlib.ExitStack() as databases:
             url = databases.enter_context(database.temporary_postgres()) if args.postgres else args.database_url
             bench = Bench(args, wrk, Path(tmp), url)
+            bench.check_node()
             with contextlib.ExitStack() as stack:
                 if bench.needs_redis():
                     from bench.redis_server import redis_server
 
                     bench.redis_url = stack.enter_context(redis_server(cpu=bench.redis_cpu))
+                node = forward.node_binary()
+                if bench.needs_upstream() and node is not None:
+                    # on wrk's CPU: what it costs to answer is the upstream's, not the gateway's under test
+                    upstream = servers.ServerSpec("orders-upstream", str(forward.UPSTREAM_SCRIPT), "")
+                    bench.upstream = stack.enter_context(
+                        forward.orders_upstream(upstream, Path(tmp), node=node, cpu=bench.wrk_cpu)
+                    )
+                    bench.upstreams_file = forward.write_upstreams_file(Path(tmp), bench.upstream.url)
                 results = bench.measure_all()
             print_report(args, bench, results)
     except BenchError as error:

@@ -1,4 +1,4 @@
-"""Medians over runs, the results tables, the ratios and the target checks of both scenarios."""
+"""Medians over runs, the results tables, the ratios and the target checks of the scenarios."""
 
 from __future__ import annotations
 
@@ -23,6 +23,13 @@ TARGET_ADMISSION_THROUGHPUT_RATIO = 0.80
 AUDITED = "gateway"
 UNAUDITED = "gateway-noaudit"
 TARGET_AUDIT_P50_RATIO = 1.15
+FORWARD = "gateway-forward"
+FORWARD_REDIS = "gateway-forward-redis"
+HIVE = "hive-gateway"
+UPSTREAM_DIRECT = "upstream-direct"
+TARGET_FORWARD_THROUGHPUT_RATIO = 1.0
+TARGET_FORWARD_REDIS_THROUGHPUT_RATIO = 0.8
+TARGET_FORWARD_P50_RATIO = 1.0
 
 Results = dict[tuple[str, int], Measurement]
 
@@ -36,12 +43,12 @@ def median(runs: list[Measurement]) -> Measurement:
 
 
 def table(results: Results, servers: Iterable[str], connections: Iterable[int]) -> list[str]:
-    lines = [f"{'server':<20} {'conns':>5} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8}"]
+    lines = [f"{'server':<22} {'conns':>5} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8}"]
     for name in servers:
         for c in connections:
             m = results.get((name, c))
             if m is not None:
-                lines.append(f"{name:<20} {c:>5} {m.requests_per_second:>10.1f} {m.p50_ms:>8.2f} {m.p99_ms:>8.2f}")
+                lines.append(f"{name:<22} {c:>5} {m.requests_per_second:>10.1f} {m.p50_ms:>8.2f} {m.p99_ms:>8.2f}")
     return lines
 
 
@@ -206,3 +213,49 @@ def against_before(results: Results, servers: Iterable[str], connections: Iterab
                 f"{now.p50_ms / then.p50_ms:>6.3f}x"
             )
     return lines if len(lines) > 1 else []
+
+
+def forward_ratios(results: Results, servers: Iterable[str], connections: Iterable[int]) -> list[str]:
+    """Each server against Hive Gateway (throughput above 1: faster; p50 and p99 below 1: faster), and the
+    share of the upstream's own throughput that each keeps."""
+    lines = [f"{'against ' + HIVE:<27} {'conns':>5} {'throughput':>11} {'p50':>7} {'p99':>7} {'of upstream':>12}"]
+    for name in servers:
+        if name == HIVE:
+            continue
+        for c in connections:
+            m, hive, direct = results.get((name, c)), results.get((HIVE, c)), results.get((UPSTREAM_DIRECT, c))
+            if m is None or hive is None:
+                continue
+            share = f"{m.requests_per_second / direct.requests_per_second:>11.1%}" if direct is not None else ""
+            lines.append(
+                f"{name:<27} {c:>5} {m.requests_per_second / hive.requests_per_second:>10.2f}x "
+                f"{m.p50_ms / hive.p50_ms:>6.2f}x {m.p99_ms / hive.p99_ms:>6.2f}x {share:>12}"
+            )
+    return lines if len(lines) > 1 else []
+
+
+def forward_target(results: Results) -> list[str]:
+    """The gateway's forward against Hive Gateway's: throughput at 32 connections (embedded and shared mode)
+    and p50 at one connection."""
+    lines = [f"targets against {HIVE} (measured, not enforced):"]
+    hive = results.get((HIVE, TARGET_CONNECTIONS))
+    for name, limit in (
+        (FORWARD, TARGET_FORWARD_THROUGHPUT_RATIO),
+        (FORWARD_REDIS, TARGET_FORWARD_REDIS_THROUGHPUT_RATIO),
+    ):
+        m = results.get((name, TARGET_CONNECTIONS))
+        if m is None or hive is None:
+            lines.append(f"  {name} req/s at {TARGET_CONNECTIONS} connections: not measured (needs {name} and {HIVE})")
+            continue
+        ratio = m.requests_per_second / hive.requests_per_second
+        label = f"{name} req/s at {TARGET_CONNECTIONS}: {m.requests_per_second:.0f} / {hive.requests_per_second:.0f}"
+        lines.append(f"  {label:<56} {ratio:>5.2f} (at least {limit:.2f})  {_verdict(ratio >= limit)}")
+    on, off = results.get((FORWARD, 1)), results.get((HIVE, 1))
+    if on is None or off is None:
+        lines.append(f"  {FORWARD} p50 at 1 connection: not measured (needs {FORWARD} and {HIVE})")
+    else:
+        ratio = on.p50_ms / off.p50_ms
+        label = f"{FORWARD} p50 at 1 connection: {on.p50_ms:.2f} / {off.p50_ms:.2f} ms"
+        limit = TARGET_FORWARD_P50_RATIO
+        lines.append(f"  {label:<56} {ratio:>5.2f} (at most {limit:.2f})  {_verdict(ratio <= limit)}")
+    return lines

@@ -15,7 +15,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from bench.apps.common import AUDITED_MUTATION, AUDITED_MUTATION_ALTERNATE, DATABASE_URL_VARIABLE, GUARDED_QUERY, QUERY
+from bench.apps.common import (
+    AUDITED_MUTATION,
+    AUDITED_MUTATION_ALTERNATE,
+    DATABASE_URL_VARIABLE,
+    FORWARD_QUERY,
+    GUARDED_QUERY,
+    QUERY,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -34,6 +41,11 @@ class ServerSpec:
     redis: bool = False
     # the checkout whose code the server runs (`--before`: another one, side by side with this one's)
     app_dir: Path = REPO
+    # how it runs: "uvicorn" (`factory` under uvicorn), "upstream" (the bench's Node orders upstream itself,
+    # loaded directly) or "hive" (GraphQL Hive Gateway proxying that upstream); the last two need node
+    kind: str = "uvicorn"
+    # reads the bench's upstreams file (PORTCULLIS_UPSTREAMS_FILE), which points at the bench's upstream
+    upstreams: bool = False
 
 
 SERVERS = (
@@ -69,6 +81,33 @@ SERVERS = (
         "bench.apps.gateway_no_audit:create_app",
         "the same gateway with the operations' audit entries left out",
         credential="bearer",
+    ),
+    ServerSpec(
+        "gateway-forward",
+        "gateway.app:create_app",
+        "the gateway forwarding to the orders upstream (embedded mode: SQLite, in-process limits)",
+        credential="bearer",
+        upstreams=True,
+    ),
+    ServerSpec(
+        "gateway-forward-redis",
+        "gateway.app:create_app",
+        "the same in shared mode (Redis): admission takes one EVALSHA per request",
+        credential="bearer",
+        redis=True,
+        upstreams=True,
+    ),
+    ServerSpec(
+        "upstream-direct",
+        "bench/upstream/orders.mjs",
+        "the orders upstream itself (Node http, fixed JSON), loaded directly, on wrk's CPU",
+        kind="upstream",
+    ),
+    ServerSpec(
+        "hive-gateway",
+        "@graphql-hive/gateway proxy",
+        "GraphQL Hive Gateway (bench/hive/) proxying the orders upstream, no auth",
+        kind="hive",
     ),
     ServerSpec("strawberry-default", "bench.apps.strawberry_app:default_app", "strawberry.asgi.GraphQL, no extensions"),
     ServerSpec(
@@ -134,6 +173,13 @@ SCENARIOS = (
         "commits its audit entry (hash chain, head row locked) in the same transaction, against the same "
         "build writing no audit entry",
         alternate=AUDITED_MUTATION_ALTERNATE,
+    ),
+    Scenario(
+        "forward",
+        FORWARD_QUERY,
+        ("gateway-forward", "gateway-forward-redis", "upstream-direct", "hive-gateway"),
+        "the gateway forwarding to a GraphQL upstream that answers fixed JSON (a Node server pinned with wrk), "
+        "against GraphQL Hive Gateway proxying the same upstream and against the upstream loaded directly",
     ),
 )
 SCENARIO_NAMES = tuple(s.name for s in SCENARIOS)
@@ -253,13 +299,21 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextlib.contextmanager
-def running(spec: ServerSpec, *, env: dict[str, str], workdir: Path, cpu: int | None) -> Iterator[RunningServer]:
-    """Start one server, yield it once it listens, and always stop it."""
+def running(
+    spec: ServerSpec,
+    *,
+    env: dict[str, str],
+    workdir: Path,
+    cpu: int | None,
+    command: Callable[[int], list[str]] | None = None,
+) -> Iterator[RunningServer]:
+    """Start one server (`command(port)`; by default the spec's app under uvicorn), yield it once it listens,
+    and always stop it."""
     port = free_port()
     log_path = workdir / f"{spec.name}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            uvicorn_command(spec, port),
+            command(port) if command is not None else uvicorn_command(spec, port),
             cwd=workdir,
             env=env,
             stdout=log,

@@ -17,6 +17,9 @@ GUARDED_QUERY = "{ organization { id slug name plan billingEmail } }"
 # request updates the organization and (when audited) appends its hash-chained entry in the same transaction
 AUDITED_MUTATION = 'mutation { updateOrganization(input: {name: "Acme Corporation"}) { id slug name plan } }'
 AUDITED_MUTATION_ALTERNATE = 'mutation { updateOrganization(input: {name: "Acme Corp."}) { id slug name plan } }'
+# the `forward` scenario's query: the gateway forwards it to the orders upstream (examples/orders), filling the
+# preset `organizationId` from the caller
+FORWARD_QUERY = "{ orders(first: 10) { id total status customer } }"
 SLUG = "acme"
 DATABASE_URL_VARIABLE = "BENCH_DATABASE_URL"
 
