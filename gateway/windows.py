@@ -9,20 +9,21 @@ Unlike a log of timestamps, a bucketed window takes weights (the cost of an oper
 memory: a tenant's 60,000 requests per minute are at most 121 counters.
 
 Two stores with one algorithm: `LocalWindows` (one process, embedded mode) and `RedisWindows`, one
-Lua script per request (a single EVALSHA through redis-py's client, on a connection of its pool) that
-reads the time from the Redis server (`TIME`), so every process shares one clock and one count, and the
-check and the spend are atomic.
+Lua script per request (an EVALSHA through redis-py's client; the takes of requests that arrive together
+share one pipeline, one round trip) that reads the time from the Redis server (`TIME`), so every process
+shares one clock and one count, and the check and the spend are atomic.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -247,34 +248,37 @@ return out
 
 
 class RedisWindows:
-    """The windows in Redis: one EVALSHA per take, through redis-py's asyncio client.
+    """The windows in Redis: one EVALSHA per take, the takes of concurrent requests sent together.
 
-    The script is registered once (`Redis.register_script`); redis-py sends it as EVALSHA and, on NOSCRIPT
-    (a restarted or flushed Redis), loads it and sends the take once more. A take uses a connection of the
-    client's pool for its one round trip (the gateway's `BlockingConnectionPool`: more takes in flight
-    than connections wait for one, up to the pool's timeout); redis-py parses the reply with hiredis and
-    bounds the wait for it by the client's `socket_timeout`, and closes a connection whose command failed,
-    timed out or was cancelled mid-way, so a late reply is never read by the next take. Every failure is
-    `StoreUnavailable`. The store retries nothing, and the gateway's pool has no retry policy: a take that
-    timed out may have been counted, and is never sent twice.
+    The script is registered once (`Redis.register_script`, whose `sha` names it). Takes requested while the
+    event loop is busy with other work are sent in the next turn of the loop as one pipeline of EVALSHA
+    commands (one alone is sent by itself): under load, one round trip and one connection of the pool serve
+    many requests, and each request's reply is its own. On NOSCRIPT (a restarted or flushed Redis) the
+    script is loaded and the takes it refused are sent once more (a NOSCRIPT take ran nothing). redis-py
+    parses the replies with hiredis and bounds the wait by the client's `socket_timeout`, and closes a
+    connection whose command failed, timed out or was cancelled mid-way, so a late reply is never read by
+    the next take. Every failure is `StoreUnavailable`. A take whose request was cancelled still goes out
+    (it may be counted, as a take that timed out may be), and none is ever sent twice.
     """
 
     def __init__(self, redis: Redis, prefix: str = "portcullis:rl:") -> None:
         self.redis = redis
         self.prefix = prefix
         self.script = redis.register_script(SCRIPT)
+        self._pending: list[tuple[list[str], list[int], asyncio.Future[Any]]] = []
+        self._sending: set[asyncio.Task[None]] = set()
 
     async def take(self, limits: Sequence[Limit], *, spend: bool = True) -> Outcome:
         keys = [self.prefix + limit.key for limit in limits]
         args = [1 if spend else 0]
         for limit in limits:
             args += (limit.amount, limit.window * 1000, limit.bucket_ms, limit.weight)
-        try:
-            raw = await self.script(keys=keys, args=args)
-        except ResponseError as exc:
-            raise StoreUnavailable(f"Redis answered an error: {str(exc)[:200]}") from exc
-        except Exception as exc:  # the connection, the pool's wait or the reply's: the caller decides
-            raise StoreUnavailable(type(exc).__name__) from exc
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._pending.append((keys, args, future))
+        if len(self._pending) == 1:
+            loop.call_soon(self._flush)
+        raw = await future
         try:
             values = [int(v) for v in raw]
             admitted, now, retry, refused = values[0], values[1], values[2], values[3]
@@ -282,6 +286,55 @@ class RedisWindows:
         except Exception as exc:
             raise StoreUnavailable(f"unexpected reply from Redis ({type(exc).__name__})") from exc
         return Outcome(admitted == 1, now, retry, limits[refused - 1] if refused else None, states)
+
+    def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        if batch:
+            task = asyncio.ensure_future(self._send(batch))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+
+    async def _send(self, batch: list[tuple[list[str], list[int], asyncio.Future[Any]]]) -> None:
+        results: list[Any]
+        try:
+            results = await self._replies(batch)
+        except Exception as exc:
+            results = [exc] * len(batch)
+        for (_, _, future), result in zip(batch, results, strict=True):
+            if future.done():
+                continue  # the request went away; its take was sent all the same
+            if isinstance(result, BaseException):
+                future.set_exception(_unavailable(result))
+            else:
+                future.set_result(result)
+
+    async def _replies(self, batch: list[tuple[list[str], list[int], asyncio.Future[Any]]]) -> list[Any]:
+        if len(batch) == 1:
+            keys, args, _ = batch[0]
+            try:
+                return [await self.script(keys=keys, args=args)]
+            except Exception as exc:
+                return [exc]
+        results = await self._pipeline([(keys, args) for keys, args, _ in batch])
+        refused = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+        if refused:
+            await self.redis.script_load(SCRIPT)
+            again = await self._pipeline([(batch[i][0], batch[i][1]) for i in refused])
+            for i, result in zip(refused, again, strict=True):
+                results[i] = result
+        return results
+
+    async def _pipeline(self, takes: list[tuple[list[str], list[int]]]) -> list[Any]:
+        pipe = self.redis.pipeline(transaction=False)
+        for keys, args in takes:
+            pipe.evalsha(self.script.sha, len(keys), *keys, *args)
+        return list(await pipe.execute(raise_on_error=False))
+
+
+def _unavailable(exc: BaseException) -> StoreUnavailable:
+    if isinstance(exc, ResponseError):
+        return StoreUnavailable(f"Redis answered an error: {str(exc)[:200]}")
+    return StoreUnavailable(type(exc).__name__)
 
 
 def retry_seconds(retry_ms: int) -> int:

@@ -292,6 +292,20 @@ async def test_redis_script_flushed_is_loaded_again(redis_windows: RedisWindows)
     assert (await redis_windows.take([limit])).states[0].used == 3
 
 
+@pytest.mark.redis
+async def test_redis_takes_sent_together_after_a_flush_are_each_sent_once_more(redis_windows: RedisWindows) -> None:
+    """Takes that arrive together share one pipeline; NOSCRIPT refuses all of them, the script is loaded and
+    each is sent once more, and each gets its own reply."""
+    shared = Limit("m", "together", 1000, 60)
+    await redis_windows.take([shared])
+    await redis_windows.redis.script_flush()
+    outcomes = await asyncio.gather(
+        *(redis_windows.take([shared, Limit("own", f"t{i}", 1000, 60, i + 1)]) for i in range(40))
+    )
+    assert sorted(o.states[0].used for o in outcomes) == list(range(2, 42))
+    assert [o.states[1].used for o in outcomes] == [i + 1 for i in range(40)]
+
+
 @contextlib.contextmanager
 def _redis_on(port: int, workdir: Path) -> Iterator[None]:
     binary = shutil.which("redis-server")
