@@ -41,7 +41,7 @@ bench: dev-install
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 schema: install
-	$(BIN)/portcullis schema > schema.graphql
+	$(BIN)/portcullis schema --without-upstreams > schema.graphql
 
 clean:
 	rm -rf $(VENV) portcullis.db portcullis.db-wal portcullis.db-shm

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from jose import jwt
 
-from authz import Principal
+from authz import Principal, PrincipalKind
 from identity.tokens import ALGORITHM, KeyRing
 
 CONTEXT_TYP = "portcullis-context+jwt"
@@ -87,7 +87,8 @@ class ContextTokens:
             "roles": list(principal.roles),
             "scope": scope,
             "amr": [principal.auth_method.value],
-            "sid": principal.session_id,
+            # the session, or for an API key the key itself
+            "sid": principal.session_id or (principal.subject_id if principal.kind is PrincipalKind.API_KEY else None),
             "client_ip": principal.client_ip,
             # the request the token was minted for; a reused token's later requests are named by X-Request-ID
             "rid": principal.request_id,

@@ -48,7 +48,7 @@ type Order implements Node {
 }
 type Customer implements Node { id: ID! name: String! }
 type LineItem { sku: String! quantity: Int! }
-type OrderStats { count: Int! revenue: Float! }
+type OrderStats { count: Int! revenue: Float! recent(first: Int = 2, organizationId: ID!): [Order!]! }
 input CreateOrderInput { customer: String! items: [LineItemInput!]! status: OrderStatus = PENDING }
 input LineItemInput { sku: String! quantity: Int! }
 """
@@ -106,7 +106,11 @@ class _Resolvers:
 
     def orderStats(self, _info: Any, organizationId: str) -> dict[str, Any]:
         orders = self.orders(_info, organizationId, 100)
-        return {"count": len(orders), "revenue": sum(o["total"] for o in orders)}
+
+        def recent(_info: Any, organizationId: str, first: int = 2) -> list[dict[str, Any]]:
+            return self.orders(_info, organizationId, first)
+
+        return {"count": len(orders), "revenue": sum(o["total"] for o in orders), "recent": recent}
 
     def search(self, _info: Any, term: str, organizationId: str) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = [o for o in self.orders(_info, organizationId, 3)]

@@ -35,7 +35,11 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_serve)
 
     sub.add_parser("migrate", help="apply database migrations").set_defaults(func=cmd_migrate)
-    sub.add_parser("schema", help="print the GraphQL SDL, with the upstreams mounted").set_defaults(func=cmd_schema)
+    sch = sub.add_parser("schema", help="print the GraphQL SDL, with the upstreams mounted")
+    sch.add_argument(
+        "--without-upstreams", action="store_true", help="the gateway's own schema only (what schema.graphql holds)"
+    )
+    sch.set_defaults(func=cmd_schema)
 
     up = sub.add_parser("upstreams", help="the team's upstream services (PORTCULLIS_UPSTREAMS_FILE)")
     upsub = up.add_subparsers(dest="upstreams_command", required=True)

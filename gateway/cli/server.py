@@ -98,12 +98,19 @@ def cmd_upstreams(args: argparse.Namespace) -> int:
     sys.stdout.write(build_schema(upstreams=composition).as_str() + "\n")
     for upstream, type_name, field_name in composition.unruled():
         print(f"portcullis: {upstream}: {type_name}.{field_name} has no rule: not mounted", file=sys.stderr)
+    for name, mounted in composition.upstreams.items():
+        for field_name in mounted.subscriptions:
+            print(f"portcullis: {name}: Subscription.{field_name}: subscriptions are not forwarded", file=sys.stderr)
     return 0
 
 
-def cmd_schema(_args: argparse.Namespace) -> int:
+def cmd_schema(args: argparse.Namespace) -> int:
     from gateway.upstreams import UpstreamsFileError
+    from schema import export_sdl
 
+    if args.without_upstreams:
+        sys.stdout.write(export_sdl())
+        return 0
     try:
         schema, _ = _composed_schema()
     except UpstreamsFileError as exc:

@@ -69,6 +69,7 @@ class MountedUpstream:
     query_fields: list[str] = field(default_factory=list)
     mutation_fields: list[str] = field(default_factory=list)
     unruled: list[tuple[str, str]] = field(default_factory=list)  # (root type, field) left unmounted
+    subscriptions: list[str] = field(default_factory=list)  # subscription fields: not forwarded by this version
     preset_fields: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)  # (type, field) -> arg: attr
 
 
@@ -131,6 +132,8 @@ def compose(configs: list[UpstreamConfig], local: GraphQLSchema) -> Composition:
                 f"(one of {', '.join(sorted(PRESET_ATTRIBUTES))})"
             )
         used_presets: set[str] = set()
+        if schema.subscription_type is not None:
+            upstream.subscriptions.extend(schema.subscription_type.fields)
         ruled: list[tuple[str, str, GraphQLField]] = []
         for operation, root in (("query", schema.query_type), ("mutation", schema.mutation_type)):
             if root is None:
@@ -178,6 +181,7 @@ def compose(configs: list[UpstreamConfig], local: GraphQLSchema) -> Composition:
             problems.append(f"upstream {config.name}: preset {missing!r} names an argument no field has")
         if problems:
             continue
+        builder.preset_fields = upstream.preset_fields
         builder.generate(schema, reachable)
         for operation, root_name, gfield in ruled:
             name = next(

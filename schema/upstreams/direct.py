@@ -16,7 +16,6 @@ not cover (a variable that does not coerce, an unstorable value, the explain hea
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -204,13 +203,12 @@ class DirectForward:
                 refused = {"errors": [shaped.formatted], "extensions": {"cost": decision.cost_extension(ticket.cost)}}
                 return Response(orjson.dumps(refused), decision.status, headers=_headers(decision), media_type=_JSON)
         forwarding = ForwardState(self.forwarder, ticket.plan, variables, _Caller(principal, request))
-        forwarding.start_queries()
         try:
-            await asyncio.gather(*forwarding.tasks.values())
-            data, errors = self._complete(ticket, forwarding)
+            await forwarding.answer_all()
         finally:
             for task in forwarding.tasks.values():
                 task.cancel()
+        data, errors = self._complete(ticket, forwarding)
         errors = [shape_error(e, principal.request_id) for e in forwarding.finish(errors)]
         out: dict[str, Any] = {"data": data}
         if errors:
@@ -224,7 +222,7 @@ class DirectForward:
         data: dict[str, Any] = {}
         for root in ticket.roots:
             index = ticket.plan.by_key[root.key]
-            answer = forwarding.tasks[index].result()
+            answer = forwarding.answers[index]
             if answer.failure is not None:
                 forwarding.raised.add(root.key)
                 answer.failure.extensions.setdefault("requestId", forwarding.ctx.principal.request_id)

@@ -19,7 +19,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +33,7 @@ from graphql.utilities import get_operation_ast
 from strawberry.extensions import SchemaExtension
 
 from authz import Principal
-from authz.errors import GatewayError, UpstreamError
+from authz.errors import ErrorCode, GatewayError, UpstreamError
 from identity.context_tokens import ContextTokens
 from resolvers.upstream_client import NEVER_FORWARDED, UpstreamClient
 from schema.upstreams.composition import Composition
@@ -131,12 +131,13 @@ class ForwardState:
     variables: Mapping[str, Any]
     ctx: Any
     tasks: dict[int, asyncio.Task[_Answer]] = field(default_factory=dict)
+    answers: dict[int, _Answer] = field(default_factory=dict)  # what each batch answered, once it has
     raised: set[str] = field(default_factory=set)  # root keys whose error was raised at the field
 
     def start(self, index: int) -> asyncio.Task[_Answer]:
         task = self.tasks.get(index)
         if task is None:
-            task = asyncio.ensure_future(self._send(self.plan.batches[index]))
+            task = asyncio.ensure_future(self._send(index))
             self.tasks[index] = task
         return task
 
@@ -144,6 +145,14 @@ class ForwardState:
         for index, batch in enumerate(self.plan.batches):
             if not batch.mutation:
                 self.start(index)
+
+    async def answer_all(self) -> None:
+        """Every batch of the operation answered: one alone is awaited in place, several concurrently."""
+        if len(self.plan.batches) == 1:
+            await self._send(0)
+            return
+        self.start_queries()
+        await asyncio.gather(*self.tasks.values())
 
     def _headers(self, batch: Batch) -> dict[str, str]:
         principal: Principal = self.ctx.principal
@@ -167,7 +176,8 @@ class ForwardState:
                     headers[name.lower()] = value
         return headers
 
-    async def _send(self, batch: Batch) -> _Answer:
+    async def _send(self, index: int) -> _Answer:
+        batch = self.plan.batches[index]
         variables = {name: self.variables[name] for name in batch.variables if name in self.variables}
         for name, attribute in batch.presets.items():
             variables[name] = _attribute(self.ctx.principal, attribute)
@@ -180,31 +190,36 @@ class ForwardState:
         except GatewayError as exc:
             answer = _Answer(failure=exc)
         answer.latency_ms = (time.perf_counter() - started) * 1000
-        if batch.mutation:
-            await self._audit(batch, answer)
+        self.answers[index] = answer
         return answer
 
-    async def _audit(self, batch: Batch, answer: _Answer) -> None:
-        errors = (answer.response or {}).get("errors") if answer.response is not None else None
-        outcome = (
-            "unavailable"
-            if answer.failure is not None and answer.failure.code.value == "UPSTREAM_UNAVAILABLE"
-            else ("error" if answer.failure is not None or errors else "success")
-        )
+    async def audit_mutations(self, errors: list[GraphQLError]) -> None:
+        """An entry for every forwarded root mutation field: its upstream, the outcome the caller saw (an
+        error at the field or below it, the upstream's or the gateway's, is an error), the latency."""
+        failed = {error.path[0] for error in errors if error.path}
+        for index, answer in self.answers.items():
+            batch = self.plan.batches[index]
+            if not batch.mutation:
+                continue
+            unavailable = answer.failure is not None and answer.failure.code is ErrorCode.UPSTREAM_UNAVAILABLE
+            for key, field_name in zip(batch.keys, batch.fields, strict=True):
+                outcome = "unavailable" if unavailable else "error" if key in failed else "success"
+                await self._audit(batch, field_name, outcome, answer.latency_ms)
+
+    async def _audit(self, batch: Batch, field_name: str, outcome: str, latency_ms: float) -> None:
         try:
-            for field_name in batch.fields:
-                await self.ctx.audit_now(
-                    AuditAction.UPSTREAM_MUTATION,
-                    result="success" if outcome == "success" else "error",
-                    resource_type="upstream",
-                    resource_id=batch.upstream,
-                    details={
-                        "upstream": batch.upstream,
-                        "field": field_name,
-                        "outcome": outcome,
-                        "latencyMs": round(answer.latency_ms, 1),
-                    },
-                )
+            await self.ctx.audit_now(
+                AuditAction.UPSTREAM_MUTATION,
+                result="success" if outcome == "success" else "error",
+                resource_type="upstream",
+                resource_id=batch.upstream,
+                details={
+                    "upstream": batch.upstream,
+                    "field": field_name,
+                    "outcome": outcome,
+                    "latencyMs": round(latency_ms, 1),
+                },
+            )
         except Exception:
             log.exception(
                 "audit entry of an upstream mutation not written", extra={"request_id": self.ctx.principal.request_id}
@@ -250,10 +265,7 @@ class ForwardState:
         own message at that path, if it sent one), and the upstreams' other errors below their root fields added
         at their paths."""
         told: dict[tuple[Any, ...], tuple[str, str | None]] = {}  # path -> (upstream, its message)
-        for index, task in self.tasks.items():
-            if not task.done() or task.cancelled():
-                continue
-            answer = task.result()
+        for index, answer in self.answers.items():
             if answer.response is None:
                 continue
             batch = self.plan.batches[index]
@@ -307,7 +319,7 @@ class Forwarding(SchemaExtension):
     """Plans the operation's upstream requests once its fields are decided, starts the query batches as
     execution starts, and tells the upstreams' errors at their paths when it ends."""
 
-    def on_execute(self) -> Iterator[None]:
+    async def on_execute(self) -> AsyncIterator[None]:
         ec = self.execution_context
         ctx = ec.context
         forwarder: Forwarder | None = getattr(ctx.services, "upstreams", None)
@@ -339,13 +351,11 @@ class Forwarding(SchemaExtension):
         yield
         if state is None:
             return
-        result = ec.result
-        if result is not None and result.errors:
-            result.errors = state.finish(list(result.errors))
-        elif result is not None:
-            extra = state.finish([])
-            if extra:
-                result.errors = extra
         for task in state.tasks.values():
             if not task.done():
                 task.cancel()
+        result = ec.result
+        errors = state.finish(list(result.errors or ())) if result is not None else []
+        if result is not None:
+            result.errors = errors or None
+        await state.audit_mutations(errors)

@@ -71,6 +71,8 @@ class TypeBuilder:
     """Generates the Strawberry types of every upstream in one module namespace."""
 
     def __init__(self, local_types: set[str], problems: list[str]) -> None:
+        # (type, field) -> preset argument -> caller attribute, of the upstream being generated
+        self.preset_fields: Mapping[tuple[str, str], Mapping[str, str]] = {}
         self.module = types.ModuleType(MODULE_NAME)
         self.module.__dict__.update({"typing": typing, "strawberry": strawberry})
         self.local_types = local_types
@@ -190,7 +192,9 @@ class TypeBuilder:
         annotations: dict[str, str] = {}
         namespace: dict[str, Any] = {"__module__": MODULE_NAME, "__annotations__": annotations}
         for name, gfield in gtype.fields.items():
-            ref, definition, _ = self.output_field(schema, gtype.name, name, gfield)
+            # a preset argument is the gateway's to fill, on every field that has one (C-136)
+            presets = self.preset_fields.get((gtype.name, name), {})
+            ref, definition, _ = self.output_field(schema, gtype.name, name, gfield, skip_args=presets)
             annotations[python_name(name)] = ref
             namespace[python_name(name)] = definition
         directives = rule_directives(schema, gtype.ast_node, self.problems, gtype.name)

@@ -40,7 +40,7 @@ async def token_of(client: Any, t: Tenant) -> str:
     return str((await login(client, t))["accessToken"])
 
 
-async def test_an_upstream_query_is_forwarded_with_the_callers_organization(
+async def test_c138_an_upstream_query_is_forwarded_with_the_callers_organization(
     gateway: Any, upstream: GraphQLUpstream, tenant: Tenant
 ) -> None:
     client = gateway.state.client
@@ -49,7 +49,16 @@ async def test_an_upstream_query_is_forwarded_with_the_callers_organization(
         client,
         "query Mine { orders(first: 2) { id total status customer } organization { slug } }",
         token=token,
-        headers={"accept-language": "fr", "cookie": "a=b"},
+        headers={
+            "accept-language": "fr",
+            "cookie": "a=b",
+            "x-forwarded-for": "198.51.100.66",
+            "forwarded": "for=198.51.100.66",
+            "connection": "keep-alive, x-hop",
+            "x-hop": "1",
+            "te": "trailers",
+            "proxy-authorization": "Basic eDp5",
+        },
     )
     body = r.json()
     assert r.status_code == 200, body
@@ -68,6 +77,10 @@ async def test_an_upstream_query_is_forwarded_with_the_callers_organization(
     assert received.body.get("operationName") == "Mine"
     # the client's credentials never reach the upstream (C-138); a context token does
     assert received.headers["authorization"] != f"Bearer {token}"
+    # X-Forwarded-For is rebuilt from the address the edge trusts, never copied; hop-by-hop headers stop here
+    assert received.headers["x-forwarded-for"] == "203.0.113.7"
+    for dropped in ("forwarded", "x-hop", "te", "proxy-authorization"):
+        assert dropped not in received.headers
     assert "cookie" not in received.headers
     assert "x-api-key" not in received.headers
     assert received.headers["accept-language"] == "fr"
@@ -80,7 +93,7 @@ async def test_an_upstream_query_is_forwarded_with_the_callers_organization(
     assert set(claims["scope"].split()) == {"orders:read", "orders:write", "orders:admin"}
 
 
-async def test_a_client_cannot_send_a_preset_argument_itself(
+async def test_c136_a_client_cannot_send_a_preset_argument_itself(
     gateway: Any, upstream: GraphQLUpstream, tenant: Tenant
 ) -> None:
     client = gateway.state.client
@@ -91,7 +104,7 @@ async def test_a_client_cannot_send_a_preset_argument_itself(
     assert upstream.received == []
 
 
-async def test_a_denied_field_never_reaches_the_upstream(
+async def test_c135_a_denied_field_never_reaches_the_upstream(
     gateway: Any, upstream: GraphQLUpstream, database_url: str
 ) -> None:
     viewer = await make_tenant(database_url, slug="viewers", email="v@viewers.test", role="admin")
@@ -116,7 +129,7 @@ async def test_an_unruled_root_field_is_not_mounted(gateway: Any, tenant: Tenant
     assert r.status_code == 400
 
 
-async def test_an_upstream_that_fails_answers_at_its_fields_while_the_rest_answers(
+async def test_c139_an_upstream_that_fails_answers_at_its_fields_while_the_rest_answers(
     gateway: Any, upstream: GraphQLUpstream, tenant: Tenant
 ) -> None:
     client = gateway.state.client
@@ -138,7 +151,7 @@ async def test_an_upstream_that_fails_answers_at_its_fields_while_the_rest_answe
         assert "WHAT" not in r.text
 
 
-async def test_an_upstream_that_hangs_answers_unavailable(
+async def test_c139_an_upstream_that_hangs_answers_unavailable(
     gateway: Any, upstream: GraphQLUpstream, tenant: Tenant
 ) -> None:
     client = gateway.state.client
@@ -200,7 +213,7 @@ async def test_upstream_errors_are_repathed_and_masked_unless_exposed(
             assert ("10.0.0.7" in r.text) is expose
 
 
-async def test_what_the_caller_did_not_ask_never_leaves(
+async def test_c139_what_the_caller_did_not_ask_never_leaves(
     gateway: Any, upstream: GraphQLUpstream, tenant: Tenant
 ) -> None:
     client = gateway.state.client
@@ -221,7 +234,7 @@ async def test_what_the_caller_did_not_ask_never_leaves(
         assert leaked not in r.text
 
 
-async def test_an_upstream_answer_over_the_size_limit_is_an_error(
+async def test_c139_an_upstream_answer_over_the_size_limit_is_an_error(
     gateway: Any, upstream: GraphQLUpstream, tenant: Tenant
 ) -> None:
     client = gateway.state.client
@@ -255,7 +268,7 @@ async def test_a_failing_upstream_opens_its_circuit_and_fails_fast(
     assert 'portcullis_upstream_circuit_open{upstream="orders"} 1.0' in metrics
 
 
-async def test_two_tenants_interleaved_each_reach_only_their_own_organization(
+async def test_c139_two_tenants_interleaved_each_reach_only_their_own_organization(
     gateway: Any, upstream: GraphQLUpstream, database_url: str, tenant: Tenant
 ) -> None:
     import asyncio
@@ -445,3 +458,37 @@ async def test_the_direct_way_refuses_like_the_schema_does(
     assert refused.status_code == 429
     assert error_codes(refused.json()) == ["RATE_LIMITED"]
     assert refused.headers["retry-after"]
+
+
+async def test_a_forwarded_mutation_whose_answer_does_not_fit_is_audited_as_an_error(
+    gateway: Any, upstream: GraphQLUpstream, tenant: Tenant
+) -> None:
+    client = gateway.state.client
+    token = await token_of(client, tenant)
+    upstream.answer = lambda _r: Answer(data={"data": {"cancelOrder": {"id": "x", "status": "NOT A STATUS"}}})
+    r = await gql(client, 'mutation { cancelOrder(id: "x") { id status } }', token=token)
+    assert error_codes(r.json()) == ["UPSTREAM_ERROR"]
+    upstream.answer = lambda _r: Answer(delay=4.0)
+    r = await gql(client, 'mutation { cancelOrder(id: "y") { id } }', token=token)
+    assert error_codes(r.json()) == ["UPSTREAM_UNAVAILABLE"]
+    r = await gql(
+        client,
+        '{ auditLogs(first: 5, filter: {upstream: "orders"}) { edges { node { result details } } } }',
+        token=token,
+    )
+    entries = [e["node"] for e in r.json()["data"]["auditLogs"]["edges"]]
+    assert [(e["result"], e["details"]["outcome"]) for e in entries] == [("error", "unavailable"), ("error", "error")]
+
+
+async def test_c136_a_preset_below_the_root_is_hidden_and_filled(
+    gateway: Any, upstream: GraphQLUpstream, database_url: str
+) -> None:
+    big = await make_tenant(database_url, slug="bigco", email="o@bigco.test", plan="enterprise")
+    client = gateway.state.client
+    token = await token_of(client, big)
+    r = await gql(client, "{ orderStats { count recent(first: 1) { id } } }", token=token)
+    assert r.json()["data"]["orderStats"] == {"count": 12, "recent": [{"id": f"{big.org_id}-o1"}]}, r.text
+    assert upstream.last().query.count("organizationId: $portcullisPreset_organizationId") == 2
+    r = await gql(client, '{ orderStats { recent(organizationId: "other") { id } } }', token=token)
+    assert r.status_code == 400
+    assert "organizationId" in r.text
