@@ -50,37 +50,9 @@ ORDERS: list[dict[str, Any]] = [
 ]
 ANSWER: dict[str, object] = {"data": {"orders": ORDERS}}
 
-# the permissions as examples/orders/upstreams.toml grants them; the upstream's address is the bench's
-UPSTREAMS_TOML = """\
-# written by the bench (bench/forward.py): examples/orders/upstreams.toml, pointed at the bench's upstream
-
-[[permission]]
-name = "orders:read"
-description = "Read orders"
-roles = ["owner", "admin", "manager", "analyst", "viewer"]
-
-[[permission]]
-name = "orders:write"
-description = "Create and cancel orders"
-roles = ["owner", "admin", "manager"]
-
-[[permission]]
-name = "orders:admin"
-description = "Read internal notes"
-roles = ["owner", "admin"]
-
-[[upstream]]
-name = "orders"
-url = "{url}"
-schema = "orders.graphql"
-timeout_seconds = 5
-max_connections = 64
-forward_headers = ["accept-language"]
-expose_errors = false
-
-[upstream.presets]
-organizationId = "organization.id"
-"""
+# the example's upstreams file, pointed at the bench's upstream
+ORDERS_UPSTREAMS = REPO / "examples" / "orders" / "upstreams.toml"
+EXAMPLE_URL = "http://127.0.0.1:9100/graphql"
 
 
 class _Proxied(Visitor):
@@ -146,8 +118,11 @@ def orders_upstream(spec: ServerSpec, workdir: Path, *, node: str, cpu: int | No
 def write_upstreams_file(workdir: Path, upstream_url: str) -> Path:
     """The upstreams file the gateway reads (`PORTCULLIS_UPSTREAMS_FILE`), with a copy of the example SDL."""
     shutil.copyfile(ORDERS_SDL, workdir / "orders.graphql")
+    text = ORDERS_UPSTREAMS.read_text()
+    if EXAMPLE_URL not in text:
+        raise BenchError(f"{ORDERS_UPSTREAMS} no longer names {EXAMPLE_URL}")
     path = workdir / "upstreams.toml"
-    path.write_text(UPSTREAMS_TOML.format(url=upstream_url))
+    path.write_text(text.replace(EXAMPLE_URL, upstream_url))
     return path
 
 

@@ -26,6 +26,36 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """Asks the process to end, and ends it if it has not within ten seconds."""
+    proc.terminate()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=10)
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def npm_ci(directory: Path, packages: tuple[str, ...], what: str) -> None:
+    """The node packages of `directory` installed from its lock file (`npm ci`), unless `packages` are there."""
+    npm = shutil.which("npm")
+    if npm is None or shutil.which("node") is None:
+        raise ServiceUnavailable(f"node and npm are needed for {what}")
+    if all((directory / "node_modules" / p).is_dir() for p in packages):
+        return
+    try:
+        subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+            cwd=directory,
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+        out = getattr(exc, "stderr", b"") or b""
+        raise ServiceUnavailable(f"npm ci failed for {what}: {out.decode(errors='replace')[-500:]}") from exc
+
+
 def _wait_port(port: int, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -159,10 +189,5 @@ def redis_server() -> Iterator[str]:
         _wait_port(port)
         yield f"redis://127.0.0.1:{port}/0"
     finally:
-        proc.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=10)
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         shutil.rmtree(workdir, ignore_errors=True)

@@ -13,7 +13,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -235,14 +235,6 @@ def graphql_upstream(sdl: str = ORDERS_SDL) -> Iterator[GraphQLUpstream]:
         yield upstream
     finally:
         upstream.stop()
-
-
-@dataclass
-class UpstreamsFile:
-    """An upstreams file in a directory of the test's, with the orders permissions."""
-
-    text: str
-    files: dict[str, str] = field(default_factory=dict)
 
 
 ORDERS_PERMISSIONS = """

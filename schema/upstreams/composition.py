@@ -34,11 +34,11 @@ from graphql import (
 )
 
 from resolvers.upstream_client import UpstreamConfig
+from schema.directives import requirement_from_directives
 from schema.upstreams.sdl import (
     PRESET_ATTRIBUTES,
     named_permissions,
     parse_upstream_sdl,
-    requirement_of_directives,
     rule_directives,
 )
 from schema.upstreams.types import MODULE_NAME, TypeBuilder, python_name
@@ -142,7 +142,7 @@ def compose(configs: list[UpstreamConfig], local: GraphQLSchema) -> Composition:
                 directives = rule_directives(
                     schema, gfield.ast_node, problems, f"upstream {config.name}: {root.name}.{name}"
                 )
-                if requirement_of_directives(directives) is None:
+                if requirement_from_directives(directives) is None:
                     upstream.unruled.append((root.name, name))
                     continue
                 if name in local_roots[operation]:

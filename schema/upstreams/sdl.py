@@ -17,7 +17,7 @@ from graphql import (
     parse,
 )
 
-from authz import Requirement, is_permission
+from authz import is_permission
 from resolvers.upstream_client import UpstreamConfig
 from schema.directives import Authenticated, Cost, ListSize, RequiresPlan, RequiresScopes
 from schema.enums import Plan
@@ -112,20 +112,6 @@ def rule_directives(schema: GraphQLSchema, node: Any, problems: list[str], where
             )
         )
     return found
-
-
-def requirement_of_directives(directives: list[Any]) -> Requirement | None:
-    rule = [d for d in directives if isinstance(d, Authenticated | RequiresScopes | RequiresPlan)]
-    if not rule:
-        return None
-    any_of: tuple[tuple[str, ...], ...] = ()
-    plan = None
-    for d in rule:
-        if isinstance(d, RequiresScopes):
-            any_of = tuple(tuple(group) for group in d.scopes)
-        elif isinstance(d, RequiresPlan):
-            plan = d.plan.value
-    return Requirement(authenticated=True, any_of=any_of, plan=plan)
 
 
 def named_permissions(schema: GraphQLSchema) -> frozenset[str]:

@@ -33,8 +33,8 @@ from strawberry.annotation import StrawberryAnnotation
 from strawberry.extensions import FieldExtension
 from strawberry.types.arguments import StrawberryArgument
 
-from schema.directives import Cost, Guard
-from schema.upstreams.sdl import requirement_of_directives, rule_directives
+from schema.directives import Cost, Guard, requirement_from_directives
+from schema.upstreams.sdl import rule_directives
 
 # The gateway's directives, for an SDL that uses them without defining them.
 
@@ -172,7 +172,7 @@ class TypeBuilder:
     ) -> tuple[str, Any, list[Any]]:
         where = f"{type_name}.{name}"
         directives = rule_directives(schema, gfield.ast_node, self.problems, where)
-        requirement = requirement_of_directives(directives)
+        requirement = requirement_from_directives(directives)
         reader = reader if reader is not None else UpstreamRead()
         reader.arguments = self.arguments(schema, gfield.args, skip_args, where)
         # the last extension is the outermost: the guard refuses before the reader runs

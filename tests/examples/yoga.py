@@ -15,30 +15,13 @@ from typing import Any
 
 import httpx
 
-from tests.services import ServiceUnavailable, free_port
+from tests.services import ServiceUnavailable, free_port, npm_ci, stop_process
 
 HERE = Path(__file__).resolve().parents[2] / "examples" / "orders-yoga"
 
 
 def ensure_node_modules() -> None:
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        raise ServiceUnavailable("node and npm are needed for the Yoga orders service (examples/orders-yoga)")
-    if (HERE / "node_modules" / "graphql-yoga").is_dir() and (HERE / "node_modules" / "jose").is_dir():
-        return
-    try:
-        subprocess.run(
-            [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-            cwd=HERE,
-            check=True,
-            capture_output=True,
-            timeout=300,
-        )
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
-        out = getattr(exc, "stderr", b"") or b""
-        raise ServiceUnavailable(
-            f"npm ci failed in examples/orders-yoga: {out.decode(errors='replace')[-500:]}"
-        ) from exc
+    npm_ci(HERE, ("graphql-yoga", "jose"), "the Yoga orders service (examples/orders-yoga)")
 
 
 @contextlib.contextmanager
@@ -66,11 +49,6 @@ def yoga_upstream(jwks: Mapping[str, Any], issuer: str) -> Iterator[str]:
             time.sleep(0.05)
         yield f"http://127.0.0.1:{port}/graphql"
     finally:
-        proc.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=10)
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         log.close()
         shutil.rmtree(workdir, ignore_errors=True)

@@ -492,3 +492,38 @@ async def test_c136_a_preset_below_the_root_is_hidden_and_filled(
     r = await gql(client, '{ orderStats { recent(organizationId: "other") { id } } }', token=token)
     assert r.status_code == 400
     assert "organizationId" in r.text
+
+
+async def test_a_fragment_of_an_upstream_type_on_a_local_type_is_refused(
+    gateway: Any, upstream: GraphQLUpstream, tenant: Tenant
+) -> None:
+    client = gateway.state.client
+    token = await token_of(client, tenant)
+    for query in (
+        "{ organization { ... on Order { id } } }",
+        "{ organization { ...O } } fragment O on Order { id }",
+        "{ orders { ... on Organization { slug } } }",
+    ):
+        r = await gql(client, query, token=token)
+        assert r.status_code == 400, r.text
+        assert error_codes(r.json()) == ["BAD_USER_INPUT"]
+    assert upstream.received == []
+
+
+async def test_explain_reports_the_upstream_fields_cost_and_denials_without_forwarding(
+    gateway: Any, upstream: GraphQLUpstream, database_url: str
+) -> None:
+    viewer = await make_tenant(database_url, slug="explained", email="v@explained.test", role="viewer")
+    client = gateway.state.client
+    token = await token_of(client, viewer)
+    for _ in range(2):  # the second time too: a dry run never goes the direct way
+        r = await gql(
+            client,
+            "{ orders(first: 5) { id internalNote } }",
+            token=token,
+            headers={"x-portcullis-explain": "1"},
+        )
+        explain = r.json()["extensions"]["explain"]
+        assert explain["cost"] == 5
+        assert [d["path"] for d in explain["denied"]] == [["orders", "internalNote"]]
+    assert upstream.received == []

@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.services import ServiceUnavailable, free_port
+from tests.services import ServiceUnavailable, free_port, npm_ci, stop_process
 
 HERE = Path(__file__).resolve().parent / "oidc"
 CLIENT_ID = "portcullis-web"
@@ -19,22 +19,7 @@ CLIENT_SECRET = "test-client-secret-0123456789abcdef"
 
 
 def ensure_node_modules() -> None:
-    if (HERE / "node_modules" / "oidc-provider").is_dir():
-        return
-    npm = shutil.which("npm")
-    if npm is None or shutil.which("node") is None:
-        raise ServiceUnavailable("node and npm are needed for the OIDC provider (tests/idp/oidc)")
-    try:
-        subprocess.run(
-            [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-            cwd=HERE,
-            check=True,
-            capture_output=True,
-            timeout=300,
-        )
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
-        out = getattr(exc, "stderr", b"") or b""
-        raise ServiceUnavailable(f"npm ci failed in tests/idp/oidc: {out.decode(errors='replace')[-500:]}") from exc
+    npm_ci(HERE, ("oidc-provider",), "the OIDC provider (tests/idp/oidc)")
 
 
 @contextlib.contextmanager
@@ -72,11 +57,6 @@ def oidc_provider(redirect_uris: list[str]) -> Iterator[str]:
             time.sleep(0.05)
         yield f"http://127.0.0.1:{port}"
     finally:
-        proc.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=10)
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         log.close()
         shutil.rmtree(workdir, ignore_errors=True)
