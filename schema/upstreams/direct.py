@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -59,6 +59,8 @@ class _Selection:
     parent: str
     field_type: Any
     children: tuple[_Selection, ...] | None
+    # reads the upstream's value for this field, compiled once per ticket (see `_reader`)
+    read: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +144,10 @@ class DirectForward:
             return None
         named = get_named_type(definition.type)
         if node.selection_set is None:
-            return _Selection(key, node, parent.name, definition.type, None) if is_leaf_type(named) else None
+            if not is_leaf_type(named):
+                return None
+            leaf = _Selection(key, node, parent.name, definition.type, None)
+            return replace(leaf, read=_reader(definition.type, leaf))
         if not isinstance(named, GraphQLObjectType):
             return None  # an interface or a union: the schema's path tells the types apart
         children = []
@@ -153,7 +158,8 @@ class DirectForward:
             if found is None:
                 return None
             children.append(found)
-        return _Selection(key, node, parent.name, definition.type, tuple(children))
+        selection = _Selection(key, node, parent.name, definition.type, tuple(children))
+        return replace(selection, read=_reader(definition.type, selection))
 
     # -- requests ----------------------------------------------------------------------------------------
     async def answer(self, request: Request, principal: Principal, services: Any) -> Response | None:
@@ -250,7 +256,7 @@ class DirectForward:
                     )
                     value = _FAILED
                 else:
-                    value = self._value(root.field_type, raw_value, root, [root.key], errors)
+                    value = root.read(raw_value, (None, root.key), errors)
             if value is _FAILED:
                 if isinstance(root.field_type, GraphQLNonNull):
                     return None, errors
@@ -258,61 +264,102 @@ class DirectForward:
             data[root.key] = value
         return data, errors
 
-    def _value(self, gtype: Any, value: Any, selection: _Selection, path: list[Any], errors: list[GraphQLError]) -> Any:
-        if isinstance(gtype, GraphQLNonNull):
-            completed = self._value(gtype.of_type, value, selection, path, errors)
+
+ResponsePath = tuple[Any, Any] | None  # (parent path, key): a response path, made a list only for an error
+
+
+def _path(path: ResponsePath) -> list[Any]:
+    keys = []
+    while path is not None:
+        path, key = path
+        keys.append(key)
+    return keys[::-1]
+
+
+def _refuse(message: str, selection: _Selection, path: ResponsePath, errors: list[GraphQLError]) -> None:
+    where = _path(path)
+    log.warning("upstream answer refused at %s: %s", ".".join(map(str, where)), message)
+    errors.append(GraphQLError(message, nodes=[selection.node], path=where))
+
+
+Reader = Callable[[Any, ResponsePath, list[GraphQLError]], Any]
+
+
+def _reader(gtype: Any, selection: _Selection) -> Reader:
+    """How to read the upstream's value of a field of type `gtype`, as graphql-core completes a value: each leaf
+    serialized by its own type, a null in a non-null position an error that makes the nearest nullable parent
+    null, anything of the wrong shape an error (its message is the gateway's, masked as UPSTREAM_ERROR)."""
+    if isinstance(gtype, GraphQLNonNull):
+        inner = _reader(gtype.of_type, selection)
+        message = f"Cannot return null for non-nullable field {selection.parent}.{selection.node.name.value}."
+
+        def non_null(value: Any, path: ResponsePath, errors: list[GraphQLError]) -> Any:
+            completed = inner(value, path, errors)
             if completed is None:
-                self._error(
-                    f"Cannot return null for non-nullable field {selection.parent}.{selection.node.name.value}.",
-                    selection,
-                    path,
-                    errors,
-                )
+                _refuse(message, selection, path, errors)
                 return _FAILED
             return completed
-        if value is None:
-            return None
-        if isinstance(gtype, GraphQLList):
-            if not isinstance(value, list):
-                self._error("Expected an iterable.", selection, path, errors)
+
+        return non_null
+    if isinstance(gtype, GraphQLList):
+        item = _reader(gtype.of_type, selection)
+        required = isinstance(gtype.of_type, GraphQLNonNull)
+
+        def listed(value: Any, path: ResponsePath, errors: list[GraphQLError]) -> Any:
+            if value is None:
+                return None
+            if type(value) is not list:
+                _refuse("Expected an iterable.", selection, path, errors)
                 return _FAILED
             items = []
-            for index, item in enumerate(value):
-                completed = self._value(gtype.of_type, item, selection, [*path, index], errors)
+            for index, each in enumerate(value):
+                completed = item(each, (path, index), errors)
                 if completed is _FAILED:
-                    if isinstance(gtype.of_type, GraphQLNonNull):
+                    if required:
                         return _FAILED
                     completed = None
                 items.append(completed)
             return items
-        if selection.children is None:
+
+        return listed
+    if selection.children is None:
+        serialize = gtype.serialize
+
+        def leaf(value: Any, path: ResponsePath, errors: list[GraphQLError]) -> Any:
+            if value is None:
+                return None
             try:
-                serialized = gtype.serialize(value)
+                return serialize(value)
             except Exception as exc:
-                self._error(str(exc), selection, path, errors)
+                _refuse(str(exc), selection, path, errors)
                 return _FAILED
-            return serialized
-        named = gtype
-        if type(value) is not dict or value.get("__typename", named.name) != named.name:
-            self._error(f"Expected a value of type {named.name}.", selection, path, errors)
+
+        return leaf
+    name = gtype.name
+    fields = tuple(
+        (c.key, c.read, isinstance(c.field_type, GraphQLNonNull), c.field_type is None) for c in selection.children
+    )
+
+    def obj(value: Any, path: ResponsePath, errors: list[GraphQLError]) -> Any:
+        if value is None:
+            return None
+        if type(value) is not dict or value.get("__typename", name) != name:
+            _refuse(f"Expected a value of type {name}.", selection, path, errors)
             return _FAILED
         out: dict[str, Any] = {}
-        for child in selection.children:
-            if child.field_type is None:  # __typename
-                out[child.key] = named.name
+        for key, read, required, typename in fields:
+            if typename:
+                out[key] = name
                 continue
-            completed = self._value(child.field_type, value.get(child.key), child, [*path, child.key], errors)
+            completed = read(value.get(key), (path, key), errors)
             if completed is _FAILED:
-                if isinstance(child.field_type, GraphQLNonNull):
+                if required:
                     return _FAILED
                 completed = None
-            out[child.key] = completed
+            out[key] = completed
         return out
 
-    @staticmethod
-    def _error(message: str, selection: _Selection, path: list[Any], errors: list[GraphQLError]) -> None:
-        log.warning("upstream answer refused at %s: %s", ".".join(map(str, path)), message)
-        errors.append(GraphQLError(message, nodes=[selection.node], path=list(path)))
+    return obj
 
 
 @dataclass(frozen=True, slots=True)
