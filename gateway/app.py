@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.applications import Starlette
@@ -242,7 +242,18 @@ class GatewayMetrics:
         limiter.on_store_error = lambda outcome: self.limiter_errors.labels(outcome).inc()
 
     def watch_upstreams(self, forwarder: Forwarder) -> None:
-        """Each upstream's requests, failures (no answer, or a 5xx) and circuit, read when /metrics is."""
+        """Each upstream's requests, failures (no answer, or a 5xx), circuit and requests in flight, read when
+        /metrics is; the latency of every call by upstream and outcome."""
+        latency = Histogram(
+            "portcullis_upstream_request_duration_seconds",
+            "Calls to each upstream by outcome: ok, error (an answer that is not a usable GraphQL response), "
+            "timeout, unavailable (refused) or circuit_open (failed fast)",
+            ["upstream", "outcome"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=self.registry,
+        )
+        for client in forwarder.clients.values():
+            client.observe = lambda name, outcome, seconds: latency.labels(name, outcome).observe(seconds)
         self.registry.register(_UpstreamCollector(forwarder))
 
 
@@ -267,12 +278,17 @@ class _UpstreamCollector(Collector):
             "1 while an upstream's circuit is open (its fields fail fast with UPSTREAM_UNAVAILABLE)",
             labels=["upstream"],
         )
+        in_flight = GaugeMetricFamily(
+            "portcullis_upstream_in_flight", "Calls to each upstream waiting for their answer", labels=["upstream"]
+        )
+        for name, client in self.forwarder.clients.items():
+            in_flight.add_metric([name], client.in_flight)
         for name, status in self.forwarder.status().items():
             requests.add_metric([name], status["requests"])
             failures.add_metric([name], status["failures"])
             opened.add_metric([name], status["circuitOpened"])
             circuit.add_metric([name], 0 if status["circuit"] == "closed" else 1)
-        yield from (requests, failures, opened, circuit)
+        yield from (requests, failures, opened, circuit, in_flight)
 
 
 def build_gateway_schema(

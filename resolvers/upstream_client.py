@@ -115,6 +115,10 @@ class UpstreamClient:
         self._timeout = aiohttp.ClientTimeout(total=config.timeout_seconds)
         self.requests = 0
         self.failures = 0
+        self.in_flight = 0
+        # told of every call: (upstream, outcome, seconds); outcome is ok, error, timeout, unavailable or
+        # circuit_open (the gateway's metrics)
+        self.observe: Callable[[str, str, float], None] | None = None
 
     @property
     def name(self) -> str:
@@ -140,18 +144,34 @@ class UpstreamClient:
         self._session = None
 
     async def post(self, body: bytes, headers: Mapping[str, str]) -> dict[str, Any]:
+        started = time.perf_counter()
+        outcome = "error"
+        self.in_flight += 1
+        try:
+            decoded = await self._post(body, headers)
+            outcome = "ok"
+            return decoded
+        except UpstreamUnavailable as exc:
+            outcome = getattr(exc, "outcome", "unavailable")
+            raise
+        finally:
+            self.in_flight -= 1
+            if self.observe is not None:
+                self.observe(self.config.name, outcome, time.perf_counter() - started)
+
+    async def _post(self, body: bytes, headers: Mapping[str, str]) -> dict[str, Any]:
         name = self.config.name
         if not self.breaker.allow():
-            raise UpstreamUnavailable(f"The upstream {name} is unavailable.", upstream=name)
+            raise _unavailable(f"The upstream {name} is unavailable.", name, "circuit_open")
         self.requests += 1
         try:
             status, raw = await self._send(body, headers)
         except TimeoutError as exc:
             self._failed("timed out", exc)
-            raise UpstreamUnavailable(f"The upstream {name} did not answer in time.", upstream=name) from exc
+            raise _unavailable(f"The upstream {name} did not answer in time.", name, "timeout") from exc
         except aiohttp.ClientError as exc:
             self._failed("connection failed", exc)
-            raise UpstreamUnavailable(f"The upstream {name} is unavailable.", upstream=name) from exc
+            raise _unavailable(f"The upstream {name} is unavailable.", name, "unavailable") from exc
         except _TooLarge as exc:
             self.breaker.succeeded()  # it answered; the answer is the problem
             raise UpstreamError(f"The upstream {name} answered too much.", upstream=name) from exc
@@ -196,3 +216,10 @@ class UpstreamClient:
 
 class _TooLarge(Exception):
     pass
+
+
+def _unavailable(message: str, upstream: str, outcome: str) -> UpstreamUnavailable:
+    """The error the caller sees, with what happened kept for the metrics (not shown to the caller)."""
+    error = UpstreamUnavailable(message, upstream=upstream)
+    error.outcome = outcome  # type: ignore[attr-defined]
+    return error

@@ -162,6 +162,8 @@ async def test_c139_an_upstream_that_hangs_answers_unavailable(
     assert body["data"] == {"order": None, "organization": {"slug": tenant.slug}}
     assert error_codes(body) == ["UPSTREAM_UNAVAILABLE"]
     assert body["errors"][0]["extensions"]["upstream"] == "orders"
+    metrics = (await client.get("/metrics")).text
+    assert 'portcullis_upstream_request_duration_seconds_count{outcome="timeout",upstream="orders"} 1.0' in metrics
 
 
 async def test_a_mutation_is_forwarded_and_audited(gateway: Any, upstream: GraphQLUpstream, tenant: Tenant) -> None:
@@ -266,6 +268,9 @@ async def test_a_failing_upstream_opens_its_circuit_and_fails_fast(
     assert ready["upstreams"]["orders"]["circuit"] == "open"
     metrics = (await client.get("/metrics")).text
     assert 'portcullis_upstream_circuit_open{upstream="orders"} 1.0' in metrics
+    assert 'portcullis_upstream_request_duration_seconds_count{outcome="error",upstream="orders"} 5.0' in metrics
+    assert 'portcullis_upstream_request_duration_seconds_count{outcome="circuit_open",upstream="orders"} 1.0' in metrics
+    assert 'portcullis_upstream_in_flight{upstream="orders"} 0.0' in metrics
 
 
 async def test_c139_two_tenants_interleaved_each_reach_only_their_own_organization(
