@@ -11,13 +11,11 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -44,7 +42,7 @@ from gateway.route_limits import RouteLimits
 from gateway.saml import SamlLogin, SamlRoutes
 from gateway.settings import Environment, OnRedisError, Settings
 from gateway.sso import sso_routes
-from gateway.upstreams import load_upstreams
+from gateway.upstreams import UpstreamCollector, load_upstreams
 from gateway.usage import UsageFlusher
 from gateway.windows import LocalWindows, RedisWindows, WindowStore
 from identity.api_keys import ApiKeyCache, ApiKeyVerifier, LastUsedRecorder
@@ -254,41 +252,7 @@ class GatewayMetrics:
         )
         for client in forwarder.clients.values():
             client.observe = lambda name, outcome, seconds: latency.labels(name, outcome).observe(seconds)
-        self.registry.register(_UpstreamCollector(forwarder))
-
-
-class _UpstreamCollector(Collector):
-    def __init__(self, forwarder: Forwarder) -> None:
-        self.forwarder = forwarder
-
-    def collect(self) -> Iterator[Metric]:
-        requests = CounterMetricFamily(
-            "portcullis_upstream_requests", "Requests sent to each upstream", labels=["upstream"]
-        )
-        failures = CounterMetricFamily(
-            "portcullis_upstream_failures",
-            "Upstream requests that failed: no answer in time, refused, or a 5xx",
-            labels=["upstream"],
-        )
-        opened = CounterMetricFamily(
-            "portcullis_upstream_circuit_opened", "Times each upstream's circuit opened", labels=["upstream"]
-        )
-        circuit = GaugeMetricFamily(
-            "portcullis_upstream_circuit_open",
-            "1 while an upstream's circuit is open (its fields fail fast with UPSTREAM_UNAVAILABLE)",
-            labels=["upstream"],
-        )
-        in_flight = GaugeMetricFamily(
-            "portcullis_upstream_in_flight", "Calls to each upstream waiting for their answer", labels=["upstream"]
-        )
-        for name, client in self.forwarder.clients.items():
-            in_flight.add_metric([name], client.in_flight)
-        for name, status in self.forwarder.status().items():
-            requests.add_metric([name], status["requests"])
-            failures.add_metric([name], status["failures"])
-            opened.add_metric([name], status["circuitOpened"])
-            circuit.add_metric([name], 0 if status["circuit"] == "closed" else 1)
-        yield from (requests, failures, opened, circuit, in_flight)
+        self.registry.register(UpstreamCollector(forwarder))
 
 
 def build_gateway_schema(

@@ -8,17 +8,19 @@ import re
 import tomllib
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 from graphql import build_client_schema, get_introspection_query, print_schema
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from authz import TeamPermission, TeamPermissionError, install_team_permissions
 from resolvers.upstream_client import NEVER_FORWARDED, UpstreamConfig
-from schema.upstreams import Composition, CompositionError, compose_upstreams
+from schema.upstreams import Composition, CompositionError, Forwarder, compose_upstreams
 from schema.upstreams.sdl import PRESET_ATTRIBUTES
 
 _NAME = re.compile(r"[a-z0-9-]+")
@@ -198,3 +200,39 @@ def load_upstreams(path: Path) -> Composition:
 
 def describe_status(status: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     return {name: dict(values) for name, values in status.items()}
+
+
+class UpstreamCollector(Collector):
+    """The upstreams' state at `/metrics`, read from the forwarder when it is scraped."""
+
+    def __init__(self, forwarder: Forwarder) -> None:
+        self.forwarder = forwarder
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "portcullis_upstream_requests", "Requests sent to each upstream", labels=["upstream"]
+        )
+        failures = CounterMetricFamily(
+            "portcullis_upstream_failures",
+            "Upstream requests that failed: no answer in time, refused, or a 5xx",
+            labels=["upstream"],
+        )
+        opened = CounterMetricFamily(
+            "portcullis_upstream_circuit_opened", "Times each upstream's circuit opened", labels=["upstream"]
+        )
+        circuit = GaugeMetricFamily(
+            "portcullis_upstream_circuit_open",
+            "1 while an upstream's circuit is open (its fields fail fast with UPSTREAM_UNAVAILABLE)",
+            labels=["upstream"],
+        )
+        in_flight = GaugeMetricFamily(
+            "portcullis_upstream_in_flight", "Calls to each upstream waiting for their answer", labels=["upstream"]
+        )
+        for name, client in self.forwarder.clients.items():
+            in_flight.add_metric([name], client.in_flight)
+        for name, status in self.forwarder.status().items():
+            requests.add_metric([name], status["requests"])
+            failures.add_metric([name], status["failures"])
+            opened.add_metric([name], status["circuitOpened"])
+            circuit.add_metric([name], 0 if status["circuit"] == "closed" else 1)
+        yield from (requests, failures, opened, circuit, in_flight)
