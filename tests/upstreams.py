@@ -156,7 +156,7 @@ class GraphQLUpstream:
         self.received: list[Received] = []
         self.created: dict[str, list[dict[str, Any]]] = {}
         self.answer: Callable[[Received], Answer | None] | None = None
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()
         upstream = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -173,7 +173,7 @@ class GraphQLUpstream:
                 except ValueError:
                     body = {}
                 received = Received({k.lower(): v for k, v in self.headers.items()}, body)
-                with upstream._lock:
+                with upstream.lock:
                     upstream.received.append(received)
                 override = upstream.answer(received) if upstream.answer is not None else None
                 if override is not None and override.delay:

@@ -67,7 +67,7 @@ def composed(tmp: Path) -> tuple[GraphQLSchema, dict[tuple[str, str], Any], set[
     upstream = composition.upstreams["orders"]
     owned = {t.name for t in upstream.schema.type_map.values() if not t.name.startswith("__")}
     roots = {("Query" if op == "query" else "Mutation", name) for op, name in composition.roots}
-    return schema._schema, schema.authorizer.rules, owned, roots
+    return schema.authorizer.schema, schema.authorizer.rules, owned, roots
 
 
 @dataclass(frozen=True)
