@@ -20,11 +20,13 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Mount, Route
 
 from authz import install_team_permissions
 from gateway.admission import AdmissionPolicy, EdgeAdmission, OrgLimitCache
 from gateway.graphql import GraphQLView
+from gateway.http_proxy import HttpUpstreams
+from gateway.http_routes import RouteTable
 from gateway.logs import configure_logging
 from gateway.mail import DeliveryPolicy, MailDelivery, build_mailer
 from gateway.middleware import (
@@ -271,22 +273,33 @@ def build_gateway_schema(
     )
 
 
-def gateway_upstreams(settings: Settings, services: Services) -> Composition | None:
-    """The upstreams file read, checked and composed, its forwarder installed in `services`; None without a file.
-    The team's permissions join the vocabulary either way (none without a file)."""
+def gateway_upstreams(settings: Settings, services: Services) -> tuple[Composition | None, HttpUpstreams | None]:
+    """The upstreams file read, checked and composed: its GraphQL upstreams' forwarder installed in `services`,
+    its HTTP upstreams' routes; None for what the file does not declare (or without a file). The team's
+    permissions join the vocabulary either way (none without a file)."""
     if settings.upstreams_file is None:
         install_team_permissions(())
-        return None
-    composition = load_upstreams(settings.upstreams_file)
+        return None, None
+    loaded = load_upstreams(settings.upstreams_file)
     tokens = ContextTokens(services.tokens.keys, issuer=settings.public_url)
-    services.upstreams = Forwarder(composition, tokens)
-    return composition
+    http = None
+    if loaded.http:
+        http = HttpUpstreams(RouteTable(loaded.http), admission=services.admission, tokens=tokens, audit=services.audit)
+    if loaded.composition.empty:
+        return None, http
+    services.upstreams = Forwarder(loaded.composition, tokens)
+    return loaded.composition, http
 
 
 def edge_middleware(
-    settings: Settings, services: Services, metrics: GatewayMetrics, rate_limit_audit: RateLimitAudit
+    settings: Settings,
+    services: Services,
+    metrics: GatewayMetrics,
+    rate_limit_audit: RateLimitAudit,
+    routed_prefixes: tuple[str, ...] = (),
 ) -> list[Middleware]:
-    """The edge in front of the routes, outermost first (gateway/middleware.py)."""
+    """The edge in front of the routes, outermost first (gateway/middleware.py). The HTTP upstreams' prefixes
+    (`routed_prefixes`) have their own body limits and admission, per route (gateway/http_proxy.py)."""
     return [
         Middleware(RequestIdMiddleware),
         Middleware(
@@ -295,7 +308,7 @@ def edge_middleware(
             html_csp=GRAPHIQL_CSP if settings.graphiql_enabled else None,
         ),
         Middleware(RequestTargetMiddleware),
-        Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes),
+        Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, exempt_prefixes=routed_prefixes),
         Middleware(
             AuthenticationMiddleware,
             authenticator=services.authenticator,
@@ -305,7 +318,7 @@ def edge_middleware(
             audit=services.audit,
             rate_limit_audit=rate_limit_audit,
         ),
-        Middleware(AdmissionMiddleware, admission=services.admission),
+        Middleware(AdmissionMiddleware, admission=services.admission, exempt_prefixes=routed_prefixes),
     ]
 
 
@@ -319,6 +332,7 @@ class GatewayParts:
     metrics: GatewayMetrics
     schema: PortcullisSchema
     middleware: list[Middleware]
+    http_upstreams: HttpUpstreams | None = None
 
 
 def gateway_parts(settings: Settings) -> GatewayParts:
@@ -327,7 +341,7 @@ def gateway_parts(settings: Settings) -> GatewayParts:
     services = build_services(settings)
     rate_limit_audit = RateLimitAudit(services.audit, redis=services.redis, clock=services.clock)
     metrics = GatewayMetrics()
-    upstreams = gateway_upstreams(settings, services)
+    upstreams, http = gateway_upstreams(settings, services)
     schema = build_gateway_schema(settings, upstreams=upstreams)
     if services.upstreams is not None:
         metrics.watch_upstreams(services.upstreams)
@@ -338,7 +352,8 @@ def gateway_parts(settings: Settings) -> GatewayParts:
         rate_limit_audit,
         metrics,
         schema,
-        edge_middleware(settings, services, metrics, rate_limit_audit),
+        edge_middleware(settings, services, metrics, rate_limit_audit, http.table.prefixes if http else ()),
+        http,
     )
 
 
@@ -434,13 +449,15 @@ def assemble(parts: GatewayParts, *, saml_login: SamlLogin | None = None) -> Sta
             await services.revocations.stop()
             if services.upstreams is not None:
                 await services.upstreams.close()
+            if parts.http_upstreams is not None:
+                await parts.http_upstreams.close()
             if services.redis is not None:
                 await services.redis.aclose()
             await services.db.dispose()
 
     graphql = GraphQLView(schema, services, graphiql=settings.graphiql_enabled)
     saml_routes = SamlRoutes(settings, services, saml_login)
-    routes = [
+    routes: list[BaseRoute] = [
         Route("/graphql", graphql, methods=["GET", "POST"]),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
@@ -455,6 +472,10 @@ def assemble(parts: GatewayParts, *, saml_login: SamlLogin | None = None) -> Sta
         *saml_routes.routes(route_limits),
         *sso_routes(settings, services, starters={"saml": saml_routes.begin}, limit=route_limits),
     ]
+    if parts.http_upstreams is not None:
+        # the prefix itself and everything under it, with no redirect to a trailing slash
+        for prefix in parts.http_upstreams.table.prefixes:
+            routes += [Route(prefix, parts.http_upstreams), Mount(prefix, app=parts.http_upstreams)]
     app = Starlette(routes=routes, middleware=parts.middleware, lifespan=lifespan)
     app.state.settings = settings
     app.state.services = services

@@ -40,6 +40,10 @@ def request_state(scope: Scope) -> dict[str, Any]:
     return scope.setdefault("state", {})  # type: ignore[no-any-return]
 
 
+def under_prefix(path: str, prefixes: tuple[str, ...]) -> bool:
+    return any(path == prefix or path.startswith(prefix + "/") for prefix in prefixes)
+
+
 def _header(scope: Scope, name: bytes) -> list[bytes]:
     return [v for k, v in scope["headers"] if k == name]
 
@@ -189,14 +193,16 @@ def graphql_error(message: str, code: str, **extensions: Any) -> dict[str, Any]:
 
 
 class BodyLimitMiddleware:
-    """Refuses request bodies over the limit with 413, by the declared length or by counting."""
+    """Refuses request bodies over the limit with 413, by the declared length or by counting. Paths under
+    `exempt_prefixes` (the HTTP upstreams' routes) are held to their route's own limit instead."""
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, max_bytes: int, exempt_prefixes: tuple[str, ...] = ()) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.exempt = exempt_prefixes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or (self.exempt and under_prefix(scope["path"], self.exempt)):
             await self.app(scope, receive, send)
             return
         declared = _header(scope, b"content-length")

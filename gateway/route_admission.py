@@ -7,17 +7,26 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from authz import anonymous
 from gateway.admission import EdgeAdmission
-from gateway.middleware import AuthenticationMiddleware, graphql_error, request_state, send_json
+from gateway.middleware import AuthenticationMiddleware, graphql_error, request_state, send_json, under_prefix
 
 
 class AdmissionMiddleware:
     """Admits every tenant route other than `/graphql` at no cost (GraphQL is admitted in the schema,
-    once its cost is known; see gateway/admission.py). Public routes pass through unlimited."""
+    once its cost is known; see gateway/admission.py). Public routes pass through unlimited. The HTTP upstreams'
+    prefixes (`exempt_prefixes`) are admitted by their routes, at each route's cost (gateway/http_proxy.py)."""
 
-    def __init__(self, app: ASGIApp, *, admission: EdgeAdmission, graphql_path: str = "/graphql") -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        admission: EdgeAdmission,
+        graphql_path: str = "/graphql",
+        exempt_prefixes: tuple[str, ...] = (),
+    ) -> None:
         self.app = app
         self.admission = admission
         self.graphql_path = graphql_path
+        self.exempt = exempt_prefixes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
@@ -25,6 +34,7 @@ class AdmissionMiddleware:
             or scope["path"] == self.graphql_path
             or scope["path"] in AuthenticationMiddleware.PUBLIC_PATHS
             or scope["path"].startswith("/.well-known/")
+            or (self.exempt and under_prefix(scope["path"], self.exempt))
         ):
             await self.app(scope, receive, send)
             return

@@ -1,6 +1,6 @@
-"""The upstreams file (`PORTCULLIS_UPSTREAMS_FILE`): the team's permissions and GraphQL upstreams, read and
-checked once at start. Every problem is found and reported at once; `serve` refuses to start on any of them,
-`portcullis upstreams check` prints them (docs/upstreams.md)."""
+"""The upstreams file (`PORTCULLIS_UPSTREAMS_FILE`): the team's permissions, GraphQL upstreams and HTTP
+upstreams (`gateway.http_routes`), read and checked once at start. Every problem is found and reported at
+once; `serve` refuses to start on any of them, `portcullis upstreams check` prints them (docs/upstreams.md)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from authz import TeamPermission, TeamPermissionError, install_team_permissions
+from gateway.http_routes import HttpUpstreamConfig, check_http_upstreams, read_http_upstream
 from resolvers.upstream_client import NEVER_FORWARDED, UpstreamConfig
 from schema.upstreams import Composition, CompositionError, Forwarder, compose_upstreams
 from schema.upstreams.sdl import PRESET_ATTRIBUTES
@@ -43,6 +44,15 @@ class UpstreamsFile:
     path: Path
     permissions: list[TeamPermission] = field(default_factory=list)
     upstreams: list[UpstreamConfig] = field(default_factory=list)
+    http_upstreams: list[Any] = field(default_factory=list)  # the raw tables, read once permissions are installed
+
+
+@dataclass(frozen=True)
+class LoadedUpstreams:
+    """What `serve` runs with: the GraphQL upstreams composed, the HTTP upstreams' routes checked."""
+
+    composition: Composition
+    http: tuple[HttpUpstreamConfig, ...] = ()
 
 
 def _introspect(url: str, timeout: float) -> str:
@@ -162,13 +172,14 @@ def read_upstreams_file(path: Path, problems: list[str]) -> UpstreamsFile:
         raise UpstreamsFileError([f"{path}: not a valid TOML file: {exc}"]) from exc
     for unknown in sorted(set(raw) - {"permission", "upstream", "http_upstream"}):
         problems.append(f"{path}: unknown section {unknown!r}")
-    if "http_upstream" in raw:
-        problems.append(f"{path}: http_upstream routes are not supported by this version")
     permissions = raw.get("permission", [])
     upstreams = raw.get("upstream", [])
-    if not isinstance(permissions, list) or not isinstance(upstreams, list):
-        raise UpstreamsFileError([f"{path}: [[permission]] and [[upstream]] must be arrays of tables"])
-    result = UpstreamsFile(path)
+    http_upstreams = raw.get("http_upstream", [])
+    if not all(isinstance(v, list) for v in (permissions, upstreams, http_upstreams)):
+        raise UpstreamsFileError(
+            [f"{path}: [[permission]], [[upstream]] and [[http_upstream]] must be arrays of tables"]
+        )
+    result = UpstreamsFile(path, http_upstreams=http_upstreams)
     for index, entry in enumerate(permissions):
         found = _permission(entry, index, problems)
         if found is not None:
@@ -180,22 +191,28 @@ def read_upstreams_file(path: Path, problems: list[str]) -> UpstreamsFile:
     return result
 
 
-def load_upstreams(path: Path) -> Composition:
-    """The file read, its permissions installed in the vocabulary and its upstreams composed: what `serve`
-    runs with. Raises `UpstreamsFileError` with every problem of the file and of the composition."""
+def load_upstreams(path: Path) -> LoadedUpstreams:
+    """The file read, its permissions installed in the vocabulary, its GraphQL upstreams composed and its HTTP
+    routes checked: what `serve` runs with. Raises `UpstreamsFileError` with every problem of the file."""
     problems: list[str] = []
     found = read_upstreams_file(path, problems)
     try:
         install_team_permissions(found.permissions)
     except TeamPermissionError as exc:
         problems.extend(exc.problems)
+    http: list[HttpUpstreamConfig] = []
+    for index, entry in enumerate(found.http_upstreams):
+        config = read_http_upstream(entry, index, problems)
+        if config is not None:
+            http.append(config)
+    problems.extend(check_http_upstreams(http, (u.name for u in found.upstreams)))
     try:
         composition = compose_upstreams(found.upstreams)
     except CompositionError as exc:
         problems.extend(exc.problems)
     if problems:
         raise UpstreamsFileError(problems)
-    return composition
+    return LoadedUpstreams(composition, tuple(http))
 
 
 def describe_status(status: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:

@@ -408,29 +408,35 @@ def describe(requirement: Requirement | None) -> str:
     return " ".join(parts) or "@authenticated"
 
 
+def roles_allowed(requirement: Requirement) -> list[str]:
+    """The built-in roles whose members (on the top plan) meet `requirement` (`authz-report`)."""
+    from authz import AuthMethod, PrincipalKind, permissions_for_role
+    from authz.roles import ROLE_ORDER
+
+    return [
+        role.value
+        for role in ROLE_ORDER
+        if decide(
+            Principal(
+                kind=PrincipalKind.USER,
+                permissions=permissions_for_role(role.value),
+                auth_method=AuthMethod.PASSWORD,
+                plan="enterprise",
+            ),
+            requirement,
+        )
+    ]
+
+
 def field_table(authorizer: Authorizer) -> list[dict[str, Any]]:
     """Every field of the schema with its rule and the built-in roles it admits (`authz-report`)."""
-    from authz import AuthMethod, PrincipalKind, permissions_for_role
     from authz.roles import ROLE_ORDER
 
     roots = {t.name for t in (authorizer.schema.query_type, authorizer.schema.mutation_type) if t is not None}
     rows = []
     for type_name, field_name, requirement in authorizer.report():
         if requirement is not None:
-            rule = describe(requirement)
-            allowed = [
-                role.value
-                for role in ROLE_ORDER
-                if decide(
-                    Principal(
-                        kind=PrincipalKind.USER,
-                        permissions=permissions_for_role(role.value),
-                        auth_method=AuthMethod.PASSWORD,
-                        plan="enterprise",
-                    ),
-                    requirement,
-                )
-            ]
+            rule, allowed = describe(requirement), roles_allowed(requirement)
         elif (type_name, field_name) in PUBLIC_ROOT_FIELDS:
             rule, allowed = "public", ["anonymous", *(r.value for r in ROLE_ORDER)]
         elif type_name in roots:

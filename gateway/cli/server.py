@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 from gateway.cli.common import check_signing_keys, load_settings
 
 if TYPE_CHECKING:
+    from gateway.upstreams import LoadedUpstreams
     from schema import PortcullisSchema
-    from schema.upstreams import Composition
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -68,15 +68,15 @@ def _upstreams_problems(path: Path) -> bool:
     return False
 
 
-def _composed_schema() -> tuple[PortcullisSchema, Composition | None]:
+def _composed_schema() -> tuple[PortcullisSchema, LoadedUpstreams | None]:
     """The gateway's schema with the upstreams of `PORTCULLIS_UPSTREAMS_FILE` mounted, if it names one."""
     from gateway.settings import Settings
     from gateway.upstreams import load_upstreams
     from schema import build_schema
 
     path = Settings().upstreams_file
-    composition = load_upstreams(path) if path is not None else None
-    return build_schema(upstreams=composition), composition
+    loaded = load_upstreams(path) if path is not None else None
+    return build_schema(upstreams=loaded.composition if loaded is not None else None), loaded
 
 
 def cmd_upstreams(args: argparse.Namespace) -> int:
@@ -89,13 +89,17 @@ def cmd_upstreams(args: argparse.Namespace) -> int:
         print("portcullis: no upstreams file (PORTCULLIS_UPSTREAMS_FILE or --file)", file=sys.stderr)
         return 2
     try:
-        composition = load_upstreams(path)
+        loaded = load_upstreams(path)
     except UpstreamsFileError as exc:
         print(f"portcullis: {path}: {len(exc.problems)} problem(s):", file=sys.stderr)
         for problem in exc.problems:
             print(f"  - {problem}", file=sys.stderr)
         return 1
+    composition = loaded.composition
     sys.stdout.write(build_schema(upstreams=composition).as_str() + "\n")
+    for http in loaded.http:
+        for route in http.routes:
+            print(f"# {http.name}: {' '.join(route.methods)} {http.prefix}{route.path} -> {http.url}{route.path}")
     for upstream, type_name, field_name in composition.unruled():
         print(f"portcullis: {upstream}: {type_name}.{field_name} has no rule: not mounted", file=sys.stderr)
     for name, mounted in composition.upstreams.items():
@@ -125,21 +129,23 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def cmd_authz_report(args: argparse.Namespace) -> int:
     import json
 
+    from gateway.http_routes import route_table_rows
     from gateway.upstreams import UpstreamsFileError
     from schema.authorization import field_table
 
     try:
-        schema, composition = _composed_schema()
+        schema, loaded = _composed_schema()
     except UpstreamsFileError:
         print("portcullis: the upstreams file has problems; see `portcullis upstreams check`", file=sys.stderr)
         return 1
     rows = field_table(schema.authorizer)
-    if composition is not None:
+    if loaded is not None:
         # default deny: an upstream root field without a rule is not mounted, nor what only it reaches
         rows += [
             {"type": t, "field": f, "rule": f"unreachable: upstream {u} gives it no rule", "roles": []}
-            for u, t, f in composition.unruled()
+            for u, t, f in loaded.composition.unruled()
         ]
+        rows += route_table_rows(loaded.http)
     if args.format == "json":
         print(json.dumps(rows, indent=2))
     else:

@@ -83,6 +83,8 @@ class AuditAction(StrEnum):
     REPORT_GENERATED = "report_generated"
     # a root mutation field of an upstream, forwarded (its upstream, field, outcome and latency; never arguments)
     UPSTREAM_MUTATION = "upstream_mutation"
+    # a request forwarded by an audited HTTP route (its upstream, route, method, status, outcome and latency)
+    UPSTREAM_REQUEST = "upstream_request"
     # limits
     EXCESS_RATE_LIMIT_EXCEEDED = "excess_rate_limit_exceeded"
     # a mutation the vocabulary does not name yet (recorded all the same)

@@ -60,7 +60,7 @@ def composed(tmp: Path) -> tuple[GraphQLSchema, dict[tuple[str, str], Any], set[
     """The composed schema as the gateway serves it, its rules, the upstream's types and its root fields."""
     installed = list(team_permissions().values())
     try:
-        composition = load_upstreams(write_file(tmp, "http://127.0.0.1:9/graphql"))
+        composition = load_upstreams(write_file(tmp, "http://127.0.0.1:9/graphql")).composition
         schema = build_schema(upstreams=composition)
     finally:
         install_team_permissions(installed)

@@ -1,0 +1,438 @@
+"""The HTTP upstreams' routes at the edge: a request under a prefix of the upstreams file, already
+authenticated by the edge (gateway/middleware.py), is matched, admitted, authorized and forwarded.
+
+In order: the route is matched on the path as sent (`gateway.http_routes`; no route: 404, a method not
+listed: 405 with `Allow`); the request and the route's cost are taken from the tenant's budgets in one
+admission take, as a GraphQL operation's are (429/503); the route's rule is decided by `authz.decide`
+(401/403, the contract's JSON error body); `X-Portcullis-Explain: 1` answers what would happen instead of
+forwarding; a declared body over the route's limit is 413 before anything is sent. Then the request goes to
+the upstream with the context token, `X-Request-ID` and a rebuilt `X-Forwarded-For`, without the client's
+credentials, cookies or hop-by-hop headers; the body streams up and the answer streams back (neither is held
+in memory), minus hop-by-hop headers and `Set-Cookie` unless the route allows it. An upstream that closes
+mid-answer cuts the client's answer short (its connection is closed, never completed or reused). Audited
+routes write one entry when the answer ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+from starlette.types import Receive, Scope, Send
+from yarl import URL
+
+from authz import ALLOW, Decision, Principal, anonymous, decide
+from authz.errors import ErrorCode
+from gateway.admission import EdgeAdmission
+from gateway.http_routes import HttpUpstreamConfig, Matched, NotAllowed, RouteTable
+from gateway.middleware import graphql_error, request_state, send_json
+from identity.context_tokens import ContextTokens
+from resolvers.upstream_client import CircuitBreaker
+from schema.limits.admission import EXPLAIN_HEADER
+from store.audit import ActorType, AuditAction, AuditEvent, AuditTrail
+
+log = logging.getLogger("portcullis.upstreams")
+
+CHUNK = 64 * 1024
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"trailers",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-connection",
+    }
+)
+# the client's headers that never reach an upstream (C-138), beside the hop-by-hop ones: its credentials,
+# what the gateway sets itself, and what would mislead the upstream about who is calling
+_NOT_FORWARDED = frozenset(
+    {
+        b"host",
+        b"content-length",
+        b"authorization",
+        b"cookie",
+        b"x-api-key",
+        b"x-csrf-token",
+        b"forwarded",
+        b"x-forwarded-for",
+        b"x-forwarded-host",
+        b"x-forwarded-proto",
+        b"x-forwarded-prefix",
+        b"x-real-ip",
+        b"x-request-id",
+        b"expect",
+        EXPLAIN_HEADER.encode(),
+    }
+)
+# the upstream's headers that the gateway's own take the place of
+_NOT_RETURNED = frozenset(
+    {
+        b"date",
+        b"server",
+        b"x-request-id",
+        b"x-content-type-options",
+        b"x-frame-options",
+        b"referrer-policy",
+        b"cross-origin-opener-policy",
+        b"strict-transport-security",
+    }
+)
+_MFA_REFUSAL = "multi-factor enrollment required"
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class HttpUpstreams:
+    """The ASGI application of every HTTP upstream's prefix."""
+
+    def __init__(
+        self,
+        table: RouteTable,
+        *,
+        admission: EdgeAdmission,
+        tokens: ContextTokens,
+        audit: AuditTrail,
+        failure_threshold: int = 5,
+        open_seconds: float = 10.0,
+    ) -> None:
+        self.table = table
+        self.admission = admission
+        self.tokens = tokens
+        self.audit = audit
+        self.breakers = {u.name: CircuitBreaker(failure_threshold, open_seconds) for u in table.upstreams}
+        self.permissions = {u.name: u.permissions for u in table.upstreams}
+        self._sessions: dict[str, aiohttp.ClientSession] = {}
+
+    def _session(self, upstream: HttpUpstreamConfig) -> aiohttp.ClientSession:
+        session = self._sessions.get(upstream.name)
+        if session is None or session.closed:
+            session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=upstream.max_connections, ttl_dns_cache=300),
+                # the deadline is for each wait on the upstream (its answer's head, then every read), not for
+                # the whole transfer: a large download takes as long as it takes while data keeps coming
+                timeout=aiohttp.ClientTimeout(
+                    total=None, sock_connect=upstream.timeout_seconds, sock_read=upstream.timeout_seconds
+                ),
+                cookie_jar=aiohttp.DummyCookieJar(),
+                auto_decompress=False,  # bytes pass through as the upstream encoded them
+                skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
+            )
+            self._sessions[upstream.name] = session
+        return session
+
+    async def close(self) -> None:
+        for session in self._sessions.values():
+            await session.close()
+        self._sessions.clear()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state = request_state(scope)
+        principal: Principal = state.get("principal") or anonymous(state.get("client_ip"), state.get("request_id"))
+        method: str = scope["method"]
+        raw_path: bytes = (scope.get("raw_path") or scope["path"].encode()).split(b"?", 1)[0]
+        found = self.table.match(raw_path, method)
+        if not isinstance(found, Matched):
+            # a path or method the team did not declare is counted like any request, at no cost
+            if await self._admitted(principal, state, send, cost=0, spend_cost=False) is None:
+                return
+            if isinstance(found, NotAllowed):
+                allow = ", ".join(found.allow).encode()
+                message = f"The method {method} is not allowed here; allowed: {allow.decode()}."
+                await send_json(
+                    send, 405, graphql_error(message, ErrorCode.BAD_USER_INPUT.value), headers=[(b"allow", allow)]
+                )
+            else:
+                await send_json(send, 404, graphql_error("Not found.", ErrorCode.NOT_FOUND.value))
+            return
+        route = found.route
+        decision = self._decide(principal, found)
+        explain = _single(scope, EXPLAIN_HEADER.encode()) == b"1"
+        admitted = await self._admitted(
+            principal, state, send, cost=route.cost, spend_cost=bool(decision) and not explain
+        )
+        if admitted is None:
+            return
+        if explain:
+            await send_json(send, 200, {"explain": self._explanation(found, method, decision, admitted)})
+            return
+        if not decision:
+            await self._refuse(send, principal, decision)
+            return
+        declared = _single(scope, b"content-length")
+        if declared is not None and not declared.isdigit():
+            await send_json(send, 400, graphql_error("Invalid Content-Length.", ErrorCode.BAD_USER_INPUT.value))
+            return
+        if declared is not None and int(declared) > route.max_body_bytes:
+            await _too_large(send, route.max_body_bytes)
+            return
+        await self._forward(scope, receive, send, found, principal)
+
+    def _decide(self, principal: Principal, found: Matched) -> Decision:
+        rule = found.route.rule
+        if rule.public:
+            return ALLOW
+        if principal.mfa_enrollment_required:
+            return Decision(allowed=False, reason=_MFA_REFUSAL)
+        return decide(principal, rule.requirement)
+
+    async def _admitted(
+        self, principal: Principal, state: dict[str, Any], send: Send, *, cost: int, spend_cost: bool
+    ) -> Any:
+        decision = await self.admission.admit(
+            principal, key_rate_limit=state.get("api_key_rate_limit"), cost=cost, spend_cost=spend_cost
+        )
+        if decision.admitted:
+            return decision
+        if decision.status == 429:
+            retry = decision.retry_after
+            body = graphql_error(f"Rate limit exceeded; retry in {retry} s.", "RATE_LIMITED", retryAfter=retry)
+        else:
+            body = graphql_error(
+                "The rate limiter is unavailable; retry shortly.", "INTERNAL", retryAfter=decision.retry_after
+            )
+        await send_json(send, decision.status, body, headers=decision.headers())
+        return None
+
+    @staticmethod
+    async def _refuse(send: Send, principal: Principal, decision: Decision) -> None:
+        if not principal.is_authenticated:
+            await send_json(
+                send,
+                401,
+                graphql_error("Authentication required.", ErrorCode.UNAUTHENTICATED.value),
+                headers=[(b"www-authenticate", b'Bearer realm="portcullis"')],
+            )
+            return
+        extensions: dict[str, Any] = {}
+        if decision.required_scopes:
+            extensions["requiredScopes"] = [list(group) for group in decision.required_scopes]
+        if decision.required_plan:
+            extensions["requiredPlan"] = decision.required_plan
+        message = "Not allowed: " + (decision.reason or "forbidden") + "."
+        await send_json(send, 403, graphql_error(message, ErrorCode.FORBIDDEN.value, **extensions))
+
+    def _explanation(self, found: Matched, method: str, decision: Decision, admitted: Any) -> dict[str, Any]:
+        route = found.route
+        out: dict[str, Any] = {
+            "upstream": found.upstream.name,
+            "route": route.path,
+            "method": method,
+            "rule": route.rule.describe(),
+            "allowed": bool(decision),
+            "cost": route.cost,
+            "audited": method in route.audit,
+            "maxBodyBytes": route.max_body_bytes,
+            "rateLimits": [
+                {"name": s.limit.name, "limit": s.limit.amount, "window": s.limit.window, "remaining": s.remaining}
+                for s in admitted.states
+            ],
+        }
+        if not decision:
+            out["denied"] = {
+                "reason": decision.reason,
+                "requiredScopes": [list(g) for g in decision.required_scopes] or None,
+                "requiredPlan": decision.required_plan,
+            }
+        return out
+
+    def _headers(self, scope: Scope, found: Matched, principal: Principal) -> dict[str, str]:
+        connection_named = {
+            token.strip().lower().encode()
+            for name, value in scope["headers"]
+            if name == b"connection"
+            for token in value.decode("latin-1").split(",")
+        }
+        headers: dict[str, str] = {}
+        for name, value in scope["headers"]:
+            if name in HOP_BY_HOP or name in _NOT_FORWARDED or name in connection_named:
+                continue
+            key = name.decode("latin-1")
+            text = value.decode("latin-1")
+            headers[key] = f"{headers[key]}, {text}" if key in headers else text
+        upstream = found.upstream
+        token = self.tokens.token_for(principal, upstream.name, self.permissions[upstream.name])
+        headers["authorization"] = f"Bearer {token}"
+        if principal.request_id:
+            headers["x-request-id"] = principal.request_id
+        if principal.client_ip:
+            headers["x-forwarded-for"] = principal.client_ip  # the trusted client address, never copied
+        headers["x-forwarded-proto"] = scope.get("scheme", "http")
+        headers["x-forwarded-prefix"] = upstream.prefix
+        declared = _single(scope, b"content-length")
+        if declared is not None:
+            headers["content-length"] = declared.decode("latin-1")
+        return headers
+
+    async def _forward(self, scope: Scope, receive: Receive, send: Send, found: Matched, principal: Principal) -> None:
+        upstream, route = found.upstream, found.route
+        method: str = scope["method"]
+        breaker = self.breakers[upstream.name]
+        started = time.perf_counter()
+        status = 0
+        outcome = "ok"
+        too_large = client_gone = False
+        response_started = False
+        declared = _single(scope, b"content-length")
+        has_body = declared not in (None, b"0") or _single(scope, b"transfer-encoding") is not None
+
+        async def body() -> AsyncIterator[bytes]:
+            nonlocal too_large, client_gone
+            received = 0
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    client_gone = True
+                    raise ConnectionResetError("the client went away")
+                chunk = message.get("body", b"")
+                received += len(chunk)
+                if received > route.max_body_bytes:
+                    too_large = True
+                    raise _BodyTooLarge
+                if chunk:
+                    yield chunk
+                if not message.get("more_body", False):
+                    return
+
+        try:
+            if not breaker.allow():
+                outcome = "circuit_open"
+                status = 503
+                await _unavailable(send, upstream.name, principal, 503)
+                return
+            query = scope.get("query_string") or b""
+            target = upstream.url + found.forward_path + ("?" + query.decode("latin-1") if query else "")
+            url = URL(target, encoded=True)
+            async with self._session(upstream).request(
+                method,
+                url,
+                headers=self._headers(scope, found, principal),
+                data=body() if has_body else None,
+                allow_redirects=False,
+            ) as response:
+                status = response.status
+                if status >= 500:
+                    breaker.failed()
+                else:
+                    breaker.succeeded()
+                headers = _returned(response.raw_headers, route.allow_set_cookie)
+                await send({"type": "http.response.start", "status": status, "headers": headers})
+                response_started = True
+                if method != "HEAD":
+                    async for chunk in response.content.iter_chunked(CHUNK):
+                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await send({"type": "http.response.body", "body": b""})
+        except _BodyTooLarge:
+            outcome, status = "body_too_large", 413
+            if not response_started:
+                await _too_large(send, route.max_body_bytes)
+        except (aiohttp.ClientError, TimeoutError, ConnectionResetError, OSError) as exc:
+            if too_large:
+                outcome, status = "body_too_large", 413
+                if not response_started:
+                    await _too_large(send, route.max_body_bytes)
+                return
+            if client_gone:
+                outcome, status = "client_gone", 499
+                return
+            if response_started:
+                outcome = "truncated"
+                log.warning("upstream %s closed its answer early: %s", upstream.name, type(exc).__name__)
+                raise ConnectionAbortedError(f"the upstream {upstream.name} closed its answer early") from None
+            timed_out = isinstance(exc, TimeoutError)
+            outcome = "timeout" if timed_out else "unavailable"
+            status = 504 if timed_out else 502
+            breaker.failed()
+            log.warning("upstream %s %s: %s", upstream.name, outcome, type(exc).__name__)
+            await _unavailable(send, upstream.name, principal, status)
+        finally:
+            if method in route.audit:
+                await self._audit(found, method, principal, scope, status, outcome, time.perf_counter() - started)
+
+    async def _audit(
+        self, found: Matched, method: str, principal: Principal, scope: Scope, status: int, outcome: str, seconds: float
+    ) -> None:
+        agent = _single(scope, b"user-agent")
+        event = AuditEvent(
+            action=AuditAction.UPSTREAM_REQUEST,
+            result="success" if outcome == "ok" and status < 400 else "error",
+            organization_id=principal.organization_id,
+            actor_type=ActorType(principal.kind.value) if principal.is_authenticated else ActorType.ANONYMOUS,
+            actor_id=principal.subject_id,
+            resource_type="http_upstream",
+            resource_id=found.upstream.name,
+            request_id=principal.request_id,
+            ip=principal.client_ip,
+            user_agent=agent.decode("latin-1")[:512] if agent else None,
+            details={
+                "upstream": found.upstream.name,
+                "route": found.route.path,
+                "method": method,
+                "status": status,
+                "outcome": outcome,
+                "latencyMs": round(seconds * 1000, 1),
+            },
+        )
+        try:
+            await self.audit.record(event)
+        except Exception:
+            log.exception("audit entry of an upstream request not written", extra={"request_id": principal.request_id})
+
+
+def _single(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value  # type: ignore[no-any-return]
+    return None
+
+
+def _returned(raw: Any, allow_set_cookie: bool) -> list[tuple[bytes, bytes]]:
+    """The upstream's headers as the client gets them: no hop-by-hop header (nor one its `Connection` names),
+    none the gateway sets itself, `Set-Cookie` only where the route allows it."""
+    named = {
+        token.strip().lower().encode()
+        for name, value in raw
+        if name.lower() == b"connection"
+        for token in value.decode("latin-1").split(",")
+    }
+    out: list[tuple[bytes, bytes]] = []
+    for name, value in raw:
+        lower = name.lower()
+        if lower in HOP_BY_HOP or lower in named or lower in _NOT_RETURNED:
+            continue
+        if lower == b"set-cookie" and not allow_set_cookie:
+            continue
+        out.append((lower, value))
+    if not any(k == b"content-security-policy" for k, _ in out) and any(
+        k == b"content-type" and v.lower().startswith(b"text/html") for k, v in out
+    ):
+        # a page of the team's own: never framed elsewhere; what it loads is its own business (the gateway's
+        # strict default would break it, GraphiQL's would open it to unpkg.com)
+        out.append((b"content-security-policy", b"frame-ancestors 'none'"))
+    return out
+
+
+async def _too_large(send: Send, limit: int) -> None:
+    await send_json(send, 413, graphql_error(f"Request body exceeds {limit} bytes.", ErrorCode.BAD_USER_INPUT.value))
+
+
+async def _unavailable(send: Send, upstream: str, principal: Principal, status: int) -> None:
+    await send_json(
+        send,
+        status,
+        graphql_error(
+            f"The upstream {upstream} is unavailable.",
+            ErrorCode.UPSTREAM_UNAVAILABLE.value,
+            upstream=upstream,
+            requestId=principal.request_id,
+        ),
+    )
