@@ -37,6 +37,7 @@ from store.audit import ActorType, AuditAction, AuditEvent, AuditTrail
 log = logging.getLogger("portcullis.upstreams")
 
 CHUNK = 64 * 1024
+PREFETCH_BYTES = 1024 * 1024
 HOP_BY_HOP = frozenset(
     {
         b"connection",
@@ -280,28 +281,10 @@ class HttpUpstreams:
         started = time.perf_counter()
         status = 0
         outcome = "ok"
-        too_large = client_gone = False
         response_started = False
         declared = _single(scope, b"content-length")
         has_body = declared not in (None, b"0") or _single(scope, b"transfer-encoding") is not None
-
-        async def body() -> AsyncIterator[bytes]:
-            nonlocal too_large, client_gone
-            received = 0
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    client_gone = True
-                    raise ConnectionResetError("the client went away")
-                chunk = message.get("body", b"")
-                received += len(chunk)
-                if received > route.max_body_bytes:
-                    too_large = True
-                    raise _BodyTooLarge
-                if chunk:
-                    yield chunk
-                if not message.get("more_body", False):
-                    return
+        body = _Body(receive, route.max_body_bytes)
 
         try:
             if not breaker.allow():
@@ -309,6 +292,14 @@ class HttpUpstreams:
                 status = 503
                 await _unavailable(send, upstream.name, principal, 503)
                 return
+            data: bytes | AsyncIterator[bytes] | None = None
+            if has_body and declared is None:
+                # a body of unknown length: what fits in PREFETCH_BYTES is read first, so that one over the
+                # route's limit is refused before anything is sent, and a short one goes with its length
+                await body.prefetch(PREFETCH_BYTES)
+                data = body.head_bytes() if body.ended else body.rest()
+            elif has_body:
+                data = body.rest()
             query = scope.get("query_string") or b""
             target = upstream.url + found.forward_path + ("?" + query.decode("latin-1") if query else "")
             url = URL(target, encoded=True)
@@ -316,7 +307,7 @@ class HttpUpstreams:
                 method,
                 url,
                 headers=self._headers(scope, found, principal),
-                data=body() if has_body else None,
+                data=data,
                 allow_redirects=False,
             ) as response:
                 status = response.status
@@ -336,12 +327,12 @@ class HttpUpstreams:
             if not response_started:
                 await _too_large(send, route.max_body_bytes)
         except (aiohttp.ClientError, TimeoutError, ConnectionResetError, OSError) as exc:
-            if too_large:
+            if body.too_large:
                 outcome, status = "body_too_large", 413
                 if not response_started:
                     await _too_large(send, route.max_body_bytes)
                 return
-            if client_gone:
+            if body.client_gone:
                 outcome, status = "client_gone", 499
                 return
             if response_started:
@@ -368,7 +359,7 @@ class HttpUpstreams:
             organization_id=principal.organization_id,
             actor_type=ActorType(principal.kind.value) if principal.is_authenticated else ActorType.ANONYMOUS,
             actor_id=principal.subject_id,
-            resource_type="http_upstream",
+            resource_type="upstream",
             resource_id=found.upstream.name,
             request_id=principal.request_id,
             ip=principal.client_ip,
@@ -386,6 +377,51 @@ class HttpUpstreams:
             await self.audit.record(event)
         except Exception:
             log.exception("audit entry of an upstream request not written", extra={"request_id": principal.request_id})
+
+
+class _Body:
+    """The client's request body, read as the upstream takes it and counted against the route's limit; a
+    first part may be read ahead (`prefetch`) and is then sent first."""
+
+    def __init__(self, receive: Receive, limit: int) -> None:
+        self.receive = receive
+        self.limit = limit
+        self.received = 0
+        self.head: list[bytes] = []
+        self.ended = False
+        self.too_large = False
+        self.client_gone = False
+
+    async def _next(self) -> bytes:
+        message = await self.receive()
+        if message["type"] == "http.disconnect":
+            self.client_gone = True
+            raise ConnectionResetError("the client went away")
+        chunk: bytes = message.get("body", b"")
+        self.received += len(chunk)
+        if self.received > self.limit:
+            self.too_large = True
+            raise _BodyTooLarge
+        if not message.get("more_body", False):
+            self.ended = True
+        return chunk
+
+    async def prefetch(self, size: int) -> None:
+        while not self.ended and self.received <= size:
+            self.head.append(await self._next())
+
+    def head_bytes(self) -> bytes:
+        return b"".join(self.head)
+
+    async def rest(self) -> AsyncIterator[bytes]:
+        head, self.head = self.head, []
+        for chunk in head:
+            if chunk:
+                yield chunk
+        while not self.ended:
+            chunk = await self._next()
+            if chunk:
+                yield chunk
 
 
 def _single(scope: Scope, name: bytes) -> bytes | None:

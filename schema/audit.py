@@ -322,7 +322,8 @@ class AuditLogFilter:
     from_: datetime | None = strawberry.field(default=None, name="from")
     to: datetime | None = None
     upstream: str | None = strawberry.field(
-        default=None, description="Entries about one upstream service (its forwarded mutations), by its name."
+        default=None,
+        description="Entries about one upstream service, by its name: its forwarded mutations and audited HTTP routes.",
     )
 
 

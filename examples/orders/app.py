@@ -1,19 +1,14 @@
 """An example upstream behind the gateway: orders, kept per organization, answered only to a context token.
 
 The gateway forwards each request with `Authorization: Bearer <context token>`, an RS256 JWT signed with a key
-of its JWKS (contract.md, "Context token"). This service verifies the token before any GraphQL runs, and its
-resolvers check again what the gateway already enforced (the caller's scope and organization): a service
-behind a gateway still trusts only what it has verified itself.
+of its JWKS (contract.md, "Context token"). This service verifies the token (examples/context_tokens.py)
+before any GraphQL runs, and its resolvers check again what the gateway already enforced (the caller's scope
+and organization): a service behind a gateway still trusts only what it has verified itself.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
-import logging
-import time
-import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -21,94 +16,13 @@ from typing import Any
 import strawberry
 from cross_web import HTTPException
 from graphql import GraphQLError
-from jose import jwk, jwt
-from jose.exceptions import JOSEError
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from strawberry.asgi import GraphQL
 
-ALGORITHM = "RS256"
-CONTEXT_TYP = "portcullis-context+jwt"
-MAX_LIFETIME = 60
-JWKS_REFETCH_SECONDS = 60
-UNAUTHENTICATED = {"errors": [{"message": "invalid context token", "extensions": {"code": "UNAUTHENTICATED"}}]}
-log = logging.getLogger("orders")
-
-
-class ContextTokenVerifier:
-    """Checks the gateway's context tokens against its JWKS: fetched at first use, and again (at most once a
-    minute) when a token names a key not in hand, as after the gateway rotates its signing key."""
-
-    def __init__(
-        self,
-        *,
-        jwks_url: str | None,
-        jwks: Mapping[str, Any] | None,
-        issuer: str,
-        audience: str,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        if (jwks_url is None) == (jwks is None):
-            raise ValueError("give exactly one of jwks_url and jwks")
-        if jwks_url is not None and not jwks_url.startswith(("http://", "https://")):
-            raise ValueError("jwks_url must be an http(s) URL")
-        self.jwks_url, self.issuer, self.audience, self.clock = jwks_url, issuer, audience, clock
-        self._keys = self._load(jwks) if jwks is not None else {}
-        self._fetched_at = -float("inf")
-        self._lock = asyncio.Lock()
-
-    @staticmethod
-    def _load(jwks: Mapping[str, Any]) -> dict[str, Any]:
-        return {k["kid"]: jwk.construct(k, ALGORITHM) for k in jwks["keys"] if k.get("kty") == "RSA"}
-
-    def _fetch(self) -> dict[str, Any]:
-        assert self.jwks_url is not None
-        with urllib.request.urlopen(self.jwks_url, timeout=5) as response:  # noqa: S310 (http(s) only, see __init__)
-            return self._load(json.load(response))
-
-    async def _key(self, kid: str) -> Any:
-        if kid not in self._keys and self.jwks_url is not None:
-            async with self._lock:
-                if kid not in self._keys and self.clock() - self._fetched_at >= JWKS_REFETCH_SECONDS:
-                    self._fetched_at = self.clock()
-                    try:
-                        self._keys = await run_in_threadpool(self._fetch)
-                    except (OSError, ValueError, KeyError, TypeError, JOSEError) as exc:
-                        log.warning("cannot fetch the gateway's JWKS from %s: %s", self.jwks_url, exc)
-        return self._keys.get(kid)
-
-    async def verify(self, authorization: str) -> dict[str, Any] | None:
-        """The claims of a valid context token for this service, or None for anything else."""
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            return None
-        try:
-            header = jwt.get_unverified_header(token)
-            kid = header.get("kid")
-            if header.get("alg") != ALGORITHM or header.get("typ") != CONTEXT_TYP or not isinstance(kid, str):
-                return None
-            key = await self._key(kid)
-            if key is None:
-                return None
-            claims = jwt.decode(
-                token,
-                key,
-                algorithms=[ALGORITHM],
-                audience=self.audience,
-                issuer=self.issuer,
-                options={f"require_{c}": True for c in ("exp", "iat", "aud", "iss", "sub")},
-            )
-        except (JOSEError, ValueError, TypeError):  # python-jose raises the last two for malformed claims
-            return None
-        exp, iat, org, scope = (claims.get(c) for c in ("exp", "iat", "org", "scope"))
-        if claims["aud"] != self.audience or not (isinstance(exp, int) and isinstance(iat, int)):
-            return None  # a list `aud` that merely contains ours, or times that are not NumericDates
-        if not 0 < exp - iat <= MAX_LIFETIME or not (isinstance(org, str) and org and isinstance(scope, str)):
-            return None
-        return claims
+from examples.context_tokens import UNAUTHENTICATED, ContextTokenVerifier
 
 
 @strawberry.enum

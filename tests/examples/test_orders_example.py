@@ -7,9 +7,6 @@ from an accepted one by the one property under test. The service runs in process
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import io
 import json
 import time
@@ -24,15 +21,14 @@ from graphql import DirectiveNode, build_ast_schema, build_schema, lexicographic
 from graphql.language import REMOVE, Visitor, visit
 from jose import jwt
 
-from authz import AuthMethod, Principal, PrincipalKind
-from examples.orders.app import UNAUTHENTICATED, ContextTokenVerifier, create_app, schema
-from identity.context_tokens import ContextTokens
+from examples.context_tokens import UNAUTHENTICATED, ContextTokenVerifier
+from examples.orders.app import create_app, schema
 from identity.tokens import KeyRing, generate_private_key_pem
+from tests.examples.tokens import ISSUER, REFUSED, mint_token
+from tests.examples.tokens import forged as forge
 
-ISSUER = "http://127.0.0.1:8000"
 URL = "http://orders.test/graphql"
 NAMED = frozenset({"orders:read", "orders:write", "orders:admin"})
-DROP = object()
 SDL = Path(__file__).resolve().parents[2] / "examples" / "orders" / "orders.graphql"
 
 ORDERS = "query($org: ID!, $first: Int) { orders(first: $first, organizationId: $org) { id customer total } }"
@@ -57,21 +53,6 @@ async def client(keys: KeyRing) -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
-def principal(org: str = "org-a", permissions: frozenset[str] = frozenset({"orders:read", "orders:write"})) -> Any:
-    return Principal(
-        kind=PrincipalKind.USER,
-        subject_id="u1",
-        organization_id=org,
-        roles=("manager",),
-        permissions=permissions,
-        auth_method=AuthMethod.PASSWORD,
-        session_id="s1",
-        plan="professional",
-        client_ip="203.0.113.7",
-        request_id="r1",
-    )
-
-
 def mint(
     keys: KeyRing,
     org: str = "org-a",
@@ -79,9 +60,13 @@ def mint(
     audience: str = "orders",
     issuer: str = ISSUER,
     clock: Callable[[], float] = time.time,
-    **kwargs: Any,
+    permissions: frozenset[str] = frozenset({"orders:read", "orders:write"}),
 ) -> str:
-    return ContextTokens(keys, issuer=issuer, clock=clock).token_for(principal(org, **kwargs), audience, NAMED)
+    return mint_token(keys, org, audience=audience, named=NAMED, permissions=permissions, issuer=issuer, clock=clock)
+
+
+def forged(keys: KeyRing, how: str) -> str | None:
+    return forge(keys, how, mint)
 
 
 async def gql(client: httpx.AsyncClient, token: str | None, query: str, **variables: Any) -> httpx.Response:
@@ -99,82 +84,6 @@ async def data(client: httpx.AsyncClient, token: str, query: str, **variables: A
 
 def codes(response: httpx.Response) -> list[str]:
     return [e["extensions"]["code"] for e in response.json().get("errors", [])]
-
-
-def b64u(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
-def unsigned(token: str, **header: Any) -> str:
-    """The token's header (with `header` merged) and claims, as a signing input to sign anew."""
-    head = {**jwt.get_unverified_header(token), **header}
-    claims = jwt.get_unverified_claims(token)
-    return f"{b64u(json.dumps(head).encode())}.{b64u(json.dumps(claims).encode())}"
-
-
-def resign(token: str, signer: Any, claims: dict[str, Any] | None = None, **header: Any) -> str:
-    """The token's claims (with `claims` merged) signed RS256 by `signer`, with `header` merged into its header."""
-    head = {**jwt.get_unverified_header(token), **header}
-    payload = {k: v for k, v in {**jwt.get_unverified_claims(token), **(claims or {})}.items() if v is not DROP}
-    return jwt.encode(payload, signer, algorithm="RS256", headers=head)
-
-
-def forged(keys: KeyRing, how: str) -> str | None:
-    token = mint(keys)
-    public_pem = keys.current.verifier.to_pem()
-    match how:
-        case "missing":
-            return None
-        case "garbage":
-            return "not.a.jwt"
-        case "other key, same kid":
-            return resign(token, KeyRing(generate_private_key_pem()).current.signer)
-        case "expired":
-            return mint(keys, clock=lambda: time.time() - 120)
-        case "HS256 with the public key":
-            signing_input = unsigned(token, alg="HS256")
-            return f"{signing_input}.{b64u(hmac.new(public_pem, signing_input.encode(), hashlib.sha256).digest())}"
-        case "alg none":
-            return f"{unsigned(token, alg='none')}."
-        case "audience billing":
-            return mint(keys, audience="billing")
-        case "audience list":
-            return resign(token, keys.current.signer, {"aud": ["orders", "billing"]})
-        case "lives an hour":
-            iat = jwt.get_unverified_claims(token)["iat"]
-            return resign(token, keys.current.signer, {"exp": iat + 3600})
-        case "no exp":
-            return resign(token, keys.current.signer, {"exp": DROP})
-        case "exp null":
-            return resign(token, keys.current.signer, {"exp": None})
-        case "exp a string":
-            return resign(token, keys.current.signer, {"exp": str(jwt.get_unverified_claims(token)["exp"])})
-        case "other issuer":
-            return mint(keys, issuer="https://elsewhere.example")
-        case "typ at+jwt":
-            return resign(token, keys.current.signer, typ="at+jwt")
-        case "unknown kid":
-            return resign(token, keys.current.signer, kid="someone-else")
-    raise AssertionError(how)
-
-
-REFUSED = [
-    "missing",
-    "garbage",
-    "other key, same kid",
-    "expired",
-    "HS256 with the public key",
-    "alg none",
-    "audience billing",
-    "audience list",
-    "lives an hour",
-    "no exp",
-    "exp null",
-    "exp a string",
-    "other issuer",
-    "typ at+jwt",
-    "unknown kid",
-]
 
 
 async def test_a_valid_token_reads_its_own_organizations_orders(client: httpx.AsyncClient, keys: KeyRing) -> None:

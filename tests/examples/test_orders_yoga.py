@@ -30,19 +30,8 @@ from jose import jwt
 
 from identity.tokens import KeyRing, generate_private_key_pem
 from tests.conftest import unavailable
-from tests.examples.test_orders_example import (
-    CANCEL,
-    CREATE,
-    ISSUER,
-    NAMED,
-    ORDER,
-    ORDERS,
-    REFUSED,
-    SDL,
-    STATS,
-    forged,
-    mint,
-)
+from tests.examples.test_orders_example import CANCEL, CREATE, NAMED, ORDER, ORDERS, SDL, STATS, forged, mint
+from tests.examples.tokens import ISSUER, REFUSED
 from tests.examples.yoga import yoga_upstream
 from tests.services import ServiceUnavailable
 

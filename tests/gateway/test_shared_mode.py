@@ -93,7 +93,11 @@ def gateway_env(database_url: str, redis_url: str, signing_key: str, **extra: st
 
 
 @contextlib.contextmanager
-def gateway_processes(count: int, env: dict[str, str], cwd: Path) -> Iterator[list[str]]:
+def gateway_processes(
+    count: int, env: dict[str, str], cwd: Path, pids: list[int] | None = None
+) -> Iterator[list[str]]:
+    """`count` gateway processes (uvicorn, as `serve` runs them) on free ports: their URLs, and in `pids`
+    (when given) their process ids."""
     procs: list[subprocess.Popen[bytes]] = []
     urls: list[str] = []
     logs: list[Path] = []
@@ -135,6 +139,8 @@ def gateway_processes(count: int, env: dict[str, str], cwd: Path) -> Iterator[li
                 if time.monotonic() > deadline:
                     pytest.fail(f"gateway at {url} not ready: {log.read_text()[-2000:]}")
                 time.sleep(0.05)
+        if pids is not None:
+            pids.extend(proc.pid for proc in procs)
         yield urls
     finally:
         for proc in procs:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
 
@@ -148,3 +149,54 @@ def test_a_type_of_the_gateway_cannot_be_redefined(env: pytest.MonkeyPatch, tmp_
     with pytest.raises(UpstreamsFileError) as raised:
         load_upstreams(tmp_path / "upstreams.toml")
     assert raised.value.problems == ["upstream t: type Organization collides with a type of the gateway"]
+
+
+def test_check_and_authz_report_list_the_http_routes_of_the_billing_example(
+    env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    example = Path(__file__).resolve().parents[2] / "examples" / "billing" / "upstreams.toml"
+    env.setenv("PORTCULLIS_UPSTREAMS_FILE", str(example))
+    assert main(["upstreams", "check"]) == 0
+    out = capsys.readouterr().out
+    assert "# billing: GET /api/billing/invoices/{id} -> http://127.0.0.1:9200/invoices/{id}" in out
+    assert "# billing: POST /api/billing/invoices -> http://127.0.0.1:9200/invoices" in out
+    assert main(["authz-report", "--format", "json"]) == 0
+    rows = {(r["type"], r["field"]): r for r in json.loads(capsys.readouterr().out)}
+    read = rows[("http:billing", "GET /api/billing/invoices/{id}")]
+    assert read["rule"] == "@requiresScopes(billing:read)"
+    assert set(read["roles"]) == {"admin", "owner"}
+    write = rows[("http:billing", "POST /api/billing/invoices")]
+    assert write["rule"] == "@requiresScopes(billing:write) @requiresPlan(PROFESSIONAL)"
+    assert set(write["roles"]) == {"owner", "admin", "manager"}
+
+
+def test_http_route_problems_are_reported_with_the_others(
+    env: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "upstreams.toml").write_text(
+        """
+[[upstream]]
+name = "billing"
+url = "http://127.0.0.1:9/graphql"
+schema = "missing.graphql"
+
+[[http_upstream]]
+name = "billing"
+url = "http://127.0.0.1:9200"
+prefix = "/graphql/billing"
+
+[[http_upstream.route]]
+methods = ["GET"]
+path = "/files/{path*}"
+rule = { requires_scopes = [["billing:wrte"]] }
+"""
+    )
+    assert main(["upstreams", "check", "--file", str(tmp_path / "upstreams.toml")]) == 1
+    err = capsys.readouterr().err
+    for problem in (
+        "cannot read the schema file",
+        "collides with the gateway's own paths",
+        "a parameter is one whole segment",
+        "unknown permission 'billing:wrte'",
+    ):
+        assert problem in err, err
