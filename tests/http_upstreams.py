@@ -16,6 +16,10 @@ from typing import Any
 import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from examples.billing.app import AUDIENCE
+from examples.billing.app import create_app as billing_app
+from examples.context_tokens import ContextTokenVerifier
+from identity.tokens import KeyRing
 from tests.services import free_port
 
 
@@ -105,3 +109,30 @@ def get(path: str, headers: dict[str, Any] | None = None) -> bytes:
     lines = [f"GET {path} HTTP/1.1", "Host: gateway.test", "Connection: close"]
     lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+class Billing:
+    """The example billing service (examples/billing) trusting the tokens of `issuer` signed with `signing_key`,
+    behind a `Recorder`; `/cookie/session` is its `/session` under another path (for a route that lets the
+    cookie through)."""
+
+    def __init__(self, signing_key: str, issuer: str) -> None:
+        verifier = ContextTokenVerifier(
+            jwks_url=None, jwks=KeyRing(signing_key).jwks(), issuer=issuer, audience=AUDIENCE
+        )
+        self.app = billing_app(verifier)
+        self.recorder = Recorder(self._routed)
+        self.url = ""
+
+    async def _routed(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/cookie/session":
+            scope = {**scope, "path": "/session", "raw_path": b"/session"}
+        await self.app(scope, receive, send)
+
+
+@contextlib.contextmanager
+def billing_service(signing_key: str, issuer: str) -> Iterator[Billing]:
+    upstream = Billing(signing_key, issuer)
+    with serving(upstream.recorder) as url:
+        upstream.url = url
+        yield upstream

@@ -6,19 +6,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 from jose import jwt
 
-from examples.billing.app import AUDIENCE
-from examples.billing.app import create_app as billing_app
-from examples.context_tokens import ContextTokenVerifier
 from gateway.app import create_app
-from identity.tokens import KeyRing
 from tests.conftest import PASSWORD, Tenant, gql, login, make_settings, make_tenant, sql
-from tests.http_upstreams import Recorder, get, raw_request, serving, status_of
+from tests.http_upstreams import Billing, billing_service, get, raw_request, serving, status_of
 
 ISSUER = "http://gateway.test"
 ROUTES = """
@@ -82,27 +77,9 @@ allow_set_cookie = true
 """
 
 
-class Billing:
-    def __init__(self, signing_key: str) -> None:
-        verifier = ContextTokenVerifier(
-            jwks_url=None, jwks=KeyRing(signing_key).jwks(), issuer=ISSUER, audience=AUDIENCE
-        )
-        self.app = billing_app(verifier)
-        self.recorder = Recorder(self._routed)
-        self.url = ""
-
-    async def _routed(self, scope: Any, receive: Any, send: Any) -> None:
-        # /cookie/session is the example's /session under a route that lets its cookie through
-        if scope["type"] == "http" and scope["path"] == "/cookie/session":
-            scope = {**scope, "path": "/session", "raw_path": b"/session"}
-        await self.app(scope, receive, send)
-
-
 @pytest.fixture
 def billing(signing_key: str) -> Iterator[Billing]:
-    upstream = Billing(signing_key)
-    with serving(upstream.recorder) as url:
-        upstream.url = url
+    with billing_service(signing_key, ISSUER) as upstream:
         yield upstream
 
 

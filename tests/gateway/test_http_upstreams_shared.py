@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -13,8 +13,9 @@ import pytest
 
 from examples.billing.app import download_sha256
 from tests.conftest import Tenant, login, make_tenant
-from tests.gateway.test_http_upstreams import ISSUER, Billing, billing, routes_file  # noqa: F401 (fixture)
+from tests.gateway.test_http_upstreams import ISSUER, routes_file
 from tests.gateway.test_shared_mode import gateway_env, gateway_processes
+from tests.http_upstreams import Billing, billing_service
 
 BIG = 200 * 1024 * 1024
 RSS_GROWTH_LIMIT = 50 * 1024 * 1024
@@ -37,6 +38,12 @@ methods = ["GET"]
 path = "/downloads/{{size}}"
 rule = {{ authenticated = true }}
 """
+
+
+@pytest.fixture
+def billing(signing_key: str) -> Iterator[Billing]:
+    with billing_service(signing_key, ISSUER) as upstream:
+        yield upstream
 
 
 def rss(pid: int) -> int:
@@ -75,7 +82,7 @@ async def test_two_processes_spend_one_tenants_cost_budget_on_routes(
     redis_url: str,
     signing_key: str,
     billing: Billing,
-    tmp_path: Path,  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     t = await make_tenant(postgresql_url, slug="shared-routes", email="o@routes.test", limits={"COST_PER_MINUTE": 10})
     env = gateway_env(
@@ -111,7 +118,7 @@ async def test_200_mb_up_and_down_stream_through_without_growing_the_gateway(
     signing_key: str,
     billing: Billing,
     tmp_path: Path,
-    tenant: Tenant,  # noqa: F811
+    tenant: Tenant,
 ) -> None:
     path = tmp_path / "big.toml"
     path.write_text(BIG_ROUTES.format(url=billing.url, limit=BIG + 1))

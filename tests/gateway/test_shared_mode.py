@@ -93,9 +93,7 @@ def gateway_env(database_url: str, redis_url: str, signing_key: str, **extra: st
 
 
 @contextlib.contextmanager
-def gateway_processes(
-    count: int, env: dict[str, str], cwd: Path, pids: list[int] | None = None
-) -> Iterator[list[str]]:
+def gateway_processes(count: int, env: dict[str, str], cwd: Path, pids: list[int] | None = None) -> Iterator[list[str]]:
     """`count` gateway processes (uvicorn, as `serve` runs them) on free ports: their URLs, and in `pids`
     (when given) their process ids."""
     procs: list[subprocess.Popen[bytes]] = []
