@@ -45,6 +45,7 @@ from resolvers.budgets import RATE_RESOURCES, BudgetState
 from store.audit import ActorType, AuditAction, AuditEvent
 from store.db import Database
 from store.models import Organization
+from store.telemetry import span
 
 log = logging.getLogger("portcullis.admission")
 
@@ -260,18 +261,19 @@ class EdgeAdmission:
     ) -> AdmissionDecision:
         """Takes every limit of the request at once. `spend_cost=False` counts the request but not its
         cost (an explained operation, which does not execute)."""
-        limits = await self.limits_for(
-            principal, key_rate_limit=key_rate_limit, cost=cost if spend_cost else 0, login_accounts=login_accounts
-        )
-        if not limits:
-            return AdmissionDecision(200)
-        return await self._decide(
-            principal,
-            self.store.take(limits, spend=spend),
-            closed=bool(login_accounts),
-            spend=spend,
-            cost=cost if spend_cost else 0,
-        )
+        with span("admission", attributes={"portcullis.cost": cost if spend_cost else 0}):
+            limits = await self.limits_for(
+                principal, key_rate_limit=key_rate_limit, cost=cost if spend_cost else 0, login_accounts=login_accounts
+            )
+            if not limits:
+                return AdmissionDecision(200)
+            return await self._decide(
+                principal,
+                self.store.take(limits, spend=spend),
+                closed=bool(login_accounts),
+                spend=spend,
+                cost=cost if spend_cost else 0,
+            )
 
     async def charge(self, principal: Principal, cost: int) -> AdmissionDecision:
         """A take of `cost` points from the tenant's COST_PER_MINUTE budget alone, after admission: work a

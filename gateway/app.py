@@ -8,6 +8,7 @@ builds without admission, without audit entries or without field authorization l
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import logging
@@ -15,7 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -29,6 +30,7 @@ from gateway.http_proxy import HttpUpstreams
 from gateway.http_routes import RouteTable
 from gateway.logs import configure_logging
 from gateway.mail import DeliveryPolicy, MailDelivery, build_mailer
+from gateway.metrics import GatewayMetrics
 from gateway.middleware import (
     AuthenticationMiddleware,
     BodyLimitMiddleware,
@@ -44,7 +46,8 @@ from gateway.route_limits import RouteLimits
 from gateway.saml import SamlLogin, SamlRoutes
 from gateway.settings import Environment, OnRedisError, Settings
 from gateway.sso import sso_routes
-from gateway.upstreams import UpstreamCollector, load_upstreams
+from gateway.tracing import TraceMiddleware, Tracing, otlp_traces_endpoint
+from gateway.upstreams import load_upstreams
 from gateway.usage import UsageFlusher
 from gateway.windows import LocalWindows, RedisWindows, WindowStore
 from identity.api_keys import ApiKeyCache, ApiKeyVerifier, LastUsedRecorder
@@ -213,50 +216,6 @@ def build_services(settings: Settings) -> Services:
     )
 
 
-class GatewayMetrics:
-    """The gateway's own counters, served at `GET /metrics`."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        self.auth_failures = Counter(
-            "portcullis_authentication_failures",
-            "Requests refused at the edge for their credential",
-            registry=self.registry,
-        )
-        self.rate_limited = Counter(
-            "portcullis_rate_limited",
-            "Requests refused by admission, by the limit that refused them",
-            ["limit"],
-            registry=self.registry,
-        )
-        self.limiter_errors = Counter(
-            "portcullis_rate_limiter_errors",
-            "Requests admitted or refused without the limiter (Redis failed)",
-            ["outcome"],
-            registry=self.registry,
-        )
-
-    def watch(self, limiter: EdgeAdmission | RouteLimits) -> None:
-        """Counts the limiter's refusals by limit, and what it decided when its store failed."""
-        limiter.on_refused = lambda name: self.rate_limited.labels(name).inc()
-        limiter.on_store_error = lambda outcome: self.limiter_errors.labels(outcome).inc()
-
-    def watch_upstreams(self, forwarder: Forwarder) -> None:
-        """Each upstream's requests, failures (no answer, or a 5xx), circuit and requests in flight, read when
-        /metrics is; the latency of every call by upstream and outcome."""
-        latency = Histogram(
-            "portcullis_upstream_request_duration_seconds",
-            "Calls to each upstream by outcome: ok, error (an answer that is not a usable GraphQL response), "
-            "timeout, unavailable (refused) or circuit_open (failed fast)",
-            ["upstream", "outcome"],
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-            registry=self.registry,
-        )
-        for client in forwarder.clients.values():
-            client.observe = lambda name, outcome, seconds: latency.labels(name, outcome).observe(seconds)
-        self.registry.register(UpstreamCollector(forwarder))
-
-
 def build_gateway_schema(
     settings: Settings,
     *,
@@ -297,11 +256,13 @@ def edge_middleware(
     metrics: GatewayMetrics,
     rate_limit_audit: RateLimitAudit,
     routed_prefixes: tuple[str, ...] = (),
+    tracing: Tracing | None = None,
 ) -> list[Middleware]:
     """The edge in front of the routes, outermost first (gateway/middleware.py). The HTTP upstreams' prefixes
     (`routed_prefixes`) have their own body limits and admission, per route (gateway/http_proxy.py)."""
     return [
         Middleware(RequestIdMiddleware),
+        Middleware(TraceMiddleware, tracing=tracing or gateway_tracing(settings)),
         Middleware(
             SecurityHeadersMiddleware,
             hsts=settings.is_prod,
@@ -322,6 +283,14 @@ def edge_middleware(
     ]
 
 
+def gateway_tracing(settings: Settings) -> Tracing:
+    return Tracing(
+        endpoint=otlp_traces_endpoint(settings.otel_exporter_otlp_endpoint),
+        service_name=settings.otel_service_name,
+        trusted=settings.trace_trusted_callers or settings.trusted_proxies,
+    )
+
+
 @dataclass
 class GatewayParts:
     """What `assemble` makes an application of: `gateway_parts` builds them, another build replaces some."""
@@ -333,6 +302,7 @@ class GatewayParts:
     schema: PortcullisSchema
     middleware: list[Middleware]
     http_upstreams: HttpUpstreams | None = None
+    tracing: Tracing | None = None
 
 
 def gateway_parts(settings: Settings) -> GatewayParts:
@@ -342,6 +312,7 @@ def gateway_parts(settings: Settings) -> GatewayParts:
     rate_limit_audit = RateLimitAudit(services.audit, redis=services.redis, clock=services.clock)
     metrics = GatewayMetrics()
     upstreams, http = gateway_upstreams(settings, services)
+    tracing = gateway_tracing(settings)
     schema = build_gateway_schema(settings, upstreams=upstreams)
     if services.upstreams is not None:
         metrics.watch_upstreams(services.upstreams)
@@ -352,8 +323,9 @@ def gateway_parts(settings: Settings) -> GatewayParts:
         rate_limit_audit,
         metrics,
         schema,
-        edge_middleware(settings, services, metrics, rate_limit_audit, http.table.prefixes if http else ()),
+        edge_middleware(settings, services, metrics, rate_limit_audit, http.table.prefixes if http else (), tracing),
         http,
+        tracing,
     )
 
 
@@ -454,6 +426,8 @@ def assemble(parts: GatewayParts, *, saml_login: SamlLogin | None = None) -> Sta
             if services.redis is not None:
                 await services.redis.aclose()
             await services.db.dispose()
+            if parts.tracing is not None:
+                await asyncio.to_thread(parts.tracing.shutdown)
 
     graphql = GraphQLView(schema, services, graphiql=settings.graphiql_enabled)
     saml_routes = SamlRoutes(settings, services, saml_login)

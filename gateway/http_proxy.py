@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+from opentelemetry.trace import SpanKind
 from starlette.types import Receive, Scope, Send
 from yarl import URL
 
@@ -33,6 +34,7 @@ from identity.context_tokens import ContextTokens
 from resolvers.upstream_client import CircuitBreaker
 from schema.limits.admission import EXPLAIN_HEADER
 from store.audit import ActorType, AuditAction, AuditEvent, AuditTrail
+from store.telemetry import propagation_headers, span
 
 log = logging.getLogger("portcullis.upstreams")
 
@@ -70,6 +72,8 @@ _NOT_FORWARDED = frozenset(
         b"x-real-ip",
         b"x-request-id",
         b"expect",
+        b"traceparent",
+        b"tracestate",
         EXPLAIN_HEADER.encode(),
     }
 )
@@ -156,7 +160,12 @@ class HttpUpstreams:
                 await send_json(send, 404, graphql_error("Not found.", ErrorCode.NOT_FOUND.value))
             return
         route = found.route
-        decision = self._decide(principal, found)
+        edge_span = state.get("span")
+        if edge_span is not None:
+            edge_span.update_name(f"{method} {found.upstream.prefix}{route.path}")
+            edge_span.set_attribute("http.route", f"{found.upstream.prefix}{route.path}")
+        with span("authorize"):
+            decision = self._decide(principal, found)
         explain = _single(scope, EXPLAIN_HEADER.encode()) == b"1"
         admitted = await self._admitted(
             principal, state, send, cost=route.cost, spend_cost=bool(decision) and not explain
@@ -176,7 +185,9 @@ class HttpUpstreams:
         if declared is not None and int(declared) > route.max_body_bytes:
             await _too_large(send, route.max_body_bytes)
             return
-        await self._forward(scope, receive, send, found, principal)
+        name = found.upstream.name
+        with span(f"upstream {name}", kind=SpanKind.CLIENT, attributes={"portcullis.upstream": name}) as call:
+            await self._forward(scope, receive, send, found, principal, call)
 
     def _decide(self, principal: Principal, found: Matched) -> Decision:
         rule = found.route.rule
@@ -272,9 +283,12 @@ class HttpUpstreams:
         declared = _single(scope, b"content-length")
         if declared is not None:
             headers["content-length"] = declared.decode("latin-1")
+        headers.update(propagation_headers())
         return headers
 
-    async def _forward(self, scope: Scope, receive: Receive, send: Send, found: Matched, principal: Principal) -> None:
+    async def _forward(
+        self, scope: Scope, receive: Receive, send: Send, found: Matched, principal: Principal, call: Any
+    ) -> None:
         upstream, route = found.upstream, found.route
         method: str = scope["method"]
         breaker = self.breakers[upstream.name]
@@ -346,6 +360,9 @@ class HttpUpstreams:
             log.warning("upstream %s %s: %s", upstream.name, outcome, type(exc).__name__)
             await _unavailable(send, upstream.name, principal, status)
         finally:
+            if call is not None:
+                call.set_attribute("http.response.status_code", status)
+                call.set_attribute("portcullis.outcome", outcome)
             if method in route.audit:
                 await self._audit(found, method, principal, scope, status, outcome, time.perf_counter() - started)
 

@@ -1,6 +1,7 @@
 """Structured logs: one JSON object per line, control characters escaped by the encoder, no secrets.
 
-Nothing logs a password, a token or a key; records carry ids (request, user, session) only.
+Nothing logs a password, a token or a key; records carry ids (request, user, session) only. A line written
+while a request is handled carries its trace id (`trace_id`, gateway/tracing.py).
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ import logging
 from datetime import UTC, datetime
 
 import orjson
+
+from store.telemetry import current_trace_id
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
@@ -21,6 +24,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "event": record.getMessage(),
         }
+        trace_id = current_trace_id.get()
+        if trace_id is not None:
+            entry["trace_id"] = trace_id
         for key, value in vars(record).items():
             if key not in _STANDARD and not key.startswith("_"):
                 entry[key] = value if isinstance(value, (str, int, float, bool, type(None))) else str(value)

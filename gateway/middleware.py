@@ -23,6 +23,7 @@ from identity.browser_sessions import CSRF_HEADER, SESSION_COOKIE
 from schema.extensions import MASKED_MESSAGE
 from store.audit import ActorType, AuditAction, AuditEvent, AuditResult, AuditTrail
 from store.models import new_ordered_id
+from store.telemetry import span
 from store.text import storable
 
 log = logging.getLogger("portcullis.edge")
@@ -367,7 +368,8 @@ class AuthenticationMiddleware:
             await self.app(scope, receive, send)
             return
         try:
-            principal = await self._authenticate(scope, state, ip, rid)
+            with span("authenticate"):
+                principal = await self._authenticate(scope, state, ip, rid)
         except Refused as exc:
             log.info("authz_fail", extra={"reason": exc.reason, "request_id": rid, "client_ip": ip})
             await self._audit_refusal(scope, exc)

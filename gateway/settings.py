@@ -204,6 +204,13 @@ class Settings(BaseSettings):
     # the team's permissions and GraphQL upstreams (docs/upstreams.md); none when unset
     upstreams_file: Path | None = None
 
+    # Traces (docs/observability.md): exported over OTLP/HTTP to this URL (the standard OTEL_EXPORTER_OTLP_*
+    # variables when unset; nothing exported without either); a `traceparent` is continued only from these
+    # addresses (the trusted proxies when empty)
+    otel_exporter_otlp_endpoint: str | None = None
+    otel_service_name: str = "portcullis"
+    trace_trusted_callers: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
     # Single sign-on and browser sessions (docs/sso.md). The public URL is the gateway's origin as browsers
     # and identity providers reach it: the OIDC redirect URI is built from it, never from the Host header.
     public_url: str = "http://127.0.0.1:8000"
@@ -238,6 +245,7 @@ class Settings(BaseSettings):
 
     @field_validator(
         "trusted_proxies",
+        "trace_trusted_callers",
         "previous_signing_key_files",
         "previous_data_encryption_keys",
         "frontend_return_paths",
@@ -248,7 +256,7 @@ class Settings(BaseSettings):
     def _comma_list(cls, value: object) -> object:
         return _split(value)
 
-    @field_validator("trusted_proxies")
+    @field_validator("trusted_proxies", "trace_trusted_callers")
     @classmethod
     def _cidrs(cls, value: list[str]) -> list[str]:
         for cidr in value:

@@ -33,6 +33,7 @@ from store.audit import PLATFORM_CHAIN, ActorType, AuditEvent, AuditResult, Audi
 from store.audit import append as append_audit
 from store.db import Database
 from store.models import new_ordered_id
+from store.telemetry import end_span, start_span
 
 
 @dataclass
@@ -151,6 +152,7 @@ class RequestContext:
         self.work_charge: Any = None
         self._db: AsyncSession | None = None
         self._db_in_turn: _OneAtATime | None = None
+        self._db_span: Any = None
         # a mutation: its unit of work waits for the writers' turn before it opens its session (SQLite)
         self.writes = False
         self._turn: asyncio.Lock | None = None
@@ -252,6 +254,7 @@ class RequestContext:
         return cast(AsyncSession, self._db_in_turn)
 
     def _open(self) -> None:
+        self._db_span = start_span("db transaction")
         self._db = self.services.db.session()
         self._db_in_turn = _OneAtATime(self._db)
 
@@ -318,6 +321,8 @@ class RequestContext:
                 await session.close()
             finally:
                 self.release_turn()
+                db_span, self._db_span = self._db_span, None
+                end_span(db_span, failed=not commit)
         if commit:
             await self._run_after_commit()
 

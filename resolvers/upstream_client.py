@@ -39,6 +39,8 @@ NEVER_FORWARDED: frozenset[str] = frozenset(
         "x-forwarded-for",
         "forwarded",
         "x-request-id",
+        "traceparent",
+        "tracestate",
     }
 )
 DEFAULT_MAX_RESPONSE_BYTES = 10 * 1024 * 1024

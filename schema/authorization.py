@@ -41,6 +41,7 @@ from strawberry.extensions import SchemaExtension
 from authz import Decision, Principal, PrincipalKind, Requirement, decide
 from schema.directives import MFA_ENROLLMENT_REQUIRED, denial_error, requirement_from_directives, requirement_of
 from schema.introspection import IntrospectionFailed, IntrospectionFilter, introspection_fields
+from store.telemetry import span
 
 log = logging.getLogger("portcullis.graphql")
 
@@ -327,7 +328,8 @@ class Authorization(SchemaExtension):
         document = ec.graphql_document
         if document is not None and not ec.pre_execution_errors:
             ctx = ec.context
-            decisions = self.authorizer.decide_operation(document, ec.operation_name, ctx.principal)
+            with span("authorize"):
+                decisions = self.authorizer.decide_operation(document, ec.operation_name, ctx.principal)
             self.decisions = decisions
             ctx.denied_fields = decisions.denied
             ctx.denied_paths = decisions.denied_paths

@@ -18,6 +18,8 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, PoolResetState
 
+from store.telemetry import span
+
 
 class DatabaseURLError(ValueError):
     pass
@@ -143,13 +145,14 @@ class Database:
         For writes that must persist whatever happens to the request (failed-login counters,
         refresh-token reuse revocations).
         """
-        async with self.sessionmaker() as session:
-            try:
-                yield session
-                await session.commit()
-            except BaseException:
-                await session.rollback()
-                raise
+        with span("db transaction"):
+            async with self.sessionmaker() as session:
+                try:
+                    yield session
+                    await session.commit()
+                except BaseException:
+                    await session.rollback()
+                    raise
 
     async def ping(self) -> None:
         async with self.engine.connect() as conn:

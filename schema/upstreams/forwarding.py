@@ -30,6 +30,7 @@ from graphql import (
     OperationType,
 )
 from graphql.utilities import get_operation_ast
+from opentelemetry.trace import SpanKind
 from strawberry.extensions import SchemaExtension
 
 from authz import Principal
@@ -40,6 +41,7 @@ from schema.upstreams.composition import Composition
 from schema.upstreams.planning import Batch, OperationPlan, Planner
 from schema.upstreams.types import UpstreamRead
 from store.audit import AuditAction
+from store.telemetry import propagation_headers, span
 
 log = logging.getLogger("portcullis.upstreams")
 
@@ -168,6 +170,7 @@ class ForwardState:
             headers["x-request-id"] = principal.request_id
         if principal.client_ip:
             headers["x-forwarded-for"] = principal.client_ip  # rebuilt from the trusted address, never copied
+        headers.update(propagation_headers())  # the call's own span when traces are recorded
         request = getattr(self.ctx, "request", None)
         if request is not None:
             for name in mounted.config.forward_headers:
@@ -184,11 +187,14 @@ class ForwardState:
         body = batch.body_prefix + b',"variables":' + orjson.dumps(variables) + b"}"
         client = self.forwarder.clients[batch.upstream]
         started = time.perf_counter()
-        try:
-            response = await client.post(body, self._headers(batch))
-            answer = _Answer(response=response)
-        except GatewayError as exc:
-            answer = _Answer(failure=exc)
+        with span(
+            f"upstream {batch.upstream}", kind=SpanKind.CLIENT, attributes={"portcullis.upstream": batch.upstream}
+        ):
+            try:
+                response = await client.post(body, {**self._headers(batch), **propagation_headers()})
+                answer = _Answer(response=response)
+            except GatewayError as exc:
+                answer = _Answer(failure=exc)
         answer.latency_ms = (time.perf_counter() - started) * 1000
         self.answers[index] = answer
         return answer

@@ -166,5 +166,12 @@ def entry_values(event: AuditEvent, at: datetime) -> dict[str, Any]:
         "ip": _optional(event.ip, LIMITS["ip"]),
         "user_agent": _optional(event.user_agent, LIMITS["user_agent"]),
         # clean_details gives JSON values only (str keys, lists, finite numbers): what the database gives back
-        "details": clean_details(dict(event.details)),
+        "details": clean_details(_with_trace(event)),
     }
+
+
+def _with_trace(event: AuditEvent) -> dict[str, Any]:
+    details = dict(event.details)
+    if event.trace_id is not None and "traceId" not in details:
+        details["traceId"] = event.trace_id
+    return details

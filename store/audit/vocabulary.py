@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from store.telemetry import current_trace_id
+
 PLATFORM_CHAIN = "platform"
 
 
@@ -110,6 +112,8 @@ class AuditEvent:
     ip: str | None = None
     user_agent: str | None = None
     details: Mapping[str, Any] = field(default_factory=dict)
+    # the trace of the request the event happened in (store/telemetry.py), stored as `details.traceId`
+    trace_id: str | None = field(default_factory=current_trace_id.get)
 
     @property
     def chain(self) -> str:

@@ -1,0 +1,186 @@
+"""Traces: one span for each request at the edge, W3C trace context in and out, OTLP/HTTP export.
+
+`TraceMiddleware` runs just inside the request id. A `traceparent` from a trusted caller (an address of
+`PORTCULLIS_TRACE_TRUSTED_CALLERS`, or of the trusted proxies when that is empty) is continued, with its
+`tracestate`; one from any other caller starts a new trace that links to it; a malformed one (or two) is
+replaced by a new trace. The request's trace id reaches every log line and audit entry of the request
+(store/telemetry.py) and every upstream as `traceparent`.
+
+With an OTLP endpoint (`PORTCULLIS_OTEL_EXPORTER_OTLP_ENDPOINT`, or the standard
+`OTEL_EXPORTER_OTLP_ENDPOINT`), the spans are recorded: the request (`SERVER`), and as its children
+authentication, admission, authorization, each upstream call (`CLIENT`) and each database transaction. A
+`BatchSpanProcessor` sends them from a thread of its own and drops spans rather than wait when its queue is
+full: export never blocks a request. Without an endpoint nothing is recorded and no span is made.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.trace import (
+    Link,
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    Tracer,
+    TraceState,
+    set_span_in_context,
+)
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from store.telemetry import EdgeTrace, current_edge, current_trace_id, current_tracer
+
+log = logging.getLogger("portcullis.tracing")
+
+_TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_TRACESTATE_MAX = 512
+# span names: the gateway's own fixed paths by name, any other path by its method alone (a route that matches
+# renames its span after its template); a path never makes a name of its own
+_NAMED_PATHS = frozenset({"/graphql", "/healthz", "/readyz", "/metrics", "/.well-known/jwks.json"})
+
+
+def otlp_traces_endpoint(own: str | None) -> str | None:
+    """The URL spans are posted to: `PORTCULLIS_OTEL_EXPORTER_OTLP_ENDPOINT` as it is, or the standard
+    `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` as it is, or `OTEL_EXPORTER_OTLP_ENDPOINT` with `/v1/traces` added
+    (the OTLP exporter specification's rule); None: nothing is exported."""
+    if own:
+        return own
+    traces = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    if traces:
+        return traces
+    base = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    return base.rstrip("/") + "/v1/traces" if base else None
+
+
+class Tracing:
+    """The process's tracing: the tracer when spans are exported (None otherwise) and whom to believe."""
+
+    def __init__(self, *, endpoint: str | None, service_name: str, trusted: Iterable[str]) -> None:
+        self.trusted = [ipaddress.ip_network(n, strict=False) for n in trusted]
+        self.endpoint = endpoint
+        self.provider: TracerProvider | None = None
+        self.tracer: Tracer | None = None
+        if endpoint:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+            provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+            provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, timeout=5)))
+            self.provider = provider
+            self.tracer = provider.get_tracer("portcullis")
+
+    def trusts(self, address: str | None) -> bool:
+        if address is None or not self.trusted:
+            return False
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self.trusted)
+
+    def shutdown(self) -> None:
+        """Sends what is queued, then stops (blocking: call it off the event loop)."""
+        if self.provider is not None:
+            self.provider.shutdown()
+
+
+def parse_traceparent(scope: Scope) -> tuple[SpanContext | None, bytes | None]:
+    """The caller's span context from exactly one well-formed `traceparent` (and its `tracestate`), or None."""
+    parents = [v for k, v in scope["headers"] if k == b"traceparent"]
+    if len(parents) != 1:
+        return None, None
+    match = _TRACEPARENT.fullmatch(parents[0].strip())
+    if match is None or match.group(1) == b"ff" or (match.group(1) == b"00" and len(parents[0].strip()) != 55):
+        return None, None
+    trace_id, span_id = int(match.group(2), 16), int(match.group(3), 16)
+    if trace_id == 0 or span_id == 0:
+        return None, None
+    states = [v for k, v in scope["headers"] if k == b"tracestate"]
+    state = b",".join(states) if states and sum(len(s) for s in states) <= _TRACESTATE_MAX else None
+    try:
+        trace_state = TraceState.from_header([state.decode("latin-1")]) if state else TraceState()
+    except ValueError:
+        trace_state = TraceState()
+    context = SpanContext(
+        trace_id, span_id, is_remote=True, trace_flags=TraceFlags(int(match.group(4), 16) & 1), trace_state=trace_state
+    )
+    return context, state
+
+
+class TraceMiddleware:
+    def __init__(self, app: ASGIApp, *, tracing: Tracing) -> None:
+        self.app = app
+        self.tracing = tracing
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        caller, state = parse_traceparent(scope)
+        client = scope.get("client")
+        trusted = caller is not None and self.tracing.trusts(client[0] if client else None)
+        tracer = self.tracing.tracer
+        if tracer is None:
+            await self._unrecorded(scope, receive, send, caller if trusted else None, state if trusted else None)
+            return
+        method: str = scope["method"]
+        path: str = scope["path"]
+        name = f"{method} {path}" if path in _NAMED_PATHS else method
+        parent = set_span_in_context(NonRecordingSpan(caller)) if trusted and caller is not None else None
+        links = [Link(caller, {"portcullis.link": "untrusted caller"})] if caller is not None and not trusted else None
+        attributes: dict[str, Any] = {"http.request.method": method, "url.path": path}
+        started = tracer.start_as_current_span(
+            name, context=parent, kind=SpanKind.SERVER, links=links, attributes=attributes
+        )
+        with started as span:
+            context = span.get_span_context()
+            trace_token = current_trace_id.set(f"{context.trace_id:032x}")
+            tracer_token = current_tracer.set(tracer)
+            scope.setdefault("state", {})["span"] = span
+            request_id = scope["state"].get("request_id")
+            if request_id:
+                span.set_attribute("portcullis.request_id", request_id)
+
+            async def send_with_status(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    status = int(message["status"])
+                    span.set_attribute("http.response.status_code", status)
+                    if status >= 500:
+                        span.set_status(Status(StatusCode.ERROR))
+                await send(message)
+
+            try:
+                await self.app(scope, receive, send_with_status)
+            finally:
+                principal = scope["state"].get("principal")
+                if principal is not None and principal.organization_id:
+                    span.set_attribute("portcullis.organization_id", principal.organization_id)
+                current_tracer.reset(tracer_token)
+                current_trace_id.reset(trace_token)
+
+    async def _unrecorded(
+        self, scope: Scope, receive: Receive, send: Send, caller: SpanContext | None, state: bytes | None
+    ) -> None:
+        span_id = os.urandom(8).hex()
+        if caller is not None:
+            tracestate = state.decode("latin-1") if state else None
+            edge = EdgeTrace(f"{caller.trace_id:032x}", span_id, f"{int(caller.trace_flags):02x}", tracestate)
+        else:
+            edge = EdgeTrace(os.urandom(16).hex(), span_id, "00")
+        trace_token = current_trace_id.set(edge.trace_id)
+        edge_token = current_edge.set(edge)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            current_edge.reset(edge_token)
+            current_trace_id.reset(trace_token)
