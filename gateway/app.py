@@ -262,7 +262,7 @@ def edge_middleware(
     (`routed_prefixes`) have their own body limits and admission, per route (gateway/http_proxy.py)."""
     return [
         Middleware(RequestIdMiddleware),
-        Middleware(TraceMiddleware, tracing=tracing or gateway_tracing(settings)),
+        Middleware(TraceMiddleware, tracing=tracing or gateway_tracing(settings), metrics=metrics.request_metrics()),
         Middleware(
             SecurityHeadersMiddleware,
             hsts=settings.is_prod,
@@ -314,8 +314,9 @@ def gateway_parts(settings: Settings) -> GatewayParts:
     upstreams, http = gateway_upstreams(settings, services)
     tracing = gateway_tracing(settings)
     schema = build_gateway_schema(settings, upstreams=upstreams)
+    if services.upstreams is not None or http is not None:
+        metrics.watch_upstreams(services.upstreams, http)
     if services.upstreams is not None:
-        metrics.watch_upstreams(services.upstreams)
         services.upstreams.direct = DirectForward(schema.authorizer.schema, services.upstreams, schema.cost_model)
     return GatewayParts(
         settings,
@@ -372,9 +373,11 @@ def assemble(parts: GatewayParts, *, saml_login: SamlLogin | None = None) -> Sta
                 log.exception("readiness: redis unreachable")
                 checks["redis"], healthy = "unavailable", False
         body: dict[str, Any] = {"status": "ok" if healthy else "unavailable", "checks": checks}
+        # an upstream's state is detail, not readiness: the gateway still answers everything else
         if services.upstreams is not None:
-            # an upstream's state is detail, not readiness: the gateway still answers its other fields
             body["upstreams"] = services.upstreams.status()
+        if parts.http_upstreams is not None:
+            body["upstreams"] = {**body.get("upstreams", {}), **parts.http_upstreams.status()}
         return JSONResponse(body, status_code=200 if healthy else 503)
 
     async def jwks(_: Request) -> Response:

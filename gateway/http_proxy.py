@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -117,6 +117,23 @@ class HttpUpstreams:
         self.breakers = {u.name: CircuitBreaker(failure_threshold, open_seconds) for u in table.upstreams}
         self.permissions = {u.name: u.permissions for u in table.upstreams}
         self._sessions: dict[str, aiohttp.ClientSession] = {}
+        self.requests = dict.fromkeys(self.breakers, 0)
+        self.failures = dict.fromkeys(self.breakers, 0)
+        self.in_flight = dict.fromkeys(self.breakers, 0)
+        # told of every call: (upstream, outcome, seconds), as the GraphQL upstreams' clients are (/metrics)
+        self.observe: Callable[[str, str, float], None] | None = None
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        """Each HTTP upstream's circuit and counts, as `/readyz` and `/metrics` show them."""
+        return {
+            name: {
+                "circuit": breaker.state,
+                "requests": self.requests[name],
+                "failures": self.failures[name],
+                "circuitOpened": breaker.times_opened,
+            }
+            for name, breaker in self.breakers.items()
+        }
 
     def _session(self, upstream: HttpUpstreamConfig) -> aiohttp.ClientSession:
         session = self._sessions.get(upstream.name)
@@ -160,10 +177,12 @@ class HttpUpstreams:
                 await send_json(send, 404, graphql_error("Not found.", ErrorCode.NOT_FOUND.value))
             return
         route = found.route
+        public = f"{found.upstream.prefix}{route.path}"
+        state["metric_route"] = f"{method} {public}"
         edge_span = state.get("span")
         if edge_span is not None:
-            edge_span.update_name(f"{method} {found.upstream.prefix}{route.path}")
-            edge_span.set_attribute("http.route", f"{found.upstream.prefix}{route.path}")
+            edge_span.update_name(f"{method} {public}")
+            edge_span.set_attribute("http.route", public)
         with span("authorize"):
             decision = self._decide(principal, found)
         explain = _single(scope, EXPLAIN_HEADER.encode()) == b"1"
@@ -300,6 +319,7 @@ class HttpUpstreams:
         has_body = declared not in (None, b"0") or _single(scope, b"transfer-encoding") is not None
         body = _Body(receive, route.max_body_bytes)
 
+        self.in_flight[upstream.name] += 1
         try:
             if not breaker.allow():
                 outcome = "circuit_open"
@@ -314,6 +334,7 @@ class HttpUpstreams:
                 data = body.head_bytes() if body.ended else body.rest()
             elif has_body:
                 data = body.rest()
+            self.requests[upstream.name] += 1
             query = scope.get("query_string") or b""
             target = upstream.url + found.forward_path + ("?" + query.decode("latin-1") if query else "")
             url = URL(target, encoded=True)
@@ -326,6 +347,8 @@ class HttpUpstreams:
             ) as response:
                 status = response.status
                 if status >= 500:
+                    outcome = "error"
+                    self.failures[upstream.name] += 1
                     breaker.failed()
                 else:
                     breaker.succeeded()
@@ -356,10 +379,14 @@ class HttpUpstreams:
             timed_out = isinstance(exc, TimeoutError)
             outcome = "timeout" if timed_out else "unavailable"
             status = 504 if timed_out else 502
+            self.failures[upstream.name] += 1
             breaker.failed()
             log.warning("upstream %s %s: %s", upstream.name, outcome, type(exc).__name__)
             await _unavailable(send, upstream.name, principal, status)
         finally:
+            self.in_flight[upstream.name] -= 1
+            if self.observe is not None:
+                self.observe(upstream.name, outcome, time.perf_counter() - started)
             if call is not None:
                 call.set_attribute("http.response.status_code", status)
                 call.set_attribute("portcullis.outcome", outcome)

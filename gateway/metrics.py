@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from gateway.admission import EdgeAdmission
+from gateway.http_proxy import HttpUpstreams
 from gateway.route_limits import RouteLimits
 from gateway.upstreams import UpstreamCollector
 from schema.upstreams import Forwarder
@@ -38,17 +41,67 @@ class GatewayMetrics:
         limiter.on_refused = lambda name: self.rate_limited.labels(name).inc()
         limiter.on_store_error = lambda outcome: self.limiter_errors.labels(outcome).inc()
 
-    def watch_upstreams(self, forwarder: Forwarder) -> None:
+    def watch_upstreams(self, forwarder: Forwarder | None, http: HttpUpstreams | None = None) -> None:
         """Each upstream's requests, failures (no answer, or a 5xx), circuit and requests in flight, read when
-        /metrics is; the latency of every call by upstream and outcome."""
+        /metrics is; the latency of every call by upstream and outcome. GraphQL and HTTP upstreams alike."""
         latency = Histogram(
             "portcullis_upstream_request_duration_seconds",
-            "Calls to each upstream by outcome: ok, error (an answer that is not a usable GraphQL response), "
-            "timeout, unavailable (refused) or circuit_open (failed fast)",
+            "Calls to each upstream by outcome: ok, error (a 5xx, or an answer that is not a usable GraphQL "
+            "response), timeout, unavailable (refused), circuit_open (failed fast), and for HTTP routes "
+            "truncated (closed mid-answer), body_too_large and client_gone",
             ["upstream", "outcome"],
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=self.registry,
         )
-        for client in forwarder.clients.values():
-            client.observe = lambda name, outcome, seconds: latency.labels(name, outcome).observe(seconds)
-        self.registry.register(UpstreamCollector(forwarder))
+
+        def observe(name: str, outcome: str, seconds: float) -> None:
+            latency.labels(name, outcome).observe(seconds)
+
+        for client in forwarder.clients.values() if forwarder is not None else ():
+            client.observe = observe
+        if http is not None:
+            http.observe = observe
+        self.registry.register(UpstreamCollector(forwarder, http))
+
+    def request_metrics(self) -> RequestMetrics:
+        return RequestMetrics(self.registry)
+
+
+class RequestMetrics:
+    """Every request at the edge by what it was and how it ended: `kind` graphql (named by its operation),
+    route (an HTTP route, by method and template) or gateway (the gateway's own paths); `outcome` the status
+    class (2xx, 3xx, 4xx, 5xx). The histogram's `_count` is the request count. GraphQL operation names come
+    from clients: the first `max_names` distinct ones are kept, later ones are counted as `other`."""
+
+    def __init__(self, registry: CollectorRegistry, max_names: int = 200) -> None:
+        self.latency = Histogram(
+            "portcullis_request_duration_seconds",
+            "Requests by kind (graphql, route, gateway), name (operation name, route, or path) and outcome",
+            ["kind", "name", "outcome"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=registry,
+        )
+        self.in_flight = Gauge("portcullis_requests_in_flight", "Requests being answered", registry=registry)
+        self.max_names = max_names
+        self._names: set[str] = set()
+
+    def _bounded(self, name: str) -> str:
+        if name in self._names:
+            return name
+        if len(self._names) < self.max_names:
+            self._names.add(name)
+            return name
+        return "other"
+
+    def observe(self, state: dict[str, Any], path: str, status: int, seconds: float) -> None:
+        route = state.get("metric_route")
+        if route is not None:
+            kind, name = "route", route
+        elif path == "/graphql":
+            kind, name = "graphql", self._bounded(state.get("operation") or "anonymous")
+        else:
+            kind, name = "gateway", path if path in _GATEWAY_PATHS else "other"
+        self.latency.labels(kind, name, f"{status // 100}xx").observe(seconds)
+
+
+_GATEWAY_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/.well-known/jwks.json"})

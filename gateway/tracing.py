@@ -19,6 +19,7 @@ import ipaddress
 import logging
 import os
 import re
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -39,6 +40,7 @@ from opentelemetry.trace import (
 )
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.metrics import RequestMetrics
 from store.telemetry import EdgeTrace, current_edge, current_trace_id, current_tracer
 
 log = logging.getLogger("portcullis.tracing")
@@ -118,14 +120,38 @@ def parse_traceparent(scope: Scope) -> tuple[SpanContext | None, bytes | None]:
 
 
 class TraceMiddleware:
-    def __init__(self, app: ASGIApp, *, tracing: Tracing) -> None:
+    """The request's trace (see the module), and its place in the request metrics when `metrics` is given."""
+
+    def __init__(self, app: ASGIApp, *, tracing: Tracing, metrics: RequestMetrics | None = None) -> None:
         self.app = app
         self.tracing = tracing
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        metrics = self.metrics
+        if metrics is None:
+            await self._traced(scope, receive, send)
+            return
+        status = 500  # no answer started: what the edge sends when the route raised
+        started = time.perf_counter()
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        metrics.in_flight.inc()
+        try:
+            await self._traced(scope, receive, send_with_status)
+        finally:
+            metrics.in_flight.dec()
+            metrics.observe(scope.setdefault("state", {}), scope["path"], status, time.perf_counter() - started)
+
+    async def _traced(self, scope: Scope, receive: Receive, send: Send) -> None:
         caller, state = parse_traceparent(scope)
         client = scope.get("client")
         trusted = caller is not None and self.tracing.trusts(client[0] if client else None)

@@ -220,10 +220,12 @@ def describe_status(status: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
 
 
 class UpstreamCollector(Collector):
-    """The upstreams' state at `/metrics`, read from the forwarder when it is scraped."""
+    """The upstreams' state at `/metrics`, GraphQL and HTTP alike, read from the forwarder and the HTTP routes
+    (`gateway.http_proxy.HttpUpstreams`) when it is scraped."""
 
-    def __init__(self, forwarder: Forwarder) -> None:
+    def __init__(self, forwarder: Forwarder | None, http: Any = None) -> None:
         self.forwarder = forwarder
+        self.http = http
 
     def collect(self) -> Iterator[Metric]:
         requests = CounterMetricFamily(
@@ -245,9 +247,16 @@ class UpstreamCollector(Collector):
         in_flight = GaugeMetricFamily(
             "portcullis_upstream_in_flight", "Calls to each upstream waiting for their answer", labels=["upstream"]
         )
-        for name, client in self.forwarder.clients.items():
-            in_flight.add_metric([name], client.in_flight)
-        for name, status in self.forwarder.status().items():
+        statuses: dict[str, Mapping[str, Any]] = {}
+        if self.forwarder is not None:
+            for name, client in self.forwarder.clients.items():
+                in_flight.add_metric([name], client.in_flight)
+            statuses.update(self.forwarder.status())
+        if self.http is not None:
+            for name, count in self.http.in_flight.items():
+                in_flight.add_metric([name], count)
+            statuses.update(self.http.status())
+        for name, status in statuses.items():
             requests.add_metric([name], status["requests"])
             failures.add_metric([name], status["failures"])
             opened.add_metric([name], status["circuitOpened"])

@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import uvicorn
+from opentelemetry.trace import Tracer
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from examples.billing.app import AUDIENCE
 from examples.billing.app import create_app as billing_app
 from examples.context_tokens import ContextTokenVerifier
+from examples.tracing import traced
 from identity.tokens import KeyRing
 from tests.services import free_port
 
@@ -131,8 +133,9 @@ class Billing:
 
 
 @contextlib.contextmanager
-def billing_service(signing_key: str, issuer: str) -> Iterator[Billing]:
+def billing_service(signing_key: str, issuer: str, tracer: Tracer | None = None) -> Iterator[Billing]:
+    """The billing service served; its requests traced with `tracer` when given (examples/tracing.py)."""
     upstream = Billing(signing_key, issuer)
-    with serving(upstream.recorder) as url:
+    with serving(upstream.recorder if tracer is None else traced(upstream.recorder, tracer)) as url:
         upstream.url = url
         yield upstream

@@ -140,6 +140,8 @@ class AdmissionExtension(SchemaExtension):
         accounts: list[str] = []
         valid = document is not None and not ec.pre_execution_errors
         operation = get_operation_ast(document, ec.operation_name) if document is not None else None
+        if request is not None and operation is not None and operation.name is not None:
+            request.scope.setdefault("state", {})["operation"] = operation.name.value  # the metrics' name
         if valid and operation is not None and operation.operation is OperationType.MUTATION:
             accounts = login_accounts(operation, fragments_of(document), ec.variables)  # type: ignore[arg-type]
         cost = (ctx.operation_cost or 0) if valid else 0

@@ -194,6 +194,8 @@ class DirectForward:
                 return None
         self.answered += 1
         state = request.scope.get("state", {})
+        if ticket.operation.name is not None:
+            state["operation"] = ticket.operation.name.value
         decision = None
         if services.admission is not None:
             decision = await services.admission.admit(

@@ -399,3 +399,35 @@ async def test_an_audited_route_writes_one_entry_per_request(
     )
     nodes = [edge["node"] for edge in r.json()["data"]["auditLogs"]["edges"]]
     assert nodes == [{"action": "upstream_request", "requestId": request_id}], r.text
+
+
+async def test_metrics_count_routes_operations_and_upstream_calls(
+    client: httpx.AsyncClient, billing: Billing, tenant: Tenant
+) -> None:
+    auth = await bearer(client, tenant)
+    invoice = f"/api/billing/invoices/inv-{tenant.org_id[:8]}-1"
+    for _ in range(2):
+        assert (await client.get(invoice, headers=auth)).status_code == 200
+    assert (await client.get("/api/billing/invoices/missing", headers=auth)).status_code == 404  # the service's
+    assert (await client.get("/api/billing/no/route", headers=auth)).status_code == 404  # no route
+    await gql(client, "query Mine { organization { slug } }", token=auth["authorization"].removeprefix("Bearer "))
+    await gql(client, "{ organization { slug } }", token=auth["authorization"].removeprefix("Bearer "))
+    text = (await client.get("/metrics")).text
+
+    def value(sample: str) -> float:
+        line = next((line for line in text.splitlines() if line.startswith(sample + " ")), None)
+        assert line is not None, f"{sample} not in /metrics"
+        return float(line.rsplit(" ", 1)[1])
+
+    route = 'kind="route",name="GET /api/billing/invoices/{id}"'
+    assert value(f'portcullis_request_duration_seconds_count{{{route},outcome="2xx"}}') == 2
+    assert value(f'portcullis_request_duration_seconds_count{{{route},outcome="4xx"}}') == 1
+    assert value('portcullis_request_duration_seconds_count{kind="gateway",name="other",outcome="4xx"}') >= 1
+    assert value('portcullis_request_duration_seconds_count{kind="graphql",name="Mine",outcome="2xx"}') == 1
+    assert value('portcullis_request_duration_seconds_count{kind="graphql",name="anonymous",outcome="2xx"}') >= 1
+    assert value('portcullis_upstream_request_duration_seconds_count{outcome="ok",upstream="billing"}') == 3
+    assert value('portcullis_upstream_requests_total{upstream="billing"}') == 3
+    assert value('portcullis_upstream_failures_total{upstream="billing"}') == 0
+    assert value('portcullis_upstream_circuit_open{upstream="billing"}') == 0
+    assert value('portcullis_upstream_in_flight{upstream="billing"}') == 0
+    assert value("portcullis_requests_in_flight") == 1  # this request

@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from examples.tracing import exporting_tracer
 from gateway.app import create_app
 from gateway.logs import JsonFormatter
 from tests.conftest import Tenant, gql, login, make_settings, sql
@@ -28,15 +29,18 @@ SERVER, CLIENT = 2, 3  # the protobuf's SpanKind values
 
 
 @pytest.fixture
-def billing(signing_key: str) -> Iterator[Billing]:
-    with billing_service(signing_key, ISSUER) as upstream:
-        yield upstream
-
-
-@pytest.fixture
 def receiver() -> Iterator[Receiver]:
     with otlp_receiver() as r:
         yield r
+
+
+@pytest.fixture
+def billing(signing_key: str, receiver: Receiver) -> Iterator[Billing]:
+    """The billing service continuing the gateway's traces, its spans sent to the same receiver."""
+    tracer, provider = exporting_tracer("billing", receiver.url)
+    with billing_service(signing_key, ISSUER, tracer) as upstream:
+        yield upstream
+    provider.shutdown()
 
 
 @pytest.fixture
@@ -93,7 +97,9 @@ async def test_one_trace_through_the_edge_and_both_kinds_of_upstream(
             assert g.json()["data"]["orders"], g.text
     finally:
         logging.getLogger("portcullis").removeHandler(handler)
-    spans = receiver.wait_for(lambda got: {"upstream orders", "upstream billing"} <= {s.name for s in got})
+    spans = receiver.wait_for(
+        lambda got: {"upstream orders", "upstream billing", "POST /invoices"} <= {s.name for s in got}
+    )
     routed = receiver.trace(CALLER_TRACE)
     named = by_name(routed)
     edge = named["POST /api/billing/invoices"]
@@ -112,6 +118,9 @@ async def test_one_trace_through_the_edge_and_both_kinds_of_upstream(
     received = [r for r in billing.recorder.received if r.path == "/invoices"][-1]
     assert received.headers["traceparent"] == f"00-{CALLER_TRACE}-{call.span_id}-01"
     assert received.headers["tracestate"] == "vendor=1"
+    # and recorded its own span there: the example service continues the trace
+    served = next(s for s in spans if s.name == "POST /invoices")
+    assert (served.service, served.trace_id, served.parent_id) == ("billing", CALLER_TRACE, call.span_id)
     # the audit entry and the log lines of the request name the same trace
     details = sql(database_url, "SELECT details FROM audit_log WHERE action = 'upstream_request'")[0][0]
     assert CALLER_TRACE in str(details)
