@@ -9,7 +9,9 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from html import escape
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -122,3 +124,49 @@ def otlp_receiver() -> Iterator[Receiver]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def waterfall_svg(spans: list[ReceivedSpan], title: str) -> str:
+    """One trace as a waterfall picture (SVG): a row per span, children under their parent, each bar placed
+    and sized by the span's start and duration, labelled with its service, name and milliseconds."""
+    by_parent: dict[str, list[ReceivedSpan]] = {}
+    ids = {s.span_id for s in spans}
+    for s in sorted(spans, key=lambda s: s.start_ns):
+        by_parent.setdefault(s.parent_id if s.parent_id in ids else "", []).append(s)
+    rows: list[tuple[int, ReceivedSpan]] = []
+
+    def walk(parent: str, depth: int) -> None:
+        for child in by_parent.get(parent, []):
+            rows.append((depth, child))
+            walk(child.span_id, depth + 1)
+
+    walk("", 0)
+    start = min(s.start_ns for s in spans)
+    total = max(s.end_ns for s in spans) - start or 1
+    label_width, bar_width, row_height = 300, 520, 26
+    height = 50 + row_height * len(rows)
+    colours = {"portcullis": "#3b6ea8", "billing": "#4f9a5a", "orders": "#b5773a"}
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{label_width + bar_width + 90}" height="{height}" '
+        'font-family="sans-serif" font-size="12">',
+        '<rect width="100%" height="100%" fill="white"/>',
+        f'<text x="10" y="22" font-size="14" font-weight="bold">{escape(title)}</text>',
+    ]
+    for i, (depth, s) in enumerate(rows):
+        y = 40 + i * row_height
+        x = label_width + (s.start_ns - start) / total * bar_width
+        width = max(2.0, (s.end_ns - s.start_ns) / total * bar_width)
+        colour = colours.get(s.service, "#777777")
+        milliseconds = (s.end_ns - s.start_ns) / 1e6
+        out.append(f'<text x="{10 + depth * 16}" y="{y + 15}">{escape(s.service)}: {escape(s.name)}</text>')
+        out.append(f'<rect x="{x:.1f}" y="{y + 3}" width="{width:.1f}" height="16" rx="2" fill="{colour}"/>')
+        out.append(
+            f'<text x="{label_width + bar_width + 80}" y="{y + 15}" fill="#333" text-anchor="end">'
+            f"{milliseconds:.2f} ms</text>"
+        )
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+def draw(path: str, spans: list[ReceivedSpan], title: str) -> None:
+    Path(path).write_text(waterfall_svg(spans, title))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from gateway.logs import JsonFormatter
 from tests.conftest import Tenant, gql, login, make_settings, sql
 from tests.gateway.test_http_upstreams import ISSUER, routes_file
 from tests.http_upstreams import Billing, billing_service, serving
-from tests.otlp import ReceivedSpan, Receiver, otlp_receiver
+from tests.otlp import ReceivedSpan, Receiver, draw, otlp_receiver
 from tests.upstreams import ORDERS_SDL, GraphQLUpstream, graphql_upstream, orders_file
 
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -114,6 +115,13 @@ async def test_one_trace_through_the_edge_and_both_kinds_of_upstream(
     assert call.kind == CLIENT
     assert call.attributes["http.response.status_code"] == 201
     assert any(s.name == "db transaction" for s in routed)
+    picture = os.environ.get("PORTCULLIS_TEST_TRACE_PICTURE")
+    if picture:  # docs/observability.md's picture is drawn from this trace
+        draw(
+            picture,
+            receiver.trace(CALLER_TRACE),
+            "POST /api/billing/invoices: one trace through the gateway and the service",
+        )
     # the upstream got the call's span as its parent, with the caller's tracestate
     received = [r for r in billing.recorder.received if r.path == "/invoices"][-1]
     assert received.headers["traceparent"] == f"00-{CALLER_TRACE}-{call.span_id}-01"
