@@ -28,6 +28,18 @@ from yarl import URL
 from authz import ALLOW, Decision, Principal, anonymous, decide
 from authz.errors import ErrorCode
 from gateway.admission import EdgeAdmission
+from gateway.http_messages import (
+    CHUNK,
+    HOP_BY_HOP,
+    NOT_FORWARDED,
+    PREFETCH_BYTES,
+    BodyTooLarge,
+    RequestBody,
+    returned,
+    single,
+    too_large,
+    unavailable,
+)
 from gateway.http_routes import HttpUpstreamConfig, Matched, NotAllowed, RouteTable
 from gateway.middleware import graphql_error, request_state, send_json
 from identity.context_tokens import ContextTokens
@@ -38,63 +50,7 @@ from store.telemetry import propagation_headers, span
 
 log = logging.getLogger("portcullis.upstreams")
 
-CHUNK = 64 * 1024
-PREFETCH_BYTES = 1024 * 1024
-HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"te",
-        b"trailer",
-        b"trailers",
-        b"transfer-encoding",
-        b"upgrade",
-        b"proxy-connection",
-    }
-)
-# the client's headers that never reach an upstream (C-138), beside the hop-by-hop ones: its credentials,
-# what the gateway sets itself, and what would mislead the upstream about who is calling
-_NOT_FORWARDED = frozenset(
-    {
-        b"host",
-        b"content-length",
-        b"authorization",
-        b"cookie",
-        b"x-api-key",
-        b"x-csrf-token",
-        b"forwarded",
-        b"x-forwarded-for",
-        b"x-forwarded-host",
-        b"x-forwarded-proto",
-        b"x-forwarded-prefix",
-        b"x-real-ip",
-        b"x-request-id",
-        b"expect",
-        b"traceparent",
-        b"tracestate",
-        EXPLAIN_HEADER.encode(),
-    }
-)
-# the upstream's headers that the gateway's own take the place of
-_NOT_RETURNED = frozenset(
-    {
-        b"date",
-        b"server",
-        b"x-request-id",
-        b"x-content-type-options",
-        b"x-frame-options",
-        b"referrer-policy",
-        b"cross-origin-opener-policy",
-        b"strict-transport-security",
-    }
-)
 _MFA_REFUSAL = "multi-factor enrollment required"
-
-
-class _BodyTooLarge(Exception):
-    pass
 
 
 class HttpUpstreams:
@@ -185,7 +141,7 @@ class HttpUpstreams:
             edge_span.set_attribute("http.route", public)
         with span("authorize"):
             decision = self._decide(principal, found)
-        explain = _single(scope, EXPLAIN_HEADER.encode()) == b"1"
+        explain = single(scope, EXPLAIN_HEADER.encode()) == b"1"
         admitted = await self._admitted(
             principal, state, send, cost=route.cost, spend_cost=bool(decision) and not explain
         )
@@ -197,12 +153,12 @@ class HttpUpstreams:
         if not decision:
             await self._refuse(send, principal, decision)
             return
-        declared = _single(scope, b"content-length")
+        declared = single(scope, b"content-length")
         if declared is not None and not declared.isdigit():
             await send_json(send, 400, graphql_error("Invalid Content-Length.", ErrorCode.BAD_USER_INPUT.value))
             return
         if declared is not None and int(declared) > route.max_body_bytes:
-            await _too_large(send, route.max_body_bytes)
+            await too_large(send, route.max_body_bytes)
             return
         name = found.upstream.name
         with span(f"upstream {name}", kind=SpanKind.CLIENT, attributes={"portcullis.upstream": name}) as call:
@@ -285,7 +241,7 @@ class HttpUpstreams:
         }
         headers: dict[str, str] = {}
         for name, value in scope["headers"]:
-            if name in HOP_BY_HOP or name in _NOT_FORWARDED or name in connection_named:
+            if name in HOP_BY_HOP or name in NOT_FORWARDED or name in connection_named:
                 continue
             key = name.decode("latin-1")
             text = value.decode("latin-1")
@@ -299,7 +255,7 @@ class HttpUpstreams:
             headers["x-forwarded-for"] = principal.client_ip  # the trusted client address, never copied
         headers["x-forwarded-proto"] = scope.get("scheme", "http")
         headers["x-forwarded-prefix"] = upstream.prefix
-        declared = _single(scope, b"content-length")
+        declared = single(scope, b"content-length")
         if declared is not None:
             headers["content-length"] = declared.decode("latin-1")
         headers.update(propagation_headers())
@@ -315,16 +271,16 @@ class HttpUpstreams:
         status = 0
         outcome = "ok"
         response_started = False
-        declared = _single(scope, b"content-length")
-        has_body = declared not in (None, b"0") or _single(scope, b"transfer-encoding") is not None
-        body = _Body(receive, route.max_body_bytes)
+        declared = single(scope, b"content-length")
+        has_body = declared not in (None, b"0") or single(scope, b"transfer-encoding") is not None
+        body = RequestBody(receive, route.max_body_bytes)
 
         self.in_flight[upstream.name] += 1
         try:
             if not breaker.allow():
                 outcome = "circuit_open"
                 status = 503
-                await _unavailable(send, upstream.name, principal, 503)
+                await unavailable(send, upstream.name, principal, 503)
                 return
             data: bytes | AsyncIterator[bytes] | None = None
             if has_body and declared is None:
@@ -352,22 +308,22 @@ class HttpUpstreams:
                     breaker.failed()
                 else:
                     breaker.succeeded()
-                headers = _returned(response.raw_headers, route.allow_set_cookie)
+                headers = returned(response.raw_headers, route.allow_set_cookie)
                 await send({"type": "http.response.start", "status": status, "headers": headers})
                 response_started = True
                 if method != "HEAD":
                     async for chunk in response.content.iter_chunked(CHUNK):
                         await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 await send({"type": "http.response.body", "body": b""})
-        except _BodyTooLarge:
+        except BodyTooLarge:
             outcome, status = "body_too_large", 413
             if not response_started:
-                await _too_large(send, route.max_body_bytes)
+                await too_large(send, route.max_body_bytes)
         except (aiohttp.ClientError, TimeoutError, ConnectionResetError, OSError) as exc:
             if body.too_large:
                 outcome, status = "body_too_large", 413
                 if not response_started:
-                    await _too_large(send, route.max_body_bytes)
+                    await too_large(send, route.max_body_bytes)
                 return
             if body.client_gone:
                 outcome, status = "client_gone", 499
@@ -382,7 +338,7 @@ class HttpUpstreams:
             self.failures[upstream.name] += 1
             breaker.failed()
             log.warning("upstream %s %s: %s", upstream.name, outcome, type(exc).__name__)
-            await _unavailable(send, upstream.name, principal, status)
+            await unavailable(send, upstream.name, principal, status)
         finally:
             self.in_flight[upstream.name] -= 1
             if self.observe is not None:
@@ -396,7 +352,7 @@ class HttpUpstreams:
     async def _audit(
         self, found: Matched, method: str, principal: Principal, scope: Scope, status: int, outcome: str, seconds: float
     ) -> None:
-        agent = _single(scope, b"user-agent")
+        agent = single(scope, b"user-agent")
         event = AuditEvent(
             action=AuditAction.UPSTREAM_REQUEST,
             result="success" if outcome == "ok" and status < 400 else "error",
@@ -421,98 +377,3 @@ class HttpUpstreams:
             await self.audit.record(event)
         except Exception:
             log.exception("audit entry of an upstream request not written", extra={"request_id": principal.request_id})
-
-
-class _Body:
-    """The client's request body, read as the upstream takes it and counted against the route's limit; a
-    first part may be read ahead (`prefetch`) and is then sent first."""
-
-    def __init__(self, receive: Receive, limit: int) -> None:
-        self.receive = receive
-        self.limit = limit
-        self.received = 0
-        self.head: list[bytes] = []
-        self.ended = False
-        self.too_large = False
-        self.client_gone = False
-
-    async def _next(self) -> bytes:
-        message = await self.receive()
-        if message["type"] == "http.disconnect":
-            self.client_gone = True
-            raise ConnectionResetError("the client went away")
-        chunk: bytes = message.get("body", b"")
-        self.received += len(chunk)
-        if self.received > self.limit:
-            self.too_large = True
-            raise _BodyTooLarge
-        if not message.get("more_body", False):
-            self.ended = True
-        return chunk
-
-    async def prefetch(self, size: int) -> None:
-        while not self.ended and self.received <= size:
-            self.head.append(await self._next())
-
-    def head_bytes(self) -> bytes:
-        return b"".join(self.head)
-
-    async def rest(self) -> AsyncIterator[bytes]:
-        head, self.head = self.head, []
-        for chunk in head:
-            if chunk:
-                yield chunk
-        while not self.ended:
-            chunk = await self._next()
-            if chunk:
-                yield chunk
-
-
-def _single(scope: Scope, name: bytes) -> bytes | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return value  # type: ignore[no-any-return]
-    return None
-
-
-def _returned(raw: Any, allow_set_cookie: bool) -> list[tuple[bytes, bytes]]:
-    """The upstream's headers as the client gets them: no hop-by-hop header (nor one its `Connection` names),
-    none the gateway sets itself, `Set-Cookie` only where the route allows it."""
-    named = {
-        token.strip().lower().encode()
-        for name, value in raw
-        if name.lower() == b"connection"
-        for token in value.decode("latin-1").split(",")
-    }
-    out: list[tuple[bytes, bytes]] = []
-    for name, value in raw:
-        lower = name.lower()
-        if lower in HOP_BY_HOP or lower in named or lower in _NOT_RETURNED:
-            continue
-        if lower == b"set-cookie" and not allow_set_cookie:
-            continue
-        out.append((lower, value))
-    if not any(k == b"content-security-policy" for k, _ in out) and any(
-        k == b"content-type" and v.lower().startswith(b"text/html") for k, v in out
-    ):
-        # a page of the team's own: never framed elsewhere; what it loads is its own business (the gateway's
-        # strict default would break it, GraphiQL's would open it to unpkg.com)
-        out.append((b"content-security-policy", b"frame-ancestors 'none'"))
-    return out
-
-
-async def _too_large(send: Send, limit: int) -> None:
-    await send_json(send, 413, graphql_error(f"Request body exceeds {limit} bytes.", ErrorCode.BAD_USER_INPUT.value))
-
-
-async def _unavailable(send: Send, upstream: str, principal: Principal, status: int) -> None:
-    await send_json(
-        send,
-        status,
-        graphql_error(
-            f"The upstream {upstream} is unavailable.",
-            ErrorCode.UPSTREAM_UNAVAILABLE.value,
-            upstream=upstream,
-            requestId=principal.request_id,
-        ),
-    )

@@ -84,6 +84,8 @@ class RequestMetrics:
         self.in_flight = Gauge("portcullis_requests_in_flight", "Requests being answered", registry=registry)
         self.max_names = max_names
         self._names: set[str] = set()
+        # each label set's series, looked up once: bounded by the names kept, the routes and the status classes
+        self._children: dict[tuple[str, str, int], Any] = {}
 
     def _bounded(self, name: str) -> str:
         if name in self._names:
@@ -101,7 +103,11 @@ class RequestMetrics:
             kind, name = "graphql", self._bounded(state.get("operation") or "anonymous")
         else:
             kind, name = "gateway", path if path in _GATEWAY_PATHS else "other"
-        self.latency.labels(kind, name, f"{status // 100}xx").observe(seconds)
+        key = (kind, name, status // 100)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self.latency.labels(kind, name, f"{status // 100}xx")
+        child.observe(seconds)
 
 
 _GATEWAY_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/.well-known/jwks.json"})

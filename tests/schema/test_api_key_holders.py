@@ -53,7 +53,11 @@ def revocations(database_url: str, org_id: str) -> dict[str, dict[str, Any]]:
         "SELECT resource_id, details FROM audit_log WHERE chain = :c AND action = 'apikey_revoked' ORDER BY sequence",
         c=org_id,
     )
-    return {k: d if isinstance(d, dict) else json.loads(d) for k, d in found}
+    out = {k: d if isinstance(d, dict) else json.loads(d) for k, d in found}
+    for details in out.values():
+        # written while a request was answered: the request's trace (docs/observability.md)
+        assert len(details.pop("traceId")) == 32
+    return out
 
 
 def user_id_of(database_url: str, email: str) -> str:

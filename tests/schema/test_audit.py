@@ -58,6 +58,8 @@ def rows(url: str, where: str = "1 = 1", **params: Any) -> list[dict[str, Any]]:
         row = dict(zip([c.strip() for c in COLUMNS.split(",")], r, strict=True))
         if isinstance(row["details"], str):
             row["details"] = json.loads(row["details"])
+        # the trace of the request that wrote it, apart from what the entry is about (docs/observability.md)
+        row["trace_id"] = row["details"].pop("traceId", None)
         if isinstance(row["at"], str):  # SQLite's text: the UTC wall time
             row["at"] = datetime.fromisoformat(row["at"]).replace(tzinfo=UTC)
         out.append(row)

@@ -92,6 +92,7 @@ async def test_c039_callback_without_state(
     [entry] = sql(database_url, "SELECT result, details FROM audit_log WHERE action = 'authn_sso_fail'")
     assert entry[0] == "denied"
     details = entry[1] if isinstance(entry[1], dict) else json.loads(entry[1])
+    assert len(details.pop("traceId")) == 32  # the request's trace
     assert details == {"protocol": "oidc", "reason": "oidc_state_missing"}
 
 
