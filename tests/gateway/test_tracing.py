@@ -194,3 +194,32 @@ async def test_without_an_endpoint_nothing_is_exported_and_the_trace_still_trave
     assert fresh[1] != CALLER_TRACE
     assert len(fresh[1]) == 32
     assert receiver.posts == 0
+
+
+async def test_a_collector_that_never_answers_never_delays_a_request(
+    database_url: str, signing_key: str, billing: Billing, tenant: Tenant, tmp_path: Path
+) -> None:
+    import socket
+    import time
+
+    with socket.socket() as silent:  # accepts connections into its backlog and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        endpoint = f"http://127.0.0.1:{silent.getsockname()[1]}/v1/traces"
+        settings = make_settings(
+            database_url,
+            signing_key,
+            upstreams_file=routes_file(tmp_path, billing.url),
+            public_url=ISSUER,
+            otel_exporter_otlp_endpoint=endpoint,
+        )
+        with serving(create_app(settings), lifespan="on") as url:
+            async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+                auth = {"authorization": f"Bearer {(await login(client, tenant))['accessToken']}"}
+                invoice = f"/api/billing/invoices/inv-{tenant.org_id[:8]}-1"
+                slowest = 0.0
+                for _ in range(200):  # more spans than one batch, while the export waits on the collector
+                    started = time.perf_counter()
+                    assert (await client.get(invoice, headers=auth)).status_code == 200
+                    slowest = max(slowest, time.perf_counter() - started)
+    assert slowest < 1.0, f"a request took {slowest:.2f} s"
