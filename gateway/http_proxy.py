@@ -15,6 +15,7 @@ routes write one entry when the answer ends.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -311,9 +312,9 @@ class HttpUpstreams:
                 headers = returned(response.raw_headers, route.allow_set_cookie)
                 await send({"type": "http.response.start", "status": status, "headers": headers})
                 response_started = True
-                if method != "HEAD":
-                    async for chunk in response.content.iter_chunked(CHUNK):
-                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                if method != "HEAD" and not await _stream(response, receive, send, has_body, body):
+                    outcome, status = "client_gone", 499
+                    return
                 await send({"type": "http.response.body", "body": b""})
         except BodyTooLarge:
             outcome, status = "body_too_large", 413
@@ -377,3 +378,24 @@ class HttpUpstreams:
             await self.audit.record(event)
         except Exception:
             log.exception("audit entry of an upstream request not written", extra={"request_id": principal.request_id})
+
+
+async def _stream(
+    response: aiohttp.ClientResponse, receive: Receive, send: Send, has_body: bool, body: RequestBody
+) -> bool:
+    """Passes the answer's body on, chunk by chunk; false when the client went away first. An answer of more
+    than one chunk is watched for the client's disconnection (once the request's own body is read), so that a
+    download nobody waits for any more stops being read from the upstream."""
+    watcher: asyncio.Future[Any] | None = None
+    try:
+        async for chunk in response.content.iter_chunked(CHUNK):
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if watcher is None:
+                if not has_body or body.ended:
+                    watcher = asyncio.ensure_future(receive())
+            elif watcher.done():
+                return False
+        return True
+    finally:
+        if watcher is not None and not watcher.done():
+            watcher.cancel()

@@ -431,3 +431,20 @@ async def test_metrics_count_routes_operations_and_upstream_calls(
     assert value('portcullis_upstream_circuit_open{upstream="billing"}') == 0
     assert value('portcullis_upstream_in_flight{upstream="billing"}') == 0
     assert value("portcullis_requests_in_flight") == 1  # this request
+
+
+async def test_a_download_the_client_leaves_stops_being_read_from_the_upstream(gateway: str, tenant: Tenant) -> None:
+    async with httpx.AsyncClient(base_url=gateway, timeout=30) as client:
+        auth = await bearer(client, tenant)
+        async with client.stream("GET", f"/api/billing/downloads/{500 * 1024 * 1024}", headers=auth) as response:
+            assert response.status_code == 200
+            async for _ in response.aiter_raw():
+                break  # the client reads one chunk of 500 MB and hangs up
+    async with httpx.AsyncClient(base_url=gateway, timeout=30) as client:
+        sample = 'portcullis_upstream_request_duration_seconds_count{outcome="client_gone",upstream="billing"} 1.0'
+        for _ in range(100):
+            if sample in (await client.get("/metrics")).text:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the gateway kept reading a download nobody waits for")
