@@ -392,10 +392,16 @@ async def _stream(
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
             if watcher is None:
                 if not has_body or body.ended:
-                    watcher = asyncio.ensure_future(receive())
+                    watcher = asyncio.ensure_future(_disconnection(receive))
             elif watcher.done():
                 return False
         return True
     finally:
         if watcher is not None and not watcher.done():
             watcher.cancel()
+
+
+async def _disconnection(receive: Receive) -> None:
+    """Returns when the client hangs up (a request without a body still has its one, empty, message first)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass

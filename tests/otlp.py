@@ -1,5 +1,6 @@
 """A real OTLP/HTTP trace receiver for the tests: `POST /v1/traces` with a protobuf `ExportTraceServiceRequest`,
-decoded with the `opentelemetry-proto` package, on a free port of 127.0.0.1 in a thread of the test process."""
+decoded with the `opentelemetry-proto` package, on a free port of 127.0.0.1 in a thread of the test process. It
+reads bodies with a length and chunked ones (OpenTelemetry's JS exporter streams its exports)."""
 
 from __future__ import annotations
 
@@ -90,17 +91,34 @@ class Receiver:
         raise AssertionError(f"spans not received in time; got {[(s.service, s.name) for s in self.spans]}")
 
 
+def read_chunked(stream: Any) -> bytes:
+    """A `Transfer-Encoding: chunked` body from `stream`, to its last chunk and the trailers after it."""
+    body = bytearray()
+    while size := int(stream.readline().split(b";")[0], 16):
+        body += stream.read(size)
+        stream.readline()
+    while stream.readline() not in (b"\r\n", b"\n", b""):
+        pass
+    return bytes(body)
+
+
 @contextlib.contextmanager
 def otlp_receiver() -> Iterator[Receiver]:
     receiver = Receiver()
 
     class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
         def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("content-length", "0")))
+            if self.headers.get("transfer-encoding", "").lower() == "chunked":  # OpenTelemetry's JS exporter
+                body = read_chunked(self.rfile)
+            else:
+                body = self.rfile.read(int(self.headers.get("content-length", "0")))
             if self.headers.get("content-encoding") == "gzip":
                 body = gzip.decompress(body)
             if self.path != "/v1/traces":
                 self.send_response(404)
+                self.send_header("content-length", "0")
                 self.end_headers()
                 return
             receiver.take(body)

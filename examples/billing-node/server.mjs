@@ -7,6 +7,12 @@
 //   PORT=9200 ISSUER=http://127.0.0.1:8000 JWKS_URL=http://127.0.0.1:8000/.well-known/jwks.json node server.mjs
 //   (PORT=0 takes a free port: the line "billing-node listening on http://127.0.0.1:<port>" names it once the
 //   service answers)
+//
+// Traces: with OTEL_EXPORTER_OTLP_ENDPOINT (a collector's base URL) it continues the gateway's traces as the
+// Python services do (examples/tracing.py): a SERVER span per request, named "<METHOD> <path>", the child of
+// the incoming `traceparent` (with its `tracestate`), with `http.response.status_code`; sent with
+// OpenTelemetry's SDK to the endpoint's /v1/traces (OTLP/HTTP, protobuf) as service "billing-node", and
+// flushed on SIGTERM or SIGINT before the process ends. Without it no OpenTelemetry module is even loaded.
 import { createHash, randomBytes } from 'node:crypto';
 import { createServer } from 'node:http';
 import { Readable } from 'node:stream';
@@ -14,7 +20,7 @@ import { pipeline } from 'node:stream/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { createRemoteJWKSet, jwtVerify } from 'jose';
 
-const { PORT, ISSUER, JWKS_URL, HOST = '127.0.0.1' } = process.env;
+const { PORT, ISSUER, JWKS_URL, HOST = '127.0.0.1', OTEL_EXPORTER_OTLP_ENDPOINT } = process.env;
 if (!PORT || !ISSUER || !JWKS_URL) {
   console.error('set PORT, ISSUER and JWKS_URL');
   process.exit(2);
@@ -42,6 +48,54 @@ const HOP_HEADERS = {
 };
 const UNAUTHENTICATED = { errors: [{ message: 'invalid context token', extensions: { code: 'UNAUTHENTICATED' } }] };
 const jwks = createRemoteJWKSet(new URL(JWKS_URL));
+const SERVICE_NAME = 'billing-node';
+const EXPORT_TIMEOUT_MS = 5000;
+
+/**
+ * The service's tracing, for a collector at `base`: `serve(req, res, path)` records the request's SERVER span
+ * (ended when the response closes) and `shutdown()` sends what is queued. OpenTelemetry is imported here only.
+ */
+async function tracingTo(base) {
+  const [api, { W3CTraceContextPropagator }, resources, { BasicTracerProvider, BatchSpanProcessor }, otlp] =
+    await Promise.all([
+      import('@opentelemetry/api'),
+      import('@opentelemetry/core'),
+      import('@opentelemetry/resources'),
+      import('@opentelemetry/sdk-trace-base'),
+      import('@opentelemetry/exporter-trace-otlp-proto'),
+    ]);
+  const exporter = new otlp.OTLPTraceExporter({
+    url: `${base.replace(/\/+$/, '')}/v1/traces`,
+    timeoutMillis: EXPORT_TIMEOUT_MS,
+  });
+  const provider = new BasicTracerProvider({
+    resource: resources.defaultResource().merge(resources.resourceFromAttributes({ 'service.name': SERVICE_NAME })),
+    spanProcessors: [new BatchSpanProcessor(exporter)],
+  });
+  const tracer = provider.getTracer(SERVICE_NAME);
+  const propagator = new W3CTraceContextPropagator();
+  return {
+    serve(req, res, path) {
+      const parent = propagator.extract(api.ROOT_CONTEXT, req.headers, api.defaultTextMapGetter);
+      const span = tracer.startSpan(`${req.method} ${path}`, { kind: api.SpanKind.SERVER }, parent);
+      res.once('close', () => {
+        if (res.headersSent) span.setAttribute('http.response.status_code', res.statusCode);
+        span.end();
+      });
+    },
+    shutdown: () => provider.shutdown(),
+  };
+}
+
+let tracing = null;
+if (OTEL_EXPORTER_OTLP_ENDPOINT) {
+  try {
+    tracing = await tracingTo(OTEL_EXPORTER_OTLP_ENDPOINT);
+  } catch (exc) {
+    console.error(`OTEL_EXPORTER_OTLP_ENDPOINT is set but OpenTelemetry could not be loaded (npm ci): ${exc}`);
+    process.exit(2);
+  }
+}
 
 /** The claims of a valid context token for this service, or null for anything else. */
 async function verify(authorization = '') {
@@ -227,8 +281,9 @@ function route(path) {
 const notAllowed = (res, allow) => json(res, 405, { errors: [{ message: 'method not allowed' }] }, { allow });
 
 const server = createServer(async (req, res) => {
+  const path = decoded(splitOnce(req.url, '?')[0]);
+  tracing?.serve(req, res, path);
   try {
-    const path = decoded(splitOnce(req.url, '?')[0]);
     if (path === '/healthz') return req.method === 'GET' ? json(res, 200, { status: 'ok' }) : notAllowed(res, 'GET');
     const { pattern, param } = route(path);
     const allowed = ['GET', 'POST'].filter((method) => routes[`${method} ${pattern}`]);
@@ -246,3 +301,16 @@ const server = createServer(async (req, res) => {
 server.listen(Number(PORT), HOST, () => {
   console.log(`billing-node listening on http://${HOST}:${server.address().port}`);
 });
+
+// Traced, a stop sends the spans still queued first (for at most EXPORT_TIMEOUT_MS), then ends the process by
+// the same signal, as it would have ended untraced. A second signal ends it at once.
+if (tracing) {
+  const STOP_SIGNALS = ['SIGTERM', 'SIGINT'];
+  const stop = async (signal) => {
+    for (const s of STOP_SIGNALS) process.removeListener(s, stop);
+    server.close();
+    await Promise.race([tracing.shutdown(), sleep(EXPORT_TIMEOUT_MS, undefined, { ref: false })]).catch(() => {});
+    process.kill(process.pid, signal);
+  };
+  for (const s of STOP_SIGNALS) process.on(s, stop);
+}

@@ -25,20 +25,37 @@ HERE = Path(__file__).resolve().parents[2] / "examples" / "billing-node"
 READY = re.compile(rb"billing-node listening on (http://[0-9.]+:[0-9]+)")
 
 
+# what server.mjs imports: jose always, OpenTelemetry's packages when it exports spans
+PACKAGES = (
+    "jose",
+    "@opentelemetry/api",
+    "@opentelemetry/core",
+    "@opentelemetry/resources",
+    "@opentelemetry/sdk-trace-base",
+    "@opentelemetry/exporter-trace-otlp-proto",
+)
+
+
 def ensure_node_modules() -> None:
-    npm_ci(HERE, ("jose",), "the Node billing service (examples/billing-node)")
+    npm_ci(HERE, PACKAGES, "the Node billing service (examples/billing-node)")
 
 
 @contextlib.contextmanager
-def billing_node_upstream(jwks_url: str, issuer: str, *, port: int = 0) -> Iterator[str]:
+def billing_node_upstream(
+    jwks_url: str, issuer: str, *, port: int = 0, env: Mapping[str, str] | None = None
+) -> Iterator[str]:
     """The base URL (`http://127.0.0.1:<port>`) of a fresh Node billing service trusting the context tokens of
-    `issuer` signed with a key of the JWKS at `jwks_url`; on `port`, or a free one. It is stopped on exit."""
+    `issuer` signed with a key of the JWKS at `jwks_url`; on `port`, or a free one; with the variables of `env`
+    in its environment too (`OTEL_EXPORTER_OTLP_ENDPOINT`, say). It is stopped (SIGTERM) on exit."""
     ensure_node_modules()
     workdir = Path(tempfile.mkdtemp(prefix="portcullis-billing-node-"))
-    env = {**os.environ, "PORT": str(port), "JWKS_URL": jwks_url, "ISSUER": issuer, "HOST": "127.0.0.1"}
+    own = {"PORT": str(port), "JWKS_URL": jwks_url, "ISSUER": issuer, "HOST": "127.0.0.1"}
+    environment = {**os.environ, **(env or {}), **own}
     log_path = workdir / "log"
     log = log_path.open("wb")
-    proc = subprocess.Popen(["node", str(HERE / "server.mjs")], cwd=HERE, env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        ["node", str(HERE / "server.mjs")], cwd=HERE, env=environment, stdout=log, stderr=subprocess.STDOUT
+    )
     try:
         deadline = time.monotonic() + 30
         while (ready := READY.search(log_path.read_bytes())) is None:
