@@ -35,7 +35,6 @@ from gateway.middleware import (
     AuthenticationMiddleware,
     BodyLimitMiddleware,
     ClientAddress,
-    RequestIdMiddleware,
     RequestTargetMiddleware,
     SecurityHeadersMiddleware,
 )
@@ -46,7 +45,7 @@ from gateway.route_limits import RouteLimits
 from gateway.saml import SamlLogin, SamlRoutes
 from gateway.settings import Environment, OnRedisError, Settings
 from gateway.sso import sso_routes
-from gateway.tracing import TraceMiddleware, Tracing, otlp_traces_endpoint
+from gateway.tracing import RequestContextMiddleware, Tracing, otlp_traces_endpoint
 from gateway.upstreams import load_upstreams
 from gateway.usage import UsageFlusher
 from gateway.windows import LocalWindows, RedisWindows, WindowStore
@@ -261,8 +260,9 @@ def edge_middleware(
     """The edge in front of the routes, outermost first (gateway/middleware.py). The HTTP upstreams' prefixes
     (`routed_prefixes`) have their own body limits and admission, per route (gateway/http_proxy.py)."""
     return [
-        Middleware(RequestIdMiddleware),
-        Middleware(TraceMiddleware, tracing=tracing or gateway_tracing(settings), metrics=metrics.request_metrics()),
+        Middleware(
+            RequestContextMiddleware, tracing=tracing or gateway_tracing(settings), metrics=metrics.request_metrics()
+        ),
         Middleware(
             SecurityHeadersMiddleware,
             hsts=settings.is_prod,

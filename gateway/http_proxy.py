@@ -387,14 +387,16 @@ async def _stream(
     than one chunk is watched for the client's disconnection (once the request's own body is read), so that a
     download nobody waits for any more stops being read from the upstream."""
     watcher: asyncio.Future[Any] | None = None
+    first = True
     try:
         async for chunk in response.content.iter_chunked(CHUNK):
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            if watcher is None:
-                if not has_body or body.ended:
-                    watcher = asyncio.ensure_future(_disconnection(receive))
-            elif watcher.done():
+            if watcher is not None and watcher.done():
                 return False
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if first:
+                first = False
+            elif watcher is None and (not has_body or body.ended):
+                watcher = asyncio.ensure_future(_disconnection(receive))
         return True
     finally:
         if watcher is not None and not watcher.done():

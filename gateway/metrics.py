@@ -81,7 +81,11 @@ class RequestMetrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=registry,
         )
-        self.in_flight = Gauge("portcullis_requests_in_flight", "Requests being answered", registry=registry)
+        # counted in a plain integer (one event loop per process), read when /metrics is
+        self.in_flight = 0
+        Gauge("portcullis_requests_in_flight", "Requests being answered", registry=registry).set_function(
+            lambda: self.in_flight
+        )
         self.max_names = max_names
         self._names: set[str] = set()
         # each label set's series, looked up once: bounded by the names kept, the routes and the status classes

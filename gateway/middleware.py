@@ -1,6 +1,6 @@
-"""Pure ASGI middleware of the edge, outermost first: request id, security headers, the request target,
-body limit, authentication (then `gateway.route_admission`). Each passes non-HTTP scopes through and writes
-one result into `scope["state"]`.
+"""Pure ASGI middleware of the edge, outermost first (inside the request's id and trace, gateway/tracing.py):
+security headers, the request target, body limit, authentication (then `gateway.route_admission`). Each
+passes non-HTTP scopes through and writes one result into `scope["state"]`.
 """
 
 from __future__ import annotations
@@ -58,31 +58,19 @@ def valid_request_id(value: str) -> bool:
     return _SHORT_TOKEN.fullmatch(value) is not None
 
 
-class RequestIdMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        given = _header(scope, b"x-request-id")
-        rid = None
-        if len(given) == 1:
-            candidate = given[0].decode("latin-1")
-            if valid_request_id(candidate):
-                rid = candidate
-        # made here: ordered by time (UUIDv7), so the audit log's index of request ids grows at its end
-        rid = rid or new_ordered_id()
-        request_state(scope)["request_id"] = rid
-        raw = rid.encode()
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", raw)]
-            await send(message)
-
-        await self.app(scope, receive, send_with_id)
+def assign_request_id(scope: Scope, state: dict[str, Any]) -> str:
+    """The request's id: the client's `X-Request-ID` when it is one well-formed value, a new one otherwise;
+    kept in `state["request_id"]` (and sent back by gateway/tracing.py's `RequestContextMiddleware`)."""
+    given = _header(scope, b"x-request-id")
+    rid = None
+    if len(given) == 1:
+        candidate = given[0].decode("latin-1")
+        if valid_request_id(candidate):
+            rid = candidate
+    # made here: ordered by time (UUIDv7), so the audit log's index of request ids grows at its end
+    rid = rid or new_ordered_id()
+    state["request_id"] = rid
+    return rid
 
 
 _SECURITY_HEADERS = [

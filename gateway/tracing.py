@@ -1,6 +1,7 @@
 """Traces: one span for each request at the edge, W3C trace context in and out, OTLP/HTTP export.
 
-`TraceMiddleware` runs just inside the request id. A `traceparent` from a trusted caller (an address of
+`RequestContextMiddleware` is the edge's outermost layer: it names the request (its id) and places it in its
+trace. A `traceparent` from a trusted caller (an address of
 `PORTCULLIS_TRACE_TRUSTED_CALLERS`, or of the trusted proxies when that is empty) is continued, with its
 `tracestate`; one from any other caller starts a new trace that links to it; a malformed one (or two) is
 replaced by a new trace. The request's trace id reaches every log line and audit entry of the request
@@ -18,6 +19,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import random
 import re
 import time
 from collections.abc import Iterable
@@ -41,6 +43,7 @@ from opentelemetry.trace import (
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.metrics import RequestMetrics
+from gateway.middleware import assign_request_id, request_state
 from store.telemetry import EdgeTrace, current_edge, current_trace_id, current_tracer
 
 log = logging.getLogger("portcullis.tracing")
@@ -119,8 +122,9 @@ def parse_traceparent(scope: Scope) -> tuple[SpanContext | None, bytes | None]:
     return context, state
 
 
-class TraceMiddleware:
-    """The request's trace (see the module), and its place in the request metrics when `metrics` is given."""
+class RequestContextMiddleware:
+    """The outermost layer of the edge: the request's id (`X-Request-ID`, gateway/middleware.py), its trace (see
+    the module) and its place in the request metrics (`metrics`), around one wrapper of `send`."""
 
     def __init__(self, app: ASGIApp, *, tracing: Tracing, metrics: RequestMetrics | None = None) -> None:
         self.app = app
@@ -131,40 +135,50 @@ class TraceMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        metrics = self.metrics
-        if metrics is None:
-            await self._traced(scope, receive, send)
-            return
-        status = 500  # no answer started: what the edge sends when the route raised
+        state = request_state(scope)
+        request_id = assign_request_id(scope, state)
+        header = (b"x-request-id", request_id.encode())
+        answer = _Answer()
         started = time.perf_counter()
 
-        async def send_with_status(message: Message) -> None:
-            nonlocal status
+        async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                status = int(message["status"])
+                answer.status = int(message["status"])
+                message["headers"] = [*message.get("headers", []), header]
             await send(message)
 
-        metrics.in_flight.inc()
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.in_flight += 1
         try:
-            await self._traced(scope, receive, send_with_status)
+            caller, tracestate = parse_traceparent(scope)
+            client = scope.get("client")
+            trusted = caller is not None and self.tracing.trusts(client[0] if client else None)
+            if self.tracing.tracer is None:
+                await self._unrecorded(scope, receive, send_with_id, caller if trusted else None, tracestate)
+            else:
+                await self._recorded(scope, receive, send_with_id, caller, trusted, answer)
         finally:
-            metrics.in_flight.dec()
-            metrics.observe(scope.setdefault("state", {}), scope["path"], status, time.perf_counter() - started)
+            if metrics is not None:
+                metrics.in_flight -= 1
+                metrics.observe(state, scope["path"], answer.status, time.perf_counter() - started)
 
-    async def _traced(self, scope: Scope, receive: Receive, send: Send) -> None:
-        caller, state = parse_traceparent(scope)
-        client = scope.get("client")
-        trusted = caller is not None and self.tracing.trusts(client[0] if client else None)
+    async def _recorded(
+        self, scope: Scope, receive: Receive, send: Send, caller: SpanContext | None, trusted: bool, answer: _Answer
+    ) -> None:
         tracer = self.tracing.tracer
-        if tracer is None:
-            await self._unrecorded(scope, receive, send, caller if trusted else None, state if trusted else None)
-            return
+        assert tracer is not None
         method: str = scope["method"]
         path: str = scope["path"]
         name = f"{method} {path}" if path in _NAMED_PATHS else method
         parent = set_span_in_context(NonRecordingSpan(caller)) if trusted and caller is not None else None
         links = [Link(caller, {"portcullis.link": "untrusted caller"})] if caller is not None and not trusted else None
-        attributes: dict[str, Any] = {"http.request.method": method, "url.path": path}
+        state = scope["state"]
+        attributes: dict[str, Any] = {
+            "http.request.method": method,
+            "url.path": path,
+            "portcullis.request_id": state["request_id"],
+        }
         started = tracer.start_as_current_span(
             name, context=parent, kind=SpanKind.SERVER, links=links, attributes=attributes
         )
@@ -172,23 +186,14 @@ class TraceMiddleware:
             context = span.get_span_context()
             trace_token = current_trace_id.set(f"{context.trace_id:032x}")
             tracer_token = current_tracer.set(tracer)
-            scope.setdefault("state", {})["span"] = span
-            request_id = scope["state"].get("request_id")
-            if request_id:
-                span.set_attribute("portcullis.request_id", request_id)
-
-            async def send_with_status(message: Message) -> None:
-                if message["type"] == "http.response.start":
-                    status = int(message["status"])
-                    span.set_attribute("http.response.status_code", status)
-                    if status >= 500:
-                        span.set_status(Status(StatusCode.ERROR))
-                await send(message)
-
+            state["span"] = span
             try:
-                await self.app(scope, receive, send_with_status)
+                await self.app(scope, receive, send)
             finally:
-                principal = scope["state"].get("principal")
+                span.set_attribute("http.response.status_code", answer.status)
+                if answer.status >= 500:
+                    span.set_status(Status(StatusCode.ERROR))
+                principal = state.get("principal")
                 if principal is not None and principal.organization_id:
                     span.set_attribute("portcullis.organization_id", principal.organization_id)
                 current_tracer.reset(tracer_token)
@@ -197,12 +202,12 @@ class TraceMiddleware:
     async def _unrecorded(
         self, scope: Scope, receive: Receive, send: Send, caller: SpanContext | None, state: bytes | None
     ) -> None:
-        span_id = os.urandom(8).hex()
+        span_id = f"{random.getrandbits(64) or 1:016x}"
         if caller is not None:
             tracestate = state.decode("latin-1") if state else None
             edge = EdgeTrace(f"{caller.trace_id:032x}", span_id, f"{int(caller.trace_flags):02x}", tracestate)
         else:
-            edge = EdgeTrace(os.urandom(16).hex(), span_id, "00")
+            edge = EdgeTrace(f"{random.getrandbits(128) or 1:032x}", span_id, "00")
         trace_token = current_trace_id.set(edge.trace_id)
         edge_token = current_edge.set(edge)
         try:
@@ -210,3 +215,10 @@ class TraceMiddleware:
         finally:
             current_edge.reset(edge_token)
             current_trace_id.reset(trace_token)
+
+
+class _Answer:
+    __slots__ = ("status",)
+
+    def __init__(self) -> None:
+        self.status = 500  # no answer started: what the edge sends when a route raised
