@@ -15,6 +15,11 @@ servers of each scenario, each answering its scenario's query from the same row:
   answers fixed JSON (`bench/forward.py`):
   - `gateway-forward` and `gateway-forward-redis`: the gateway with the upstreams file, embedded and shared mode;
   - `upstream-direct`: the upstream itself; `hive-gateway`: GraphQL Hive Gateway proxying it.
+- scenario `forward-http`, `GET /api/billing/invoices/1`, forwarded to an HTTP upstream's route, a Node server
+  answering one fixed invoice (`bench/forward_http.py`):
+  - `gateway-forward-http` and `gateway-forward-http-redis`: the gateway with the route, embedded and shared mode;
+  - `billing-direct`: the upstream itself, sent `GET /invoices/1`;
+  - `gateway-forward` and `hive-gateway`, sent the `forward` scenario's query, measured beside them.
 
 Each server runs as its own uvicorn process (one worker, uvloop, httptools) and is loaded by `wrk` at one
 and at 32 connections; the result is throughput, median and 99th-percentile latency per server, the

@@ -14,7 +14,7 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
-from bench import database, forward, load, report, servers
+from bench import database, forward, forward_http, load, report, servers
 from bench.load import Measurement
 from bench.servers import (
     SCENARIO_NAMES,
@@ -85,12 +85,13 @@ def parser() -> argparse.ArgumentParser:
         "--scenario",
         type=_scenarios,
         default=list(SCENARIO_NAMES),
-        metavar="basic|guarded|apikey|admission|audited|forward|all",
+        metavar="basic|guarded|apikey|admission|audited|forward|forward-http|all",
         help="basic: the gateway against three baselines; guarded: a field that requires a "
         "permission, with and without field authorization; apikey: Bearer against API key; "
         "admission: shared mode (Redis) with and without admission; audited: an audited "
         "mutation; forward: a query forwarded to a GraphQL upstream, against GraphQL Hive Gateway "
-        "(needs node); all (default): every one; several: comma-separated",
+        "(needs node); forward-http: a GET forwarded to an HTTP upstream's route, against the GraphQL "
+        "forward and Hive Gateway (needs node); all (default): every one; several: comma-separated",
     )
     p.add_argument(
         "--duration",
@@ -174,12 +175,16 @@ class Bench:
             "admission": database.expected_response(self.db),
             "audited": database.expected_audited_response(self.db),
             "forward": forward.ANSWER,
+            "forward-http": forward.ANSWER,
         }
+        # what the servers sent a GET (`Scenario.gets`) must answer, by scenario
+        self.expected_get: dict[str, object] = {"forward-http": forward_http.INVOICE}
         self.env = servers.server_environment(self.db.url, generate_private_key_pem())
         self.redis_url: str | None = None  # set by `main` when a chosen server runs in shared mode
-        # set by `main` when a chosen server forwards to (or is) the bench's orders upstream
-        self.upstream: RunningServer | None = None
-        self.upstreams_file: Path | None = None
+        # the bench's Node upstreams ("orders", "billing") that a chosen server forwards to (or is), and the
+        # upstreams file pointing at each: set by `start_upstreams`
+        self.upstreams: dict[str, RunningServer] = {}
+        self.upstreams_files: dict[str, Path] = {}
         # servers that cannot run on this machine, and why (`check_node`): left out of their scenario
         self.unavailable: dict[str, str] = {}
         self._credentials: dict[str, servers.Credential | None] = {}
@@ -191,17 +196,31 @@ class Bench:
     def needs_redis(self) -> bool:
         return any(spec.redis for _, specs in self.scenarios() for spec in specs)
 
-    def needs_upstream(self) -> bool:
-        return any(spec.upstreams or spec.kind != "uvicorn" for _, specs in self.scenarios() for spec in specs)
+    def start_upstreams(self, stack: contextlib.ExitStack) -> None:
+        """Start the bench's Node upstreams the chosen servers need, each on wrk's CPU (what it costs to answer
+        is the upstream's, not the server's under test), until `stack` closes; write their upstreams files."""
+        node = forward.node_binary()
+        if node is None:
+            return
+        needed = {spec.upstream for _, specs in self.scenarios() for spec in specs}
+        if "orders" in needed:
+            spec = ServerSpec("orders-upstream", str(forward.UPSTREAM_SCRIPT), "", kind="upstream", upstream="orders")
+            orders = stack.enter_context(forward.orders_upstream(spec, self.workdir, node=node, cpu=self.wrk_cpu))
+            self.upstreams["orders"] = orders
+            self.upstreams_files["orders"] = forward.write_upstreams_file(self.workdir, orders.url)
+        if "billing" in needed:
+            billing = stack.enter_context(forward_http.billing_upstream(self.workdir, node=node, cpu=self.wrk_cpu))
+            self.upstreams["billing"] = billing
+            self.upstreams_files["billing"] = forward_http.write_upstreams_file(self.workdir, billing)
 
     def check_node(self) -> None:
-        """Leave out what cannot run here: without node, every server of the orders upstream (it is a Node
-        server); Hive Gateway also when it cannot be installed (`npm ci` in bench/hive/)."""
+        """Leave out what cannot run here: without node, every server of the bench's upstreams (they are Node
+        servers); Hive Gateway also when it cannot be installed (`npm ci` in bench/hive/)."""
         chosen = {spec.name: spec for _, specs in self.scenarios() for spec in specs}
-        needing_node = [s for s in chosen.values() if s.upstreams or s.kind != "uvicorn"]
+        needing_node = [s for s in chosen.values() if s.upstream is not None or s.kind != "uvicorn"]
         if needing_node and forward.node_binary() is None:
             for spec in needing_node:
-                self.unavailable[spec.name] = "the orders upstream is a Node server, and node is not on PATH"
+                self.unavailable[spec.name] = f"the {spec.upstream} upstream is a Node server, and node is not on PATH"
         elif any(s.kind == "hive" for s in chosen.values()):
             if not forward.HIVE_BIN.exists():
                 log(f"installing GraphQL Hive Gateway: npm ci in {forward.HIVE_DIR}")
@@ -216,11 +235,10 @@ class Bench:
     def scenarios(self) -> list[tuple[Scenario, list[ServerSpec]]]:
         """The chosen scenarios, each with its servers (restricted by `--only`); empty ones left out."""
         chosen = []
+        by_name = {s.name: s for s in SERVERS}
         for scenario in SCENARIOS:
             specs = [
-                s
-                for s in SERVERS
-                if s.name in scenario.servers and s.name in self.args.only and s.name not in self.unavailable
+                by_name[name] for name in scenario.servers if name in self.args.only and name not in self.unavailable
             ]
             if self.args.before is not None:
                 # only the Python servers have a build before; the upstream and Hive Gateway are the same
@@ -248,52 +266,66 @@ class Bench:
         """All of a scenario's servers side by side, loaded in turn for one slice at a time (in the reverse
         order every other slice), so that whatever the machine does meanwhile falls on each of them alike;
         each server's slices are then merged into one measurement."""
-        expected = self.expected[scenario.name]
         slices = max(1, self.args.duration // self.args.slice)
         with contextlib.ExitStack() as stack:
-            loaded: list[tuple[RunningServer, Path]] = []
+            loaded: list[tuple[RunningServer, str, Path]] = []  # each server, the URL wrk loads, its script
             for spec in specs:
                 server = self._start(spec, stack)
                 credential = self._credential(server)
-                servers.check_answer(server, credential, scenario.query, expected)
-                script = load.write_script(
-                    self.workdir / f"{scenario.name}-{spec.name}.lua", scenario.query, credential, scenario.alternate
-                )
-                loaded.append((server, script))
                 self._credentials[spec.name] = credential
-            for server, script in loaded:
-                self._wrk(server, script, max(self.args.connections), self.args.warmup)
+                self._check(scenario, server)
+                script_path = self.workdir / f"{scenario.name}-{spec.name}.lua"
+                path = scenario.get_path(spec.name)
+                if path is None:
+                    script = load.write_script(script_path, scenario.query, credential, scenario.alternate)
+                    loaded.append((server, server.url, script))
+                else:
+                    loaded.append((server, server.origin + path, load.write_get_script(script_path, credential)))
+            for server, url, script in loaded:
+                self._wrk(server, url, script, max(self.args.connections), self.args.warmup)
             measured: report.Results = {}
             for connections in self.args.connections:
                 samples: dict[str, list[load.Sample]] = defaultdict(list)
                 for index in range(slices):
-                    for server, script in loaded if index % 2 == 0 else reversed(loaded):
-                        output = self._wrk(server, script, connections, self.args.slice)
+                    for server, url, script in loaded if index % 2 == 0 else reversed(loaded):
+                        output = self._wrk(server, url, script, connections, self.args.slice)
                         samples[server.spec.name].append(load.parse(output))
-                for server, _ in loaded:
+                for server, _, _ in loaded:
                     m = measured[(server.spec.name, connections)] = load.combine(samples[server.spec.name])
                     log(
-                        f"run {run}/{self.args.runs} {scenario.name:<9} {server.spec.name:<26} c={connections:<3} "
+                        f"run {run}/{self.args.runs} {scenario.name:<12} {server.spec.name:<26} c={connections:<3} "
                         f"{m.requests_per_second:>9.1f} req/s  p50 {m.p50_ms:.2f} ms  p99 {m.p99_ms:.2f} ms"
                     )
-            for server, _ in loaded:
-                servers.check_answer(server, self._credentials[server.spec.name], scenario.query, expected)
+            for server, _, _ in loaded:
+                self._check(scenario, server)
             return measured
 
+    def _check(self, scenario: Scenario, server: RunningServer) -> None:
+        """The server answers its request of the scenario (the query, or a GET) as expected."""
+        credential = self._credentials[server.spec.name]
+        path = scenario.get_path(server.spec.name)
+        if path is None:
+            servers.check_answer(server, credential, scenario.query, self.expected[scenario.name])
+        else:
+            servers.check_get(server, credential, path, self.expected_get[scenario.name])
+
     def _start(self, spec: ServerSpec, stack: contextlib.ExitStack) -> RunningServer:
-        """A server of the scenario, running until `stack` closes; the upstream is the bench's own, started
-        once by `main` and shared by the servers that forward to it."""
+        """A server of the scenario, running until `stack` closes; an upstream is the bench's own, started
+        once (`start_upstreams`) and shared by the servers that forward to it."""
         if spec.kind == "upstream":
-            if self.upstream is None:
-                raise BenchError(f"{spec.name} needs the orders upstream")
-            return dataclasses.replace(self.upstream, spec=spec)  # measured under the scenario's name
+            return dataclasses.replace(self._upstream(spec), spec=spec)  # measured under the scenario's name
         if spec.kind == "hive":
-            if self.upstream is None:
-                raise BenchError(f"{spec.name} needs the orders upstream")
-            return stack.enter_context(forward.hive_gateway(spec, self.upstream.url, self.workdir, cpu=self.server_cpu))
+            url = self._upstream(spec).url
+            return stack.enter_context(forward.hive_gateway(spec, url, self.workdir, cpu=self.server_cpu))
         return stack.enter_context(
             servers.running(spec, env=self._environment(spec), workdir=self.workdir, cpu=self.server_cpu)
         )
+
+    def _upstream(self, spec: ServerSpec) -> RunningServer:
+        upstream = self.upstreams.get(spec.upstream or "")
+        if upstream is None:
+            raise BenchError(f"{spec.name} needs the {spec.upstream} upstream")
+        return upstream
 
     def _environment(self, spec: ServerSpec) -> dict[str, str]:
         env = dict(self.env)
@@ -301,10 +333,10 @@ class Bench:
             if self.redis_url is None:
                 raise BenchError(f"{spec.name} needs Redis")
             env["PORTCULLIS_REDIS_URL"] = self.redis_url
-        if spec.upstreams:
-            if self.upstreams_file is None:
-                raise BenchError(f"{spec.name} needs the orders upstream")
-            env["PORTCULLIS_UPSTREAMS_FILE"] = str(self.upstreams_file)
+        if spec.upstream is not None:
+            if spec.upstream not in self.upstreams_files:
+                raise BenchError(f"{spec.name} needs the {spec.upstream} upstream")
+            env["PORTCULLIS_UPSTREAMS_FILE"] = str(self.upstreams_files[spec.upstream])
         return env
 
     def _credential(self, server: RunningServer) -> servers.Credential | None:
@@ -315,10 +347,10 @@ class Bench:
             return ("x-api-key", servers.create_api_key(server, token))
         return ("authorization", f"Bearer {token}")
 
-    def _wrk(self, server: RunningServer, script: Path, connections: int, seconds: int) -> str:
+    def _wrk(self, server: RunningServer, url: str, script: Path, connections: int, seconds: int) -> str:
         if seconds <= 0:
             return ""
-        output = load.run_wrk(self.wrk, server.url, script, connections=connections, seconds=seconds, cpu=self.wrk_cpu)
+        output = load.run_wrk(self.wrk, url, script, connections=connections, seconds=seconds, cpu=self.wrk_cpu)
         try:
             load.check_responses(output)
         except BenchError as error:
@@ -343,7 +375,8 @@ def print_report(args: argparse.Namespace, bench: Bench, results: dict[str, repo
         names = [s.name for s in specs]
         scenario_results = results.get(scenario.name, {})
         alternating = f"\n   alternating with: {scenario.alternate}" if scenario.alternate else ""
-        print(f"\nscenario {scenario.name}: {scenario.description}\nquery: {scenario.query}{alternating}\n")
+        gets = "".join(f"\n{name}: GET {path}" for name, path in scenario.gets if name in names)
+        print(f"\nscenario {scenario.name}: {scenario.description}\nquery: {scenario.query}{alternating}{gets}\n")
         blocks: tuple[list[str], ...]
         if scenario.name == "guarded":
             blocks = (
@@ -368,6 +401,14 @@ def print_report(args: argparse.Namespace, bench: Bench, results: dict[str, repo
                 report.table(scenario_results, names, args.connections),
                 report.forward_ratios(scenario_results, names, args.connections),
                 report.forward_target(scenario_results),
+            )
+        elif scenario.name == "forward-http":
+            blocks = (
+                report.table(scenario_results, names, args.connections),
+                report.forward_ratios(
+                    scenario_results, names, args.connections, direct=report.BILLING_DIRECT, behind=report.BILLING
+                ),
+                report.forward_http_target(scenario_results, args.connections),
             )
         elif scenario.name == "apikey":
             blocks = (
@@ -410,14 +451,7 @@ def main(argv: list[str] | None = None) -> int:
                     from bench.redis_server import redis_server
 
                     bench.redis_url = stack.enter_context(redis_server(cpu=bench.redis_cpu))
-                node = forward.node_binary()
-                if bench.needs_upstream() and node is not None:
-                    # on wrk's CPU: what it costs to answer is the upstream's, not the gateway's under test
-                    upstream = servers.ServerSpec("orders-upstream", str(forward.UPSTREAM_SCRIPT), "")
-                    bench.upstream = stack.enter_context(
-                        forward.orders_upstream(upstream, Path(tmp), node=node, cpu=bench.wrk_cpu)
-                    )
-                    bench.upstreams_file = forward.write_upstreams_file(Path(tmp), bench.upstream.url)
+                bench.start_upstreams(stack)
                 results = bench.measure_all()
             print_report(args, bench, results)
     except BenchError as error:

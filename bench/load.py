@@ -65,9 +65,7 @@ def write_script(path: Path, query: str, credential: tuple[str, str] | None, alt
         f"wrk.body = {lua_string(json.dumps({'query': query}))}",
         'wrk.headers["Content-Type"] = "application/json"',
     ]
-    if credential is not None:
-        # spaces inside the brackets: `[[[` would open a long string
-        lines.append(f"wrk.headers[ {lua_string(credential[0])} ] = {lua_string(credential[1])}")
+    lines += _credential(credential)
     if alternate is not None:
         lines += [
             f"local bodies = {{ wrk.body, {lua_string(json.dumps({'query': alternate}))} }}",
@@ -79,6 +77,19 @@ def write_script(path: Path, query: str, credential: tuple[str, str] | None, alt
         ]
     path.write_text("\n".join(lines) + "\n" + _DONE)
     return path
+
+
+def write_get_script(path: Path, credential: tuple[str, str] | None) -> Path:
+    """A wrk script sending GETs (of the path in wrk's URL), with the credential header when there is one."""
+    path.write_text("\n".join(['wrk.method = "GET"', *_credential(credential)]) + "\n" + _DONE)
+    return path
+
+
+def _credential(credential: tuple[str, str] | None) -> list[str]:
+    if credential is None:
+        return []
+    # spaces inside the brackets: `[[[` would open a long string
+    return [f"wrk.headers[ {lua_string(credential[0])} ] = {lua_string(credential[1])}"]
 
 
 def run_wrk(wrk: str, url: str, script: Path, *, connections: int, seconds: int, cpu: int | None) -> str:

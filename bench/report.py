@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 
 from bench.load import Measurement
 from bench.servers import BEFORE
@@ -30,6 +30,11 @@ UPSTREAM_DIRECT = "upstream-direct"
 TARGET_FORWARD_THROUGHPUT_RATIO = 1.0
 TARGET_FORWARD_REDIS_THROUGHPUT_RATIO = 0.8
 TARGET_FORWARD_P50_RATIO = 1.0
+FORWARD_HTTP = "gateway-forward-http"
+FORWARD_HTTP_REDIS = "gateway-forward-http-redis"
+BILLING_DIRECT = "billing-direct"
+BILLING = (FORWARD_HTTP, FORWARD_HTTP_REDIS, BILLING_DIRECT)  # the servers in front of (or being) that upstream
+TARGET_FORWARD_HTTP_RATIO = 1.0
 
 Results = dict[tuple[str, int], Measurement]
 
@@ -43,12 +48,12 @@ def median(runs: list[Measurement]) -> Measurement:
 
 
 def table(results: Results, servers: Iterable[str], connections: Iterable[int]) -> list[str]:
-    lines = [f"{'server':<22} {'conns':>5} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8}"]
+    lines = [f"{'server':<27} {'conns':>5} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8}"]
     for name in servers:
         for c in connections:
             m = results.get((name, c))
             if m is not None:
-                lines.append(f"{name:<22} {c:>5} {m.requests_per_second:>10.1f} {m.p50_ms:>8.2f} {m.p99_ms:>8.2f}")
+                lines.append(f"{name:<27} {c:>5} {m.requests_per_second:>10.1f} {m.p50_ms:>8.2f} {m.p99_ms:>8.2f}")
     return lines
 
 
@@ -215,21 +220,33 @@ def against_before(results: Results, servers: Iterable[str], connections: Iterab
     return lines if len(lines) > 1 else []
 
 
-def forward_ratios(results: Results, servers: Iterable[str], connections: Iterable[int]) -> list[str]:
+def forward_ratios(
+    results: Results,
+    servers: Iterable[str],
+    connections: Iterable[int],
+    *,
+    direct: str = UPSTREAM_DIRECT,
+    behind: Collection[str] | None = None,
+) -> list[str]:
     """Each server against Hive Gateway (throughput above 1: faster; p50 and p99 below 1: faster), and the
-    share of the upstream's own throughput that each keeps."""
-    lines = [f"{'against ' + HIVE:<27} {'conns':>5} {'throughput':>11} {'p50':>7} {'p99':>7} {'of upstream':>12}"]
+    share of the upstream's own throughput (`direct`, loaded directly) that each keeps: each of `behind`, the
+    servers in front of that upstream (all of them when None)."""
+    share_header = f"of {direct}"
+    width = len(share_header) + 1
+    lines = [f"{'against ' + HIVE:<27} {'conns':>5} {'throughput':>11} {'p50':>7} {'p99':>7} {share_header:>{width}}"]
     for name in servers:
         if name == HIVE:
             continue
         for c in connections:
-            m, hive, direct = results.get((name, c)), results.get((HIVE, c)), results.get((UPSTREAM_DIRECT, c))
+            m, hive, alone = results.get((name, c)), results.get((HIVE, c)), results.get((direct, c))
             if m is None or hive is None:
                 continue
-            share = f"{m.requests_per_second / direct.requests_per_second:>11.1%}" if direct is not None else ""
+            share = ""
+            if alone is not None and (behind is None or name in behind):
+                share = f"{m.requests_per_second / alone.requests_per_second:.1%}"
             lines.append(
                 f"{name:<27} {c:>5} {m.requests_per_second / hive.requests_per_second:>10.2f}x "
-                f"{m.p50_ms / hive.p50_ms:>6.2f}x {m.p99_ms / hive.p99_ms:>6.2f}x {share:>12}"
+                f"{m.p50_ms / hive.p50_ms:>6.2f}x {m.p99_ms / hive.p99_ms:>6.2f}x {share:>{width}}".rstrip()
             )
     return lines if len(lines) > 1 else []
 
@@ -258,4 +275,29 @@ def forward_target(results: Results) -> list[str]:
         label = f"{FORWARD} p50 at 1 connection: {on.p50_ms:.2f} / {off.p50_ms:.2f} ms"
         limit = TARGET_FORWARD_P50_RATIO
         lines.append(f"  {label:<56} {ratio:>5.2f} (at most {limit:.2f})  {_verdict(ratio <= limit)}")
+    return lines
+
+
+def forward_http_target(results: Results, connections: Iterable[int]) -> list[str]:
+    """A GET forwarded to an HTTP route against the GraphQL forward, measured side by side in the same run:
+    throughput at 32 connections judged (an HTTP route is less work than a GraphQL operation); at other
+    connection counts, and p50 at one connection, reported."""
+    limit = TARGET_FORWARD_HTTP_RATIO
+    lines = [f"target against {FORWARD} (measured, not enforced):"]
+    for c in connections:
+        m, graphql = results.get((FORWARD_HTTP, c)), results.get((FORWARD, c))
+        if m is None or graphql is None:
+            continue
+        ratio = m.requests_per_second / graphql.requests_per_second
+        label = f"{FORWARD_HTTP} req/s at {c}: {m.requests_per_second:.0f} / {graphql.requests_per_second:.0f}"
+        verdict = f" (at least {limit:.2f})  {_verdict(ratio >= limit)}" if c == TARGET_CONNECTIONS else ""
+        lines.append(f"  {label:<56} {ratio:>5.2f}{verdict}")
+        if c == 1:
+            label = f"{FORWARD_HTTP} p50 at 1 connection: {m.p50_ms:.2f} / {graphql.p50_ms:.2f} ms"
+            lines.append(f"  {label:<56} {m.p50_ms / graphql.p50_ms:>5.2f}")
+    if (FORWARD_HTTP, TARGET_CONNECTIONS) not in results or (FORWARD, TARGET_CONNECTIONS) not in results:
+        lines.append(
+            f"  {FORWARD_HTTP} req/s at {TARGET_CONNECTIONS} connections: not measured "
+            f"(needs {FORWARD_HTTP} and {FORWARD})"
+        )
     return lines

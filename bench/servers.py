@@ -18,7 +18,9 @@ from pathlib import Path
 from bench.apps.common import (
     AUDITED_MUTATION,
     AUDITED_MUTATION_ALTERNATE,
+    BILLING_PATH,
     DATABASE_URL_VARIABLE,
+    FORWARD_HTTP_PATH,
     FORWARD_QUERY,
     GUARDED_QUERY,
     QUERY,
@@ -41,11 +43,12 @@ class ServerSpec:
     redis: bool = False
     # the checkout whose code the server runs (`--before`: another one, side by side with this one's)
     app_dir: Path = REPO
-    # how it runs: "uvicorn" (`factory` under uvicorn), "upstream" (the bench's Node orders upstream itself,
-    # loaded directly) or "hive" (GraphQL Hive Gateway proxying that upstream); the last two need node
+    # how it runs: "uvicorn" (`factory` under uvicorn), "upstream" (one of the bench's Node upstreams itself,
+    # loaded directly) or "hive" (GraphQL Hive Gateway proxying the orders upstream); the last two need node
     kind: str = "uvicorn"
-    # reads the bench's upstreams file (PORTCULLIS_UPSTREAMS_FILE), which points at the bench's upstream
-    upstreams: bool = False
+    # the bench's Node upstream it stands in front of ("orders", "billing"), or is (kind "upstream"); a uvicorn
+    # server reads that upstream's upstreams file (PORTCULLIS_UPSTREAMS_FILE), which points at it
+    upstream: str | None = None
 
 
 SERVERS = (
@@ -87,7 +90,7 @@ SERVERS = (
         "gateway.app:create_app",
         "the gateway forwarding to the orders upstream (embedded mode: SQLite, in-process limits)",
         credential="bearer",
-        upstreams=True,
+        upstream="orders",
     ),
     ServerSpec(
         "gateway-forward-redis",
@@ -95,19 +98,43 @@ SERVERS = (
         "the same in shared mode (Redis): admission takes one EVALSHA per request",
         credential="bearer",
         redis=True,
-        upstreams=True,
+        upstream="orders",
     ),
     ServerSpec(
         "upstream-direct",
         "bench/upstream/orders.mjs",
         "the orders upstream itself (Node http, fixed JSON), loaded directly, on wrk's CPU",
         kind="upstream",
+        upstream="orders",
     ),
     ServerSpec(
         "hive-gateway",
         "@graphql-hive/gateway proxy",
         "GraphQL Hive Gateway (bench/hive/) proxying the orders upstream, no auth",
         kind="hive",
+        upstream="orders",
+    ),
+    ServerSpec(
+        "gateway-forward-http",
+        "gateway.app:create_app",
+        "the gateway forwarding a GET to the billing upstream's HTTP route (embedded mode)",
+        credential="bearer",
+        upstream="billing",
+    ),
+    ServerSpec(
+        "gateway-forward-http-redis",
+        "gateway.app:create_app",
+        "the same in shared mode (Redis): admission takes one EVALSHA per request",
+        credential="bearer",
+        redis=True,
+        upstream="billing",
+    ),
+    ServerSpec(
+        "billing-direct",
+        "bench/upstream/billing.mjs",
+        "the billing upstream itself (Node http, fixed JSON), loaded directly, on wrk's CPU",
+        kind="upstream",
+        upstream="billing",
     ),
     ServerSpec("strawberry-default", "bench.apps.strawberry_app:default_app", "strawberry.asgi.GraphQL, no extensions"),
     ServerSpec(
@@ -138,6 +165,12 @@ class Scenario:
     description: str
     # when set, the load alternates `query` with this one, request by request
     alternate: str | None = None
+    # the servers sent `GET <path>` (with their credential) instead of the GraphQL POST of `query`: (name, path)
+    gets: tuple[tuple[str, str], ...] = ()
+
+    def get_path(self, server: str) -> str | None:
+        """The path `server` is sent a GET of (a `@before` twin: as its server), or None: it is sent `query`."""
+        return dict(self.gets).get(server.removesuffix(BEFORE))
 
 
 SCENARIOS = (
@@ -181,6 +214,19 @@ SCENARIOS = (
         "the gateway forwarding to a GraphQL upstream that answers fixed JSON (a Node server pinned with wrk), "
         "against GraphQL Hive Gateway proxying the same upstream and against the upstream loaded directly",
     ),
+    Scenario(
+        "forward-http",
+        FORWARD_QUERY,
+        ("gateway-forward-http", "gateway-forward-http-redis", "billing-direct", "gateway-forward", "hive-gateway"),
+        "the gateway forwarding a GET to an HTTP upstream's route (a Node server answering one fixed invoice, "
+        "pinned with wrk), against the upstream loaded directly, and, sent the forward scenario's query, the "
+        "gateway forwarding it to the orders upstream and GraphQL Hive Gateway proxying that upstream",
+        gets=(
+            ("gateway-forward-http", FORWARD_HTTP_PATH),
+            ("gateway-forward-http-redis", FORWARD_HTTP_PATH),
+            ("billing-direct", BILLING_PATH),
+        ),
+    ),
 )
 SCENARIO_NAMES = tuple(s.name for s in SCENARIOS)
 
@@ -197,8 +243,12 @@ class RunningServer:
     log_path: Path
 
     @property
+    def origin(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    @property
     def url(self) -> str:
-        return f"http://{HOST}:{self.port}/graphql"
+        return f"{self.origin}/graphql"
 
     def log_tail(self, lines: int = 30) -> str:
         with contextlib.suppress(OSError):
@@ -269,6 +319,16 @@ def post_json(
     if credential is not None:
         headers[credential[0]] = credential[1]
     request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
+def get_json(url: str, credential: Credential | None = None, timeout: float = 10.0) -> tuple[int, object]:
+    headers = {credential[0]: credential[1]} if credential is not None else {}
+    request = urllib.request.Request(url, headers=headers, method="GET")
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, json.loads(response.read())
@@ -362,3 +422,12 @@ def check_answer(server: RunningServer, credential: Credential | None, query: st
     status, body = post_json(server.url, {"query": query}, credential)
     if status != 200 or body.get("data") != expected.get("data") or "errors" in body:
         raise BenchError(f"{server.spec.name} answered {status} {body}, expected 200 {expected}\n{server.log_tail()}")
+
+
+def check_get(server: RunningServer, credential: Credential | None, path: str, expected: object) -> None:
+    """Status 200 and exactly the expected JSON for `GET <path>`."""
+    status, body = get_json(server.origin + path, credential)
+    if status != 200 or body != expected:
+        raise BenchError(
+            f"{server.spec.name} answered GET {path} with {status} {body}, expected 200 {expected}\n{server.log_tail()}"
+        )

@@ -20,6 +20,11 @@ AUDITED_MUTATION_ALTERNATE = 'mutation { updateOrganization(input: {name: "Acme 
 # the `forward` scenario's query: the gateway forwards it to the orders upstream (examples/orders), filling the
 # preset `organizationId` from the caller
 FORWARD_QUERY = "{ orders(first: 10) { id total status customer } }"
+# the `forward-http` scenario's request: a GET the gateway forwards under its prefix to the billing upstream's own
+# path (bench/forward_http.py); the upstream loaded directly is sent the path without the prefix
+BILLING_PREFIX = "/api/billing"
+BILLING_PATH = "/invoices/1"
+FORWARD_HTTP_PATH = BILLING_PREFIX + BILLING_PATH
 SLUG = "acme"
 DATABASE_URL_VARIABLE = "BENCH_DATABASE_URL"
 

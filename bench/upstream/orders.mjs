@@ -4,7 +4,7 @@
 //   node orders.mjs <port> <answer.json> <introspection.json>
 //
 // <answer.json> is the whole response body for the bench query (10 orders), <introspection.json> the whole
-// response body for an introspection query; the bench writes both (bench/upstream.py). A request whose body
+// response body for an introspection query; the bench writes both (bench/forward.py). A request whose body
 // mentions `__schema` gets the introspection (GraphQL Hive Gateway introspects the upstream it proxies);
 // every other POST gets the orders, whatever its query and variables: the upstream does no GraphQL work.
 import { readFileSync } from "node:fs";
