@@ -159,6 +159,8 @@ class RequestContext:
         self._opening: asyncio.Lock | None = None
         # entries that commit with the unit of work (`audit`), and every action recorded either way
         self.audit_events: list[AuditEvent] = []
+        # entries that must be written whatever becomes of the unit of work (see `audit_durably`)
+        self.durable_events: list[AuditEvent] = []
         self.audited_actions: set[str] = set()
         self.audited_now: set[str] = set()
         # the operator running a command (`for_operator`): the actor of its audit entries, and where it ran
@@ -245,6 +247,19 @@ class RequestContext:
         self.audited_now.add(action)
         await self.services.audit.record(self.audit_event(action, **fields))
 
+    async def audit_durably(self, action: str, **fields: Any) -> None:
+        """Record `action` whatever becomes of the request, like `audit_now`, without a transaction of its own
+        while the request's unit of work is open: on SQLite that one holds the database's only write lock
+        until it ends, so another transaction would wait for it in vain. The entry then commits with the unit
+        of work, or is written on its own once it rolled back (what another service did, a forwarded
+        mutation, stays recorded when the gateway's own writes are undone)."""
+        self.audited_now.add(action)
+        event = self.audit_event(action, **fields)
+        if self._db is None:
+            await self.services.audit.record(event)
+        else:
+            self.durable_events.append(event)
+
     async def db(self) -> AsyncSession:
         if self._db is None:
             if self.writes:
@@ -300,22 +315,29 @@ class RequestContext:
         """End the unit of work: commit it with its audit entries (`audit_events`, by default those recorded
         with `audit`) and then run `after_commit`, or roll it back. If the entries cannot be written, nothing
         is committed: the caller rolls back (`finish(commit=False)`)."""
-        events = self.audit_events if audit_events is None else audit_events
+        events = [*(self.audit_events if audit_events is None else audit_events), *self.durable_events]
         if commit and events:
-            await append_audit(await self.db(), list(events), entries=False)
+            await append_audit(await self.db(), events, entries=False)
         # the next unit of work of this context (a route or a command may run several) starts afresh
         self.audit_events = []
         session, self._db, self._db_in_turn = self._db, None, None
+        durable, self.durable_events = self.durable_events, []
         if session is None:
             self.release_turn()
+            if not commit and durable:
+                await self.services.audit.record(*durable)
             if commit:
                 await self._run_after_commit()
             return
         try:
-            if commit:
-                await session.commit()
-            else:
-                await session.rollback()
+            try:
+                if commit:
+                    await session.commit()
+                else:
+                    await session.rollback()
+            except BaseException:
+                self.durable_events = durable  # the caller rolls back next: they are written then
+                raise
         finally:
             try:
                 await session.close()
@@ -323,6 +345,8 @@ class RequestContext:
                 self.release_turn()
                 db_span, self._db_span = self._db_span, None
                 end_span(db_span, failed=not commit)
+        if not commit and durable:
+            await self.services.audit.record(*durable)  # the write lock is free again
         if commit:
             await self._run_after_commit()
 

@@ -214,7 +214,7 @@ class ForwardState:
 
     async def _audit(self, batch: Batch, field_name: str, outcome: str, latency_ms: float) -> None:
         try:
-            await self.ctx.audit_now(
+            await self.ctx.audit_durably(
                 AuditAction.UPSTREAM_MUTATION,
                 result="success" if outcome == "success" else "error",
                 resource_type="upstream",

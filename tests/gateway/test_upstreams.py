@@ -10,7 +10,7 @@ import pytest
 from jose import jwt
 
 from gateway.app import create_app
-from tests.conftest import Tenant, error_codes, gql, login, make_settings, make_tenant, running
+from tests.conftest import Tenant, error_codes, gql, login, make_settings, make_tenant, running, sql
 from tests.upstreams import ORDERS_SDL, Answer, GraphQLUpstream, graphql_upstream, orders_file
 
 
@@ -340,7 +340,7 @@ async def test_a_tenant_at_its_cost_budget_is_refused_before_forwarding(
 
 
 async def test_mutations_keep_their_order_across_the_gateway_and_the_upstream(
-    gateway: Any, upstream: GraphQLUpstream, tenant: Tenant
+    gateway: Any, upstream: GraphQLUpstream, tenant: Tenant, database_url: str
 ) -> None:
     client = gateway.state.client
     token = await token_of(client, tenant)
@@ -364,6 +364,14 @@ async def test_mutations_keep_their_order_across_the_gateway_and_the_upstream(
     assert "a: createOrder" in upstream.received[0].query
     assert "b: createOrder" in upstream.received[0].query
     assert "cancelOrder" in upstream.received[1].query
+    # every forwarded mutation is audited with the local one, in the same chain, at once: on SQLite the local
+    # mutation's unit of work holds the only write lock until it commits, with the upstream's entries in it
+    entries = sql(
+        database_url,
+        "SELECT action, details FROM audit_log WHERE action IN ('upstream_mutation', 'org_updated') ORDER BY sequence",
+    )
+    assert [action for action, _ in entries].count("upstream_mutation") == 3, entries
+    assert "org_updated" in [action for action, _ in entries], entries
 
 
 async def test_introspection_shows_each_role_the_upstream_fields_it_may_reach(gateway: Any, database_url: str) -> None:
