@@ -18,6 +18,8 @@ class ErrorCode(StrEnum):
     INTERNAL = "INTERNAL"
     UPSTREAM_UNAVAILABLE = "UPSTREAM_UNAVAILABLE"
     UPSTREAM_ERROR = "UPSTREAM_ERROR"
+    ADDRESS_BLOCKED = "ADDRESS_BLOCKED"
+    FRESH_AUTH_REQUIRED = "FRESH_AUTH_REQUIRED"
 
 
 class GatewayError(Exception):
@@ -58,6 +60,18 @@ INVALID_CREDENTIALS = "Invalid credentials."
 
 class QuotaExceeded(GatewayError):
     code = ErrorCode.QUOTA_EXCEEDED
+
+
+class AddressBlocked(GatewayError):
+    """The caller's address is blocked (by an operator, the organization, or an abuse signal): 403 at the edge."""
+
+    code = ErrorCode.ADDRESS_BLOCKED
+
+
+class FreshAuthRequired(GatewayError):
+    """A sensitive mutation with a sign-in older than the organization's fresh-authentication window: 403."""
+
+    code = ErrorCode.FRESH_AUTH_REQUIRED
 
 
 class UpstreamUnavailable(GatewayError):

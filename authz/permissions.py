@@ -25,6 +25,8 @@ class Permission(StrEnum):
     ROLES_MANAGE = "roles:manage"
     SSO_READ = "sso:read"
     SSO_MANAGE = "sso:manage"
+    SECURITY_READ = "security:read"
+    SECURITY_MANAGE = "security:manage"
     ORGANIZATION_UPDATE = "organization:update"
     ORGANIZATIONS_CREATE = "organizations:create"
     AUDIT_VERIFY = "audit:verify"

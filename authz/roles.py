@@ -33,6 +33,8 @@ _OWN: dict[BuiltinRole, frozenset[Permission]] = {
             _P.ROLES_MANAGE,
             _P.SSO_READ,
             _P.SSO_MANAGE,
+            _P.SECURITY_READ,
+            _P.SECURITY_MANAGE,
             _P.ORGANIZATION_UPDATE,
             _P.ORGANIZATIONS_CREATE,
             _P.AUDIT_VERIFY,

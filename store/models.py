@@ -489,5 +489,11 @@ TENANT_TABLES: frozenset[str] = frozenset(
         "sso_connections",
         "sso_identities",
         "email_domains",
+        "security_policies",
+        "security_events",
+        "webhooks",
+        "webhook_deliveries",
     }
 )
+
+import store.security  # noqa: E402, F401  (the security domain's tables, on the same metadata)
