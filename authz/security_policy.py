@@ -89,8 +89,14 @@ class SecurityPolicy:
 
     def __post_init__(self) -> None:
         if self.ip_allowlist and not self.networks:
-            nets = tuple(ipaddress.ip_network(c, strict=False) for c in self.ip_allowlist)
-            object.__setattr__(self, "networks", nets)
+            # an entry that does not parse is left out here and named by `check_policy`, which refuses it
+            nets = []
+            for cidr in self.ip_allowlist:
+                try:
+                    nets.append(parse_cidr(cidr))
+                except ValueError:
+                    continue
+            object.__setattr__(self, "networks", tuple(nets))
 
     def address_allowed(self, client_ip: str | None) -> bool:
         """Whether the tenant's allowlist admits the address (an empty list admits any; no address, none)."""
