@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import JSON, Column, Index, Text
 from sqlmodel import Field, SQLModel
 
-from store.models import _ts, new_id, new_ordered_id, utcnow
+from store.columns import _ts, new_id, new_ordered_id, utcnow
 
 
 class SecurityPolicyRow(SQLModel, table=True):
