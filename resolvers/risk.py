@@ -26,7 +26,19 @@ from identity.security_events import SecurityEventKind, Severity, record_securit
 from identity.security_policies import load_policy
 from resolvers.deps import RequestContext
 
-__all__ = ["CHALLENGED", "FAILURE", "SUCCESS", "SignInRisk", "assess", "failed_attempt", "record_attempt"]
+__all__ = [
+    "CHALLENGED",
+    "FAILURE",
+    "SUCCESS",
+    "SignInRisk",
+    "admit",
+    "assess",
+    "assess_in",
+    "failed_attempt",
+    "record_attempt",
+    "refuse",
+    "refuse_sso",
+]
 
 _SEVERITY = {RiskLevel.LOW: Severity.LOW, RiskLevel.MEDIUM: Severity.MEDIUM, RiskLevel.HIGH: Severity.HIGH}
 
