@@ -314,3 +314,21 @@ async def test_the_report_holds_only_its_own_organization(client, tenant: Tenant
     ]
     assert risk["signInsByLevel"] == {"low": 0, "medium": 1, "high": 0}
     assert risk["highRisk"] == []
+
+
+async def test_the_hour_comes_from_the_gateways_clock(client, app: Any, tenant: Tenant, database_url: str) -> None:
+    """The services' clock decides the hour: office hours on five days, then a sign-in at three in the morning."""
+    today = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    office = [(today - timedelta(days=d)).replace(hour=h) for d, h in ((1, 9), (2, 10), (3, 14), (4, 16), (5, 11))]
+    agent = client.headers["user-agent"]
+    await add_sign_ins(database_url, tenant, office, ip=CLIENT_IP, agent=agent)
+    services = app.state.services
+    real = services.clock
+    try:
+        services.clock = lambda: (today - timedelta(days=1)).replace(hour=3, minute=20).timestamp()
+        await login(client, tenant)
+        services.clock = lambda: (today - timedelta(days=1)).replace(hour=12, minute=20).timestamp()
+        await login(client, tenant)
+    finally:
+        services.clock = real
+    assert [r["signals"] for r in sign_ins(database_url)][-2:] == [["unusual_hour"], []]
