@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 from urllib.parse import parse_qs
 
 from starlette.requests import Request
@@ -241,7 +242,7 @@ class SamlRoutes:
         try:
             login = await complete_sso_login(self._context(request), connection, identity, link_user_id=link_user_id)
         except SsoLoginError as exc:
-            await self._fail(request, exc.reason, None, connection.organization_id, connection.id)
+            await self._fail(request, exc.reason, None, connection.organization_id, connection.id, exc.details)
             return failure_page(403)
         return finish_browser_login(browser, login, return_to, self.settings.frontend_return_paths)
 
@@ -272,6 +273,7 @@ class SamlRoutes:
         detail: str | None,
         organization_id: str | None = None,
         connection_id: str | None = None,
+        details: dict[str, Any] | None = None,
     ) -> None:
         state = request.scope.get("state", {})
         log.info(
@@ -291,4 +293,5 @@ class SamlRoutes:
             protocol="saml",
             organization_id=organization_id,
             connection_id=connection_id,
+            details=details,
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
 
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
@@ -106,6 +107,7 @@ def sso_routes(
         organization_id: str | None = None,
         connection_id: str | None = None,
         status: int = 400,
+        details: dict[str, Any] | None = None,
     ) -> Response:
         await record_sso_event(
             context(request),
@@ -114,6 +116,7 @@ def sso_routes(
             protocol=protocol,
             organization_id=organization_id,
             connection_id=connection_id,
+            details=details,
         )
         return sso_failure_page(request, status)
 
@@ -188,7 +191,10 @@ def sso_routes(
             identity = await rp.finish(request, oidc_config(ctx, connection))
             login = await complete_sso_login(ctx, connection, identity, link_user_id=pending.link_user_id)
         except (OidcError, SsoLoginError) as exc:
-            return await failed(request, exc.reason, organization_id=org_id, connection_id=connection_id)
+            details = exc.details if isinstance(exc, SsoLoginError) else None
+            return await failed(
+                request, exc.reason, organization_id=org_id, connection_id=connection_id, details=details
+            )
         except Exception:
             log.exception(
                 "unexpected error in the OIDC callback",

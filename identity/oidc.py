@@ -38,7 +38,7 @@ from authlib.integrations.starlette_client import StarletteIntegration, Starlett
 from starlette.requests import Request
 
 from identity.outbound import OutboundPolicy, OutboundRefused
-from identity.sso import ExternalIdentity
+from identity.sso import ExternalIdentity, amr_second_factor
 
 DEFAULT_ALGORITHMS: tuple[str, ...] = ("RS256", "ES256", "PS256")
 ALLOWED_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512"})
@@ -370,6 +370,7 @@ class OidcRelyingParty:
             email_verified=merged.get("email_verified") is True,
             name=_text(merged.get("name"), 200),
             groups=_groups(merged.get(config.groups_claim)),
+            second_factor=amr_second_factor(claims.get("amr")),
         )
 
 

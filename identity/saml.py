@@ -40,7 +40,7 @@ from onelogin.saml2.settings import OneLogin_Saml2_Settings
 from onelogin.saml2.utils import OneLogin_Saml2_Utils
 from onelogin.saml2.xml_utils import OneLogin_Saml2_XML
 
-from identity.sso import ExternalIdentity
+from identity.sso import MFA_AUTHN_CONTEXTS, ExternalIdentity
 
 log = logging.getLogger("portcullis.saml")
 
@@ -351,6 +351,7 @@ async def validate_response(
         email_verified=email is not None,
         name=name,
         groups=groups,
+        second_factor=any(c in MFA_AUTHN_CONTEXTS for c in response.get_authn_contexts() or ()),
     )
 
 

@@ -26,6 +26,29 @@ class ExternalIdentity:
     email_verified: bool
     name: str | None = None
     groups: tuple[str, ...] = field(default_factory=tuple)
+    # the IdP says the person used more than a password (OIDC `amr`, SAML `AuthnContextClassRef`)
+    second_factor: bool = False
+
+
+# RFC 8176 `amr` values that are a factor beyond a password
+MFA_AMR = frozenset({"mfa", "otp", "hwk", "sms", "sc", "fpt", "face", "iris", "retina", "vbm"})
+# SAML authentication context classes that name more than a password
+MFA_AUTHN_CONTEXTS = frozenset(
+    {
+        "urn:oasis:names:tc:SAML:2.0:ac:classes:MobileTwoFactorContract",
+        "urn:oasis:names:tc:SAML:2.0:ac:classes:MobileTwoFactorUnregistered",
+        "urn:oasis:names:tc:SAML:2.0:ac:classes:TimeSyncToken",
+        "urn:oasis:names:tc:SAML:2.0:ac:classes:Smartcard",
+        "urn:oasis:names:tc:SAML:2.0:ac:classes:SmartcardPKI",
+        "http://schemas.microsoft.com/claims/multipleauthn",
+        "https://refeds.org/profile/mfa",
+    }
+)
+
+
+def amr_second_factor(amr: object) -> bool:
+    """Whether an OIDC `amr` claim (a list of strings) names a factor beyond a password."""
+    return isinstance(amr, list) and any(isinstance(v, str) and v in MFA_AMR for v in amr)
 
 
 def safe_return_to(value: str | None, allowed_paths: Sequence[str]) -> str:

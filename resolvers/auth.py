@@ -25,7 +25,7 @@ from identity.sessions import (
     rotate_refresh_token,
 )
 from identity.tokens import AccessClaims
-from resolvers import mfa
+from resolvers import mfa, risk
 from resolvers.accounts import refuse_api_keys
 from resolvers.deps import RequestContext
 from resolvers.mail import send_mail
@@ -105,7 +105,8 @@ async def login(
             "authn_login_lock" if locked else "authn_login_fail",
             extra={"reason": attempt.reason, "request_id": principal.request_id},
         )
-        await _audit_failure(ctx, email, user, organization_slug, locked=locked, reason=attempt.reason)
+        scored = await _failed_risk(ctx, user, membership, attempt.known_address)
+        await _audit_failure(ctx, email, user, organization_slug, locked=locked, reason=attempt.reason, risk=scored)
         raise Unauthenticated(INVALID_CREDENTIALS)
 
     usable = user is not None and user.is_active and user.password_hash is not None
@@ -130,15 +131,36 @@ async def login(
         reason = "no_membership" if ok else ("inactive" if user is not None and not usable else "bad_password")
         if attempt.needs_second_factor:
             reason = "account_ceiling"
+        scored = await _failed_risk(ctx, user, membership, attempt.known_address)
         await _audit_failure(
-            ctx, email, user, organization_slug, locked=locked, reason="unknown_user" if user is None else reason
+            ctx,
+            email,
+            user,
+            organization_slug,
+            locked=locked,
+            reason="unknown_user" if user is None else reason,
+            risk=scored,
         )
+        raise Unauthenticated(INVALID_CREDENTIALS)
+    # the sign-in's risk, and what the organization's policy makes of it (resolvers/risk.py)
+    assessed = await risk.assess(
+        ctx,
+        user_id=user.id,
+        organization_id=membership.organization_id,
+        method=AuthMethod.PASSWORD.value,
+        known_address=attempt.known_address,
+    )
+    if assessed.refused:
+        locked = await services.throttle.failed(attempt)
+        await risk.refuse(ctx, assessed)
+        await _audit_failure(ctx, email, user, organization_slug, locked=locked, reason="risk", risk=assessed.details())
         raise Unauthenticated(INVALID_CREDENTIALS)
     # the second factor is asked for (and its absence told) only once the password was right
     refusal = (
         None if attempt.needs_second_factor else await mfa.check_login_code(ctx, user, code, membership.organization_id)
     )
     if refusal is not None:
+        await risk.record_attempt(ctx, assessed, risk.CHALLENGED if refusal == mfa.MFA_REQUIRED else risk.FAILURE)
         if await services.throttle.failed(attempt):
             log.info("authn_login_lock", extra={"request_id": principal.request_id})
         raise mfa.refuse(refusal)
@@ -166,6 +188,7 @@ async def login(
         policy=services.session_policy,
         now=now,
     )
+    await risk.admit(db, ctx, assessed, second_factor=user.mfa_enabled)
     token, claims = services.tokens.issue(subject=user.id, organization_id=org.id, session_id=issued.session.id)
     log.info("authn_login_success", extra={"request_id": principal.request_id, "user_id": user.id})
     # committed with the session it opens: there is no success entry for a session that never was
@@ -175,7 +198,11 @@ async def login(
         actor_id=user.id,
         resource_type="session",
         resource_id=issued.session.id,
-        details={"method": AuthMethod.PASSWORD.value, "knownAddress": attempt.known_address},
+        details={
+            "method": AuthMethod.PASSWORD.value,
+            "knownAddress": attempt.known_address,
+            "risk": assessed.details(),
+        },
     )
     if not attempt.known_address and not first_sign_in:
         await send_mail(
@@ -194,6 +221,21 @@ async def login(
     return AuthResult(token, claims, issued.refresh_token, user, org)
 
 
+async def _failed_risk(
+    ctx: RequestContext, user: User | None, membership: Membership | None, known_address: bool
+) -> dict[str, object] | None:
+    """A failed attempt on an existing account is scored and leaves its `sign_ins` row."""
+    if user is None:
+        return None
+    return await risk.failed_attempt(
+        ctx,
+        user_id=user.id,
+        organization_id=membership.organization_id if membership is not None else None,
+        method=AuthMethod.PASSWORD.value,
+        known_address=known_address,
+    )
+
+
 async def _audit_failure(
     ctx: RequestContext,
     email: str,
@@ -202,6 +244,7 @@ async def _audit_failure(
     *,
     locked: bool,
     reason: str | None,
+    risk: dict[str, object] | None = None,
 ) -> None:
     """`authn_login_fail` (and `authn_login_lock` when this failure locked the account from this
     address) in the user's organization's chain, or the platform's for an unknown email."""
@@ -219,7 +262,13 @@ async def _audit_failure(
         "resource_id": user.id if user is not None else None,
         "result": AuditResult.DENIED,
     }
-    details = {"email": email[:MAX_EMAIL_LENGTH], "reason": reason or "bad_password", "method": "password"}
+    details: dict[str, object] = {
+        "email": email[:MAX_EMAIL_LENGTH],
+        "reason": reason or "bad_password",
+        "method": "password",
+    }
+    if risk is not None:
+        details["risk"] = risk
     events = [ctx.audit_event(AuditAction.AUTHN_LOGIN_FAIL, details=details, **common)]  # type: ignore[arg-type]
     if locked:
         events.append(ctx.audit_event(AuditAction.AUTHN_LOGIN_LOCK, details=details, **common))  # type: ignore[arg-type]

@@ -25,6 +25,7 @@ from resolvers.report_builders import (
     iso_or_none,
     keyset,
 )
+from resolvers.report_risk import build_risk
 from store.models import AuditEntry, Organization, UsageDaily
 from store.scoping import tenant_filter
 
@@ -118,11 +119,13 @@ async def build_security(db: AsyncSession, org: Organization, period: Period, ou
             )
         )
     ).scalar_one()
+    risk = await build_risk(db, org.id, period, out)
     return {
         "events": sum(totals.values()),
         "rateLimitedRequests": int(refused),
         "byCategory": {c: totals[c] for c in SECURITY_CATEGORIES},
         "topSources": {c: top[c][:3] for c in SECURITY_CATEGORIES},
+        "risk": risk,
         "eventsPerDay": chart("Security events per day", "events", day_bars(per_day, period)),
         "chart": chart(
             "Security events by category",

@@ -36,6 +36,8 @@ class SsoLoginError(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+        # more for the audit entry (a refusal for risk: `{"risk": ...}`)
+        self.details: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +58,7 @@ async def record_sso_event(
     organization_id: str | None,
     connection_id: str | None,
     user_id: str | None = None,
+    details: Mapping[str, Any] | None = None,
 ) -> None:
     """The one place every SSO outcome is recorded (`authn_sso_success`, `authn_sso_fail`): a structured
     security event and an audit entry of its own (in the tenant's chain, or the platform's when no tenant
@@ -83,7 +86,7 @@ async def record_sso_event(
         actor_id=user_id,
         resource_type="sso_connection",
         resource_id=connection_id,
-        details={"protocol": protocol, **({"reason": reason} if reason else {})},
+        details={"protocol": protocol, **({"reason": reason} if reason else {}), **(details or {})},
     )
     try:
         await ctx.services.audit.record(entry)

@@ -36,6 +36,7 @@ from authz.errors import BadUserInput, Unauthenticated
 from identity.lockout import email_key
 from identity.sessions import create_browser_session, load_custom_roles, user_key
 from identity.sso import ExternalIdentity
+from resolvers import risk
 from resolvers.accounts import SSO_LINK, TTL, issue_token, refuse_api_keys, spend_token
 from resolvers.common import tenant_of
 from resolvers.deps import RequestContext
@@ -100,6 +101,7 @@ async def complete_sso_login(
     mapped = _mapped_role(connection, identity.groups)
     now = services.now()
     role_changed = linked = False
+    refused: risk.SignInRisk | None = None
     try:
         async with services.db.transaction() as db:
             org = await db.get(Organization, org_id)
@@ -171,6 +173,10 @@ async def complete_sso_login(
                 )
             if not user.is_active:
                 raise SsoLoginError("sso_user_inactive")
+            assessed = await risk.assess_in(db, ctx, user_id=user.id, organization_id=org_id, method=identity.protocol)
+            if assessed.refused or (assessed.needs_second_factor and not identity.second_factor):
+                refused = assessed
+                raise SsoLoginError("sso_risk_refused")
             if (
                 mapped is not None
                 and membership.role != mapped
@@ -199,10 +205,16 @@ async def complete_sso_login(
                 lifetime_seconds=services.browser.policy.absolute_seconds,
                 now=now,
             )
+            await risk.admit(db, ctx, assessed, second_factor=identity.second_factor)
             role = membership.role
     except IntegrityError:
         # a concurrent first login of the same identity or email won the race
         raise SsoLoginError("sso_conflict") from None
+    except SsoLoginError as exc:
+        if refused is not None:
+            await risk.refuse_sso(ctx, refused, created)
+            exc.details = {"risk": refused.details()}
+        raise
     if role_changed:
         await services.revocations.publish([user_key(user.id)])
     if linked:
@@ -223,6 +235,7 @@ async def complete_sso_login(
         organization_id=org_id,
         connection_id=connection.id,
         user_id=user.id,
+        details={"risk": assessed.details()},
     )
     return SsoLogin(user=user, organization=org, session=session, role=role, user_created=created)
 

@@ -134,6 +134,7 @@ class TestIdp:
         digest_alg: str = DIGEST_SHA256,
         name_id_format: str = NAMEID_FORMAT_PERSISTENT,
         extra: dict[str, list[str]] | None = None,
+        authn_context: str = PASSWORD_CONTEXT,
     ) -> str:
         """The IdP's answer to the AuthnRequest the gateway redirected to, as XML."""
         request = self.read_request(redirect_url)
@@ -146,7 +147,7 @@ class TestIdp:
             destination=request.assertion_consumer_service_url,
             sp_entity_id=request.issuer.text,
             name_id=NameID(format=name_id_format, text=subject),
-            authn={"class_ref": PASSWORD_CONTEXT},
+            authn={"class_ref": authn_context},
             sign_assertion=sign_assertion,
             sign_response=sign_response,
             sign_alg=sign_alg,
