@@ -27,6 +27,7 @@ from identity.sessions import (
 from identity.tokens import AccessClaims
 from resolvers import mfa
 from resolvers.accounts import refuse_api_keys
+from resolvers.address_blocks import count_failed_sign_in, refuse_blocked_sign_in
 from resolvers.deps import RequestContext
 from resolvers.mail import send_mail
 from resolvers.provisioning import MAX_EMAIL_LENGTH
@@ -106,6 +107,7 @@ async def login(
             extra={"reason": attempt.reason, "request_id": principal.request_id},
         )
         await _audit_failure(ctx, email, user, organization_slug, locked=locked, reason=attempt.reason)
+        await count_failed_sign_in(ctx, email, membership.organization_id if membership is not None else None)
         raise Unauthenticated(INVALID_CREDENTIALS)
 
     usable = user is not None and user.is_active and user.password_hash is not None
@@ -133,6 +135,7 @@ async def login(
         await _audit_failure(
             ctx, email, user, organization_slug, locked=locked, reason="unknown_user" if user is None else reason
         )
+        await count_failed_sign_in(ctx, email, membership.organization_id if membership is not None else None)
         raise Unauthenticated(INVALID_CREDENTIALS)
     # the second factor is asked for (and its absence told) only once the password was right
     refusal = (
@@ -143,6 +146,8 @@ async def login(
             log.info("authn_login_lock", extra={"request_id": principal.request_id})
         raise mfa.refuse(refusal)
 
+    # told only to a caller who had the credentials: no one learns from it which accounts a tenant has
+    refuse_blocked_sign_in(ctx, membership.organization_id)
     await services.throttle.succeeded(attempt)
     now = services.now()
     db = await ctx.db()
