@@ -161,6 +161,13 @@ async def block_address(ctx: RequestContext, cidr: str, reason: str, expires_at:
 async def _lift(ctx: RequestContext, db: AsyncSession, row: AddressBlock) -> bool:
     now = ctx.services.now()
     if row.lifted_at is not None or (row.expires_at is not None and row.expires_at <= now):
+        ctx.audit(
+            AuditAction.ADDRESS_UNBLOCKED,
+            organization_id=row.organization_id or PLATFORM_CHAIN,
+            resource_type="address_block",
+            resource_id=row.id,
+            details={**_details(row), "alreadyInactive": True},
+        )
         return False
     row.lifted_at = now
     row.lifted_by = _user(ctx.principal)
