@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from typing import Any
 
 from gateway.cli.common import as_operator, command_services, load_settings
 from gateway.settings import Settings
@@ -54,7 +55,8 @@ def cmd_blocks(args: argparse.Namespace) -> int:
     return asyncio.run(_blocks_command(load_settings(), args))
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(sub: Any) -> None:
+    """`portcullis blocks ...` on the command's subparsers."""
     bl = sub.add_parser(
         "blocks",
         help="platform-wide address blocks: refused before any other work on every request",

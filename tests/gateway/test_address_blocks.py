@@ -46,9 +46,7 @@ LOGIN = "mutation L($e: String!, $p: String!) { login(email: $e, password: $p) {
 
 def client_at(app: Any, ip: str) -> httpx.AsyncClient:
     """Another client of the same (running) app, from `ip`."""
-    return httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app, client=(ip, 40000)), base_url="http://testserver"
-    )
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app, client=(ip, 40000)), base_url="http://testserver")
 
 
 @contextlib.asynccontextmanager
@@ -72,7 +70,8 @@ def assert_blocked(r: httpx.Response) -> None:
 async def block(client: httpx.AsyncClient, token: str, cidr: str, **variables: Any) -> dict[str, Any]:
     r = await gql(client, BLOCK, {"cidr": cidr, "reason": "credential stuffing", **variables}, token=token)
     body = r.json()
-    assert body.get("data") and body["data"]["blockAddress"], body
+    assert body.get("data"), body
+    assert body["data"]["blockAddress"], body
     return body["data"]["blockAddress"]  # type: ignore[no-any-return]
 
 
@@ -117,14 +116,14 @@ async def test_tenant_block_refuses_that_tenants_credentials_from_the_address(
         assert (await there.get("/graphql", params=cookie_query, headers={"cookie": cookie})).status_code == 200
 
         made = await block(app.state.client, admin_token, f"{BLOCKED_IP}/24")
-        assert made["cidr"] == "203.0.113.0/24" and made["source"] == "MANUAL" and made["expiresAt"] is None
+        assert (made["cidr"], made["source"], made["expiresAt"]) == ("203.0.113.0/24", "MANUAL", None)
 
         assert_blocked(await gql(there, ORG, token=bearer))
         assert_blocked(await gql(there, ORG, headers=with_key(key)))
         assert_blocked(await there.get("/graphql", params=cookie_query, headers={"cookie": cookie}))
         # a sign-in into the tenant, with the right password
         r = await gql(there, LOGIN, {"e": a.email, "p": a.password})
-        assert r.status_code == 403 and error_codes(r.json()) == ["ADDRESS_BLOCKED"], r.text
+        assert (r.status_code, error_codes(r.json())) == (403, ["ADDRESS_BLOCKED"]), r.text
         # another tenant's credential, an anonymous caller, and the tenant from elsewhere are not refused
         assert (await gql(there, ORG, token=other_tenant)).status_code == 200
         assert (await gql(there, "{ __typename }")).status_code == 200
@@ -202,7 +201,8 @@ async def test_block_expires(database_url: str, signing_key: str) -> None:
         token = (await login(there, t))["accessToken"]
         until = datetime.now(UTC) + timedelta(seconds=1.5)
         made = await block(app.state.client, admin, BLOCKED_IP, expiresAt=until.isoformat())
-        assert made["cidr"] == f"{BLOCKED_IP}/32" and made["expiresAt"]
+        assert made["cidr"] == f"{BLOCKED_IP}/32"
+        assert made["expiresAt"]
         assert_blocked(await gql(there, ORG, token=token))
         await asyncio.sleep(max(0.0, (until - datetime.now(UTC)).total_seconds()) + 0.1)
         assert (await gql(there, ORG, token=token)).status_code == 200
@@ -229,3 +229,32 @@ async def test_unblock(database_url: str, signing_key: str) -> None:
         assert r.json()["data"] == {"unblockAddress": False}
     actions = sql(database_url, "SELECT chain, action FROM audit_log WHERE action LIKE 'address_%' ORDER BY at")
     assert actions == [(t.org_id, "address_blocked"), (t.org_id, "address_unblocked"), (t.org_id, "address_unblocked")]
+
+
+async def test_a_platform_block_from_the_command_line_in_embedded_mode(
+    database_url: str, signing_key: str, monkeypatch: Any, tmp_path: Any, capsys: Any
+) -> None:
+    """No bus joins the command and the gateway without Redis: the gateway's periodic reload applies the
+    command's block (here within its one second)."""
+    import os
+
+    from gateway import cli
+
+    for name in list(os.environ):
+        if name.startswith("PORTCULLIS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PORTCULLIS_DATABASE_URL", database_url)
+    t = await make_tenant(database_url)
+    async with (
+        gateway(database_url, signing_key, block_reload_seconds=1) as app,
+        client_at(app, BLOCKED_IP) as there,
+    ):
+        token = (await login(there, t))["accessToken"]
+        assert await asyncio.to_thread(cli.main, ["blocks", "add", BLOCKED_IP, "--reason", "abuse desk ticket"]) == 0
+        assert capsys.readouterr().out.startswith(f"blocked {BLOCKED_IP}/32 platform-wide: ")
+        started = asyncio.get_running_loop().time()
+        while (r := await gql(there, ORG, token=token)).status_code == 200:
+            assert asyncio.get_running_loop().time() - started < 2.5, "not applied by the periodic reload"
+            await asyncio.sleep(0.05)
+        assert_blocked(r)
