@@ -27,7 +27,7 @@ from authz.errors import ErrorCode
 from gateway.middleware import ClientAddress, graphql_error, send_json
 from gateway.settings import Settings
 from gateway.windows import Limit, StoreUnavailable, WindowStore
-from identity.address_blocks import BLOCKED_MESSAGE, AddressBlocks
+from identity.address_blocks import BLOCKED_MESSAGE, AddressBlocks, offender_network
 from resolvers.address_blocks import block_automatically
 from resolvers.deps import Services
 
@@ -140,9 +140,10 @@ class WindowAbuseSignals:
 
     async def sign_in_failed(self, client_ip: str | None, account: str, organization_id: str | None) -> None:
         threshold, window = self.policy.sign_in_accounts, self.policy.sign_in_window_seconds
-        if threshold <= 0 or not client_ip or self.blocks.allowed(client_ip):
+        offender = self._offender(client_ip) if threshold > 0 else None
+        if offender is None:
             return
-        address = _digest(client_ip)
+        address = _digest(offender)
         try:
             # the account is counted once per window: the address's count is of distinct accounts
             first = await self.windows.take([Limit("abuse-account", f"ab:a:{address}:{_digest(account)}", 1, window)])
@@ -153,7 +154,7 @@ class WindowAbuseSignals:
             log.warning("abuse signal not counted", extra={"signal": SIGN_INS, "error": str(exc)})
             return
         if not outcome.admitted:
-            await self._block(client_ip, SIGN_INS, organization_id, {"accounts": threshold, "windowSeconds": window})
+            await self._block(offender, SIGN_INS, organization_id, {"accounts": threshold, "windowSeconds": window})
 
     async def refused(self, client_ip: str | None, status: int, organization_id: str | None) -> None:
         policy = self.policy
@@ -166,26 +167,35 @@ class WindowAbuseSignals:
             )
         else:
             signal, threshold, window, key = RATE_LIMITED, policy.rate_limited, policy.rate_limited_window_seconds, "r"
-        if threshold <= 0 or not client_ip or self.blocks.allowed(client_ip):
+        offender = self._offender(client_ip) if threshold > 0 else None
+        if offender is None:
             return
         try:
             outcome = await self.windows.take(
-                [Limit(f"abuse-{key}", f"ab:{key}:{_digest(client_ip)}", threshold - 1, window)]
+                [Limit(f"abuse-{key}", f"ab:{key}:{_digest(offender)}", threshold - 1, window)]
             )
         except StoreUnavailable as exc:
             log.warning("abuse signal not counted", extra={"signal": signal, "error": str(exc)})
             return
         if not outcome.admitted:
-            await self._block(client_ip, signal, organization_id, {"requests": threshold, "windowSeconds": window})
+            await self._block(offender, signal, organization_id, {"requests": threshold, "windowSeconds": window})
 
-    async def _block(self, client_ip: str, signal: str, organization_id: str | None, details: dict[str, int]) -> None:
-        if client_ip in self._blocking:
+    def _offender(self, client_ip: str | None) -> str | None:
+        """The range counted and blocked for `client_ip` (its /32, or its /64 in IPv6); None for an address on
+        the allowlist, or no address at all."""
+        if not client_ip or self.blocks.allowed(client_ip):
+            return None
+        network = offender_network(client_ip)
+        return str(network) if network is not None else None
+
+    async def _block(self, offender: str, signal: str, organization_id: str | None, details: dict[str, int]) -> None:
+        if offender in self._blocking:
             return
-        self._blocking.add(client_ip)
+        self._blocking.add(offender)
         try:
             row = await block_automatically(
                 self.services,
-                client_ip,
+                offender,
                 signal,
                 durations=list(self.policy.durations_seconds),
                 repeat_days=self.policy.repeat_days,
@@ -196,12 +206,12 @@ class WindowAbuseSignals:
                 self.on_blocked(signal)
                 log.warning(
                     "address_blocked_automatically",
-                    extra={"client_ip": client_ip, "signal": signal, "block_id": row.id},
+                    extra={"cidr": offender, "signal": signal, "block_id": row.id},
                 )
         except Exception:
-            log.exception("automatic block not written", extra={"client_ip": client_ip, "signal": signal})
+            log.exception("automatic block not written", extra={"cidr": offender, "signal": signal})
         finally:
-            self._blocking.discard(client_ip)
+            self._blocking.discard(offender)
 
 
 def install_abuse_signals(services: Services, policy: AbusePolicy) -> WindowAbuseSignals | None:

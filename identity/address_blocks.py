@@ -73,6 +73,18 @@ def normalized_network(text: str) -> IPNetwork:
     return net
 
 
+def offender_network(client_ip: str) -> IPNetwork | None:
+    """What an automatic block covers for an address: the address itself (IPv4), or its /64 (IPv6, where one
+    subscriber holds a whole /64 and can rotate through it). None for anything that is not an address."""
+    key = address_key(client_ip)
+    if key is None:
+        return None
+    version, value = key
+    if version == 4:
+        return ipaddress.IPv4Network((value, 32))
+    return ipaddress.IPv6Network((value >> 64 << 64, 64))
+
+
 class Ranges:
     """Networks of both IP versions as merged, sorted integer ranges: `key in ranges` is one bisect."""
 

@@ -10,7 +10,6 @@ process hears and reloads its block list on (identity/address_blocks.py).
 
 from __future__ import annotations
 
-import ipaddress
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -300,7 +299,7 @@ async def platform_blocks(ctx: RequestContext, *, every_tenant: bool = False) ->
 
 async def block_automatically(
     services: Services,
-    client_ip: str,
+    cidr: str,
     signal: str,
     *,
     durations: list[int],
@@ -308,10 +307,11 @@ async def block_automatically(
     organization_id: str | None = None,
     details: dict[str, Any] | None = None,
 ) -> AddressBlock | None:
-    """A platform-wide block of one address for an abuse signal, for longer each time the address was blocked
-    automatically within `repeat_days`; None when an automatic block of it is already active."""
-    cidr = str(ipaddress.ip_network(client_ip))
-    ctx = RequestContext(services, anonymous(client_ip))
+    """A platform-wide block of one offender (`cidr`: an address's /32, or an IPv6 /64) for an abuse signal,
+    for longer each time it was blocked automatically within `repeat_days`; None when an automatic block of it
+    is already active."""
+    cidr = str(normalized_network(cidr))
+    ctx = RequestContext(services, anonymous())
     async with ctx.unit_of_work():
         db = await ctx.db()
         now = services.now()
@@ -358,7 +358,6 @@ async def block_automatically(
                 kind=SecurityEventKind.ADDRESS_BLOCKED,
                 severity=Severity.HIGH,
                 summary=f"{cidr} blocked automatically for {seconds // 60} minutes: {signal.replace('_', ' ')}",
-                client_ip=client_ip,
                 details=described,
             )
         announce_blocks(ctx)

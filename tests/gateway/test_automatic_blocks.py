@@ -151,3 +151,17 @@ async def test_trusted_proxies_are_never_blocked(database_url: str, signing_key:
         assert_blocked(await gql(proxy, "{ __typename }", headers={"X-Forwarded-For": BLOCKED_IP}))
         assert (await gql(proxy, "{ __typename }")).status_code == 200
     assert [r[0] for r in automatic_blocks(database_url)] == [f"{BLOCKED_IP}/32"]
+
+
+async def test_an_ipv6_offender_is_blocked_by_its_64(database_url: str, signing_key: str) -> None:
+    """One IPv6 subscriber holds a whole /64: its addresses count together, and the block covers them all."""
+    async with gateway(database_url, signing_key, block_invalid_credentials=3) as app:
+        for ip in ("2001:db8:0:7::1", "2001:db8:0:7::2", "2001:db8:0:7:ffff::3"):
+            async with client_at(app, ip) as c:
+                assert (await gql(c, ORG, headers=BAD_BEARER)).status_code == 401
+        async with client_at(app, "2001:db8:0:7::abcd") as same, client_at(app, "2001:db8:0:8::1") as next_door:
+            assert_blocked(await gql(same, "{ __typename }"))
+            assert (await gql(next_door, "{ __typename }")).status_code == 200
+    assert [r[:4] for r in automatic_blocks(database_url)] == [
+        ("2001:db8:0:7::/64", None, "automatic", "invalid_credentials")
+    ]

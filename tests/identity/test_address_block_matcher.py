@@ -103,3 +103,13 @@ async def test_overlapping_reloads_share_a_read() -> None:
     # the first read began before the others were asked for: one more read serves all five
     assert reads == 2
     assert blocks.platform_refuses("203.0.113.7")
+
+
+def test_offender_network() -> None:
+    from identity.address_blocks import offender_network
+
+    assert str(offender_network("203.0.113.7")) == "203.0.113.7/32"
+    assert str(offender_network("::ffff:203.0.113.7")) == "203.0.113.7/32"
+    assert str(offender_network("2001:db8:0:7:1:2:3:4")) == "2001:db8:0:7::/64"
+    assert offender_network("testclient") is None
+    assert offender_network("") is None
