@@ -24,8 +24,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from authz import install_team_permissions
+from gateway.address_blocks import AddressBlockMiddleware, TenantBlockMiddleware, abuse_policy, install_abuse_signals
 from gateway.admission import AdmissionPolicy, EdgeAdmission, OrgLimitCache
-from gateway.blocks import AddressBlockMiddleware, TenantBlockMiddleware, abuse_policy, install_abuse_signals
 from gateway.graphql import GraphQLView
 from gateway.http_proxy import HttpUpstreams
 from gateway.http_routes import RouteTable

@@ -6,8 +6,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from gateway.address_blocks import WindowAbuseSignals
 from gateway.admission import EdgeAdmission
-from gateway.blocks import WindowAbuseSignals
 from gateway.http_proxy import HttpUpstreams
 from gateway.route_limits import RouteLimits
 from gateway.upstreams import UpstreamCollector

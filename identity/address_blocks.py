@@ -150,7 +150,7 @@ class BlockMatcher:
 
 
 class AbuseSignals(Protocol):
-    """What counts abuse per address towards an automatic block (gateway/blocks.py)."""
+    """What counts abuse per address towards an automatic block (gateway/address_blocks.py)."""
 
     async def sign_in_failed(self, client_ip: str | None, account: str, organization_id: str | None) -> None:
         """A failed password sign-in naming `account` (aimed at `organization_id`, when known)."""

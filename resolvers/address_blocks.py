@@ -1,6 +1,6 @@
 """Address blocks: a tenant's own (`blockAddress`, `unblockAddress`, `Organization.blockedAddresses`), the
 operator's platform-wide ones (`portcullis blocks add|list|remove`), and the automatic ones the gateway
-makes on abuse signals (gateway/blocks.py).
+makes on abuse signals (gateway/address_blocks.py).
 
 Every change commits with its audit entry (a tenant's block in the tenant's chain, a platform block in the
 platform's) and, for a tenant's block or an automatic block attributable to a tenant, a security event

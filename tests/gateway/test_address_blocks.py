@@ -113,6 +113,10 @@ async def test_tenant_block_refuses_that_tenants_credentials_from_the_address(
         cookie = await cookie_for(app, a)
         cookie_query = {"query": "{ organization { id } }"}
         assert (await gql(there, ORG, token=bearer)).status_code == 200
+        with_bearer = {"Authorization": f"Bearer {bearer}"}
+        assert (
+            await there.get("/reports/00000000-0000-0000-0000-000000000000.csv", headers=with_bearer)
+        ).status_code == 404
         assert (await there.get("/graphql", params=cookie_query, headers={"cookie": cookie})).status_code == 200
 
         made = await block(app.state.client, admin_token, f"{BLOCKED_IP}/24")
@@ -121,6 +125,8 @@ async def test_tenant_block_refuses_that_tenants_credentials_from_the_address(
         assert_blocked(await gql(there, ORG, token=bearer))
         assert_blocked(await gql(there, ORG, headers=with_key(key)))
         assert_blocked(await there.get("/graphql", params=cookie_query, headers={"cookie": cookie}))
+        # an HTTP route, refused before it runs
+        assert_blocked(await there.get("/reports/00000000-0000-0000-0000-000000000000.csv", headers=with_bearer))
         # a sign-in into the tenant, with the right password
         r = await gql(there, LOGIN, {"e": a.email, "p": a.password})
         assert (r.status_code, error_codes(r.json())) == (403, ["ADDRESS_BLOCKED"]), r.text
@@ -141,7 +147,7 @@ async def test_tenant_block_refuses_that_tenants_credentials_from_the_address(
         assert others["blockedAddresses"] == []
         metrics = (await app.state.client.get("/metrics")).text
         assert 'portcullis_address_blocks_active{scope="tenant"} 1.0' in metrics
-        assert 'portcullis_address_block_refusals_total{scope="tenant"} 4.0' in metrics
+        assert 'portcullis_address_block_refusals_total{scope="tenant"} 5.0' in metrics
 
     audit = sql(database_url, "SELECT chain, resource_id FROM audit_log WHERE action = 'address_blocked'")
     assert audit == [(a.org_id, made["id"])]
