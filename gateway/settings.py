@@ -186,6 +186,13 @@ class Settings(BaseSettings):
     login_attempts_per_account_per_minute: int = Field(default=10, ge=1)
     login_attempts_per_address_per_minute: int = Field(default=30, ge=1)
     limits_cache_ttl_seconds: float = Field(default=300.0, ge=0, le=3600)
+    usage_flush_seconds: float = Field(default=10.0, ge=0.05, le=3600)
+    # the public HTTP routes, per client address and route (docs/limits.md, "Limits of the HTTP routes")
+    sso_start_per_minute: int = Field(default=30, ge=1)
+    oidc_callback_per_minute: int = Field(default=30, ge=1)
+    saml_metadata_per_minute: int = Field(default=60, ge=1)
+    saml_acs_per_minute: int = Field(default=30, ge=1)  # each one verifies an XML signature
+    report_downloads_per_minute: int = Field(default=120, ge=1)
     # address blocks (docs/address-blocking.md): CIDRs never blocked (the trusted proxies join them), the
     # periodic reload, each abuse signal's threshold (0: off) and window, the automatic blocks' durations
     block_allowlist: Annotated[list[str], NoDecode] = Field(default_factory=list)
@@ -198,13 +205,6 @@ class Settings(BaseSettings):
     block_rate_limited_window_seconds: int = Field(default=300, ge=10, le=86_400)
     block_durations_seconds: Annotated[list[int], NoDecode] = Field(default_factory=lambda: [900, 3600, 86_400])
     block_repeat_days: int = Field(default=30, ge=1, le=365)
-    usage_flush_seconds: float = Field(default=10.0, ge=0.05, le=3600)
-    # the public HTTP routes, per client address and route (docs/limits.md, "Limits of the HTTP routes")
-    sso_start_per_minute: int = Field(default=30, ge=1)
-    oidc_callback_per_minute: int = Field(default=30, ge=1)
-    saml_metadata_per_minute: int = Field(default=60, ge=1)
-    saml_acs_per_minute: int = Field(default=30, ge=1)  # each one verifies an XML signature
-    report_downloads_per_minute: int = Field(default=120, ge=1)
 
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)

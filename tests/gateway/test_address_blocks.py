@@ -264,3 +264,18 @@ async def test_a_platform_block_from_the_command_line_in_embedded_mode(
             assert asyncio.get_running_loop().time() - started < 2.5, "not applied by the periodic reload"
             await asyncio.sleep(0.05)
         assert_blocked(r)
+
+
+def test_block_settings() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    s = make_settings("sqlite:///unused", "unused", block_allowlist="10.0.0.0/8, 2001:db8::/32")
+    assert s.block_allowlist == ["10.0.0.0/8", "2001:db8::/32"]
+    assert make_settings("sqlite:///unused", "unused", block_durations_seconds="60,120").block_durations_seconds == [
+        60,
+        120,
+    ]
+    for bad in ({"block_allowlist": "not-a-cidr"}, {"block_durations_seconds": "0"}, {"block_rate_limited": -1}):
+        with pytest.raises(ValidationError):
+            make_settings("sqlite:///unused", "unused", **bad)
