@@ -79,7 +79,10 @@ class AddressBlockMiddleware:
             state = scope.get("state") or {}
             principal = state.get("principal")
             org = principal.organization_id if principal is not None else None
-            await signals.refused(state.get("client_ip") or self.client_address(scope), status, org)
+            try:
+                await signals.refused(state.get("client_ip") or self.client_address(scope), status, org)
+            except Exception:  # the answer has left; only the count is lost, and that is logged
+                log.exception("abuse signal not counted", extra={"request_id": _rid(scope)})
 
 
 class TenantBlockMiddleware:
