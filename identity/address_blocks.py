@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import logging
 import socket
@@ -49,6 +50,12 @@ def address_key(text: str | None) -> AddressKey | None:
     anything that is not an address."""
     if not text:
         return None
+    return _parsed(text)
+
+
+@functools.lru_cache(maxsize=8192)
+def _parsed(text: str) -> AddressKey | None:
+    # the same few client addresses come back request after request: each is parsed once while it does
     try:
         return 4, int.from_bytes(socket.inet_pton(socket.AF_INET, text), "big")
     except OSError:
@@ -88,7 +95,7 @@ def offender_network(client_ip: str) -> IPNetwork | None:
 class Ranges:
     """Networks of both IP versions as merged, sorted integer ranges: `key in ranges` is one bisect."""
 
-    __slots__ = ("_ends", "_starts", "count")
+    __slots__ = ("_tables", "count")
 
     def __init__(self, networks: Iterable[IPNetwork]) -> None:
         spans: dict[int, list[tuple[int, int]]] = {4: [], 6: []}
@@ -96,8 +103,8 @@ class Ranges:
         for net in networks:
             spans[net.version].append((int(net.network_address), int(net.broadcast_address)))
             self.count += 1
-        self._starts: dict[int, list[int]] = {}
-        self._ends: dict[int, list[int]] = {}
+        # per version: the ranges' starts (sorted) and their ends, overlapping and adjacent ranges merged
+        self._tables: dict[int, tuple[list[int], list[int]]] = {}
         for version, items in spans.items():
             starts: list[int] = []
             ends: list[int] = []
@@ -107,13 +114,13 @@ class Ranges:
                 else:
                     starts.append(start)
                     ends.append(end)
-            self._starts[version], self._ends[version] = starts, ends
+            self._tables[version] = (starts, ends)
 
     def __contains__(self, key: AddressKey) -> bool:
-        version, value = key
-        starts = self._starts[version]
+        starts, ends = self._tables[key[0]]
+        value = key[1]
         i = bisect_right(starts, value) - 1
-        return i >= 0 and value <= self._ends[version][i]
+        return i >= 0 and value <= ends[i]
 
     def __bool__(self) -> bool:
         return self.count > 0
