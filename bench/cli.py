@@ -85,10 +85,11 @@ def parser() -> argparse.ArgumentParser:
         "--scenario",
         type=_scenarios,
         default=list(SCENARIO_NAMES),
-        metavar="basic|guarded|apikey|admission|audited|forward|forward-http|all",
+        metavar="basic|guarded|apikey|admission|blocks|audited|forward|forward-http|all",
         help="basic: the gateway against three baselines; guarded: a field that requires a "
         "permission, with and without field authorization; apikey: Bearer against API key; "
-        "admission: shared mode (Redis) with and without admission; audited: an audited "
+        "admission: shared mode (Redis) with and without admission; blocks: an empty block list against "
+        "2,000 blocks that do not match; audited: an audited "
         "mutation; forward: a query forwarded to a GraphQL upstream, against GraphQL Hive Gateway "
         "(needs node); forward-http: a GET forwarded to an HTTP upstream's route, against the GraphQL "
         "forward and Hive Gateway (needs node); all (default): every one; several: comma-separated",
@@ -173,6 +174,7 @@ class Bench:
             "guarded": database.expected_guarded_response(self.db),
             "apikey": database.expected_response(self.db),
             "admission": database.expected_response(self.db),
+            "blocks": database.expected_response(self.db),
             "audited": database.expected_audited_response(self.db),
             "forward": forward.ANSWER,
             "forward-http": forward.ANSWER,
@@ -409,6 +411,11 @@ def print_report(args: argparse.Namespace, bench: Bench, results: dict[str, repo
                     scenario_results, names, args.connections, direct=report.BILLING_DIRECT, behind=report.BILLING
                 ),
                 report.forward_http_target(scenario_results, args.connections),
+            )
+        elif scenario.name == "blocks":
+            blocks = (
+                report.table(scenario_results, names, args.connections),
+                report.blocks_target(scenario_results, args.connections),
             )
         elif scenario.name == "apikey":
             blocks = (

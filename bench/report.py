@@ -17,6 +17,8 @@ UNENFORCED = "gateway-unenforced"
 TARGET_AUTHORIZATION_P50_RATIO = 1.05
 API_KEY = "gateway-apikey"
 TARGET_API_KEY_THROUGHPUT_RATIO = 0.95
+BLOCKLIST = "gateway-blocklist"
+TARGET_BLOCKLIST_THROUGHPUT_RATIO = 0.97
 ADMISSION = "gateway-redis"
 NO_ADMISSION = "gateway-redis-noadmission"
 TARGET_ADMISSION_THROUGHPUT_RATIO = 0.80
@@ -142,6 +144,26 @@ def api_key_target(results: Results, connections: Iterable[int]) -> list[str]:
         lines.append(f"  {label:<62} {ratio:>5.3f} (limit {limit:.2f})  {_verdict(ratio >= limit)}")
     if len(lines) == 1:
         lines.append(f"  not measured (needs {GATEWAY} and {API_KEY})")
+    return lines
+
+
+def blocks_target(results: Results, connections: Iterable[int]) -> list[str]:
+    """2,000 blocks that do not match against an empty block list: the throughput kept, at every connection
+    count (the target: at most 3% less)."""
+    limit = TARGET_BLOCKLIST_THROUGHPUT_RATIO
+    lines = [f"target: the block check keeps {limit:.0%} of the throughput ({BLOCKLIST} / {GATEWAY}):"]
+    for c in connections:
+        on, off = results.get((BLOCKLIST, c)), results.get((GATEWAY, c))
+        if on is None or off is None:
+            continue
+        ratio = on.requests_per_second / off.requests_per_second
+        label = (
+            f"req/s at {c} connection{'s' if c != 1 else ''}: {on.requests_per_second:.0f} / "
+            f"{off.requests_per_second:.0f}"
+        )
+        lines.append(f"  {label:<44} {ratio:>5.3f} (limit {limit:.2f})  {_verdict(ratio >= limit)}")
+    if len(lines) == 1:
+        lines.append(f"  not measured (needs {BLOCKLIST} and {GATEWAY})")
     return lines
 
 

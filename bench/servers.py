@@ -136,6 +136,12 @@ SERVERS = (
         kind="upstream",
         upstream="billing",
     ),
+    ServerSpec(
+        "gateway-blocklist",
+        "bench.apps.gateway_blocklist:create_app",
+        "the same gateway holding 1,000 platform-wide blocked ranges and 1,000 blocks of its tenant, none matching",
+        credential="bearer",
+    ),
     ServerSpec("strawberry-default", "bench.apps.strawberry_app:default_app", "strawberry.asgi.GraphQL, no extensions"),
     ServerSpec(
         "strawberry-cached",
@@ -197,6 +203,12 @@ SCENARIOS = (
         QUERY,
         ("gateway-redis", "gateway-redis-noadmission"),
         "the full admission path in shared mode (Redis), with and without admission",
+    ),
+    Scenario(
+        "blocks",
+        QUERY,
+        ("gateway", "gateway-blocklist"),
+        "the basic query with an empty block list and with 2,000 blocks that do not match the caller",
     ),
     Scenario(
         "audited",

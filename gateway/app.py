@@ -24,6 +24,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
 from authz import install_team_permissions
+from gateway.address_blocks import AddressBlockMiddleware, TenantBlockMiddleware, abuse_policy, install_abuse_signals
 from gateway.admission import AdmissionPolicy, EdgeAdmission, OrgLimitCache
 from gateway.graphql import GraphQLView
 from gateway.http_proxy import HttpUpstreams
@@ -49,6 +50,7 @@ from gateway.tracing import RequestContextMiddleware, Tracing, otlp_traces_endpo
 from gateway.upstreams import load_upstreams
 from gateway.usage import UsageFlusher
 from gateway.windows import LocalWindows, RedisWindows, WindowStore
+from identity.address_blocks import AddressBlocks
 from identity.api_keys import ApiKeyCache, ApiKeyVerifier, LastUsedRecorder
 from identity.authentication import Authenticator
 from identity.browser_sessions import BrowserSessionPolicy, BrowserSessions
@@ -117,6 +119,12 @@ def build_services(settings: Settings) -> Services:
     key_cache = ApiKeyCache(ttl_seconds=key_ttl)
     bus.subscribe(key_cache.invalidate)
     windows: WindowStore = RedisWindows(redis) if redis is not None else LocalWindows()
+    blocks = AddressBlocks(
+        db,
+        allowlist=[*settings.block_allowlist, *settings.trusted_proxies],
+        reload_seconds=settings.block_reload_seconds,
+    )
+    bus.subscribe(blocks.invalidate)
     org_limits = OrgLimitCache(db, ttl_seconds=settings.limits_cache_ttl_seconds)
     bus.subscribe(org_limits.invalidate)
     admission = EdgeAdmission(
@@ -212,6 +220,7 @@ def build_services(settings: Settings) -> Services:
         browser=browser,
         public_url=settings.public_url,
         mail=build_mailer(settings),
+        address_blocks=blocks,
     )
 
 
@@ -259,6 +268,7 @@ def edge_middleware(
 ) -> list[Middleware]:
     """The edge in front of the routes, outermost first (gateway/middleware.py). The HTTP upstreams' prefixes
     (`routed_prefixes`) have their own body limits and admission, per route (gateway/http_proxy.py)."""
+    blocks = services.address_blocks
     return [
         Middleware(
             RequestContextMiddleware, tracing=tracing or gateway_tracing(settings), metrics=metrics.request_metrics()
@@ -267,6 +277,11 @@ def edge_middleware(
             SecurityHeadersMiddleware,
             hsts=settings.is_prod,
             html_csp=GRAPHIQL_CSP if settings.graphiql_enabled else None,
+        ),
+        *(
+            [Middleware(AddressBlockMiddleware, blocks=blocks, client_address=ClientAddress(settings.trusted_proxies))]
+            if blocks is not None
+            else []
         ),
         Middleware(RequestTargetMiddleware),
         Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, exempt_prefixes=routed_prefixes),
@@ -279,6 +294,7 @@ def edge_middleware(
             audit=services.audit,
             rate_limit_audit=rate_limit_audit,
         ),
+        *([Middleware(TenantBlockMiddleware, blocks=blocks)] if blocks is not None else []),
         Middleware(AdmissionMiddleware, admission=services.admission, exempt_prefixes=routed_prefixes),
     ]
 
@@ -311,6 +327,7 @@ def gateway_parts(settings: Settings) -> GatewayParts:
     services = build_services(settings)
     rate_limit_audit = RateLimitAudit(services.audit, redis=services.redis, clock=services.clock)
     metrics = GatewayMetrics()
+    metrics.watch_blocks(services.address_blocks, install_abuse_signals(services, abuse_policy(settings)))
     upstreams, http = gateway_upstreams(settings, services)
     tracing = gateway_tracing(settings)
     schema = build_gateway_schema(settings, upstreams=upstreams)
@@ -389,6 +406,8 @@ def assemble(parts: GatewayParts, *, saml_login: SamlLogin | None = None) -> Sta
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         await services.revocations.start()
+        if services.address_blocks is not None:
+            await services.address_blocks.start()
         if services.last_used is not None:
             services.last_used.start()
         if services.usage is not None:
@@ -422,6 +441,8 @@ def assemble(parts: GatewayParts, *, saml_login: SamlLogin | None = None) -> Sta
             with contextlib.suppress(Exception):
                 await rate_limit_audit.stop()
             await services.revocations.stop()
+            if services.address_blocks is not None:
+                await services.address_blocks.stop()
             if services.upstreams is not None:
                 await services.upstreams.close()
             if parts.http_upstreams is not None:

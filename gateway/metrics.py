@@ -6,10 +6,12 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from gateway.address_blocks import WindowAbuseSignals
 from gateway.admission import EdgeAdmission
 from gateway.http_proxy import HttpUpstreams
 from gateway.route_limits import RouteLimits
 from gateway.upstreams import UpstreamCollector
+from identity.address_blocks import AddressBlocks, BlockMatcher
 from schema.upstreams import Forwarder
 
 
@@ -40,6 +42,36 @@ class GatewayMetrics:
         """Counts the limiter's refusals by limit, and what it decided when its store failed."""
         limiter.on_refused = lambda name: self.rate_limited.labels(name).inc()
         limiter.on_store_error = lambda outcome: self.limiter_errors.labels(outcome).inc()
+
+    def watch_blocks(self, blocks: AddressBlocks | None, signals: WindowAbuseSignals | None) -> None:
+        """Active blocks by scope (platform, tenant), refusals by scope, automatic blocks by signal."""
+        if blocks is None:
+            return
+        active = Gauge(
+            "portcullis_address_blocks_active", "Address blocks in force, by scope", ["scope"], registry=self.registry
+        )
+        refusals = Counter(
+            "portcullis_address_block_refusals",
+            "Requests and sign-ins refused for a blocked address, by scope (platform, tenant)",
+            ["scope"],
+            registry=self.registry,
+        )
+        automatic = Counter(
+            "portcullis_address_blocks_automatic",
+            "Addresses blocked automatically, by abuse signal",
+            ["signal"],
+            registry=self.registry,
+        )
+
+        def installed(matcher: BlockMatcher) -> None:
+            active.labels("platform").set(matcher.platform.count)
+            active.labels("tenant").set(matcher.tenant_count)
+
+        installed(blocks.matcher)
+        blocks.on_installed = installed
+        blocks.on_refused = lambda scope: refusals.labels(scope).inc()
+        if signals is not None:
+            signals.on_blocked = lambda signal: automatic.labels(signal).inc()
 
     def watch_upstreams(self, forwarder: Forwarder | None, http: HttpUpstreams | None = None) -> None:
         """Each upstream's requests, failures (no answer, or a 5xx), circuit and requests in flight, read when

@@ -193,6 +193,18 @@ class Settings(BaseSettings):
     saml_metadata_per_minute: int = Field(default=60, ge=1)
     saml_acs_per_minute: int = Field(default=30, ge=1)  # each one verifies an XML signature
     report_downloads_per_minute: int = Field(default=120, ge=1)
+    # address blocks (docs/address-blocking.md): CIDRs never blocked (the trusted proxies join them), the
+    # periodic reload, each abuse signal's threshold (0: off) and window, the automatic blocks' durations
+    block_allowlist: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    block_reload_seconds: float = Field(default=30.0, ge=1, le=3600)
+    block_sign_in_accounts: int = Field(default=20, ge=0)
+    block_sign_in_window_seconds: int = Field(default=600, ge=10, le=86_400)
+    block_invalid_credentials: int = Field(default=100, ge=0)
+    block_invalid_credentials_window_seconds: int = Field(default=60, ge=10, le=86_400)
+    block_rate_limited: int = Field(default=300, ge=0)
+    block_rate_limited_window_seconds: int = Field(default=300, ge=10, le=86_400)
+    block_durations_seconds: Annotated[list[int], NoDecode] = Field(default_factory=lambda: [900, 3600, 86_400])
+    block_repeat_days: int = Field(default=30, ge=1, le=365)
 
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
@@ -250,17 +262,26 @@ class Settings(BaseSettings):
         "previous_data_encryption_keys",
         "frontend_return_paths",
         "outbound_allowed_hosts",
+        "block_allowlist",
+        "block_durations_seconds",
         mode="before",
     )
     @classmethod
     def _comma_list(cls, value: object) -> object:
         return _split(value)
 
-    @field_validator("trusted_proxies", "trace_trusted_callers")
+    @field_validator("trusted_proxies", "trace_trusted_callers", "block_allowlist")
     @classmethod
     def _cidrs(cls, value: list[str]) -> list[str]:
         for cidr in value:
             ipaddress.ip_network(cidr, strict=False)
+        return value
+
+    @field_validator("block_durations_seconds")
+    @classmethod
+    def _durations(cls, value: list[int]) -> list[int]:
+        if not value or min(value) < 1:
+            raise ValueError("at least one duration, each a positive number of seconds")
         return value
 
     @field_validator("outbound_allowed_hosts")

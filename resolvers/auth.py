@@ -27,6 +27,7 @@ from identity.sessions import (
 from identity.tokens import AccessClaims
 from resolvers import mfa, risk
 from resolvers.accounts import refuse_api_keys
+from resolvers.address_blocks import count_failed_sign_in, refuse_blocked_sign_in
 from resolvers.deps import RequestContext
 from resolvers.mail import send_mail
 from resolvers.provisioning import MAX_EMAIL_LENGTH
@@ -107,6 +108,7 @@ async def login(
         )
         scored = await _failed_risk(ctx, user, membership, attempt.known_address)
         await _audit_failure(ctx, email, user, organization_slug, locked=locked, reason=attempt.reason, risk=scored)
+        await count_failed_sign_in(ctx, email, membership.organization_id if membership is not None else None)
         raise Unauthenticated(INVALID_CREDENTIALS)
 
     usable = user is not None and user.is_active and user.password_hash is not None
@@ -141,6 +143,7 @@ async def login(
             reason="unknown_user" if user is None else reason,
             risk=scored,
         )
+        await count_failed_sign_in(ctx, email, membership.organization_id if membership is not None else None)
         raise Unauthenticated(INVALID_CREDENTIALS)
     # the sign-in's risk, and what the organization's policy makes of it (resolvers/risk.py)
     assessed = await risk.assess(
@@ -165,6 +168,8 @@ async def login(
             log.info("authn_login_lock", extra={"request_id": principal.request_id})
         raise mfa.refuse(refusal)
 
+    # told only to a caller who had the credentials: no one learns from it which accounts a tenant has
+    refuse_blocked_sign_in(ctx, membership.organization_id)
     await services.throttle.succeeded(attempt)
     now = services.now()
     db = await ctx.db()

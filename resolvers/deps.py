@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from authz import Principal, PrincipalKind, permission_names
 from authz.roles import PLATFORM_ROLE
+from identity.address_blocks import AddressBlocks
 from identity.api_keys import ApiKeyCache, LastUsedRecorder
 from identity.authentication import Authenticator
 from identity.browser_sessions import BrowserSessions
@@ -68,6 +69,8 @@ class Services:
     # the team's upstreams (schema.upstreams.Forwarder); None when none is configured
     upstreams: Any = None
     audit: AuditTrail = None  # type: ignore[assignment]
+    # the process's block list (identity/address_blocks.py); None when the edge does not check blocks
+    address_blocks: AddressBlocks | None = None
 
     def __post_init__(self) -> None:
         if self.audit is None:

@@ -98,6 +98,10 @@ async def complete_sso_login(
     if not _domain_allowed(connection, identity.email):
         raise SsoLoginError("sso_email_domain_not_allowed")
     org_id = connection.organization_id
+    blocks = services.address_blocks
+    if blocks is not None and blocks.refuses(org_id, client_ip) is not None:
+        blocks.on_refused("tenant")
+        raise SsoLoginError("sso_address_blocked")
     mapped = _mapped_role(connection, identity.groups)
     now = services.now()
     role_changed = linked = False

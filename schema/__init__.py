@@ -16,6 +16,7 @@ from strawberry.types import ExecutionContext
 
 from authz.errors import GatewayError
 from schema.accounts import AccountMutation
+from schema.address_blocks import AddressBlockMutation
 from schema.api_keys import ApiKeyMutation
 from schema.audit import AuditQuery
 from schema.auth import AuthMutation
@@ -59,6 +60,7 @@ Mutation = merge_types(
         SsoMutation,
         SamlMutation,
         DomainMutation,
+        AddressBlockMutation,
     ),
 )
 

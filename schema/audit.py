@@ -57,6 +57,8 @@ FIELD_ACTIONS: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
     "confirmEmailChange": (A.AUTHN_EMAIL_CHANGED, "user", ()),
     "claimDomain": (A.DOMAIN_CLAIMED, "email_domain", ()),
     "releaseDomain": (A.DOMAIN_RELEASED, "email_domain", ()),
+    "blockAddress": (A.ADDRESS_BLOCKED, "address_block", ()),
+    "unblockAddress": (A.ADDRESS_UNBLOCKED, "address_block", ()),
     "startSsoLink": (A.AUTHN_SSO_LINK_STARTED, "sso_connection", ()),
     "updateMemberRole": (A.AUTHZ_CHANGE, "membership", ()),
     "removeMember": (A.MEMBER_REMOVED, "membership", ()),
@@ -133,6 +135,7 @@ LOOKUP_ARGUMENTS: dict[str, tuple[str, str]] = {
     "organization": ("slug", "organization"),
     "resendInvitation": ("id", "invitation"),
     "revokeInvitation": ("id", "invitation"),
+    "unblockAddress": ("id", "address_block"),
 }
 
 

@@ -17,6 +17,7 @@ from schema.enums import Plan
 from store.models import Organization as OrganizationRow
 
 if TYPE_CHECKING:
+    from schema.address_blocks import AddressBlock
     from schema.api_keys import ApiKey
     from schema.domains import EmailDomain
     from schema.invitations import InvitationConnection, InvitationState
@@ -160,6 +161,18 @@ class Organization:
         from schema.sso import SsoConnection
 
         return [SsoConnection.from_row(r) for r in await list_connections(info.context, self.row.id)]
+
+    @strawberry.field(
+        description="The organization's address blocks in force, newest first.",
+        **list_size(requires_scopes(Permission.SECURITY_READ), assumed_size=50),
+    )
+    async def blocked_addresses(
+        self, info: Info
+    ) -> list[Annotated[AddressBlock, strawberry.lazy("schema.address_blocks")]]:
+        from resolvers.address_blocks import blocked_addresses
+        from schema.address_blocks import AddressBlock
+
+        return [AddressBlock.from_row(r) for r in await blocked_addresses(info.context, self.row.id)]
 
 
 @strawberry.input

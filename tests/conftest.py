@@ -224,6 +224,10 @@ def make_settings(database_url: str, signing_key: str, **overrides: Any) -> Sett
         "saml_metadata_per_minute": 100_000,
         "saml_acs_per_minute": 100_000,
         "report_downloads_per_minute": 100_000,
+        # nor are its addresses blocked for abuse (tests/gateway/test_automatic_blocks.py sets its thresholds)
+        "block_sign_in_accounts": 0,
+        "block_invalid_credentials": 0,
+        "block_rate_limited": 0,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

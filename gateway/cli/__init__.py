@@ -7,6 +7,7 @@ import argparse
 from authz.plans import PLANS, Plan
 from gateway.cli.api_keys import cmd_api_key
 from gateway.cli.audit import cmd_audit
+from gateway.cli.blocks import add_parser as add_blocks_parser
 from gateway.cli.mail import cmd_mail
 from gateway.cli.server import cmd_authz_report, cmd_keys_generate, cmd_migrate, cmd_schema, cmd_serve, cmd_upstreams
 from gateway.cli.tenants import (
@@ -135,6 +136,8 @@ def parser() -> argparse.ArgumentParser:
     dr = dmsub.add_parser("release", help="drop a domain's claim, whoever holds it")
     dr.add_argument("domain")
     dm.set_defaults(func=cmd_domains)
+
+    add_blocks_parser(sub)
 
     k = sub.add_parser("keys", help="signing keys")
     ksub = k.add_subparsers(dest="keys_command", required=True)

@@ -89,6 +89,9 @@ class AuditAction(StrEnum):
     UPSTREAM_REQUEST = "upstream_request"
     # limits
     EXCESS_RATE_LIMIT_EXCEEDED = "excess_rate_limit_exceeded"
+    # address blocks: a tenant's (its chain), the operator's and the automatic ones (the platform's)
+    ADDRESS_BLOCKED = "address_blocked"
+    ADDRESS_UNBLOCKED = "address_unblocked"
     # a mutation the vocabulary does not name yet (recorded all the same)
     MUTATION = "mutation"
 
