@@ -6,6 +6,7 @@ organization, locked) answers the same `UNAUTHENTICATED` error after about the s
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -25,8 +26,9 @@ from identity.sessions import (
     rotate_refresh_token,
 )
 from identity.tokens import AccessClaims
-from resolvers import mfa
+from resolvers import mfa, sign_in_policy
 from resolvers.accounts import refuse_api_keys
+from resolvers.common import announce_after_commit
 from resolvers.deps import RequestContext
 from resolvers.mail import send_mail
 from resolvers.provisioning import MAX_EMAIL_LENGTH
@@ -143,8 +145,26 @@ async def login(
             log.info("authn_login_lock", extra={"request_id": principal.request_id})
         raise mfa.refuse(refusal)
 
-    await services.throttle.succeeded(attempt)
+    # the organization's policy (resolvers/sign_in_policy.py): refused like any other failed sign-in
     now = services.now()
+    policy = await services.authenticator.policy(membership.organization_id)
+    blocked = sign_in_policy.sign_in_refusal(
+        policy, method=AuthMethod.PASSWORD.value, user_id=user.id, client_ip=principal.client_ip
+    )
+    ending: list[str] = []
+    if blocked is None:
+        async with services.db.transaction() as lookup:
+            active = await sign_in_policy.active_sessions(
+                lookup, policy, user_id=user.id, organization_id=membership.organization_id, now=now
+            )
+        try:
+            ending = sign_in_policy.sessions_to_end(policy, active)
+        except sign_in_policy.SessionLimitReached:
+            blocked = sign_in_policy.SESSION_LIMIT
+    if blocked is not None:
+        await _audit_failure(ctx, email, user, organization_slug, locked=False, reason=blocked)
+        raise Unauthenticated(INVALID_CREDENTIALS)
+    await services.throttle.succeeded(attempt)
     db = await ctx.db()
     user = await db.get(User, user.id)
     if user is None or user.password_hash is None:
@@ -163,9 +183,17 @@ async def login(
         auth_method=AuthMethod.PASSWORD.value,
         client_ip=principal.client_ip,
         user_agent=ctx.user_agent,
-        policy=services.session_policy,
+        policy=dataclasses.replace(
+            services.session_policy,
+            absolute_lifetime_seconds=sign_in_policy.lifetime_seconds(
+                policy, services.session_policy.absolute_lifetime_seconds
+            ),
+        ),
         now=now,
     )
+    if ending:
+        await revoke_sessions(db, ending, reason="session_limit", now=now)
+        announce_after_commit(ctx, ending)
     token, claims = services.tokens.issue(subject=user.id, organization_id=org.id, session_id=issued.session.id)
     log.info("authn_login_success", extra={"request_id": principal.request_id, "user_id": user.id})
     # committed with the session it opens: there is no success entry for a session that never was
@@ -175,7 +203,11 @@ async def login(
         actor_id=user.id,
         resource_type="session",
         resource_id=issued.session.id,
-        details={"method": AuthMethod.PASSWORD.value, "knownAddress": attempt.known_address},
+        details={
+            "method": AuthMethod.PASSWORD.value,
+            "knownAddress": attempt.known_address,
+            **({"sessionsEnded": len(ending)} if ending else {}),
+        },
     )
     if not attempt.known_address and not first_sign_in:
         await send_mail(
@@ -237,6 +269,10 @@ async def refresh(ctx: RequestContext, refresh_token: str | None) -> AuthResult:
     # An authentication event: it commits on its own, so a detected reuse stays revoked.
     async with services.db.transaction() as db:
         try:
+            client_ip = ctx.principal.client_ip
+            failure = await sign_in_policy.refresh_refusal(db, refresh_token, client_ip=client_ip, now=now)
+            if failure is not None:
+                raise failure
             session, new_token = await rotate_refresh_token(db, refresh_token, policy=services.session_policy, now=now)
         except RefreshError as exc:
             failure = exc

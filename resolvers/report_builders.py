@@ -86,6 +86,7 @@ SECURITY_ACTIONS: dict[str, str] = {
     "authz_fail": "denied_permission",
     "authz_cross_tenant": "denied_permission",
     "apikey_use_denied": "denied_permission",
+    "session_use_denied": "denied_permission",
     "excess_rate_limit_exceeded": "rate_limited",
 }
 SECURITY_CATEGORIES = ("failed_login", "lockout", "token_reuse", "denied_permission", "rate_limited")
