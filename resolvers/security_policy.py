@@ -229,8 +229,8 @@ async def update_policy(ctx: RequestContext, wanted: PolicyChanges) -> SecurityP
     if policy.require_mfa and not current.require_mfa:
         await check_can_require(ctx)
     await _store(ctx, db, org, policy)
-    before, after = audited(current), audited(policy)
-    changed = changes(before, after)
+    # a list of {setting, old, new}: the audit log redacts values under keys such as `passwordMinLength`
+    changed = [{"setting": k, **v} for k, v in changes(audited(current), audited(policy)).items()]
     ctx.audit(
         AuditAction.SECURITY_POLICY_UPDATE,
         resource_type="organization",
@@ -244,7 +244,7 @@ async def update_policy(ctx: RequestContext, wanted: PolicyChanges) -> SecurityP
             organization_id=org_id,
             kind=SecurityEventKind.POLICY_CHANGED,
             severity=Severity.MEDIUM,
-            summary="Security policy changed: " + ", ".join(changed),
+            summary="Security policy changed: " + ", ".join(c["setting"] for c in changed),
             actor_id=p.subject_id,
             client_ip=p.client_ip,
             request_id=p.request_id,
