@@ -98,6 +98,11 @@ CONTROLS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "dormant_accounts": (("CC6.2",), ("A.5.16", "A.5.18")),
     "key_rotation_age": (("CC6.1",), ("A.5.17",)),
     "audit_chain": (("CC7.2",), ("A.8.15",)),
+    # the organization's security policy (resolvers/report_policy.py)
+    "password_policy": (("CC6.1",), ("A.5.17",)),
+    "session_policy": (("CC6.1",), ("A.8.5",)),
+    "mfa_policy": (("CC6.1",), ("A.8.5",)),
+    "network_policy": (("CC6.6",), ("A.8.20",)),
 }
 
 

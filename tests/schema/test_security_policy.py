@@ -290,3 +290,39 @@ async def test_api_keys_cannot_be_created_when_the_policy_refuses_them(client, d
     body = await create_key(client, token)
     assert error_codes(body) == ["FORBIDDEN"]
     assert int(sql(database_url, "SELECT count(*) FROM api_keys")[0][0]) == 0
+
+
+# -- COMPLIANCE evidence ---------------------------------------------------------------------------------
+
+
+async def test_compliance_report_shows_the_policy_as_evidence(client, database_url, tenant: Tenant) -> None:
+    from tests.schema.test_reports import download_json, generated, rows_of
+
+    token = (await login(client, tenant))["accessToken"]
+    before = {c["check"]: c for c in (await generated(client, token, "COMPLIANCE"))["summary"]["checks"]}
+    assert [before[c]["status"] for c in ("password_policy", "session_policy", "mfa_policy", "network_policy")] == [
+        "pass",
+        "attention",
+        "attention",
+        "attention",
+    ]
+    await set_policy(
+        client, token, sessionIdleTimeoutMinutes=15, sessionMaxLifetimeHours=8, ipAllowlist=["203.0.113.0/24"]
+    )
+    report = await generated(client, token, "COMPLIANCE")
+    checks = {c["check"]: c for c in report["summary"]["checks"]}
+    assert checks["session_policy"]["status"] == "pass"
+    assert checks["network_policy"]["status"] == "pass"
+    assert checks["network_policy"]["soc2"] == ["CC6.6"]
+    assert checks["network_policy"]["iso27001"] == ["A.8.20"]
+    evidence = {
+        (e["check"], e["name"]): e["detail"]
+        for e in rows_of(await download_json(client, token, report), "evidence")
+        if e["subject_type"] == "security_policy"
+    }
+    assert evidence[("session_policy", "sessionIdleTimeoutMinutes")] == "15"
+    assert evidence[("session_policy", "sessionMaxLifetimeHours")] == "8"
+    assert evidence[("network_policy", "ipAllowlist")] == "203.0.113.0/24"
+    assert evidence[("network_policy", "allowedSignInMethods")] == "API_KEY, PASSWORD, SSO"
+    assert evidence[("password_policy", "passwordMinLength")] == "12"
+    assert evidence[("mfa_policy", "requireMfa")] == "off"
