@@ -165,6 +165,25 @@ async def _owners(db: AsyncSession, organization_id: str) -> list[tuple[str, boo
     return [(uid, has_password, uid in linked) for uid, has_password in owners]
 
 
+async def _check_members(db: AsyncSession, organization_id: str, user_ids: frozenset[str]) -> None:
+    """NOT_FOUND for a break-glass id that is no member of the organization: another organization's user
+    answers exactly as an id that does not exist (C-098)."""
+    wanted = {u for u in user_ids if len(u) <= 36}
+    found = set(
+        (
+            await db.execute(
+                select(col(Membership.user_id)).where(
+                    col(Membership.organization_id) == organization_id, col(Membership.user_id).in_(wanted)
+                )
+            )
+        )
+        .scalars()
+        .all()
+    )
+    if found != user_ids:
+        raise NotFound("breakGlassOwners: no such member of this organization.")
+
+
 def _owner_can_sign_in(policy: SecurityPolicy, owner: tuple[str, bool, bool]) -> bool:
     user_id, has_password, has_sso = owner
     if has_password and policy.method_allowed("password", user_id=user_id):
@@ -177,9 +196,8 @@ async def _people_problems(
 ) -> None:
     owners = await _owners(db, organization_id)
     owner_ids = {o[0] for o in owners}
-    for user_id in sorted(policy.break_glass_user_ids):
-        if user_id not in owner_ids:
-            problems.append(f"breakGlassOwners: {user_id[:36]!r} is not an owner of this organization")
+    for user_id in sorted(policy.break_glass_user_ids - owner_ids):
+        problems.append(f"breakGlassOwners: {user_id} is a member but not an owner of this organization")
     if methods_changed and owners and not any(_owner_can_sign_in(policy, o) for o in owners):
         problems.append(
             "no owner could sign in under this policy: keep PASSWORD allowed, name a break-glass owner who has "
@@ -209,6 +227,8 @@ async def update_policy(ctx: RequestContext, wanted: PolicyChanges) -> SecurityP
     current = await load_policy(db, org_id)
     problems: list[str] = []
     policy = _candidate(current, wanted.values, problems)
+    if "break_glass_user_ids" in wanted.values:
+        await _check_members(db, org_id, policy.break_glass_user_ids)
     problems.extend(p for p in check_policy(policy) if p not in problems)
     ip = ctx.principal.client_ip
     if (
