@@ -93,3 +93,19 @@ def effective_limits(plan: str, overrides: Mapping[str, object] | None = None) -
     limits: dict[QuotaResource, int | None] = dict(base) if base is not None else dict.fromkeys(QuotaResource, 0)
     limits.update(parse_overrides(overrides))
     return limits
+
+
+# Security-policy settings a plan must reach before an organization may restrict them (the plan named, or a
+# higher one). Anything not listed here is available on every plan. docs/security-policies.md, "Plans".
+POLICY_SETTING_PLANS: Mapping[str, str] = MappingProxyType(
+    {
+        "ipAllowlist": Plan.STARTER,
+        "allowedSignInMethods": Plan.STARTER,
+    }
+)
+
+
+def policy_setting_allowed(setting: str, plan: str) -> bool:
+    """Whether an organization on `plan` may restrict `setting` (a GraphQL field name of SecurityPolicy)."""
+    needed = POLICY_SETTING_PLANS.get(setting)
+    return needed is None or plan_rank(plan) >= plan_rank(needed)

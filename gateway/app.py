@@ -61,6 +61,7 @@ from identity.outbound import OutboundPolicy
 from identity.passwords import HashParameters, PasswordHasherService
 from identity.revocation import LocalRevocationBus, RedisRevocationBus, RevocationBus
 from identity.secrets import SecretBox
+from identity.security_policies import PolicyCache
 from identity.sessions import SessionCache, SessionPolicy
 from identity.tokens import AccessTokens, KeyRing
 from identity.totp import TotpService
@@ -118,6 +119,8 @@ def build_services(settings: Settings) -> Services:
         key_ttl = min(key_ttl, EMBEDDED_API_KEY_CACHE_SECONDS)
     key_cache = ApiKeyCache(ttl_seconds=key_ttl)
     bus.subscribe(key_cache.invalidate)
+    policies = PolicyCache(db)
+    bus.subscribe(policies.invalidate)
     windows: WindowStore = RedisWindows(redis) if redis is not None else LocalWindows()
     blocks = AddressBlocks(
         db,
@@ -179,6 +182,7 @@ def build_services(settings: Settings) -> Services:
             sessions,
             db,
             browser=browser,
+            policies=policies,
             api_keys=ApiKeyVerifier(
                 db, settings.api_key_pepper.get_secret_value().encode(), settings.env.value, key_cache
             ),

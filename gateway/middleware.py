@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from authz import Principal, anonymous
 from authz.errors import ErrorCode
 from gateway.rate_limit_audit import RateLimitAudit
+from gateway.tenant_policy import tenant_refusal
 from identity.api_keys import ApiKeyInfo, ApiKeyRejected, LastUsedRecorder
 from identity.authentication import AuthenticationError, Authenticator
 from identity.browser_sessions import CSRF_HEADER, SESSION_COOKIE
@@ -358,6 +359,14 @@ class AuthenticationMiddleware:
         try:
             with span("authenticate"):
                 principal = await self._authenticate(scope, state, ip, rid)
+                if principal.organization_id is not None:
+                    # the organization's own policy (gateway/tenant_policy.py), inside a key's own allowlist
+                    policy = await self.authenticator.policy(principal.organization_id)
+                    refusal = tenant_refusal(policy, principal)
+                    if refusal is not None:
+                        refused = Refused(403, refusal.message, "FORBIDDEN", refusal.reason)
+                        refused.audit = refusal.audit
+                        raise refused
         except Refused as exc:
             log.info("authz_fail", extra={"reason": exc.reason, "request_id": rid, "client_ip": ip})
             await self._audit_refusal(scope, exc)
@@ -378,7 +387,8 @@ class AuthenticationMiddleware:
         await self.app(scope, receive, send)
 
     async def _audit_refusal(self, scope: Scope, exc: Refused) -> None:
-        """A valid key refused by its own policy: `apikey_use_denied`, or a counted rate-limit refusal."""
+        """A valid credential refused by policy: `apikey_use_denied` (`session_use_denied`), or a counted
+        rate-limit refusal."""
         event = exc.audit
         if event is None or self.audit is None:
             return

@@ -5,14 +5,20 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from authz import AuthMethod, Principal, PrincipalKind
+from authz.security_policy import DEFAULT_POLICY, SecurityPolicy
 from identity.api_keys import ApiKeyInfo, ApiKeyRejected, ApiKeyVerifier
 from identity.browser_sessions import BrowserSessions
+from identity.security_policies import PolicyCache
 from identity.sessions import SessionCache, SessionInfo, load_session, touch_session
 from identity.tokens import AccessTokens, TokenError
 from store.db import Database
+
+# a Bearer session's last activity is written at most this often, and only while its organization's policy
+# has an idle timeout (without one, a Bearer request writes nothing)
+BEARER_TOUCH_SECONDS = 60
 
 
 class AuthenticationError(Exception):
@@ -49,8 +55,11 @@ class Authenticator:
         clock: Callable[[], float] = time.time,
         api_keys: ApiKeyVerifier | None = None,
         browser: BrowserSessions | None = None,
+        policies: PolicyCache | None = None,
     ) -> None:
         self.api_keys = api_keys
+        # each organization's security policy (identity.security_policies); None: every default
+        self.policies = policies
         self.browser = browser
         self.tokens = tokens
         self.sessions = sessions
@@ -79,9 +88,39 @@ class Authenticator:
             raise AuthenticationError("session ended")
         if info.user_id != claims.subject or info.organization_id != claims.organization_id:
             raise AuthenticationError("token does not match its session")
-        if info.expires_at.timestamp() <= self.clock():
+        now = datetime.fromtimestamp(self.clock(), UTC)
+        if info.expires_at <= now:
             raise AuthenticationError("session expired")
+        await self._within_policy(info, now, idle_seconds=None, touch_seconds=BEARER_TOUCH_SECONDS)
         return principal_for_session(info, client_ip=client_ip, request_id=request_id)
+
+    async def policy(self, organization_id: str) -> SecurityPolicy:
+        """The organization's security policy: a cache lookup while it is fresh."""
+        if self.policies is None:
+            return DEFAULT_POLICY
+        return await self.policies.get(organization_id)
+
+    async def _within_policy(
+        self, info: SessionInfo, now: datetime, *, idle_seconds: int | None, touch_seconds: int
+    ) -> None:
+        """The organization's absolute lifetime and idle timeout (the shorter of `idle_seconds` and the
+        policy's), the session's last activity kept fresh while an idle timeout applies."""
+        policy = await self.policy(info.organization_id)
+        hours = policy.session_max_lifetime_hours
+        if hours is not None and info.created_at is not None and info.created_at + timedelta(hours=hours) <= now:
+            raise AuthenticationError("session past the organization's lifetime")
+        minutes = policy.session_idle_timeout_minutes
+        limits = [s for s in (idle_seconds, minutes * 60 if minutes is not None else None) if s is not None]
+        if not limits:
+            return
+        last_seen = info.last_seen_at or now
+        if last_seen + timedelta(seconds=min(limits)) <= now:
+            raise AuthenticationError("session idle")
+        if last_seen + timedelta(seconds=touch_seconds) <= now:
+            epoch = self.sessions.epoch
+            async with self.db.transaction() as db:
+                await touch_session(db, info.session_id, now)
+            self.sessions.put(dataclasses.replace(info, last_seen_at=now), epoch)
 
     def cookie_session_id(self, cookie: str) -> str:
         """The session a session cookie names; `AuthenticationError` when its MAC does not verify."""
@@ -102,14 +141,9 @@ class Authenticator:
         if info.expires_at <= now:
             raise AuthenticationError("session expired")
         policy = self.browser.policy
-        last_seen = info.last_seen_at or now
-        if policy.idle_expired(last_seen, now):
-            raise AuthenticationError("session idle")
-        if policy.needs_touch(last_seen, now):
-            epoch = self.sessions.epoch
-            async with self.db.transaction() as db:
-                await touch_session(db, session_id, now)
-            self.sessions.put(dataclasses.replace(info, last_seen_at=now), epoch)
+        await self._within_policy(
+            info, now, idle_seconds=policy.idle_seconds, touch_seconds=policy.touch_interval_seconds
+        )
         return principal_for_session(info, client_ip=client_ip, request_id=request_id)
 
     async def api_key(self, presented: str) -> ApiKeyInfo:

@@ -59,6 +59,7 @@ class SessionInfo:
     permissions: frozenset[str] = frozenset()
     mfa_enrollment_required: bool = False
     last_seen_at: datetime | None = None
+    created_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +150,7 @@ async def load_session(db: AsyncSession, session_id: str, now: datetime) -> Sess
                 col(Organization.require_mfa),
                 col(User.mfa_enabled),
                 col(AuthSession.last_seen_at),
+                col(AuthSession.created_at),
             )
             .join(User, col(User.id) == col(AuthSession.user_id))
             .join(
@@ -179,6 +181,7 @@ async def load_session(db: AsyncSession, session_id: str, now: datetime) -> Sess
         # SSO sessions are exempt: the identity provider is where their second factor is enforced
         mfa_enrollment_required=bool(row[7]) and not row[8] and row[3] == AuthMethod.PASSWORD.value,
         last_seen_at=row[9],
+        created_at=row[10],
     )
 
 

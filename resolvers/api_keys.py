@@ -34,9 +34,11 @@ from authz import BuiltinRole, Principal, PrincipalKind, RoleError, is_permissio
 from authz.errors import BadUserInput, Conflict, Forbidden, NotFound
 from authz.plans import QuotaResource
 from identity.api_keys import apikey_key, env_label, hash_secret, new_prefix, new_secret, parse
+from identity.security_policies import load_policy
 from resolvers.common import announce_after_commit, tenant_of
 from resolvers.deps import RequestContext
 from resolvers.quotas import check_quota
+from resolvers.sign_in_policy import capped_key_expiry, check_key_expiry
 from resolvers.times import given_time
 from store.audit import AuditAction, changes
 from store.models import ApiKey, Membership
@@ -147,6 +149,7 @@ async def create_api_key(ctx: RequestContext, new: NewApiKey) -> IssuedKey:
     if rate is not None and not 1 <= rate <= MAX_RATE_LIMIT:
         raise BadUserInput(f"rateLimitPerMinute must be between 1 and {MAX_RATE_LIMIT}", field="rateLimitPerMinute")
     db = await ctx.db()
+    check_key_expiry(await load_policy(db, org_id), expires, now)
     await check_quota(db, org_id, QuotaResource.API_KEYS)
     creator = await _acting_user(ctx, db, org_id)
     issued = issue_key(
@@ -272,12 +275,16 @@ async def rotate_api_key(ctx: RequestContext, key_id: str, grace_period_seconds:
         key.previous_expires_at = None
     key.secret_hash = hash_secret(ctx.services.api_key_pepper, parse(secret).secret)
     key.held_by = holder
+    # the new secret lives no longer than the organization's apiKeyMaxLifetimeDays
+    expires_before = key.expires_at
+    key.expires_at = capped_key_expiry(await load_policy(db, org_id), key.expires_at, now)
     db.add(key)
     await db.flush()
     announce_after_commit(ctx, [apikey_key(key.id)])
     details: dict[str, object] = {"prefix": key.prefix, "gracePeriodSeconds": grace_period_seconds}
-    if holder != previous_holder:
-        details["changes"] = changes({"heldBy": previous_holder}, {"heldBy": holder})
+    details["changes"] = changes(
+        {"heldBy": previous_holder, "expiresAt": expires_before}, {"heldBy": holder, "expiresAt": key.expires_at}
+    )
     ctx.audit(AuditAction.APIKEY_ROTATED, resource_type="api_key", resource_id=key.id, details=details)
     return IssuedKey(key, secret)
 

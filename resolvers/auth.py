@@ -6,6 +6,7 @@ organization, locked) answers the same `UNAUTHENTICATED` error after about the s
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -25,9 +26,10 @@ from identity.sessions import (
     rotate_refresh_token,
 )
 from identity.tokens import AccessClaims
-from resolvers import mfa, risk
+from resolvers import mfa, risk, sign_in_policy
 from resolvers.accounts import refuse_api_keys
 from resolvers.address_blocks import count_failed_sign_in, refuse_blocked_sign_in
+from resolvers.common import announce_after_commit
 from resolvers.deps import RequestContext
 from resolvers.mail import send_mail
 from resolvers.provisioning import MAX_EMAIL_LENGTH
@@ -170,8 +172,26 @@ async def login(
 
     # told only to a caller who had the credentials: no one learns from it which accounts a tenant has
     refuse_blocked_sign_in(ctx, membership.organization_id)
-    await services.throttle.succeeded(attempt)
+    # the organization's policy (resolvers/sign_in_policy.py): refused like any other failed sign-in
     now = services.now()
+    policy = await services.authenticator.policy(membership.organization_id)
+    blocked = sign_in_policy.sign_in_refusal(
+        policy, method=AuthMethod.PASSWORD.value, user_id=user.id, client_ip=principal.client_ip
+    )
+    ending: list[str] = []
+    if blocked is None:
+        async with services.db.transaction() as lookup:
+            active = await sign_in_policy.active_sessions(
+                lookup, policy, user_id=user.id, organization_id=membership.organization_id, now=now
+            )
+        try:
+            ending = sign_in_policy.sessions_to_end(policy, active)
+        except sign_in_policy.SessionLimitReached:
+            blocked = sign_in_policy.SESSION_LIMIT
+    if blocked is not None:
+        await _audit_failure(ctx, email, user, organization_slug, locked=False, reason=blocked)
+        raise Unauthenticated(INVALID_CREDENTIALS)
+    await services.throttle.succeeded(attempt)
     db = await ctx.db()
     user = await db.get(User, user.id)
     if user is None or user.password_hash is None:
@@ -190,10 +210,18 @@ async def login(
         auth_method=AuthMethod.PASSWORD.value,
         client_ip=principal.client_ip,
         user_agent=ctx.user_agent,
-        policy=services.session_policy,
+        policy=dataclasses.replace(
+            services.session_policy,
+            absolute_lifetime_seconds=sign_in_policy.lifetime_seconds(
+                policy, services.session_policy.absolute_lifetime_seconds
+            ),
+        ),
         now=now,
     )
     await risk.admit(db, ctx, assessed, second_factor=user.mfa_enabled)
+    if ending:
+        await revoke_sessions(db, ending, reason="session_limit", now=now)
+        announce_after_commit(ctx, ending)
     token, claims = services.tokens.issue(subject=user.id, organization_id=org.id, session_id=issued.session.id)
     log.info("authn_login_success", extra={"request_id": principal.request_id, "user_id": user.id})
     # committed with the session it opens: there is no success entry for a session that never was
@@ -207,6 +235,7 @@ async def login(
             "method": AuthMethod.PASSWORD.value,
             "knownAddress": attempt.known_address,
             "risk": assessed.details(),
+            **({"sessionsEnded": len(ending)} if ending else {}),
         },
     )
     if not attempt.known_address and not first_sign_in:
@@ -291,6 +320,10 @@ async def refresh(ctx: RequestContext, refresh_token: str | None) -> AuthResult:
     # An authentication event: it commits on its own, so a detected reuse stays revoked.
     async with services.db.transaction() as db:
         try:
+            client_ip = ctx.principal.client_ip
+            failure = await sign_in_policy.refresh_refusal(db, refresh_token, client_ip=client_ip, now=now)
+            if failure is not None:
+                raise failure
             session, new_token = await rotate_refresh_token(db, refresh_token, policy=services.session_policy, now=now)
         except RefreshError as exc:
             failure = exc

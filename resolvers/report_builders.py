@@ -86,6 +86,7 @@ SECURITY_ACTIONS: dict[str, str] = {
     "authz_fail": "denied_permission",
     "authz_cross_tenant": "denied_permission",
     "apikey_use_denied": "denied_permission",
+    "session_use_denied": "denied_permission",
     "excess_rate_limit_exceeded": "rate_limited",
 }
 SECURITY_CATEGORIES = ("failed_login", "lockout", "token_reuse", "denied_permission", "rate_limited")
@@ -97,6 +98,11 @@ CONTROLS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "dormant_accounts": (("CC6.2",), ("A.5.16", "A.5.18")),
     "key_rotation_age": (("CC6.1",), ("A.5.17",)),
     "audit_chain": (("CC7.2",), ("A.8.15",)),
+    # the organization's security policy (resolvers/report_policy.py)
+    "password_policy": (("CC6.1",), ("A.5.17",)),
+    "session_policy": (("CC6.1",), ("A.8.5",)),
+    "mfa_policy": (("CC6.1",), ("A.8.5",)),
+    "network_policy": (("CC6.6",), ("A.8.20",)),
 }
 
 

@@ -1,6 +1,6 @@
-"""The COMPLIANCE report: access review, MFA coverage, dormant accounts, key rotation age and the audit
-chain, each checked against its SOC 2 and ISO/IEC 27001 controls (`CONTROLS`) with its evidence rows
-(docs/reports.md)."""
+"""The COMPLIANCE report: access review, MFA coverage, dormant accounts, key rotation age, the security
+policy's password, session, MFA and network settings, and the audit chain, each checked against its SOC 2
+and ISO/IEC 27001 controls (`CONTROLS`) with its evidence rows (docs/reports.md)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from sqlalchemy import select as sa_select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
+from identity.security_policies import load_policy
 from resolvers.report_builders import (
     ACCESS_REVIEW_DAYS,
     CONTROLS,
@@ -25,6 +26,7 @@ from resolvers.report_builders import (
     iso,
     key_status,
 )
+from resolvers.report_policy import policy_checks
 from store.audit import verify
 from store.models import ApiKey, AuditEntry, Membership, Organization, Report, User
 from store.scoping import tenant_filter, tenant_select
@@ -186,6 +188,11 @@ async def build_compliance(db: AsyncSession, org: Organization, period: Period, 
         f"{len(stale)} of {len(active)} active key(s) not rotated for over {KEY_ROTATION_DAYS} days",
         stale,
     )
+
+    # the organization's security policy, setting by setting (resolvers/report_policy.py)
+    for pc in policy_checks(await load_policy(db, org.id)):
+        rows = [Evidence("security_policy", org.id, name, value) for name, value in pc.settings]
+        await _check(out, results, pc.check, pc.passed, pc.detail, rows)
 
     ok, detail, evidence = await _audit_chain(db, org.id, period)
     await _check(out, results, "audit_chain", ok, detail, evidence)

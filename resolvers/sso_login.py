@@ -34,13 +34,22 @@ from sqlmodel import col, select
 from authz import AuthMethod, BuiltinRole, PrincipalKind, is_builtin_role
 from authz.errors import BadUserInput, Unauthenticated
 from identity.lockout import email_key
-from identity.sessions import create_browser_session, load_custom_roles, user_key
+from identity.security_policies import load_policy
+from identity.sessions import create_browser_session, load_custom_roles, revoke_sessions, user_key
 from identity.sso import ExternalIdentity
 from resolvers import risk
 from resolvers.accounts import SSO_LINK, TTL, issue_token, refuse_api_keys, spend_token
 from resolvers.common import tenant_of
 from resolvers.deps import RequestContext
 from resolvers.domains import claimant
+from resolvers.sign_in_policy import (
+    SESSION_LIMIT,
+    SessionLimitReached,
+    active_sessions,
+    lifetime_seconds,
+    sessions_to_end,
+    sign_in_refusal,
+)
 from resolvers.sso import SsoLogin, SsoLoginError, record_sso_event
 from store.audit import ActorType, AuditAction
 from store.models import Membership, Organization, SsoConnection, SsoIdentity, User
@@ -199,14 +208,26 @@ async def complete_sso_login(
                 user.name = identity.name
             db.add(user)
             await db.flush()
+            # the organization's policy (resolvers/sign_in_policy.py): address, method, concurrent sessions
+            policy = await load_policy(db, org_id)
+            method = AuthMethod(identity.protocol).value
+            blocked = sign_in_refusal(policy, method=method, user_id=user.id, client_ip=client_ip)
+            if blocked is not None:
+                raise SsoLoginError(f"sso_{blocked}")
+            try:
+                active = await active_sessions(db, policy, user_id=user.id, organization_id=org_id, now=now)
+                ending = sessions_to_end(policy, active)
+            except SessionLimitReached:
+                raise SsoLoginError(f"sso_{SESSION_LIMIT}") from None
+            await revoke_sessions(db, ending, reason="session_limit", now=now)
             session = await create_browser_session(
                 db,
                 user_id=user.id,
                 organization_id=org_id,
-                auth_method=AuthMethod(identity.protocol).value,
+                auth_method=method,
                 client_ip=client_ip,
                 user_agent=user_agent,
-                lifetime_seconds=services.browser.policy.absolute_seconds,
+                lifetime_seconds=lifetime_seconds(policy, services.browser.policy.absolute_seconds),
                 now=now,
             )
             await risk.admit(db, ctx, assessed, second_factor=identity.second_factor)
@@ -219,8 +240,8 @@ async def complete_sso_login(
             await risk.refuse_sso(ctx, refused, created)
             exc.details = {"risk": refused.details()}
         raise
-    if role_changed:
-        await services.revocations.publish([user_key(user.id)])
+    if role_changed or ending:
+        await services.revocations.publish([*ending, *([user_key(user.id)] if role_changed else [])])
     if linked:
         await ctx.audit_now(
             AuditAction.AUTHN_SSO_LINKED,

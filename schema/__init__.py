@@ -36,6 +36,7 @@ from schema.rate_limits import RateLimitQuery
 from schema.reports import ReportMutation, ReportQuery
 from schema.roles import RoleMutation, RoleQuery
 from schema.saml import SamlMutation
+from schema.security_policy import SecurityPolicyMutation
 from schema.sso import SsoMutation
 from schema.users import UserQuery
 
@@ -61,6 +62,7 @@ Mutation = merge_types(
         SamlMutation,
         DomainMutation,
         AddressBlockMutation,
+        SecurityPolicyMutation,
     ),
 )
 

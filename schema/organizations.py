@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from schema.members import MembershipConnection
     from schema.quotas import Quota
     from schema.reports import ReportConnection
+    from schema.security_policy import SecurityPolicy
     from schema.sso import SsoConnection
 
 
@@ -173,6 +174,15 @@ class Organization:
         from schema.address_blocks import AddressBlock
 
         return [AddressBlock.from_row(r) for r in await blocked_addresses(info.context, self.row.id)]
+
+    @strawberry.field(
+        description="The organization's security policy (docs/security-policies.md).",
+        **requires_scopes(Permission.SECURITY_READ),
+    )
+    async def security_policy(self, info: Info) -> Annotated[SecurityPolicy, strawberry.lazy("schema.security_policy")]:
+        from schema.security_policy import organization_policy
+
+        return await organization_policy(info, self.row.id)
 
 
 @strawberry.input

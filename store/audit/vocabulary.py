@@ -62,6 +62,8 @@ class AuditAction(StrEnum):
     APIKEY_ROTATED = "apikey_rotated"
     APIKEY_REVOKED = "apikey_revoked"
     APIKEY_USE_DENIED = "apikey_use_denied"
+    # a valid session refused by its organization's security policy (address, sign-in method)
+    SESSION_USE_DENIED = "session_use_denied"
     # authorization
     AUTHZ_FAIL = "authz_fail"
     AUTHZ_CROSS_TENANT = "authz_cross_tenant"
@@ -82,6 +84,7 @@ class AuditAction(StrEnum):
     DOMAIN_RELEASED = "domain_released"
     MEMBER_REMOVED = "member_removed"
     SSO_CONFIGURED = "sso_configured"
+    SECURITY_POLICY_UPDATE = "security_policy_update"
     REPORT_GENERATED = "report_generated"
     # a root mutation field of an upstream, forwarded (its upstream, field, outcome and latency; never arguments)
     UPSTREAM_MUTATION = "upstream_mutation"
