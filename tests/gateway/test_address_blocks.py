@@ -241,7 +241,7 @@ async def test_a_platform_block_from_the_command_line_in_embedded_mode(
     database_url: str, signing_key: str, monkeypatch: Any, tmp_path: Any, capsys: Any
 ) -> None:
     """No bus joins the command and the gateway without Redis: the gateway's periodic reload applies the
-    command's block (here within its one second)."""
+    command's block (its period here is one second; the bound leaves room for a loaded machine)."""
     import os
 
     from gateway import cli
@@ -261,7 +261,7 @@ async def test_a_platform_block_from_the_command_line_in_embedded_mode(
         assert capsys.readouterr().out.startswith(f"blocked {BLOCKED_IP}/32 platform-wide: ")
         started = asyncio.get_running_loop().time()
         while (r := await gql(there, ORG, token=token)).status_code == 200:
-            assert asyncio.get_running_loop().time() - started < 2.5, "not applied by the periodic reload"
+            assert asyncio.get_running_loop().time() - started < 10, "not applied by the periodic reload"
             await asyncio.sleep(0.05)
         assert_blocked(r)
 
