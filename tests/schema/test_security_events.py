@@ -38,7 +38,9 @@ CREATE_KEY = """
 mutation($i: CreateApiKeyInput!) { createApiKey(input: $i) { apiKey { id } secret } }
 """
 ROLE = "mutation($m: ID!, $r: String!) { updateMemberRole(membershipId: $m, role: $r) { id role } }"
-AUDIT = "query($a: String) { auditLogs(filter: {action: $a, result: \"success\"}) { edges { node { action resourceId details actorId } } } }"
+AUDIT = """query($a: String) {
+  auditLogs(filter: {action: $a, result: "success"}) { edges { node { action resourceId details actorId } } }
+}"""
 PASSWORD = "member passphrase long enough"
 WRONG_LOGIN = 'mutation($e: String!) { login(email: $e, password: "not the password") { accessToken } }'
 
