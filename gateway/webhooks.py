@@ -106,6 +106,8 @@ class WebhookSender:
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._client: httpx2.AsyncClient | None = None
+        # deliveries this process delivered since it started
+        self.delivered = 0
 
     # -- lifecycle --------------------------------------------------------------------------------------
 
@@ -227,6 +229,7 @@ class WebhookSender:
             return False
         if 200 <= status < 300:
             await self._finish(claimed, DELIVERED, code=status)
+            self.delivered += 1
             log.info("webhook_delivered", extra={"delivery_id": claimed.id, "attempts": claimed.attempts})
             return True
         await self._failed(claimed, status, f"answered {status}")
