@@ -35,7 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from identity.security_events import SecurityEventKind, Severity, record_security_event
 from store.db import Database
-from store.models import LoginCounter
+from store.models import LoginCounter, Organization
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,11 +193,12 @@ class LoginThrottle:
                 .where(col.key == attempt.pair_key)
                 .values(locked_until=now + timedelta(seconds=seconds))
             )
-            if row[1] is not None:
+            org_id = row[1]
+            if org_id is not None and await session.get(Organization, org_id) is not None:
                 # the lock and its event commit together: the organization the sign-in aimed at sees it
                 await record_security_event(
                     session,
-                    organization_id=row[1],
+                    organization_id=org_id,
                     kind=SecurityEventKind.ACCOUNT_LOCKED,
                     severity=Severity.MEDIUM,
                     summary=f"Sign-ins to {attempt.account_key} from {attempt.client_ip or 'an unknown address'} "

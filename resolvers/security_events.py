@@ -36,6 +36,7 @@ MAX_PAGE_SIZE = 200
 MAX_NOTE_LENGTH = 2000
 OPEN, ACKNOWLEDGED, RESOLVED = "open", "acknowledged", "resolved"
 STATUSES = (OPEN, ACKNOWLEDGED, RESOLVED)
+HOW = {"role_change": "by a role change", "invitation": "who accepted an invitation"}
 PRIVILEGED_ROLES = {BuiltinRole.OWNER.value: Severity.HIGH, BuiltinRole.ADMIN.value: Severity.MEDIUM}
 
 
@@ -174,7 +175,7 @@ async def role_granted(ctx: RequestContext, organization_id: str, user_id: str, 
         organization_id=organization_id,
         kind=SecurityEventKind.PRIVILEGED_ROLE_GRANTED,
         severity=severity,
-        summary=f"The {role} role was granted to a member ({'invitation accepted' if how == 'invitation' else how})",
+        summary=f"The {role} role was granted to a member {HOW.get(how, how)}",
         actor_id=_actor(ctx),
         subject_id=user_id,
         client_ip=ctx.principal.client_ip,

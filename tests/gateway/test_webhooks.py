@@ -46,7 +46,7 @@ def deliveries(database_url: str) -> list[Any]:
     )
 
 
-async def test_a_receiver_verifies_every_delivery(
+async def test_c143_a_receiver_verifies_every_delivery(
     database_url: str, signing_key: str, tenant: Tenant, receiver: tuple[Receiver, str]
 ) -> None:
     r, url = receiver
@@ -80,7 +80,7 @@ async def test_a_receiver_verifies_every_delivery(
     assert len(deliveries(database_url)) == 1
 
 
-async def test_a_replay_is_detectable(
+async def test_c143_a_replay_is_detectable(
     database_url: str, signing_key: str, tenant: Tenant, receiver: tuple[Receiver, str]
 ) -> None:
     r, url = receiver
@@ -109,7 +109,9 @@ async def test_a_replay_is_detectable(
     assert len(r.accepted) == 1
 
 
-async def test_nothing_is_lost_while_the_receiver_is_down(database_url: str, signing_key: str, tenant: Tenant) -> None:
+async def test_c143_nothing_is_lost_while_the_receiver_is_down(
+    database_url: str, signing_key: str, tenant: Tenant
+) -> None:
     r = Receiver()
     port = free_port()
     url = f"http://127.0.0.1:{port}/hooks"
@@ -131,7 +133,7 @@ async def test_nothing_is_lost_while_the_receiver_is_down(database_url: str, sig
     assert r.rejected == []
 
 
-async def test_a_500_is_retried(
+async def test_c143_a_500_is_retried(
     database_url: str, signing_key: str, tenant: Tenant, receiver: tuple[Receiver, str]
 ) -> None:
     r, url = receiver
@@ -154,7 +156,7 @@ async def test_a_500_is_retried(
     assert r.replays == []
 
 
-async def test_slow_and_silent_receivers_never_slow_a_request(
+async def test_c143_slow_and_silent_receivers_never_slow_a_request(
     database_url: str, signing_key: str, tenant: Tenant
 ) -> None:
     slow = Receiver(mode="slow", delay=3.0)
@@ -186,7 +188,7 @@ async def test_slow_and_silent_receivers_never_slow_a_request(
     assert errors == {"no answer within 0.5s"}
 
 
-async def test_an_address_refused_after_dns_is_never_contacted(
+async def test_c132_an_address_refused_after_dns_is_never_contacted(
     database_url: str, signing_key: str, tenant: Tenant, receiver: tuple[Receiver, str]
 ) -> None:
     r, url = receiver

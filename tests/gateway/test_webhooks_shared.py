@@ -13,7 +13,7 @@ from tests.webhook_helpers import FAST, create_key, create_webhook, eventually, 
 from tests.webhook_receiver import Receiver
 
 
-async def test_two_processes_never_send_a_delivery_twice(
+async def test_c143_two_processes_never_send_a_delivery_twice(
     postgresql_url: str, redis_url: str, signing_key: str, shared_tenant: Tenant
 ) -> None:
     receiver = Receiver()

@@ -126,7 +126,7 @@ async def prod(database_url: str, signing_key: str) -> Any:
         "http://hooks.example.com/hook",  # prod sends only over https
     ],
 )
-async def test_prod_refuses_addresses_of_its_own_network(
+async def test_c132_prod_refuses_addresses_of_its_own_network(
     prod: httpx.AsyncClient, tenant: Tenant, database_url: str, url: str
 ) -> None:
     owner = (await login(prod, tenant))["accessToken"]
@@ -136,7 +136,9 @@ async def test_prod_refuses_addresses_of_its_own_network(
     assert sql(database_url, "SELECT count(*) FROM webhooks")[0][0] == 0
 
 
-async def test_the_allow_list_names_on_premises_receivers(database_url: str, signing_key: str, tenant: Tenant) -> None:
+async def test_c132_the_allow_list_names_on_premises_receivers(
+    database_url: str, signing_key: str, tenant: Tenant
+) -> None:
     app = create_app(make_settings(database_url, signing_key, **PROD, outbound_allowed_hosts="10.20.0.0/16"))
     async with running(app) as client:
         owner = (await login(client, tenant))["accessToken"]
