@@ -112,7 +112,9 @@ def _shape(url: str, policy: WebhookPolicy) -> None:
         host, _ = parts.hostname, parts.port
     except ValueError:
         raise OutboundRefused("outbound_invalid_url") from None
-    if parts.scheme not in ("http", "https") or not host:
+    if parts.scheme not in ("http", "https") or not host or parts.username is not None:
+        # credentials in the URL would be shown with it and written to the audit log: the signature
+        # is what authenticates a delivery
         raise OutboundRefused("outbound_invalid_url")
     if policy.outbound.require_https and parts.scheme != "https":
         raise OutboundRefused("outbound_scheme_refused")

@@ -159,7 +159,7 @@ async def test_c143_a_500_is_retried(
 async def test_c143_slow_and_silent_receivers_never_slow_a_request(
     database_url: str, signing_key: str, tenant: Tenant
 ) -> None:
-    slow = Receiver(mode="slow", delay=3.0)
+    slow = Receiver(mode="slow", delay=4.0)
     done = asyncio.Event()
 
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -171,7 +171,7 @@ async def test_c143_slow_and_silent_receivers_never_slow_a_request(
     silent_url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/hooks"
     try:
         with serving(slow, lifespan="off") as slow_url:
-            async with gateway(database_url, signing_key, webhook_timeout_seconds=0.5) as (_, client):
+            async with gateway(database_url, signing_key, webhook_timeout_seconds=1.5) as (_, client):
                 owner = (await login(client, tenant))["accessToken"]
                 _, slow.secret = await create_webhook(client, owner, slow_url + "/hooks")
                 await create_webhook(client, owner, silent_url)
@@ -182,10 +182,10 @@ async def test_c143_slow_and_silent_receivers_never_slow_a_request(
     finally:
         done.set()
         server.close()
-    # every mutation answered in request time, never in the receivers' time (0.5 s timeout, 3 s answer)
-    assert max(timings) < 0.4, (baseline, timings)
+    # every mutation answered in request time, never in the receivers' time (1.5 s timeout, 4 s answer)
+    assert max(timings) < 0.9, (baseline, timings)
     errors = {d[5] for d in deliveries(database_url) if d[3] >= 2}
-    assert errors == {"no answer within 0.5s"}
+    assert errors == {"no answer within 1.5s"}
 
 
 async def test_c132_an_address_refused_after_dns_is_never_contacted(
