@@ -11,6 +11,7 @@ workers of this process are woken, so alerts leave at once rather than at the ne
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -24,6 +25,8 @@ from identity.webhooks import WebhookPolicy
 from resolvers.mail import Mailer, queue_mail
 from store.models import Membership, Organization, User
 from store.security import SecurityEvent
+
+log = logging.getLogger("portcullis.security_events")
 
 _WAKE_KEY = "portcullis.security_event_wake"
 ALERTED_ROLES = (BuiltinRole.OWNER.value, BuiltinRole.ADMIN.value)
@@ -63,25 +66,32 @@ class SecurityAlerts:
             )
         ).scalars()
         recipients = list(dict.fromkeys(rows))
+        queued = 0
         for to in recipients:
-            await queue_mail(
-                db,
-                mailer,
-                to=to,
-                template="security_alert",
-                variables={
-                    "organization_name": org.name,
-                    "severity": event.severity,
-                    "kind_label": event.kind.replace("_", " "),
-                    "summary": event.summary,
-                    "at": event.created_at,
-                    "event_id": event.id,
-                    "client_ip": event.client_ip,
-                },
-                organization_id=event.organization_id,
-                now=event.created_at,
-            )
-        return bool(recipients)
+            try:
+                await queue_mail(
+                    db,
+                    mailer,
+                    to=to,
+                    template="security_alert",
+                    variables={
+                        "organization_name": org.name,
+                        "severity": event.severity,
+                        "kind_label": event.kind.replace("_", " "),
+                        "summary": event.summary,
+                        "at": event.created_at,
+                        "event_id": event.id,
+                        "client_ip": event.client_ip,
+                    },
+                    organization_id=event.organization_id,
+                    now=event.created_at,
+                )
+            except ValueError:
+                # an address the outbox refuses: the alert to the others, and the event's cause, go on
+                log.warning("security_alert_not_queued", extra={"event_id": event.id})
+                continue
+            queued += 1
+        return queued > 0
 
     def _wake_after_commit(self, db: AsyncSession, mailed: bool) -> None:
         info = db.info

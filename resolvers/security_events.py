@@ -162,7 +162,8 @@ async def resolve_event(ctx: RequestContext, event_id: str, note: str | None = N
 
 
 def _actor(ctx: RequestContext) -> str | None:
-    return ctx.operator if ctx.is_operator else ctx.principal.subject_id
+    """The user (or API key) who caused it; the operator's name, shortened to the column, for a command."""
+    return (ctx.operator or "")[:36] if ctx.is_operator else ctx.principal.subject_id
 
 
 async def role_granted(ctx: RequestContext, organization_id: str, user_id: str, role: str, *, how: str) -> None:
