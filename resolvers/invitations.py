@@ -452,7 +452,9 @@ async def accept_invitation(ctx: RequestContext, token: str, password: str) -> A
     user.last_login_at = now
     db.add(user)
     await db.flush()
-    await security_events.role_granted(ctx, org_id, user.id, invitation.role, how="invitation")
+    await security_events.role_granted(
+        ctx, org_id, user.id, invitation.role, how="invitation", granted_by=invitation.invited_by
+    )
     org = await db.get(Organization, org_id)
     if org is None:
         raise Unauthenticated(INVALID_INVITATION)

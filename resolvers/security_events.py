@@ -166,8 +166,11 @@ def _actor(ctx: RequestContext) -> str | None:
     return (ctx.operator or "")[:36] if ctx.is_operator else ctx.principal.subject_id
 
 
-async def role_granted(ctx: RequestContext, organization_id: str, user_id: str, role: str, *, how: str) -> None:
-    """A member now holds the owner or admin role (`how`: `role_change` or `invitation`)."""
+async def role_granted(
+    ctx: RequestContext, organization_id: str, user_id: str, role: str, *, how: str, granted_by: str | None = None
+) -> None:
+    """A member now holds the owner or admin role (`how`: `role_change` or `invitation`); `granted_by`: who
+    granted it, when not the caller (the inviter of an accepted invitation)."""
     severity = PRIVILEGED_ROLES.get(role)
     if severity is None:
         return
@@ -177,7 +180,7 @@ async def role_granted(ctx: RequestContext, organization_id: str, user_id: str, 
         kind=SecurityEventKind.PRIVILEGED_ROLE_GRANTED,
         severity=severity,
         summary=f"The {role} role was granted to a member {HOW.get(how, how)}",
-        actor_id=_actor(ctx),
+        actor_id=granted_by or _actor(ctx),
         subject_id=user_id,
         client_ip=ctx.principal.client_ip,
         request_id=ctx.principal.request_id,

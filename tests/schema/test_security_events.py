@@ -91,6 +91,7 @@ async def test_causes_write_events_with_actor_and_subject(
     assert found[0]["actorId"] == tenant.user_id
     assert found[0]["details"] == {"role": "owner", "how": "role_change"}
     assert found[1]["details"] == {"role": "admin", "how": "invitation"}
+    assert found[1]["actorId"] == tenant.user_id  # who invited
     assert found[2]["actorId"] == tenant.user_id
     assert found[2]["clientIp"] == "203.0.113.7"
     assert all(e["status"] == "OPEN" for e in found)
