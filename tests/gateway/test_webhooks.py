@@ -13,8 +13,10 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import ValidationError
 
 from gateway.app import create_app
+from gateway.webhooks import RetryPolicy
 from identity.outbound import OutboundPolicy
 from identity.security_events import SecurityEventKind
 from identity.webhooks import body_of, signed_headers
@@ -253,3 +255,27 @@ def test_the_signed_body_is_stable() -> None:
     payload = {"type": "t", "timestamp": "x", "data": {"b": 1, "a": [1, 2]}}
     assert body_of(payload) == b'{"data":{"a":[1,2],"b":1},"timestamp":"x","type":"t"}'
     assert body_of(dict(reversed(payload.items()))) == body_of(payload)
+
+
+def test_the_default_schedule_is_the_documented_one(database_url: str, signing_key: str) -> None:
+    retry = RetryPolicy.of(make_settings(database_url, signing_key))
+    assert retry.max_attempts == 8
+    assert [retry.delay(n) for n in range(1, 8)] == [5, 30, 120, 600, 3600, 21_600, 43_200]
+    assert retry.lease_seconds == 21
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("webhook_retry_schedule_seconds", "0"),
+        ("webhook_retry_schedule_seconds", "5,-1"),
+        ("webhook_retry_schedule_seconds", "5,soon"),
+        ("webhook_retry_schedule_seconds", ""),
+        ("security_alert_email_severities", "high,urgent"),
+        ("webhook_timeout_seconds", "0"),
+        ("webhook_disable_after_failures", "0"),
+    ],
+)
+def test_unusable_settings_are_refused(database_url: str, signing_key: str, name: str, value: str) -> None:
+    with pytest.raises(ValidationError):
+        make_settings(database_url, signing_key, **{name: value})

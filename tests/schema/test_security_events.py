@@ -3,6 +3,7 @@ resolving them with a note, who may do what, another tenant's ids, and the email
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from datetime import UTC, datetime, timedelta
@@ -283,3 +284,22 @@ async def test_alert_mail_can_be_turned_off(quiet: httpx.AsyncClient, tenant: Te
     assert "errors" not in (await gql(quiet, ROLE, {"m": viewer.membership_id, "r": "owner"}, token=owner)).json()
     assert len(nodes(await events(quiet, owner, {"severity": "HIGH"}))) == 1
     assert await mails_to(database_url, tenant.email, "security_alert") == []
+
+
+async def test_of_two_resolving_at_once_one_wins(client: httpx.AsyncClient, tenant: Tenant, database_url: str) -> None:
+    owner = (await login(client, tenant))["accessToken"]
+    admin = await join(client, database_url, owner, "admin@acme.test", "admin", PASSWORD)
+    event_id = await record(database_url, tenant.org_id, SecurityEventKind.ACCOUNT_LOCKED, Severity.LOW, "x")
+    bodies = await asyncio.gather(
+        *(
+            gql(client, RESOLVE, {"id": event_id, "n": who}, token=token)
+            for who, token in (("owner", owner), ("admin", admin.access_token)) * 3
+        )
+    )
+    answers = [b.json() for b in bodies]
+    won = [a["data"]["resolveSecurityEvent"] for a in answers if a.get("data")]
+    assert len(won) == 1
+    assert sorted(error_codes(a) for a in answers if not a.get("data")) == [["CONFLICT"]] * 5
+    [row] = sql(database_url, "SELECT resolved_by, note FROM security_events WHERE id = :i", i=event_id)
+    assert row[1] == won[0]["note"]
+    assert row[0] == won[0]["resolvedBy"]
