@@ -16,10 +16,13 @@ import pytest
 from pydantic import ValidationError
 
 from gateway.app import create_app
-from gateway.webhooks import RetryPolicy
+from gateway.settings import DEV_DATA_KEY
+from gateway.webhooks import RetryPolicy, WebhookSender
 from identity.outbound import OutboundPolicy
+from identity.secrets import SecretBox
 from identity.security_events import SecurityEventKind
-from identity.webhooks import body_of, signed_headers
+from identity.webhooks import WebhookPolicy, body_of, new_secret, signed_headers
+from store.db import Database
 from tests.conftest import Tenant, login, make_settings, running, sql
 from tests.http_upstreams import serving
 from tests.services import free_port
@@ -279,3 +282,48 @@ def test_the_default_schedule_is_the_documented_one(database_url: str, signing_k
 def test_unusable_settings_are_refused(database_url: str, signing_key: str, name: str, value: str) -> None:
     with pytest.raises(ValidationError):
         make_settings(database_url, signing_key, **{name: value})
+
+
+async def test_c143_a_delivery_held_by_a_process_that_died_is_sent_once_its_lease_lapses(
+    database_url: str, signing_key: str, tenant: Tenant, receiver: tuple[Receiver, str]
+) -> None:
+    """A process claims a delivery and dies before sending it: the claim keeps every other process off it
+    until its lease lapses; then one sends it, with the same `webhook-id`."""
+    r, url = receiver
+    r.secret = new_secret()
+    box = SecretBox(DEV_DATA_KEY, purpose="webhook")
+    sql(
+        database_url,
+        "INSERT INTO webhooks (id, organization_id, url, event_kinds, secret_encrypted, created_at) "
+        "VALUES (:i, :o, :u, :k, :s, :t)",
+        i="0f0e0d0c-0000-4000-8000-000000000001",
+        o=tenant.org_id,
+        u=url,
+        k='["account_locked"]',
+        s=box.encrypt(r.secret),
+        t=datetime.now(UTC),
+    )
+    await record_events(database_url, tenant.org_id, 1, SecurityEventKind.ACCOUNT_LOCKED)
+    [(delivery_id,)] = sql(database_url, "SELECT id FROM webhook_deliveries")
+    db = Database(database_url)
+    try:
+        dead = WebhookSender(
+            db,
+            WebhookPolicy(OutboundPolicy.of(enabled=False, require_https=False), box),
+            RetryPolicy(timeout_seconds=1.0),
+        )
+        claimed = await dead._claim(delivery_id)
+    finally:
+        await db.dispose()
+    assert claimed is not None
+    async with gateway(database_url, signing_key):
+        await asyncio.sleep(1.5)
+        assert r.accepted == []  # the lease (3 s) still holds
+        [arrival] = await eventually(lambda: r.accepted, within=10)
+        sent_at = datetime.now(UTC)
+        await eventually(lambda: deliveries(database_url)[0][2] == "delivered", within=5)
+    assert arrival.message_id == delivery_id
+    assert sent_at >= claimed.lease_until
+    [row] = deliveries(database_url)
+    assert row[3] == 2  # the dead process's attempt, and the one that arrived
+    assert r.replays == []
