@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import and_, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from authz import BuiltinRole
+from authz import BuiltinRole, PrincipalKind
 from authz.errors import BadUserInput, Conflict, NotFound
 from identity.security_events import SecurityEventKind, Severity, record_security_event
 from resolvers.common import Page, PageEdge, tenant_of
@@ -26,7 +27,7 @@ from resolvers.deps import RequestContext
 from resolvers.times import given_time
 from store.audit import AuditAction
 from store.cursors import CursorError, decode_position, encode_position
-from store.models import Membership
+from store.models import ApiKey, Membership
 from store.scoping import tenant_filter, tenant_select
 from store.security import SecurityEvent
 
@@ -106,6 +107,21 @@ def _note(note: str | None) -> str | None:
     return note or None
 
 
+async def acting_user(ctx: RequestContext, db: AsyncSession, organization_id: str) -> str | None:
+    """The user recorded as having done something (a column that names a user): the signed-in user, the
+    holder of the API key used, or none for the operator's command line."""
+    principal = ctx.principal
+    if ctx.is_operator:
+        return None
+    if principal.kind is PrincipalKind.API_KEY:
+        stmt = select(col(ApiKey.held_by)).where(
+            col(ApiKey.organization_id) == organization_id, col(ApiKey.id) == principal.subject_id
+        )
+        held_by: str | None = (await db.execute(stmt)).scalar_one_or_none()
+        return held_by
+    return principal.subject_id
+
+
 async def _step(ctx: RequestContext, event_id: str, note: str | None, *, resolve: bool) -> SecurityEvent:
     org_id = tenant_of(ctx.principal)
     text = _note(note)
@@ -118,7 +134,7 @@ async def _step(ctx: RequestContext, event_id: str, note: str | None, *, resolve
     if event is None:
         raise NotFound(EVENT_NOT_FOUND)
     now = ctx.services.now()
-    who = ctx.principal.subject_id if not ctx.is_operator else None
+    who = await acting_user(ctx, db, org_id)
     if resolve:
         values: dict[str, object] = {"status": RESOLVED, "resolved_at": now, "resolved_by": who}
         allowed: tuple[str, ...] = (OPEN, ACKNOWLEDGED)

@@ -21,6 +21,7 @@ from identity.security_events import SecurityEventKind
 from identity.webhooks import WebhookPolicy, new_secret
 from resolvers.common import tenant_of
 from resolvers.deps import RequestContext
+from resolvers.security_events import acting_user
 from store.audit import AuditAction
 from store.scoping import tenant_filter, tenant_select
 from store.security import Webhook, WebhookDelivery
@@ -91,7 +92,7 @@ async def create_webhook(ctx: RequestContext, new: NewWebhook) -> CreatedWebhook
         description=description,
         event_kinds=events,
         secret_encrypted=policy.box.encrypt(secret),
-        created_by=ctx.principal.subject_id if not ctx.is_operator else None,
+        created_by=await acting_user(ctx, db, org_id),
         created_at=ctx.services.now(),
     )
     db.add(row)

@@ -19,6 +19,7 @@ from tests.conftest import Tenant, error_codes, gql, login, make_settings, make_
 from tests.invitations import join
 from tests.mail import mails_to
 from tests.schema.test_mfa import DISABLE, Clock, code, enroll
+from tests.webhook_helpers import CREATE_WEBHOOK
 
 EVENTS = """
 query($f: SecurityEventFilter, $first: Int, $after: String) {
@@ -303,3 +304,19 @@ async def test_of_two_resolving_at_once_one_wins(client: httpx.AsyncClient, tena
     [row] = sql(database_url, "SELECT resolved_by, note FROM security_events WHERE id = :i", i=event_id)
     assert row[1] == won[0]["note"]
     assert row[0] == won[0]["resolvedBy"]
+
+
+async def test_an_api_key_acts_for_its_holder(client: httpx.AsyncClient, tenant: Tenant, database_url: str) -> None:
+    owner = (await login(client, tenant))["accessToken"]
+    scopes = ["security:read", "security:manage"]
+    body = (await gql(client, CREATE_KEY, {"i": {"name": "soc", "scopes": scopes}}, token=owner)).json()
+    secret = body["data"]["createApiKey"]["secret"]
+    key = {"X-API-Key": secret}
+    event_id = await record(database_url, tenant.org_id, SecurityEventKind.ACCOUNT_LOCKED, Severity.LOW, "x")
+    acked = (await gql(client, ACK, {"id": event_id, "n": "from the SOC"}, headers=key)).json()
+    assert acked["data"]["acknowledgeSecurityEvent"]["acknowledgedBy"] == tenant.user_id, acked
+    hook = {"i": {"url": "https://hooks.example.com/soc", "events": ["ACCOUNT_LOCKED"]}}
+    created = (await gql(client, CREATE_WEBHOOK, hook, headers=key)).json()
+    assert created["data"]["createWebhook"]["secret"].startswith("whsec_"), created
+    [row] = sql(database_url, "SELECT created_by FROM webhooks")
+    assert row[0] == tenant.user_id
