@@ -49,6 +49,7 @@ from gateway.sso import sso_routes
 from gateway.tracing import RequestContextMiddleware, Tracing, otlp_traces_endpoint
 from gateway.upstreams import load_upstreams
 from gateway.usage import UsageFlusher
+from gateway.webhooks import RetryPolicy, WebhookSender
 from gateway.windows import LocalWindows, RedisWindows, WindowStore
 from identity.address_blocks import AddressBlocks
 from identity.api_keys import ApiKeyCache, ApiKeyVerifier, LastUsedRecorder
@@ -61,11 +62,14 @@ from identity.outbound import OutboundPolicy
 from identity.passwords import HashParameters, PasswordHasherService
 from identity.revocation import LocalRevocationBus, RedisRevocationBus, RevocationBus
 from identity.secrets import SecretBox
+from identity.security_events import install_event_sink
 from identity.security_policies import PolicyCache
 from identity.sessions import SessionCache, SessionPolicy
 from identity.tokens import AccessTokens, KeyRing
 from identity.totp import TotpService
+from identity.webhooks import WebhookPolicy
 from resolvers.deps import Services
+from resolvers.security_alerts import SecurityAlerts, severities_of
 from schema import ExtensionFactory, PortcullisSchema, build_schema
 from schema.upstreams import Composition, Forwarder
 from schema.upstreams.direct import DirectForward
@@ -102,11 +106,10 @@ def build_services(settings: Settings) -> Services:
 
         # a request waits for a free connection rather than failing when more are in flight than the
         # pool holds: admission would otherwise answer 503 under a burst
-        redis = Redis.from_pool(
-            BlockingConnectionPool.from_url(
-                settings.redis_url, max_connections=settings.redis_max_connections, timeout=5
-            )
+        pool = BlockingConnectionPool.from_url(
+            settings.redis_url, max_connections=settings.redis_max_connections, timeout=5
         )
+        redis = Redis.from_pool(pool)
         bus = RedisRevocationBus(redis)
     else:
         bus = LocalRevocationBus()
@@ -167,6 +170,18 @@ def build_services(settings: Settings) -> Services:
         secure=settings.session_cookie_secure,
     )
     data_keys = [k.get_secret_value() for k in settings.previous_data_encryption_keys]
+
+    def box(purpose: str = "data") -> SecretBox:
+        return SecretBox(settings.data_encryption_key.get_secret_value(), data_keys, purpose=purpose)
+
+    outbound = OutboundPolicy.of(
+        enabled=settings.outbound_guard_enabled,
+        require_https=settings.is_prod,
+        allowed_hosts=settings.outbound_allowed_hosts,
+    )
+    webhooks = WebhookPolicy(outbound, box("webhook"))
+    mailer = build_mailer(settings)
+    install_event_sink(db, SecurityAlerts(mailer, severities_of(settings.security_alert_email_severities), webhooks))
     return Services(
         db=db,
         hasher=hasher,
@@ -194,37 +209,24 @@ def build_services(settings: Settings) -> Services:
         budgets=admission,
         usage=UsageFlusher(db, admission.usage, interval_seconds=settings.usage_flush_seconds),
         last_used=LastUsedRecorder(db, interval_seconds=settings.api_key_last_used_interval_seconds),
-        secrets=SecretBox(
-            settings.data_encryption_key.get_secret_value(),
-            [k.get_secret_value() for k in settings.previous_data_encryption_keys],
-        ),
-        totp=TotpService(
-            SecretBox(
-                settings.data_encryption_key.get_secret_value(),
-                [k.get_secret_value() for k in settings.previous_data_encryption_keys],
-                purpose="totp",
-            ),
-            settings.api_key_pepper.get_secret_value().encode(),
-        ),
+        secrets=box(),
+        totp=TotpService(box("totp"), settings.api_key_pepper.get_secret_value().encode()),
         api_key_env=settings.env.value,
         api_key_pepper=settings.api_key_pepper.get_secret_value().encode(),
         oidc=OidcRelyingParty(
             TransactionStore(redis),
             allow_loopback_http=not settings.is_prod,
-            outbound=OutboundPolicy.of(
-                enabled=settings.outbound_guard_enabled,
-                require_https=settings.is_prod,
-                allowed_hosts=settings.outbound_allowed_hosts,
-            ),
+            outbound=outbound,
             http_timeout_seconds=settings.oidc_http_timeout_seconds,
             jwks_refetch_interval_seconds=settings.oidc_jwks_refetch_interval_seconds,
             state_ttl_seconds=settings.sso_state_ttl_seconds,
         ),
-        oidc_secrets=SecretBox(settings.data_encryption_key.get_secret_value(), data_keys, purpose="oidc"),
+        oidc_secrets=box("oidc"),
         browser=browser,
         public_url=settings.public_url,
-        mail=build_mailer(settings),
+        mail=mailer,
         address_blocks=blocks,
+        webhooks=webhooks,
     )
 
 
@@ -369,6 +371,11 @@ def assemble(parts: GatewayParts, *, saml_login: SamlLogin | None = None) -> Sta
         if smtp is not None and services.mail is not None
         else None
     )
+    webhook_delivery = (
+        WebhookSender(services.db, services.webhooks, RetryPolicy.of(settings))
+        if services.webhooks is not None
+        else None
+    )
     route_limits = RouteLimits.build(
         services.redis, audit=rate_limit_audit, fail_open=settings.limits_on_redis_error is OnRedisError.OPEN
     )
@@ -417,6 +424,8 @@ def assemble(parts: GatewayParts, *, saml_login: SamlLogin | None = None) -> Sta
         if services.usage is not None:
             services.usage.start()
         rate_limit_audit.start()
+        if webhook_delivery is not None:
+            webhook_delivery.start()
         if mail_delivery is not None:
             mail_delivery.start()
         else:
@@ -436,6 +445,8 @@ def assemble(parts: GatewayParts, *, saml_login: SamlLogin | None = None) -> Sta
         try:
             yield {"services": services}
         finally:
+            if webhook_delivery is not None:
+                await webhook_delivery.stop()
             if mail_delivery is not None:
                 await mail_delivery.stop()
             if services.usage is not None:
@@ -485,4 +496,5 @@ def assemble(parts: GatewayParts, *, saml_login: SamlLogin | None = None) -> Sta
     app.state.schema = schema
     app.state.saml_routes = saml_routes
     app.state.mail_delivery = mail_delivery
+    app.state.webhook_delivery = webhook_delivery
     return app

@@ -252,6 +252,18 @@ class Settings(BaseSettings):
     mail_retry_seconds: float = Field(default=30.0, ge=0.01, le=86_400)
     mail_retry_max_seconds: float = Field(default=3600.0, ge=0.01, le=7 * 86_400)
 
+    # Security events (docs/security-events.md): who is emailed for which severities (empty: nobody), and
+    # how webhook deliveries are attempted (the delays between attempts: one more attempt than delays)
+    security_alert_email_severities: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["high", "critical"]
+    )
+    webhook_poll_seconds: float = Field(default=2.0, ge=0.01, le=3600)
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+    webhook_retry_schedule_seconds: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: [5.0, 30.0, 120.0, 600.0, 3600.0, 21_600.0, 43_200.0]
+    )
+    webhook_disable_after_failures: int = Field(default=5, ge=1, le=1000)
+
     demo_seed: bool = True
     log_level: str = "INFO"
 
@@ -264,11 +276,28 @@ class Settings(BaseSettings):
         "outbound_allowed_hosts",
         "block_allowlist",
         "block_durations_seconds",
+        "security_alert_email_severities",
+        "webhook_retry_schedule_seconds",
         mode="before",
     )
     @classmethod
     def _comma_list(cls, value: object) -> object:
         return _split(value)
+
+    @field_validator("security_alert_email_severities")
+    @classmethod
+    def _severities(cls, value: list[str]) -> list[str]:
+        value = [v.strip().lower() for v in value]
+        if set(value) - {"low", "medium", "high", "critical"}:
+            raise ValueError("severities are low, medium, high or critical, comma-separated")
+        return value
+
+    @field_validator("webhook_retry_schedule_seconds")
+    @classmethod
+    def _schedule(cls, value: list[float]) -> list[float]:
+        if not 1 <= len(value) <= 50 or any(not 0 < v <= 7 * 86_400 for v in value):
+            raise ValueError("1 to 50 delays in seconds, each above 0 and at most a week, comma-separated")
+        return value
 
     @field_validator("trusted_proxies", "trace_trusted_callers", "block_allowlist")
     @classmethod

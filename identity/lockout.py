@@ -33,8 +33,9 @@ from sqlalchemy import and_, case, delete, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from identity.security_events import SecurityEventKind, Severity, record_security_event
 from store.db import Database
-from store.models import LoginCounter
+from store.models import LoginCounter, Organization
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,7 +182,7 @@ class LoginThrottle:
                         or_(col.locked_until.is_(None), col.locked_until <= now),
                     )
                     .values(lock_count=col.lock_count + 1)
-                    .returning(col.lock_count)
+                    .returning(col.lock_count, col.organization_id)
                 )
             ).first()
             if row is None:
@@ -192,6 +193,19 @@ class LoginThrottle:
                 .where(col.key == attempt.pair_key)
                 .values(locked_until=now + timedelta(seconds=seconds))
             )
+            org_id = row[1]
+            if org_id is not None and await session.get(Organization, org_id) is not None:
+                # the lock and its event commit together: the organization the sign-in aimed at sees it
+                await record_security_event(
+                    session,
+                    organization_id=org_id,
+                    kind=SecurityEventKind.ACCOUNT_LOCKED,
+                    severity=Severity.MEDIUM,
+                    summary=f"Sign-ins to {attempt.account_key} from {attempt.client_ip or 'an unknown address'} "
+                    f"locked for {seconds} s after repeated failures",
+                    client_ip=attempt.client_ip,
+                    details={"account": attempt.account_key, "lockedSeconds": seconds, "lockCount": row[0]},
+                )
         return True
 
     async def unlock(self, email: str, organization_id: str) -> int:

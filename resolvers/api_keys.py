@@ -35,6 +35,7 @@ from authz.errors import BadUserInput, Conflict, Forbidden, NotFound
 from authz.plans import QuotaResource
 from identity.api_keys import apikey_key, env_label, hash_secret, new_prefix, new_secret, parse
 from identity.security_policies import load_policy
+from resolvers import security_events
 from resolvers.common import announce_after_commit, tenant_of
 from resolvers.deps import RequestContext
 from resolvers.quotas import check_quota
@@ -166,6 +167,8 @@ async def create_api_key(ctx: RequestContext, new: NewApiKey) -> IssuedKey:
     )
     db.add(issued.key)
     await db.flush()
+    if expires is None:
+        await security_events.api_key_without_expiry(ctx, org_id, issued.key.id, name)
     ctx.audit(
         AuditAction.APIKEY_CREATED,
         resource_type="api_key",

@@ -28,6 +28,7 @@ from identity.secrets import SecretBox
 from identity.sessions import SessionCache, SessionPolicy
 from identity.tokens import AccessTokens
 from identity.totp import TotpService
+from identity.webhooks import WebhookPolicy
 from resolvers.budgets import RateBudgets
 from resolvers.mail import Mailer
 from store.audit import PLATFORM_CHAIN, ActorType, AuditEvent, AuditResult, AuditTrail
@@ -65,6 +66,8 @@ class Services:
     public_url: str = ""
     # outgoing mail (resolvers/mail.py): queue with `send_mail(ctx, ...)`
     mail: Mailer | None = None
+    # security events' webhooks (resolvers/webhooks.py, gateway/webhooks.py)
+    webhooks: WebhookPolicy | None = None
     clock: Callable[[], float] = field(default=time.time)
     # the team's upstreams (schema.upstreams.Forwarder); None when none is configured
     upstreams: Any = None

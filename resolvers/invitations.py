@@ -38,6 +38,7 @@ from identity.lockout import email_key
 from identity.passwords import MAX_BYTES, PasswordPolicyError, check_policy
 from identity.sessions import create_session
 from identity.tokens import hash_opaque_token
+from resolvers import security_events
 from resolvers.accounts import refuse_api_keys
 from resolvers.auth import AuthResult
 from resolvers.common import Page, PageEdge, tenant_of
@@ -451,6 +452,9 @@ async def accept_invitation(ctx: RequestContext, token: str, password: str) -> A
     user.last_login_at = now
     db.add(user)
     await db.flush()
+    await security_events.role_granted(
+        ctx, org_id, user.id, invitation.role, how="invitation", granted_by=invitation.invited_by
+    )
     org = await db.get(Organization, org_id)
     if org is None:
         raise Unauthenticated(INVALID_INVITATION)

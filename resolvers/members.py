@@ -22,6 +22,7 @@ from sqlmodel import col
 from authz import BuiltinRole
 from authz.errors import BadUserInput, Conflict, Forbidden, NotFound
 from identity.sessions import active_session_ids, load_custom_roles, revoke_sessions, user_key
+from resolvers import security_events
 from resolvers.api_keys import end_held_keys
 from resolvers.common import Page, PageEdge, announce_after_commit, tenant_of
 from resolvers.deps import RequestContext
@@ -165,6 +166,7 @@ async def update_member_role(ctx: RequestContext, membership_id: str, role: str)
     membership.role = role
     db.add(membership)
     await db.flush()
+    await security_events.role_granted(ctx, org_id, membership.user_id, role, how="role_change")
     announce_after_commit(ctx, [user_key(membership.user_id)])
     return member
 

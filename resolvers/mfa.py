@@ -44,6 +44,7 @@ from identity.totp import (
     unused_recovery_codes,
     verify_code,
 )
+from resolvers import security_events
 from resolvers.accounts import account_holder
 from resolvers.common import announce_after_commit
 from resolvers.deps import RequestContext, Services
@@ -288,6 +289,7 @@ async def disable_totp(ctx: RequestContext, code: str) -> bool:
         .execution_options(synchronize_session=False)
     )
     await drop_recovery_codes(db, user.id)
+    await security_events.mfa_disabled(ctx, user.id)
     await _end_other_sessions(ctx, user, "mfa_disabled")
     await send_mail(ctx, to=user.email, template="mfa_changed", variables={"change": "disabled", "at": services.now()})
     await _audit("authn_mfa_disable", ctx=ctx, user_id=user.id, kind=parsed.kind.value)

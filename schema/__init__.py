@@ -36,6 +36,7 @@ from schema.rate_limits import RateLimitQuery
 from schema.reports import ReportMutation, ReportQuery
 from schema.roles import RoleMutation, RoleQuery
 from schema.saml import SamlMutation
+from schema.security_events import SecurityEventMutation, SecurityEventQuery
 from schema.security_policy import SecurityPolicyMutation
 from schema.sso import SsoMutation
 from schema.users import UserQuery
@@ -45,7 +46,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("portcullis.graphql")
 
-Query = merge_types("Query", (UserQuery, OrganizationQuery, RoleQuery, RateLimitQuery, AuditQuery, ReportQuery))
+Query = merge_types(
+    "Query",
+    (UserQuery, OrganizationQuery, RoleQuery, RateLimitQuery, AuditQuery, ReportQuery, SecurityEventQuery),
+)
 Mutation = merge_types(
     "Mutation",
     (
@@ -63,6 +67,7 @@ Mutation = merge_types(
         DomainMutation,
         AddressBlockMutation,
         SecurityPolicyMutation,
+        SecurityEventMutation,
     ),
 )
 

@@ -75,6 +75,10 @@ FIELD_ACTIONS: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
     "enrollTotp": (A.AUTHN_MFA_ENROLL_STARTED, "user", ()),
     "confirmTotp": (A.AUTHN_MFA_ENROLL, "user", (A.AUTHN_MFA_FAIL,)),
     "disableTotp": (A.AUTHN_MFA_DISABLE, "user", (A.AUTHN_MFA_FAIL,)),
+    "acknowledgeSecurityEvent": (A.SECURITY_EVENT_ACKNOWLEDGED, "security_event", ()),
+    "resolveSecurityEvent": (A.SECURITY_EVENT_RESOLVED, "security_event", ()),
+    "createWebhook": (A.WEBHOOK_CREATED, "webhook", ()),
+    "deleteWebhook": (A.WEBHOOK_DELETED, "webhook", ()),
 }
 
 # mutations that anonymous callers may call: their failures are recorded

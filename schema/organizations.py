@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from schema.members import MembershipConnection
     from schema.quotas import Quota
     from schema.reports import ReportConnection
+    from schema.security_events import Webhook
     from schema.security_policy import SecurityPolicy
     from schema.sso import SsoConnection
 
@@ -183,6 +184,16 @@ class Organization:
         from schema.security_policy import organization_policy
 
         return await organization_policy(info, self.row.id)
+
+    @strawberry.field(
+        description="The organization's webhooks for security events, oldest first; never their secrets.",
+        **list_size(requires_scopes(Permission.SECURITY_READ), assumed_size=5),
+    )
+    async def webhooks(self, info: Info) -> list[Annotated[Webhook, strawberry.lazy("schema.security_events")]]:
+        from resolvers.webhooks import list_webhooks
+        from schema.security_events import Webhook
+
+        return [Webhook.from_row(r) for r in await list_webhooks(info.context, self.row.id)]
 
 
 @strawberry.input

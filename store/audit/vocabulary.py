@@ -90,6 +90,12 @@ class AuditAction(StrEnum):
     UPSTREAM_MUTATION = "upstream_mutation"
     # a request forwarded by an audited HTTP route (its upstream, route, method, status, outcome and latency)
     UPSTREAM_REQUEST = "upstream_request"
+    # security events and their webhooks (docs/security-events.md)
+    SECURITY_EVENT_ACKNOWLEDGED = "security_event_acknowledged"
+    SECURITY_EVENT_RESOLVED = "security_event_resolved"
+    WEBHOOK_CREATED = "webhook_created"
+    WEBHOOK_DELETED = "webhook_deleted"
+    WEBHOOK_DISABLED = "webhook_disabled"
     # limits
     EXCESS_RATE_LIMIT_EXCEEDED = "excess_rate_limit_exceeded"
     # address blocks: a tenant's (its chain), the operator's and the automatic ones (the platform's)

@@ -467,9 +467,11 @@ class World:
 
 
 @pytest.fixture
-async def world(client: httpx.AsyncClient, database_url: str) -> World:
+async def world(app: Any, client: httpx.AsyncClient, database_url: str) -> World:
     a = await build_side(client, database_url, "alpha")
     b = await build_side(client, database_url, "bravo")
+    # B's requests so far are counted now: a background flush during a sweep would change B's usage rows
+    await app.state.services.usage.flush()
     b_rows = grouped_rows(database_url, {"A": a.tenant.org_id, "B": b.tenant.org_id})["B"]
     b_ids = {t: [r["id"] for r in rows] for t, rows in b_rows.items() if rows and "id" in rows[0]}
     secrets = [i for ids in b_ids.values() for i in ids]
