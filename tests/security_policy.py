@@ -6,8 +6,18 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.conftest import gql
+
+
+def mode_settings(database_url: str, request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Each policy test runs in both modes: embedded on SQLite (in-process state), shared on PostgreSQL with
+    Redis beside it (the policy cache, sessions and limits as several processes would hold them)."""
+    if database_url.startswith("postgresql"):
+        return {"redis_url": request.getfixturevalue("redis_url")}
+    return {}
+
 
 POLICY_FIELDS = """
 passwordMinLength passwordHistory passwordMaxAgeDays breachedPasswordCheck sessionIdleTimeoutMinutes

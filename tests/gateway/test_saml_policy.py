@@ -15,7 +15,7 @@ from gateway.app import create_app
 from tests.conftest import CLIENT_IP, Tenant, claim_domain, gql, login, make_settings, make_tenant, sql
 from tests.gateway.test_saml import CONFIGURE, PUBLIC_URL
 from tests.saml_idp import TestIdp, b64
-from tests.security_policy import ME, set_policy
+from tests.security_policy import ME, mode_settings, set_policy
 
 OUTSIDE = "198.51.100.9"
 
@@ -46,10 +46,15 @@ def idp() -> Iterator[TestIdp]:
 
 
 @pytest.fixture
-async def saml(database_url: str, signing_key: str, idp: TestIdp) -> AsyncIterator[Saml]:
+async def saml(
+    database_url: str, signing_key: str, idp: TestIdp, request: pytest.FixtureRequest
+) -> AsyncIterator[Saml]:
     tenant = await make_tenant(database_url)
     claim_domain(database_url, tenant.org_id, "acme.test")
-    app = create_app(make_settings(database_url, signing_key, public_url=PUBLIC_URL))
+    # embedded mode on SQLite, shared mode (with Redis) on PostgreSQL
+    app = create_app(
+        make_settings(database_url, signing_key, public_url=PUBLIC_URL, **mode_settings(database_url, request))
+    )
     async with app.router.lifespan_context(app):
         s = Saml(app, httpx.AsyncClient(), idp, tenant, "")
         async with s.browser() as client:

@@ -1,7 +1,8 @@
 """The organization's security policy enforced for password sign-ins (Bearer tokens) and API keys: the address
 allowlist, allowed sign-in methods with break-glass owners, idle timeout, absolute lifetime, concurrent
-sessions (both actions) and refresh. Cookie sessions from real identity providers: tests/gateway/oidc/
-test_security_policy.py and tests/gateway/test_saml_policy.py."""
+sessions (both actions) and refresh, in embedded mode (SQLite) and shared mode (PostgreSQL and Redis). Cookie
+sessions from real identity providers: tests/gateway/oidc/test_security_policy.py and
+tests/gateway/test_saml_policy.py."""
 
 from __future__ import annotations
 
@@ -13,14 +14,21 @@ from datetime import datetime
 from typing import Any
 
 import httpx
+import pytest
 
-from tests.conftest import LOGIN, Tenant, error_codes, gql, login, sql
+from gateway.settings import Settings
+from tests.conftest import LOGIN, Tenant, error_codes, gql, login, make_settings, sql
 from tests.invitations import join
-from tests.security_policy import ME, create_key, key_headers, set_policy
+from tests.security_policy import ME, create_key, key_headers, mode_settings, set_policy
 
 OUTSIDE = "198.51.100.9"
 INSIDE = ["203.0.113.0/24"]
 REFRESH = "mutation($t: String) { refreshToken(refreshToken: $t) { accessToken refreshToken } }"
+
+
+@pytest.fixture
+def settings(database_url: str, signing_key: str, request: pytest.FixtureRequest) -> Settings:
+    return make_settings(database_url, signing_key, **mode_settings(database_url, request))
 
 
 @asynccontextmanager

@@ -6,17 +6,34 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.conftest import LOGIN, error_codes, gql, sql
-from tests.gateway.oidc.conftest import GATEWAY, Gateway, api_call, configure_node, session_cookie, to_callback
-from tests.security_policy import ME, UPDATE_POLICY
+from tests.gateway.oidc.conftest import (
+    GATEWAY,
+    Gateway,
+    api_call,
+    configure_node,
+    running_gateway,
+    session_cookie,
+    to_callback,
+)
+from tests.security_policy import ME, UPDATE_POLICY, mode_settings
 
 OUTSIDE = "198.51.100.9"
 INSIDE = ["203.0.113.0/24"]
+
+
+@pytest.fixture
+async def gw(database_url: str, signing_key: str, request: pytest.FixtureRequest) -> AsyncIterator[Gateway]:
+    """Embedded mode on SQLite, shared mode (with Redis) on PostgreSQL."""
+    async with running_gateway(database_url, signing_key, **mode_settings(database_url, request)) as g:
+        yield g
 
 
 def browser_at(gw: Gateway, ip: str) -> httpx.AsyncClient:
