@@ -134,5 +134,6 @@ async def build_security(db: AsyncSession, org: Organization, period: Period, ou
                 {"label": c.replace("_", " "), "value": totals[c], "tone": "attention" if totals[c] else "normal"}
                 for c in SECURITY_CATEGORIES
             ],
+            axis="Category",
         ),
     }
