@@ -39,6 +39,7 @@ from gateway.middleware import (
     SecurityHeadersMiddleware,
 )
 from gateway.rate_limit_audit import RateLimitAudit
+from gateway.report_scheduler import ReportScheduler
 from gateway.reports import ReportDownloads
 from gateway.route_admission import AdmissionMiddleware
 from gateway.route_limits import RouteLimits
@@ -348,6 +349,11 @@ def assemble(parts: GatewayParts, *, saml_login: SamlLogin | None = None) -> Sta
         if smtp is not None and services.mail is not None
         else None
     )
+    report_scheduler = ReportScheduler(
+        services,
+        poll_seconds=settings.report_schedule_poll_seconds,
+        lease_seconds=settings.report_schedule_lease_seconds,
+    )
     route_limits = RouteLimits.build(
         services.redis, audit=rate_limit_audit, fail_open=settings.limits_on_redis_error is OnRedisError.OPEN
     )
@@ -394,6 +400,7 @@ def assemble(parts: GatewayParts, *, saml_login: SamlLogin | None = None) -> Sta
         if services.usage is not None:
             services.usage.start()
         rate_limit_audit.start()
+        report_scheduler.start()
         if mail_delivery is not None:
             mail_delivery.start()
         else:
@@ -413,6 +420,7 @@ def assemble(parts: GatewayParts, *, saml_login: SamlLogin | None = None) -> Sta
         try:
             yield {"services": services}
         finally:
+            await report_scheduler.stop()
             if mail_delivery is not None:
                 await mail_delivery.stop()
             if services.usage is not None:
@@ -460,4 +468,5 @@ def assemble(parts: GatewayParts, *, saml_login: SamlLogin | None = None) -> Sta
     app.state.schema = schema
     app.state.saml_routes = saml_routes
     app.state.mail_delivery = mail_delivery
+    app.state.report_scheduler = report_scheduler
     return app

@@ -59,6 +59,9 @@ TEMPLATES: dict[str, frozenset[str]] = {
     "email_changed": frozenset({"new_email", "at"}),
     "email_in_use": frozenset({"at"}),
     "new_sign_in": frozenset({"at", "client_ip", "user_agent", "organization_name", "method"}),
+    "report_ready": frozenset(
+        {"organization_name", "kind", "cadence", "period", "html_url", "pdf_url", "xlsx_url", "csv_url"}
+    ),
 }
 
 # variables that take one of a few values: anything else is the caller's mistake, refused before rendering

@@ -224,6 +224,8 @@ def make_settings(database_url: str, signing_key: str, **overrides: Any) -> Sett
         "saml_metadata_per_minute": 100_000,
         "saml_acs_per_minute": 100_000,
         "report_downloads_per_minute": 100_000,
+        # the report schedules' runner looks at start-up, then hourly: the tests run their passes themselves
+        "report_schedule_poll_seconds": 3600,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
