@@ -52,13 +52,22 @@ def _bar_days(bar: dict[str, Any]) -> tuple[date, date] | None:
     return (a, b) if a is not None and b is not None else None
 
 
-def _heading(title: str, organization: str, unit: str) -> list[str]:
+def _heading(title: str, organization: str, subtitle: str, bars: list[dict[str, Any]]) -> list[str]:
+    """The chart's title with the organization's name, its period (or unit) below, and a legend of the
+    verdict colours when its bars carry them."""
     head = f"{organization}: {title}" if organization else title
-    return [
+    parts = [
         f"<title>{escape(head)}</title>",
         f'<text x="0" y="18" font-size="15" font-weight="bold">{escape(head)}</text>',
-        f'<text x="0" y="36" fill="{MUTED}">in {escape(unit)}</text>' if unit else "",
+        f'<text x="0" y="36" fill="{MUTED}">{escape(subtitle)}</text>' if subtitle else "",
     ]
+    tones = [t for t in ("pass", "attention") if any(b.get("tone") == t for b in bars)]
+    x = WIDTH - 90 * len(tones)
+    for tone in tones:
+        parts.append(f'<rect x="{x}" y="26" width="12" height="12" fill="{TONES[tone]}"/>')
+        parts.append(f'<text x="{x + 17}" y="36">{tone}</text>')
+        x += 90
+    return parts
 
 
 def _open(width: int, height: int, label: str) -> str:
@@ -69,7 +78,7 @@ def _open(width: int, height: int, label: str) -> str:
     )
 
 
-def time_series(chart: dict[str, Any], organization: str = "") -> str:
+def time_series(chart: dict[str, Any], organization: str = "", period: str = "") -> str:
     bars = [b for b in chart.get("bars", []) if isinstance(b, dict)]
     spans = [_bar_days(b) for b in bars]
     title, unit = str(chart.get("title", "")), str(chart.get("unit", ""))
@@ -81,7 +90,8 @@ def time_series(chart: dict[str, Any], organization: str = "") -> str:
     scale = plot_h / ticks[-1]
     width_days = max(((s[1] - s[0]).days + 1 for s in spans if s), default=1)
     per = "day" if width_days == 1 else f"{width_days} days"
-    parts = [_open(WIDTH, height, f"{organization}: {title}"), *_heading(title, organization, unit)]
+    subtitle = period or (f"in {unit}" if unit else "")
+    parts = [_open(WIDTH, height, f"{organization}: {title}"), *_heading(title, organization, subtitle, bars)]
     x0, y0 = left, top + plot_h
     for t in ticks:
         y = y0 - t * scale
@@ -120,7 +130,7 @@ def time_series(chart: dict[str, Any], organization: str = "") -> str:
     return "".join(parts)
 
 
-def category_bars(chart: dict[str, Any], organization: str = "") -> str:
+def category_bars(chart: dict[str, Any], organization: str = "", period: str = "") -> str:
     """Horizontal bars, one per category, scaled on a value axis with round ticks."""
     bars = [b for b in chart.get("bars", []) if isinstance(b, dict)]
     title, unit = str(chart.get("title", "")), str(chart.get("unit", ""))
@@ -132,7 +142,8 @@ def category_bars(chart: dict[str, Any], organization: str = "") -> str:
     values = [int(b.get("value") or 0) for b in bars]
     ticks = nice_ticks(max(values, default=0))
     scale = plot_w / ticks[-1]
-    parts = [_open(WIDTH, height, f"{organization}: {title}"), *_heading(title, organization, unit)]
+    subtitle = period or (f"in {unit}" if unit else "")
+    parts = [_open(WIDTH, height, f"{organization}: {title}"), *_heading(title, organization, subtitle, bars)]
     for t in ticks:
         x = left + t * scale
         parts.append(f'<line x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{y0}" stroke="{GRID}"/>')
@@ -169,5 +180,8 @@ def is_time_series(chart: dict[str, Any]) -> bool:
     return bool(bars) and all(_bar_days(b) is not None for b in bars)
 
 
-def draw_chart(chart: dict[str, Any], organization: str = "") -> str:
-    return time_series(chart, organization) if is_time_series(chart) else category_bars(chart, organization)
+def draw_chart(chart: dict[str, Any], organization: str = "", period: str = "") -> str:
+    """`chart` (a report summary's chart) as SVG, headed by the organization's name and `period`."""
+    if is_time_series(chart):
+        return time_series(chart, organization, period)
+    return category_bars(chart, organization, period)

@@ -16,6 +16,7 @@ import base64
 import hashlib
 import logging
 from collections.abc import Sequence
+from datetime import UTC, time, timedelta
 from html import escape
 from typing import Any
 
@@ -166,9 +167,22 @@ async def xlsx_file(ctx: RequestContext, report: Report) -> bytes:
 # -- the page -------------------------------------------------------------------------------------
 
 
-def bar_chart(chart: dict[str, Any], organization: str = "") -> str:
+def bar_chart(chart: dict[str, Any], organization: str = "", period: str = "") -> str:
     """The chart's SVG: a time series for days, horizontal bars for categories (gateway.report_chart)."""
-    return draw_chart(chart, organization)
+    return draw_chart(chart, organization, period)
+
+
+def period_text(report: Report) -> str:
+    """The period as a person reads it: "7 Nov 2026 to 6 Dec 2026 (UTC)" for whole days."""
+    start, end = report.period_start.astimezone(UTC), report.period_end.astimezone(UTC)
+    if start.time() == end.time() == time(0):
+        last = end - timedelta(days=1)
+        return f"{start:%-d %b %Y}" + ("" if last == start else f" to {last:%-d %b %Y}") + " (UTC)"
+    return f"{start:%-d %b %Y %H:%M} to {end:%-d %b %Y %H:%M} (UTC)"
+
+
+def _number(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else escape(str(value))
 
 
 def _scalar(value: Any) -> str:
@@ -178,7 +192,7 @@ def _scalar(value: Any) -> str:
         return ", ".join(f"{escape(str(k))}: {_scalar(v)}" for k, v in value.items())
     if isinstance(value, list):
         return ", ".join(_scalar(v) for v in value) or "-"
-    return escape(str(value))
+    return _number(value)
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
@@ -241,6 +255,9 @@ def render_page(
         else ""
     )
     title = f"{report.kind.title()} report"
+    # ACCESS and COMPLIANCE describe the organization as it stood at generation
+    snapshot = report.kind in ("ACCESS", "COMPLIANCE")
+    when = f"as of {report.created_at.astimezone(UTC):%-d %b %Y %H:%M} (UTC)" if snapshot else period_text(report)
     return "".join(
         [
             '<!doctype html><html lang="en"><head><meta charset="utf-8">',
@@ -248,12 +265,13 @@ def render_page(
             f"<h1>{escape(title)}: {escape(organization)}</h1>",
             "<table>",
             f"<tr><th>Organization</th><td>{escape(organization)}</td></tr>",
-            f"<tr><th>Period</th><td>{escape(iso(report.period_start))} to {escape(iso(report.period_end))}</td></tr>",
+            f"<tr><th>Period</th><td>{escape(period_text(report))}<br><code>[{escape(iso(report.period_start))}, "
+            f"{escape(iso(report.period_end))})</code></td></tr>",
             f"<tr><th>Generated</th><td>{escape(iso(report.created_at))}</td></tr>",
             f"<tr><th>Rows</th><td>{report.row_count}</td></tr>",
             f"<tr><th>Digest (JSON)</th><td><code>{escape(report.digest)}</code></td></tr>",
             "</table>",
-            *(f"<figure>{bar_chart(c, organization)}</figure>" for c in charts),
+            *(f"<figure>{bar_chart(c, organization, when)}</figure>" for c in charts),
             "<h2>Summary</h2><table>",
             *figures,
             "</table>",

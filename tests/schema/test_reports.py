@@ -377,7 +377,7 @@ def test_the_chart_escapes_its_labels_and_scales_its_bars() -> None:
     assert "<script" not in svg
     assert "&lt;/text&gt;&lt;script&gt;" in svg
     assert "&lt;b&gt;t&lt;/b&gt;" in svg
-    widths = [float(w) for w in re.findall(r'<rect [^>]*width="([\d.]+)"', svg)]
+    widths = [float(w) for w in re.findall(r'<rect [^>]*width="([\d.]+)"[^>]*><title>', svg)]
     assert len(widths) == 2
     assert widths[0] == 2 * widths[1]
     assert 'fill="#d9822b"' in svg
