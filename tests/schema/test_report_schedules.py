@@ -95,6 +95,12 @@ async def test_a_schedule_is_listed_audited_and_deleted(
     other_token = (await login(client, other))["accessToken"]
     body = (await gql(client, DELETE, {"id": made["id"]}, token=other_token)).json()
     assert error_codes(body) == ["NOT_FOUND"]
+    crossed = sql(
+        database_url,
+        "SELECT resource_id FROM audit_log WHERE chain = :c AND action = 'authz_cross_tenant'",
+        c=other.org_id,
+    )
+    assert crossed == [(made["id"],)]
     assert (await gql(client, LIST, token=other_token)).json()["data"]["organization"]["reportSchedules"] == []
     body = (await gql(client, DELETE, {"id": made["id"]}, token=owner_token)).json()
     assert body["data"] == {"deleteReportSchedule": True}
