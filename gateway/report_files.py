@@ -24,9 +24,11 @@ from typing import Any
 from openpyxl import Workbook
 from openpyxl.cell import WriteOnlyCell
 from openpyxl.styles import Font
-from openpyxl.worksheet._write_only import WriteOnlyWorksheet
 
 from resolvers.report_builders import Cell
+
+# a write-only worksheet (openpyxl names its class in a private module only)
+Sheet = Any
 
 DATE_COLUMNS = frozenset({"day"})
 TIME_COLUMNS = frozenset({"at", "last_login_at", "created_at", "last_used_at", "revoked_at"})
@@ -62,7 +64,7 @@ def typed(column: str, value: Cell) -> Any:
     return value
 
 
-def _cell(sheet: WriteOnlyWorksheet, column: str, value: Any) -> WriteOnlyCell | Any:
+def _cell(sheet: Sheet, column: str, value: Any) -> WriteOnlyCell | Any:
     value = typed(column, value)
     if isinstance(value, str):
         cell = WriteOnlyCell(sheet, value)
@@ -82,14 +84,14 @@ class Sheets:
         self.book = Workbook(write_only=True)
         self._names: set[str] = set()
 
-    def sheet(self, name: str, header: Sequence[str]) -> WriteOnlyWorksheet:
+    def sheet(self, name: str, header: Sequence[str]) -> Sheet:
         title = "".join(c if c not in "[]:*?/\\" else "_" for c in name)[:31] or "sheet"
         base, n = title, 2
         while title.lower() in self._names:
             title = f"{base[:28]}_{n}"
             n += 1
         self._names.add(title.lower())
-        sheet: WriteOnlyWorksheet = self.book.create_sheet(title)
+        sheet: Sheet = self.book.create_sheet(title)
         bold = Font(bold=True)
         heads = []
         for h in header:
@@ -99,7 +101,7 @@ class Sheets:
         sheet.append(heads)
         return sheet
 
-    def row(self, sheet: WriteOnlyWorksheet, columns: Sequence[str], values: Sequence[Any]) -> None:
+    def row(self, sheet: Sheet, columns: Sequence[str], values: Sequence[Any]) -> None:
         sheet.append([_cell(sheet, c, v) for c, v in zip(columns, values, strict=True)])
 
     def save(self) -> bytes:
@@ -131,7 +133,7 @@ async def build_xlsx(
         else:
             for name, v in _flat(key, value):
                 sheets.row(overview, ["field", "value"], [name, v if not isinstance(v, dict | list) else str(v)])
-    sections: dict[str, WriteOnlyWorksheet] = {}
+    sections: dict[str, Sheet] = {}
     async for row in rows:
         section = str(row[0])
         if section not in sections:

@@ -260,7 +260,8 @@ async def test_a_period_already_run_is_never_generated_again(
 async def test_two_gateways_run_each_due_period_once(
     client: httpx.AsyncClient, owner_token: str, database_url: str, signing_key: str
 ) -> None:
-    made = await schedule(client, owner_token, hourOfDay=6)
+    # SECURITY: priced by the audit entries it reads, charged to the tenant's budget as generateReport is
+    made = await schedule(client, owner_token, kind="SECURITY", hourOfDay=6)
     make_due(database_url, made["id"], today_at(6) - timedelta(days=5))
     one, two = (
         create_app(make_settings(database_url, signing_key)),
