@@ -21,6 +21,7 @@ from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+import anyio.to_thread
 from openpyxl import Workbook
 from openpyxl.cell import WriteOnlyCell
 from openpyxl.styles import Font
@@ -161,7 +162,8 @@ async def build_xlsx(
                 sheets.row(
                     sheet, header, [v if not isinstance(v, dict | list) else str(v) for v in (r.get(h) for h in header)]
                 )
-    return sheets.save()
+    # zipping the sheets is the longest step: off the event loop
+    return await anyio.to_thread.run_sync(sheets.save)
 
 
 def build_pdf(page: str, csv_name: str, csv_bytes: bytes) -> bytes:
