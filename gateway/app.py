@@ -30,7 +30,7 @@ from gateway.graphql import GraphQLView
 from gateway.http_proxy import HttpUpstreams
 from gateway.http_routes import RouteTable
 from gateway.logs import configure_logging
-from gateway.mail import DeliveryPolicy, MailDelivery, build_mailer
+from gateway.mail import build_mailer
 from gateway.metrics import GatewayMetrics
 from gateway.middleware import (
     AuthenticationMiddleware,
@@ -49,8 +49,8 @@ from gateway.sso import sso_routes
 from gateway.tracing import RequestContextMiddleware, Tracing, otlp_traces_endpoint
 from gateway.upstreams import load_upstreams
 from gateway.usage import UsageFlusher
-from gateway.webhooks import RetryPolicy, WebhookSender
 from gateway.windows import LocalWindows, RedisWindows, WindowStore
+from gateway.workers import Workers
 from identity.address_blocks import AddressBlocks
 from identity.api_keys import ApiKeyCache, ApiKeyVerifier, LastUsedRecorder
 from identity.authentication import Authenticator
@@ -365,17 +365,7 @@ def assemble(parts: GatewayParts, *, saml_login: SamlLogin | None = None) -> Sta
     rate_limit_audit, metrics = parts.rate_limit_audit, parts.metrics
     services.admission.refusals = rate_limit_audit
     metrics.watch(services.admission)
-    smtp = settings.smtp
-    mail_delivery = (
-        MailDelivery(services.db, services.mail, smtp, DeliveryPolicy.of(settings))
-        if smtp is not None and services.mail is not None
-        else None
-    )
-    webhook_delivery = (
-        WebhookSender(services.db, services.webhooks, RetryPolicy.of(settings))
-        if services.webhooks is not None
-        else None
-    )
+    workers = Workers.build(settings, services)
     route_limits = RouteLimits.build(
         services.redis, audit=rate_limit_audit, fail_open=settings.limits_on_redis_error is OnRedisError.OPEN
     )
@@ -424,11 +414,8 @@ def assemble(parts: GatewayParts, *, saml_login: SamlLogin | None = None) -> Sta
         if services.usage is not None:
             services.usage.start()
         rate_limit_audit.start()
-        if webhook_delivery is not None:
-            webhook_delivery.start()
-        if mail_delivery is not None:
-            mail_delivery.start()
-        else:
+        workers.start()
+        if workers.mail is None:
             log.log(
                 logging.WARNING if settings.is_prod else logging.INFO,
                 "mail_kept_in_local_mailbox",
@@ -445,10 +432,7 @@ def assemble(parts: GatewayParts, *, saml_login: SamlLogin | None = None) -> Sta
         try:
             yield {"services": services}
         finally:
-            if webhook_delivery is not None:
-                await webhook_delivery.stop()
-            if mail_delivery is not None:
-                await mail_delivery.stop()
+            await workers.stop()
             if services.usage is not None:
                 await services.usage.stop()
             if services.last_used is not None:
@@ -495,6 +479,7 @@ def assemble(parts: GatewayParts, *, saml_login: SamlLogin | None = None) -> Sta
     app.state.rate_limit_audit = rate_limit_audit
     app.state.schema = schema
     app.state.saml_routes = saml_routes
-    app.state.mail_delivery = mail_delivery
-    app.state.webhook_delivery = webhook_delivery
+    app.state.mail_delivery = workers.mail
+    app.state.webhook_delivery = workers.webhooks
+    app.state.report_scheduler = workers.reports
     return app

@@ -247,6 +247,10 @@ class Settings(BaseSettings):
     app_url: str | None = None
     mail_product_name: str = Field(default="Portcullis", min_length=1, max_length=100)
     mail_poll_seconds: float = Field(default=5.0, ge=0.01, le=3600)
+    # scheduled reports (gateway/report_scheduler.py): how often a process looks for due schedules, and how
+    # long its claim on one lasts (longer than a generation takes)
+    report_schedule_poll_seconds: float = Field(default=60.0, ge=0.01, le=86_400)
+    report_schedule_lease_seconds: float = Field(default=600.0, ge=1, le=86_400)
     smtp_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
     mail_max_attempts: int = Field(default=12, ge=1, le=1000)
     mail_retry_seconds: float = Field(default=30.0, ge=0.01, le=86_400)

@@ -27,6 +27,7 @@ from store import audit
 from store.audit import ACTIONS, RESULTS, AuditResult
 from store.cursors import CursorError
 from store.models import UNSUCCESSFUL, ApiKey, AuditEntry, Invitation, Membership, Organization, Report
+from store.reporting import ReportSchedule
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
@@ -165,6 +166,8 @@ async def owning_tenants(ctx: RequestContext, resource_type: str, value: str) ->
         stmt = select(col(Membership.organization_id)).where(col(Membership.user_id) == value)
     elif resource_type == "report":
         stmt = select(col(Report.organization_id)).where(col(Report.id) == value)
+    elif resource_type == "report_schedule":
+        stmt = select(col(ReportSchedule.organization_id)).where(col(ReportSchedule.id) == value)
     elif resource_type == "invitation":
         stmt = select(col(Invitation.organization_id)).where(col(Invitation.id) == value)
     elif resource_type == "organization":

@@ -62,6 +62,9 @@ TEMPLATES: dict[str, frozenset[str]] = {
     "security_alert": frozenset(
         {"organization_name", "severity", "kind_label", "summary", "at", "event_id", "client_ip"}
     ),
+    "report_ready": frozenset(
+        {"organization_name", "kind", "cadence", "period", "html_url", "pdf_url", "xlsx_url", "csv_url"}
+    ),
 }
 
 # variables that take one of a few values: anything else is the caller's mistake, refused before rendering

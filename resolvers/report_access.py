@@ -155,5 +155,6 @@ async def build_access(db: AsyncSession, org: Organization, period: Period, out:
             "Members by role",
             "members",
             [{"label": r, "value": int(holders.get(r, 0)), "tone": "normal"} for r in role_names],
+            axis="Role",
         ),
     }

@@ -178,12 +178,14 @@ def day_bars(totals: dict[date, int], period: Period) -> list[dict[str, Any]]:
         last = min(first + timedelta(days=width - 1), period.last_day)
         value = sum(totals.get(first + timedelta(days=d), 0) for d in range((last - first).days + 1))
         label = first.isoformat() if first == last else f"{first.isoformat()} to {last.isoformat()}"
-        bars.append({"label": label, "value": value, "tone": "normal"})
+        bars.append({"label": label, "value": value, "tone": "normal", "start": first.isoformat(), "days": width})
     return bars
 
 
-def chart(title: str, unit: str, bars: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"title": title, "unit": unit, "bars": bars}
+def chart(title: str, unit: str, bars: list[dict[str, Any]], axis: str = "day") -> dict[str, Any]:
+    """A chart's data: `axis` is "day" for bars made by `day_bars` (drawn along a time axis), else the
+    name of what its bars are (the category axis' title)."""
+    return {"title": title, "unit": unit, "axis": axis, "bars": bars}
 
 
 def age_days(since: datetime, now: datetime) -> int:

@@ -213,6 +213,7 @@ async def build_compliance(db: AsyncSession, org: Organization, period: Period, 
                 }
                 for r in results
             ],
+            axis="Check",
         ),
     }
 

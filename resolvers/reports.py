@@ -44,7 +44,7 @@ from resolvers.times import given_time
 from store import audit
 from store.audit import AuditAction, AuditResult
 from store.cursors import CursorError, decode_position, encode_position
-from store.models import AuditEntry, Report, ReportRow
+from store.models import AuditEntry, Organization, Report, ReportRow
 from store.scoping import tenant_filter, tenant_select
 
 REPORT_NOT_FOUND = "Report not found."
@@ -359,3 +359,26 @@ async def csv_download(ctx: RequestContext, report: Report) -> AsyncIterator[byt
     yield csv_line(list(columns_of(report.kind)))
     async for lines in stored_lines(ctx, report):
         yield b"".join(csv_line(orjson.loads(line)) for line in lines)
+
+
+async def organization_name(ctx: RequestContext, report: Report) -> str:
+    """The name of the report's organization, as it is now (the page and the PDF carry it)."""
+    async with ctx.services.db.session() as db:
+        org = await db.get(Organization, report.organization_id)
+    return org.name if org is not None else ""
+
+
+async def first_rows(ctx: RequestContext, report: Report, limit: int) -> list[list[Cell]]:
+    """At most `limit` of the report's rows, in order (for the page and the PDF, which hold them in memory)."""
+    rows: list[list[Cell]] = []
+    async for lines in stored_lines(ctx, report):
+        rows.extend(orjson.loads(line) for line in lines[: limit - len(rows)])
+        if len(rows) >= limit:
+            break
+    return rows
+
+
+async def all_rows(ctx: RequestContext, report: Report) -> AsyncIterator[list[Cell]]:
+    async for lines in stored_lines(ctx, report):
+        for line in lines:
+            yield orjson.loads(line)

@@ -33,6 +33,7 @@ from schema.members import MemberMutation
 from schema.mfa import MfaMutation
 from schema.organizations import OrganizationMutation, OrganizationQuery
 from schema.rate_limits import RateLimitQuery
+from schema.report_schedules import ReportScheduleMutation
 from schema.reports import ReportMutation, ReportQuery
 from schema.roles import RoleMutation, RoleQuery
 from schema.saml import SamlMutation
@@ -61,6 +62,7 @@ Mutation = merge_types(
         RoleMutation,
         ApiKeyMutation,
         ReportMutation,
+        ReportScheduleMutation,
         MfaMutation,
         SsoMutation,
         SamlMutation,

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from schema.invitations import InvitationConnection, InvitationState
     from schema.members import MembershipConnection
     from schema.quotas import Quota
+    from schema.report_schedules import ReportSchedule
     from schema.reports import ReportConnection
     from schema.security_events import Webhook
     from schema.security_policy import SecurityPolicy
@@ -153,6 +154,18 @@ class Organization:
 
         page = await reports_service.list_reports(info.context, self.row.id, 20 if first is None else first, after)
         return ReportConnection.from_page(page)
+
+    @strawberry.field(
+        description="The organization's report schedules, oldest first (at most 50).",
+        **list_size(requires_scopes(Permission.REPORTS_READ), assumed_size=10),
+    )
+    async def report_schedules(
+        self, info: Info
+    ) -> list[Annotated[ReportSchedule, strawberry.lazy("schema.report_schedules")]]:
+        from resolvers.report_schedules import list_schedules
+        from schema.report_schedules import ReportSchedule
+
+        return [ReportSchedule.from_row(r) for r in await list_schedules(info.context, self.row.id)]
 
     @strawberry.field(
         description="The organization's single sign-on connections; never their secrets.",

@@ -467,7 +467,10 @@ TENANT_TABLES: frozenset[str] = frozenset(
         "security_events",
         "webhooks",
         "webhook_deliveries",
+        "report_schedules",
+        "report_schedule_runs",
     }
 )
 
+import store.reporting  # noqa: E402  (the scheduled reports' tables, on the same metadata)
 import store.security  # noqa: E402, F401  (the security domain's tables, on the same metadata)

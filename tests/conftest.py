@@ -228,6 +228,8 @@ def make_settings(database_url: str, signing_key: str, **overrides: Any) -> Sett
         "block_sign_in_accounts": 0,
         "block_invalid_credentials": 0,
         "block_rate_limited": 0,
+        # the report schedules' runner looks at start-up, then hourly: the tests run their passes themselves
+        "report_schedule_poll_seconds": 3600,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

@@ -51,6 +51,7 @@ NOT_IMPORTED_DEPENDENCIES: dict[str, str] = {
     "itsdangerous": "Starlette's SessionMiddleware signs the SSO transaction cookie with it",
     "xmlsec": "python3-saml signs and verifies with it; pinned to link the same libxml2 as lxml",
     "lxml": "python3-saml parses with it; pinned to link the same libxml2 as xmlsec",
+    "tzdata": "zoneinfo reads the IANA time zones of report schedules from it where the system has none",
 }
 
 

@@ -86,6 +86,8 @@ class AuditAction(StrEnum):
     SSO_CONFIGURED = "sso_configured"
     SECURITY_POLICY_UPDATE = "security_policy_update"
     REPORT_GENERATED = "report_generated"
+    REPORT_SCHEDULED = "report_scheduled"
+    REPORT_SCHEDULE_DELETED = "report_schedule_deleted"
     # a root mutation field of an upstream, forwarded (its upstream, field, outcome and latency; never arguments)
     UPSTREAM_MUTATION = "upstream_mutation"
     # a request forwarded by an audited HTTP route (its upstream, route, method, status, outcome and latency)
