@@ -369,6 +369,7 @@ async def test_key_of_a_deleted_organization_is_401(
     _, key = await new_key(client, owner_token)
     for table in (
         "security_events",  # the key without expiry is one
+        "sign_ins",
         "api_keys",
         "refresh_tokens",
         "refresh_token_families",
