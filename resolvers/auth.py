@@ -15,7 +15,7 @@ from sqlmodel import col, select
 from authz import AuthMethod, Principal, PrincipalKind
 from authz.errors import INVALID_CREDENTIALS, BadUserInput, NotFound, Unauthenticated
 from identity.lockout import email_key
-from identity.passwords import MAX_BYTES, PasswordPolicyError, check_policy
+from identity.passwords import MAX_BYTES
 from identity.sessions import (
     RefreshError,
     active_session_ids,
@@ -23,12 +23,14 @@ from identity.sessions import (
     load_session,
     revoke_sessions,
     rotate_refresh_token,
+    user_key,
 )
 from identity.tokens import AccessClaims
 from resolvers import mfa
 from resolvers.accounts import refuse_api_keys
 from resolvers.deps import RequestContext
 from resolvers.mail import send_mail
+from resolvers.passwords import record_password, vet_new_password
 from resolvers.provisioning import MAX_EMAIL_LENGTH
 from store.audit import PLATFORM_CHAIN, AuditAction, AuditResult
 from store.models import AuthSession, Membership, Organization, User
@@ -258,7 +260,10 @@ async def refresh(ctx: RequestContext, refresh_token: str | None) -> AuthResult:
     org = await db.get(Organization, session.organization_id)
     if user is None or org is None:
         raise Unauthenticated("Invalid refresh token.")
-    token, claims = services.tokens.issue(subject=user.id, organization_id=org.id, session_id=session.id)
+    # the session's sign-in stays the token's auth_time: a refresh is no authentication
+    token, claims = services.tokens.issue(
+        subject=user.id, organization_id=org.id, session_id=session.id, auth_time=session.created_at.timestamp()
+    )
     await ctx.audit_now(
         AuditAction.AUTHN_TOKEN_REFRESH,
         organization_id=org.id,
@@ -331,10 +336,7 @@ async def change_password(ctx: RequestContext, current_password: str, new_passwo
         await services.throttle.failed(attempt)
         raise Unauthenticated(INVALID_CREDENTIALS)
     await services.throttle.succeeded(attempt)
-    try:
-        check_policy(new_password, email=email)
-    except PasswordPolicyError as exc:
-        raise BadUserInput(str(exc), field="newPassword") from None
+    await vet_new_password(ctx, new_password, user=found, field="newPassword")
     if await services.hasher.verify(current_hash, new_password):
         raise BadUserInput("the new password must differ from the current one", field="newPassword")
     new_hash = await services.hasher.hash(new_password)
@@ -347,6 +349,7 @@ async def change_password(ctx: RequestContext, current_password: str, new_passwo
     user.password_hash = new_hash
     user.password_changed_at = services.now()
     db.add(user)
+    await record_password(db, user_id, new_hash, services.now())
     others = await active_session_ids(db, user_id, except_id=session_id)
     await revoke_sessions(db, others, reason="password_changed", now=services.now())
     await send_mail(
@@ -363,7 +366,8 @@ async def change_password(ctx: RequestContext, current_password: str, new_passwo
     )
 
     async def announce() -> None:
-        await services.revocations.publish(others)
+        # the user's own key too: this session, restricted while the password was too old, no longer is
+        await services.revocations.publish([*others, user_key(user_id)])
 
     ctx.after_commit.append(announce)
     return True

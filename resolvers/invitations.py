@@ -35,7 +35,7 @@ from authz import AuthMethod, Principal, PrincipalKind
 from authz.errors import INVALID_CREDENTIALS, BadUserInput, Conflict, NotFound, Unauthenticated
 from authz.plans import QuotaResource
 from identity.lockout import email_key
-from identity.passwords import MAX_BYTES, PasswordPolicyError, check_policy
+from identity.passwords import MAX_BYTES
 from identity.sessions import create_session
 from identity.tokens import hash_opaque_token
 from resolvers.accounts import refuse_api_keys
@@ -43,6 +43,7 @@ from resolvers.auth import AuthResult
 from resolvers.common import Page, PageEdge, tenant_of
 from resolvers.deps import RequestContext
 from resolvers.mail import MailNotConfigured, send_mail
+from resolvers.passwords import record_password, vet_new_password
 from resolvers.provisioning import INVITATION_TTL, checked_email, new_invitation_token
 from resolvers.quotas import check_quota
 from resolvers.roles import check_can_grant, require_role
@@ -389,10 +390,9 @@ async def accept_invitation(ctx: RequestContext, token: str, password: str) -> A
     new_hash: str | None = None
     # the password is checked or hashed before the unit of work opens its session (SQLite's writers' turn)
     if found.user is None:
-        try:
-            check_policy(password, email=invitation.email)
-        except PasswordPolicyError as exc:
-            raise BadUserInput(str(exc), field="password") from None
+        await vet_new_password(
+            ctx, password, email=invitation.email, field="password", joining=[invitation.organization_id]
+        )
         new_hash = await services.hasher.hash(password)
     else:
         await _holder_proved(ctx, found, password)
@@ -415,6 +415,8 @@ async def accept_invitation(ctx: RequestContext, token: str, password: str) -> A
         except IntegrityError:
             # an account for the address was made meanwhile (another invitation, an IdP): accept again
             raise Conflict("An account for this address was just created: accept the invitation again.") from None
+        assert new_hash is not None
+        await record_password(db, user.id, new_hash, now)
     else:
         existing = await db.get(User, user_id, with_for_update=True)
         if existing is None or not existing.is_active:

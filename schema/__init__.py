@@ -23,6 +23,7 @@ from schema.authorization import Authorization, Authorizer
 from schema.domains import DomainMutation
 from schema.enums import Plan
 from schema.extensions import IntrospectionGuard, UnitOfWork
+from schema.fresh_auth import FreshAuthentication
 from schema.invitations import InvitationMutation
 from schema.limits import DEFAULT_LIST_SIZE, OPERATION_LIMITS, CostModel, OperationLimits, TokenLimit, document_limits
 from schema.limits.admission import AdmissionExtension
@@ -35,6 +36,7 @@ from schema.rate_limits import RateLimitQuery
 from schema.reports import ReportMutation, ReportQuery
 from schema.roles import RoleMutation, RoleQuery
 from schema.saml import SamlMutation
+from schema.sessions import SessionMutation
 from schema.sso import SsoMutation
 from schema.users import UserQuery
 
@@ -59,6 +61,7 @@ Mutation = merge_types(
         SsoMutation,
         SamlMutation,
         DomainMutation,
+        SessionMutation,
     ),
 )
 
@@ -137,6 +140,7 @@ def default_extensions(
         *document_limits(operation_limits, lambda: schema().cost_model),
         OncePerOperation,
         Authorize(schema, reject_unauthorized),
+        FreshAuthentication,
         AdmissionExtension,
     ]
     if forwarding:

@@ -72,6 +72,10 @@ FIELD_ACTIONS: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
     "enrollTotp": (A.AUTHN_MFA_ENROLL_STARTED, "user", ()),
     "confirmTotp": (A.AUTHN_MFA_ENROLL, "user", (A.AUTHN_MFA_FAIL,)),
     "disableTotp": (A.AUTHN_MFA_DISABLE, "user", (A.AUTHN_MFA_FAIL,)),
+    "revokeSession": (A.AUTHN_SESSION_REVOKED, "session", ()),
+    "revokeOtherSessions": (A.AUTHN_SESSION_REVOKED, "user", ()),
+    "revokeMemberSessions": (A.MEMBER_SESSIONS_REVOKED, "membership", ()),
+    "reauthenticate": (A.AUTHN_REAUTHENTICATED, "session", (A.AUTHN_MFA_FAIL,)),
 }
 
 # mutations that anonymous callers may call: their failures are recorded
@@ -133,6 +137,7 @@ LOOKUP_ARGUMENTS: dict[str, tuple[str, str]] = {
     "organization": ("slug", "organization"),
     "resendInvitation": ("id", "invitation"),
     "revokeInvitation": ("id", "invitation"),
+    "revokeMemberSessions": ("memberId", "membership"),
 }
 
 
