@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select as sa_select
 from sqlalchemy import update
@@ -213,14 +213,18 @@ async def create_session(
     user_agent: str | None,
     policy: SessionPolicy,
     now: datetime,
+    auth_time: float | None = None,
 ) -> IssuedSession:
+    """A session and its first refresh token. `created_at` is when the person signed in (its tokens'
+    `auth_time`): now, or `auth_time` for a session opened by someone already signed in (joining an
+    organization is no new sign-in, and must not make an old one fresh)."""
     session = AuthSession(
         organization_id=organization_id,
         user_id=user_id,
         auth_method=auth_method,
         client_ip=client_ip,
         user_agent=(user_agent or "")[:256] or None,
-        created_at=now,
+        created_at=min(now, datetime.fromtimestamp(auth_time, UTC)) if auth_time is not None else now,
         last_seen_at=now,
         expires_at=now + timedelta(seconds=policy.absolute_lifetime_seconds),
     )

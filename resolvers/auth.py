@@ -28,7 +28,7 @@ from identity.sessions import (
 from identity.tokens import AccessClaims
 from resolvers import mfa
 from resolvers.accounts import refuse_api_keys
-from resolvers.deps import RequestContext
+from resolvers.deps import RequestContext, Services
 from resolvers.mail import send_mail
 from resolvers.passwords import record_password, vet_new_password
 from resolvers.provisioning import MAX_EMAIL_LENGTH
@@ -47,6 +47,16 @@ class AuthResult:
     refresh_token: str
     user: User
     organization: Organization
+
+
+def session_token(services: Services, session: AuthSession) -> tuple[str, AccessClaims]:
+    """An access token of the session; its `auth_time` is the session's sign-in, whenever it is issued."""
+    return services.tokens.issue(
+        subject=session.user_id,
+        organization_id=session.organization_id,
+        session_id=session.id,
+        auth_time=session.created_at.timestamp(),
+    )
 
 
 def _check_credentials_shape(email: str, password: str, organization_slug: str | None = None) -> None:
@@ -168,7 +178,7 @@ async def login(
         policy=services.session_policy,
         now=now,
     )
-    token, claims = services.tokens.issue(subject=user.id, organization_id=org.id, session_id=issued.session.id)
+    token, claims = session_token(services, issued.session)
     log.info("authn_login_success", extra={"request_id": principal.request_id, "user_id": user.id})
     # committed with the session it opens: there is no success entry for a session that never was
     ctx.audit(
@@ -261,9 +271,7 @@ async def refresh(ctx: RequestContext, refresh_token: str | None) -> AuthResult:
     if user is None or org is None:
         raise Unauthenticated("Invalid refresh token.")
     # the session's sign-in stays the token's auth_time: a refresh is no authentication
-    token, claims = services.tokens.issue(
-        subject=user.id, organization_id=org.id, session_id=session.id, auth_time=session.created_at.timestamp()
-    )
+    token, claims = session_token(services, session)
     await ctx.audit_now(
         AuditAction.AUTHN_TOKEN_REFRESH,
         organization_id=org.id,

@@ -39,7 +39,7 @@ from identity.passwords import MAX_BYTES
 from identity.sessions import create_session
 from identity.tokens import hash_opaque_token
 from resolvers.accounts import refuse_api_keys
-from resolvers.auth import AuthResult
+from resolvers.auth import AuthResult, session_token
 from resolvers.common import Page, PageEdge, tenant_of
 from resolvers.deps import RequestContext
 from resolvers.mail import MailNotConfigured, send_mail
@@ -467,8 +467,9 @@ async def accept_invitation(ctx: RequestContext, token: str, password: str) -> A
         user_agent=ctx.user_agent,
         policy=services.session_policy,
         now=now,
+        auth_time=ctx.principal.auth_time if signed_in else None,
     )
-    access, claims = services.tokens.issue(subject=user.id, organization_id=org.id, session_id=issued.session.id)
+    access, claims = session_token(services, issued.session)
     if user_id is None:
         ctx.audit(
             AuditAction.USER_CREATED,

@@ -17,7 +17,8 @@ from identity.sessions import create_browser_session
 from schema import Mutation
 from schema.fresh_auth import SENSITIVE_MUTATIONS
 from store.db import Database
-from tests.conftest import Tenant, error_codes, gql, login, sql
+from tests.conftest import Tenant, error_codes, gql, login, make_tenant, sql
+from tests.invitations import accept, invitation_token, invite
 from tests.policy_rows import set_policy
 
 CREATE_KEY = """mutation($n: String!, $s: [String!]!) {
@@ -36,13 +37,14 @@ def count(database_url: str, table: str) -> int:
 
 @contextmanager
 def signed_in_ago(app: Any, seconds: float) -> Iterator[None]:
-    """Tokens issued inside the block say the person signed in `seconds` ago (and expire that much sooner)."""
-    tokens = app.state.services.tokens
-    tokens.clock = lambda: time.time() - seconds
+    """Sign-ins inside the block happened `seconds` ago: their sessions and tokens say so (the tokens expire
+    that much sooner)."""
+    services = app.state.services
+    services.clock = services.tokens.clock = lambda: time.time() - seconds
     try:
         yield
     finally:
-        tokens.clock = time.time
+        services.clock = services.tokens.clock = time.time
 
 
 def fresh_auth_refusal(r: httpx.Response, minutes: int) -> None:
@@ -193,3 +195,21 @@ async def test_api_keys_are_refused_sensitive_mutations_under_the_rule(
     await set_policy(database_url, tenant.org_id, fresh_auth_minutes=60)
     fresh_auth_refusal(await create_key(client, headers={"X-API-Key": key}), 60)
     assert count(database_url, "api_keys") == 2
+
+
+async def test_joining_an_organization_while_signed_in_keeps_the_sign_in_time(
+    app: Any, client: httpx.AsyncClient, database_url: str, tenant: Tenant
+) -> None:
+    other = await make_tenant(database_url, slug="globex", email="owner@globex.test")
+    await set_policy(database_url, other.org_id, fresh_auth_minutes=5)
+    with signed_in_ago(app, 6 * 60):
+        old = (await login(client, tenant))["accessToken"]
+    await invite(client, (await login(client, other))["accessToken"], tenant.email, "admin")
+    body = (
+        await accept(client, await invitation_token(database_url, tenant.email), tenant.password, bearer=old)
+    ).json()
+    joined = body["data"]["acceptInvitation"]
+    assert joined["organization"]["slug"] == "globex"
+    tokens = app.state.services.tokens
+    assert tokens.verify(joined["accessToken"]).auth_time == tokens.verify(old).auth_time
+    fresh_auth_refusal(await create_key(client, joined["accessToken"]), 5)
