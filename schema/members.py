@@ -22,7 +22,7 @@ class Membership:
     created_at: datetime
 
     @strawberry.field(description="The member's signed-in sessions in this organization.", **MEMBER_SESSIONS_RULE)
-    async def sessions(self, info: Info) -> list[Session]:
+    async def sessions(self, info: Info) -> list[Session] | None:
         return await sessions_of(info, str(self.user.id))
 
     @classmethod

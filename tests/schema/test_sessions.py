@@ -196,6 +196,10 @@ async def test_an_administrator_sees_and_ends_a_members_sessions(
     # a member without security:read sees no one's sessions
     denied = (await gql(client, MEMBER_SESSIONS, token=member.access_token)).json()
     assert "FORBIDDEN" in error_codes(denied)
+    # only the field is refused: the members are still listed, with `sessions: null`
+    edges = denied["data"]["organization"]["members"]["edges"]
+    assert {e["node"]["user"]["email"] for e in edges} == {tenant.email, "dev@acme.test"}
+    assert {e["node"]["sessions"] for e in edges} == {None}
     assert error_codes(
         (await gql(client, REVOKE_MEMBER, {"m": member.membership_id}, token=member.access_token)).json()
     ) == ["FORBIDDEN"]
