@@ -9,6 +9,8 @@ from typing import Any
 
 import httpx
 
+from authz import BuiltinRole, Permission, permissions_for_role
+from authz.roles import ROLE_ORDER
 from identity.browser_sessions import CSRF_HEADER, SESSION_COOKIE
 from identity.sessions import create_browser_session
 from store.db import Database
@@ -233,3 +235,30 @@ async def test_a_revoked_session_is_refused_by_every_process(
             return await gql(c1, ORG, token=other)
 
         await refused_within(ask)
+
+
+async def test_member_sessions_by_role(client: httpx.AsyncClient, database_url: str, tenant: Tenant) -> None:
+    """`Membership.sessions` for every built-in role (the role matrix reaches no field under a list): the roles
+    holding security:read see them, the others get null there and FORBIDDEN naming the scope."""
+    owner = (await login(client, tenant))["accessToken"]
+    for role in ROLE_ORDER:
+        token = owner
+        if role is not BuiltinRole.OWNER:
+            token = (await _member(client, database_url, owner, f"{role.value}@acme.test", role.value)).access_token
+        body = (await gql(client, MEMBER_SESSIONS, token=token)).json()
+        if body["data"]["organization"] is None or body["data"]["organization"]["members"] is None:
+            assert Permission.MEMBERS_READ not in permissions_for_role(role.value), (role, body)
+            continue  # no member list to read sessions from
+        edges = body["data"]["organization"]["members"]["edges"]
+        if Permission.SECURITY_READ in permissions_for_role(role.value):
+            assert "errors" not in body, (role, body)
+            assert all(isinstance(e["node"]["sessions"], list) for e in edges)
+        else:
+            assert {e["node"]["sessions"] for e in edges} == {None}, role
+            assert {(e["extensions"]["code"], str(e["extensions"]["requiredScopes"])) for e in body["errors"]} == {
+                ("FORBIDDEN", "[['security:read']]")
+            }, role
+    assert {r.value for r in ROLE_ORDER if Permission.SECURITY_READ in permissions_for_role(r.value)} == {
+        "admin",
+        "owner",
+    }
