@@ -133,7 +133,6 @@ async def revoke_session(ctx: RequestContext, session_id: str) -> bool:
 async def revoke_other_sessions(ctx: RequestContext) -> int:
     """End every session of the caller but the current one; how many ended."""
     user_id, current = _person(ctx)
-    ended = [row.id for row in await _own_active(ctx, user_id) if row.id != current]
     # tenant-scope: every session of the verified caller's own user id, whatever the organization
     db = await ctx.db()
     others = await db.execute(
@@ -143,7 +142,7 @@ async def revoke_other_sessions(ctx: RequestContext) -> int:
             col(AuthSession.id) != current,
         )
     )
-    ended = sorted(set(ended) | set(others.scalars().all()))
+    ended = sorted(others.scalars().all())
     await revoke_sessions(db, ended, reason="revoked_by_user", now=ctx.services.now())
     ctx.audit(
         AuditAction.AUTHN_SESSION_REVOKED,
