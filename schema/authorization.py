@@ -105,8 +105,11 @@ PASSWORD_CHANGE_ROOT_FIELDS: frozenset[tuple[str, str]] = frozenset(
         ("Mutation", "logout"),
         ("Mutation", "login"),
         ("Mutation", "refreshToken"),
+        ("Mutation", "acceptInvitation"),
         ("Mutation", "requestPasswordReset"),
         ("Mutation", "resetPassword"),
+        ("Mutation", "verifyEmail"),
+        ("Mutation", "confirmEmailChange"),
     }
 )
 _PASSWORD_CHANGE_REFUSAL = Decision(allowed=False, reason=PASSWORD_CHANGE_REQUIRED)
