@@ -41,6 +41,12 @@ class Principal:
     # a password session in an organization that requires MFA, of a user without it: only enrollment
     # (and `me`, `logout`) is allowed until the user confirms a TOTP device
     mfa_enrollment_required: bool = False
+    # a password session whose password is older than the organization's passwordMaxAgeDays: only
+    # changePassword (and `me`, `logout`) is allowed until the password is changed
+    password_change_required: bool = False
+    # when the person last actively authenticated (POSIX seconds; RFC 9068 `auth_time`): a token's claim,
+    # a cookie session's creation; None for API keys (not interactive)
+    auth_time: float | None = None
 
     @property
     def is_authenticated(self) -> bool:

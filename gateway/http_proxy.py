@@ -51,7 +51,7 @@ from store.telemetry import propagation_headers, span
 
 log = logging.getLogger("portcullis.upstreams")
 
-_MFA_REFUSAL = "multi-factor enrollment required"
+_MFA_REFUSAL = "this session may only enroll a second factor or change its password"
 
 
 class HttpUpstreams:
@@ -169,7 +169,7 @@ class HttpUpstreams:
         rule = found.route.rule
         if rule.public:
             return ALLOW
-        if principal.mfa_enrollment_required:
+        if principal.mfa_enrollment_required or principal.password_change_required:
             return Decision(allowed=False, reason=_MFA_REFUSAL)
         return decide(principal, rule.requirement)
 

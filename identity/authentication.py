@@ -29,20 +29,28 @@ class AuthenticationError(Exception):
         self.reason = reason
 
 
-def principal_for_session(info: SessionInfo, *, client_ip: str | None, request_id: str | None) -> Principal:
+def principal_for_session(
+    info: SessionInfo, *, client_ip: str | None, request_id: str | None, auth_time: float | None = None
+) -> Principal:
+    restricted = info.mfa_enrollment_required or info.password_change_required
+    if auth_time is None and info.created_at is not None:
+        auth_time = info.created_at.timestamp()
     return Principal(
         kind=PrincipalKind.USER,
         subject_id=info.user_id,
         organization_id=info.organization_id,
         roles=(info.role,),
-        # a session restricted to MFA enrollment holds no permission at all, whatever path asks
-        permissions=frozenset() if info.mfa_enrollment_required else info.permissions,
+        # a session restricted to MFA enrollment or a password change holds no permission at all, whatever
+        # path asks
+        permissions=frozenset() if restricted else info.permissions,
         auth_method=AuthMethod(info.auth_method),
         session_id=info.session_id,
         plan=info.plan,
         client_ip=client_ip,
         request_id=request_id,
         mfa_enrollment_required=info.mfa_enrollment_required,
+        password_change_required=info.password_change_required,
+        auth_time=auth_time,
     )
 
 
@@ -92,7 +100,7 @@ class Authenticator:
         if info.expires_at <= now:
             raise AuthenticationError("session expired")
         await self._within_policy(info, now, idle_seconds=None, touch_seconds=BEARER_TOUCH_SECONDS)
-        return principal_for_session(info, client_ip=client_ip, request_id=request_id)
+        return principal_for_session(info, client_ip=client_ip, request_id=request_id, auth_time=claims.auth_time)
 
     async def policy(self, organization_id: str) -> SecurityPolicy:
         """The organization's security policy: a cache lookup while it is fresh."""

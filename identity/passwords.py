@@ -6,12 +6,18 @@ a dummy hash so that the time an answer takes does not reveal whether an account
 
 Passwords are normalised to NFKC (NIST SP 800-63B §5.1.1.2) before hashing and checking; nothing is
 truncated, so two passwords that differ anywhere never verify against each other.
+
+An organization's security policy narrows the rules (`PasswordRules`): a longer minimum (never below
+`MIN_LENGTH`), a history of refused earlier passwords, a maximum age. `breachedPasswordCheck` switches the
+bundled list of breached passwords (about 20,000, most common first); switched off, the `FLOOR_LIST_SIZE`
+most common of them are still refused: no policy admits `password1234`.
 """
 
 from __future__ import annotations
 
 import gzip
 import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -20,11 +26,15 @@ import anyio.to_thread
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
+from authz.security_policy import SecurityPolicy
+
 MIN_LENGTH = 12
 MAX_LENGTH = 256
 # Checked before any hashing: the bytes a single password may cost us.
 MAX_BYTES = 1024
 CONTEXT_WORDS = ("portcullis",)
+# The most common passwords of the bundled list, refused whatever a policy says.
+FLOOR_LIST_SIZE = 1000
 
 
 class PasswordPolicyError(ValueError):
@@ -42,19 +52,65 @@ def normalize(password: str) -> str:
     return unicodedata.normalize("NFKC", password)
 
 
+@dataclass(frozen=True, slots=True)
+class PasswordRules:
+    """The password rules that apply to one person: the strictest of their organizations' policies."""
+
+    min_length: int = MIN_LENGTH
+    history: int = 0
+    max_age_days: int | None = None
+    breached_check: bool = True
+
+    @classmethod
+    def strictest(cls, policies: Iterable[SecurityPolicy]) -> PasswordRules:
+        """The longest minimum, the longest history, the shortest maximum age, the breached list if any asks."""
+        found = list(policies)
+        if not found:
+            return cls()
+        ages = [p.password_max_age_days for p in found if p.password_max_age_days is not None]
+        return cls(
+            min_length=max(MIN_LENGTH, *(p.password_min_length for p in found)),
+            history=max(p.password_history for p in found),
+            max_age_days=min(ages) if ages else None,
+            breached_check=any(p.breached_password_check for p in found),
+        )
+
+
+DEFAULT_RULES = PasswordRules()
+
+
+def _passwords_list() -> list[str]:
+    data = resources.files("identity").joinpath("data/common-passwords.txt.gz").read_bytes()
+    return [line.strip().casefold() for line in gzip.decompress(data).decode().splitlines() if line.strip()]
+
+
 @cache
 def common_passwords() -> frozenset[str]:
-    data = resources.files("identity").joinpath("data/common-passwords.txt.gz").read_bytes()
-    return frozenset(line.strip().casefold() for line in gzip.decompress(data).decode().splitlines() if line)
+    """The whole bundled list of breached passwords."""
+    return frozenset(_passwords_list())
 
 
-def check_policy(password: str, *, email: str | None = None, context: tuple[str, ...] = ()) -> None:
-    """Refuse passwords that are too short, too long, the email, or on the common-passwords list."""
+@cache
+def floor_passwords() -> frozenset[str]:
+    """The most common passwords of the bundled list: refused even with `breachedPasswordCheck` off."""
+    return frozenset(_passwords_list()[:FLOOR_LIST_SIZE])
+
+
+def check_policy(
+    password: str,
+    *,
+    email: str | None = None,
+    context: tuple[str, ...] = (),
+    rules: PasswordRules = DEFAULT_RULES,
+) -> None:
+    """Refuse passwords that are too short, too long, the email, or on the breached-passwords list."""
     if len(password.encode("utf-8", "surrogatepass")) > MAX_BYTES:
         raise PasswordPolicyError(f"password must be at most {MAX_LENGTH} characters")
     pw = normalize(password)
-    if len(pw) < MIN_LENGTH:
-        raise PasswordPolicyError(f"password must be at least {MIN_LENGTH} characters")
+    min_length = max(MIN_LENGTH, rules.min_length)
+    if len(pw) < min_length:
+        policy = " (the organization's password policy)" if min_length > MIN_LENGTH else ""
+        raise PasswordPolicyError(f"password must be at least {min_length} characters{policy}")
     if len(pw) > MAX_LENGTH:
         raise PasswordPolicyError(f"password must be at most {MAX_LENGTH} characters")
     if "\x00" in pw:
@@ -64,8 +120,8 @@ def check_policy(password: str, *, email: str | None = None, context: tuple[str,
         local = email.casefold()
         if folded == local or folded == local.split("@", 1)[0]:
             raise PasswordPolicyError("password must not be the email address")
-    if folded in common_passwords():
-        raise PasswordPolicyError("password is too common")
+    if folded in (common_passwords() if rules.breached_check else floor_passwords()):
+        raise PasswordPolicyError("password is too common: it appears in lists of breached passwords")
     for word in (*CONTEXT_WORDS, *context):
         word = word.casefold()
         if len(word) >= 4 and folded in {word, word + "123", word + "1234", word + "12345"}:

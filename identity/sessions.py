@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select as sa_select
 from sqlalchemy import update
@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
 from authz import AuthMethod, RoleDefinition, is_builtin_role, is_permission, resolve_permissions
+from identity.password_history import password_expired
 from identity.tokens import hash_opaque_token, new_refresh_token
 from store.models import (
     AuthSession,
@@ -32,6 +33,7 @@ from store.models import (
     User,
 )
 from store.scoping import tenant_select
+from store.security import SecurityPolicyRow
 
 USER_KEY = "user:"
 ORG_KEY = "org:"
@@ -59,6 +61,10 @@ class SessionInfo:
     permissions: frozenset[str] = frozenset()
     mfa_enrollment_required: bool = False
     last_seen_at: datetime | None = None
+    # a password session whose password is older than the organization's passwordMaxAgeDays: only
+    # changePassword (and `me`, `logout`) until it is changed
+    password_change_required: bool = False
+    # when the person signed in to this session: the `auth_time` of its tokens and of its cookie
     created_at: datetime | None = None
 
 
@@ -151,6 +157,9 @@ async def load_session(db: AsyncSession, session_id: str, now: datetime) -> Sess
                 col(User.mfa_enabled),
                 col(AuthSession.last_seen_at),
                 col(AuthSession.created_at),
+                col(User.password_changed_at),
+                col(User.created_at),
+                col(SecurityPolicyRow.password_max_age_days),
             )
             .join(User, col(User.id) == col(AuthSession.user_id))
             .join(
@@ -159,6 +168,7 @@ async def load_session(db: AsyncSession, session_id: str, now: datetime) -> Sess
                 & (col(Membership.organization_id) == col(AuthSession.organization_id)),
             )
             .join(Organization, col(Organization.id) == col(AuthSession.organization_id))
+            .outerjoin(SecurityPolicyRow, col(SecurityPolicyRow.organization_id) == col(AuthSession.organization_id))
             .where(
                 col(AuthSession.id) == session_id,
                 col(AuthSession.revoked_at).is_(None),
@@ -169,6 +179,7 @@ async def load_session(db: AsyncSession, session_id: str, now: datetime) -> Sess
     ).first()
     if row is None:
         return None
+    password_session = row[3] == AuthMethod.PASSWORD.value
     return SessionInfo(
         session_id=row[0],
         user_id=row[1],
@@ -179,9 +190,10 @@ async def load_session(db: AsyncSession, session_id: str, now: datetime) -> Sess
         plan=row[6],
         permissions=await role_permissions(db, row[2], row[5]),
         # SSO sessions are exempt: the identity provider is where their second factor is enforced
-        mfa_enrollment_required=bool(row[7]) and not row[8] and row[3] == AuthMethod.PASSWORD.value,
+        mfa_enrollment_required=bool(row[7]) and not row[8] and password_session,
         last_seen_at=row[9],
         created_at=row[10],
+        password_change_required=password_session and password_expired(row[11] or row[12], row[13], now),
     )
 
 
@@ -201,14 +213,18 @@ async def create_session(
     user_agent: str | None,
     policy: SessionPolicy,
     now: datetime,
+    auth_time: float | None = None,
 ) -> IssuedSession:
+    """A session and its first refresh token. `created_at` is when the person signed in (its tokens'
+    `auth_time`): now, or `auth_time` for a session opened by someone already signed in (joining an
+    organization is no new sign-in, and must not make an old one fresh)."""
     session = AuthSession(
         organization_id=organization_id,
         user_id=user_id,
         auth_method=auth_method,
         client_ip=client_ip,
         user_agent=(user_agent or "")[:256] or None,
-        created_at=now,
+        created_at=min(now, datetime.fromtimestamp(auth_time, UTC)) if auth_time is not None else now,
         last_seen_at=now,
         expires_at=now + timedelta(seconds=policy.absolute_lifetime_seconds),
     )

@@ -7,7 +7,9 @@ so every rule of RFC 8725 is enforced here before and after it runs:
 - exactly one algorithm, RS256, and key *objects* from our own key ring (never bytes from a token);
 - the header MUST carry `typ: at+jwt` (RFC 9068 §2.1) and a `kid` found in the ring by a dict lookup;
   `crit`, `jku`, `x5u`, `jwk`, `x5c` and `zip` headers are refused outright;
-- `exp iat iss aud sub jti` MUST be present; `exp`, `iat` and `nbf` MUST be NumericDates (integers);
+- `exp iat iss aud sub jti` MUST be present; `exp`, `iat`, `nbf` and `auth_time` MUST be NumericDates (integers);
+- `auth_time` (RFC 9068 §2.2.1, OIDC Core §2): when the person last actively authenticated; a refresh keeps
+  it, so freshness cannot be refreshed into a token; never after `iat`;
 - `iss` and `aud` compared exactly; `iat` not in the future; `exp - iat` within the maximum lifetime;
 - a token over 8 KiB is refused before anything is decoded.
 """
@@ -129,6 +131,7 @@ class AccessClaims:
     jti: str
     issued_at: int
     expires_at: int
+    auth_time: int | None = None
 
 
 class AccessTokens:
@@ -160,7 +163,10 @@ class AccessTokens:
         self._cache: OrderedDict[str, AccessClaims] = OrderedDict()
         self._cache_size = cache_size
 
-    def issue(self, *, subject: str, organization_id: str, session_id: str) -> tuple[str, AccessClaims]:
+    def issue(
+        self, *, subject: str, organization_id: str, session_id: str, auth_time: float | None = None
+    ) -> tuple[str, AccessClaims]:
+        """A new access token; `auth_time` is when the person signed in (default: now, a sign-in)."""
         now = int(self.clock())
         claims = AccessClaims(
             subject=subject,
@@ -169,6 +175,7 @@ class AccessTokens:
             jti=secrets.token_urlsafe(16),
             issued_at=now,
             expires_at=now + self.lifetime,
+            auth_time=min(int(auth_time), now) if auth_time is not None else now,
         )
         payload = {
             "iss": self.issuer,
@@ -180,6 +187,7 @@ class AccessTokens:
             "iat": now,
             "nbf": now,
             "exp": claims.expires_at,
+            "auth_time": claims.auth_time,
         }
         key = self.keys.current
         assert key.signer is not None
@@ -274,12 +282,23 @@ class AccessTokens:
             raise TokenError("not yet valid")
         if exp - iat > self.max_lifetime or exp <= iat:
             raise TokenError("lifetime too long")
+        auth_time = payload.get("auth_time")
+        if auth_time is not None and (not _numeric_date(auth_time) or int(auth_time) > iat):
+            raise TokenError("auth_time is not a NumericDate before iat")
         names = ("sub", "org", "sid", "jti")
         values = [v for v in (payload.get(n) for n in names) if isinstance(v, str) and v]
         if len(values) != len(names):
             raise TokenError("missing subject, organization or session")
         sub, org, sid, jti = values
-        return AccessClaims(subject=sub, organization_id=org, session_id=sid, jti=jti, issued_at=iat, expires_at=exp)
+        return AccessClaims(
+            subject=sub,
+            organization_id=org,
+            session_id=sid,
+            jti=jti,
+            issued_at=iat,
+            expires_at=exp,
+            auth_time=int(auth_time) if auth_time is not None else None,
+        )
 
 
 def _numeric_date(value: object) -> bool:

@@ -44,11 +44,12 @@ from authz.errors import (
     Unauthenticated,
 )
 from identity.lockout import email_key
-from identity.passwords import MAX_BYTES, PasswordPolicyError, check_policy
+from identity.passwords import MAX_BYTES
 from identity.sessions import active_session_ids, revoke_sessions
 from identity.tokens import hash_opaque_token
 from resolvers.deps import RequestContext
 from resolvers.mail import send_mail
+from resolvers.passwords import record_password, vet_new_password
 from resolvers.provisioning import MAX_EMAIL_LENGTH, checked_email
 from store.audit import PLATFORM_CHAIN, AuditAction
 from store.models import AccountToken, SsoIdentity, User
@@ -313,10 +314,7 @@ async def reset_password(ctx: RequestContext, token: str, new_password: str) -> 
     if row is None or not row[1].is_active:
         raise Unauthenticated(INVALID_TOKEN)
     found: User = row[1]
-    try:
-        check_policy(new_password, email=found.email)
-    except PasswordPolicyError as exc:
-        raise BadUserInput(str(exc), field="newPassword") from None
+    await vet_new_password(ctx, new_password, user=found, field="newPassword")
     new_hash = await services.hasher.hash(new_password)
     db = await ctx.db()
     spent = await spend_token(db, token, PASSWORD_RESET, now)
@@ -331,6 +329,7 @@ async def reset_password(ctx: RequestContext, token: str, new_password: str) -> 
     if user.email_verified_at is None:
         user.email_verified_at = now
     db.add(user)
+    await record_password(db, user.id, new_hash, now)
     await _spend_others(db, user.id, PASSWORD_RESET, now)
     ended = await active_session_ids(db, user.id)
     await revoke_sessions(db, ended, reason="password_reset", now=now)

@@ -16,7 +16,7 @@ from sqlmodel import col, select
 from authz import AuthMethod, Principal, PrincipalKind
 from authz.errors import INVALID_CREDENTIALS, BadUserInput, NotFound, Unauthenticated
 from identity.lockout import email_key
-from identity.passwords import MAX_BYTES, PasswordPolicyError, check_policy
+from identity.passwords import MAX_BYTES
 from identity.sessions import (
     RefreshError,
     active_session_ids,
@@ -24,14 +24,16 @@ from identity.sessions import (
     load_session,
     revoke_sessions,
     rotate_refresh_token,
+    user_key,
 )
 from identity.tokens import AccessClaims
 from resolvers import mfa, risk, sign_in_policy
 from resolvers.accounts import refuse_api_keys
 from resolvers.address_blocks import count_failed_sign_in, refuse_blocked_sign_in
 from resolvers.common import announce_after_commit
-from resolvers.deps import RequestContext
+from resolvers.deps import RequestContext, Services
 from resolvers.mail import send_mail
+from resolvers.passwords import record_password, vet_new_password
 from resolvers.provisioning import MAX_EMAIL_LENGTH
 from store.audit import PLATFORM_CHAIN, AuditAction, AuditResult
 from store.models import AuthSession, Membership, Organization, User
@@ -48,6 +50,16 @@ class AuthResult:
     refresh_token: str
     user: User
     organization: Organization
+
+
+def session_token(services: Services, session: AuthSession) -> tuple[str, AccessClaims]:
+    """An access token of the session; its `auth_time` is the session's sign-in, whenever it is issued."""
+    return services.tokens.issue(
+        subject=session.user_id,
+        organization_id=session.organization_id,
+        session_id=session.id,
+        auth_time=session.created_at.timestamp(),
+    )
 
 
 def _check_credentials_shape(email: str, password: str, organization_slug: str | None = None) -> None:
@@ -222,7 +234,7 @@ async def login(
     if ending:
         await revoke_sessions(db, ending, reason="session_limit", now=now)
         announce_after_commit(ctx, ending)
-    token, claims = services.tokens.issue(subject=user.id, organization_id=org.id, session_id=issued.session.id)
+    token, claims = session_token(services, issued.session)
     log.info("authn_login_success", extra={"request_id": principal.request_id, "user_id": user.id})
     # committed with the session it opens: there is no success entry for a session that never was
     ctx.audit(
@@ -345,7 +357,8 @@ async def refresh(ctx: RequestContext, refresh_token: str | None) -> AuthResult:
     org = await db.get(Organization, session.organization_id)
     if user is None or org is None:
         raise Unauthenticated("Invalid refresh token.")
-    token, claims = services.tokens.issue(subject=user.id, organization_id=org.id, session_id=session.id)
+    # the session's sign-in stays the token's auth_time: a refresh is no authentication
+    token, claims = session_token(services, session)
     await ctx.audit_now(
         AuditAction.AUTHN_TOKEN_REFRESH,
         organization_id=org.id,
@@ -418,10 +431,7 @@ async def change_password(ctx: RequestContext, current_password: str, new_passwo
         await services.throttle.failed(attempt)
         raise Unauthenticated(INVALID_CREDENTIALS)
     await services.throttle.succeeded(attempt)
-    try:
-        check_policy(new_password, email=email)
-    except PasswordPolicyError as exc:
-        raise BadUserInput(str(exc), field="newPassword") from None
+    await vet_new_password(ctx, new_password, user=found, field="newPassword")
     if await services.hasher.verify(current_hash, new_password):
         raise BadUserInput("the new password must differ from the current one", field="newPassword")
     new_hash = await services.hasher.hash(new_password)
@@ -434,6 +444,7 @@ async def change_password(ctx: RequestContext, current_password: str, new_passwo
     user.password_hash = new_hash
     user.password_changed_at = services.now()
     db.add(user)
+    await record_password(db, user_id, new_hash, services.now())
     others = await active_session_ids(db, user_id, except_id=session_id)
     await revoke_sessions(db, others, reason="password_changed", now=services.now())
     await send_mail(
@@ -450,7 +461,8 @@ async def change_password(ctx: RequestContext, current_password: str, new_passwo
     )
 
     async def announce() -> None:
-        await services.revocations.publish(others)
+        # the user's own key too: this session, restricted while the password was too old, no longer is
+        await services.revocations.publish([*others, user_key(user_id)])
 
     ctx.after_commit.append(announce)
     return True

@@ -1,22 +1,20 @@
 """Invitations: how a person joins an organization, by that person's own act.
 
-Accounts are global (one email, one account, any number of organizations), so an organization must never
-create, claim or learn about an account by naming its address. `addMember` therefore makes an invitation
-and nothing else: no account, no membership, and an answer that is the same whether or not the address
-has an account anywhere. The invitation's token (256 bits, only its sha256 kept, 7 days) goes to the
-address by email and nowhere else; whoever accepts it has shown they read that mailbox.
+Accounts are global (one email, one account, any number of organizations), so an organization never creates,
+claims or learns about an account by naming its address: `addMember` makes an invitation and nothing else, with the
+same answer whether or not the address has an account. The token (256 bits, only its sha256 kept, 7 days) goes to
+the address by email only; whoever accepts it has shown they read that mailbox.
 
 `acceptInvitation(token, password)`:
-- the address has no account: the account is created with that password (the address counts as
-  verified: the token came through it), then the membership, then a session in the organization;
-- the address has an account: it joins only by its holder's act. The caller is signed in as that account,
-  or proves to be its holder with the account's own password (counted by the login throttle like a
-  sign-in); an account with a second factor, or without a password (it signs in through an identity
-  provider), must be signed in. The password of an existing account is never set or changed here.
+- the address has no account: the account is created with that password (the address counts as verified: the
+  token came through it), then the membership, then a session in the organization;
+- the address has an account: it joins only by its holder's act. The caller is signed in as that account, or
+  proves to be its holder with the account's own password (counted by the login throttle like a sign-in); an
+  account with a second factor, or without a password (an identity provider's), must be signed in. The password
+  of an existing account is never set or changed here.
 
-An invitation counts against the MEMBERS quota while it is pending (`resolvers/quotas.py`), so an
-organization cannot invite past its plan. It can be re-sent (a new token; the previous one stops
-working), and revoked. An unknown, spent, revoked or expired token all answer the same UNAUTHENTICATED.
+A pending invitation counts against the MEMBERS quota (`resolvers/quotas.py`); it can be re-sent (a new token, the
+previous one dead) and revoked. An unknown, spent, revoked or expired token all answer the same UNAUTHENTICATED.
 """
 
 from __future__ import annotations
@@ -35,15 +33,16 @@ from authz import AuthMethod, Principal, PrincipalKind
 from authz.errors import INVALID_CREDENTIALS, BadUserInput, Conflict, NotFound, Unauthenticated
 from authz.plans import QuotaResource
 from identity.lockout import email_key
-from identity.passwords import MAX_BYTES, PasswordPolicyError, check_policy
+from identity.passwords import MAX_BYTES
 from identity.sessions import create_session
 from identity.tokens import hash_opaque_token
 from resolvers import security_events
 from resolvers.accounts import refuse_api_keys
-from resolvers.auth import AuthResult
+from resolvers.auth import AuthResult, session_token
 from resolvers.common import Page, PageEdge, tenant_of
 from resolvers.deps import RequestContext
 from resolvers.mail import MailNotConfigured, send_mail
+from resolvers.passwords import record_password, vet_new_password
 from resolvers.provisioning import INVITATION_TTL, checked_email, new_invitation_token
 from resolvers.quotas import check_quota
 from resolvers.roles import check_can_grant, require_role
@@ -390,10 +389,9 @@ async def accept_invitation(ctx: RequestContext, token: str, password: str) -> A
     new_hash: str | None = None
     # the password is checked or hashed before the unit of work opens its session (SQLite's writers' turn)
     if found.user is None:
-        try:
-            check_policy(password, email=invitation.email)
-        except PasswordPolicyError as exc:
-            raise BadUserInput(str(exc), field="password") from None
+        await vet_new_password(
+            ctx, password, email=invitation.email, field="password", joining=[invitation.organization_id]
+        )
         new_hash = await services.hasher.hash(password)
     else:
         await _holder_proved(ctx, found, password)
@@ -416,6 +414,8 @@ async def accept_invitation(ctx: RequestContext, token: str, password: str) -> A
         except IntegrityError:
             # an account for the address was made meanwhile (another invitation, an IdP): accept again
             raise Conflict("An account for this address was just created: accept the invitation again.") from None
+        assert new_hash is not None
+        await record_password(db, user.id, new_hash, now)
     else:
         existing = await db.get(User, user_id, with_for_update=True)
         if existing is None or not existing.is_active:
@@ -469,8 +469,9 @@ async def accept_invitation(ctx: RequestContext, token: str, password: str) -> A
         user_agent=ctx.user_agent,
         policy=services.session_policy,
         now=now,
+        auth_time=ctx.principal.auth_time if signed_in else None,
     )
-    access, claims = services.tokens.issue(subject=user.id, organization_id=org.id, session_id=issued.session.id)
+    access, claims = session_token(services, issued.session)
     if user_id is None:
         ctx.audit(
             AuditAction.USER_CREATED,

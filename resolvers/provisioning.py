@@ -99,7 +99,13 @@ async def create_tenant(
         return Provisioned(
             organization=org, owner=None, user_created=False, invitation=invitation, invitation_token=token
         )
-    user = User(email=owner_email.strip(), email_key=key, password_hash=password_hash, created_at=at)
+    user = User(
+        email=owner_email.strip(),
+        email_key=key,
+        password_hash=password_hash,
+        password_changed_at=at if password_hash else None,
+        created_at=at,
+    )
     db.add(user)
     await db.flush()
     db.add(Membership(organization_id=org.id, user_id=user.id, role=BuiltinRole.OWNER.value, created_at=at))

@@ -24,6 +24,7 @@ from schema.authorization import Authorization, Authorizer
 from schema.domains import DomainMutation
 from schema.enums import Plan
 from schema.extensions import IntrospectionGuard, UnitOfWork
+from schema.fresh_auth import FreshAuthentication
 from schema.invitations import InvitationMutation
 from schema.limits import DEFAULT_LIST_SIZE, OPERATION_LIMITS, CostModel, OperationLimits, TokenLimit, document_limits
 from schema.limits.admission import AdmissionExtension
@@ -39,6 +40,7 @@ from schema.roles import RoleMutation, RoleQuery
 from schema.saml import SamlMutation
 from schema.security_events import SecurityEventMutation, SecurityEventQuery
 from schema.security_policy import SecurityPolicyMutation
+from schema.sessions import SessionMutation
 from schema.sso import SsoMutation
 from schema.users import UserQuery
 
@@ -70,6 +72,7 @@ Mutation = merge_types(
         AddressBlockMutation,
         SecurityPolicyMutation,
         SecurityEventMutation,
+        SessionMutation,
     ),
 )
 
@@ -148,6 +151,7 @@ def default_extensions(
         *document_limits(operation_limits, lambda: schema().cost_model),
         OncePerOperation,
         Authorize(schema, reject_unauthorized),
+        FreshAuthentication,
         AdmissionExtension,
     ]
     if forwarding:

@@ -81,6 +81,10 @@ FIELD_ACTIONS: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
     "resolveSecurityEvent": (A.SECURITY_EVENT_RESOLVED, "security_event", ()),
     "createWebhook": (A.WEBHOOK_CREATED, "webhook", ()),
     "deleteWebhook": (A.WEBHOOK_DELETED, "webhook", ()),
+    "revokeSession": (A.AUTHN_SESSION_REVOKED, "session", ()),
+    "revokeOtherSessions": (A.AUTHN_SESSION_REVOKED, "user", ()),
+    "revokeMemberSessions": (A.MEMBER_SESSIONS_REVOKED, "membership", ()),
+    "reauthenticate": (A.AUTHN_REAUTHENTICATED, "session", (A.AUTHN_MFA_FAIL,)),
 }
 
 # mutations that anonymous callers may call: their failures are recorded
@@ -144,6 +148,7 @@ LOOKUP_ARGUMENTS: dict[str, tuple[str, str]] = {
     "resendInvitation": ("id", "invitation"),
     "revokeInvitation": ("id", "invitation"),
     "unblockAddress": ("id", "address_block"),
+    "revokeMemberSessions": ("memberId", "membership"),
 }
 
 

@@ -39,7 +39,13 @@ from graphql import (
 from strawberry.extensions import SchemaExtension
 
 from authz import Decision, Principal, PrincipalKind, Requirement, decide
-from schema.directives import MFA_ENROLLMENT_REQUIRED, denial_error, requirement_from_directives, requirement_of
+from schema.directives import (
+    MFA_ENROLLMENT_REQUIRED,
+    PASSWORD_CHANGE_REQUIRED,
+    denial_error,
+    requirement_from_directives,
+    requirement_of,
+)
 from schema.introspection import IntrospectionFailed, IntrospectionFilter, introspection_fields
 from store.telemetry import span
 
@@ -66,6 +72,9 @@ KEY_REFUSED_MUTATIONS: frozenset[str] = frozenset(
         "changeEmail",
         "confirmEmailChange",
         "startSsoLink",
+        "revokeSession",
+        "revokeOtherSessions",
+        "reauthenticate",
     }
 )
 _KEY_REFUSAL = Decision(allowed=False, reason="an API key cannot sign in or mint tokens")
@@ -87,6 +96,23 @@ MFA_ENROLLMENT_ROOT_FIELDS: frozenset[tuple[str, str]] = frozenset(
     }
 )
 _MFA_ENROLLMENT_REFUSAL = Decision(allowed=False, reason=MFA_ENROLLMENT_REQUIRED)
+
+# What a password session whose password is past the policy's maximum age may do (docs/passwords-and-fresh-auth.md).
+PASSWORD_CHANGE_ROOT_FIELDS: frozenset[tuple[str, str]] = frozenset(
+    {
+        ("Query", "me"),
+        ("Mutation", "changePassword"),
+        ("Mutation", "logout"),
+        ("Mutation", "login"),
+        ("Mutation", "refreshToken"),
+        ("Mutation", "acceptInvitation"),
+        ("Mutation", "requestPasswordReset"),
+        ("Mutation", "resetPassword"),
+        ("Mutation", "verifyEmail"),
+        ("Mutation", "confirmEmailChange"),
+    }
+)
+_PASSWORD_CHANGE_REFUSAL = Decision(allowed=False, reason=PASSWORD_CHANGE_REQUIRED)
 
 
 def type_rule(schema: GraphQLSchema, gtype: GraphQLNamedType) -> Requirement | None:
@@ -198,6 +224,7 @@ class Authorizer:
             principal.effective_permissions,
             principal.plan,
             principal.mfa_enrollment_required,
+            principal.password_change_required,
         )
         cached = self._cache.get(key)
         if cached is not None and cached.document is document:
@@ -292,6 +319,10 @@ class Authorizer:
             return
         if not path and principal.mfa_enrollment_required and (parent.name, name) not in MFA_ENROLLMENT_ROOT_FIELDS:
             denied[id(node)] = _MFA_ENROLLMENT_REFUSAL
+            paths.append(here)
+            return
+        if not path and principal.password_change_required and (parent.name, name) not in PASSWORD_CHANGE_ROOT_FIELDS:
+            denied[id(node)] = _PASSWORD_CHANGE_REFUSAL
             paths.append(here)
             return
         requirement = self.requirement(parent, name)

@@ -70,6 +70,7 @@ class ListSize:
 
 
 MFA_ENROLLMENT_REQUIRED = "MFA_ENROLLMENT_REQUIRED"
+PASSWORD_CHANGE_REQUIRED = "PASSWORD_CHANGE_REQUIRED"
 
 
 def denial_error(principal: Any, decision: Decision) -> Exception:
@@ -80,6 +81,11 @@ def denial_error(principal: Any, decision: Decision) -> Exception:
         return Forbidden(
             "Your organization requires two-factor authentication: enroll with enrollTotp and confirmTotp first.",
             reason=MFA_ENROLLMENT_REQUIRED,
+        )
+    if decision.reason == PASSWORD_CHANGE_REQUIRED:
+        return Forbidden(
+            "Your password is older than your organization's passwordMaxAgeDays: change it with changePassword first.",
+            reason=PASSWORD_CHANGE_REQUIRED,
         )
     extensions: dict[str, Any] = {}
     if decision.required_scopes:

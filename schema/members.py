@@ -10,6 +10,7 @@ from resolvers.members import Member, MemberPage
 from schema.context import Info
 from schema.directives import requires_scopes
 from schema.pagination import Connection
+from schema.sessions import MEMBER_SESSIONS_RULE, Session, sessions_of
 from schema.users import User
 
 
@@ -19,6 +20,10 @@ class Membership:
     user: User
     role: str
     created_at: datetime
+
+    @strawberry.field(description="The member's signed-in sessions in this organization.", **MEMBER_SESSIONS_RULE)
+    async def sessions(self, info: Info) -> list[Session] | None:
+        return await sessions_of(info, str(self.user.id))
 
     @classmethod
     def from_member(cls, m: Member) -> Membership:

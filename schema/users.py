@@ -8,6 +8,7 @@ from resolvers import users as service
 from schema.context import Info
 from schema.directives import authenticated
 from schema.organizations import Organization
+from schema.sessions import Session, my_sessions
 from store.models import User as UserRow
 
 
@@ -39,6 +40,10 @@ class Viewer:
     role: str
     permissions: list[str]
     auth_method: str
+
+    @strawberry.field(description="Your signed-in sessions, in every organization, the most recent first.")
+    async def sessions(self, info: Info) -> list[Session]:
+        return await my_sessions(info)
 
 
 @strawberry.type

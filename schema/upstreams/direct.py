@@ -73,7 +73,13 @@ class Ticket:
 
 
 def _caller(principal: Principal) -> tuple[Any, ...]:
-    return (principal.kind, principal.effective_permissions, principal.plan, principal.mfa_enrollment_required)
+    return (
+        principal.kind,
+        principal.effective_permissions,
+        principal.plan,
+        principal.mfa_enrollment_required,
+        principal.password_change_required,
+    )
 
 
 class DirectForward:

@@ -57,6 +57,9 @@ class AuditAction(StrEnum):
     AUTHN_EMAIL_CHANGED = "authn_email_changed"
     AUTHN_SSO_LINK_STARTED = "authn_sso_link_started"
     AUTHN_SSO_LINKED = "authn_sso_linked"
+    # a person ending their own sessions (revokeSession, revokeOtherSessions), or signing in again
+    AUTHN_SESSION_REVOKED = "authn_session_revoked"
+    AUTHN_REAUTHENTICATED = "authn_reauthenticated"
     # API keys
     APIKEY_CREATED = "apikey_created"
     APIKEY_ROTATED = "apikey_rotated"
@@ -83,6 +86,8 @@ class AuditAction(StrEnum):
     DOMAIN_CLAIMED = "domain_claimed"
     DOMAIN_RELEASED = "domain_released"
     MEMBER_REMOVED = "member_removed"
+    # an administrator ending a member's sessions (revokeMemberSessions)
+    MEMBER_SESSIONS_REVOKED = "member_sessions_revoked"
     SSO_CONFIGURED = "sso_configured"
     SECURITY_POLICY_UPDATE = "security_policy_update"
     REPORT_GENERATED = "report_generated"

@@ -733,3 +733,27 @@ def test_c038_jwks_lists_current_and_previous_public_keys_only(signing_key: str,
         assert set(k) == {"kty", "use", "alg", "kid", "n", "e"}
         assert not {"d", "p", "q", "dp", "dq", "qi", "oth", "k"} & set(k)
         assert (k["kty"], k["alg"], k["use"]) == ("RSA", "RS256", "sig")
+
+
+# -- auth_time (RFC 9068 §2.2.1) -------------------------------------------------------------------
+
+
+def test_auth_time_is_the_sign_in_and_a_later_token_keeps_it(access: AccessTokens) -> None:
+    _, signed_in = access.issue(subject="u", organization_id="o", session_id="s")
+    assert signed_in.auth_time == signed_in.issued_at
+    token, later = access.issue(subject="u", organization_id="o", session_id="s", auth_time=NOW - 3600)
+    assert later.auth_time == NOW - 3600
+    assert access.verify(token).auth_time == NOW - 3600
+    # a sign-in cannot be dated after the token
+    _, clamped = access.issue(subject="u", organization_id="o", session_id="s", auth_time=NOW + 3600)
+    assert clamped.auth_time == clamped.issued_at
+
+
+@pytest.mark.parametrize("value", [NOW + 1, "1700000000", 1.5, True], ids=["after-iat", "string", "float", "bool"])
+def test_a_bad_auth_time_is_refused(access: AccessTokens, forge: Callable[..., str], value: Any) -> None:
+    assert "auth_time" in refused(access, forge(claims(auth_time=value))).reason
+
+
+def test_a_token_without_auth_time_is_accepted_without_one(access: AccessTokens, forge: Callable[..., str]) -> None:
+    assert access.verify(forge()).auth_time is None
+    assert access.verify(forge(claims(auth_time=NOW - 60))).auth_time == NOW - 60
