@@ -108,7 +108,7 @@ async def refused(client, database_url, token: str, *, problem: str, **values: A
     assert any(problem in p for p in problems), problems
     assert body["data"] is None
     assert policy_rows(database_url) == 0
-    assert int(sql(database_url, "SELECT count(*) FROM security_events")[0][0]) == 0
+    assert int(sql(database_url, "SELECT count(*) FROM security_events WHERE kind = 'policy_changed'")[0][0]) == 0
     return problems
 
 
