@@ -19,11 +19,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import select
 from sqlmodel import col
 
 from authz.errors import BadUserInput, NotFound
 from resolvers.deps import RequestContext
 from resolvers.report_builders import iso
+from store.audit import AuditAction, AuditResult
 from store.models import Report
 from store.reporting import ReportSchedule, webhook_ids_of
 from store.scoping import tenant_select
@@ -35,8 +37,8 @@ WEBHOOK_NOT_FOUND = "Webhook not found."
 
 
 async def check_webhooks(ctx: RequestContext, org_id: str, given: list[str]) -> list[str]:
-    """The ids (deduplicated, in order) of webhooks of the organization; NOT_FOUND names none of another
-    tenant's, or of none at all, apart."""
+    """The ids (deduplicated, in order) of webhooks of the organization; NOT_FOUND for an id of another
+    tenant's webhook as for one of none (the former also recorded as `authz_cross_tenant`)."""
     ids = list(dict.fromkeys(str(w).strip() for w in given))
     if len(ids) > MAX_SCHEDULE_WEBHOOKS:
         raise BadUserInput(f"webhookIds names at most {MAX_SCHEDULE_WEBHOOKS} webhooks", field="webhookIds")
@@ -46,9 +48,27 @@ async def check_webhooks(ctx: RequestContext, org_id: str, given: list[str]) -> 
         raise NotFound(WEBHOOK_NOT_FOUND)
     db = await ctx.db()
     found = (await db.execute(tenant_select(Webhook, org_id).where(col(Webhook.id).in_(ids)))).scalars().all()
-    if {w.id for w in found} != set(ids):
+    missing = [w for w in ids if w not in {h.id for h in found}]
+    if missing:
+        for webhook_id in await _of_other_tenants(ctx, missing):
+            await ctx.audit_durably(
+                AuditAction.AUTHZ_CROSS_TENANT,
+                result=AuditResult.DENIED,
+                resource_type="webhook",
+                resource_id=webhook_id,
+                details={"field": "scheduleReport"},
+            )
         raise NotFound(WEBHOOK_NOT_FOUND)
     return ids
+
+
+async def _of_other_tenants(ctx: RequestContext, ids: list[str]) -> list[str]:
+    """Which of `ids` are webhooks of some organization: for the audit log only, the answer stays NOT_FOUND.
+
+    # tenant-scope: deliberately across tenants (the caller's own were found already); nothing reaches the caller
+    """
+    rows = await (await ctx.db()).execute(select(col(Webhook.id)).where(col(Webhook.id).in_(ids)))
+    return sorted(str(w) for w in rows.scalars().all())
 
 
 def download_urls(base: str, report_id: str) -> dict[str, str]:

@@ -114,6 +114,12 @@ async def test_another_tenants_webhook_is_refused(
         assert count(database_url, "report_schedules") == 0
         made = await schedule(client, owner, webhookIds=[ours, ours])
     assert made["webhookIds"] == [ours]
+    crossed = sql(
+        database_url,
+        "SELECT resource_type, resource_id, result FROM audit_log WHERE chain = :c AND action = 'authz_cross_tenant'",
+        c=tenant.org_id,
+    )
+    assert crossed == [("webhook", theirs, "denied")] * 2  # the two attempts naming it; unknown ids are not
 
 
 async def test_a_deleted_webhook_is_skipped(
