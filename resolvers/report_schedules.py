@@ -152,6 +152,8 @@ async def schedule_report(ctx: RequestContext, given: ScheduleInput) -> ReportSc
     """A new schedule of the caller's organization; its recipients must be members (by email), its
     webhooks the organization's (NOT_FOUND otherwise)."""
     org_id = tenant_of(ctx.principal)
+    # the ids first: one of another tenant answers NOT_FOUND whatever else the input holds
+    webhook_ids = await check_webhooks(ctx, org_id, given.webhook_ids)
     zone, emails = _check_input(given)
     members = await _members_among(ctx, org_id, emails)
     outsiders = [e for e in emails if e not in members]
@@ -159,7 +161,6 @@ async def schedule_report(ctx: RequestContext, given: ScheduleInput) -> ReportSc
         raise BadUserInput(
             "Every recipient must be a member of the organization.", field="recipients", notMembers=outsiders
         )
-    webhook_ids = await check_webhooks(ctx, org_id, given.webhook_ids)
     db = await ctx.db()
     count = (await db.execute(sa_select(func.count()).where(tenant_filter(ReportSchedule, org_id)))).scalar_one()
     if count >= MAX_SCHEDULES:
