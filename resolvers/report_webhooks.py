@@ -7,8 +7,8 @@ delivery worker (`gateway/webhooks.py`) signs it (Standard Webhooks), retries it
 period is run once (`report_schedule_runs`), so its messages are written once.
 
 Naming a webhook on a schedule is its subscription to that schedule's reports: the webhook's `events`
-(security event kinds) say which security events it gets and are not consulted here. A webhook deleted
-or disabled since is skipped.
+(security event kinds) say which security events it gets and are not consulted here. A webhook disabled
+since is skipped; one deleted is taken off its schedules (`resolvers.webhooks.delete_webhook`).
 
 The message carries where to download the report, never its rows: the links need a signed-in member
 with `reports:read`, as the mailed ones do.

@@ -122,17 +122,22 @@ async def test_another_tenants_webhook_is_refused(
     assert crossed == [("webhook", theirs, "denied")] * 2  # the two attempts naming it; unknown ids are not
 
 
-async def test_a_deleted_webhook_is_skipped(
+async def test_a_deleted_or_disabled_webhook_gets_nothing(
     database_url: str, signing_key: str, tenant: Tenant, receiver: tuple[Receiver, str]
 ) -> None:
     r, url = receiver
     async with gateway(database_url, signing_key) as (app, client):
         owner = (await login(client, tenant))["accessToken"]
         gone, _ = await create_webhook(client, owner, url + "/gone")
+        off, _ = await create_webhook(client, owner, url + "/off")
         kept, r.secret = await create_webhook(client, owner, url)
-        made = await schedule(client, owner, webhookIds=[gone, kept])
+        made = await schedule(client, owner, webhookIds=[gone, off, kept])
         body = (await gql(client, DELETE_WEBHOOK, {"id": gone}, token=owner)).json()
         assert body["data"] == {"deleteWebhook": True}
+        # disabled after repeated failed deliveries (gateway/webhooks.py): still named, sent nothing
+        sql(database_url, "UPDATE webhooks SET disabled_at = :t WHERE id = :id", t=today_at(0), id=off)
+        listed = (await gql(client, LIST, token=owner)).json()["data"]["organization"]["reportSchedules"]
+        assert listed[0]["webhookIds"] == [off, kept]
         make_due(database_url, made["id"], today_at(6))
         runner = ReportScheduler(app.state.services, clock=lambda: today_at(6, 30))
         assert await runner.run_due() == {"generated": 1}
