@@ -57,7 +57,9 @@ def new_secret() -> str:
 
 
 def message_type(kind: str) -> str:
-    return TYPE_PREFIX + kind
+    """A security event's kind prefixed (`security_event.account_locked`); other messages' kinds are
+    their type already (`report.ready`)."""
+    return kind if "." in kind else TYPE_PREFIX + kind
 
 
 def _iso(at: datetime | None) -> str | None:

@@ -1,5 +1,6 @@
 """Scheduled reports: a report kind generated daily, weekly or monthly for the period that just ended in the
-schedule's time zone, and mailed to members of the organization (docs/reports.md, "Schedules").
+schedule's time zone, mailed to members of the organization and announced to the organization's webhooks
+it names (`resolvers/report_webhooks.py`; docs/reports.md, "Schedules").
 
 When it runs. A DAILY schedule runs every day at `hour` in its time zone, for the day before; WEEKLY on
 Mondays at `hour`, for the week (Monday to Monday) before; MONTHLY on the first of the month at `hour`,
@@ -21,7 +22,7 @@ schedule moves on to its next period. Its audit entry names the schedule as a `s
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from functools import cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
@@ -37,10 +38,11 @@ from resolvers.common import tenant_of
 from resolvers.deps import RequestContext, Services
 from resolvers.mail import queue_mail
 from resolvers.report_builders import iso
+from resolvers.report_webhooks import check_webhooks, queue_report_ready
 from resolvers.reports import KINDS, generate_report
 from store.audit import AuditAction
 from store.models import Membership, Organization, User, new_ordered_id
-from store.reporting import ReportSchedule, ReportScheduleRun
+from store.reporting import ReportSchedule, ReportScheduleRun, emails_of, pack_recipients
 from store.scoping import tenant_filter, tenant_select
 
 log = logging.getLogger("portcullis.reports")
@@ -115,6 +117,7 @@ class ScheduleInput:
     time_zone: str
     hour: int
     recipients: list[str]
+    webhook_ids: list[str] = field(default_factory=list)
 
 
 async def _members_among(ctx: RequestContext, org_id: str, emails: list[str]) -> set[str]:
@@ -137,14 +140,20 @@ def _check_input(given: ScheduleInput) -> tuple[ZoneInfo, list[str]]:
     if not 0 <= given.hour <= 23:
         raise BadUserInput("hourOfDay must be between 0 and 23", field="hourOfDay")
     emails = list(dict.fromkeys(e.strip().lower() for e in given.recipients))
-    if not emails or len(emails) > MAX_RECIPIENTS:
-        raise BadUserInput(f"recipients must name 1 to {MAX_RECIPIENTS} members", field="recipients")
+    if len(emails) > MAX_RECIPIENTS or not (emails or given.webhook_ids):
+        raise BadUserInput(
+            f"recipients must name 1 to {MAX_RECIPIENTS} members (or none when webhookIds names a webhook)",
+            field="recipients",
+        )
     return zone, emails
 
 
 async def schedule_report(ctx: RequestContext, given: ScheduleInput) -> ReportSchedule:
-    """A new schedule of the caller's organization; its recipients must be members (by email)."""
+    """A new schedule of the caller's organization; its recipients must be members (by email), its
+    webhooks the organization's (NOT_FOUND otherwise)."""
     org_id = tenant_of(ctx.principal)
+    # the ids first: one of another tenant answers NOT_FOUND whatever else the input holds
+    webhook_ids = await check_webhooks(ctx, org_id, given.webhook_ids)
     zone, emails = _check_input(given)
     members = await _members_among(ctx, org_id, emails)
     outsiders = [e for e in emails if e not in members]
@@ -163,7 +172,7 @@ async def schedule_report(ctx: RequestContext, given: ScheduleInput) -> ReportSc
         cadence=given.cadence,
         time_zone=given.time_zone,
         hour=given.hour,
-        recipients=emails,
+        recipients=pack_recipients(emails, webhook_ids),
         created_by=ctx.principal.subject_id if ctx.principal.kind is PrincipalKind.USER else None,
         created_at=now,
         next_run_at=next_run(given.cadence, zone, given.hour, now),
@@ -180,6 +189,7 @@ async def schedule_report(ctx: RequestContext, given: ScheduleInput) -> ReportSc
             "timeZone": row.time_zone,
             "hourOfDay": row.hour,
             "recipients": len(emails),
+            "webhooks": webhook_ids,
             "nextRunAt": iso(row.next_run_at),
         },
     )
@@ -305,8 +315,9 @@ def _run(
 
 
 async def run_schedule(services: Services, schedule: ReportSchedule, now: datetime) -> str:
-    """Generate and mail the period `schedule.next_run_at` reports on, then advance the schedule; what
-    became of it: "generated", "refused" (recorded, moved on) or "duplicate" (the period was run already)."""
+    """Generate the period `schedule.next_run_at` reports on, mail it and queue its webhooks' messages, then
+    advance the schedule; what became of it: "generated", "refused" (recorded, moved on) or "duplicate"
+    (the period was run already)."""
     run_at = schedule.next_run_at
     start, end = period_for(schedule.cadence, check_time_zone(schedule.time_zone), run_at)
     ctx = _context(services, schedule)
@@ -319,6 +330,7 @@ async def run_schedule(services: Services, schedule: ReportSchedule, now: dateti
             report = await generate_report(ctx, schedule.kind, start, end)
             run.report_id = report.id
             await _mail(ctx, schedule, report.id, start, end)
+            await queue_report_ready(ctx, schedule, report, _base_url(ctx))
             await _advance(ctx, schedule, run_at, now)
         return "generated"
     except IntegrityError:
@@ -345,20 +357,28 @@ async def run_schedule(services: Services, schedule: ReportSchedule, now: dateti
     return outcome
 
 
+def _base_url(ctx: RequestContext) -> str:
+    mailer = ctx.services.mail
+    return ctx.services.public_url or (mailer.app_url if mailer is not None else "")
+
+
 async def _mail(ctx: RequestContext, schedule: ReportSchedule, report_id: str, start: datetime, end: datetime) -> None:
     """A message with the report's links to each recipient who is still a member (others are skipped)."""
     mailer = ctx.services.mail
     if mailer is None:
         return
     db = await ctx.db()
-    members = await _members_among(ctx, schedule.organization_id, list(schedule.recipients))
+    emails = emails_of(schedule)
+    if not emails:
+        return
+    members = await _members_among(ctx, schedule.organization_id, emails)
     org = await db.get(Organization, schedule.organization_id)
     zone = check_time_zone(schedule.time_zone)
     first, last = start.astimezone(zone).date(), (end.astimezone(zone) - timedelta(days=1)).date()
     period = f"{first:%d %B %Y}" if first == last else f"{first:%d %B %Y} to {last:%d %B %Y}"
     period += f" ({schedule.time_zone})"
     base = f"{(ctx.services.public_url or mailer.app_url).rstrip('/')}/reports/{report_id}"
-    for email in schedule.recipients:
+    for email in emails:
         if email not in members:
             continue
         await queue_mail(

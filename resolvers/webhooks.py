@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from sqlalchemy import delete, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from authz.errors import BadUserInput, Conflict, NotFound
@@ -23,6 +24,7 @@ from resolvers.common import tenant_of
 from resolvers.deps import RequestContext
 from resolvers.security_events import acting_user
 from store.audit import AuditAction
+from store.reporting import ReportSchedule, pack_recipients
 from store.scoping import tenant_filter, tenant_select
 from store.security import Webhook, WebhookDelivery
 
@@ -122,7 +124,8 @@ def _shape(url: str, policy: WebhookPolicy) -> None:
 
 
 async def delete_webhook(ctx: RequestContext, webhook_id: str) -> bool:
-    """The webhook and its delivery log; a delivery being sent at that moment still arrives once."""
+    """The webhook and its delivery log, and its place on the report schedules that name it; a delivery
+    being sent at that moment still arrives once."""
     org_id = tenant_of(ctx.principal)
     if not webhook_id or len(webhook_id) > 36:
         raise NotFound(WEBHOOK_NOT_FOUND)
@@ -136,6 +139,7 @@ async def delete_webhook(ctx: RequestContext, webhook_id: str) -> bool:
         )
     )
     await db.execute(delete(Webhook).where(tenant_filter(Webhook, org_id), col(Webhook.id) == webhook_id))
+    await _off_schedules(db, org_id, webhook_id)
     ctx.audit(
         AuditAction.WEBHOOK_DELETED,
         resource_type="webhook",
@@ -143,6 +147,14 @@ async def delete_webhook(ctx: RequestContext, webhook_id: str) -> bool:
         details={"url": row.url, "events": list(row.event_kinds)},
     )
     return True
+
+
+async def _off_schedules(db: AsyncSession, org_id: str, webhook_id: str) -> None:
+    named = pack_recipients([], [webhook_id])[0]
+    for schedule in (await db.execute(tenant_select(ReportSchedule, org_id))).scalars().all():
+        if named in schedule.recipients:
+            schedule.recipients = [r for r in schedule.recipients if r != named]
+    await db.flush()
 
 
 async def list_webhooks(ctx: RequestContext, organization_id: str) -> list[Webhook]:

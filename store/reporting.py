@@ -15,8 +15,9 @@ from store.columns import _ts, new_id, utcnow
 
 class ReportSchedule(SQLModel, table=True):
     """A report generated on a cadence for the period that just ended in `time_zone`, mailed to
-    `recipients` (members' emails). `next_run_at` is the next moment it is due (UTC); a runner holds
-    `lease_until` while it generates one period."""
+    `recipients` (members' emails) and announced to the organization's webhooks it names (kept in the
+    same list as `webhook:<id>`: `emails_of` and `webhook_ids_of` read them apart). `next_run_at` is the
+    next moment it is due (UTC); a runner holds `lease_until` while it generates one period."""
 
     __tablename__ = "report_schedules"
     __table_args__ = (Index("ix_report_schedules_next_run_at", "next_run_at"),)
@@ -33,6 +34,22 @@ class ReportSchedule(SQLModel, table=True):
     next_run_at: datetime = Field(sa_column=_ts())
     last_run_at: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
     lease_until: datetime | None = Field(default=None, sa_column=_ts(nullable=True))
+
+
+WEBHOOK_RECIPIENT = "webhook:"
+
+
+def pack_recipients(emails: list[str], webhook_ids: list[str]) -> list[str]:
+    """The `recipients` column of a schedule: its emails, then its webhooks (an email always has an `@`)."""
+    return [*emails, *(WEBHOOK_RECIPIENT + w for w in webhook_ids)]
+
+
+def emails_of(schedule: ReportSchedule) -> list[str]:
+    return [r for r in schedule.recipients if not r.startswith(WEBHOOK_RECIPIENT)]
+
+
+def webhook_ids_of(schedule: ReportSchedule) -> list[str]:
+    return [r.removeprefix(WEBHOOK_RECIPIENT) for r in schedule.recipients if r.startswith(WEBHOOK_RECIPIENT)]
 
 
 class ReportScheduleRun(SQLModel, table=True):
