@@ -202,6 +202,9 @@ async def login(
             blocked = sign_in_policy.SESSION_LIMIT
     if blocked is not None:
         await _audit_failure(ctx, email, user, organization_slug, locked=False, reason=blocked)
+        await sign_in_policy.record_refusal(
+            ctx, organization_id=membership.organization_id, user_id=user.id, reason=blocked, method="password"
+        )
         raise Unauthenticated(INVALID_CREDENTIALS)
     await services.throttle.succeeded(attempt)
     db = await ctx.db()

@@ -17,14 +17,21 @@ from sqlmodel import col, select
 
 from authz.errors import BadUserInput, Forbidden
 from authz.security_policy import ConcurrentSessionAction, SecurityPolicy, SignInMethod
+from identity.security_events import SecurityEventKind, Severity, record_security_event
 from identity.security_policies import load_policy
 from identity.sessions import RefreshError, revoke_sessions
 from identity.tokens import hash_opaque_token
+from resolvers.deps import RequestContext
 from store.models import AuthSession, RefreshToken, RefreshTokenFamily
 
 ADDRESS_NOT_ALLOWED = "address_not_allowed"
 METHOD_NOT_ALLOWED = "method_not_allowed"
 SESSION_LIMIT = "session_limit"
+REFUSALS = {
+    ADDRESS_NOT_ALLOWED: "from an address outside the organization's allowlist",
+    METHOD_NOT_ALLOWED: "by a sign-in method the organization does not allow",
+    SESSION_LIMIT: "over the organization's limit of concurrent sessions",
+}
 
 
 class SessionLimitReached(Exception):
@@ -38,6 +45,25 @@ def sign_in_refusal(policy: SecurityPolicy, *, method: str, user_id: str, client
     if not policy.method_allowed(method, user_id=user_id):
         return METHOD_NOT_ALLOWED
     return None
+
+
+async def record_refusal(
+    ctx: RequestContext, *, organization_id: str, user_id: str | None, reason: str, method: str
+) -> None:
+    """A sign-in the policy refused, told to the organization's security people: a `sign_in_refused` event,
+    committed on its own (the refused sign-in wrote nothing)."""
+    async with ctx.services.db.transaction() as db:
+        await record_security_event(
+            db,
+            organization_id=organization_id,
+            kind=SecurityEventKind.SIGN_IN_REFUSED,
+            severity=Severity.LOW if reason == SESSION_LIMIT else Severity.MEDIUM,
+            summary=f"Sign-in refused {REFUSALS[reason]}",
+            subject_id=user_id,
+            client_ip=ctx.principal.client_ip,
+            request_id=ctx.principal.request_id,
+            details={"reason": reason, "method": method},
+        )
 
 
 def lifetime_seconds(policy: SecurityPolicy, default_seconds: int) -> int:

@@ -43,10 +43,12 @@ from resolvers.common import tenant_of
 from resolvers.deps import RequestContext
 from resolvers.domains import claimant
 from resolvers.sign_in_policy import (
+    REFUSALS,
     SESSION_LIMIT,
     SessionLimitReached,
     active_sessions,
     lifetime_seconds,
+    record_refusal,
     sessions_to_end,
     sign_in_refusal,
 )
@@ -115,6 +117,8 @@ async def complete_sso_login(
     now = services.now()
     role_changed = linked = False
     refused: risk.SignInRisk | None = None
+    # who a sign-in the policy refuses names in its event (read before the rollback expires the user)
+    subject: str | None = None
     try:
         async with services.db.transaction() as db:
             org = await db.get(Organization, org_id)
@@ -211,6 +215,7 @@ async def complete_sso_login(
             # the organization's policy (resolvers/sign_in_policy.py): address, method, concurrent sessions
             policy = await load_policy(db, org_id)
             method = AuthMethod(identity.protocol).value
+            subject = None if created else user.id
             blocked = sign_in_refusal(policy, method=method, user_id=user.id, client_ip=client_ip)
             if blocked is not None:
                 raise SsoLoginError(f"sso_{blocked}")
@@ -239,6 +244,16 @@ async def complete_sso_login(
         if refused is not None:
             await risk.refuse_sso(ctx, refused, created)
             exc.details = {"risk": refused.details()}
+        policy_reason = exc.reason.removeprefix("sso_")
+        if policy_reason in REFUSALS:
+            # an account this sign-in would have created was never written: the event names no one
+            await record_refusal(
+                ctx,
+                organization_id=org_id,
+                user_id=subject,
+                reason=policy_reason,
+                method=identity.protocol,
+            )
         raise
     if role_changed or ending:
         await services.revocations.publish([*ending, *([user_key(user.id)] if role_changed else [])])

@@ -89,6 +89,13 @@ async def test_allowlist_refuses_a_bearer_session_and_a_sign_in_from_outside(
     assert (actor_type, details["reason"], ip) == ("user", "address outside the organization's allowlist", OUTSIDE)
     fails = [d["reason"] for _, d, _ in denials(database_url, "authn_login_fail")]
     assert fails == ["address_not_allowed"]
+    # and the organization's security people are told (a sign_in_refused event)
+    events = sql(
+        database_url, "SELECT subject_id, details, client_ip FROM security_events WHERE kind = 'sign_in_refused'"
+    )
+    assert [(s, details_of(d), ip) for s, d, ip in events] == [
+        (tenant.user_id, {"reason": "address_not_allowed", "method": "password"}, OUTSIDE)
+    ]
     revoked = sql(database_url, "SELECT revoked_reason FROM auth_sessions WHERE revoked_at IS NOT NULL")
     assert [r[0] for r in revoked] == ["address_not_allowed"]
 

@@ -86,6 +86,11 @@ async def test_allowlist_refuses_sign_in_and_cookie_from_outside(
         assert r.status_code == 403
         assert r.json()["errors"][0]["message"] == "address not allowed by the organization's policy"
     assert sso_failures(database_url) == ["sso_address_not_allowed"]
+    # the organization is told, without a name for an account the refused sign-in would have made
+    refusals = sql(database_url, "SELECT details, client_ip FROM security_events WHERE kind = 'sign_in_refused'")
+    assert [(json.loads(d) if isinstance(d, str) else d, ip) for d, ip in refusals] == [
+        ({"reason": "address_not_allowed", "method": "oidc"}, OUTSIDE)
+    ]
 
 
 async def test_sso_only_takes_oidc_and_refuses_passwords(gw: Gateway, node_issuer: str, database_url: str) -> None:
