@@ -269,14 +269,33 @@ async def test_one_pruner_at_a_time(database_url, signing_key) -> None:
         await second.dispose()
 
 
+async def _one_at_a_time(one: Any, two: Any, url: str) -> None:
+    first, second = one.state.retention_pruner, two.state.retention_pruner
+    assert isinstance(first, RetentionPruner)
+    assert first.holder != second.holder
+    db = Database(url)
+    try:
+        # while the first app's pruner holds the lease (as during its pass), the second's finds it taken
+        assert await take_lease(db, first.holder, datetime.now(UTC), timedelta(minutes=10))
+        assert await second.run_once() is None
+        # the first runs its pass (renewing the lease on the way) and releases it: then the second may run
+        assert await first.run_once() is not None
+        assert await second.run_once() is not None
+    finally:
+        await db.dispose()
+
+
 async def test_two_apps_pruners_never_run_together(database_url, app, signing_key) -> None:
     from gateway.app import create_app
     from tests.conftest import make_settings, running
 
     two = create_app(make_settings(database_url, signing_key))
     async with running(two):
-        pruners = [app.state.retention_pruner, two.state.retention_pruner]
-        results = await asyncio.gather(*(p.run_once() for p in pruners))
-    # one pass ran (a dict of counts); the other found the lease held (None)
-    assert sorted(r is None for r in results) == [False, True]
-    assert isinstance(pruners[0], RetentionPruner)
+        await _one_at_a_time(app, two, database_url)
+
+
+async def test_two_apps_in_shared_mode_take_turns(postgresql_url, redis_url, signing_key, shared_tenant) -> None:
+    from tests.conftest import shared_apps
+
+    async with shared_apps(postgresql_url, redis_url, signing_key, shared_tenant) as (_, _, _, one, two):
+        await _one_at_a_time(one, two, postgresql_url)
