@@ -22,9 +22,11 @@ from identity.tokens import KeyRing
 from resolvers.audit import checkpoint
 from resolvers.pruning import prune, take_lease
 from store.db import Database
+from store.migrate import upgrade
 from store.models import AuthSession, MailMessage, RefreshToken, RefreshTokenFamily, Report, ReportRow, UsageDaily
 from store.security import SignIn
 from tests.conftest import Tenant, gql, login, make_tenant, sql
+from tests.gateway.test_audit_cli import owned_database
 from tests.store.test_audit import event, write
 
 NOW = datetime.now(UTC)
@@ -299,3 +301,27 @@ async def test_two_apps_in_shared_mode_take_turns(postgresql_url, redis_url, sig
 
     async with shared_apps(postgresql_url, redis_url, signing_key, shared_tenant) as (_, _, _, one, two):
         await _one_at_a_time(one, two, postgresql_url)
+
+
+async def test_the_app_role_prunes_only_through_the_sanctioned_function(postgres_admin_url, signing_key) -> None:
+    """With the deployment's roles (the application's may only INSERT and SELECT audit entries), the job
+    still prunes, through `audit_log_prune`; a DELETE of the application role's own is refused."""
+    owned = owned_database(postgres_admin_url)
+    upgrade(owned.owner_url, app_role=owned.app_role)
+    app_url = owned.app_url
+    org = (await make_tenant(app_url)).org_id
+    await write(app_url, *(event(org) for _ in range(4)))
+    keys = KeyRing(signing_key)
+    db = Database(app_url)
+    try:
+        async with db.transaction() as s:
+            await checkpoint(s, keys, now=datetime.now(UTC))
+        await write(app_url, event(org))
+        counts = await prune(db, keys, NOW + timedelta(days=550), batch=3, organizations=[org])
+    finally:
+        await db.dispose()
+    assert counts["AUDIT_ENTRIES"] == 4
+    with pytest.raises(DBAPIError) as caught:
+        sql(app_url, "DELETE FROM audit_log WHERE chain = :c", c=org)
+    assert caught.value.orig.sqlstate == "42501"  # type: ignore[union-attr]
+    assert sql(owned.owner_url, "SELECT sequence FROM audit_log WHERE chain = :c", c=org) == [(5,)]
