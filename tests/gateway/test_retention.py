@@ -27,6 +27,7 @@ from store.models import AuthSession, MailMessage, RefreshToken, RefreshTokenFam
 from store.security import SignIn
 from tests.conftest import Tenant, gql, login, make_tenant, sql
 from tests.gateway.test_audit_cli import owned_database
+from tests.schema.test_reports import generated
 from tests.store.test_audit import event, write
 
 NOW = datetime.now(UTC)
@@ -203,6 +204,9 @@ async def test_pruning_cuts_the_chain_at_a_signed_checkpoint_and_it_still_verifi
     assert body["data"]["verifyAuditChain"]["ok"] is True, body
     assert await run(["audit", "verify", "--checkpoint", str(path)]) == 0
     assert await run(["audit", "verify"]) == 0
+    # and so does the COMPLIANCE report's check of the chain
+    report = await generated(client, token, "COMPLIANCE")
+    assert {c["check"]: c["status"] for c in report["summary"]["checks"]}["audit_chain"] == "pass"
     # a checkpoint made after the pruning vouches for the pruned chain too
     assert await run(["audit", "checkpoint", "--out", str(tmp_path / "after.json")]) == 0
     assert await run(["audit", "verify", "--checkpoint", str(tmp_path / "after.json")]) == 0
