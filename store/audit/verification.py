@@ -21,6 +21,7 @@ from sqlmodel import col
 
 from store.audit.chain import CANONICAL_FIELDS, GENESIS_HASH, canonical_of_row, link_hash
 from store.models import AuditChainHead, AuditEntry
+from store.retention import AuditChainStart
 
 
 @dataclass
@@ -181,14 +182,18 @@ async def entries_to_verify(
     end: datetime | None = None,
 ) -> int:
     """How many entries `verify` with the same arguments reads, known without reading them: the sum of the
-    chains' head sequences for whole chains (one row per chain), an index-only count over (chain, at) for
-    a time range. What the work is priced by (C-130)."""
+    chains' head sequences, less the entries pruned from them, for whole chains (one row per chain), an
+    index-only count over (chain, at) for a time range. What the work is priced by (C-130)."""
     wanted = None if chains is None else sorted(set(chains))
     if start is None and end is None:
         heads = _within(
             select(func.coalesce(func.sum(col(AuditChainHead.sequence)), 0)), col(AuditChainHead.chain), None, wanted
         )
-        return int((await session.execute(heads)).scalar_one())
+        pruned = _within(
+            select(func.coalesce(func.sum(col(AuditChainStart.sequence)), 0)), col(AuditChainStart.chain), None, wanted
+        )
+        total = int((await session.execute(heads)).scalar_one()) - int((await session.execute(pruned)).scalar_one())
+        return max(total, 0)
     table = AuditEntry.__table__  # type: ignore[attr-defined]
     counted = _within(select(func.count()).select_from(table), table.c.chain, table.c.at, wanted, start, end)
     return int((await session.execute(counted)).scalar_one())

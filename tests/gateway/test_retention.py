@@ -21,6 +21,7 @@ from gateway.retention import RetentionPruner
 from identity.tokens import KeyRing
 from resolvers.audit import checkpoint
 from resolvers.pruning import prune, take_lease
+from store.audit import entries_to_verify
 from store.db import Database
 from store.migrate import upgrade
 from store.models import AuthSession, MailMessage, RefreshToken, RefreshTokenFamily, Report, ReportRow, UsageDaily
@@ -197,6 +198,13 @@ async def test_pruning_cuts_the_chain_at_a_signed_checkpoint_and_it_still_verifi
     assert counts["AUDIT_ENTRIES"] == through
     remaining = [s for (s,) in sql(database_url, "SELECT sequence FROM audit_log WHERE chain = :c ORDER BY 1", c=org)]
     assert remaining == list(range(through + 1, head + 1))
+    # verification is priced by the entries it will read: the remaining ones only
+    db = Database(database_url)
+    try:
+        async with db.transaction() as s:
+            assert await entries_to_verify(s, chains=[org]) == len(remaining)
+    finally:
+        await db.dispose()
     # the tenant's own verification (signed in anew: the first session was pruned with the rest, long
     # expired by then), and the operator's against the checkpoint file, pass
     token = (await login(client, tenant))["accessToken"]
