@@ -7,7 +7,8 @@ means unlimited; an override of 0 is a real limit (nothing is admitted), not "un
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 from types import MappingProxyType
 
@@ -109,3 +110,107 @@ def policy_setting_allowed(setting: str, plan: str) -> bool:
     """Whether an organization on `plan` may restrict `setting` (a GraphQL field name of SecurityPolicy)."""
     needed = POLICY_SETTING_PLANS.get(setting)
     return needed is None or plan_rank(plan) >= plan_rank(needed)
+
+
+# --- retention: how long each kind of data is kept, per plan (docs/retention.md) --------------------------
+
+
+class RetentionKind(StrEnum):
+    """What the pruning job deletes once it is older than the tenant's setting, in days."""
+
+    AUDIT_ENTRIES = "AUDIT_ENTRIES"
+    SESSIONS = "SESSIONS"  # sessions and refresh tokens, counted from when they ended
+    USAGE = "USAGE"
+    REPORTS = "REPORTS"
+    SENT_MAIL = "SENT_MAIL"
+    SIGN_INS = "SIGN_INS"
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionBounds:
+    minimum: int
+    default: int
+    maximum: int
+
+
+_YEAR = 365
+
+
+def _bounds(
+    audit_entries: Sequence[int],
+    sessions: Sequence[int],
+    usage: Sequence[int],
+    reports: Sequence[int],
+    sent_mail: Sequence[int],
+    sign_ins: Sequence[int],
+) -> Mapping[RetentionKind, RetentionBounds]:
+    rows = (audit_entries, sessions, usage, reports, sent_mail, sign_ins)
+    return MappingProxyType({kind: RetentionBounds(*d) for kind, d in zip(RetentionKind, rows, strict=True)})
+
+
+# (minimum, default, maximum) in days, per plan
+PLAN_RETENTION: Mapping[str, Mapping[RetentionKind, RetentionBounds]] = MappingProxyType(
+    {
+        Plan.FREE: _bounds(
+            audit_entries=(30, 90, 90),
+            sessions=(1, 30, 30),
+            usage=(31, 90, 90),
+            reports=(7, 30, 30),
+            sent_mail=(1, 30, 30),
+            sign_ins=(7, 30, 30),
+        ),
+        Plan.STARTER: _bounds(
+            audit_entries=(30, _YEAR, _YEAR),
+            sessions=(1, 30, 90),
+            usage=(31, _YEAR, _YEAR),
+            reports=(7, 90, 180),
+            sent_mail=(1, 30, 90),
+            sign_ins=(7, 90, 90),
+        ),
+        Plan.PROFESSIONAL: _bounds(
+            audit_entries=(90, _YEAR, 3 * _YEAR),
+            sessions=(1, 30, 180),
+            usage=(31, 2 * _YEAR, 2 * _YEAR),
+            reports=(7, 180, _YEAR),
+            sent_mail=(1, 30, 90),
+            sign_ins=(7, 180, _YEAR),
+        ),
+        Plan.ENTERPRISE: _bounds(
+            audit_entries=(90, _YEAR, 7 * _YEAR),
+            sessions=(1, 30, _YEAR),
+            usage=(31, 2 * _YEAR, 7 * _YEAR),
+            reports=(7, _YEAR, 7 * _YEAR),
+            sent_mail=(1, 30, _YEAR),
+            sign_ins=(7, _YEAR, 2 * _YEAR),
+        ),
+    }
+)
+
+
+def retention_bounds(plan: str) -> Mapping[RetentionKind, RetentionBounds]:
+    """The plan's bounds; an unknown plan gets FREE's (the shortest)."""
+    return PLAN_RETENTION.get(plan, PLAN_RETENTION[Plan.FREE])
+
+
+def effective_retention(plan: str, stored: Mapping[str, object] | None) -> dict[RetentionKind, int]:
+    """Days kept for each kind: the tenant's stored setting, held within the plan's bounds (a setting made on
+    a higher plan is cut to the new plan's maximum), else the plan's default."""
+    out: dict[RetentionKind, int] = {}
+    for kind, b in retention_bounds(plan).items():
+        value = (stored or {}).get(kind.value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            out[kind] = min(max(value, b.minimum), b.maximum)
+        else:
+            out[kind] = b.default
+    return out
+
+
+def retention_problems(plan: str, wanted: Mapping[RetentionKind, int | None]) -> list[str]:
+    """Every setting outside the plan's bounds (None resets to the default and is always allowed)."""
+    problems = []
+    bounds = retention_bounds(plan)
+    for kind, days in wanted.items():
+        b = bounds[kind]
+        if days is not None and not b.minimum <= days <= b.maximum:
+            problems.append(f"{kind.value}: {days} days is outside this plan's {b.minimum}..{b.maximum} days")
+    return problems

@@ -482,4 +482,5 @@ def assemble(parts: GatewayParts, *, saml_login: SamlLogin | None = None) -> Sta
     app.state.mail_delivery = workers.mail
     app.state.webhook_delivery = workers.webhooks
     app.state.report_scheduler = workers.reports
+    app.state.retention_pruner = workers.retention
     return app

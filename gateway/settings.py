@@ -251,6 +251,12 @@ class Settings(BaseSettings):
     # long its claim on one lasts (longer than a generation takes)
     report_schedule_poll_seconds: float = Field(default=60.0, ge=0.01, le=86_400)
     report_schedule_lease_seconds: float = Field(default=600.0, ge=1, le=86_400)
+    # retention (gateway/retention.py): how often a process tries to run the pruning job, how long its lease
+    # lasts, how often it stores a signed audit checkpoint, and the rows deleted per transaction
+    retention_poll_seconds: float = Field(default=3600.0, ge=0.01, le=7 * 86_400)
+    retention_lease_seconds: float = Field(default=600.0, ge=1, le=86_400)
+    retention_checkpoint_seconds: float = Field(default=86_400.0, ge=1, le=30 * 86_400)
+    retention_batch_size: int = Field(default=1000, ge=1, le=100_000)
     smtp_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
     mail_max_attempts: int = Field(default=12, ge=1, le=1000)
     mail_retry_seconds: float = Field(default=30.0, ge=0.01, le=86_400)

@@ -1,5 +1,6 @@
-"""The background senders every process runs beside its requests: the mail outbox, webhook deliveries and
-report schedules. Each takes its work with a lease, so any number of processes run them side by side."""
+"""The background senders every process runs beside its requests: the mail outbox, webhook deliveries,
+report schedules and the retention pruning job. Each takes its work with a lease, so any number of processes
+run them side by side (the pruning job, one process at a time)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from dataclasses import dataclass
 
 from gateway.mail import DeliveryPolicy, MailDelivery
 from gateway.report_scheduler import ReportScheduler
+from gateway.retention import RetentionPruner
 from gateway.settings import Settings
 from gateway.webhooks import RetryPolicy, WebhookSender
 from resolvers.deps import Services
@@ -17,6 +19,7 @@ class Workers:
     mail: MailDelivery | None
     webhooks: WebhookSender | None
     reports: ReportScheduler
+    retention: RetentionPruner
 
     @classmethod
     def build(cls, settings: Settings, services: Services) -> Workers:
@@ -33,12 +36,20 @@ class Workers:
                 poll_seconds=settings.report_schedule_poll_seconds,
                 lease_seconds=settings.report_schedule_lease_seconds,
             ),
+            retention=RetentionPruner(
+                services,
+                poll_seconds=settings.retention_poll_seconds,
+                lease_seconds=settings.retention_lease_seconds,
+                checkpoint_seconds=settings.retention_checkpoint_seconds,
+                batch_size=settings.retention_batch_size,
+            ),
         )
 
     def start(self) -> None:
         if self.webhooks is not None:
             self.webhooks.start()
         self.reports.start()
+        self.retention.start()
         if self.mail is not None:
             self.mail.start()
 
@@ -46,5 +57,6 @@ class Workers:
         if self.webhooks is not None:
             await self.webhooks.stop()
         await self.reports.stop()
+        await self.retention.stop()
         if self.mail is not None:
             await self.mail.stop()

@@ -28,6 +28,7 @@ from store.audit import ACTIONS, RESULTS, AuditResult
 from store.cursors import CursorError
 from store.models import UNSUCCESSFUL, ApiKey, AuditEntry, Invitation, Membership, Organization, Report
 from store.reporting import ReportSchedule
+from store.retention import AuditChainStart, AuditCheckpoint
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
@@ -145,7 +146,8 @@ async def verify_chains(
     chains = None if chain is None else [chain]
     db = await ctx.db()
     await charge_work(ctx, await audit.entries_to_verify(db, chains=chains, start=start, end=end), "verifyAuditChain")
-    return await audit.verify(db, chains=chains, start=start, end=end)
+    starts = await attested_starts(db, ctx.services.tokens.keys)
+    return await audit.verify(db, chains=chains, start=start, end=end, starts=starts)
 
 
 async def owning_tenants(ctx: RequestContext, resource_type: str, value: str) -> set[str]:
@@ -190,8 +192,9 @@ class CheckpointError(ValueError):
 async def checkpoint(db: AsyncSession, keys: KeyRing, *, now: datetime) -> dict[str, Any]:
     """Each chain's head (sequence, hash), recomputed from the entries, signed with the gateway's key.
 
-    Refused while a chain does not verify: a checkpoint vouches for what it records."""
-    heads, report = await audit.heads(db, verified=True)
+    Refused while a chain does not verify: a checkpoint vouches for what it records. Kept in the database
+    too (`audit_checkpoints`), where the pruning job finds the checkpoints it may cut at."""
+    heads, report = await audit.heads(db, verified=True, starts=await attested_starts(db, keys))
     if report is not None and not report.ok:
         raise CheckpointError(
             f"the audit log does not verify (first broken sequence "
@@ -204,13 +207,24 @@ async def checkpoint(db: AsyncSession, keys: KeyRing, *, now: datetime) -> dict[
             {"chain": h.chain, "sequence": h.sequence, "hash": h.hash} for h in sorted(heads, key=lambda h: h.chain)
         ],
     }
-    return {**document, "signature": sign_document(keys, document)}
+    signature = sign_document(keys, document)
+    db.add(AuditCheckpoint(created_at=now, signature=signature))
+    await db.flush()
+    return {**document, "signature": signature}
 
 
 def read_checkpoint(keys: KeyRing, text: str) -> list[audit.ChainHead]:
     """The heads of a checkpoint file, as signed: the readable copy beside the signature is ignored."""
     try:
         signature = json.loads(text)["signature"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"not a valid signed checkpoint: {exc}") from None
+    return signed_heads(keys, signature)
+
+
+def signed_heads(keys: KeyRing, signature: Any) -> list[audit.ChainHead]:
+    """The heads a checkpoint's signature holds, once the signature is checked."""
+    try:
         document = verify_document(keys, signature)
     except (ValueError, KeyError, TypeError, TokenError) as exc:
         raise CheckpointError(f"not a valid signed checkpoint: {exc}") from None
@@ -220,3 +234,24 @@ def read_checkpoint(keys: KeyRing, text: str) -> list[audit.ChainHead]:
         return [audit.ChainHead(str(h["chain"]), int(h["sequence"]), str(h["hash"])) for h in document["heads"]]
     except (KeyError, TypeError, ValueError):
         raise CheckpointError("not a valid signed checkpoint: malformed heads") from None
+
+
+async def attested_starts(db: AsyncSession, keys: KeyRing) -> dict[str, audit.ChainHead]:
+    """Where each pruned chain starts (its last deleted entry), kept only when the signed checkpoint it
+    names checks out and records that very entry as the chain's head: a start nobody signed is ignored, so
+    the chain then verifies from its genesis and reports the missing entries."""
+    rows = await db.execute(
+        select(AuditChainStart, col(AuditCheckpoint.signature)).join(
+            AuditCheckpoint, col(AuditCheckpoint.id) == col(AuditChainStart.checkpoint_id)
+        )
+    )
+    starts: dict[str, audit.ChainHead] = {}
+    for start, signature in rows.all():
+        try:
+            signed = signed_heads(keys, signature)
+        except CheckpointError:
+            continue
+        point = audit.ChainHead(start.chain, start.sequence, start.hash)
+        if point in signed:
+            starts[start.chain] = point
+    return starts

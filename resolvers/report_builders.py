@@ -120,6 +120,8 @@ class Period:
     start: datetime
     end: datetime
     now: datetime
+    # the gateway's signing keys: what checks the checkpoints a pruned audit chain starts at
+    keys: Any = None
 
     @property
     def first_day(self) -> date:

@@ -211,7 +211,7 @@ async def generate_report(ctx: RequestContext, kind: str, start: datetime, end: 
     db.add(report)
     await db.flush()
     writer = RowWriter(db, report, COLUMNS[kind])
-    summary = await BUILDERS[kind](db, org, Period(start, end, now), writer)
+    summary = await BUILDERS[kind](db, org, Period(start, end, now, ctx.services.tokens.keys), writer)
     await writer.finish(summary)
     ctx.audit(
         AuditAction.REPORT_GENERATED,

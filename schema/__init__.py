@@ -36,6 +36,7 @@ from schema.organizations import OrganizationMutation, OrganizationQuery
 from schema.rate_limits import RateLimitQuery
 from schema.report_schedules import ReportScheduleMutation
 from schema.reports import ReportMutation, ReportQuery
+from schema.retention import RetentionMutation
 from schema.roles import RoleMutation, RoleQuery
 from schema.saml import SamlMutation
 from schema.security_events import SecurityEventMutation, SecurityEventQuery
@@ -71,6 +72,7 @@ Mutation = merge_types(
         DomainMutation,
         AddressBlockMutation,
         SecurityPolicyMutation,
+        RetentionMutation,
         SecurityEventMutation,
         SessionMutation,
     ),

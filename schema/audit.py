@@ -46,6 +46,7 @@ FIELD_ACTIONS: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
     "createOrganization": (A.ORG_CREATED, "organization", ()),
     "updateOrganization": (A.ORG_UPDATED, "organization", ()),
     "updateSecurityPolicy": (A.SECURITY_POLICY_UPDATE, "organization", ()),
+    "updateRetention": (A.RETENTION_UPDATED, "organization", ()),
     "changePlan": (A.PLAN_CHANGED, "organization", ()),
     "addMember": (A.MEMBER_INVITED, "invitation", ()),
     "resendInvitation": (A.INVITATION_RESENT, "invitation", ()),

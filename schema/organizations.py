@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from schema.quotas import Quota
     from schema.report_schedules import ReportSchedule
     from schema.reports import ReportConnection
+    from schema.retention import Retention
     from schema.security_events import Webhook
     from schema.security_policy import SecurityPolicy
     from schema.sso import SsoConnection
@@ -197,6 +198,15 @@ class Organization:
         from schema.security_policy import organization_policy
 
         return await organization_policy(info, self.row.id)
+
+    @strawberry.field(
+        description="How long the organization's data is kept (docs/retention.md).",
+        **requires_scopes(Permission.ORGANIZATION_READ),
+    )
+    async def retention(self, info: Info) -> Annotated[Retention, strawberry.lazy("schema.retention")]:
+        from schema.retention import organization_retention
+
+        return await organization_retention(info, self.row.id)
 
     @strawberry.field(
         description="The organization's webhooks for security events, oldest first; never their secrets.",

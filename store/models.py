@@ -469,8 +469,10 @@ TENANT_TABLES: frozenset[str] = frozenset(
         "webhook_deliveries",
         "report_schedules",
         "report_schedule_runs",
+        "retention_settings",
     }
 )
 
 import store.reporting  # noqa: E402  (the scheduled reports' tables, on the same metadata)
+import store.retention  # noqa: E402  (retention's tables, on the same metadata)
 import store.security  # noqa: E402, F401  (the security domain's tables, on the same metadata)

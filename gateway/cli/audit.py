@@ -15,7 +15,7 @@ async def _audit_in_database(settings: Settings, keys: Any, checkpoint_heads: li
     """The checkpoint document (when `checkpoint_heads` is None) or the verification report."""
     from datetime import UTC, datetime
 
-    from resolvers.audit import checkpoint
+    from resolvers.audit import attested_starts, checkpoint
     from store import audit
     from store.db import Database
 
@@ -24,7 +24,8 @@ async def _audit_in_database(settings: Settings, keys: Any, checkpoint_heads: li
         async with db.transaction() as session:
             if checkpoint_heads is None:
                 return await checkpoint(session, keys, now=datetime.now(UTC))
-            return await audit.verify(session, checkpoint=checkpoint_heads)
+            starts = await attested_starts(session, keys)
+            return await audit.verify(session, checkpoint=checkpoint_heads, starts=starts)
     finally:
         await db.dispose()
 

@@ -10,7 +10,7 @@ reveals it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -21,6 +21,7 @@ from sqlmodel import col
 
 from store.audit.chain import CANONICAL_FIELDS, GENESIS_HASH, canonical_of_row, link_hash
 from store.models import AuditChainHead, AuditEntry
+from store.retention import AuditChainStart
 
 
 @dataclass
@@ -83,17 +84,25 @@ class VerificationReport:
 
 
 class ChainVerifier:
-    """Fed one chain's entries in sequence order; `start_sequence`/`start_hash` resume from a trusted
-    point (1 and the genesis hash for a whole chain; for a partial range, the first entry's own link)."""
+    """Fed one chain's entries in sequence order, resuming from a trusted point: the genesis for a whole
+    chain, or `start` (a pruned chain's last deleted entry, attested by a signed checkpoint); for a partial
+    range, the first entry's own link."""
 
-    def __init__(self, chain: str, *, whole: bool = True) -> None:
+    def __init__(self, chain: str, *, whole: bool = True, start: ChainHead | None = None) -> None:
         self.report = ChainReport(chain)
         self._whole = whole
+        # entries at or before the start are attested by the checkpoint (a pruning still under way)
+        self._skip_through = start.sequence if whole and start is not None else 0
         self._expected_sequence: int | None = 1 if whole else None
         self._previous: str | None = GENESIS_HASH if whole else None
+        if whole and start is not None:
+            self._expected_sequence, self._previous = start.sequence + 1, start.hash
+            self.report.head_sequence, self.report.head_hash = start.sequence, start.hash
 
     def feed_row(self, row: Any) -> None:
         """One entry as `verify` reads it: its columns `VERIFIED_COLUMNS`, in that order."""
+        if row[_SEQUENCE] <= self._skip_through:
+            return
         self._link(row[_SEQUENCE], row[_PREVIOUS], row[_HASH], _row_hash(row))
 
     def _link(self, seq: int, previous_hash: str, hash_: str, recomputed: str) -> None:
@@ -173,14 +182,18 @@ async def entries_to_verify(
     end: datetime | None = None,
 ) -> int:
     """How many entries `verify` with the same arguments reads, known without reading them: the sum of the
-    chains' head sequences for whole chains (one row per chain), an index-only count over (chain, at) for
-    a time range. What the work is priced by (C-130)."""
+    chains' head sequences, less the entries pruned from them, for whole chains (one row per chain), an
+    index-only count over (chain, at) for a time range. What the work is priced by (C-130)."""
     wanted = None if chains is None else sorted(set(chains))
     if start is None and end is None:
         heads = _within(
             select(func.coalesce(func.sum(col(AuditChainHead.sequence)), 0)), col(AuditChainHead.chain), None, wanted
         )
-        return int((await session.execute(heads)).scalar_one())
+        pruned = _within(
+            select(func.coalesce(func.sum(col(AuditChainStart.sequence)), 0)), col(AuditChainStart.chain), None, wanted
+        )
+        total = int((await session.execute(heads)).scalar_one()) - int((await session.execute(pruned)).scalar_one())
+        return max(total, 0)
     table = AuditEntry.__table__  # type: ignore[attr-defined]
     counted = _within(select(func.count()).select_from(table), table.c.chain, table.c.at, wanted, start, end)
     return int((await session.execute(counted)).scalar_one())
@@ -193,10 +206,17 @@ async def verify(
     checkpoint: Iterable[ChainHead] = (),
     start: datetime | None = None,
     end: datetime | None = None,
+    starts: Mapping[str, ChainHead] | None = None,
 ) -> VerificationReport:
     """Recompute the chains (all of them, or `chains`) and compare them with their head rows and with
     `checkpoint` (heads recorded outside the database). With `start`/`end`, only the entries in that
-    time range are checked, each linked to the one before it."""
+    time range are checked, each linked to the one before it. `starts`: where pruned chains begin (each
+    the last deleted entry, as a signed checkpoint attests it; the caller checks the signature)."""
+    starts = starts or {}
+
+    def verifier(chain: str) -> ChainVerifier:
+        return ChainVerifier(chain, whole=whole, start=starts.get(chain))
+
     report = VerificationReport()
     whole = start is None and end is None
     wanted = None if chains is None else sorted(set(chains))
@@ -210,7 +230,7 @@ async def verify(
     async for batch in result.partitions():
         for row in batch:
             if current is None or current.report.chain != row[_CHAIN]:
-                current = verifiers[row[_CHAIN]] = ChainVerifier(row[_CHAIN], whole=whole)
+                current = verifiers[row[_CHAIN]] = verifier(row[_CHAIN])
             current.feed_row(row)
         await asyncio.sleep(0)  # other requests run between batches
     if whole:
@@ -218,24 +238,27 @@ async def verify(
         if wanted is not None:
             head_stmt = head_stmt.where(col(AuditChainHead.chain).in_(wanted))
         for head in (await session.execute(head_stmt)).scalars():
-            v = verifiers.setdefault(head.chain, ChainVerifier(head.chain))
+            v = verifiers.get(head.chain) or verifiers.setdefault(head.chain, verifier(head.chain))
             v.against_head(head.sequence, head.hash, "chain head row")
         for point in checkpoint:
             if wanted is not None and point.chain not in wanted:
                 continue
-            v = verifiers.setdefault(point.chain, ChainVerifier(point.chain))
+            v = verifiers.get(point.chain) or verifiers.setdefault(point.chain, verifier(point.chain))
             v.against_head(point.sequence, point.hash, "checkpoint")
     if wanted is not None:
         for chain in wanted:
-            verifiers.setdefault(chain, ChainVerifier(chain))
+            verifiers.setdefault(chain, verifier(chain))
     report.chains = {c: v.report for c, v in verifiers.items()}
     return report
 
 
-async def heads(session: AsyncSession, *, verified: bool = True) -> tuple[list[ChainHead], VerificationReport | None]:
-    """Each chain's head as the entries themselves give it (recomputed when `verified`)."""
+async def heads(
+    session: AsyncSession, *, verified: bool = True, starts: Mapping[str, ChainHead] | None = None
+) -> tuple[list[ChainHead], VerificationReport | None]:
+    """Each chain's head as the entries themselves give it (recomputed when `verified`, pruned chains from
+    their attested `starts`)."""
     if verified:
-        report = await verify(session)
+        report = await verify(session, starts=starts)
         return [
             ChainHead(c.chain, c.head_sequence, c.head_hash) for c in report.chains.values() if c.head_sequence > 0
         ], report

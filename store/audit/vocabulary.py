@@ -90,6 +90,8 @@ class AuditAction(StrEnum):
     MEMBER_SESSIONS_REVOKED = "member_sessions_revoked"
     SSO_CONFIGURED = "sso_configured"
     SECURITY_POLICY_UPDATE = "security_policy_update"
+    # retention settings changed (updateRetention: old and new days per kind)
+    RETENTION_UPDATED = "retention_updated"
     REPORT_GENERATED = "report_generated"
     REPORT_SCHEDULED = "report_scheduled"
     REPORT_SCHEDULE_DELETED = "report_schedule_deleted"
