@@ -190,7 +190,7 @@ class WebhookSender:
 
     async def _deliver(self, delivery_id: str) -> bool | None:
         """True when delivered, False when the attempt failed, None when another process has it."""
-        claimed = await self._claim(delivery_id)
+        claimed = await self.claim(delivery_id)
         if claimed is None:
             return None
         async with self.db.transaction() as session:
@@ -237,7 +237,9 @@ class WebhookSender:
 
     # -- the outbox ---------------------------------------------------------------------------------------
 
-    async def _claim(self, delivery_id: str) -> _Claimed | None:
+    async def claim(self, delivery_id: str) -> _Claimed | None:
+        """Take a due delivery's lease (one UPDATE: no other process sends it until the lease lapses) and
+        count the attempt; None when it is not due or another process holds it."""
         now = self.clock()
         lease_until = now + timedelta(seconds=self.retry.lease_seconds)
         async with self.db.transaction() as session:

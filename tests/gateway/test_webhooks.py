@@ -312,7 +312,7 @@ async def test_c143_a_delivery_held_by_a_process_that_died_is_sent_once_its_leas
             WebhookPolicy(OutboundPolicy.of(enabled=False, require_https=False), box),
             RetryPolicy(timeout_seconds=1.0),
         )
-        claimed = await dead._claim(delivery_id)
+        claimed = await dead.claim(delivery_id)
     finally:
         await db.dispose()
     assert claimed is not None
