@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import httpx
 
+from gateway.app import create_app
 from identity.security_events import SecurityEventKind, Severity, record_security_event
 from store.db import Database
-from tests.conftest import gql
+from tests.conftest import gql, make_settings, running
+from tests.http_upstreams import serving
+from tests.webhook_receiver import Receiver
 
 CREATE_WEBHOOK = """
 mutation($i: WebhookInput!) {
@@ -87,3 +91,21 @@ async def eventually(check: Callable[[], Any], within: float = 15.0, interval: f
             return value
         assert time.monotonic() < deadline, "timed out waiting"
         await asyncio.sleep(interval)
+
+
+@contextlib.asynccontextmanager
+async def webhook_gateway(
+    database_url: str, signing_key: str, **overrides: Any
+) -> AsyncIterator[tuple[Any, httpx.AsyncClient]]:
+    """A running gateway whose webhook sender retries fast (`FAST`): the app and its client."""
+    app = create_app(make_settings(database_url, signing_key, **{**FAST, **overrides}))
+    async with running(app) as client:
+        yield app, client
+
+
+@contextlib.contextmanager
+def receiving(path: str) -> Iterator[tuple[Receiver, str]]:
+    """A real receiver that verifies every delivery, served on a free port, and the URL it answers at."""
+    r = Receiver()
+    with serving(r, lifespan="off") as url:
+        yield r, url + path

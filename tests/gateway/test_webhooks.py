@@ -6,8 +6,7 @@ refused after DNS, and a webhook that keeps failing disabled with an event (C-13
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -26,22 +25,25 @@ from store.db import Database
 from tests.conftest import Tenant, login, make_settings, running, sql
 from tests.http_upstreams import serving
 from tests.services import free_port
-from tests.webhook_helpers import FAST, create_key, create_webhook, eventually, record_events, webhooks
+from tests.webhook_helpers import (
+    FAST,
+    create_key,
+    create_webhook,
+    eventually,
+    receiving,
+    record_events,
+    webhook_gateway,
+    webhooks,
+)
 from tests.webhook_receiver import Receiver
 
-
-@contextlib.asynccontextmanager
-async def gateway(database_url: str, signing_key: str, **overrides: Any) -> AsyncIterator[tuple[Any, Any]]:
-    app = create_app(make_settings(database_url, signing_key, **{**FAST, **overrides}))
-    async with running(app) as client:
-        yield app, client
+gateway = webhook_gateway
 
 
 @pytest.fixture
 def receiver() -> Iterator[tuple[Receiver, str]]:
-    r = Receiver()
-    with serving(r, lifespan="off") as url:
-        yield r, url + "/hooks/portcullis"
+    with receiving("/hooks/portcullis") as found:
+        yield found
 
 
 def deliveries(database_url: str) -> list[Any]:

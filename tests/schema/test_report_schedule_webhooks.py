@@ -6,8 +6,7 @@ gateways."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -17,9 +16,8 @@ import pytest
 from gateway.app import create_app
 from gateway.report_scheduler import ReportScheduler
 from tests.conftest import Tenant, error_codes, gql, login, make_settings, make_tenant, running, sql
-from tests.http_upstreams import serving
 from tests.schema.test_report_schedules import count, make_due, moment, schedule_input, today_at
-from tests.webhook_helpers import FAST, create_webhook, eventually, webhooks
+from tests.webhook_helpers import FAST, create_webhook, eventually, receiving, webhook_gateway, webhooks
 from tests.webhook_receiver import Receiver
 
 SCHEDULE = """mutation($input: ReportScheduleInput!) { scheduleReport(input: $input) {
@@ -28,18 +26,13 @@ LIST = "{ organization { reportSchedules { id recipients webhookIds } } }"
 DELETE_WEBHOOK = "mutation($id: ID!) { deleteWebhook(id: $id) }"
 
 
-@contextlib.asynccontextmanager
-async def gateway(database_url: str, signing_key: str) -> AsyncIterator[tuple[Any, httpx.AsyncClient]]:
-    app = create_app(make_settings(database_url, signing_key, **FAST))
-    async with running(app) as client:
-        yield app, client
+gateway = webhook_gateway
 
 
 @pytest.fixture
 def receiver() -> Iterator[tuple[Receiver, str]]:
-    r = Receiver()
-    with serving(r, lifespan="off") as url:
-        yield r, url + "/hooks/reports"
+    with receiving("/hooks/reports") as found:
+        yield found
 
 
 async def schedule(client: httpx.AsyncClient, token: str, **overrides: Any) -> dict[str, Any]:
