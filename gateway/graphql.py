@@ -1,5 +1,7 @@
 """Strawberry's ASGI view, adapted to the edge: the principal from the middleware, the contract's
-error shapes for HTTP-level refusals, 400 for documents that never executed, orjson encoding."""
+error shapes for HTTP-level refusals, the response's media type and request-error status negotiated
+from `Accept` (gateway/graphql_http.py), 405 with `Allow` for other methods and for a mutation over GET,
+orjson encoding."""
 
 from __future__ import annotations
 
@@ -13,15 +15,22 @@ from starlette.requests import Request
 from starlette.types import Message, Receive, Scope, Send
 from strawberry.asgi import GraphQL
 from strawberry.http import GraphQLHTTPResponse, process_result
+from strawberry.schema.exceptions import InvalidOperationTypeError
 from strawberry.types import ExecutionResult
 
 from authz import anonymous
 from authz.errors import ErrorCode
+from gateway.graphql_http import GRAPHQL_RESPONSE_JSON, LEGACY, Negotiated, negotiate
 from gateway.middleware import BodyTooLarge, graphql_error, send_json
 from resolvers.deps import RequestContext, Services
 from schema.extensions import MASKED_MESSAGE, shape_error
 
 log = logging.getLogger("portcullis.graphql")
+
+ALLOW_GET_POST = [(b"allow", b"GET, POST")]
+ALLOW_POST = [(b"allow", b"POST")]
+# the parameters of a GET request, each at most once: which of two values counts is not for the server to guess
+_GET_PARAMETERS = ("query", "variables", "operationName", "extensions")
 
 
 class GraphQLView(GraphQL):
@@ -38,18 +47,40 @@ class GraphQLView(GraphQL):
         if scope["type"] != "http":
             await send_json(send, 400, graphql_error("Unsupported protocol.", "BAD_USER_INPUT"))
             return
+        method = scope["method"]
+        if method not in ("GET", "POST"):
+            error = graphql_error("GraphQL is served over GET (queries) and POST.", "BAD_USER_INPUT")
+            await send_json(send, 405, error, ALLOW_GET_POST)
+            return
         request = Request(scope=scope, receive=receive)
+        accept = next((v for k, v in scope["headers"] if k == b"accept"), None)
+        negotiated = negotiate(accept)
+        if negotiated.media_type is None and not self.should_render_graphql_ide(self.request_adapter_class(request)):
+            error = graphql_error(
+                "Nothing acceptable: GraphQL responses are application/graphql-response+json or application/json.",
+                "BAD_USER_INPUT",
+            )
+            await send_json(send, 406, error)
+            return
+        if method == "GET" and any(len(request.query_params.getlist(p)) > 1 for p in _GET_PARAMETERS):
+            error = graphql_error("Each GraphQL parameter is given at most once in the query string.", "BAD_USER_INPUT")
+            await send_json(send, 400, error)
+            return
+        scope.setdefault("state", {})["graphql_media"] = negotiated
         started = False
+        rewrite = negotiated.media_type == GRAPHQL_RESPONSE_JSON
 
         async def tracking_send(message: Message) -> None:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
+                if rewrite:
+                    message["headers"] = _with_content_type(message.get("headers", ()), negotiated)
             await send(message)
 
         try:
             direct = getattr(self.services.upstreams, "direct", None)
-            if direct is not None and scope["method"] == "POST":
+            if direct is not None and method == "POST":
                 state = scope.get("state", {})
                 principal = state.get("principal")
                 answered = await direct.answer(request, principal, self.services) if principal is not None else None
@@ -59,7 +90,12 @@ class GraphQLView(GraphQL):
             try:
                 response = await self.run(request)
             except HTTPException as exc:
-                await send_json(send, exc.status_code, graphql_error(exc.reason, "BAD_USER_INPUT"))
+                if method == "GET" and isinstance(exc.__cause__, InvalidOperationTypeError):
+                    # GraphQL over HTTP: a mutation over GET is 405, with the method that would do
+                    error = graphql_error("Only queries are sent with GET: send mutations with POST.", "BAD_USER_INPUT")
+                    await send_json(tracking_send, 405, error, ALLOW_POST)
+                else:
+                    await send_json(tracking_send, exc.status_code, graphql_error(exc.reason, "BAD_USER_INPUT"))
                 return
             finally:
                 await self._release(scope)
@@ -112,8 +148,17 @@ class GraphQLView(GraphQL):
             ctx = state.get("graphql_context")
             if ctx is not None and ctx.response is not None and ctx.response.status_code in (None, 200):
                 internal = any((e.extensions or {}).get("code") == ErrorCode.INTERNAL.value for e in result.errors)
-                ctx.response.status_code = 500 if internal else 400
+                if internal:
+                    ctx.response.status_code = 500
+                elif not state.get("graphql_media", LEGACY).request_errors_ok:
+                    ctx.response.status_code = 400
         return data
+
+    def parse_query_params(self, params: Any) -> dict[str, Any]:
+        try:
+            return super().parse_query_params(params)
+        except HTTPException as exc:
+            raise HTTPException(400, "The `variables` or `extensions` parameter is not JSON.") from exc
 
     def decode_json(self, data: str | bytes) -> object:
         try:
@@ -126,3 +171,9 @@ class GraphQLView(GraphQL):
 
     def encode_json(self, data: object) -> bytes:
         return orjson.dumps(data)
+
+
+def _with_content_type(headers: Any, negotiated: Negotiated) -> list[tuple[bytes, bytes]]:
+    """The response's headers with the negotiated media type where the view wrote `application/json`."""
+    media = negotiated.content_type
+    return [(k, media if k == b"content-type" and v == b"application/json" else v) for k, v in headers]

@@ -228,7 +228,7 @@ async def test_array_batching_is_refused(client, tenant: Tenant, database_url: s
 
 
 async def test_mutation_over_get_is_refused(client, tenant: Tenant, database_url: str) -> None:
-    """C-012: GET carries queries only; a login over GET writes nothing."""
+    """C-012: GET carries queries only; a login over GET is 405 (GraphQL over HTTP) and writes nothing."""
     before = count_sessions(database_url)
     r = await client.get(
         "/graphql",
@@ -237,7 +237,8 @@ async def test_mutation_over_get_is_refused(client, tenant: Tenant, database_url
             "variables": f'{{"email": "{tenant.email}", "password": "{tenant.password}"}}',
         },
     )
-    assert r.status_code == 400
+    assert r.status_code == 405
+    assert r.headers["allow"] == "POST"
     assert error_codes(r.json()) == ["BAD_USER_INPUT"]
     assert "mutation" in r.json()["errors"][0]["message"].lower()
     assert count_sessions(database_url) == before
@@ -304,6 +305,7 @@ async def test_missing_query_is_400(edge) -> None:
 async def test_other_methods_are_refused(edge) -> None:
     r = await edge.put("/graphql", json={"query": "{ __typename }"})
     assert r.status_code == 405
+    assert r.headers["allow"] == "GET, POST"
 
 
 # -- GraphiQL -----------------------------------------------------------------------------------------
