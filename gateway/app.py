@@ -26,6 +26,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from authz import install_team_permissions
 from gateway.address_blocks import AddressBlockMiddleware, TenantBlockMiddleware, abuse_policy, install_abuse_signals
 from gateway.admission import AdmissionPolicy, EdgeAdmission, OrgLimitCache
+from gateway.cors import CorsMiddleware
 from gateway.graphql import GraphQLView
 from gateway.http_proxy import HttpUpstreams
 from gateway.http_routes import RouteTable
@@ -275,6 +276,7 @@ def edge_middleware(
     """The edge in front of the routes, outermost first (gateway/middleware.py). The HTTP upstreams' prefixes
     (`routed_prefixes`) have their own body limits and admission, per route (gateway/http_proxy.py)."""
     blocks = services.address_blocks
+    cors = settings.cors_policy()
     return [
         Middleware(
             RequestContextMiddleware, tracing=tracing or gateway_tracing(settings), metrics=metrics.request_metrics()
@@ -284,6 +286,8 @@ def edge_middleware(
             hsts=settings.is_prod,
             html_csp=GRAPHIQL_CSP if settings.graphiql_enabled else None,
         ),
+        # preflights answered before authentication and admission (gateway/cors.py)
+        *([Middleware(CorsMiddleware, policy=cors)] if cors is not None else []),
         *(
             [Middleware(AddressBlockMiddleware, blocks=blocks, client_address=ClientAddress(settings.trusted_proxies))]
             if blocks is not None

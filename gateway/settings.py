@@ -7,16 +7,17 @@ the embedded mode on a laptop; `PORTCULLIS_ENV=prod` refuses to start on any def
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
 from email.utils import formataddr, parseaddr
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from gateway.cors import CorsPolicy, CorsSettingError, cors_policy
+from gateway.smtp_url import SmtpServer, parse_smtp_url
 from identity.outbound import parse_allowed_hosts
 
 DEV_PEPPER = "dev-only-api-key-pepper-change-me"
@@ -43,88 +44,6 @@ class InsecureSettingsError(RuntimeError):
 class UnusableSettingError(InsecureSettingsError):
     """A value that cannot be used, refused with a message that names the variable but never repeats the
     value (pydantic's own errors would: an SMTP URL carries a password)."""
-
-
-@dataclass(frozen=True)
-class SmtpServer:
-    """`PORTCULLIS_SMTP_URL`, parsed. `starttls`: `auto` (upgrade when the server offers it), `require`,
-    or `off` (plain; a loopback relay or a test server)."""
-
-    host: str
-    port: int
-    implicit_tls: bool
-    starttls: str
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-
-
-STARTTLS_MODES = ("auto", "require", "off")
-
-
-def parse_smtp_url(url: str) -> SmtpServer:
-    """`smtp://[user:pass@]host[:port][?starttls=auto|require|off]` or `smtps://[user:pass@]host[:port]`.
-
-    ValueError names what is wrong and never repeats the URL. A password is never sent in clear: with
-    credentials, `auto` means `require`, and `off` is refused unless the server is on a loopback address."""
-    parts = urlsplit(url.strip())
-    scheme = parts.scheme.lower()
-    if scheme not in ("smtp", "smtps"):
-        raise ValueError("the scheme must be smtp:// or smtps://")
-    if not parts.hostname:
-        raise ValueError("a host is required (smtp://host:port)")
-    try:
-        port = parts.port
-    except ValueError:
-        raise ValueError("the port must be a number from 1 to 65535") from None
-    if port == 0:
-        raise ValueError("the port must be a number from 1 to 65535")
-    if parts.path not in ("", "/") or parts.fragment:
-        raise ValueError("the URL takes no path: smtp://user:pass@host:port?starttls=require")
-    try:
-        query = parse_qs(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
-    except ValueError:
-        raise ValueError("the query is malformed") from None
-    unknown = sorted(set(query) - {"starttls"})
-    if unknown:
-        raise ValueError(f"unknown option {unknown[0]!r} (the only option is starttls)")
-    modes = query.get("starttls", [])
-    if len(modes) > 1:
-        raise ValueError("starttls is given more than once")
-    if modes and scheme == "smtps":
-        raise ValueError("starttls applies to smtp:// only; smtps:// is TLS from the first byte")
-    starttls = modes[0].lower() if modes else "auto"
-    if starttls not in STARTTLS_MODES:
-        raise ValueError("starttls is one of auto, require, off")
-    username = unquote(parts.username) if parts.username else None
-    password = unquote(parts.password) if parts.password is not None else None
-    if password is not None and not username:
-        raise ValueError("a password needs a user name (smtp://user:pass@host)")
-    host = parts.hostname
-    if username and scheme == "smtp":
-        if starttls == "auto":
-            starttls = "require"
-        elif starttls == "off" and not _loopback(host):
-            raise ValueError(
-                "credentials are never sent unencrypted: use smtps://, starttls=require, or a "
-                "relay on a loopback address"
-            )
-    return SmtpServer(
-        host=host,
-        port=port or (465 if scheme == "smtps" else 587),
-        implicit_tls=scheme == "smtps",
-        starttls="off" if scheme == "smtps" else starttls,
-        username=username,
-        password=password,
-    )
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _split(value: object) -> object:
@@ -207,6 +126,11 @@ class Settings(BaseSettings):
     block_repeat_days: int = Field(default=30, ge=1, le=365)
 
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # pages of other origins that may call the gateway (docs/browsers.md): exact origins, comma-separated, or
+    # `*` (any, never with credentials); credentials default to yes with exact origins; preflights cached
+    cors_allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    cors_allow_credentials: bool | None = None
+    cors_max_age_seconds: int = Field(default=600, ge=0, le=86_400)
     trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     graphiql: bool | None = None
@@ -280,6 +204,7 @@ class Settings(BaseSettings):
     @field_validator(
         "trusted_proxies",
         "trace_trusted_callers",
+        "cors_allowed_origins",
         "previous_signing_key_files",
         "previous_data_encryption_keys",
         "frontend_return_paths",
@@ -397,6 +322,17 @@ class Settings(BaseSettings):
         if not value or any(ord(c) < 32 or ord(c) == 127 for c in value):
             raise ValueError("PORTCULLIS_MAIL_PRODUCT_NAME is one line of text")
         return value
+
+    @model_validator(mode="after")
+    def _cors(self) -> Settings:
+        try:
+            self.cors_policy()
+        except CorsSettingError as exc:
+            raise UnusableSettingError(str(exc)) from None
+        return self
+
+    def cors_policy(self) -> CorsPolicy | None:
+        return cors_policy(self.cors_allowed_origins, self.cors_allow_credentials, self.cors_max_age_seconds)
 
     @model_validator(mode="after")
     def _mail_settings(self) -> Settings:
