@@ -27,6 +27,7 @@ from authz import install_team_permissions
 from gateway.address_blocks import AddressBlockMiddleware, TenantBlockMiddleware, abuse_policy, install_abuse_signals
 from gateway.admission import AdmissionPolicy, EdgeAdmission, OrgLimitCache
 from gateway.cors import CorsMiddleware
+from gateway.graphiql import GRAPHIQL_CSP, PREFIX, GraphiQLAssets
 from gateway.graphql import GraphQLView
 from gateway.http_proxy import HttpUpstreams
 from gateway.http_routes import RouteTable
@@ -81,12 +82,6 @@ log = logging.getLogger("portcullis")
 # how long embedded mode trusts a verified API key without the database (PORTCULLIS_API_KEY_CACHE_TTL_SECONDS
 # at most): what another process's revocation waits for there, where no bus joins the processes
 EMBEDDED_API_KEY_CACHE_SECONDS = 0.5
-
-GRAPHIQL_CSP = (
-    b"default-src 'self'; script-src 'self' 'unsafe-inline' https://unpkg.com; "
-    b"style-src 'self' 'unsafe-inline' https://unpkg.com; img-src 'self' data:; connect-src 'self'; "
-    b"frame-ancestors 'none'"
-)
 
 
 def build_services(settings: Settings) -> Services:
@@ -305,7 +300,12 @@ def edge_middleware(
             rate_limit_audit=rate_limit_audit,
         ),
         *([Middleware(TenantBlockMiddleware, blocks=blocks)] if blocks is not None else []),
-        Middleware(AdmissionMiddleware, admission=services.admission, exempt_prefixes=routed_prefixes),
+        Middleware(
+            AdmissionMiddleware,
+            admission=services.admission,
+            # GraphiQL's files are a development tool's, not the API's: reloading the page spends no budget
+            exempt_prefixes=routed_prefixes + ((PREFIX,) if settings.graphiql_enabled else ()),
+        ),
     ]
 
 
@@ -473,6 +473,8 @@ def assemble(parts: GatewayParts, *, saml_login: SamlLogin | None = None) -> Sta
         *saml_routes.routes(route_limits),
         *sso_routes(settings, services, starters={"saml": saml_routes.begin}, limit=route_limits),
     ]
+    if settings.graphiql_enabled:
+        routes.append(Mount(PREFIX, app=GraphiQLAssets()))
     if parts.http_upstreams is not None:
         # the prefix itself and everything under it, with no redirect to a trailing slash
         for prefix in parts.http_upstreams.table.prefixes:

@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 from cross_web import HTTPException
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 from strawberry.asgi import GraphQL
 from strawberry.http import GraphQLHTTPResponse, process_result
@@ -20,6 +21,7 @@ from strawberry.types import ExecutionResult
 
 from authz import anonymous
 from authz.errors import ErrorCode
+from gateway.graphiql import graphiql_page
 from gateway.graphql_http import GRAPHQL_RESPONSE_JSON, LEGACY, Negotiated, negotiate
 from gateway.middleware import BodyTooLarge, graphql_error, send_json
 from resolvers.deps import RequestContext, Services
@@ -123,6 +125,9 @@ class GraphQLView(GraphQL):
             )
             with contextlib.suppress(Exception):
                 await ctx.finish(commit=False)
+
+    async def render_graphql_ide(self, request: Request) -> Response:
+        return graphiql_page()
 
     async def get_context(self, request: Any, response: Any) -> RequestContext:  # type: ignore[override]
         state = request.scope.get("state", {})

@@ -48,7 +48,8 @@ import aiosmtplib
 from sqlalchemy import or_, select, update
 from sqlmodel import col
 
-from gateway.settings import Settings, SmtpServer
+from gateway.settings import Settings
+from gateway.smtp_url import SmtpServer
 from identity.secrets import SecretBox, SecretDecryptionError
 from resolvers.mail import FAILED, PENDING, SENT, Mailer
 from store.db import Database
