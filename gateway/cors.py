@@ -27,7 +27,8 @@ ANY = "*"
 ALLOW_HEADERS = ("authorization", "x-api-key", "x-csrf-token", "content-type", "accept", "x-request-id", "traceparent")
 # what a frontend reads: the request id (to quote), the limits and when to retry, why a credential failed
 EXPOSE_HEADERS = ("x-request-id", "ratelimit", "ratelimit-policy", "retry-after", "www-authenticate")
-ALLOW_METHODS = ("GET", "POST")
+# GraphQL needs GET and POST; the HTTP upstreams' routes may take the others (docs/upstreams.md)
+ALLOW_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
