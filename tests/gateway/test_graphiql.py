@@ -119,6 +119,11 @@ async def test_graphiql_loads_the_schema_and_runs_a_query_with_no_network(
                 page.on("pageerror", lambda exc: problems.append(str(exc)))
                 await page.goto(f"{gateway}/graphql")
                 await page.wait_for_selector(".graphiql-query-editor .CodeMirror", timeout=20_000)
+                first = await page.evaluate(
+                    "() => document.querySelector('.graphiql-query-editor .CodeMirror').CodeMirror.getValue()"
+                )
+                assert "Re-fetch GraphQL schema" in first  # how to sign in, before anything is typed
+                assert "mutation SignIn" in first
                 await page.get_by_role("button", name="Headers").click()
                 await page.evaluate(
                     """(token) => [...document.querySelectorAll('.graphiql-editor-tool .graphiql-editor')]

@@ -10,6 +10,22 @@
   if (csrf) {
     headers['x-csrf-token'] = csrf.slice(csrf.indexOf('=') + 1);
   }
+  // shown until the person writes their own (GraphiQL keeps that in the browser's storage)
+  var defaultQuery = [
+    '# Portcullis GraphiQL',
+    '#',
+    '# Introspection answers per caller: signed out, the schema holds only the public mutations, and the',
+    '# documentation explorer cannot show it. Sign in (in dev, the demo owner below), put the token in the',
+    '# Headers tab as {"Authorization": "Bearer <accessToken>"}, run any operation, then press',
+    '# "Re-fetch GraphQL schema" (the circular arrows at the bottom left).',
+    '',
+    'mutation SignIn {',
+    '  login(email: "owner@acme.test", password: "portcullis-demo") {',
+    '    accessToken',
+    '  }',
+    '}',
+    '',
+  ].join('\n');
   var fetcher = GraphiQL.createFetcher({
     url: window.location.origin + window.location.pathname,
     headers: headers,
@@ -18,6 +34,7 @@
   root.render(
     React.createElement(GraphiQL, {
       fetcher: fetcher,
+      defaultQuery: defaultQuery,
       defaultEditorToolsVisibility: true,
       isHeadersEditorEnabled: true,
     }),
