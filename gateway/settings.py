@@ -17,6 +17,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from gateway.stream_settings import AuditStreamSettings
 from identity.outbound import parse_allowed_hosts
 
 DEV_PEPPER = "dev-only-api-key-pepper-change-me"
@@ -133,7 +134,7 @@ def _split(value: object) -> object:
     return value
 
 
-class Settings(BaseSettings):
+class Settings(AuditStreamSettings, BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PORTCULLIS_", env_file=".env", extra="ignore")
 
     env: Environment = Environment.DEV
