@@ -415,7 +415,7 @@ class AuditStreamSender:
                     if await asyncio.wait_for(reader.read(1), timeout=settle) == b"":
                         raise DeliveryFailed("the syslog server closed the connection")
             except (ConnectionError, ssl.SSLError) as exc:
-                raise DeliveryFailed(f"the syslog connection failed: {type(exc).__name__}") from None
+                raise DeliveryFailed(f"the syslog server closed the connection ({type(exc).__name__})") from None
             finally:
                 writer.close()
                 with contextlib.suppress(Exception):
