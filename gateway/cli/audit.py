@@ -37,6 +37,15 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from identity.tokens import KeyRing
     from resolvers.audit import CheckpointError, read_checkpoint
 
+    if args.audit_command == "verify-stream" and args.public_key:
+        from identity.tokens import PublicKeys
+
+        try:
+            public = PublicKeys(Path(p).read_text() for p in args.public_key)
+        except (OSError, ValueError) as exc:
+            print(f"portcullis: --public-key: {exc}", file=sys.stderr)
+            return 2
+        return verify_stream(public, Path(args.file), as_json=args.json)
     settings = load_settings()
     keys = KeyRing(*settings.signing_key_pems())
     if args.audit_command == "verify-stream":
