@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from gateway.audit_streams import StreamRetry
 from gateway.cli.audit import verify_stream
 from identity.tokens import KeyRing
 from store.audit import link_hash
@@ -212,7 +214,8 @@ async def _with_error(client: Any, owner: str, text: str) -> list[dict[str, Any]
 async def test_a_misconfigured_destination_is_disabled_with_an_event(
     database_url: str, signing_key: str, tenant: Tenant, answer: str
 ) -> None:
-    """A redirect (never followed), a 4xx other than 408/429, an untrusted (self-signed) TLS certificate:
+    """C-132: a redirect is never followed (here to a loopback port), and is a permanent error, like a 4xx
+    other than 408/429 an untrusted (self-signed) TLS certificate:
     permanent errors disable the stream at once, with a security event and an audit entry; enabling it
     resumes from its cursor."""
     server_tls, _ = tls_contexts("127.0.0.1")
@@ -300,3 +303,44 @@ async def test_syslog_tls_with_an_untrusted_certificate_is_disabled(
         [disabled] = await eventually(lambda: _disabled(client, owner))
     assert disabled["lastError"].startswith("TLS error")
     assert server.stored == []
+
+
+async def test_c143_a_slow_destination_never_slows_a_request(
+    database_url: str, signing_key: str, tenant: Tenant
+) -> None:
+    r = StreamReceiver(kind="json_lines", mode="slow", delay=3.0)
+    with serving(r, lifespan="off") as base:
+        async with stream_gateway(database_url, signing_key, audit_stream_timeout_seconds=1.5) as (_, client):
+            owner = (await login(client, tenant))["accessToken"]
+            await create_stream(client, owner, "JSON_LINES", base + "/in")
+            timings = []
+            for i in range(8):
+                started = time.perf_counter()
+                await make_entries(client, owner, 1, f"key {i}")
+                timings.append(time.perf_counter() - started)
+            await eventually(lambda: len(r.requests) >= 2, within=10)
+            timings_after = []
+            for i in range(3):
+                started = time.perf_counter()
+                await make_entries(client, owner, 1, f"more {i}")
+                timings_after.append(time.perf_counter() - started)
+            [slow] = await eventually(lambda: _with_error(client, owner, "no answer"), within=10)
+    # every mutation answered in request time, never in the destination's (1.5 s timeout, 3 s answer)
+    assert max(timings + timings_after) < 0.9, (timings, timings_after)
+    assert slow["lastError"] == "no answer within 1.5s"
+
+
+def test_retries_back_off_with_jitter() -> None:
+    retry = StreamRetry(retry_seconds=5, retry_max_seconds=600)
+    assert [retry.delay(n, rand=lambda: 1.0) for n in (1, 2, 3, 8, 9, 50)] == [5, 10, 20, 600, 600, 600]
+    assert [retry.delay(n, rand=lambda: 0.0) for n in (1, 2, 3)] == [2.5, 5, 10]  # half of it is random
+    delays = {retry.delay(4) for _ in range(20)}
+    assert len(delays) > 1
+    assert all(20 <= d <= 40 for d in delays)
+    # an hour of a destination's absence stays well below the default 50 failures in a row, even with the
+    # shortest delays the jitter allows
+    elapsed, failures = 0.0, 0
+    while elapsed < 3600:
+        failures += 1
+        elapsed += retry.delay(failures, rand=lambda: 0.0)
+    assert failures < StreamRetry().disable_after_failures
