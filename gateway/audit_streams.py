@@ -19,8 +19,9 @@ Accepted: a 2xx answer (HTTP kinds), or for syslog every frame written and the c
 moment later (a server that closes it has not taken the batch). Failures: a 5xx, 408 or 429, a timeout, a
 refused or closed connection are transient: the next attempt follows after a delay doubling from
 `PORTCULLIS_AUDIT_STREAM_RETRY_SECONDS` up to `..._RETRY_MAX_SECONDS`, with jitter (half the delay fixed,
-half random), so a destination down for an hour catches up from its cursor when it is back. Another 4xx, a
-redirect (never followed), a TLS error, a refused address or an undecryptable secret are permanent: the
+half random), so a destination down for an hour catches up from its cursor when it is back; so is an
+address the outbound guard refuses (a name that does not resolve is refused alike). Another 4xx, a
+redirect (never followed), a TLS error or an undecryptable secret are permanent: the
 stream is disabled at once, as after `PORTCULLIS_AUDIT_STREAM_DISABLE_AFTER_FAILURES` failures in a row,
 with an `audit_stream_disabled` security event and an audit entry; `enableAuditStream` resumes it.
 """
@@ -307,7 +308,8 @@ class AuditStreamSender:
             await self._failed(claimed, str(exc), permanent=exc.permanent)
             return 0
         except OutboundRefused:
-            await self._failed(claimed, "the URL's address is not one the gateway may send to", permanent=True)
+            # a name that does not resolve is refused alike: a DNS outage must not disable the stream
+            await self._failed(claimed, "the URL's address is not one the gateway may send to")
             return 0
         except TimeoutError:
             await self._failed(claimed, f"no answer within {self.retry.timeout_seconds:g}s")

@@ -15,12 +15,15 @@ from typing import Any
 
 import pytest
 
+from gateway.app import create_app
 from gateway.audit_streams import StreamRetry
 from gateway.cli.audit import verify_stream
+from identity.outbound import OutboundPolicy
 from identity.tokens import KeyRing
 from store.audit import link_hash
 from tests.audit_stream_helpers import (
     ENABLE,
+    FAST,
     create_stream,
     head,
     make_entries,
@@ -29,7 +32,7 @@ from tests.audit_stream_helpers import (
     write_checkpoint,
 )
 from tests.audit_stream_receivers import StreamReceiver, syslog_server
-from tests.conftest import Tenant, gql, login, sql
+from tests.conftest import Tenant, gql, login, make_settings, running, sql
 from tests.http_upstreams import serving
 from tests.listeners import Answer, http_server, tls_contexts
 from tests.webhook_helpers import eventually
@@ -229,11 +232,11 @@ async def test_a_misconfigured_destination_is_disabled_with_an_event(
             attempts = len(server.requests)
             await asyncio.sleep(0.3)
             assert len(server.requests) == attempts  # no attempt while disabled
+            events = sql(database_url, "SELECT kind, severity, subject_id FROM security_events")
             body = (await gql(client, ENABLE, {"id": stream_id}, token=owner)).json()
     expected = {"redirect": "HTTP 302: redirects are not followed", "401": "HTTP 401", "tls": "TLS error"}[answer]
     assert disabled["lastError"].startswith(expected), disabled
     assert disabled["consecutiveFailures"] == 1
-    events = sql(database_url, "SELECT kind, severity, subject_id FROM security_events")
     assert [tuple(e) for e in events] == [("audit_stream_disabled", "high", stream_id)]
     actions = sql(database_url, "SELECT action, actor_type FROM audit_log WHERE resource_id = :s", s=stream_id)
     assert [tuple(a) for a in actions][:2] == [("audit_stream_created", "user"), ("audit_stream_disabled", "system")]
@@ -344,3 +347,34 @@ def test_retries_back_off_with_jitter() -> None:
         failures += 1
         elapsed += retry.delay(failures, rand=lambda: 0.0)
     assert failures < StreamRetry().disable_after_failures
+
+
+async def test_c132_an_address_refused_after_dns_is_never_contacted(
+    database_url: str, signing_key: str, tenant: Tenant
+) -> None:
+    """A name public when the stream is created that later resolves to loopback (rebinding): every attempt is
+    refused before connecting, and retried (a name that does not resolve is refused alike, and a DNS outage
+    must not disable a stream)."""
+    r = StreamReceiver(kind="json_lines")
+    answers = iter([["93.184.216.34"]])
+
+    async def resolver(host: str, _port: int) -> list[str]:
+        assert host == "stream.customer.test"
+        return next(answers, ["127.0.0.1"])
+
+    with serving(r, lifespan="off") as base:
+        port = int(base.rsplit(":", 1)[1])
+        app = create_app(make_settings(database_url, signing_key, **FAST))
+        app.state.services.webhooks.outbound = OutboundPolicy.of(enabled=True, require_https=False, resolver=resolver)
+        async with running(app) as client:
+            owner = (await login(client, tenant))["accessToken"]
+            await create_stream(client, owner, "JSON_LINES", f"http://stream.customer.test:{port}/in")
+            [failing] = await eventually(lambda: _with_error(client, owner, "the URL's address"))
+            await eventually(lambda: _failures_at_least(client, owner, 3))
+    assert failing["state"] == "FAILING"
+    assert failing["deliveredSequence"] == 0
+    assert r.requests == []
+
+
+async def _failures_at_least(client: Any, owner: str, n: int) -> bool:
+    return bool((await streams(client, owner))[0]["consecutiveFailures"] >= n)
