@@ -133,6 +133,6 @@ def verify_stream(keys: Any, path: Any, *, as_json: bool = False) -> int:
     else:
         for problem in report.problems:
             print(problem, file=sys.stderr)
-        where = f"at sequence {report.first_bad_sequence}" if report.first_bad_sequence is not None else ""
-        print(f"FAILED {where}: {report.problems[0]}".replace("  ", " "), file=sys.stderr)
+        where = f" at sequence {report.first_bad_sequence}" if report.first_bad_sequence is not None else ""
+        print(f"FAILED{where}: {report.problems[0]}", file=sys.stderr)
     return 0 if report.ok else 1
