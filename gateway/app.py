@@ -487,6 +487,7 @@ def assemble(parts: GatewayParts, *, saml_login: SamlLogin | None = None) -> Sta
     app.state.saml_routes = saml_routes
     app.state.mail_delivery = workers.mail
     app.state.webhook_delivery = workers.webhooks
+    app.state.audit_streams = workers.audit_streams
     app.state.report_scheduler = workers.reports
     app.state.retention_pruner = workers.retention
     return app

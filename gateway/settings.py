@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from gateway.cors import CorsPolicy, CorsSettingError, cors_policy
 from gateway.smtp_url import SmtpServer, parse_smtp_url
+from gateway.stream_settings import AuditStreamSettings
 from identity.outbound import parse_allowed_hosts
 
 DEV_PEPPER = "dev-only-api-key-pepper-change-me"
@@ -52,7 +53,7 @@ def _split(value: object) -> object:
     return value
 
 
-class Settings(BaseSettings):
+class Settings(AuditStreamSettings, BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PORTCULLIS_", env_file=".env", extra="ignore")
 
     env: Environment = Environment.DEV

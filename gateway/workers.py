@@ -1,11 +1,12 @@
 """The background senders every process runs beside its requests: the mail outbox, webhook deliveries,
-report schedules and the retention pruning job. Each takes its work with a lease, so any number of processes
-run them side by side (the pruning job, one process at a time)."""
+audit streams, report schedules and the retention pruning job. Each takes its work with a lease, so any
+number of processes run them side by side (the pruning job and each audit stream, one process at a time)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gateway.audit_streams import AuditStreamSender, StreamRetry
 from gateway.mail import DeliveryPolicy, MailDelivery
 from gateway.report_scheduler import ReportScheduler
 from gateway.retention import RetentionPruner
@@ -18,6 +19,7 @@ from resolvers.deps import Services
 class Workers:
     mail: MailDelivery | None
     webhooks: WebhookSender | None
+    audit_streams: AuditStreamSender | None
     reports: ReportScheduler
     retention: RetentionPruner
 
@@ -29,6 +31,11 @@ class Workers:
             if smtp is not None and services.mail is not None
             else None,
             webhooks=WebhookSender(services.db, services.webhooks, RetryPolicy.of(settings))
+            if services.webhooks is not None
+            else None,
+            audit_streams=AuditStreamSender(
+                services.db, services.webhooks, services.tokens.keys, StreamRetry.of(settings)
+            )
             if services.webhooks is not None
             else None,
             reports=ReportScheduler(
@@ -48,6 +55,8 @@ class Workers:
     def start(self) -> None:
         if self.webhooks is not None:
             self.webhooks.start()
+        if self.audit_streams is not None:
+            self.audit_streams.start()
         self.reports.start()
         self.retention.start()
         if self.mail is not None:
@@ -56,6 +65,8 @@ class Workers:
     async def stop(self) -> None:
         if self.webhooks is not None:
             await self.webhooks.stop()
+        if self.audit_streams is not None:
+            await self.audit_streams.stop()
         await self.reports.stop()
         await self.retention.stop()
         if self.mail is not None:

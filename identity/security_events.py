@@ -31,6 +31,7 @@ class SecurityEventKind(StrEnum):
     PRIVILEGED_ROLE_GRANTED = "privileged_role_granted"
     MFA_DISABLED = "mfa_disabled"
     WEBHOOK_DISABLED = "webhook_disabled"
+    AUDIT_STREAM_DISABLED = "audit_stream_disabled"
 
 
 # what else an event causes in its transaction (alerts by email): called with the session and the event

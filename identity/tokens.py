@@ -25,7 +25,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -104,6 +104,22 @@ class SigningKey:
             verifier=verifier,
             signer=signer,
         )
+
+
+class VerifyingKeys(Protocol):
+    """What checking a signature needs: a key by its `kid` (a `KeyRing`, or `PublicKeys`)."""
+
+    def get(self, kid: str) -> SigningKey | None: ...
+
+
+class PublicKeys:
+    """The gateway's public keys alone (PEM), as someone outside it holds them: they verify, never sign."""
+
+    def __init__(self, pems: Iterable[str]) -> None:
+        self._by_kid = {k.kid: k for k in (SigningKey.from_pem(p) for p in pems)}
+
+    def get(self, kid: str) -> SigningKey | None:
+        return self._by_kid.get(kid)
 
 
 class KeyRing:
@@ -329,7 +345,7 @@ def sign_document(keys: KeyRing, document: dict[str, Any]) -> str:
     return str(jws.sign(payload, key.signer, headers={"kid": key.kid, "typ": CHECKPOINT_TYP}, algorithm=ALGORITHM))
 
 
-def verify_document(keys: KeyRing, token: str) -> dict[str, Any]:
+def verify_document(keys: VerifyingKeys, token: str) -> dict[str, Any]:
     """The document `sign_document` signed, if one of the ring's keys (current or previous) did."""
     try:
         header = jws.get_unverified_header(token)

@@ -18,7 +18,7 @@ from sqlmodel import col, select
 
 from authz import Permission, Principal
 from authz.errors import BadUserInput
-from identity.tokens import KeyRing, TokenError, sign_document, verify_document
+from identity.tokens import KeyRing, TokenError, VerifyingKeys, sign_document, verify_document
 from resolvers.budgets import charge_work
 from resolvers.common import Page, PageEdge, tenant_of
 from resolvers.deps import RequestContext
@@ -222,7 +222,7 @@ def read_checkpoint(keys: KeyRing, text: str) -> list[audit.ChainHead]:
     return signed_heads(keys, signature)
 
 
-def signed_heads(keys: KeyRing, signature: Any) -> list[audit.ChainHead]:
+def signed_heads(keys: VerifyingKeys, signature: Any) -> list[audit.ChainHead]:
     """The heads a checkpoint's signature holds, once the signature is checked."""
     try:
         document = verify_document(keys, signature)

@@ -10,7 +10,7 @@ requests go on between batches. Kinds and what "past retention" means for each:
   created before it; SIGN_INS: sign-in attempts before it;
 - AUDIT_ENTRIES: the tenant's chain, only up to the newest signed checkpoint made before the cut (so the
   chain then starts at an entry whose predecessor a checkpoint attests), and only entries every enabled
-  audit stream has delivered (`streams_delivered_through`; there are no streams yet).
+  audit stream has delivered (`streams_delivered_through`).
 
 The job holds the `retention` lease (`job_leases`) while it runs, so one process at a time prunes.
 """
@@ -30,6 +30,7 @@ from sqlmodel import col
 from authz.plans import RetentionKind, effective_retention
 from identity.tokens import KeyRing
 from resolvers.audit import CheckpointError, checkpoint, signed_heads
+from resolvers.audit_streams import delivered_through
 from resolvers.retention import stored_days
 from store.db import Database
 from store.models import (
@@ -167,9 +168,9 @@ _PRUNERS: dict[RetentionKind, Callable[[AsyncSession, str, datetime, int], Any]]
 
 async def streams_delivered_through(s: AsyncSession, chain: str) -> int | None:
     """The last sequence of `chain` every enabled audit stream has delivered; None when no stream is
-    enabled. Audit streams do not exist yet: no stream holds back pruning today. When they do, an entry is
-    deleted only once each enabled stream has delivered it (this returns the lowest of their positions)."""
-    return None
+    enabled. An entry is deleted only once each enabled stream has delivered it (the lowest of their
+    cursors); a disabled stream holds nothing back."""
+    return await delivered_through(s, chain)
 
 
 async def _audit_cut_point(s: AsyncSession, keys: KeyRing, chain: str, cut: datetime) -> tuple[str, int, str] | None:

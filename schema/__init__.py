@@ -19,6 +19,7 @@ from schema.accounts import AccountMutation
 from schema.address_blocks import AddressBlockMutation
 from schema.api_keys import ApiKeyMutation
 from schema.audit import AuditQuery
+from schema.audit_streams import AuditStreamMutation
 from schema.auth import AuthMutation
 from schema.authorization import Authorization, Authorizer
 from schema.domains import DomainMutation
@@ -74,6 +75,7 @@ Mutation = merge_types(
         SecurityPolicyMutation,
         RetentionMutation,
         SecurityEventMutation,
+        AuditStreamMutation,
         SessionMutation,
     ),
 )

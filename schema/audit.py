@@ -31,6 +31,7 @@ from schema.directives import list_size, requires_scopes
 from schema.pagination import Connection, Edge, PageInfo
 from store.audit import AuditAction as A
 from store.audit import AuditEvent, AuditResult
+from store.audit.view import entry_view
 from store.models import AuditEntry
 
 log = logging.getLogger("portcullis.audit")
@@ -82,6 +83,11 @@ FIELD_ACTIONS: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
     "resolveSecurityEvent": (A.SECURITY_EVENT_RESOLVED, "security_event", ()),
     "createWebhook": (A.WEBHOOK_CREATED, "webhook", ()),
     "deleteWebhook": (A.WEBHOOK_DELETED, "webhook", ()),
+    "createAuditStream": (A.AUDIT_STREAM_CREATED, "audit_stream", ()),
+    "updateAuditStream": (A.AUDIT_STREAM_UPDATED, "audit_stream", ()),
+    "enableAuditStream": (A.AUDIT_STREAM_ENABLED, "audit_stream", ()),
+    "disableAuditStream": (A.AUDIT_STREAM_DISABLED, "audit_stream", ()),
+    "deleteAuditStream": (A.AUDIT_STREAM_DELETED, "audit_stream", ()),
     "revokeSession": (A.AUTHN_SESSION_REVOKED, "session", ()),
     "revokeOtherSessions": (A.AUTHN_SESSION_REVOKED, "user", ()),
     "revokeMemberSessions": (A.MEMBER_SESSIONS_REVOKED, "membership", ()),
@@ -293,22 +299,9 @@ class AuditLogEntry:
 
     @classmethod
     def from_row(cls, e: AuditEntry) -> AuditLogEntry:
-        return cls(
-            id=strawberry.ID(e.id),
-            sequence=e.sequence,
-            at=e.at,
-            actor_type=e.actor_type,
-            actor_id=e.actor_id,
-            action=e.action,
-            resource_type=e.resource_type,
-            resource_id=e.resource_id,
-            result=e.result,
-            request_id=e.request_id,
-            ip=e.ip,
-            details=e.details,  # type: ignore[arg-type]
-            hash=e.hash,
-            previous_hash=e.previous_hash,
-        )
+        # the same view audit streams send (store/audit/view.py): a change to what readers see shows in both
+        view = entry_view(e)
+        return cls(**{**view, "id": strawberry.ID(view["id"])})
 
 
 @strawberry.type(name="AuditLogEdge")

@@ -55,6 +55,11 @@ SENSITIVE_MUTATIONS: frozenset[str] = frozenset(
         "updateSecurityPolicy",
         # the caller's own second factor
         "disableTotp",
+        # where the audit log is sent
+        "createAuditStream",
+        "updateAuditStream",
+        "disableAuditStream",
+        "deleteAuditStream",
     }
 )
 

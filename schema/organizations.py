@@ -19,6 +19,7 @@ from store.models import Organization as OrganizationRow
 if TYPE_CHECKING:
     from schema.address_blocks import AddressBlock
     from schema.api_keys import ApiKey
+    from schema.audit_streams import AuditStream
     from schema.domains import EmailDomain
     from schema.invitations import InvitationConnection, InvitationState
     from schema.members import MembershipConnection
@@ -217,6 +218,17 @@ class Organization:
         from schema.security_events import Webhook
 
         return [Webhook.from_row(r) for r in await list_webhooks(info.context, self.row.id)]
+
+    @strawberry.field(
+        description='The organization\'s audit streams (docs/audit.md, "Streaming"), oldest first; never their '
+        "secrets.",
+        **list_size(requires_scopes(Permission.SECURITY_READ), assumed_size=5),
+    )
+    async def audit_streams(self, info: Info) -> list[Annotated[AuditStream, strawberry.lazy("schema.audit_streams")]]:
+        from resolvers.audit_streams import list_streams
+        from schema.audit_streams import AuditStream
+
+        return [AuditStream.from_row(r) for r in await list_streams(info.context, self.row.id)]
 
 
 @strawberry.input

@@ -112,6 +112,22 @@ def parser() -> argparse.ArgumentParser:
     v = ausub.add_parser("verify", help="recompute every chain; exit 1 when one is broken")
     v.add_argument("--checkpoint", help="a checkpoint file (or a directory: its latest) to check truncation against")
     v.add_argument("--json", action="store_true", help="the full report as JSON")
+    vs = ausub.add_parser(
+        "verify-stream",
+        help="check what an audit stream's receiver stored; exit 1 naming the first dropped or altered sequence",
+        description="FILE holds JSON lines as a receiver stored them: entry lines, checkpoint lines, whole "
+        'batches, webhook messages or Splunk HEC events (docs/audit.md, "Streaming"). Checkpoint signatures '
+        "are checked with the gateway's signing keys, or with --public-key.",
+    )
+    vs.add_argument("file")
+    vs.add_argument(
+        "--public-key",
+        action="append",
+        metavar="PEM",
+        help="a PEM file of the gateway's public key (repeatable: current and previous keys); without it, the "
+        "keys the gateway is configured with",
+    )
+    vs.add_argument("--json", action="store_true", help="the report as JSON")
     cp = ausub.add_parser("checkpoint", help="write each chain's head, signed with the gateway's key")
     cp.add_argument("--out", required=True, help="a file, or a directory to add a new file to")
     au.set_defaults(func=cmd_audit)

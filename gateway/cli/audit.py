@@ -1,4 +1,4 @@
-"""`portcullis audit verify|checkpoint`."""
+"""`portcullis audit verify|verify-stream|checkpoint`."""
 
 from __future__ import annotations
 
@@ -37,8 +37,19 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from identity.tokens import KeyRing
     from resolvers.audit import CheckpointError, read_checkpoint
 
+    if args.audit_command == "verify-stream" and args.public_key:
+        from identity.tokens import PublicKeys
+
+        try:
+            public = PublicKeys(Path(p).read_text() for p in args.public_key)
+        except (OSError, ValueError) as exc:
+            print(f"portcullis: --public-key: {exc}", file=sys.stderr)
+            return 2
+        return verify_stream(public, Path(args.file), as_json=args.json)
     settings = load_settings()
     keys = KeyRing(*settings.signing_key_pems())
+    if args.audit_command == "verify-stream":
+        return verify_stream(keys, Path(args.file), as_json=args.json)
     if args.audit_command == "checkpoint":
         try:
             document = asyncio.run(_audit_in_database(settings, keys, None))
@@ -79,4 +90,49 @@ def cmd_audit(args: argparse.Namespace) -> int:
             f"{'ok' if report.ok else 'FAILED'}: {report.checked} entries in {len(report.chains)} chain(s)"
             + (f", checked against {len(points)} checkpointed head(s)" if points else "")
         )
+    return 0 if report.ok else 1
+
+
+def verify_stream(keys: Any, path: Any, *, as_json: bool = False) -> int:
+    """`portcullis audit verify-stream FILE`: 0 when intact, 1 naming the first bad sequence, 2 when unreadable."""
+    import json
+
+    from identity.audit_stream_check import check, read_lines
+    from resolvers.audit import CheckpointError, signed_heads
+
+    def heads_of(signature: str) -> list[tuple[str, int, str]]:
+        try:
+            return [(h.chain, h.sequence, h.hash) for h in signed_heads(keys, signature)]
+        except CheckpointError as exc:
+            raise ValueError(str(exc)) from None
+
+    try:
+        report = check(list(read_lines(path.read_text())), heads_of)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        print(f"portcullis: {path}: {exc}", file=sys.stderr)
+        return 2
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "ok": report.ok,
+                    "entries": report.entries,
+                    "redelivered": report.redelivered,
+                    "checkpoints": report.checkpoints,
+                    "firstBadSequence": report.first_bad_sequence,
+                    "problems": report.problems,
+                },
+                indent=2,
+            )
+        )
+    elif report.ok:
+        print(
+            f"ok: {report.entries} entries in order and unaltered ({report.redelivered} redelivered), "
+            f"{report.checkpoints} checkpoint(s) verified"
+        )
+    else:
+        for problem in report.problems:
+            print(problem, file=sys.stderr)
+        where = f" at sequence {report.first_bad_sequence}" if report.first_bad_sequence is not None else ""
+        print(f"FAILED{where}: {report.problems[0]}", file=sys.stderr)
     return 0 if report.ok else 1

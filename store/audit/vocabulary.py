@@ -105,6 +105,12 @@ class AuditAction(StrEnum):
     WEBHOOK_CREATED = "webhook_created"
     WEBHOOK_DELETED = "webhook_deleted"
     WEBHOOK_DISABLED = "webhook_disabled"
+    # audit streams (docs/audit.md, "Streaming")
+    AUDIT_STREAM_CREATED = "audit_stream_created"
+    AUDIT_STREAM_UPDATED = "audit_stream_updated"
+    AUDIT_STREAM_ENABLED = "audit_stream_enabled"
+    AUDIT_STREAM_DISABLED = "audit_stream_disabled"
+    AUDIT_STREAM_DELETED = "audit_stream_deleted"
     # limits
     EXCESS_RATE_LIMIT_EXCEEDED = "excess_rate_limit_exceeded"
     # address blocks: a tenant's (its chain), the operator's and the automatic ones (the platform's)
