@@ -7,22 +7,32 @@ the embedded mode on a laptop; `PORTCULLIS_ENV=prod` refuses to start on any def
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
 from email.utils import formataddr, parseaddr
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
-from urllib.parse import parse_qs, unquote, urlsplit
+from typing import Annotated, Any, Self
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from gateway.settings_errors import explain
+from gateway.smtp_url import STARTTLS_MODES, SmtpServer, parse_smtp_url
 from identity.outbound import parse_allowed_hosts
+
+__all__ = ["STARTTLS_MODES", "DatabaseSettings", "Settings", "SmtpServer", "parse_smtp_url"]
 
 DEV_PEPPER = "dev-only-api-key-pepper-change-me"
 DEV_COOKIE_SECRET = "dev-only-cookie-secret-change-me"
 DEV_DATA_KEY = "dev-only-data-encryption-key-change-me"
 DEV_KEY_FILE = Path(".portcullis/dev-signing-key.pem")
+DEFAULT_DATABASE_URL = "sqlite:///./portcullis.db"
+# how prod's refusal says to make each secret
+MAKE_SECRET = "make one with `portcullis keys secret`"
+MAKE_SIGNING_KEY = (
+    "make one with `portcullis keys generate > /etc/portcullis/signing-key.pem` and set "
+    "PORTCULLIS_SIGNING_KEY_FILE=/etc/portcullis/signing-key.pem"
+)
 
 
 class Environment(StrEnum):
@@ -45,99 +55,36 @@ class UnusableSettingError(InsecureSettingsError):
     value (pydantic's own errors would: an SMTP URL carries a password)."""
 
 
-@dataclass(frozen=True)
-class SmtpServer:
-    """`PORTCULLIS_SMTP_URL`, parsed. `starttls`: `auto` (upgrade when the server offers it), `require`,
-    or `off` (plain; a loopback relay or a test server)."""
-
-    host: str
-    port: int
-    implicit_tls: bool
-    starttls: str
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-
-
-STARTTLS_MODES = ("auto", "require", "off")
-
-
-def parse_smtp_url(url: str) -> SmtpServer:
-    """`smtp://[user:pass@]host[:port][?starttls=auto|require|off]` or `smtps://[user:pass@]host[:port]`.
-
-    ValueError names what is wrong and never repeats the URL. A password is never sent in clear: with
-    credentials, `auto` means `require`, and `off` is refused unless the server is on a loopback address."""
-    parts = urlsplit(url.strip())
-    scheme = parts.scheme.lower()
-    if scheme not in ("smtp", "smtps"):
-        raise ValueError("the scheme must be smtp:// or smtps://")
-    if not parts.hostname:
-        raise ValueError("a host is required (smtp://host:port)")
-    try:
-        port = parts.port
-    except ValueError:
-        raise ValueError("the port must be a number from 1 to 65535") from None
-    if port == 0:
-        raise ValueError("the port must be a number from 1 to 65535")
-    if parts.path not in ("", "/") or parts.fragment:
-        raise ValueError("the URL takes no path: smtp://user:pass@host:port?starttls=require")
-    try:
-        query = parse_qs(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
-    except ValueError:
-        raise ValueError("the query is malformed") from None
-    unknown = sorted(set(query) - {"starttls"})
-    if unknown:
-        raise ValueError(f"unknown option {unknown[0]!r} (the only option is starttls)")
-    modes = query.get("starttls", [])
-    if len(modes) > 1:
-        raise ValueError("starttls is given more than once")
-    if modes and scheme == "smtps":
-        raise ValueError("starttls applies to smtp:// only; smtps:// is TLS from the first byte")
-    starttls = modes[0].lower() if modes else "auto"
-    if starttls not in STARTTLS_MODES:
-        raise ValueError("starttls is one of auto, require, off")
-    username = unquote(parts.username) if parts.username else None
-    password = unquote(parts.password) if parts.password is not None else None
-    if password is not None and not username:
-        raise ValueError("a password needs a user name (smtp://user:pass@host)")
-    host = parts.hostname
-    if username and scheme == "smtp":
-        if starttls == "auto":
-            starttls = "require"
-        elif starttls == "off" and not _loopback(host):
-            raise ValueError(
-                "credentials are never sent unencrypted: use smtps://, starttls=require, or a "
-                "relay on a loopback address"
-            )
-    return SmtpServer(
-        host=host,
-        port=port or (465 if scheme == "smtps" else 587),
-        implicit_tls=scheme == "smtps",
-        starttls="off" if scheme == "smtps" else starttls,
-        username=username,
-        password=password,
-    )
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _split(value: object) -> object:
     if isinstance(value, str):
         return [v.strip() for v in value.split(",") if v.strip()]
     return value
 
 
-class Settings(BaseSettings):
+class _Loadable(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PORTCULLIS_", env_file=".env", extra="ignore")
 
+    @classmethod
+    def load(cls, **values: Any) -> Self:
+        """The settings from the environment (and `.env`); a value that does not validate is refused with a
+        message naming its variable and what a valid value looks like (`UnusableSettingError`)."""
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            raise UnusableSettingError(explain(exc, cls)) from None
+
+
+class DatabaseSettings(_Loadable):
+    """What `portcullis migrate` reads: the database and nothing else, so that it runs where the secrets of
+    the gateway are not set."""
+
+    database_url: str = DEFAULT_DATABASE_URL
+    migration_database_url: str | None = None
+
+
+class Settings(_Loadable):
     env: Environment = Environment.DEV
-    database_url: str = "sqlite:///./portcullis.db"
+    database_url: str = DEFAULT_DATABASE_URL
     database_pool_size: int = Field(default=10, ge=1, le=200)
     # PostgreSQL: `portcullis migrate` connects with this URL (the tables' owner) when set, then grants
     # the role of `database_url` what the application needs; the audit table gets INSERT and SELECT only
@@ -273,6 +220,15 @@ class Settings(BaseSettings):
         default_factory=lambda: [5.0, 30.0, 120.0, 600.0, 3600.0, 21_600.0, 43_200.0]
     )
     webhook_disable_after_failures: int = Field(default=5, ge=1, le=1000)
+
+    # Signals (docs/observability.md). /metrics asks for this bearer token when it is set; prod refuses /metrics
+    # on the API port without it. With a metrics port, the process also serves /metrics there (on metrics_host),
+    # with no token: a port the scraper reaches and callers do not.
+    metrics_token: SecretStr | None = None
+    metrics_port: int | None = Field(default=None, ge=1, le=65_535)
+    metrics_host: str = "127.0.0.1"
+    # one JSON line per request on the `portcullis.access` logger
+    access_log: bool = True
 
     demo_seed: bool = True
     log_level: str = "INFO"
@@ -412,24 +368,33 @@ class Settings(BaseSettings):
             return self
         problems = []
         if self.signing_key is None and self.signing_key_file is None:
-            problems.append("PORTCULLIS_SIGNING_KEY (or _FILE) is not set")
+            problems.append(f"PORTCULLIS_SIGNING_KEY (or _FILE) is not set: {MAKE_SIGNING_KEY}")
         if self.signing_key_file is not None and self.signing_key_file.resolve() == DEV_KEY_FILE.resolve():
-            problems.append("PORTCULLIS_SIGNING_KEY_FILE points at the development key")
+            problems.append(f"PORTCULLIS_SIGNING_KEY_FILE points at the development key: {MAKE_SIGNING_KEY}")
         if (
             self.api_key_pepper.get_secret_value() in ("", DEV_PEPPER)
             or len(self.api_key_pepper.get_secret_value()) < 32
         ):
-            problems.append("PORTCULLIS_API_KEY_PEPPER is missing, the default, or shorter than 32 characters")
+            problems.append(
+                f"PORTCULLIS_API_KEY_PEPPER is missing, the default, or shorter than 32 characters: {MAKE_SECRET}"
+            )
         if (
             self.cookie_secret.get_secret_value() in ("", DEV_COOKIE_SECRET)
             or len(self.cookie_secret.get_secret_value()) < 32
         ):
-            problems.append("PORTCULLIS_COOKIE_SECRET is missing, the default, or shorter than 32 characters")
+            problems.append(
+                f"PORTCULLIS_COOKIE_SECRET is missing, the default, or shorter than 32 characters: {MAKE_SECRET}"
+            )
         if (
             self.data_encryption_key.get_secret_value() in ("", DEV_DATA_KEY)
             or len(self.data_encryption_key.get_secret_value()) < 32
         ):
-            problems.append("PORTCULLIS_DATA_ENCRYPTION_KEY is missing, the default, or shorter than 32 characters")
+            problems.append(
+                f"PORTCULLIS_DATA_ENCRYPTION_KEY is missing, the default, or shorter than 32 characters: {MAKE_SECRET}"
+            )
+        token = self.metrics_token.get_secret_value() if self.metrics_token is not None else None
+        if token is not None and len(token) < 32:
+            problems.append(f"PORTCULLIS_METRICS_TOKEN is shorter than 32 characters: {MAKE_SECRET}")
         if not self.session_cookie_secure:
             problems.append("PORTCULLIS_SESSION_COOKIE_SECURE must stay true")
         if self.outbound_guard is False:
@@ -437,7 +402,7 @@ class Settings(BaseSettings):
                 "PORTCULLIS_OUTBOUND_GUARD must stay on (name on-premises hosts in PORTCULLIS_OUTBOUND_ALLOWED_HOSTS)"
             )
         if problems:
-            raise InsecureSettingsError("refusing to start in prod: " + "; ".join(problems))
+            raise InsecureSettingsError("refusing to start in prod:\n  - " + "\n  - ".join(problems))
         return self
 
     @property
