@@ -98,7 +98,9 @@ def explain(exc: ValidationError, model: type[BaseModel]) -> str:
             lines.append(message)
             continue
         name = env_name(field)
-        if not message.startswith(name):
-            message = f"{name}: " + (message[:1].lower() + message[1:] if message[1:2].islower() else message)
-        lines.append(f"{message}; a valid value is {valid_value(field, info)}")
+        if message.startswith(name):  # the field's own validator said it all
+            lines.append(message)
+            continue
+        message = message[:1].lower() + message[1:] if message[1:2].islower() else message
+        lines.append(f"{name}: {message}; a valid value is {valid_value(field, info)}")
     return "invalid configuration:\n  - " + "\n  - ".join(lines)
