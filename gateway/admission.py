@@ -111,6 +111,11 @@ def _policy_item(name: str, amount: int, window: int) -> str:
     return f'"{name}";q={amount};w={window}'
 
 
+def _reset_seconds(state: LimitState, now_ms: int) -> int:
+    """Whole seconds until the oldest counted request stops counting, within the window (its buckets round up)."""
+    return min(state.limit.window, max(0, -((now_ms - state.reset_ms) // 1000)))
+
+
 def rate_limit_headers(decision: AdmissionDecision) -> list[tuple[bytes, bytes]]:
     """An admitted request's `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers, the format
     of a refusal's): one item per limit the request was counted against, each with what is left of it (`r`) and
@@ -121,7 +126,7 @@ def rate_limit_headers(decision: AdmissionDecision) -> list[tuple[bytes, bytes]]
         return []
     now = decision.now_ms
     policy = ", ".join([_policy_item(s.limit.name, s.limit.amount, s.limit.window) for s in states])
-    left = ", ".join([f'"{s.limit.name}";r={s.remaining};t={max(0, -((now - s.reset_ms) // 1000))}' for s in states])
+    left = ", ".join([f'"{s.limit.name}";r={s.remaining};t={_reset_seconds(s, now)}' for s in states])
     return [(b"ratelimit-policy", policy.encode()), (b"ratelimit", left.encode())]
 
 

@@ -98,7 +98,8 @@ def test_serve_refuses_several_workers_on_sqlite(
     message = str(exc.value.code)
     assert "--workers 2 on SQLite" in message
     assert "--workers 1" in message
-    assert "PostgreSQL" in message and "docs/deployment.md" in message
+    assert "PostgreSQL" in message
+    assert "docs/deployment.md" in message
     assert uvicorn_runs == []
     assert cli.main(["serve", "--workers", "1"]) == 0
 
@@ -263,9 +264,12 @@ def test_the_commands_the_refusal_names_make_secrets_prod_takes(
     for _ in range(3):
         assert cli.main(["keys", "secret"]) == 0
         secrets.append(capsys.readouterr().out.strip())
-    assert len(set(secrets)) == 3 and all(len(s) >= 32 for s in secrets)
+    assert len(set(secrets)) == 3
+    assert all(len(s) >= 32 for s in secrets)
     for name, value in zip(
-        ("PORTCULLIS_API_KEY_PEPPER", "PORTCULLIS_COOKIE_SECRET", "PORTCULLIS_DATA_ENCRYPTION_KEY"), secrets, strict=True
+        ("PORTCULLIS_API_KEY_PEPPER", "PORTCULLIS_COOKIE_SECRET", "PORTCULLIS_DATA_ENCRYPTION_KEY"),
+        secrets,
+        strict=True,
     ):
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("PORTCULLIS_ENV", "prod")
