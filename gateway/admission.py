@@ -106,9 +106,10 @@ class AdmissionDecision:
         return out
 
 
-@functools.lru_cache(maxsize=1024)
-def _policy_item(name: str, amount: int, window: int) -> str:
-    return f'"{name}";q={amount};w={window}'
+@functools.lru_cache(maxsize=4096)
+def _policy_header(limits: tuple[Limit, ...]) -> bytes:
+    """`RateLimit-Policy` of a set of limits: the same from one request to the next, so kept formatted."""
+    return ", ".join([f'"{limit.name}";q={limit.amount};w={limit.window}' for limit in limits]).encode()
 
 
 def _reset_seconds(state: LimitState, now_ms: int) -> int:
@@ -125,9 +126,8 @@ def rate_limit_headers(decision: AdmissionDecision) -> list[tuple[bytes, bytes]]
     if not states:
         return []
     now = decision.now_ms
-    policy = ", ".join([_policy_item(s.limit.name, s.limit.amount, s.limit.window) for s in states])
     left = ", ".join([f'"{s.limit.name}";r={s.remaining};t={_reset_seconds(s, now)}' for s in states])
-    return [(b"ratelimit-policy", policy.encode()), (b"ratelimit", left.encode())]
+    return [(b"ratelimit-policy", _policy_header(tuple([s.limit for s in states]))), (b"ratelimit", left.encode())]
 
 
 @functools.lru_cache(maxsize=256)
