@@ -61,7 +61,13 @@ def serve_refusal(settings: Settings, workers: int) -> str | None:
     try:
         state = migration_state(settings.database_url)
     except Exception as exc:
-        return f"the database is unreachable ({type(exc).__name__}); check PORTCULLIS_DATABASE_URL"
+        # not known to be unmigrated: start, and let /readyz answer 503 until the database answers at head
+        print(
+            f"portcullis: the database is unreachable ({type(exc).__name__}); starting anyway, /readyz answers 503 "
+            "until it is reachable and migrated (check PORTCULLIS_DATABASE_URL)",
+            file=sys.stderr,
+        )
+        return None
     if not state.at_head:
         return f"the database is {state.describe()}: run `portcullis migrate` first"
     return None

@@ -275,3 +275,15 @@ def test_the_commands_the_refusal_names_make_secrets_prod_takes(
     monkeypatch.setenv("PORTCULLIS_ENV", "prod")
     monkeypatch.setenv("PORTCULLIS_SIGNING_KEY_FILE", str(key_file))
     assert Settings.load().is_prod
+
+
+def test_serve_starts_on_an_unreachable_database_and_says_so(
+    monkeypatch: pytest.MonkeyPatch, uvicorn_runs: list[Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Unreachable is not unmigrated: the process starts (a database that comes up later is found by /readyz)."""
+    from tests.services import free_port
+
+    monkeypatch.setenv("PORTCULLIS_DATABASE_URL", f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/nothing")
+    assert cli.main(["serve"]) == 0
+    assert len(uvicorn_runs) == 1
+    assert "the database is unreachable" in capsys.readouterr().err
