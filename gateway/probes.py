@@ -44,6 +44,7 @@ class Readiness:
         self.recheck_seconds = recheck_seconds
         self.clock = clock
         self.migrated = False
+        self.head = head_revision()  # read from the migration scripts once, here rather than in a probe
         self._checked_at = -math.inf
         self._pending: str | None = None
 
@@ -53,7 +54,7 @@ class Readiness:
             return None
         now = self.clock()
         if now - self._checked_at >= self.recheck_seconds:
-            state = MigrationState(await self.services.db.schema_revision(), head_revision())
+            state = MigrationState(await self.services.db.schema_revision(), self.head)
             self._checked_at = now
             self.migrated = state.at_head
             self._pending = None if state.at_head else f"the database is {state.describe()}: run `portcullis migrate`"
