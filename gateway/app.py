@@ -341,6 +341,8 @@ def gateway_parts(settings: Settings) -> GatewayParts:
     configure_logging(settings.log_level)
     services = build_services(settings)
     rate_limit_audit = RateLimitAudit(services.audit, redis=services.redis, clock=services.clock)
+    if services.redis_health is not None:
+        rate_limit_audit.redis_health = services.redis_health
     metrics = GatewayMetrics()
     metrics.watch_redis(services.redis_health)
     metrics.watch_blocks(services.address_blocks, install_abuse_signals(services, abuse_policy(settings)))

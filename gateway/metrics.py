@@ -68,7 +68,8 @@ class GatewayMetrics:
             return
         errors = Counter(
             "portcullis_redis_errors",
-            "Failed calls to Redis, by the part that made them (admission, route-limits, revocation-bus, readiness)",
+            "Failed calls to Redis, by the part that made them (admission, route-limits, revocation-bus, readiness, "
+            "abuse-signals, rate-limit-audit)",
             ["component"],
             registry=self.registry,
         )

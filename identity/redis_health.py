@@ -1,6 +1,7 @@
 """Redis as this process sees it, up or down, logged once per change of state.
 
-Every part that talks to Redis (admission windows, route limits, the revocation bus, readiness) reports here:
+Every part that talks to Redis (admission windows, route limits, the revocation bus, readiness, the abuse
+signals, the rate-limit refusals' audit counts) reports here:
 `failed` on an error, `ok` on a success. The first failure after a success logs one `redis_unavailable`
 warning (which part, what error, no traceback); later failures are only counted (`on_error`, the metric
 `portcullis_redis_errors_total`); the first success after a failure logs `redis_available` with how long
