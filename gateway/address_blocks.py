@@ -154,7 +154,7 @@ class WindowAbuseSignals:
                 return
             outcome = await self.windows.take([Limit("abuse-sign-ins", f"ab:s:{address}", threshold - 1, window)])
         except StoreUnavailable as exc:
-            log.warning("abuse signal not counted", extra={"signal": SIGN_INS, "error": str(exc)})
+            self._unavailable(SIGN_INS, exc)
             return
         if not outcome.admitted:
             await self._block(offender, SIGN_INS, organization_id, {"accounts": threshold, "windowSeconds": window})
@@ -178,10 +178,19 @@ class WindowAbuseSignals:
                 [Limit(f"abuse-{key}", f"ab:{key}:{_digest(offender)}", threshold - 1, window)]
             )
         except StoreUnavailable as exc:
-            log.warning("abuse signal not counted", extra={"signal": signal, "error": str(exc)})
+            self._unavailable(signal, exc)
             return
         if not outcome.admitted:
             await self._block(offender, signal, organization_id, {"requests": threshold, "windowSeconds": window})
+
+    def _unavailable(self, signal: str, exc: StoreUnavailable) -> None:
+        """A signal not counted: Redis's outage is logged once (identity/redis_health.py); in embedded mode, where
+        the windows cannot fail that way, each is."""
+        health = self.services.redis_health
+        if health is not None:
+            health.failed("abuse-signals", exc)
+        else:
+            log.warning("abuse signal not counted", extra={"signal": signal, "error": str(exc)})
 
     def _offender(self, client_ip: str | None) -> str | None:
         """The range counted and blocked for `client_ip` (its /32, or its /64 in IPv6); None for an address on

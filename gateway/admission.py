@@ -41,6 +41,7 @@ from gateway.rate_limit_audit import RateLimitAudit
 from gateway.usage import UsageCounter
 from gateway.windows import Limit, LimitState, Outcome, StoreUnavailable, WindowStore, retry_seconds
 from identity.lockout import email_key
+from identity.redis_health import RedisHealth
 from resolvers.budgets import RATE_RESOURCES, BudgetState
 from store.audit import ActorType, AuditAction, AuditEvent
 from store.db import Database
@@ -103,6 +104,30 @@ class AdmissionDecision:
             out.append((b"ratelimit-policy", f'"{limit.name}";q={limit.amount};w={limit.window}'.encode()))
             out.append((b"ratelimit", f'"{limit.name}";r={remaining};t={self.retry_after}'.encode()))
         return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _policy_header(limits: tuple[Limit, ...]) -> bytes:
+    """`RateLimit-Policy` of a set of limits: the same from one request to the next, so kept formatted."""
+    return ", ".join([f'"{limit.name}";q={limit.amount};w={limit.window}' for limit in limits]).encode()
+
+
+def _reset_seconds(state: LimitState, now_ms: int) -> int:
+    """Whole seconds until the oldest counted request stops counting, within the window (its buckets round up)."""
+    return min(state.limit.window, max(0, -((now_ms - state.reset_ms) // 1000)))
+
+
+def rate_limit_headers(decision: AdmissionDecision) -> list[tuple[bytes, bytes]]:
+    """An admitted request's `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers, the format
+    of a refusal's): one item per limit the request was counted against, each with what is left of it (`r`) and
+    the seconds until that much more is free (`t`); none when no limit applies (a public route, an unlimited
+    tenant)."""
+    states = decision.states
+    if not states:
+        return []
+    now = decision.now_ms
+    left = ", ".join([f'"{s.limit.name}";r={s.remaining};t={_reset_seconds(s, now)}' for s in states])
+    return [(b"ratelimit-policy", _policy_header(tuple([s.limit for s in states]))), (b"ratelimit", left.encode())]
 
 
 @functools.lru_cache(maxsize=256)
@@ -170,6 +195,7 @@ class EdgeAdmission:
         self.on_store_error: Callable[[str], None] = lambda _outcome: None
         # refusals are audited, counted per (tenant, limit key, minute): one entry, not one per request
         self.refusals: RateLimitAudit | None = None
+        self.redis_health = RedisHealth()
 
     async def tenant_limits(self, organization_id: str, *, cost: int = 0) -> list[Limit]:
         _, limits = await self.orgs.get(organization_id)
@@ -302,13 +328,12 @@ class EdgeAdmission:
             outcome: Outcome = await taking
         except StoreUnavailable as exc:
             closed = closed or not self.policy.fail_open
-            log.error(
-                "admission store unavailable; request %s",
-                "refused" if closed else "admitted",
-                extra={"request_id": principal.request_id, "error": str(exc)},
-            )
+            # logged once per outage (identity/redis_health.py); each request is counted (on_store_error)
+            self.redis_health.failed("admission", exc)
             self.on_store_error("refused" if closed else "admitted")
             return AdmissionDecision(503, retry_after=1) if closed else AdmissionDecision(200)
+        if self.redis_health.down_since is not None:
+            self.redis_health.ok("admission")
         if spend:
             self.usage.add(self._usage(principal), admitted=outcome.admitted, cost=cost)
         if outcome.admitted:

@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -41,6 +40,7 @@ from gateway.middleware import (
     RequestTargetMiddleware,
     SecurityHeadersMiddleware,
 )
+from gateway.probes import MetricsPage, MetricsPort, Readiness, healthz
 from gateway.rate_limit_audit import RateLimitAudit
 from gateway.reports import ReportDownloads
 from gateway.route_admission import AdmissionMiddleware
@@ -62,6 +62,7 @@ from identity.lockout import LockoutPolicy, LoginThrottle
 from identity.oidc import OidcRelyingParty, TransactionStore
 from identity.outbound import OutboundPolicy
 from identity.passwords import HashParameters, PasswordHasherService
+from identity.redis_health import RedisHealth
 from identity.revocation import LocalRevocationBus, RedisRevocationBus, RevocationBus
 from identity.secrets import SecretBox
 from identity.security_events import install_event_sink
@@ -96,6 +97,7 @@ def build_services(settings: Settings) -> Services:
     )
     db = Database(settings.database_url, pool_size=settings.database_pool_size)
     redis: Any = None
+    health: RedisHealth | None = None
     bus: RevocationBus
     if settings.redis_url:
         from redis.asyncio import BlockingConnectionPool, Redis
@@ -106,7 +108,8 @@ def build_services(settings: Settings) -> Services:
             settings.redis_url, max_connections=settings.redis_max_connections, timeout=5
         )
         redis = Redis.from_pool(pool)
-        bus = RedisRevocationBus(redis)
+        health = RedisHealth()
+        bus = RedisRevocationBus(redis, health)
     else:
         bus = LocalRevocationBus()
     sessions = SessionCache(ttl_seconds=settings.session_cache_ttl_seconds)
@@ -139,6 +142,8 @@ def build_services(settings: Settings) -> Services:
             fail_open=settings.limits_on_redis_error is OnRedisError.OPEN,
         ),
     )
+    if health is not None:
+        admission.redis_health = health
     hasher = PasswordHasherService(
         HashParameters(
             memory_kib=settings.password_hash_memory_kib,
@@ -200,6 +205,7 @@ def build_services(settings: Settings) -> Services:
         ),
         revocations=bus,
         redis=redis,
+        redis_health=health,
         api_key_cache=key_cache,
         admission=admission,
         budgets=admission,
@@ -274,7 +280,10 @@ def edge_middleware(
     cors = settings.cors_policy()
     return [
         Middleware(
-            RequestContextMiddleware, tracing=tracing or gateway_tracing(settings), metrics=metrics.request_metrics()
+            RequestContextMiddleware,
+            tracing=tracing or gateway_tracing(settings),
+            metrics=metrics.request_metrics(),
+            access_log=settings.access_log,
         ),
         Middleware(
             SecurityHeadersMiddleware,
@@ -336,7 +345,10 @@ def gateway_parts(settings: Settings) -> GatewayParts:
     configure_logging(settings.log_level)
     services = build_services(settings)
     rate_limit_audit = RateLimitAudit(services.audit, redis=services.redis, clock=services.clock)
+    if services.redis_health is not None:
+        rate_limit_audit.redis_health = services.redis_health
     metrics = GatewayMetrics()
+    metrics.watch_redis(services.redis_health)
     metrics.watch_blocks(services.address_blocks, install_abuse_signals(services, abuse_policy(settings)))
     upstreams, http = gateway_upstreams(settings, services)
     tracing = gateway_tracing(settings)
@@ -360,7 +372,7 @@ def gateway_parts(settings: Settings) -> GatewayParts:
 def create_app(settings: Settings | None = None, *, saml_login: SamlLogin | None = None) -> Starlette:
     """The gateway. `saml_login` replaces what signs in the user of a validated SAML assertion (see
     `gateway.saml`)."""
-    return assemble(gateway_parts(settings or Settings()), saml_login=saml_login)
+    return assemble(gateway_parts(settings or Settings.load()), saml_login=saml_login)
 
 
 def assemble(parts: GatewayParts, *, saml_login: SamlLogin | None = None) -> Starlette:
@@ -374,42 +386,28 @@ def assemble(parts: GatewayParts, *, saml_login: SamlLogin | None = None) -> Sta
         services.redis, audit=rate_limit_audit, fail_open=settings.limits_on_redis_error is OnRedisError.OPEN
     )
     metrics.watch(route_limits)
+    if services.redis_health is not None:
+        route_limits.redis_health = services.redis_health
 
-    async def healthz(_: Request) -> Response:
-        return JSONResponse({"status": "ok"})
-
-    async def readyz(_: Request) -> Response:
-        checks: dict[str, str] = {}
-        healthy = True
-        try:
-            await services.db.ping()
-            checks["database"] = "ok"
-        except Exception:
-            log.exception("readiness: database unreachable")
-            checks["database"], healthy = "unavailable", False
-        if services.redis is not None:
-            try:
-                await services.redis.ping()
-                checks["redis"] = "ok"
-            except Exception:
-                log.exception("readiness: redis unreachable")
-                checks["redis"], healthy = "unavailable", False
-        body: dict[str, Any] = {"status": "ok" if healthy else "unavailable", "checks": checks}
-        # an upstream's state is detail, not readiness: the gateway still answers everything else
-        if services.upstreams is not None:
-            body["upstreams"] = services.upstreams.status()
-        if parts.http_upstreams is not None:
-            body["upstreams"] = {**body.get("upstreams", {}), **parts.http_upstreams.status()}
-        return JSONResponse(body, status_code=200 if healthy else 503)
+    def upstream_status() -> dict[str, Any]:
+        status = services.upstreams.status() if services.upstreams is not None else {}
+        return {**status, **(parts.http_upstreams.status() if parts.http_upstreams is not None else {})}
 
     async def jwks(_: Request) -> Response:
         return JSONResponse(services.tokens.keys.jwks(), headers={"cache-control": "public, max-age=300"})
 
-    async def metrics_page(_: Request) -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    token = settings.metrics_token.get_secret_value() if settings.metrics_token is not None else None
+    metrics_page = MetricsPage(metrics.registry, token=token, required=settings.is_prod)
+    metrics_port = (
+        MetricsPort(metrics.registry, settings.metrics_host, settings.metrics_port)
+        if settings.metrics_port is not None
+        else None
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        if metrics_port is not None:
+            metrics_port.start()
         await services.revocations.start()
         if services.address_blocks is not None:
             await services.address_blocks.start()
@@ -453,6 +451,8 @@ def assemble(parts: GatewayParts, *, saml_login: SamlLogin | None = None) -> Sta
             if services.redis is not None:
                 await services.redis.aclose()
             await services.db.dispose()
+            if metrics_port is not None:
+                metrics_port.stop()
             if parts.tracing is not None:
                 await asyncio.to_thread(parts.tracing.shutdown)
 
@@ -461,9 +461,9 @@ def assemble(parts: GatewayParts, *, saml_login: SamlLogin | None = None) -> Sta
     routes: list[BaseRoute] = [
         Route("/graphql", graphql),  # every method: the view answers 405 with `Allow` itself
         Route("/healthz", healthz),
-        Route("/readyz", readyz),
+        Route("/readyz", Readiness(services, upstream_status).endpoint),
         Route("/.well-known/jwks.json", jwks),
-        Route("/metrics", metrics_page),
+        Route("/metrics", metrics_page.endpoint),
         Route(
             "/reports/{name}",
             ReportDownloads(services).download,
@@ -490,4 +490,5 @@ def assemble(parts: GatewayParts, *, saml_login: SamlLogin | None = None) -> Sta
     app.state.audit_streams = workers.audit_streams
     app.state.report_scheduler = workers.reports
     app.state.retention_pruner = workers.retention
+    app.state.metrics_port = metrics_port
     return app

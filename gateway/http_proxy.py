@@ -179,6 +179,7 @@ class HttpUpstreams:
         decision = await self.admission.admit(
             principal, key_rate_limit=state.get("api_key_rate_limit"), cost=cost, spend_cost=spend_cost
         )
+        state["admission"] = decision  # its RateLimit headers join the answer (gateway/tracing.py)
         if decision.admitted:
             return decision
         if decision.status == 429:

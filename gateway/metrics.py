@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import platform
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector, ProcessCollector
 
 from gateway.address_blocks import WindowAbuseSignals
 from gateway.admission import EdgeAdmission
@@ -12,14 +14,31 @@ from gateway.http_proxy import HttpUpstreams
 from gateway.route_limits import RouteLimits
 from gateway.upstreams import UpstreamCollector
 from identity.address_blocks import AddressBlocks, BlockMatcher
+from identity.redis_health import RedisHealth
 from schema.upstreams import Forwarder
 
 
+def portcullis_version() -> str:
+    try:
+        return version("portcullis")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 class GatewayMetrics:
-    """The gateway's own counters, served at `GET /metrics`."""
+    """The gateway's own counters, served at `GET /metrics`: with the process's (CPU, memory, open files) and
+    the platform's (`python_info`), and `portcullis_build_info{version,python}`."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        Gauge(
+            "portcullis_build_info",
+            "The running version of Portcullis and of Python (always 1)",
+            ["version", "python"],
+            registry=self.registry,
+        ).labels(portcullis_version(), platform.python_version()).set(1)
         self.auth_failures = Counter(
             "portcullis_authentication_failures",
             "Requests refused at the edge for their credential",
@@ -42,6 +61,29 @@ class GatewayMetrics:
         """Counts the limiter's refusals by limit, and what it decided when its store failed."""
         limiter.on_refused = lambda name: self.rate_limited.labels(name).inc()
         limiter.on_store_error = lambda outcome: self.limiter_errors.labels(outcome).inc()
+
+    def watch_redis(self, health: RedisHealth | None) -> None:
+        """Every failed call to Redis by the part that made it, each change of state, and the state now."""
+        if health is None:
+            return
+        errors = Counter(
+            "portcullis_redis_errors",
+            "Failed calls to Redis, by the part that made them (admission, route-limits, revocation-bus, readiness, "
+            "abuse-signals, rate-limit-audit)",
+            ["component"],
+            registry=self.registry,
+        )
+        changes = Counter(
+            "portcullis_redis_state_changes",
+            "Redis found unreachable (down) or back (up) by this process",
+            ["state"],
+            registry=self.registry,
+        )
+        Gauge("portcullis_redis_up", "1 while Redis answers this process, else 0", registry=self.registry).set_function(
+            lambda: 1 if health.up else 0
+        )
+        health.on_error = lambda component: errors.labels(component).inc()
+        health.on_change = lambda state: changes.labels(state).inc()
 
     def watch_blocks(self, blocks: AddressBlocks | None, signals: WindowAbuseSignals | None) -> None:
         """Active blocks by scope (platform, tenant), refusals by scope, automatic blocks by signal."""

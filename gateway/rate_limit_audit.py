@@ -18,6 +18,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from redis.exceptions import RedisError
+
+from identity.redis_health import RedisHealth
 from store.audit import AuditAction, AuditEvent, AuditResult, AuditTrail, clean_text, iso
 
 log = logging.getLogger("portcullis.audit")
@@ -36,6 +39,7 @@ class RateLimitAudit:
     def __init__(self, trail: AuditTrail, *, redis: Any = None, clock: Callable[[], float] | None = None) -> None:
         self.trail = trail
         self.redis = redis
+        self.redis_health = RedisHealth()
         self.clock = clock or time.time
         self._pending: dict[tuple[str, str, int], _Refusals] = {}
         self._task: asyncio.Task[None] | None = None
@@ -74,6 +78,8 @@ class RateLimitAudit:
                 await asyncio.sleep(interval_seconds)
                 try:
                     await self.flush()
+                except RedisError as exc:  # logged once per outage (identity/redis_health.py)
+                    self.redis_health.failed("rate-limit-audit", exc)
                 except Exception:
                     log.exception("rate-limit audit entries not written")
 

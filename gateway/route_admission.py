@@ -41,6 +41,7 @@ class AdmissionMiddleware:
         state = request_state(scope)
         principal = state.get("principal") or anonymous(state.get("client_ip"), state.get("request_id"))
         decision = await self.admission.admit(principal, key_rate_limit=state.get("api_key_rate_limit"))
+        state["admission"] = decision  # its RateLimit headers join the answer (gateway/tracing.py)
         if not decision.admitted:
             if decision.status == 429:
                 body = graphql_error(

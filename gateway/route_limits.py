@@ -41,6 +41,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from authz import PrincipalKind
 from gateway.middleware import graphql_error, send_json
 from gateway.rate_limit_audit import RateLimitAudit
+from identity.redis_health import RedisHealth
 from store.audit import ActorType, AuditAction, AuditEvent
 
 log = logging.getLogger("portcullis.admission")
@@ -75,6 +76,7 @@ class RouteLimits:
         self.clock = clock
         self.on_refused: Callable[[str], None] = lambda _name: None
         self.on_store_error: Callable[[str], None] = lambda _outcome: None
+        self.redis_health = RedisHealth()
 
     @classmethod
     def build(cls, redis: Any, *, fail_open: bool, audit: RateLimitAudit | None = None) -> RouteLimits:
@@ -101,16 +103,16 @@ class RouteLimits:
         state = scope.get("state", {})
         address = state.get("client_ip") or "unknown"
         try:
-            if await self.limiter.hit(item, name, address):
+            hit = await self.limiter.hit(item, name, address)
+            if hit:
+                if self.redis_health.down_since is not None:
+                    self.redis_health.ok("route-limits")
                 return None
             reset, _ = await self.limiter.get_window_stats(item, name, address)
         except StorageError as exc:
             outcome = "admitted" if self.fail_open else "refused"
-            log.error(
-                "route limit store unavailable; request %s",
-                outcome,
-                extra={"request_id": state.get("request_id"), "limit": name, "error": str(exc)},
-            )
+            # logged once per outage (identity/redis_health.py); each request is counted (on_store_error)
+            self.redis_health.failed("route-limits", exc)
             self.on_store_error(outcome)
             if self.fail_open:
                 return None

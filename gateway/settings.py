@@ -10,21 +10,31 @@ import ipaddress
 from email.utils import formataddr, parseaddr
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Self
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from gateway.cors import CorsPolicy, CorsSettingError, cors_policy
-from gateway.smtp_url import SmtpServer, parse_smtp_url
+from gateway.settings_errors import explain
+from gateway.smtp_url import STARTTLS_MODES, SmtpServer, parse_smtp_url
 from gateway.stream_settings import AuditStreamSettings
 from identity.outbound import parse_allowed_hosts
+
+__all__ = ["STARTTLS_MODES", "DatabaseSettings", "Settings", "SmtpServer", "parse_smtp_url"]
 
 DEV_PEPPER = "dev-only-api-key-pepper-change-me"
 DEV_COOKIE_SECRET = "dev-only-cookie-secret-change-me"
 DEV_DATA_KEY = "dev-only-data-encryption-key-change-me"
 DEV_KEY_FILE = Path(".portcullis/dev-signing-key.pem")
+DEFAULT_DATABASE_URL = "sqlite:///./portcullis.db"
+# how prod's refusal says to make each secret
+MAKE_SECRET = "make one with `portcullis keys secret`"
+MAKE_SIGNING_KEY = (
+    "make one with `portcullis keys generate > /etc/portcullis/signing-key.pem` and set "
+    "PORTCULLIS_SIGNING_KEY_FILE=/etc/portcullis/signing-key.pem"
+)
 
 
 class Environment(StrEnum):
@@ -53,11 +63,30 @@ def _split(value: object) -> object:
     return value
 
 
-class Settings(AuditStreamSettings, BaseSettings):
+class _Loadable(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PORTCULLIS_", env_file=".env", extra="ignore")
 
+    @classmethod
+    def load(cls, **values: Any) -> Self:
+        """The settings from the environment (and `.env`); a value that does not validate is refused with a
+        message naming its variable and what a valid value looks like (`UnusableSettingError`)."""
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            raise UnusableSettingError(explain(exc, cls)) from None
+
+
+class DatabaseSettings(_Loadable):
+    """What `portcullis migrate` reads: the database and nothing else, so that it runs where the secrets of
+    the gateway are not set."""
+
+    database_url: str = DEFAULT_DATABASE_URL
+    migration_database_url: str | None = None
+
+
+class Settings(AuditStreamSettings, _Loadable):
     env: Environment = Environment.DEV
-    database_url: str = "sqlite:///./portcullis.db"
+    database_url: str = DEFAULT_DATABASE_URL
     database_pool_size: int = Field(default=10, ge=1, le=200)
     # PostgreSQL: `portcullis migrate` connects with this URL (the tables' owner) when set, then grants
     # the role of `database_url` what the application needs; the audit table gets INSERT and SELECT only
@@ -198,6 +227,15 @@ class Settings(AuditStreamSettings, BaseSettings):
         default_factory=lambda: [5.0, 30.0, 120.0, 600.0, 3600.0, 21_600.0, 43_200.0]
     )
     webhook_disable_after_failures: int = Field(default=5, ge=1, le=1000)
+
+    # Signals (docs/observability.md). /metrics asks for this bearer token when it is set; prod refuses /metrics
+    # on the API port without it. With a metrics port, the process also serves /metrics there (on metrics_host),
+    # with no token: a port the scraper reaches and callers do not.
+    metrics_token: SecretStr | None = None
+    metrics_port: int | None = Field(default=None, ge=1, le=65_535)
+    metrics_host: str = "127.0.0.1"
+    # one JSON line per request on the `portcullis.access` logger
+    access_log: bool = True
 
     demo_seed: bool = True
     log_level: str = "INFO"
@@ -349,24 +387,33 @@ class Settings(AuditStreamSettings, BaseSettings):
             return self
         problems = []
         if self.signing_key is None and self.signing_key_file is None:
-            problems.append("PORTCULLIS_SIGNING_KEY (or _FILE) is not set")
+            problems.append(f"PORTCULLIS_SIGNING_KEY (or _FILE) is not set: {MAKE_SIGNING_KEY}")
         if self.signing_key_file is not None and self.signing_key_file.resolve() == DEV_KEY_FILE.resolve():
-            problems.append("PORTCULLIS_SIGNING_KEY_FILE points at the development key")
+            problems.append(f"PORTCULLIS_SIGNING_KEY_FILE points at the development key: {MAKE_SIGNING_KEY}")
         if (
             self.api_key_pepper.get_secret_value() in ("", DEV_PEPPER)
             or len(self.api_key_pepper.get_secret_value()) < 32
         ):
-            problems.append("PORTCULLIS_API_KEY_PEPPER is missing, the default, or shorter than 32 characters")
+            problems.append(
+                f"PORTCULLIS_API_KEY_PEPPER is missing, the default, or shorter than 32 characters: {MAKE_SECRET}"
+            )
         if (
             self.cookie_secret.get_secret_value() in ("", DEV_COOKIE_SECRET)
             or len(self.cookie_secret.get_secret_value()) < 32
         ):
-            problems.append("PORTCULLIS_COOKIE_SECRET is missing, the default, or shorter than 32 characters")
+            problems.append(
+                f"PORTCULLIS_COOKIE_SECRET is missing, the default, or shorter than 32 characters: {MAKE_SECRET}"
+            )
         if (
             self.data_encryption_key.get_secret_value() in ("", DEV_DATA_KEY)
             or len(self.data_encryption_key.get_secret_value()) < 32
         ):
-            problems.append("PORTCULLIS_DATA_ENCRYPTION_KEY is missing, the default, or shorter than 32 characters")
+            problems.append(
+                f"PORTCULLIS_DATA_ENCRYPTION_KEY is missing, the default, or shorter than 32 characters: {MAKE_SECRET}"
+            )
+        token = self.metrics_token.get_secret_value() if self.metrics_token is not None else None
+        if token is not None and len(token) < 32:
+            problems.append(f"PORTCULLIS_METRICS_TOKEN is shorter than 32 characters: {MAKE_SECRET}")
         if not self.session_cookie_secure:
             problems.append("PORTCULLIS_SESSION_COOKIE_SECURE must stay true")
         if self.outbound_guard is False:
@@ -374,7 +421,7 @@ class Settings(AuditStreamSettings, BaseSettings):
                 "PORTCULLIS_OUTBOUND_GUARD must stay on (name on-premises hosts in PORTCULLIS_OUTBOUND_ALLOWED_HOSTS)"
             )
         if problems:
-            raise InsecureSettingsError("refusing to start in prod: " + "; ".join(problems))
+            raise InsecureSettingsError("refusing to start in prod:\n  - " + "\n  - ".join(problems))
         return self
 
     @property

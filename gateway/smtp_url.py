@@ -1,4 +1,4 @@
-"""`PORTCULLIS_SMTP_URL`, parsed (read by gateway/settings.py, used by gateway/mail.py)."""
+"""`PORTCULLIS_SMTP_URL`: what it may say, parsed (gateway/settings.py reads it)."""
 
 from __future__ import annotations
 

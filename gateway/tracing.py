@@ -42,11 +42,13 @@ from opentelemetry.trace import (
 )
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.admission import rate_limit_headers
 from gateway.metrics import RequestMetrics
 from gateway.middleware import assign_request_id, request_state
 from store.telemetry import EdgeTrace, current_edge, current_trace_id, current_tracer
 
 log = logging.getLogger("portcullis.tracing")
+access = logging.getLogger("portcullis.access")
 
 _TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _TRACESTATE_MAX = 512
@@ -124,12 +126,17 @@ def parse_traceparent(scope: Scope) -> tuple[SpanContext | None, bytes | None]:
 
 class RequestContextMiddleware:
     """The outermost layer of the edge: the request's id (`X-Request-ID`, gateway/middleware.py), its trace (see
-    the module) and its place in the request metrics (`metrics`), around one wrapper of `send`."""
+    the module), its place in the request metrics (`metrics`), the `RateLimit` headers of its admission (every
+    admitted answer carries them, gateway/admission.py) and its access log line (`access_log`), around one
+    wrapper of `send`."""
 
-    def __init__(self, app: ASGIApp, *, tracing: Tracing, metrics: RequestMetrics | None = None) -> None:
+    def __init__(
+        self, app: ASGIApp, *, tracing: Tracing, metrics: RequestMetrics | None = None, access_log: bool = False
+    ) -> None:
         self.app = app
         self.tracing = tracing
         self.metrics = metrics
+        self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -144,7 +151,11 @@ class RequestContextMiddleware:
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 answer.status = int(message["status"])
-                message["headers"] = [*message.get("headers", []), header]
+                headers = [*message.get("headers", []), header]
+                decision = state.get("admission")
+                if decision is not None and decision.admitted and not any(k == b"ratelimit" for k, _ in headers):
+                    headers += rate_limit_headers(decision)
+                message["headers"] = headers
             await send(message)
 
         metrics = self.metrics
@@ -159,9 +170,12 @@ class RequestContextMiddleware:
             else:
                 await self._recorded(scope, receive, send_with_id, caller, trusted, answer)
         finally:
+            seconds = time.perf_counter() - started
             if metrics is not None:
                 metrics.in_flight -= 1
-                metrics.observe(state, scope["path"], answer.status, time.perf_counter() - started)
+                metrics.observe(state, scope["path"], answer.status, seconds)
+            if self.access_log:
+                _access_line(scope, state, answer.status, seconds)
 
     async def _recorded(
         self, scope: Scope, receive: Receive, send: Send, caller: SpanContext | None, trusted: bool, answer: _Answer
@@ -215,6 +229,25 @@ class RequestContextMiddleware:
         finally:
             current_edge.reset(edge_token)
             current_trace_id.reset(trace_token)
+
+
+def _access_line(scope: Scope, state: dict[str, Any], status: int, seconds: float) -> None:
+    """One JSON line (gateway/logs.py) per request: the path without its query (which may carry a secret), the
+    caller's kind and tenant by id, never a credential."""
+    principal = state.get("principal")
+    access.info(
+        "request",
+        extra={
+            "method": scope["method"],
+            "path": scope["path"],
+            "status": status,
+            "duration_ms": round(seconds * 1000, 2),
+            "request_id": state.get("request_id"),
+            "principal": principal.kind.value if principal is not None else "none",
+            "tenant": principal.organization_id if principal is not None else None,
+            "operation": state.get("operation"),
+        },
+    )
 
 
 class _Answer:

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
-log = logging.getLogger("portcullis.revocation")
+from identity.redis_health import RedisHealth
 
 Subscriber = Callable[[list[str]], None]
 CHANNEL = "portcullis:revocations"
@@ -47,9 +46,10 @@ class LocalRevocationBus:
 
 
 class RedisRevocationBus(LocalRevocationBus):
-    def __init__(self, redis: Any) -> None:
+    def __init__(self, redis: Any, health: RedisHealth | None = None) -> None:
         super().__init__()
         self._redis = redis
+        self.health = health or RedisHealth()
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
 
@@ -71,6 +71,7 @@ class RedisRevocationBus(LocalRevocationBus):
             try:
                 pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
                 await pubsub.subscribe(CHANNEL)
+                self.health.ok("revocation-bus")
                 self._ready.set()
                 async for message in pubsub.listen():
                     data = message.get("data")
@@ -81,9 +82,10 @@ class RedisRevocationBus(LocalRevocationBus):
                             s(data.split(","))
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                # A lost subscription may have missed messages: drop everything cached.
-                log.warning("revocation channel lost; reconnecting", exc_info=True)
+            except Exception as exc:
+                # A lost subscription may have missed messages: drop everything cached. Logged once per
+                # outage (identity/redis_health.py), however often the reconnection fails.
+                self.health.failed("revocation-bus", exc)
                 for s in self._subscribers:
                     s(["*"])
                 await asyncio.sleep(0.5)

@@ -23,6 +23,7 @@ from identity.browser_sessions import BrowserSessions
 from identity.lockout import LoginThrottle
 from identity.oidc import OidcRelyingParty
 from identity.passwords import PasswordHasherService
+from identity.redis_health import RedisHealth
 from identity.revocation import RevocationBus
 from identity.secrets import SecretBox
 from identity.sessions import SessionCache, SessionPolicy
@@ -49,6 +50,8 @@ class Services:
     authenticator: Authenticator
     revocations: RevocationBus
     redis: Any = None
+    # Redis's state, logged once per change (identity/redis_health.py); None in embedded mode
+    redis_health: RedisHealth | None = None
     api_key_cache: ApiKeyCache | None = None
     # the admission step (gateway/admission.py): `admit(principal, ...)` -> a decision; None when off
     admission: Any = None

@@ -158,5 +158,12 @@ class Database:
         async with self.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
 
+    async def schema_revision(self) -> str | None:
+        """The Alembic revision the database is at; None before its first migration."""
+        from alembic.runtime.migration import MigrationContext
+
+        async with self.engine.connect() as conn:
+            return await conn.run_sync(lambda sync: MigrationContext.configure(sync).get_current_revision())
+
     async def dispose(self) -> None:
         await self.engine.dispose()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Connection
 
@@ -68,3 +71,32 @@ def current_revision(url: str) -> str | None:
             return MigrationContext.configure(conn).get_current_revision()
     finally:
         engine.dispose()
+
+
+@functools.cache
+def head_revision() -> str:
+    """The latest revision of this version's migrations."""
+    head = ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()
+    assert head is not None
+    return head
+
+
+@dataclass(frozen=True)
+class MigrationState:
+    current: str | None
+    head: str
+
+    @property
+    def at_head(self) -> bool:
+        return self.current == self.head
+
+    def describe(self) -> str:
+        if self.current is None:
+            return "not migrated"
+        if self.at_head:
+            return f"at the latest revision ({self.head})"
+        return f"at revision {self.current}, not the latest ({self.head})"
+
+
+def migration_state(url: str) -> MigrationState:
+    return MigrationState(current_revision(url), head_revision())

@@ -9,7 +9,15 @@ from gateway.cli.api_keys import cmd_api_key
 from gateway.cli.audit import cmd_audit
 from gateway.cli.blocks import add_parser as add_blocks_parser
 from gateway.cli.mail import cmd_mail
-from gateway.cli.server import cmd_authz_report, cmd_keys_generate, cmd_migrate, cmd_schema, cmd_serve, cmd_upstreams
+from gateway.cli.server import (
+    cmd_authz_report,
+    cmd_keys_generate,
+    cmd_keys_secret,
+    cmd_migrate,
+    cmd_schema,
+    cmd_serve,
+    cmd_upstreams,
+)
 from gateway.cli.tenants import (
     DEMO_ORG,
     DEMO_OWNER,
@@ -158,6 +166,9 @@ def parser() -> argparse.ArgumentParser:
     k = sub.add_parser("keys", help="signing keys")
     ksub = k.add_subparsers(dest="keys_command", required=True)
     ksub.add_parser("generate", help="print a new RSA signing key (PEM)").set_defaults(func=cmd_keys_generate)
+    ksub.add_parser(
+        "secret", help="print a new random secret (API key pepper, cookie secret, data encryption key, metrics token)"
+    ).set_defaults(func=cmd_keys_secret)
     return p
 
 

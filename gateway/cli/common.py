@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 def load_settings() -> Settings:
     try:
-        return Settings()
+        return Settings.load()
     except (InsecureSettingsError, ValidationError) as exc:
         sys.exit(f"portcullis: {exc}")
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gateway.cli.common import check_signing_keys, load_settings
+from gateway.settings import DatabaseSettings, InsecureSettingsError, Settings
 
 if TYPE_CHECKING:
     from gateway.upstreams import LoadedUpstreams
@@ -19,6 +20,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = load_settings()  # refuse insecure configuration before binding a port
     check_signing_keys(settings)
+    refusal = serve_refusal(settings, args.workers)
+    if refusal is not None:
+        sys.exit(f"portcullis: refusing to start: {refusal}")
     if settings.upstreams_file is not None and _upstreams_problems(settings.upstreams_file):
         return 2
     uvicorn.run(
@@ -36,13 +40,49 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def serve_refusal(settings: Settings, workers: int) -> str | None:
+    """Why `serve` does not start on these settings, with the command or setting that fixes it; None: it may."""
+    from store.db import is_sqlite
+    from store.migrate import migration_state
+
+    if workers < 1:
+        return "--workers must be at least 1"
+    if workers > 1 and is_sqlite(settings.database_url):
+        return (
+            f"--workers {workers} on SQLite: one process writes an SQLite database; serve with --workers 1, or "
+            "use PostgreSQL for several workers (PORTCULLIS_DATABASE_URL=postgresql+psycopg://..., "
+            "docs/deployment.md)"
+        )
+    if workers > 1 and settings.metrics_port is not None:
+        return (
+            f"--workers {workers} with PORTCULLIS_METRICS_PORT: one process serves one metrics port; run one "
+            "process per port, or scrape /metrics with PORTCULLIS_METRICS_TOKEN instead"
+        )
+    try:
+        state = migration_state(settings.database_url)
+    except Exception as exc:
+        # not known to be unmigrated: start, and let /readyz answer 503 until the database answers at head
+        print(
+            f"portcullis: the database is unreachable ({type(exc).__name__}); starting anyway, /readyz answers 503 "
+            "until it is reachable and migrated (check PORTCULLIS_DATABASE_URL)",
+            file=sys.stderr,
+        )
+        return None
+    if not state.at_head:
+        return f"the database is {state.describe()}: run `portcullis migrate` first"
+    return None
+
+
 def cmd_migrate(_: argparse.Namespace) -> int:
     from sqlalchemy.engine import make_url
 
     from store.db import is_sqlite
     from store.migrate import upgrade
 
-    settings = load_settings()
+    try:
+        settings = DatabaseSettings.load()
+    except InsecureSettingsError as exc:
+        sys.exit(f"portcullis: {exc}")
     if settings.migration_database_url and not is_sqlite(settings.database_url):
         # migrate as the owner; the application's role (the one in PORTCULLIS_DATABASE_URL) gets its grants
         app_role = make_url(settings.database_url).username
@@ -70,21 +110,19 @@ def _upstreams_problems(path: Path) -> bool:
 
 def _composed_schema() -> tuple[PortcullisSchema, LoadedUpstreams | None]:
     """The gateway's schema with the upstreams of `PORTCULLIS_UPSTREAMS_FILE` mounted, if it names one."""
-    from gateway.settings import Settings
     from gateway.upstreams import load_upstreams
     from schema import build_schema
 
-    path = Settings().upstreams_file
+    path = load_settings().upstreams_file
     loaded = load_upstreams(path) if path is not None else None
     return build_schema(upstreams=loaded.composition if loaded is not None else None), loaded
 
 
 def cmd_upstreams(args: argparse.Namespace) -> int:
-    from gateway.settings import Settings
     from gateway.upstreams import UpstreamsFileError, load_upstreams
     from schema import build_schema
 
-    path = Path(args.file) if args.file else Settings().upstreams_file
+    path = Path(args.file) if args.file else load_settings().upstreams_file
     if path is None:
         print("portcullis: no upstreams file (PORTCULLIS_UPSTREAMS_FILE or --file)", file=sys.stderr)
         return 2
@@ -165,4 +203,13 @@ def cmd_keys_generate(_: argparse.Namespace) -> int:
     from identity.tokens import generate_private_key_pem
 
     sys.stdout.write(generate_private_key_pem())
+    return 0
+
+
+def cmd_keys_secret(_: argparse.Namespace) -> int:
+    """A random secret for PORTCULLIS_API_KEY_PEPPER, _COOKIE_SECRET, _DATA_ENCRYPTION_KEY or _METRICS_TOKEN:
+    48 random bytes, URL-safe base64 (64 characters)."""
+    import secrets
+
+    print(secrets.token_urlsafe(48))
     return 0

@@ -120,6 +120,7 @@ class AdmissionExtension(SchemaExtension):
             spend_cost=not self.explain,
         )
         ctx.admission = decision
+        self._state()["admission"] = decision  # its RateLimit headers join the answer (gateway/tracing.py)
         if decision.admitted:
             return
         ec = self.execution_context

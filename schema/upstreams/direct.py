@@ -211,6 +211,7 @@ class DirectForward:
                 login_accounts=[],
                 spend_cost=True,
             )
+            state["admission"] = decision  # its RateLimit headers join the answer (gateway/tracing.py)
             if not decision.admitted:
                 error = refusal(decision)
                 shaped = shape_error(GraphQLError(error.message, original_error=error), principal.request_id)

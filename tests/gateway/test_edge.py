@@ -340,7 +340,7 @@ async def test_healthz(edge) -> None:
 async def test_readyz_with_the_database(client) -> None:
     r = await client.get("/readyz")
     assert r.status_code == 200
-    assert r.json() == {"status": "ok", "checks": {"database": "ok"}}
+    assert r.json() == {"status": "ok", "checks": {"database": "ok", "migrations": "ok"}}
 
 
 async def test_readyz_with_redis(postgresql_url: str, redis_url: str, signing_key: str) -> None:
@@ -348,7 +348,7 @@ async def test_readyz_with_redis(postgresql_url: str, redis_url: str, signing_ke
     async with running(app) as client:
         r = await client.get("/readyz")
     assert r.status_code == 200
-    assert r.json() == {"status": "ok", "checks": {"database": "ok", "redis": "ok"}}
+    assert r.json() == {"status": "ok", "checks": {"database": "ok", "migrations": "ok", "redis": "ok"}}
 
 
 async def test_readyz_without_a_database(signing_key: str) -> None:
@@ -357,7 +357,11 @@ async def test_readyz_without_a_database(signing_key: str) -> None:
     async with running(app) as client:
         r = await client.get("/readyz")
         assert r.status_code == 503
-        assert r.json() == {"status": "unavailable", "checks": {"database": "unavailable"}}
+        assert r.json() == {
+            "status": "unavailable",
+            "checks": {"database": "unavailable"},
+            "reason": "the database is unreachable",
+        }
         assert (await client.get("/healthz")).status_code == 200
         # a GraphQL request that needs the database fails as a GraphQL error, not a 500 page
         g = await gql(client, LOGIN, {"email": "a@b.test", "password": "whatever it is"})

@@ -448,3 +448,16 @@ async def test_a_download_the_client_leaves_stops_being_read_from_the_upstream(g
             await asyncio.sleep(0.05)
         else:
             raise AssertionError("the gateway kept reading a download nobody waits for")
+
+
+async def test_an_admitted_route_answer_carries_the_ratelimit_headers(
+    client: httpx.AsyncClient, billing: Billing, tenant: Tenant
+) -> None:
+    """Every admitted answer tells the caller its budgets (draft-ietf-httpapi-ratelimit-headers), as a 429 does."""
+    auth = await bearer(client, tenant)
+    first = await client.get(f"/api/billing/invoices/inv-{tenant.org_id[:8]}-1", headers=auth)
+    second = await client.get(f"/api/billing/invoices/inv-{tenant.org_id[:8]}-1", headers=auth)
+    assert first.status_code == second.status_code == 200
+    assert '"tenant-minute";q=6000;w=60' in first.headers["ratelimit-policy"]  # PROFESSIONAL
+    remaining = [int(r.headers["ratelimit"].split('"tenant-minute";r=')[1].split(";")[0]) for r in (first, second)]
+    assert remaining[1] == remaining[0] - 1

@@ -176,7 +176,7 @@ async def test_c087_route_limit_follows_the_setting_when_redis_is_down(
             async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
                 assert (await client.get("/r")).status_code == 200
                 assert _stop_redis(url)
-                caplog.set_level(logging.ERROR, logger="portcullis")
+                caplog.set_level(logging.WARNING, logger="portcullis")
                 r = await client.get("/r")
         finally:
             await redis.aclose()
@@ -188,5 +188,6 @@ async def test_c087_route_limit_follows_the_setting_when_redis_is_down(
         assert r.headers["retry-after"] == "1"
         assert error_codes(r.json()) == ["INTERNAL"]
         assert outcomes == ["refused"]
-    [record] = [rec for rec in caplog.records if rec.getMessage().startswith("route limit store unavailable")]
-    assert record.getMessage().endswith(outcomes[0])
+    # the outage is logged once (identity/redis_health.py), naming the part that met it
+    [record] = [rec for rec in caplog.records if rec.getMessage() == "redis_unavailable"]
+    assert record.component == "route-limits"  # type: ignore[attr-defined]

@@ -244,6 +244,7 @@ def test_serve_starts_with_proper_prod_settings(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setenv("PORTCULLIS_API_KEY_PEPPER", "p" * 40)
     monkeypatch.setenv("PORTCULLIS_COOKIE_SECRET", "c" * 40)
     monkeypatch.setenv("PORTCULLIS_DATA_ENCRYPTION_KEY", "d" * 40)
+    assert cli.main(["migrate"]) == 0  # serve refuses an unmigrated database (tests/gateway/test_start_refusals.py)
     assert cli.main(["serve", "--port", "8123", "--host", "127.0.0.1"]) == 0
     [(args, kwargs)] = started
     assert args == ("gateway.app:create_app",)
