@@ -14,7 +14,7 @@ import json
 import math
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -60,7 +60,7 @@ async def collect(db: AsyncSession, user: User, now: datetime) -> dict[str, Any]
         stmt = select(entry.model).where(entry.rows(subject))
         if entry.model is AuditEntry:
             found = list((await db.execute(stmt.order_by(col(AuditEntry.at), col(AuditEntry.id)))).scalars().all())
-            rows: list[Any] = await readable_entries(db, found)
+            rows: list[Any] = await readable_entries(db, cast(list[AuditEntry], found))
         else:
             rows = list((await db.execute(stmt)).scalars().all())
         tables[entry.table] = [{name: _plain(getattr(r, name)) for name in entry.export} for r in rows]
@@ -96,7 +96,7 @@ async def export_my_data(ctx: RequestContext) -> ExportLink:
     now = ctx.services.now()
     last = (
         await db.execute(
-            select(DataExport.created_at)
+            select(col(DataExport.created_at))
             .where(col(DataExport.user_id) == user.id)
             .order_by(col(DataExport.created_at).desc())
             .limit(1)

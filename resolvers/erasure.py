@@ -46,10 +46,12 @@ async def subject_of(db: AsyncSession, user: User) -> Subject:
     emails = {user.email_key, email_key(user.email)}
     emails |= {
         email_key(e)
-        for e in (await db.execute(select(AccountToken.email).where(col(AccountToken.user_id) == user.id))).scalars()
+        for e in (
+            await db.execute(select(col(AccountToken.email)).where(col(AccountToken.user_id) == user.id))
+        ).scalars()
     }
     emails |= set(
-        (await db.execute(select(Invitation.email_key).where(col(Invitation.accepted_by) == user.id))).scalars()
+        (await db.execute(select(col(Invitation.email_key)).where(col(Invitation.accepted_by) == user.id))).scalars()
     )
     addresses: set[str] = set()
     for column, owner in (
@@ -57,17 +59,17 @@ async def subject_of(db: AsyncSession, user: User) -> Subject:
         (SignIn.client_ip, SignIn.user_id),
         (AccountToken.client_ip, AccountToken.user_id),
     ):
-        found = await db.execute(select(column).where(col(owner) == user.id, col(column).is_not(None)).distinct())
+        found = await db.execute(select(col(column)).where(col(owner) == user.id, col(column).is_not(None)).distinct())
         addresses |= {str(a) for a in found.scalars() if a}
     return Subject(user.id, frozenset(e for e in emails if e), user.name, frozenset(addresses))
 
 
 async def sole_owner_of(db: AsyncSession, user_id: str) -> list[Organization]:
     """The organizations where the person is the only owner."""
-    owned = select(Membership.organization_id).where(
+    owned = select(col(Membership.organization_id)).where(
         col(Membership.user_id) == user_id, col(Membership.role) == BuiltinRole.OWNER.value
     )
-    others = select(Membership.organization_id).where(
+    others = select(col(Membership.organization_id)).where(
         col(Membership.user_id) != user_id, col(Membership.role) == BuiltinRole.OWNER.value
     )
     stmt = (
@@ -81,7 +83,7 @@ async def sole_owner_of(db: AsyncSession, user_id: str) -> list[Organization]:
 async def find_account(ctx: RequestContext, email: str) -> str:
     """The id of the account with this address (the operator's `portcullis data erase --email`)."""
     db = await ctx.db()
-    found = await db.execute(select(User.id).where(col(User.email_key) == email_key(email)))
+    found = await db.execute(select(col(User.id)).where(col(User.email_key) == email_key(email)))
     user_id = found.scalars().first()
     if user_id is None:
         raise NotFound("No account has this address.")
@@ -112,9 +114,15 @@ async def erase_account(ctx: RequestContext, user_id: str, *, by: str) -> list[s
         )
     subject = await subject_of(db, user)
     org_ids = sorted(
-        set((await db.execute(select(Membership.organization_id).where(col(Membership.user_id) == user_id))).scalars())
+        set(
+            (
+                await db.execute(select(col(Membership.organization_id)).where(col(Membership.user_id) == user_id))
+            ).scalars()
+        )
     )
-    sessions = list((await db.execute(select(AuthSession.id).where(col(AuthSession.user_id) == user_id))).scalars())
+    sessions = list(
+        (await db.execute(select(col(AuthSession.id)).where(col(AuthSession.user_id) == user_id))).scalars()
+    )
     for org_id in org_ids:
         await end_held_keys(ctx, org_id, user_id, reason="account_erased")
     await _destroy_keys(ctx, db, subject)

@@ -112,7 +112,7 @@ def _lower_emails(column: Any, s: Subject) -> ColumnElement[bool]:
 
 
 def _families(s: Subject) -> Any:
-    return select(RefreshTokenFamily.id).where(col(RefreshTokenFamily.user_id) == s.user_id)
+    return select(col(RefreshTokenFamily.id)).where(col(RefreshTokenFamily.user_id) == s.user_id)
 
 
 def _contains(columns: tuple[Any, ...], needles: list[str]) -> ColumnElement[bool]:

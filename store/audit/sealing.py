@@ -128,7 +128,9 @@ async def keys_for(session: AsyncSession, subjects: Iterable[str]) -> dict[str, 
     wanted = sorted(set(subjects))
     if not wanted:
         return {}
-    stmt = select(SubjectKey.id, SubjectKey.subject, SubjectKey.key).where(col(SubjectKey.subject).in_(wanted))
+    stmt = select(col(SubjectKey.id), col(SubjectKey.subject), col(SubjectKey.key)).where(
+        col(SubjectKey.subject).in_(wanted)
+    )
     found = {s: (i, None if k is None else base64.b64decode(k)) for i, s, k in (await session.execute(stmt)).all()}
     missing = [s for s in wanted if s not in found]
     if missing:
@@ -274,10 +276,10 @@ async def readable_entries(session: AsyncSession, entries: Sequence[AuditEntry])
     wanted = key_ids(entries)
     keys: dict[str, bytes] = {}
     if wanted:
-        stmt = select(SubjectKey.id, SubjectKey.key).where(
+        stmt = select(col(SubjectKey.id), col(SubjectKey.key)).where(
             col(SubjectKey.id).in_(sorted(wanted)), col(SubjectKey.key).is_not(None)
         )
-        keys = {i: base64.b64decode(k) for i, k in (await session.execute(stmt)).all()}
+        keys = {i: base64.b64decode(k) for i, k in (await session.execute(stmt)).all() if k is not None}
     return open_entries(entries, keys)
 
 
