@@ -76,8 +76,9 @@ async def join_as_erin(client: httpx.AsyncClient, erin: httpx.AsyncClient, datab
 async def test_export_is_a_download_for_that_person_only(
     app: Any, client: httpx.AsyncClient, erin: httpx.AsyncClient, database_url: str, tenant: Tenant
 ) -> None:
-    """The export holds the person's rows (never a secret), is mailed, audited, and downloadable only with the
-    person's own credential until it expires: another person, no credential or an expired link are refused."""
+    """C-144 (right of access): the export holds the person's rows (never a secret), is mailed, audited, and
+    downloadable only with the person's own credential until it expires: another person, no credential or
+    an expired link are refused."""
     owner, joined = await join_as_erin(client, erin, database_url, tenant)
     body = (await gql(erin, EXPORT, token=joined.access_token)).json()
     export = body["data"]["exportMyData"]
@@ -110,6 +111,7 @@ async def test_export_is_a_download_for_that_person_only(
 async def test_an_export_twice_within_a_minute_is_rate_limited(
     client: httpx.AsyncClient, database_url: str, tenant: Tenant
 ) -> None:
+    """C-144: one export a minute per person; the second is 429 RATE_LIMITED with retryAfter, nothing written."""
     token = (await login(client, tenant))["accessToken"]
     assert (await gql(client, EXPORT, token=token)).json()["data"]["exportMyData"]["id"]
     r = await gql(client, EXPORT, token=token)
@@ -138,6 +140,8 @@ def snapshot(url: str) -> dict[str, list[str]]:
 async def test_the_last_owner_is_refused_with_the_way_out(
     client: httpx.AsyncClient, database_url: str, tenant: Tenant
 ) -> None:
+    """C-144: the only owner of an organization cannot erase the account: CONFLICT naming the organizations and
+    the way out (transfer ownership or delete the organization), and nothing written."""
     token = (await login(client, tenant))["accessToken"]
     before = snapshot(database_url)
     body = (await gql(client, ERASE, token=token)).json()
@@ -156,7 +160,7 @@ async def test_the_last_owner_is_refused_with_the_way_out(
 async def test_erasure_without_a_fresh_sign_in_writes_nothing(
     database_url: str, signing_key: str, tenant: Tenant
 ) -> None:
-    """C-142 for `eraseAccount`: fresh authentication is required even where the policy sets no window
+    """C-142 and C-144 for `eraseAccount`: fresh authentication is required even where the policy sets no window
     (access tokens that live an hour, so that one signed in 20 minutes ago is still valid)."""
     app = create_app(make_settings(database_url, signing_key, access_token_ttl_seconds=3600))
     async with running(app) as client, person_client(app) as erin:
