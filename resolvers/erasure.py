@@ -36,8 +36,12 @@ ERASED_DOMAIN = "erased.invalid"
 WAY_OUT = "transfer ownership to another member, or delete the organization, then ask again"
 
 
+def erased_address(user_id: str) -> str:
+    return f"erased-{user_id}@{ERASED_DOMAIN}"
+
+
 def is_erased(user: User) -> bool:
-    return user.email_key.endswith("@" + ERASED_DOMAIN)
+    return user.email_key == erased_address(user.id)
 
 
 async def subject_of(db: AsyncSession, user: User) -> Subject:
@@ -208,7 +212,7 @@ async def _erase_lists(db: AsyncSession, s: Subject) -> None:
 
 
 def _pseudonymise(user: User) -> None:
-    user.email = user.email_key = f"erased-{user.id}@{ERASED_DOMAIN}"
+    user.email = user.email_key = erased_address(user.id)
     user.name = None
     user.password_hash = None
     user.is_active = False
