@@ -26,6 +26,7 @@ from authz import install_team_permissions
 from gateway.address_blocks import AddressBlockMiddleware, TenantBlockMiddleware, abuse_policy, install_abuse_signals
 from gateway.admission import AdmissionPolicy, EdgeAdmission, OrgLimitCache
 from gateway.cors import CorsMiddleware
+from gateway.exports import ExportDownloads
 from gateway.graphiql import GRAPHIQL_CSP, PREFIX, GraphiQLAssets
 from gateway.graphql import GraphQLView
 from gateway.http_proxy import HttpUpstreams
@@ -469,6 +470,12 @@ def assemble(parts: GatewayParts, *, saml_login: SamlLogin | None = None) -> Sta
             ReportDownloads(services).download,
             methods=["GET"],
             middleware=route_limits("report-downloads", settings.report_downloads_per_minute),
+        ),
+        Route(
+            "/exports/{name}",
+            ExportDownloads(services).download,
+            methods=["GET"],
+            middleware=route_limits("export-downloads", settings.report_downloads_per_minute),
         ),
         *saml_routes.routes(route_limits),
         *sso_routes(settings, services, starters={"saml": saml_routes.begin}, limit=route_limits),

@@ -52,7 +52,7 @@ from identity.security_events import SecurityEventKind, Severity, record_securit
 from identity.tokens import KeyRing
 from identity.webhooks import WebhookPolicy, signed_headers
 from resolvers.audit_streams import chain_checkpoint
-from store.audit import AuditAction, AuditEvent, append
+from store.audit import AuditAction, AuditEvent, append, readable_entries
 from store.audit_streams import AuditStream
 from store.db import Database
 from store.models import AuditChainHead, AuditEntry, utcnow
@@ -296,11 +296,12 @@ class AuditStreamSender:
                     )
                 ).scalars()
             )
+            views = await readable_entries(session, entries)
             checkpoint = await self._checkpoint(session, claimed.chain) if entries else None
         if not entries:
             await self._release(claimed)
             return 0
-        body = payloads.batch(claimed.id, claimed.chain, entries, checkpoint)
+        body = payloads.batch(claimed.id, claimed.chain, entries, views, checkpoint)
         try:
             async with asyncio.timeout(self.retry.timeout_seconds):
                 await self._send(claimed, body)

@@ -25,7 +25,7 @@ SAFE_METHODS = frozenset({"GET", "HEAD"})
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
 MAX_BODY_BYTES_CEILING = 64 * 1024 * 1024 * 1024
 # paths the gateway answers itself: no prefix may take them or lie under them
-RESERVED_PREFIXES = ("/graphql", "/healthz", "/readyz", "/metrics", "/.well-known", "/auth", "/reports")
+RESERVED_PREFIXES = ("/graphql", "/healthz", "/readyz", "/metrics", "/.well-known", "/auth", "/reports", "/exports")
 
 _NAME = re.compile(r"[a-z0-9-]+")
 _PREFIX = re.compile(r"(?:/[A-Za-z0-9._~-]+)+")

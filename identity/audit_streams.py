@@ -22,7 +22,7 @@ learns other tenants' heads).
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -32,6 +32,7 @@ import orjson
 
 from store.audit.chain import canonical_json
 from store.audit.cleaning import iso
+from store.audit.sealing import ReadableEntry
 from store.audit.view import entry_view
 from store.models import AuditEntry
 
@@ -105,29 +106,36 @@ def _camel(name: str) -> str:
     return head + "".join(p.capitalize() for p in rest)
 
 
-def readable(entry: AuditEntry) -> dict[str, Any]:
+def readable(view: ReadableEntry) -> dict[str, Any]:
     """The entry as the API shows it (`AuditLogEntry`'s fields in their GraphQL names), times in ISO 8601."""
-    return {_camel(k): iso(v) if isinstance(v, datetime) else v for k, v in entry_view(entry).items()}
+    return {_camel(k): iso(v) if isinstance(v, datetime) else v for k, v in entry_view(view).items()}
 
 
-def record(entry: AuditEntry) -> dict[str, Any]:
+def record(entry: AuditEntry, view: ReadableEntry) -> dict[str, Any]:
+    """One entry as sent: what the chain hashes (the stored row) and what a reader is shown (`view`, from
+    `store.audit.readable_entries`: a person's sealed fields opened, or `[erased]`)."""
     return {
         "sequence": entry.sequence,
         "hash": entry.hash,
         "previousHash": entry.previous_hash,
         "canonical": canonical_json(entry),
-        "entry": readable(entry),
+        "entry": readable(view),
     }
 
 
 def batch(
-    stream_id: str, chain: str, entries: Iterable[AuditEntry], checkpoint: dict[str, Any] | None
+    stream_id: str,
+    chain: str,
+    entries: Sequence[AuditEntry],
+    views: Sequence[ReadableEntry],
+    checkpoint: dict[str, Any] | None,
 ) -> dict[str, Any]:
+    """A batch of `entries` in chain order, each with its readable view (`views`, in the same order)."""
     return {
         "format": STREAM_FORMAT,
         "stream": stream_id,
         "chain": chain,
-        "entries": [record(e) for e in entries],
+        "entries": [record(e, v) for e, v in zip(entries, views, strict=True)],
         "checkpoint": checkpoint,
     }
 

@@ -47,7 +47,7 @@ class AuditFilter:
     end: datetime | None = None
 
 
-AuditPage = Page[AuditEntry]
+AuditPage = Page[audit.ReadableEntry]
 
 
 _FILTER_FIELDS = {
@@ -126,7 +126,8 @@ async def query_entries(
         stmt = stmt.where(or_(col(AuditEntry.at) < at, and_(col(AuditEntry.at) == at, col(AuditEntry.id) < ident)))
     stmt = stmt.order_by(col(AuditEntry.at).desc(), col(AuditEntry.id).desc()).limit(size + 1)
     rows = list((await db.execute(stmt)).scalars().all())
-    edges = [PageEdge(audit.encode_cursor(e), e) for e in rows[:size]]
+    # what a reader sees: personal fields opened while their person's key exists (store/audit/sealing.py)
+    edges = [PageEdge(audit.encode_cursor(e), e) for e in await audit.readable_entries(db, rows[:size])]
     return Page(edges, len(rows) > size, edges[-1].cursor if edges else None)
 
 

@@ -62,6 +62,7 @@ TEMPLATES: dict[str, frozenset[str]] = {
     "security_alert": frozenset(
         {"organization_name", "severity", "kind_label", "summary", "at", "event_id", "client_ip"}
     ),
+    "data_export_ready": frozenset({"download_url", "expires_at"}),
     "report_ready": frozenset(
         {"organization_name", "kind", "cadence", "period", "html_url", "pdf_url", "xlsx_url", "csv_url"}
     ),

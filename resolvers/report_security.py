@@ -4,7 +4,7 @@ day and category, with their top sources (docs/reports.md)."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import date
 from typing import Any
 
@@ -26,6 +26,7 @@ from resolvers.report_builders import (
     keyset,
 )
 from resolvers.report_risk import build_risk
+from store.audit import ReadableEntry, readable_entries
 from store.models import AuditEntry, Organization, UsageDaily
 from store.scoping import tenant_filter
 
@@ -40,33 +41,51 @@ def _security_events(org_id: str, period: Period, actions: Sequence[str]) -> Col
     )
 
 
+# entries opened together: one look-up of their keys per batch
+READABLE_BATCH = 500
+
+
+async def _readable_events(db: AsyncSession, where: ColumnElement[bool]) -> AsyncIterator[ReadableEntry]:
+    """The entries matching `where` in (at, id) order, as readers see them (store.audit.readable_entries:
+    a person's sealed address opened while their key exists)."""
+    keys = [col(AuditEntry.at), col(AuditEntry.id)]
+    batch: list[AuditEntry] = []
+    async for _at, _id, entry in keyset(db, sa_select(*keys, AuditEntry).where(where), keys):
+        batch.append(entry)
+        if len(batch) >= READABLE_BATCH:
+            for readable in await readable_entries(db, batch):
+                yield readable
+            batch = []
+    for readable in await readable_entries(db, batch):
+        yield readable
+
+
 async def build_security(db: AsyncSession, org: Organization, period: Period, out: Writer) -> dict[str, Any]:
     where = _security_events(org.id, period, list(SECURITY_ACTIONS))
-    keys = [col(AuditEntry.at), col(AuditEntry.id)]
-    stmt = sa_select(
-        *keys,
-        col(AuditEntry.action),
-        col(AuditEntry.result),
-        col(AuditEntry.actor_type),
-        col(AuditEntry.actor_id),
-        col(AuditEntry.ip),
-    ).where(where)
     daily: Counter[tuple[str, str]] = Counter()
     per_day: dict[date, int] = {}
-    async for at, _id, action, result, actor_type, actor_id, ip in keyset(db, stmt, keys):
-        category = SECURITY_ACTIONS[action]
+    # (category, source type, source) -> [count, last time]: the top sources, counted on the readable view
+    sources: dict[tuple[str, str, str], list[Any]] = {}
+    async for e in _readable_events(db, where):
+        at = e.at
+        category = SECURITY_ACTIONS[e.action]
         daily[(at.date().isoformat(), category)] += 1
         per_day[at.date()] = per_day.get(at.date(), 0) + 1
+        for source_type, source in (("ip", e.ip), ("actor", e.actor_id)):
+            if source is not None:
+                seen = sources.setdefault((category, source_type, source), [0, at])
+                seen[0] += 1
+                seen[1] = max(seen[1], at)
         await out.add(
             "event",
             iso(at),
             at.date().isoformat(),
             category,
-            action,
-            result,
-            actor_type,
-            actor_id,
-            ip,
+            e.action,
+            e.result,
+            e.actor_type,
+            e.actor_id,
+            e.ip,
             None,
             None,
             None,
@@ -78,20 +97,17 @@ async def build_security(db: AsyncSession, org: Organization, period: Period, ou
         totals[category] += count
     top: dict[str, list[dict[str, Any]]] = {}
     for category in SECURITY_CATEGORIES:
-        actions = [a for a, c in SECURITY_ACTIONS.items() if c == category]
         top[category] = []
-        for source_type, column in (("ip", col(AuditEntry.ip)), ("actor", col(AuditEntry.actor_id))):
-            hits = func.count().label("n")
-            rows = (
-                await db.execute(
-                    sa_select(column, hits, func.max(col(AuditEntry.at)))
-                    .where(_security_events(org.id, period, actions), column.is_not(None))
-                    .group_by(column)
-                    .order_by(hits.desc(), column)
-                    .limit(TOP_SOURCES)
-                )
-            ).all()
-            for source, n, last in rows:
+        for source_type in ("ip", "actor"):
+            ranked = sorted(
+                (
+                    (n, source, last)
+                    for (c, t, source), (n, last) in sources.items()
+                    if c == category and t == source_type
+                ),
+                key=lambda r: (-r[0], r[1]),
+            )[:TOP_SOURCES]
+            for n, source, last in ranked:
                 await out.add(
                     "top_source",
                     iso_or_none(last),

@@ -34,6 +34,7 @@ from schema.limits.storable import StorableArguments
 from schema.members import MemberMutation
 from schema.mfa import MfaMutation
 from schema.organizations import OrganizationMutation, OrganizationQuery
+from schema.privacy import PrivacyMutation
 from schema.rate_limits import RateLimitQuery
 from schema.report_schedules import ReportScheduleMutation
 from schema.reports import ReportMutation, ReportQuery
@@ -77,6 +78,7 @@ Mutation = merge_types(
         SecurityEventMutation,
         AuditStreamMutation,
         SessionMutation,
+        PrivacyMutation,
     ),
 )
 

@@ -30,9 +30,8 @@ from schema.context import Info
 from schema.directives import list_size, requires_scopes
 from schema.pagination import Connection, Edge, PageInfo
 from store.audit import AuditAction as A
-from store.audit import AuditEvent, AuditResult
+from store.audit import AuditEvent, AuditResult, ReadableEntry
 from store.audit.view import entry_view
-from store.models import AuditEntry
 
 log = logging.getLogger("portcullis.audit")
 
@@ -49,6 +48,8 @@ FIELD_ACTIONS: dict[str, tuple[str, str | None, tuple[str, ...]]] = {
     "updateSecurityPolicy": (A.SECURITY_POLICY_UPDATE, "organization", ()),
     "updateRetention": (A.RETENTION_UPDATED, "organization", ()),
     "changePlan": (A.PLAN_CHANGED, "organization", ()),
+    "exportMyData": (A.DATA_EXPORTED, "user", ()),
+    "eraseAccount": (A.ACCOUNT_ERASURE_REFUSED, "user", (A.ACCOUNT_ERASED,)),
     "addMember": (A.MEMBER_INVITED, "invitation", ()),
     "resendInvitation": (A.INVITATION_RESENT, "invitation", ()),
     "revokeInvitation": (A.INVITATION_REVOKED, "invitation", ()),
@@ -298,7 +299,7 @@ class AuditLogEntry:
     previous_hash: str
 
     @classmethod
-    def from_row(cls, e: AuditEntry) -> AuditLogEntry:
+    def from_row(cls, e: ReadableEntry) -> AuditLogEntry:
         # the same view audit streams send (store/audit/view.py): a change to what readers see shows in both
         view = entry_view(e)
         return cls(**{**view, "id": strawberry.ID(view["id"])})

@@ -3,7 +3,8 @@
 Decided once per operation, before anything executes (C-142: nothing is written): when a mutation selects
 one of `SENSITIVE_MUTATIONS` at its root (aliases and fragments included) and the caller may run it, the
 caller's `auth_time` (the access token's claim, or a cookie session's sign-in) is compared with the policy
-(`SecurityPolicy.needs_fresh_auth`). Too old, the whole operation is refused with `FRESH_AUTH_REQUIRED`
+(`SecurityPolicy.needs_fresh_auth`); `ALWAYS_FRESH` ones (erasing one's account) need a sign-in
+within their own window where the policy sets none. Too old, the whole operation is refused with `FRESH_AUTH_REQUIRED`
 (HTTP 403, `extensions.maxAgeMinutes`). API keys carry no `auth_time`: they are not interactive and cannot
 sign in again, so under a fresh-authentication rule they are refused these mutations.
 
@@ -14,6 +15,7 @@ names is covered without touching its resolver.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import replace
 
 from graphql import (
     FieldNode,
@@ -60,8 +62,13 @@ SENSITIVE_MUTATIONS: frozenset[str] = frozenset(
         "updateAuditStream",
         "disableAuditStream",
         "deleteAuditStream",
+        # the caller's whole account
+        "eraseAccount",
     }
 )
+
+# sensitive mutations that need a recent sign-in even where the policy sets no window: minutes
+ALWAYS_FRESH: dict[str, int] = {"eraseAccount": 15}
 
 
 def sensitive_fields(
@@ -110,9 +117,13 @@ class FreshAuthentication(SchemaExtension):
             return
         async with ctx.services.db.session() as db:
             policy = await load_policy(db, principal.organization_id)
+        minutes = policy.fresh_auth_minutes
+        if minutes is None:
+            minutes = min((ALWAYS_FRESH[f.name.value] for f in fields if f.name.value in ALWAYS_FRESH), default=None)
+            if minutes is not None:
+                policy = replace(policy, fresh_auth_minutes=minutes)
         if not policy.needs_fresh_auth(principal.auth_time, ctx.services.clock()):
             return
-        minutes = policy.fresh_auth_minutes
         error = FreshAuthRequired(
             f"{fields[0].name.value} needs a sign-in within the last {minutes} minutes: sign in again "
             "(or call reauthenticate) and retry.",

@@ -475,6 +475,7 @@ TENANT_TABLES: frozenset[str] = frozenset(
 )
 
 import store.audit_streams  # noqa: E402  (audit streams, on the same metadata)
+import store.privacy  # noqa: E402  (subject keys and data exports, on the same metadata)
 import store.reporting  # noqa: E402  (the scheduled reports' tables, on the same metadata)
 import store.retention  # noqa: E402  (retention's tables, on the same metadata)
 import store.security  # noqa: E402, F401  (the security domain's tables, on the same metadata)

@@ -8,6 +8,7 @@ from authz.plans import PLANS, Plan
 from gateway.cli.api_keys import cmd_api_key
 from gateway.cli.audit import cmd_audit
 from gateway.cli.blocks import add_parser as add_blocks_parser
+from gateway.cli.data import add_parser as add_data_parser
 from gateway.cli.mail import cmd_mail
 from gateway.cli.server import (
     cmd_authz_report,
@@ -162,6 +163,7 @@ def parser() -> argparse.ArgumentParser:
     dm.set_defaults(func=cmd_domains)
 
     add_blocks_parser(sub)
+    add_data_parser(sub)
 
     k = sub.add_parser("keys", help="signing keys")
     ksub = k.add_subparsers(dest="keys_command", required=True)

@@ -8,6 +8,8 @@ numbered 1, 2, 3, ... without gaps and linked by a hash chain. By job:
 - `chain`: the canonical JSON and the link hash, in Python and in SQL;
 - `writing`: writing entries in the caller's transaction (`append`), or on their own (`AuditTrail`);
 - `verification`: recomputing chains against their head rows and checkpoints;
+- `sealing`: the personal fields sealed under each person's key, and `readable_entries`, the one readable
+  view of entries (every reader goes through it);
 - `cursors`: the cursors of `auditLogs` pages.
 
 This module names what the rest of the code uses; the modules above hold the rest.
@@ -16,6 +18,7 @@ This module names what the rest of the code uses; the modules above hold the res
 from store.audit.chain import GENESIS_HASH, canonical_json, entry_hash, link_hash
 from store.audit.cleaning import changes, clean_text, iso
 from store.audit.cursors import decode_cursor, encode_cursor
+from store.audit.sealing import ReadableEntry, readable_entries
 from store.audit.verification import ChainHead, VerificationReport, entries_to_verify, heads, verify
 from store.audit.vocabulary import (
     ACTIONS,
@@ -39,6 +42,7 @@ __all__ = [
     "AuditResult",
     "AuditTrail",
     "ChainHead",
+    "ReadableEntry",
     "VerificationReport",
     "append",
     "canonical_json",
@@ -51,5 +55,6 @@ __all__ = [
     "heads",
     "iso",
     "link_hash",
+    "readable_entries",
     "verify",
 ]

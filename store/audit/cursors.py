@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from store.audit.sealing import ReadableEntry
 from store.cursors import decode_position, encode_position
 from store.models import AuditEntry
 
 CURSOR_VERSION = "a1"
 
 
-def encode_cursor(entry: AuditEntry) -> str:
+def encode_cursor(entry: AuditEntry | ReadableEntry) -> str:
     return encode_position(CURSOR_VERSION, entry.at, entry.id)
 
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from store.models import AuditEntry
+from store.audit.sealing import ReadableEntry
 
 
-def entry_view(e: AuditEntry) -> dict[str, Any]:
-    """The entry's readable fields, by their Python names (`actor_type`...); times as datetimes."""
+def entry_view(e: ReadableEntry) -> dict[str, Any]:
+    """The entry's readable fields, by their Python names (`actor_type`...); times as datetimes. `e` comes from
+    `store.audit.readable_entries`: personal fields opened with their person's key, or `[erased]`."""
     return {
         "id": e.id,
         "sequence": e.sequence,

@@ -116,6 +116,11 @@ class AuditAction(StrEnum):
     # address blocks: a tenant's (its chain), the operator's and the automatic ones (the platform's)
     ADDRESS_BLOCKED = "address_blocked"
     ADDRESS_UNBLOCKED = "address_unblocked"
+    # a person's rights of access and erasure (docs/privacy.md)
+    DATA_EXPORTED = "data_exported"
+    DATA_EXPORT_DOWNLOADED = "data_export_downloaded"
+    ACCOUNT_ERASED = "account_erased"
+    ACCOUNT_ERASURE_REFUSED = "account_erasure_refused"
     # a mutation the vocabulary does not name yet (recorded all the same)
     MUTATION = "mutation"
 

@@ -31,6 +31,7 @@ from sqlalchemy.sql.expression import Executable
 
 from store.audit.chain import CANONICAL_FIELDS, GENESIS_HASH, canonical, sql_link_hash
 from store.audit.cleaning import entry_values
+from store.audit.sealing import seal_all
 from store.audit.vocabulary import AuditEvent
 from store.db import Database
 from store.models import AuditChainHead, AuditEntry, utcnow
@@ -109,20 +110,23 @@ async def append(
         await session.flush()
     written: list[AuditEntry] = []
     # one lock order for every transaction: no deadlock between two that append to the same two chains
+    ordered: list[tuple[str, dict[str, Any]]] = []
     for chain in sorted(by_chain):
         at = now or utcnow()
-        for event in by_chain[chain]:
-            params = entry_values(event, at)
-            params["body"] = canonical(params)
+        ordered.extend((chain, entry_values(event, at)) for event in by_chain[chain])
+    # personal fields sealed under their owners' keys before the entry is chained (store/audit/sealing.py)
+    sealed = await seal_all(session, [values for _, values in ordered])
+    for (chain, _), params in zip(ordered, sealed, strict=True):
+        params["body"] = canonical(params)
+        row = await _insert(session, stmt, params, entries)
+        if row is None:  # the chain's first entry: no head row yet
+            await _create_head(session, dialect, chain)
             row = await _insert(session, stmt, params, entries)
-            if row is None:  # the chain's first entry: no head row yet
-                await _create_head(session, dialect, chain)
-                row = await _insert(session, stmt, params, entries)
-                if row is None:
-                    raise RuntimeError(f"audit chain {chain!r} has no head row")
-            if entries:
-                del params["body"]
-                written.append(AuditEntry(**params, sequence=int(row[0]), previous_hash=str(row[1]), hash=str(row[2])))
+            if row is None:
+                raise RuntimeError(f"audit chain {chain!r} has no head row")
+        if entries:
+            del params["body"]
+            written.append(AuditEntry(**params, sequence=int(row[0]), previous_hash=str(row[1]), hash=str(row[2])))
     return written
 
 

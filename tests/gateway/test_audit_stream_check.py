@@ -17,6 +17,7 @@ from identity import audit_streams as payloads
 from identity.tokens import KeyRing, generate_private_key_pem
 from resolvers.audit import checkpoint
 from resolvers.audit_streams import chain_checkpoint
+from store.audit import readable_entries
 from store.db import Database
 from store.models import AuditEntry
 from tests.conftest import make_tenant
@@ -43,10 +44,11 @@ async def received_batch(database_url: str, signing_key: str) -> dict:
             entries = list(
                 (await s.execute(select(AuditEntry).where(col(AuditEntry.chain) == org).order_by("sequence"))).scalars()
             )
+            views = await readable_entries(s, entries)
             point = await chain_checkpoint(s, keys, org)
     finally:
         await db.dispose()
-    return payloads.batch("stream-1", org, entries, point)
+    return payloads.batch("stream-1", org, entries, views, point)
 
 
 @pytest.mark.parametrize("form", ["webhook", "json_lines", "splunk_hec", "syslog"])

@@ -13,6 +13,7 @@ import pytest
 
 from gateway.app import create_app
 from store.db import is_sqlite
+from tests.audit_view import readable_rows
 from tests.conftest import (
     CLIENT_IP,
     LOGIN,
@@ -52,16 +53,13 @@ VERIFY = (
 
 
 def rows(url: str, where: str = "1 = 1", **params: Any) -> list[dict[str, Any]]:
-    found = sql(url, f"SELECT {COLUMNS} FROM audit_log WHERE {where} ORDER BY chain, sequence", **params)
+    """The entries as readers see them (their personal fields opened: tests/audit_view.py)."""
     out = []
-    for r in found:
-        row = dict(zip([c.strip() for c in COLUMNS.split(",")], r, strict=True))
-        if isinstance(row["details"], str):
-            row["details"] = json.loads(row["details"])
+    for entry in readable_rows(url, where, **params):
+        row = {c.strip(): getattr(entry, c.strip()) for c in COLUMNS.split(",")}
+        row["details"] = dict(row["details"])
         # the trace of the request that wrote it, apart from what the entry is about (docs/observability.md)
         row["trace_id"] = row["details"].pop("traceId", None)
-        if isinstance(row["at"], str):  # SQLite's text: the UTC wall time
-            row["at"] = datetime.fromisoformat(row["at"]).replace(tzinfo=UTC)
         out.append(row)
     return out
 
