@@ -22,15 +22,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
-from authz import install_team_permissions
 from gateway.address_blocks import AddressBlockMiddleware, TenantBlockMiddleware, abuse_policy, install_abuse_signals
 from gateway.admission import AdmissionPolicy, EdgeAdmission, OrgLimitCache
+from gateway.app_parts import gateway_tracing, gateway_upstreams
 from gateway.cors import CorsMiddleware
 from gateway.exports import ExportDownloads
 from gateway.graphiql import GRAPHIQL_CSP, PREFIX, GraphiQLAssets
 from gateway.graphql import GraphQLView
 from gateway.http_proxy import HttpUpstreams
-from gateway.http_routes import RouteTable
 from gateway.logs import configure_logging
 from gateway.mail import build_mailer
 from gateway.metrics import GatewayMetrics
@@ -49,8 +48,7 @@ from gateway.route_limits import RouteLimits
 from gateway.saml import SamlLogin, SamlRoutes
 from gateway.settings import Environment, OnRedisError, Settings
 from gateway.sso import sso_routes
-from gateway.tracing import RequestContextMiddleware, Tracing, otlp_traces_endpoint
-from gateway.upstreams import load_upstreams
+from gateway.tracing import RequestContextMiddleware, Tracing
 from gateway.usage import UsageFlusher
 from gateway.windows import LocalWindows, RedisWindows, WindowStore
 from gateway.workers import Workers
@@ -58,7 +56,6 @@ from identity.address_blocks import AddressBlocks
 from identity.api_keys import ApiKeyCache, ApiKeyVerifier, LastUsedRecorder
 from identity.authentication import Authenticator
 from identity.browser_sessions import BrowserSessionPolicy, BrowserSessions
-from identity.context_tokens import ContextTokens
 from identity.lockout import LockoutPolicy, LoginThrottle
 from identity.oidc import OidcRelyingParty, TransactionStore
 from identity.outbound import OutboundPolicy
@@ -75,7 +72,7 @@ from identity.webhooks import WebhookPolicy
 from resolvers.deps import Services
 from resolvers.security_alerts import SecurityAlerts, severities_of
 from schema import ExtensionFactory, PortcullisSchema, build_schema
-from schema.upstreams import Composition, Forwarder
+from schema.upstreams import Composition
 from schema.upstreams.direct import DirectForward
 from store.db import Database
 
@@ -249,24 +246,6 @@ def build_gateway_schema(
     )
 
 
-def gateway_upstreams(settings: Settings, services: Services) -> tuple[Composition | None, HttpUpstreams | None]:
-    """The upstreams file read, checked and composed: its GraphQL upstreams' forwarder installed in `services`,
-    its HTTP upstreams' routes; None for what the file does not declare (or without a file). The team's
-    permissions join the vocabulary either way (none without a file)."""
-    if settings.upstreams_file is None:
-        install_team_permissions(())
-        return None, None
-    loaded = load_upstreams(settings.upstreams_file)
-    tokens = ContextTokens(services.tokens.keys, issuer=settings.public_url)
-    http = None
-    if loaded.http:
-        http = HttpUpstreams(RouteTable(loaded.http), admission=services.admission, tokens=tokens, audit=services.audit)
-    if loaded.composition.empty:
-        return None, http
-    services.upstreams = Forwarder(loaded.composition, tokens)
-    return loaded.composition, http
-
-
 def edge_middleware(
     settings: Settings,
     services: Services,
@@ -317,14 +296,6 @@ def edge_middleware(
             exempt_prefixes=routed_prefixes + ((PREFIX,) if settings.graphiql_enabled else ()),
         ),
     ]
-
-
-def gateway_tracing(settings: Settings) -> Tracing:
-    return Tracing(
-        endpoint=otlp_traces_endpoint(settings.otel_exporter_otlp_endpoint),
-        service_name=settings.otel_service_name,
-        trusted=settings.trace_trusted_callers or settings.trusted_proxies,
-    )
 
 
 @dataclass

@@ -46,6 +46,7 @@ from store.models import (
     UsageDaily,
     User,
 )
+from store.audit_streams import AuditStream
 from store.privacy import DataExport, SubjectKey
 from store.reporting import ReportSchedule
 from store.security import (
@@ -398,6 +399,14 @@ REGISTRY: tuple[PersonalData, ...] = (
         "webhooks the person created",
         lambda s: col(Webhook.created_by) == s.user_id,
         ("id", "organization_id", "url", "created_at"),
+        Erase.UPDATE,
+        erase_values={"created_by": None},
+    ),
+    PersonalData(
+        AuditStream,
+        "audit streams the person created",
+        lambda s: col(AuditStream.created_by) == s.user_id,
+        ("id", "organization_id", "kind", "url", "created_at"),
         Erase.UPDATE,
         erase_values={"created_by": None},
     ),
