@@ -31,6 +31,7 @@ RUNNABLE = GRAPHQL | SHELL
 
 _FENCE = re.compile(r"^(?P<indent>\s*)(?P<fence>`{3,}|~{3,})\s*(?P<lang>[\w+-]*)\s*$")
 _MARKER = re.compile(r"<!--\s*example\b(?P<body>.*?)-->", re.DOTALL)
+_MARKER_START = re.compile(r"<!--\s*example\b")
 _NOT_RUN = re.compile(r"^not run\s*(?:\((?P<reason>.*)\))?\s*$", re.DOTALL)
 _FILL = re.compile(r'^fill\s+"(?P<placeholder>[^"]+)"\s+with\s+(?P<source>\S+)$')
 
@@ -140,6 +141,11 @@ def _marker_above(lines: list[str], fence_index: int) -> tuple[str | None, int]:
     return (found.group("body") if found else None), start
 
 
+def _dedent(line: str, indent: int) -> str:
+    """A line of a fenced block without the fence's own indentation (a block inside a list item)."""
+    return line[indent:] if line[:indent].strip() == "" else line.lstrip()
+
+
 def _json_below(lines: list[str], start: int, within: int = 4) -> str | None:
     for i in range(start, min(start + within, len(lines))):
         opening = _FENCE.match(lines[i])
@@ -170,7 +176,7 @@ def extract(path: Path) -> list[Block]:
                 break
             j += 1
         if lang in RUNNABLE:
-            body = "\n".join(line[indent:] if line[:indent].isspace() else line.lstrip() for line in lines[i + 1 : j])
+            body = "\n".join(_dedent(line, indent) for line in lines[i + 1 : j])
             comment, _ = _marker_above(lines, i)
             marker, error = Marker(), None
             if comment is not None:
@@ -194,9 +200,16 @@ def stray_markers(path: Path) -> list[str]:
             comment, start = _marker_above(lines, i)
             if comment is not None:
                 attached.add(start)
-    return [
-        f"{rel}:{i + 1}" for i, line in enumerate(lines) if re.search(r"<!--\s*example\b", line) and i not in attached
-    ]
+    stray, fence = [], ""
+    for i, line in enumerate(lines):
+        opening = _FENCE.match(line)
+        if opening and not fence:
+            fence = opening.group("fence")
+        elif opening and fence and not opening.group("lang") and opening.group("fence").startswith(fence):
+            fence = ""
+        elif not fence and _MARKER_START.search(line) and i not in attached:
+            stray.append(f"{rel}:{i + 1}")
+    return stray
 
 
 def documents() -> list[Path]:

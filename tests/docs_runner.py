@@ -172,10 +172,17 @@ class FileRun:
         self.outcomes: dict[int, Outcome] = {}
         self._database = database
         self._token: str | None = None
+        self._log = ""
 
     def close(self) -> None:
         if self.gateway is not None:
             self.gateway.stop()
+            self._log = self.gateway.log_tail()
+            self.gateway = None
+
+    def log_tail(self) -> str:
+        """The last lines of the gateway's log (kept when it has stopped)."""
+        return self.gateway.log_tail() if self.gateway is not None else self._log
 
     def _gateway(self) -> Gateway:
         if self.gateway is None:
@@ -212,8 +219,10 @@ class FileRun:
             if index not in self.outcomes:
                 self.outcomes[index] = self._run_one(earlier)
             if earlier.line == block.line:
+                if len(self.outcomes) == len(self.blocks):
+                    self.close()  # the file is done: its gateway is not needed any more
                 return self.outcomes[index]
-        raise KeyError(block.id)
+        raise ExampleFailed(f"{block.id}: no such block any more (was the file edited during the run?)")
 
     def failed_before(self, block: Block) -> list[str]:
         index = next(i for i, b in enumerate(self.blocks) if b.line == block.line)
@@ -231,12 +240,19 @@ class FileRun:
 
     def _fill(self, text: str, fills: tuple[Fill, ...], quoted: bool) -> str:
         for fill in fills:
-            value = self.values(fill.source[1:]) if fill.source.startswith("$") else _lookup(self.answers, fill.source)
+            value = self._value(fill.source[1:]) if fill.source.startswith("$") else _lookup(self.answers, fill.source)
             if quoted:
                 text = text.replace(json.dumps(fill.placeholder, ensure_ascii=False), json.dumps(value))
             else:
                 text = text.replace(fill.placeholder, value if isinstance(value, str) else json.dumps(value))
         return text
+
+    def _value(self, name: str) -> Any:
+        if name == "CALLER_NETWORK":  # where the examples call from
+            return "127.0.0.0/8"
+        if name == "OWNER_ID":  # the demo owner's user id, in this file's database
+            return self.post("{ me { user { id } } }", {}, self._headers("owner"))["data"]["me"]["user"]["id"]
+        return self.values(name)
 
     def _headers(self, caller: str) -> dict[str, str]:
         if caller == "anonymous":

@@ -84,7 +84,7 @@ def test_example(block: Block, run_for: Callable[[Block], FileRun]) -> None:
     if not outcome.ok:
         earlier = run.failed_before(block)
         note = f"\n(earlier blocks of this file failed too: {', '.join(earlier)})" if earlier else ""
-        log = run.gateway.log_tail() if run.gateway is not None else ""
+        log = run.log_tail()
         pytest.fail(
             f"{block.id} ({block.lang}) failed: {outcome.detail}{note}\n--- gateway log ---\n{log}", pytrace=False
         )
