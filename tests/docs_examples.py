@@ -13,7 +13,9 @@ above a fence says how (docs/development.md, "Examples that run"):
     <!-- example: variables {"n": 3} -->             the operation's variables (JSON)
     <!-- example: variables below -->                the variables are the ```json block that follows
 
-Directives combine, separated by `;`. Nothing here starts a process: tests/docs_runner.py does.
+Directives combine, separated by `;`. A page whose examples need the team's services behind the gateway says
+so once, anywhere: `<!-- examples: upstreams examples/orders/upstreams.toml; service examples.orders -->`.
+Nothing here starts a process: tests/docs_runner.py does.
 """
 
 from __future__ import annotations
@@ -210,6 +212,33 @@ def stray_markers(path: Path) -> list[str]:
         elif not fence and _MARKER_START.search(line) and i not in attached:
             stray.append(f"{rel}:{i + 1}")
     return stray
+
+
+_SETUP = re.compile(r"<!--\s*examples:(?P<body>.*?)-->", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What a page's gateway needs besides the demo tenant."""
+
+    upstreams: str | None = None  # an upstreams file, relative to the repository
+    services: tuple[str, ...] = ()  # modules run with `python -m` before the gateway starts
+
+
+def file_setup(path: Path) -> Setup:
+    found = _SETUP.search(path.read_text(encoding="utf-8"))
+    if not found:
+        return Setup()
+    upstreams, services = None, []
+    for directive in _split_directives(found.group("body")):
+        word, _, rest = directive.partition(" ")
+        if word == "upstreams" and rest.strip():
+            upstreams = rest.strip()
+        elif word == "service" and rest.strip():
+            services.append(rest.strip())
+        else:
+            raise MarkerError(f"{path.name}: unknown setup {directive!r}: `upstreams FILE` or `service MODULE`")
+    return Setup(upstreams, tuple(services))
 
 
 def documents() -> list[Path]:

@@ -18,9 +18,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -32,13 +34,23 @@ from typing import Any
 import httpx
 from graphql import GraphQLSyntaxError, OperationDefinitionNode, parse
 
-from tests.docs_examples import ROOT, SHELL, Block, Fill, console_commands
+from tests.docs_examples import ROOT, SHELL, Block, Fill, Setup, console_commands
 from tests.services import free_port, stop_process
+
+
+def wait_port(port: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f}s")
+
 
 BIN = Path(sys.executable).parent
 DOC_URLS = ("http://127.0.0.1:8000", "http://localhost:8000", "https://gateway.example.com")
 DEMO_EMAIL, DEMO_PASSWORD = "owner@acme.test", "portcullis-demo"
-SHELL_TIMEOUT = 60.0
+SHELL_TIMEOUT = 180.0
 LOGIN = f'mutation {{ login(email: "{DEMO_EMAIL}", password: "{DEMO_PASSWORD}") {{ accessToken }} }}'
 
 
@@ -75,6 +87,8 @@ class Gateway:
     database: Path
     url: str = ""
     process: subprocess.Popen[bytes] | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+    port: int | None = None  # the first port to try
     log: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -82,11 +96,11 @@ class Gateway:
 
     @property
     def env(self) -> dict[str, str]:
-        return _environment(self.workdir, self.database)
+        return {**_environment(self.workdir, self.database), **self.extra_env}
 
     def start(self) -> None:
-        for _ in range(3):  # a free port can be taken between the probe and the bind
-            port = free_port()
+        for attempt in range(3):  # a free port can be taken between the probe and the bind
+            port = self.port if attempt == 0 and self.port else free_port()
             with self.log.open("ab") as out:
                 self.process = subprocess.Popen(
                     [str(BIN / "portcullis"), "serve", "--host", "127.0.0.1", "--port", str(port)],
@@ -163,8 +177,17 @@ def _graphql_errors(output: str) -> list[Any]:
 class FileRun:
     """The examples of one Markdown file, run in order against one gateway."""
 
-    def __init__(self, blocks: list[Block], workdir: Path, database: Path, values: Callable[[str], str]) -> None:
+    def __init__(
+        self,
+        blocks: list[Block],
+        workdir: Path,
+        database: Path,
+        values: Callable[[str], str],
+        setup: Setup | None = None,
+    ) -> None:
         self.blocks = blocks
+        self.setup = setup or Setup()
+        self.services: list[subprocess.Popen[bytes]] = []
         self.workdir = workdir
         self.values = values  # `$NAME` sources: the test IdPs and the like, started on first use
         self.gateway: Gateway | None = None
@@ -175,6 +198,9 @@ class FileRun:
         self._log = ""
 
     def close(self) -> None:
+        for service in self.services:
+            stop_process(service)
+        self.services = []
         if self.gateway is not None:
             self.gateway.stop()
             self._log = self.gateway.log_tail()
@@ -193,8 +219,34 @@ class FileRun:
                 with contextlib.suppress(FileExistsError):
                     (self.workdir / name).symlink_to(target)
             self.gateway = Gateway(self.workdir, database)
+            if self.setup.upstreams:
+                self._upstreams(self.gateway)
             self.gateway.start()
         return self.gateway
+
+    def _upstreams(self, gateway: Gateway) -> None:
+        """The page's services on free ports, and a copy of its upstreams file pointing at them."""
+        assert self.setup.upstreams is not None
+        gateway.port = free_port()
+        url = f"http://127.0.0.1:{gateway.port}"
+        source = ROOT / self.setup.upstreams
+        text = source.read_text()
+        for module in self.setup.services:
+            port = free_port()
+            prefix = module.rsplit(".", 1)[-1].upper()  # examples.orders reads ORDERS_PORT, ORDERS_ISSUER, ...
+            env = {**gateway.env, f"{prefix}_PORT": str(port), f"{prefix}_ISSUER": url}
+            env[f"{prefix}_JWKS_URL"] = url + "/.well-known/jwks.json"
+            with (self.workdir / f"{prefix.lower()}.log").open("ab") as out:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", module], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
+                )
+            self.services.append(proc)
+            wait_port(port)
+            text = re.sub(r"http://127\.0\.0\.1:\d+", f"http://127.0.0.1:{port}", text, count=1)
+        text = re.sub(r'^schema = "([^"]+)"', lambda m: f'schema = "{source.parent / m.group(1)}"', text, flags=re.M)
+        copy = self.workdir / "upstreams.toml"
+        copy.write_text(text)
+        gateway.extra_env = {"PORTCULLIS_UPSTREAMS_FILE": str(copy), "PORTCULLIS_PUBLIC_URL": url}
 
     def token(self) -> str:
         if self._token is None:
@@ -240,6 +292,8 @@ class FileRun:
 
     def _fill(self, text: str, fills: tuple[Fill, ...], quoted: bool) -> str:
         for fill in fills:
+            if fill.placeholder not in text:
+                continue  # another operation of the block holds it
             value = self._value(fill.source[1:]) if fill.source.startswith("$") else _lookup(self.answers, fill.source)
             if quoted:
                 text = text.replace(json.dumps(fill.placeholder, ensure_ascii=False), json.dumps(value))
@@ -350,7 +404,7 @@ def file_runs(root: Path, values: Callable[[str], str]) -> Iterator[Callable[[Bl
     seeded: list[Path] = []
 
     def run_for(block: Block) -> FileRun:
-        from tests.docs_examples import extract
+        from tests.docs_examples import extract, file_setup
 
         if block.path not in runs:
             if not seeded:
@@ -358,7 +412,8 @@ def file_runs(root: Path, values: Callable[[str], str]) -> Iterator[Callable[[Bl
                 seed_dir.mkdir(parents=True, exist_ok=True)
                 seeded.append(seeded_database(seed_dir))
             workdir = root / block.path.replace("/", "_").replace(".", "_")
-            runs[block.path] = FileRun(extract(ROOT / block.path), workdir, seeded[0], values)
+            path = ROOT / block.path
+            runs[block.path] = FileRun(extract(path), workdir, seeded[0], values, file_setup(path))
         return runs[block.path]
 
     try:
