@@ -159,9 +159,9 @@ def _json_below(lines: list[str], start: int, within: int = 4) -> str | None:
     return None
 
 
-def extract(path: Path) -> list[Block]:
+def extract(path: Path, root: Path = ROOT) -> list[Block]:
     """Every fenced block of a runnable language in one Markdown file, in order."""
-    rel = path.relative_to(ROOT).as_posix()
+    rel = path.relative_to(root).as_posix()
     lines = path.read_text(encoding="utf-8").split("\n")
     blocks: list[Block] = []
     i = 0
@@ -191,9 +191,9 @@ def extract(path: Path) -> list[Block]:
     return blocks
 
 
-def stray_markers(path: Path) -> list[str]:
+def stray_markers(path: Path, root: Path = ROOT) -> list[str]:
     """`<!-- example ... -->` comments that are not right above a runnable fence: they would be ignored."""
-    rel = path.relative_to(ROOT).as_posix()
+    rel = path.relative_to(root).as_posix()
     lines = path.read_text(encoding="utf-8").split("\n")
     attached: set[int] = set()
     for i, line in enumerate(lines):

@@ -319,7 +319,10 @@ class FileRun:
         try:
             document = parse(block.text)
         except GraphQLSyntaxError as exc:
-            raise ExampleFailed(f"not valid GraphQL: {exc.message} at {exc.locations}") from None
+            raise ExampleFailed(
+                f"not valid GraphQL: {exc.message} at {exc.locations} (SDL or output? tag it differently, or mark it "
+                "`<!-- example: not run (reason) -->`)"
+            ) from None
         fragments = "\n".join(
             block.text[d.loc.start : d.loc.end]
             for d in document.definitions

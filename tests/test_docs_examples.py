@@ -14,7 +14,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.docs_examples import RUNNABLE, Block, all_blocks, documents, stray_markers
+from tests.docs_examples import (
+    RUNNABLE,
+    Block,
+    Fill,
+    MarkerError,
+    all_blocks,
+    console_commands,
+    documents,
+    extract,
+    parse_marker,
+    stray_markers,
+)
 from tests.docs_runner import FileRun, file_runs
 
 BLOCKS = all_blocks()
@@ -101,3 +112,37 @@ def test_most_examples_run() -> None:
     by_lang = Counter(b.lang for b in BLOCKS)
     assert set(by_lang) <= RUNNABLE
     assert tally["run"] > 2 * tally["not run"], dict(tally)
+
+
+def test_markers_are_read_as_documented() -> None:
+    m = parse_marker(': as key createApiKey.secret; fill "…" with createApiKey.apiKey.id; expect FORBIDDEN, NOT_FOUND')
+    assert m.caller == "key createApiKey.secret"
+    assert m.fills == (Fill("…", "createApiKey.apiKey.id"),)
+    assert m.expect == {"FORBIDDEN", "NOT_FOUND"}
+    assert parse_marker(': variables {"a": {"b": 1}}; as anonymous').variables == {"a": {"b": 1}}
+    assert parse_marker(": not run (a server; runs until stopped)").not_run == "a server; runs until stopped"
+    assert parse_marker(": not run").not_run == ""
+    assert parse_marker(": not run ()").not_run == ""
+    with pytest.raises(MarkerError):
+        parse_marker(": as somebody")
+    with pytest.raises(MarkerError):
+        parse_marker(" not run (no colon)")
+
+
+def test_blocks_markers_and_transcripts_are_extracted(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text(
+        "<!-- example: not run () -->\n```sh\nmake serve\n```\n\n"
+        "- a list item:\n\n  ```graphql\n  { me { kind } }\n  ```\n\n"
+        '<!-- example: variables below -->\n```graphql\nquery($n: Int) { a(n: $n) }\n```\n\n```json\n{"n": 1}\n```\n'
+        "<!-- example: not run (stray) -->\n\nText.\n```python\nprint()\n```\n"
+    )
+    blocks = extract(page, root=tmp_path)
+    assert [(b.line, b.lang) for b in blocks] == [(2, "sh"), (8, "graphql"), (13, "graphql")]
+    assert blocks[0].marker.not_run == ""
+    assert blocks[1].text == "{ me { kind } }"
+    assert blocks[2].json_below == '{"n": 1}'
+    assert stray_markers(page, root=tmp_path) == ["page.md:20"]
+    assert console_commands("$ portcullis mail list \\\n  --limit 1\nid  2026  text\n$ true") == (
+        "portcullis mail list \\\n  --limit 1\ntrue"
+    )
