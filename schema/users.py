@@ -1,10 +1,12 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import Enum
 
 import strawberry
 
 from resolvers import users as service
+from schema.api_keys import ApiKey
 from schema.context import Info
 from schema.directives import authenticated
 from schema.organizations import Organization
@@ -33,9 +35,20 @@ class User:
         )
 
 
-@strawberry.type
+@strawberry.enum(description="What kind of credential the caller signed in with.")
+class ViewerKind(Enum):
+    USER = "user"
+    API_KEY = "api_key"
+
+
+@strawberry.type(
+    description="The caller. A person (`kind: USER`, `user` set) or an API key (`kind: API_KEY`, `apiKey` set): "
+    "a key is no person, so `user` is null for it."
+)
 class Viewer:
-    user: User
+    kind: ViewerKind
+    user: User | None = strawberry.field(description="The signed-in person; null when the caller is an API key.")
+    api_key: ApiKey | None = strawberry.field(description="The calling API key; null when the caller is a person.")
     organization: Organization
     role: str
     permissions: list[str]
@@ -54,7 +67,9 @@ class UserQuery:
     async def me(self, info: Info) -> Viewer:
         v = await service.get_viewer(info.context)
         return Viewer(
-            user=User.from_row(v.user),
+            kind=ViewerKind.API_KEY if v.api_key is not None else ViewerKind.USER,
+            user=User.from_row(v.user) if v.user is not None else None,
+            api_key=ApiKey.from_row(v.api_key) if v.api_key is not None else None,
             organization=Organization.from_row(v.organization),
             role=v.role,
             permissions=v.permissions,

@@ -57,6 +57,8 @@ def cmd_audit(args: argparse.Namespace) -> int:
             print(f"portcullis: {exc}", file=sys.stderr)
             return 1
         out = Path(args.out)
+        if args.out.endswith("/"):  # a directory, made when missing (never a file named like one)
+            out.mkdir(parents=True, exist_ok=True)
         if out.is_dir():
             stamp = document["createdAt"].replace("-", "").replace(":", "").replace(".", "")
             out = out / f"audit-checkpoint-{stamp}.json"

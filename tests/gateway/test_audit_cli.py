@@ -109,6 +109,17 @@ async def test_c092_truncation_is_found_against_a_checkpoint(env, database_url: 
     assert "BROKEN at sequence 6" in out
 
 
+async def test_a_checkpoint_directory_ending_in_a_slash_is_made_when_missing(
+    env, database_url: str, tmp_path: Path
+) -> None:
+    """`--out dir/` never writes a file named `dir`: the directory is made and the checkpoint lands in it."""
+    await write(database_url, event(new_id()))
+    points = tmp_path / "not-yet" / "checkpoints"
+    assert await run(["audit", "checkpoint", "--out", f"{points}/"]) == 0
+    assert len(list(points.glob("audit-checkpoint-*.json"))) == 1
+    assert await run(["audit", "verify", "--checkpoint", f"{points}/"]) == 0
+
+
 async def test_a_forged_or_foreign_checkpoint_is_refused(env, database_url: str, tmp_path: Path, capsys) -> None:
     org = new_id()
     await write(database_url, *(event(org) for _ in range(3)))
