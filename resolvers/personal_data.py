@@ -26,6 +26,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Text, and_, cast, false, func, or_, select
 from sqlmodel import SQLModel, col
 
+from store.audit_streams import AuditStream
 from store.models import (
     AccountToken,
     ApiKey,
@@ -46,7 +47,6 @@ from store.models import (
     UsageDaily,
     User,
 )
-from store.audit_streams import AuditStream
 from store.privacy import DataExport, SubjectKey
 from store.reporting import ReportSchedule
 from store.security import (
