@@ -4,6 +4,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PORT ?= 8000
 HOST ?= 127.0.0.1
+# `make test` runs the suite in this many processes (pytest-xdist), each with its own databases and servers;
+# the tests wait on servers more than they compute, so there are more than the cores (docs/development.md)
+PYTEST_WORKERS ?= 3
 
 .PHONY: serve test lint bench install dev-install schema clean
 
@@ -28,7 +31,7 @@ serve: install
 	PORTCULLIS_ENV=$${PORTCULLIS_ENV:-dev} $(BIN)/portcullis serve --host $(HOST) --port $(PORT)
 
 test: dev-install
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 lint: dev-install
 	$(BIN)/ruff check .

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
@@ -28,6 +29,8 @@ from resolvers.provisioning import create_tenant
 from store.db import Database
 from store.migrate import upgrade
 from tests.services import ServiceUnavailable, postgres_server, redis_server
+
+pytest_plugins = ["tests.timing"]
 
 REQUIRE = os.environ.get("PORTCULLIS_TEST_REQUIRE_SERVICES") == "1"
 CLIENT_IP = "203.0.113.7"
@@ -97,11 +100,26 @@ def postgres_admin_url() -> Iterator[str]:
         unavailable(str(exc))
 
 
+def worker_number() -> int:
+    """This process's number among the pytest-xdist workers of the run (`gw3` is 3); 0 without xdist."""
+    return int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+
+
+def worker_redis_url(given: str) -> str:
+    """`given` for this worker: its database index plus the worker's number, so that workers sharing one Redis
+    server never see each other's keys (rate windows, sessions, locks)."""
+    parts = urlsplit(given)
+    if parts.scheme not in ("redis", "rediss"):
+        return given
+    index = int(parts.path.strip("/") or 0) + worker_number()
+    return urlunsplit(parts._replace(path=f"/{index}"))
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     given = os.environ.get("PORTCULLIS_TEST_REDIS_URL")
     if given:
-        yield given
+        yield worker_redis_url(given)
         return
     try:
         with redis_server() as url:

@@ -1,12 +1,19 @@
 """PostgreSQL and Redis for the tests: the ones named by PORTCULLIS_TEST_DATABASE_URL /
-PORTCULLIS_TEST_REDIS_URL, or our own, started on free loopback ports from the binaries on PATH."""
+PORTCULLIS_TEST_REDIS_URL, or our own, started on free loopback ports from the binaries on PATH.
+
+Several pytest processes may run at once (pytest-xdist workers): each starts servers of its own, a server
+that could not take its port (another process took it first) is started again on another, and `npm ci`
+in a shared directory runs under a file lock.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import os
 import pwd
+import re
 import shutil
 import socket
 import subprocess
@@ -14,6 +21,10 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from filelock import FileLock
+
+PORT_ATTEMPTS = 5
 
 
 class ServiceUnavailable(RuntimeError):
@@ -37,23 +48,40 @@ def stop_process(proc: subprocess.Popen[bytes]) -> None:
 
 
 def npm_ci(directory: Path, packages: tuple[str, ...], what: str) -> None:
-    """The node packages of `directory` installed from its lock file (`npm ci`), unless `packages` are there."""
+    """The node packages of `directory` installed from its lock file (`npm ci`), unless they are there already
+    from this lock file. Processes running at once wait for each other: one installs, the others find it done."""
     npm = shutil.which("npm")
     if npm is None or shutil.which("node") is None:
         raise ServiceUnavailable(f"node and npm are needed for {what}")
-    if all((directory / "node_modules" / p).is_dir() for p in packages):
-        return
-    try:
-        subprocess.run(
-            [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
-            cwd=directory,
-            check=True,
-            capture_output=True,
-            timeout=300,
+    lock_file = directory / "package-lock.json"
+    wanted = hashlib.sha256(lock_file.read_bytes()).hexdigest() if lock_file.is_file() else "no lock file"
+    marker = directory / "node_modules" / ".installed-from"
+
+    def installed() -> bool:
+        return (
+            marker.is_file()
+            and marker.read_text() == wanted
+            and all((directory / "node_modules" / p).is_dir() for p in packages)
         )
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
-        out = getattr(exc, "stderr", b"") or b""
-        raise ServiceUnavailable(f"npm ci failed for {what}: {out.decode(errors='replace')[-500:]}") from exc
+
+    if installed():
+        return
+    key = hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:16]
+    with FileLock(Path(tempfile.gettempdir()) / f"portcullis-npm-ci-{key}.lock", timeout=600):
+        if installed():
+            return
+        try:
+            subprocess.run(
+                [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+                cwd=directory,
+                check=True,
+                capture_output=True,
+                timeout=300,
+            )
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+            out = getattr(exc, "stderr", b"") or b""
+            raise ServiceUnavailable(f"npm ci failed for {what}: {out.decode(errors='replace')[-500:]}") from exc
+        marker.write_text(wanted)
 
 
 def _wait_port(port: int, timeout: float = 20.0) -> None:
@@ -100,7 +128,6 @@ def postgres_server(*, durable: bool = False) -> Iterator[str]:
         pw = pwd.getpwnam(user)
         for p in (base, sock):
             os.chown(p, pw.pw_uid, pw.pw_gid)
-    port = free_port()
     try:
         subprocess.run(
             [
@@ -120,32 +147,45 @@ def postgres_server(*, durable: bool = False) -> Iterator[str]:
             capture_output=True,
             timeout=120,
         )
-        opts = f"-p {port} -k {sock} -h 127.0.0.1 -c max_connections=200"
-        if not durable:
-            opts += " -c fsync=off -c full_page_writes=off -c synchronous_commit=off"
-        subprocess.run(
-            [
-                *prefix,
-                str(bindir / "pg_ctl"),
-                "-D",
-                str(data),
-                "-o",
-                opts,
-                "-l",
-                str(base / "log"),
-                "-w",
-                "-t",
-                "60",
-                "start",
-            ],
-            check=True,
-            capture_output=True,
-            timeout=90,
-        )
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
         out = getattr(exc, "stderr", b"") or b""
         shutil.rmtree(base, ignore_errors=True)
-        raise ServiceUnavailable(f"PostgreSQL did not start: {out.decode(errors='replace')[-500:]}") from exc
+        raise ServiceUnavailable(f"PostgreSQL's initdb failed: {out.decode(errors='replace')[-500:]}") from exc
+    port = 0
+    for attempt in range(PORT_ATTEMPTS):
+        # the port is free when chosen, but another process may take it before the server binds it: then
+        # the server stops at once (it listens on no address) and starts again on another port
+        port = free_port()
+        opts = f"-p {port} -k {sock} -h 127.0.0.1 -c max_connections=200"
+        if not durable:
+            opts += " -c fsync=off -c full_page_writes=off -c synchronous_commit=off"
+        try:
+            subprocess.run(
+                [
+                    *prefix,
+                    str(bindir / "pg_ctl"),
+                    "-D",
+                    str(data),
+                    "-o",
+                    opts,
+                    "-l",
+                    str(base / "log"),
+                    "-w",
+                    "-t",
+                    "60",
+                    "start",
+                ],
+                check=True,
+                capture_output=True,
+                timeout=90,
+            )
+            break
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+            if attempt + 1 < PORT_ATTEMPTS and b"in use" in _read(base / "log"):
+                continue
+            out = (getattr(exc, "stderr", b"") or b"") + _read(base / "log")
+            shutil.rmtree(base, ignore_errors=True)
+            raise ServiceUnavailable(f"PostgreSQL did not start: {out.decode(errors='replace')[-500:]}") from exc
     try:
         _wait_port(port)
         yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
@@ -159,35 +199,70 @@ def postgres_server(*, durable: bool = False) -> Iterator[str]:
         shutil.rmtree(base, ignore_errors=True)
 
 
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
+
+
+def _redis_pid(port: int) -> int | None:
+    """The process id the Redis listening on `port` reports (`INFO server`), None if it does not answer."""
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+        s.sendall(b"INFO server\r\n")
+        data = b""
+        while (found := re.search(rb"process_id:(\d+)\r\n", data)) is None:
+            chunk = s.recv(65536)
+            if not chunk:
+                return None
+            data += chunk
+        return int(found.group(1))
+    return None
+
+
 @contextlib.contextmanager
 def redis_server() -> Iterator[str]:
     binary = shutil.which("redis-server")
     if binary is None:
         raise ServiceUnavailable("no redis-server on PATH")
-    port = free_port()
     workdir = tempfile.mkdtemp(prefix="portcullis-redis-")
-    proc = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            workdir,
-            "--daemonize",
-            "no",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     try:
-        _wait_port(port)
-        yield f"redis://127.0.0.1:{port}/0"
+        for attempt in range(PORT_ATTEMPTS):
+            port = free_port()
+            proc = subprocess.Popen(
+                [
+                    binary,
+                    "--port",
+                    str(port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    workdir,
+                    "--daemonize",
+                    "no",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            try:
+                _wait_port(port)
+                # what answers must be this server: another process may have taken the port first
+                if proc.poll() is None and _redis_pid(port) == proc.pid:
+                    break
+            except ServiceUnavailable:
+                if proc.poll() is None or attempt + 1 == PORT_ATTEMPTS:
+                    stop_process(proc)
+                    raise
+            stop_process(proc)
+        else:
+            raise ServiceUnavailable(f"redis-server found no free port in {PORT_ATTEMPTS} attempts")
+        try:
+            yield f"redis://127.0.0.1:{port}/0"
+        finally:
+            stop_process(proc)
     finally:
-        stop_process(proc)
         shutil.rmtree(workdir, ignore_errors=True)

@@ -52,9 +52,13 @@ def login_body(t: Tenant) -> dict[str, Any]:
 # -- request id ---------------------------------------------------------------------------------------
 
 
+# the parameters are fixed values (no uuid4() here): every pytest-xdist worker must collect the same tests
+A_UUID = "3f2b8c1e-9d4a-4e7b-8c2d-5a6f7e8d9c0b"
+
+
 @pytest.mark.parametrize(
     "given",
-    [str(uuid.uuid4()), "abc12345", "req-2026.11_23", "A" * 64],
+    [A_UUID, "abc12345", "req-2026.11_23", "A" * 64],
 )
 async def test_valid_request_id_is_echoed(edge, given: str) -> None:
     r = await edge.get("/healthz", headers={"X-Request-ID": given})
@@ -69,8 +73,8 @@ async def test_valid_request_id_is_echoed(edge, given: str) -> None:
         "bad id with spaces",
         "<script>alert(1)</script>",
         "abc12345;drop",
-        "urn:" + uuid.uuid4().hex,  # accepted by uuid.UUID, but not a canonical id
-        "{" + str(uuid.uuid4()) + "}",
+        "urn:" + uuid.UUID(A_UUID).hex,  # accepted by uuid.UUID, but not a canonical id
+        "{" + A_UUID + "}",
         "",
     ],
 )
