@@ -189,6 +189,7 @@ async def _erase_lists(db: AsyncSession, s: Subject) -> None:
     """What the registry marks CUSTOM besides the account: lists that hold an address or an id, and the
     references whose rows stay."""
     uid = s.user_id
+    # tenant-scope: a person's erasure reaches their rows in every organization they belong to or were invited to
     to_them = col(Invitation.email_key).in_(sorted(s.emails)) | (col(Invitation.accepted_by) == uid)
     await db.execute(delete(Invitation).where(to_them))
     await db.execute(update(Invitation).where(col(Invitation.invited_by) == uid).values(invited_by=None))

@@ -20,11 +20,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = load_settings()  # refuse insecure configuration before binding a port
     check_signing_keys(settings)
+    # what the configuration says first (the upstreams file), then what the database says
+    if settings.upstreams_file is not None and _upstreams_problems(settings.upstreams_file):
+        return 2
     refusal = serve_refusal(settings, args.workers)
     if refusal is not None:
         sys.exit(f"portcullis: refusing to start: {refusal}")
-    if settings.upstreams_file is not None and _upstreams_problems(settings.upstreams_file):
-        return 2
     uvicorn.run(
         "gateway.app:create_app",
         factory=True,

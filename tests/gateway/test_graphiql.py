@@ -135,6 +135,9 @@ async def test_graphiql_loads_the_schema_and_runs_a_query_with_no_network(
                     """() => document.querySelector('.graphiql-query-editor .CodeMirror').CodeMirror
                         .setValue('{\\n  me {\\n    user { email }\\n    role\\n  }\\n}')"""
                 )
+                # GraphiQL reads the operations of the edited document after a short debounce: until then it
+                # would send the operation name of the text before (`SignIn`)
+                await page.wait_for_timeout(500)
                 await page.click(".graphiql-execute-button")
                 result = page.locator(".graphiql-response .CodeMirror")
                 await result.get_by_text(tenant.email).wait_for(timeout=20_000)
