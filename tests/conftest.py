@@ -112,7 +112,7 @@ def worker_redis_url(given: str) -> str:
     if parts.scheme not in ("redis", "rediss"):
         return given
     index = int(parts.path.strip("/") or 0) + worker_number()
-    return urlunsplit(parts._replace(path=f"/{index}"))
+    return urlunsplit((parts.scheme, parts.netloc, f"/{index}", parts.query, parts.fragment))
 
 
 @pytest.fixture(scope="session")
