@@ -290,13 +290,19 @@ class Bench:
                 samples: dict[str, list[load.Sample]] = defaultdict(list)
                 for index in range(slices):
                     for server, url, script in loaded if index % 2 == 0 else reversed(loaded):
+                        cpu_before = load.process_cpu_seconds(server.process.pid)
                         output = self._wrk(server, url, script, connections, self.args.slice)
-                        samples[server.spec.name].append(load.parse(output))
+                        cpu_after = load.process_cpu_seconds(server.process.pid)
+                        sample = load.parse(output)
+                        if cpu_before is not None and cpu_after is not None:
+                            sample = dataclasses.replace(sample, cpu_seconds=cpu_after - cpu_before)
+                        samples[server.spec.name].append(sample)
                 for server, _, _ in loaded:
                     m = measured[(server.spec.name, connections)] = load.combine(samples[server.spec.name])
                     log(
                         f"run {run}/{self.args.runs} {scenario.name:<12} {server.spec.name:<26} c={connections:<3} "
                         f"{m.requests_per_second:>9.1f} req/s  p50 {m.p50_ms:.2f} ms  p99 {m.p99_ms:.2f} ms"
+                        + (f"  cpu {m.cpu_us_per_request:.0f} us/req" if m.cpu_us_per_request is not None else "")
                     )
             for server, _, _ in loaded:
                 self._check(scenario, server)

@@ -42,20 +42,28 @@ Results = dict[tuple[str, int], Measurement]
 
 
 def median(runs: list[Measurement]) -> Measurement:
+    cpu = [m.cpu_us_per_request for m in runs if m.cpu_us_per_request is not None]
     return Measurement(
         statistics.median(m.requests_per_second for m in runs),
         statistics.median(m.p50_ms for m in runs),
         statistics.median(m.p99_ms for m in runs),
+        statistics.median(cpu) if len(cpu) == len(runs) else None,
     )
 
 
+def _cpu(m: Measurement) -> str:
+    return f"{m.cpu_us_per_request:.0f}" if m.cpu_us_per_request is not None else "-"
+
+
 def table(results: Results, servers: Iterable[str], connections: Iterable[int]) -> list[str]:
-    lines = [f"{'server':<27} {'conns':>5} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8}"]
+    lines = [f"{'server':<27} {'conns':>5} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'cpu us/req':>10}"]
     for name in servers:
         for c in connections:
             m = results.get((name, c))
             if m is not None:
-                lines.append(f"{name:<27} {c:>5} {m.requests_per_second:>10.1f} {m.p50_ms:>8.2f} {m.p99_ms:>8.2f}")
+                lines.append(
+                    f"{name:<27} {c:>5} {m.requests_per_second:>10.1f} {m.p50_ms:>8.2f} {m.p99_ms:>8.2f} {_cpu(m):>10}"
+                )
     return lines
 
 
@@ -228,16 +236,21 @@ def admission_target(results: Results, connections: Iterable[int]) -> list[str]:
 
 def against_before(results: Results, servers: Iterable[str], connections: Iterable[int]) -> list[str]:
     """Each server against its `@before` twin, the same server from the build before a change (`--before`):
-    throughput and p50, this build / the one before."""
-    lines = ["this build / before         conns  throughput     p50"]
+    throughput, p50 and CPU per request, this build / the one before."""
+    lines = ["this build / before         conns  throughput     p50  cpu/req"]
     for name in servers:
         for c in connections:
             now, then = results.get((name, c)), results.get((name + BEFORE, c))
             if now is None or then is None:
                 continue
+            cpu = (
+                f" {now.cpu_us_per_request / then.cpu_us_per_request:>7.3f}x"
+                if now.cpu_us_per_request and then.cpu_us_per_request
+                else ""
+            )
             lines.append(
                 f"{name:<27} {c:>5} {now.requests_per_second / then.requests_per_second:>10.3f}x "
-                f"{now.p50_ms / then.p50_ms:>6.3f}x"
+                f"{now.p50_ms / then.p50_ms:>6.3f}x{cpu}"
             )
     return lines if len(lines) > 1 else []
 
@@ -250,12 +263,15 @@ def forward_ratios(
     direct: str = UPSTREAM_DIRECT,
     behind: Collection[str] | None = None,
 ) -> list[str]:
-    """Each server against Hive Gateway (throughput above 1: faster; p50 and p99 below 1: faster), and the
-    share of the upstream's own throughput (`direct`, loaded directly) that each keeps: each of `behind`, the
-    servers in front of that upstream (all of them when None)."""
+    """Each server against Hive Gateway (throughput above 1: faster; p50, p99 and CPU per request below 1:
+    faster), and the share of the upstream's own throughput (`direct`, loaded directly) that each keeps: each of
+    `behind`, the servers in front of that upstream (all of them when None)."""
     share_header = f"of {direct}"
     width = len(share_header) + 1
-    lines = [f"{'against ' + HIVE:<27} {'conns':>5} {'throughput':>11} {'p50':>7} {'p99':>7} {share_header:>{width}}"]
+    lines = [
+        f"{'against ' + HIVE:<27} {'conns':>5} {'throughput':>11} {'p50':>7} {'p99':>7} {'cpu/req':>8} "
+        f"{share_header:>{width}}"
+    ]
     for name in servers:
         if name == HIVE:
             continue
@@ -266,9 +282,12 @@ def forward_ratios(
             share = ""
             if alone is not None and (behind is None or name in behind):
                 share = f"{m.requests_per_second / alone.requests_per_second:.1%}"
+            cpu = "-"
+            if m.cpu_us_per_request and hive.cpu_us_per_request:
+                cpu = f"{m.cpu_us_per_request / hive.cpu_us_per_request:.2f}x"
             lines.append(
                 f"{name:<27} {c:>5} {m.requests_per_second / hive.requests_per_second:>10.2f}x "
-                f"{m.p50_ms / hive.p50_ms:>6.2f}x {m.p99_ms / hive.p99_ms:>6.2f}x {share:>{width}}".rstrip()
+                f"{m.p50_ms / hive.p50_ms:>6.2f}x {m.p99_ms / hive.p99_ms:>6.2f}x {cpu:>8} {share:>{width}}".rstrip()
             )
     return lines if len(lines) > 1 else []
 

@@ -282,6 +282,9 @@ def pin_to(cpu: int | None) -> Callable[[], None] | None:
 
 
 def uvicorn_command(spec: ServerSpec, port: int) -> list[str]:
+    """Every Python server as `portcullis serve` runs the gateway (gateway/cli/server.py): uvloop and httptools,
+    no access log of uvicorn's, no `Server` header, and no proxy headers (the gateway reads `X-Forwarded-For`
+    itself, from its trusted proxies only)."""
     return [
         sys.executable,
         "-m",
@@ -301,6 +304,8 @@ def uvicorn_command(spec: ServerSpec, port: int) -> list[str]:
         "--http",
         "httptools",
         "--no-access-log",
+        "--no-proxy-headers",
+        "--no-server-header",
         "--log-level",
         "warning",
     ]
