@@ -26,11 +26,17 @@ import orjson
 from graphql import (
     DocumentNode,
     FieldNode,
+    GraphQLBoolean,
+    GraphQLEnumType,
     GraphQLError,
+    GraphQLFloat,
+    GraphQLID,
+    GraphQLInt,
     GraphQLList,
     GraphQLNonNull,
     GraphQLObjectType,
     GraphQLSchema,
+    GraphQLString,
     OperationDefinitionNode,
     OperationType,
     get_named_type,
@@ -346,7 +352,8 @@ def _reader(gtype: Any, selection: _Selection) -> Reader:
         return leaf
     name = gtype.name
     fields = tuple(
-        (c.key, c.read, isinstance(c.field_type, GraphQLNonNull), c.field_type is None) for c in selection.children
+        (c.key, c.read, isinstance(c.field_type, GraphQLNonNull), c.field_type is None, _passes(c.field_type))
+        for c in selection.children
     )
 
     def obj(value: Any, path: ResponsePath, errors: list[GraphQLError]) -> Any:
@@ -356,11 +363,15 @@ def _reader(gtype: Any, selection: _Selection) -> Reader:
             _refuse(f"Expected a value of type {name}.", selection, path, errors)
             return _FAILED
         out: dict[str, Any] = {}
-        for key, read, required, typename in fields:
+        for key, read, required, typename, passes in fields:
             if typename:
                 out[key] = name
                 continue
-            completed = read(value.get(key), (path, key), errors)
+            raw = value.get(key)
+            if passes is not None and passes(raw):
+                out[key] = raw  # a built-in scalar's value as its type serializes it: unchanged
+                continue
+            completed = read(raw, (path, key), errors)
             if completed is _FAILED:
                 if required:
                     return _FAILED
@@ -369,6 +380,53 @@ def _reader(gtype: Any, selection: _Selection) -> Reader:
         return out
 
     return obj
+
+
+_INT_MIN, _INT_MAX = -(2**31), 2**31 - 1
+
+
+def _passes(gtype: Any) -> Callable[[Any], bool] | None:
+    """For a field of a built-in scalar or an enum type, a test of the values that its type serializes to
+    themselves (a `str` for String and ID, a `bool` for Boolean, a JSON number with a fraction for Float, an
+    `int` within 32 bits for Int, a value's name for an enum); anything else, null included, goes the reader's
+    way, which serializes it or records its error. None for every other type."""
+    named = gtype.of_type if isinstance(gtype, GraphQLNonNull) else gtype
+    if named is GraphQLString or named is GraphQLID:
+        return _is_str
+    if named is GraphQLBoolean:
+        return _is_bool
+    if named is GraphQLFloat:
+        return _is_float  # orjson reads no NaN or infinity: every float it gives is finite
+    if named is GraphQLInt:
+        return _is_int32
+    if isinstance(named, GraphQLEnumType):
+        # the names its type serializes to themselves (an upstream's enum values are sent by name)
+        names = frozenset(n for n in named.values if _serializes_to_itself(named, n))
+        return lambda value: type(value) is str and value in names
+    return None
+
+
+def _serializes_to_itself(gtype: GraphQLEnumType, name: str) -> bool:
+    try:
+        return bool(gtype.serialize(name) == name)
+    except Exception:
+        return False
+
+
+def _is_str(value: Any) -> bool:
+    return type(value) is str
+
+
+def _is_bool(value: Any) -> bool:
+    return type(value) is bool
+
+
+def _is_float(value: Any) -> bool:
+    return type(value) is float
+
+
+def _is_int32(value: Any) -> bool:
+    return type(value) is int and _INT_MIN <= value <= _INT_MAX
 
 
 @dataclass(frozen=True, slots=True)

@@ -427,6 +427,31 @@ DIRECT_CASES = [
         Answer(data={"data": {"order": None}, "errors": [{"message": "nope", "path": ["order"]}]}),
     ),
     ('{ order(id: "x") { id items { sku } } }', Answer(data={"data": {"order": {"id": "1", "items": "x"}}})),
+    # each built-in scalar and the enum, given a value its type takes as it is, one it converts, and one it refuses
+    (
+        '{ order(id: "x") { id total status items { sku quantity } } }',
+        Answer(
+            data={"data": {"order": {"id": 7, "total": 5, "status": "PAID", "items": [{"sku": "a", "quantity": 3}]}}}
+        ),
+    ),
+    (
+        '{ order(id: "x") { id items { sku quantity } } }',
+        Answer(data={"data": {"order": {"id": "1", "items": [{"sku": "a", "quantity": 2**31}]}}}),
+    ),
+    (
+        '{ order(id: "x") { id items { sku quantity } } }',
+        Answer(data={"data": {"order": {"id": "1", "items": [{"sku": "a", "quantity": True}]}}}),
+    ),
+    (
+        '{ order(id: "x") { id items { sku quantity } } }',
+        Answer(
+            data={"data": {"order": {"id": "1", "items": [{"sku": "a", "quantity": 1.5}, {"sku": 2, "quantity": 0}]}}}
+        ),
+    ),
+    ('{ order(id: "x") { id status } }', Answer(data={"data": {"order": {"id": "1", "status": "LOST"}}})),
+    ('{ order(id: "x") { id status } }', Answer(data={"data": {"order": {"id": "1", "status": 3}}})),
+    ('{ order(id: "x") { id customer } }', Answer(data={"data": {"order": {"id": True, "customer": 12.5}}})),
+    ('{ order(id: "x") { id total } }', Answer(data={"data": {"order": {"id": "1", "total": "12.5"}}})),
 ]
 
 
