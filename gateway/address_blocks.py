@@ -21,7 +21,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from authz.errors import ErrorCode
 from gateway.middleware import ClientAddress, graphql_error, send_json
@@ -66,17 +66,10 @@ class AddressBlockMiddleware:
         if signals is None:
             await self.app(scope, receive, send)
             return
-        status = 0
-
-        async def watching(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        await self.app(scope, receive, watching)
+        await self.app(scope, receive, send)
+        state = scope.get("state") or {}
+        status = state.get("response_status")  # the edge's wrapper of `send` records it (gateway/tracing.py)
         if status == 401 or status == 429:
-            state = scope.get("state") or {}
             principal = state.get("principal")
             org = principal.organization_id if principal is not None else None
             try:

@@ -22,6 +22,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
+from gateway.access_log import LOGGER as ACCESS_LOGGER
+from gateway.access_log import AccessLog
 from gateway.address_blocks import AddressBlockMiddleware, TenantBlockMiddleware, abuse_policy, install_abuse_signals
 from gateway.admission import AdmissionPolicy, EdgeAdmission, OrgLimitCache
 from gateway.app_parts import gateway_tracing, gateway_upstreams
@@ -38,7 +40,7 @@ from gateway.middleware import (
     BodyLimitMiddleware,
     ClientAddress,
     RequestTargetMiddleware,
-    SecurityHeadersMiddleware,
+    SecurityHeaders,
 )
 from gateway.probes import MetricsPage, MetricsPort, Readiness, healthz
 from gateway.rate_limit_audit import RateLimitAudit
@@ -253,6 +255,7 @@ def edge_middleware(
     rate_limit_audit: RateLimitAudit,
     routed_prefixes: tuple[str, ...] = (),
     tracing: Tracing | None = None,
+    access_log: AccessLog | None = None,
 ) -> list[Middleware]:
     """The edge in front of the routes, outermost first (gateway/middleware.py). The HTTP upstreams' prefixes
     (`routed_prefixes`) have their own body limits and admission, per route (gateway/http_proxy.py)."""
@@ -262,13 +265,11 @@ def edge_middleware(
         Middleware(
             RequestContextMiddleware,
             tracing=tracing or gateway_tracing(settings),
+            security=SecurityHeaders(
+                hsts=settings.is_prod, html_csp=GRAPHIQL_CSP if settings.graphiql_enabled else None
+            ),
             metrics=metrics.request_metrics(),
-            access_log=settings.access_log,
-        ),
-        Middleware(
-            SecurityHeadersMiddleware,
-            hsts=settings.is_prod,
-            html_csp=GRAPHIQL_CSP if settings.graphiql_enabled else None,
+            access_log=access_log,
         ),
         # preflights answered before authentication and admission (gateway/cors.py)
         *([Middleware(CorsMiddleware, policy=cors)] if cors is not None else []),
@@ -310,6 +311,7 @@ class GatewayParts:
     middleware: list[Middleware]
     http_upstreams: HttpUpstreams | None = None
     tracing: Tracing | None = None
+    access_log: AccessLog | None = None
 
 
 def gateway_parts(settings: Settings) -> GatewayParts:
@@ -329,15 +331,21 @@ def gateway_parts(settings: Settings) -> GatewayParts:
         metrics.watch_upstreams(services.upstreams, http)
     if services.upstreams is not None:
         services.upstreams.direct = DirectForward(schema.authorizer.schema, services.upstreams, schema.cost_model)
+    # off with the setting, or with a log level above INFO, as any other INFO line
+    logged = settings.access_log and logging.getLogger(ACCESS_LOGGER).isEnabledFor(logging.INFO)
+    access_log = AccessLog() if logged else None
     return GatewayParts(
         settings,
         services,
         rate_limit_audit,
         metrics,
         schema,
-        edge_middleware(settings, services, metrics, rate_limit_audit, http.table.prefixes if http else (), tracing),
+        edge_middleware(
+            settings, services, metrics, rate_limit_audit, http.table.prefixes if http else (), tracing, access_log
+        ),
         http,
         tracing,
+        access_log,
     )
 
 
@@ -427,6 +435,8 @@ def assemble(parts: GatewayParts, *, saml_login: SamlLogin | None = None) -> Sta
                 metrics_port.stop()
             if parts.tracing is not None:
                 await asyncio.to_thread(parts.tracing.shutdown)
+            if parts.access_log is not None:
+                parts.access_log.flush()
 
     graphql = GraphQLView(schema, services, graphiql=settings.graphiql_enabled)
     saml_routes = SamlRoutes(settings, services, saml_login)

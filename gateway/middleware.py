@@ -15,13 +15,11 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from authz import Principal, anonymous
-from authz.errors import ErrorCode
 from gateway.rate_limit_audit import RateLimitAudit
 from gateway.tenant_policy import tenant_refusal
 from identity.api_keys import ApiKeyInfo, ApiKeyRejected, LastUsedRecorder
 from identity.authentication import AuthenticationError, Authenticator
 from identity.browser_sessions import CSRF_HEADER, SESSION_COOKIE
-from schema.extensions import MASKED_MESSAGE
 from store.audit import ActorType, AuditAction, AuditEvent, AuditResult, AuditTrail
 from store.models import new_ordered_id
 from store.telemetry import span
@@ -84,49 +82,37 @@ _STRICT_CSP = (b"content-security-policy", b"default-src 'none'; frame-ancestors
 _HSTS = (b"strict-transport-security", b"max-age=31536000; includeSubDomains")
 
 
-class SecurityHeadersMiddleware:
-    """Adds the security headers to every response, the gateway's own refusals included. An exception
-    that escapes a route before its response started is answered here too, as the contract's masked
-    `INTERNAL` error with the request id: Starlette's own error page is sent outside every middleware
-    of the gateway, so it would leave without these headers."""
+class SecurityHeaders:
+    """The security headers every answer carries, the gateway's own refusals included: added to the answer's
+    headers by the edge's one wrapper of `send` (gateway/tracing.py's `RequestContextMiddleware`), which also
+    answers an exception that escapes a route before its response started as the contract's masked `INTERNAL`
+    error: Starlette's own error page is sent outside every middleware of the gateway, so it would leave without
+    these headers."""
 
-    def __init__(self, app: ASGIApp, *, hsts: bool = False, html_csp: bytes | None = None) -> None:
-        self.app = app
+    def __init__(self, *, hsts: bool = False, html_csp: bytes | None = None) -> None:
         self.static = list(_SECURITY_HEADERS) + ([_HSTS] if hsts else [])
         self.html_csp = html_csp
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
+    def add_to(self, headers: list[tuple[bytes, bytes]]) -> None:
+        is_html = any(k == b"content-type" and v.startswith(b"text/html") for k, v in headers)
+        csp = (b"content-security-policy", self.html_csp) if is_html and self.html_csp else _STRICT_CSP
+        has_csp = has_cache_control = False
+        for k, _ in headers:
+            if k == b"content-security-policy":
+                has_csp = True  # a page may bring its own, stricter policy (the report pages)
+            elif k == b"cache-control":
+                has_cache_control = True
+        headers.extend(self.static)
+        if not has_csp:
+            headers.append(csp)
+        if not has_cache_control:
+            headers.append((b"cache-control", b"no-store"))
 
-        async def send_with_headers(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-                headers = list(message.get("headers", []))
-                is_html = any(k == b"content-type" and v.startswith(b"text/html") for k, v in headers)
-                csp = (b"content-security-policy", self.html_csp) if is_html and self.html_csp else _STRICT_CSP
-                headers.extend(self.static)
-                if not any(k == b"content-security-policy" for k, _ in headers):
-                    # a page may bring its own, stricter policy (the report pages)
-                    headers.append(csp)
-                if not any(k == b"cache-control" for k, _ in headers):
-                    headers.append((b"cache-control", b"no-store"))
-                message["headers"] = headers
-            await send(message)
 
-        try:
-            await self.app(scope, receive, send_with_headers)
-        except Exception as exc:
-            if started:
-                raise
-            rid = request_state(scope).get("request_id")
-            log.error("unexpected error in a route", exc_info=exc, extra={"request_id": rid})
-            await send_json(
-                send_with_headers, 500, graphql_error(MASKED_MESSAGE, ErrorCode.INTERNAL.value, requestId=rid)
-            )
+def response_started(scope: Scope) -> bool:
+    """Whether the answer to this request has started: the edge's wrapper of `send` records its status in
+    `state["response_status"]` (gateway/tracing.py), so that no inner layer needs a wrapper of its own."""
+    return scope.get("state", {}).get("response_status") is not None
 
 
 class RequestTargetMiddleware:
@@ -206,7 +192,6 @@ class BodyLimitMiddleware:
                 await self._too_large(send)
                 return
         received = 0
-        started = False
 
         async def counting_receive() -> Message:
             nonlocal received
@@ -217,16 +202,10 @@ class BodyLimitMiddleware:
                     raise BodyTooLarge
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
         try:
-            await self.app(scope, counting_receive, tracking_send)
+            await self.app(scope, counting_receive, send)
         except BodyTooLarge:
-            if not started:
+            if not response_started(scope):
                 await self._too_large(send)
 
     async def _too_large(self, send: Send) -> None:

@@ -42,13 +42,15 @@ from opentelemetry.trace import (
 )
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from authz.errors import ErrorCode
+from gateway.access_log import AccessLog
 from gateway.admission import rate_limit_headers
 from gateway.metrics import RequestMetrics
-from gateway.middleware import assign_request_id, request_state
+from gateway.middleware import SecurityHeaders, assign_request_id, graphql_error, request_state, send_json
+from schema.extensions import MASKED_MESSAGE
 from store.telemetry import EdgeTrace, current_edge, current_trace_id, current_tracer
 
 log = logging.getLogger("portcullis.tracing")
-access = logging.getLogger("portcullis.access")
 
 _TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _TRACESTATE_MAX = 512
@@ -126,15 +128,25 @@ def parse_traceparent(scope: Scope) -> tuple[SpanContext | None, bytes | None]:
 
 class RequestContextMiddleware:
     """The outermost layer of the edge: the request's id (`X-Request-ID`, gateway/middleware.py), its trace (see
-    the module), its place in the request metrics (`metrics`), the `RateLimit` headers of its admission (every
-    admitted answer carries them, gateway/admission.py) and its access log line (`access_log`), around one
-    wrapper of `send`."""
+    the module), its place in the request metrics (`metrics`), and its access log line (`access_log`,
+    gateway/access_log.py). It holds the edge's one wrapper of `send`, which records the answer's status in
+    `state["response_status"]` for the layers inside (none of them wraps `send`) and adds to the answer the
+    request id, the `RateLimit` headers of its admission (every admitted answer carries them,
+    gateway/admission.py) and the security headers (`security`). An exception that escapes before the answer
+    started is answered here as the contract's masked `INTERNAL` error, with those headers."""
 
     def __init__(
-        self, app: ASGIApp, *, tracing: Tracing, metrics: RequestMetrics | None = None, access_log: bool = False
+        self,
+        app: ASGIApp,
+        *,
+        tracing: Tracing,
+        security: SecurityHeaders,
+        metrics: RequestMetrics | None = None,
+        access_log: AccessLog | None = None,
     ) -> None:
         self.app = app
         self.tracing = tracing
+        self.security = security
         self.metrics = metrics
         self.access_log = access_log
 
@@ -145,16 +157,17 @@ class RequestContextMiddleware:
         state = request_state(scope)
         request_id = assign_request_id(scope, state)
         header = (b"x-request-id", request_id.encode())
-        answer = _Answer()
+        security = self.security
         started = time.perf_counter()
 
-        async def send_with_id(message: Message) -> None:
+        async def edge_send(message: Message) -> None:
             if message["type"] == "http.response.start":
-                answer.status = int(message["status"])
-                headers = [*message.get("headers", []), header]
+                state["response_status"] = int(message["status"])
+                headers = [*message.get("headers", ()), header]
                 decision = state.get("admission")
                 if decision is not None and decision.admitted and not any(k == b"ratelimit" for k, _ in headers):
                     headers += rate_limit_headers(decision)
+                security.add_to(headers)
                 message["headers"] = headers
             await send(message)
 
@@ -166,19 +179,31 @@ class RequestContextMiddleware:
             client = scope.get("client")
             trusted = caller is not None and self.tracing.trusts(client[0] if client else None)
             if self.tracing.tracer is None:
-                await self._unrecorded(scope, receive, send_with_id, caller if trusted else None, tracestate)
+                await self._unrecorded(scope, receive, edge_send, caller if trusted else None, tracestate)
             else:
-                await self._recorded(scope, receive, send_with_id, caller, trusted, answer)
+                await self._recorded(scope, receive, edge_send, caller, trusted)
         finally:
             seconds = time.perf_counter() - started
+            status = state.get("response_status") or 500  # no answer started: what the edge sends
             if metrics is not None:
                 metrics.in_flight -= 1
-                metrics.observe(state, scope["path"], answer.status, seconds)
-            if self.access_log:
-                _access_line(scope, state, answer.status, seconds)
+                metrics.observe(state, scope["path"], status, seconds)
+            if self.access_log is not None:
+                self.access_log.record(scope, state, status, seconds)
+
+    async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await self.app(scope, receive, send)
+        except Exception as exc:
+            state = scope["state"]
+            if state.get("response_status") is not None:
+                raise
+            rid = state.get("request_id")
+            log.error("unexpected error in a route", exc_info=exc, extra={"request_id": rid})
+            await send_json(send, 500, graphql_error(MASKED_MESSAGE, ErrorCode.INTERNAL.value, requestId=rid))
 
     async def _recorded(
-        self, scope: Scope, receive: Receive, send: Send, caller: SpanContext | None, trusted: bool, answer: _Answer
+        self, scope: Scope, receive: Receive, send: Send, caller: SpanContext | None, trusted: bool
     ) -> None:
         tracer = self.tracing.tracer
         assert tracer is not None
@@ -198,14 +223,16 @@ class RequestContextMiddleware:
         )
         with started as span:
             context = span.get_span_context()
-            trace_token = current_trace_id.set(f"{context.trace_id:032x}")
+            trace_id = state["trace_id"] = f"{context.trace_id:032x}"
+            trace_token = current_trace_id.set(trace_id)
             tracer_token = current_tracer.set(tracer)
             state["span"] = span
             try:
-                await self.app(scope, receive, send)
+                await self._guarded(scope, receive, send)
             finally:
-                span.set_attribute("http.response.status_code", answer.status)
-                if answer.status >= 500:
+                status = state.get("response_status") or 500
+                span.set_attribute("http.response.status_code", status)
+                if status >= 500:
                     span.set_status(Status(StatusCode.ERROR))
                 principal = state.get("principal")
                 if principal is not None and principal.organization_id:
@@ -222,36 +249,11 @@ class RequestContextMiddleware:
             edge = EdgeTrace(f"{caller.trace_id:032x}", span_id, f"{int(caller.trace_flags):02x}", tracestate)
         else:
             edge = EdgeTrace(f"{random.getrandbits(128) or 1:032x}", span_id, "00")
+        scope["state"]["trace_id"] = edge.trace_id
         trace_token = current_trace_id.set(edge.trace_id)
         edge_token = current_edge.set(edge)
         try:
-            await self.app(scope, receive, send)
+            await self._guarded(scope, receive, send)
         finally:
             current_edge.reset(edge_token)
             current_trace_id.reset(trace_token)
-
-
-def _access_line(scope: Scope, state: dict[str, Any], status: int, seconds: float) -> None:
-    """One JSON line (gateway/logs.py) per request: the path without its query (which may carry a secret), the
-    caller's kind and tenant by id, never a credential."""
-    principal = state.get("principal")
-    access.info(
-        "request",
-        extra={
-            "method": scope["method"],
-            "path": scope["path"],
-            "status": status,
-            "duration_ms": round(seconds * 1000, 2),
-            "request_id": state.get("request_id"),
-            "principal": principal.kind.value if principal is not None else "none",
-            "tenant": principal.organization_id if principal is not None else None,
-            "operation": state.get("operation"),
-        },
-    )
-
-
-class _Answer:
-    __slots__ = ("status",)
-
-    def __init__(self) -> None:
-        self.status = 500  # no answer started: what the edge sends when a route raised

@@ -4,14 +4,18 @@ and /readyz refusing until the database is migrated."""
 
 from __future__ import annotations
 
+import asyncio
+import io
 import logging
 import re
 from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
+from gateway.access_log import AccessLog
 from gateway.app import create_app
 from gateway.metrics import portcullis_version
 from gateway.probes import Readiness
@@ -109,28 +113,48 @@ async def test_metrics_port_serves_the_same_registry(sqlite_url: str, signing_ke
 # -- access log -----------------------------------------------------------------------------------------------
 
 
-def access_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
-    keys = ("method", "path", "status", "duration_ms", "request_id", "principal", "tenant", "operation")
-    return [{k: getattr(r, k) for k in keys} for r in caplog.records if r.name == "portcullis.access"]
+def access_lines(text: str) -> list[dict[str, Any]]:
+    """The access log's lines among what the gateway wrote to standard error."""
+    lines = [orjson.loads(line) for line in text.splitlines() if line.startswith("{")]
+    return [line for line in lines if line.get("logger") == "portcullis.access"]
 
 
 async def test_one_access_line_per_request(
-    database_url: str, signing_key: str, caplog: pytest.LogCaptureFixture
+    database_url: str, signing_key: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     tenant = await make_tenant(database_url)
     app = create_app(make_settings(database_url, signing_key))
     async with running(app) as client:
         token = (await login(client, tenant))["accessToken"]
-        caplog.clear()
-        caplog.set_level(logging.INFO, logger="portcullis.access")
+        await asyncio.sleep(0)  # the login's line is written at the loop's next turn
+        capsys.readouterr()
         r = await gql(client, QUERY, token=token, headers={"X-Request-ID": "req-access-0001"})
         assert r.status_code == 200
         refused = await client.get("/graphql?query=%7B__typename%7D&access_token=leaked-secret-value")
         assert refused.status_code == 401
         anonymous = await client.get("/healthz")
-    lines = access_lines(caplog)
+    written = capsys.readouterr().err
+    lines = access_lines(written)
     assert len(lines) == 3
     first, second, third = lines
+    assert list(first) == [
+        "at",
+        "level",
+        "logger",
+        "event",
+        "trace_id",
+        "method",
+        "path",
+        "status",
+        "duration_ms",
+        "request_id",
+        "principal",
+        "tenant",
+        "operation",
+    ]
+    assert first["level"] == "INFO"
+    assert first["event"] == "request"
+    assert re.fullmatch(r"[0-9a-f]{32}", first["trace_id"])
     assert first["method"] == "POST"
     assert first["path"] == "/graphql"
     assert first["status"] == 200
@@ -143,31 +167,68 @@ async def test_one_access_line_per_request(
     assert second["status"] == 401
     assert second["principal"] == "none"
     assert third == {**third, "path": "/healthz", "status": 200, "request_id": anonymous.headers["x-request-id"]}
-    assert "leaked-secret-value" not in caplog.text
-    assert "access_token" not in caplog.text
+    assert len({line["trace_id"] for line in lines}) == 3
+    assert "leaked-secret-value" not in written
+    assert "access_token" not in written
 
 
-async def test_access_log_is_off_by_the_setting(
-    sqlite_url: str, signing_key: str, caplog: pytest.LogCaptureFixture
+async def test_lines_of_one_turn_go_out_in_one_write() -> None:
+    """Requests that end in the same turn of the event loop share one write; each is one JSON line, control
+    characters escaped."""
+    stream = CountingStream()
+    log = AccessLog(stream)
+    state: dict[str, Any] = {"request_id": "r1", "trace_id": "ab" * 16}
+    for path in ("/graphql", "/x\n", "/healthz"):
+        log.record({"method": "GET", "path": path}, state, 200, 0.001)
+    assert stream.writes == []
+    await asyncio.sleep(0)
+    assert len(stream.writes) == 1
+    lines = stream.writes[0].splitlines()
+    assert [orjson.loads(line)["path"] for line in lines] == ["/graphql", "/x\n", "/healthz"]
+    log.record({"method": "GET", "path": "/late"}, state, 200, 0.001)
+    log.flush()  # what the lifespan does when the application stops
+    assert len(stream.writes) == 2
+    log.flush()
+    assert len(stream.writes) == 2
+
+
+async def test_a_failing_stream_loses_lines_not_requests() -> None:
+    class Closed(io.StringIO):
+        def write(self, _: str) -> int:
+            raise OSError(32, "Broken pipe")
+
+    log = AccessLog(Closed())
+    log.record({"method": "GET", "path": "/"}, {}, 200, 0.001)
+    log.flush()
+    log.record({"method": "GET", "path": "/"}, {}, 200, 0.001)
+    await asyncio.sleep(0)
+
+
+async def test_access_log_is_off_by_the_setting_or_the_level(
+    sqlite_url: str, signing_key: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    caplog.set_level(logging.INFO, logger="portcullis.access")
-    app = create_app(make_settings(sqlite_url, signing_key, access_log=False))
-    async with running(app) as client:
-        assert (await client.get("/healthz")).status_code == 200
-    assert access_lines(caplog) == []
+    level = logging.getLogger("portcullis").level
+    try:
+        for settings in (
+            make_settings(sqlite_url, signing_key, access_log=False),
+            make_settings(sqlite_url, signing_key, log_level="WARNING"),
+        ):
+            app = create_app(settings)
+            async with running(app) as client:
+                assert (await client.get("/healthz")).status_code == 200
+            assert access_lines(capsys.readouterr().err) == []
+    finally:
+        logging.getLogger("portcullis").setLevel(level)  # the level is the process's, not the app's
 
 
-def test_access_line_is_one_json_object(capfd: pytest.CaptureFixture[str]) -> None:
-    import orjson
+class CountingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
 
-    from gateway.logs import JsonFormatter
-
-    record = logging.makeLogRecord(
-        {"name": "portcullis.access", "msg": "request", "levelname": "INFO", "method": "GET", "path": "/x\n"}
-    )
-    line = JsonFormatter().format(record)
-    assert "\n" not in line
-    assert orjson.loads(line)["path"] == "/x\n"
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return len(text)
 
 
 # -- RateLimit headers ----------------------------------------------------------------------------------------
