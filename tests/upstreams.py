@@ -90,6 +90,7 @@ class Answer:
     body: bytes | None = None  # raw bytes instead of the executed result
     data: Any = None  # a JSON value to send instead of the executed result
     delay: float = 0.0
+    chunked: bool = False  # sent in chunks, with no Content-Length: its size is known only by reading it
 
 
 class _Resolvers:
@@ -180,7 +181,7 @@ class GraphQLUpstream:
                     time.sleep(override.delay)
                 if override is not None and (override.body is not None or override.data is not None):
                     payload = override.body if override.body is not None else json.dumps(override.data).encode()
-                    self._send(override.status, override.content_type, payload)
+                    self._send(override.status, override.content_type, payload, chunked=override.chunked)
                     return
                 result = graphql_sync(
                     upstream.schema,
@@ -196,13 +197,21 @@ class GraphQLUpstream:
                 status = override.status if override is not None else 200
                 self._send(status, "application/json", json.dumps(out).encode())
 
-            def _send(self, status: int, content_type: str, payload: bytes) -> None:
+            def _send(self, status: int, content_type: str, payload: bytes, *, chunked: bool = False) -> None:
                 try:
                     self.send_response(status)
                     self.send_header("content-type", content_type)
-                    self.send_header("content-length", str(len(payload)))
+                    if not chunked:
+                        self.send_header("content-length", str(len(payload)))
+                        self.end_headers()
+                        self.wfile.write(payload)
+                        return
+                    self.send_header("transfer-encoding", "chunked")
                     self.end_headers()
-                    self.wfile.write(payload)
+                    for start in range(0, len(payload), 65_536):
+                        piece = payload[start : start + 65_536]
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                    self.wfile.write(b"0\r\n\r\n")
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 

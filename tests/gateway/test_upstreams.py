@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from jose import jwt
 
@@ -236,17 +237,29 @@ async def test_c139_what_the_caller_did_not_ask_never_leaves(
         assert leaked not in r.text
 
 
+@pytest.mark.parametrize("chunked", [False, True], ids=["declared", "chunked"])
 async def test_c139_an_upstream_answer_over_the_size_limit_is_an_error(
-    gateway: Any, upstream: GraphQLUpstream, tenant: Tenant
+    gateway: Any, upstream: GraphQLUpstream, tenant: Tenant, chunked: bool
 ) -> None:
     client = gateway.state.client
     token = await token_of(client, tenant)
     huge = b'{"data":{"orders":[' + b",".join([b'{"id":"' + b"x" * 1000 + b'"}'] * 12_000) + b"]}}"
-    upstream.answer = lambda _r: Answer(body=huge)
+    upstream.answer = lambda _r: Answer(body=huge, chunked=chunked)
     r = await gql(client, '{ order(id: "x") { id } organization { slug } }', token=token)
     body = r.json()
     assert body["data"] == {"order": None, "organization": {"slug": tenant.slug}}
     assert error_codes(body) == ["UPSTREAM_ERROR"]
+
+
+async def test_a_chunked_answer_within_the_limit_is_read_whole(
+    gateway: Any, upstream: GraphQLUpstream, tenant: Tenant
+) -> None:
+    client = gateway.state.client
+    token = await token_of(client, tenant)
+    orders = [{"id": f"o-{n}-" + "x" * 500} for n in range(400)]  # about 200 kB, in several chunks
+    upstream.answer = lambda _r: Answer(body=orjson.dumps({"data": {"orders": orders}}), chunked=True)
+    r = await gql(client, "{ orders(first: 400) { id } }", token=token)
+    assert r.json() == {**r.json(), "data": {"orders": orders}}
 
 
 async def test_a_failing_upstream_opens_its_circuit_and_fails_fast(
