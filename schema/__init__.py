@@ -20,7 +20,7 @@ from schema.address_blocks import AddressBlockMutation
 from schema.api_keys import ApiKeyMutation
 from schema.audit import AuditQuery
 from schema.audit_streams import AuditStreamMutation
-from schema.auth import AuthMutation
+from schema.auth import AuthMutation, AuthQuery
 from schema.authorization import Authorization, Authorizer
 from schema.domains import DomainMutation
 from schema.enums import Plan
@@ -54,7 +54,16 @@ log = logging.getLogger("portcullis.graphql")
 
 Query = merge_types(
     "Query",
-    (UserQuery, OrganizationQuery, RoleQuery, RateLimitQuery, AuditQuery, ReportQuery, SecurityEventQuery),
+    (
+        UserQuery,
+        AuthQuery,
+        OrganizationQuery,
+        RoleQuery,
+        RateLimitQuery,
+        AuditQuery,
+        ReportQuery,
+        SecurityEventQuery,
+    ),
 )
 Mutation = merge_types(
     "Mutation",

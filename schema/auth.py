@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from enum import Enum
 
 import strawberry
 
 from authz import Permission
 from resolvers import auth as service
 from resolvers import invitations as invitations_service
+from resolvers import sign_in_options as sign_in_service
 from resolvers.auth import AuthResult
 from schema.context import Info
 from schema.directives import authenticated, requires_scopes
@@ -31,6 +33,45 @@ class AuthPayload:
             user=User.from_row(r.user),
             organization=Organization.from_row(r.organization),
         )
+
+
+@strawberry.enum(description="The protocol of an organization's single sign-on connection.")
+class SsoProtocol(Enum):
+    OIDC = "oidc"
+    SAML = "saml"
+
+
+@strawberry.type(description="Where an organization's single sign-on starts.")
+class SignInSso:
+    protocol: SsoProtocol
+    url: str = strawberry.field(
+        description="The gateway's address that starts the sign-in at the identity provider, for the browser to "
+        "open (with `?return_to=` a path the gateway allows)."
+    )
+
+
+@strawberry.type(description="What an organization's sign-in page may offer; asked before signing in.")
+class SignInOptions:
+    organization: str = strawberry.field(description="The organization's slug, as asked.")
+    password: bool = strawberry.field(description="Whether members sign in with a password (`login`).")
+    sso: SignInSso | None = strawberry.field(
+        description="Its single sign-on, when it has an enabled connection and its policy allows SSO; else null."
+    )
+
+
+@strawberry.type
+class AuthQuery:
+    @strawberry.field(
+        description="What the organization's sign-in page may offer: the password form, single sign-on, or both; "
+        "public. An organization that does not exist answers as one with the default policy and no single "
+        "sign-on."
+    )
+    async def sign_in_options(self, info: Info, organization: str) -> SignInOptions:
+        found = await sign_in_service.sign_in_options(info.context, organization)
+        sso = None
+        if found.sso_kind is not None and found.sso_url is not None:
+            sso = SignInSso(protocol=SsoProtocol(found.sso_kind), url=found.sso_url)
+        return SignInOptions(organization=found.organization, password=found.password, sso=sso)
 
 
 @strawberry.type

@@ -416,9 +416,10 @@ class Authorization(SchemaExtension):
 
 
 # Root fields without a rule, on purpose: they are how a caller obtains a credential, or prove control of
-# an address with an emailed token.
+# an address with an emailed token, or learn how an organization's members sign in.
 PUBLIC_ROOT_FIELDS: frozenset[tuple[str, str]] = frozenset(
     {
+        ("Query", "signInOptions"),
         ("Mutation", "login"),
         ("Mutation", "refreshToken"),
         ("Mutation", "acceptInvitation"),

@@ -147,7 +147,7 @@ async def test_graphiql_loads_the_schema_and_runs_a_query_with_no_network(
                 await page.click("button[aria-label='Show Documentation Explorer']")
                 explorer = page.locator(".graphiql-doc-explorer")
                 await explorer.get_by_text("Query", exact=True).click(timeout=20_000)
-                await explorer.get_by_text("organization", exact=True).wait_for(timeout=20_000)
+                await explorer.get_by_role("link", name="organization", exact=True).wait_for(timeout=20_000)
                 assert "Schema is invalid" not in await explorer.inner_text()
                 await page.screenshot(path=str(tmp_path / "graphiql-offline.png"))
                 if PICTURE:

@@ -76,6 +76,7 @@ CONTRACT: dict[str, dict[str, str | None]] = {
     },
 }
 PUBLIC_ROOT_FIELDS = {
+    "signInOptions",  # beyond the contract: how an organization's members sign in (docs/authentication.md)
     "login",
     "refreshToken",
     "acceptInvitation",
