@@ -207,7 +207,8 @@ def _is_private(name: str) -> bool:
 
 
 def defined_names(trees: list[ast.Module]) -> set[str]:
-    """Every name the project defines: functions, classes and assignment targets (`_x = ...`, `self._x = ...`)."""
+    """Every name the project defines: functions, classes and assignment targets (`_x = ...`, `self._x = ...`).
+    An assignment to another object's attribute (`schema._x = ...`) defines nothing: it writes into that object."""
     names: set[str] = set()
     for tree in trees:
         for node in ast.walk(tree):
@@ -215,7 +216,12 @@ def defined_names(trees: list[ast.Module]) -> set[str]:
                 names.add(node.name)
             elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
                 names.add(node.id)
-            elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+            elif (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.ctx, ast.Store)
+                and isinstance(node.value, ast.Name)
+                and node.value.id in ("self", "cls")
+            ):
                 names.add(node.attr)
     return names
 
@@ -321,6 +327,11 @@ def test_the_private_attribute_check_finds_a_planted_access(modules: dict[str, M
     own = defined_names([m.tree for m in modules.values()])
     planted = ast.parse("async def send(redis_connection):\n    redis_connection._writer.write(b'')\n")
     assert private_accesses(planted, own, ALLOWED_PRIVATE) == [(2, "redis_connection._writer")]
+    # writing into another object's private attribute is an access too, and defines no name of the project's
+    written = ast.parse("def trim(schema):\n    schema._validation_errors = []\n")
+    assert private_accesses(written, own | defined_names([written]), ALLOWED_PRIVATE) == [
+        (2, "schema._validation_errors")
+    ]
     allowed = ast.parse(
         "class Cache:\n"
         "    def __init__(self):\n"
