@@ -222,6 +222,7 @@ class AddressBlocks:
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
         self._periodic: asyncio.Task[None] | None = None
+        self._stopping: asyncio.Event | None = None
 
     # the request path
 
@@ -309,18 +310,30 @@ class AddressBlocks:
     async def start(self) -> None:
         """Load the list before the first request, then reload it every `reload_seconds`."""
         await self._reload_logged()
-        self._periodic = asyncio.create_task(self._every(), name="portcullis-address-blocks")
+        self._stopping = asyncio.Event()
+        self._periodic = asyncio.create_task(self._every(self._stopping), name="portcullis-address-blocks")
 
-    async def _every(self) -> None:
+    async def _every(self, stopping: asyncio.Event) -> None:
         while True:
-            await asyncio.sleep(self.reload_seconds)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), self.reload_seconds)
+            if stopping.is_set():
+                return
             await self._reload_logged()
 
-    async def stop(self) -> None:
+    async def stop(self, grace_seconds: float = 5.0) -> None:
+        """Stop reloading. A reload under way finishes first (within `grace_seconds`, then it is cancelled):
+        a query cancelled in the middle would leave the database driver's thread answering a loop that is
+        about to close."""
+        if self._stopping is not None:
+            self._stopping.set()
         tasks = [*self._tasks, *([self._periodic] if self._periodic is not None else [])]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=grace_seconds)
+            for task in late:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         self._periodic = None
+        self._stopping = None
