@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -19,13 +18,6 @@ mutation C($input: SamlConnectionInput!) {
 }
 """
 CONNECTIONS = "{ organization { ssoConnections { id kind enabled entityId defaultRole allowedDomains } } }"
-
-
-@pytest.fixture(scope="module")
-def idp() -> Iterator[TestIdp]:
-    server = TestIdp()
-    yield server
-    server.close()
 
 
 async def configure(client: httpx.AsyncClient, token: str, metadata: str, **values: Any) -> dict[str, Any]:

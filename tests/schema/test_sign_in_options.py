@@ -3,8 +3,6 @@ PostgreSQL; the query root an anonymous caller introspects is never empty."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import httpx
 import pytest
 
@@ -14,13 +12,6 @@ from tests.schema.test_saml import configure
 from tests.security_policy import set_policy
 
 OPTIONS = "query($o: String!) { signInOptions(organization: $o) { organization password sso { protocol url } } }"
-
-
-@pytest.fixture(scope="module")
-def idp() -> Iterator[TestIdp]:
-    server = TestIdp()
-    yield server
-    server.close()
 
 
 async def options(client: httpx.AsyncClient, slug: str, token: str | None = None) -> dict[str, object]:
