@@ -11,7 +11,6 @@ A counter is `<day>|<org>|<subject_type>|<subject_id>|<r|c|l>` (requests, cost, 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from datetime import date
@@ -21,6 +20,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlmodel import col, select
 
+from store.background import Every
 from store.db import Database
 from store.models import Organization, UsageDaily
 
@@ -73,7 +73,7 @@ class UsageFlusher:
         self.db = db
         self.counter = counter
         self.interval = interval_seconds
-        self._task: asyncio.Task[None] | None = None
+        self._every = Every(interval_seconds, self.flush, name="portcullis-usage-flusher", failure="usage flush failed")
 
     async def flush(self) -> int:
         """Writes what was counted since the last flush; the number of rows touched."""
@@ -112,23 +112,9 @@ class UsageFlusher:
                 await session.execute(stmt)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="portcullis-usage-flusher")
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                await self.flush()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.warning("usage flush failed", exc_info=True)
+        self._every.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-            self._task = None
+        await self._every.stop()  # a flush under way finishes; then what is left is written
         with contextlib.suppress(Exception):
             await self.flush()

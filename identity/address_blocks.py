@@ -30,6 +30,7 @@ from typing import Protocol
 from sqlalchemy import or_, select
 from sqlmodel import col
 
+from store.background import Every
 from store.db import Database
 from store.models import utcnow
 from store.security import AddressBlock
@@ -221,8 +222,7 @@ class AddressBlocks:
         self._loaded = 0
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._periodic: asyncio.Task[None] | None = None
-        self._stopping: asyncio.Event | None = None
+        self._periodic: Every | None = None
 
     # the request path
 
@@ -310,24 +310,21 @@ class AddressBlocks:
     async def start(self) -> None:
         """Load the list before the first request, then reload it every `reload_seconds`."""
         await self._reload_logged()
-        self._stopping = asyncio.Event()
-        self._periodic = asyncio.create_task(self._every(self._stopping), name="portcullis-address-blocks")
-
-    async def _every(self, stopping: asyncio.Event) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), self.reload_seconds)
-            if stopping.is_set():
-                return
-            await self._reload_logged()
+        self._periodic = Every(
+            self.reload_seconds,
+            self.reload,
+            name="portcullis-address-blocks",
+            failure="address blocks not reloaded; the periodic reload tries again",
+        )
+        self._periodic.start()
 
     async def stop(self, grace_seconds: float = 5.0) -> None:
-        """Stop reloading. A reload under way finishes first (within `grace_seconds`, then it is cancelled):
-        a query cancelled in the middle would leave the database driver's thread answering a loop that is
-        about to close."""
-        if self._stopping is not None:
-            self._stopping.set()
-        tasks = [*self._tasks, *([self._periodic] if self._periodic is not None else [])]
+        """Stop reloading. A reload under way finishes first (within `grace_seconds`, then it is cancelled), as
+        do the reloads the bus asked for (store/background.py)."""
+        if self._periodic is not None:
+            await self._periodic.stop(grace_seconds)
+            self._periodic = None
+        tasks = list(self._tasks)
         if tasks:
             _, late = await asyncio.wait(tasks, timeout=grace_seconds)
             for task in late:
@@ -335,5 +332,3 @@ class AddressBlocks:
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-        self._periodic = None
-        self._stopping = None

@@ -23,7 +23,6 @@ every request against the clock, cached or not.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hmac
 import ipaddress
@@ -44,6 +43,7 @@ from sqlmodel import col
 
 from authz import AuthMethod, Principal, PrincipalKind, is_permission
 from identity.sessions import ORG_KEY, USER_KEY, role_permissions
+from store.background import Every
 from store.db import Database
 from store.models import ApiKey, Membership, Organization, User
 
@@ -338,7 +338,9 @@ class LastUsedRecorder:
         self.clock = clock
         self._noted: dict[str, float] = {}
         self._pending: dict[str, float] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._every = Every(
+            flush_seconds, self.flush, name="portcullis-apikey-last-used", failure="could not record api key use"
+        )
 
     def record(self, key_id: str) -> None:
         now = self.clock()
@@ -368,22 +370,10 @@ class LastUsedRecorder:
                 )
         return len(pending)
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.flush_seconds)
-            try:
-                await self.flush()
-            except Exception:
-                log.warning("could not record api key use", exc_info=True)
-
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="portcullis-apikey-last-used")
+        self._every.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._every.stop()  # a flush under way finishes; then what is left is written
         with contextlib.suppress(Exception):
             await self.flush()
