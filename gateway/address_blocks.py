@@ -1,6 +1,6 @@
 """Address blocks at the edge, and the abuse signals that make automatic ones (docs/address-blocking.md).
 
-`AddressBlockMiddleware` is the first thing after the request's id (and the security headers): a request
+`AddressBlockMiddleware` is the first thing after the request's id (and CORS preflights): a request
 from an address under a platform-wide block is answered 403 `ADDRESS_BLOCKED` before any other work,
 whatever it carries (`/healthz`, `/readyz` and `/metrics` excepted: probes and scrapers). It also notes how
 each request ended: a 401 or a 429 counts towards the address's abuse signals once the answer is sent.

@@ -1,6 +1,7 @@
-"""Pure ASGI middleware of the edge, outermost first (inside the request's id and trace, gateway/tracing.py):
-security headers, the request target, body limit, authentication (then `gateway.route_admission`). Each
-passes non-HTTP scopes through and writes one result into `scope["state"]`.
+"""Pure ASGI middleware of the edge, outermost first (inside the request's id and trace, gateway/tracing.py,
+whose one wrapper of `send` adds the security headers defined here): the request target, body limit,
+authentication (then `gateway.route_admission`). Each passes non-HTTP scopes through, writes one result into
+`scope["state"]`, and none wraps `send`: the answer's status is read from the state (`response_started`).
 """
 
 from __future__ import annotations
