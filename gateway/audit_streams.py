@@ -54,6 +54,7 @@ from identity.webhooks import WebhookPolicy, signed_headers
 from resolvers.audit_streams import chain_checkpoint
 from store.audit import AuditAction, AuditEvent, append, readable_entries
 from store.audit_streams import AuditStream
+from store.background import Every
 from store.db import Database
 from store.models import AuditChainHead, AuditEntry, utcnow
 from store.retention import AuditCheckpoint
@@ -148,9 +149,14 @@ class AuditStreamSender:
         self.retry = retry
         self.clock = clock
         self.holder = uuid.uuid4().hex
-        self._wakeup = asyncio.Event()
-        self._stopping = False
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Every(
+            retry.poll_seconds,
+            self.deliver_due,
+            name="portcullis-audit-streams",
+            failure="audit stream pass failed",
+            run_first=True,
+            logger=log,
+        )
         self._client: httpx2.AsyncClient | None = None
         self._tls = retry.tls_context()
         # (checkpoint id, chain) -> the chain's checkpoint record, signed once
@@ -161,50 +167,27 @@ class AuditStreamSender:
     # -- lifecycle --------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._stopping = False
-        self._wakeup = asyncio.Event()
         self._client = httpx2.AsyncClient(
             transport=self.policy.outbound.transport(verify=self._tls),
             timeout=httpx2.Timeout(self.retry.timeout_seconds),
             follow_redirects=False,
         )
-        self._task = asyncio.create_task(self._run(), name="portcullis-audit-streams")
+        self._loop.start()
 
     def wake(self) -> None:
-        self._wakeup.set()
+        self._loop.wake()
 
     async def stop(self) -> None:
         """Finish the batch being sent (ten seconds at most) and stop; one cut off keeps its lease and is sent
         again once it lapses, by whichever process is running."""
-        self._stopping = True
-        self._wakeup.set()
-        task, self._task = self._task, None
-        if task is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(task), timeout=min(self.retry.timeout_seconds, 10.0))
-            except TimeoutError:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-            except Exception:
-                log.warning("audit streaming stopped with an error", exc_info=True)
+        await self._loop.stop(grace_seconds=min(self.retry.timeout_seconds, 10.0))
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()
 
-    async def _run(self) -> None:
-        while not self._stopping:
-            self._wakeup.clear()
-            try:
-                await self.deliver_due()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.warning("audit stream pass failed", exc_info=True)
-            if self._stopping:
-                return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), timeout=self.retry.poll_seconds)
+    @property
+    def _stopping(self) -> bool:
+        return self._loop.stopping
 
     # -- one pass ----------------------------------------------------------------------------------------
 

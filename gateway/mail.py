@@ -52,6 +52,7 @@ from gateway.settings import Settings
 from gateway.smtp_url import SmtpServer
 from identity.secrets import SecretBox, SecretDecryptionError
 from resolvers.mail import FAILED, PENDING, SENT, Mailer
+from store.background import Every
 from store.db import Database
 from store.models import MailMessage, utcnow
 
@@ -152,50 +153,31 @@ class MailDelivery:
         self.policy = policy
         self.clock = clock
         self._sender = parseaddr(mailer.from_address)[1]
-        self._wakeup = asyncio.Event()
-        self._stopping = False
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Every(
+            policy.poll_seconds,
+            self.deliver_due,
+            name="portcullis-mail-delivery",
+            failure="mail delivery pass failed",
+            run_first=True,
+            logger=log,
+        )
 
     # -- lifecycle --------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._stopping = False
-        self._wakeup = asyncio.Event()
-        self.mailer.waker = self._wakeup.set
-        self._task = asyncio.create_task(self._run(), name="portcullis-mail-delivery")
+        self.mailer.waker = self._loop.wake
+        self._loop.start()
 
     async def stop(self) -> None:
         """Finish the message being sent (for at most the SMTP timeout, ten seconds at most) and stop. A
         message cut off keeps its lease and is sent again once it lapses, by whichever process is running."""
-        self._stopping = True
-        if self.mailer.waker == self._wakeup.set:
+        if self.mailer.waker == self._loop.wake:
             self.mailer.waker = None
-        self._wakeup.set()
-        task, self._task = self._task, None
-        if task is None:
-            return
-        try:
-            await asyncio.wait_for(asyncio.shield(task), timeout=min(self.policy.timeout_seconds, 10.0))
-        except TimeoutError:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        except Exception:
-            log.warning("mail delivery stopped with an error", exc_info=True)
+        await self._loop.stop(grace_seconds=min(self.policy.timeout_seconds, 10.0))
 
-    async def _run(self) -> None:
-        while not self._stopping:
-            self._wakeup.clear()
-            try:
-                await self.deliver_due()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.warning("mail delivery pass failed", exc_info=True)
-            if self._stopping:
-                return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), timeout=self.policy.poll_seconds)
+    @property
+    def _stopping(self) -> bool:
+        return self._loop.stopping
 
     # -- one pass ----------------------------------------------------------------------------------------
 

@@ -11,14 +11,13 @@ is run, oldest first, in the first pass.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from resolvers.deps import Services
 from resolvers.report_schedules import claim, due_schedules, run_schedule
+from store.background import Every
 
 log = logging.getLogger("portcullis.reports")
 
@@ -38,48 +37,29 @@ class ReportScheduler:
         self.lease = timedelta(seconds=lease_seconds)
         self.batch_size = batch_size
         self.clock = clock or services.now
-        self._stopping = False
-        self._wakeup = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Every(
+            poll_seconds,
+            self.run_due,
+            name="portcullis-report-scheduler",
+            failure="report schedule pass failed",
+            run_first=True,
+            logger=log,
+        )
 
     def start(self) -> None:
-        self._stopping = False
-        self._wakeup = asyncio.Event()
-        self._task = asyncio.create_task(self._run(), name="portcullis-report-scheduler")
+        self._loop.start()
 
     def wake(self) -> None:
-        self._wakeup.set()
+        self._loop.wake()
 
     async def stop(self) -> None:
         """Finish the schedule being run (ten seconds at most) and stop; one cut off keeps its lease and is
         run again once it lapses, by whichever process is running."""
-        self._stopping = True
-        self._wakeup.set()
-        task, self._task = self._task, None
-        if task is None:
-            return
-        try:
-            await asyncio.wait_for(asyncio.shield(task), timeout=10.0)
-        except TimeoutError:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        except Exception:
-            log.warning("report scheduler stopped with an error", exc_info=True)
+        await self._loop.stop(grace_seconds=10.0)
 
-    async def _run(self) -> None:
-        while not self._stopping:
-            self._wakeup.clear()
-            try:
-                await self.run_due()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.warning("report schedule pass failed", exc_info=True)
-            if self._stopping:
-                return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), timeout=self.poll_seconds)
+    @property
+    def _stopping(self) -> bool:
+        return self._loop.stopping
 
     async def run_due(self) -> dict[str, int]:
         """Run every period due now, missed ones included, each claimed first; what became of them."""

@@ -73,7 +73,9 @@ class UsageFlusher:
         self.db = db
         self.counter = counter
         self.interval = interval_seconds
-        self._every = Every(interval_seconds, self.flush, name="portcullis-usage-flusher", failure="usage flush failed")
+        self._every = Every(
+            interval_seconds, self.flush, name="portcullis-usage-flusher", failure="usage flush failed", logger=log
+        )
 
     async def flush(self) -> int:
         """Writes what was counted since the last flush; the number of rows touched."""

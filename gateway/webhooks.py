@@ -28,7 +28,6 @@ attempts over about 19 hours); after the last one the delivery is `failed`. When
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ from identity.outbound import OutboundRefused
 from identity.secrets import SecretDecryptionError
 from identity.security_events import SecurityEventKind, Severity, record_security_event
 from identity.webhooks import WebhookPolicy, body_of, signed_headers
+from store.background import Every
 from store.db import Database
 from store.models import utcnow
 from store.security import Webhook, WebhookDelivery
@@ -102,9 +102,14 @@ class WebhookSender:
         self.policy = policy
         self.retry = retry
         self.clock = clock
-        self._wakeup = asyncio.Event()
-        self._stopping = False
-        self._task: asyncio.Task[None] | None = None
+        self._loop = Every(
+            retry.poll_seconds,
+            self.deliver_due,
+            name="portcullis-webhook-delivery",
+            failure="webhook delivery pass failed",
+            run_first=True,
+            logger=log,
+        )
         self._client: httpx2.AsyncClient | None = None
         # deliveries this process delivered since it started
         self.delivered = 0
@@ -112,50 +117,27 @@ class WebhookSender:
     # -- lifecycle --------------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._stopping = False
-        self._wakeup = asyncio.Event()
-        self.policy.waker = self._wakeup.set
+        self.policy.waker = self._loop.wake
         self._client = httpx2.AsyncClient(
             transport=self.policy.outbound.transport(),
             timeout=httpx2.Timeout(self.retry.timeout_seconds),
             follow_redirects=False,
         )
-        self._task = asyncio.create_task(self._run(), name="portcullis-webhook-delivery")
+        self._loop.start()
 
     async def stop(self) -> None:
         """Finish the deliveries being sent (ten seconds at most) and stop; one cut off keeps its lease and
         is sent again once it lapses, by whichever process is running."""
-        self._stopping = True
-        if self.policy.waker == self._wakeup.set:
+        if self.policy.waker == self._loop.wake:
             self.policy.waker = None
-        self._wakeup.set()
-        task, self._task = self._task, None
-        if task is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(task), timeout=min(self.retry.timeout_seconds, 10.0))
-            except TimeoutError:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-            except Exception:
-                log.warning("webhook delivery stopped with an error", exc_info=True)
+        await self._loop.stop(grace_seconds=min(self.retry.timeout_seconds, 10.0))
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()
 
-    async def _run(self) -> None:
-        while not self._stopping:
-            self._wakeup.clear()
-            try:
-                await self.deliver_due()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.warning("webhook delivery pass failed", exc_info=True)
-            if self._stopping:
-                return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), timeout=self.retry.poll_seconds)
+    @property
+    def _stopping(self) -> bool:
+        return self._loop.stopping
 
     # -- one pass ----------------------------------------------------------------------------------------
 

@@ -315,6 +315,7 @@ class AddressBlocks:
             self.reload,
             name="portcullis-address-blocks",
             failure="address blocks not reloaded; the periodic reload tries again",
+            logger=log,
         )
         self._periodic.start()
 

@@ -339,7 +339,11 @@ class LastUsedRecorder:
         self._noted: dict[str, float] = {}
         self._pending: dict[str, float] = {}
         self._every = Every(
-            flush_seconds, self.flush, name="portcullis-apikey-last-used", failure="could not record api key use"
+            flush_seconds,
+            self.flush,
+            name="portcullis-apikey-last-used",
+            failure="could not record api key use",
+            logger=log,
         )
 
     def record(self, key_id: str) -> None:

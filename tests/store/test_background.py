@@ -78,3 +78,39 @@ async def test_a_failed_run_is_logged_and_the_loop_goes_on(caplog: pytest.LogCap
     await loop.stop()
     assert len(runs) >= 2
     assert [r.getMessage() for r in caplog.records] == ["work failed"]
+
+
+async def test_a_wake_runs_at_once_and_the_first_run_needs_no_wait() -> None:
+    runs = []
+    ran = asyncio.Event()
+
+    async def work() -> None:
+        runs.append(True)
+        ran.set()
+
+    loop = Every(3600, work, name="test-every", failure="work failed", run_first=True)
+    loop.start()
+    await asyncio.wait_for(ran.wait(), 5)  # on start, before any wait
+    ran.clear()
+    loop.wake()
+    await asyncio.wait_for(ran.wait(), 5)  # woken long before the hour
+    await loop.stop()
+    assert len(runs) == 2
+    assert loop.stopping
+
+
+async def test_a_long_run_sees_stopping_between_its_steps() -> None:
+    steps = []
+    started = asyncio.Event()
+
+    async def work() -> None:
+        started.set()
+        while not loop.stopping:
+            steps.append(True)
+            await asyncio.sleep(0.01)
+
+    loop = Every(0.01, work, name="test-every", failure="work failed")
+    loop.start()
+    await asyncio.wait_for(started.wait(), 5)
+    await loop.stop(grace_seconds=5)  # ends at the next step, far within the grace
+    assert steps
