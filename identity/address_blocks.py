@@ -297,7 +297,7 @@ class AddressBlocks:
         try:
             task = asyncio.get_running_loop().create_task(self._reload_logged())
         except RuntimeError:
-            return  # no loop (a command): nothing is held in memory to refresh
+            return  # no event loop: nothing is held in memory to refresh
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

@@ -52,6 +52,10 @@ async def command_services(settings: Settings) -> AsyncIterator[Services]:
     try:
         yield services
     finally:
+        if services.address_blocks is not None:
+            # a block the command changed has the list reloaded in this process too: that read finishes
+            # before the database goes, not cancelled half-way when the command's event loop closes
+            await services.address_blocks.stop()
         if services.redis is not None:
             await services.redis.aclose()
         await services.db.dispose()

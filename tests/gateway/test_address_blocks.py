@@ -268,6 +268,40 @@ async def test_a_platform_block_from_the_command_line_in_embedded_mode(
         assert_blocked(r)
 
 
+async def test_a_block_command_leaves_nothing_running_when_it_returns(
+    database_url: str, monkeypatch: Any, capsys: Any
+) -> None:
+    """The command's own process reloads its list when a block changes (the bus's subscriber starts that read):
+    the read ends before the command's database and event loop do, so none is cut off half-way."""
+    import argparse
+    import os
+
+    from gateway.cli.blocks import _blocks_command
+    from gateway.cli.common import load_settings
+
+    for name in list(os.environ):
+        if name.startswith("PORTCULLIS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("PORTCULLIS_DATABASE_URL", database_url)
+    await make_tenant(database_url)
+
+    def command(**args: Any) -> tuple[int, set[str]]:
+        async def run() -> tuple[int, set[str]]:
+            code = await _blocks_command(load_settings(), argparse.Namespace(**args))
+            left = {t.get_name() for t in asyncio.all_tasks() if t is not asyncio.current_task()}
+            return code, left
+
+        return asyncio.run(run())
+
+    added = await asyncio.to_thread(
+        command, blocks_command="add", cidr=OTHER_IP, reason="abuse desk ticket", expires_at=None
+    )
+    assert added == (0, set())
+    block_id = capsys.readouterr().out.split(": ")[-1].strip()
+    assert await asyncio.to_thread(command, blocks_command="remove", id=block_id) == (0, set())
+    assert capsys.readouterr().out.strip() == f"lifted {block_id}"
+
+
 def test_block_settings() -> None:
     import pytest
     from pydantic import ValidationError
