@@ -35,7 +35,8 @@ from resolvers.deps import RequestContext, Services
 from resolvers.mail import send_mail
 from resolvers.passwords import record_password, vet_new_password
 from resolvers.provisioning import MAX_EMAIL_LENGTH
-from store.audit import PLATFORM_CHAIN, AuditAction, AuditResult
+from resolvers.risk import NO_ACCOUNT
+from store.audit import PLATFORM_CHAIN, AuditAction, AuditEvent, AuditResult, append
 from store.models import AuthSession, Membership, Organization, User
 
 log = logging.getLogger("portcullis.auth")
@@ -74,8 +75,8 @@ def _check_credentials_shape(email: str, password: str, organization_slug: str |
         raise BadUserInput("password is too long")
 
 
-async def _membership(db: AsyncSession, user: User, organization_slug: str | None) -> Membership | None:
-    stmt = select(Membership).where(col(Membership.user_id) == user.id)
+async def _membership(db: AsyncSession, user_id: str, organization_slug: str | None) -> Membership | None:
+    stmt = select(Membership).where(col(Membership.user_id) == user_id)
     if organization_slug is not None:
         stmt = stmt.join(Organization, col(Organization.id) == col(Membership.organization_id)).where(
             col(Organization.slug) == organization_slug
@@ -103,11 +104,10 @@ async def login(
     code = mfa.parse(totp, "totp")
     services, principal = ctx.services, ctx.principal
     user = await _find_user(ctx, email)
-    membership = None
-    if user is not None:
-        # which organization the sign-in aims at decides which counters it runs against (C-127)
-        async with services.db.transaction() as lookup:
-            membership = await _membership(lookup, user, organization_slug)
+    # which organization the sign-in aims at decides which counters it runs against (C-127); read for an
+    # unknown email too (it finds nothing), so that its failure takes no less time (C-112)
+    async with services.db.transaction() as lookup:
+        membership = await _membership(lookup, user.id if user is not None else NO_ACCOUNT, organization_slug)
     attempt = await services.throttle.begin(
         email, principal.client_ip, membership.organization_id if membership is not None else None
     )
@@ -120,8 +120,7 @@ async def login(
             "authn_login_lock" if locked else "authn_login_fail",
             extra={"reason": attempt.reason, "request_id": principal.request_id},
         )
-        scored = await _failed_risk(ctx, user, membership, attempt.known_address)
-        await _audit_failure(ctx, email, user, organization_slug, locked=locked, reason=attempt.reason, risk=scored)
+        await _record_failure(ctx, email, user, membership, attempt.known_address, locked=locked, reason=attempt.reason)
         await count_failed_sign_in(ctx, email, membership.organization_id if membership is not None else None)
         raise Unauthenticated(INVALID_CREDENTIALS)
 
@@ -147,15 +146,14 @@ async def login(
         reason = "no_membership" if ok else ("inactive" if user is not None and not usable else "bad_password")
         if attempt.needs_second_factor:
             reason = "account_ceiling"
-        scored = await _failed_risk(ctx, user, membership, attempt.known_address)
-        await _audit_failure(
+        await _record_failure(
             ctx,
             email,
             user,
-            organization_slug,
+            membership,
+            attempt.known_address,
             locked=locked,
             reason="unknown_user" if user is None else reason,
-            risk=scored,
         )
         await count_failed_sign_in(ctx, email, membership.organization_id if membership is not None else None)
         raise Unauthenticated(INVALID_CREDENTIALS)
@@ -170,7 +168,7 @@ async def login(
     if assessed.refused:
         locked = await services.throttle.failed(attempt)
         await risk.refuse(ctx, assessed)
-        await _audit_failure(ctx, email, user, organization_slug, locked=locked, reason="risk", risk=assessed.details())
+        await _audit_failure(ctx, email, user, membership, locked=locked, reason="risk", risk=assessed.details())
         raise Unauthenticated(INVALID_CREDENTIALS)
     # the second factor is asked for (and its absence told) only once the password was right
     refusal = (
@@ -201,7 +199,7 @@ async def login(
         except sign_in_policy.SessionLimitReached:
             blocked = sign_in_policy.SESSION_LIMIT
     if blocked is not None:
-        await _audit_failure(ctx, email, user, organization_slug, locked=False, reason=blocked)
+        await _audit_failure(ctx, email, user, membership, locked=False, reason=blocked)
         await sign_in_policy.record_refusal(
             ctx, organization_id=membership.organization_id, user_id=user.id, reason=blocked, method="password"
         )
@@ -270,42 +268,69 @@ async def login(
     return AuthResult(token, claims, issued.refresh_token, user, org)
 
 
-async def _failed_risk(
-    ctx: RequestContext, user: User | None, membership: Membership | None, known_address: bool
-) -> dict[str, object] | None:
-    """A failed attempt on an existing account is scored and leaves its `sign_ins` row."""
-    if user is None:
-        return None
-    return await risk.failed_attempt(
-        ctx,
-        user_id=user.id,
-        organization_id=membership.organization_id if membership is not None else None,
-        method=AuthMethod.PASSWORD.value,
-        known_address=known_address,
-    )
+async def _record_failure(
+    ctx: RequestContext,
+    email: str,
+    user: User | None,
+    membership: Membership | None,
+    known_address: bool,
+    *,
+    locked: bool,
+    reason: str | None,
+) -> None:
+    """A failed password sign-in before the password was found right: scored, its `sign_ins` row (an
+    existing account) and its audit entries written in one transaction. Every case makes the same reads,
+    an unknown email included, so that its answer takes no less time than a known account's (C-112)."""
+    async with ctx.services.db.transaction() as db:
+        scored = await risk.failed_attempt_in(
+            db,
+            ctx,
+            user_id=user.id if user is not None else None,
+            organization_id=membership.organization_id if membership is not None else None,
+            method=AuthMethod.PASSWORD.value,
+            known_address=known_address,
+        )
+        events = await _failure_events(db, ctx, email, user, membership, locked=locked, reason=reason, risk=scored)
+        await append(db, events, entries=False)
+    ctx.audited_now.update(e.action for e in events)
 
 
 async def _audit_failure(
     ctx: RequestContext,
     email: str,
+    user: User,
+    membership: Membership,
+    *,
+    locked: bool,
+    reason: str,
+    risk: dict[str, object] | None = None,
+) -> None:
+    """The audit entries of a sign-in refused once the password was found right (its risk, the
+    organization's policy), committed on their own."""
+    async with ctx.services.db.transaction() as db:
+        events = await _failure_events(db, ctx, email, user, membership, locked=locked, reason=reason, risk=risk)
+        await append(db, events, entries=False)
+    ctx.audited_now.update(e.action for e in events)
+
+
+async def _failure_events(
+    db: AsyncSession,
+    ctx: RequestContext,
+    email: str,
     user: User | None,
-    organization_slug: str | None,
+    membership: Membership | None,
     *,
     locked: bool,
     reason: str | None,
-    risk: dict[str, object] | None = None,
-) -> None:
-    """`authn_login_fail` (and `authn_login_lock` when this failure locked the account from this
-    address) in the user's organization's chain, or the platform's for an unknown email."""
-    org_id = None
-    if user is not None:
-        async with ctx.services.db.transaction() as lookup:
-            membership = await _membership(lookup, user, organization_slug)
-            if membership is None and organization_slug is not None:
-                membership = await _membership(lookup, user, None)
-        org_id = membership.organization_id if membership is not None else None
+    risk: dict[str, object] | None,
+) -> list[AuditEvent]:
+    """`authn_login_fail` (and `authn_login_lock` when this failure locked the account from this address) in
+    the chain of the organization the sign-in aimed at, else of the account's first organization, else the
+    platform's (an unknown email, an account with no organization)."""
+    if membership is None:
+        membership = await _membership(db, user.id if user is not None else NO_ACCOUNT, None)
     common: dict[str, object] = {
-        "organization_id": org_id or PLATFORM_CHAIN,
+        "organization_id": membership.organization_id if membership is not None else PLATFORM_CHAIN,
         "actor_id": user.id if user is not None else None,
         "resource_type": "user",
         "resource_id": user.id if user is not None else None,
@@ -321,8 +346,7 @@ async def _audit_failure(
     events = [ctx.audit_event(AuditAction.AUTHN_LOGIN_FAIL, details=details, **common)]  # type: ignore[arg-type]
     if locked:
         events.append(ctx.audit_event(AuditAction.AUTHN_LOGIN_LOCK, details=details, **common))  # type: ignore[arg-type]
-    ctx.audited_now.update(e.action for e in events)
-    await ctx.services.audit.record(*events)
+    return events
 
 
 async def refresh(ctx: RequestContext, refresh_token: str | None) -> AuthResult:

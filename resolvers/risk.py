@@ -34,11 +34,14 @@ __all__ = [
     "admit",
     "assess",
     "assess_in",
-    "failed_attempt",
+    "failed_attempt_in",
     "record_attempt",
     "refuse",
     "refuse_sso",
 ]
+
+# no account has it (ids are UUIDs): the reads of a failure that names no account find nothing
+NO_ACCOUNT = ""
 
 _SEVERITY = {RiskLevel.LOW: Severity.LOW, RiskLevel.MEDIUM: Severity.MEDIUM, RiskLevel.HIGH: Severity.HIGH}
 
@@ -126,15 +129,29 @@ async def record_attempt(ctx: RequestContext, risk: SignInRisk, outcome: str) ->
         db.add(risk.row(ctx, outcome))
 
 
-async def failed_attempt(
-    ctx: RequestContext, *, user_id: str, organization_id: str | None, method: str, known_address: bool = False
-) -> dict[str, Any]:
-    """Score and record a failed attempt on an existing account; its `details.risk`."""
-    async with ctx.services.db.transaction() as db:
-        risk = await assess_in(
-            db, ctx, user_id=user_id, organization_id=organization_id, method=method, known_address=known_address
-        )
-        db.add(risk.row(ctx, FAILURE))
+async def failed_attempt_in(
+    db: AsyncSession,
+    ctx: RequestContext,
+    *,
+    user_id: str | None,
+    organization_id: str | None,
+    method: str,
+    known_address: bool = False,
+) -> dict[str, Any] | None:
+    """Score a failed attempt in `db`; for an existing account, add its `sign_ins` row and answer its
+    `details.risk`. With no account (None) the same reads run for an id no row holds and nothing is added:
+    a failure costs the same round trips whether or not the email names an account (C-112)."""
+    risk = await assess_in(
+        db,
+        ctx,
+        user_id=user_id if user_id is not None else NO_ACCOUNT,
+        organization_id=organization_id,
+        method=method,
+        known_address=known_address,
+    )
+    if user_id is None:
+        return None
+    db.add(risk.row(ctx, FAILURE))
     return risk.details()
 
 

@@ -9,6 +9,7 @@ import logging
 import statistics
 import time
 import unicodedata
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -233,6 +234,50 @@ async def test_failure_timing_does_not_tell_the_cases_apart(database_url: str, s
     # one argon2id verification at these parameters costs well over the band's floor
     assert fastest > 0.005, medians
     assert slowest - fastest < max(0.025, 0.35 * slowest), medians
+
+
+async def test_every_failure_makes_the_same_reads(database_url: str, signing_key: str) -> None:
+    """C-112, counted rather than timed: an unknown email, a wrong password, a locked account and an
+    unknown organization read the database the same number of times, so that no case answers sooner when
+    the database is slow. A known account's failure also writes its `sign_ins` row: one statement more."""
+    from sqlalchemy import event
+
+    app = create_app(make_settings(database_url, signing_key, log_level="WARNING"))
+    tenant = await make_tenant(database_url)
+    locked = await make_tenant(database_url, slug="locked", email="locked@locked.test")
+    statements: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(statement.lstrip().split(None, 1)[0].upper())
+
+    async with running(app) as client:
+        freeze_clock(app)
+        await lock_out(client, locked.email)
+        engine = app.state.services.db.engine.sync_engine
+        event.listen(engine, "before_cursor_execute", count)
+        try:
+            made: dict[str, Counter[str]] = {}
+            cases = {
+                "unknown": ("nobody@acme.test", "not the right password", None),
+                "wrong": (tenant.email, "not the right password", None),
+                "locked": (locked.email, locked.password, None),
+                "no-org": (tenant.email, tenant.password, "no-such-org"),
+            }
+            for _ in range(2):  # the first round starts the audit chains it writes to
+                for name, (email, password, org) in cases.items():
+                    statements.clear()
+                    assert refused(await attempt(client, email, password, org)), name
+                    made[name] = Counter(statements)
+                    await app.state.services.throttle.reset(tenant.email)
+        finally:
+            event.remove(engine, "before_cursor_execute", count)
+    assert len({m["SELECT"] for m in made.values()}) == 1, made
+    assert {name: m["INSERT"] - made["unknown"]["INSERT"] for name, m in made.items()} == {
+        "unknown": 0,
+        "wrong": 1,
+        "locked": 1,
+        "no-org": 1,
+    }, made
 
 
 # -- C-113: threshold, duration, backoff ----------------------------------------------------------
