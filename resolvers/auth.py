@@ -10,7 +10,6 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 
-from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
 from authz import AuthMethod, Principal, PrincipalKind
@@ -32,11 +31,12 @@ from resolvers.accounts import refuse_api_keys
 from resolvers.address_blocks import count_failed_sign_in, refuse_blocked_sign_in
 from resolvers.common import announce_after_commit
 from resolvers.deps import RequestContext, Services
+from resolvers.login_failures import audit_refusal, membership_of, record_failure
 from resolvers.mail import send_mail
 from resolvers.passwords import record_password, vet_new_password
 from resolvers.provisioning import MAX_EMAIL_LENGTH
 from resolvers.risk import NO_ACCOUNT
-from store.audit import PLATFORM_CHAIN, AuditAction, AuditEvent, AuditResult, append
+from store.audit import PLATFORM_CHAIN, AuditAction, AuditResult
 from store.models import AuthSession, Membership, Organization, User
 
 log = logging.getLogger("portcullis.auth")
@@ -75,16 +75,6 @@ def _check_credentials_shape(email: str, password: str, organization_slug: str |
         raise BadUserInput("password is too long")
 
 
-async def _membership(db: AsyncSession, user_id: str, organization_slug: str | None) -> Membership | None:
-    stmt = select(Membership).where(col(Membership.user_id) == user_id)
-    if organization_slug is not None:
-        stmt = stmt.join(Organization, col(Organization.id) == col(Membership.organization_id)).where(
-            col(Organization.slug) == organization_slug
-        )
-    stmt = stmt.order_by(col(Membership.created_at), col(Membership.id))
-    return (await db.execute(stmt.limit(1))).scalars().first()
-
-
 async def _find_user(ctx: RequestContext, email: str) -> User | None:
     # A short read of its own: no connection is held during the argon2 run or while the throttle
     # takes another one, so concurrent logins cannot exhaust the pool waiting on each other.
@@ -107,7 +97,7 @@ async def login(
     # which organization the sign-in aims at decides which counters it runs against (C-127); read for an
     # unknown email too (it finds nothing), so that its failure takes no less time (C-112)
     async with services.db.transaction() as lookup:
-        membership = await _membership(lookup, user.id if user is not None else NO_ACCOUNT, organization_slug)
+        membership = await membership_of(lookup, user.id if user is not None else NO_ACCOUNT, organization_slug)
     attempt = await services.throttle.begin(
         email, principal.client_ip, membership.organization_id if membership is not None else None
     )
@@ -120,7 +110,7 @@ async def login(
             "authn_login_lock" if locked else "authn_login_fail",
             extra={"reason": attempt.reason, "request_id": principal.request_id},
         )
-        await _record_failure(ctx, email, user, membership, attempt.known_address, locked=locked, reason=attempt.reason)
+        await record_failure(ctx, email, user, membership, attempt.known_address, locked=locked, reason=attempt.reason)
         await count_failed_sign_in(ctx, email, membership.organization_id if membership is not None else None)
         raise Unauthenticated(INVALID_CREDENTIALS)
 
@@ -146,7 +136,7 @@ async def login(
         reason = "no_membership" if ok else ("inactive" if user is not None and not usable else "bad_password")
         if attempt.needs_second_factor:
             reason = "account_ceiling"
-        await _record_failure(
+        await record_failure(
             ctx,
             email,
             user,
@@ -168,7 +158,7 @@ async def login(
     if assessed.refused:
         locked = await services.throttle.failed(attempt)
         await risk.refuse(ctx, assessed)
-        await _audit_failure(ctx, email, user, membership, locked=locked, reason="risk", risk=assessed.details())
+        await audit_refusal(ctx, email, user, membership, locked=locked, reason="risk", risk=assessed.details())
         raise Unauthenticated(INVALID_CREDENTIALS)
     # the second factor is asked for (and its absence told) only once the password was right
     refusal = (
@@ -199,7 +189,7 @@ async def login(
         except sign_in_policy.SessionLimitReached:
             blocked = sign_in_policy.SESSION_LIMIT
     if blocked is not None:
-        await _audit_failure(ctx, email, user, membership, locked=False, reason=blocked)
+        await audit_refusal(ctx, email, user, membership, locked=False, reason=blocked)
         await sign_in_policy.record_refusal(
             ctx, organization_id=membership.organization_id, user_id=user.id, reason=blocked, method="password"
         )
@@ -266,87 +256,6 @@ async def login(
             },
         )
     return AuthResult(token, claims, issued.refresh_token, user, org)
-
-
-async def _record_failure(
-    ctx: RequestContext,
-    email: str,
-    user: User | None,
-    membership: Membership | None,
-    known_address: bool,
-    *,
-    locked: bool,
-    reason: str | None,
-) -> None:
-    """A failed password sign-in before the password was found right: scored, its `sign_ins` row (an
-    existing account) and its audit entries written in one transaction. Every case makes the same reads,
-    an unknown email included, so that its answer takes no less time than a known account's (C-112)."""
-    async with ctx.services.db.transaction() as db:
-        scored = await risk.failed_attempt_in(
-            db,
-            ctx,
-            user_id=user.id if user is not None else None,
-            organization_id=membership.organization_id if membership is not None else None,
-            method=AuthMethod.PASSWORD.value,
-            known_address=known_address,
-        )
-        events = await _failure_events(db, ctx, email, user, membership, locked=locked, reason=reason, risk=scored)
-        await append(db, events, entries=False)
-    ctx.audited_now.update(e.action for e in events)
-
-
-async def _audit_failure(
-    ctx: RequestContext,
-    email: str,
-    user: User,
-    membership: Membership,
-    *,
-    locked: bool,
-    reason: str,
-    risk: dict[str, object] | None = None,
-) -> None:
-    """The audit entries of a sign-in refused once the password was found right (its risk, the
-    organization's policy), committed on their own."""
-    async with ctx.services.db.transaction() as db:
-        events = await _failure_events(db, ctx, email, user, membership, locked=locked, reason=reason, risk=risk)
-        await append(db, events, entries=False)
-    ctx.audited_now.update(e.action for e in events)
-
-
-async def _failure_events(
-    db: AsyncSession,
-    ctx: RequestContext,
-    email: str,
-    user: User | None,
-    membership: Membership | None,
-    *,
-    locked: bool,
-    reason: str | None,
-    risk: dict[str, object] | None,
-) -> list[AuditEvent]:
-    """`authn_login_fail` (and `authn_login_lock` when this failure locked the account from this address) in
-    the chain of the organization the sign-in aimed at, else of the account's first organization, else the
-    platform's (an unknown email, an account with no organization)."""
-    if membership is None:
-        membership = await _membership(db, user.id if user is not None else NO_ACCOUNT, None)
-    common: dict[str, object] = {
-        "organization_id": membership.organization_id if membership is not None else PLATFORM_CHAIN,
-        "actor_id": user.id if user is not None else None,
-        "resource_type": "user",
-        "resource_id": user.id if user is not None else None,
-        "result": AuditResult.DENIED,
-    }
-    details: dict[str, object] = {
-        "email": email[:MAX_EMAIL_LENGTH],
-        "reason": reason or "bad_password",
-        "method": "password",
-    }
-    if risk is not None:
-        details["risk"] = risk
-    events = [ctx.audit_event(AuditAction.AUTHN_LOGIN_FAIL, details=details, **common)]  # type: ignore[arg-type]
-    if locked:
-        events.append(ctx.audit_event(AuditAction.AUTHN_LOGIN_LOCK, details=details, **common))  # type: ignore[arg-type]
-    return events
 
 
 async def refresh(ctx: RequestContext, refresh_token: str | None) -> AuthResult:
