@@ -39,6 +39,7 @@ from gateway.middleware import (
     AuthenticationMiddleware,
     BodyLimitMiddleware,
     ClientAddress,
+    EndpointAtPath,
     RequestTargetMiddleware,
     SecurityHeaders,
 )
@@ -467,7 +468,10 @@ def assemble(parts: GatewayParts, *, saml_login: SamlLogin | None = None) -> Sta
         # the prefix itself and everything under it, with no redirect to a trailing slash
         for prefix in parts.http_upstreams.table.prefixes:
             routes += [Route(prefix, parts.http_upstreams), Mount(prefix, app=parts.http_upstreams)]
-    app = Starlette(routes=routes, middleware=parts.middleware, lifespan=lifespan)
+    # /graphql is served by the edge's last layer; its route stays for the router's other duties (a trailing
+    # slash redirected to it)
+    middleware = [*parts.middleware, Middleware(EndpointAtPath, path="/graphql", endpoint=graphql)]
+    app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
     app.state.settings = settings
     app.state.services = services
     app.state.rate_limit_audit = rate_limit_audit

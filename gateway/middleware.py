@@ -145,6 +145,23 @@ def _storable_target(scope: Scope) -> bool:
     return storable(scope["path"])
 
 
+class EndpointAtPath:
+    """The edge's innermost layer: an HTTP request for exactly `path` goes to `endpoint` at once, every other
+    request on to the router. The GraphQL endpoint, the hot path, answers every error itself (gateway/graphql.py),
+    so it needs neither the router's matching nor Starlette's exception layer."""
+
+    def __init__(self, app: ASGIApp, *, path: str, endpoint: ASGIApp) -> None:
+        self.app = app
+        self.path = path
+        self.endpoint = endpoint
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == self.path:
+            await self.endpoint(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
 class BodyTooLarge(Exception):
     pass
 

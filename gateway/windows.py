@@ -78,7 +78,7 @@ class LocalWindows:
     def __init__(self, clock: Callable[[], float] = time.time, max_keys: int = 200_000) -> None:
         self.clock = clock
         self.max_keys = max_keys
-        # key -> [head bucket, sum, {bucket: count}, expires_ms]
+        # key -> [head bucket, sum, {bucket: count} in time order (the first is the oldest), expires_ms]
         self._windows: dict[str, list[Any]] = {}
 
     def _window(self, limit: Limit, now: int) -> list[Any]:
@@ -105,8 +105,8 @@ class LocalWindows:
         need = w[1] + limit.weight - limit.amount
         freed = 0
         g = limit.bucket_ms
-        for b in sorted(w[2]):
-            freed += w[2][b]
+        for b, count in w[2].items():
+            freed += count
             if freed >= need:
                 return max(1, int((b + 1) * g + limit.window * 1000 - now))
         return limit.window * 1000
@@ -126,11 +126,20 @@ class LocalWindows:
                 if admitted and limit.weight:
                     g = limit.bucket_ms
                     cur = now // g
-                    w[2][cur] = w[2].get(cur, 0) + limit.weight
+                    buckets = w[2]
+                    if cur in buckets:
+                        buckets[cur] += limit.weight
+                    else:
+                        stepped_back = bool(buckets) and cur < next(reversed(buckets))
+                        buckets[cur] = limit.weight
+                        if stepped_back:  # the clock went back: the buckets are put in time order again,
+                            w[2] = dict(sorted(buckets.items()))
+                            w[0] = min(w[0], cur)  # and the head is the oldest, where expiry starts
                     w[1] += limit.weight
-                    w[3] = now + limit.window * 1000 + g
+                    w[3] = max(w[3], now + limit.window * 1000 + g)  # until the newest hit stops counting
+        # the oldest counted hit stops counting at the end of the first bucket plus the window
         states = tuple(
-            LimitState(limit, w[1], (min(w[2]) + 1) * limit.bucket_ms + limit.window * 1000 if w[2] else now)
+            LimitState(limit, w[1], (next(iter(w[2])) + 1) * limit.bucket_ms + limit.window * 1000 if w[2] else now)
             for limit, w in zip(limits, windows, strict=True)
         )
         return Outcome(admitted, now, retry, refused_by, states)

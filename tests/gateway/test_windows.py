@@ -110,6 +110,27 @@ async def test_all_or_nothing_and_weights_locally() -> None:
     assert [s.used for s in (await windows.take([requests, cost])).states] == [1, 5]
 
 
+async def test_a_clock_that_steps_back_keeps_the_reset_at_the_oldest_hit() -> None:
+    """The reset time is read from the oldest bucket without a scan: a hit admitted after the clock went back
+    lands in an older bucket than the newest, and becomes the oldest when it is."""
+    clock = Clock()
+    windows = LocalWindows(clock)
+    limit = Limit("req", "r", 100, 60)  # buckets of 500 ms
+    start = clock.now = 1_000.0
+    first = await windows.take([limit])
+    assert first.states[0].reset_ms == 1_000_500 + 60_000
+    clock.now = start + 2
+    assert (await windows.take([limit])).states[0].reset_ms == 1_000_500 + 60_000
+    clock.now = start - 1  # back by three seconds: the bucket of 999 s is older than every other
+    back = await windows.take([limit])
+    assert back.states[0].used == 3
+    assert back.states[0].reset_ms == 999_500 + 60_000
+    clock.now = start + 60.2  # the hit of 999 s no longer counts; the one of 1,000 s still does
+    later = await windows.take([limit])
+    assert later.states[0].used == 3
+    assert later.states[0].reset_ms == 1_000_500 + 60_000
+
+
 @pytest.fixture
 async def redis_windows(redis_url: str) -> AsyncIterator[RedisWindows]:
     from redis.asyncio import BlockingConnectionPool, Redis
