@@ -151,7 +151,7 @@ class LocalWindows:
 # Whenever s > 0 the head is a bucket that exists, so the time at which the oldest counted hit stops
 # counting is (h + 1) * g + window, with no scan. A limit costs one HMGET (h, s and the current bucket)
 # and, when it spends, one HSET; the expiry is set when a bucket is created (the key lives until its
-# newest bucket stops counting); HGET/HDEL only as the head moves on.
+# newest bucket stops counting), with a PTTL; HGET/HDEL only as the head moves on.
 SCRIPT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -233,7 +233,7 @@ for i = 1, n do
     if c then
       redis.call('HSET', key, curf, tostring(c + weight), 'h', tostring(h), 's', tostring(s))
     else
-      -- a new bucket: the key lives until it stops counting
+      -- a new bucket
       if cur - h >= 32 then
         -- a window of many buckets is kept as a hash table (a value longer than the default
         -- hash-max-listpack-value), whose fields are found directly: as a listpack, each lookup would
@@ -242,7 +242,12 @@ for i = 1, n do
       else
         redis.call('HSET', key, curf, tostring(weight), 'h', tostring(h), 's', tostring(s))
       end
-      redis.call('PEXPIREAT', key, (cur + 1) * g + window)
+      -- the key lives until its newest bucket stops counting: a clock that stepped back never shortens that
+      local expires = (cur + 1) * g + window
+      local left = redis.call('PTTL', key)
+      if left < 0 or now + left < expires then
+        redis.call('PEXPIREAT', key, expires)
+      end
     end
   elseif changed then
     redis.call('HSET', key, 'h', tostring(h), 's', tostring(s))

@@ -230,6 +230,33 @@ def test_redis_script_agrees_with_the_local_windows(
         client.close()
 
 
+@pytest.mark.redis
+def test_redis_a_clock_that_steps_back_never_shortens_a_windows_life(redis_url: str) -> None:
+    """The script on Redis's clock stepped back by three seconds: the hit it admits lands in an older bucket,
+    becomes the head, and leaves the key's expiry where the newest bucket set it."""
+    import redis as sync_redis
+
+    client = sync_redis.Redis.from_url(redis_url)
+    try:
+        script = client.register_script(_SIMULATED)
+        key = f"test:{uuid.uuid4().hex}:r"
+        seconds, _ = client.time()
+        now_ms = (seconds + 86_400) * 1000
+
+        def take(at: int) -> list[int]:
+            return [int(v) for v in script(keys=[key], args=[1, 100, 60_000, 500, 1, at])]
+
+        first = take(now_ms)
+        expiry = client.pexpiretime(key)
+        assert expiry == (now_ms // 500 + 1) * 500 + 60_000
+        back = take(now_ms - 3_000)
+        assert back[4:] == [2, ((now_ms - 3_000) // 500 + 1) * 500 + 60_000]  # the older hit is the head
+        assert client.pexpiretime(key) == expiry
+        assert first[0] == back[0] == 1
+    finally:
+        client.close()
+
+
 async def _store_connections(redis_url: str, prefix: str) -> int:
     """How many connections to Redis carry `prefix` as their client name."""
     from redis.asyncio import Redis
