@@ -87,7 +87,15 @@ class GraphQLView(GraphQL):
                 principal = state.get("principal")
                 answered = await direct.answer(request, principal, self.services) if principal is not None else None
                 if answered is not None:
-                    await answered(scope, receive, tracking_send)
+                    started = True
+                    body = answered.body
+                    headers = [
+                        (b"content-type", negotiated.content_type),
+                        (b"content-length", str(len(body)).encode()),
+                        *answered.headers,
+                    ]
+                    await send({"type": "http.response.start", "status": answered.status, "headers": headers})
+                    await send({"type": "http.response.body", "body": body})
                     return
             try:
                 response = await self.run(request)

@@ -128,8 +128,13 @@ class GatewayMetrics:
             registry=self.registry,
         )
 
+        children: dict[tuple[str, str], Any] = {}  # each (upstream, outcome)'s series, looked up once
+
         def observe(name: str, outcome: str, seconds: float) -> None:
-            latency.labels(name, outcome).observe(seconds)
+            child = children.get((name, outcome))
+            if child is None:
+                child = children[(name, outcome)] = latency.labels(name, outcome)
+            child.observe(seconds)
 
         for client in forwarder.clients.values() if forwarder is not None else ():
             client.observe = observe

@@ -204,8 +204,13 @@ class UpstreamClient:
     async def _send(self, body: bytes, headers: Mapping[str, str]) -> tuple[int, bytes]:
         limit = self.config.max_response_bytes
         async with self._client().post(self.config.url, data=body, headers=headers, allow_redirects=False) as response:
-            if response.content_length is not None and response.content_length > limit:
+            declared = response.content_length
+            if declared is not None and declared > limit:
                 raise _TooLarge
+            if declared is not None and "content-encoding" not in response.headers:
+                # the parser stops at the declared length: the answer is read in one call (a compressed one is
+                # counted as it is inflated, below)
+                return response.status, await response.read()
             chunks: list[bytes] = []
             size = 0
             async for chunk in response.content.iter_any():

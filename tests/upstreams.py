@@ -9,6 +9,7 @@ play an upstream that misbehaves.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import threading
 import time
@@ -91,6 +92,7 @@ class Answer:
     data: Any = None  # a JSON value to send instead of the executed result
     delay: float = 0.0
     chunked: bool = False  # sent in chunks, with no Content-Length: its size is known only by reading it
+    gzip: bool = False  # sent compressed (`Content-Encoding: gzip`): its Content-Length is the compressed size
 
 
 class _Resolvers:
@@ -181,7 +183,13 @@ class GraphQLUpstream:
                     time.sleep(override.delay)
                 if override is not None and (override.body is not None or override.data is not None):
                     payload = override.body if override.body is not None else json.dumps(override.data).encode()
-                    self._send(override.status, override.content_type, payload, chunked=override.chunked)
+                    self._send(
+                        override.status,
+                        override.content_type,
+                        payload,
+                        chunked=override.chunked,
+                        compressed=override.gzip,
+                    )
                     return
                 result = graphql_sync(
                     upstream.schema,
@@ -197,10 +205,15 @@ class GraphQLUpstream:
                 status = override.status if override is not None else 200
                 self._send(status, "application/json", json.dumps(out).encode())
 
-            def _send(self, status: int, content_type: str, payload: bytes, *, chunked: bool = False) -> None:
+            def _send(
+                self, status: int, content_type: str, payload: bytes, *, chunked: bool = False, compressed: bool = False
+            ) -> None:
                 try:
                     self.send_response(status)
                     self.send_header("content-type", content_type)
+                    if compressed:
+                        payload = gzip.compress(payload)
+                        self.send_header("content-encoding", "gzip")
                     if not chunked:
                         self.send_header("content-length", str(len(payload)))
                         self.end_headers()

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -44,7 +44,6 @@ from graphql import (
 )
 from graphql.execution import get_variable_values
 from starlette.requests import Request
-from starlette.responses import Response
 
 from authz import Principal
 from schema.extensions import shape_error
@@ -67,6 +66,15 @@ class _Selection:
     children: tuple[_Selection, ...] | None
     # reads the upstream's value for this field, compiled once per ticket (see `_reader`)
     read: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class DirectAnswer:
+    """A JSON answer: the view sends it with the media type it negotiated (gateway/graphql.py)."""
+
+    status: int
+    body: bytes
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,8 +182,8 @@ class DirectForward:
         return replace(selection, read=_reader(definition.type, selection))
 
     # -- requests ----------------------------------------------------------------------------------------
-    async def answer(self, request: Request, principal: Principal, services: Any) -> Response | None:
-        """The response to a request a ticket covers, or None: the schema's path answers it."""
+    async def answer(self, request: Request, principal: Principal, services: Any) -> DirectAnswer | None:
+        """The answer to a request a ticket covers, or None: the schema's path answers it."""
         if not principal.is_authenticated or request.headers.get(EXPLAIN_HEADER) is not None:
             return None
         if not request.headers.get("content-type", "").startswith("application/json"):
@@ -222,7 +230,7 @@ class DirectForward:
                 error = refusal(decision)
                 shaped = shape_error(GraphQLError(error.message, original_error=error), principal.request_id)
                 refused = {"errors": [shaped.formatted], "extensions": {"cost": decision.cost_extension(ticket.cost)}}
-                return Response(orjson.dumps(refused), decision.status, headers=_headers(decision), media_type=_JSON)
+                return DirectAnswer(decision.status, orjson.dumps(refused), decision.headers())
         forwarding = ForwardState(self.forwarder, ticket.plan, variables, _Caller(principal, request))
         try:
             await forwarding.answer_all()
@@ -236,7 +244,7 @@ class DirectForward:
             out["errors"] = [e.formatted for e in errors]
         cost = decision.cost_extension(ticket.cost) if decision is not None else None
         out["extensions"] = {"cost": cost or {"requested": ticket.cost, "remaining": None, "resetAt": None}}
-        return Response(orjson.dumps(out), 200, media_type=_JSON)
+        return DirectAnswer(200, orjson.dumps(out))
 
     def _complete(self, ticket: Ticket, forwarding: ForwardState) -> tuple[dict[str, Any] | None, list[GraphQLError]]:
         errors: list[GraphQLError] = []
@@ -435,13 +443,6 @@ class _Caller:
 
     principal: Principal
     request: Request
-
-
-_JSON = "application/json"
-
-
-def _headers(decision: Any) -> dict[str, str]:
-    return {name.decode(): value.decode() for name, value in decision.headers()}
 
 
 def _errors(response: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -237,27 +237,35 @@ async def test_c139_what_the_caller_did_not_ask_never_leaves(
         assert leaked not in r.text
 
 
-@pytest.mark.parametrize("chunked", [False, True], ids=["declared", "chunked"])
+@pytest.mark.parametrize(
+    ("chunked", "compressed"),
+    [(False, False), (True, False), (False, True)],
+    # compressed: a Content-Length of about 12 kB, 12 MB once inflated
+    ids=["declared", "chunked", "compressed"],
+)
 async def test_c139_an_upstream_answer_over_the_size_limit_is_an_error(
-    gateway: Any, upstream: GraphQLUpstream, tenant: Tenant, chunked: bool
+    gateway: Any, upstream: GraphQLUpstream, tenant: Tenant, chunked: bool, compressed: bool
 ) -> None:
     client = gateway.state.client
     token = await token_of(client, tenant)
-    huge = b'{"data":{"orders":[' + b",".join([b'{"id":"' + b"x" * 1000 + b'"}'] * 12_000) + b"]}}"
-    upstream.answer = lambda _r: Answer(body=huge, chunked=chunked)
+    # the answer to the field asked, were it not over the 10 MB limit
+    huge = b'{"data":{"order":{"id":"' + b"x" * 12_000_000 + b'"}}}'
+    upstream.answer = lambda _r: Answer(body=huge, chunked=chunked, gzip=compressed)
     r = await gql(client, '{ order(id: "x") { id } organization { slug } }', token=token)
     body = r.json()
     assert body["data"] == {"order": None, "organization": {"slug": tenant.slug}}
     assert error_codes(body) == ["UPSTREAM_ERROR"]
 
 
-async def test_a_chunked_answer_within_the_limit_is_read_whole(
-    gateway: Any, upstream: GraphQLUpstream, tenant: Tenant
+@pytest.mark.parametrize(("chunked", "compressed"), [(True, False), (False, True)], ids=["chunked", "compressed"])
+async def test_an_answer_within_the_limit_is_read_whole(
+    gateway: Any, upstream: GraphQLUpstream, tenant: Tenant, chunked: bool, compressed: bool
 ) -> None:
     client = gateway.state.client
     token = await token_of(client, tenant)
     orders = [{"id": f"o-{n}-" + "x" * 500} for n in range(400)]  # about 200 kB, in several chunks
-    upstream.answer = lambda _r: Answer(body=orjson.dumps({"data": {"orders": orders}}), chunked=True)
+    body = orjson.dumps({"data": {"orders": orders}})
+    upstream.answer = lambda _r: Answer(body=body, chunked=chunked, gzip=compressed)
     r = await gql(client, "{ orders(first: 400) { id } }", token=token)
     assert r.json() == {**r.json(), "data": {"orders": orders}}
 
