@@ -8,10 +8,10 @@ schedule (it may count up to 1/120 of the window longer: the only imprecision, a
 Unlike a log of timestamps, a bucketed window takes weights (the cost of an operation) at constant
 memory: a tenant's 60,000 requests per minute are at most 121 counters.
 
-Two stores with one algorithm: `LocalWindows` (one process, embedded mode) and `RedisWindows`, one
-Lua script per request (an EVALSHA through redis-py's client; the takes of requests that arrive together
-share one pipeline, one round trip) that reads the time from the Redis server (`TIME`), so every process
-shares one clock and one count, and the check and the spend are atomic.
+Two stores with one algorithm: `LocalWindows` (one process, embedded mode) and `RedisWindows`, a Lua
+script (an EVALSHA through redis-py's client; the takes of requests that arrive together are run by one call
+of it, one command and one round trip) that reads the time from the Redis server (`TIME`), so every process
+shares one clock and one count, and each take's check and spend are atomic.
 """
 
 from __future__ import annotations
@@ -145,7 +145,11 @@ class LocalWindows:
         return Outcome(admitted, now, retry, refused_by, states)
 
 
-# KEYS: the limits' counters. ARGV: spend (1/0), then per limit (amount, window ms, bucket ms, weight).
+# KEYS: the counters of every take, in order. ARGV: the number of takes, then per take: spend (1/0), its number
+# of limits n, and per limit (amount, window ms, bucket ms, weight). The reply: the server's time (ms), then per
+# take: admitted (1/0, or -1 when the take failed), the retry time (ms; the failure's message when it failed),
+# the refusing limit (its place, 1-based; 0 when admitted), and per limit its count and reset time (ms).
+# The takes of one batch run in order, each as it would alone, at one reading of the server's clock.
 # Hash fields: h (the head: the oldest bucket still counted), s (the sum of the buckets), one field per
 # bucket id holding its count, and in a window of many buckets t (a marker that keeps the hash a table).
 # Whenever s > 0 the head is a bucket that exists, so the time at which the oldest counted hit stops
@@ -155,151 +159,184 @@ class LocalWindows:
 SCRIPT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local spend = ARGV[1] == '1'
 local TABLE = 'a moving window of counters, kept as a hash table so that a field is found directly'
-local n = #KEYS
-local admitted = 1
-local retry = 0
-local refused = 0
-local st = {}
-for i = 1, n do
-  local a = 1 + (i - 1) * 4
-  local amount = tonumber(ARGV[a + 1])
-  local window = tonumber(ARGV[a + 2])
-  local g = tonumber(ARGV[a + 3])
-  local weight = tonumber(ARGV[a + 4])
-  local key = KEYS[i]
-  local cur = math.floor(now / g)
-  local curf = tostring(cur)
-  local hs = redis.call('HMGET', key, 'h', 's', curf)
-  local h = tonumber(hs[1]) or cur
-  local s = tonumber(hs[2]) or 0
-  local c = tonumber(hs[3])
-  local changed = false
-  if h < cur and (h + 1) * g + window <= now then
-    -- the head no longer counts: drop buckets until one counts (or none is left)
-    changed = true
-    repeat
-      local f = tostring(h)
-      local x = redis.call('HGET', key, f)
-      if x then
-        s = s - tonumber(x)
-        redis.call('HDEL', key, f)
-      end
-      h = h + 1
-    until h >= cur or s <= 0 or (h + 1) * g + window > now
-    if s > 0 then
-      -- keep the head on a bucket that exists
-      while h < cur and not redis.call('HGET', key, tostring(h)) do
-        h = h + 1
-      end
-    end
-  end
-  if s < 0 then s = 0 end
-  if s + weight > amount then
-    local wait = window
-    if weight <= amount then
-      local need = s + weight - amount
-      local freed = 0
-      local b = h
-      while b <= cur do
-        local x = redis.call('HGET', key, tostring(b))
+
+-- one take: its limits are KEYS[k0 + 1 .. k0 + n], their values from ARGV[a0 + 1]
+local function take(k0, a0, n, spend)
+  local admitted = 1
+  local retry = 0
+  local refused = 0
+  local st = {}
+  for i = 1, n do
+    local a = a0 + (i - 1) * 4
+    local amount = tonumber(ARGV[a + 1])
+    local window = tonumber(ARGV[a + 2])
+    local g = tonumber(ARGV[a + 3])
+    local weight = tonumber(ARGV[a + 4])
+    local key = KEYS[k0 + i]
+    local cur = math.floor(now / g)
+    local curf = tostring(cur)
+    local hs = redis.call('HMGET', key, 'h', 's', curf)
+    local h = tonumber(hs[1]) or cur
+    local s = tonumber(hs[2]) or 0
+    local c = tonumber(hs[3])
+    local changed = false
+    if h < cur and (h + 1) * g + window <= now then
+      -- the head no longer counts: drop buckets until one counts (or none is left)
+      changed = true
+      repeat
+        local f = tostring(h)
+        local x = redis.call('HGET', key, f)
         if x then
-          freed = freed + tonumber(x)
-          if freed >= need then
-            wait = (b + 1) * g + window - now
-            break
-          end
+          s = s - tonumber(x)
+          redis.call('HDEL', key, f)
         end
-        b = b + 1
+        h = h + 1
+      until h >= cur or s <= 0 or (h + 1) * g + window > now
+      if s > 0 then
+        -- keep the head on a bucket that exists
+        while h < cur and not redis.call('HGET', key, tostring(h)) do
+          h = h + 1
+        end
       end
     end
-    if wait < 1 then wait = 1 end
-    if refused == 0 or wait > retry then
-      retry = wait
-      refused = i
+    if s < 0 then s = 0 end
+    if s + weight > amount then
+      local wait = window
+      if weight <= amount then
+        local need = s + weight - amount
+        local freed = 0
+        local b = h
+        while b <= cur do
+          local x = redis.call('HGET', key, tostring(b))
+          if x then
+            freed = freed + tonumber(x)
+            if freed >= need then
+              wait = (b + 1) * g + window - now
+              break
+            end
+          end
+          b = b + 1
+        end
+      end
+      if wait < 1 then wait = 1 end
+      if refused == 0 or wait > retry then
+        retry = wait
+        refused = i
+      end
+      admitted = 0
     end
-    admitted = 0
+    st[i] = {key, window, g, weight, cur, curf, c, h, s, changed}
   end
-  st[i] = {key, window, g, weight, cur, curf, c, h, s, changed}
-end
-local out = {admitted, now, retry, refused}
-for i = 1, n do
-  local key, window, g, weight, cur, curf, c, h, s, changed = unpack(st[i])
-  if spend and admitted == 1 and weight > 0 then
-    -- nothing counted yet, or a clock that stepped back: the new bucket is the oldest
-    if s == 0 or cur < h then h = cur end
-    s = s + weight
-    if c then
-      redis.call('HSET', key, curf, tostring(c + weight), 'h', tostring(h), 's', tostring(s))
-    else
-      -- a new bucket
-      if cur - h >= 32 then
-        -- a window of many buckets is kept as a hash table (a value longer than the default
-        -- hash-max-listpack-value), whose fields are found directly: as a listpack, each lookup would
-        -- scan up to 120 buckets. A window of few buckets stays a (smaller) listpack.
-        redis.call('HSET', key, curf, tostring(weight), 'h', tostring(h), 's', tostring(s), 't', TABLE)
+  local out = {admitted, retry, refused}
+  for i = 1, n do
+    local key, window, g, weight, cur, curf, c, h, s, changed = unpack(st[i])
+    if spend and admitted == 1 and weight > 0 then
+      -- nothing counted yet, or a clock that stepped back: the new bucket is the oldest
+      if s == 0 or cur < h then h = cur end
+      s = s + weight
+      if c then
+        redis.call('HSET', key, curf, tostring(c + weight), 'h', tostring(h), 's', tostring(s))
       else
-        redis.call('HSET', key, curf, tostring(weight), 'h', tostring(h), 's', tostring(s))
+        -- a new bucket
+        if cur - h >= 32 then
+          -- a window of many buckets is kept as a hash table (a value longer than the default
+          -- hash-max-listpack-value), whose fields are found directly: as a listpack, each lookup would
+          -- scan up to 120 buckets. A window of few buckets stays a (smaller) listpack.
+          redis.call('HSET', key, curf, tostring(weight), 'h', tostring(h), 's', tostring(s), 't', TABLE)
+        else
+          redis.call('HSET', key, curf, tostring(weight), 'h', tostring(h), 's', tostring(s))
+        end
+        -- the key lives until its newest bucket stops counting: a clock that stepped back never shortens that
+        local expires = (cur + 1) * g + window
+        local left = redis.call('PTTL', key)
+        if left < 0 or now + left < expires then
+          redis.call('PEXPIREAT', key, expires)
+        end
       end
-      -- the key lives until its newest bucket stops counting: a clock that stepped back never shortens that
-      local expires = (cur + 1) * g + window
-      local left = redis.call('PTTL', key)
-      if left < 0 or now + left < expires then
-        redis.call('PEXPIREAT', key, expires)
-      end
+    elseif changed then
+      redis.call('HSET', key, 'h', tostring(h), 's', tostring(s))
     end
-  elseif changed then
-    redis.call('HSET', key, 'h', tostring(h), 's', tostring(s))
+    local reset = now
+    if s > 0 then reset = (h + 1) * g + window end
+    out[#out + 1] = s
+    out[#out + 1] = reset
   end
-  local reset = now
-  if s > 0 then reset = (h + 1) * g + window end
-  out[#out + 1] = s
-  out[#out + 1] = reset
+  return out
+end
+
+local out = {now}
+local k0 = 0
+local a = 2
+for _ = 1, tonumber(ARGV[1]) do
+  local spend = ARGV[a] == '1'
+  local n = tonumber(ARGV[a + 1])
+  -- a take that fails (a counter of another type) fails alone: the others still answer
+  local ok, answer = pcall(take, k0, a + 1, n, spend)
+  if not ok then
+    local reason = answer
+    if type(reason) == 'table' then reason = reason.err end
+    answer = {-1, tostring(reason), 0}
+    for _ = 1, 2 * n do answer[#answer + 1] = 0 end
+  end
+  for _, v in ipairs(answer) do out[#out + 1] = v end
+  k0 = k0 + n
+  a = a + 2 + 4 * n
 end
 return out
 """
 
 
 class RedisWindows:
-    """The windows in Redis: one EVALSHA per take, the takes of concurrent requests sent together.
+    """The windows in Redis: the takes of concurrent requests evaluated together, by one call of the script.
 
     The script is registered once (`Redis.register_script`, whose `sha` names it). Takes requested while the
-    event loop is busy with other work are sent in the next turn of the loop as one pipeline of EVALSHA
-    commands (one alone is sent by itself): under load, one round trip and one connection of the pool serve
-    many requests, and each request's reply is its own. On NOSCRIPT (a restarted or flushed Redis) the
-    script is loaded and the takes it refused are sent once more (a NOSCRIPT take ran nothing). redis-py
-    parses the replies with hiredis and bounds the wait by the client's `socket_timeout`, and closes a
-    connection whose command failed, timed out or was cancelled mid-way, so a late reply is never read by
-    the next take. Every failure is `StoreUnavailable`. A take whose request was cancelled still goes out
-    (it may be counted, as a take that timed out may be), and none is ever sent twice.
+    event loop is busy with other work are sent in the next turn of the loop as one EVALSHA that runs them in
+    order (up to `MAX_TAKES_PER_CALL` per call; a larger batch is a pipeline of such calls): under load, one
+    round trip, one command and one reply serve many requests, and each request reads its own part of the
+    reply. On NOSCRIPT (a restarted or flushed Redis) the script is loaded and the calls it refused are sent
+    once more (a NOSCRIPT call ran nothing). redis-py parses the replies with hiredis and bounds the wait by
+    the client's `socket_timeout`, and closes a connection whose command failed, timed out or was cancelled
+    mid-way, so a late reply is never read by the next call. Every failure is `StoreUnavailable`; a take the
+    script could not run (a counter of another type under its key) fails alone. A take whose request was
+    cancelled still goes out (it may be counted, as a take that timed out may be), and none is ever sent twice.
     """
+
+    # takes per call of the script: Redis runs a script without serving anyone else meanwhile
+    MAX_TAKES_PER_CALL = 32
 
     def __init__(self, redis: Redis, prefix: str = "portcullis:rl:") -> None:
         self.redis = redis
         self.prefix = prefix
         self.script = redis.register_script(SCRIPT)
-        self._pending: list[tuple[list[str], list[int], asyncio.Future[Any]]] = []
+        self._pending: list[_Take] = []
         self._sending: set[asyncio.Task[None]] = set()
 
     async def take(self, limits: Sequence[Limit], *, spend: bool = True) -> Outcome:
         keys = [self.prefix + limit.key for limit in limits]
-        args = [1 if spend else 0]
+        args = [1 if spend else 0, len(limits)]
         for limit in limits:
             args += (limit.amount, limit.window * 1000, limit.bucket_ms, limit.weight)
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
+        future: asyncio.Future[list[Any]] = loop.create_future()
         self._pending.append((keys, args, future))
         if len(self._pending) == 1:
             loop.call_soon(self._flush)
         raw = await future
         try:
-            values = [int(v) for v in raw]
-            admitted, now, retry, refused = values[0], values[1], values[2], values[3]
-            states = tuple(LimitState(limit, values[4 + 2 * i], values[5 + 2 * i]) for i, limit in enumerate(limits))
+            now, values = int(raw[0]), raw[1:]
+            admitted, retry, refused = int(values[0]), values[1], int(values[2])
+            if admitted == -1:
+                reason = retry.decode(errors="replace") if isinstance(retry, bytes) else str(retry)
+                raise StoreUnavailable(f"Redis answered an error: {reason[:200]}")
+            states = tuple(
+                LimitState(limit, int(values[3 + 2 * i]), int(values[4 + 2 * i])) for i, limit in enumerate(limits)
+            )
+        except StoreUnavailable:
+            raise
         except Exception as exc:
             raise StoreUnavailable(f"unexpected reply from Redis ({type(exc).__name__})") from exc
-        return Outcome(admitted == 1, now, retry, limits[refused - 1] if refused else None, states)
+        return Outcome(admitted == 1, now, int(retry), limits[refused - 1] if refused else None, states)
 
     def _flush(self) -> None:
         batch, self._pending = self._pending, []
@@ -308,41 +345,81 @@ class RedisWindows:
             self._sending.add(task)
             task.add_done_callback(self._sending.discard)
 
-    async def _send(self, batch: list[tuple[list[str], list[int], asyncio.Future[Any]]]) -> None:
-        results: list[Any]
+    async def _send(self, batch: list[_Take]) -> None:
+        size = self.MAX_TAKES_PER_CALL
+        calls = [batch[i : i + size] for i in range(0, len(batch), size)]
+        replies: list[Any]
         try:
-            results = await self._replies(batch)
+            replies = await self._replies([_call(takes) for takes in calls])
         except Exception as exc:
-            results = [exc] * len(batch)
-        for (_, _, future), result in zip(batch, results, strict=True):
-            if future.done():
-                continue  # the request went away; its take was sent all the same
-            if isinstance(result, BaseException):
-                future.set_exception(_unavailable(result))
-            else:
-                future.set_result(result)
+            replies = [exc] * len(calls)
+        for takes, reply in zip(calls, replies, strict=True):
+            parts: list[Any] = [reply] * len(takes)
+            if not isinstance(reply, BaseException):
+                try:
+                    parts = _split(reply, takes)
+                except Exception as exc:  # a reply of another shape: no take can trust it
+                    parts = [exc] * len(takes)
+            for (_, _, future), part in zip(takes, parts, strict=True):
+                if future.done():
+                    continue  # the request went away; its take was sent all the same
+                if isinstance(part, BaseException):
+                    future.set_exception(_unavailable(part))
+                else:
+                    future.set_result(part)
 
-    async def _replies(self, batch: list[tuple[list[str], list[int], asyncio.Future[Any]]]) -> list[Any]:
-        if len(batch) == 1:
-            keys, args, _ = batch[0]
+    async def _replies(self, calls: list[tuple[list[str], list[int]]]) -> list[Any]:
+        if len(calls) == 1:
+            keys, args = calls[0]
             try:
-                return [await self.script(keys=keys, args=args)]
+                return [await self.script(keys=keys, args=args)]  # loads the script on NOSCRIPT
             except Exception as exc:
                 return [exc]
-        results = await self._pipeline([(keys, args) for keys, args, _ in batch])
+        results = await self._pipeline(calls)
         refused = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
         if refused:
             await self.redis.script_load(SCRIPT)
-            again = await self._pipeline([(batch[i][0], batch[i][1]) for i in refused])
+            again = await self._pipeline([calls[i] for i in refused])
             for i, result in zip(refused, again, strict=True):
                 results[i] = result
         return results
 
-    async def _pipeline(self, takes: list[tuple[list[str], list[int]]]) -> list[Any]:
+    async def _pipeline(self, calls: list[tuple[list[str], list[int]]]) -> list[Any]:
         pipe = self.redis.pipeline(transaction=False)
-        for keys, args in takes:
+        for keys, args in calls:
             pipe.evalsha(self.script.sha, len(keys), *keys, *args)
         return list(await pipe.execute(raise_on_error=False))
+
+
+# a take waiting to be sent: its keys, its part of ARGV, and the future its reply part is set on
+_Take = tuple[list[str], list[int], "asyncio.Future[list[Any]]"]
+
+
+def _call(takes: list[_Take]) -> tuple[list[str], list[int]]:
+    """The keys and arguments of one call of the script for `takes`."""
+    keys: list[str] = []
+    args: list[int] = [len(takes)]
+    for take_keys, take_args, _ in takes:
+        keys += take_keys
+        args += take_args
+    return keys, args
+
+
+def _split(reply: Any, takes: list[_Take]) -> list[list[Any]]:
+    """Each take's part of a call's reply, as `[now, admitted, retry, refused, count, reset, ...]`."""
+    now = reply[0]
+    parts = []
+    at = 1
+    for keys, _, _ in takes:
+        size = 3 + 2 * len(keys)
+        part = reply[at : at + size]
+        if len(part) != size:
+            raise ValueError("a reply shorter than its takes")
+        parts.append([now, *part])
+        at += size
+    if at != len(reply):
+        raise ValueError("a reply longer than its takes")
+    return parts
 
 
 def _unavailable(exc: BaseException) -> StoreUnavailable:

@@ -186,22 +186,32 @@ _LIMITS = st.tuples(
 )
 
 
+_TAKES = st.lists(
+    st.tuples(st.lists(_LIMITS, min_size=1, max_size=3, unique_by=lambda x: x[0]), st.booleans()),
+    min_size=1,
+    max_size=3,
+)
+
+
+def _call_args(takes: list[tuple[list[Limit], bool]]) -> list[int]:
+    """The script's ARGV for `takes` run by one call (gateway/windows.py's layout)."""
+    args = [len(takes)]
+    for limits, spend in takes:
+        args += [1 if spend else 0, len(limits)]
+        for limit in limits:
+            args += [limit.amount, limit.window * 1000, limit.bucket_ms, limit.weight]
+    return args
+
+
 @pytest.mark.redis
 @settings(max_examples=60, deadline=None)
-@given(
-    steps=st.lists(
-        st.tuples(
-            st.integers(0, 2_500), st.lists(_LIMITS, min_size=1, max_size=3, unique_by=lambda x: x[0]), st.booleans()
-        ),
-        max_size=60,
-    )
-)
+@given(steps=st.lists(st.tuples(st.integers(0, 2_500), _TAKES), max_size=40))
 def test_redis_script_agrees_with_the_local_windows(
-    redis_url: str, steps: list[tuple[int, list[tuple[str, int, int, int]], bool]]
+    redis_url: str, steps: list[tuple[int, list[tuple[list[tuple[str, int, int, int]], bool]]]]
 ) -> None:
-    """Random schedules of weighted, multi-limit takes (and reads): the script answers exactly what
-    `LocalWindows` answers, to the admission, the retry time, the refusing limit, each count and
-    each reset time."""
+    """Random schedules of weighted, multi-limit takes (and reads), up to three run by one call of the script
+    as concurrent requests are: the script answers exactly what `LocalWindows` answers to the same takes one
+    after the other, to the admission, the retry time, the refusing limit, each count and each reset time."""
     import redis as sync_redis
 
     client = sync_redis.Redis.from_url(redis_url)
@@ -211,21 +221,31 @@ def test_redis_script_agrees_with_the_local_windows(
         seconds, _ = client.time()
         now_ms = (seconds + 86_400) * 1000  # ahead of the server's clock: no key expires meanwhile
         local = LocalWindows(lambda: (now_ms + 0.5) / 1000)
-        for delta, specs, spend in steps:
+        for delta, specs in steps:
             now_ms += delta
             # amounts and windows belong to the key: vary them per key, not per take
-            limits = [
-                Limit(name, f"{name}{amount}w{window}", amount, window, weight)
-                for name, amount, window, weight in specs
+            takes = [
+                (
+                    [
+                        Limit(name, f"{name}{amount}w{window}", amount, window, weight)
+                        for name, amount, window, weight in t
+                    ],
+                    spend,
+                )
+                for t, spend in specs
             ]
-            expected = asyncio.run(local.take(limits, spend=spend))
-            args: list[int] = [1 if spend else 0]
-            for limit in limits:
-                args += [limit.amount, limit.window * 1000, limit.bucket_ms, limit.weight]
-            raw = [int(v) for v in script(keys=[prefix + limit.key for limit in limits], args=[*args, now_ms])]
-            refused = limits.index(expected.refused_by) + 1 if expected.refused_by is not None else 0
-            assert raw[:4] == [int(expected.admitted), expected.now_ms, expected.retry_ms, refused]
-            assert raw[4:] == [v for s in expected.states for v in (s.used, s.reset_ms)]
+            keys = [prefix + limit.key for limits, _ in takes for limit in limits]
+            raw = [int(v) for v in script(keys=keys, args=[*_call_args(takes), now_ms])]
+            assert raw[0] == now_ms
+            at = 1
+            for limits, spend in takes:
+                expected = asyncio.run(local.take(limits, spend=spend))
+                refused = limits.index(expected.refused_by) + 1 if expected.refused_by is not None else 0
+                assert raw[at : at + 3] == [int(expected.admitted), expected.retry_ms, refused]
+                at += 3
+                assert raw[at : at + 2 * len(limits)] == [v for s in expected.states for v in (s.used, s.reset_ms)]
+                at += 2 * len(limits)
+            assert at == len(raw)
     finally:
         client.close()
 
@@ -244,7 +264,8 @@ def test_redis_a_clock_that_steps_back_never_shortens_a_windows_life(redis_url: 
         now_ms = (seconds + 86_400) * 1000
 
         def take(at: int) -> list[int]:
-            return [int(v) for v in script(keys=[key], args=[1, 100, 60_000, 500, 1, at])]
+            # one take of one limit (100 per minute, weight 1): [now, admitted, retry, refused, count, reset]
+            return [int(v) for v in script(keys=[key], args=[1, 1, 1, 100, 60_000, 500, 1, at])]
 
         first = take(now_ms)
         expiry = client.pexpiretime(key)
@@ -252,7 +273,7 @@ def test_redis_a_clock_that_steps_back_never_shortens_a_windows_life(redis_url: 
         back = take(now_ms - 3_000)
         assert back[4:] == [2, ((now_ms - 3_000) // 500 + 1) * 500 + 60_000]  # the older hit is the head
         assert client.pexpiretime(key) == expiry
-        assert first[0] == back[0] == 1
+        assert first[1] == back[1] == 1
     finally:
         client.close()
 
@@ -312,8 +333,11 @@ async def test_redis_takes_cancelled_mid_command_poison_nothing(redis_url: str) 
         await windows.take([Limit("m", "warm", 10, 60)])
         busy = asyncio.create_task(busy_client.eval(_BUSY, 0, 300_000))
         await asyncio.sleep(0.05)
-        pending = [asyncio.create_task(windows.take([Limit("m", f"cancelled{i}", 1000, 60, i + 1)])) for i in range(20)]
-        await asyncio.sleep(0.05)  # six sent and waiting for Redis, fourteen waiting for a connection
+        pending = []
+        for i in range(20):  # one by one, each in its own call of the script
+            pending.append(asyncio.create_task(windows.take([Limit("m", f"cancelled{i}", 1000, 60, i + 1)])))
+            await asyncio.sleep(0.002)
+        await asyncio.sleep(0.05)  # six calls sent and waiting for Redis, fourteen waiting for a connection
         for task in pending:
             task.cancel()
         assert await busy == 1
@@ -341,17 +365,63 @@ async def test_redis_script_flushed_is_loaded_again(redis_windows: RedisWindows)
 
 
 @pytest.mark.redis
-async def test_redis_takes_sent_together_after_a_flush_are_each_sent_once_more(redis_windows: RedisWindows) -> None:
-    """Takes that arrive together share one pipeline; NOSCRIPT refuses all of them, the script is loaded and
-    each is sent once more, and each gets its own reply."""
+@pytest.mark.parametrize("together", [20, 150], ids=["one-call", "pipelined-calls"])
+async def test_redis_takes_sent_together_after_a_flush_are_each_sent_once_more(
+    redis_windows: RedisWindows, together: int
+) -> None:
+    """Takes that arrive together are run by one call of the script (more than `MAX_TAKES_PER_CALL` of them:
+    a pipeline of calls); NOSCRIPT refuses every call, the script is loaded and each call is sent once more,
+    and each take gets its own part of the reply."""
+    assert together < RedisWindows.MAX_TAKES_PER_CALL or together > 2 * RedisWindows.MAX_TAKES_PER_CALL
     shared = Limit("m", "together", 1000, 60)
     await redis_windows.take([shared])
     await redis_windows.redis.script_flush()
     outcomes = await asyncio.gather(
-        *(redis_windows.take([shared, Limit("own", f"t{i}", 1000, 60, i + 1)]) for i in range(40))
+        *(redis_windows.take([shared, Limit("own", f"t{i}", 1000, 60, i + 1)]) for i in range(together))
     )
-    assert sorted(o.states[0].used for o in outcomes) == list(range(2, 42))
-    assert [o.states[1].used for o in outcomes] == [i + 1 for i in range(40)]
+    assert sorted(o.states[0].used for o in outcomes) == list(range(2, together + 2))
+    assert [o.states[1].used for o in outcomes] == [i + 1 for i in range(together)]
+
+
+@pytest.mark.redis
+async def test_redis_a_take_the_script_cannot_run_fails_alone(redis_windows: RedisWindows) -> None:
+    """A counter's key that holds another type (written by something else): the take that names it is
+    StoreUnavailable with Redis's error, and the takes run by the same call are counted and answered."""
+    await redis_windows.redis.set(redis_windows.prefix + "broken", "not a window")
+    shared = Limit("m", "beside", 1000, 60)
+    outcomes = await asyncio.gather(
+        *(redis_windows.take([shared, Limit("own", "broken" if i == 3 else f"fine{i}", 10, 60)]) for i in range(8)),
+        return_exceptions=True,
+    )
+    failed = outcomes[3]
+    assert isinstance(failed, StoreUnavailable)
+    assert "WRONGTYPE" in str(failed)
+    answered = [o for i, o in enumerate(outcomes) if i != 3]
+    assert all(not isinstance(o, BaseException) and o.admitted for o in answered)
+    # the failed take spent nothing: seven takes counted on the shared key
+    assert sorted(o.states[0].used for o in answered if not isinstance(o, BaseException)) == list(range(1, 8))
+    assert (await redis_windows.take([shared], spend=False)).states[0].used == 7
+
+
+@pytest.mark.redis
+async def test_redis_takes_that_arrive_together_are_one_command(tmp_path: Path) -> None:
+    """Twenty takes requested in one turn of the event loop reach Redis as one EVALSHA, not twenty (counted by
+    a Redis of the test's own, whose command statistics nothing else touches)."""
+    from redis.asyncio import Redis
+
+    port = free_port()
+    with _redis_on(port, tmp_path):
+        redis = Redis.from_url(f"redis://127.0.0.1:{port}/0")
+        windows = RedisWindows(redis, prefix="t:")
+        try:
+            await windows.take([Limit("m", "warm", 1000, 60)])
+            before = (await redis.info("commandstats")).get("cmdstat_evalsha", {}).get("calls", 0)
+            outcomes = await asyncio.gather(*(windows.take([Limit("m", "k", 1000, 60)]) for _ in range(20)))
+            after = (await redis.info("commandstats")).get("cmdstat_evalsha", {}).get("calls", 0)
+            assert sorted(o.states[0].used for o in outcomes) == list(range(1, 21))
+            assert after - before == 1
+        finally:
+            await redis.aclose()
 
 
 @contextlib.contextmanager
