@@ -46,6 +46,7 @@ from resolvers.budgets import RATE_RESOURCES, BudgetState
 from store.audit import ActorType, AuditAction, AuditEvent
 from store.db import Database
 from store.models import Organization
+from store.single_flight import SingleFlight
 from store.telemetry import span
 
 log = logging.getLogger("portcullis.admission")
@@ -139,15 +140,20 @@ def iso(ms: int) -> str:
 
 class OrgLimitCache:
     """Each organization's effective limits, read from the database once and kept until the revocation
-    bus says "org:<id>" (or "*"); a TTL bounds how long a lost message could keep a stale entry."""
+    bus says "org:<id>" (or "*"); a TTL bounds how long a lost message could keep a stale entry. A read that
+    was running when such a message arrived is not kept (it may predate the change), and the requests that
+    miss the same organization at once share one read."""
 
     def __init__(self, db: Database, ttl_seconds: float = 300.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.db = db
         self.ttl = ttl_seconds
         self.clock = clock
         self._entries: dict[str, tuple[float, str, dict[QuotaResource, int | None]]] = {}
+        self.epoch = 0
+        self._loads: SingleFlight[tuple[str, dict[QuotaResource, int | None]]] = SingleFlight()
 
     def invalidate(self, keys: list[str]) -> None:
+        self.epoch += 1
         for key in keys:
             if key == "*":
                 self._entries.clear()
@@ -156,9 +162,12 @@ class OrgLimitCache:
 
     async def get(self, organization_id: str) -> tuple[str, dict[QuotaResource, int | None]]:
         entry = self._entries.get(organization_id)
-        now = self.clock()
-        if entry is not None and entry[0] > now:
+        if entry is not None and entry[0] > self.clock():
             return entry[1], entry[2]
+        epoch = self.epoch
+        return await self._loads.load((organization_id, epoch), lambda: self._load(organization_id, epoch))
+
+    async def _load(self, organization_id: str, epoch: int) -> tuple[str, dict[QuotaResource, int | None]]:
         async with self.db.transaction() as session:
             row = (
                 await session.execute(
@@ -169,7 +178,8 @@ class OrgLimitCache:
             ).first()
         plan, overrides = (row[0], row[1]) if row is not None else ("", {})
         limits = effective_limits(plan, overrides)
-        self._entries[organization_id] = (now + self.ttl, plan, limits)
+        if epoch == self.epoch:
+            self._entries[organization_id] = (self.clock() + self.ttl, plan, limits)
         return plan, limits
 
 

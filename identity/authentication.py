@@ -15,6 +15,7 @@ from identity.security_policies import PolicyCache
 from identity.sessions import SessionCache, SessionInfo, load_session, touch_session
 from identity.tokens import AccessTokens, TokenError
 from store.db import Database
+from store.single_flight import SingleFlight
 
 # a Bearer session's last activity is written at most this often, and only while its organization's policy
 # has an idle timeout (without one, a Bearer request writes nothing)
@@ -73,12 +74,17 @@ class Authenticator:
         self.sessions = sessions
         self.db = db
         self.clock = clock
+        self._session_loads: SingleFlight[SessionInfo | None] = SingleFlight()
 
     async def session_info(self, session_id: str) -> SessionInfo | None:
         info = self.sessions.get(session_id)
         if info is not None:
             return info
         epoch = self.sessions.epoch
+        # the requests that miss the same session at once (its entry just expired) share one read
+        return await self._session_loads.load((session_id, epoch), lambda: self._load_session(session_id, epoch))
+
+    async def _load_session(self, session_id: str, epoch: int) -> SessionInfo | None:
         now = datetime.fromtimestamp(self.clock(), UTC)
         async with self.db.session() as db:
             info = await load_session(db, session_id, now)

@@ -25,6 +25,7 @@ from authz.security_policy import (
 from store.db import Database
 from store.models import Organization
 from store.security import SecurityPolicyRow
+from store.single_flight import SingleFlight
 
 ORG_KEY = "org:"
 
@@ -107,6 +108,7 @@ class PolicyCache:
         self.clock = clock
         self._entries: dict[str, tuple[float, SecurityPolicy]] = {}
         self.epoch = 0
+        self._loads: SingleFlight[SecurityPolicy] = SingleFlight()
 
     def invalidate(self, keys: list[str]) -> None:
         self.epoch += 1
@@ -128,6 +130,10 @@ class PolicyCache:
         if policy is not None:
             return policy
         epoch = self.epoch
+        # the requests that miss the same organization at once (its entry just expired) share one read
+        return await self._loads.load((organization_id, epoch), lambda: self._load(organization_id, epoch))
+
+    async def _load(self, organization_id: str, epoch: int) -> SecurityPolicy:
         async with self.db.session() as db:
             policy = await load_policy(db, organization_id)
         if epoch == self.epoch:
