@@ -181,15 +181,22 @@ _TIME = "local t = redis.call('TIME')\nlocal now = tonumber(t[1]) * 1000 + math.
 assert _TIME in SCRIPT
 _SIMULATED = SCRIPT.replace(_TIME, "local now = tonumber(ARGV[#ARGV])\n")
 
-_LIMITS = st.tuples(
-    st.sampled_from(["a", "b", "c"]), st.integers(0, 30), st.sampled_from([1, 2, 10]), st.integers(0, 8)
-)
-
-
+# each example's counters: three keys, each with its own amount and window (they belong to the key), so
+# that the takes of one call often share a counter, as a tenant's concurrent requests do
+_KEYS = st.fixed_dictionaries({name: st.tuples(st.integers(0, 30), st.sampled_from([1, 2, 10])) for name in "abc"})
+# a take: up to three of the keys, each with a weight, and whether it spends
 _TAKES = st.lists(
-    st.tuples(st.lists(_LIMITS, min_size=1, max_size=3, unique_by=lambda x: x[0]), st.booleans()),
+    st.tuples(
+        st.lists(
+            st.tuples(st.sampled_from(["a", "b", "c"]), st.integers(0, 8)),
+            min_size=1,
+            max_size=3,
+            unique_by=lambda x: x[0],
+        ),
+        st.booleans(),
+    ),
     min_size=1,
-    max_size=3,
+    max_size=4,
 )
 
 
@@ -205,13 +212,16 @@ def _call_args(takes: list[tuple[list[Limit], bool]]) -> list[int]:
 
 @pytest.mark.redis
 @settings(max_examples=60, deadline=None)
-@given(steps=st.lists(st.tuples(st.integers(0, 2_500), _TAKES), max_size=40))
+@given(keys=_KEYS, steps=st.lists(st.tuples(st.integers(0, 2_500), _TAKES), max_size=40))
 def test_redis_script_agrees_with_the_local_windows(
-    redis_url: str, steps: list[tuple[int, list[tuple[list[tuple[str, int, int, int]], bool]]]]
+    redis_url: str,
+    keys: dict[str, tuple[int, int]],
+    steps: list[tuple[int, list[tuple[list[tuple[str, int]], bool]]]],
 ) -> None:
-    """Random schedules of weighted, multi-limit takes (and reads), up to three run by one call of the script
-    as concurrent requests are: the script answers exactly what `LocalWindows` answers to the same takes one
-    after the other, to the admission, the retry time, the refusing limit, each count and each reset time."""
+    """Random schedules of weighted, multi-limit takes (and reads), up to four run by one call of the script
+    as concurrent requests are, often on the same counters: the script answers exactly what `LocalWindows`
+    answers to the same takes one after the other, to the admission, the retry time, the refusing limit, each
+    count and each reset time."""
     import redis as sync_redis
 
     client = sync_redis.Redis.from_url(redis_url)
@@ -223,19 +233,12 @@ def test_redis_script_agrees_with_the_local_windows(
         local = LocalWindows(lambda: (now_ms + 0.5) / 1000)
         for delta, specs in steps:
             now_ms += delta
-            # amounts and windows belong to the key: vary them per key, not per take
             takes = [
-                (
-                    [
-                        Limit(name, f"{name}{amount}w{window}", amount, window, weight)
-                        for name, amount, window, weight in t
-                    ],
-                    spend,
-                )
+                ([Limit(name, name, keys[name][0], keys[name][1], weight) for name, weight in t], spend)
                 for t, spend in specs
             ]
-            keys = [prefix + limit.key for limits, _ in takes for limit in limits]
-            raw = [int(v) for v in script(keys=keys, args=[*_call_args(takes), now_ms])]
+            counters = [prefix + limit.key for limits, _ in takes for limit in limits]
+            raw = [int(v) for v in script(keys=counters, args=[*_call_args(takes), now_ms])]
             assert raw[0] == now_ms
             at = 1
             for limits, spend in takes:
