@@ -10,8 +10,9 @@ memory: a tenant's 60,000 requests per minute are at most 121 counters.
 
 Two stores with one algorithm: `LocalWindows` (one process, embedded mode) and `RedisWindows`, a Lua
 script (an EVALSHA through redis-py's client; the takes of requests that arrive together are run by one call
-of it, one command and one round trip) that reads the time from the Redis server (`TIME`), so every process
-shares one clock and one count, and each take's check and spend are atomic.
+of it, one command and one round trip, which reads each counter once and writes it once) that reads the time
+from the Redis server (`TIME`), so every process shares one clock and one count, and each take's check and
+spend are atomic.
 """
 
 from __future__ import annotations
@@ -367,13 +368,14 @@ class RedisWindows:
     The script is registered once (`Redis.register_script`, whose `sha` names it). Takes requested while the
     event loop is busy with other work are sent in the next turn of the loop as one EVALSHA that runs them in
     order (up to `MAX_TAKES_PER_CALL` per call; a larger batch is a pipeline of such calls): under load, one
-    round trip, one command and one reply serve many requests, and each request reads its own part of the
-    reply. On NOSCRIPT (a restarted or flushed Redis) the script is loaded and the calls it refused are sent
-    once more (a NOSCRIPT call ran nothing). redis-py parses the replies with hiredis and bounds the wait by
-    the client's `socket_timeout`, and closes a connection whose command failed, timed out or was cancelled
-    mid-way, so a late reply is never read by the next call. Every failure is `StoreUnavailable`; a take the
-    script could not run (a counter of another type under its key) fails alone. A take whose request was
-    cancelled still goes out (it may be counted, as a take that timed out may be), and none is ever sent twice.
+    round trip, one command and one reply serve many requests, the takes that share a counter share its read
+    and its write, and each request reads its own part of the reply. On NOSCRIPT (a restarted or flushed
+    Redis) the script is loaded and the calls it refused are sent once more (a NOSCRIPT call ran nothing).
+    redis-py parses the replies with hiredis and bounds the wait by the client's `socket_timeout`, and closes
+    a connection whose command failed, timed out or was cancelled mid-way, so a late reply is never read by
+    the next call. Every failure is `StoreUnavailable`; a take the script could not run (a counter of another
+    type under its key) fails alone. A take whose request was cancelled still goes out (it may be counted, as
+    a take that timed out may be), and none is ever sent twice.
     """
 
     # takes per call of the script: Redis runs a script without serving anyone else meanwhile
