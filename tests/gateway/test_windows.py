@@ -17,7 +17,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.windows import SCRIPT, Limit, LocalWindows, RedisWindows, StoreUnavailable
+from gateway.windows import Limit, LocalWindows, RedisWindows, StoreUnavailable
+from gateway.windows_script import SCRIPT
 from tests.gateway.test_admission_shared import max_in_any_window
 from tests.services import free_port
 
