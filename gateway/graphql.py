@@ -23,7 +23,7 @@ from authz import anonymous
 from authz.errors import ErrorCode
 from gateway.graphiql import graphiql_page
 from gateway.graphql_http import GRAPHQL_RESPONSE_JSON, LEGACY, Negotiated, negotiate
-from gateway.middleware import BodyTooLarge, graphql_error, send_json
+from gateway.middleware import BodyTooLarge, graphql_error, send_encoded, send_json
 from resolvers.deps import RequestContext, Services
 from schema.extensions import MASKED_MESSAGE, shape_error
 
@@ -88,14 +88,9 @@ class GraphQLView(GraphQL):
                 answered = await direct.answer(request, principal, self.services) if principal is not None else None
                 if answered is not None:
                     started = True
-                    body = answered.body
-                    headers = [
-                        (b"content-type", negotiated.content_type),
-                        (b"content-length", str(len(body)).encode()),
-                        *answered.headers,
-                    ]
-                    await send({"type": "http.response.start", "status": answered.status, "headers": headers})
-                    await send({"type": "http.response.body", "body": body})
+                    await send_encoded(
+                        send, answered.status, answered.body, answered.headers, media_type=negotiated.content_type
+                    )
                     return
             try:
                 response = await self.run(request)

@@ -167,16 +167,22 @@ class BodyTooLarge(Exception):
 
 
 async def send_json(send: Send, status: int, body: dict[str, Any], headers: Iterable[tuple[bytes, bytes]] = ()) -> None:
-    payload = orjson.dumps(body)
+    await send_encoded(send, status, orjson.dumps(body), headers)
+
+
+async def send_encoded(
+    send: Send,
+    status: int,
+    payload: bytes,
+    headers: Iterable[tuple[bytes, bytes]] = (),
+    media_type: bytes = b"application/json",
+) -> None:
+    """An answer whose body is already encoded, as two ASGI messages."""
     await send(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode()),
-                *headers,
-            ],
+            "headers": [(b"content-type", media_type), (b"content-length", str(len(payload)).encode()), *headers],
         }
     )
     await send({"type": "http.response.body", "body": payload})
