@@ -14,6 +14,8 @@ servers of each scenario, each answering its scenario's query from the same row:
 - scenario `forward`, `{ orders(first: 10) { id total status customer } }`, forwarded to a Node upstream that
   answers fixed JSON (`bench/forward.py`):
   - `gateway-forward` and `gateway-forward-redis`: the gateway with the upstreams file, embedded and shared mode;
+  - `python-forward`: the Python floor, a Starlette endpoint passing the validated query through with the
+    gateway's HTTP client, no edge (`bench/apps/python_forward.py`);
   - `upstream-direct`: the upstream itself; `hive-gateway`: GraphQL Hive Gateway proxying it.
 - scenario `forward-http`, `GET /api/billing/invoices/1`, forwarded to an HTTP upstream's route, a Node server
   answering one fixed invoice (`bench/forward_http.py`):

@@ -101,6 +101,12 @@ SERVERS = (
         upstream="orders",
     ),
     ServerSpec(
+        "python-forward",
+        "bench.apps.python_forward:create_app",
+        "Starlette + aiohttp passing the query through to the orders upstream: cached parse and validation, no edge",
+        upstream="orders",
+    ),
+    ServerSpec(
         "upstream-direct",
         "bench/upstream/orders.mjs",
         "the orders upstream itself (Node http, fixed JSON), loaded directly, on wrk's CPU",
@@ -222,9 +228,10 @@ SCENARIOS = (
     Scenario(
         "forward",
         FORWARD_QUERY,
-        ("gateway-forward", "gateway-forward-redis", "upstream-direct", "hive-gateway"),
+        ("gateway-forward", "gateway-forward-redis", "python-forward", "upstream-direct", "hive-gateway"),
         "the gateway forwarding to a GraphQL upstream that answers fixed JSON (a Node server pinned with wrk), "
-        "against GraphQL Hive Gateway proxying the same upstream and against the upstream loaded directly",
+        "against GraphQL Hive Gateway proxying the same upstream, a bare Python pass-through and the upstream "
+        "loaded directly",
     ),
     Scenario(
         "forward-http",
