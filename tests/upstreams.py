@@ -93,6 +93,8 @@ class Answer:
     delay: float = 0.0
     chunked: bool = False  # sent in chunks, with no Content-Length: its size is known only by reading it
     gzip: bool = False  # sent compressed (`Content-Encoding: gzip`): its Content-Length is the compressed size
+    # a `Content-Encoding` sent with the body left as it is (a coding the body does not have)
+    claimed_encoding: str | None = None
 
 
 class _Resolvers:
@@ -189,6 +191,7 @@ class GraphQLUpstream:
                         payload,
                         chunked=override.chunked,
                         compressed=override.gzip,
+                        claimed_encoding=override.claimed_encoding,
                     )
                     return
                 result = graphql_sync(
@@ -206,7 +209,14 @@ class GraphQLUpstream:
                 self._send(status, "application/json", json.dumps(out).encode())
 
             def _send(
-                self, status: int, content_type: str, payload: bytes, *, chunked: bool = False, compressed: bool = False
+                self,
+                status: int,
+                content_type: str,
+                payload: bytes,
+                *,
+                chunked: bool = False,
+                compressed: bool = False,
+                claimed_encoding: str | None = None,
             ) -> None:
                 try:
                     self.send_response(status)
@@ -214,6 +224,8 @@ class GraphQLUpstream:
                     if compressed:
                         payload = gzip.compress(payload)
                         self.send_header("content-encoding", "gzip")
+                    elif claimed_encoding is not None:
+                        self.send_header("content-encoding", claimed_encoding)
                     if not chunked:
                         self.send_header("content-length", str(len(payload)))
                         self.end_headers()

@@ -36,7 +36,7 @@ from strawberry.extensions import SchemaExtension
 from authz import Principal
 from authz.errors import ErrorCode, GatewayError, UpstreamError
 from identity.context_tokens import ContextTokens
-from resolvers.upstream_client import NEVER_FORWARDED, UpstreamClient
+from resolvers.upstream_client import NEVER_FORWARDED, UpstreamClient, sendable_header_value
 from schema.upstreams.composition import Composition
 from schema.upstreams.planning import Batch, OperationPlan, Planner
 from schema.upstreams.types import UpstreamRead
@@ -175,7 +175,7 @@ class ForwardState:
         if request is not None:
             for name in mounted.config.forward_headers:
                 value = request.headers.get(name)
-                if value is not None and name.lower() not in NEVER_FORWARDED:
+                if value is not None and name.lower() not in NEVER_FORWARDED and sendable_header_value(value):
                     headers[name.lower()] = value
         return headers
 

@@ -257,6 +257,35 @@ async def test_c139_an_upstream_answer_over_the_size_limit_is_an_error(
     assert error_codes(body) == ["UPSTREAM_ERROR"]
 
 
+async def test_an_answer_that_does_not_decode_as_its_coding_says_is_an_error(
+    gateway: Any, upstream: GraphQLUpstream, tenant: Tenant
+) -> None:
+    client = gateway.state.client
+    token = await token_of(client, tenant)
+    answer = b'{"data":{"order":{"id":"x"}}}'
+    upstream.answer = lambda _r: Answer(body=answer, claimed_encoding="gzip")  # plain JSON, said to be gzip
+    r = await gql(client, '{ order(id: "x") { id } organization { slug } }', token=token)
+    body = r.json()
+    assert r.status_code == 200
+    assert body["data"] == {"order": None, "organization": {"slug": tenant.slug}}
+    assert error_codes(body) == ["UPSTREAM_ERROR"]
+
+
+async def test_a_forwarded_header_with_a_control_character_is_left_out(
+    gateway: Any, upstream: GraphQLUpstream, tenant: Tenant
+) -> None:
+    client = gateway.state.client
+    token = await token_of(client, tenant)
+    for value, forwarded in (("fr\x7f", False), ("fr\x01", False), ("fr;\tq=0.9", True), ("fr-CH, fr;q=0.9", True)):
+        r = await gql(client, "{ orders(first: 1) { id } }", token=token, headers={"accept-language": value})
+        body = r.json()
+        assert "errors" not in body, (value, body)
+        assert body["data"]["orders"] == [{"id": f"{tenant.org_id}-o1"}]
+        assert upstream.last().headers.get("accept-language") == (value if forwarded else None)
+    ready = (await client.get("/readyz")).json()
+    assert ready["upstreams"]["orders"]["circuit"] == "closed"
+
+
 @pytest.mark.parametrize(("chunked", "compressed"), [(True, False), (False, True)], ids=["chunked", "compressed"])
 async def test_an_answer_within_the_limit_is_read_whole(
     gateway: Any, upstream: GraphQLUpstream, tenant: Tenant, chunked: bool, compressed: bool
