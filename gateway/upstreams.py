@@ -17,6 +17,7 @@ import orjson
 from graphql import build_client_schema, get_introspection_query, print_schema
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from pyreqwest.http import Url
 
 from authz import TeamPermission, TeamPermissionError, install_team_permissions
 from gateway.http_routes import HttpUpstreamConfig, check_http_upstreams, read_http_upstream
@@ -55,6 +56,15 @@ class LoadedUpstreams:
     http: tuple[HttpUpstreamConfig, ...] = ()
 
 
+def _client_accepts(url: str) -> bool:
+    """Whether the upstreams' HTTP client parses the address (a port out of range, a host with a space: no)."""
+    try:
+        Url(url)
+    except ValueError:
+        return False
+    return True
+
+
 def _introspect(url: str, timeout: float) -> str:
     body = orjson.dumps({"query": get_introspection_query(descriptions=True)})
     request = urllib.request.Request(  # noqa: S310 (an http(s) address, checked above)
@@ -81,7 +91,7 @@ def _upstream(entry: Any, index: int, base: Path, problems: list[str]) -> Upstre
     for unknown in sorted(set(entry) - _UPSTREAM_KEYS):
         problems.append(f"{where}: unknown setting {unknown!r}")
     url = entry.get("url")
-    if not isinstance(url, str) or not re.match(r"https?://[^/\s]+", url):
+    if not isinstance(url, str) or not re.match(r"https?://[^/\s]+", url) or not _client_accepts(url):
         problems.append(f"{where}: url must be an http:// or https:// address")
     timeout = entry.get("timeout_seconds", 5)
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout <= 300:

@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 from pyreqwest.client import Client, ClientBuilder
 from pyreqwest.exceptions import DecodeError, PyreqwestError
+from pyreqwest.http import Url
 
 from authz.errors import UpstreamError, UpstreamUnavailable
 
@@ -120,6 +121,7 @@ class UpstreamClient:
         self.config = config
         self.breaker = CircuitBreaker(config.failure_threshold, config.open_seconds)
         self._session: Client | None = None
+        self._url = Url(config.url)  # parsed once, not per call
         self.requests = 0
         self.failures = 0
         self.in_flight = 0
@@ -212,7 +214,7 @@ class UpstreamClient:
 
     async def _send(self, body: bytes, headers: Mapping[str, str]) -> tuple[int, bytes]:
         limit = self.config.max_response_bytes
-        request = self._client().post(self.config.url).body_bytes(body).headers(headers).build_streamed()
+        request = self._client().post(self._url).body_bytes(body).headers(headers).build_streamed()
         async with request as response:
             # counted as it is read, after any content coding is undone: a small compressed answer that inflates
             # past the limit is stopped there

@@ -123,10 +123,11 @@ tenant = "organization.id"
     assert "preset 'tenant' names an argument no field has" in problems
 
 
+@pytest.mark.parametrize("url", ["ftp://nowhere", "http://127.0.0.1:99999/graphql", "http://exa mple.test/graphql"])
 def test_serve_refuses_to_start_on_a_problem(
-    env: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    env: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str], url: str
 ) -> None:
-    (tmp_path / "upstreams.toml").write_text('[[upstream]]\nname = "x"\nurl = "ftp://nowhere"\n')
+    (tmp_path / "upstreams.toml").write_text(f'[[upstream]]\nname = "x"\nurl = "{url}"\n')
     env.setenv("PORTCULLIS_UPSTREAMS_FILE", str(tmp_path / "upstreams.toml"))
     assert main(["serve", "--port", str(closed_port())]) == 2
     assert "url must be an http:// or https:// address" in capsys.readouterr().err
