@@ -86,6 +86,8 @@ async def test_c138_an_upstream_query_is_forwarded_with_the_callers_organization
     assert "x-api-key" not in received.headers
     assert received.headers["accept-language"] == "fr"
     assert received.headers["x-request-id"] == r.headers["x-request-id"]
+    assert received.headers["user-agent"] == "Portcullis"
+    assert "gzip" in received.headers["accept-encoding"].split(",")
     claims = jwt.get_unverified_claims(received.headers["authorization"].removeprefix("Bearer "))
     assert claims["aud"] == "orders"
     assert claims["org"] == tenant.org_id
