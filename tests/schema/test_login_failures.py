@@ -263,11 +263,15 @@ async def test_every_failure_makes_the_same_reads(database_url: str, signing_key
                 "locked": (locked.email, locked.password, None),
                 "no-org": (tenant.email, tenant.password, "no-such-org"),
             }
-            for _ in range(2):  # the first round starts the audit chains it writes to
+            # the first round starts the audit chains it writes to; of the later ones, each case keeps its fewest
+            # statements of each kind (`&`): a periodic task of the gateway (the usage flush every 10 s, the
+            # address blocks' reload) that runs while a case runs adds to that case alone, never takes away
+            for round_ in range(3):
                 for name, (email, password, org) in cases.items():
                     statements.clear()
                     assert refused(await attempt(client, email, password, org)), name
-                    made[name] = Counter(statements)
+                    if round_ > 0:
+                        made[name] = made[name] & Counter(statements) if name in made else Counter(statements)
                     await app.state.services.throttle.reset(tenant.email)
         finally:
             event.remove(engine, "before_cursor_execute", count)
